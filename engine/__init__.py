@@ -1,0 +1,1 @@
+"""Marketplace engine: a plugin-based payments engine for multi-party marketplaces."""
