@@ -1,1 +1,1 @@
-"""Plugins shipped with the engine; each registers through the marketplace.plugins entry point group."""
+"""Plugins shipped with the engine, each registered through the marketplace.plugins group."""

@@ -1,0 +1,148 @@
+"""What plugins contribute through the ``register_*`` hooks, as typed records.
+
+Each ``register_*`` hook receives a ``register`` callback taking one of these, so
+a plugin states what it adds and the engine decides when and how to use it.
+Framework objects (Litestar controllers, Piccolo apps, taskiq tasks) are typed as
+``object`` here because the domain package does not import those frameworks; the
+adapters that consume them check their types.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "CliCommand",
+    "ConfigSection",
+    "DashboardPanel",
+    "HandlerContext",
+    "PluginRuntime",
+    "StripeEvent",
+    "TableApp",
+    "WebhookHandler",
+    "WebhookRegistration",
+]
+
+
+class PluginRuntime:
+    """What the engine hands to the money and notification hooks (as ``runtime``).
+
+    Modelled on datasette's ``datasette`` argument: a hook asks it for its
+    plugin's validated config and keeps derived data (a compiled rule index,
+    say) in its per-plugin ``state`` instead of module globals.
+
+    Attributes:
+        settings: the engine's validated ``Settings``.
+        services: the engine's service container once adapters have started it
+            (``None`` in pure unit tests).
+    """
+
+    def __init__(self, settings: Any, configs: Mapping[str, Any], services: Any = None) -> None:
+        self.settings = settings
+        self._configs = dict(configs)
+        self._state: dict[str, dict[str, Any]] = {}
+        self.services = services
+
+    def config(self, plugin: str) -> Any:
+        """The validated config struct of ``plugin`` (raises ``KeyError`` if not enabled)."""
+        return self._configs[plugin]
+
+    def state(self, plugin: str) -> dict[str, Any]:
+        """A mutable per-plugin cache that lives as long as this runtime."""
+        return self._state.setdefault(plugin, {})
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """Names of the enabled plugins whose config the runtime holds."""
+        return tuple(self._configs)
+
+
+StripeEvent = Mapping[str, Any]
+"""A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
+
+
+class HandlerContext(Protocol):
+    """What a webhook handler may use; the worker passes one per event.
+
+    Attributes:
+        plugin_config: the handler's plugin's validated config section.
+    """
+
+    @property
+    def services(self) -> Any:
+        """The engine's services (gateway, ledger, accounts ...), see ``engine.services``."""
+
+    @property
+    def plugin_config(self) -> Any:
+        """The config struct of the plugin that registered the handler."""
+
+
+WebhookHandler = Callable[[StripeEvent, HandlerContext], Awaitable[None]]
+"""``async def handler(event, ctx) -> None``; must be idempotent (events repeat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRegistration:
+    """One handler for one Stripe event type (``"*"`` for every type).
+
+    Handlers run in the order plugins are registered, per event, after the
+    engine's core handlers. A handler that raises makes the event retry.
+    """
+
+    event_type: str
+    handler: WebhookHandler
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSection:
+    """A plugin's config section ``[plugins.<plugin>]`` and its schema.
+
+    ``schema`` is a ``msgspec.Struct`` subclass with defaults for every field;
+    the engine converts the section into it (unknown keys refused) at start-up.
+    """
+
+    plugin: str
+    schema: type[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TableApp:
+    """A plugin's Piccolo app (tables and migrations), applied by ``marketplace migrate``.
+
+    ``app_config`` is a ``piccolo.conf.apps.AppConfig``; table names are
+    prefixed with the plugin's name.
+    """
+
+    plugin: str
+    app_config: object
+
+
+@dataclass(frozen=True, slots=True)
+class CliCommand:
+    """A ``marketplace <name>`` sub-command contributed by a plugin.
+
+    ``configure`` adds arguments to the sub-parser; ``run`` gets the parsed
+    arguments and the loaded settings and returns the process exit code.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Any], int]
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardPanel:
+    """A panel on the account dashboard (``audience="account"``) or admin view.
+
+    ``render(services, account_id)`` returns an HTML fragment (already escaped).
+    """
+
+    name: str
+    title: str
+    audience: str
+    render: Callable[[Any, str | None], Awaitable[str]]

@@ -1,0 +1,203 @@
+"""Domain errors: every error the engine raises on purpose, each with a stable code.
+
+The API maps each class to an RFC 9457 problem response using ``code`` (the
+stable machine-readable identifier, also the last segment of the problem
+``type`` URI) and ``status``. Plugins raise these (or subclass
+``MarketplaceError``) instead of bare exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AccountNotReady",
+    "AccountRestricted",
+    "AuthenticationRequired",
+    "CardDeclined",
+    "ConfigError",
+    "Conflict",
+    "CurrencyMismatch",
+    "Forbidden",
+    "GatewayError",
+    "IdempotencyConflict",
+    "IllegalTransition",
+    "InsufficientBalance",
+    "InvalidAmount",
+    "InvalidInput",
+    "LedgerImbalance",
+    "MarketplaceError",
+    "NotFound",
+    "PluginError",
+    "RateLimited",
+    "UnknownCurrency",
+]
+
+
+class MarketplaceError(Exception):
+    """Base of every domain error. ``code`` is stable; ``status`` is the HTTP status."""
+
+    code: ClassVar[str] = "marketplace_error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: dict[str, Any] = extra
+
+
+class InvalidInput(MarketplaceError):
+    """A request field is missing or has a bad value (``field`` names it)."""
+
+    code = "invalid_input"
+    status = 400
+    title = "Invalid input"
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, field=field, **extra)
+        self.field = field
+
+
+class InvalidAmount(InvalidInput):
+    """An amount is not an integer of minor units, or has too many decimals."""
+
+    code = "invalid_amount"
+
+
+class UnknownCurrency(InvalidInput):
+    """A currency code that is not ISO 4217."""
+
+    code = "unknown_currency"
+
+    def __init__(self, currency: str, *, field: str | None = "currency") -> None:
+        super().__init__(f"unknown currency {currency!r}", field=field, currency=currency)
+
+
+class CurrencyMismatch(InvalidInput):
+    """Arithmetic between amounts of different currencies."""
+
+    code = "currency_mismatch"
+
+    def __init__(self, left: str, right: str) -> None:
+        super().__init__(f"cannot combine {left} with {right}", left=left, right=right)
+
+
+class AuthenticationRequired(MarketplaceError):
+    """No API key, or one that does not exist or was revoked."""
+
+    code = "authentication_required"
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(MarketplaceError):
+    """The key is valid but its scope does not allow this action."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(MarketplaceError):
+    """The object does not exist, or is not visible to this key."""
+
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(MarketplaceError):
+    """The request conflicts with the current state of the object."""
+
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class AccountNotReady(Conflict):
+    """The connected account cannot take charges yet (onboarding incomplete)."""
+
+    code = "account_not_ready"
+
+
+class AccountRestricted(Conflict):
+    """The connected account is restricted or suspended."""
+
+    code = "account_restricted"
+
+
+class IllegalTransition(Conflict):
+    """A state machine refused an action in the current state."""
+
+    code = "illegal_transition"
+
+    def __init__(self, detail: str, *, state: str, allowed: list[str]) -> None:
+        super().__init__(detail, state=state, allowed=allowed)
+
+
+class IdempotencyConflict(MarketplaceError):
+    """The Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_key_reused"
+    status = 422
+    title = "Idempotency key reused"
+
+
+class RateLimited(MarketplaceError):
+    """Too many requests."""
+
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+
+class GatewayError(MarketplaceError):
+    """Stripe failed in a way the engine cannot attribute to the request."""
+
+    code = "gateway_error"
+    status = 502
+    title = "Payment gateway error"
+
+
+class CardDeclined(GatewayError):
+    """The card was declined (``decline_code`` says why)."""
+
+    code = "card_declined"
+    status = 402
+    title = "Card declined"
+
+
+class InsufficientBalance(GatewayError):
+    """A transfer or payout exceeds the available balance."""
+
+    code = "insufficient_balance"
+    status = 409
+    title = "Insufficient balance"
+
+
+class LedgerImbalance(MarketplaceError):
+    """A ledger transaction whose entries do not sum to zero per currency."""
+
+    code = "ledger_imbalance"
+    status = 500
+    title = "Ledger imbalance"
+
+
+class ConfigError(MarketplaceError):
+    """The configuration is invalid; ``key`` names the offending setting."""
+
+    code = "config_error"
+    status = 500
+    title = "Configuration error"
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}", key=key)
+        self.key = key
+        self.problem = problem
+
+
+class PluginError(ConfigError):
+    """A plugin failed to load or registered something invalid."""
+
+    code = "plugin_error"

@@ -1,0 +1,269 @@
+"""Every hook a marketplace plugin can implement, documented for plugin authors.
+
+Hook names say how results combine:
+
+- ``resolve_*`` is *first result*: the first implementation returning something
+  other than ``None`` wins; the engine ships ``trylast`` defaults so an install
+  without a plugin still works. Keep these synchronous and pure (an ``async def``
+  returns a coroutine, which is never ``None``, and would always win).
+- ``on_*`` is *broadcast*: every implementation is called; failures are logged and
+  never break the money path.
+- ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add.
+
+Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
+``engine.core.plugins``) and register the module under the entry point group
+``marketplace.plugins``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+from engine.core.contributions import (
+    CliCommand,
+    ConfigSection,
+    DashboardPanel,
+    PluginRuntime,
+    TableApp,
+    WebhookRegistration,
+)
+from engine.core.money import Money
+from engine.core.orders import Commission, LifecycleEvent, Order, PayoutFailure, SplitPlan
+
+PROJECT = "marketplace"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+# ---------------------------------------------------------------- pricing
+
+
+@hookspec(firstresult=True)
+def resolve_price(order: Order, runtime: PluginRuntime) -> Money | None:
+    """Decide what the customer pays for ``order``.
+
+    Called once per order before commission, by the payments service. First
+    result wins; the engine's default (trylast) returns ``order.amount``.
+
+    Args:
+        order: the order as the business model proposed it.
+        runtime: the engine's ``PluginRuntime`` (your config, your cache); an
+            implementation may leave out any argument it does not need.
+
+    Returns:
+        The amount to charge, in the order's currency, or ``None`` to let the
+        next implementation decide.
+
+    Example::
+
+        @hookimpl
+        def resolve_price(order):
+            if order.attributes.get("coupon") == "HALF":
+                return Money(order.amount.amount // 2, order.amount.currency)
+            return None
+    """
+
+
+# ---------------------------------------------------------------- commission
+
+
+@hookspec(firstresult=True)
+def resolve_commission(order: Order, price: Money, runtime: PluginRuntime) -> Commission | None:
+    """Compute the platform's fee for a priced order.
+
+    Called after ``resolve_price``. First result wins; the engine's default
+    (trylast) applies ``commission.default_bps`` from the config. The
+    ``commission_rules`` plugin implements this for every business model.
+
+    Args:
+        order: the order being priced (scope values in ``order.attributes``).
+        price: the amount the customer pays.
+        runtime: the engine's ``PluginRuntime`` (``runtime.config("<plugin>")``).
+
+    Returns:
+        A ``Commission`` with ``0 <= amount <= price`` and the rule id/version
+        that produced it, or ``None`` to defer.
+
+    Example::
+
+        @hookimpl
+        def resolve_commission(order, price):
+            fee = apply_rate(price.amount, 1200)  # 12 %
+            return Commission(Money(fee, price.currency), rule_id="flat-12")
+    """
+
+
+# ---------------------------------------------------------------- splitting
+
+
+@hookspec(firstresult=True)
+def resolve_split(
+    order: Order, price: Money, commission: Commission, runtime: PluginRuntime
+) -> SplitPlan | None:
+    """Divide a priced order among the platform and the beneficiaries.
+
+    Called after ``resolve_commission``. First result wins: a business model
+    answers for its own orders (check ``order.plugin``) and returns ``None``
+    for others. The engine's default (trylast) gives the platform the
+    commission and the rest to the order's only beneficiary, or shares it with
+    ``allocate`` evenly when there are several.
+
+    Args:
+        order: the order (``order.beneficiaries`` maps roles to accounts).
+        price: the charged amount.
+        commission: the platform's fee.
+        runtime: the engine's ``PluginRuntime``.
+
+    Returns:
+        A ``SplitPlan`` whose legs sum exactly to ``price`` (its constructor
+        checks), or ``None``.
+
+    Example::
+
+        @hookimpl
+        def resolve_split(order, price, commission):
+            if order.plugin != "courses":
+                return None
+            rest = price - commission.amount
+            instructor, affiliate = rest.allocate([80, 20])
+            return SplitPlan(price, (
+                SplitLeg(PLATFORM, commission.amount),
+                SplitLeg("instructor", instructor, order.beneficiaries["instructor"]),
+                SplitLeg("affiliate", affiliate, order.beneficiaries["affiliate"]),
+            ))
+    """
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+@hookspec
+def on_lifecycle_event(event: LifecycleEvent, runtime: PluginRuntime) -> None:
+    """Be told about a state change (subscription renewed, booking completed ...).
+
+    Broadcast to every plugin, synchronously, after the change is committed.
+    Exceptions are logged and swallowed: a notification can never undo or
+    block a money movement. Do slow work (email, HTTP) in a task, not here.
+
+    Args:
+        event: what changed; ``event.name`` is ``"<plugin>.<object>.<change>"``
+            or ``"engine.<object>.<change>"`` for the engine's own.
+        runtime: the engine's ``PluginRuntime`` (``runtime.services`` to enqueue work).
+
+    Example::
+
+        @hookimpl
+        def on_lifecycle_event(event):
+            if event.name == "creator_subscriptions.subscription.past_due":
+                queue_dunning_email(event.subject_id)
+    """
+
+
+# ---------------------------------------------------------------- payout failure
+
+
+@hookspec
+def on_payout_failure(failure: PayoutFailure, runtime: PluginRuntime) -> None:
+    """React when a connected account could not receive money.
+
+    Broadcast after the engine has flagged the account and recorded the
+    failure in the ledger (the funds are back on the account's Stripe balance,
+    or the transfer is held for retry). Use it to notify, hold further
+    transfers or schedule retries. Exceptions are logged and swallowed; other
+    accounts are never affected.
+
+    Args:
+        failure: the account, what failed and Stripe's failure code.
+        runtime: the engine's ``PluginRuntime``.
+
+    Example::
+
+        @hookimpl
+        def on_payout_failure(failure):
+            if failure.failure_code == "account_closed":
+                alert_operator(failure.account_id)
+    """
+
+
+# ---------------------------------------------------------------- contributions
+
+
+@hookspec
+def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+    """Declare the plugin's config section ``[plugins.<name>]`` and its schema.
+
+    Called once at start-up, before any other hook, for enabled plugins only.
+    The engine validates the section against the schema and refuses to start
+    on an unknown key or a bad value, naming the key.
+
+    Args:
+        register: call with ``ConfigSection(plugin="<name>", schema=MyConfig)``.
+    """
+
+
+@hookspec
+def register_tables(register: Callable[[TableApp], None]) -> None:
+    """Contribute the plugin's Piccolo app (tables and migrations).
+
+    Called by ``marketplace migrate`` and the test kit to migrate every enabled
+    plugin's app after the engine's own.
+
+    Args:
+        register: call with ``TableApp(plugin="<name>", app_config=APP_CONFIG)``.
+    """
+
+
+@hookspec
+def register_routes(register: Callable[[object], None]) -> None:
+    """Contribute HTTP routes: Litestar controllers or route handlers.
+
+    Called once when the API app is built. Routes are mounted as given; put
+    them under ``/v1/<plugin>/...`` and declare guards for the scopes needed.
+
+    Args:
+        register: call once per controller class or route handler.
+    """
+
+
+@hookspec
+def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+    """Handle Stripe event types (after the engine's core handlers).
+
+    Called once when a worker starts. Handlers run per event in the worker,
+    in per-account order; they must be idempotent because Stripe repeats
+    events, and order-insensitive where they can (compare ``created``).
+
+    Args:
+        register: call with ``WebhookRegistration("invoice.paid", handler, name)``.
+    """
+
+
+@hookspec
+def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+    """Add ``marketplace <name>`` sub-commands.
+
+    Args:
+        register: call with a ``CliCommand``.
+    """
+
+
+@hookspec
+def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> None:
+    """Add panels to the account dashboard or the admin finance view.
+
+    Args:
+        register: call with a ``DashboardPanel``.
+    """
+
+
+@hookspec
+def register_tasks(register: Callable[[object], None]) -> None:
+    """Contribute background task functions (plain ``async def``s).
+
+    Called when a worker starts; the worker wraps each in a taskiq task named
+    ``<plugin>.<function name>``.
+
+    Args:
+        register: call once per async function.
+    """

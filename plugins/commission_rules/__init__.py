@@ -1,0 +1,1 @@
+"""The commission_rules plugin (registered through the marketplace.plugins entry point)."""

@@ -1,0 +1,1 @@
+"""The creator_subscriptions plugin (registered through the marketplace.plugins entry point)."""
