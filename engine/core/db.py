@@ -1,0 +1,194 @@
+"""Database access: binding Piccolo tables to one engine, a raw asyncpg pool, migrations.
+
+No piccolo_conf module: the engine builds one ``PostgresEngine`` from settings and
+binds every enabled app's tables to it, so several databases (tests) never mix.
+Hot paths (webhook intake, ledger posting) use the asyncpg pool directly.
+
+Migrations are per app (the engine's ``marketplace`` app first, then each enabled
+plugin's): an app's tables are created once, then any Piccolo migration modules
+in its ``migrations_folder_path`` run in name order; each step is recorded in
+``marketplace_migrations`` so ``migrate`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.table import Table
+
+from engine.core.contributions import TableApp
+from engine.core.tables import CORE_TABLES
+
+__all__ = ["CORE_APP", "Database", "bind_tables", "migrate"]
+
+log = logging.getLogger(__name__)
+
+CORE_APP = "marketplace"
+
+_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS marketplace_migrations (
+    app TEXT NOT NULL,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (app, name)
+)
+"""
+
+# Constraints Piccolo's column API cannot express; part of the core's first migration.
+_CORE_EXTRA_DDL: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS marketplace_webhook_events_account_pending "
+    "ON marketplace_webhook_events (account, id) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS marketplace_ledger_entries_account_currency "
+    "ON marketplace_ledger_entries (account, currency)",
+)
+
+
+def bind_tables(engine: PostgresEngine, tables: Iterable[type[Table]]) -> None:
+    """Point each table class at ``engine`` (instead of a piccolo_conf lookup)."""
+    for table in tables:
+        table._meta._db = engine
+
+
+def _table_classes(app: TableApp) -> list[type[Table]]:
+    classes = getattr(app.app_config, "table_classes", [])
+    return [cls for cls in classes if isinstance(cls, type) and issubclass(cls, Table)]
+
+
+class Database:
+    """One PostgreSQL database: a Piccolo engine for the ORM and an asyncpg pool.
+
+    Use ``await db.start()`` before queries and ``await db.close()`` at shutdown.
+    """
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 20) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
+        self._pool: asyncpg.Pool | None = None
+
+    def bind(self, apps: Sequence[TableApp] = ()) -> None:
+        """Bind the core tables and the given plugin apps' tables to this database."""
+        bind_tables(self.engine, CORE_TABLES)
+        for app in apps:
+            bind_tables(self.engine, _table_classes(app))
+
+    async def start(self) -> None:
+        """Open the connection pools."""
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=self._min_size, max_size=self._max_size
+            )
+            await self.engine.start_connection_pool(
+                min_size=1, max_size=max(2, self._max_size // 2)
+            )
+
+    async def close(self) -> None:
+        """Close the pools."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+            await self.engine.close_connection_pool()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool (``start()`` first)."""
+        if self._pool is None:
+            raise RuntimeError("Database.start() was not called")
+        return self._pool
+
+    async def ping(self) -> bool:
+        """Whether the database answers ``SELECT 1``."""
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+
+
+async def _applied(conn: asyncpg.Connection, app: str) -> set[str]:
+    rows = await conn.fetch("SELECT name FROM marketplace_migrations WHERE app = $1", app)
+    return {row["name"] for row in rows}
+
+
+async def _record(conn: asyncpg.Connection, app: str, name: str) -> None:
+    await conn.execute(
+        "INSERT INTO marketplace_migrations (app, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        app,
+        name,
+    )
+
+
+def _ddl(table: type[Table]) -> list[str]:
+    statements: Any = table.create_table(if_not_exists=True).ddl
+    return [str(statement) for statement in statements]
+
+
+async def _create_tables(
+    conn: asyncpg.Connection, app: str, tables: Sequence[type[Table]], extra: Sequence[str] = ()
+) -> bool:
+    if "0000_tables" in await _applied(conn, app):
+        return False
+    async with conn.transaction():
+        for table in tables:
+            for statement in _ddl(table):
+                await conn.execute(statement)
+        for statement in extra:
+            await conn.execute(statement)
+        await _record(conn, app, "0000_tables")
+    return True
+
+
+async def _run_piccolo_migrations(conn: asyncpg.Connection, app: TableApp) -> list[str]:
+    folder = getattr(app.app_config, "migrations_folder_path", "")
+    # Blocking path checks are fine here: migrations run once, before serving.
+    if not folder or not Path(folder).is_dir():  # noqa: ASYNC240
+        return []
+    done = await _applied(conn, app.plugin)
+    ran: list[str] = []
+    for path in sorted(Path(folder).glob("*.py")):  # noqa: ASYNC240
+        if path.name.startswith("_") or path.stem in done:
+            continue
+        spec = importlib.util.spec_from_file_location(f"_migration_{app.plugin}_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        manager = await module.forwards()
+        await manager.run()
+        await _record(conn, app.plugin, path.stem)
+        ran.append(f"{app.plugin}:{path.stem}")
+    return ran
+
+
+async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]:
+    """Apply the core's and the given plugin apps' migrations; return what ran.
+
+    Safe to run repeatedly and concurrently with other ``migrate`` calls
+    (an advisory lock serialises them).
+    """
+    db = Database(database_url, min_size=1, max_size=2)
+    db.bind(apps)
+    ran: list[str] = []
+    conn: asyncpg.Connection = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(727274)")
+        await conn.execute(_MIGRATIONS_DDL)
+        if await _create_tables(conn, CORE_APP, CORE_TABLES, _CORE_EXTRA_DDL):
+            ran.append(f"{CORE_APP}:0000_tables")
+        for app in apps:
+            if await _create_tables(conn, app.plugin, _table_classes(app)):
+                ran.append(f"{app.plugin}:0000_tables")
+            ran += await _run_piccolo_migrations(conn, app)
+        await conn.execute("SELECT pg_advisory_unlock(727274)")
+    finally:
+        await conn.close()
+    for step in ran:
+        log.info("migration applied: %s", step)
+    return ran

@@ -1,0 +1,259 @@
+"""The double-entry ledger: balanced postings per currency, idempotent per operation.
+
+Every money movement (charge, application fee, transfer, refund, reversal,
+dispute, payout, payout failure) is one ``Posting``: entries on named ledger
+accounts whose amounts sum to zero per currency. A posting carries the key of
+the business operation (``"charge:ch_123"``); posting the same key twice
+records it once, so a retried job can never double-count.
+
+Ledger account names (positive = money held by that party):
+
+- ``platform`` the platform's Stripe balance; ``platform:fees`` commission earned;
+  ``platform:stripe_fees`` Stripe's processing fees paid.
+- ``acct_...`` a connected account's Stripe balance; ``acct_...:bank`` its paid-out money.
+- ``customers`` the outside world paying in (goes negative as customers pay).
+- ``disputes`` money held back by disputes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from engine.core.errors import LedgerImbalance
+from engine.core.money import Money
+
+__all__ = [
+    "CUSTOMERS",
+    "DISPUTES",
+    "PLATFORM",
+    "PLATFORM_FEES",
+    "PLATFORM_STRIPE_FEES",
+    "Entry",
+    "Ledger",
+    "LedgerLine",
+    "Posting",
+    "bank_of",
+]
+
+PLATFORM = "platform"
+PLATFORM_FEES = "platform:fees"
+PLATFORM_STRIPE_FEES = "platform:stripe_fees"
+CUSTOMERS = "customers"
+DISPUTES = "disputes"
+
+
+def bank_of(account_id: str) -> str:
+    """The ledger account for money paid out from ``account_id`` to its bank."""
+    return f"{account_id}:bank"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A signed amount on one ledger account."""
+
+    account: str
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One business operation's entries; refused unless balanced per currency.
+
+    Attributes:
+        key: the operation's idempotency key (``"refund:re_1"``); unique forever.
+        kind: ``charge``, ``application_fee``, ``transfer``, ``refund``, ``reversal``,
+            ``dispute``, ``payout``, ``payout_failure`` ...
+        entries: at least two entries summing to zero per currency.
+        reference: the business object (``"subscription:7"``, ``"booking:42"``).
+        stripe_object_id: the Stripe object the movement mirrors.
+    """
+
+    key: str
+    kind: str
+    entries: tuple[Entry, ...]
+    reference: str = ""
+    stripe_object_id: str = ""
+    plugin: str = ""
+    description: str = ""
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise LedgerImbalance("a posting needs an idempotency key")
+        if len(self.entries) < 2:
+            raise LedgerImbalance(f"posting {self.key} needs at least two entries")
+        totals: dict[str, int] = defaultdict(int)
+        for entry in self.entries:
+            totals[entry.amount.currency] += entry.amount.amount
+        unbalanced = {currency: total for currency, total in totals.items() if total}
+        if unbalanced:
+            raise LedgerImbalance(f"posting {self.key} does not balance: {unbalanced}")
+
+    @classmethod
+    def transfer(
+        cls, key: str, kind: str, source: str, destination: str, amount: Money, **extra: Any
+    ) -> Posting:
+        """A two-entry posting moving ``amount`` from ``source`` to ``destination``."""
+        return cls(
+            key=key,
+            kind=kind,
+            entries=(Entry(source, -amount), Entry(destination, amount)),
+            **extra,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """One entry as read back, with its transaction's details."""
+
+    transaction_id: int
+    key: str
+    kind: str
+    account: str
+    amount: Money
+    reference: str
+    stripe_object_id: str
+    description: str
+    occurred_at: datetime
+
+
+_INSERT_TX = """
+INSERT INTO marketplace_ledger_transactions
+    (idempotency_key, kind, description, reference, stripe_object_id, plugin,
+     occurred_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+_INSERT_ENTRY = """
+INSERT INTO marketplace_ledger_entries (ledger_transaction, account, amount, currency)
+VALUES ($1, $2, $3, $4)
+"""
+
+
+class Ledger:
+    """Reads and writes the ledger tables through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def post(self, posting: Posting, *, conn: asyncpg.Connection | None = None) -> bool:
+        """Record ``posting`` once; return False if its key was already posted.
+
+        Pass ``conn`` to post inside the caller's transaction (so the business
+        change and its money movement commit together).
+        """
+        if conn is None:
+            async with self._pool.acquire() as own, own.transaction():
+                return await self._post(own, posting)
+        return await self._post(conn, posting)
+
+    async def post_many(self, postings: Iterable[Posting]) -> int:
+        """Post several in one database transaction; return how many were new."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return sum([await self._post(conn, posting) for posting in postings])
+
+    async def _post(self, conn: asyncpg.Connection, posting: Posting) -> bool:
+        tx_id = await conn.fetchval(
+            _INSERT_TX,
+            posting.key,
+            posting.kind,
+            posting.description,
+            posting.reference,
+            posting.stripe_object_id,
+            posting.plugin,
+            posting.occurred_at,
+        )
+        if tx_id is None:
+            return False
+        await conn.executemany(
+            _INSERT_ENTRY,
+            [
+                (tx_id, entry.account, entry.amount.amount, entry.amount.currency)
+                for entry in posting.entries
+            ],
+        )
+        return True
+
+    async def is_posted(self, key: str) -> bool:
+        """Whether an operation key has been posted."""
+        async with self._pool.acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM marketplace_ledger_transactions WHERE idempotency_key = $1", key
+            )
+            return found is not None
+
+    async def balances(self, account: str) -> dict[str, int]:
+        """The account's balance per currency, from its entries."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT currency, sum(amount)::bigint AS total FROM marketplace_ledger_entries "
+                "WHERE account = $1 GROUP BY currency",
+                account,
+            )
+        return {row["currency"]: int(row["total"]) for row in rows}
+
+    async def balance(self, account: str, currency: str) -> Money:
+        """The account's balance in one currency."""
+        return Money((await self.balances(account)).get(currency.lower(), 0), currency)
+
+    async def lines(
+        self,
+        account: str,
+        *,
+        limit: int = 50,
+        before_id: int | None = None,
+        kinds: Sequence[str] = (),
+    ) -> list[LedgerLine]:
+        """The account's entries, newest first, ``before_id`` as a cursor."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT t.id, t.idempotency_key, t.kind, e.account, e.amount, e.currency,
+                       t.reference, t.stripe_object_id, t.description, t.occurred_at
+                FROM marketplace_ledger_entries e
+                JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
+                WHERE e.account = $1
+                  AND ($2::bigint IS NULL OR t.id < $2)
+                  AND (cardinality($3::text[]) = 0 OR t.kind = ANY($3))
+                ORDER BY t.id DESC
+                LIMIT $4
+                """,
+                account,
+                before_id,
+                list(kinds),
+                limit,
+            )
+        return [
+            LedgerLine(
+                transaction_id=row["id"],
+                key=row["idempotency_key"],
+                kind=row["kind"],
+                account=row["account"],
+                amount=Money(int(row["amount"]), row["currency"]),
+                reference=row["reference"],
+                stripe_object_id=row["stripe_object_id"],
+                description=row["description"],
+                occurred_at=row["occurred_at"],
+            )
+            for row in rows
+        ]
+
+    async def unbalanced_transactions(self) -> list[str]:
+        """Keys of transactions whose entries do not sum to zero (should be none)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT t.idempotency_key FROM marketplace_ledger_transactions t
+                JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
+                GROUP BY t.id, e.currency HAVING sum(e.amount) <> 0
+                """
+            )
+        return [row["idempotency_key"] for row in rows]
