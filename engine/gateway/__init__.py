@@ -1,0 +1,214 @@
+"""The one module that talks to Stripe: an async facade over ``stripe.StripeClient``.
+
+The base address is configuration (the sandbox in development and tests,
+Stripe in production). Every write takes an idempotency key derived from the
+business operation (``"booking:42:transfer:provider"``), so a retried job never
+moves money twice. Stripe's exceptions become the engine's domain errors.
+Results are plain ``dict``s in Stripe's JSON shape, so nothing else needs the SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+
+from engine.core.errors import (
+    AccountRestricted,
+    AuthenticationRequired,
+    CardDeclined,
+    GatewayError,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidInput,
+    MarketplaceError,
+    NotFound,
+    RateLimited,
+)
+
+__all__ = ["StripeGateway", "idempotency_key"]
+
+StripeObject = dict[str, Any]
+
+_MAX_KEY = 255
+
+
+def idempotency_key(*parts: object) -> str:
+    """Join business-operation parts into a Stripe idempotency key (<= 255 chars).
+
+    ``idempotency_key("booking", 42, "transfer", "provider")`` ->
+    ``"booking:42:transfer:provider"``; over-long keys keep a readable prefix
+    and end in a hash so they stay unique.
+    """
+    key = ":".join(str(part) for part in parts)
+    if len(key) <= _MAX_KEY:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{key[: _MAX_KEY - 65]}:{digest}"
+
+
+def _translate(exc: stripe.StripeError) -> MarketplaceError:
+    """Map a Stripe exception to the engine's domain error."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None) or getattr(exc, "code", None) or ""
+    param = getattr(error, "param", None)
+    message = getattr(error, "message", None) or str(exc.user_message or exc) or code
+    extra: dict[str, Any] = {"stripe_code": code, "stripe_request_id": exc.request_id}
+    if isinstance(exc, stripe.CardError):
+        decline = getattr(error, "decline_code", None) or code
+        return CardDeclined(message, decline_code=decline, **extra)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return AuthenticationRequired(f"Stripe refused the platform key: {message}", **extra)
+    if isinstance(exc, stripe.RateLimitError):
+        return RateLimited(message, **extra)
+    if isinstance(exc, stripe.IdempotencyError):
+        return IdempotencyConflict(message, **extra)
+    if isinstance(exc, stripe.InvalidRequestError):
+        if code == "resource_missing":
+            return NotFound(message, **extra)
+        if code in {"balance_insufficient", "insufficient_funds"}:
+            return InsufficientBalance(message, **extra)
+        if code in {"account_invalid", "account_restricted"} or "restricted" in message:
+            return AccountRestricted(message, **extra)
+        return InvalidInput(message, field=param, **extra)
+    return GatewayError(message, **extra)
+
+
+class StripeGateway:
+    """Async access to Stripe (or the sandbox) for the engine and plugins.
+
+    Args:
+        secret_key: the platform's secret key.
+        api_base: base address (``http://127.0.0.1:12111`` for the sandbox);
+            empty for Stripe itself.
+        max_network_retries: the SDK's own retries of network failures (safe
+            because every write carries an idempotency key).
+    """
+
+    def __init__(
+        self, secret_key: str, api_base: str = "", *, max_network_retries: int = 2
+    ) -> None:
+        base: Any = {}
+        if api_base:
+            base = {"api": api_base, "connect": api_base, "files": api_base}
+        self.api_base = api_base
+        self._client = stripe.StripeClient(
+            secret_key,
+            base_addresses=base,
+            max_network_retries=max_network_retries,
+            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+        )
+
+    @staticmethod
+    def _options(account: str | None, key: str | None) -> Any:
+        options: dict[str, str] = {}
+        if account:
+            options["stripe_account"] = account
+        if key:
+            options["idempotency_key"] = key
+        return options
+
+    async def call(
+        self,
+        resource: str,
+        method: str,
+        *args: str,
+        params: Mapping[str, Any] | None = None,
+        account: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> StripeObject:
+        """Call ``client.v1.<resource>.<method>_async(*args, params, options)``.
+
+        ``resource`` may be dotted for nested services (``"transfers.reversals"``).
+        Writes (``create``, ``update``, ``capture``, ``cancel``, ``confirm`` ...)
+        must pass ``idempotency_key``.
+        """
+        service: Any = self._client.v1
+        for part in resource.split("."):
+            service = getattr(service, part)
+        function = getattr(service, f"{method}_async")
+        if method not in {"retrieve", "list"} and idempotency_key is None:
+            raise GatewayError(f"{resource}.{method} needs an idempotency key")
+        try:
+            result = await function(
+                *args,
+                params=dict(params or {}),
+                options=self._options(account, idempotency_key),
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return _to_dict(result)
+
+    # ------------------------------------------------------------ accounts
+
+    async def create_account(
+        self, *, kind: str, email: str, country: str, role: str, key: str
+    ) -> StripeObject:
+        """Create a connected account (``kind`` express or custom) for a role."""
+        params: dict[str, Any] = {
+            "type": kind,
+            "country": country,
+            "email": email,
+            "capabilities": {
+                "card_payments": {"requested": True},
+                "transfers": {"requested": True},
+            },
+            "metadata": {"role": role},
+        }
+        return await self.call("accounts", "create", params=params, idempotency_key=key)
+
+    async def create_account_link(
+        self, account_id: str, *, refresh_url: str, return_url: str, key: str
+    ) -> StripeObject:
+        """An onboarding link for a connected account."""
+        params = {
+            "account": account_id,
+            "refresh_url": refresh_url,
+            "return_url": return_url,
+            "type": "account_onboarding",
+        }
+        return await self.call("account_links", "create", params=params, idempotency_key=key)
+
+    async def retrieve_account(self, account_id: str) -> StripeObject:
+        """The connected account as Stripe sees it now."""
+        return await self.call("accounts", "retrieve", account_id)
+
+    async def balance(self, account: str | None = None) -> StripeObject:
+        """Available and pending balance of the platform or a connected account."""
+        try:
+            result = await self._client.v1.balance.retrieve_async(
+                options=self._options(account, None)
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return _to_dict(result)
+
+    async def list_all(
+        self,
+        resource: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        account: str | None = None,
+        page_size: int = 100,
+    ) -> list[StripeObject]:
+        """Every object of a list endpoint, following ``starting_after`` pages."""
+        items: list[StripeObject] = []
+        query = {**(params or {}), "limit": page_size}
+        while True:
+            page = await self.call(resource, "list", params=query, account=account)
+            data = page.get("data", [])
+            items += data
+            if not page.get("has_more") or not data:
+                return items
+            query["starting_after"] = data[-1]["id"]
+
+
+def _to_dict(result: Any) -> StripeObject:
+    if isinstance(result, stripe.StripeObject):
+        converted: StripeObject = result.to_dict()
+        return converted
+    if isinstance(result, dict):
+        return result
+    raise GatewayError(f"unexpected Stripe response {type(result).__name__}")
