@@ -1,0 +1,101 @@
+"""The service container: what the API, the workers and plugins share at run time.
+
+Built once per process from settings (nothing at import time): the plugin
+facade, the database, the ledger, the Stripe gateway and, when configured, the
+NATS connection. ``await Services.start(settings)`` opens them;
+``await services.close()`` closes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+from engine.core.db import Database
+from engine.core.errors import ConfigError
+from engine.core.ledger import Ledger
+from engine.core.plugins import Plugins, build_plugins
+from engine.core.settings import Settings
+from engine.gateway import StripeGateway
+
+__all__ = ["Services"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a request handler, a task or a plugin needs, opened once."""
+
+    settings: Settings
+    plugins: Plugins
+    db: Database
+    ledger: Ledger
+    gateway: StripeGateway
+    nats: NatsClient | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        plugins: Plugins | None = None,
+        connect_nats: bool = True,
+    ) -> Services:
+        """Open the database pool (and NATS when configured) for ``settings``.
+
+        Raises:
+            ConfigError: when ``database.url`` is empty (``marketplace up`` fills
+                it with the embedded server's URL before calling this).
+        """
+        if not settings.database.url:
+            raise ConfigError("database.url", "is empty (set it, or use `marketplace up`)")
+        plugins = plugins or build_plugins(settings)
+        db = Database(
+            settings.database.url,
+            min_size=settings.database.pool_min,
+            max_size=settings.database.pool_max,
+        )
+        db.bind(plugins.table_apps())
+        await db.start()
+        gateway = StripeGateway(
+            settings.stripe.secret_key,
+            settings.stripe.api_base,
+            max_network_retries=settings.stripe.max_network_retries,
+        )
+        nats_client: NatsClient | None = None
+        if connect_nats and settings.nats.url:
+            nats_client = await nats.connect(
+                settings.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+            )
+        services = cls(
+            settings=settings,
+            plugins=plugins,
+            db=db,
+            ledger=Ledger(db.pool),
+            gateway=gateway,
+            nats=nats_client,
+        )
+        plugins.runtime.services = services
+        return services
+
+    async def nats_ready(self) -> bool:
+        """Whether NATS is connected (true when NATS is not configured)."""
+        if self.nats is None:
+            return not self.settings.nats.url
+        return bool(self.nats.is_connected)
+
+    async def close(self) -> None:
+        """Close NATS and the database pools."""
+        if self.nats is not None:
+            try:
+                await self.nats.drain()
+            except Exception:  # closing anyway; a drain timeout must not block shutdown
+                log.warning("NATS drain failed", exc_info=True)
+            self.nats = None
+        await self.db.close()
