@@ -1,0 +1,321 @@
+"""The ``marketplace`` command: run the stack, serve, migrate, list plugins, run the sandbox.
+
+Every command loads settings first (``--config FILE`` or ``MARKETPLACE_CONFIG``,
+then environment overrides); a bad config stops it with the key named and exit
+code 2. Enabled plugins may add sub-commands through ``register_cli_commands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.core.errors import ConfigError, MarketplaceError
+from engine.core.plugins import Plugins, build_plugins, installed_plugins
+from engine.core.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("marketplace")
+
+EXIT_CONFIG = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = Path(args.config) if getattr(args, "config", None) else None
+    return load_settings(path)
+
+
+def _replace(settings: Settings, section: str, **changes: Any) -> Settings:
+    current = getattr(settings, section)
+    return msgspec.structs.replace(
+        settings, **{section: msgspec.structs.replace(current, **changes)}
+    )
+
+
+# ---------------------------------------------------------------- plugins
+
+
+def cmd_plugins(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """List installed plugins, whether each is enabled, and the hooks it implements."""
+    from engine.core.plugins import describe_hooks
+
+    installed = installed_plugins()
+    width = max((len(name) for name in installed), default=10)
+    for info in plugins.infos:
+        hooks = info.hooks
+        if not info.enabled and info.name in installed:
+            hooks = describe_hooks(installed[info.name].load())
+        state = "essential" if info.essential else ("enabled" if info.enabled else "disabled")
+        print(f"{info.name:<{width}}  {state:<9}  {info.target}")
+        print(f"{'':<{width}}  hooks: {', '.join(hooks) or '-'}")
+    return 0
+
+
+# ---------------------------------------------------------------- migrate
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Apply the engine's and every enabled plugin's migrations."""
+    from engine.core.db import migrate
+
+    if not settings.database.url:
+        raise ConfigError("database.url", "is empty; set it or MARKETPLACE_DATABASE_URL")
+    ran = asyncio.run(migrate(settings.database.url, plugins.table_apps()))
+    print("\n".join(ran) if ran else "nothing to migrate")
+    return 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+async def _serve_api(settings: Settings, plugins: Plugins, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    from engine.api.app import create_app
+    from engine.services import Services
+
+    services = await Services.start(settings, plugins=plugins)
+    try:
+        app = create_app(services)
+        config = uvicorn.Config(
+            app,
+            host=settings.api.host,
+            port=settings.api.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        await stop.wait()
+        server.should_exit = True
+        await task
+    finally:
+        await services.close()
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Run the API server only (production: many of these behind a load balancer)."""
+    if args.port:
+        settings = _replace(settings, "api", port=args.port)
+
+    async def run() -> None:
+        await _serve_api(settings, plugins, _stop_event())
+
+    asyncio.run(run())
+    return 0
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+def cmd_sandbox(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Run the offline Stripe sandbox on its own."""
+    from engine.sandbox import run_sandbox
+
+    persist = Path(args.state) if args.state else None
+    run_sandbox(args.host, args.port, persist)
+    return 0
+
+
+# ---------------------------------------------------------------- up
+
+
+class _Stack:
+    """The processes and servers ``marketplace up`` started, stopped in reverse."""
+
+    def __init__(self) -> None:
+        self._stops: list[Any] = []
+
+    def started(self, stopper: Any) -> None:
+        self._stops.append(stopper)
+
+    def stop(self) -> None:
+        while self._stops:
+            stopper = self._stops.pop()
+            with contextlib.suppress(Exception):
+                stopper()
+
+
+def _admin_key(data_dir: Path) -> str:
+    """The local admin key for ``up``: made once, kept under the data dir."""
+    path = data_dir / "admin_api_key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = f"mk_admin{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
+    path.write_text(key + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return key
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Run everything on this machine with embedded defaults and print the URLs."""
+    from engine.infra.embedded import EmbeddedNats, EmbeddedPostgres
+    from engine.infra.processes import find_free_port
+
+    data_dir = settings.data_path
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = _Stack()
+    try:
+        if not settings.database.url:
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            url = postgres.start()
+            stack.started(postgres.stop)
+            settings = _replace(settings, "database", url=url)
+            print(f"postgres   {url}  (log: {data_dir / 'postgres'})")
+        if not settings.nats.url:
+            nats_server = EmbeddedNats(data_dir / "nats")
+            url = nats_server.start()
+            stack.started(nats_server.stop)
+            settings = _replace(settings, "nats", url=url)
+            print(f"nats       {url}")
+        from engine.core.db import migrate
+
+        asyncio.run(migrate(settings.database.url, plugins.table_apps()))
+        admin_key = settings.api.bootstrap_admin_key or _admin_key(data_dir)
+        settings = _replace(settings, "api", bootstrap_admin_key=admin_key)
+        port = args.port or settings.api.port
+        from engine.infra.processes import port_accepts
+
+        if port_accepts(settings.api.host, port):
+            port = find_free_port(settings.api.host)
+        settings = _replace(settings, "api", port=port)
+        base = f"http://{settings.api.host}:{port}"
+        if not settings.engine.public_url:
+            settings = _replace(settings, "engine", public_url=base)
+        asyncio.run(_up(settings, plugins, data_dir, admin_key, base))
+    finally:
+        stack.stop()
+    return 0
+
+
+async def _up(
+    settings: Settings, plugins: Plugins, data_dir: Path, admin_key: str, base: str
+) -> None:
+    import uvicorn
+
+    stop = _stop_event()
+    tasks: list[asyncio.Task[None]] = []
+    servers: list[uvicorn.Server] = []
+    if not settings.stripe.api_base:
+        from engine.infra.processes import find_free_port
+        from engine.sandbox import create_app as create_sandbox
+
+        sandbox_port = find_free_port()
+        sandbox = uvicorn.Server(
+            uvicorn.Config(
+                create_sandbox(persist_path=data_dir / "sandbox.state"),
+                host="127.0.0.1",
+                port=sandbox_port,
+                log_level="warning",
+            )
+        )
+        sandbox.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        servers.append(sandbox)
+        tasks.append(asyncio.create_task(sandbox.serve()))
+        settings = _replace(settings, "stripe", api_base=f"http://127.0.0.1:{sandbox_port}")
+        print(f"sandbox    {settings.stripe.api_base}  (offline Stripe)")
+    api = asyncio.create_task(_serve_api(settings, plugins, stop))
+    await asyncio.sleep(0.5)
+    print(f"api        {base}")
+    print(f"docs       {base}/schema/swagger")
+    print(f"health     {base}/health")
+    print(f"admin key  {admin_key}")
+    print(f'try:       curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts')
+    print("Ctrl-C stops everything.")
+    sys.stdout.flush()
+    await stop.wait()
+    await api
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marketplace", description=__doc__)
+    parser.add_argument("--config", help="TOML config file (default: MARKETPLACE_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack locally with embedded defaults")
+    up.add_argument("--port", type=int, default=0, help="API port (default from config)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--port", type=int, default=0)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    listing = sub.add_parser("plugins", help="list installed plugins and their hooks")
+    listing.set_defaults(func=cmd_plugins)
+
+    sandbox = sub.add_parser("sandbox", help="run the offline Stripe sandbox")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=12111)
+    sandbox.add_argument("--state", help="file to persist sandbox state in")
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    for command in plugins.cli_commands() if plugins else ():
+        plugin_parser = sub.add_parser(command.name, help=command.help)
+        command.configure(plugin_parser)
+        plugin_parser.set_defaults(func=lambda a, s, p, _c=command: _c.run(a, s))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``marketplace`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("-v", "--verbose", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        settings = _settings(known)
+        plugins = build_plugins(settings)
+    except ConfigError as exc:
+        print(f"marketplace: config error: {exc.key}: {exc.problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    args = _parser(plugins).parse_args(argv)
+    try:
+        result: int = args.func(args, settings, plugins)
+    except ConfigError as exc:
+        print(f"marketplace: config error: {exc.key}: {exc.problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MarketplaceError as exc:
+        print(f"marketplace: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
