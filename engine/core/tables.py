@@ -173,6 +173,7 @@ class WebhookEvent(Table, tablename="marketplace_webhook_events"):
     livemode = Boolean(default=False)
     created = BigInt(default=0)
     payload = JSONB()
+    # pending -> handled, or dead (parked after max attempts; replayable).
     status = Varchar(length=16, default="pending", index=True)
     attempts = Integer(default=0)
     last_error = Text(default="")
@@ -181,15 +182,24 @@ class WebhookEvent(Table, tablename="marketplace_webhook_events"):
 
 
 class WebhookAccount(Table, tablename="marketplace_webhook_accounts"):
-    """Per-account mailbox state: scheduling token, lease, backoff, dead letter."""
+    """Per-account mailbox state: scheduling token, lease, backoff, dead letter.
+
+    ``version`` grows with every event accepted for the account; a worker clears
+    ``scheduled`` only if the version is still the one it drained up to, so an
+    event that arrives while the flag is being cleared is never stranded.
+    """
 
     account = Varchar(length=64, primary_key=True)
+    version = BigInt(default=0)
     scheduled = Boolean(default=False)
+    scheduled_at = Timestamptz(null=True, default=None)
+    lease_owner = Varchar(length=64, default="")
     lease_until = Timestamptz(null=True, default=None)
     backoff_until = Timestamptz(null=True, default=None)
-    parked = Boolean(default=False)
+    parked = Boolean(default=False, index=True)
     attempts = Integer(default=0)
     last_error = Text(default="")
+    handled = BigInt(default=0)
     updated_at = Timestamptz()
 
 

@@ -1,0 +1,1 @@
+"""Stripe webhook intake: signature verification, the durable inbox and per-account mailboxes."""

@@ -1,0 +1,353 @@
+"""Per-account mailboxes in PostgreSQL: the source of truth for webhook processing.
+
+The inbox table holds every verified event (unique on Stripe's id); each account
+(``"platform"`` for the platform's own events) has one row in
+``marketplace_webhook_accounts`` with a scheduling token. The protocol:
+
+1. ``accept``: in one statement, insert the event and bump the account's
+   ``version``; if the account was not ``scheduled`` it becomes scheduled and the
+   caller publishes one "drain <account>" task. So the broker holds at most one
+   task per account and a flood on one account is one task, queued behind every
+   other account's.
+2. ``drain``: the worker takes the account's lease, applies a bounded batch of
+   pending events in arrival order, then clears ``scheduled`` only if the
+   version is unchanged (else re-queues at the back). A failing event backs the
+   account off with jitter; after ``max_attempts`` the event is dead and the
+   account parked (its later events wait, preserving order) until replayed.
+3. ``sweep``: re-schedules accounts whose backoff has passed, whose lease
+   expired (a worker died) or whose task went missing (a broker lost it).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = [
+    "PLATFORM_ACCOUNT",
+    "Accepted",
+    "DeadLetter",
+    "DrainOutcome",
+    "Mailbox",
+    "backoff_seconds",
+]
+
+PLATFORM_ACCOUNT = "platform"
+
+EventHandler = Callable[
+    [Mapping[str, Any], asyncpg.Connection], Awaitable[Callable[[], None] | None]
+]
+"""``handle(event, conn)`` -> an optional action to run after the commit."""
+
+_ACCEPT = """
+WITH ev AS (
+    INSERT INTO marketplace_webhook_events
+        (event_id, account, type, livemode, created, payload, status, attempts,
+         last_error, received_at)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, 'pending', 0, '', now())
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING account
+), acc AS (
+    INSERT INTO marketplace_webhook_accounts AS a
+        (account, version, scheduled, scheduled_at, lease_owner, parked, attempts,
+         last_error, handled, updated_at)
+    SELECT account, 1, true, now(), '', false, 0, '', 0, now() FROM ev
+    ON CONFLICT (account) DO UPDATE SET
+        version = a.version + 1,
+        scheduled = true,
+        scheduled_at = CASE WHEN a.scheduled THEN a.scheduled_at ELSE now() END,
+        updated_at = now()
+    RETURNING version, scheduled_at = now() AS newly_scheduled, parked
+)
+SELECT version, newly_scheduled, parked FROM acc
+"""
+
+_LEASE = """
+UPDATE marketplace_webhook_accounts
+SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+WHERE account = $1 AND scheduled AND NOT parked
+  AND (lease_until IS NULL OR lease_until < now())
+  AND (backoff_until IS NULL OR backoff_until <= now())
+RETURNING version
+"""
+
+_PENDING = """
+SELECT id, event_id, type, payload::text AS payload, attempts
+FROM marketplace_webhook_events
+WHERE account = $1 AND status = 'pending'
+ORDER BY id
+LIMIT $2
+"""
+
+_MARK_HANDLED = """
+UPDATE marketplace_webhook_events
+SET status = 'handled', handled_at = now(), attempts = attempts + 1
+WHERE id = $1
+"""
+
+_RELEASE_IF_IDLE = """
+UPDATE marketplace_webhook_accounts
+SET scheduled = false, scheduled_at = NULL, lease_owner = '', lease_until = NULL,
+    attempts = 0, last_error = '', handled = handled + $4, updated_at = now()
+WHERE account = $1 AND version = $2 AND lease_owner = $3
+RETURNING 1
+"""
+
+_RELEASE_AND_REQUEUE = """
+UPDATE marketplace_webhook_accounts
+SET scheduled_at = now(), lease_owner = '', lease_until = NULL,
+    attempts = 0, last_error = '', handled = handled + $3, updated_at = now()
+WHERE account = $1 AND lease_owner = $2
+RETURNING 1
+"""
+
+_FAIL_EVENT = """
+UPDATE marketplace_webhook_events
+SET attempts = attempts + 1, last_error = $2,
+    status = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE status END
+WHERE id = $1
+RETURNING status, attempts
+"""
+
+_BACK_OFF = """
+UPDATE marketplace_webhook_accounts
+SET lease_owner = '', lease_until = NULL, scheduled_at = now(),
+    backoff_until = now() + make_interval(secs => $3), parked = $4,
+    attempts = $5, last_error = $6, handled = handled + $7, updated_at = now()
+WHERE account = $1 AND lease_owner = $2
+"""
+
+_SWEEP = """
+UPDATE marketplace_webhook_accounts
+SET scheduled_at = now(), backoff_until = NULL
+WHERE scheduled AND NOT parked
+  AND (lease_until IS NULL OR lease_until < now())
+  AND (
+        (backoff_until IS NOT NULL AND backoff_until <= now())
+     OR (backoff_until IS NULL AND scheduled_at < now() - make_interval(secs => $1))
+  )
+RETURNING account
+"""
+
+_ORPHANS = """
+WITH orphans AS (
+    SELECT DISTINCT e.account FROM marketplace_webhook_events e
+    JOIN marketplace_webhook_accounts a ON a.account = e.account
+    WHERE e.status = 'pending' AND NOT a.scheduled AND NOT a.parked
+)
+UPDATE marketplace_webhook_accounts a
+SET scheduled = true, scheduled_at = now()
+FROM orphans WHERE a.account = orphans.account AND NOT a.scheduled
+RETURNING a.account
+"""
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
+    ceiling: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Result of ``accept``: whether the event is new and whether to publish a drain."""
+
+    inserted: bool
+    account: str
+    version: int = 0
+    publish: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    """What one drain did: ``state`` is busy, idle, requeue, backoff or parked."""
+
+    state: str
+    handled: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered event, for the admin API."""
+
+    event_id: str
+    account: str
+    type: str
+    attempts: int
+    last_error: str
+    received_at: datetime
+
+
+def event_account(event: Mapping[str, Any]) -> str:
+    """The mailbox an event belongs to: its connected account, else the platform."""
+    account = event.get("account")
+    return str(account) if account else PLATFORM_ACCOUNT
+
+
+class Mailbox:
+    """The mailbox protocol over an asyncpg pool (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_attempts: int = 8,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 3600.0,
+        batch_size: int = 50,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._pool = pool
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+
+    async def accept(self, event: Mapping[str, Any], raw_body: str) -> Accepted:
+        """Commit a verified event to its account's mailbox (duplicates change nothing)."""
+        account = event_account(event)
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                _ACCEPT,
+                str(event["id"]),
+                account,
+                str(event.get("type", "")),
+                bool(event.get("livemode", False)),
+                int(event.get("created") or 0),
+                raw_body,
+            )
+        if row is None:
+            return Accepted(inserted=False, account=account)
+        return Accepted(
+            inserted=True,
+            account=account,
+            version=int(row["version"]),
+            publish=bool(row["newly_scheduled"]) and not row["parked"],
+        )
+
+    async def drain(self, account: str, owner: str, handle: EventHandler) -> DrainOutcome:
+        """Apply up to ``batch_size`` pending events of ``account`` in order.
+
+        ``handle(event, conn)`` runs inside a transaction that also marks the
+        event handled, so a handler's own writes and the mark commit together.
+        """
+        async with self._pool.acquire() as conn:
+            version = await conn.fetchval(_LEASE, account, owner, self.lease_seconds)
+            if version is None:
+                return DrainOutcome("busy")
+            rows = await conn.fetch(_PENDING, account, self.batch_size)
+        handled = 0
+        for row in rows:
+            event = json.loads(row["payload"])
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    after_commit = await handle(event, conn)
+                    await conn.execute(_MARK_HANDLED, row["id"])
+            except Exception as exc:  # any handler failure backs the account off
+                return await self._failed(account, owner, row["id"], exc, handled)
+            if after_commit is not None:
+                after_commit()
+            handled += 1
+        async with self._pool.acquire() as conn:
+            if len(rows) < self.batch_size and await conn.fetchval(
+                _RELEASE_IF_IDLE, account, version, owner, handled
+            ):
+                return DrainOutcome("idle", handled)
+            await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, handled)
+        return DrainOutcome("requeue", handled)
+
+    async def _failed(
+        self, account: str, owner: str, row_id: int, exc: Exception, handled: int
+    ) -> DrainOutcome:
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        async with self._pool.acquire() as conn, conn.transaction():
+            result = await conn.fetchrow(_FAIL_EVENT, row_id, message, self.max_attempts)
+            attempts = int(result["attempts"])
+            dead = result["status"] == "dead"
+            delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
+            await conn.execute(_BACK_OFF, account, owner, delay, dead, attempts, message, handled)
+        return DrainOutcome("parked" if dead else "backoff", handled, message)
+
+    async def sweep(self, stale_after_seconds: float) -> list[str]:
+        """Accounts to (re)publish: backoff passed, lease expired, or task lost."""
+        async with self._pool.acquire() as conn:
+            orphans = await conn.fetch(_ORPHANS)
+            rows = await conn.fetch(_SWEEP, stale_after_seconds)
+        accounts = {row["account"] for row in rows} | {row["account"] for row in orphans}
+        return sorted(accounts)
+
+    async def dead_letters(
+        self, *, account: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[DeadLetter]:
+        """Dead-lettered events, optionally for one account, oldest first."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT event_id, account, type, attempts, last_error, received_at
+                FROM marketplace_webhook_events
+                WHERE status = 'dead' AND ($1::text IS NULL OR account = $1) AND id > $2
+                ORDER BY id LIMIT $3
+                """,
+                account,
+                after_id,
+                limit,
+            )
+        return [DeadLetter(**dict(row)) for row in rows]
+
+    async def replay(
+        self, *, event_ids: Sequence[str] = (), account: str | None = None
+    ) -> list[str]:
+        """Make dead events pending again and unpark their accounts; return those accounts.
+
+        The caller publishes a drain for each returned account.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                UPDATE marketplace_webhook_events
+                SET status = 'pending', attempts = 0, last_error = ''
+                WHERE status = 'dead'
+                  AND ((cardinality($1::text[]) > 0 AND event_id = ANY($1))
+                       OR ($2::text IS NOT NULL AND account = $2))
+                RETURNING account
+                """,
+                list(event_ids),
+                account,
+            )
+            accounts = sorted({row["account"] for row in rows} | ({account} if account else set()))
+            await conn.execute(
+                """
+                UPDATE marketplace_webhook_accounts
+                SET parked = false, backoff_until = NULL, attempts = 0, last_error = '',
+                    scheduled = true, scheduled_at = now(), lease_owner = '', lease_until = NULL
+                WHERE account = ANY($1)
+                """,
+                accounts,
+            )
+        return accounts
+
+    async def account_states(self) -> list[dict[str, Any]]:
+        """Every mailbox with its pending count, for the admin view and metrics."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT a.account, a.scheduled, a.parked, a.attempts, a.last_error, a.handled,
+                       a.backoff_until,
+                       (SELECT count(*) FROM marketplace_webhook_events e
+                        WHERE e.account = a.account AND e.status = 'pending') AS pending,
+                       (SELECT count(*) FROM marketplace_webhook_events e
+                        WHERE e.account = a.account AND e.status = 'dead') AS dead,
+                       (SELECT min(received_at) FROM marketplace_webhook_events e
+                        WHERE e.account = a.account AND e.status = 'pending') AS oldest_pending
+                FROM marketplace_webhook_accounts a ORDER BY a.account
+                """
+            )
+        return [dict(row) for row in rows]

@@ -1,0 +1,1 @@
+"""Workers: taskiq over NATS JetStream draining per-account mailboxes, and the sweeper."""

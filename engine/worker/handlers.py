@@ -1,0 +1,244 @@
+"""The engine's own webhook handlers: accounts, payouts, refunds, disputes, transfers.
+
+Each is idempotent and order-insensitive: state only moves forward (an older
+``account.updated`` never overwrites a newer one; a paid or failed payout never
+goes back to pending), and ledger postings are keyed by the Stripe object so a
+repeated event posts nothing twice. Plugins add the business meaning on top.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.ledger import Ledger, Posting, bank_of
+from engine.core.money import Money
+from engine.core.orders import LifecycleEvent, PayoutFailure
+from engine.worker.dispatch import EventContext, stripe_object
+
+__all__ = ["account_status", "core_registrations"]
+
+log = logging.getLogger(__name__)
+
+_PAYOUT_RANK = {"pending": 0, "in_transit": 1, "canceled": 2, "paid": 3, "failed": 3}
+
+
+def account_status(account: dict[str, Any]) -> str:
+    """Our status for a Stripe account: active, restricted or onboarding."""
+    requirements = account.get("requirements") or {}
+    if account.get("charges_enabled") and account.get("payouts_enabled"):
+        return "active"
+    if requirements.get("disabled_reason") or requirements.get("past_due"):
+        return "restricted"
+    if account.get("details_submitted"):
+        return "restricted"
+    return "onboarding"
+
+
+async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
+    """Mirror charges/payouts enabled and requirements; never apply an older snapshot."""
+    account = stripe_object(event)
+    created = int(event.get("created") or 0)
+    requirements = account.get("requirements") or {}
+    due = list(requirements.get("currently_due") or [])
+    row = await ctx.conn.fetchrow(
+        """
+        UPDATE marketplace_accounts
+        SET charges_enabled = $2, payouts_enabled = $3, details_submitted = $4,
+            requirements_due = $5::jsonb,
+            status = CASE WHEN suspended THEN 'suspended' ELSE $6 END,
+            payout_failure_code = CASE WHEN $3 THEN NULL ELSE payout_failure_code END,
+            stripe_updated_at = $7, updated_at = now()
+        WHERE stripe_account_id = $1 AND stripe_updated_at <= $7
+        RETURNING role
+        """,
+        account.get("id"),
+        bool(account.get("charges_enabled")),
+        bool(account.get("payouts_enabled")),
+        bool(account.get("details_submitted")),
+        json.dumps(due),
+        account_status(account),
+        created,
+    )
+    if row is None:
+        return  # unknown account, or a stale snapshot
+    plugins = ctx.services.plugins
+    lifecycle = LifecycleEvent(
+        "engine.account.updated",
+        subject_id=str(account.get("id")),
+        account_id=str(account.get("id")),
+        data={
+            "role": row["role"],
+            "charges_enabled": bool(account.get("charges_enabled")),
+            "payouts_enabled": bool(account.get("payouts_enabled")),
+            "requirements_due": due,
+        },
+    )
+    ctx.after_commit(lambda: plugins.notify_lifecycle(lifecycle))
+
+
+def _payout_amount(payout: dict[str, Any]) -> Money:
+    return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
+
+
+async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
+    """Record a payout, post it to the ledger, and on failure flag the account."""
+    payout = stripe_object(event)
+    account = str(event.get("account") or "platform")
+    status = str(payout.get("status") or "pending")
+    amount = _payout_amount(payout)
+    await ctx.conn.execute(
+        """
+        INSERT INTO marketplace_payouts AS p
+            (stripe_payout_id, account_id, amount, currency, status, failure_code,
+             failure_message, arrival_date, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now())
+        ON CONFLICT (stripe_payout_id) DO UPDATE SET
+            status = CASE WHEN $9 >= (CASE p.status WHEN 'paid' THEN 3 WHEN 'failed' THEN 3
+                                      WHEN 'canceled' THEN 2 WHEN 'in_transit' THEN 1 ELSE 0 END)
+                          THEN EXCLUDED.status ELSE p.status END,
+            failure_code = COALESCE(EXCLUDED.failure_code, p.failure_code),
+            failure_message = CASE WHEN EXCLUDED.failure_message <> ''
+                                   THEN EXCLUDED.failure_message ELSE p.failure_message END,
+            updated_at = now()
+        """,
+        payout["id"],
+        account,
+        amount.amount,
+        amount.currency,
+        status,
+        payout.get("failure_code"),
+        str(payout.get("failure_message") or ""),
+        int(payout.get("arrival_date") or 0),
+        _PAYOUT_RANK.get(status, 0),
+    )
+    ledger = Ledger(ctx.services.db.pool)
+    if account == "platform":
+        return  # the platform's own payouts leave the platform balance; not tracked yet
+    await ledger.post(
+        Posting.transfer(
+            f"payout:{payout['id']}",
+            "payout",
+            account,
+            bank_of(account),
+            amount,
+            stripe_object_id=str(payout["id"]),
+            description="payout to bank",
+        ),
+        conn=ctx.conn,
+    )
+    if status != "failed":
+        return
+    failure_code = str(payout.get("failure_code") or "unknown")
+    await ledger.post(
+        Posting.transfer(
+            f"payout_failure:{payout['id']}",
+            "payout_failure",
+            bank_of(account),
+            account,
+            amount,
+            stripe_object_id=str(payout["id"]),
+            description=f"payout failed: {failure_code}",
+        ),
+        conn=ctx.conn,
+    )
+    await ctx.conn.execute(
+        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
+        "WHERE stripe_account_id = $1",
+        account,
+        failure_code,
+    )
+    plugins = ctx.services.plugins
+    failure = PayoutFailure(
+        account_id=account,
+        kind="payout",
+        failure_code=failure_code,
+        amount=amount,
+        stripe_object_id=str(payout["id"]),
+        message=str(payout.get("failure_message") or ""),
+    )
+    ctx.after_commit(lambda: plugins.notify_payout_failure(failure))
+
+
+async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
+    """Keep the payment's refunded amount in step (it only grows)."""
+    charge = stripe_object(event)
+    await ctx.conn.execute(
+        """
+        UPDATE marketplace_payments
+        SET amount_refunded = GREATEST(amount_refunded, $2),
+            status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
+        WHERE stripe_charge_id = $1
+        """,
+        charge.get("id"),
+        int(charge.get("amount_refunded") or 0),
+    )
+
+
+async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
+    """Record the dispute in the audit log and mark the payment disputed."""
+    dispute = stripe_object(event)
+    await _audit(ctx.conn, str(event.get("type")), str(dispute.get("charge") or ""), dispute)
+    if event.get("type") == "charge.dispute.created":
+        await ctx.conn.execute(
+            "UPDATE marketplace_payments SET status = 'disputed' WHERE stripe_charge_id = $1",
+            dispute.get("charge"),
+        )
+
+
+async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
+    """Keep a known transfer's reversed amount in step (it only grows)."""
+    transfer = stripe_object(event)
+    await ctx.conn.execute(
+        """
+        UPDATE marketplace_transfers
+        SET amount_reversed = GREATEST(amount_reversed, $2),
+            status = CASE WHEN $3 THEN 'reversed' ELSE status END
+        WHERE stripe_transfer_id = $1
+        """,
+        transfer.get("id"),
+        int(transfer.get("amount_reversed") or 0),
+        bool(transfer.get("reversed")),
+    )
+
+
+async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO marketplace_audit_log (actor, action, subject, data, created_at) "
+        "VALUES ('stripe', $1, $2, $3::jsonb, now())",
+        action,
+        subject,
+        json.dumps(
+            {"id": data.get("id"), "status": data.get("status"), "amount": data.get("amount")}
+        ),
+    )
+
+
+def core_registrations() -> list[WebhookRegistration]:
+    """The engine's handlers, run before any plugin's."""
+    table: list[tuple[str, Callable[..., Any]]] = [
+        ("account.updated", on_account_updated),
+        ("payout.created", on_payout),
+        ("payout.updated", on_payout),
+        ("payout.paid", on_payout),
+        ("payout.failed", on_payout),
+        ("payout.canceled", on_payout),
+        ("charge.refunded", on_charge_refunded),
+        ("charge.dispute.created", on_dispute),
+        ("charge.dispute.updated", on_dispute),
+        ("charge.dispute.closed", on_dispute),
+        ("charge.dispute.funds_withdrawn", on_dispute),
+        ("charge.dispute.funds_reinstated", on_dispute),
+        ("transfer.created", on_transfer),
+        ("transfer.updated", on_transfer),
+        ("transfer.reversed", on_transfer),
+    ]
+    return [
+        WebhookRegistration(event_type, handler, f"engine.{handler.__name__}")
+        for event_type, handler in table
+    ]

@@ -1,0 +1,171 @@
+"""The worker process: taskiq receiver draining mailboxes, plus the sweeper.
+
+``run_worker(settings)`` builds the services, the broker (as a worker) and the
+dispatcher from the enabled plugins, registers the drain task and runs the
+taskiq receiver and the sweeper until stopped. ``Scheduler`` is the publishing
+half used by the API (and by the worker to re-queue an account at the back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from taskiq import Context, TaskiqDepends
+from taskiq.api import run_receiver_task
+
+from engine.core.settings import Settings
+from engine.observability import Metrics, log_context
+from engine.services import Services
+from engine.webhooks.mailbox import Mailbox
+from engine.worker.broker import DRAIN_TASK, MailboxBroker
+from engine.worker.dispatch import Dispatcher
+from engine.worker.handlers import core_registrations
+
+__all__ = ["Scheduler", "Worker", "make_broker", "make_mailbox", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+async def _drain_account(account: str, context: Context = TaskiqDepends()) -> str:  # noqa: B008 - taskiq injects by default value
+    """taskiq task: drain one account's mailbox (the worker is in broker state)."""
+    worker: Worker = context.state.worker
+    return await worker.drain(account)
+
+
+def make_broker(settings: Settings) -> MailboxBroker:
+    """A broker for ``settings.nats`` with the drain task registered."""
+    broker = MailboxBroker(
+        settings.nats.url,
+        stream=settings.nats.stream,
+        replicas=settings.nats.replicas,
+        ack_wait_seconds=float(settings.webhooks.lease_seconds) * 2,
+    )
+    broker.register_task(_drain_account, task_name=DRAIN_TASK)
+    return broker
+
+
+def make_mailbox(services: Services) -> Mailbox:
+    """The mailbox with the retry policy from ``settings.webhooks``."""
+    hooks = services.settings.webhooks
+    return Mailbox(
+        services.db.pool,
+        max_attempts=hooks.max_attempts,
+        backoff_base=hooks.backoff_base_seconds,
+        backoff_cap=hooks.backoff_max_seconds,
+        batch_size=hooks.batch_size,
+        lease_seconds=hooks.lease_seconds,
+    )
+
+
+class Scheduler:
+    """Publishes "drain <account>" tokens to JetStream."""
+
+    def __init__(self, broker: MailboxBroker) -> None:
+        self._broker = broker
+        self._task: Any = broker.find_task(DRAIN_TASK)
+
+    async def schedule(self, account: str, token: str) -> None:
+        """Publish a drain for ``account``; ``token`` makes the message id (dedupe)."""
+        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
+
+    async def requeue(self, account: str) -> None:
+        """Publish a fresh drain for ``account`` at the back of the stream."""
+        await self.schedule(account, uuid.uuid4().hex)
+
+
+class Worker:
+    """Drains accounts and sweeps; one per worker process (``run_worker``)."""
+
+    def __init__(
+        self, services: Services, scheduler: Scheduler, metrics: Metrics | None = None
+    ) -> None:
+        self.services = services
+        self.scheduler = scheduler
+        self.mailbox = make_mailbox(services)
+        self.metrics = metrics or Metrics()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.dispatcher = Dispatcher(
+            services, [*core_registrations(), *services.plugins.webhook_handlers()]
+        )
+
+    async def _handle(self, event: Any, conn: Any) -> Any:
+        with log_context(
+            event_id=str(event.get("id", "")), account=str(event.get("account") or "platform")
+        ):
+            contexts = await self.dispatcher.handle(event, conn)
+
+        def after_commit() -> None:
+            for ctx in contexts:
+                ctx.run_after_commit()
+
+        return after_commit if contexts else None
+
+    async def drain(self, account: str) -> str:
+        """Drain ``account`` once; re-queue it at the back if more remains."""
+        with log_context(account=account):
+            outcome = await self.mailbox.drain(account, self.owner, self._handle)
+            if outcome.handled:
+                self.metrics.webhook_handled.labels(account).inc(outcome.handled)
+            if outcome.state in {"backoff", "parked"}:
+                self.metrics.webhook_failures.labels(account).inc()
+                log.warning("handler failed (%s): %s", outcome.state, outcome.error)
+            if outcome.state == "parked":
+                self.metrics.webhook_dead.labels(account).inc()
+            if outcome.state == "requeue":
+                await self.scheduler.requeue(account)
+            return outcome.state
+
+    async def sweep_once(self) -> list[str]:
+        """Re-publish accounts whose backoff passed, lease expired or token was lost."""
+        stale = max(5.0, float(self.services.settings.webhooks.lease_seconds) / 2)
+        accounts = await self.mailbox.sweep(stale)
+        for account in accounts:
+            await self.scheduler.schedule(account, f"sweep:{time.time_ns()}")
+        return accounts
+
+    async def sweep_forever(self) -> None:
+        """Sweep every ``webhooks.sweep_interval_seconds`` until cancelled."""
+        interval = self.services.settings.webhooks.sweep_interval_seconds
+        while True:
+            try:
+                swept = await self.sweep_once()
+                if swept:
+                    log.info("sweeper re-published %d account(s)", len(swept))
+            except Exception:  # the sweeper must outlive database/NATS restarts
+                log.warning("sweep failed; will retry", exc_info=True)
+            await asyncio.sleep(interval)
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run one worker process until ``stop`` is set (or forever)."""
+    services = await Services.start(settings, connect_nats=False)
+    broker = make_broker(settings)
+    broker.is_worker_process = True
+    worker = Worker(services, Scheduler(broker))
+    broker.state.worker = worker
+    await broker.startup()
+    receiver = asyncio.create_task(
+        run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
+    )
+    sweeper = asyncio.create_task(worker.sweep_forever())
+    log.info("worker %s started", worker.owner)
+    try:
+        if stop is None:
+            await asyncio.gather(receiver, sweeper)
+        else:
+            await stop.wait()
+    finally:
+        for task in (receiver, sweeper):
+            task.cancel()
+        for task in (receiver, sweeper):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await broker.shutdown()
+        await services.close()
