@@ -1,17 +1,36 @@
-"""Hook implementations of the commission_rules plugin."""
+"""Hook implementations of the commission_rules plugin (hookimpls only)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.core.contributions import ConfigSection
+from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime
+from engine.core.money import Money
+from engine.core.orders import Commission, Order
 from engine.core.plugins import hookimpl
-from plugins.commission_rules.config import CommissionRulesConfig
-
-PLUGIN = "commission_rules"
+from plugins.commission_rules import cli
+from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
+from plugins.commission_rules.services import active_rules
 
 
 @hookimpl
 def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
-    """Declare ``[plugins.commission_rules]``."""
+    """Declare ``[plugins.commission_rules]`` (the rule set is compiled as it is validated)."""
     register(ConfigSection(plugin=PLUGIN, schema=CommissionRulesConfig))
+
+
+@hookimpl
+def resolve_commission(order: Order, price: Money, runtime: PluginRuntime) -> Commission:
+    """The fee from the most specific rule in force (see ``docs/commission_rules.md``).
+
+    Synchronous and pure: the compiled rule set is cached in
+    ``runtime.state("commission_rules")``; the lookup checks one bucket per
+    scope shape, never every rule.
+    """
+    return active_rules(runtime).quote(order, price).commission()
+
+
+@hookimpl
+def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+    """``marketplace commission explain|dry-run``."""
+    register(cli.command())
