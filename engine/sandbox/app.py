@@ -1,0 +1,378 @@
+"""The ASGI app: authentication, routing, idempotency, errors, expansion, persistence.
+
+A small raw ASGI app (no framework) because every request of every end-to-end
+suite goes through it: the hot path is decode form -> handler -> encode JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import logging
+import pickle
+import random
+import string
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.sandbox import control, schema
+from engine.sandbox.clock import PAYOUT_RUN, run_due
+from engine.sandbox.errors import StripeError, authentication, unrecognized_url
+from engine.sandbox.events import WebhookDispatcher
+from engine.sandbox.ledger import make_available
+from engine.sandbox.resources import (
+    accounts,
+    customers,
+    events,
+    payments,
+    payouts,
+    test_clocks,
+    transfers,
+)
+from engine.sandbox.routing import Registry, Route, Router
+from engine.sandbox.state import IdempotentResult, SandboxState, Store
+from engine.sandbox.wire import Call, expand, parse_form
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("engine.sandbox")
+
+API_VERSION = "2025-01-27.acacia"
+ROUTES: tuple[Route, ...] = (
+    *accounts.ROUTES,
+    *customers.ROUTES,
+    *payments.ROUTES,
+    *transfers.ROUTES,
+    *payouts.ROUTES,
+    *events.ROUTES,
+    *test_clocks.ROUTES,
+)
+JOBS = {
+    "txn_available": make_available,
+    "auth_expiry": payments.expire_authorisation,
+    "dispute_decision": payments.decide_dispute,
+    "payout_process": payouts.process_payout,
+    "payout_paid": payouts.payout_paid,
+    PAYOUT_RUN: payouts.run_schedules,
+}
+EXTENSIONS = ("engine.sandbox.billing",)
+"""Optional modules with `install(registry)`, loaded when present (billing lands later)."""
+
+_ID_CHARS = string.ascii_letters + string.digits
+_JSON = b"application/json"
+
+
+class SandboxApp:
+    """ASGI callable serving Stripe's API from a `SandboxState`."""
+
+    def __init__(self, state: SandboxState, persist_path: Path | None = None) -> None:
+        self.state = state
+        self.router = Router()
+        for route in ROUTES:
+            self.router.add(route)
+        state.job_handlers.update(JOBS)
+        self.registry = Registry(state, self.router)
+        self._load_extensions()
+        self.dispatcher = WebhookDispatcher(state)
+        self.persist_path = persist_path
+        self._saver: asyncio.Task[None] | None = None
+        if persist_path is not None and persist_path.exists():
+            self._load(persist_path)
+
+    # -- extensions and persistence ------------------------------------------------------
+
+    def _load_extensions(self) -> None:
+        for name in EXTENSIONS:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:
+                    raise
+                continue
+            install = getattr(module, "install", None)
+            if callable(install):
+                install(self.registry)
+
+    def _load(self, path: Path) -> None:
+        with path.open("rb") as handle:
+            # The file is one this sandbox wrote itself (a local dev convenience).
+            store = pickle.load(handle)  # noqa: S301
+        if isinstance(store, Store):
+            self.state.load(store)
+
+    def save(self) -> None:
+        """Write the state to `persist_path` (atomically)."""
+        if self.persist_path is None:
+            return
+        tmp = self.persist_path.with_suffix(self.persist_path.suffix + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as handle:
+            pickle.dump(self.state.store, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(self.persist_path)
+        self.state.dirty = False
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.state.dirty:
+                self.save()
+
+    def after_change(self) -> None:
+        """Run newly due jobs and start webhook deliveries (call in the event loop)."""
+        run_due(self.state)
+        self.dispatcher.pump()
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.persist_path is not None:
+                    self._saver = asyncio.get_running_loop().create_task(
+                        self._save_periodically()
+                    )
+                self.dispatcher.pump()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._saver is not None:
+                    self._saver.cancel()
+                self.save()
+                await self.dispatcher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        path: str = scope["path"]
+        method: str = scope["method"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        if path.startswith("/_sandbox"):
+            await self._control(scope, method, path, body, headers, query, send)
+            return
+        request_id = "req_" + "".join(random.choices(_ID_CHARS, k=14))
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            status, payload, extra = self._api(scope, method, path, body, headers, query,
+                                               request_id)
+        except StripeError as err:
+            status, payload = err.status, msgspec.json.encode(err.body(request_id))
+        await self._respond(send, status, payload, request_id, headers, extra)
+        self.dispatcher.pump()
+
+    async def _respond(
+        self,
+        send: Send,
+        status: int,
+        payload: bytes,
+        request_id: str,
+        headers: dict[bytes, bytes],
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        response_headers = [
+            (b"content-type", _JSON),
+            (b"content-length", str(len(payload)).encode()),
+            (b"request-id", request_id.encode()),
+            (b"stripe-version", headers.get(b"stripe-version", API_VERSION.encode())),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _api(
+        self,
+        scope: Scope,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[bytes, bytes],
+        query: str,
+        request_id: str,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        state = self.state
+        _authenticate(headers.get(b"authorization", b"").decode("latin-1"))
+        account, connected = self._account(headers)
+        found = self.router.match(method, path)
+        if found is None:
+            raise unrecognized_url(method, path)
+        route, args = found
+        key = headers.get(b"idempotency-key", b"").decode() or None
+        extra: list[tuple[bytes, bytes]] = []
+        idem_slot = None
+        if key is not None and method == "POST":
+            extra.append((b"idempotency-key", key.encode()))
+            idem_slot = (account, key)
+            fingerprint = f"{method} {path}\n" + body.decode("latin-1")
+            stored = state.store.idempotency.get(idem_slot)
+            if stored is not None:
+                if stored.fingerprint != fingerprint:
+                    raise StripeError(
+                        400,
+                        "Keys for idempotent requests can only be used with the same parameters "
+                        "they were first used with. Try using a key other than "
+                        f"'{key}' if you meant to execute a different request.",
+                        type_="idempotency_error",
+                        store_idempotent=False,
+                    )
+                extra.append((b"idempotent-replayed", b"true"))
+                return stored.status, stored.body, extra
+        raw = query if method in ("GET", "DELETE") else body.decode("latin-1")
+        params = parse_form(raw)
+        state.current_request = (request_id, key)
+        run_due(state)
+        try:
+            schema.validate(params, route.params)
+            expansions = [str(e) for e in _as_list(params.pop("expand", None))]
+            call = Call(
+                state=state,
+                method=method,
+                path=path,
+                account=account,
+                params=params,
+                args=args,
+                base_url=_base_url(scope, headers),
+                request_id=request_id,
+                idempotency_key=key,
+                connected=connected,
+            )
+            result = route.handler(call)
+            if expansions:
+                result = expand(state, result, expansions)
+            status, payload = call.status, msgspec.json.encode(result)
+        except StripeError as err:
+            if idem_slot is not None and err.store_idempotent:
+                self._remember(idem_slot, method, path, body, err.status,
+                               msgspec.json.encode(err.body(request_id)))
+            raise
+        finally:
+            state.current_request = (None, None)
+        if method != "GET":
+            state.dirty = True
+        if idem_slot is not None:
+            self._remember(idem_slot, method, path, body, status, payload)
+        run_due(state)
+        return status, payload, extra
+
+    def _remember(
+        self, slot: tuple[str, str], method: str, path: str, body: bytes, status: int,
+        payload: bytes,
+    ) -> None:
+        store = self.state.store.idempotency
+        store[slot] = IdempotentResult(
+            method, path, f"{method} {path}\n" + body.decode("latin-1"), status, payload
+        )
+        while len(store) > self.state.options.idempotency_capacity:
+            store.popitem(last=False)
+
+    def _account(self, headers: dict[bytes, bytes]) -> tuple[str, bool]:
+        state = self.state
+        raw = headers.get(b"stripe-account")
+        if not raw:
+            return state.platform_id, False
+        account_id = raw.decode("latin-1").strip()
+        if account_id == state.platform_id:
+            return account_id, False
+        if (
+            state.store.kind.get(account_id) != "account"
+            or account_id not in state.objects
+            or state.owner_of(account_id) != state.platform_id
+        ):
+            raise StripeError(
+                403,
+                "The provided key does not have access to account "
+                f"'{account_id}' (or that account does not exist). Application access may "
+                "have been revoked.",
+                code="account_invalid",
+                store_idempotent=False,
+            )
+        return account_id, True
+
+    async def _control(
+        self,
+        scope: Scope,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[bytes, bytes],
+        query: str,
+        send: Send,
+    ) -> None:
+        request_id = "req_" + "".join(random.choices(_ID_CHARS, k=14))
+        try:
+            response = await control.handle(
+                self, method, path, body, headers.get(b"content-type", b"").decode(), query
+            )
+        except StripeError as err:
+            response = control.ControlResponse(err.status,
+                                               msgspec.json.encode(err.body(request_id)))
+        extra = [(b"location", response.location.encode())] if response.location else []
+        await send({
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (b"content-type", response.content_type),
+                (b"content-length", str(len(response.body)).encode()),
+                *extra,
+            ],
+        })
+        await send({"type": "http.response.body", "body": response.body})
+        self.dispatcher.pump()
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _authenticate(header: str) -> None:
+    scheme, _, credentials = header.partition(" ")
+    key = ""
+    if scheme.lower() == "bearer":
+        key = credentials.strip()
+    elif scheme.lower() == "basic":
+        try:
+            key = base64.b64decode(credentials).decode().partition(":")[0]
+        except ValueError:
+            key = ""
+    if not key.startswith(("sk_test_", "rk_test_")) or len(key) <= len("sk_test_"):
+        raise authentication(key)
+
+
+def _base_url(scope: Scope, headers: dict[bytes, bytes]) -> str:
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not host and scope.get("server"):
+        server_host, server_port = scope["server"]
+        host = f"{server_host}:{server_port}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def create_app(
+    *, state: SandboxState | None = None, persist_path: Path | None = None
+) -> SandboxApp:
+    """The sandbox as an ASGI app (a fresh `SandboxState` unless one is given)."""
+    return SandboxApp(state or SandboxState(), persist_path)

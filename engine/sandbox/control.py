@@ -1,0 +1,151 @@
+"""Control endpoints under `/_sandbox/...`: what Stripe's dashboard (or time) would do.
+
+- `POST /_sandbox/clock/advance` `{"seconds": N}` or `{"to": unix}`; `GET /_sandbox/clock`
+- `POST /_sandbox/accounts/{id}/complete_onboarding`, `POST /_sandbox/accounts/{id}/restrict`
+- `GET /_sandbox/deliveries` (`?event=`, `?endpoint=`, `?status=`),
+  `POST /_sandbox/deliveries/wait` (`{"timeout": s}`: until no delivery is in flight)
+- `POST /_sandbox/reset`
+- `GET /_sandbox/onboarding/{id}`: the page an account link points to
+- `GET /_sandbox/health`
+Bodies may be JSON or form-encoded.
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from engine.sandbox.clock import advance
+from engine.sandbox.errors import StripeError, invalid, missing
+from engine.sandbox.resources.accounts import complete_onboarding, restrict
+from engine.sandbox.state import GLOBAL
+from engine.sandbox.wire import Obj, Params, parse_form
+
+if TYPE_CHECKING:
+    from engine.sandbox.app import SandboxApp
+
+
+@dataclass(slots=True)
+class ControlResponse:
+    status: int
+    body: bytes
+    content_type: bytes = b"application/json"
+    location: str | None = None
+
+
+def _json(obj: Any, status: int = 200) -> ControlResponse:
+    return ControlResponse(status, msgspec.json.encode(obj))
+
+
+def _params(body: bytes, content_type: str, query: str) -> Params:
+    params: Params = parse_form(query)
+    if not body:
+        return params
+    if "json" in content_type:
+        decoded = msgspec.json.decode(body)
+        if not isinstance(decoded, dict):
+            raise invalid("Expected a JSON object.")
+        params.update(decoded)
+    else:
+        params.update(parse_form(body.decode()))
+    return params
+
+
+def _number(params: Params, name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise invalid(f"Invalid integer: {value}", param=name) from None
+
+
+def _account(app: SandboxApp, account_id: str) -> None:
+    state = app.state
+    if state.store.kind.get(account_id) != "account" or account_id == state.platform_id:
+        raise missing("account", account_id)
+
+
+async def handle(
+    app: SandboxApp, method: str, path: str, body: bytes, content_type: str, query: str
+) -> ControlResponse:
+    """Serve one `/_sandbox/...` request."""
+    state = app.state
+    parts = path.strip("/").split("/")[1:]
+    params = _params(body, content_type, query)
+    route = (method, *parts)
+    match route:
+        case ("GET", "health"):
+            return _json({"ok": True, "platform": state.platform_id})
+        case ("GET", "clock"):
+            return _json({"now": state.now()})
+        case ("POST", "clock", "advance"):
+            seconds = _number(params, "seconds")
+            target = _number(params, "to")
+            if target is None:
+                if seconds is None or seconds < 0:
+                    raise invalid("Pass a non-negative `seconds` or a unix time `to`.")
+                target = state.now() + seconds
+            advance(state, GLOBAL, target)
+            app.after_change()
+            return _json({"now": state.now()})
+        case ("POST", "accounts", account_id, "complete_onboarding"):
+            _account(app, account_id)
+            account = complete_onboarding(state, account_id)
+            app.after_change()
+            redirect = params.get("return_url")
+            if isinstance(redirect, str) and redirect:
+                return ControlResponse(303, b"", b"text/plain", location=redirect)
+            return _json(account)
+        case ("POST", "accounts", account_id, "restrict"):
+            _account(app, account_id)
+            account = restrict(state, account_id)
+            app.after_change()
+            return _json(account)
+        case ("GET", "deliveries"):
+            return _json({"object": "list", "data": _deliveries(app, params)})
+        case ("POST", "deliveries", "wait"):
+            timeout = float(params.get("timeout", 10))
+            idle = await app.dispatcher.wait_idle(timeout)
+            return _json({"idle": idle, "data": _deliveries(app, params)})
+        case ("POST", "reset"):
+            state.reset()
+            app.after_change()
+            return _json({"ok": True, "platform": state.platform_id})
+        case ("GET", "onboarding", account_id):
+            _account(app, account_id)
+            return ControlResponse(200, _onboarding_page(app, account_id, params).encode(),
+                                   b"text/html; charset=utf-8")
+        case ("GET", "dashboard", account_id):
+            _account(app, account_id)
+            return _json(state.objects[account_id])
+    raise StripeError(404, f"Unrecognized sandbox control URL ({method}: {path}).")
+
+
+def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:
+    filters = {k: params[k] for k in ("event", "endpoint", "status", "event_type") if k in params}
+    return [
+        d for d in app.state.store.deliveries.values()
+        if all(d.get(k) == v for k, v in filters.items())
+    ]
+
+
+def _onboarding_page(app: SandboxApp, account_id: str, params: Params) -> str:
+    link = app.state.private(account_id).get("links", {}).get(str(params.get("link", "")), {})
+    return_url = str(link.get("return_url", ""))
+    action = f"/_sandbox/accounts/{urllib.parse.quote(account_id)}/complete_onboarding"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Sandbox onboarding</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
+<h1>Sandbox onboarding for {html.escape(account_id)}</h1>
+<p>This page stands in for Stripe's hosted onboarding. Completing it provides every
+requirement with Stripe's test values and a test bank account (000123456789).</p>
+<form method="post" action="{html.escape(action)}">
+<input type="hidden" name="return_url" value="{html.escape(return_url)}">
+<button type="submit">Complete onboarding</button>
+</form></body></html>"""

@@ -1,0 +1,90 @@
+"""Test helper: the sandbox on a free 127.0.0.1 port in a background uvicorn thread."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from engine.sandbox.app import SandboxApp, create_app
+from engine.sandbox.state import SandboxOptions, SandboxState
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox served over HTTP for the duration of a `with running_sandbox()` block."""
+
+    url: str
+    app: SandboxApp
+
+    @property
+    def state(self) -> SandboxState:
+        return self.app.state
+
+    def client(self, api_key: str = "sk_test_x", stripe_account: str | None = None) -> Any:
+        """A `stripe.StripeClient` pointed at this sandbox (no network retries)."""
+        # Only tests use this helper; the SDK stays out of the sandbox's import path.
+        import stripe
+
+        return stripe.StripeClient(
+            api_key,
+            stripe_account=stripe_account,
+            base_addresses={"api": self.url, "connect": self.url, "files": self.url},
+            max_network_retries=0,
+        )
+
+    def control(self, method: str, path: str, **body: Any) -> Any:
+        """Call a `/_sandbox/...` control endpoint with a JSON body; returns the JSON answer."""
+        response = httpx.request(method, self.url + path, json=body or None, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def advance(self, seconds: int) -> int:
+        """Move the global clock forward; returns the new unix time."""
+        return int(self.control("POST", "/_sandbox/clock/advance", seconds=seconds)["now"])
+
+    def wait_for_deliveries(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until no webhook delivery is in flight; returns all deliveries."""
+        answer = self.control("POST", "/_sandbox/deliveries/wait", timeout=timeout)
+        data: list[dict[str, Any]] = answer["data"]
+        return data
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_sandbox(
+    *,
+    state: SandboxState | None = None,
+    options: SandboxOptions | None = None,
+) -> Iterator[RunningSandbox]:
+    """Start the sandbox with uvicorn in a thread; stop it on exit."""
+    app = create_app(state=state or SandboxState(options))
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="stripe-sandbox", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the sandbox did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningSandbox(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
