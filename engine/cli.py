@@ -125,6 +125,67 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, plugins: Plugins) ->
     return 0
 
 
+# ---------------------------------------------------------------- worker
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Run one webhook worker (run as many as you like, on any machines)."""
+    from engine.worker.runtime import run_worker
+
+    if not settings.nats.url:
+        raise ConfigError("nats.url", "is empty; set it or MARKETPLACE_NATS_URL")
+
+    async def run() -> None:
+        await run_worker(settings, stop=_stop_event())
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Replay dead-lettered webhook events (one event, or every one of an account)."""
+    from engine.services import Services
+    from engine.worker.runtime import Scheduler, make_broker, make_mailbox
+
+    if not args.event and not args.account:
+        raise ConfigError("replay", "give --event EVENT_ID or --account ACCOUNT")
+
+    async def run() -> list[str]:
+        services = await Services.start(settings, plugins=plugins, connect_nats=False)
+        broker = make_broker(settings)
+        await broker.startup()
+        try:
+            accounts = await make_mailbox(services).replay(
+                event_ids=args.event or (), account=args.account
+            )
+            scheduler = Scheduler(broker)
+            for account in accounts:
+                await scheduler.requeue(account)
+            return accounts
+        finally:
+            await broker.shutdown()
+            await services.close()
+
+    accounts = asyncio.run(run())
+    print(f"replaying {', '.join(accounts)}" if accounts else "nothing to replay")
+    return 0
+
+
+def cmd_setup_webhooks(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Register the engine's two endpoints with Stripe and print the secrets to store."""
+    from engine.gateway import StripeGateway
+    from engine.webhooks.setup import register_webhook_endpoints
+
+    gateway = StripeGateway(settings.stripe.secret_key, settings.stripe.api_base)
+    secrets_ = asyncio.run(register_webhook_endpoints(gateway, args.url))
+    print("Store these in your config (or environment):")
+    print(f'  [stripe] webhook_secrets = ["{secrets_.platform}"]')
+    print(f'  [stripe] connect_webhook_secrets = ["{secrets_.connect}"]')
+    print(f"  MARKETPLACE_STRIPE_WEBHOOK_SECRETS={secrets_.platform}")
+    print(f"  MARKETPLACE_STRIPE_CONNECT_WEBHOOK_SECRETS={secrets_.connect}")
+    return 0
+
+
 # ---------------------------------------------------------------- sandbox
 
 
@@ -272,6 +333,18 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
 
     listing = sub.add_parser("plugins", help="list installed plugins and their hooks")
     listing.set_defaults(func=cmd_plugins)
+
+    worker = sub.add_parser("worker", help="run a webhook worker")
+    worker.set_defaults(func=cmd_worker)
+
+    replay = sub.add_parser("replay", help="replay dead-lettered webhook events")
+    replay.add_argument("--event", action="append", help="event id (repeatable)")
+    replay.add_argument("--account", help="replay every dead event of this account")
+    replay.set_defaults(func=cmd_replay)
+
+    setup = sub.add_parser("stripe-setup-webhooks", help="register webhook endpoints with Stripe")
+    setup.add_argument("--url", required=True, help="public base URL of this API")
+    setup.set_defaults(func=cmd_setup_webhooks)
 
     sandbox = sub.add_parser("sandbox", help="run the offline Stripe sandbox")
     sandbox.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,162 @@
+"""HTTP intake for Stripe webhooks: verify on the raw body, commit, then hand off.
+
+``POST /webhooks/stripe`` (platform events) and ``POST /webhooks/stripe/connect``
+(Connect events) each verify against their own secrets. Nothing is stored unless
+the signature, timestamp, size and JSON shape are all good. A verified event is
+committed to its account's mailbox before the 2xx; a duplicate is acknowledged
+and changes nothing. When the commit newly schedules the account, one drain
+token is published to JetStream; if that publish fails the event is still safe
+in PostgreSQL and the sweeper publishes it later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from litestar import Request, post
+
+from engine.core.errors import InvalidInput, MarketplaceError
+from engine.core.settings import Settings
+from engine.observability import Metrics, log_context
+from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.signature import SignatureError, verify
+from engine.worker.runtime import Scheduler
+
+__all__ = ["PayloadTooLarge", "WebhookIntake", "WebhookReceipt", "webhook_routes"]
+
+log = logging.getLogger(__name__)
+
+
+class PayloadTooLarge(MarketplaceError):
+    """The webhook body is over ``webhooks.max_body_bytes``."""
+
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class MalformedEvent(InvalidInput):
+    """The body is not a JSON Stripe event."""
+
+    code = "malformed_event"
+
+
+class WebhookReceipt(msgspec.Struct, frozen=True):
+    """The 200 answer to Stripe: the event id and whether it was a duplicate."""
+
+    received: bool
+    event_id: str
+    duplicate: bool
+
+
+class _Event(msgspec.Struct):
+    id: str
+    type: str
+    object: str = "event"
+    account: str | None = None
+
+
+class WebhookIntake:
+    """Verifies, commits and schedules; shared by both endpoints."""
+
+    def __init__(
+        self, settings: Settings, mailbox: Mailbox, scheduler: Scheduler, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._mailbox = mailbox
+        self._scheduler = scheduler
+        self._metrics = metrics
+
+    def _secrets(self, connect: bool) -> Sequence[str]:
+        stripe = self._settings.stripe
+        return stripe.connect_webhook_secrets if connect else stripe.webhook_secrets
+
+    def _reject(self, reason: str, error: MarketplaceError) -> MarketplaceError:
+        self._metrics.webhook_rejected.labels(reason).inc()
+        log.warning("webhook rejected (%s): %s", reason, error.detail)
+        return error
+
+    async def receive(self, body: bytes, signature: str | None, *, connect: bool) -> WebhookReceipt:
+        """Accept one delivery; raise a 4xx domain error for anything unverifiable."""
+        limit = self._settings.webhooks.max_body_bytes
+        if len(body) > limit:
+            raise self._reject("too_large", PayloadTooLarge(f"body over {limit} bytes"))
+        try:
+            verify(
+                body,
+                signature,
+                self._secrets(connect),
+                tolerance=self._settings.webhooks.tolerance_seconds,
+            )
+        except SignatureError as exc:
+            raise self._reject("signature", exc) from None
+        try:
+            event = msgspec.json.decode(body, type=_Event)
+            raw = body.decode("utf-8")
+            parsed: dict[str, Any] = msgspec.json.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            raise self._reject("malformed", MalformedEvent(f"not a Stripe event: {exc}")) from None
+        if event.object != "event" or not event.id.startswith("evt_"):
+            raise self._reject("malformed", MalformedEvent("not a Stripe event object"))
+        if connect and not event.account:
+            raise self._reject(
+                "malformed",
+                MalformedEvent("a Connect event must name its account", field="account"),
+            )
+        endpoint = "connect" if connect else "platform"
+        with log_context(event_id=event.id, account=event.account or "platform"):
+            accepted = await self._mailbox.accept(parsed, raw)
+            self._metrics.webhook_received.labels(
+                endpoint, "new" if accepted.inserted else "duplicate"
+            ).inc()
+            if accepted.publish:
+                try:
+                    await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
+                except Exception:  # the sweeper re-publishes; the event is committed
+                    log.warning("drain publish failed; sweeper will retry", exc_info=True)
+        return WebhookReceipt(received=True, event_id=event.id, duplicate=not accepted.inserted)
+
+
+def _intake(request: Request[Any, Any, Any]) -> WebhookIntake:
+    intake: WebhookIntake = request.app.state["webhook_intake"]
+    return intake
+
+
+@post(
+    "/webhooks/stripe",
+    operation_id="receivePlatformWebhook",
+    tags=["webhooks"],
+    status_code=200,
+    opt={"public": True},
+    summary="Stripe platform events (signed)",
+)
+async def receive_platform_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
+    """Verify and durably accept a platform event."""
+    body = await request.body()
+    return await _intake(request).receive(
+        body, request.headers.get("stripe-signature"), connect=False
+    )
+
+
+@post(
+    "/webhooks/stripe/connect",
+    operation_id="receiveConnectWebhook",
+    tags=["webhooks"],
+    status_code=200,
+    opt={"public": True},
+    summary="Stripe Connect events from connected accounts (signed)",
+)
+async def receive_connect_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
+    """Verify and durably accept a connected account's event."""
+    body = await request.body()
+    return await _intake(request).receive(
+        body, request.headers.get("stripe-signature"), connect=True
+    )
+
+
+def webhook_routes() -> list[Any]:
+    """The two public intake routes."""
+    return [receive_platform_event, receive_connect_event]
