@@ -40,8 +40,6 @@ def _split_key(key: str) -> list[str]:
     for piece in ("[" + rest).split("["):
         if piece:
             parts.append(piece[:-1] if piece.endswith("]") else piece)
-    if key.endswith("[]"):
-        parts.append("")
     return parts
 
 
