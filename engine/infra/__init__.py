@@ -1,0 +1,1 @@
+"""Infrastructure the engine runs on: embedded PostgreSQL and NATS, database administration."""
