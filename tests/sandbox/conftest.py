@@ -43,7 +43,7 @@ def client(sandbox: RunningSandbox) -> stripe.StripeClient:
 def make_account(
     client: stripe.StripeClient,
 ) -> Callable[..., stripe.Account]:
-    """Create a Custom account verified at once by Stripe's test values."""
+    """Create a Custom account verified at once by Stripe's test values (manual payouts)."""
 
     def make(account_number: str = "000123456789", **overrides: Any) -> stripe.Account:
         params: dict[str, Any] = {
@@ -66,6 +66,8 @@ def make_account(
                 "ssn_last_4": "0000",
             },
             "tos_acceptance": {"date": 1_700_000_000, "ip": "127.0.0.1"},
+            # Manual payouts keep balances still while tests advance the clock.
+            "settings": {"payouts": {"schedule": {"interval": "manual"}}},
             "external_account": {
                 "object": "bank_account",
                 "country": "US",
