@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from engine.infra import embedded
+from engine.infra import server as server_module
 from engine.infra.databases import create_database, database_name, drop_database
 from engine.infra.embedded import (
     EmbeddedNats,
@@ -190,7 +190,7 @@ async def test_a_taken_port_is_retried_when_the_port_was_ours_to_choose(
         squatter.listen()
         taken = squatter.getsockname()[1]
         offered = iter([taken, find_free_port()])
-        monkeypatch.setattr(embedded, "find_free_port", lambda host: next(offered))
+        monkeypatch.setattr(server_module, "find_free_port", lambda host: next(offered))
         server = EmbeddedNats(tmp_path / "nats")
         try:
             url = await asyncio.to_thread(server.start)
