@@ -136,7 +136,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
         raise ConfigError("nats.url", "is empty; set it or MARKETPLACE_NATS_URL")
 
     async def run() -> None:
-        await run_worker(settings, stop=_stop_event())
+        await run_worker(settings, plugins=plugins, stop=_stop_event())
 
     asyncio.run(run())
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 from taskiq import Context, TaskiqDepends
 from taskiq.api import run_receiver_task
 
+from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.services import Services
@@ -143,9 +144,11 @@ class Worker:
             await asyncio.sleep(interval)
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, plugins: Plugins | None = None, stop: asyncio.Event | None = None
+) -> None:
     """Run one worker process until ``stop`` is set (or forever)."""
-    services = await Services.start(settings, connect_nats=False)
+    services = await Services.start(settings, plugins=plugins, connect_nats=False)
     broker = make_broker(settings)
     broker.is_worker_process = True
     worker = Worker(services, Scheduler(broker))

@@ -1,0 +1,59 @@
+"""Start and stop the webhook machinery an API process needs (intake + publisher).
+
+The API app factory calls ``await WebhookService.start(services)`` in its
+lifespan and puts ``service.intake`` in ``app.state["webhook_intake"]``; admin
+routes use ``service.mailbox`` and ``service.scheduler`` for dead letters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine.observability import Metrics
+from engine.services import Services
+from engine.webhooks.intake import WebhookIntake
+from engine.webhooks.mailbox import Mailbox
+from engine.worker.broker import MailboxBroker
+from engine.worker.runtime import Scheduler, make_broker, make_mailbox
+
+__all__ = ["WebhookService"]
+
+log = logging.getLogger(__name__)
+
+
+class WebhookService:
+    """Intake, mailbox and drain publisher for one API process."""
+
+    def __init__(
+        self, broker: MailboxBroker, mailbox: Mailbox, scheduler: Scheduler, intake: WebhookIntake
+    ) -> None:
+        self.broker = broker
+        self.mailbox = mailbox
+        self.scheduler = scheduler
+        self.intake = intake
+
+    @classmethod
+    async def start(cls, services: Services, metrics: Metrics) -> WebhookService:
+        """Connect the publishing broker (needs ``nats.url``) and build the intake."""
+        broker = make_broker(services.settings)
+        await broker.startup()
+        mailbox = make_mailbox(services)
+        scheduler = Scheduler(broker)
+        intake = WebhookIntake(services.settings, mailbox, scheduler, metrics)
+        return cls(broker, mailbox, scheduler, intake)
+
+    async def replay(
+        self, *, event_ids: list[str] | None = None, account: str | None = None
+    ) -> list[str]:
+        """Make dead events pending again and publish their accounts; return the accounts."""
+        accounts = await self.mailbox.replay(event_ids=event_ids or (), account=account)
+        for name in accounts:
+            await self.scheduler.requeue(name)
+        return accounts
+
+    async def close(self) -> None:
+        """Disconnect the broker."""
+        try:
+            await self.broker.shutdown()
+        except Exception:  # shutting down anyway
+            log.warning("broker shutdown failed", exc_info=True)
