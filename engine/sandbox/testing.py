@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,6 +23,8 @@ class RunningSandbox:
 
     url: str
     app: SandboxApp
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
+    """A kept-alive plain HTTP client for control endpoints and raw requests."""
 
     @property
     def state(self) -> SandboxState:
@@ -42,7 +44,7 @@ class RunningSandbox:
 
     def control(self, method: str, path: str, **body: Any) -> Any:
         """Call a `/_sandbox/...` control endpoint with a JSON body; returns the JSON answer."""
-        response = httpx.request(method, self.url + path, json=body or None, timeout=60)
+        response = self.http.request(method, self.url + path, json=body or None)
         response.raise_for_status()
         return response.json()
 
@@ -83,8 +85,10 @@ def running_sandbox(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the sandbox did not start")
         time.sleep(0.01)
+    running = RunningSandbox(f"http://127.0.0.1:{port}", app)
     try:
-        yield RunningSandbox(f"http://127.0.0.1:{port}", app)
+        yield running
     finally:
+        running.http.close()
         server.should_exit = True
         thread.join(timeout=10)

@@ -40,10 +40,13 @@ def client(sandbox: RunningSandbox) -> stripe.StripeClient:
 
 
 @pytest.fixture
-def make_account(
-    client: stripe.StripeClient,
-) -> Callable[..., stripe.Account]:
+def make_account(client: stripe.StripeClient) -> Callable[..., stripe.Account]:
     """Create a Custom account verified at once by Stripe's test values (manual payouts)."""
+    return make_account_with(client)
+
+
+def make_account_with(client: stripe.StripeClient) -> Callable[..., stripe.Account]:
+    """An account factory bound to `client` (see the `make_account` fixture)."""
 
     def make(account_number: str = "000123456789", **overrides: Any) -> stripe.Account:
         params: dict[str, Any] = {
