@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
-import random
+import os
 import secrets
-import string
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import msgspec
 
 from engine.sandbox.wire import Obj
 
-_ALPHABET = string.ascii_letters + string.digits
 _FIXTURES = Path(__file__).with_name("data") / "fixtures.json"
 
 # Sample values in Stripe's examples that describe some other state of the object
@@ -104,13 +102,13 @@ def template_keys(kind: str) -> frozenset[str]:
 
 
 def new_id(prefix: str, length: int = 24) -> str:
-    """A Stripe-looking id such as `pi_3Pgaf...`."""
-    return prefix + "_" + "".join(random.choices(_ALPHABET, k=length))
+    """A Stripe-looking id such as `pi_3a9f...` (alphanumeric; hex keeps it fast)."""
+    return prefix + "_" + os.urandom((length + 1) // 2).hex()[:length]
 
 
 def new_secret(prefix: str, length: int = 32) -> str:
     """An opaque secret (webhook signing secret, client secret suffix)."""
-    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    return prefix + "_" + secrets.token_hex((length + 1) // 2)[:length]
 
 
 def build(kind: str, object_id: str, created: int, **fields: Any) -> Obj:
