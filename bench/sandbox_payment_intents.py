@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.sandbox.testing import running_sandbox  # noqa: E402
+from engine.sandbox.testing import running_sandbox
 
 DURATION_S = 5.0
 
@@ -20,8 +20,12 @@ DURATION_S = 5.0
 def main() -> None:
     with running_sandbox() as sandbox:
         client = sandbox.client()
-        params = {"amount": 2_000, "currency": "usd", "payment_method": "pm_card_visa",
-                  "confirm": True}
+        params = {
+            "amount": 2_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        }
         for _ in range(50):  # warm-up: connections, schema caches
             client.v1.payment_intents.create(params=params)  # type: ignore[arg-type]
         count = 0

@@ -14,6 +14,7 @@ import pickle
 import random
 import string
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,25 @@ EXTENSIONS = ("engine.sandbox.billing",)
 
 _ID_CHARS = string.ascii_letters + string.digits
 _JSON = b"application/json"
+_VERSION = API_VERSION.encode()
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request as read from ASGI."""
+
+    scope: Scope
+    method: str
+    path: str
+    body: bytes
+    headers: dict[bytes, bytes]
+    query: str
+    request_id: str
+
+    @property
+    def fingerprint(self) -> str:
+        """What must match for an idempotent replay: endpoint and exact parameters."""
+        return f"{self.method} {self.path}\n" + self.body.decode("latin-1")
 
 
 class SandboxApp:
@@ -143,9 +163,7 @@ class SandboxApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 if self.persist_path is not None:
-                    self._saver = asyncio.get_running_loop().create_task(
-                        self._save_periodically()
-                    )
+                    self._saver = asyncio.get_running_loop().create_task(self._save_periodically())
                 self.dispatcher.pump()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -163,53 +181,37 @@ class SandboxApp:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers: dict[bytes, bytes] = dict(scope["headers"])
-        path: str = scope["path"]
-        method: str = scope["method"]
-        query = scope.get("query_string", b"").decode("latin-1")
-        if path.startswith("/_sandbox"):
-            await self._control(scope, method, path, body, headers, query, send)
+        request = Request(
+            scope=scope,
+            method=scope["method"],
+            path=scope["path"],
+            body=body,
+            headers=dict(scope["headers"]),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            request_id="req_" + "".join(random.choices(_ID_CHARS, k=14)),
+        )
+        if request.path.startswith("/_sandbox"):
+            await self._control(request, send)
             return
-        request_id = "req_" + "".join(random.choices(_ID_CHARS, k=14))
         extra: list[tuple[bytes, bytes]] = []
         try:
-            status, payload, extra = self._api(scope, method, path, body, headers, query,
-                                               request_id)
+            status, payload, extra = self._api(request)
         except StripeError as err:
-            status, payload = err.status, msgspec.json.encode(err.body(request_id))
-        await self._respond(send, status, payload, request_id, headers, extra)
-        self.dispatcher.pump()
-
-    async def _respond(
-        self,
-        send: Send,
-        status: int,
-        payload: bytes,
-        request_id: str,
-        headers: dict[bytes, bytes],
-        extra: list[tuple[bytes, bytes]],
-    ) -> None:
+            status, payload = err.status, msgspec.json.encode(err.body(request.request_id))
         response_headers = [
             (b"content-type", _JSON),
             (b"content-length", str(len(payload)).encode()),
-            (b"request-id", request_id.encode()),
-            (b"stripe-version", headers.get(b"stripe-version", API_VERSION.encode())),
+            (b"request-id", request.request_id.encode()),
+            (b"stripe-version", request.headers.get(b"stripe-version", _VERSION)),
             *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
+        self.dispatcher.pump()
 
-    def _api(
-        self,
-        scope: Scope,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[bytes, bytes],
-        query: str,
-        request_id: str,
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    def _api(self, request: Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
+        method, path, headers = request.method, request.path, request.headers
         _authenticate(headers.get(b"authorization", b"").decode("latin-1"))
         account, connected = self._account(headers)
         found = self.router.match(method, path)
@@ -222,10 +224,9 @@ class SandboxApp:
         if key is not None and method == "POST":
             extra.append((b"idempotency-key", key.encode()))
             idem_slot = (account, key)
-            fingerprint = f"{method} {path}\n" + body.decode("latin-1")
             stored = state.store.idempotency.get(idem_slot)
             if stored is not None:
-                if stored.fingerprint != fingerprint:
+                if stored.fingerprint != request.fingerprint:
                     raise StripeError(
                         400,
                         "Keys for idempotent requests can only be used with the same parameters "
@@ -236,9 +237,9 @@ class SandboxApp:
                     )
                 extra.append((b"idempotent-replayed", b"true"))
                 return stored.status, stored.body, extra
-        raw = query if method in ("GET", "DELETE") else body.decode("latin-1")
+        raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
         params = parse_form(raw)
-        state.current_request = (request_id, key)
+        state.current_request = (request.request_id, key)
         run_due(state)
         try:
             schema.validate(params, route.params)
@@ -250,8 +251,8 @@ class SandboxApp:
                 account=account,
                 params=params,
                 args=args,
-                base_url=_base_url(scope, headers),
-                request_id=request_id,
+                base_url=_base_url(request.scope, headers),
+                request_id=request.request_id,
                 idempotency_key=key,
                 connected=connected,
             )
@@ -261,25 +262,24 @@ class SandboxApp:
             status, payload = call.status, msgspec.json.encode(result)
         except StripeError as err:
             if idem_slot is not None and err.store_idempotent:
-                self._remember(idem_slot, method, path, body, err.status,
-                               msgspec.json.encode(err.body(request_id)))
+                error_body = msgspec.json.encode(err.body(request.request_id))
+                self._remember(idem_slot, request, err.status, error_body)
             raise
         finally:
             state.current_request = (None, None)
         if method != "GET":
             state.dirty = True
         if idem_slot is not None:
-            self._remember(idem_slot, method, path, body, status, payload)
+            self._remember(idem_slot, request, status, payload)
         run_due(state)
         return status, payload, extra
 
     def _remember(
-        self, slot: tuple[str, str], method: str, path: str, body: bytes, status: int,
-        payload: bytes,
+        self, slot: tuple[str, str], request: Request, status: int, payload: bytes
     ) -> None:
         store = self.state.store.idempotency
         store[slot] = IdempotentResult(
-            method, path, f"{method} {path}\n" + body.decode("latin-1"), status, payload
+            request.method, request.path, request.fingerprint, status, payload
         )
         while len(store) > self.state.options.idempotency_capacity:
             store.popitem(last=False)
@@ -307,34 +307,32 @@ class SandboxApp:
             )
         return account_id, True
 
-    async def _control(
-        self,
-        scope: Scope,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: dict[bytes, bytes],
-        query: str,
-        send: Send,
-    ) -> None:
-        request_id = "req_" + "".join(random.choices(_ID_CHARS, k=14))
+    async def _control(self, request: Request, send: Send) -> None:
         try:
             response = await control.handle(
-                self, method, path, body, headers.get(b"content-type", b"").decode(), query
+                self,
+                request.method,
+                request.path,
+                request.body,
+                request.headers.get(b"content-type", b"").decode(),
+                request.query,
             )
         except StripeError as err:
-            response = control.ControlResponse(err.status,
-                                               msgspec.json.encode(err.body(request_id)))
+            response = control.ControlResponse(
+                err.status, msgspec.json.encode(err.body(request.request_id))
+            )
         extra = [(b"location", response.location.encode())] if response.location else []
-        await send({
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [
-                (b"content-type", response.content_type),
-                (b"content-length", str(len(response.body)).encode()),
-                *extra,
-            ],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *extra,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": response.body})
         self.dispatcher.pump()
 

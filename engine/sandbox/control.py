@@ -71,7 +71,7 @@ def _account(app: SandboxApp, account_id: str) -> None:
         raise missing("account", account_id)
 
 
-async def handle(
+async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as read
     app: SandboxApp, method: str, path: str, body: bytes, content_type: str, query: str
 ) -> ControlResponse:
     """Serve one `/_sandbox/...` request."""
@@ -119,8 +119,9 @@ async def handle(
             return _json({"ok": True, "platform": state.platform_id})
         case ("GET", "onboarding", account_id):
             _account(app, account_id)
-            return ControlResponse(200, _onboarding_page(app, account_id, params).encode(),
-                                   b"text/html; charset=utf-8")
+            return ControlResponse(
+                200, _onboarding_page(app, account_id, params).encode(), b"text/html; charset=utf-8"
+            )
         case ("GET", "dashboard", account_id):
             _account(app, account_id)
             return _json(state.objects[account_id])
@@ -130,7 +131,8 @@ async def handle(
 def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:
     filters = {k: params[k] for k in ("event", "endpoint", "status", "event_type") if k in params}
     return [
-        d for d in app.state.store.deliveries.values()
+        d
+        for d in app.state.store.deliveries.values()
         if all(d.get(k) == v for k, v in filters.items())
     ]
 

@@ -85,9 +85,7 @@ def missing_param(param: str) -> StripeError:
 
 def missing(kind: str, object_id: str, param: str = "id") -> StripeError:
     """A 404 `resource_missing` for an id this account cannot see."""
-    return StripeError(
-        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
-    )
+    return StripeError(404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param)
 
 
 def unrecognized_url(method: str, path: str) -> StripeError:
@@ -112,9 +110,7 @@ def authentication(key: str) -> StripeError:
     return StripeError(401, message, store_idempotent=False)
 
 
-def card_declined(
-    message: str, code: str, decline_code: str, extra: dict[str, Any]
-) -> StripeError:
+def card_declined(message: str, code: str, decline_code: str, extra: dict[str, Any]) -> StripeError:
     """A 402 `card_error` as returned when a confirmation is declined."""
     return StripeError(
         402, message, type_="card_error", code=code, decline_code=decline_code, extra=extra

@@ -166,9 +166,9 @@ class WebhookDispatcher:
     def pending(self) -> int:
         return len(self._tasks) + len(self.state.outbox)
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no delivery is in flight; False on timeout."""
-        deadline = time.monotonic() + timeout
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Wait until no delivery is in flight; False if still busy after `limit_s`."""
+        deadline = time.monotonic() + limit_s
         while True:
             self.pump()
             if not self._tasks:

@@ -44,9 +44,12 @@ class Shape:
 
 
 def _is_typeddict(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, dict) and hasattr(
-        value, "__annotations__"
-    ) and hasattr(value, "__required_keys__")
+    return (
+        isinstance(value, type)
+        and issubclass(value, dict)
+        and hasattr(value, "__annotations__")
+        and hasattr(value, "__required_keys__")
+    )
 
 
 def _shape_of(cls: type, seen: dict[type, Shape]) -> Shape:

@@ -79,9 +79,7 @@ class Store:
     clock_offset: int = 0
     frozen_base: int = 0
     payout_cursor: int = 0
-    idempotency: OrderedDict[tuple[str, str], IdempotentResult] = field(
-        default_factory=OrderedDict
-    )
+    idempotency: OrderedDict[tuple[str, str], IdempotentResult] = field(default_factory=OrderedDict)
     platform_id: str = ""
     connected: list[str] = field(default_factory=list)
     webhook_endpoints: list[str] = field(default_factory=list)

@@ -33,7 +33,7 @@ class RunningSandbox:
     def client(self, api_key: str = "sk_test_x", stripe_account: str | None = None) -> Any:
         """A `stripe.StripeClient` pointed at this sandbox (no network retries)."""
         # Only tests use this helper; the SDK stays out of the sandbox's import path.
-        import stripe
+        import stripe  # noqa: TID251 - tests drive the real SDK against the sandbox
 
         return stripe.StripeClient(
             api_key,
@@ -75,8 +75,7 @@ def running_sandbox(
     """Start the sandbox with uvicorn in a thread; stop it on exit."""
     app = create_app(state=state or SandboxState(options))
     port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="stripe-sandbox", daemon=True)
     thread.start()

@@ -63,8 +63,13 @@ def make_account_with(client: stripe.StripeClient) -> Callable[..., stripe.Accou
                 "first_name": "Jenny",
                 "last_name": "Rosen",
                 "dob": {"day": 1, "month": 1, "year": 1901},
-                "address": {"line1": "address_full_match", "city": "SF", "postal_code": "94103",
-                            "state": "CA", "country": "US"},
+                "address": {
+                    "line1": "address_full_match",
+                    "city": "SF",
+                    "postal_code": "94103",
+                    "state": "CA",
+                    "country": "US",
+                },
                 "id_number": "000000000",
                 "ssn_last_4": "0000",
             },
@@ -132,8 +137,9 @@ def webhook_server() -> Iterator[WebhookReceiver]:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -39,21 +39,30 @@ def test_unknown_parameter(client: stripe.StripeClient) -> None:
 
 
 def test_idempotency_replay_and_conflict(client: stripe.StripeClient) -> None:
-    params: Any = {"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa",
-                   "confirm": True}
+    params: Any = {
+        "amount": 2000,
+        "currency": "usd",
+        "payment_method": "pm_card_visa",
+        "confirm": True,
+    }
     first = client.v1.payment_intents.create(params=params, options={"idempotency_key": "k-1"})
     again = client.v1.payment_intents.create(params=params, options={"idempotency_key": "k-1"})
     assert again.id == first.id
     assert again.last_response.headers["idempotent-replayed"] == "true"
     assert len(client.v1.payment_intents.list().data) == 1
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.payment_intents.create(params={**params, "amount": 2001},
-                                         options={"idempotency_key": "k-1"})
+        client.v1.payment_intents.create(
+            params={**params, "amount": 2001}, options={"idempotency_key": "k-1"}
+        )
 
 
 def test_declined_results_replay_too(client: stripe.StripeClient) -> None:
-    params: Any = {"amount": 2000, "currency": "usd",
-                   "payment_method": "pm_card_chargeDeclined", "confirm": True}
+    params: Any = {
+        "amount": 2000,
+        "currency": "usd",
+        "payment_method": "pm_card_chargeDeclined",
+        "confirm": True,
+    }
     with pytest.raises(stripe.CardError) as first:
         client.v1.payment_intents.create(params=params, options={"idempotency_key": "dec"})
     with pytest.raises(stripe.CardError) as second:
@@ -63,9 +72,14 @@ def test_declined_results_replay_too(client: stripe.StripeClient) -> None:
 
 def test_card_declined_is_402(client: stripe.StripeClient) -> None:
     with pytest.raises(stripe.CardError) as caught:
-        client.v1.payment_intents.create(params={
-            "amount": 2000, "currency": "usd", "payment_method": "pm_card_chargeDeclined",
-            "confirm": True})
+        client.v1.payment_intents.create(
+            params={
+                "amount": 2000,
+                "currency": "usd",
+                "payment_method": "pm_card_chargeDeclined",
+                "confirm": True,
+            }
+        )
     err = caught.value
     assert err.http_status == 402
     assert err.code == "card_declined"
@@ -85,12 +99,18 @@ def test_card_declined_is_402(client: stripe.StripeClient) -> None:
         ("pm_card_chargeDeclinedExpiredCard", "expired_card", "expired_card"),
     ],
 )
-def test_other_declines(client: stripe.StripeClient, payment_method: str, code: str,
-                        decline_code: str) -> None:
+def test_other_declines(
+    client: stripe.StripeClient, payment_method: str, code: str, decline_code: str
+) -> None:
     with pytest.raises(stripe.CardError) as caught:
-        client.v1.payment_intents.create(params={
-            "amount": 2000, "currency": "usd", "payment_method": payment_method,
-            "confirm": True})
+        client.v1.payment_intents.create(
+            params={
+                "amount": 2000,
+                "currency": "usd",
+                "payment_method": payment_method,
+                "confirm": True,
+            }
+        )
     assert caught.value.code == code
     assert caught.value.error is not None
     assert caught.value.error.decline_code == decline_code
@@ -125,35 +145,52 @@ def test_pagination_and_expand(client: stripe.StripeClient) -> None:
     customer = client.v1.customers.create(params={"email": "buyer@example.com"})
     ids = []
     for amount in range(1000, 1005):
-        pi = client.v1.payment_intents.create(params={
-            "amount": amount, "currency": "usd", "customer": customer.id,
-            "payment_method": "pm_card_visa", "confirm": True})
+        pi = client.v1.payment_intents.create(
+            params={
+                "amount": amount,
+                "currency": "usd",
+                "customer": customer.id,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+            }
+        )
         ids.append(pi.id)
     first = client.v1.payment_intents.list(params={"limit": 2})
     assert [p.id for p in first.data] == ids[::-1][:2]
     assert first.has_more
-    second = client.v1.payment_intents.list(params={"limit": 2, "starting_after": first.data[-1].id})
+    second = client.v1.payment_intents.list(
+        params={"limit": 2, "starting_after": first.data[-1].id}
+    )
     assert [p.id for p in second.data] == ids[::-1][2:4]
     before = client.v1.payment_intents.list(params={"limit": 2, "ending_before": ids[0]})
     assert [p.id for p in before.data] == ids[::-1][2:4]
     assert [p.id for p in first.auto_paging_iter()] == ids[::-1]
     expanded = client.v1.payment_intents.retrieve(
-        ids[0], params={"expand": ["latest_charge.balance_transaction", "customer"]})
+        ids[0], params={"expand": ["latest_charge.balance_transaction", "customer"]}
+    )
     charge: Any = expanded.latest_charge
     assert charge.object == "charge"
     assert charge.balance_transaction.object == "balance_transaction"
     assert expanded.customer.email == "buyer@example.com"  # type: ignore[union-attr]
     listed = client.v1.charges.list(params={"expand": ["data.balance_transaction"]})
-    assert all(c.balance_transaction.object == "balance_transaction"  # type: ignore[union-attr]
-               for c in listed.data)
+    assert all(
+        c.balance_transaction.object == "balance_transaction"  # type: ignore[union-attr]
+        for c in listed.data
+    )
 
 
 def test_async_client(sandbox: RunningSandbox) -> None:
     async def scenario() -> None:
         client = sandbox.client()
-        pi = await client.v1.payment_intents.create_async(params={
-            "amount": 1500, "currency": "usd", "payment_method": "pm_card_mastercard",
-            "capture_method": "manual", "confirm": True})
+        pi = await client.v1.payment_intents.create_async(
+            params={
+                "amount": 1500,
+                "currency": "usd",
+                "payment_method": "pm_card_mastercard",
+                "capture_method": "manual",
+                "confirm": True,
+            }
+        )
         assert pi.status == "requires_capture"
         captured = await client.v1.payment_intents.capture_async(pi.id)
         assert captured.status == "succeeded"
@@ -167,12 +204,20 @@ def test_events_by_type_and_account(
     sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
     account = make_account()
-    client.v1.payment_intents.create(params={
-        "amount": 5000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    client.v1.payment_intents.create(
+        params={
+            "amount": 5000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        }
+    )
     succeeded = client.v1.events.list(params={"type": "payment_intent.succeeded"})
     assert [e.type for e in succeeded.data] == ["payment_intent.succeeded"]
     assert succeeded.data[0].data.object["object"] == "payment_intent"
-    several = client.v1.events.list(params={"types": ["charge.succeeded", "payment_intent.created"]})
+    several = client.v1.events.list(
+        params={"types": ["charge.succeeded", "payment_intent.created"]}
+    )
     assert sorted(e.type for e in several.data) == ["charge.succeeded", "payment_intent.created"]
     connected_events = sandbox.client(stripe_account=account.id).v1.events.list()
     assert connected_events.data

@@ -13,8 +13,6 @@ import stripe
 
 from engine.sandbox.testing import RunningSandbox
 
-
-
 DAY = 86_400
 
 
@@ -38,7 +36,9 @@ def total(client: stripe.StripeClient, account: str | None = None) -> int:
 
 def test_custom_account_enabled_by_test_values(make_account: Callable[..., Any]) -> None:
     account = make_account()
-    assert account.charges_enabled and account.payouts_enabled and account.details_submitted
+    assert account.charges_enabled
+    assert account.payouts_enabled
+    assert account.details_submitted
     assert account.requirements.currently_due == []
     assert account.capabilities.transfers == "active"
     assert account.external_accounts.data[0].last4 == "6789"
@@ -47,40 +47,69 @@ def test_custom_account_enabled_by_test_values(make_account: Callable[..., Any])
 def test_custom_account_with_other_dob_stays_restricted(
     client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
-    account = make_account(individual={"first_name": "A", "last_name": "B",
-                                       "dob": {"day": 2, "month": 3, "year": 1980}})
+    account = make_account(
+        individual={
+            "first_name": "A",
+            "last_name": "B",
+            "dob": {"day": 2, "month": 3, "year": 1980},
+        }
+    )
     assert not account.charges_enabled
     assert "individual.verification.document" in account.requirements.currently_due
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        client.v1.payment_intents.create(params={
-            "amount": 1000, "currency": "usd", "transfer_data": {"destination": account.id}})
+        client.v1.payment_intents.create(
+            params={"amount": 1000, "currency": "usd", "transfer_data": {"destination": account.id}}
+        )
     assert caught.value.code == "insufficient_capabilities_for_transfer"
-    fixed = client.v1.accounts.update(account.id, params={
-        "individual": {"dob": {"day": 1, "month": 1, "year": 1902}}})
-    assert fixed.charges_enabled and fixed.payouts_enabled
+    fixed = client.v1.accounts.update(
+        account.id, params={"individual": {"dob": {"day": 1, "month": 1, "year": 1902}}}
+    )
+    assert fixed.charges_enabled
+    assert fixed.payouts_enabled
 
 
 def test_express_onboarding_through_account_link(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
-    account = client.v1.accounts.create(params={
-        "type": "express", "country": "US", "email": "e@example.com",
-        "capabilities": {"card_payments": {"requested": True}, "transfers": {"requested": True}}})
+    account = client.v1.accounts.create(
+        params={
+            "type": "express",
+            "country": "US",
+            "email": "e@example.com",
+            "capabilities": {
+                "card_payments": {"requested": True},
+                "transfers": {"requested": True},
+            },
+        }
+    )
     assert not account.charges_enabled
     assert account.requirements.currently_due
-    link = client.v1.account_links.create(params={
-        "account": account.id, "type": "account_onboarding",
-        "refresh_url": "https://example.com/refresh", "return_url": "https://example.com/back"})
+    link = client.v1.account_links.create(
+        params={
+            "account": account.id,
+            "type": "account_onboarding",
+            "refresh_url": "https://example.com/refresh",
+            "return_url": "https://example.com/back",
+        }
+    )
     page = httpx.get(link.url)
-    assert page.status_code == 200 and "Complete onboarding" in page.text
-    done = httpx.post(f"{sandbox.url}/_sandbox/accounts/{account.id}/complete_onboarding",
-                      data={"return_url": "https://example.com/back"})
-    assert done.status_code == 303 and done.headers["location"] == "https://example.com/back"
+    assert page.status_code == 200
+    assert "Complete onboarding" in page.text
+    done = httpx.post(
+        f"{sandbox.url}/_sandbox/accounts/{account.id}/complete_onboarding",
+        data={"return_url": "https://example.com/back"},
+    )
+    assert done.status_code == 303
+    assert done.headers["location"] == "https://example.com/back"
     account = client.v1.accounts.retrieve(account.id)
-    assert account.charges_enabled and account.payouts_enabled and account.details_submitted
+    assert account.charges_enabled
+    assert account.payouts_enabled
+    assert account.details_submitted
     events = sandbox.client(stripe_account=account.id).v1.events.list(
-        params={"type": "account.updated"})
-    assert events.data and events.data[0].data.previous_attributes["charges_enabled"] is False
+        params={"type": "account.updated"}
+    )
+    assert events.data
+    assert events.data[0].data.previous_attributes["charges_enabled"] is False
     restricted = sandbox.control("POST", f"/_sandbox/accounts/{account.id}/restrict")
     assert restricted["charges_enabled"] is False
     assert restricted["requirements"]["disabled_reason"] == "requirements.past_due"
@@ -90,31 +119,51 @@ def test_destination_charge_with_application_fee(
     sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
     account = make_account()
-    pi = client.v1.payment_intents.create(params={
-        "amount": 10_000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True,
-        "application_fee_amount": 1_230, "transfer_data": {"destination": account.id},
-        "expand": ["latest_charge"]})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "application_fee_amount": 1_230,
+            "transfer_data": {"destination": account.id},
+            "expand": ["latest_charge"],
+        }
+    )
     charge: Any = pi.latest_charge
-    assert pi.status == "succeeded" and charge.amount_captured == 10_000
+    assert pi.status == "succeeded"
+    assert charge.amount_captured == 10_000
     platform_charge_txn = client.v1.balance_transactions.retrieve(charge.balance_transaction)
     assert (platform_charge_txn.type, platform_charge_txn.amount, platform_charge_txn.fee) == (
-        "charge", 10_000, fee(10_000))
+        "charge",
+        10_000,
+        fee(10_000),
+    )
     assert platform_charge_txn.status == "pending"
     transfer = client.v1.transfers.retrieve(charge.transfer)
-    assert transfer.amount == 10_000 and transfer.destination == account.id
+    assert transfer.amount == 10_000
+    assert transfer.destination == account.id
     assert transfer.transfer_group == f"group_{pi.id}"
     app_fee = client.v1.application_fees.retrieve(charge.application_fee)
     assert (app_fee.amount, app_fee.account, app_fee.originating_transaction) == (
-        1_230, account.id, charge.id)
+        1_230,
+        account.id,
+        charge.id,
+    )
     fee_txn = client.v1.balance_transactions.retrieve(app_fee.balance_transaction)  # type: ignore[arg-type]
     assert (fee_txn.type, fee_txn.amount, fee_txn.source) == ("application_fee", 1_230, app_fee.id)
 
     as_account = sandbox.client(stripe_account=account.id)
     payment = as_account.v1.charges.retrieve(transfer.destination_payment)  # type: ignore[arg-type]
-    assert payment.id.startswith("py_") and payment.application_fee == app_fee.id
+    assert payment.id.startswith("py_")
+    assert payment.application_fee == app_fee.id
     payment_txn = as_account.v1.balance_transactions.retrieve(payment.balance_transaction)  # type: ignore[arg-type]
     assert (payment_txn.type, payment_txn.amount, payment_txn.fee, payment_txn.net) == (
-        "payment", 10_000, 1_230, 8_770)
+        "payment",
+        10_000,
+        1_230,
+        8_770,
+    )
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.charges.retrieve(payment.id)  # the payment lives on the connected account
 
@@ -131,26 +180,46 @@ def test_destination_refund_reverses_transfer_and_fee_proportionally(
     sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
     account = make_account()
-    pi = client.v1.payment_intents.create(params={
-        "amount": 10_000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True,
-        "application_fee_amount": 1_230, "transfer_data": {"destination": account.id}})
-    refund = client.v1.refunds.create(params={
-        "payment_intent": pi.id, "amount": 5_000, "reverse_transfer": True,
-        "refund_application_fee": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "application_fee_amount": 1_230,
+            "transfer_data": {"destination": account.id},
+        }
+    )
+    refund = client.v1.refunds.create(
+        params={
+            "payment_intent": pi.id,
+            "amount": 5_000,
+            "reverse_transfer": True,
+            "refund_application_fee": True,
+        }
+    )
     reversal = client.v1.transfers.reversals.retrieve(
         client.v1.charges.retrieve(pi.latest_charge).transfer,  # type: ignore[arg-type]
-        refund.transfer_reversal)  # type: ignore[arg-type]
-    assert reversal.amount == 5_000 and reversal.source_refund == refund.id
-    charge: Any = client.v1.charges.retrieve(pi.latest_charge, params={  # type: ignore[arg-type]
-        "expand": ["application_fee", "transfer"]})
+        refund.transfer_reversal,
+    )  # type: ignore[arg-type]
+    assert reversal.amount == 5_000
+    assert reversal.source_refund == refund.id
+    charge: Any = client.v1.charges.retrieve(
+        pi.latest_charge,
+        params={  # type: ignore[arg-type]
+            "expand": ["application_fee", "transfer"]
+        },
+    )
     assert charge.application_fee.amount_refunded == 615
     assert charge.transfer.amount_reversed == 5_000
-    assert charge.amount_refunded == 5_000 and not charge.refunded
+    assert charge.amount_refunded == 5_000
+    assert not charge.refunded
     assert total(client) == 10_000 - fee(10_000) - 10_000 + 1_230 - 5_000 + 5_000 - 615
     assert total(client, account.id) == 10_000 - 1_230 - 5_000 + 615
     # Refund the rest: cumulative rounding returns exactly the whole fee and transfer.
-    client.v1.refunds.create(params={"charge": charge.id, "reverse_transfer": True,
-                                     "refund_application_fee": True})
+    client.v1.refunds.create(
+        params={"charge": charge.id, "reverse_transfer": True, "refund_application_fee": True}
+    )
     assert total(client, account.id) == 0
     assert total(client) == -fee(10_000)
 
@@ -159,25 +228,49 @@ def test_separate_charges_and_transfers(
     sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
     seller, courier = make_account(), make_account()
-    pi = client.v1.payment_intents.create(params={
-        "amount": 10_000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True,
-        "transfer_group": "order-1"})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "transfer_group": "order-1",
+        }
+    )
     charge_id: Any = pi.latest_charge
-    to_seller = client.v1.transfers.create(params={
-        "amount": 6_000, "currency": "usd", "destination": seller.id,
-        "source_transaction": charge_id, "transfer_group": "order-1"})
-    to_courier = client.v1.transfers.create(params={
-        "amount": 2_500, "currency": "usd", "destination": courier.id,
-        "source_transaction": charge_id, "transfer_group": "order-1"})
+    to_seller = client.v1.transfers.create(
+        params={
+            "amount": 6_000,
+            "currency": "usd",
+            "destination": seller.id,
+            "source_transaction": charge_id,
+            "transfer_group": "order-1",
+        }
+    )
+    to_courier = client.v1.transfers.create(
+        params={
+            "amount": 2_500,
+            "currency": "usd",
+            "destination": courier.id,
+            "source_transaction": charge_id,
+            "transfer_group": "order-1",
+        }
+    )
     group = client.v1.transfers.list(params={"transfer_group": "order-1"})
     assert {t.id for t in group.data} == {to_seller.id, to_courier.id}
     with pytest.raises(stripe.InvalidRequestError):  # more than the charge has left
-        client.v1.transfers.create(params={
-            "amount": 2_000, "currency": "usd", "destination": seller.id,
-            "source_transaction": charge_id})
+        client.v1.transfers.create(
+            params={
+                "amount": 2_000,
+                "currency": "usd",
+                "destination": seller.id,
+                "source_transaction": charge_id,
+            }
+        )
     with pytest.raises(stripe.InvalidRequestError) as caught:  # nothing available yet
-        client.v1.transfers.create(params={"amount": 100, "currency": "usd",
-                                           "destination": seller.id})
+        client.v1.transfers.create(
+            params={"amount": 100, "currency": "usd", "destination": seller.id}
+        )
     assert caught.value.code == "balance_insufficient"
 
     client.v1.refunds.create(params={"charge": charge_id, "amount": 4_000})
@@ -195,16 +288,29 @@ def test_separate_charges_and_transfers(
 
 
 def test_manual_capture_of_less_releases_the_rest(client: stripe.StripeClient) -> None:
-    pi = client.v1.payment_intents.create(params={
-        "amount": 10_000, "currency": "usd", "payment_method": "pm_card_visa",
-        "capture_method": "manual", "confirm": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "capture_method": "manual",
+            "confirm": True,
+        }
+    )
     assert (pi.status, pi.amount_capturable) == ("requires_capture", 10_000)
     assert client.v1.charges.retrieve(pi.latest_charge).balance_transaction is None  # type: ignore[arg-type]
     captured = client.v1.payment_intents.capture(pi.id, params={"amount_to_capture": 6_000})
     assert (captured.status, captured.amount_received, captured.amount_capturable) == (
-        "succeeded", 6_000, 0)
-    charge = client.v1.charges.retrieve(pi.latest_charge, params={  # type: ignore[arg-type]
-        "expand": ["balance_transaction"]})
+        "succeeded",
+        6_000,
+        0,
+    )
+    charge = client.v1.charges.retrieve(
+        pi.latest_charge,
+        params={  # type: ignore[arg-type]
+            "expand": ["balance_transaction"]
+        },
+    )
     assert (charge.amount_captured, charge.amount_refunded, charge.captured) == (6_000, 4_000, True)
     txn: Any = charge.balance_transaction
     assert (txn.amount, txn.fee) == (6_000, fee(6_000))
@@ -219,14 +325,22 @@ def test_uncaptured_intent_cancelled_after_seven_days_of_test_clock(
     start = 1_800_000_000
     clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": start})
     customer = client.v1.customers.create(params={"test_clock": clock.id})
-    pi = client.v1.payment_intents.create(params={
-        "amount": 3_000, "currency": "usd", "customer": customer.id,
-        "payment_method": "pm_card_visa", "capture_method": "manual", "confirm": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 3_000,
+            "currency": "usd",
+            "customer": customer.id,
+            "payment_method": "pm_card_visa",
+            "capture_method": "manual",
+            "confirm": True,
+        }
+    )
     assert pi.created == start
     client.v1.test_helpers.test_clocks.advance(clock.id, params={"frozen_time": start + 6 * DAY})
     assert client.v1.payment_intents.retrieve(pi.id).status == "requires_capture"
     advanced = client.v1.test_helpers.test_clocks.advance(
-        clock.id, params={"frozen_time": start + 8 * DAY})
+        clock.id, params={"frozen_time": start + 8 * DAY}
+    )
     assert advanced.status == "ready"
     expired = client.v1.payment_intents.retrieve(pi.id)
     assert (expired.status, expired.cancellation_reason) == ("canceled", "automatic")
@@ -238,9 +352,15 @@ def test_uncaptured_intent_cancelled_after_seven_days_of_test_clock(
 def test_uncaptured_intent_cancelled_on_global_clock(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
-    pi = client.v1.payment_intents.create(params={
-        "amount": 3_000, "currency": "usd", "payment_method": "pm_card_visa",
-        "capture_method": "manual", "confirm": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 3_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "capture_method": "manual",
+            "confirm": True,
+        }
+    )
     sandbox.advance(7 * DAY + 60)
     assert client.v1.payment_intents.retrieve(pi.id).cancellation_reason == "automatic"
 
@@ -248,19 +368,28 @@ def test_uncaptured_intent_cancelled_on_global_clock(
 def test_dispute_opens_and_is_won_with_winning_evidence(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
-    pi = client.v1.payment_intents.create(params={
-        "amount": 8_000, "currency": "usd", "payment_method": "pm_card_createDispute",
-        "confirm": True})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 8_000,
+            "currency": "usd",
+            "payment_method": "pm_card_createDispute",
+            "confirm": True,
+        }
+    )
     created = client.v1.events.list(params={"type": "charge.dispute.created"}).data
     assert len(created) == 1
     dispute_id = created[0].data.object["id"]
     dispute = client.v1.disputes.retrieve(dispute_id)
     assert (dispute.status, dispute.amount, dispute.charge) == (
-        "needs_response", 8_000, pi.latest_charge)
+        "needs_response",
+        8_000,
+        pi.latest_charge,
+    )
     assert client.v1.charges.retrieve(pi.latest_charge).disputed  # type: ignore[arg-type]
     assert total(client) == 8_000 - fee(8_000) - 8_000 - 1_500
-    updated = client.v1.disputes.update(dispute_id, params={
-        "evidence": {"uncategorized_text": "winning_evidence"}})
+    updated = client.v1.disputes.update(
+        dispute_id, params={"evidence": {"uncategorized_text": "winning_evidence"}}
+    )
     assert updated.status == "under_review"
     assert client.v1.disputes.retrieve(dispute_id).status == "won"
     assert total(client) == 8_000 - fee(8_000)
@@ -269,12 +398,18 @@ def test_dispute_opens_and_is_won_with_winning_evidence(
 
 
 def test_dispute_lost_with_losing_evidence(client: stripe.StripeClient) -> None:
-    client.v1.payment_intents.create(params={
-        "amount": 8_000, "currency": "usd", "payment_method": "pm_card_createDispute",
-        "confirm": True})
+    client.v1.payment_intents.create(
+        params={
+            "amount": 8_000,
+            "currency": "usd",
+            "payment_method": "pm_card_createDispute",
+            "confirm": True,
+        }
+    )
     dispute = client.v1.disputes.list().data[0]
-    client.v1.disputes.update(dispute.id, params={
-        "evidence": {"uncategorized_text": "losing_evidence"}, "submit": True})
+    client.v1.disputes.update(
+        dispute.id, params={"evidence": {"uncategorized_text": "losing_evidence"}, "submit": True}
+    )
     assert client.v1.disputes.retrieve(dispute.id).status == "lost"
     assert total(client) == 8_000 - fee(8_000) - 8_000 - 1_500
 
@@ -285,16 +420,28 @@ def test_failed_payout_reaches_connect_endpoint(
     make_account: Callable[..., Any],
     webhooks: Any,
 ) -> None:
-    connect = client.v1.webhook_endpoints.create(params={
-        "url": webhooks.url, "enabled_events": ["payout.failed", "payout.created"],
-        "connect": True})
-    platform = client.v1.webhook_endpoints.create(params={
-        "url": webhooks.url + "?platform", "enabled_events": ["*"]})
-    assert connect.secret.startswith("whsec_") and connect.secret != platform.secret  # type: ignore[union-attr]
+    connect = client.v1.webhook_endpoints.create(
+        params={
+            "url": webhooks.url,
+            "enabled_events": ["payout.failed", "payout.created"],
+            "connect": True,
+        }
+    )
+    platform = client.v1.webhook_endpoints.create(
+        params={"url": webhooks.url + "?platform", "enabled_events": ["*"]}
+    )
+    assert connect.secret.startswith("whsec_")
+    assert connect.secret != platform.secret
     account = make_account("000111111116")
-    client.v1.payment_intents.create(params={
-        "amount": 10_000, "currency": "usd", "payment_method": "pm_card_bypassPending",
-        "confirm": True, "transfer_data": {"destination": account.id}})
+    client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_bypassPending",
+            "confirm": True,
+            "transfer_data": {"destination": account.id},
+        }
+    )
     assert totals(client, account.id) == (10_000, 0)
     as_account = sandbox.client(stripe_account=account.id)
     payout = as_account.v1.payouts.create(params={"amount": 6_000, "currency": "usd"})
@@ -311,13 +458,15 @@ def test_failed_payout_reaches_connect_endpoint(
     webhooks.wait_for(got_failure)
     request = next(r for r in webhooks.requests if b'"payout.failed"' in r.body)
     event = stripe.Webhook.construct_event(
-        request.body, request.headers["stripe-signature"], connect.secret)
+        request.body, request.headers["stripe-signature"], connect.secret
+    )
     assert event.type == "payout.failed"
     assert event.account == account.id  # type: ignore[attr-defined]
     assert event.data.object["failure_code"] == "no_account"
     with pytest.raises(stripe.SignatureVerificationError):
-        stripe.Webhook.construct_event(request.body, request.headers["stripe-signature"],
-                                       platform.secret)
+        stripe.Webhook.construct_event(
+            request.body, request.headers["stripe-signature"], platform.secret
+        )
     sandbox.wait_for_deliveries()
     platform_bodies = [json.loads(r.body) for r in webhooks.requests]
     assert all(("account" in b) == (b["type"].startswith("payout.")) for b in platform_bodies)
@@ -327,15 +476,23 @@ def test_automatic_daily_payout(
     sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
 ) -> None:
     account = make_account(settings={"payouts": {"schedule": {"interval": "daily"}}})
-    client.v1.payment_intents.create(params={
-        "amount": 5_000, "currency": "usd", "payment_method": "pm_card_visa",
-        "confirm": True, "transfer_data": {"destination": account.id}})
+    client.v1.payment_intents.create(
+        params={
+            "amount": 5_000,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "transfer_data": {"destination": account.id},
+        }
+    )
     as_account = sandbox.client(stripe_account=account.id)
     sandbox.advance(DAY)
     assert as_account.v1.payouts.list().data == []  # funds still pending
     sandbox.advance(2 * DAY)
     payouts = as_account.v1.payouts.list().data
-    assert len(payouts) == 1 and payouts[0].automatic and payouts[0].amount == 5_000
+    assert len(payouts) == 1
+    assert payouts[0].automatic
+    assert payouts[0].amount == 5_000
     assert totals(client, account.id) == (0, 0)
     swept = as_account.v1.balance_transactions.list(params={"payout": payouts[0].id}).data
     assert {t.type for t in swept} == {"payment", "payout"}
@@ -347,15 +504,17 @@ def test_webhook_retried_until_delivered(
     sandbox: RunningSandbox, client: stripe.StripeClient, webhooks: Any
 ) -> None:
     webhooks.fail_first = 2
-    endpoint = client.v1.webhook_endpoints.create(params={
-        "url": webhooks.url, "enabled_events": ["customer.created"]})
+    endpoint = client.v1.webhook_endpoints.create(
+        params={"url": webhooks.url, "enabled_events": ["customer.created"]}
+    )
     client.v1.customers.create(params={"email": "retry@example.com"})
     deliveries = sandbox.wait_for_deliveries()
     assert [d["status"] for d in deliveries] == ["succeeded"]
     assert [a["status"] for a in deliveries[0]["attempts"]] == [500, 500, 200]
     request = webhooks.requests[0]
-    event = stripe.Webhook.construct_event(request.body, request.headers["stripe-signature"],
-                                           endpoint.secret)
+    event = stripe.Webhook.construct_event(
+        request.body, request.headers["stripe-signature"], endpoint.secret
+    )
     assert event.type == "customer.created"
     assert client.v1.events.retrieve(event.id).pending_webhooks == 0
     assert time.time() - int(request.headers["stripe-signature"].split(",")[0][2:]) < 60

@@ -46,52 +46,83 @@ def served(sandbox_server: RunningSandbox) -> dict[str, dict[str, Any]]:
     other = make_account()
     customer = client.v1.customers.create(params={"email": "shape@example.com"})
     pm = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id})
-    pi = client.v1.payment_intents.create(params={
-        "amount": 5_000, "currency": "usd", "payment_method": "pm_card_bypassPending",
-        "confirm": True, "application_fee_amount": 500,
-        "transfer_data": {"destination": account.id}})
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 5_000,
+            "currency": "usd",
+            "payment_method": "pm_card_bypassPending",
+            "confirm": True,
+            "application_fee_amount": 500,
+            "transfer_data": {"destination": account.id},
+        }
+    )
     charge = _get(sandbox, f"/v1/charges/{pi.latest_charge}")
-    refund = client.v1.refunds.create(params={"charge": pi.latest_charge, "amount": 1_000,
-                                              "reverse_transfer": True,
-                                              "refund_application_fee": True})
+    refund = client.v1.refunds.create(
+        params={
+            "charge": pi.latest_charge,
+            "amount": 1_000,
+            "reverse_transfer": True,
+            "refund_application_fee": True,
+        }
+    )
     transfer = client.v1.transfers.retrieve(charge["transfer"])
     reversal_id = transfer.reversals.data[0].id
     fee = client.v1.application_fees.retrieve(charge["application_fee"])
-    dispute_pi = client.v1.payment_intents.create(params={
-        "amount": 5_000, "currency": "usd", "payment_method": "pm_card_createDispute",
-        "confirm": True})
+    dispute_pi = client.v1.payment_intents.create(
+        params={
+            "amount": 5_000,
+            "currency": "usd",
+            "payment_method": "pm_card_createDispute",
+            "confirm": True,
+        }
+    )
     dispute = client.v1.disputes.list(params={"payment_intent": dispute_pi.id}).data[0]
     direct = sandbox.client(stripe_account=other.id)
-    direct.v1.payment_intents.create(params={
-        "amount": 5_000, "currency": "usd", "payment_method": "pm_card_bypassPending",
-        "confirm": True})
+    direct.v1.payment_intents.create(
+        params={
+            "amount": 5_000,
+            "currency": "usd",
+            "payment_method": "pm_card_bypassPending",
+            "confirm": True,
+        }
+    )
     payout = direct.v1.payouts.create(params={"amount": 1_000, "currency": "usd"})
-    endpoint = client.v1.webhook_endpoints.create(params={
-        "url": "http://127.0.0.1:9/none", "enabled_events": ["*"]})
+    endpoint = client.v1.webhook_endpoints.create(
+        params={"url": "http://127.0.0.1:9/none", "enabled_events": ["*"]}
+    )
     clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": 1_800_000_000})
-    link = client.v1.account_links.create(params={
-        "account": account.id, "type": "account_onboarding",
-        "refresh_url": "https://e.x/r", "return_url": "https://e.x/b"})
+    link = client.v1.account_links.create(
+        params={
+            "account": account.id,
+            "type": "account_onboarding",
+            "refresh_url": "https://e.x/r",
+            "return_url": "https://e.x/b",
+        }
+    )
     express = client.v1.accounts.create(params={"type": "express"})
     login = client.v1.accounts.login_links.create(express.id)
     event = client.v1.events.list(params={"limit": 1}).data[0]
     connected_event = direct.v1.events.list(params={"limit": 1}).data[0]
     bank = account.external_accounts.data[0]
-    spare = client.v1.accounts.external_accounts.create(account.id, params={
-        "external_account": "btok_us_verified"})
+    spare = client.v1.accounts.external_accounts.create(
+        account.id, params={"external_account": "btok_us_verified"}
+    )
     deleted_customer = client.v1.customers.create()
     return {
         "account": _get(sandbox, f"/v1/accounts/{account.id}"),
         "account_link": link.to_dict(),
         "login_link": login.to_dict(),
         "bank_account": _get(sandbox, f"/v1/accounts/{account.id}/external_accounts/{bank.id}"),
-        "external_account": _get(sandbox,
-                                 f"/v1/accounts/{account.id}/external_accounts/{bank.id}"),
+        "external_account": _get(sandbox, f"/v1/accounts/{account.id}/external_accounts/{bank.id}"),
         "capability": _get(sandbox, f"/v1/accounts/{account.id}/capabilities/transfers"),
         "balance": _get(sandbox, "/v1/balance"),
-        "balance_transaction": _get(sandbox, f"/v1/balance_transactions/{charge['balance_transaction']}"),
+        "balance_transaction": _get(
+            sandbox, f"/v1/balance_transactions/{charge['balance_transaction']}"
+        ),
         "application_fee": _get(sandbox, f"/v1/application_fees/{fee.id}"),
-        "fee_refund": _get(sandbox, f"/v1/application_fees/{fee.id}/refunds/{fee.refunds.data[0].id}"),
+        "fee_refund": _get(
+            sandbox, f"/v1/application_fees/{fee.id}/refunds/{fee.refunds.data[0].id}"
+        ),
         "charge": charge,
         "customer": _get(sandbox, f"/v1/customers/{customer.id}"),
         "deleted_customer": client.v1.customers.delete(deleted_customer.id).to_dict(),
@@ -103,25 +134,49 @@ def served(sandbox_server: RunningSandbox) -> dict[str, dict[str, Any]]:
         "payout": _get(sandbox, f"/v1/payouts/{payout.id}", other.id),
         "refund": _get(sandbox, f"/v1/refunds/{refund.id}"),
         "test_helpers.test_clock": _get(sandbox, f"/v1/test_helpers/test_clocks/{clock.id}"),
-        "deleted_test_helpers.test_clock":
-            client.v1.test_helpers.test_clocks.delete(clock.id).to_dict(),
+        "deleted_test_helpers.test_clock": client.v1.test_helpers.test_clocks.delete(
+            clock.id
+        ).to_dict(),
         "transfer": _get(sandbox, f"/v1/transfers/{transfer.id}"),
         "transfer_reversal": _get(sandbox, f"/v1/transfers/{transfer.id}/reversals/{reversal_id}"),
         "webhook_endpoint": _get(sandbox, f"/v1/webhook_endpoints/{endpoint.id}"),
         "deleted_webhook_endpoint": client.v1.webhook_endpoints.delete(endpoint.id).to_dict(),
         "deleted_account": client.v1.accounts.delete(express.id).to_dict(),
-        "deleted_external_account":
-            client.v1.accounts.external_accounts.delete(account.id, spare.id).to_dict(),
+        "deleted_external_account": client.v1.accounts.external_accounts.delete(
+            account.id, spare.id
+        ).to_dict(),
     }
 
 
 TYPES = [
-    "account", "account_link", "login_link", "bank_account", "external_account", "capability",
-    "balance", "balance_transaction", "application_fee", "fee_refund", "charge", "customer",
-    "deleted_customer", "dispute", "event", "connected_event", "payment_intent",
-    "payment_method", "payout", "refund", "test_helpers.test_clock",
-    "deleted_test_helpers.test_clock", "transfer", "transfer_reversal", "webhook_endpoint",
-    "deleted_webhook_endpoint", "deleted_account", "deleted_external_account",
+    "account",
+    "account_link",
+    "login_link",
+    "bank_account",
+    "external_account",
+    "capability",
+    "balance",
+    "balance_transaction",
+    "application_fee",
+    "fee_refund",
+    "charge",
+    "customer",
+    "deleted_customer",
+    "dispute",
+    "event",
+    "connected_event",
+    "payment_intent",
+    "payment_method",
+    "payout",
+    "refund",
+    "test_helpers.test_clock",
+    "deleted_test_helpers.test_clock",
+    "transfer",
+    "transfer_reversal",
+    "webhook_endpoint",
+    "deleted_webhook_endpoint",
+    "deleted_account",
+    "deleted_external_account",
 ]
 
 

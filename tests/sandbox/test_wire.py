@@ -49,7 +49,7 @@ def test_missing_required_parameter() -> None:
     assert caught.value.param == "amount"
 
 
-@given(st.integers(-10**9, 10**9), st.integers(1, 10**6))
+@given(st.integers(-(10**9), 10**9), st.integers(1, 10**6))
 def test_round_half_up_matches_decimal(numerator: int, denominator: int) -> None:
     from decimal import ROUND_HALF_UP, Decimal
 

@@ -137,7 +137,7 @@ def _account_type(params: Params) -> str:
     type_ = params.get("type")
     if isinstance(type_, str) and type_:
         if type_ not in _CONTROLLERS:
-            raise invalid(f"Invalid type: must be one of custom, express, or standard", param="type")
+            raise invalid("Invalid type: must be one of custom, express, or standard", param="type")
         return type_
     controller = params.get("controller")
     if isinstance(controller, dict):
@@ -178,9 +178,11 @@ def _apply_profile(call: Call, account: Obj, private: dict[str, Any]) -> None:
             account["tos_acceptance"]["date"] = int(account["tos_acceptance"]["date"])
     if "settings" in params:
         settings = call.dict_("settings")
-        schedule = settings.get("payouts", {}).get("schedule") if isinstance(
-            settings.get("payouts"), dict
-        ) else None
+        schedule = (
+            settings.get("payouts", {}).get("schedule")
+            if isinstance(settings.get("payouts"), dict)
+            else None
+        )
         merge_nested(account["settings"], settings)
         if isinstance(schedule, dict):
             _normalise_schedule(account["settings"]["payouts"]["schedule"])
@@ -260,8 +262,13 @@ def list_accounts(call: Call) -> Obj:
 def _snapshot(account: Obj) -> Obj:
     return {
         key: copy.deepcopy(account[key])
-        for key in ("charges_enabled", "payouts_enabled", "details_submitted", "requirements",
-                    "capabilities")
+        for key in (
+            "charges_enabled",
+            "payouts_enabled",
+            "details_submitted",
+            "requirements",
+            "capabilities",
+        )
     }
 
 
@@ -314,14 +321,23 @@ def _custom_requirements(account: Obj, private: dict[str, Any]) -> tuple[list[st
             )
     address = person.get("address")
     if isinstance(address, dict) and address.get("line1") == "address_no_match":
-        fail("individual.address.line1", "verification_failed_address_match",
-             "The address could not be verified.")
+        fail(
+            "individual.address.line1",
+            "verification_failed_address_match",
+            "The address could not be verified.",
+        )
     if person.get("id_number") == "111111111":
-        fail("individual.id_number", "verification_failed_id_number_match",
-             "The id number could not be verified.")
+        fail(
+            "individual.id_number",
+            "verification_failed_id_number_match",
+            "The id number could not be verified.",
+        )
     if person.get("ssn_last_4") not in (None, "0000"):
-        fail("individual.ssn_last_4", "verification_failed_id_number_match",
-             "The SSN digits could not be verified (test mode: use 0000).")
+        fail(
+            "individual.ssn_last_4",
+            "verification_failed_id_number_match",
+            "The SSN digits could not be verified (test mode: use 0000).",
+        )
     return due, errors
 
 
@@ -352,7 +368,7 @@ def evaluate(state: SandboxState, account_id: str, *, emit_update: bool = True) 
         current_deadline=None,
     )
     status = "active" if enabled else "inactive"
-    account["capabilities"] = {name: status for name in private.get("requested", [])}
+    account["capabilities"] = dict.fromkeys(private.get("requested", []), status)
     has_bank = bool(account["external_accounts"]["data"])
     account["charges_enabled"] = enabled
     account["payouts_enabled"] = enabled and has_bank
@@ -373,9 +389,13 @@ def complete_onboarding(state: SandboxState, account_id: str) -> Obj:
         store_bank_account(
             state,
             account,
-            {"country": account["country"], "currency": account["default_currency"],
-             "routing_number": "110000000", "account_number": "000123456789",
-             "account_holder_name": "Sandbox Test"},
+            {
+                "country": account["country"],
+                "currency": account["default_currency"],
+                "routing_number": "110000000",
+                "account_number": "000123456789",
+                "account_holder_name": "Sandbox Test",
+            },
         )
     if account["tos_acceptance"].get("date") is None:
         account["tos_acceptance"].update(date=state.now(), ip="127.0.0.1")
@@ -398,9 +418,7 @@ def _add_external_account(call: Call, account: Obj, raw: Any, param: str) -> Obj
         if not raw.startswith(("btok_", "tok_")):
             raise invalid(f"No such token: '{raw}'", param=param, code="resource_missing")
         lowered = raw.lower()
-        number = next(
-            (num for key, num in _BANK_TOKENS.items() if key in lowered), "000123456789"
-        )
+        number = next((num for key, num in _BANK_TOKENS.items() if key in lowered), "000123456789")
         details: Params = {
             "country": account["country"],
             "currency": account["default_currency"],
@@ -412,8 +430,11 @@ def _add_external_account(call: Call, account: Obj, raw: Any, param: str) -> Obj
         if details.get("object", "bank_account") != "bank_account":
             raise invalid("The sandbox only supports bank account external accounts.", param=param)
         if not details.get("account_number"):
-            raise invalid("Missing required param: external_account[account_number].",
-                          param=f"{param}[account_number]", code="parameter_missing")
+            raise invalid(
+                "Missing required param: external_account[account_number].",
+                param=f"{param}[account_number]",
+                code="parameter_missing",
+            )
     else:
         raise invalid("Invalid external_account", param=param)
     bank = store_bank_account(call.state, account, details)
@@ -460,8 +481,9 @@ def default_bank_account(state: SandboxState, account: Obj, currency: str) -> Ob
 
 def create_external_account(call: Call) -> Obj:
     account = connected_account(call, call.args[0])
-    bank = _add_external_account(call, account, call.params.get("external_account"),
-                                 "external_account")
+    bank = _add_external_account(
+        call, account, call.params.get("external_account"), "external_account"
+    )
     if call.bool_("default_for_currency"):
         _make_default(call.state, account, bank)
     evaluate(call.state, account["id"])
@@ -499,9 +521,13 @@ def update_external_account(call: Call) -> Obj:
 
 def delete_external_account(call: Call) -> Obj:
     account, bank = _bank(call)
-    if call.state.private(bank["id"]).get("default_for_currency") and len(
-        [b for b in account["external_accounts"]["data"] if b["currency"] == bank["currency"]]
-    ) > 1:
+    if (
+        call.state.private(bank["id"]).get("default_for_currency")
+        and len(
+            [b for b in account["external_accounts"]["data"] if b["currency"] == bank["currency"]]
+        )
+        > 1
+    ):
         raise invalid(
             "You cannot delete the default bank account for your default currency.",
             code="default_for_currency",
@@ -537,16 +563,21 @@ def _capability(state: SandboxState, account: Obj, name: str) -> Obj:
         requested_at=account["created"] if name in account["capabilities"] else None,
         status=status,
     )
-    cap["requirements"].update(currently_due=account["requirements"]["currently_due"] if status
-                               != "active" else [])
+    cap["requirements"].update(
+        currently_due=account["requirements"]["currently_due"] if status != "active" else []
+    )
     return cap
 
 
 def list_capabilities(call: Call) -> Obj:
     account = connected_account(call, call.args[0])
     data = [_capability(call.state, account, n) for n in sorted(account["capabilities"])]
-    return {"object": "list", "data": data, "has_more": False,
-            "url": f"/v1/accounts/{account['id']}/capabilities"}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "url": f"/v1/accounts/{account['id']}/capabilities",
+    }
 
 
 def retrieve_capability(call: Call) -> Obj:
@@ -611,23 +642,49 @@ ROUTES = (
     Route("GET", "/v1/accounts/{}", retrieve_account, "AccountRetrieveParams"),
     Route("POST", "/v1/accounts/{}", update_account, "AccountUpdateParams"),
     Route("DELETE", "/v1/accounts/{}", delete_account, "AccountDeleteParams"),
-    Route("POST", "/v1/accounts/{}/external_accounts", create_external_account,
-          "AccountExternalAccountCreateParams"),
-    Route("GET", "/v1/accounts/{}/external_accounts", list_external_accounts,
-          "AccountExternalAccountListParams"),
-    Route("GET", "/v1/accounts/{}/external_accounts/{}", retrieve_external_account,
-          "AccountExternalAccountRetrieveParams"),
-    Route("POST", "/v1/accounts/{}/external_accounts/{}", update_external_account,
-          "AccountExternalAccountUpdateParams"),
-    Route("DELETE", "/v1/accounts/{}/external_accounts/{}", delete_external_account,
-          "AccountExternalAccountDeleteParams"),
-    Route("GET", "/v1/accounts/{}/capabilities", list_capabilities,
-          "AccountCapabilityListParams"),
-    Route("GET", "/v1/accounts/{}/capabilities/{}", retrieve_capability,
-          "AccountCapabilityRetrieveParams"),
-    Route("POST", "/v1/accounts/{}/capabilities/{}", update_capability,
-          "AccountCapabilityUpdateParams"),
+    Route(
+        "POST",
+        "/v1/accounts/{}/external_accounts",
+        create_external_account,
+        "AccountExternalAccountCreateParams",
+    ),
+    Route(
+        "GET",
+        "/v1/accounts/{}/external_accounts",
+        list_external_accounts,
+        "AccountExternalAccountListParams",
+    ),
+    Route(
+        "GET",
+        "/v1/accounts/{}/external_accounts/{}",
+        retrieve_external_account,
+        "AccountExternalAccountRetrieveParams",
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/{}/external_accounts/{}",
+        update_external_account,
+        "AccountExternalAccountUpdateParams",
+    ),
+    Route(
+        "DELETE",
+        "/v1/accounts/{}/external_accounts/{}",
+        delete_external_account,
+        "AccountExternalAccountDeleteParams",
+    ),
+    Route("GET", "/v1/accounts/{}/capabilities", list_capabilities, "AccountCapabilityListParams"),
+    Route(
+        "GET",
+        "/v1/accounts/{}/capabilities/{}",
+        retrieve_capability,
+        "AccountCapabilityRetrieveParams",
+    ),
+    Route(
+        "POST",
+        "/v1/accounts/{}/capabilities/{}",
+        update_capability,
+        "AccountCapabilityUpdateParams",
+    ),
     Route("POST", "/v1/account_links", create_account_link, "AccountLinkCreateParams"),
-    Route("POST", "/v1/accounts/{}/login_links", create_login_link,
-          "AccountLoginLinkCreateParams"),
+    Route("POST", "/v1/accounts/{}/login_links", create_login_link, "AccountLoginLinkCreateParams"),
 )

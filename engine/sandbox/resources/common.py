@@ -13,9 +13,13 @@ def connected_account(call: Call, account_id: str, param: str = "id") -> Obj:
     """A connected account the caller may act on (the platform, or the account itself)."""
     state = call.state
     account = state.find(account_id)
-    allowed = account is not None and state.store.kind.get(account_id) == "account" and (
-        call.account == account_id
-        or (not call.connected and state.owner_of(account_id) == state.platform_id)
+    allowed = (
+        account is not None
+        and state.store.kind.get(account_id) == "account"
+        and (
+            call.account == account_id
+            or (not call.connected and state.owner_of(account_id) == state.platform_id)
+        )
     )
     if not allowed or account is None:
         raise missing("account", account_id, param)

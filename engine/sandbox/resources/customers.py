@@ -147,8 +147,9 @@ def create_customer(call: Call) -> Obj:
 
 def _customer_nested(call: Call, customer: Obj) -> None:
     if call.has("address"):
-        customer["address"] = dict.fromkeys(("city", "country", "line1", "line2", "postal_code",
-                                             "state"))
+        customer["address"] = dict.fromkeys(
+            ("city", "country", "line1", "line2", "postal_code", "state")
+        )
         merge_nested(customer["address"], call.dict_("address"))
     if call.has("shipping"):
         customer["shipping"] = call.dict_("shipping") or None
@@ -156,8 +157,9 @@ def _customer_nested(call: Call, customer: Obj) -> None:
         settings = call.dict_("invoice_settings")
         pm_id = settings.get("default_payment_method")
         if pm_id:
-            call.state.get(pm_id, call.account, "payment_method",
-                           "invoice_settings[default_payment_method]")
+            call.state.get(
+                pm_id, call.account, "payment_method", "invoice_settings[default_payment_method]"
+            )
         merge_nested(customer["invoice_settings"], settings)
 
 
@@ -194,8 +196,9 @@ def list_customers(call: Call) -> Obj:
         "/v1/customers",
         keep=None
         if email is None and clock is None
-        else lambda c: (email is None or c["email"] == email)
-        and (clock is None or c["test_clock"] == clock),
+        else lambda c: (
+            (email is None or c["email"] == email) and (clock is None or c["test_clock"] == clock)
+        ),
         position=call.state.store.position,
     )
 
@@ -292,8 +295,10 @@ def list_payment_methods(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "payment_method"),
         "/v1/payment_methods",
-        keep=lambda pm: (customer is None or pm["customer"] == customer)
-        and (type_ is None or pm["type"] == type_),
+        keep=lambda pm: (
+            (customer is None or pm["customer"] == customer)
+            and (type_ is None or pm["type"] == type_)
+        ),
         position=call.state.store.position,
     )
 
@@ -305,8 +310,7 @@ def list_customer_payment_methods(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "payment_method"),
         f"/v1/customers/{customer['id']}/payment_methods",
-        keep=lambda pm: pm["customer"] == customer["id"]
-        and (type_ is None or pm["type"] == type_),
+        keep=lambda pm: pm["customer"] == customer["id"] and (type_ is None or pm["type"] == type_),
         position=call.state.store.position,
     )
 
@@ -317,15 +321,20 @@ ROUTES = (
     Route("GET", "/v1/customers/{}", retrieve_customer, "CustomerRetrieveParams"),
     Route("POST", "/v1/customers/{}", update_customer, "CustomerUpdateParams"),
     Route("DELETE", "/v1/customers/{}", delete_customer, "CustomerDeleteParams"),
-    Route("GET", "/v1/customers/{}/payment_methods", list_customer_payment_methods,
-          "CustomerPaymentMethodListParams"),
+    Route(
+        "GET",
+        "/v1/customers/{}/payment_methods",
+        list_customer_payment_methods,
+        "CustomerPaymentMethodListParams",
+    ),
     Route("POST", "/v1/payment_methods", create_payment_method, "PaymentMethodCreateParams"),
     Route("GET", "/v1/payment_methods", list_payment_methods, "PaymentMethodListParams"),
-    Route("GET", "/v1/payment_methods/{}", retrieve_payment_method,
-          "PaymentMethodRetrieveParams"),
+    Route("GET", "/v1/payment_methods/{}", retrieve_payment_method, "PaymentMethodRetrieveParams"),
     Route("POST", "/v1/payment_methods/{}", update_payment_method, "PaymentMethodUpdateParams"),
-    Route("POST", "/v1/payment_methods/{}/attach", attach_payment_method,
-          "PaymentMethodAttachParams"),
-    Route("POST", "/v1/payment_methods/{}/detach", detach_payment_method,
-          "PaymentMethodDetachParams"),
+    Route(
+        "POST", "/v1/payment_methods/{}/attach", attach_payment_method, "PaymentMethodAttachParams"
+    ),
+    Route(
+        "POST", "/v1/payment_methods/{}/detach", detach_payment_method, "PaymentMethodDetachParams"
+    ),
 )

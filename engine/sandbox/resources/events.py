@@ -60,8 +60,11 @@ def create_webhook_endpoint(call: Call) -> Obj:
         raise invalid("Invalid URL: must be an http(s) URL.", param="url", code="url_invalid")
     enabled = [str(e) for e in call.list_("enabled_events")]
     if not enabled:
-        raise invalid("Missing required param: enabled_events.", param="enabled_events",
-                      code="parameter_missing")
+        raise invalid(
+            "Missing required param: enabled_events.",
+            param="enabled_events",
+            code="parameter_missing",
+        )
     endpoint = build(
         "webhook_endpoint",
         new_id("we"),
@@ -123,13 +126,18 @@ def list_webhook_endpoints(call: Call) -> Obj:
 ROUTES = (
     Route("GET", "/v1/events", list_events, "EventListParams"),
     Route("GET", "/v1/events/{}", retrieve_event, "EventRetrieveParams"),
-    Route("POST", "/v1/webhook_endpoints", create_webhook_endpoint,
-          "WebhookEndpointCreateParams"),
+    Route("POST", "/v1/webhook_endpoints", create_webhook_endpoint, "WebhookEndpointCreateParams"),
     Route("GET", "/v1/webhook_endpoints", list_webhook_endpoints, "WebhookEndpointListParams"),
-    Route("GET", "/v1/webhook_endpoints/{}", retrieve_webhook_endpoint,
-          "WebhookEndpointRetrieveParams"),
-    Route("POST", "/v1/webhook_endpoints/{}", update_webhook_endpoint,
-          "WebhookEndpointUpdateParams"),
-    Route("DELETE", "/v1/webhook_endpoints/{}", delete_webhook_endpoint,
-          "WebhookEndpointDeleteParams"),
+    Route(
+        "GET",
+        "/v1/webhook_endpoints/{}",
+        retrieve_webhook_endpoint,
+        "WebhookEndpointRetrieveParams",
+    ),
+    Route(
+        "POST", "/v1/webhook_endpoints/{}", update_webhook_endpoint, "WebhookEndpointUpdateParams"
+    ),
+    Route(
+        "DELETE", "/v1/webhook_endpoints/{}", delete_webhook_endpoint, "WebhookEndpointDeleteParams"
+    ),
 )

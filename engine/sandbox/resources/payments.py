@@ -46,8 +46,13 @@ from engine.sandbox.wire import Call, Obj, embedded_list, page
 
 DAY = 86_400
 AUTHORISATION_DAYS = 7
-_PI_FIELDS = ("description", "receipt_email", "statement_descriptor",
-              "statement_descriptor_suffix", "setup_future_usage")
+_PI_FIELDS = (
+    "description",
+    "receipt_email",
+    "statement_descriptor",
+    "statement_descriptor_suffix",
+    "setup_future_usage",
+)
 
 
 # -- payment intents -------------------------------------------------------------------
@@ -105,8 +110,7 @@ def create_payment_intent(call: Call) -> Obj:
         pi["payment_method"] = pm["id"]
         pi["status"] = "requires_confirmation"
     if call.has("off_session") and not call.bool_("confirm"):
-        raise invalid("You may only specify `off_session` when confirming.",
-                      param="off_session")
+        raise invalid("You may only specify `off_session` when confirming.", param="off_session")
     emit(state, "payment_intent.created", pi, account=call.account)
     if call.bool_("confirm"):
         _confirm(call, pi)
@@ -121,8 +125,9 @@ def _check_amount(amount: int, currency: str) -> None:
             code="amount_too_small",
         )
     if amount > 99_999_999:
-        raise invalid("Amount must be no more than $999,999.99", param="amount",
-                      code="amount_too_large")
+        raise invalid(
+            "Amount must be no more than $999,999.99", param="amount", code="amount_too_large"
+        )
 
 
 def _apply_connect_params(call: Call, pi: Obj) -> None:
@@ -132,20 +137,25 @@ def _apply_connect_params(call: Call, pi: Obj) -> None:
         pi["transfer_data"] = None
     if transfer_data:
         if call.connected:
-            raise invalid("transfer_data cannot be used on a direct charge.",
-                          param="transfer_data")
+            raise invalid("transfer_data cannot be used on a direct charge.", param="transfer_data")
         dest_id = transfer_data.get("destination")
         if not dest_id:
-            raise invalid("Missing required param: transfer_data[destination].",
-                          param="transfer_data[destination]", code="parameter_missing")
+            raise invalid(
+                "Missing required param: transfer_data[destination].",
+                param="transfer_data[destination]",
+                code="parameter_missing",
+            )
         dest = destination_account(call, str(dest_id), "transfer_data[destination]")
         require_transfers_capability(dest, "transfer_data[destination]")
         data: Obj = {"destination": dest["id"]}
         if transfer_data.get("amount") not in (None, ""):
             data["amount"] = int(transfer_data["amount"])
             if data["amount"] > pi["amount"]:
-                raise invalid("transfer_data[amount] cannot exceed the amount.",
-                              param="transfer_data[amount]", code="amount_too_large")
+                raise invalid(
+                    "transfer_data[amount] cannot exceed the amount.",
+                    param="transfer_data[amount]",
+                    code="amount_too_large",
+                )
         pi["transfer_data"] = data
     fee = call.int_("application_fee_amount")
     if fee is not None:
@@ -162,14 +172,16 @@ def _apply_connect_params(call: Call, pi: Obj) -> None:
                 param="application_fee_amount",
             )
         if fee < 0 or fee > pi["amount"]:
-            raise invalid("application_fee_amount must be between 0 and the amount.",
-                          param="application_fee_amount", code="amount_too_large")
+            raise invalid(
+                "application_fee_amount must be between 0 and the amount.",
+                param="application_fee_amount",
+                code="amount_too_large",
+            )
         pi["application_fee_amount"] = fee
     obo = call.str_("on_behalf_of")
     if obo:
         if call.connected:
-            raise invalid("on_behalf_of cannot be used on a direct charge.",
-                          param="on_behalf_of")
+            raise invalid("on_behalf_of cannot be used on a direct charge.", param="on_behalf_of")
         pi["on_behalf_of"] = destination_account(call, obo, "on_behalf_of")["id"]
 
 
@@ -180,8 +192,12 @@ def retrieve_payment_intent(call: Call) -> Obj:
 def update_payment_intent(call: Call) -> Obj:
     state = call.state
     pi = state.get(call.args[0], call.account, "payment_intent")
-    expect_status(pi, ("requires_payment_method", "requires_confirmation", "requires_action"),
-                  "updated", "payment_intent")
+    expect_status(
+        pi,
+        ("requires_payment_method", "requires_confirmation", "requires_action"),
+        "updated",
+        "payment_intent",
+    )
     previous: Obj = {}
     for name in ("amount", "currency", *_PI_FIELDS, "transfer_group"):
         if call.has(name):
@@ -201,14 +217,13 @@ def update_payment_intent(call: Call) -> Obj:
         previous["customer"] = pi["customer"]
         pi["customer"] = customer_id or None
     if call.has("payment_method"):
-        pm = resolve_payment_method(state, call.account, call.req_str("payment_method"),
-                                    "payment_method")
+        pm = resolve_payment_method(
+            state, call.account, call.req_str("payment_method"), "payment_method"
+        )
         previous["payment_method"] = pi["payment_method"]
         pi["payment_method"] = pm["id"]
         pi["status"] = "requires_confirmation"
-    if call.has("transfer_data") or call.has("application_fee_amount") or call.has(
-        "on_behalf_of"
-    ):
+    if call.has("transfer_data") or call.has("application_fee_amount") or call.has("on_behalf_of"):
         _apply_connect_params(call, pi)
     emit(state, "payment_intent.updated", pi, account=call.account, previous=previous)
     return pi
@@ -217,8 +232,12 @@ def update_payment_intent(call: Call) -> Obj:
 def confirm_payment_intent(call: Call) -> Obj:
     state = call.state
     pi = state.get(call.args[0], call.account, "payment_intent")
-    expect_status(pi, ("requires_payment_method", "requires_confirmation", "requires_action"),
-                  "confirmed", "payment_intent")
+    expect_status(
+        pi,
+        ("requires_payment_method", "requires_confirmation", "requires_action"),
+        "confirmed",
+        "payment_intent",
+    )
     pm_value = call.str_("payment_method")
     if pm_value:
         pm = resolve_payment_method(state, call.account, pm_value, "payment_method")
@@ -252,8 +271,9 @@ def _confirm(call: Call, pi: Obj) -> None:
         pi["status"] = "requires_capture"
         pi["amount_capturable"] = pi["amount"]
         domain = domain_of(state, pi["id"])
-        state.schedule(domain, state.now(domain) + AUTHORISATION_DAYS * DAY, "auth_expiry",
-                       pi["id"])
+        state.schedule(
+            domain, state.now(domain) + AUTHORISATION_DAYS * DAY, "auth_expiry", pi["id"]
+        )
         emit(state, "charge.succeeded", charge, account=owner)
         emit(state, "payment_intent.amount_capturable_updated", pi, account=owner)
         return
@@ -284,8 +304,10 @@ def _new_charge(call: Call, pi: Obj, pm: Obj) -> Obj:
     card["overcapture"]["maximum_amount_capturable"] = pi["amount"]
     transfer_data = None
     if pi["transfer_data"]:
-        transfer_data = {"amount": pi["transfer_data"].get("amount"),
-                         "destination": pi["transfer_data"]["destination"]}
+        transfer_data = {
+            "amount": pi["transfer_data"].get("amount"),
+            "destination": pi["transfer_data"]["destination"],
+        }
     charge = build(
         "charge",
         charge_id,
@@ -381,23 +403,35 @@ def _settle(state: SandboxState, pi: Obj, charge: Obj, captured: int) -> None:
     domain = domain_of(state, charge["id"])
     now = state.now(domain)
     pm_id = charge["payment_method"]
-    delay = 0 if pm_id and behaviour(state, pm_id) == "bypass_pending" else (
-        state.options.funds_delay_days
+    delay = (
+        0
+        if pm_id and behaviour(state, pm_id) == "bypass_pending"
+        else (state.options.funds_delay_days)
     )
     available_on = now + delay * DAY
     processing = stripe_fee(state, captured, currency)
-    details = [fee_detail(processing, currency, "stripe_fee", "Stripe processing fees")] if (
-        processing
-    ) else []
+    details = (
+        [fee_detail(processing, currency, "stripe_fee", "Stripe processing fees")]
+        if (processing)
+        else []
+    )
     app_fee = int(pi["application_fee_amount"] or 0)
     direct = owner != platform
     if direct and app_fee:
         detail = fee_detail(app_fee, currency, "application_fee", "Application fee")
         detail["application"] = application_id(state)
         details.append(detail)
-    txn = add_txn(state, owner, amount=captured, currency=currency, type_="charge",
-                  source=charge["id"], fee_details=details, available_on=available_on,
-                  domain=domain)
+    txn = add_txn(
+        state,
+        owner,
+        amount=captured,
+        currency=currency,
+        type_="charge",
+        source=charge["id"],
+        fee_details=details,
+        available_on=available_on,
+        domain=domain,
+    )
     charge.update(
         balance_transaction=txn["id"],
         captured=True,
@@ -406,9 +440,16 @@ def _settle(state: SandboxState, pi: Obj, charge: Obj, captured: int) -> None:
         status="succeeded",
     )
     if direct and app_fee:
-        fee = create_application_fee(state, amount=app_fee, currency=currency, payer=owner,
-                                     charge_id=charge["id"], originating=None,
-                                     available_on=available_on, domain=domain)
+        fee = create_application_fee(
+            state,
+            amount=app_fee,
+            currency=currency,
+            payer=owner,
+            charge_id=charge["id"],
+            originating=None,
+            available_on=available_on,
+            domain=domain,
+        )
         charge["application_fee"] = fee["id"]
         return
     transfer_data = pi["transfer_data"]
@@ -434,10 +475,16 @@ def _settle(state: SandboxState, pi: Obj, charge: Obj, captured: int) -> None:
         charge["transfer_group"] = transfer["transfer_group"]
     if app_fee:
         payment = state.objects[transfer["destination_payment"]]
-        fee = create_application_fee(state, amount=app_fee, currency=currency,
-                                     payer=destination, charge_id=payment["id"],
-                                     originating=charge["id"], available_on=available_on,
-                                     domain=domain)
+        fee = create_application_fee(
+            state,
+            amount=app_fee,
+            currency=currency,
+            payer=destination,
+            charge_id=payment["id"],
+            originating=charge["id"],
+            available_on=available_on,
+            domain=domain,
+        )
         charge["application_fee"] = fee["id"]
         payment["application_fee"] = fee["id"]
         payment["application_fee_amount"] = app_fee
@@ -479,8 +526,13 @@ def cancel_payment_intent(call: Call) -> Obj:
     pi = state.get(call.args[0], call.account, "payment_intent")
     expect_status(
         pi,
-        ("requires_payment_method", "requires_capture", "requires_confirmation",
-         "requires_action", "processing"),
+        (
+            "requires_payment_method",
+            "requires_capture",
+            "requires_confirmation",
+            "requires_action",
+            "processing",
+        ),
         "canceled",
         "payment_intent",
     )
@@ -496,8 +548,12 @@ def _cancel(state: SandboxState, pi: Obj, reason: str) -> None:
         charge = state.objects[pi["latest_charge"]]
         charge["amount_refunded"] = charge["amount"]
         charge["refunded"] = True
-        emit(state, "charge.expired" if reason == "automatic" else "charge.refunded", charge,
-             account=owner)
+        emit(
+            state,
+            "charge.expired" if reason == "automatic" else "charge.refunded",
+            charge,
+            account=owner,
+        )
     pi.update(
         status="canceled",
         cancellation_reason=reason,
@@ -554,9 +610,11 @@ def list_charges(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "charge"),
         "/v1/charges",
-        keep=lambda c: (customer is None or c["customer"] == customer)
-        and (intent is None or c["payment_intent"] == intent)
-        and (group is None or c["transfer_group"] == group),
+        keep=lambda c: (
+            (customer is None or c["customer"] == customer)
+            and (intent is None or c["payment_intent"] == intent)
+            and (group is None or c["transfer_group"] == group)
+        ),
         position=call.state.store.position,
     )
 
@@ -578,8 +636,11 @@ def create_refund(call: Call) -> Obj:
             )
         charge_id = pi["latest_charge"]
     if not charge_id:
-        raise invalid("One of the following params should be provided for this request: "
-                      "payment_intent or charge.", code="parameter_missing")
+        raise invalid(
+            "One of the following params should be provided for this request: "
+            "payment_intent or charge.",
+            code="parameter_missing",
+        )
     charge = state.get(charge_id, call.account, "charge", "charge")
     if not charge["captured"]:
         raise invalid(f"Charge {charge_id} has not been captured.", code="charge_not_refundable")
@@ -589,8 +650,9 @@ def create_refund(call: Call) -> Obj:
     amount = call.int_("amount")
     amount = remaining if amount is None else amount
     if remaining <= 0:
-        raise invalid(f"Charge {charge_id} has already been refunded.",
-                      code="charge_already_refunded")
+        raise invalid(
+            f"Charge {charge_id} has already been refunded.", code="charge_already_refunded"
+        )
     if amount <= 0 or amount > remaining:
         raise invalid(
             f"Refund amount ({amount}) is greater than charge amount ({remaining})",
@@ -598,7 +660,7 @@ def create_refund(call: Call) -> Obj:
             code="amount_too_large",
         )
     reason = call.str_("reason")
-    refund = refund_charge(
+    return refund_charge(
         state,
         charge,
         amount,
@@ -607,7 +669,6 @@ def create_refund(call: Call) -> Obj:
         reverse=call.bool_("reverse_transfer"),
         refund_fee=call.bool_("refund_application_fee"),
     )
-    return refund
 
 
 def refund_charge(
@@ -624,8 +685,7 @@ def refund_charge(
     owner = state.owner_of(charge["id"])
     currency = charge["currency"]
     refund_id = new_id("re")
-    txn = add_txn(state, owner, amount=-amount, currency=currency, type_="refund",
-                  source=refund_id)
+    txn = add_txn(state, owner, amount=-amount, currency=currency, type_="refund", source=refund_id)
     refund = build(
         "refund",
         refund_id,
@@ -687,8 +747,10 @@ def list_refunds(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "refund"),
         "/v1/refunds",
-        keep=lambda r: (charge is None or r["charge"] == charge)
-        and (intent is None or r["payment_intent"] == intent),
+        keep=lambda r: (
+            (charge is None or r["charge"] == charge)
+            and (intent is None or r["payment_intent"] == intent)
+        ),
         position=call.state.store.position,
     )
 
@@ -733,11 +795,14 @@ def open_dispute(state: SandboxState, charge: Obj) -> Obj:
         reason="fraudulent",
         status="needs_response",
     )
-    dispute["evidence_details"].update(due_by=now + 7 * DAY, has_evidence=False,
-                                        past_due=False, submission_count=0)
+    dispute["evidence_details"].update(
+        due_by=now + 7 * DAY, has_evidence=False, past_due=False, submission_count=0
+    )
     dispute["payment_method_details"]["card"].update(
-        brand=charge["payment_method_details"]["card"]["brand"], case_type="chargeback",
-        network_reason_code="10.4")
+        brand=charge["payment_method_details"]["card"]["brand"],
+        case_type="chargeback",
+        network_reason_code="10.4",
+    )
     state.put(dispute, owner, "dispute")
     previous = {"disputed": False}
     charge["disputed"] = True
@@ -754,8 +819,12 @@ def retrieve_dispute(call: Call) -> Obj:
 def update_dispute(call: Call) -> Obj:
     state = call.state
     dispute = state.get(call.args[0], call.account, "dispute")
-    expect_status(dispute, ("needs_response", "warning_needs_response", "under_review",
-                            "warning_under_review"), "updated", "dispute")
+    expect_status(
+        dispute,
+        ("needs_response", "warning_needs_response", "under_review", "warning_under_review"),
+        "updated",
+        "dispute",
+    )
     previous: Obj = {}
     if call.has("evidence"):
         previous["evidence"] = dict(dispute["evidence"])
@@ -801,8 +870,9 @@ def _close_dispute(state: SandboxState, dispute: Obj, outcome: str) -> None:
             currency=dispute["currency"],
             type_="adjustment",
             source=dispute["id"],
-            fee_details=[fee_detail(-fee, dispute["currency"], "stripe_fee",
-                                    "Dispute fee refund")] if fee else [],
+            fee_details=[fee_detail(-fee, dispute["currency"], "stripe_fee", "Dispute fee refund")]
+            if fee
+            else [],
             description=f"Chargeback reversal for {dispute['charge']}",
         )
         dispute["balance_transactions"].append(txn)
@@ -824,8 +894,10 @@ def list_disputes(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "dispute"),
         "/v1/disputes",
-        keep=lambda d: (charge is None or d["charge"] == charge)
-        and (intent is None or d["payment_intent"] == intent),
+        keep=lambda d: (
+            (charge is None or d["charge"] == charge)
+            and (intent is None or d["payment_intent"] == intent)
+        ),
         position=call.state.store.position,
     )
 
@@ -833,15 +905,23 @@ def list_disputes(call: Call) -> Obj:
 ROUTES = (
     Route("POST", "/v1/payment_intents", create_payment_intent, "PaymentIntentCreateParams"),
     Route("GET", "/v1/payment_intents", list_payment_intents, "PaymentIntentListParams"),
-    Route("GET", "/v1/payment_intents/{}", retrieve_payment_intent,
-          "PaymentIntentRetrieveParams"),
+    Route("GET", "/v1/payment_intents/{}", retrieve_payment_intent, "PaymentIntentRetrieveParams"),
     Route("POST", "/v1/payment_intents/{}", update_payment_intent, "PaymentIntentUpdateParams"),
-    Route("POST", "/v1/payment_intents/{}/confirm", confirm_payment_intent,
-          "PaymentIntentConfirmParams"),
-    Route("POST", "/v1/payment_intents/{}/capture", capture_payment_intent,
-          "PaymentIntentCaptureParams"),
-    Route("POST", "/v1/payment_intents/{}/cancel", cancel_payment_intent,
-          "PaymentIntentCancelParams"),
+    Route(
+        "POST",
+        "/v1/payment_intents/{}/confirm",
+        confirm_payment_intent,
+        "PaymentIntentConfirmParams",
+    ),
+    Route(
+        "POST",
+        "/v1/payment_intents/{}/capture",
+        capture_payment_intent,
+        "PaymentIntentCaptureParams",
+    ),
+    Route(
+        "POST", "/v1/payment_intents/{}/cancel", cancel_payment_intent, "PaymentIntentCancelParams"
+    ),
     Route("GET", "/v1/charges", list_charges, "ChargeListParams"),
     Route("GET", "/v1/charges/{}", retrieve_charge, "ChargeRetrieveParams"),
     Route("POST", "/v1/charges/{}", update_charge, "ChargeUpdateParams"),

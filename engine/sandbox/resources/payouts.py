@@ -17,9 +17,9 @@ from engine.sandbox.events import emit
 from engine.sandbox.ledger import add_txn, available, balance_object
 from engine.sandbox.objects import build, new_id
 from engine.sandbox.resources.accounts import (
-    store_bank_account,
     default_bank_account,
     payout_failure_code,
+    store_bank_account,
 )
 from engine.sandbox.resources.common import expect_status
 from engine.sandbox.routing import Route
@@ -42,13 +42,19 @@ _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 def _destination(state: SandboxState, account_id: str, currency: str, requested: str | None) -> Obj:
     account = state.objects[account_id]
     if requested:
-        bank = state.get(requested, account_id, "bank_account", "destination")
-        return bank
+        return state.get(requested, account_id, "bank_account", "destination")
     bank = default_bank_account(state, account, currency)
     if bank is None and account_id == state.platform_id:
         bank = store_bank_account(
-            state, account, {"account_number": "000123456789", "routing_number": "110000000",
-                             "currency": currency, "country": account["country"]})
+            state,
+            account,
+            {
+                "account_number": "000123456789",
+                "routing_number": "110000000",
+                "currency": currency,
+                "country": account["country"],
+            },
+        )
     if bank is None:
         raise invalid(
             f"You do not have a default external account for {currency}.",
@@ -74,8 +80,15 @@ def create_payout_object(
     """Take `amount` out of `account_id`'s available balance towards `bank`."""
     payout_id = new_id("po")
     now = state.now()
-    txn = add_txn(state, account_id, amount=-amount, currency=currency, type_="payout",
-                  source=payout_id, description=description or "STRIPE PAYOUT")
+    txn = add_txn(
+        state,
+        account_id,
+        amount=-amount,
+        currency=currency,
+        type_="payout",
+        source=payout_id,
+        description=description or "STRIPE PAYOUT",
+    )
     arrival = now if method == "instant" else (now // DAY + 2) * DAY
     payout = build(
         "payout",
@@ -114,9 +127,15 @@ def process_payout(state: SandboxState, payout_id: str) -> None:
     previous = {"status": payout["status"]}
     code = state.private(payout_id).get("failure_code")
     if code:
-        txn = add_txn(state, account_id, amount=payout["amount"], currency=payout["currency"],
-                      type_="payout_failure", source=payout_id,
-                      description="Payout failure")
+        txn = add_txn(
+            state,
+            account_id,
+            amount=payout["amount"],
+            currency=payout["currency"],
+            type_="payout_failure",
+            source=payout_id,
+            description="Payout failure",
+        )
         payout.update(
             status="failed",
             failure_code=code,
@@ -139,8 +158,11 @@ def payout_paid(state: SandboxState, payout_id: str) -> None:
         return
     account_id = state.owner_of(payout_id)
     previous = {"status": "in_transit"}
-    payout.update(status="paid", reconciliation_status="completed",
-                  trace_id={"status": "supported", "value": new_id("trace", 12)})
+    payout.update(
+        status="paid",
+        reconciliation_status="completed",
+        trace_id={"status": "supported", "value": new_id("trace", 12)},
+    )
     emit(state, "payout.updated", payout, account=account_id, previous=previous)
     emit(state, "payout.paid", payout, account=account_id)
 
@@ -170,8 +192,9 @@ def run_schedules(state: SandboxState, moment: str) -> None:
             if bank is None:
                 continue
             included = _unpaid_available(state, account_id)
-            payout = create_payout_object(state, account_id, amount=bucket[0], currency=currency,
-                                          bank=bank, automatic=True)
+            payout = create_payout_object(
+                state, account_id, amount=bucket[0], currency=currency, bank=bank, automatic=True
+            )
             state.private(payout["id"])["txns"] = [
                 t for t in included if state.objects[t]["currency"] == currency
             ]
@@ -206,8 +229,7 @@ def create_payout(call: Call) -> Obj:
     amount = call.req_int("amount")
     currency = call.req_str("currency").lower()
     if amount <= 0:
-        raise invalid("Invalid positive integer", param="amount",
-                      code="parameter_invalid_integer")
+        raise invalid("Invalid positive integer", param="amount", code="parameter_invalid_integer")
     account = state.objects[call.account]
     if call.connected and not account["payouts_enabled"]:
         raise invalid("Payouts are not enabled for this account.", code="payouts_not_allowed")
@@ -250,8 +272,14 @@ def cancel_payout(call: Call) -> Obj:
     state = call.state
     payout = state.get(call.args[0], call.account, "payout")
     expect_status(payout, ("pending",), "canceled", "payout")
-    add_txn(state, call.account, amount=payout["amount"], currency=payout["currency"],
-            type_="payout_cancel", source=payout["id"])
+    add_txn(
+        state,
+        call.account,
+        amount=payout["amount"],
+        currency=payout["currency"],
+        type_="payout_cancel",
+        source=payout["id"],
+    )
     previous = {"status": payout["status"]}
     payout["status"] = "canceled"
     emit(state, "payout.canceled", payout, account=call.account, previous=previous)
@@ -265,8 +293,10 @@ def list_payouts(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "payout"),
         "/v1/payouts",
-        keep=lambda p: (status is None or p["status"] == status)
-        and (destination is None or p["destination"] == destination),
+        keep=lambda p: (
+            (status is None or p["status"] == status)
+            and (destination is None or p["destination"] == destination)
+        ),
         position=call.state.store.position,
     )
 
@@ -295,9 +325,11 @@ def list_balance_transactions(call: Call) -> Obj:
         call,
         ids,
         "/v1/balance_transactions",
-        keep=lambda t: (type_ is None or t["type"] == type_)
-        and (source is None or t["source"] == source)
-        and (currency is None or t["currency"] == currency),
+        keep=lambda t: (
+            (type_ is None or t["type"] == type_)
+            and (source is None or t["source"] == source)
+            and (currency is None or t["currency"] == currency)
+        ),
         position=position,
     )
 
@@ -309,8 +341,13 @@ ROUTES = (
     Route("POST", "/v1/payouts/{}", update_payout, "PayoutUpdateParams"),
     Route("POST", "/v1/payouts/{}/cancel", cancel_payout, "PayoutCancelParams"),
     Route("GET", "/v1/balance", retrieve_balance, "BalanceRetrieveParams"),
-    Route("GET", "/v1/balance_transactions", list_balance_transactions,
-          "BalanceTransactionListParams"),
-    Route("GET", "/v1/balance_transactions/{}", retrieve_balance_transaction,
-          "BalanceTransactionRetrieveParams"),
+    Route(
+        "GET", "/v1/balance_transactions", list_balance_transactions, "BalanceTransactionListParams"
+    ),
+    Route(
+        "GET",
+        "/v1/balance_transactions/{}",
+        retrieve_balance_transaction,
+        "BalanceTransactionRetrieveParams",
+    ),
 )

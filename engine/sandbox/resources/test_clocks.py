@@ -77,14 +77,31 @@ def list_test_clocks(call: Call) -> Obj:
 
 
 ROUTES = (
-    Route("POST", "/v1/test_helpers/test_clocks", create_test_clock,
-          "test_helpers.TestClockCreateParams"),
-    Route("GET", "/v1/test_helpers/test_clocks", list_test_clocks,
-          "test_helpers.TestClockListParams"),
-    Route("GET", "/v1/test_helpers/test_clocks/{}", retrieve_test_clock,
-          "test_helpers.TestClockRetrieveParams"),
-    Route("DELETE", "/v1/test_helpers/test_clocks/{}", delete_test_clock,
-          "test_helpers.TestClockDeleteParams"),
-    Route("POST", "/v1/test_helpers/test_clocks/{}/advance", advance_test_clock,
-          "test_helpers.TestClockAdvanceParams"),
+    Route(
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        create_test_clock,
+        "test_helpers.TestClockCreateParams",
+    ),
+    Route(
+        "GET", "/v1/test_helpers/test_clocks", list_test_clocks, "test_helpers.TestClockListParams"
+    ),
+    Route(
+        "GET",
+        "/v1/test_helpers/test_clocks/{}",
+        retrieve_test_clock,
+        "test_helpers.TestClockRetrieveParams",
+    ),
+    Route(
+        "DELETE",
+        "/v1/test_helpers/test_clocks/{}",
+        delete_test_clock,
+        "test_helpers.TestClockDeleteParams",
+    ),
+    Route(
+        "POST",
+        "/v1/test_helpers/test_clocks/{}/advance",
+        advance_test_clock,
+        "test_helpers.TestClockAdvanceParams",
+    ),
 )

@@ -72,8 +72,16 @@ def make_transfer(
         source_type="card",
         transfer_group=transfer_group,
     )
-    out = add_txn(state, platform, amount=-amount, currency=currency, type_="transfer",
-                  source=transfer_id, available_on=available_on, domain=domain)
+    out = add_txn(
+        state,
+        platform,
+        amount=-amount,
+        currency=currency,
+        type_="transfer",
+        source=transfer_id,
+        available_on=available_on,
+        domain=domain,
+    )
     transfer["balance_transaction"] = out["id"]
     state.put(transfer, platform, "transfer")
     fee_details = (
@@ -83,9 +91,17 @@ def make_transfer(
     )
     if fee_details:
         fee_details[0]["application"] = application_id(state)
-    incoming = add_txn(state, destination, amount=amount, currency=currency, type_="payment",
-                       source=payment_id, fee_details=fee_details, available_on=available_on,
-                       domain=domain)
+    incoming = add_txn(
+        state,
+        destination,
+        amount=amount,
+        currency=currency,
+        type_="payment",
+        source=payment_id,
+        fee_details=fee_details,
+        available_on=available_on,
+        domain=domain,
+    )
     payment = build(
         "charge",
         payment_id,
@@ -128,10 +144,22 @@ def reverse_transfer(
     reversal_id = new_id("trr")
     payment = state.objects.get(transfer["destination_payment"])
     refund_id = new_id("pyr")
-    back = add_txn(state, platform, amount=amount, currency=currency, type_="transfer_refund",
-                   source=reversal_id)
-    taken = add_txn(state, destination, amount=-amount, currency=currency,
-                    type_="payment_refund", source=refund_id)
+    back = add_txn(
+        state,
+        platform,
+        amount=amount,
+        currency=currency,
+        type_="transfer_refund",
+        source=reversal_id,
+    )
+    taken = add_txn(
+        state,
+        destination,
+        amount=-amount,
+        currency=currency,
+        type_="payment_refund",
+        source=refund_id,
+    )
     if payment is not None:
         payment_refund = build(
             "refund",
@@ -183,8 +211,16 @@ def create_application_fee(
     """Record an application fee the platform collected from `payer`."""
     platform = state.platform_id
     fee_id = new_id("fee")
-    txn = add_txn(state, platform, amount=amount, currency=currency, type_="application_fee",
-                  source=fee_id, available_on=available_on, domain=domain)
+    txn = add_txn(
+        state,
+        platform,
+        amount=amount,
+        currency=currency,
+        type_="application_fee",
+        source=fee_id,
+        available_on=available_on,
+        domain=domain,
+    )
     fee = build(
         "application_fee",
         fee_id,
@@ -213,10 +249,22 @@ def refund_application_fee(
     platform = state.platform_id
     refund_id = new_id("fr")
     currency = fee["currency"]
-    txn = add_txn(state, platform, amount=-amount, currency=currency,
-                  type_="application_fee_refund", source=refund_id)
-    add_txn(state, fee["account"], amount=amount, currency=currency,
-            type_="application_fee_refund", source=refund_id)
+    txn = add_txn(
+        state,
+        platform,
+        amount=-amount,
+        currency=currency,
+        type_="application_fee_refund",
+        source=refund_id,
+    )
+    add_txn(
+        state,
+        fee["account"],
+        amount=amount,
+        currency=currency,
+        type_="application_fee_refund",
+        source=refund_id,
+    )
     refund = build(
         "fee_refund",
         refund_id,
@@ -324,8 +372,10 @@ def list_transfers(call: Call) -> Obj:
         call,
         call.state.listed(call.account, "transfer"),
         "/v1/transfers",
-        keep=lambda t: (destination is None or t["destination"] == destination)
-        and (group is None or t["transfer_group"] == group),
+        keep=lambda t: (
+            (destination is None or t["destination"] == destination)
+            and (group is None or t["transfer_group"] == group)
+        ),
         position=call.state.store.position,
     )
 
@@ -355,8 +405,10 @@ def create_reversal(call: Call) -> Obj:
         fee_id = payment.get("application_fee") if payment else None
         fee = state.objects.get(fee_id) if fee_id else None
         if fee is not None:
-            share = min(fee["amount"] - fee["amount_refunded"],
-                        amount * fee["amount"] // max(transfer["amount"], 1))
+            share = min(
+                fee["amount"] - fee["amount_refunded"],
+                amount * fee["amount"] // max(transfer["amount"], 1),
+            )
             if share > 0:
                 refund_application_fee(state, fee, share)
     return reversal
@@ -449,21 +501,33 @@ ROUTES = (
     Route("GET", "/v1/transfers", list_transfers, "TransferListParams"),
     Route("GET", "/v1/transfers/{}", retrieve_transfer, "TransferRetrieveParams"),
     Route("POST", "/v1/transfers/{}", update_transfer, "TransferUpdateParams"),
-    Route("POST", "/v1/transfers/{}/reversals", create_reversal,
-          "TransferReversalCreateParams"),
+    Route("POST", "/v1/transfers/{}/reversals", create_reversal, "TransferReversalCreateParams"),
     Route("GET", "/v1/transfers/{}/reversals", list_reversals, "TransferReversalListParams"),
-    Route("GET", "/v1/transfers/{}/reversals/{}", retrieve_reversal,
-          "TransferReversalRetrieveParams"),
-    Route("POST", "/v1/transfers/{}/reversals/{}", update_reversal,
-          "TransferReversalUpdateParams"),
+    Route(
+        "GET", "/v1/transfers/{}/reversals/{}", retrieve_reversal, "TransferReversalRetrieveParams"
+    ),
+    Route("POST", "/v1/transfers/{}/reversals/{}", update_reversal, "TransferReversalUpdateParams"),
     Route("GET", "/v1/application_fees", list_fees, "ApplicationFeeListParams"),
     Route("GET", "/v1/application_fees/{}", retrieve_fee, "ApplicationFeeRetrieveParams"),
-    Route("POST", "/v1/application_fees/{}/refunds", create_fee_refund,
-          "ApplicationFeeRefundCreateParams"),
-    Route("GET", "/v1/application_fees/{}/refunds", list_fee_refunds,
-          "ApplicationFeeRefundListParams"),
-    Route("GET", "/v1/application_fees/{}/refunds/{}", retrieve_fee_refund,
-          "ApplicationFeeRefundRetrieveParams"),
-    Route("POST", "/v1/application_fees/{}/refunds/{}", update_fee_refund,
-          "ApplicationFeeRefundUpdateParams"),
+    Route(
+        "POST",
+        "/v1/application_fees/{}/refunds",
+        create_fee_refund,
+        "ApplicationFeeRefundCreateParams",
+    ),
+    Route(
+        "GET", "/v1/application_fees/{}/refunds", list_fee_refunds, "ApplicationFeeRefundListParams"
+    ),
+    Route(
+        "GET",
+        "/v1/application_fees/{}/refunds/{}",
+        retrieve_fee_refund,
+        "ApplicationFeeRefundRetrieveParams",
+    ),
+    Route(
+        "POST",
+        "/v1/application_fees/{}/refunds/{}",
+        update_fee_refund,
+        "ApplicationFeeRefundUpdateParams",
+    ),
 )
