@@ -24,7 +24,7 @@ def run_due(state: SandboxState, domain: str = GLOBAL) -> None:
     """Run the jobs whose time has come (the global clock also moves in real time)."""
     now = state.now(domain)
     heap = state.store.jobs.get(domain)
-    due_job = bool(heap) and heap[0][0] <= now  # type: ignore[index]
+    due_job = heap is not None and len(heap) > 0 and heap[0][0] <= now
     due_payouts = domain == GLOBAL and _next_boundary(state) <= now
     if due_job or due_payouts:
         _run_until(state, domain, now)

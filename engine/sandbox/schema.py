@@ -13,7 +13,7 @@ import importlib
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from engine.sandbox.errors import missing_param, unknown_param
 from engine.sandbox.wire import Params
@@ -43,7 +43,7 @@ class Shape:
     required: frozenset[str]
 
 
-def _is_typeddict(value: Any) -> bool:
+def _is_typeddict(value: Any) -> TypeGuard[type]:
     return (
         isinstance(value, type)
         and issubclass(value, dict)

@@ -29,7 +29,8 @@ def parse_form(raw: str) -> Params:
         return out
     for key, value in urllib.parse.parse_qsl(raw, keep_blank_values=True):
         _assign(out, _split_key(key), value)
-    return _listify(out, "")
+    result: Params = _listify(out, "")
+    return result
 
 
 def _split_key(key: str) -> list[str]:

@@ -472,11 +472,11 @@ def store_bank_account(state: SandboxState, account: Obj, details: Params) -> Ob
 
 def default_bank_account(state: SandboxState, account: Obj, currency: str) -> Obj | None:
     """The external account payouts in `currency` go to."""
-    banks = account["external_accounts"]["data"]
+    banks: list[Obj] = account["external_accounts"]["data"]
     for bank in banks:
         if bank["currency"] == currency and state.private(bank["id"]).get("default_for_currency"):
-            return bank  # type: ignore[no-any-return]
-    return banks[0] if banks else None  # type: ignore[no-any-return]
+            return bank
+    return banks[0] if banks else None
 
 
 def create_external_account(call: Call) -> Obj:
