@@ -1,0 +1,1 @@
+"""The built-in notifier plugin: lifecycle and payout-failure notices to the operator."""
