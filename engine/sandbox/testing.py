@@ -71,9 +71,11 @@ def running_sandbox(
     *,
     state: SandboxState | None = None,
     options: SandboxOptions | None = None,
+    app: SandboxApp | None = None,
 ) -> Iterator[RunningSandbox]:
-    """Start the sandbox with uvicorn in a thread; stop it on exit."""
-    app = create_app(state=state or SandboxState(options))
+    """Start the sandbox (or `app`) with uvicorn in a thread; stop it on exit."""
+    if app is None:
+        app = create_app(state=state or SandboxState(options))
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
