@@ -22,8 +22,10 @@ from engine.infra.embedded import (
     EmbeddedServiceError,
     Services,
     ServiceUrls,
+    find_nats_server,
     reap_orphans,
 )
+from engine.infra.nats_server import MINIMUM_NATS_SERVER
 from engine.infra.processes import RESERVED_PORTS, ServerState, find_free_port, pid_alive
 
 
@@ -48,6 +50,14 @@ async def _table_names(database_url: str) -> set[str]:
     finally:
         await connection.close()
     return {row["tablename"] for row in rows}
+
+
+def test_the_wheels_nats_server_is_used_never_an_old_system_one() -> None:
+    version = subprocess.run(
+        [str(find_nats_server()), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    major, minor = (int(part) for part in version.split("v")[-1].split(".")[:2])
+    assert (major, minor) >= MINIMUM_NATS_SERVER
 
 
 def test_free_ports_avoid_the_system_services() -> None:
