@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
@@ -92,19 +92,32 @@ class Rule:
     effective_from: datetime
     effective_to: datetime
     description: str = ""
-    # The rate as an exact integer ratio: fee part = amount * rate_num / rate_den.
+    # Derived once (the hot path reads them per order): the rate as an exact
+    # integer ratio (fee part = amount * rate_num / rate_den), the sort rank
+    # (precedence descending, then source order) and the display strings.
     rate_num: int = field(init=False, repr=False, compare=False)
     rate_den: int = field(init=False, repr=False, compare=False)
+    rank: tuple[int, int, int] = field(init=False, repr=False, compare=False)
+    label: str = field(init=False, repr=False, compare=False)
+    """``"<id> v<version>"``, how explanations name the rule."""
+    scope_text: str = field(init=False, repr=False, compare=False)
+    """``"plugin=x, venue=y"`` or ``"(default: no scope)"``."""
+    rate_text: str = field(init=False, repr=False, compare=False)
+    """The rate in basis points as written canonically (``"1250.5"``)."""
 
     def __post_init__(self) -> None:
         numerator, denominator = self.rate_bps.as_integer_ratio()
-        object.__setattr__(self, "rate_num", numerator)
-        object.__setattr__(self, "rate_den", denominator * _BPS_DENOMINATOR)
-
-    @property
-    def label(self) -> str:
-        """``"<id> v<version>"``, how explanations name the rule."""
-        return f"{self.id} v{self.version}"
+        derived = {
+            "rate_num": numerator,
+            "rate_den": denominator * _BPS_DENOMINATOR,
+            "rank": (-len(self.scope), -self.min_monthly_volume, self.position),
+            "label": f"{self.id} v{self.version}",
+            "scope_text": ", ".join(f"{key}={value}" for key, value in self.scope)
+            or "(default: no scope)",
+            "rate_text": format(self.rate_bps.normalize(), "f"),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @property
     def specificity(self) -> int:
@@ -115,13 +128,6 @@ class Rule:
     def precedence(self) -> tuple[int, int]:
         """``(specificity, volume threshold)``: the larger wins."""
         return (len(self.scope), self.min_monthly_volume)
-
-    @property
-    def scope_text(self) -> str:
-        """``"plugin=x, venue=y"`` or ``"(default: no scope)"``."""
-        if not self.scope:
-            return "(default: no scope)"
-        return ", ".join(f"{key}={value}" for key, value in self.scope)
 
     def in_force(self, at: datetime) -> bool:
         """Whether ``effective_from <= at < effective_to``."""
@@ -147,10 +153,8 @@ class Rule:
 
     def fee_steps(self, amount: int, currency: str) -> tuple[int, tuple[str, ...]]:
         """The same fee as :meth:`fee`, with each step of the arithmetic in words."""
-        steps: list[str] = []
-        rate = format(self.rate_bps.normalize(), "f")
         fee = (2 * amount * self.rate_num + self.rate_den) // (2 * self.rate_den)
-        steps.append(f"{amount} x {rate} bps / 10000 = {fee} (rounded half-up)")
+        steps = [f"{amount} x {self.rate_text} bps / 10000 = {fee} (rounded half-up)"]
         fixed = self.fixed.get(currency, 0)
         if fixed:
             steps.append(f"+ fixed {fixed} = {fee + fixed}")
@@ -178,7 +182,7 @@ class Rule:
     def content(self) -> dict[str, object]:
         """The rule's pricing content as plain JSON values (what ``version`` hashes)."""
         return {
-            "rate_bps": format(self.rate_bps.normalize(), "f"),
+            "rate_bps": self.rate_text,
             "fixed": dict(sorted(self.fixed.items())),
             "minimum": dict(sorted(self.minimum.items())),
             "maximum": dict(sorted(self.maximum.items())),
@@ -269,7 +273,7 @@ def parse_rule(spec: RuleSpec, *, position: int, roles: Iterable[str], key: str)
             "effective_to",
             f"effective_to {end.isoformat()} must be after effective_from {start.isoformat()}",
         )
-    rule = Rule(
+    draft = Rule(
         id=rule_id,
         version=0,
         position=position,
@@ -283,8 +287,7 @@ def parse_rule(spec: RuleSpec, *, position: int, roles: Iterable[str], key: str)
         effective_to=end,
         description=spec.description,
     )
-    object.__setattr__(rule, "version", content_version(rule.content()))
-    return rule
+    return replace(draft, version=content_version(draft.content()))
 
 
 def _parse_scope(

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
-from operator import itemgetter
-from typing import Any
+from operator import attrgetter, itemgetter
+from typing import Any, NamedTuple
 
 from engine.core.errors import ConfigError, InvalidInput
 from engine.core.money import Money
@@ -73,8 +73,7 @@ def _rule_bucket_key(rule: Rule) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(NamedTuple):
     """The fee for one priced order and the rules that decided it.
 
     Attributes:
@@ -194,7 +193,7 @@ class RuleSet:
         found: list[Rule] = []
         for shape in self._plan(frozenset(values)):
             found.extend(shape.buckets.get(shape.bucket_key(values), ()))
-        found.sort(key=_precedence_order)
+        found.sort(key=_RANK)
         return found
 
     def matching(self, values: Mapping[str, str], at: datetime, volume: int) -> list[Rule]:
@@ -211,7 +210,7 @@ class RuleSet:
                 ):
                     matched.append(rule)
         if len(matched) > 1:
-            matched.sort(key=_precedence_order)
+            matched.sort(key=_RANK)
         return matched
 
     def quote(self, order: Order, price: Money) -> Quote:
@@ -223,20 +222,14 @@ class RuleSet:
         if not matched:  # compile_rules guarantees a default for all time
             raise ConfigError("plugins.commission_rules.rules", "no rule applies (no default?)")
         rule = matched[0]
-        return Quote(
-            rule=rule,
-            fee=Money(rule.fee(price.amount, currency), currency),
-            price=price,
-            matched=tuple(matched),
-        )
+        return Quote(rule, Money(rule.fee(price.amount, currency), currency), price, tuple(matched))
 
     def fee(self, order: Order, price: Money) -> int:
         """Just the fee in minor units (what :meth:`quote` computes)."""
         return self.quote(order, price).fee.amount
 
 
-def _precedence_order(rule: Rule) -> tuple[int, int, int]:
-    return (-len(rule.scope), -rule.min_monthly_volume, rule.position)
+_RANK = attrgetter("rank")
 
 
 # ---------------------------------------------------------------- compile
