@@ -214,6 +214,8 @@ class SandboxApp:
         method, path, headers = request.method, request.path, request.headers
         _authenticate(headers.get(b"authorization", b"").decode("latin-1"))
         account, connected = self._account(headers)
+        if state.faults:
+            raise _fault(state.faults.pop(0))
         found = self.router.match(method, path)
         if found is None:
             raise unrecognized_url(method, path)
@@ -239,8 +241,8 @@ class SandboxApp:
                 return stored.status, stored.body, extra
         raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
         params = parse_form(raw)
-        state.current_request = (request.request_id, key)
         run_due(state)
+        state.current_request = (request.request_id, key)
         try:
             schema.validate(params, route.params)
             expansions = [str(e) for e in _as_list(params.pop("expand", None))]
@@ -335,6 +337,23 @@ class SandboxApp:
         )
         await send({"type": "http.response.body", "body": response.body})
         self.dispatcher.pump()
+
+
+def _fault(status: int) -> StripeError:
+    if status == 429:
+        return StripeError(
+            429,
+            "Too many requests hit the API too quickly. We recommend an exponential backoff "
+            "of your requests.",
+            code="rate_limit",
+            store_idempotent=False,
+        )
+    return StripeError(
+        status,
+        "Something went wrong on Stripe's end (sandbox fault injection).",
+        type_="api_error",
+        store_idempotent=False,
+    )
 
 
 def _as_list(value: Any) -> list[Any]:

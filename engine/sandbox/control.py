@@ -4,6 +4,7 @@
 - `POST /_sandbox/accounts/{id}/complete_onboarding`, `POST /_sandbox/accounts/{id}/restrict`
 - `GET /_sandbox/deliveries` (`?event=`, `?endpoint=`, `?status=`),
   `POST /_sandbox/deliveries/wait` (`{"timeout": s}`: until no delivery is in flight)
+- `POST /_sandbox/faults` `{"status": 429|500|503, "count": N}`: the next N API requests fail
 - `POST /_sandbox/reset`
 - `GET /_sandbox/onboarding/{id}`: the page an account link points to
 - `GET /_sandbox/health`
@@ -113,6 +114,12 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             timeout = float(params.get("timeout", 10))
             idle = await app.dispatcher.wait_idle(timeout)
             return _json({"idle": idle, "data": _deliveries(app, params)})
+        case ("POST", "faults"):
+            status = _number(params, "status") or 429
+            if status not in (429, 500, 503):
+                raise invalid("status must be 429, 500 or 503", param="status")
+            state.faults.extend([status] * (_number(params, "count") or 1))
+            return _json({"queued": len(state.faults)})
         case ("POST", "reset"):
             state.reset()
             app.after_change()

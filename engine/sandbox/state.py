@@ -101,6 +101,8 @@ class SandboxState:
         self.outbox: list[str] = []
         """Event ids waiting to be handed to the webhook dispatcher."""
         self.dirty = False
+        self.faults: list[int] = []
+        """HTTP statuses (429 or 500) the next API requests answer with (control endpoint)."""
         self.current_request: tuple[str | None, str | None] = (None, None)
         """(request id, idempotency key) of the request being handled, for events."""
         self._start_time = start_time

@@ -223,3 +223,11 @@ def test_events_by_type_and_account(
     assert connected_events.data
     assert all(getattr(e, "account", None) == account.id for e in connected_events.data)
     assert all(getattr(e, "account", None) is None for e in client.v1.events.list().data)
+
+
+def test_rate_limit_fault_injection(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:
+    sandbox.control("POST", "/_sandbox/faults", status=429, count=1)
+    with pytest.raises(stripe.RateLimitError) as caught:
+        client.v1.customers.list()
+    assert caught.value.http_status == 429
+    assert client.v1.customers.list().data == []
