@@ -1,0 +1,291 @@
+"""Benchmark of the webhook pipeline on this machine: intake, end to end, fairness.
+
+Runs alone (``python bench/webhooks.py``): starts embedded PostgreSQL (durable:
+fsync and synchronous_commit on) and NATS JetStream in a temporary directory,
+then, each server in its own process:
+
+1. intake: signed events per second accepted by the engine's real HTTP intake
+   (verify + commit to the mailbox + JetStream hand-off) at 64 concurrent
+   connections, and the same for a bare baseline in the same run (verify the
+   HMAC, insert one row with asyncpg, publish to JetStream);
+2. end to end: receipt to handled at a steady 500 events/s over 1,000 accounts
+   with a worker running, then increasing rates to find the maximum sustained;
+3. fairness: the other accounts' p99 with and without a 20,000-event flood on
+   one account.
+
+Ends with the ``bench:`` lines the issue names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from engine.infra.nats_server import EmbeddedNats  # noqa: E402
+from engine.infra.postgres import EmbeddedPostgres  # noqa: E402
+from engine.infra.processes import find_free_port, port_accepts  # noqa: E402
+from engine.webhooks.signature import sign  # noqa: E402
+
+SECRET = "whsec_bench"
+CONNECTIONS = 64
+PYTHON = sys.executable
+
+
+def _events(accounts: list[str], count: int, prefix: str, start: int = 0) -> Iterator[str]:
+    """``count`` signed Connect events spread round-robin over ``accounts`` (JSON lines)."""
+    stamp = int(time.time()) + 120  # valid for the whole run (tolerance 300 s)
+    for index in range(start, start + count):
+        account = accounts[index % len(accounts)]
+        body = json.dumps(
+            {
+                "id": f"evt_{prefix}_{index}",
+                "object": "event",
+                "account": account,
+                "created": int(time.time()),
+                "type": "bench.event",
+                "livemode": False,
+                "data": {"object": {"id": f"obj_{index}", "object": "bench", "metadata": {"seq": index}}},
+            }
+        )
+        yield json.dumps({"body": body, "signature": sign(body.encode(), SECRET, stamp)})
+
+
+def _load(port: int, path: str, lines: list[str], rate: float, duration: float = 120) -> dict[str, Any]:
+    result = subprocess.run(
+        [PYTHON, str(ROOT / "bench" / "_load.py"), "127.0.0.1", str(port), path,
+         str(CONNECTIONS), str(rate), str(duration)],
+        input="\n".join(lines).encode(),
+        capture_output=True,
+        check=True,
+    )
+    data: dict[str, Any] = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    return data
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        if port is not None:
+            deadline = time.monotonic() + 60
+            while not port_accepts("127.0.0.1", port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{args} did not start; see {log}")
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _engine_env(database_url: str, nats_url: str, stream: str) -> dict[str, str]:
+    return {
+        "MARKETPLACE_DATABASE_URL": database_url,
+        "MARKETPLACE_NATS_URL": nats_url,
+        "MARKETPLACE_STRIPE_WEBHOOK_SECRETS": SECRET,
+        "MARKETPLACE_STRIPE_CONNECT_WEBHOOK_SECRETS": SECRET,
+        "MARKETPLACE_LOG_LEVEL": "WARNING",
+        "MARKETPLACE_CONFIG": str(_config(stream)),
+    }
+
+
+def _config(stream: str) -> Path:
+    path = Path(tempfile.gettempdir()) / f"bench-webhooks-{stream}.toml"
+    path.write_text(
+        f'[nats]\nstream = "{stream}"\n[webhooks]\nsweep_interval_seconds = 1.0\n'
+        '[worker]\nconcurrency = 64\n[database]\npool_max = 30\n'
+    )
+    return path
+
+
+async def _latencies(database_url: str, prefix: str) -> dict[str, float]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            """
+            WITH lag AS (
+                SELECT extract(epoch FROM handled_at - received_at) AS s FROM marketplace_webhook_events
+                WHERE event_id LIKE $1 AND status = 'handled'
+            )
+            SELECT count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50,
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99 FROM lag
+            """,
+            f"evt_{prefix}_%",
+        )
+    finally:
+        await conn.close()
+    return {"n": float(row["n"]), "p50_ms": float(row["p50"] or 0) * 1000, "p99_ms": float(row["p99"] or 0) * 1000}
+
+
+async def _wait_handled(database_url: str, prefix: str, expected: int, timeout: float) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM marketplace_webhook_events WHERE event_id LIKE $1 AND status = 'handled'",
+                f"evt_{prefix}_%",
+            )
+            if done >= expected:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
+    postgres = EmbeddedPostgres(work / "pg", fast=False)
+    nats_server = EmbeddedNats(work / "nats")
+    try:
+        database_url = postgres.start()
+        nats_url = nats_server.start()
+        subprocess.run(
+            [str(Path(PYTHON).parent / "marketplace"), "migrate"],
+            env={**os.environ, **_engine_env(database_url, nats_url, "BENCH")},
+            check=True,
+            capture_output=True,
+        )
+        accounts = [f"acct_bench_{n}" for n in range(1000)]
+        figures: dict[str, float] = {}
+
+        # 1. intake vs baseline, each twice, best kept (the machine is shared).
+        baseline_port, engine_port = find_free_port(), find_free_port()
+        baseline_env = {
+            "BASELINE_DATABASE_URL": database_url,
+            "BASELINE_NATS_URL": nats_url,
+            "BASELINE_SECRET": SECRET,
+            "PYTHONPATH": str(ROOT / "bench") + os.pathsep + str(ROOT),
+        }
+        intake_rates: list[float] = []
+        baseline_rates: list[float] = []
+        intake_p99: list[float] = []
+        for round_ in range(2):
+            with _process(
+                [PYTHON, "-m", "uvicorn", "_baseline:app", "--port", str(baseline_port), "--log-level", "warning",
+                 "--no-access-log"],
+                baseline_env,
+                work / "baseline.log",
+                baseline_port,
+            ):
+                lines = list(_events(accounts, 20_000, f"base{round_}"))
+                result = _load(baseline_port, "/", lines, 0)
+                baseline_rates.append(result["ok"] / result["elapsed"])
+            with _process(
+                [str(Path(PYTHON).parent / "marketplace"), "serve", "--port", str(engine_port)],
+                _engine_env(database_url, nats_url, "BENCH"),
+                work / "engine-intake.log",
+                engine_port,
+            ):
+                lines = list(_events(accounts, 20_000, f"intake{round_}"))
+                result = _load(engine_port, "/webhooks/stripe/connect", lines, 0)
+                intake_rates.append(result["ok"] / result["elapsed"])
+                intake_p99.append(result["p99_ms"])
+                print(f"intake round {round_}: {result}")
+        figures["intake_events_per_s"] = max(intake_rates)
+        figures["intake_baseline_events_per_s"] = max(baseline_rates)
+        figures["intake_p99_ms"] = min(intake_p99)
+
+        # Reset the mailbox so the worker does not first chew through the intake runs.
+        asyncio.run(_truncate(database_url))
+
+        # 2. end to end with an API and a worker.
+        stream = "BENCHE2E"
+        env = _engine_env(database_url, nats_url, stream)
+        with _process(
+            [str(Path(PYTHON).parent / "marketplace"), "serve", "--port", str(engine_port)],
+            env, work / "engine-e2e.log", engine_port,
+        ), _process([str(Path(PYTHON).parent / "marketplace"), "worker"], env, work / "worker.log"):
+            time.sleep(2)
+            lines = list(_events(accounts, 5_000, "steady"))
+            _load(engine_port, "/webhooks/stripe/connect", lines, 500)
+            asyncio.run(_wait_handled(database_url, "steady", 5_000, 60))
+            steady = asyncio.run(_latencies(database_url, "steady"))
+            print(f"steady 500/s: {steady}")
+            figures["e2e_p99_ms_at_500"] = steady["p99_ms"]
+
+            best = 0.0
+            for rate in (750, 1000, 1250, 1500, 2000, 2500):
+                prefix = f"rate{rate}"
+                lines = list(_events(accounts, int(rate * 8), prefix))
+                sent = _load(engine_port, "/webhooks/stripe/connect", lines, rate)
+                achieved = sent["ok"] / sent["elapsed"]
+                drained = asyncio.run(_wait_handled(database_url, prefix, sent["ok"], 5))
+                lat = asyncio.run(_latencies(database_url, prefix))
+                print(f"rate {rate}/s: sent at {achieved:.0f}/s, drained={drained}, {lat}")
+                if not drained or lat["p99_ms"] > 1000 or achieved < rate * 0.95:
+                    break
+                best = achieved
+            figures["e2e_max_events_per_s"] = best
+
+            # 3. fairness: 500/s over the others, with and without a 20,000 flood on one account.
+            others = accounts[1:]
+            quiet_lines = list(_events(others, 3_000, "quiet"))
+            _load(engine_port, "/webhooks/stripe/connect", quiet_lines, 500)
+            asyncio.run(_wait_handled(database_url, "quiet", 3_000, 60))
+            figures["fairness_quiet_p99_ms"] = asyncio.run(_latencies(database_url, "quiet"))["p99_ms"]
+            flood_lines = list(_events([accounts[0]], 20_000, "flood"))
+            flooding = subprocess.Popen(
+                [PYTHON, str(ROOT / "bench" / "_load.py"), "127.0.0.1", str(engine_port),
+                 "/webhooks/stripe/connect", "16", "0", "120"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            )
+            assert flooding.stdin is not None
+            flooding.stdin.write("\n".join(flood_lines).encode())
+            flooding.stdin.close()
+            time.sleep(1)
+            mixed_lines = list(_events(others, 3_000, "mixed"))
+            _load(engine_port, "/webhooks/stripe/connect", mixed_lines, 500)
+            flooding.wait()
+            asyncio.run(_wait_handled(database_url, "mixed", 3_000, 60))
+            mixed = asyncio.run(_latencies(database_url, "mixed"))
+            print(f"others during flood: {mixed}")
+            figures["fairness_flood_p99_ms"] = mixed["p99_ms"]
+    finally:
+        nats_server.stop()
+        postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = figures["intake_events_per_s"] / figures["intake_baseline_events_per_s"]
+    print(f"bench: intake_events_per_s {figures['intake_events_per_s']:.0f}")
+    print(f"bench: intake_baseline_events_per_s {figures['intake_baseline_events_per_s']:.0f}")
+    print(f"bench: intake_ratio_vs_baseline {ratio:.2f}")
+    print(f"bench: intake_p99_ms {figures['intake_p99_ms']:.1f}")
+    print(f"bench: e2e_p99_ms_at_500 {figures['e2e_p99_ms_at_500']:.1f}")
+    print(f"bench: e2e_max_events_per_s {figures['e2e_max_events_per_s']:.0f}")
+    print(f"bench: fairness_quiet_p99_ms {figures['fairness_quiet_p99_ms']:.1f}")
+    print(f"bench: fairness_flood_p99_ms {figures['fairness_flood_p99_ms']:.1f}")
+
+
+async def _truncate(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE marketplace_webhook_events, marketplace_webhook_accounts")
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Payments services shared by business models: pricing through the hooks, payment records."""

@@ -1,0 +1,115 @@
+"""Price an order through the hooks (price -> commission -> split) and record the result.
+
+Business models call ``price_order`` instead of the hooks so every payment is
+priced the same way, and ``record_payment`` so the rule that priced it (id and
+version) and the split are stored with the payment and never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from engine.core.money import Money
+from engine.core.orders import Commission, Order, SplitPlan
+from engine.core.plugins import Plugins
+
+__all__ = ["MONTHLY_VOLUME", "PricedOrder", "monthly_volume", "price_order", "record_payment"]
+
+MONTHLY_VOLUME = "monthly_volume"
+"""``Order.attributes`` key: the beneficiary's month-to-date gross volume (minor units)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PricedOrder:
+    """An order with its price, the platform's commission and the split."""
+
+    order: Order
+    price: Money
+    commission: Commission
+    split: SplitPlan
+
+    def split_json(self) -> dict[str, Any]:
+        """The split as stored with the payment."""
+        return {
+            "total": self.split.total.amount,
+            "currency": self.split.total.currency,
+            "rule_id": self.commission.rule_id,
+            "rule_version": self.commission.rule_version,
+            "legs": [
+                {"role": leg.role, "account": leg.account_id, "amount": leg.amount.amount}
+                for leg in self.split.legs
+            ],
+        }
+
+
+def price_order(plugins: Plugins, order: Order) -> PricedOrder:
+    """Run the pricing, commission and splitting hooks for ``order``."""
+    price = plugins.price(order)
+    commission = plugins.commission(order, price)
+    split = plugins.split(order, price, commission)
+    return PricedOrder(order=order, price=price, commission=commission, split=split)
+
+
+async def monthly_volume(conn: asyncpg.Connection, account_id: str, currency: str) -> int:
+    """The account's gross volume this calendar month (UTC) in ``currency``, from payments."""
+    start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    value = await conn.fetchval(
+        """
+        SELECT COALESCE(sum(amount - amount_refunded), 0) FROM marketplace_payments
+        WHERE account_id = $1 AND currency = $2 AND created_at >= $3
+          AND status IN ('succeeded', 'partially_refunded', 'captured')
+        """,
+        account_id,
+        currency,
+        start,
+    )
+    return int(value or 0)
+
+
+async def with_monthly_volume(conn: asyncpg.Connection, order: Order, account_id: str) -> Order:
+    """``order`` with ``attributes["monthly_volume"]`` filled for volume-tier rules."""
+    volume = await monthly_volume(conn, account_id, order.amount.currency)
+    return replace(order, attributes={**order.attributes, MONTHLY_VOLUME: volume})
+
+
+async def record_payment(
+    conn: asyncpg.Connection,
+    priced: PricedOrder,
+    *,
+    account_id: str | None,
+    customer_id: str | None = None,
+    payment_intent_id: str | None = None,
+    status: str = "pending",
+) -> int:
+    """Insert the payment with its fee, rule and split; return its id (idempotent per intent)."""
+    order = priced.order
+    payment_id = await conn.fetchval(
+        """
+        INSERT INTO marketplace_payments
+            (reference, plugin, kind, account_id, customer_id, stripe_payment_intent_id,
+             amount, currency, fee_amount, rule_id, rule_version, split, status,
+             amount_refunded, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, 0, now())
+        ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET status = EXCLUDED.status
+        RETURNING id
+        """,
+        order.reference,
+        order.plugin,
+        order.kind,
+        account_id,
+        customer_id,
+        payment_intent_id,
+        priced.price.amount,
+        priced.price.currency,
+        priced.commission.amount.amount,
+        priced.commission.rule_id,
+        priced.commission.rule_version,
+        json.dumps(priced.split_json()),
+        status,
+    )
+    return int(payment_id)
