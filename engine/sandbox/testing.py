@@ -59,6 +59,51 @@ class RunningSandbox:
         return data
 
 
+def verified_account_params(account_number: str = "000123456789", **overrides: Any) -> Any:
+    """`accounts.create` params for a Custom account that Stripe's test values verify at once.
+
+    Individual with dob 1901-01-01, matching address/id/SSN test values, ToS accepted, a
+    business URL and a US test bank account (`account_number` picks its payout behaviour).
+    Payouts are manual so balances stay put while a test moves the clock.
+    """
+    params: dict[str, Any] = {
+        "type": "custom",
+        "country": "US",
+        "email": "seller@example.com",
+        "capabilities": {
+            "card_payments": {"requested": True},
+            "transfers": {"requested": True},
+        },
+        "business_type": "individual",
+        "business_profile": {"url": "https://seller.example.com", "mcc": "5734"},
+        "individual": {
+            "first_name": "Jenny",
+            "last_name": "Rosen",
+            "dob": {"day": 1, "month": 1, "year": 1901},
+            "address": {
+                "line1": "address_full_match",
+                "city": "San Francisco",
+                "postal_code": "94103",
+                "state": "CA",
+                "country": "US",
+            },
+            "id_number": "000000000",
+            "ssn_last_4": "0000",
+        },
+        "tos_acceptance": {"date": 1_700_000_000, "ip": "127.0.0.1"},
+        "settings": {"payouts": {"schedule": {"interval": "manual"}}},
+        "external_account": {
+            "object": "bank_account",
+            "country": "US",
+            "currency": "usd",
+            "routing_number": "110000000",
+            "account_number": account_number,
+        },
+    }
+    params.update(overrides)
+    return params
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

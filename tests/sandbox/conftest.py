@@ -15,7 +15,7 @@ import stripe
 import uvicorn
 
 from engine.sandbox.state import SandboxOptions
-from engine.sandbox.testing import RunningSandbox, running_sandbox
+from engine.sandbox.testing import RunningSandbox, running_sandbox, verified_account_params
 
 FAST_RETRIES = SandboxOptions(webhook_retry_delays=(0.05, 0.1, 0.2, 0.4))
 
@@ -49,43 +49,8 @@ def make_account_with(client: stripe.StripeClient) -> Callable[..., stripe.Accou
     """An account factory bound to `client` (see the `make_account` fixture)."""
 
     def make(account_number: str = "000123456789", **overrides: Any) -> stripe.Account:
-        params: dict[str, Any] = {
-            "type": "custom",
-            "country": "US",
-            "email": "seller@example.com",
-            "capabilities": {
-                "card_payments": {"requested": True},
-                "transfers": {"requested": True},
-            },
-            "business_type": "individual",
-            "business_profile": {"url": "https://seller.example.com", "mcc": "5734"},
-            "individual": {
-                "first_name": "Jenny",
-                "last_name": "Rosen",
-                "dob": {"day": 1, "month": 1, "year": 1901},
-                "address": {
-                    "line1": "address_full_match",
-                    "city": "SF",
-                    "postal_code": "94103",
-                    "state": "CA",
-                    "country": "US",
-                },
-                "id_number": "000000000",
-                "ssn_last_4": "0000",
-            },
-            "tos_acceptance": {"date": 1_700_000_000, "ip": "127.0.0.1"},
-            # Manual payouts keep balances still while tests advance the clock.
-            "settings": {"payouts": {"schedule": {"interval": "manual"}}},
-            "external_account": {
-                "object": "bank_account",
-                "country": "US",
-                "currency": "usd",
-                "routing_number": "110000000",
-                "account_number": account_number,
-            },
-        }
-        params.update(overrides)
-        return client.v1.accounts.create(params=params)  # type: ignore[arg-type]
+        params = verified_account_params(account_number, **overrides)
+        return client.v1.accounts.create(params=params)
 
     return make
 

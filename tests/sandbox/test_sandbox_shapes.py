@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine.sandbox.testing import RunningSandbox
-from tests.sandbox.conftest import make_account_with
+from engine.sandbox.testing import RunningSandbox, verified_account_params
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 PACKAGED = Path(__file__).resolve().parents[2] / "engine" / "sandbox" / "data" / "fixtures.json"
@@ -41,9 +40,8 @@ def served(sandbox_server: RunningSandbox) -> dict[str, dict[str, Any]]:
     sandbox = sandbox_server
     sandbox.control("POST", "/_sandbox/reset")
     client = sandbox.client()
-    make_account = make_account_with(client)
-    account = make_account()
-    other = make_account()
+    account = client.v1.accounts.create(params=verified_account_params())
+    other = client.v1.accounts.create(params=verified_account_params())
     customer = client.v1.customers.create(params={"email": "shape@example.com"})
     pm = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id})
     pi = client.v1.payment_intents.create(
