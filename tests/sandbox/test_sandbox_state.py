@@ -134,3 +134,24 @@ def test_stripe_fee_can_be_turned_off() -> None:
         )
         charge: Any = pi.latest_charge
         assert charge.balance_transaction.fee == 0
+
+
+def test_off_session_charge_helper_for_extensions() -> None:
+    from engine.sandbox.resources.payments import charge_off_session
+
+    state = SandboxState()
+    ok, error = charge_off_session(
+        state,
+        state.platform_id,
+        {"amount": 2_000, "currency": "usd", "payment_method": "pm_card_visa"},
+    )
+    assert error is None
+    assert ok["status"] == "succeeded"
+    failed, error = charge_off_session(
+        state,
+        state.platform_id,
+        {"amount": 2_000, "currency": "usd", "payment_method": "pm_card_chargeCustomerFail"},
+    )
+    assert error is not None
+    assert error.status == 402
+    assert failed["status"] == "requires_payment_method"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from engine.sandbox.errors import card_declined, invalid
+from engine.sandbox.errors import StripeError, card_declined, invalid
 from engine.sandbox.events import emit
 from engine.sandbox.ledger import (
     add_txn,
@@ -42,7 +42,7 @@ from engine.sandbox.resources.transfers import (
 )
 from engine.sandbox.routing import Route
 from engine.sandbox.state import SandboxState
-from engine.sandbox.wire import Call, Obj, embedded_list, page
+from engine.sandbox.wire import Call, Obj, Params, embedded_list, page
 
 DAY = 86_400
 AUTHORISATION_DAYS = 7
@@ -115,6 +115,33 @@ def create_payment_intent(call: Call) -> Obj:
     if call.bool_("confirm"):
         _confirm(call, pi)
     return pi
+
+
+def charge_off_session(
+    state: SandboxState, account: str, params: Params, base_url: str = ""
+) -> tuple[Obj, StripeError | None]:
+    """Create and confirm an off-session PaymentIntent (what an invoice payment does).
+
+    `params` are `POST /v1/payment_intents` parameters (strings or Python values); returns
+    the intent and, if the card was declined, the error Stripe would have answered with.
+    For `engine.sandbox.billing` and other extensions.
+    """
+    call = Call(
+        state=state,
+        method="POST",
+        path="/v1/payment_intents",
+        account=account,
+        params={**params, "confirm": "true", "off_session": "true"},
+        base_url=base_url,
+        connected=account != state.platform_id,
+    )
+    try:
+        return create_payment_intent(call), None
+    except StripeError as err:
+        intent = err.extra.get("payment_intent")
+        if isinstance(intent, dict) and intent.get("id") in state.objects:
+            return state.objects[intent["id"]], err
+        raise
 
 
 def _check_amount(amount: int, currency: str) -> None:
