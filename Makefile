@@ -64,6 +64,7 @@ typecheck: $(INSTALLED)
 bench: $(INSTALLED)
 	@set -e; for bench in bench/*.py; do \
 		[ -e "$$bench" ] || continue; \
+		case "$$(basename $$bench)" in _*) continue;; esac; \
 		echo "== $$bench"; \
 		$(BIN)/python "$$bench"; \
 	done

@@ -242,7 +242,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> in
             url = postgres.start()
             stack.started(postgres.stop)
             settings = _replace(settings, "database", url=url)
-            print(f"postgres   {url}  (log: {data_dir / 'postgres'})")
+            print(f"postgres   {url}  (log: {postgres.log_path})")
         if not settings.nats.url:
             nats_server = EmbeddedNats(data_dir / "nats")
             url = nats_server.start()

@@ -59,12 +59,17 @@ async def prepare_template(database_url: str) -> None:
     """Fill the template database that every ``fresh_database_url`` is cloned from.
 
     Called once per session with the URL of the empty template database,
-    before the first test asks for a fresh database. The data layer puts its
-    schema here (``await migrate(database_url, ...)``) so each test starts from
-    a migrated, empty database for the price of a file copy, not a migration.
-    Close every connection before returning: PostgreSQL cannot clone a
-    database while anything is connected to it.
+    before the first test asks for a fresh database: the engine's migrations
+    and every installed plugin's, so each test starts from a migrated, empty
+    database for the price of a file copy. ``migrate`` closes its connection
+    before returning (PostgreSQL cannot clone a database in use).
     """
+    from engine.core.db import migrate
+    from engine.core.plugins import build_plugins, installed_plugins
+    from engine.core.settings import settings_from_mapping
+
+    every_plugin = settings_from_mapping({"plugins": {"enabled": sorted(installed_plugins())}})
+    await migrate(database_url, build_plugins(every_plugin).table_apps())
 
 
 def _scratch_roots() -> list[Path]:

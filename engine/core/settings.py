@@ -126,6 +126,7 @@ class PluginsSettings(_Section, frozen=True):
         default_factory=lambda: [
             "commission_rules",
             "creator_subscriptions",
+            "notifier",
             "three_sided_bookings",
         ]
     )
