@@ -42,7 +42,7 @@ from engine.infra.postgres import EmbeddedPostgres  # noqa: E402
 from engine.infra.processes import find_free_port, port_accepts  # noqa: E402
 from engine.webhooks.signature import sign  # noqa: E402
 
-SECRET = "whsec_bench"
+SECRET = "whsec_bench"  # noqa: S105 - a benchmark-only signing secret
 CONNECTIONS = 64
 PYTHON = sys.executable
 
@@ -60,16 +60,28 @@ def _events(accounts: list[str], count: int, prefix: str, start: int = 0) -> Ite
                 "created": int(time.time()),
                 "type": "bench.event",
                 "livemode": False,
-                "data": {"object": {"id": f"obj_{index}", "object": "bench", "metadata": {"seq": index}}},
+                "data": {
+                    "object": {"id": f"obj_{index}", "object": "bench", "metadata": {"seq": index}}
+                },
             }
         )
         yield json.dumps({"body": body, "signature": sign(body.encode(), SECRET, stamp)})
 
 
-def _load(port: int, path: str, lines: list[str], rate: float, duration: float = 120) -> dict[str, Any]:
+def _load(
+    port: int, path: str, lines: list[str], rate: float, duration: float = 120
+) -> dict[str, Any]:
     result = subprocess.run(
-        [PYTHON, str(ROOT / "bench" / "_load.py"), "127.0.0.1", str(port), path,
-         str(CONNECTIONS), str(rate), str(duration)],
+        [
+            PYTHON,
+            str(ROOT / "bench" / "_load.py"),
+            "127.0.0.1",
+            str(port),
+            path,
+            str(CONNECTIONS),
+            str(rate),
+            str(duration),
+        ],
         input="\n".join(lines).encode(),
         capture_output=True,
         check=True,
@@ -79,9 +91,13 @@ def _load(port: int, path: str, lines: list[str], rate: float, duration: float =
 
 
 @contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path, port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    args: list[str], env: dict[str, str], log: Path, port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         if port is not None:
             deadline = time.monotonic() + 60
@@ -114,7 +130,7 @@ def _config(stream: str) -> Path:
     path = Path(tempfile.gettempdir()) / f"bench-webhooks-{stream}.toml"
     path.write_text(
         f'[nats]\nstream = "{stream}"\n[webhooks]\nsweep_interval_seconds = 1.0\n'
-        '[worker]\nconcurrency = 64\n[database]\npool_max = 30\n'
+        "[worker]\nconcurrency = 64\n[database]\npool_max = 30\n"
     )
     return path
 
@@ -125,8 +141,8 @@ async def _latencies(database_url: str, prefix: str) -> dict[str, float]:
         row = await conn.fetchrow(
             """
             WITH lag AS (
-                SELECT extract(epoch FROM handled_at - received_at) AS s FROM marketplace_webhook_events
-                WHERE event_id LIKE $1 AND status = 'handled'
+                SELECT extract(epoch FROM handled_at - received_at) AS s
+                FROM marketplace_webhook_events WHERE event_id LIKE $1 AND status = 'handled'
             )
             SELECT count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY s) AS p50,
                    percentile_cont(0.99) WITHIN GROUP (ORDER BY s) AS p99 FROM lag
@@ -135,7 +151,11 @@ async def _latencies(database_url: str, prefix: str) -> dict[str, float]:
         )
     finally:
         await conn.close()
-    return {"n": float(row["n"]), "p50_ms": float(row["p50"] or 0) * 1000, "p99_ms": float(row["p99"] or 0) * 1000}
+    return {
+        "n": float(row["n"]),
+        "p50_ms": float(row["p50"] or 0) * 1000,
+        "p99_ms": float(row["p99"] or 0) * 1000,
+    }
 
 
 async def _wait_handled(database_url: str, prefix: str, expected: int, timeout: float) -> bool:
@@ -144,7 +164,8 @@ async def _wait_handled(database_url: str, prefix: str, expected: int, timeout: 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = await conn.fetchval(
-                "SELECT count(*) FROM marketplace_webhook_events WHERE event_id LIKE $1 AND status = 'handled'",
+                "SELECT count(*) FROM marketplace_webhook_events "
+                "WHERE event_id LIKE $1 AND status = 'handled'",
                 f"evt_{prefix}_%",
             )
             if done >= expected:
@@ -184,8 +205,17 @@ def main() -> None:
         intake_p99: list[float] = []
         for round_ in range(2):
             with _process(
-                [PYTHON, "-m", "uvicorn", "_baseline:app", "--port", str(baseline_port), "--log-level", "warning",
-                 "--no-access-log"],
+                [
+                    PYTHON,
+                    "-m",
+                    "uvicorn",
+                    "_baseline:app",
+                    "--port",
+                    str(baseline_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
                 baseline_env,
                 work / "baseline.log",
                 baseline_port,
@@ -214,10 +244,17 @@ def main() -> None:
         # 2. end to end with an API and a worker.
         stream = "BENCHE2E"
         env = _engine_env(database_url, nats_url, stream)
-        with _process(
-            [str(Path(PYTHON).parent / "marketplace"), "serve", "--port", str(engine_port)],
-            env, work / "engine-e2e.log", engine_port,
-        ), _process([str(Path(PYTHON).parent / "marketplace"), "worker"], env, work / "worker.log"):
+        with (
+            _process(
+                [str(Path(PYTHON).parent / "marketplace"), "serve", "--port", str(engine_port)],
+                env,
+                work / "engine-e2e.log",
+                engine_port,
+            ),
+            _process(
+                [str(Path(PYTHON).parent / "marketplace"), "worker"], env, work / "worker.log"
+            ),
+        ):
             time.sleep(2)
             lines = list(_events(accounts, 5_000, "steady"))
             _load(engine_port, "/webhooks/stripe/connect", lines, 500)
@@ -245,12 +282,23 @@ def main() -> None:
             quiet_lines = list(_events(others, 3_000, "quiet"))
             _load(engine_port, "/webhooks/stripe/connect", quiet_lines, 500)
             asyncio.run(_wait_handled(database_url, "quiet", 3_000, 60))
-            figures["fairness_quiet_p99_ms"] = asyncio.run(_latencies(database_url, "quiet"))["p99_ms"]
+            figures["fairness_quiet_p99_ms"] = asyncio.run(_latencies(database_url, "quiet"))[
+                "p99_ms"
+            ]
             flood_lines = list(_events([accounts[0]], 20_000, "flood"))
             flooding = subprocess.Popen(
-                [PYTHON, str(ROOT / "bench" / "_load.py"), "127.0.0.1", str(engine_port),
-                 "/webhooks/stripe/connect", "16", "0", "120"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                [
+                    PYTHON,
+                    str(ROOT / "bench" / "_load.py"),
+                    "127.0.0.1",
+                    str(engine_port),
+                    "/webhooks/stripe/connect",
+                    "16",
+                    "0",
+                    "120",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
             )
             assert flooding.stdin is not None
             flooding.stdin.write("\n".join(flood_lines).encode())

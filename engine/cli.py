@@ -79,6 +79,23 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, plugins: Plugins) 
 # ---------------------------------------------------------------- serve
 
 
+def _quiet_server_class() -> type[Any]:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """A uvicorn server that leaves signals to the CLI (which runs several servers)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return QuietServer
+
+
+def _QuietServer(config: Any) -> Any:  # noqa: N802 - reads as the class it builds
+    return _quiet_server_class()(config)
+
+
 async def _serve_api(settings: Settings, plugins: Plugins, stop: asyncio.Event) -> None:
     import uvicorn
 
@@ -95,8 +112,7 @@ async def _serve_api(settings: Settings, plugins: Plugins, stop: asyncio.Event) 
             log_level="warning",
             lifespan="on",
         )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _QuietServer(config)
         task = asyncio.create_task(server.serve())
         await stop.wait()
         server.should_exit = True
@@ -276,13 +292,13 @@ async def _up(
 
     stop = _stop_event()
     tasks: list[asyncio.Task[None]] = []
-    servers: list[uvicorn.Server] = []
+    servers: list[Any] = []
     if not settings.stripe.api_base:
         from engine.infra.processes import find_free_port
         from engine.sandbox import create_app as create_sandbox
 
         sandbox_port = find_free_port()
-        sandbox = uvicorn.Server(
+        sandbox = _QuietServer(
             uvicorn.Config(
                 create_sandbox(persist_path=data_dir / "sandbox.state"),
                 host="127.0.0.1",
@@ -290,7 +306,6 @@ async def _up(
                 log_level="warning",
             )
         )
-        sandbox.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         servers.append(sandbox)
         tasks.append(asyncio.create_task(sandbox.serve()))
         settings = _replace(settings, "stripe", api_base=f"http://127.0.0.1:{sandbox_port}")
