@@ -2,17 +2,19 @@
 
 ``explain`` prices a hypothetical order with the configured rules through the
 same code as the hook. ``dry-run`` re-prices past transactions with a proposed
-rule file; until the engine's payments table exists it reads the transactions
-from a JSON file (``--transactions``), which the help text says.
+rule file: the period's rows of the engine's payments table, or a JSON file
+(``--transactions``). ``versions`` lists the stored rule versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +28,7 @@ from engine.core.orders import Order
 from engine.core.plugins import build_plugins
 from engine.core.settings import Settings
 from plugins.commission_rules.config import PLUGIN
-from plugins.commission_rules.dry_run import PastTransaction, dry_run
+from plugins.commission_rules.dry_run import DryRunReport, PastTransaction, dry_run
 from plugins.commission_rules.explain import explain
 from plugins.commission_rules.rules import DEFAULT_ROLES, check_roles
 from plugins.commission_rules.ruleset import MONTHLY_VOLUME, RuleSet, compile_rules
@@ -37,8 +39,10 @@ __all__ = ["command", "load_rule_file", "load_transactions"]
 
 _DRY_RUN_HELP = (
     "Re-price past transactions with a proposed rule file and report, per account, the fee "
-    "that would have been charged versus the actual one. STOP-GAP: transactions are read "
-    "from a JSON file (--transactions) until the engine's payments table exists."
+    "that would have been charged versus the actual one. Transactions come from the payments "
+    "table (database.url) for --from/--to; --transactions FILE.json reads them from a file "
+    "instead (offline). NOTE: until the payments table stores the order attributes "
+    "(service_type, tier, monthly_volume), rules scoped on them re-price as if they were absent."
 )
 
 
@@ -93,21 +97,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     dr.add_argument(
         "--transactions",
-        required=True,
         type=Path,
-        help="STOP-GAP: JSON array of past transactions (see docs/commission_rules.md)",
+        help="JSON array of past transactions instead of the database (see "
+        "docs/commission_rules.md)",
     )
     dr.add_argument("--from", dest="since", help="ISO 8601 start (inclusive)")
     dr.add_argument("--to", dest="until", help="ISO 8601 end (exclusive)")
     dr.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    versions = sub.add_parser(
+        "versions",
+        help="List stored rule versions (every version that could have priced a payment)",
+    )
+    versions.add_argument("--rule", help="only this rule id")
+    versions.add_argument("--json", action="store_true", help="print JSON instead of text")
+
 
 def run(args: argparse.Namespace, settings: Any, out: TextIO | None = None) -> int:
-    """Run ``explain`` or ``dry-run``; returns the exit code (2 on a usage or config error)."""
+    """Run a sub-command; returns the exit code (2 on a usage or config error)."""
     stream = sys.stdout if out is None else out
     try:
         if args.commission_command == "explain":
             return _explain(args, settings, stream)
+        if args.commission_command == "versions":
+            return asyncio.run(_versions(args, settings, stream))
         return _dry_run(args, settings, stream)
     except MarketplaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -240,14 +253,59 @@ def _dry_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     section = settings.plugins.sections.get(PLUGIN, {})
     roles = section.get("roles") if isinstance(section, dict) else None
     proposed = load_rule_file(args.rules, default_roles=roles)
-    report = dry_run(
-        proposed,
-        load_transactions(args.transactions),
-        since=_instant(args.since, "--from"),
-        until=_instant(args.until, "--to"),
-    )
+    since = _instant(args.since, "--from")
+    until = _instant(args.until, "--to")
+    if args.transactions is not None:
+        report = dry_run(proposed, load_transactions(args.transactions), since=since, until=until)
+    else:
+        if since is None or until is None:
+            raise ConfigError("--from/--to", "a dry run over the database needs a period")
+        report = asyncio.run(_dry_run_database(settings, proposed, since, until))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2), file=out)
     else:
         print(report.text(), file=out)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[None]:
+    """The engine's database with this plugin's tables bound, for one command."""
+    from engine.core.db import Database
+
+    if not settings.database.url:
+        raise ConfigError("database.url", "is empty (set it, or run inside `marketplace up`)")
+    database = Database(settings.database.url, min_size=1, max_size=2)
+    database.bind(build_plugins(settings).table_apps())
+    await database.start()
+    try:
+        yield
+    finally:
+        await database.close()
+
+
+async def _dry_run_database(
+    settings: Settings, proposed: RuleSet, since: datetime, until: datetime
+) -> DryRunReport:
+    from plugins.commission_rules.store import dry_run_period
+
+    async with _database(settings):
+        return await dry_run_period(proposed, since, until)
+
+
+async def _versions(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from plugins.commission_rules.store import list_versions
+
+    async with _database(settings):
+        versions = await list_versions(args.rule)
+    if args.json:
+        print(json.dumps([version.to_dict() for version in versions], indent=2), file=out)
+        return 0
+    for version in versions:
+        content = msgspec.json.encode(version.spec).decode()
+        print(
+            f"{version.rule_id} v{version.version}  {version.source:<6} "
+            f"first seen {version.first_seen_at.isoformat()}  {content}",
+            file=out,
+        )
     return 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime
+from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime, TableApp
 from engine.core.money import Money
 from engine.core.orders import Commission, Order
 from engine.core.plugins import hookimpl
 from plugins.commission_rules import cli
 from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
 from plugins.commission_rules.services import active_rules
+from plugins.commission_rules.tables import APP_CONFIG
 
 
 @hookimpl
@@ -34,3 +35,9 @@ def resolve_commission(order: Order, price: Money, runtime: PluginRuntime) -> Co
 def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
     """``marketplace commission explain|dry-run``."""
     register(cli.command())
+
+
+@hookimpl
+def register_tables(register: Callable[[TableApp], None]) -> None:
+    """Rule versions and rule sets (``commission_rules_*`` tables)."""
+    register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))

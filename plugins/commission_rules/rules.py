@@ -192,6 +192,26 @@ class Rule:
             "effective_to": _instant(self.effective_to),
         }
 
+    def to_spec(self) -> RuleSpec:
+        """The rule's canonical written form (per-currency tables, UTC instants).
+
+        Parsing it gives back the same rule and version: this is what the
+        database keeps for every version.
+        """
+        rate = self.rate_bps.normalize()
+        return RuleSpec(
+            id=self.id,
+            description=self.description,
+            rate_bps=int(rate) if rate == rate.to_integral_value() else self.rate_text,
+            fixed=dict(self.fixed) or None,
+            minimum=dict(self.minimum) or None,
+            maximum=dict(self.maximum) or None,
+            scope=dict(self.scope),
+            min_monthly_volume=self.min_monthly_volume or None,
+            effective_from=None if self.effective_from == FOREVER_START else self.effective_from,
+            effective_to=None if self.effective_to == FOREVER_END else self.effective_to,
+        )
+
 
 def _instant(moment: datetime) -> str | None:
     if moment in (FOREVER_START, FOREVER_END):

@@ -1,0 +1,276 @@
+"""Rule versions in PostgreSQL: every version that priced anything is kept, never changed.
+
+The tables (``tables.py``) must be bound to a database first; the engine's
+``Database.bind(plugins.table_apps())`` (done by ``Services.start``) does it.
+
+- ``record_versions``: store a rule set's versions (idempotent), e.g. the
+  config's at start-up, so a payment's ``(rule_id, rule_version)`` always
+  resolves to the content that priced it.
+- ``save_rule_set``: the admin path: validate, store, and put in force; an
+  invalid set stores nothing and the previous one stays in force.
+- ``sync_rules``: start-up: record the config's versions, then put the newest
+  admin-saved set in force if there is one.
+- ``list_versions`` / ``get_version``: history for the admin API.
+- ``past_transactions`` / ``dry_run_period``: the DB-backed dry run over the
+  engine's ``marketplace_payments``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from engine.core.contributions import PluginRuntime
+from engine.core.errors import ConfigError
+from engine.core.money import Money
+from engine.core.tables import Payment
+from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
+from plugins.commission_rules.dry_run import DryRunReport, PastTransaction, dry_run
+from plugins.commission_rules.rules import Rule, parse_rule
+from plugins.commission_rules.ruleset import RuleSet, compile_rules
+from plugins.commission_rules.schemas import RuleSpec
+from plugins.commission_rules.services import active_rules, install_rules
+from plugins.commission_rules.tables import RuleSetRecord, RuleVersion
+
+__all__ = [
+    "SOURCE_API",
+    "SOURCE_CONFIG",
+    "StoredVersion",
+    "dry_run_period",
+    "get_version",
+    "list_versions",
+    "load_saved_rule_set",
+    "past_transactions",
+    "record_versions",
+    "save_rule_set",
+    "sync_rules",
+]
+
+SOURCE_CONFIG = "config"
+SOURCE_API = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One stored rule version (what the admin API lists)."""
+
+    rule_id: str
+    version: int
+    spec: RuleSpec
+    source: str
+    first_seen_at: datetime
+
+    def rule(self, roles: Sequence[str]) -> Rule:
+        """The rule itself, to explain or re-price a past transaction."""
+        return parse_rule(self.spec, position=0, roles=roles, key=f"versions[{self.key}]")
+
+    @property
+    def key(self) -> str:
+        """``"<rule_id>@<version>"``."""
+        return f"{self.rule_id}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "rule_id": self.rule_id,
+            "version": self.version,
+            "content": msgspec.to_builtins(self.spec),
+            "source": self.source,
+            "first_seen_at": self.first_seen_at.isoformat(),
+        }
+
+
+def _stored(row: Mapping[str, Any]) -> StoredVersion:
+    return StoredVersion(
+        rule_id=row["rule_id"],
+        version=row["version"],
+        spec=msgspec.convert(row["content"], RuleSpec, strict=False),
+        source=row["source"],
+        first_seen_at=row["first_seen_at"],
+    )
+
+
+async def record_versions(rules: RuleSet, *, source: str, note: str = "") -> int:
+    """Store every version of ``rules`` not stored yet, and the set itself.
+
+    Returns:
+        How many rule versions were new.
+    """
+    now = datetime.now(UTC)
+    new = 0
+    async with RuleVersion._meta.db.transaction():
+        for rule in rules.rules:
+            inserted = await (
+                RuleVersion.insert(
+                    RuleVersion(
+                        key=f"{rule.id}@{rule.version}",
+                        rule_id=rule.id,
+                        version=rule.version,
+                        content=msgspec.to_builtins(rule.to_spec()),
+                        source=source,
+                        first_seen_at=now,
+                    )
+                )
+                .on_conflict(target=RuleVersion.key, action="DO NOTHING")
+                .returning(RuleVersion.id)
+            )
+            new += len(inserted)
+        latest = (
+            await RuleSetRecord.select(RuleSetRecord.fingerprint)
+            .where(RuleSetRecord.source == source)
+            .order_by(RuleSetRecord.id, ascending=False)
+            .first()
+        )
+        if latest is None or latest["fingerprint"] != rules.fingerprint:
+            await RuleSetRecord.insert(
+                RuleSetRecord(
+                    fingerprint=rules.fingerprint,
+                    rules=[[rule.id, rule.version] for rule in rules.rules],
+                    roles=list(rules.roles),
+                    source=source,
+                    note=note,
+                    created_at=now,
+                )
+            )
+    return new
+
+
+async def save_rule_set(
+    runtime: PluginRuntime,
+    specs: Sequence[RuleSpec],
+    *,
+    roles: Sequence[str] | None = None,
+    note: str = "",
+) -> RuleSet:
+    """Validate a whole new rule set, store it, and put it in force (the admin path).
+
+    Raises:
+        ConfigError: naming the rule and field (``rules[3].maximum``); nothing
+            is stored and the previous rule set stays in force.
+    """
+    config: CommissionRulesConfig = runtime.config(PLUGIN)
+    candidate = compile_rules(specs, roles=config.roles if roles is None else roles, key="rules")
+    await record_versions(candidate, source=SOURCE_API, note=note)
+    specs = [rule.to_spec() for rule in candidate.rules]
+    return install_rules(runtime, specs, roles=candidate.roles)
+
+
+async def load_saved_rule_set() -> RuleSet | None:
+    """The newest admin-saved rule set, rebuilt from its stored versions (``None`` if none).
+
+    Raises:
+        ConfigError: a version the set names is missing (the store was tampered with).
+    """
+    record = (
+        await RuleSetRecord.select()
+        .where(RuleSetRecord.source == SOURCE_API)
+        .order_by(RuleSetRecord.id, ascending=False)
+        .first()
+        .output(load_json=True)
+    )
+    if record is None:
+        return None
+    keys = [f"{rule_id}@{version}" for rule_id, version in record["rules"]]
+    rows = await RuleVersion.select().where(RuleVersion.key.is_in(keys)).output(load_json=True)
+    by_key = {row["key"]: _stored(row) for row in rows}
+    missing = [key for key in keys if key not in by_key]
+    if missing:
+        raise ConfigError(
+            "commission_rules_rule_sets",
+            f"rule set {record['id']} names unknown versions {missing}",
+        )
+    return compile_rules([by_key[key].spec for key in keys], roles=record["roles"], key="rules")
+
+
+async def sync_rules(runtime: PluginRuntime) -> RuleSet:
+    """Start-up: record the config's versions; put the newest saved set in force if any.
+
+    Returns:
+        The rule set in force afterwards.
+    """
+    await record_versions(active_rules(runtime), source=SOURCE_CONFIG)
+    saved = await load_saved_rule_set()
+    if saved is not None:
+        install_rules(runtime, [rule.to_spec() for rule in saved.rules], roles=saved.roles)
+    return active_rules(runtime)
+
+
+async def list_versions(rule_id: str | None = None) -> list[StoredVersion]:
+    """Every stored version (of one rule, or all), oldest first."""
+    query = RuleVersion.select().order_by(RuleVersion.id)
+    if rule_id is not None:
+        query = query.where(RuleVersion.rule_id == rule_id)
+    return [_stored(row) for row in await query.output(load_json=True)]
+
+
+async def get_version(rule_id: str, version: int) -> StoredVersion | None:
+    """One stored version, or ``None``."""
+    row = (
+        await RuleVersion.select()
+        .where(RuleVersion.key == f"{rule_id}@{version}")
+        .first()
+        .output(load_json=True)
+    )
+    return None if row is None else _stored(row)
+
+
+def _beneficiaries(split: Any) -> dict[str, str]:
+    """Roles and accounts from a payment's stored split plan, as far as it says."""
+    legs = split.get("legs", []) if isinstance(split, dict) else []
+    found: dict[str, str] = {}
+    for leg in legs if isinstance(legs, list) else []:
+        if isinstance(leg, dict) and leg.get("role") and leg.get("account_id"):
+            found[str(leg["role"])] = str(leg["account_id"])
+    return found
+
+
+async def past_transactions(
+    since: datetime, until: datetime, *, statuses: Collection[str] | None = None
+) -> list[PastTransaction]:
+    """Payments created in ``[since, until)`` as dry-run transactions.
+
+    The payments table does not (yet) keep the order's attributes
+    (``service_type``, ``tier``, ``monthly_volume``); until it does, rules
+    scoped on those re-price as if they were absent. Beneficiaries come from
+    the stored split plan's legs (``{"legs": [{"role", "account_id"}, ...]}``).
+    """
+    query = Payment.select().where((Payment.created_at >= since) & (Payment.created_at < until))
+    if statuses is not None:
+        query = query.where(Payment.status.is_in(list(statuses)))
+    rows = await query.order_by(Payment.id).output(load_json=True)
+    transactions = []
+    for row in rows:
+        # A future ``attributes`` column (the order's scope values and
+        # monthly_volume as priced) is used as soon as the engine adds it.
+        attributes = row.get("attributes") or {}
+        beneficiaries = _beneficiaries(row.get("split"))
+        account = row["account_id"] or next(iter(beneficiaries.values()), "platform")
+        transactions.append(
+            PastTransaction(
+                account=account,
+                price=Money(row["amount"], row["currency"]),
+                actual_fee=Money(row["fee_amount"], row["currency"]),
+                occurred_at=row["created_at"],
+                plugin=row["plugin"],
+                kind=row["kind"],
+                beneficiaries=beneficiaries,
+                attributes=attributes if isinstance(attributes, dict) else {},
+                reference=row["reference"],
+            )
+        )
+    return transactions
+
+
+async def dry_run_period(
+    proposed: RuleSet,
+    since: datetime,
+    until: datetime,
+    *,
+    statuses: Collection[str] | None = None,
+) -> DryRunReport:
+    """Re-price the period's payments with ``proposed`` (see ``dry_run``)."""
+    return dry_run(proposed, await past_transactions(since, until, statuses=statuses))
