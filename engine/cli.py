@@ -238,7 +238,7 @@ def _admin_key(data_dir: Path) -> str:
     path = data_dir / "admin_api_key"
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
-    key = f"mk_admin{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
+    key = f"mk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
     path.write_text(key + "\n", encoding="utf-8")
     path.chmod(0o600)
     return key
