@@ -111,6 +111,7 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """Start the stack on a fresh database; stop everything afterwards."""
     from engine.api.app import create_app
+
     from engine.api.keys import create_api_key
 
     port = find_free_port()
