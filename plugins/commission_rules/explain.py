@@ -167,9 +167,11 @@ def explain(order: Order, price: Money, rules: RuleSet) -> Explanation:
     for rule in rules.candidates(values):
         ref = RuleRef.of(rule)
         if rule is quote.rule:
-            reason = f"most specific: {rule.specificity} scope keys"
+            reason = f"{rule.specificity} scope keys"
             if rule.min_monthly_volume:
                 reason += f", volume tier {rule.min_monthly_volume}"
+            lead = "the only rule in force" if len(quote.matched) == 1 else "ranks highest"
+            reason = f"{lead} ({reason})"
             candidates.append(Candidate(ref, WON, reason))
         elif (rule.id, rule.version, rule.position) in applied:
             why = (

@@ -973,3 +973,18 @@ def test_hooks_register_schema_and_cli(spa_plugins: Plugins) -> None:
         info.hooks
     )
     assert [c.name for c in spa_plugins.cli_commands()] == ["commission"]
+
+
+def test_the_documented_example_config_is_valid_and_prices_as_described() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "commission_rules.md"
+    example = docs.read_text(encoding="utf-8").split("```toml\n", 1)[1].split("```", 1)[0]
+    plugins = plugins_from_toml(example)
+    massage = order(
+        beneficiaries={"venue": "acct_1GrandHotel"}, attributes={"service_type": "massage"}
+    )
+    assert plugins.commission(massage, massage.amount).rule_id == "venue-grand-hotel-massage"
+    elsewhere = order(attributes={"service_type": "massage"})
+    commission = plugins.commission(elsewhere, elsewhere.amount)
+    assert commission.amount.amount == 1_500
+    # The one-line explanation the docs show is the real one (versions are stable hashes).
+    assert f"rule spa-massage v{commission.rule_version} won" in docs.read_text(encoding="utf-8")
