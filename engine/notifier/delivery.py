@@ -1,0 +1,410 @@
+"""Delivering the outbox: signed webhooks and SMTP email, retried until sent or dead.
+
+``deliver_due(services, config)`` runs one pass: it claims the due rows with
+``FOR UPDATE SKIP LOCKED`` (so any number of processes can deliver side by
+side without sending a row twice), leases them by pushing ``next_attempt_at``
+past the time a send can take, commits, and only then talks to the network,
+so no transaction or row lock is held across slow I/O. Each row then becomes
+``sent``, or ``pending`` again after an exponential backoff with jitter, or
+``dead`` after ``max_attempts``. A process that dies mid-send leaves its rows
+leased; they are tried again when the lease runs out (the receiver dedupes by
+the notification id).
+
+``run_delivery_loop(services, stop)`` repeats passes until ``stop`` is set. A
+worker process hosts it next to the webhook sweeper.
+
+Outbound webhooks are signed exactly like Stripe signs its own:
+``Marketplace-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with
+``webhook_secret``, so the operator's app can verify them with the same code
+it would use for Stripe (the tolerance check included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import smtplib
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+import asyncpg
+import httpx
+
+from engine.notifier.config import CHANNEL_EMAIL, CHANNEL_WEBHOOK, PLUGIN, NotifierConfig
+from engine.notifier.outbox import WAKE, flush_pending
+from engine.observability import log_context
+from engine.webhooks.mailbox import backoff_seconds
+from engine.webhooks.signature import sign
+
+__all__ = [
+    "ATTEMPT_HEADER",
+    "IDEMPOTENCY_HEADER",
+    "SIGNATURE_HEADER",
+    "Claimed",
+    "DeliveryError",
+    "deliver_due",
+    "email_message",
+    "next_due_in",
+    "notifier_config",
+    "purge_sent",
+    "run_delivery_loop",
+    "send_email",
+    "send_webhook",
+]
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Marketplace-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+ATTEMPT_HEADER = "Marketplace-Delivery-Attempt"
+
+# Mail servers throttle parallel connections from one client; a few at a time
+# keeps a pass of many emails from being refused wholesale.
+EMAIL_CONCURRENCY = 4
+PURGE_EVERY_SECONDS = 3600.0
+_ERROR_LIMIT = 500
+
+_CLAIM = """
+UPDATE notifier_outbox AS o
+SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+FROM (
+    SELECT id FROM notifier_outbox
+    WHERE next_attempt_at <= now() AND status = 'pending'
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE o.id = due.id
+RETURNING o.id, o.kind, o.channel, o.payload::text AS payload, o.attempts
+"""
+
+# Guarded by ``attempts``: if our lease ran out and another process re-claimed
+# the row, its outcome is the one that counts.
+_MARK_SENT = """
+UPDATE notifier_outbox
+SET status = 'sent', sent_at = now(), next_attempt_at = NULL, last_error = ''
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+_MARK_FAILED = """
+UPDATE notifier_outbox
+SET last_error = $3,
+    status = CASE WHEN $4 THEN 'dead' ELSE 'pending' END,
+    next_attempt_at = CASE WHEN $4 THEN NULL ELSE now() + make_interval(secs => $5) END
+WHERE id = $1 AND attempts = $2 AND status = 'pending'
+"""
+
+_NEXT_DUE = """
+SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8
+FROM notifier_outbox WHERE next_attempt_at IS NOT NULL
+"""
+
+_PURGE = """
+DELETE FROM notifier_outbox
+WHERE status = 'sent' AND sent_at < now() - make_interval(days => $1)
+"""
+
+
+class DeliveryError(Exception):
+    """One try to deliver a notification did not succeed (it will be retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row this process has leased for one delivery try.
+
+    ``body`` is the stored JSON exactly as it will be sent and signed;
+    ``attempts`` counts this try.
+    """
+
+    id: str
+    kind: str
+    channel: str
+    body: bytes
+    attempts: int
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The notification as a dict."""
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+def notifier_config(services: Any) -> NotifierConfig | None:
+    """The notifier's config when the plugin is enabled in ``services``, else ``None``."""
+    runtime = services.plugins.runtime
+    if PLUGIN not in runtime.enabled:
+        return None
+    config = runtime.config(PLUGIN)
+    return config if isinstance(config, NotifierConfig) else None
+
+
+def _lease_seconds(config: NotifierConfig) -> float:
+    # Long enough for the slowest pass: one webhook timeout plus the emails of
+    # a full batch queued EMAIL_CONCURRENCY at a time, each up to its timeout.
+    # Too short would let another process re-send rows still in flight.
+    email_rounds = math.ceil(config.batch_size / EMAIL_CONCURRENCY)
+    return 60.0 + config.webhook_timeout_seconds + email_rounds * config.smtp_timeout_seconds
+
+
+async def _claim(pool: asyncpg.Pool, config: NotifierConfig) -> list[Claimed]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(_CLAIM, config.batch_size, _lease_seconds(config))
+    return [
+        Claimed(
+            id=row["id"],
+            kind=row["kind"],
+            channel=row["channel"],
+            body=str(row["payload"]).encode(),
+            attempts=int(row["attempts"]),
+        )
+        for row in rows
+    ]
+
+
+async def send_webhook(http: httpx.AsyncClient, config: NotifierConfig, row: Claimed) -> None:
+    """POST the notification, signed; any answer but 2xx (or no answer) raises ``DeliveryError``."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "marketplace-notifier/1",
+        # A fresh timestamp per try, as Stripe does, so retries pass the
+        # receiver's tolerance check however late they come.
+        SIGNATURE_HEADER: sign(row.body, config.webhook_secret, int(time.time())),
+        IDEMPOTENCY_HEADER: row.id,
+        ATTEMPT_HEADER: str(row.attempts),
+    }
+    try:
+        response = await http.post(
+            config.webhook_url,
+            content=row.body,
+            headers=headers,
+            timeout=config.webhook_timeout_seconds,
+        )
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+    if not 200 <= response.status_code < 300:
+        raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+def email_message(
+    config: NotifierConfig, notification_id: str, payload: Mapping[str, Any]
+) -> EmailMessage:
+    """The plain-text email for a stored notification."""
+    message = payload.get("message") or {}
+    email = EmailMessage()
+    email["From"] = config.email_from
+    email["To"] = ", ".join(config.email_to)
+    email["Subject"] = str(message.get("subject") or payload.get("type") or "Notification")
+    email["Date"] = formatdate(localtime=False)
+    # Stable across retries, so a mail client shows a re-sent notice once.
+    domain = config.email_from.rpartition("@")[2] or "marketplace.invalid"
+    email["Message-ID"] = f"<{notification_id}@{domain}>"
+    email["X-Marketplace-Notification-Id"] = notification_id
+    email["X-Marketplace-Notification-Type"] = str(payload.get("type") or "")
+    email.set_content(str(message.get("text") or json.dumps(payload, indent=2)))
+    return email
+
+
+def _smtp_send(config: NotifierConfig, email: EmailMessage) -> None:
+    """Blocking SMTP conversation; runs in a thread (``send_email``)."""
+    timeout = config.smtp_timeout_seconds
+    context = ssl.create_default_context()
+    smtp: smtplib.SMTP
+    if config.smtp_ssl:
+        smtp = smtplib.SMTP_SSL(
+            config.smtp_host, config.smtp_port, timeout=timeout, context=context
+        )
+    else:
+        smtp = smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=timeout)
+    with smtp:
+        if config.smtp_starttls:
+            smtp.starttls(context=context)
+        if config.smtp_username:
+            smtp.login(config.smtp_username, config.smtp_password)
+        smtp.send_message(email)
+
+
+async def send_email(config: NotifierConfig, row: Claimed) -> None:
+    """Send the notification by SMTP in a worker thread; failures raise ``DeliveryError``."""
+    email = email_message(config, row.id, row.payload)
+    try:
+        await asyncio.to_thread(_smtp_send, config, email)
+    except (OSError, smtplib.SMTPException) as exc:  # SMTPException covers refusals
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _mark_sent(pool: asyncpg.Pool, row: Claimed) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(_MARK_SENT, row.id, row.attempts)
+
+
+async def _mark_failed(
+    pool: asyncpg.Pool, config: NotifierConfig, row: Claimed, error: str
+) -> bool:
+    dead = row.attempts >= config.max_attempts
+    delay = backoff_seconds(row.attempts, config.backoff_base_seconds, config.backoff_cap_seconds)
+    async with pool.acquire() as conn:
+        await conn.execute(_MARK_FAILED, row.id, row.attempts, error[:_ERROR_LIMIT], dead, delay)
+    return dead
+
+
+async def _deliver_one(
+    pool: asyncpg.Pool,
+    config: NotifierConfig,
+    http: httpx.AsyncClient,
+    email_gate: asyncio.Semaphore,
+    row: Claimed,
+) -> bool:
+    account = str(row.payload.get("account") or "")
+    with log_context(account=account, subject=row.id):
+        try:
+            if row.channel == CHANNEL_WEBHOOK:
+                await send_webhook(http, config, row)
+            elif row.channel == CHANNEL_EMAIL:
+                async with email_gate:
+                    await send_email(config, row)
+            else:
+                raise DeliveryError(f"unknown channel {row.channel!r}")
+        except DeliveryError as exc:
+            dead = await _mark_failed(pool, config, row, str(exc))
+            if dead:
+                log.error(
+                    "notifier: %s %s (%s) is dead after %d attempts: %s",
+                    row.channel,
+                    row.id,
+                    row.kind,
+                    row.attempts,
+                    exc,
+                )
+            else:
+                log.warning(
+                    "notifier: %s %s attempt %d failed: %s", row.channel, row.id, row.attempts, exc
+                )
+            return False
+        await _mark_sent(pool, row)
+        log.info("notifier: %s %s (%s) sent", row.channel, row.id, row.kind)
+        return True
+
+
+async def deliver_due(
+    services: Any, config: NotifierConfig, *, http: httpx.AsyncClient | None = None
+) -> int:
+    """Claim the due notifications and try each once; return how many were tried.
+
+    Args:
+        services: the engine's ``Services`` (only ``services.db.pool`` is used).
+        config: the notifier's config (channels, retry policy).
+        http: a client to reuse across passes; one is made for this pass if omitted.
+
+    Returns:
+        The number of rows claimed (sent, rescheduled or dead). ``batch_size``
+        means more may be due right away.
+    """
+    pool: asyncpg.Pool = services.db.pool
+    rows = await _claim(pool, config)
+    if not rows:
+        return 0
+    email_gate = asyncio.Semaphore(EMAIL_CONCURRENCY)
+    async with contextlib.AsyncExitStack() as stack:
+        client: httpx.AsyncClient = (
+            http if http is not None else await stack.enter_async_context(httpx.AsyncClient())
+        )
+        results = await asyncio.gather(
+            *(_deliver_one(pool, config, client, email_gate, row) for row in rows),
+            return_exceptions=True,
+        )
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(result, BaseException):
+            # Marking failed (database gone): the lease expires and the row is
+            # tried again, which the idempotency id makes harmless.
+            log.warning("notifier: could not record the outcome of %s: %s", row.id, result)
+    return len(rows)
+
+
+async def next_due_in(pool: asyncpg.Pool) -> float | None:
+    """Seconds until the earliest pending row is due (negative if overdue), or ``None``."""
+    async with pool.acquire() as conn:
+        value = await conn.fetchval(_NEXT_DUE)
+    return None if value is None else float(value)
+
+
+async def purge_sent(pool: asyncpg.Pool, older_than_days: int) -> int:
+    """Delete sent rows older than ``older_than_days``; dead rows are kept for inspection."""
+    async with pool.acquire() as conn:
+        result: str = await conn.execute(_PURGE, older_than_days)
+    return int(result.rsplit(maxsplit=1)[-1])
+
+
+async def _pause(seconds: float, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Sleep up to ``seconds``; return early when stopped or woken by a fresh insert."""
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _one_pass(
+    services: Any, config: NotifierConfig, http: httpx.AsyncClient, state: dict[str, Any]
+) -> float:
+    """Flush, deliver, and say how long to wait before the next pass."""
+    pool: asyncpg.Pool = services.db.pool
+    await flush_pending(pool, state)
+    tried = await deliver_due(services, config, http=http)
+    if tried >= config.batch_size:
+        return 0.0
+    due_in = await next_due_in(pool)
+    if due_in is None:
+        return config.poll_interval_seconds
+    # A floor so rows another process has just locked do not make us spin.
+    return min(config.poll_interval_seconds, max(0.01, due_in))
+
+
+async def run_delivery_loop(services: Any, stop_event: asyncio.Event | None = None) -> None:
+    """Deliver notifications until ``stop_event`` is set (or the task is cancelled).
+
+    Returns at once when the notifier is not enabled or has no channel. Every
+    failure (database or network down) is logged and the loop carries on, so
+    it outlives restarts of everything it talks to. Safe to run in several
+    processes at once. Cancelling it at any point is safe: leased rows are
+    retried when their lease ends.
+
+    Args:
+        services: the engine's started ``Services``.
+        stop_event: set it to stop after the current pass.
+    """
+    config = notifier_config(services)
+    if config is None or not config.channels:
+        return
+    state = services.plugins.runtime.state(PLUGIN)
+    wake = asyncio.Event()
+    state[WAKE] = wake
+    stop = stop_event or asyncio.Event()
+    last_purge = 0.0
+    log.info("notifier: delivering to %s", ", ".join(config.channels))
+    try:
+        async with httpx.AsyncClient() as http:
+            while not stop.is_set():
+                wake.clear()
+                delay = config.poll_interval_seconds
+                try:
+                    delay = await _one_pass(services, config, http, state)
+                    if time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
+                        last_purge = time.monotonic()
+                        await purge_sent(services.db.pool, config.keep_sent_days)
+                except Exception:  # the loop must outlive database and network outages
+                    log.warning("notifier: delivery pass failed; will retry", exc_info=True)
+                if delay > 0:
+                    await _pause(delay, stop, wake)
+    finally:
+        if state.get(WAKE) is wake:
+            del state[WAKE]
