@@ -167,10 +167,12 @@ def rule_specs(draw: st.DrawFn, rule_id: str) -> RuleSpec:
             minimum[code], maximum[code] = sorted((minimum[code], maximum[code]))
     volume = draw(st.sampled_from([None, 0, 5_000, 50_000])) if currency else None
     dates = draw(st.lists(st.sampled_from(BOUNDARIES), max_size=2, unique=True))
-    start = end = None
+    open_ended: bool = draw(st.booleans())
+    start: datetime | None = None
+    end: datetime | None = None
     if len(dates) == 2:
         start, end = sorted(dates)
-    elif dates and draw(st.booleans()):
+    elif dates and open_ended:
         start = dates[0]
     elif dates:
         end = dates[0]
@@ -972,7 +974,7 @@ def test_hooks_register_schema_and_cli(spa_plugins: Plugins) -> None:
     assert {"register_cli_commands", "register_config_schema", "resolve_commission"} <= set(
         info.hooks
     )
-    assert [c.name for c in spa_plugins.cli_commands()] == ["commission"]
+    assert "commission" in [c.name for c in spa_plugins.cli_commands()]
 
 
 def test_the_documented_example_config_is_valid_and_prices_as_described() -> None:
