@@ -1,0 +1,92 @@
+"""What the account service takes and returns: new-account input, the account view, links.
+
+Plain msgspec structs (no HTTP): the API uses them as request and response
+bodies, and plugins may use them to read accounts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "ROLES",
+    "STATUSES",
+    "Account",
+    "AccountPage",
+    "NewAccount",
+    "OnboardingLink",
+    "Role",
+    "Status",
+]
+
+Role = Literal["creator", "provider", "venue"]
+ROLES: Final[tuple[str, ...]] = ("creator", "provider", "venue")
+
+Status = Literal["onboarding", "active", "restricted", "suspended"]
+STATUSES: Final[tuple[str, ...]] = ("onboarding", "active", "restricted", "suspended")
+
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=254,
+        pattern=r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+        examples=["ada@example.com"],
+    ),
+]
+Country = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2", examples=["US"])
+]
+CurrencyCode = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$", description="ISO 4217", examples=["usd"])
+]
+
+
+class NewAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A connected account to create for a creator, provider or venue."""
+
+    role: Role
+    display_name: DisplayName
+    email: Email | None = None
+    country: Country = "US"
+    default_currency: CurrencyCode | None = msgspec.field(
+        default=None,
+    )
+
+
+class Account(msgspec.Struct, frozen=True, kw_only=True):
+    """A connected account as the engine knows it (``id`` is Stripe's ``acct_...``)."""
+
+    id: str
+    role: str
+    display_name: str
+    email: str
+    country: str
+    default_currency: str
+    status: Status
+    charges_enabled: bool
+    payouts_enabled: bool
+    details_submitted: bool
+    requirements_due: list[str]
+    payout_failure_code: str | None
+    suspended: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class OnboardingLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A single-use Stripe-hosted onboarding page for a connected account."""
+
+    account_id: str
+    url: str
+    expires_at: int
+
+
+class AccountPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of accounts; ``next_after`` is the row id to continue after, if any."""
+
+    accounts: list[Account]
+    next_after: int | None

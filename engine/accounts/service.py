@@ -1,0 +1,344 @@
+"""Connected-account onboarding: create Express accounts, links, status, suspension.
+
+The business logic behind ``/v1/accounts`` (no HTTP here): the Stripe gateway
+creates the account and its onboarding links; ``marketplace_accounts`` keeps
+our copy of its status; every create, suspend and resume is audited.
+
+Status (``account_status``) is derived from what Stripe says: ``active`` when
+charges and payouts are enabled, ``restricted`` when Stripe disabled it or the
+details were submitted but it is not enabled yet, else ``onboarding``; the
+operator's ``suspended`` flag overrides all three. ``apply_stripe_account`` is
+order-insensitive: each snapshot carries a marker (the event's ``created``
+time), and a snapshot older than the one already applied changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
+from engine.core.errors import InvalidInput, NotFound
+from engine.core.money import normalize_currency
+from engine.gateway import StripeGateway, idempotency_key
+
+__all__ = [
+    "ACCOUNT_COLUMNS",
+    "AccountService",
+    "Executor",
+    "account_from_row",
+    "account_status",
+    "apply_stripe_account",
+]
+
+ACCOUNT_COLUMNS: Final = (
+    "id, stripe_account_id, role, display_name, email, country, default_currency, status, "
+    "charges_enabled, payouts_enabled, details_submitted, requirements_due, "
+    "payout_failure_code, suspended, created_at, updated_at"
+)
+
+# The same rule as account_status(), over the stored flags (used on resume).
+_STORED_STATUS_SQL: Final = (
+    "CASE WHEN charges_enabled AND payouts_enabled THEN 'active' "
+    "WHEN details_submitted THEN 'restricted' ELSE 'onboarding' END"
+)
+
+
+class Executor(Protocol):
+    """An asyncpg pool or connection: what the functions here query through."""
+
+    async def fetchrow(self, query: str, *args: object) -> Any:
+        """One row or ``None``."""
+
+    async def fetch(self, query: str, *args: object) -> Any:
+        """All rows."""
+
+    async def execute(self, query: str, *args: object) -> Any:
+        """A statement's status."""
+
+
+def account_status(stripe_account: Mapping[str, Any]) -> str:
+    """Our status for a Stripe account object: ``active``, ``restricted`` or ``onboarding``."""
+    requirements = stripe_account.get("requirements") or {}
+    if stripe_account.get("charges_enabled") and stripe_account.get("payouts_enabled"):
+        return "active"
+    if requirements.get("disabled_reason") or requirements.get("past_due"):
+        return "restricted"
+    if stripe_account.get("details_submitted"):
+        return "restricted"
+    return "onboarding"
+
+
+def _due(stripe_account: Mapping[str, Any]) -> list[str]:
+    requirements = stripe_account.get("requirements") or {}
+    return [str(item) for item in requirements.get("currently_due") or []]
+
+
+def account_from_row(row: Mapping[str, Any]) -> Account:
+    """Build the ``Account`` view from a ``marketplace_accounts`` row (``ACCOUNT_COLUMNS``)."""
+    due = row["requirements_due"]
+    if isinstance(due, str):
+        due = json.loads(due)
+    return Account(
+        id=row["stripe_account_id"],
+        role=row["role"],
+        display_name=row["display_name"],
+        email=row["email"],
+        country=row["country"],
+        default_currency=row["default_currency"],
+        status=row["status"],
+        charges_enabled=row["charges_enabled"],
+        payouts_enabled=row["payouts_enabled"],
+        details_submitted=row["details_submitted"],
+        requirements_due=[str(item) for item in due or []],
+        payout_failure_code=row["payout_failure_code"],
+        suspended=row["suspended"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def apply_stripe_account(
+    db: Executor, stripe_account: Mapping[str, Any], *, observed_at: int | None = None
+) -> Account | None:
+    """Update our row from a Stripe account object; return it, or ``None`` if unchanged.
+
+    Args:
+        db: an asyncpg pool or connection (a connection joins its transaction).
+        stripe_account: Stripe's account object (from an event or a retrieve).
+        observed_at: when Stripe produced this snapshot (an event's ``created``).
+            A snapshot older than the last one applied is ignored, so events
+            may arrive in any order. ``None`` means "read from Stripe just now":
+            always applied, and older events arriving later are then ignored.
+
+    Returns ``None`` for an unknown account or a stale snapshot.
+    """
+    marker = observed_at if observed_at is not None else int(time.time())
+    forced = observed_at is None
+    row = await db.fetchrow(
+        f"""
+        UPDATE marketplace_accounts
+        SET charges_enabled = $2, payouts_enabled = $3, details_submitted = $4,
+            requirements_due = $5::jsonb,
+            status = CASE WHEN suspended THEN 'suspended' ELSE $6 END,
+            payout_failure_code = CASE WHEN $3 THEN NULL ELSE payout_failure_code END,
+            stripe_updated_at = GREATEST(stripe_updated_at, $7), updated_at = now()
+        WHERE stripe_account_id = $1 AND ($8 OR stripe_updated_at <= $7)
+        RETURNING {ACCOUNT_COLUMNS}
+        """,  # noqa: S608 - constant columns
+        str(stripe_account.get("id")),
+        bool(stripe_account.get("charges_enabled")),
+        bool(stripe_account.get("payouts_enabled")),
+        bool(stripe_account.get("details_submitted")),
+        json.dumps(_due(stripe_account)),
+        account_status(stripe_account),
+        marker,
+        forced,
+    )
+    return None if row is None else account_from_row(row)
+
+
+async def _audit(db: Executor, actor: str, action: str, subject: str, data: object) -> None:
+    await db.execute(
+        "INSERT INTO marketplace_audit_log (actor, action, subject, data, created_at) "
+        "VALUES ($1, $2, $3, $4::jsonb, now())",
+        actor,
+        action,
+        subject,
+        json.dumps(data),
+    )
+
+
+class AccountService:
+    """Onboarding and status of connected accounts.
+
+    Args:
+        pool: the asyncpg pool.
+        gateway: the Stripe gateway.
+        public_url: the engine's public base address; Stripe sends the
+            account holder back to ``<public_url>/onboarding/<id>/return``
+            (or ``.../refresh`` when a link expired).
+    """
+
+    def __init__(self, pool: Any, gateway: StripeGateway, *, public_url: str) -> None:
+        self._pool = pool
+        self._gateway = gateway
+        self._public_url = public_url.rstrip("/")
+
+    async def create(
+        self, new: NewAccount, *, operation: str | None, actor: str
+    ) -> tuple[Account, OnboardingLink]:
+        """Create an Express account and its first onboarding link.
+
+        Args:
+            new: what to create.
+            operation: a token naming this business operation (a retried
+                request passes the same one), so Stripe creates one account
+                however often it is retried; ``None`` for a fresh one.
+            actor: who asked (for the audit log).
+
+        Raises:
+            InvalidInput / UnknownCurrency: a bad field (also as Stripe reports it).
+            GatewayError: Stripe failed.
+        """
+        currency = normalize_currency(new.default_currency) if new.default_currency else None
+        token = operation or uuid.uuid4().hex
+        params: dict[str, Any] = {
+            "type": "express",
+            "country": new.country,
+            "capabilities": {
+                "card_payments": {"requested": True},
+                "transfers": {"requested": True},
+            },
+            "business_profile": {"name": new.display_name},
+            "metadata": {"role": new.role},
+        }
+        if new.email:
+            params["email"] = new.email
+        if currency:
+            params["default_currency"] = currency
+        stripe_account = await self._gateway.call(
+            "accounts",
+            "create",
+            params=params,
+            idempotency_key=idempotency_key("account", "create", token),
+        )
+        account_id = str(stripe_account["id"])
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO marketplace_accounts
+                    (stripe_account_id, role, display_name, email, country, default_currency,
+                     status, charges_enabled, payouts_enabled, details_submitted,
+                     requirements_due, suspended, stripe_updated_at, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, false, 0,
+                        now(), now())
+                ON CONFLICT (stripe_account_id) DO NOTHING
+                RETURNING id
+                """,
+                account_id,
+                new.role,
+                new.display_name,
+                new.email or "",
+                str(stripe_account.get("country") or new.country),
+                str(stripe_account.get("default_currency") or currency or "usd"),
+                account_status(stripe_account),
+                bool(stripe_account.get("charges_enabled")),
+                bool(stripe_account.get("payouts_enabled")),
+                bool(stripe_account.get("details_submitted")),
+                json.dumps(_due(stripe_account)),
+            )
+            if inserted is not None:
+                await _audit(
+                    conn,
+                    actor,
+                    "account.create",
+                    account_id,
+                    {"role": new.role, "country": new.country, "operation": token},
+                )
+        link = await self.onboarding_link(account_id, operation=f"{token}:first")
+        return await self.get(account_id), link
+
+    async def onboarding_link(self, account_id: str, *, operation: str | None) -> OnboardingLink:
+        """A new onboarding link for an existing account.
+
+        Raises:
+            NotFound: no such account.
+        """
+        await self.get(account_id)
+        token = operation or uuid.uuid4().hex
+        base = f"{self._public_url}/onboarding/{account_id}"
+        link = await self._gateway.create_account_link(
+            account_id,
+            refresh_url=f"{base}/refresh",
+            return_url=f"{base}/return",
+            key=idempotency_key("account", account_id, "link", token),
+        )
+        return OnboardingLink(
+            account_id=account_id,
+            url=str(link["url"]),
+            expires_at=int(link.get("expires_at") or 0),
+        )
+
+    async def get(self, account_id: str) -> Account:
+        """Our copy of one account.
+
+        Raises:
+            NotFound: no such account.
+        """
+        row = await self._pool.fetchrow(
+            f"SELECT {ACCOUNT_COLUMNS} FROM marketplace_accounts WHERE stripe_account_id = $1",  # noqa: S608
+            account_id,
+        )
+        if row is None:
+            raise NotFound(f"no connected account {account_id!r}", account_id=account_id)
+        return account_from_row(row)
+
+    async def list_accounts(
+        self, *, after: int = 0, limit: int = 20, role: str | None = None
+    ) -> AccountPage:
+        """Accounts in creation order after row id ``after``."""
+        if not 1 <= limit <= 100:
+            raise InvalidInput("limit must be between 1 and 100", field="limit")
+        rows = await self._pool.fetch(
+            f"SELECT {ACCOUNT_COLUMNS} FROM marketplace_accounts "  # noqa: S608 - constant columns
+            "WHERE id > $1 AND ($2::text IS NULL OR role = $2) ORDER BY id LIMIT $3",
+            after,
+            role,
+            limit + 1,
+        )
+        accounts = [account_from_row(row) for row in rows[:limit]]
+        next_after = int(rows[limit - 1]["id"]) if len(rows) > limit else None
+        return AccountPage(accounts=accounts, next_after=next_after)
+
+    async def refresh(self, account_id: str) -> Account:
+        """Re-read the account from Stripe and store its status.
+
+        Raises:
+            NotFound: no such account (here or at Stripe).
+        """
+        await self.get(account_id)
+        stripe_account = await self._gateway.retrieve_account(account_id)
+        updated = await apply_stripe_account(self._pool, stripe_account)
+        return updated or await self.get(account_id)
+
+    async def suspend(self, account_id: str, *, actor: str, reason: str = "") -> Account:
+        """Stop the platform from charging for or paying out to an account.
+
+        Raises:
+            NotFound: no such account.
+        """
+        return await self._set_suspended(account_id, True, actor=actor, reason=reason)
+
+    async def resume(self, account_id: str, *, actor: str) -> Account:
+        """Lift a suspension; the status goes back to what Stripe last said.
+
+        Raises:
+            NotFound: no such account.
+        """
+        return await self._set_suspended(account_id, False, actor=actor, reason="")
+
+    async def _set_suspended(
+        self, account_id: str, suspended: bool, *, actor: str, reason: str
+    ) -> Account:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""
+                UPDATE marketplace_accounts
+                SET suspended = $2,
+                    status = CASE WHEN $2 THEN 'suspended' ELSE {_STORED_STATUS_SQL} END,
+                    updated_at = now()
+                WHERE stripe_account_id = $1
+                RETURNING {ACCOUNT_COLUMNS}
+                """,  # noqa: S608 - constant SQL fragments
+                account_id,
+                suspended,
+            )
+            if row is None:
+                raise NotFound(f"no connected account {account_id!r}", account_id=account_id)
+            action = "account.suspend" if suspended else "account.resume"
+            await _audit(conn, actor, action, account_id, {"reason": reason} if reason else {})
+        return account_from_row(row)

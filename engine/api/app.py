@@ -1,0 +1,292 @@
+"""The Litestar app factory: controllers, auth, idempotency, problems, OpenAPI, plugin routes.
+
+``create_app(services)`` builds a stateless app around services the caller
+opened (and closes): any number of these can serve behind a load balancer.
+``create_app_from_settings(settings)`` opens and closes the services in the
+app's own lifespan, for ``uvicorn --factory`` style serving and tests.
+
+Request flow: ``AuthMiddleware`` (API key -> ``Principal``) ->
+``IdempotencyMiddleware`` (POSTs with ``Idempotency-Key``) -> guards ->
+handler. Every error leaves as an RFC 9457 problem (``engine.api.problems``).
+OpenAPI is served at ``/schema`` (``/schema/openapi.json``, ``/schema/swagger``).
+
+When NATS is configured the app also serves the Stripe webhook intake
+(``/webhooks/stripe``, ``/webhooks/stripe/connect``) and the webhook admin API,
+starting the intake's publisher in its lifespan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Reference,
+    SecurityScheme,
+)
+from litestar.routes import HTTPRoute
+from litestar.types import ControllerRouterHandler
+
+from engine.api.accounts import AccountController
+from engine.api.api_keys import ApiKeyController
+from engine.api.auth import AuthMiddleware, KeyStore
+from engine.api.deps import SERVICES_STATE_KEY, dependencies, services_from_state
+from engine.api.health import METRICS_STATE_KEY, HealthController, MetricsController
+from engine.api.idempotency import IdempotencyMiddleware
+from engine.api.keys import ensure_api_key
+from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers
+from engine.core.plugins import Plugins, build_plugins
+from engine.core.settings import Settings
+from engine.observability import Metrics
+from engine.services import Services
+
+__all__ = ["API_VERSION", "create_app", "create_app_from_settings"]
+
+log = logging.getLogger(__name__)
+
+API_VERSION: Final = "1.0.0"
+KEYS_STATE_KEY: Final = "api_keys"
+WEBHOOKS_STATE_KEY: Final = "webhooks"
+WEBHOOK_INTAKE_STATE_KEY: Final = "webhook_intake"
+
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"bearerApiKey": []}, {"headerApiKey": []}]
+
+_PROBLEM_REF: Final = "#/components/schemas/Problem"
+
+Lifespan = Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    services: Services, *, webhooks: bool | None = None, debug: bool = False
+) -> Litestar:
+    """The API around already started ``services`` (the caller closes them).
+
+    Args:
+        services: the opened service container.
+        webhooks: serve the Stripe webhook intake and its admin API; by
+            default when ``nats.url`` is configured (the intake publishes there).
+        debug: Litestar's debug mode (never in production: tracebacks in logs only).
+    """
+    return _build(
+        services.settings,
+        services.plugins,
+        state={SERVICES_STATE_KEY: services},
+        lifespan=[],
+        webhooks=webhooks,
+        debug=debug,
+    )
+
+
+def create_app_from_settings(
+    settings: Settings,
+    *,
+    plugins: Plugins | None = None,
+    webhooks: bool | None = None,
+    debug: bool = False,
+) -> Litestar:
+    """The API that opens ``Services`` at start-up and closes them at shutdown."""
+    plugins = plugins or build_plugins(settings)
+
+    @contextlib.asynccontextmanager
+    async def run_services(app: Litestar) -> AsyncIterator[None]:
+        services = await Services.start(settings, plugins=plugins)
+        app.state[SERVICES_STATE_KEY] = services
+        try:
+            yield
+        finally:
+            del app.state[SERVICES_STATE_KEY]
+            await services.close()
+
+    return _build(
+        settings, plugins, state={}, lifespan=[run_services], webhooks=webhooks, debug=debug
+    )
+
+
+def _build(
+    settings: Settings,
+    plugins: Plugins,
+    *,
+    state: dict[str, Any],
+    lifespan: list[Lifespan],
+    webhooks: bool | None,
+    debug: bool,
+) -> Litestar:
+    keys = KeyStore()
+    metrics = Metrics()
+    app_state = State({**state, KEYS_STATE_KEY: keys, METRICS_STATE_KEY: metrics})
+
+    def pool() -> Any:
+        return services_from_state(app_state).db.pool
+
+    route_handlers: list[ControllerRouterHandler] = [
+        HealthController,
+        MetricsController,
+        ApiKeyController,
+        AccountController,
+    ]
+    lifespans: list[Lifespan] = [*lifespan, _bootstrap_key(settings)]
+    if settings.nats.url if webhooks is None else webhooks:
+        route_handlers += _webhook_handlers()
+        lifespans.append(_run_webhooks(metrics))
+    route_handlers += _plugin_handlers(plugins)
+
+    app = Litestar(
+        route_handlers=route_handlers,
+        middleware=[
+            AuthMiddleware(keys, pool),
+            IdempotencyMiddleware(
+                pool,
+                ttl_hours=settings.api.idempotency_ttl_hours,
+                max_body_bytes=settings.api.max_body_bytes,
+            ),
+        ],
+        dependencies=dependencies(),
+        exception_handlers=exception_handlers(),
+        lifespan=lifespans,
+        openapi_config=_openapi_config(),
+        request_max_body_size=settings.api.max_body_bytes,
+        state=app_state,
+        debug=debug,
+    )
+    _complete_openapi(app)
+    return app
+
+
+def _plugin_handlers(plugins: Plugins) -> list[ControllerRouterHandler]:
+    handlers: list[ControllerRouterHandler] = []
+    for item in plugins.routes():
+        handlers.append(item)  # type: ignore[arg-type]  # plugins register Litestar handlers
+    return handlers
+
+
+def _webhook_handlers() -> list[ControllerRouterHandler]:
+    # Imported here: the webhook package imports this package's auth module.
+    from engine.webhooks.admin import WebhookAdminController
+    from engine.webhooks.intake import webhook_routes
+
+    return [*webhook_routes(), WebhookAdminController]
+
+
+def _bootstrap_key(settings: Settings) -> Lifespan:
+    """Make sure ``api.bootstrap_admin_key`` (what ``marketplace up`` prints) exists."""
+
+    @contextlib.asynccontextmanager
+    async def ensure(app: Litestar) -> AsyncIterator[None]:
+        if settings.api.bootstrap_admin_key:
+            services = services_from_state(app.state)
+            key_id = await ensure_api_key(
+                services.db.pool, settings.api.bootstrap_admin_key, label="bootstrap admin key"
+            )
+            keys: KeyStore = app.state[KEYS_STATE_KEY]
+            keys.forget(key_id)
+        yield
+
+    return ensure
+
+
+def _run_webhooks(metrics: Metrics) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def run(app: Litestar) -> AsyncIterator[None]:
+        from engine.webhooks.service import WebhookService
+
+        service = await WebhookService.start(services_from_state(app.state), metrics)
+        app.state[WEBHOOKS_STATE_KEY] = service
+        app.state[WEBHOOK_INTAKE_STATE_KEY] = service.intake
+        try:
+            yield
+        finally:
+            await service.close()
+
+    return run
+
+
+def _openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Marketplace engine API",
+        version=API_VERSION,
+        description=(
+            "Payments for multi-party marketplaces. Authenticate with an API key "
+            "(`Authorization: Bearer mk_<key_id>_<secret>` or `X-API-Key`). Errors are "
+            "RFC 9457 problems (`application/problem+json`) with a stable `code`. "
+            "POSTs accept `Idempotency-Key`."
+        ),
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "bearerApiKey": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="mk_<key_id>_<secret>",
+                    description="An API key as a bearer token",
+                ),
+                "headerApiKey": SecurityScheme(
+                    type="apiKey",
+                    name="X-API-Key",
+                    security_scheme_in="header",
+                    description="The same API key in the X-API-Key header",
+                ),
+            }
+        ),
+        security=_SECURITY,
+        use_handler_docstrings=True,
+    )
+
+
+def _problem_response(description: str) -> OpenAPIResponse:
+    return OpenAPIResponse(
+        description=description,
+        content={
+            PROBLEM_MEDIA_TYPE: OpenAPIMediaType(schema=Reference("#/components/schemas/Problem"))
+        },
+    )
+
+
+def _complete_openapi(app: Litestar) -> None:
+    """Mark public operations as such and give every operation its problem responses.
+
+    Plugin and webhook routes declare only their success responses; here each
+    operation gets ``401``/``403`` (unless public) and a ``default`` problem,
+    so the published schema describes every response the API can send.
+    """
+    schema: OpenAPI = app.openapi_schema
+    if (
+        not schema.components
+        or not schema.components.schemas
+        or ("Problem" not in schema.components.schemas)
+    ):
+        raise RuntimeError("the Problem schema is missing from the OpenAPI components")
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or not schema.paths:
+            continue
+        path_item = schema.paths.get(route.path_format)
+        if path_item is None:
+            continue
+        for handler in route.route_handlers:
+            public = bool(handler.opt.get("public"))
+            for method in handler.http_methods:
+                operation = getattr(path_item, method.lower(), None)
+                if isinstance(operation, Operation):
+                    _complete_operation(operation, public=public)
+
+
+def _complete_operation(operation: Operation, *, public: bool) -> None:
+    responses = operation.responses if operation.responses is not None else {}
+    operation.responses = responses
+    if public:
+        operation.security = []
+    else:
+        responses.setdefault("401", _problem_response("No valid API key"))
+        responses.setdefault("403", _problem_response("The key's scope does not allow this"))
+    responses.setdefault("default", _problem_response("Any other error, as a problem"))
