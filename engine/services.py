@@ -82,6 +82,8 @@ class Services:
             nats=nats_client,
         )
         plugins.runtime.services = services
+        for start in plugins.startup_functions():
+            await start(services)
         return services
 
     async def nats_ready(self) -> bool:

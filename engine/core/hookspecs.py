@@ -17,7 +17,8 @@ Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pluggy
 
@@ -254,6 +255,22 @@ def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> Non
 
     Args:
         register: call with a ``DashboardPanel``.
+    """
+
+
+@hookspec
+def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+    """Run something once when a process's services have started.
+
+    Called in every API and worker process right after the engine has opened
+    the database and the Stripe gateway, before it serves requests or events.
+    Use it to load state your synchronous hooks need (a rule set saved by an
+    admin, say) into ``runtime.state(...)``.
+
+    Args:
+        register: call with ``async def start(services) -> None``; ``services``
+            is the engine's service container (``services.plugins.runtime`` is
+            the ``PluginRuntime``). An exception stops the process from starting.
     """
 
 

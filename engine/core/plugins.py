@@ -196,6 +196,10 @@ class Plugins:
         """Every enabled plugin's dashboard panels."""
         return self._collect("register_dashboard_panels", DashboardPanel)
 
+    def startup_functions(self) -> list[Callable[[Any], Any]]:
+        """Every enabled plugin's start-up coroutine functions (``register_startup``)."""
+        return [fn for fn in self._collect("register_startup", object) if callable(fn)]
+
     def tasks(self) -> list[Callable[..., Any]]:
         """Every enabled plugin's background task functions."""
         return [task for task in self._collect("register_tasks", object) if callable(task)]

@@ -88,6 +88,8 @@ class Payment(Table, tablename="marketplace_payments"):
     rule_id = Varchar(length=200, default="")
     rule_version = Integer(default=1)
     split = JSONB(default={})
+    # The order's scope values (beneficiaries are in the split), so history can be re-priced.
+    attributes = JSONB(default={})
     status = Varchar(length=32, default="pending")
     amount_refunded = BigInt(default=0)
     created_at = Timestamptz()

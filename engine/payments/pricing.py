@@ -41,7 +41,7 @@ class PricedOrder:
             "rule_id": self.commission.rule_id,
             "rule_version": self.commission.rule_version,
             "legs": [
-                {"role": leg.role, "account": leg.account_id, "amount": leg.amount.amount}
+                {"role": leg.role, "account_id": leg.account_id, "amount": leg.amount.amount}
                 for leg in self.split.legs
             ],
         }
@@ -92,9 +92,10 @@ async def record_payment(
         """
         INSERT INTO marketplace_payments
             (reference, plugin, kind, account_id, customer_id, stripe_payment_intent_id,
-             amount, currency, fee_amount, rule_id, rule_version, split, status,
+             amount, currency, fee_amount, rule_id, rule_version, split, attributes, status,
              amount_refunded, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, 0, now())
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14, 0,
+                now())
         ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET status = EXCLUDED.status
         RETURNING id
         """,
@@ -110,6 +111,7 @@ async def record_payment(
         priced.commission.rule_id,
         priced.commission.rule_version,
         json.dumps(priced.split_json()),
+        json.dumps(dict(order.attributes), default=str),
         status,
     )
     return int(payment_id)

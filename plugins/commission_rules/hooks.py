@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime, TableApp
 from engine.core.money import Money
 from engine.core.orders import Commission, Order
 from engine.core.plugins import hookimpl
-from plugins.commission_rules import cli
+from plugins.commission_rules import cli, store
 from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
 from plugins.commission_rules.services import active_rules
 from plugins.commission_rules.tables import APP_CONFIG
@@ -41,3 +42,13 @@ def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
 def register_tables(register: Callable[[TableApp], None]) -> None:
     """Rule versions and rule sets (``commission_rules_*`` tables)."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
+
+
+@hookimpl
+def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+    """Record the config's rule versions and put an admin-saved rule set in force."""
+
+    async def start(services: Any) -> None:
+        await store.sync_rules(services.plugins.runtime)
+
+    register(start)
