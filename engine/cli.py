@@ -310,8 +310,13 @@ async def _up(
         tasks.append(asyncio.create_task(sandbox.serve()))
         settings = _replace(settings, "stripe", api_base=f"http://127.0.0.1:{sandbox_port}")
         print(f"sandbox    {settings.stripe.api_base}  (offline Stripe)")
+    if not settings.stripe.webhook_secrets or not settings.stripe.connect_webhook_secrets:
+        settings = await _register_webhooks(settings, base)
+    from engine.worker.runtime import run_worker
+
+    worker = asyncio.create_task(run_worker(settings, plugins=plugins, stop=stop))
     api = asyncio.create_task(_serve_api(settings, plugins, stop))
-    await asyncio.sleep(0.5)
+    await _wait_healthy(base, api)
     print(f"api        {base}")
     print(f"docs       {base}/schema/swagger")
     print(f"health     {base}/health")
@@ -320,10 +325,49 @@ async def _up(
     print("Ctrl-C stops everything.")
     sys.stdout.flush()
     await stop.wait()
-    await api
+    await asyncio.gather(api, worker, return_exceptions=True)
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _register_webhooks(settings: Settings, base: str) -> Settings:
+    """Register the engine's endpoints with Stripe (the sandbox) and keep their secrets."""
+    from engine.gateway import StripeGateway
+    from engine.webhooks.setup import register_webhook_endpoints
+
+    gateway = StripeGateway(settings.stripe.secret_key, settings.stripe.api_base)
+    for _ in range(50):  # the sandbox may still be binding its port
+        try:
+            secrets_ = await register_webhook_endpoints(gateway, base)
+            break
+        except MarketplaceError:
+            await asyncio.sleep(0.1)
+    else:
+        secrets_ = await register_webhook_endpoints(gateway, base)
+    print(f"webhooks   {base}/webhooks/stripe and /webhooks/stripe/connect registered")
+    return _replace(
+        settings,
+        "stripe",
+        webhook_secrets=[secrets_.platform],
+        connect_webhook_secrets=[secrets_.connect],
+    )
+
+
+async def _wait_healthy(base: str, api: asyncio.Task[None]) -> None:
+    """Return once ``/health`` answers (or raise what the API task raised)."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            if api.done():
+                api.result()
+            try:
+                if (await client.get(f"{base}/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 # ---------------------------------------------------------------- parser
