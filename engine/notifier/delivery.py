@@ -10,8 +10,9 @@ so no transaction or row lock is held across slow I/O. Each row then becomes
 leased; they are tried again when the lease runs out (the receiver dedupes by
 the notification id).
 
-``run_delivery_loop(services, stop)`` repeats passes until ``stop`` is set. A
-worker process hosts it next to the webhook sweeper.
+``run_delivery_loop(services, stop)`` repeats passes until ``stop`` is set,
+one loop per channel so that a hung mail server never holds back webhooks (or
+a dead endpoint emails). A worker process hosts it next to the webhook sweeper.
 
 Outbound webhooks are signed exactly like Stripe signs its own:
 ``Marketplace-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with
@@ -77,7 +78,7 @@ UPDATE notifier_outbox AS o
 SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
 FROM (
     SELECT id FROM notifier_outbox
-    WHERE next_attempt_at <= now() AND status = 'pending'
+    WHERE next_attempt_at <= now() AND status = 'pending' AND channel = $3
     ORDER BY next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -104,7 +105,7 @@ WHERE id = $1 AND attempts = $2 AND status = 'pending'
 
 _NEXT_DUE = """
 SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8
-FROM notifier_outbox WHERE next_attempt_at IS NOT NULL
+FROM notifier_outbox WHERE next_attempt_at IS NOT NULL AND channel = $1
 """
 
 _PURGE = """
@@ -155,9 +156,9 @@ def _lease_seconds(config: NotifierConfig) -> float:
     return 60.0 + config.webhook_timeout_seconds + email_rounds * config.smtp_timeout_seconds
 
 
-async def _claim(pool: asyncpg.Pool, config: NotifierConfig) -> list[Claimed]:
+async def _claim(pool: asyncpg.Pool, config: NotifierConfig, channel: str) -> list[Claimed]:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(_CLAIM, config.batch_size, _lease_seconds(config))
+        rows = await conn.fetch(_CLAIM, config.batch_size, _lease_seconds(config), channel)
     return [
         Claimed(
             id=row["id"],
@@ -295,32 +296,48 @@ async def _deliver_one(
 
 
 async def deliver_due(
-    services: Any, config: NotifierConfig, *, http: httpx.AsyncClient | None = None
+    services: Any,
+    config: NotifierConfig,
+    *,
+    channel: str | None = None,
+    http: httpx.AsyncClient | None = None,
 ) -> int:
     """Claim the due notifications and try each once; return how many were tried.
 
     Args:
         services: the engine's ``Services`` (only ``services.db.pool`` is used).
         config: the notifier's config (channels, retry policy).
+        channel: deliver only this channel's rows; every configured channel
+            (one after the other) when omitted.
         http: a client to reuse across passes; one is made for this pass if omitted.
 
     Returns:
         The number of rows claimed (sent, rescheduled or dead). ``batch_size``
-        means more may be due right away.
+        for one channel means more may be due right away.
     """
     pool: asyncpg.Pool = services.db.pool
-    rows = await _claim(pool, config)
-    if not rows:
-        return 0
-    email_gate = asyncio.Semaphore(EMAIL_CONCURRENCY)
+    channels = (channel,) if channel else config.channels
+    tried = 0
     async with contextlib.AsyncExitStack() as stack:
         client: httpx.AsyncClient = (
             http if http is not None else await stack.enter_async_context(httpx.AsyncClient())
         )
-        results = await asyncio.gather(
-            *(_deliver_one(pool, config, client, email_gate, row) for row in rows),
-            return_exceptions=True,
-        )
+        for name in channels:
+            tried += await _deliver_channel(pool, config, name, client)
+    return tried
+
+
+async def _deliver_channel(
+    pool: asyncpg.Pool, config: NotifierConfig, channel: str, http: httpx.AsyncClient
+) -> int:
+    rows = await _claim(pool, config, channel)
+    if not rows:
+        return 0
+    email_gate = asyncio.Semaphore(EMAIL_CONCURRENCY)
+    results = await asyncio.gather(
+        *(_deliver_one(pool, config, http, email_gate, row) for row in rows),
+        return_exceptions=True,
+    )
     for row, result in zip(rows, results, strict=True):
         if isinstance(result, BaseException):
             # Marking failed (database gone): the lease expires and the row is
@@ -329,10 +346,10 @@ async def deliver_due(
     return len(rows)
 
 
-async def next_due_in(pool: asyncpg.Pool) -> float | None:
-    """Seconds until the earliest pending row is due (negative if overdue), or ``None``."""
+async def next_due_in(pool: asyncpg.Pool, channel: str) -> float | None:
+    """Seconds until ``channel``'s next pending row is due (negative: overdue; None: none)."""
     async with pool.acquire() as conn:
-        value = await conn.fetchval(_NEXT_DUE)
+        value = await conn.fetchval(_NEXT_DUE, channel)
     return None if value is None else float(value)
 
 
@@ -354,27 +371,64 @@ async def _pause(seconds: float, stop: asyncio.Event, wake: asyncio.Event) -> No
 
 
 async def _one_pass(
-    services: Any, config: NotifierConfig, http: httpx.AsyncClient, state: dict[str, Any]
+    services: Any,
+    config: NotifierConfig,
+    channel: str,
+    http: httpx.AsyncClient,
+    state: dict[str, Any],
 ) -> float:
-    """Flush, deliver, and say how long to wait before the next pass."""
+    """Flush, deliver one channel, and say how long to wait before the next pass."""
     pool: asyncpg.Pool = services.db.pool
     await flush_pending(pool, state)
-    tried = await deliver_due(services, config, http=http)
+    tried = await deliver_due(services, config, channel=channel, http=http)
     if tried >= config.batch_size:
         return 0.0
-    due_in = await next_due_in(pool)
+    due_in = await next_due_in(pool, channel)
     if due_in is None:
         return config.poll_interval_seconds
     # A floor so rows another process has just locked do not make us spin.
     return min(config.poll_interval_seconds, max(0.01, due_in))
 
 
+async def _channel_loop(
+    services: Any,
+    config: NotifierConfig,
+    channel: str,
+    http: httpx.AsyncClient,
+    stop: asyncio.Event,
+    *,
+    housekeeping: bool,
+) -> None:
+    state = services.plugins.runtime.state(PLUGIN)
+    wake = asyncio.Event()
+    wakers: set[asyncio.Event] = state.setdefault(WAKE, set())
+    wakers.add(wake)
+    last_purge = 0.0
+    try:
+        while not stop.is_set():
+            wake.clear()
+            delay = config.poll_interval_seconds
+            try:
+                delay = await _one_pass(services, config, channel, http, state)
+                if housekeeping and time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
+                    last_purge = time.monotonic()
+                    await purge_sent(services.db.pool, config.keep_sent_days)
+            except Exception:  # the loop must outlive database and network outages
+                log.warning("notifier: %s delivery pass failed; will retry", channel, exc_info=True)
+            if delay > 0:
+                await _pause(delay, stop, wake)
+    finally:
+        wakers.discard(wake)
+
+
 async def run_delivery_loop(services: Any, stop_event: asyncio.Event | None = None) -> None:
     """Deliver notifications until ``stop_event`` is set (or the task is cancelled).
 
-    Returns at once when the notifier is not enabled or has no channel. Every
-    failure (database or network down) is logged and the loop carries on, so
-    it outlives restarts of everything it talks to. Safe to run in several
+    Each configured channel runs its own loop, so a hung mail server delays
+    only emails and a dead webhook endpoint only webhooks. Returns at once
+    when the notifier is not enabled or has no channel. Every failure
+    (database or network down) is logged and the loop carries on, so it
+    outlives restarts of everything it talks to. Safe to run in several
     processes at once. Cancelling it at any point is safe: leased rows are
     retried when their lease ends.
 
@@ -385,26 +439,12 @@ async def run_delivery_loop(services: Any, stop_event: asyncio.Event | None = No
     config = notifier_config(services)
     if config is None or not config.channels:
         return
-    state = services.plugins.runtime.state(PLUGIN)
-    wake = asyncio.Event()
-    state[WAKE] = wake
     stop = stop_event or asyncio.Event()
-    last_purge = 0.0
     log.info("notifier: delivering to %s", ", ".join(config.channels))
-    try:
-        async with httpx.AsyncClient() as http:
-            while not stop.is_set():
-                wake.clear()
-                delay = config.poll_interval_seconds
-                try:
-                    delay = await _one_pass(services, config, http, state)
-                    if time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
-                        last_purge = time.monotonic()
-                        await purge_sent(services.db.pool, config.keep_sent_days)
-                except Exception:  # the loop must outlive database and network outages
-                    log.warning("notifier: delivery pass failed; will retry", exc_info=True)
-                if delay > 0:
-                    await _pause(delay, stop, wake)
-    finally:
-        if state.get(WAKE) is wake:
-            del state[WAKE]
+    async with httpx.AsyncClient() as http:
+        await asyncio.gather(
+            *(
+                _channel_loop(services, config, channel, http, stop, housekeeping=index == 0)
+                for index, channel in enumerate(config.channels)
+            )
+        )

@@ -184,8 +184,8 @@ def _keep(state: MutableMapping[str, Any], notifications: Iterable[Notification]
 
 
 def _wake(state: Mapping[str, Any]) -> None:
-    event = state.get(WAKE)
-    if isinstance(event, asyncio.Event):
+    """Tell this process's delivery loops (one event per channel) that rows arrived."""
+    for event in state.get(WAKE) or ():
         event.set()
 
 
@@ -241,18 +241,22 @@ def enqueue(runtime: PluginRuntime, notifications: list[Notification]) -> None:
 
 
 async def flush_pending(pool: asyncpg.Pool, state: MutableMapping[str, Any]) -> int:
-    """Store the notifications waiting in memory; on failure they stay for the next try."""
+    """Store the notifications waiting in memory; on failure they stay for the next try.
+
+    The batch is taken out of the list before the first ``await``, so two
+    loops flushing at once never store (or drop) the same rows twice.
+    """
     pending: list[Notification] = state.get(PENDING) or []
     if not pending:
         return 0
     batch = list(pending)
+    del pending[:]
     try:
         await store(pool, batch)
     except Exception:
+        pending[:0] = batch  # back in front, in order, ahead of newer arrivals
         log.warning("notifier: %d notification(s) still waiting for the database", len(batch))
         return 0
-    # Only what was stored is removed: hooks may have appended meanwhile.
-    del pending[: len(batch)]
     return len(batch)
 
 
