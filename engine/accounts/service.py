@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
-from engine.core.errors import InvalidInput, NotFound
-from engine.core.money import normalize_currency
+from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
+from engine.core.money import is_known_currency, normalize_currency
 from engine.gateway import StripeGateway, idempotency_key
 
 __all__ = [
@@ -184,7 +184,11 @@ class AccountService:
             InvalidInput / UnknownCurrency: a bad field (also as Stripe reports it).
             GatewayError: Stripe failed.
         """
-        currency = normalize_currency(new.default_currency) if new.default_currency else None
+        currency = None
+        if new.default_currency:
+            if not is_known_currency(new.default_currency):
+                raise UnknownCurrency(new.default_currency, field="default_currency")
+            currency = normalize_currency(new.default_currency)
         token = operation or uuid.uuid4().hex
         params: dict[str, Any] = {
             "type": "express",

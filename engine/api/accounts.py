@@ -11,7 +11,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import PathParameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
 
 from engine.accounts import Account, AccountService, NewAccount, OnboardingLink
 from engine.api.auth import Principal, requires_scope
@@ -54,7 +55,7 @@ class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
-def _operation(principal: Principal, idempotency_key: str | None) -> str | None:
+def _operation(principal: NamedDependency[Principal], idempotency_key: str | None) -> str | None:
     """Names the business operation for Stripe, so a retried request creates one account."""
     return None if idempotency_key is None else f"{principal.key_id}:{idempotency_key}"
 
@@ -74,9 +75,9 @@ class AccountController(Controller):
     )
     async def create_account(
         self,
-        data: NewAccount,
-        principal: Principal,
-        account_service: AccountService,
+        data: JSONBody[NewAccount],
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> AccountCreated:
         """Create a Stripe Express account for a creator, provider or venue.
@@ -97,8 +98,8 @@ class AccountController(Controller):
     )
     async def list_accounts(
         self,
-        principal: Principal,
-        account_service: AccountService,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
         limit: Limit = 20,
         cursor: Cursor = None,
     ) -> AccountList:
@@ -118,7 +119,10 @@ class AccountController(Controller):
         responses=problem_responses(*_READ_ERRORS),
     )
     async def get_account(
-        self, account_id: AccountId, principal: Principal, account_service: AccountService
+        self,
+        account_id: AccountId,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
     ) -> Account:
         """The account's status as last seen from Stripe (see ``refresh``)."""
         principal.ensure_visible(account_id)
@@ -133,8 +137,8 @@ class AccountController(Controller):
     async def create_onboarding_link(
         self,
         account_id: AccountId,
-        principal: Principal,
-        account_service: AccountService,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> OnboardingLink:
         """A fresh single-use link (links expire; the holder may need another)."""
@@ -153,8 +157,8 @@ class AccountController(Controller):
     async def refresh_account(
         self,
         account_id: AccountId,
-        principal: Principal,
-        account_service: AccountService,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Account:
         """Fetch charges/payouts enabled, details submitted and requirements now."""
@@ -172,9 +176,9 @@ class AccountController(Controller):
     async def suspend_account(
         self,
         account_id: AccountId,
-        principal: Principal,
-        account_service: AccountService,
-        data: SuspendAccount | None = None,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
+        data: JSONBody[SuspendAccount | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Account:
         """Stop charging for and paying out to the account until it is resumed."""
@@ -192,8 +196,8 @@ class AccountController(Controller):
     async def resume_account(
         self,
         account_id: AccountId,
-        principal: Principal,
-        account_service: AccountService,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Account:
         """Lift the suspension; the status returns to what Stripe last reported."""

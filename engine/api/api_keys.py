@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import PathParameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
 
 from engine.api.auth import KeyStore, requires_scope
 from engine.api.idempotency import IdempotencyKeyHeader
@@ -73,8 +74,8 @@ class ApiKeyController(Controller):
     )
     async def create(
         self,
-        services: Services,
-        data: NewApiKey,
+        services: NamedDependency[Services],
+        data: JSONBody[NewApiKey],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> ApiKeyCreated:
         """Create a key of a scope; the plaintext ``key`` is in this response only."""
@@ -99,7 +100,7 @@ class ApiKeyController(Controller):
         responses=problem_responses(400, 401, 403),
     )
     async def list_keys(
-        self, services: Services, limit: Limit = 50, cursor: Cursor = None
+        self, services: NamedDependency[Services], limit: Limit = 50, cursor: Cursor = None
     ) -> ApiKeyList:
         """Active keys in creation order, without secrets (cursor pagination)."""
         rows, next_after = await list_api_keys(
@@ -126,7 +127,7 @@ class ApiKeyController(Controller):
         responses=problem_responses(400, 401, 403, 404),
     )
     async def revoke(
-        self, request: Request[Any, Any, Any], services: Services, key_id: KeyId
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], key_id: KeyId
     ) -> None:
         """Revoke a key at once (other API processes stop accepting it within seconds)."""
         if not await revoke_api_key(services.db.pool, key_id):

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from engine.accounts import AccountService
 from engine.api.auth import Principal, principal_of
@@ -40,7 +40,9 @@ def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     return principal_of(request)
 
 
-def provide_account_service(services: Services, request: Request[Any, Any, Any]) -> AccountService:
+def provide_account_service(
+    services: NamedDependency[Services], request: Request[Any, Any, Any]
+) -> AccountService:
     """Dependency ``account_service``; onboarding links return to ``engine.public_url``."""
     public_url = services.settings.engine.public_url or str(request.base_url)
     return AccountService(services.db.pool, services.gateway, public_url=public_url)

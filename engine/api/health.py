@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from engine.api.auth import PUBLIC_OPT, requires_scope
@@ -86,7 +87,7 @@ class HealthController(Controller):
         summary="Readiness: database and NATS reachable",
         responses=problem_responses(503),
     )
-    async def ready(self, services: Services) -> Readiness:
+    async def ready(self, services: NamedDependency[Services]) -> Readiness:
         """200 when PostgreSQL and NATS answer; 503 naming the unreachable ones otherwise."""
         checks: dict[str, CheckState] = {
             "database": "ok" if await _database_ok(services) else "unavailable",

@@ -39,6 +39,7 @@ __all__ = [
     "IdempotencyInProgress",
     "IdempotencyKeyHeader",
     "IdempotencyMiddleware",
+    "request_fingerprint",
 ]
 
 IDEMPOTENCY_HEADER: Final = "idempotency-key"
@@ -132,7 +133,12 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await next_app(scope, replay_receive, send)
             return
         scope_key = f"{principal.key_id}:{key}"
-        request_hash = _request_hash(scope, body)
+        request_hash = request_fingerprint(
+            str(scope.get("method", "")),
+            str(scope.get("path", "")),
+            bytes(scope.get("query_string", b"")),
+            body,
+        )
         pool = self._pool()
         await self._purge_expired(pool)
         record_id = await self._claim(pool, scope_key, request_hash)
@@ -259,13 +265,11 @@ def _check_key(key: str) -> None:
         )
 
 
-def _request_hash(scope: Scope, body: bytes) -> str:
+def request_fingerprint(method: str, path: str, query_string: bytes, body: bytes) -> str:
+    """What makes two requests "the same" for an Idempotency-Key (hex SHA-256)."""
     digest = hashlib.sha256()
-    digest.update(str(scope.get("method", "")).encode())
-    digest.update(b"\n")
-    digest.update(str(scope.get("path", "")).encode())
-    digest.update(b"?")
-    digest.update(bytes(scope.get("query_string", b"")))
+    digest.update(f"{method}\n{path}?".encode())
+    digest.update(query_string)
     digest.update(b"\n")
     digest.update(body)
     return digest.hexdigest()
