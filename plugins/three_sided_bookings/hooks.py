@@ -1,4 +1,4 @@
-"""Hook implementations of the three_sided_bookings plugin."""
+"""Hook implementations of the three_sided_bookings plugin (hookimpls only)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ from collections.abc import Callable
 
 from engine.core.contributions import ConfigSection, PluginRuntime
 from engine.core.money import Money
-from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
+from engine.core.orders import Commission, Order, SplitPlan
 from engine.core.plugins import hookimpl
-from plugins.three_sided_bookings.config import ThreeSidedBookingsConfig
-
-PLUGIN = "three_sided_bookings"
+from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
+from plugins.three_sided_bookings.split import PROVIDER, VENUE, split_booking, terms_from_attributes
 
 
 @hookimpl
@@ -23,22 +22,21 @@ def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
 def resolve_split(
     order: Order, price: Money, commission: Commission, runtime: PluginRuntime
 ) -> SplitPlan | None:
-    """Platform fee first; the rest between provider and venue by the provider's share.
+    """Platform fee first; the rest between provider and venue by the booking's terms.
 
-    ``order.attributes["provider_share_bps"]`` (the provider agreement) overrides
-    the configured default.
+    The terms (provider agreement rate, venue rate or fixed fee) travel in
+    ``order.attributes`` (see ``ShareTerms.as_attributes``); without them the
+    provider gets ``provider_share_bps`` of the net and the venue the rest.
+    Synchronous and pure.
     """
     if order.plugin != PLUGIN:
         return None
     config: ThreeSidedBookingsConfig = runtime.config(PLUGIN)
-    provider_bps = int(order.attributes.get("provider_share_bps", config.provider_share_bps))
-    rest = price - commission.amount
-    provider, venue = rest.allocate([provider_bps, 10_000 - provider_bps])
-    return SplitPlan(
-        total=price,
-        legs=(
-            SplitLeg(PLATFORM, commission.amount),
-            SplitLeg("provider", provider, order.beneficiaries["provider"]),
-            SplitLeg("venue", venue, order.beneficiaries["venue"]),
-        ),
+    terms = terms_from_attributes(order.attributes, config.provider_share_bps)
+    return split_booking(
+        price,
+        commission.amount,
+        terms,
+        order.beneficiaries[PROVIDER],
+        order.beneficiaries[VENUE],
     )
