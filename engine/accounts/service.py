@@ -5,9 +5,9 @@ creates the account and its onboarding links; ``marketplace_accounts`` keeps
 our copy of its status; every create, suspend and resume is audited.
 
 Status (``account_status``) is derived from what Stripe says: ``active`` when
-charges and payouts are enabled, ``restricted`` when Stripe disabled it or the
-details were submitted but it is not enabled yet, else ``onboarding``; the
-operator's ``suspended`` flag overrides all three. ``apply_stripe_account`` is
+charges and payouts are enabled, ``restricted`` when Stripe rejected or paused
+it or the details were submitted but it is not enabled, else ``onboarding``;
+the operator's ``suspended`` flag overrides all three. ``apply_stripe_account`` is
 order-insensitive: each snapshot carries a marker (the event's ``created``
 time), and a snapshot older than the one already applied changes nothing.
 """
@@ -40,6 +40,9 @@ ACCOUNT_COLUMNS: Final = (
     "payout_failure_code, suspended, created_at, updated_at"
 )
 
+# Stripe disabled reasons that are not "the holder has not finished onboarding".
+_RESTRICTING_REASONS: Final = frozenset({"under_review", "platform_paused", "listed", "other"})
+
 # The same rule as account_status(), over the stored flags (used on resume).
 _STORED_STATUS_SQL: Final = (
     "CASE WHEN charges_enabled AND payouts_enabled THEN 'active' "
@@ -61,11 +64,22 @@ class Executor(Protocol):
 
 
 def account_status(stripe_account: Mapping[str, Any]) -> str:
-    """Our status for a Stripe account object: ``active``, ``restricted`` or ``onboarding``."""
+    """Our status for a Stripe account object: ``active``, ``restricted`` or ``onboarding``.
+
+    ``active``: charges and payouts enabled. ``restricted``: Stripe rejected or
+    paused the account, something is past due, or the holder submitted their
+    details and Stripe still does not enable it (under review). Otherwise
+    ``onboarding``: a new account's ``disabled_reason`` already reads
+    ``requirements.past_due`` (with nothing in ``past_due``) until its holder
+    finishes, which is not a restriction.
+    """
     requirements = stripe_account.get("requirements") or {}
     if stripe_account.get("charges_enabled") and stripe_account.get("payouts_enabled"):
         return "active"
-    if requirements.get("disabled_reason") or requirements.get("past_due"):
+    reason = str(requirements.get("disabled_reason") or "")
+    if reason.startswith("rejected") or reason in _RESTRICTING_REASONS:
+        return "restricted"
+    if requirements.get("past_due"):
         return "restricted"
     if stripe_account.get("details_submitted"):
         return "restricted"
