@@ -1,22 +1,44 @@
-"""Hook implementations of the creator_subscriptions plugin."""
+"""Hook implementations of the creator_subscriptions plugin (hookimpls only)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.core.contributions import ConfigSection
+from engine.core.contributions import ConfigSection, TableApp, WebhookRegistration
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import hookimpl
-from plugins.creator_subscriptions.config import CreatorSubscriptionsConfig
-
-PLUGIN = "creator_subscriptions"
+from plugins.creator_subscriptions import webhooks
+from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
+from plugins.creator_subscriptions.tables import APP_CONFIG
 
 
 @hookimpl
 def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
     """Declare ``[plugins.creator_subscriptions]``."""
     register(ConfigSection(plugin=PLUGIN, schema=CreatorSubscriptionsConfig))
+
+
+@hookimpl
+def register_tables(register: Callable[[TableApp], None]) -> None:
+    """Creators, tiers, fans, subscriptions, invoices, payments (``creator_subscriptions_*``)."""
+    register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
+
+
+@hookimpl
+def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+    """Subscriptions, invoices and one-time payments, order-insensitive and idempotent."""
+    for registration in webhooks.registrations():
+        register(registration)
+
+
+@hookimpl
+def register_routes(register: Callable[[object], None]) -> None:
+    """The ``/v1/creator_subscriptions/...`` controllers."""
+    from plugins.creator_subscriptions.controllers import CONTROLLERS
+
+    for controller in CONTROLLERS:
+        register(controller)
 
 
 @hookimpl

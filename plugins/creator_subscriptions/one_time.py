@@ -1,0 +1,421 @@
+"""One-time payments to a creator (tips, pay-per-view) and their refunds.
+
+A payment is one destination PaymentIntent on the platform:
+``transfer_data[destination]`` is the creator's account and
+``application_fee_amount`` the commission the hooks priced. Once Stripe says it
+succeeded (the API call's answer, or ``payment_intent.succeeded`` if the API
+process died first) it is settled once: the ledger posting mirrors the charge,
+the transfer and the application fee, keyed by the PaymentIntent.
+
+A refund passes ``reverse_transfer`` and ``refund_application_fee``, so Stripe
+pulls the creator's share and the platform's fee back in proportion; the
+amounts it reversed are read back from Stripe and posted as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
+from engine.core.money import Money, normalize_currency
+from engine.core.orders import Commission, LifecycleEvent
+from plugins.creator_subscriptions.config import PLUGIN
+from plugins.creator_subscriptions.env import (
+    Env,
+    creator_by_account,
+    op_key,
+    require_selling,
+)
+from plugins.creator_subscriptions.fans import fan_row
+from plugins.creator_subscriptions.postings import (
+    DestinationRefund,
+    charge_posting,
+    destination_charge_from,
+    payment_ledger_key,
+    refund_posting,
+)
+from plugins.creator_subscriptions.pricing import one_time_order, priced, record_engine_payment
+from plugins.creator_subscriptions.schemas import (
+    NewOneTimePayment,
+    NewRefund,
+    OneTimePaymentView,
+    RefundView,
+)
+
+__all__ = [
+    "KINDS",
+    "PAYMENT_METADATA",
+    "create_one_time_payment",
+    "get_one_time_payment",
+    "refund_one_time_payment",
+    "settle_one_time_payment",
+]
+
+KINDS = ("tip", "ppv")
+PAYMENT_METADATA = f"{PLUGIN}_payment_id"
+"""Metadata key on PaymentIntents naming our payment id."""
+
+
+def payment_view(row: asyncpg.Record) -> OneTimePaymentView:
+    """The API view of a payment row."""
+    return OneTimePaymentView(
+        id=int(row["id"]),
+        kind=str(row["kind"]),
+        fan_id=int(row["fan"]),
+        creator_account_id=str(row["account_id"]),
+        item_ref=str(row["item_ref"]),
+        amount=int(row["amount"]),
+        currency=str(row["currency"]),
+        application_fee=int(row["application_fee"]),
+        creator_earnings=int(row["creator_earnings"]),
+        status=str(row["status"]),
+        amount_refunded=int(row["amount_refunded"]),
+        payment_intent_id=row["payment_intent_id"],
+        rule_id=str(row["rule_id"]),
+        rule_version=int(row["rule_version"]),
+    )
+
+
+async def _payment_row(conn: asyncpg.Connection, payment_id: int, *, lock: bool = False) -> Any:
+    query = "SELECT * FROM creator_subscriptions_payments WHERE id = $1"
+    row = await conn.fetchrow(query + (" FOR UPDATE" if lock else ""), payment_id)
+    if row is None:
+        raise NotFound(f"no payment {payment_id}")
+    return row
+
+
+async def get_one_time_payment(env: Env, payment_id: int) -> OneTimePaymentView:
+    """One tip or pay-per-view payment."""
+    async with env.pool.acquire() as conn:
+        return payment_view(await _payment_row(conn, payment_id))
+
+
+async def create_one_time_payment(
+    env: Env, kind: str, new: NewOneTimePayment
+) -> OneTimePaymentView:
+    """Charge the fan's default payment method; the creator gets the amount less the fee.
+
+    Raises:
+        AccountNotReady: the creator cannot take charges yet (409).
+        CardDeclined: the card was declined (402); the payment is kept as ``failed``.
+    """
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown payment kind {kind!r}", field="kind")
+    config = env.config
+    async with env.pool.acquire() as conn:
+        creator = await creator_by_account(conn, new.creator_account_id)
+        require_selling(creator)
+        fan = await fan_row(conn, new.fan_id)
+        if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
+            raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")
+        currency = normalize_currency(new.currency or creator.default_currency)
+        amount = Money(new.amount, currency)
+        if not config.min_one_time_amount <= amount.amount <= config.max_one_time_amount:
+            raise InvalidInput(
+                f"a {kind} must be between {config.min_one_time_amount} and "
+                f"{config.max_one_time_amount} minor units",
+                field="amount",
+            )
+        async with conn.transaction():
+            inserted = await conn.fetchrow(
+                """
+                INSERT INTO creator_subscriptions_payments
+                    (kind, fan, creator, account_id, item_ref, note, amount, currency,
+                     status, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', now(), now())
+                RETURNING id, uid
+                """,
+                kind,
+                fan["id"],
+                creator.id,
+                creator.account_id,
+                new.item_ref,
+                new.note,
+                amount.amount,
+                currency,
+            )
+            payment_id = int(inserted["id"])
+            order = one_time_order(
+                kind=kind,
+                account_id=creator.account_id,
+                amount=amount,
+                reference=f"{PLUGIN}:payment:{payment_id}",
+                item_ref=new.item_ref,
+            )
+            pricing = await priced(env, conn, order)
+            await conn.execute(
+                """
+                UPDATE creator_subscriptions_payments
+                SET amount = $2, application_fee = $3, creator_earnings = $4, rule_id = $5,
+                    rule_version = $6
+                WHERE id = $1
+                """,
+                payment_id,
+                pricing.price.amount,
+                pricing.commission.amount.amount,
+                (pricing.price - pricing.commission.amount).amount,
+                pricing.commission.rule_id,
+                pricing.commission.rule_version,
+            )
+    try:
+        intent = await env.gateway.call(
+            "payment_intents",
+            "create",
+            params={
+                "amount": pricing.price.amount,
+                "currency": currency,
+                "customer": fan["stripe_customer_id"],
+                "payment_method": fan["default_payment_method"],
+                # A saved card confirmed server-side: no redirect-based method applies.
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "confirm": True,
+                "transfer_data": {"destination": creator.account_id},
+                "application_fee_amount": pricing.commission.amount.amount,
+                "description": f"{kind} for {creator.display_name}",
+                "metadata": {
+                    "plugin": PLUGIN,
+                    PAYMENT_METADATA: str(payment_id),
+                    "kind": kind,
+                    "creator_account": creator.account_id,
+                },
+            },
+            idempotency_key=op_key("payment", inserted["uid"], "create"),
+        )
+    except CardDeclined as exc:
+        async with env.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE creator_subscriptions_payments SET status = 'failed', failure_code = $2, "
+                "updated_at = now() WHERE id = $1",
+                payment_id,
+                str(exc.extra.get("decline_code") or exc.code),
+            )
+        raise
+    async with env.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE creator_subscriptions_payments SET payment_intent_id = $2 WHERE id = $1",
+            payment_id,
+            intent["id"],
+        )
+        if intent.get("status") == "succeeded":
+            async with conn.transaction():
+                notices = await settle_one_time_payment(env, conn, intent)
+            for notice in notices:
+                env.plugins.notify_lifecycle(notice)
+        return payment_view(await _payment_row(conn, payment_id))
+
+
+async def settle_one_time_payment(
+    env: Env, conn: asyncpg.Connection, intent: Mapping[str, Any]
+) -> list[LifecycleEvent]:
+    """Post a succeeded PaymentIntent of ours once (inside the caller's transaction).
+
+    Returns the lifecycle events to announce after commit (none if it was
+    already settled, or is not ours).
+    """
+    metadata = intent.get("metadata") or {}
+    if metadata.get("plugin") != PLUGIN or not metadata.get(PAYMENT_METADATA):
+        return []
+    payment_id = int(metadata[PAYMENT_METADATA])
+    row = await conn.fetchrow(
+        "SELECT * FROM creator_subscriptions_payments WHERE id = $1 FOR UPDATE", payment_id
+    )
+    if row is None or row["status"] not in {"pending", "failed"}:
+        return []
+    charge_id = intent.get("latest_charge")
+    if isinstance(charge_id, Mapping):
+        charge_id = charge_id.get("id")
+    charge = await env.gateway.call(
+        "charges", "retrieve", str(charge_id), params={"expand": ["balance_transaction"]}
+    )
+    facts = destination_charge_from(charge)
+    reference = f"{PLUGIN}:payment:{payment_id}"
+    await env.ledger.post(
+        charge_posting(
+            facts,
+            key=payment_ledger_key(str(intent["id"])),
+            kind=str(row["kind"]),
+            reference=reference,
+            description=f"{row['kind']} to {facts.destination}",
+        ),
+        conn=conn,
+    )
+    await conn.execute(
+        """
+        UPDATE creator_subscriptions_payments
+        SET status = 'succeeded', payment_intent_id = $2, charge_id = $3, transfer_id = $4,
+            application_fee = $5, creator_earnings = $6, stripe_fee = $7,
+            application_fee_id = $8, updated_at = now()
+        WHERE id = $1
+        """,
+        payment_id,
+        intent["id"],
+        facts.charge_id,
+        facts.transfer_id,
+        facts.platform_fee.amount,
+        facts.creator_earnings.amount,
+        facts.stripe_fee.amount,
+        facts.application_fee_id,
+    )
+    await _record_engine_payment(env, conn, row, intent, facts.charge_id)
+    return [
+        LifecycleEvent(
+            f"{PLUGIN}.{row['kind']}.succeeded",
+            subject_id=reference,
+            account_id=facts.destination,
+            data={
+                "amount": facts.amount.amount,
+                "currency": facts.amount.currency,
+                "application_fee": facts.platform_fee.amount,
+                "creator_earnings": facts.creator_earnings.amount,
+                "fan_id": int(row["fan"]),
+            },
+        )
+    ]
+
+
+async def _record_engine_payment(
+    env: Env, conn: asyncpg.Connection, row: Any, intent: Mapping[str, Any], charge_id: str
+) -> None:
+    """Record the payment in the engine's payments table (volume tiers, admin views).
+
+    The commission is the one priced at creation (its rule id and version),
+    never re-priced: history does not change when rules do.
+    """
+    order = one_time_order(
+        kind=str(row["kind"]),
+        account_id=str(row["account_id"]),
+        amount=Money(int(row["amount"]), str(row["currency"])),
+        reference=f"{PLUGIN}:payment:{row['id']}",
+        item_ref=str(row["item_ref"]),
+    )
+    await record_engine_payment(
+        env,
+        conn,
+        order,
+        Commission(
+            amount=Money(int(row["application_fee"]), str(row["currency"])),
+            rule_id=str(row["rule_id"]),
+            rule_version=int(row["rule_version"]),
+        ),
+        customer_id=str(intent.get("customer") or ""),
+        payment_intent_id=str(intent["id"]),
+        charge_id=charge_id,
+    )
+
+
+def refund_view(row: asyncpg.Record) -> RefundView:
+    """The API view of a refund row."""
+    return RefundView(
+        id=int(row["id"]),
+        stripe_refund_id=row["stripe_refund_id"],
+        amount=int(row["amount"]),
+        currency=str(row["currency"]),
+        transfer_reversed=int(row["transfer_reversed"]),
+        fee_refunded=int(row["fee_refunded"]),
+        status=str(row["status"]),
+    )
+
+
+async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> RefundView:
+    """Refund (part of) a payment, reversing the creator's transfer and the fee in proportion.
+
+    The payment row is locked for the whole operation, so concurrent refunds of
+    one payment are applied one after the other and each reads exactly what it
+    reversed.
+    """
+    async with env.pool.acquire() as conn, conn.transaction():
+        row = await _payment_row(conn, payment_id, lock=True)
+        if row["status"] not in {"succeeded", "partially_refunded"}:
+            raise Conflict(f"payment {payment_id} is {row['status']}", status=row["status"])
+        remaining = int(row["amount"]) - int(row["amount_refunded"])
+        amount = remaining if new.amount is None else new.amount
+        if not 0 < amount <= remaining:
+            raise InvalidInput(
+                f"refund amount {amount} exceeds the refundable {remaining}", field="amount"
+            )
+        sequence = await conn.fetchval(
+            "SELECT count(*) + 1 FROM creator_subscriptions_refunds WHERE payment = $1", payment_id
+        )
+        refund = await env.gateway.call(
+            "refunds",
+            "create",
+            params={
+                "charge": row["charge_id"],
+                "amount": amount,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+                **({"reason": new.reason} if new.reason else {}),
+                "metadata": {"plugin": PLUGIN, PAYMENT_METADATA: str(payment_id)},
+                "expand": ["transfer_reversal"],
+            },
+            idempotency_key=op_key("payment", row["uid"], "refund", sequence),
+        )
+        reversal = refund.get("transfer_reversal")
+        reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
+        fee_refunded = 0
+        if row["application_fee_id"]:
+            fee = await env.gateway.call("application_fees", "retrieve", row["application_fee_id"])
+            fee_refunded = int(fee.get("amount_refunded") or 0) - int(row["fee_refunded"])
+        currency = str(row["currency"])
+        facts = DestinationRefund(
+            refund_id=str(refund["id"]),
+            amount=Money(int(refund["amount"]), currency),
+            transfer_reversed=Money(reversed_amount, currency),
+            fee_refunded=Money(fee_refunded, currency),
+            destination=str(row["account_id"]),
+        )
+        reference = f"{PLUGIN}:payment:{payment_id}"
+        await env.ledger.post(
+            refund_posting(facts, reference=reference, description=f"refund of {row['kind']}"),
+            conn=conn,
+        )
+        refunded_total = int(row["amount_refunded"]) + facts.amount.amount
+        refund_row = await conn.fetchrow(
+            """
+            INSERT INTO creator_subscriptions_refunds
+                (payment, stripe_refund_id, amount, currency, transfer_reversed, fee_refunded,
+                 reason, status, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+            ON CONFLICT (stripe_refund_id) DO UPDATE SET status = EXCLUDED.status
+            RETURNING *
+            """,
+            payment_id,
+            facts.refund_id,
+            facts.amount.amount,
+            currency,
+            facts.transfer_reversed.amount,
+            facts.fee_refunded.amount,
+            new.reason or "",
+            str(refund.get("status") or "succeeded"),
+        )
+        await conn.execute(
+            """
+            UPDATE creator_subscriptions_payments
+            SET amount_refunded = $2, fee_refunded = fee_refunded + $3,
+                amount_reversed = amount_reversed + $4,
+                status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END,
+                updated_at = now()
+            WHERE id = $1
+            """,
+            payment_id,
+            refunded_total,
+            facts.fee_refunded.amount,
+            facts.transfer_reversed.amount,
+        )
+    env.plugins.notify_lifecycle(
+        LifecycleEvent(
+            f"{PLUGIN}.{row['kind']}.refunded",
+            subject_id=reference,
+            account_id=str(row["account_id"]),
+            data={
+                "amount": facts.amount.amount,
+                "currency": currency,
+                "transfer_reversed": facts.transfer_reversed.amount,
+                "fee_refunded": facts.fee_refunded.amount,
+            },
+        )
+    )
+    return refund_view(refund_row)
