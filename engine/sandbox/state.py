@@ -50,6 +50,12 @@ class SandboxOptions:
     frozen_clock: bool = False
     """If True the global clock only moves when advanced; else it follows real time."""
     idempotency_capacity: int = 200_000
+    invoice_finalize_delay: int = 3600
+    """Seconds a renewal invoice stays a draft before it is finalised and charged (Stripe: ~1 h)."""
+    invoice_retry_days: tuple[int, ...] = (3, 5, 7)
+    """Retries of a failed renewal payment, each this many days after the previous attempt."""
+    invoice_retries_exhausted: str = "cancel"
+    """The subscription when the last retry fails: `cancel`, `unpaid` or `past_due` (left as is)."""
 
 
 @dataclass

@@ -19,6 +19,10 @@ FIXTURES: dict[str, Any] = json.loads((SHARED if SHARED.exists() else PACKAGED).
 EXTRA_KEYS = {
     "charge": {"transfer"},  # destination charges
     "event": {"account"},  # events of connected accounts
+    # Fields of API version 2025-01-27.acacia, which the sandbox speaks; the newer example
+    # objects moved them (to `payments`/`parent`, and onto subscription items).
+    "invoice": {"payment_intent", "charge", "application_fee_amount", "transfer_data"},
+    "subscription": {"current_period_start", "current_period_end"},
 }
 
 DAY = 86_400
@@ -106,6 +110,7 @@ def served(sandbox_server: RunningSandbox) -> dict[str, dict[str, Any]]:
         account.id, params={"external_account": "btok_us_verified"}
     )
     deleted_customer = client.v1.customers.create()
+    billing = _billing_objects(sandbox, client, account.id)
     return {
         "account": _get(sandbox, f"/v1/accounts/{account.id}"),
         "account_link": link.to_dict(),
@@ -143,6 +148,51 @@ def served(sandbox_server: RunningSandbox) -> dict[str, dict[str, Any]]:
         "deleted_external_account": client.v1.accounts.external_accounts.delete(
             account.id, spare.id
         ).to_dict(),
+        **billing,
+    }
+
+
+def _billing_objects(sandbox: RunningSandbox, client: Any, destination: str) -> dict[str, Any]:
+    """A product, prices, a destination subscription with a proration, its invoice and lines."""
+    product = client.v1.products.create(params={"name": "Shape tier"})
+    prices = [
+        client.v1.prices.create(
+            params={
+                "product": product.id,
+                "currency": "usd",
+                "unit_amount": amount,
+                "recurring": {"interval": "month"},
+            }
+        )
+        for amount in (1_000, 2_000)
+    ]
+    billed = client.v1.customers.create(params={"email": "billed@example.com"})
+    card = client.v1.payment_methods.attach("pm_card_visa", params={"customer": billed.id})
+    subscription = client.v1.subscriptions.create(
+        params={
+            "customer": billed.id,
+            "items": [{"price": prices[0].id}],
+            "default_payment_method": card.id,
+            "transfer_data": {"destination": destination},
+            "application_fee_percent": 10,
+        }
+    )
+    item = subscription["items"].data[0]
+    client.v1.subscriptions.update(
+        subscription.id, params={"items": [{"id": item.id, "price": prices[1].id}]}
+    )
+    pending = client.v1.invoice_items.list(params={"pending": True}).data[0]
+    gone = client.v1.products.create(params={"name": "Gone"})
+    invoice = subscription.latest_invoice
+    return {
+        "product": _get(sandbox, f"/v1/products/{product.id}"),
+        "deleted_product": client.v1.products.delete(gone.id).to_dict(),
+        "price": _get(sandbox, f"/v1/prices/{prices[0].id}"),
+        "subscription": _get(sandbox, f"/v1/subscriptions/{subscription.id}"),
+        "subscription_item": _get(sandbox, f"/v1/subscription_items/{item.id}"),
+        "invoice": _get(sandbox, f"/v1/invoices/{invoice}"),
+        "line_item": _get(sandbox, f"/v1/invoices/{invoice}/lines")["data"][0],
+        "invoiceitem": _get(sandbox, f"/v1/invoiceitems/{pending.id}"),
     }
 
 
@@ -175,6 +225,14 @@ TYPES = [
     "deleted_webhook_endpoint",
     "deleted_account",
     "deleted_external_account",
+    "product",
+    "deleted_product",
+    "price",
+    "subscription",
+    "subscription_item",
+    "invoice",
+    "line_item",
+    "invoiceitem",
 ]
 
 
