@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
+from litestar.params import Parameter, PathParameter
 
 from engine.api.auth import requires_scope
 from engine.core.errors import NotFound
 from engine.webhooks.service import WebhookService
 
 __all__ = ["WebhookAdminController"]
+
+EventId = Annotated[str, PathParameter(max_length=255, description="Stripe's event id")]
+MailboxAccount = Annotated[
+    str, PathParameter(max_length=64, description="A connected account id, or 'platform'")
+]
 
 
 class MailboxView(msgspec.Struct, frozen=True):
@@ -93,7 +98,9 @@ class WebhookAdminController(Controller):
         summary="Replay one dead-lettered event",
         status_code=202,
     )
-    async def replay_event(self, request: Request[Any, Any, Any], event_id: str) -> ReplayResult:
+    async def replay_event(
+        self, request: Request[Any, Any, Any], event_id: EventId
+    ) -> ReplayResult:
         """Make the event pending again and resume its account (in order)."""
         accounts = await _service(request).replay(event_ids=[event_id])
         if not accounts:
@@ -106,6 +113,8 @@ class WebhookAdminController(Controller):
         summary="Replay every dead-lettered event of an account",
         status_code=202,
     )
-    async def replay_account(self, request: Request[Any, Any, Any], account: str) -> ReplayResult:
+    async def replay_account(
+        self, request: Request[Any, Any, Any], account: MailboxAccount
+    ) -> ReplayResult:
         """Resume a parked account: its dead events and everything queued behind them."""
         return ReplayResult(accounts=await _service(request).replay(account=account))

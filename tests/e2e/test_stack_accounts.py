@@ -1,0 +1,55 @@
+"""End to end: onboarding a connected account through the API, Stripe's webhooks and the worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from support.stack import Stack, running_stack
+
+
+@pytest.fixture
+async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
+    async with running_stack(fresh_database_url, nats_url, unique_name.upper()) as running:
+        yield running
+
+
+async def test_health_and_ready_over_http(stack: Stack) -> None:
+    assert (await stack.http.get("/health")).status_code == 200
+    ready = await stack.http.get("/ready")
+    assert ready.status_code == 200, ready.text
+
+
+async def test_onboarding_completes_through_account_updated_webhook(stack: Stack) -> None:
+    created = await stack.http.post(
+        "/v1/accounts",
+        json={"role": "creator", "display_name": "Ada Lovelace", "email": "ada@example.com"},
+    )
+    assert created.status_code == 201, created.text
+    account_id = created.json()["account"]["id"]
+    assert created.json()["account"]["charges_enabled"] is False
+    assert created.json()["onboarding_link"]["url"]
+
+    # The creator finishes Stripe's hosted onboarding (the sandbox's stand-in page).
+    completed = stack.sandbox.control(
+        "POST", f"/_sandbox/accounts/{account_id}/complete_onboarding"
+    )
+    assert completed["charges_enabled"] is True
+    await stack.settle()
+
+    account = (await stack.http.get(f"/v1/accounts/{account_id}")).json()
+    assert account["charges_enabled"] is True
+    assert account["payouts_enabled"] is True
+    assert account["status"] == "active"
+
+    # A creator-scoped key sees its own account and nothing else.
+    key = await stack.create_key("account", account_id)
+    creator = stack.client_for(key)
+    assert (await creator.get(f"/v1/accounts/{account_id}")).status_code == 200
+    other = await stack.http.post(
+        "/v1/accounts", json={"role": "creator", "display_name": "Grace Hopper"}
+    )
+    other_id = other.json()["account"]["id"]
+    assert (await creator.get(f"/v1/accounts/{other_id}")).status_code == 404
+    listing = (await creator.get("/v1/accounts")).json()
+    assert [item["id"] for item in listing["data"]] == [account_id]
