@@ -5,10 +5,11 @@ that Stripe changes independently carries the ``created`` time of the event
 that last set it. ``merge`` applies a snapshot of the Stripe subscription only
 to the groups whose stamp is not newer than the event:
 
-- ``status``: an older event never applies; at the same second the state
-  further along the lifecycle wins (``STATUS_RANK``), and a terminal state
+- ``status``: an older event never applies, and a terminal state
   (``canceled``, ``incomplete_expired``) is final whatever the stamps say,
-  because Stripe never reopens a cancelled subscription.
+  because Stripe never reopens a cancelled subscription. Two statuses stamped
+  with the same second are ambiguous (below); until resolved, the one further
+  along the lifecycle (``STATUS_RANK``) is kept.
 - ``period``: the current period only moves forward (the later end wins).
 - ``price``, ``cancel``, ``pause``: the newer event wins. Two different values
   stamped with the same second cannot be ordered from the events alone:
@@ -125,22 +126,25 @@ def snapshot_of(subscription: Mapping[str, Any]) -> Snapshot:
 
 def merge_status(
     state: SubscriptionState, status: str, created: int, *, force: bool = False
-) -> SubscriptionState:
-    """Apply one status seen at ``created`` (see the module rules); returns the new state.
+) -> tuple[SubscriptionState, bool]:
+    """Apply one status seen at ``created`` (see the module rules).
 
-    ``force`` (a fresh read from Stripe) wins a same-second tie outright.
+    Returns the new state and whether the event was ambiguous (a different,
+    non-terminal status stamped with the same second). ``force`` (a fresh read
+    from Stripe) wins such a tie outright.
     """
-    if state.status in TERMINAL_STATUSES or status == state.status:
-        if status == state.status and created > state.status_at_event:
-            return replace(state, status_at_event=created)
-        return state
-    newer = created > state.status_at_event or (force and created == state.status_at_event)
-    tie_wins = created == state.status_at_event and STATUS_RANK.get(status, 0) > STATUS_RANK.get(
-        state.status, 0
-    )
-    if status in TERMINAL_STATUSES or newer or tie_wins:
-        return replace(state, status=status, status_at_event=max(created, state.status_at_event))
-    return state
+    held = state.status
+    if held in TERMINAL_STATUSES or status == held:
+        if status == held and created > state.status_at_event:
+            return replace(state, status_at_event=created), False
+        return state, False
+    stamp = state.status_at_event
+    tie = created == stamp
+    if status in TERMINAL_STATUSES or created > stamp or (force and tie):
+        return replace(state, status=status, status_at_event=max(created, stamp)), False
+    if tie and STATUS_RANK.get(status, 0) > STATUS_RANK.get(held, 0):
+        return replace(state, status=status), True
+    return state, tie
 
 
 def merge(
@@ -157,10 +161,9 @@ def merge(
             every group whose stamp is not newer than ``created``.
     """
     changed: set[str] = set()
-    ambiguous = False
     new = state
 
-    after_status = merge_status(new, snapshot.status, created, force=force)
+    after_status, ambiguous = merge_status(new, snapshot.status, created, force=force)
     if after_status.status != new.status:
         changed.add("status")
     new = after_status
