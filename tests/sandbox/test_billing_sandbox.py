@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import stripe
 
-from engine.sandbox.testing import RunningSandbox
+from engine.sandbox.state import SandboxOptions
+from engine.sandbox.testing import RunningSandbox, running_sandbox
 
 DAY = 86_400
 HOUR = 3_600
@@ -657,3 +658,44 @@ def test_subscription_and_invoice_lists_and_items(client: Any) -> None:
     assert [line.amount for line in lines.data] == [1_000]
     created = event_types(client, "customer.subscription.created")
     assert [e.data.object.status for e in created] == ["active", "active"]
+
+
+def test_transfer_amount_percent_sends_a_share_of_each_invoice(
+    client: Any, destination: str
+) -> None:
+    shop = Shop(client, MAR_1_2026)
+    sub = shop.subscribe(
+        shop.price(1_999), transfer_data={"destination": destination, "amount_percent": 80}
+    )
+    assert sub.transfer_data.amount_percent == 80
+    invoice = client.v1.invoices.retrieve(sub.latest_invoice)
+    share = half_up(1_999 * 80, 100)  # 1599.2 -> 1599
+    assert invoice.transfer_data.amount == share
+    assert invoice.application_fee_amount is None
+    transfer = client.v1.transfers.retrieve(client.v1.charges.retrieve(invoice.charge).transfer)
+    assert transfer.amount == share
+    assert total(client, destination) == share
+    assert total(client) == 1_999 - processing_fee(1_999) - share
+
+
+def test_dunning_options_mark_unpaid_and_finalize_at_once() -> None:
+    options = SandboxOptions(
+        invoice_finalize_delay=0, invoice_retry_days=(1,), invoice_retries_exhausted="unpaid"
+    )
+    with running_sandbox(options=options) as sandbox:
+        client: Any = sandbox.client()
+        shop = Shop(client, MAR_1_2026)
+        sub = shop.subscribe(shop.price(1_000))
+        shop.attach("pm_card_chargeCustomerFail")
+        shop.advance(APR_1_2026)  # no draft hour: charged at the period's end
+        renewal = shop.invoices(sub.id)[-1]
+        assert (renewal.status, renewal.attempt_count) == ("open", 1)
+        assert renewal.next_payment_attempt == APR_1_2026 + DAY
+        shop.advance(APR_1_2026 + DAY)
+        assert client.v1.subscriptions.retrieve(sub.id).status == "unpaid"
+        shop.advance(MAY_1_2026 + HOUR)
+        latest = shop.invoices(sub.id)[-1]
+        assert (latest.status, latest.auto_advance) == ("draft", False)  # unpaid: left as drafts
+        paid = client.v1.invoices.pay(renewal.id, params={"payment_method": shop.card})
+        assert paid.status == "paid"
+        assert client.v1.subscriptions.retrieve(sub.id).status == "unpaid"  # latest is unpaid
