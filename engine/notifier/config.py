@@ -60,6 +60,9 @@ class NotifierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         batch_size: how many due notifications one pass claims and sends at once.
         keep_sent_days: sent notifications older than this are deleted (dead
             ones are kept for inspection).
+        run_delivery: run the delivery loop in every engine process (API and
+            worker) while its services are open; false leaves delivery to
+            whoever calls ``engine.notifier.delivery.run_delivery_loop``.
     """
 
     webhook_url: str = ""
@@ -81,6 +84,7 @@ class NotifierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     poll_interval_seconds: PositiveSeconds = 5.0
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
     keep_sent_days: Annotated[int, msgspec.Meta(ge=1)] = 30
+    run_delivery: bool = True
 
     def __post_init__(self) -> None:
         # ConfigError (not ValueError) so msgspec lets it through unchanged and

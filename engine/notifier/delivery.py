@@ -10,9 +10,12 @@ so no transaction or row lock is held across slow I/O. Each row then becomes
 leased; they are tried again when the lease runs out (the receiver dedupes by
 the notification id).
 
-``run_delivery_loop(services, stop)`` repeats passes until ``stop`` is set,
-one loop per channel so that a hung mail server never holds back webhooks (or
-a dead endpoint emails). A worker process hosts it next to the webhook sweeper.
+``run_delivery_loop(services, stop)`` repeats passes until ``stop`` is set or
+the services are closed, one loop per channel so that a hung mail server never
+holds back webhooks (or a dead endpoint emails). ``start_in_background`` (the
+plugin's ``register_startup`` function) runs it in every API and worker
+process; rows are claimed with ``SKIP LOCKED``, so more processes only add
+capacity.
 
 Outbound webhooks are signed exactly like Stripe signs its own:
 ``Marketplace-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`` with
@@ -48,6 +51,7 @@ from engine.webhooks.signature import sign
 __all__ = [
     "ATTEMPT_HEADER",
     "IDEMPOTENCY_HEADER",
+    "LOOPS",
     "SIGNATURE_HEADER",
     "Claimed",
     "DeliveryError",
@@ -59,6 +63,7 @@ __all__ = [
     "run_delivery_loop",
     "send_email",
     "send_webhook",
+    "start_in_background",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,7 @@ ATTEMPT_HEADER = "Marketplace-Delivery-Attempt"
 # keeps a pass of many emails from being refused wholesale.
 EMAIL_CONCURRENCY = 4
 PURGE_EVERY_SECONDS = 3600.0
+LOOPS = "delivery_loops"
 _ERROR_LIMIT = 500
 
 _CLAIM = """
@@ -148,17 +154,20 @@ def notifier_config(services: Any) -> NotifierConfig | None:
     return config if isinstance(config, NotifierConfig) else None
 
 
-def _lease_seconds(config: NotifierConfig) -> float:
-    # Long enough for the slowest pass: one webhook timeout plus the emails of
-    # a full batch queued EMAIL_CONCURRENCY at a time, each up to its timeout.
-    # Too short would let another process re-send rows still in flight.
-    email_rounds = math.ceil(config.batch_size / EMAIL_CONCURRENCY)
-    return 60.0 + config.webhook_timeout_seconds + email_rounds * config.smtp_timeout_seconds
+def _lease_seconds(config: NotifierConfig, channel: str) -> float:
+    # Long enough for the slowest pass of the channel, so no other process
+    # re-sends rows still in flight: webhooks of a batch go out concurrently,
+    # emails EMAIL_CONCURRENCY at a time, each up to its timeout. The margin
+    # covers connecting and recording the outcome.
+    if channel == CHANNEL_EMAIL:
+        rounds = math.ceil(config.batch_size / EMAIL_CONCURRENCY)
+        return 60.0 + rounds * config.smtp_timeout_seconds
+    return 60.0 + 2 * config.webhook_timeout_seconds
 
 
 async def _claim(pool: asyncpg.Pool, config: NotifierConfig, channel: str) -> list[Claimed]:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(_CLAIM, config.batch_size, _lease_seconds(config), channel)
+        rows = await conn.fetch(_CLAIM, config.batch_size, _lease_seconds(config, channel), channel)
     return [
         Claimed(
             id=row["id"],
@@ -271,6 +280,10 @@ async def _deliver_one(
                 await send_webhook(http, config, row)
             elif row.channel == CHANNEL_EMAIL:
                 async with email_gate:
+                    if pool.is_closing():
+                        # Shutting down: do not start a send that may take a
+                        # whole SMTP timeout; the lease hands the row on.
+                        return False
                     await send_email(config, row)
             else:
                 raise DeliveryError(f"unknown channel {row.channel!r}")
@@ -390,6 +403,15 @@ async def _one_pass(
     return min(config.poll_interval_seconds, max(0.01, due_in))
 
 
+def _database_open(services: Any) -> bool:
+    """Whether the services' pool is open and not closing (the process is not stopping)."""
+    try:
+        pool: asyncpg.Pool = services.db.pool  # raises RuntimeError once closed
+    except RuntimeError:
+        return False
+    return not pool.is_closing()
+
+
 async def _channel_loop(
     services: Any,
     config: NotifierConfig,
@@ -405,7 +427,7 @@ async def _channel_loop(
     wakers.add(wake)
     last_purge = 0.0
     try:
-        while not stop.is_set():
+        while not stop.is_set() and _database_open(services):
             wake.clear()
             delay = config.poll_interval_seconds
             try:
@@ -414,6 +436,8 @@ async def _channel_loop(
                     last_purge = time.monotonic()
                     await purge_sent(services.db.pool, config.keep_sent_days)
             except Exception:  # the loop must outlive database and network outages
+                if not _database_open(services):
+                    break  # the process is shutting down, not an outage
                 log.warning("notifier: %s delivery pass failed; will retry", channel, exc_info=True)
             if delay > 0:
                 await _pause(delay, stop, wake)
@@ -422,7 +446,7 @@ async def _channel_loop(
 
 
 async def run_delivery_loop(services: Any, stop_event: asyncio.Event | None = None) -> None:
-    """Deliver notifications until ``stop_event`` is set (or the task is cancelled).
+    """Deliver notifications until ``stop_event`` is set or the services are closed.
 
     Each configured channel runs its own loop, so a hung mail server delays
     only emails and a dead webhook endpoint only webhooks. Returns at once
@@ -448,3 +472,22 @@ async def run_delivery_loop(services: Any, stop_event: asyncio.Event | None = No
                 for index, channel in enumerate(config.channels)
             )
         )
+
+
+async def start_in_background(services: Any) -> None:
+    """``register_startup``: run ``run_delivery_loop`` for as long as ``services`` are open.
+
+    Does nothing when the notifier has no channel or ``run_delivery`` is off.
+    The task is kept in the plugin state (``"delivery_loops"``) so it is not
+    garbage-collected; it ends by itself after ``services.close()``, and is
+    cancelled with the event loop otherwise (safe: leases cover it).
+    """
+    config = notifier_config(services)
+    if config is None or not config.channels or not config.run_delivery:
+        return
+    loops: set[asyncio.Task[None]] = services.plugins.runtime.state(PLUGIN).setdefault(LOOPS, set())
+    task = asyncio.get_running_loop().create_task(
+        run_delivery_loop(services), name="notifier-delivery"
+    )
+    loops.add(task)
+    task.add_done_callback(loops.discard)

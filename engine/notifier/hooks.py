@@ -3,18 +3,20 @@
 The two broadcast hooks turn what happened into outbox rows and return at once:
 they never await network I/O and never raise into the engine (a notice that
 cannot be queued is logged and dropped, the money movement stands). Delivery
-happens in ``engine.notifier.delivery.run_delivery_loop``, hosted by workers.
+happens in ``engine.notifier.delivery.run_delivery_loop``, which
+``register_startup`` starts in every API and worker process.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime, TableApp
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.plugins import hookimpl
-from engine.notifier import cli
+from engine.notifier import cli, delivery
 from engine.notifier.config import PLUGIN, NotifierConfig
 from engine.notifier.outbox import enqueue, lifecycle_notifications, payout_failure_notifications
 from engine.notifier.tables import APP_CONFIG
@@ -37,6 +39,12 @@ def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
 def register_tables(register: Callable[[TableApp], None]) -> None:
     """The ``notifier_outbox`` table."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
+
+
+@hookimpl
+def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+    """Start the delivery loop in the background once the process's services are open."""
+    register(delivery.start_in_background)
 
 
 @hookimpl

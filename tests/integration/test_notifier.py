@@ -37,6 +37,7 @@ from engine.infra.processes import find_free_port
 from engine.notifier.delivery import (
     ATTEMPT_HEADER,
     IDEMPOTENCY_HEADER,
+    LOOPS,
     SIGNATURE_HEADER,
     deliver_due,
     notifier_config,
@@ -249,21 +250,22 @@ class Notifier:
 async def running_notifier(
     database_url: str, *, loop: bool = True, **notifier: Any
 ) -> AsyncIterator[Notifier]:
-    settings = notifier_settings(database_url, **notifier)
+    """Services with the notifier; ``loop`` lets start-up host the delivery loop itself."""
+    settings = notifier_settings(database_url, run_delivery=loop, **notifier)
     plugins = build_plugins(settings)
     await migrate(database_url, plugins.table_apps())
     services = await Services.start(settings, plugins=plugins, connect_nats=False)
     running = Notifier(plugins, services, asyncio.Event(), [])
-    if loop:
-        running.start_loop()
+    hosted = set(plugins.runtime.state("notifier").get(LOOPS, ()))
+    assert len(hosted) == (1 if loop else 0), "start-up hosts exactly one delivery loop"
     try:
         yield running
     finally:
         running.stop.set()
-        for task in running.loops:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
         await services.close()
+        # Both kinds of loop end by themselves: on ``stop`` or once services close.
+        for task in [*running.loops, *hosted]:
+            await asyncio.wait_for(task, 10)
 
 
 async def wait_until(
@@ -522,33 +524,41 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
 ) -> None:
     """End to end: Stripe's signed ``payout.failed`` -> intake -> worker -> hook -> notices."""
     with running_receiver() as receiver:
-        settings = settings_from_mapping(
-            {
-                "database": {"url": fresh_database_url, "pool_max": 6},
-                "nats": {"url": nats_url, "stream": unique_name.upper()},
-                "stripe": {
-                    "webhook_secrets": [PLATFORM_SECRET],
-                    "connect_webhook_secrets": [CONNECT_SECRET],
-                },
-                "webhooks": {"sweep_interval_seconds": 0.2, "lease_seconds": 5},
-                "plugins": {
-                    "enabled": ["notifier"],
-                    "notifier": {
-                        **webhook_to(receiver),
-                        **email_to(smtp.port),
-                        "smtp_starttls": False,
-                        "poll_interval_seconds": 0.05,
+
+        def settings_for(*, delivers: bool) -> Any:
+            return settings_from_mapping(
+                {
+                    "database": {"url": fresh_database_url, "pool_max": 6},
+                    "nats": {"url": nats_url, "stream": unique_name.upper()},
+                    "stripe": {
+                        "webhook_secrets": [PLATFORM_SECRET],
+                        "connect_webhook_secrets": [CONNECT_SECRET],
                     },
-                },
-            }
-        )
-        plugins = build_plugins(settings)
-        await migrate(fresh_database_url, plugins.table_apps())
-        services = await Services.start(settings, plugins=plugins)
+                    "webhooks": {"sweep_interval_seconds": 0.2, "lease_seconds": 5},
+                    "plugins": {
+                        "enabled": ["notifier"],
+                        "notifier": {
+                            **webhook_to(receiver),
+                            **email_to(smtp.port),
+                            "smtp_starttls": False,
+                            "poll_interval_seconds": 0.05,
+                            "run_delivery": delivers,
+                        },
+                    },
+                }
+            )
+
+        # The API side does not deliver, so what arrives was sent by the loop
+        # the worker's start-up hosts.
+        api_settings = settings_for(delivers=False)
+        worker_settings = settings_for(delivers=True)
+        api_plugins = build_plugins(api_settings)
+        worker_plugins = build_plugins(worker_settings)
+        await migrate(fresh_database_url, api_plugins.table_apps())
+        services = await Services.start(api_settings, plugins=api_plugins)
         webhooks = await WebhookService.start(services, Metrics())
         stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(settings, plugins=plugins, stop=stop))
-        delivery = asyncio.create_task(run_delivery_loop(services, stop))
+        worker = asyncio.create_task(run_worker(worker_settings, plugins=worker_plugins, stop=stop))
         try:
             payout = {
                 "id": "po_e2e_1",
@@ -570,9 +580,8 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
             )
         finally:
             stop.set()
-            for task in (worker, delivery):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker, 10)
             await webhooks.close()
             await services.close()
 
