@@ -699,3 +699,34 @@ def test_dunning_options_mark_unpaid_and_finalize_at_once() -> None:
         paid = client.v1.invoices.pay(renewal.id, params={"payment_method": shop.card})
         assert paid.status == "paid"
         assert client.v1.subscriptions.retrieve(sub.id).status == "unpaid"  # latest is unpaid
+
+
+def test_item_metadata_and_quantity_change(client: Any) -> None:
+    shop = Shop(client, MAR_1_2026)
+    price = shop.price(1_000)
+    sub = client.v1.subscriptions.create(
+        params={
+            "customer": shop.customer.id,
+            "items": [{"price": price, "metadata": {"seat": "team"}}],
+        }
+    )
+    item = sub["items"].data[0]
+    assert item.metadata["seat"] == "team"
+    shop.advance(MAR_1_2026 + 10 * DAY)
+    updated = client.v1.subscriptions.update(
+        sub.id,
+        params={
+            "items": [{"id": item.id, "quantity": 2, "metadata": {"seats": "2"}}],
+            "proration_behavior": "always_invoice",
+        },
+    )
+    item = updated["items"].data[0]
+    assert (item.quantity, item.metadata.to_dict()) == (2, {"seat": "team", "seats": "2"})
+    invoice = client.v1.invoices.retrieve(updated.latest_invoice)
+    assert [line.amount for line in invoice.lines.data] == [-677, 1_355]
+    assert invoice.lines.data[1].description == "Remaining time on 2 × Gold tier after 11 Mar 2026"
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.subscriptions.update(
+            sub.id, params={"items": [{"id": item.id, "deleted": True}]}
+        )  # a subscription keeps at least one item
+    assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].quantity == 2

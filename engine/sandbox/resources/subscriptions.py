@@ -141,6 +141,8 @@ class ItemChange:
     price: Obj
     quantity: int
     deleted: bool = False
+    metadata: Obj | None = None
+    """`items[i][metadata]` as sent (merged into the item's metadata), if any."""
 
 
 def _plan(price: Obj) -> Obj:
@@ -169,8 +171,21 @@ def _plan(price: Obj) -> Obj:
     }
 
 
+def _merged(current: Obj, updates: Obj) -> Obj:
+    """Stripe's metadata update: merge; an empty value removes the key; `{}` from `""` clears."""
+    if not updates:
+        return {}
+    result = dict(current)
+    for key, value in updates.items():
+        if value == "":
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
+
+
 def _new_item(
-    state: SandboxState, subscription: Obj, price: Obj, quantity: int, metadata: Obj
+    state: SandboxState, subscription: Obj, price: Obj, quantity: int, metadata: Obj | None
 ) -> Obj:
     item = build(
         "subscription_item",
@@ -180,7 +195,7 @@ def _new_item(
         current_period_end=subscription["current_period_end"],
         current_period_start=subscription["current_period_start"],
         discounts=[],
-        metadata=metadata,
+        metadata=_merged({}, metadata or {}),
         plan=_plan(price),
         price=price,
         quantity=quantity,
@@ -243,7 +258,15 @@ def _item_changes(call: Call, subscription: Obj | None) -> list[ItemChange]:
         if quantity < 0:
             raise invalid("Quantity must be non-negative.", param=f"items[{index}][quantity]")
         deleted = to_bool(entry.get("deleted", False), f"items[{index}][deleted]")
-        changes.append(ItemChange(item, price, quantity, deleted))
+        raw_metadata = entry.get("metadata")
+        metadata: Obj | None
+        if raw_metadata == "":
+            metadata = {}
+        elif raw_metadata is None or isinstance(raw_metadata, dict):
+            metadata = raw_metadata
+        else:
+            raise invalid("Invalid hash", param=f"items[{index}][metadata]")
+        changes.append(ItemChange(item, price, quantity, deleted, metadata))
     return changes
 
 
@@ -402,7 +425,7 @@ def create_subscription(call: Call) -> Obj:
     _apply_cancellation(call, subscription, {}, now)
     state.put(subscription, call.account, "subscription")
     for change in changes:
-        item = _new_item(state, subscription, change.price, change.quantity, {})
+        item = _new_item(state, subscription, change.price, change.quantity, change.metadata)
         subscription["items"]["data"].append(item)
     state.private(customer["id"]).setdefault("subscriptions", []).append(sub_id)
     if customer["currency"] is None:
@@ -731,7 +754,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
     items: list[Obj] = subscription["items"]["data"]
     snapshot = copy.deepcopy(subscription["items"])
     old_items = list(items)
-    before = {i["id"]: (i["price"], i["plan"], i["quantity"]) for i in old_items}
+    before = {i["id"]: (i["price"], i["plan"], i["quantity"], i["metadata"]) for i in old_items}
     olds = [(c.item["price"], c.item["quantity"]) if c.item else None for c in changes]
     old_key = _recurring_key(items[0]["price"])
     kept_period = (
@@ -754,7 +777,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
         if new_cycle:
             if proration != "none":
                 for item in old_items:
-                    price, _, quantity = before[item["id"]]
+                    price, _, quantity, _ = before[item["id"]]
                     _prorate_item(
                         state,
                         subscription,
@@ -789,7 +812,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
     except StripeError:
         items[:] = old_items
         for item in old_items:
-            item["price"], item["plan"], item["quantity"] = before[item["id"]]
+            item["price"], item["plan"], item["quantity"], item["metadata"] = before[item["id"]]
         subscription["billing_cycle_anchor"] = kept_period[2]
         state.private(subscription["id"])["cycle"] = kept_period[3]
         _set_period(subscription, kept_period[0], kept_period[1])
@@ -858,7 +881,9 @@ def _apply_items(state: SandboxState, subscription: Obj, changes: list[ItemChang
     removed: list[Obj] = []
     for change in changes:
         if change.item is None:
-            change.item = _new_item(state, subscription, change.price, change.quantity, {})
+            change.item = _new_item(
+                state, subscription, change.price, change.quantity, change.metadata
+            )
             items.append(change.item)
             continue
         if change.deleted:
@@ -869,6 +894,8 @@ def _apply_items(state: SandboxState, subscription: Obj, changes: list[ItemChang
             change.item["price"] = change.price
             change.item["plan"] = _plan(change.price)
         change.item["quantity"] = change.quantity
+        if change.metadata is not None:
+            change.item["metadata"] = _merged(change.item["metadata"], change.metadata)
     return removed
 
 
