@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import Any, Final, get_args
 
+import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -33,6 +34,7 @@ from litestar.openapi.spec import (
     OpenAPIResponse,
     Operation,
     Reference,
+    Schema,
     SecurityScheme,
 )
 from litestar.routes import HTTPRoute
@@ -256,9 +258,11 @@ def _problem_response(description: str) -> OpenAPIResponse:
 def _complete_openapi(app: Litestar) -> None:
     """Mark public operations as such and give every operation its problem responses.
 
-    Plugin and webhook routes declare only their success responses; here each
-    operation gets ``401``/``403`` (unless public) and a ``default`` problem,
-    so the published schema describes every response the API can send.
+    Request bodies that refuse unknown fields get ``additionalProperties:
+    false``. Plugin and webhook routes declare only their success responses; here each
+    operation's error responses become problems, and it gets ``401``/``403``
+    (unless public) and a ``default`` problem, so the published schema
+    describes every response the API can send.
     """
     schema: OpenAPI = app.openapi_schema
     if (
@@ -267,6 +271,10 @@ def _complete_openapi(app: Litestar) -> None:
         or ("Problem" not in schema.components.schemas)
     ):
         raise RuntimeError("the Problem schema is missing from the OpenAPI components")
+    closed = {struct.__name__ for struct in _closed_request_structs(app)}
+    for name, component in schema.components.schemas.items():
+        if name in closed and isinstance(component, Schema):
+            component.additional_properties = False
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or not schema.paths:
             continue
@@ -281,9 +289,38 @@ def _complete_openapi(app: Litestar) -> None:
                     _complete_operation(operation, public=public)
 
 
+def _closed_request_structs(app: Litestar) -> set[type[msgspec.Struct]]:
+    """Request bodies that refuse unknown fields (the schema must say so too)."""
+    found: set[type[msgspec.Struct]] = set()
+    pending: list[Any] = []
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                field = handler.parsed_data_field
+                if field is not None:
+                    pending.append(field.annotation)
+    while pending:
+        annotation = pending.pop()
+        pending += get_args(annotation)
+        if (
+            isinstance(annotation, type)
+            and issubclass(annotation, msgspec.Struct)
+            and annotation.__struct_config__.forbid_unknown_fields
+        ):
+            found.add(annotation)
+    return found
+
+
 def _complete_operation(operation: Operation, *, public: bool) -> None:
     responses = operation.responses if operation.responses is not None else {}
     operation.responses = responses
+    for status, response in list(responses.items()):
+        # Litestar documents the validation errors of handlers that do not
+        # declare their own as plain JSON; every error here is a problem.
+        if status[:1] in {"4", "5"} and isinstance(response, OpenAPIResponse):
+            content = response.content or {}
+            if PROBLEM_MEDIA_TYPE not in content:
+                responses[status] = _problem_response(response.description)
     if public:
         operation.security = []
     else:
