@@ -16,7 +16,7 @@ from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
-from engine.notifier import hooks, outbox
+from engine.notifier import delivery, hooks, outbox
 from engine.notifier.config import NotifierConfig
 from engine.notifier.delivery import (
     ATTEMPT_HEADER,
@@ -304,3 +304,28 @@ def test_email_is_plain_text_with_a_stable_message_id() -> None:
     assert message["X-Marketplace-Notification-Id"] == "ntf_xyz"
     assert message.get_content_type() == "text/plain"
     assert message.get_content().startswith("Payout of 12.00 USD")
+
+
+# ---------------------------------------------------------------- hosting
+
+
+@pytest.mark.parametrize(
+    "section",
+    [{}, {**WEBHOOK, "run_delivery": False}],
+    ids=["no channel", "run_delivery off"],
+)
+async def test_start_up_hosts_no_delivery_loop_when_there_is_nothing_to_do(
+    section: dict[str, Any],
+) -> None:
+    plugins = notifier_plugins(**section)
+
+    class FakeServices:
+        """Only ``plugins`` is read before the loop would start."""
+
+    services = FakeServices()
+    services.plugins = plugins  # type: ignore[attr-defined]
+    starts = plugins.startup_functions()
+    assert delivery.start_in_background in starts
+    for start in starts:
+        await start(services)
+    assert not plugins.runtime.state("notifier").get(delivery.LOOPS)
