@@ -34,16 +34,9 @@ from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
 from engine.infra.processes import find_free_port
-from engine.notifier.delivery import (
-    ATTEMPT_HEADER,
-    IDEMPOTENCY_HEADER,
-    LOOPS,
-    SIGNATURE_HEADER,
-    deliver_due,
-    notifier_config,
-    run_delivery_loop,
-)
+from engine.notifier.delivery import LOOPS, deliver_due, notifier_config, run_delivery_loop
 from engine.notifier.outbox import retry_dead
+from engine.notifier.senders import ATTEMPT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER
 from engine.observability import Metrics
 from engine.services import Services
 from engine.webhooks.service import WebhookService

@@ -18,7 +18,8 @@ from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
 from engine.notifier import delivery, hooks, outbox
 from engine.notifier.config import NotifierConfig
-from engine.notifier.delivery import (
+from engine.notifier.outbox import Notification
+from engine.notifier.senders import (
     ATTEMPT_HEADER,
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -27,7 +28,6 @@ from engine.notifier.delivery import (
     email_message,
     send_webhook,
 )
-from engine.notifier.outbox import Notification
 from engine.webhooks.signature import verify
 
 SECRET = "whsec_unit"
