@@ -411,6 +411,13 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
     sandbox.add_argument("--state", help="file to persist sandbox state in")
     sandbox.set_defaults(func=cmd_sandbox)
 
+    # The plugin developer kit's commands (docs/plugins.md); argparse-only imports.
+    from engine.scaffold.command import add_new_plugin_command
+    from engine.testing.command import add_conformance_command
+
+    add_new_plugin_command(sub)
+    add_conformance_command(sub)
+
     for command in plugins.cli_commands() if plugins else ():
         plugin_parser = sub.add_parser(command.name, help=command.help)
         command.configure(plugin_parser)
