@@ -12,9 +12,9 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from engine.accounts import Account, AccountService, NewAccount, OnboardingLink
+from engine.accounts import Account, AccountService, NewAccount, OnboardingLink, Role
 from engine.api.auth import Principal, requires_scope
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
@@ -102,14 +102,17 @@ class AccountController(Controller):
         account_service: NamedDependency[AccountService],
         limit: Limit = 20,
         cursor: Cursor = None,
+        role: Annotated[
+            Role | None, QueryParameter(required=False, description="Only accounts of this role")
+        ] = None,
     ) -> AccountList:
         """Every account for admin and service keys; only its own for an account key."""
-        if principal.account_id is not None and principal.scope == "account":
-            if decode_cursor(cursor):
-                return AccountList(data=[], next_cursor=None)
-            own = await account_service.get(principal.account_id)
-            return AccountList(data=[own], next_cursor=None)
-        page = await account_service.list_accounts(after=decode_cursor(cursor), limit=limit)
+        after = decode_cursor(cursor)
+        if principal.scope == "account":
+            own = await account_service.get(principal.account_id or "")
+            visible = not after and (role is None or own.role == role)
+            return AccountList(data=[own] if visible else [], next_cursor=None)
+        page = await account_service.list_accounts(after=after, limit=limit, role=role)
         return AccountList(data=page.accounts, next_cursor=encode_cursor(page.next_after))
 
     @get(

@@ -32,7 +32,9 @@ from litestar.openapi.spec import (
     OpenAPI,
     OpenAPIMediaType,
     OpenAPIResponse,
+    OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     Schema,
     SecurityScheme,
@@ -45,9 +47,10 @@ from engine.api.api_keys import ApiKeyController
 from engine.api.auth import AuthMiddleware, KeyStore
 from engine.api.deps import SERVICES_STATE_KEY, dependencies, services_from_state
 from engine.api.health import METRICS_STATE_KEY, HealthController, MetricsController
-from engine.api.idempotency import IdempotencyMiddleware
-from engine.api.keys import ensure_api_key
+from engine.api.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, IdempotencyMiddleware
+from engine.api.keys import ensure_api_key, parse_api_key
 from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers
+from engine.core.errors import ConfigError
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics
@@ -124,6 +127,9 @@ def _build(
     webhooks: bool | None,
     debug: bool,
 ) -> Litestar:
+    bootstrap = settings.api.bootstrap_admin_key
+    if bootstrap and parse_api_key(bootstrap) is None:
+        raise ConfigError("api.bootstrap_admin_key", "must look like mk_<key_id>_<secret>")
     keys = KeyStore()
     metrics = Metrics()
     app_state = State({**state, KEYS_STATE_KEY: keys, METRICS_STATE_KEY: metrics})
@@ -287,6 +293,25 @@ def _complete_openapi(app: Litestar) -> None:
                 operation = getattr(path_item, method.lower(), None)
                 if isinstance(operation, Operation):
                     _complete_operation(operation, public=public)
+                    if method == "POST" and not public:
+                        _document_idempotency_key(operation)
+
+
+def _document_idempotency_key(operation: Operation) -> None:
+    """Every authenticated POST honours ``Idempotency-Key``; plugin routes say so too."""
+    parameters = operation.parameters if operation.parameters is not None else []
+    operation.parameters = parameters
+    names = {getattr(parameter, "name", "").lower() for parameter in parameters}
+    if IDEMPOTENCY_HEADER not in names:
+        parameters.append(
+            Parameter(
+                name="Idempotency-Key",
+                param_in="header",
+                required=False,
+                description="Makes the POST safe to retry (see the engine's API guide).",
+                schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_KEY_LENGTH),
+            )
+        )
 
 
 def _closed_request_structs(app: Litestar) -> set[type[msgspec.Struct]]:

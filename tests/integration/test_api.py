@@ -28,6 +28,7 @@ from litestar.testing import AsyncTestClient
 from engine.api.app import create_app, create_app_from_settings
 from engine.api.idempotency import request_fingerprint
 from engine.core.db import migrate
+from engine.core.errors import ConfigError
 from engine.core.plugins import build_plugins, hookimpl
 from engine.core.settings import Settings, settings_from_mapping
 from engine.services import Services
@@ -447,6 +448,31 @@ async def test_creator_key_cannot_see_another_account(api: Api) -> None:
     assert {account["id"] for account in everyone.json()["data"]} == {"acct_alice", "acct_bob"}
 
 
+async def test_accounts_filter_by_role(api: Api) -> None:
+    await insert_account(api.db, "acct_spa", "venue")
+    await insert_account(api.db, "acct_therapist", "provider")
+    await insert_account(api.db, "acct_hotel", "venue")
+    venues = await api.client.get("/v1/accounts", params={"role": "venue"}, headers=ADMIN)
+    assert [account["id"] for account in venues.json()["data"]] == ["acct_spa", "acct_hotel"]
+    therapist = {"Authorization": f"Bearer {await api.key('account', 'acct_therapist')}"}
+    own = await api.client.get("/v1/accounts", params={"role": "venue"}, headers=therapist)
+    assert own.json()["data"] == []
+    problem = assert_problem(
+        await api.client.get("/v1/accounts", params={"role": "landlord"}, headers=ADMIN),
+        400,
+        "validation_error",
+    )
+    assert problem["errors"][0]["field"] == "role"
+
+
+def test_malformed_bootstrap_key_stops_start_up_naming_the_key() -> None:
+    settings = settings_from_mapping(
+        {"api": {"bootstrap_admin_key": "admin"}, "database": {"url": "postgresql://x/y"}}
+    )
+    with pytest.raises(ConfigError, match=r"api\.bootstrap_admin_key"):
+        create_app_from_settings(settings, plugins=build_plugins(settings))
+
+
 # ------------------------------------------------------------------ api keys
 
 
@@ -618,4 +644,9 @@ async def test_openapi_documents_every_operation(api: Api) -> None:
             assert operation.get("security") == [], (method, path)
         else:
             assert {"401", "403"} <= set(operation["responses"]), (method, path)
+            if method == "post":
+                headers = [
+                    p["name"] for p in operation.get("parameters", []) if p["in"] == "header"
+                ]
+                assert "Idempotency-Key" in headers, path
     assert "422" in schema["paths"]["/v1/accounts"]["post"]["responses"]
