@@ -112,14 +112,24 @@ async def get_creator(env: Env, account_id: str) -> CreatorView:
 
 
 async def list_creators(
-    env: Env, *, after: int, limit: int
+    env: Env, *, after: int, limit: int, payout_failed: bool | None = None
 ) -> tuple[list[CreatorView], int | None]:
-    """Creators in creation order after our id ``after``, and the next page's ``after``."""
+    """Creators in creation order after our id ``after``, and the next page's ``after``.
+
+    ``payout_failed`` keeps only creators whose last payout failed (or only
+    those whose did not): what an operator checks first.
+    """
     async with env.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT account_id FROM creator_subscriptions_creators WHERE id > $1 ORDER BY id "
-            "LIMIT $2",
+            """
+            SELECT c.account_id FROM creator_subscriptions_creators c
+            LEFT JOIN marketplace_accounts a ON a.stripe_account_id = c.account_id
+            WHERE c.id > $1
+              AND ($2::boolean IS NULL OR (a.payout_failure_code IS NOT NULL) = $2)
+            ORDER BY c.id LIMIT $3
+            """,
             after,
+            payout_failed,
             limit + 1,
         )
         creators = [await creator_by_account(conn, row["account_id"]) for row in rows[:limit]]

@@ -2,53 +2,496 @@
 
 Every handler runs inside the mailbox transaction (``ctx.conn``) and is
 idempotent: ledger postings are keyed by the Stripe object, rows are upserted
-by Stripe id, and state only moves forward (``plugins.creator_subscriptions.sync``).
-Lifecycle notifications go out after commit. A handler ignores objects that
-are not this plugin's (the metadata says whose they are), because every
-subscription on the platform arrives here.
+by Stripe id, and state only moves forward (``plugins.creator_subscriptions.sync``
+for subscriptions, ``INVOICE_RANK`` for invoices). Lifecycle notifications go
+out after commit. A handler ignores objects that are not this plugin's (the
+metadata says whose they are), because every subscription on the platform
+arrives here.
+
+Destination charges live on the platform, so all of these are platform events:
+one creator's trouble (a restricted account, a failing card) never raises here,
+it is recorded, so the platform mailbox keeps flowing for every other creator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
-from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
-from engine.core.orders import LifecycleEvent
+import asyncpg
+
+from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.errors import InvalidInput, NotFound
+from engine.core.orders import Commission, LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
-from plugins.creator_subscriptions.env import Env
+from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.one_time import settle_one_time_payment
+from plugins.creator_subscriptions.postings import (
+    charge_posting,
+    destination_charge_from,
+    invoice_ledger_key,
+)
+from plugins.creator_subscriptions.pricing import record_engine_payment, subscription_order
+from plugins.creator_subscriptions.subscriptions import (
+    SUBSCRIPTION_METADATA,
+    save_state,
+    state_of,
+)
+from plugins.creator_subscriptions.sync import TERMINAL_STATUSES, merge, merge_status, snapshot_of
+from plugins.creator_subscriptions.tiers import TIER_METADATA
 
-__all__ = ["registrations"]
+__all__ = ["INVOICE_RANK", "registrations"]
+
+log = logging.getLogger(__name__)
+
+INVOICE_RANK: Mapping[str, int] = {
+    "draft": 0,
+    "open": 1,
+    "uncollectible": 2,
+    "void": 3,
+    "paid": 3,
+}
+"""How far along an invoice is; an invoice never moves back (``paid`` and ``void`` are final)."""
+
+_STATUS_NOTICE = {
+    "active": "activated",
+    "past_due": "past_due",
+    "unpaid": "unpaid",
+    "canceled": "canceled",
+    "incomplete_expired": "expired",
+}
+
+
+class Context(Protocol):
+    """What the worker's ``EventContext`` offers a handler."""
+
+    @property
+    def services(self) -> Any:
+        """The engine's services."""
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The mailbox transaction the event is marked handled in."""
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the transaction has committed."""
+
 
 Handler = Callable[[StripeEvent, Any], Awaitable[None]]
 
 
 def _object(event: StripeEvent) -> dict[str, Any]:
     data = event.get("data") or {}
-    obj = data.get("object") if isinstance(data, dict) else None
-    return dict(obj) if isinstance(obj, dict) else {}
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    return dict(obj) if isinstance(obj, Mapping) else {}
 
 
-def _announce(ctx: Any, env: Env, notices: list[LifecycleEvent]) -> None:
+def _id(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+def _announce(ctx: Context, env: Env, notices: list[LifecycleEvent]) -> None:
     plugins = env.plugins
+
+    def sender(notice: LifecycleEvent) -> Callable[[], None]:
+        return lambda: plugins.notify_lifecycle(notice)
+
     for notice in notices:
-        ctx.after_commit(lambda notice=notice: plugins.notify_lifecycle(notice))
+        ctx.after_commit(sender(notice))
 
 
-async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -> None:
+def _notice(name: str, row: Mapping[str, Any], **data: Any) -> LifecycleEvent:
+    return LifecycleEvent(
+        f"{PLUGIN}.subscription.{name}",
+        subject_id=f"{PLUGIN}:subscription:{row['id']}",
+        account_id=str(row["account_id"]),
+        data={"fan_id": int(row["fan"]), "tier_id": int(row["tier"]), **data},
+    )
+
+
+async def _subscription_row(
+    conn: asyncpg.Connection, stripe_id: str, metadata: Mapping[str, Any]
+) -> asyncpg.Record | None:
+    """Our row for a Stripe subscription, locked; claimed by metadata if the API has not yet.
+
+    The API stores the Stripe id after Stripe answers, so the first events can
+    be handled before that: the metadata names our row, and the first of the
+    two to get there records the id.
+    """
+    if not stripe_id:
+        return None
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM creator_subscriptions_subscriptions WHERE stripe_subscription_id = $1 "
+        "FOR UPDATE",
+        stripe_id,
+    )
+    if row is not None:
+        return row
+    if metadata.get("plugin") != PLUGIN or not str(metadata.get(SUBSCRIPTION_METADATA, "")):
+        return None
+    ours = int(metadata[SUBSCRIPTION_METADATA])
+    claimed: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE creator_subscriptions_subscriptions SET stripe_subscription_id = $2 "
+        "WHERE id = $1 AND stripe_subscription_id IS NULL AND status <> 'failed' RETURNING *",
+        ours,
+        stripe_id,
+    )
+    return claimed
+
+
+async def _tier_of_price(conn: asyncpg.Connection, price: Mapping[str, Any]) -> int | None:
+    """Our tier for a Stripe price (its metadata, else the tier that sells it now)."""
+    metadata = price.get("metadata") or {}
+    if str(metadata.get(TIER_METADATA, "")).isdigit():
+        return int(metadata[TIER_METADATA])
+    found = await conn.fetchval(
+        "SELECT id FROM creator_subscriptions_tiers WHERE stripe_price_id = $1", _id(price)
+    )
+    return None if found is None else int(found)
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+async def on_subscription(event: StripeEvent, ctx: Context) -> None:
+    """Mirror ``customer.subscription.*`` into our row, order-insensitively."""
+    subscription = _object(event)
+    conn = ctx.conn
+    row = await _subscription_row(
+        conn, str(subscription.get("id") or ""), subscription.get("metadata") or {}
+    )
+    if row is None:
+        return
+    env = Env.of(ctx.services)
+    created = int(event.get("created") or 0)
+    held = state_of(row)
+    result = merge(held, snapshot_of(subscription), created)
+    source = subscription
+    if result.ambiguous:
+        # Two different values stamped with the same second: Stripe decides.
+        source = await env.gateway.call("subscriptions", "retrieve", str(subscription["id"]))
+        result = merge(result.state, snapshot_of(source), created, force=True)
+    if not result.changed and result.state == held:
+        return
+    tier_id = None
+    if "price" in result.changed:
+        items = (source.get("items") or {}).get("data") or []
+        if items:
+            tier_id = await _tier_of_price(conn, items[0].get("price") or {})
+    updated = await save_state(conn, int(row["id"]), result.state, tier_id=tier_id)
+    notices: list[LifecycleEvent] = []
+    if "status" in result.changed and result.state.status in _STATUS_NOTICE:
+        notices.append(_notice(_STATUS_NOTICE[result.state.status], updated))
+    if "cancel" in result.changed and result.state.status not in TERMINAL_STATUSES:
+        name = "cancel_scheduled" if result.state.cancel_at_period_end else "cancel_unscheduled"
+        notices.append(_notice(name, updated, cancel_at=result.state.cancel_at))
+    if "pause" in result.changed:
+        notices.append(_notice("paused" if result.state.paused else "resumed", updated))
+    if "price" in result.changed and tier_id is not None and tier_id != int(row["tier"]):
+        notices.append(_notice("tier_changed", updated, from_tier_id=int(row["tier"])))
+    _announce(ctx, env, notices)
+
+
+# ---------------------------------------------------------------- invoices
+
+
+def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    """The invoice's subscription id and the subscription metadata it carries."""
+    parent = invoice.get("parent") or {}
+    details = parent.get("subscription_details") or {} if isinstance(parent, Mapping) else {}
+    stripe_id = _id(invoice.get("subscription")) or _id(details.get("subscription"))
+    return stripe_id, details.get("metadata") or {}
+
+
+async def _upsert_invoice(
+    conn: asyncpg.Connection, invoice: Mapping[str, Any], sub_row: Mapping[str, Any], created: int
+) -> asyncpg.Record:
+    """Insert or advance our invoice row; a status never moves back."""
+    existing = await conn.fetchrow(
+        "SELECT * FROM creator_subscriptions_invoices WHERE stripe_invoice_id = $1 FOR UPDATE",
+        invoice["id"],
+    )
+    status = str(invoice.get("status") or "draft")
+    if existing is not None:
+        held = str(existing["status"])
+        forward = INVOICE_RANK.get(status, 0) > INVOICE_RANK.get(held, 0)
+        if not forward:
+            status = held
+        updated: asyncpg.Record = await conn.fetchrow(
+            """
+            UPDATE creator_subscriptions_invoices
+            SET status = $2, status_at_event = GREATEST(status_at_event, $3),
+                amount_due = CASE WHEN $4 THEN $5 ELSE amount_due END,
+                attempt_count = GREATEST(attempt_count, $6),
+                payment_intent_id = CASE WHEN $7 <> '' THEN $7 ELSE payment_intent_id END,
+                updated_at = now()
+            WHERE id = $1
+            RETURNING *
+            """,
+            existing["id"],
+            status,
+            created,
+            forward or INVOICE_RANK.get(held, 0) == 0,
+            int(invoice.get("amount_due") or 0),
+            int(invoice.get("attempt_count") or 0),
+            _id(invoice.get("payment_intent")),
+        )
+        return updated
+    inserted: asyncpg.Record = await conn.fetchrow(
+        """
+        INSERT INTO creator_subscriptions_invoices
+            (stripe_invoice_id, subscription, stripe_subscription_id, account_id, customer_id,
+             billing_reason, status, status_at_event, currency, amount_due, attempt_count,
+             period_start, period_end, payment_intent_id, stripe_created, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now(), now())
+        RETURNING *
+        """,
+        invoice["id"],
+        sub_row["id"],
+        sub_row["stripe_subscription_id"],
+        sub_row["account_id"],
+        _id(invoice.get("customer")),
+        str(invoice.get("billing_reason") or ""),
+        status,
+        created,
+        str(invoice.get("currency") or sub_row["currency"]),
+        int(invoice.get("amount_due") or 0),
+        int(invoice.get("attempt_count") or 0),
+        int(invoice.get("period_start") or 0),
+        int(invoice.get("period_end") or 0),
+        _id(invoice.get("payment_intent")),
+        int(invoice.get("created") or 0),
+    )
+    return inserted
+
+
+async def _charge_of(env: Env, invoice: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The invoice's charge with its balance transaction, or None if nothing was charged."""
+    charge_id = _id(invoice.get("charge"))
+    if not charge_id and _id(invoice.get("payment_intent")):
+        intent = await env.gateway.call(
+            "payment_intents", "retrieve", _id(invoice.get("payment_intent"))
+        )
+        charge_id = _id(intent.get("latest_charge"))
+    if not charge_id:
+        return None
+    return await env.gateway.call(
+        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
+    )
+
+
+async def _settle_invoice(
+    env: Env,
+    conn: asyncpg.Connection,
+    invoice: Mapping[str, Any],
+    inv_row: Mapping[str, Any],
+    sub_row: Mapping[str, Any],
+) -> list[LifecycleEvent]:
+    """Post a paid invoice once: its one ledger transaction, its split, the renewal notice."""
+    if inv_row["ledger_key"] or inv_row["paid_at"] is not None:
+        return []
+    amount_paid = int(invoice.get("amount_paid") or 0)
+    currency = str(invoice.get("currency") or sub_row["currency"])
+    charge = await _charge_of(env, invoice) if amount_paid > 0 else None
+    reference = f"{PLUGIN}:subscription:{sub_row['id']}"
+    ledger_key = ""
+    fee = earnings = stripe_fee = 0
+    charge_id = transfer_id = ""
+    if charge is not None:
+        facts = destination_charge_from(charge)
+        ledger_key = invoice_ledger_key(str(invoice["id"]))
+        await env.ledger.post(
+            charge_posting(
+                facts,
+                key=ledger_key,
+                kind="subscription_invoice",
+                reference=reference,
+                description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
+            ),
+            conn=conn,
+        )
+        fee, earnings = facts.platform_fee.amount, facts.creator_earnings.amount
+        stripe_fee, charge_id, transfer_id = (
+            facts.stripe_fee.amount,
+            facts.charge_id,
+            facts.transfer_id,
+        )
+        await record_engine_payment(
+            env,
+            conn,
+            subscription_order(
+                account_id=str(sub_row["account_id"]),
+                tier_id=int(sub_row["tier"]),
+                tier_name="",
+                interval="",
+                price=facts.amount,
+                reference=reference,
+            ),
+            Commission(
+                amount=facts.platform_fee,
+                rule_id=str(sub_row["rule_id"]),
+                rule_version=int(sub_row["rule_version"]),
+            ),
+            customer_id=_id(invoice.get("customer")),
+            payment_intent_id=_id(charge.get("payment_intent")) or facts.charge_id,
+            charge_id=facts.charge_id,
+        )
+    paid_at = int((invoice.get("status_transitions") or {}).get("paid_at") or 0)
+    await conn.execute(
+        """
+        UPDATE creator_subscriptions_invoices
+        SET status = 'paid', amount_paid = $2, application_fee = $3, creator_earnings = $4,
+            stripe_fee = $5, charge_id = $6, transfer_id = $7, ledger_key = $8, paid_at = $9,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        inv_row["id"],
+        amount_paid,
+        fee,
+        earnings,
+        stripe_fee,
+        charge_id,
+        transfer_id,
+        ledger_key,
+        paid_at,
+    )
+    await conn.execute(
+        "UPDATE creator_subscriptions_subscriptions SET failed_payments = 0, latest_invoice = $2 "
+        "WHERE id = $1",
+        sub_row["id"],
+        invoice["id"],
+    )
+    reason = str(invoice.get("billing_reason") or "")
+    name = {"subscription_cycle": "renewed", "subscription_create": "started"}.get(
+        reason, "invoice_paid"
+    )
+    return [
+        _notice(
+            name,
+            sub_row,
+            invoice=str(invoice["id"]),
+            billing_reason=reason,
+            amount=amount_paid,
+            currency=currency,
+            application_fee=fee,
+            creator_earnings=earnings,
+        )
+    ]
+
+
+async def _payment_failed(
+    env: Env,
+    conn: asyncpg.Connection,
+    invoice: Mapping[str, Any],
+    inv_row: Mapping[str, Any],
+    sub_row: Mapping[str, Any],
+    *,
+    created: int,
+) -> list[LifecycleEvent]:
+    """A failed (renewal) payment: ``past_due``, the dunning count, and the dunning's end."""
+    if inv_row["status"] in {"paid", "void"}:
+        return []  # a late failure of an invoice a retry has since paid (or voided)
+    attempts = int(invoice.get("attempt_count") or 0)
+    notices: list[LifecycleEvent] = []
+    state = state_of(sub_row)
+    if invoice.get("billing_reason") != "subscription_create":
+        state, _ = merge_status(state, "past_due", created)
+    failures = max(int(sub_row["failed_payments"]), attempts)
+    updated = await save_state(conn, int(sub_row["id"]), state)
+    await conn.execute(
+        "UPDATE creator_subscriptions_subscriptions SET failed_payments = $2 WHERE id = $1",
+        sub_row["id"],
+        failures,
+    )
+    next_attempt = invoice.get("next_payment_attempt")
+    notices.append(
+        _notice(
+            "payment_failed",
+            updated,
+            invoice=str(invoice["id"]),
+            attempt_count=attempts,
+            next_payment_attempt=next_attempt,
+            retry_interval_days=env.config.dunning_interval_days,
+        )
+    )
+    if updated["status"] == "past_due" and sub_row["status"] != "past_due":
+        notices.append(_notice("past_due", updated, invoice=str(invoice["id"])))
+    config = env.config
+    exhausted = attempts > config.dunning_retries
+    if (
+        exhausted
+        and config.cancel_after_failed_retries
+        and updated["status"] not in TERMINAL_STATUSES
+        and invoice.get("billing_reason") != "subscription_create"
+    ):
+        try:
+            await env.gateway.call(
+                "subscriptions",
+                "cancel",
+                str(sub_row["stripe_subscription_id"]),
+                idempotency_key=op_key("subscription", sub_row["uid"], "dunning_cancel"),
+            )
+        except (NotFound, InvalidInput) as exc:
+            # Already cancelled (Stripe's own dunning, or a replayed event): nothing to do.
+            log.info("dunning cancel of %s skipped: %s", sub_row["stripe_subscription_id"], exc)
+        notices.append(_notice("dunning_exhausted", updated, attempt_count=attempts))
+    return notices
+
+
+async def on_invoice(event: StripeEvent, ctx: Context) -> None:
+    """Record every invoice of our subscriptions; settle it when paid; dun when it fails."""
+    invoice = _object(event)
+    if not invoice.get("id"):
+        return
+    conn = ctx.conn
+    stripe_id, metadata = _invoice_subscription(invoice)
+    sub_row = await _subscription_row(conn, stripe_id, metadata)
+    if sub_row is None:
+        return
+    env = Env.of(ctx.services)
+    created = int(event.get("created") or 0)
+    inv_row = await _upsert_invoice(conn, invoice, sub_row, created)
+    notices: list[LifecycleEvent] = []
+    kind = str(event.get("type"))
+    if kind in {"invoice.paid", "invoice.payment_succeeded"} or invoice.get("status") == "paid":
+        notices += await _settle_invoice(env, conn, invoice, inv_row, sub_row)
+    elif kind == "invoice.payment_failed":
+        notices += await _payment_failed(env, conn, invoice, inv_row, sub_row, created=created)
+    _announce(ctx, env, notices)
+
+
+# ---------------------------------------------------------------- one-time payments
+
+
+async def on_payment_intent_succeeded(event: StripeEvent, ctx: Context) -> None:
     """Settle a tip or pay-per-view whose API call did not finish (a no-op otherwise)."""
     intent = _object(event)
     if (intent.get("metadata") or {}).get("plugin") != PLUGIN:
         return
     env = Env.of(ctx.services)
-    notices = await settle_one_time_payment(env, ctx.conn, intent)  # type: ignore[attr-defined]
+    notices = await settle_one_time_payment(env, ctx.conn, intent)
     _announce(ctx, env, notices)
 
 
 def registrations() -> list[WebhookRegistration]:
     """Every handler of the plugin, by Stripe event type."""
     table: list[tuple[str, Handler]] = [
+        ("customer.subscription.created", on_subscription),
+        ("customer.subscription.updated", on_subscription),
+        ("customer.subscription.deleted", on_subscription),
+        ("customer.subscription.paused", on_subscription),
+        ("customer.subscription.resumed", on_subscription),
+        ("invoice.created", on_invoice),
+        ("invoice.finalized", on_invoice),
+        ("invoice.updated", on_invoice),
+        ("invoice.paid", on_invoice),
+        ("invoice.payment_succeeded", on_invoice),
+        ("invoice.payment_failed", on_invoice),
+        ("invoice.voided", on_invoice),
+        ("invoice.marked_uncollectible", on_invoice),
         ("payment_intent.succeeded", on_payment_intent_succeeded),
     ]
     return [
