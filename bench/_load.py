@@ -32,6 +32,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     status_line = await reader.readline()
     status = int(status_line.split()[1])
     length = 0
+    chunked = False
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b""):
@@ -39,7 +40,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
         name, _, value = line.decode().partition(":")
         if name.lower() == "content-length":
             length = int(value)
-    if length:
+        elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif length:
         await reader.readexactly(length)
     return status
 

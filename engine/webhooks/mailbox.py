@@ -85,10 +85,10 @@ ORDER BY id
 LIMIT $2
 """
 
-_MARK_HANDLED = """
+_MARK_HANDLED_MANY = """
 UPDATE marketplace_webhook_events
-SET status = 'handled', handled_at = now(), attempts = attempts + 1
-WHERE id = $1
+SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
+WHERE id = ANY($1::bigint[])
 """
 
 _RELEASE_IF_IDLE = """
@@ -236,44 +236,90 @@ class Mailbox:
     async def drain(self, account: str, owner: str, handle: EventHandler) -> DrainOutcome:
         """Apply up to ``batch_size`` pending events of ``account`` in order.
 
-        ``handle(event, conn)`` runs inside a transaction that also marks the
-        event handled, so a handler's own writes and the mark commit together.
+        The batch runs in one transaction with a savepoint per event: a
+        handler's writes and its event's "handled" mark commit together, a
+        failing handler rolls back only its own savepoint, and the batch costs
+        one commit. That commit is asynchronous (``synchronous_commit = off``):
+        the inbox insert was durable, so a crash that loses the last few
+        worker commits loses their effects and marks together and the events
+        are simply handled again (handlers are idempotent). Intake commits stay
+        synchronous.
         """
         async with self._pool.acquire() as conn:
             version = await conn.fetchval(_LEASE, account, owner, self.lease_seconds)
             if version is None:
                 return DrainOutcome("busy")
             rows = await conn.fetch(_PENDING, account, self.batch_size)
-        handled = 0
-        for row in rows:
-            event = json.loads(row["payload"])
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    after_commit = await handle(event, conn)
-                    await conn.execute(_MARK_HANDLED, row["id"])
-            except Exception as exc:  # any handler failure backs the account off
-                return await self._failed(account, owner, row["id"], exc, handled)
-            if after_commit is not None:
-                after_commit()
-            handled += 1
-        async with self._pool.acquire() as conn:
-            if len(rows) < self.batch_size and await conn.fetchval(
-                _RELEASE_IF_IDLE, account, version, owner, handled
-            ):
-                return DrainOutcome("idle", handled)
-            await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, handled)
+            after: list[Callable[[], None]] = []
+            async with conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit = off")
+                handled_ids: list[int] = []
+                for row in rows:
+                    try:
+                        async with conn.transaction():  # a savepoint per event
+                            action = await handle(json.loads(row["payload"]), conn)
+                    except Exception as exc:  # any handler failure backs the account off
+                        await conn.execute(_MARK_HANDLED_MANY, handled_ids)
+                        outcome = await self._failed(
+                            conn,
+                            account=account,
+                            owner=owner,
+                            row_id=row["id"],
+                            exc=exc,
+                            handled=len(handled_ids),
+                        )
+                        break
+                    handled_ids.append(row["id"])
+                    if action is not None:
+                        after.append(action)
+                else:
+                    await conn.execute(_MARK_HANDLED_MANY, handled_ids)
+                    outcome = await self._release(
+                        conn,
+                        account=account,
+                        owner=owner,
+                        version=version,
+                        rows=rows,
+                        handled_ids=handled_ids,
+                    )
+        for action in after:
+            action()
+        return outcome
+
+    async def _release(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        account: str,
+        owner: str,
+        version: int,
+        rows: Sequence[Any],
+        handled_ids: Sequence[int],
+    ) -> DrainOutcome:
+        handled = len(handled_ids)
+        if len(rows) < self.batch_size and await conn.fetchval(
+            _RELEASE_IF_IDLE, account, version, owner, handled
+        ):
+            return DrainOutcome("idle", handled)
+        await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, handled)
         return DrainOutcome("requeue", handled)
 
     async def _failed(
-        self, account: str, owner: str, row_id: int, exc: Exception, handled: int
+        self,
+        conn: asyncpg.Connection,
+        *,
+        account: str,
+        owner: str,
+        row_id: int,
+        exc: Exception,
+        handled: int,
     ) -> DrainOutcome:
         message = f"{type(exc).__name__}: {exc}"[:2000]
-        async with self._pool.acquire() as conn, conn.transaction():
-            result = await conn.fetchrow(_FAIL_EVENT, row_id, message, self.max_attempts)
-            attempts = int(result["attempts"])
-            dead = result["status"] == "dead"
-            delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
-            await conn.execute(_BACK_OFF, account, owner, delay, dead, attempts, message, handled)
+        result = await conn.fetchrow(_FAIL_EVENT, row_id, message, self.max_attempts)
+        attempts = int(result["attempts"])
+        dead = result["status"] == "dead"
+        delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
+        await conn.execute(_BACK_OFF, account, owner, delay, dead, attempts, message, handled)
         return DrainOutcome("parked" if dead else "backoff", handled, message)
 
     async def sweep(self, stale_after_seconds: float) -> list[str]:
