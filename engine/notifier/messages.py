@@ -100,6 +100,12 @@ _PAYOUT_FAILURES: Mapping[str, tuple[str, str]] = {
         "payouts are disabled on the connected account",
         "Ask the account holder to complete onboarding; the money waits on their balance.",
     ),
+    # A business model held a beneficiary's share (three_sided_bookings does).
+    "held": (
+        "the connected account cannot receive funds yet, so the share is held",
+        "Ask the account holder to finish what Stripe asks for; the held money is sent "
+        "automatically once the account can receive funds.",
+    ),
 }
 
 _UNKNOWN = (
@@ -146,11 +152,13 @@ def payout_failure_message(failure: PayoutFailure) -> Message:
         f"{reason} ({failure.failure_code})."
     )
     lines = [f"{headline} {what_to_do}", ""]
-    lines.append(f"Stripe {failure.kind}: {failure.stripe_object_id}")
+    lines.append(f"{what}: {failure.stripe_object_id}")
     if failure.reference:
         lines.append(f"Reference: {failure.reference}")
     if failure.message:
-        lines.append(f"Stripe's message: {failure.message}")
+        # Stripe's failure_message for payouts, the business model's reason
+        # for a held transfer.
+        lines.append(f"Details: {failure.message}")
     subject = f"{what} to {failure.account_id} failed: {reason}"
     return Message(subject=subject, text="\n".join(lines) + "\n")
 

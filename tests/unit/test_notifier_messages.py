@@ -14,7 +14,7 @@ from engine.notifier.messages import (
     payout_failure_reason,
 )
 
-# Every code Stripe documents for payout failures, plus the two transfer codes.
+# Every code Stripe documents for payout failures, plus the transfer codes.
 KNOWN_CODES = [
     "account_closed",
     "account_frozen",
@@ -33,6 +33,7 @@ KNOWN_CODES = [
     "unsupported_card",
     "account_restricted",
     "payouts_disabled",
+    "held",
 ]
 
 
@@ -53,7 +54,7 @@ def test_the_example_sentence_reads_exactly_as_promised() -> None:
         "(no_account). Ask the account holder to update their bank details."
     )
     assert message.subject == "Payout to acct_1Abc failed: the bank account does not exist"
-    assert "Stripe payout: po_123" in message.text
+    assert "Payout: po_123" in message.text
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_zero_decimal_currencies_and_transfers_are_worded_right() -> None:
     assert message.text.startswith(
         "Transfer of 1200 JPY to acct_1Abc failed: the connected account is restricted"
     )
-    assert "Stripe transfer: po_123" in message.text
+    assert "Transfer: po_123" in message.text
 
 
 def test_reference_and_stripe_message_are_included_when_known() -> None:
@@ -120,7 +121,26 @@ def test_reference_and_stripe_message_are_included_when_known() -> None:
     text = payout_failure_message(detailed).text
     assert "Payout of 0.05 EUR" in text
     assert "Reference: booking:42" in text
-    assert "Stripe's message: The bank has declined this transfer." in text
+    assert "Details: The bank has declined this transfer." in text
+
+
+def test_a_held_booking_share_is_explained() -> None:
+    held = PayoutFailure(
+        account_id="acct_venue",
+        kind="transfer",
+        failure_code="held",
+        amount=Money(4500, "gbp"),
+        stripe_object_id="booking:7:transfer:venue",
+        reference="booking:7",
+        message="account cannot receive transfers",
+    )
+    text = payout_failure_message(held).text
+    assert text.startswith(
+        "Transfer of 45.00 GBP to acct_venue failed: the connected account cannot receive "
+        "funds yet, so the share is held (held)."
+    )
+    assert "sent automatically once the account can receive funds" in text
+    assert "Reference: booking:7" in text
 
 
 def test_lifecycle_message_names_the_change_the_object_and_the_account() -> None:
