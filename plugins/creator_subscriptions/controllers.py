@@ -212,7 +212,9 @@ class CreatorController(Controller):
         account_id: AccountId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
-        include_archived: bool = False,
+        include_archived: Annotated[
+            bool, QueryParameter(description="Archived tiers too", required=False)
+        ] = False,
     ) -> list[TierView]:
         """Tiers on sale, cheapest first (archived ones on request)."""
         principal.ensure_visible(account_id, what="creator")
@@ -270,8 +272,12 @@ class CreatorController(Controller):
             list[str] | None,
             QueryParameter(description="Only these kinds (subscription_invoice, tip, ppv ...)"),
         ] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="From this instant", required=False)
+        ] = None,
+        until: Annotated[
+            datetime | None, QueryParameter(description="Before this instant", required=False)
+        ] = None,
     ) -> TransactionsPage:
         """Newest first, one line per ledger transaction with its net effect on the balance."""
         principal.ensure_visible(account_id, what="creator")
@@ -300,8 +306,12 @@ class CreatorController(Controller):
         principal: NamedDependency[Principal],
         limit: Limit = 50,
         cursor: Cursor = None,
-        status: str | None = None,
-        tier_id: int | None = None,
+        status: Annotated[
+            str | None, QueryParameter(description="Only this status", required=False)
+        ] = None,
+        tier_id: Annotated[
+            int | None, QueryParameter(description="Only this tier", required=False)
+        ] = None,
     ) -> SubscribersPage:
         """Oldest first; filter by status or tier."""
         principal.ensure_visible(account_id, what="creator")
@@ -329,7 +339,9 @@ class CreatorController(Controller):
         principal: NamedDependency[Principal],
         limit: Limit = 50,
         cursor: Cursor = None,
-        subscription_id: int | None = None,
+        subscription_id: Annotated[
+            int | None, QueryParameter(description="Only this subscription", required=False)
+        ] = None,
     ) -> InvoiceList:
         """Oldest first, each with the platform fee and the creator's earnings."""
         principal.ensure_visible(account_id, what="creator")

@@ -63,6 +63,8 @@ class CreatorRow:
     status: str
     charges_enabled: bool
     payouts_enabled: bool
+    details_submitted: bool
+    suspended: bool
     payout_failure_code: str | None
 
 
@@ -71,6 +73,7 @@ SELECT c.id, c.account_id, c.handle, c.display_name, c.default_currency,
        COALESCE(a.status, 'onboarding') AS status,
        COALESCE(a.charges_enabled, false) AS charges_enabled,
        COALESCE(a.payouts_enabled, false) AS payouts_enabled,
+       COALESCE(a.details_submitted, false) AS details_submitted,
        a.payout_failure_code, COALESCE(a.suspended, false) AS suspended
 FROM creator_subscriptions_creators c
 LEFT JOIN marketplace_accounts a ON a.stripe_account_id = c.account_id
@@ -88,6 +91,8 @@ def _creator(row: asyncpg.Record) -> CreatorRow:
         status=status,
         charges_enabled=bool(row["charges_enabled"]),
         payouts_enabled=bool(row["payouts_enabled"]),
+        details_submitted=bool(row["details_submitted"]),
+        suspended=bool(row["suspended"]),
         payout_failure_code=row["payout_failure_code"],
     )
 
@@ -112,11 +117,12 @@ def require_selling(creator: CreatorRow) -> None:
     """Refuse to take money for a creator whose account cannot take charges.
 
     Raises:
-        AccountRestricted: the account is suspended or restricted after onboarding.
+        AccountRestricted: the operator suspended the account, or Stripe disabled
+            charges after the details were submitted (a restricted account).
         AccountNotReady: onboarding is not finished (``account.updated`` has not
             said ``charges_enabled`` yet).
     """
-    if creator.status in {"suspended", "restricted"} and not creator.charges_enabled:
+    if creator.suspended or (creator.details_submitted and not creator.charges_enabled):
         raise AccountRestricted(
             f"creator {creator.account_id} is {creator.status} and cannot sell",
             account_id=creator.account_id,

@@ -131,7 +131,7 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     paused = Boolean(default=False)
     pause_behavior = Varchar(length=32, default="")
     pause_at_event = BigInt(default=0)
-    application_fee_percent = Numeric(digits=(7, 4))
+    application_fee_percent = Numeric(digits=(5, 2))
     rule_id = Varchar(length=200, default="")
     rule_version = Integer(default=1)
     latest_invoice = Varchar(length=64, default="")

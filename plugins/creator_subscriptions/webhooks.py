@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import asyncpg
@@ -173,7 +174,8 @@ async def on_subscription(event: StripeEvent, ctx: Context) -> None:
     if result.ambiguous:
         # Two different values stamped with the same second: Stripe decides.
         source = await env.gateway.call("subscriptions", "retrieve", str(subscription["id"]))
-        result = merge(result.state, snapshot_of(source), created, force=True)
+        forced = merge(result.state, snapshot_of(source), created, force=True)
+        result = replace(forced, changed=forced.changed | result.changed)
     if not result.changed and result.state == held:
         return
     tier_id = None

@@ -1,0 +1,320 @@
+"""creator_subscriptions end to end: HTTP API, the sandbox, signed webhooks and the worker.
+
+One creator's whole story: onboarding gate (409 until ``account.updated``), tiers,
+a subscription renewing on a test clock, an upgrade mid-period (the prorated
+invoice and its fee checked against the arithmetic), a failing card going
+``past_due`` then cancelled by dunning, pause/resume, cancel at period end, a tip
+and its refund, scoped keys, and the ledger against Stripe's balances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+import pytest
+from support.stack import Stack, running_stack
+
+from engine.core.money import Money
+from engine.core.orders import LifecycleEvent
+from engine.core.plugins import hookimpl
+
+P = "/v1/creator_subscriptions"
+DAY = 86_400
+
+
+class Notices:
+    """A test plugin recording lifecycle events."""
+
+    def __init__(self) -> None:
+        self.events: list[LifecycleEvent] = []
+
+    @hookimpl
+    def on_lifecycle_event(self, event: LifecycleEvent) -> None:
+        self.events.append(event)
+
+    def names(self, subject: str | None = None) -> list[str]:
+        return [e.name for e in self.events if subject is None or e.subject_id == subject]
+
+
+@pytest.fixture
+def notices() -> Notices:
+    return Notices()
+
+
+@pytest.fixture
+async def stack(
+    fresh_database_url: str, nats_url: str, unique_name: str, notices: Notices
+) -> AsyncIterator[Stack]:
+    config = {
+        "plugins": {
+            "commission_rules": {
+                "rules": [
+                    {"id": "default", "rate_bps": 1000},
+                    {
+                        "id": "gold",
+                        "rate_bps": 1250,
+                        "scope": {"plugin": "creator_subscriptions", "tier": "Gold"},
+                    },
+                ]
+            },
+            "creator_subscriptions": {"dunning_retries": 2},
+        }
+    }
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        config=config,
+        extra_plugins={"test_notices": notices},
+    ) as running:
+        yield running
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def stripe_call(stack: Stack, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A sandbox SDK call off the event loop (the API and worker live on it)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def new_clock(stack: Stack) -> tuple[str, int]:
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = await stripe_call(
+        stack, stack.stripe().v1.test_helpers.test_clocks.create, params={"frozen_time": now}
+    )
+    return str(clock["id"]), now
+
+
+async def advance_clock(stack: Stack, clock: str, to: int) -> None:
+    await stripe_call(
+        stack,
+        stack.stripe().v1.test_helpers.test_clocks.advance,
+        clock,
+        params={"frozen_time": to},
+    )
+    await stack.settle(60)
+
+
+async def onboard(stack: Stack, handle: str, *, complete: bool = True) -> str:
+    created = ok(
+        await stack.http.post(f"{P}/creators", json={"handle": handle, "display_name": handle}),
+        201,
+    )
+    account_id = str(created["creator"]["account_id"])
+    if complete:
+        stack.sandbox.control("POST", f"/_sandbox/accounts/{account_id}/complete_onboarding")
+        await stack.settle()
+    return account_id
+
+
+async def fan(stack: Stack, ref: str, clock: str, pm: str = "pm_card_visa") -> int:
+    body = {"external_ref": ref, "name": ref, "payment_method": pm, "test_clock": clock}
+    return int(ok(await stack.http.post(f"{P}/fans", json=body), 201)["id"])
+
+
+def sandbox_total(stack: Stack, account: str) -> int:
+    balance: Any = stack.stripe(stripe_account=account).v1.balance.retrieve()
+    return sum(
+        int(item["amount"])
+        for item in [*balance["available"], *balance["pending"]]
+        if item["currency"] == "usd"
+    )
+
+
+def percent_of(amount: int, percent: str) -> int:
+    exact = Decimal(amount) * Decimal(percent) / 100
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: Notices) -> None:
+    http = stack.http
+    account_id = await onboard(stack, "ada", complete=False)
+    clock, _ = await new_clock(stack)
+    silver = ok(
+        await http.post(
+            f"{P}/creators/{account_id}/tiers", json={"name": "Silver", "amount": 1000}
+        ),
+        201,
+    )
+    gold = ok(
+        await http.post(f"{P}/creators/{account_id}/tiers", json={"name": "Gold", "amount": 2500}),
+        201,
+    )
+    alice = await fan(stack, "alice", clock)
+
+    # Not before account.updated says charges are enabled.
+    early = await http.post(f"{P}/subscriptions", json={"fan_id": alice, "tier_id": silver["id"]})
+    assert early.status_code == 409, early.text
+    assert early.json()["code"] == "account_not_ready"
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{account_id}/complete_onboarding")
+    await stack.settle()
+
+    sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": alice, "tier_id": silver["id"]}),
+        201,
+    )
+    assert sub["application_fee_percent"] == "10.00"
+    assert sub["status"] == "active"
+    stripe_sub = await stripe_call(
+        stack, stack.stripe().v1.subscriptions.retrieve, sub["stripe_subscription_id"]
+    )
+    assert stripe_sub["transfer_data"]["destination"] == account_id
+    assert Decimal(str(stripe_sub["application_fee_percent"])) == Decimal(10)
+    await stack.settle()
+
+    # A month on: the renewal is invoiced, charged and posted once.
+    period_end = int(sub["current_period_end"])
+    await advance_clock(stack, clock, period_end + 2 * 3600)
+    view = ok(await http.get(f"{P}/subscriptions/{sub['id']}"))
+    assert view["current_period_start"] == period_end
+    invoices = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"]
+    assert [i["billing_reason"] for i in invoices] == ["subscription_create", "subscription_cycle"]
+    for invoice in invoices:
+        assert invoice["status"] == "paid"
+        assert invoice["application_fee"] == 100
+        assert invoice["creator_earnings"] + invoice["application_fee"] == invoice["amount_paid"]
+
+    # Upgrade to Gold half-way through the second period: prorated at once, 12.5 % fee.
+    at = period_end + 2 * 3600 + 10 * DAY
+    await advance_clock(stack, clock, at)
+    upgraded = ok(
+        await http.post(f"{P}/subscriptions/{sub['id']}/change-tier", json={"tier_id": gold["id"]})
+    )
+    assert (upgraded["tier_id"], upgraded["application_fee_percent"]) == (gold["id"], "12.50")
+    await stack.settle()
+    invoices = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"]
+    proration = invoices[-1]
+    assert proration["billing_reason"] == "subscription_update"
+    second_start, second_end = int(view["current_period_start"]), int(view["current_period_end"])
+    span, left = second_end - second_start, second_end - at
+    expected = round_half_up(2500 * left, span) - round_half_up(1000 * left, span)
+    assert proration["amount_paid"] == expected
+    assert proration["application_fee"] == percent_of(expected, "12.50")
+    assert proration["creator_earnings"] == expected - proration["application_fee"]
+    stripe_invoice = await stripe_call(
+        stack, stack.stripe().v1.invoices.retrieve, proration["stripe_invoice_id"]
+    )
+    assert stripe_invoice["application_fee_amount"] == proration["application_fee"]
+
+    # The next renewal is Gold at 12.5 %.
+    await advance_clock(stack, clock, second_end + 2 * 3600)
+    renewal = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"][-1]
+    assert (renewal["amount_paid"], renewal["application_fee"]) == (2500, 313)
+
+    # Pause: the next period is not charged; resume: the one after is.
+    ok(await http.post(f"{P}/subscriptions/{sub['id']}/pause"))
+    third_end = int(ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["current_period_end"])
+    await advance_clock(stack, clock, third_end + 2 * 3600)
+    paused = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"][-1]
+    assert paused["status"] == "void"
+    assert paused["amount_paid"] == 0
+    resumed = ok(await http.post(f"{P}/subscriptions/{sub['id']}/resume"))
+    assert resumed["paused"] is False
+
+    # Cancel at period end: it runs out, then ends, and nothing more is charged.
+    ok(await http.post(f"{P}/subscriptions/{sub['id']}/cancel", json={"at_period_end": True}))
+    fourth_end = int(ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["current_period_end"])
+    await advance_clock(stack, clock, fourth_end + 2 * 3600)
+    ended = ok(await http.get(f"{P}/subscriptions/{sub['id']}"))
+    assert ended["status"] == "canceled"
+
+    # A failing card: past_due, retried, then cancelled after the configured retries.
+    bob = await fan(stack, "bob", clock, pm="pm_card_chargeCustomerFail")
+    # The card attaches but every charge fails, so the first payment is refused (402).
+    refused = await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": silver["id"]})
+    assert refused.status_code == 402, refused.text
+    carol = await fan(stack, "carol", clock)
+    carol_sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": carol, "tier_id": silver["id"]}),
+        201,
+    )
+    bad_pm = await stripe_call(
+        stack,
+        stack.stripe().v1.payment_methods.attach,
+        "pm_card_chargeCustomerFail",
+        params={"customer": ok(await http.get(f"{P}/fans/{carol}"))["stripe_customer_id"]},
+    )
+    await stripe_call(
+        stack,
+        stack.stripe().v1.subscriptions.update,
+        carol_sub["stripe_subscription_id"],
+        params={"default_payment_method": bad_pm["id"]},
+    )
+    carol_end = int(carol_sub["current_period_end"])
+    await advance_clock(stack, clock, carol_end + 2 * 3600)
+    assert ok(await http.get(f"{P}/subscriptions/{carol_sub['id']}"))["status"] == "past_due"
+    subject = f"creator_subscriptions:subscription:{carol_sub['id']}"
+    assert "creator_subscriptions.subscription.past_due" in notices.names(subject)
+    await advance_clock(stack, clock, carol_end + 2 * 3600 + 9 * DAY)  # retries at +3, +5 days
+    assert ok(await http.get(f"{P}/subscriptions/{carol_sub['id']}"))["status"] == "canceled"
+    assert "creator_subscriptions.subscription.dunning_exhausted" in notices.names(subject)
+
+    # A tip, then half of it refunded.
+    tip = ok(
+        await http.post(
+            f"{P}/payments/tips",
+            json={"fan_id": alice, "creator_account_id": account_id, "amount": 700},
+        ),
+        201,
+    )
+    assert (tip["application_fee"], tip["creator_earnings"]) == (70, 630)
+    refund = ok(await http.post(f"{P}/payments/{tip['id']}/refunds", json={"amount": 350}), 201)
+    assert (refund["transfer_reversed"], refund["fee_refunded"]) == (350, 35)
+    await stack.settle()
+
+    # The creator's key sees only the creator's own things; the ledger agrees with Stripe.
+    key = await stack.create_key("account", account_id)
+    creator = stack.client_for(key)
+    other = await onboard(stack, "grace")
+    assert (await creator.get(f"{P}/creators/{other}/balance")).status_code == 404
+    assert (await creator.get(f"{P}/creators/{other}/subscribers")).status_code == 404
+    assert (await creator.post(f"{P}/payments/tips", json={})).status_code == 403
+    balance = ok(await creator.get(f"{P}/creators/{account_id}/balance"))
+    stripe_total = sum(a["amount"] for a in [*balance["available"], *balance["pending"]])
+    assert balance["ledger"] == [{"amount": stripe_total, "currency": "usd"}]
+    assert stripe_total == await asyncio.to_thread(sandbox_total, stack, account_id)
+    transactions = ok(
+        await creator.get(f"{P}/creators/{account_id}/transactions", params={"limit": 3})
+    )
+    assert len(transactions["data"]) == 3
+    assert transactions["next_cursor"]
+    more = ok(
+        await creator.get(
+            f"{P}/creators/{account_id}/transactions",
+            params={"limit": 100, "cursor": transactions["next_cursor"]},
+        )
+    )
+    every = [*transactions["data"], *more["data"]]
+    assert len({t["id"] for t in every}) == len(every)
+    assert sum(t["amount"] for t in every) == stripe_total
+    tips_only = ok(
+        await creator.get(f"{P}/creators/{account_id}/transactions", params={"kind": "tip"})
+    )
+    assert [t["amount"] for t in tips_only["data"]] == [630]
+    subscribers = ok(await creator.get(f"{P}/creators/{account_id}/subscribers"))["data"]
+    assert {s["fan_name"] for s in subscribers} == {"alice", "carol"}
+    async with stack.services.db.pool.acquire() as conn:
+        per_invoice = await conn.fetch(
+            """
+            SELECT i.stripe_invoice_id, count(t.id) AS n FROM creator_subscriptions_invoices i
+            LEFT JOIN marketplace_ledger_transactions t ON t.idempotency_key = i.ledger_key
+            WHERE i.status = 'paid' AND i.amount_paid > 0 GROUP BY i.stripe_invoice_id
+            """
+        )
+        unbalanced = await stack.services.ledger.unbalanced_transactions()
+    assert per_invoice
+    assert all(row["n"] == 1 for row in per_invoice)
+    assert unbalanced == []
+    assert Money(stripe_total, "usd").amount > 0
+
+
+def round_half_up(numerator: int, denominator: int) -> int:
+    quotient, remainder = divmod(numerator, denominator)
+    return quotient + (1 if remainder * 2 >= denominator else 0)
