@@ -9,6 +9,7 @@ retry and dead-letter paths run in a second or two.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import email
@@ -34,6 +35,7 @@ from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
 from engine.infra.processes import find_free_port
+from engine.notifier import cli as notifier_cli
 from engine.notifier.delivery import LOOPS, deliver_due, notifier_config, run_delivery_loop
 from engine.notifier.outbox import retry_dead
 from engine.notifier.senders import ATTEMPT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER
@@ -581,3 +583,30 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
     assert receiver.requests[0].verified
     assert receiver.requests[0].payload["data"]["stripe_object_id"] == "po_e2e_1"
     assert PLAIN_NO_ACCOUNT in smtp.inbox.texts()[0]
+
+
+async def test_cli_status_lists_dead_notifications_and_retry_dead_revives_them(
+    fresh_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_receiver(default=500) as receiver:
+        async with running_notifier(
+            fresh_database_url, max_attempts=1, **webhook_to(receiver)
+        ) as notifier:
+            notifier.plugins.notify_payout_failure(payout_failure())
+            await wait_until(
+                lambda: _statuses_are(notifier, {"webhook:dead": 1}), what="a dead webhook"
+            )
+            (row,) = await notifier.rows()
+            await notifier_cli._run(argparse.Namespace(action="status"), fresh_database_url)
+            status = capsys.readouterr().out
+            receiver.default = 200  # the operator fixed the endpoint
+            await notifier_cli._run(
+                argparse.Namespace(action="retry-dead", id=[row["id"]]), fresh_database_url
+            )
+            retried = capsys.readouterr().out
+            await wait_until(
+                lambda: _statuses_are(notifier, {"webhook:sent": 1}), what="the retried webhook"
+            )
+    assert "webhook  dead 1" in status
+    assert f"dead  {row['id']}  webhook  engine.payout.failed  HTTP 500" in status
+    assert retried.strip() == "1 notification(s) pending again"
