@@ -117,4 +117,7 @@ class WebhookAdminController(Controller):
         self, request: Request[Any, Any, Any], account: MailboxAccount
     ) -> ReplayResult:
         """Resume a parked account: its dead events and everything queued behind them."""
-        return ReplayResult(accounts=await _service(request).replay(account=account))
+        accounts = await _service(request).replay(account=account)
+        if not accounts:
+            raise NotFound(f"no webhook mailbox for account {account!r}")
+        return ReplayResult(accounts=accounts)

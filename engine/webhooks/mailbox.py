@@ -368,17 +368,18 @@ class Mailbox:
                 list(event_ids),
                 account,
             )
-            accounts = sorted({row["account"] for row in rows} | ({account} if account else set()))
-            await conn.execute(
+            wanted = sorted({row["account"] for row in rows} | ({account} if account else set()))
+            resumed = await conn.fetch(
                 """
                 UPDATE marketplace_webhook_accounts
                 SET parked = false, backoff_until = NULL, attempts = 0, last_error = '',
                     scheduled = true, scheduled_at = now(), lease_owner = '', lease_until = NULL
                 WHERE account = ANY($1)
+                RETURNING account
                 """,
-                accounts,
+                wanted,
             )
-        return accounts
+            return sorted(row["account"] for row in resumed)
 
     async def account_states(self) -> list[dict[str, Any]]:
         """Every mailbox with its pending count, for the admin view and metrics."""

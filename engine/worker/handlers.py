@@ -15,68 +15,39 @@ from typing import Any
 
 import asyncpg
 
+from engine.accounts.service import apply_stripe_account
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.ledger import Ledger, Posting, bank_of
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.worker.dispatch import EventContext, stripe_object
 
-__all__ = ["account_status", "core_registrations"]
+__all__ = ["core_registrations"]
 
 log = logging.getLogger(__name__)
 
 _PAYOUT_RANK = {"pending": 0, "in_transit": 1, "canceled": 2, "paid": 3, "failed": 3}
 
 
-def account_status(account: dict[str, Any]) -> str:
-    """Our status for a Stripe account: active, restricted or onboarding."""
-    requirements = account.get("requirements") or {}
-    if account.get("charges_enabled") and account.get("payouts_enabled"):
-        return "active"
-    if requirements.get("disabled_reason") or requirements.get("past_due"):
-        return "restricted"
-    if account.get("details_submitted"):
-        return "restricted"
-    return "onboarding"
-
-
 async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
     """Mirror charges/payouts enabled and requirements; never apply an older snapshot."""
     account = stripe_object(event)
-    created = int(event.get("created") or 0)
-    requirements = account.get("requirements") or {}
-    due = list(requirements.get("currently_due") or [])
-    row = await ctx.conn.fetchrow(
-        """
-        UPDATE marketplace_accounts
-        SET charges_enabled = $2, payouts_enabled = $3, details_submitted = $4,
-            requirements_due = $5::jsonb,
-            status = CASE WHEN suspended THEN 'suspended' ELSE $6 END,
-            payout_failure_code = CASE WHEN $3 THEN NULL ELSE payout_failure_code END,
-            stripe_updated_at = $7, updated_at = now()
-        WHERE stripe_account_id = $1 AND stripe_updated_at <= $7
-        RETURNING role
-        """,
-        account.get("id"),
-        bool(account.get("charges_enabled")),
-        bool(account.get("payouts_enabled")),
-        bool(account.get("details_submitted")),
-        json.dumps(due),
-        account_status(account),
-        created,
+    updated = await apply_stripe_account(
+        ctx.conn, account, observed_at=int(event.get("created") or 0)
     )
-    if row is None:
+    if updated is None:
         return  # unknown account, or a stale snapshot
     plugins = ctx.services.plugins
     lifecycle = LifecycleEvent(
         "engine.account.updated",
-        subject_id=str(account.get("id")),
-        account_id=str(account.get("id")),
+        subject_id=updated.id,
+        account_id=updated.id,
         data={
-            "role": row["role"],
-            "charges_enabled": bool(account.get("charges_enabled")),
-            "payouts_enabled": bool(account.get("payouts_enabled")),
-            "requirements_due": due,
+            "role": updated.role,
+            "status": updated.status,
+            "charges_enabled": updated.charges_enabled,
+            "payouts_enabled": updated.payouts_enabled,
+            "requirements_due": list(updated.requirements_due),
         },
     )
     ctx.after_commit(lambda: plugins.notify_lifecycle(lifecycle))
