@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.core.contributions import ConfigSection, PluginRuntime
+from engine.core.contributions import (
+    CliCommand,
+    ConfigSection,
+    PluginRuntime,
+    TableApp,
+    WebhookRegistration,
+)
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitPlan
 from engine.core.plugins import hookimpl
+from plugins.three_sided_bookings import tasks, webhooks
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.split import PROVIDER, VENUE, split_booking, terms_from_attributes
+from plugins.three_sided_bookings.tables import APP_CONFIG
 
 
 @hookimpl
@@ -29,7 +37,7 @@ def resolve_split(
     provider gets ``provider_share_bps`` of the net and the venue the rest.
     Synchronous and pure.
     """
-    if order.plugin != PLUGIN:
+    if order.plugin != PLUGIN or not {PROVIDER, VENUE} <= set(order.beneficiaries):
         return None
     config: ThreeSidedBookingsConfig = runtime.config(PLUGIN)
     terms = terms_from_attributes(order.attributes, config.provider_share_bps)
@@ -40,3 +48,28 @@ def resolve_split(
         order.beneficiaries[PROVIDER],
         order.beneficiaries[VENUE],
     )
+
+
+@hookimpl
+def register_tables(register: Callable[[TableApp], None]) -> None:
+    """Catalogue, bookings and money movements (``three_sided_bookings_*`` tables)."""
+    register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
+
+
+@hookimpl
+def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+    """Disputes, held-transfer release on ``account.updated``, ledger follow-up."""
+    for registration in webhooks.registrations():
+        register(registration)
+
+
+@hookimpl
+def register_tasks(register: Callable[[object], None]) -> None:
+    """``three_sided_bookings.run_due_timers``: take the timed transitions that are due."""
+    register(tasks.run_due_timers)
+
+
+@hookimpl
+def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+    """``marketplace bookings-timers``: run the due timed transitions (cron-friendly)."""
+    register(tasks.cli_command())

@@ -11,9 +11,9 @@ so legs always sum exactly and no cent is lost or made.
 Split JSON (stored with the booking and each charge, never recomputed)::
 
     {"total": 10000, "currency": "gbp", "rule_id": "spa", "rule_version": 3,
-     "legs": [{"role": "platform", "account": null, "amount": 1200},
-              {"role": "provider", "account": "acct_p", "amount": 5280},
-              {"role": "venue", "account": "acct_v", "amount": 3520}]}
+     "legs": [{"role": "platform", "account_id": null, "amount": 1200},
+              {"role": "provider", "account_id": "acct_p", "amount": 5280},
+              {"role": "venue", "account_id": "acct_v", "amount": 3520}]}
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def plan_to_json(plan: SplitPlan, **extra: Any) -> dict[str, Any]:
         "currency": plan.total.currency,
         **extra,
         "legs": [
-            {"role": leg.role, "account": leg.account_id, "amount": leg.amount.amount}
+            {"role": leg.role, "account_id": leg.account_id, "amount": leg.amount.amount}
             for leg in plan.legs
         ],
     }
@@ -183,7 +183,7 @@ def plan_from_json(data: Mapping[str, Any]) -> SplitPlan:
     return SplitPlan(
         total=Money(int(data["total"]), currency),
         legs=tuple(
-            SplitLeg(str(leg["role"]), Money(int(leg["amount"]), currency), leg.get("account"))
+            SplitLeg(str(leg["role"]), Money(int(leg["amount"]), currency), leg.get("account_id"))
             for leg in data["legs"]
         ),
     )

@@ -1,0 +1,606 @@
+"""The booking service: create bookings, take transitions, run timers, read and reconcile.
+
+The business logic behind ``/v1/three_sided_bookings/bookings`` (no HTTP here).
+A transition is one database transaction: lock the booking, resolve the
+transition in the configured process (``IllegalTransition`` with the current
+state and the allowed actions otherwise), run its actions (Stripe calls with
+idempotency keys, records, ledger postings), move the state, append to the
+audit trail and set the next timer. Notifications go out after the commit.
+A timed transition that is due at once (settlement after completion) runs
+right after, in its own transaction, so a failed settlement leaves the booking
+``completed`` with its timer due, for the timer runner to retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from engine.core.errors import (
+    IllegalTransition,
+    InvalidInput,
+    MarketplaceError,
+    NotFound,
+)
+from engine.core.money import Money, apply_rate
+from engine.services import Services
+from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
+from plugins.three_sided_bookings.catalog import share_terms
+from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
+from plugins.three_sided_bookings.context import ActionParams, BookingContext, Notices
+from plugins.three_sided_bookings.payments import collected, release_held_transfers
+from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
+from plugins.three_sided_bookings.schemas import (
+    BookingList,
+    BookingView,
+    NewBooking,
+    SplitLegView,
+    SplitView,
+    TransitionView,
+)
+from plugins.three_sided_bookings.split import SplitCalculationService
+from plugins.three_sided_bookings.store import (
+    BookingRecord,
+    Connection,
+    jsonb,
+    load_booking,
+    load_charges,
+    lock_booking,
+)
+
+__all__ = ["BookingService", "Clock", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+STRIPE_MINIMUM: Final = 50
+"""Stripe's smallest charge in minor units (the sandbox applies it to every currency)."""
+
+_MAX_CHAINED: Final = 5
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A transition taken: the booking after it, and what to notify once committed."""
+
+    booking: BookingRecord
+    notices: Notices
+
+
+class BookingService:
+    """Bookings of the spa marketplace.
+
+    Args:
+        services: the engine's running services.
+        clock: the time source (tests pass a fixed or moving clock).
+    """
+
+    def __init__(self, services: Services, *, clock: Clock | None = None) -> None:
+        self._services = services
+        self._clock = clock or _utc_now
+
+    @property
+    def config(self) -> ThreeSidedBookingsConfig:
+        """The plugin's validated config."""
+        config: ThreeSidedBookingsConfig = self._services.plugins.runtime.config(PLUGIN)
+        return config
+
+    @property
+    def process(self) -> ProcessSpec:
+        """The booking process in force."""
+        return self.config.process
+
+    def now(self) -> datetime:
+        """The service's current time."""
+        return self._clock()
+
+    @property
+    def _pool(self) -> Any:
+        return self._services.db.pool
+
+    def context(
+        self,
+        conn: Connection,
+        booking: BookingRecord,
+        *,
+        actor: str = "system",
+        params: ActionParams | None = None,
+    ) -> BookingContext:
+        """A context for actions on ``booking`` inside ``conn``'s transaction."""
+        return BookingContext(
+            services=self._services,
+            config=self.config,
+            conn=conn,
+            booking=booking,
+            now=self.now(),
+            actor=actor,
+            params=params or ActionParams(),
+        )
+
+    # ------------------------------------------------------------ create
+
+    async def create(self, data: NewBooking, *, created_by: str = "") -> BookingRecord:
+        """Create a booking in the process's initial state, priced and split once.
+
+        With ``data.payment_method`` the ``pay`` transition follows at once;
+        a declined card leaves the booking ``pending_payment`` and the error
+        names it (``booking_id``) so the customer can pay with another card.
+        """
+        now = self.now()
+        config = self.config
+        async with self._pool.acquire() as conn:
+            service = await conn.fetchrow(
+                "SELECT * FROM three_sided_bookings_services WHERE id = $1", data.service_id
+            )
+            provider = await conn.fetchrow(
+                "SELECT * FROM three_sided_bookings_providers WHERE id = $1", data.provider_id
+            )
+            venue = await conn.fetchrow(
+                "SELECT * FROM three_sided_bookings_venues WHERE id = $1", data.venue_id
+            )
+            if service is None or not service["active"]:
+                raise NotFound(f"no bookable service {data.service_id}", field="service_id")
+            if provider is None:
+                raise NotFound(f"no provider {data.provider_id}", field="provider_id")
+            if venue is None:
+                raise NotFound(f"no venue {data.venue_id}", field="venue_id")
+            starts_at = data.starts_at
+            if starts_at.tzinfo is None:
+                raise InvalidInput("starts_at needs a UTC offset", field="starts_at")
+            if starts_at <= now:
+                raise InvalidInput("starts_at is in the past", field="starts_at")
+            currency = str(service["currency"])
+            if currency not in config.currencies:
+                raise InvalidInput(f"bookings are not taken in {currency}", field="service_id")
+            value = Money(int(service["price"]), currency)
+            deposit = self._deposit(data.payment_model, value)
+            terms = await share_terms(
+                conn,
+                provider_id=provider["id"],
+                venue_id=venue["id"],
+                service_type=str(service["service_type"]),
+                currency=currency,
+                default_provider_bps=config.provider_share_bps,
+            )
+            async with conn.transaction():
+                booking_id = int(
+                    await conn.fetchval(
+                        "SELECT nextval(pg_get_serial_sequence("
+                        "'three_sided_bookings_bookings', 'id'))"
+                    )
+                )
+                quote = SplitCalculationService(self._services.plugins, PLUGIN).quote(
+                    reference=f"booking:{booking_id}",
+                    value=value,
+                    service_type=str(service["service_type"]),
+                    provider_account=str(provider["account_id"]),
+                    venue_account=str(venue["account_id"]),
+                    terms=terms,
+                    occurred_at=now,
+                    attributes={"payment_model": data.payment_model},
+                )
+                process = self.process
+                policy = {
+                    "windows": [[w.hours_before, w.fee_bps] for w in config.windows()],
+                    "no_show_fee_bps": config.no_show_fee_bps,
+                }
+                ends_at = starts_at + timedelta(minutes=int(service["duration_minutes"]))
+                await conn.execute(
+                    """
+                    INSERT INTO three_sided_bookings_bookings
+                        (id, service, provider, venue, service_type, service_name,
+                         provider_account, venue_account, customer_name, customer_email,
+                         customer_reference, payment_model, state, previous_state,
+                         state_entered_at, process_name, process_version, starts_at, ends_at,
+                         amount, currency, deposit_amount, split, policy, transfer_group,
+                         timer_at, timer_name, communication, created_by, created_at,
+                         updated_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '', $14,
+                            $15, $16, $17, $18, $19, $20, $21, $22::jsonb, $23::jsonb, $24,
+                            NULL, '', '[]'::jsonb, $25, $14, $14)
+                    """,
+                    booking_id,
+                    service["id"],
+                    provider["id"],
+                    venue["id"],
+                    service["service_type"],
+                    service["name"],
+                    provider["account_id"],
+                    venue["account_id"],
+                    data.customer.name,
+                    data.customer.email,
+                    data.customer.reference,
+                    data.payment_model,
+                    process.initial,
+                    now,
+                    process.name,
+                    process.version,
+                    starts_at,
+                    ends_at,
+                    value.amount,
+                    currency,
+                    deposit,
+                    json.dumps(quote.split_json()),
+                    json.dumps(policy),
+                    f"booking:{booking_id}",
+                    created_by,
+                )
+                booking = await load_booking(conn, booking_id)
+                await self._audit(
+                    conn,
+                    booking,
+                    "create",
+                    "",
+                    process.initial,
+                    "customer",
+                    created_by,
+                    {"split": quote.split_json(), "deposit": deposit},
+                )
+                booking = await self._set_timer(conn, booking)
+        notices = Notices(self._services)
+        notices.lifecycle(
+            "booking.created",
+            booking.reference,
+            amount=booking.amount,
+            currency=booking.currency,
+            payment_model=booking.payment_model,
+        )
+        notices.send()
+        if data.payment_method:
+            try:
+                booking = await self.act(
+                    booking.id,
+                    "pay",
+                    "customer",
+                    actor_id=created_by,
+                    params=ActionParams(payment_method=data.payment_method),
+                )
+            except MarketplaceError as error:
+                error.extra.setdefault("booking_id", booking.id)
+                raise
+        return booking
+
+    def _deposit(self, payment_model: str, value: Money) -> int:
+        if payment_model != "deposit":
+            return 0
+        deposit = apply_rate(value.amount, self.config.deposit_bps)
+        balance = value.amount - deposit
+        if deposit < STRIPE_MINIMUM or 0 < balance < STRIPE_MINIMUM:
+            raise InvalidInput(
+                f"a deposit of {deposit} and a balance of {balance} {value.currency}: each "
+                f"must be at least {STRIPE_MINIMUM} minor units",
+                field="payment_model",
+            )
+        return deposit
+
+    # ------------------------------------------------------------ transitions
+
+    async def act(
+        self,
+        booking_id: int,
+        name: str,
+        actor: str,
+        *,
+        actor_id: str = "",
+        params: ActionParams | None = None,
+    ) -> BookingRecord:
+        """Take transition ``name`` as ``actor``; then any timed transition due at once.
+
+        Raises:
+            IllegalTransition: not allowed from the current state for this actor
+                (409, with ``state`` and ``allowed``).
+        """
+        async with self._pool.acquire() as conn:
+            outcome = await self.act_in(
+                conn, booking_id, name, actor, actor_id=actor_id, params=params
+            )
+        outcome.notices.send()
+        return await self._run_due_now(outcome.booking)
+
+    async def act_in(
+        self,
+        conn: Connection,
+        booking_id: int,
+        name: str,
+        actor: str,
+        *,
+        actor_id: str = "",
+        params: ActionParams | None = None,
+    ) -> Outcome:
+        """Take a transition inside ``conn`` (a savepoint when already in a transaction).
+
+        The caller sends ``outcome.notices`` after its own commit (a webhook
+        handler passes them to ``ctx.after_commit``).
+        """
+        async with conn.transaction():
+            booking = await lock_booking(conn, booking_id)
+            charges = await load_charges(conn, booking_id)
+            params = params or ActionParams()
+            now = self.now()
+            facts = Facts(
+                now=now,
+                starts_at=booking.starts_at,
+                ends_at=booking.ends_at,
+                payment_model=booking.payment_model,
+                collected=collected(charges),
+                requested_amount=params.amount,
+                grace=timedelta(minutes=self.config.start_grace_minutes),
+            )
+            transition = self.process.resolve(name, booking.state, actor, facts)
+            target = transition.to
+            if target == PREVIOUS_STATE:
+                target = booking.previous_state or self.process.initial
+            ctx = self.context(conn, booking, actor=actor, params=params)
+            if params.reason:
+                ctx.record("reason", params.reason)
+            for action in transition.actions:
+                await ACTION_IMPLEMENTATIONS[action](ctx)
+            booking = await ctx.reload()
+            await self._audit(conn, booking, name, booking.state, target, actor, actor_id, ctx.data)
+            if target != booking.state:
+                await conn.execute(
+                    """
+                    UPDATE three_sided_bookings_bookings
+                    SET state = $2, previous_state = $3, state_entered_at = $4, updated_at = $4
+                    WHERE id = $1
+                    """,
+                    booking.id,
+                    target,
+                    booking.state,
+                    now,
+                )
+            booking = await self._set_timer(conn, await load_booking(conn, booking.id))
+        ctx.notify.lifecycle(
+            f"booking.{name}",
+            booking.reference,
+            state=booking.state,
+            actor=actor,
+            amount=booking.amount,
+            currency=booking.currency,
+        )
+        return Outcome(booking=booking, notices=ctx.notify)
+
+    async def _audit(  # noqa: PLR0917 - one audit row's columns, in order
+        self,
+        conn: Connection,
+        booking: BookingRecord,
+        name: str,
+        from_state: str,
+        to_state: str,
+        actor: str,
+        actor_id: str,
+        data: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            """
+            INSERT INTO three_sided_bookings_transitions
+                (booking, transition, from_state, to_state, actor, actor_id, data, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+            """,
+            booking.id,
+            name,
+            from_state,
+            to_state,
+            actor,
+            actor_id,
+            json.dumps(data, default=str),
+            self.now(),
+        )
+
+    async def _set_timer(self, conn: Connection, booking: BookingRecord) -> BookingRecord:
+        """Point the booking at its next timed transition (or none)."""
+        due: list[tuple[datetime, str]] = []
+        for transition in self.process.timed(booking.state):
+            if transition.timer is None:
+                continue
+            moment = transition.timer.due(
+                entered=booking.state_entered_at,
+                created=booking.created_at,
+                starts=booking.starts_at,
+                ends=booking.ends_at,
+            )
+            due.append((moment, transition.name))
+        when: datetime | None = None
+        name = ""
+        if due:
+            when, name = min(due)
+        await conn.execute(
+            "UPDATE three_sided_bookings_bookings SET timer_at = $2, timer_name = $3 WHERE id = $1",
+            booking.id,
+            when,
+            name,
+        )
+        return await load_booking(conn, booking.id)
+
+    async def _run_due_now(self, booking: BookingRecord) -> BookingRecord:
+        """Take timed transitions that are already due (settlement after completion)."""
+        for _ in range(_MAX_CHAINED):
+            if booking.timer_at is None or booking.timer_at > self.now():
+                return booking
+            try:
+                booking = await self.act(booking.id, booking.timer_name, "system")
+            except MarketplaceError:
+                # The booking keeps its due timer; the timer runner retries it.
+                log.warning("timed %s of booking %s failed", booking.timer_name, booking.id)
+                return await self.get_record(booking.id)
+        return booking
+
+    async def run_due_timers(self, *, limit: int = 100) -> list[tuple[int, str, str]]:
+        """Take every timed transition due now; return ``(booking, transition, outcome)``."""
+        rows = await self._pool.fetch(
+            "SELECT id, timer_name FROM three_sided_bookings_bookings "
+            "WHERE timer_at <= $1 ORDER BY timer_at LIMIT $2",
+            self.now(),
+            limit,
+        )
+        done: list[tuple[int, str, str]] = []
+        for row in rows:
+            try:
+                booking = await self.act(row["id"], row["timer_name"], "system")
+                done.append((row["id"], row["timer_name"], booking.state))
+            except IllegalTransition as refused:
+                # The booking moved on (another runner) or a guard does not hold: drop it.
+                async with self._pool.acquire() as conn:
+                    await self._set_timer(conn, await load_booking(conn, row["id"]))
+                done.append((row["id"], row["timer_name"], f"skipped: {refused.detail}"))
+            except MarketplaceError as error:
+                log.warning(
+                    "timed %s of booking %s failed: %s", row["timer_name"], row["id"], error
+                )
+                done.append((row["id"], row["timer_name"], f"failed: {error.detail}"))
+        return done
+
+    async def release_held(self, conn: Connection, account_id: str) -> tuple[list[int], Notices]:
+        """Retry the shares held for an account that can receive funds again."""
+        notices = Notices(self._services)
+        paid = await release_held_transfers(self.context, conn, account_id, notices)
+        return paid, notices
+
+    # ------------------------------------------------------------ reading
+
+    async def get_record(self, booking_id: int) -> BookingRecord:
+        """The stored booking."""
+        return await load_booking(self._pool, booking_id)
+
+    async def view(self, booking: BookingRecord, actor: str | None = None) -> BookingView:
+        """The API view of a booking (``allowed_actions`` for ``actor``)."""
+        money = await self._pool.fetchrow(
+            """
+            SELECT
+              (SELECT COALESCE(sum(captured - refunded), 0) FROM three_sided_bookings_charges
+                 WHERE booking = $1) AS collected,
+              (SELECT COALESCE(sum(refunded), 0) FROM three_sided_bookings_charges
+                 WHERE booking = $1) AS refunded,
+              (SELECT COALESCE(sum(amount), 0) FROM three_sided_bookings_transfers
+                 WHERE booking = $1 AND status = 'held') AS held
+            """,
+            booking.id,
+        )
+        split = booking.split
+        return BookingView(
+            id=booking.id,
+            reference=booking.reference,
+            state=booking.state,
+            allowed_actions=self.process.allowed(booking.state, actor),
+            payment_model=booking.payment_model,
+            service_id=booking.service_id,
+            service_name=booking.service_name,
+            service_type=booking.service_type,
+            provider_id=booking.provider_id,
+            provider_account=booking.provider_account,
+            venue_id=booking.venue_id,
+            venue_account=booking.venue_account,
+            customer_name=booking.customer_name,
+            customer_email=booking.customer_email,
+            customer_reference=booking.customer_reference,
+            starts_at=booking.starts_at,
+            ends_at=booking.ends_at,
+            amount=booking.amount,
+            currency=booking.currency,
+            deposit_amount=booking.deposit_amount,
+            collected=int(money["collected"]),
+            refunded=int(money["refunded"]),
+            held=int(money["held"]),
+            split=SplitView(
+                total=int(split["total"]),
+                currency=str(split["currency"]),
+                rule_id=str(split.get("rule_id", "")),
+                rule_version=int(split.get("rule_version", 1)),
+                provider_terms=str(split.get("provider_terms", "")),
+                venue_terms=str(split.get("venue_terms", "")),
+                legs=[
+                    SplitLegView(
+                        role=str(leg["role"]),
+                        account_id=leg.get("account_id"),
+                        amount=int(leg["amount"]),
+                    )
+                    for leg in split["legs"]
+                ],
+            ),
+            transfer_group=booking.transfer_group,
+            created_at=booking.created_at,
+            updated_at=booking.updated_at,
+        )
+
+    async def list_records(
+        self,
+        *,
+        account_id: str | None = None,
+        created_by: str | None = None,
+        state: str | None = None,
+        after: int = 0,
+        limit: int = 20,
+    ) -> tuple[list[BookingRecord], int | None]:
+        """A page of bookings (one account's, one client's, or all), oldest first."""
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM three_sided_bookings_bookings
+            WHERE id > $1
+              AND ($2::text IS NULL OR provider_account = $2 OR venue_account = $2)
+              AND ($3::text IS NULL OR created_by = $3)
+              AND ($4::text IS NULL OR state = $4)
+            ORDER BY id LIMIT $5
+            """,
+            after,
+            account_id,
+            created_by,
+            state,
+            limit + 1,
+        )
+        records = [BookingRecord.from_row(row) for row in rows[:limit]]
+        return records, (records[-1].id if len(rows) > limit else None)
+
+    async def list_views(
+        self, records: list[BookingRecord], next_after: int | None, actor: str | None
+    ) -> BookingList:
+        """The API page for ``list_records``' answer."""
+        from engine.api.pagination import encode_cursor
+
+        return BookingList(
+            data=[await self.view(record, actor) for record in records],
+            next_cursor=encode_cursor(next_after),
+        )
+
+    async def transitions(self, booking_id: int) -> list[TransitionView]:
+        """The audit trail, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM three_sided_bookings_transitions WHERE booking = $1 ORDER BY id",
+            booking_id,
+        )
+        return [
+            TransitionView(
+                transition=row["transition"],
+                from_state=row["from_state"],
+                to_state=row["to_state"],
+                actor=row["actor"],
+                actor_id=row["actor_id"],
+                data=jsonb(row["data"]) or {},
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    async def add_message(self, booking_id: int, author: str, text: str) -> BookingRecord:
+        """Append to the customer communication (kept as dispute evidence)."""
+        message = {"at": self.now().isoformat(), "author": author, "text": text}
+        row = await self._pool.fetchrow(
+            """
+            UPDATE three_sided_bookings_bookings
+            SET communication = communication || $2::jsonb, updated_at = now()
+            WHERE id = $1 RETURNING *
+            """,
+            booking_id,
+            json.dumps([message]),
+        )
+        if row is None:
+            raise NotFound(f"no booking {booking_id}")
+        return BookingRecord.from_row(row)

@@ -1,0 +1,226 @@
+"""Disputes on a booking's charges: record, assemble and submit evidence, post the outcome.
+
+``charge.dispute.created`` puts the booking in ``disputed`` and records the
+dispute; its balance transactions (funds withdrawn, Stripe's dispute fee) are
+posted to the ledger as they appear, keyed by transaction id. The evidence is
+built from the booking itself (service date, service, provider, venue, the
+booking record with its audit trail, the customer communication and the
+cancellation policy) and submitted with ``POST /v1/disputes/{id}``
+(``evidence[...]``, ``submit=true``). ``charge.dispute.closed`` posts the
+outcome: a win reinstates the funds (a balance transaction), a loss moves the
+withdrawn money to the customer for good and, when configured, reverses the
+provider's and venue's shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from engine.core.errors import Conflict, NotFound
+from engine.core.money import Money
+from plugins.three_sided_bookings.context import BookingContext
+from plugins.three_sided_bookings.payments import reverse_all_shares
+from plugins.three_sided_bookings.postings import dispute_lost_posting, dispute_txn_posting
+from plugins.three_sided_bookings.store import BookingRecord, Connection
+
+__all__ = [
+    "assemble_evidence",
+    "post_dispute_transactions",
+    "record_dispute",
+    "record_outcome",
+    "submit_evidence",
+]
+
+_MAX_TEXT: Final = 20_000  # Stripe's limit on a free-text evidence field
+
+
+async def post_dispute_transactions(
+    ctx_post: Any, booking: BookingRecord, dispute: dict[str, Any]
+) -> None:
+    """Post each of the dispute's balance transactions (withdrawal, reinstatement) once."""
+    for txn in dispute.get("balance_transactions") or []:
+        if not isinstance(txn, dict):
+            continue
+        await ctx_post(
+            dispute_txn_posting(
+                booking.reference,
+                str(dispute["id"]),
+                str(txn["id"]),
+                Money(int(txn["amount"]), str(txn["currency"])),
+                Money(int(txn.get("fee") or 0), str(txn["currency"])),
+            )
+        )
+
+
+def _dispute(ctx: BookingContext) -> dict[str, Any]:
+    dispute = ctx.params.dispute
+    if dispute is None:
+        raise Conflict("a dispute transition needs the Stripe dispute")
+    return dispute
+
+
+async def record_dispute(ctx: BookingContext) -> None:
+    """Remember a new dispute, post its withdrawal, submit evidence when configured."""
+    dispute = _dispute(ctx)
+    booking = ctx.booking
+    charge_id = await ctx.conn.fetchval(
+        "SELECT id FROM three_sided_bookings_charges WHERE stripe_charge_id = $1",
+        dispute.get("charge"),
+    )
+    if charge_id is None:
+        raise NotFound(f"dispute {dispute['id']} is not on a charge of booking {booking.id}")
+    await ctx.conn.execute(
+        """
+        INSERT INTO three_sided_bookings_disputes
+            (booking, charge, stripe_dispute_id, amount, currency, reason, status, evidence,
+             evidence_submitted_at, created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, '{}'::jsonb, NULL, now(), now())
+        ON CONFLICT (stripe_dispute_id) DO NOTHING
+        """,
+        booking.id,
+        charge_id,
+        dispute["id"],
+        int(dispute["amount"]),
+        str(dispute["currency"]),
+        str(dispute.get("reason") or ""),
+        str(dispute.get("status") or "needs_response"),
+    )
+    await post_dispute_transactions(ctx.post, booking, dispute)
+    ctx.record("dispute", {"id": dispute["id"], "amount": dispute["amount"]})
+    if ctx.config.auto_submit_evidence:
+        await submit_evidence(ctx, dispute_id=str(dispute["id"]))
+
+
+async def _open_dispute_id(conn: Connection, booking_id: int) -> str:
+    found = await conn.fetchval(
+        "SELECT stripe_dispute_id FROM three_sided_bookings_disputes "
+        "WHERE booking = $1 AND status NOT IN ('won', 'lost') ORDER BY id DESC LIMIT 1",
+        booking_id,
+    )
+    if found is None:
+        raise Conflict(f"booking {booking_id} has no open dispute")
+    return str(found)
+
+
+def _policy_text(booking: BookingRecord) -> str:
+    policy = booking.policy
+    windows = sorted(policy.get("windows", []), key=lambda w: w[0], reverse=True)
+    lines = [
+        f"Cancelled at least {hours} hours before the start: "
+        f"{fee_bps / 100:g}% of the price is kept."
+        for hours, fee_bps in windows
+    ]
+    lines.append(
+        f"No-show or cancellation after the start: "
+        f"{int(policy.get('no_show_fee_bps', 10_000)) / 100:g}% of the price is kept."
+    )
+    return "\n".join(lines)
+
+
+async def assemble_evidence(
+    conn: Connection, booking: BookingRecord, statement: str
+) -> dict[str, str]:
+    """The dispute evidence, from the booking: Stripe's ``evidence[...]`` text fields."""
+    names = await conn.fetchrow(
+        """
+        SELECT p.display_name AS provider, v.display_name AS venue, v.address AS address,
+               s.duration_minutes AS duration
+        FROM three_sided_bookings_providers p, three_sided_bookings_venues v,
+             three_sided_bookings_services s
+        WHERE p.id = $1 AND v.id = $2 AND s.id = $3
+        """,
+        booking.provider_id,
+        booking.venue_id,
+        booking.service_id,
+    )
+    transitions = await conn.fetch(
+        "SELECT transition, from_state, to_state, actor, created_at "
+        "FROM three_sided_bookings_transitions WHERE booking = $1 ORDER BY id",
+        booking.id,
+    )
+    price = Money(booking.amount, booking.currency).format()
+    record = [
+        f"Booking {booking.id} ({booking.reference}), made {booking.created_at.isoformat()}",
+        f"Service: {booking.service_name} ({booking.service_type}, {names['duration']} min)",
+        f"Provider: {names['provider']}; venue: {names['venue']} {names['address']}".rstrip(),
+        f"Scheduled: {booking.starts_at.isoformat()} to {booking.ends_at.isoformat()}",
+        f"Price: {price}; payment: {booking.payment_model}",
+        "History:",
+        *(
+            f"  {row['created_at'].isoformat()} {row['transition']} by {row['actor']}: "
+            f"{row['from_state']} -> {row['to_state']}"
+            for row in transitions
+        ),
+        "Customer communication:",
+        *(
+            f"  {message.get('at', '')} {message.get('author', '')}: {message.get('text', '')}"
+            for message in booking.communication
+        ),
+    ]
+    if statement:
+        record += ["Statement:", statement]
+    return {
+        "customer_name": booking.customer_name,
+        "customer_email_address": booking.customer_email,
+        "service_date": booking.starts_at.date().isoformat(),
+        "product_description": (
+            f"{booking.service_name}, {names['duration']} minutes, by {names['provider']} "
+            f"at {names['venue']}"
+        ),
+        "cancellation_policy_disclosure": _policy_text(booking),
+        "uncategorized_text": "\n".join(record)[:_MAX_TEXT],
+    }
+
+
+async def submit_evidence(ctx: BookingContext, *, dispute_id: str | None = None) -> None:
+    """Assemble the evidence and submit it to Stripe (``submit=true``)."""
+    booking = ctx.booking
+    dispute_id = dispute_id or await _open_dispute_id(ctx.conn, booking.id)
+    evidence = await assemble_evidence(ctx.conn, booking, ctx.params.statement)
+    payload = {key: value for key, value in evidence.items() if value}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    updated = await ctx.gateway.call(
+        "disputes",
+        "update",
+        dispute_id,
+        params={
+            "evidence": payload,
+            "submit": True,
+            "metadata": {"booking_id": str(booking.id)},
+        },
+        idempotency_key=f"booking:{booking.id}:dispute:{dispute_id}:evidence:{digest}",
+    )
+    await ctx.conn.execute(
+        """
+        UPDATE three_sided_bookings_disputes
+        SET evidence = $2::jsonb, evidence_submitted_at = now(), status = $3, updated_at = now()
+        WHERE stripe_dispute_id = $1
+        """,
+        dispute_id,
+        json.dumps(evidence),
+        str(updated.get("status") or "under_review"),
+    )
+    ctx.record("evidence_submitted", dispute_id)
+
+
+async def record_outcome(ctx: BookingContext) -> None:
+    """Post a closed dispute's outcome; on a loss, reverse shares if configured."""
+    dispute = _dispute(ctx)
+    booking = ctx.booking
+    status = str(dispute.get("status"))
+    await post_dispute_transactions(ctx.post, booking, dispute)
+    await ctx.conn.execute(
+        "UPDATE three_sided_bookings_disputes SET status = $2, updated_at = now() "
+        "WHERE stripe_dispute_id = $1",
+        dispute["id"],
+        status,
+    )
+    ctx.record("dispute_outcome", {"id": dispute["id"], "status": status})
+    if status != "lost":
+        return
+    amount = Money(int(dispute["amount"]), str(dispute["currency"]))
+    await ctx.post(dispute_lost_posting(booking.reference, str(dispute["id"]), amount))
+    if ctx.config.reverse_shares_on_lost_dispute:
+        await reverse_all_shares(ctx, cause=str(dispute["id"]))

@@ -1,0 +1,222 @@
+"""Stripe event handlers of the plugin (run by the worker after the engine's own).
+
+- ``charge.dispute.*``: a dispute on a booking's charge moves the booking to
+  ``disputed`` (and back, or to ``dispute_lost``, when it closes); every
+  dispute balance transaction is posted once.
+- ``account.updated``: a provider or venue that can receive funds again gets
+  its held shares transferred (the engine's handler has already updated the
+  account's flags in the same transaction).
+- ``charge.succeeded``/``charge.captured``, ``charge.refunded``,
+  ``transfer.created``/``transfer.reversed``: the ledger postings of a
+  booking's Stripe objects, keyed like the API path's, so a movement whose
+  request died after Stripe answered is still in the ledger exactly once.
+
+Each handler is idempotent (a repeated event finds its work done) and joins
+the event's transaction (``ctx.conn``); notifications wait for the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
+from engine.core.errors import IllegalTransition
+from engine.core.ledger import Posting
+from engine.core.money import Money
+from plugins.three_sided_bookings.bookings import BookingService
+from plugins.three_sided_bookings.config import PLUGIN
+from plugins.three_sided_bookings.context import ActionParams, Notices
+from plugins.three_sided_bookings.disputes import post_dispute_transactions
+from plugins.three_sided_bookings.postings import (
+    charge_posting,
+    refund_posting,
+    reversal_posting,
+    transfer_posting,
+)
+from plugins.three_sided_bookings.store import load_booking
+
+__all__ = ["registrations"]
+
+log = logging.getLogger(__name__)
+
+_GROUP: Final = re.compile(r"^booking:(\d+)$")
+_CLOSED: Final = frozenset({"won", "lost"})
+
+
+def _object(event: StripeEvent) -> dict[str, Any]:
+    data = event.get("data") or {}
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    return dict(obj) if isinstance(obj, Mapping) else {}
+
+
+def _booking_reference(group: object) -> str | None:
+    """``booking:<id>`` when a transfer group is one of this plugin's bookings."""
+    return group if isinstance(group, str) and _GROUP.match(group) else None
+
+
+def _poster(ctx: HandlerContext) -> Callable[[Posting], Any]:
+    conn = _conn(ctx)
+    ledger = ctx.services.ledger
+
+    async def post(posting: Posting) -> bool:
+        return bool(await ledger.post(posting, conn=conn))
+
+    return post
+
+
+def _conn(ctx: HandlerContext) -> Any:
+    """The event's transaction (the worker's ``EventContext.conn``)."""
+    return getattr(ctx, "conn")  # noqa: B009 - not on the HandlerContext protocol yet
+
+
+def _after_commit(ctx: HandlerContext, notices: Notices) -> None:
+    pending = notices.drain()
+    register = getattr(ctx, "after_commit", None)
+    for notify in pending:
+        if register is None:
+            notify()
+        else:
+            register(notify)
+
+
+# ---------------------------------------------------------------- disputes
+
+
+async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Open, follow and close a dispute on one of a booking's charges."""
+    dispute = _object(event)
+    conn = _conn(ctx)
+    booking_id = await conn.fetchval(
+        "SELECT booking FROM three_sided_bookings_charges WHERE stripe_charge_id = $1",
+        dispute.get("charge"),
+    )
+    if booking_id is None:
+        return  # not a booking's charge
+    service = BookingService(ctx.services)
+    params = ActionParams(dispute=dispute)
+    notices = Notices(ctx.services)
+    known = await conn.fetchval(
+        "SELECT status FROM three_sided_bookings_disputes WHERE stripe_dispute_id = $1",
+        dispute.get("id"),
+    )
+    try:
+        if known is None:
+            opened = await service.act_in(
+                conn, booking_id, "dispute_opened", "system", params=params
+            )
+            notices.extend(opened.notices)
+            known = "needs_response"
+        status = str(dispute.get("status"))
+        closing = event.get("type") == "charge.dispute.closed" and status in _CLOSED
+        if closing and known not in _CLOSED:
+            name = "dispute_won" if status == "won" else "dispute_lost"
+            closed = await service.act_in(conn, booking_id, name, "system", params=params)
+            notices.extend(closed.notices)
+    except IllegalTransition as refused:
+        # The booking's process has no way into (or out of) disputed from where it is;
+        # the money still moved, so the ledger follows Stripe regardless.
+        log.warning("dispute %s on booking %s: %s", dispute.get("id"), booking_id, refused)
+    booking = await load_booking(conn, booking_id)
+    await post_dispute_transactions(_poster(ctx), booking, dispute)
+    _after_commit(ctx, notices)
+
+
+# ---------------------------------------------------------------- held transfers
+
+
+async def on_account_updated(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Transfer the shares held for an account that can receive funds again."""
+    account = _object(event)
+    account_id = str(event.get("account") or account.get("id") or "")
+    if not account_id or not account.get("payouts_enabled"):
+        return
+    paid, notices = await BookingService(ctx.services).release_held(_conn(ctx), account_id)
+    if paid:
+        log.info("released %d held transfer(s) to %s", len(paid), account_id)
+    _after_commit(ctx, notices)
+
+
+# ---------------------------------------------------------------- ledger follow-up
+
+
+async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Post a captured booking charge (with Stripe's fee) if the API path did not."""
+    charge = _object(event)
+    reference = _booking_reference(charge.get("transfer_group"))
+    if reference is None or not charge.get("captured") or not charge.get("balance_transaction"):
+        return
+    txn = charge["balance_transaction"]
+    if not isinstance(txn, dict):
+        txn = await ctx.services.gateway.call("balance_transactions", "retrieve", str(txn))
+    currency = str(charge["currency"])
+    await _poster(ctx)(
+        charge_posting(
+            reference,
+            str(charge["id"]),
+            Money(int(txn["amount"]), currency),
+            Money(int(txn.get("fee") or 0), currency),
+        )
+    )
+
+
+async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Post each refund of a booking charge (a released authorisation has none)."""
+    charge = _object(event)
+    reference = _booking_reference(charge.get("transfer_group"))
+    refunds = (charge.get("refunds") or {}).get("data") or []
+    if reference is None:
+        return
+    post = _poster(ctx)
+    for refund in refunds:
+        if refund.get("status") in {"succeeded", "pending"}:
+            amount = Money(int(refund["amount"]), str(refund["currency"]))
+            await post(refund_posting(reference, str(refund["id"]), amount))
+
+
+async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Post a booking transfer and its reversals."""
+    transfer = _object(event)
+    reference = _booking_reference(transfer.get("transfer_group"))
+    if reference is None:
+        return
+    post = _poster(ctx)
+    currency = str(transfer["currency"])
+    destination = str(transfer["destination"])
+    await post(
+        transfer_posting(
+            reference, str(transfer["id"]), destination, Money(int(transfer["amount"]), currency)
+        )
+    )
+    for reversal in (transfer.get("reversals") or {}).get("data") or []:
+        await post(
+            reversal_posting(
+                reference,
+                str(reversal["id"]),
+                destination,
+                Money(int(reversal["amount"]), currency),
+            )
+        )
+
+
+def registrations() -> list[WebhookRegistration]:
+    """The plugin's handlers, for ``register_webhook_handlers``."""
+    table: list[tuple[str, Any]] = [
+        ("charge.dispute.created", on_dispute),
+        ("charge.dispute.updated", on_dispute),
+        ("charge.dispute.funds_withdrawn", on_dispute),
+        ("charge.dispute.funds_reinstated", on_dispute),
+        ("charge.dispute.closed", on_dispute),
+        ("account.updated", on_account_updated),
+        ("charge.succeeded", on_charge),
+        ("charge.captured", on_charge),
+        ("charge.refunded", on_charge_refunded),
+        ("transfer.created", on_transfer),
+        ("transfer.reversed", on_transfer),
+    ]
+    return [
+        WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")
+        for event_type, handler in table
+    ]

@@ -1,0 +1,748 @@
+"""three_sided_bookings services against the sandbox and PostgreSQL (no HTTP, no NATS).
+
+Each test runs the booking service on a fresh database with a fresh sandbox;
+Stripe's events are replayed through the engine's dispatcher (core handlers,
+then the plugin's) inside a transaction per event, as the worker does, and
+every event is delivered twice to prove the handlers idempotent. After each
+scenario the ledger must agree with the sandbox's balances to the cent for
+the platform, the provider and the venue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from engine.core.errors import CardDeclined, IllegalTransition, MarketplaceError
+from engine.core.ledger import Ledger
+from engine.core.settings import settings_from_mapping
+from engine.sandbox.testing import RunningSandbox, running_sandbox, verified_account_params
+from engine.services import Services
+from engine.worker.dispatch import Dispatcher
+from engine.worker.handlers import core_registrations
+from plugins.three_sided_bookings import payments
+from plugins.three_sided_bookings.bookings import BookingService
+from plugins.three_sided_bookings.catalog import Catalog
+from plugins.three_sided_bookings.context import ActionParams
+from plugins.three_sided_bookings.schemas import (
+    AgreementInput,
+    CustomerInput,
+    NewBooking,
+    NewProvider,
+    NewService,
+    NewVenue,
+    PayoutScheduleInput,
+    VenueTermsInput,
+)
+from plugins.three_sided_bookings.store import BookingRecord, load_booking
+
+TSB = "three_sided_bookings"
+FAILING_BANK = "000111111116"  # Stripe's test account number: payouts fail with no_account
+START = datetime.now(UTC).replace(microsecond=0)
+
+
+class Clock:
+    """A clock the test moves (the booking service's; the sandbox has its own)."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class Env:
+    """A booking service on a fresh database, a sandbox, and event replay."""
+
+    services: Services
+    sandbox: RunningSandbox
+    clock: Clock
+    bookings: BookingService
+    catalog: Catalog
+    accounts: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.services.ledger
+
+    def stripe(self, method: str, path: str, account: str | None = None, **params: Any) -> Any:
+        headers = {"Authorization": "Bearer sk_test_tsb"}
+        if account:
+            headers["Stripe-Account"] = account
+        response = self.sandbox.http.request(
+            method,
+            self.sandbox.url + path,
+            params=params if method == "GET" else None,
+            data=params if method == "POST" and params else None,
+            headers=headers,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    async def account(self, role: str, bank: str = "000123456789", country: str = "US") -> str:
+        client = self.sandbox.client()
+        created = client.v1.accounts.create(params=verified_account_params(bank))
+        account_id = str(created.id)
+        async with self.services.db.pool.acquire() as conn:
+            await conn.execute(
+                """
+                INSERT INTO marketplace_accounts
+                    (stripe_account_id, role, display_name, email, country, default_currency,
+                     status, charges_enabled, payouts_enabled, details_submitted,
+                     requirements_due, suspended, stripe_updated_at, created_at, updated_at)
+                VALUES ($1, $2, $3, '', $4, 'usd', 'active', true, true, true, '[]'::jsonb,
+                        false, 0, now(), now())
+                """,
+                account_id,
+                role,
+                f"{role} {account_id[-4:]}",
+                country,
+            )
+        self.accounts.append(account_id)
+        return account_id
+
+    async def catalogue(
+        self, *, price: int = 10_000, currency: str = "gbp", provider_bps: int = 6000
+    ) -> tuple[int, int, int]:
+        service = await self.catalog.create_service(
+            NewService(
+                name="Deep tissue massage",
+                service_type="massage",
+                duration_minutes=60,
+                price=price,
+                currency=currency,
+            )
+        )
+        provider = await self.catalog.add_provider(
+            NewProvider(account_id=await self.account("provider"), display_name="Ana Therapist")
+        )
+        venue = await self.catalog.add_venue(
+            NewVenue(
+                account_id=await self.account("venue"),
+                display_name="Seaside Spa",
+                address="1 Promenade",
+            )
+        )
+        await self.catalog.set_agreement(
+            provider.id, AgreementInput(service_type="massage", rate_bps=provider_bps)
+        )
+        return service.id, provider.id, venue.id
+
+    async def book(
+        self,
+        ids: tuple[int, int, int],
+        model: str,
+        *,
+        starts_in: timedelta = timedelta(days=3),
+        card: str | None = "pm_card_visa",
+    ) -> BookingRecord:
+        service_id, provider_id, venue_id = ids
+        return await self.bookings.create(
+            NewBooking(
+                service_id=service_id,
+                provider_id=provider_id,
+                venue_id=venue_id,
+                starts_at=self.clock.now + starts_in,
+                payment_model=model,  # type: ignore[arg-type]
+                customer=CustomerInput(name="Cara Customer", email="cara@example.com"),
+                payment_method=card,
+            ),
+            created_by="test",
+        )
+
+    async def act(self, booking: BookingRecord, name: str, actor: str, **params: Any) -> str:
+        record = await self.bookings.act(
+            booking.id, name, actor, actor_id=f"test-{actor}", params=ActionParams(**params)
+        )
+        return record.state
+
+    async def state(self, booking: BookingRecord) -> str:
+        return (await self.bookings.get_record(booking.id)).state
+
+    async def deliver_events(self) -> int:
+        """Replay every new event (platform, then each account) twice through the handlers."""
+        dispatcher = Dispatcher(
+            self.services, [*core_registrations(), *self.services.plugins.webhook_handlers()]
+        )
+        handled = 0
+        for account in [None, *self.accounts]:
+            for event in self._new_events(account):
+                for _ in range(2):  # Stripe delivers duplicates; handlers must not care
+                    async with self.services.db.pool.acquire() as conn:
+                        async with conn.transaction():
+                            contexts = await dispatcher.handle(event, conn)
+                        for ctx in contexts:
+                            ctx.run_after_commit()
+                handled += 1
+        return handled
+
+    def _new_events(self, account: str | None) -> Iterator[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        after = None
+        while True:
+            params: dict[str, Any] = {"limit": 100}
+            if after:
+                params["starting_after"] = after
+            page = self.stripe("GET", "/v1/events", account, **params)
+            events += page["data"]
+            if not page["has_more"]:
+                break
+            after = page["data"][-1]["id"]
+        for event in reversed(events):  # oldest first
+            if event["id"] not in self.seen:
+                self.seen.add(event["id"])
+                yield event
+
+    def sandbox_balance(self, account: str | None, currency: str) -> int:
+        balance = self.stripe("GET", "/v1/balance", account)
+        return sum(
+            entry["amount"]
+            for bucket in ("available", "pending")
+            for entry in balance[bucket]
+            if entry["currency"] == currency
+        )
+
+    async def assert_ledger_matches_sandbox(self, currency: str) -> dict[str, int]:
+        """Ledger == Stripe for the platform and every connected account, to the cent."""
+        await self.deliver_events()
+        found: dict[str, int] = {}
+        for account in [None, *self.accounts]:
+            name = account or "platform"
+            ledger = (await self.ledger.balance(name, currency)).amount
+            stripe_side = self.sandbox_balance(account, currency)
+            assert ledger == stripe_side, f"{name}: ledger {ledger} != Stripe {stripe_side}"
+            found[name] = ledger
+        assert await self.ledger.unbalanced_transactions() == []
+        return found
+
+    def transfers(self, booking: BookingRecord) -> list[dict[str, Any]]:
+        page = self.stripe(
+            "GET", "/v1/transfers", None, transfer_group=booking.transfer_group, limit=100
+        )
+        return list(page["data"])
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        async with self.services.db.pool.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+
+@pytest.fixture
+def sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as running:
+        yield running
+
+
+def _settings(database_url: str, sandbox_url: str, **section: Any) -> Any:
+    return settings_from_mapping(
+        {
+            "database": {"url": database_url, "pool_min": 1, "pool_max": 6},
+            "stripe": {
+                "secret_key": "sk_test_tsb",
+                "api_base": sandbox_url,
+                "max_network_retries": 0,
+            },
+            "plugins": {
+                "enabled": ["commission_rules", TSB],
+                "commission_rules": {
+                    "rules": [
+                        {"id": "default", "rate_bps": 1000},
+                        {"id": "spa", "rate_bps": 1200, "scope": {"plugin": TSB}},
+                    ]
+                },
+                TSB: section,
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def make_env(fresh_database_url: str, sandbox: RunningSandbox) -> AsyncIterator[Any]:
+    opened: list[Services] = []
+
+    async def make(**section: Any) -> Env:
+        services = await Services.start(
+            _settings(fresh_database_url, sandbox.url, **section), connect_nats=False
+        )
+        opened.append(services)
+        clock = Clock()
+        return Env(
+            services=services,
+            sandbox=sandbox,
+            clock=clock,
+            bookings=BookingService(services, clock=clock),
+            catalog=Catalog(services),
+        )
+
+    yield make
+    for services in opened:
+        await services.close()
+
+
+@pytest.fixture
+async def env(make_env: Any) -> Env:
+    made: Env = await make_env()
+    return made
+
+
+def legs(booking: BookingRecord) -> dict[str, int]:
+    return {leg["role"]: leg["amount"] for leg in booking.split["legs"]}
+
+
+# ---------------------------------------------------------------- payment models
+
+
+async def test_full_prepayment_settles_one_transfer_per_beneficiary(env: Env) -> None:
+    ids = await env.catalogue(price=10_000, provider_bps=6000)
+    booking = await env.book(ids, "full")
+    assert booking.state == "paid"
+    # 12 % platform (commission rule "spa"), then 60/40 of the net.
+    assert legs(booking) == {"platform": 1200, "provider": 5280, "venue": 3520}
+    assert booking.split["rule_id"] == "spa"
+    assert await env.act(booking, "confirm", "provider") == "confirmed"
+    with pytest.raises(IllegalTransition) as early:
+        await env.act(booking, "complete", "provider")
+    assert early.value.extra["state"] == "confirmed"
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "venue") == "settled"
+
+    transfers = {t["metadata"]["role"]: t for t in env.transfers(booking)}
+    assert {role: t["amount"] for role, t in transfers.items()} == {
+        "provider": 5280,
+        "venue": 3520,
+    }
+    [charge] = await env.fetch(
+        "SELECT * FROM three_sided_bookings_charges WHERE booking = $1", booking.id
+    )
+    for role, transfer in transfers.items():
+        assert transfer["source_transaction"] == charge["stripe_charge_id"]
+        assert transfer["transfer_group"] == f"booking:{booking.id}"
+        assert transfer["metadata"]["idempotency_key"] == f"booking:{booking.id}:transfer:{role}"
+    [payment] = await env.fetch(
+        "SELECT * FROM marketplace_payments WHERE reference = $1", f"booking:{booking.id}"
+    )
+    assert (payment["fee_amount"], payment["rule_id"], payment["status"]) == (
+        1200,
+        "spa",
+        "succeeded",
+    )
+    assert payment["stripe_charge_id"] == charge["stripe_charge_id"]
+
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    fee = 10_000 * 29 // 1000 + 30  # the sandbox's 2.9 % + 30p on the platform's charge
+    provider, venue = env.accounts
+    assert balances == {"platform": 1200 - fee, provider: 5280, venue: 3520}
+    history = [
+        (t.transition, t.from_state, t.to_state, t.actor)
+        for t in await env.bookings.transitions(booking.id)
+    ]
+    assert history == [
+        ("create", "", "pending_payment", "customer"),
+        ("pay", "pending_payment", "paid", "customer"),
+        ("confirm", "paid", "confirmed", "provider"),
+        ("complete", "confirmed", "completed", "venue"),
+        ("settle", "completed", "settled", "system"),
+    ]
+
+
+async def test_deposit_then_balance_off_session(env: Env) -> None:
+    ids = await env.catalogue(price=12_345)
+    booking = await env.book(ids, "deposit")
+    assert (booking.state, booking.deposit_amount) == ("deposit_paid", 2469)
+    assert booking.saved_payment_method is not None
+    await env.act(booking, "confirm", "venue")
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    charges = await env.fetch(
+        "SELECT kind, captured, split FROM three_sided_bookings_charges WHERE booking = $1 "
+        "ORDER BY id",
+        booking.id,
+    )
+    assert [(c["kind"], c["captured"]) for c in charges] == [("deposit", 2469), ("balance", 9876)]
+    transfers = env.transfers(booking)
+    keys = sorted(t["metadata"]["idempotency_key"] for t in transfers)
+    assert keys == sorted(
+        f"booking:{booking.id}:transfer:{role}:{kind}"
+        for role in ("provider", "venue")
+        for kind in ("deposit", "balance")
+    )
+    by_role: dict[str, int] = {}
+    for transfer in transfers:
+        by_role[transfer["metadata"]["role"]] = (
+            by_role.get(transfer["metadata"]["role"], 0) + transfer["amount"]
+        )
+    split = legs(booking)
+    assert by_role == {"provider": split["provider"], "venue": split["venue"]}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_pay_on_arrival_soon_is_authorised_then_captured(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=2))
+    assert booking.state == "authorized"
+    [auth] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (auth["kind"], auth["status"], auth["captured"]) == (
+        "authorization",
+        "requires_capture",
+        0,
+    )
+    assert env.sandbox_balance(None, "gbp") == 0  # nothing moves before capture
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=2)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    [captured] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (captured["status"], captured["captured"]) == ("succeeded", 10_000)
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_pay_on_arrival_far_away_saves_the_card_and_charges_off_session(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=10))
+    assert booking.state == "authorized"
+    assert booking.saved_payment_method is not None
+    assert await env.fetch("SELECT * FROM three_sided_bookings_charges") == []
+    await env.act(booking, "confirm", "venue")
+    # Operators may complete early; the card is charged off-session.
+    assert await env.act(booking, "complete", "admin") == "settled"
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (charge["kind"], charge["captured"]) == ("arrival", 10_000)
+    intent = env.stripe("GET", f"/v1/payment_intents/{charge['stripe_payment_intent_id']}")
+    assert intent["customer"] == booking.stripe_customer_id
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_declined_card_leaves_the_booking_pending(env: Env) -> None:
+    ids = await env.catalogue()
+    with pytest.raises(CardDeclined) as declined:
+        await env.book(ids, "full", card="pm_card_chargeDeclined")
+    booking_id = declined.value.extra["booking_id"]
+    booking = await env.bookings.get_record(booking_id)
+    assert booking.state == "pending_payment"
+    assert await env.act(booking, "pay", "customer", payment_method="pm_card_visa") == "paid"
+    # Unpaid bookings lapse on their timer; this one was paid in time.
+    env.clock.advance(hours=1)
+    assert await env.bookings.run_due_timers() == []
+    late = await env.book(ids, "full", card=None)
+    env.clock.advance(minutes=31)
+    assert await env.bookings.run_due_timers() == [(late.id, "expire", "cancelled")]
+
+
+@pytest.mark.parametrize(("currency", "price"), [("eur", 8_900), ("jpy", 12_000)])
+async def test_other_currencies_end_to_end(env: Env, currency: str, price: int) -> None:
+    ids = await env.catalogue(price=price, currency=currency)
+    booking = await env.book(ids, "full")
+    assert booking.currency == currency
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    await env.act(booking, "refund", "admin", amount=price // 3)
+    balances = await env.assert_ledger_matches_sandbox(currency)
+    assert sum(balances.values()) > 0
+
+
+# ---------------------------------------------------------------- settlement safety
+
+
+async def test_settlement_run_twice_or_killed_midway_never_transfers_twice(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+
+    # Kill the settlement after the provider's transfer, before the venue's.
+    real_call = env.services.gateway.call
+    made: list[str] = []
+
+    async def dying_call(resource: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if resource == "transfers" and method == "create" and made:
+            raise MarketplaceError("the process died mid-settlement")
+        result = await real_call(resource, method, *args, **kwargs)
+        if resource == "transfers" and method == "create":
+            made.append(result["id"])
+        return result
+
+    env.services.gateway.call = dying_call  # type: ignore[method-assign]
+    assert await env.act(booking, "complete", "provider") == "completed"
+    assert len(env.transfers(booking)) == 1  # Stripe has the provider's; our rows rolled back
+    assert await env.fetch("SELECT * FROM three_sided_bookings_transfers") == []
+    env.services.gateway.call = real_call  # type: ignore[method-assign]
+
+    # A day later Stripe has forgotten the idempotency key; the re-run finds the transfer anyway.
+    env.sandbox.state.store.idempotency.clear()
+    assert [row[2] for row in await env.bookings.run_due_timers()] == ["settled"]
+    transfers = env.transfers(booking)
+    assert sorted(t["metadata"]["role"] for t in transfers) == ["provider", "venue"]
+    assert made[0] in {t["id"] for t in transfers}
+
+    # Running the settlement again (directly, past the state machine) moves nothing.
+    async with env.services.db.pool.acquire() as conn, conn.transaction():
+        ctx = env.bookings.context(conn, await load_booking(conn, booking.id))
+        await payments.settle(ctx)
+    assert len(env.transfers(booking)) == 2
+    with pytest.raises(IllegalTransition) as again:
+        await env.act(booking, "settle", "admin")
+    assert again.value.extra == {"state": "settled", "allowed": ["refund"]}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+# ---------------------------------------------------------------- cancellation and refunds
+
+
+async def test_cancellation_more_than_48h_ahead_refunds_everything(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full", starts_in=timedelta(days=3))
+    assert await env.act(booking, "cancel", "customer") == "cancelled"
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert charge["refunded"] == 10_000
+    assert env.transfers(booking) == []
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    assert balances["platform"] == -(10_000 * 29 // 1000 + 30)  # Stripe keeps its fee
+
+
+async def test_cancellation_inside_48h_keeps_the_deposit_and_settles_it(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "deposit", starts_in=timedelta(hours=30))
+    await env.act(booking, "confirm", "provider")
+    assert await env.act(booking, "cancel", "customer") == "cancelled"
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (charge["captured"], charge["refunded"]) == (2_000, 0)
+    by_role = {t["metadata"]["role"]: t["amount"] for t in env.transfers(booking)}
+    assert by_role == {"provider": 1056, "venue": 704}  # the deposit's share of each leg
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_cancellation_inside_48h_of_a_prepaid_booking_refunds_all_but_the_fee(
+    env: Env,
+) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full", starts_in=timedelta(hours=30))
+    assert await env.act(booking, "cancel", "customer") == "cancelled"
+    [refund] = await env.fetch("SELECT * FROM three_sided_bookings_refunds")
+    assert refund["amount"] == 8_000
+    by_role = {t["metadata"]["role"]: t["amount"] for t in env.transfers(booking)}
+    assert by_role == {"provider": 5280 - 4224, "venue": 3520 - 2816}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_authorised_booking_cancelled_inside_48h_captures_only_the_fee(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "arrival", starts_in=timedelta(hours=30))
+    assert await env.act(booking, "cancel", "customer") == "cancelled"
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (charge["status"], charge["captured"]) == ("succeeded", 2_000)
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_no_show_keeps_everything_and_business_cancellation_refunds_all(env: Env) -> None:
+    ids = await env.catalogue()
+    no_show = await env.book(ids, "deposit", starts_in=timedelta(hours=5))
+    await env.act(no_show, "confirm", "provider")
+    env.clock.advance(hours=5)
+    assert await env.act(no_show, "no_show", "provider") == "settled"
+    amounts = await env.fetch(
+        "SELECT kind, captured FROM three_sided_bookings_charges WHERE booking = $1 ORDER BY id",
+        no_show.id,
+    )
+    assert [(row["kind"], row["captured"]) for row in amounts] == [("deposit", 2000), ("fee", 8000)]
+
+    cancelled = await env.book(ids, "arrival", starts_in=timedelta(hours=5))
+    assert await env.act(cancelled, "cancel", "venue") == "cancelled"
+    [auth] = await env.fetch(
+        "SELECT status FROM three_sided_bookings_charges WHERE booking = $1", cancelled.id
+    )
+    assert auth["status"] == "canceled"
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_partial_refund_reverses_shares_proportionally(env: Env) -> None:
+    ids = await env.catalogue(price=10_001)
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    await env.act(booking, "complete", "provider")
+    assert await env.act(booking, "refund", "provider", amount=2_501) == "partially_refunded"
+    [refund] = await env.fetch("SELECT * FROM three_sided_bookings_refunds")
+    share = {leg["role"]: leg["amount"] for leg in json.loads(refund["split"])["legs"]}
+    assert sum(share.values()) == 2_501
+    reversals = {
+        row["role"]: row["amount"]
+        for row in await env.fetch(
+            "SELECT t.role, r.amount FROM three_sided_bookings_reversals r "
+            "JOIN three_sided_bookings_transfers t ON t.id = r.transfer"
+        )
+    }
+    assert reversals == {"provider": share["provider"], "venue": share["venue"]}
+    with pytest.raises(IllegalTransition, match="partial_refund, full_refund"):
+        await env.act(booking, "refund", "admin", amount=10_000)
+    assert await env.act(booking, "refund", "admin") == "refunded"
+    transfers = env.transfers(booking)
+    assert all(t["amount_reversed"] == t["amount"] for t in transfers)
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    provider, venue = env.accounts
+    assert (balances[provider], balances[venue]) == (0, 0)
+
+
+# ---------------------------------------------------------------- disputes
+
+
+@pytest.mark.parametrize("outcome", ["won", "lost"])
+async def test_dispute_evidence_and_outcome(make_env: Any, outcome: str) -> None:
+    env: Env = await make_env()
+    ids = await env.catalogue()
+    booking = await env.book(
+        ids, "arrival", starts_in=timedelta(days=1), card="pm_card_createDispute"
+    )
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=1)
+    # The dispute opens at capture; settlement has already paid provider and venue.
+    assert await env.act(booking, "complete", "provider") == "settled"
+    await env.bookings.add_message(booking.id, "customer", "Lovely massage, thank you!")
+    await env.deliver_events()
+    assert await env.state(booking) == "disputed"
+    [dispute] = await env.fetch("SELECT * FROM three_sided_bookings_disputes")
+    assert dispute["status"] == "needs_response"
+
+    statement = f"The customer attended; {outcome.replace('won', 'winning')}_evidence".replace(
+        "lost", "losing"
+    )
+    assert await env.act(booking, "submit_evidence", "admin", statement=statement) == "disputed"
+    sent = env.stripe("GET", f"/v1/disputes/{dispute['stripe_dispute_id']}")["evidence"]
+    assert sent["service_date"] == booking.starts_at.date().isoformat()
+    assert "Ana Therapist" in sent["product_description"]
+    assert "Seaside Spa" in sent["product_description"]
+    assert "Lovely massage" in sent["uncategorized_text"]
+    assert "confirm by provider" in sent["uncategorized_text"]
+    await env.deliver_events()
+
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    provider, venue = env.accounts
+    if outcome == "won":
+        assert await env.state(booking) == "settled"
+        assert (balances[provider], balances[venue]) == (5280, 3520)
+    else:
+        assert await env.state(booking) == "dispute_lost"
+        assert (balances[provider], balances[venue]) == (0, 0)
+        assert (await env.ledger.balance("disputes", "gbp")).amount == 0
+
+
+# ---------------------------------------------------------------- held shares
+
+
+async def test_restricted_venue_share_is_held_and_released_on_recovery(env: Env) -> None:
+    ids = await env.catalogue()
+    provider, venue = env.accounts
+    booking = await env.book(ids, "full")
+    other = await env.book(ids, "full")
+    for each in (booking, other):
+        await env.act(each, "confirm", "provider")
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/restrict")
+    await env.deliver_events()
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    rows = await env.fetch("SELECT role, status FROM three_sided_bookings_transfers ORDER BY id")
+    assert [(r["role"], r["status"]) for r in rows] == [("provider", "paid"), ("venue", "held")]
+    view = await env.bookings.view(await env.bookings.get_record(booking.id))
+    assert view.held == 3520
+    await env.assert_ledger_matches_sandbox("gbp")
+
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/complete_onboarding")
+    await env.deliver_events()
+    rows = await env.fetch("SELECT role, status FROM three_sided_bookings_transfers ORDER BY id")
+    assert [r["status"] for r in rows] == ["paid", "paid"]
+    [held] = await env.fetch("SELECT status, attempts FROM three_sided_bookings_held_transfers")
+    assert held["status"] == "released"
+    # The other booking was never affected and settles normally now.
+    assert await env.act(other, "complete", "provider") == "settled"
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    assert (balances[provider], balances[venue]) == (2 * 5280, 2 * 3520)
+
+
+async def test_venue_whose_payout_fails_is_held_then_paid_after_recovery(env: Env) -> None:
+    service = await env.catalog.create_service(
+        NewService(name="Facial", service_type="facial", duration_minutes=45, price=10_000)
+    )
+    provider = await env.catalog.add_provider(
+        NewProvider(account_id=await env.account("provider"), display_name="Ben")
+    )
+    venue_account = await env.account("venue", bank=FAILING_BANK)
+    venue = await env.catalog.add_venue(NewVenue(account_id=venue_account, display_name="Spa"))
+    await env.catalog.set_venue_terms(venue.id, VenueTermsInput(kind="fixed", fixed={"gbp": 2_500}))
+    schedule = await env.catalog.set_payout_schedule(
+        venue_account, PayoutScheduleInput(interval="daily", delay_days=2), actor="admin"
+    )
+    assert schedule.interval == "daily"
+    stripe_account = env.stripe("GET", f"/v1/accounts/{venue_account}")
+    assert stripe_account["settings"]["payouts"]["schedule"]["interval"] == "daily"
+    ids = (service.id, provider.id, venue.id)
+
+    first = await env.book(ids, "full")
+    assert legs(first) == {"platform": 1200, "provider": 6300, "venue": 2500}
+    await env.act(first, "confirm", "venue")
+    env.clock.advance(days=3)
+    await env.act(first, "complete", "provider")
+    env.sandbox.advance(4 * 86_400)  # funds available, the daily payout runs and fails
+    await env.deliver_events()
+    payouts = await env.fetch("SELECT status, failure_code FROM marketplace_payouts")
+    assert payouts  # each midnight's payout fails again while the bank is wrong
+    assert {(p["status"], p["failure_code"]) for p in payouts} == {("failed", "no_account")}
+
+    second = await env.book(ids, "full", starts_in=timedelta(days=1))
+    await env.act(second, "confirm", "venue")
+    env.clock.advance(days=1)
+    assert await env.act(second, "complete", "provider") == "settled"
+    rows = await env.fetch(
+        "SELECT role, status FROM three_sided_bookings_transfers WHERE booking = $1 ORDER BY id",
+        second.id,
+    )
+    assert [(r["role"], r["status"]) for r in rows] == [("provider", "paid"), ("venue", "held")]
+    await env.assert_ledger_matches_sandbox("gbp")
+
+    # The venue replaces its bank account: Stripe says payouts are enabled again.
+    [bank] = env.stripe("GET", f"/v1/accounts/{venue_account}/external_accounts")["data"]
+    env.stripe("DELETE", f"/v1/accounts/{venue_account}/external_accounts/{bank['id']}")
+    env.sandbox.client().v1.accounts.update(
+        venue_account,
+        params={
+            "external_account": {
+                "object": "bank_account",
+                "country": "US",
+                "currency": "usd",
+                "routing_number": "110000000",
+                "account_number": "000123456789",
+            }
+        },
+    )
+    await env.deliver_events()
+    rows = await env.fetch(
+        "SELECT status FROM three_sided_bookings_transfers WHERE booking = $1", second.id
+    )
+    assert [r["status"] for r in rows] == ["paid", "paid"]
+    env.sandbox.advance(4 * 86_400)  # the next payout succeeds
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    assert (await env.ledger.balance(f"{venue_account}:bank", "gbp")).amount == 2 * 2500
+    assert balances[venue_account] == 0
+
+
+# ---------------------------------------------------------------- errors and trail
+
+
+async def test_illegal_transitions_name_state_and_allowed_actions(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full")
+    with pytest.raises(IllegalTransition) as refused:
+        await env.act(booking, "refund", "admin")
+    assert refused.value.extra == {"state": "paid", "allowed": ["cancel", "confirm"]}
+    with pytest.raises(IllegalTransition) as customer:
+        await env.act(booking, "confirm", "customer")
+    assert customer.value.extra == {"state": "paid", "allowed": ["cancel"]}
+    # Nothing happened: no audit entry, no money moved.
+    assert len(await env.bookings.transitions(booking.id)) == 2
