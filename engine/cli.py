@@ -23,6 +23,7 @@ import msgspec
 from engine.core.errors import ConfigError, MarketplaceError
 from engine.core.plugins import Plugins, build_plugins, installed_plugins
 from engine.core.settings import Settings, load_settings
+from engine.observability import configure_logging
 
 __all__ = ["main"]
 
@@ -432,12 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--config")
     pre.add_argument("-v", "--verbose", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if known.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
         settings = _settings(known)
+        configure_logging(
+            "DEBUG" if known.verbose else settings.engine.log_level,
+            json_lines=settings.engine.environment != "development",
+        )
         plugins = build_plugins(settings)
     except ConfigError as exc:
         print(f"marketplace: config error: {exc.key}: {exc.problem}", file=sys.stderr)

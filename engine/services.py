@@ -46,8 +46,12 @@ class Services:
         *,
         plugins: Plugins | None = None,
         connect_nats: bool = True,
+        synchronous_commit: bool = True,
     ) -> Services:
         """Open the database pool (and NATS when configured) for ``settings``.
+
+        ``synchronous_commit=False`` is for workers: everything they write is
+        derived from durably stored events and is redone if a crash loses it.
 
         Raises:
             ConfigError: when ``database.url`` is empty (``marketplace up`` fills
@@ -60,6 +64,7 @@ class Services:
             settings.database.url,
             min_size=settings.database.pool_min,
             max_size=settings.database.pool_max,
+            synchronous_commit=synchronous_commit,
         )
         db.bind(plugins.table_apps())
         await db.start()

@@ -66,10 +66,18 @@ class Database:
     Use ``await db.start()`` before queries and ``await db.close()`` at shutdown.
     """
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 20,
+        synchronous_commit: bool = True,
+    ) -> None:
         self.url = url
         self._min_size = min_size
         self._max_size = max_size
+        self._server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
         self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
         self._pool: asyncpg.Pool | None = None
 
@@ -83,7 +91,10 @@ class Database:
         """Open the connection pools."""
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._min_size, max_size=self._max_size
+                self.url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                server_settings=self._server_settings,
             )
             await self.engine.start_connection_pool(
                 min_size=1, max_size=max(2, self._max_size // 2)

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -50,7 +50,7 @@ class EngineSettings(_Section, frozen=True):
     environment: str = "development"
     data_dir: str = ".marketplace"
     public_url: str = ""
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class ApiSettings(_Section, frozen=True):
@@ -107,6 +107,8 @@ class WorkerSettings(_Section, frozen=True):
     """``[worker]``: background processing."""
 
     concurrency: Positive = 16
+    metrics_port: Port = 0
+    """Serve the worker's Prometheus metrics on this port (0: not served)."""
 
 
 class CommissionSettings(_Section, frozen=True):

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -68,21 +68,26 @@ WITH ev AS (
 SELECT version, newly_scheduled, parked FROM acc
 """
 
-_LEASE = """
-UPDATE marketplace_webhook_accounts
-SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
-WHERE account = $1 AND scheduled AND NOT parked
-  AND (lease_until IS NULL OR lease_until < now())
-  AND (backoff_until IS NULL OR backoff_until <= now())
-RETURNING version
-"""
-
-_PENDING = """
-SELECT id, event_id, type, payload::text AS payload, attempts
-FROM marketplace_webhook_events
-WHERE account = $1 AND status = 'pending'
-ORDER BY id
-LIMIT $2
+# Take the lease and read the batch in one statement (one snapshot: the version
+# returned is never newer than the events read, which the release relies on).
+_LEASE_AND_FETCH = """
+WITH lease AS (
+    UPDATE marketplace_webhook_accounts
+    SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
+    WHERE account = $1 AND scheduled AND NOT parked
+      AND (lease_until IS NULL OR lease_until < now())
+      AND (backoff_until IS NULL OR backoff_until <= now())
+    RETURNING version
+)
+SELECT lease.version, e.id, e.payload::text AS payload, e.received_at
+FROM lease
+LEFT JOIN LATERAL (
+    SELECT id, payload, received_at FROM marketplace_webhook_events
+    WHERE account = $1 AND status = 'pending'
+    ORDER BY id
+    LIMIT $4
+) e ON true
+ORDER BY e.id
 """
 
 _MARK_HANDLED_MANY = """
@@ -171,6 +176,8 @@ class DrainOutcome:
     state: str
     handled: int = 0
     error: str = ""
+    lag_seconds: tuple[float, ...] = ()
+    """Receipt-to-handled time of each event handled in this drain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,20 +246,22 @@ class Mailbox:
         The batch runs in one transaction with a savepoint per event: a
         handler's writes and its event's "handled" mark commit together, a
         failing handler rolls back only its own savepoint, and the batch costs
-        one commit. That commit is asynchronous (``synchronous_commit = off``):
-        the inbox insert was durable, so a crash that loses the last few
-        worker commits loses their effects and marks together and the events
-        are simply handled again (handlers are idempotent). Intake commits stay
-        synchronous.
+        one commit. Workers open their pool with ``synchronous_commit = off``
+        (see ``Services.start``): the inbox insert was durable, so a crash that
+        loses the last few worker commits loses their effects and marks
+        together and those events are simply handled again (handlers are
+        idempotent). Intake commits stay synchronous.
         """
         async with self._pool.acquire() as conn:
-            version = await conn.fetchval(_LEASE, account, owner, self.lease_seconds)
-            if version is None:
+            leased = await conn.fetch(
+                _LEASE_AND_FETCH, account, owner, self.lease_seconds, self.batch_size
+            )
+            if not leased:
                 return DrainOutcome("busy")
-            rows = await conn.fetch(_PENDING, account, self.batch_size)
+            version = int(leased[0]["version"])
+            rows = [row for row in leased if row["id"] is not None]
             after: list[Callable[[], None]] = []
             async with conn.transaction():
-                await conn.execute("SET LOCAL synchronous_commit = off")
                 handled_ids: list[int] = []
                 for row in rows:
                     try:
@@ -284,6 +293,15 @@ class Mailbox:
                     )
         for action in after:
             action()
+        if handled_ids:
+            handled_set = set(handled_ids)
+            now = datetime.now(UTC)
+            lags = tuple(
+                (now - row["received_at"]).total_seconds()
+                for row in rows
+                if row["id"] in handled_set
+            )
+            outcome = replace(outcome, lag_seconds=lags)
         return outcome
 
     async def _release(

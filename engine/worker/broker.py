@@ -104,6 +104,25 @@ class MailboxBroker(PullBasedJetStreamBroker):
             await self._add_or_reuse_stream()
             await self.js.publish(self.subject, payload=message.message, headers=headers)
 
+    async def _add_or_reuse_stream(self) -> None:
+        """Create the stream, or bring an existing one to the configured settings.
+
+        taskiq-nats keeps an existing stream as it is; here a changed
+        ``[nats] replicas`` is applied to it (JetStream allows changing
+        replicas in place; anything it refuses is logged and left alone).
+        """
+        try:
+            await self.js.add_stream(config=self.stream_config)
+        except js_errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # "stream name already in use"
+                raise
+            try:
+                await self.js.update_stream(config=self.stream_config)
+            except js_errors.APIError:
+                log.warning(
+                    "could not update stream %s; kept as is", self.stream_name, exc_info=True
+                )
+
     async def _recreate(self) -> None:
         await self._add_or_reuse_stream()
         await self._startup_consumer()

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any
 
+from prometheus_client import start_http_server
 from taskiq import Context, TaskiqDepends
 from taskiq.api import run_receiver_task
 
@@ -114,6 +115,9 @@ class Worker:
             outcome = await self.mailbox.drain(account, self.owner, self._handle)
             if outcome.handled:
                 self.metrics.webhook_handled.labels(account).inc(outcome.handled)
+                lag = self.metrics.webhook_lag.labels(account)
+                for seconds in outcome.lag_seconds:
+                    lag.observe(seconds)
             if outcome.state in {"backoff", "parked"}:
                 self.metrics.webhook_failures.labels(account).inc()
                 log.warning("handler failed (%s): %s", outcome.state, outcome.error)
@@ -131,16 +135,29 @@ class Worker:
             await self.scheduler.schedule(account, f"sweep:{time.time_ns()}")
         return accounts
 
+    async def sample_pending(self) -> None:
+        """Set the per-account pending gauge from the mailboxes."""
+        for state in await self.mailbox.account_states():
+            self.metrics.mailbox_pending.labels(state["account"]).set(state["pending"])
+
     async def sweep_forever(self) -> None:
-        """Sweep every ``webhooks.sweep_interval_seconds`` until cancelled."""
+        """Sweep every ``webhooks.sweep_interval_seconds`` until cancelled.
+
+        Every 30 s or so it also samples the pending gauge (a heavier query).
+        """
         interval = self.services.settings.webhooks.sweep_interval_seconds
+        sample_every = max(1, int(30 / interval))
+        rounds = 0
         while True:
             try:
                 swept = await self.sweep_once()
                 if swept:
                     log.info("sweeper re-published %d account(s)", len(swept))
+                if rounds % sample_every == 0:
+                    await self.sample_pending()
             except Exception:  # the sweeper must outlive database/NATS restarts
                 log.warning("sweep failed; will retry", exc_info=True)
+            rounds += 1
             await asyncio.sleep(interval)
 
 
@@ -148,7 +165,9 @@ async def run_worker(
     settings: Settings, *, plugins: Plugins | None = None, stop: asyncio.Event | None = None
 ) -> None:
     """Run one worker process until ``stop`` is set (or forever)."""
-    services = await Services.start(settings, plugins=plugins, connect_nats=False)
+    services = await Services.start(
+        settings, plugins=plugins, connect_nats=False, synchronous_commit=False
+    )
     broker = make_broker(settings)
     broker.is_worker_process = True
     worker = Worker(services, Scheduler(broker))
@@ -158,6 +177,10 @@ async def run_worker(
         run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
     )
     sweeper = asyncio.create_task(worker.sweep_forever())
+    if settings.worker.metrics_port:
+        start_http_server(
+            settings.worker.metrics_port, addr=settings.api.host, registry=worker.metrics.registry
+        )
     log.info("worker %s started", worker.owner)
     try:
         if stop is None:
