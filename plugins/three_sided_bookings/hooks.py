@@ -73,3 +73,12 @@ def register_tasks(register: Callable[[object], None]) -> None:
 def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
     """``marketplace bookings-timers``: run the due timed transitions (cron-friendly)."""
     register(tasks.cli_command())
+
+
+@hookimpl
+def register_routes(register: Callable[[object], None]) -> None:
+    """``/v1/three_sided_bookings/...``: catalogue, bookings, actions, reconciliation."""
+    from plugins.three_sided_bookings.controllers import ROUTES
+
+    for controller in ROUTES:
+        register(controller)

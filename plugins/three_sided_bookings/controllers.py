@@ -1,0 +1,450 @@
+"""``/v1/three_sided_bookings/...``: the plugin's HTTP API (Litestar controllers).
+
+- Catalogue (admin writes; admin and service keys read): services, providers,
+  venues, provider agreements, venue terms, payout schedules.
+- Bookings: service keys (an integration client acting for its customers)
+  create bookings and see the ones they created; provider and venue keys
+  (``account`` scope) see and act on the bookings of their account only; admin
+  keys see everything. Someone else's booking is a 404, exactly like a missing one.
+- Actions: ``POST /bookings/{id}/actions/{action}`` takes a transition of the
+  booking process as the caller's actor (customer, provider, venue, admin);
+  an action the state does not allow is a ``409 illegal_transition`` problem
+  with the current ``state`` and the ``allowed`` actions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, get, patch, post, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+
+from engine.api.auth import Principal, requires_scope
+from engine.api.idempotency import IdempotencyKeyHeader
+from engine.api.pagination import Cursor, Limit, decode_cursor
+from engine.api.problems import problem_responses
+from engine.core.errors import NotFound
+from engine.services import Services
+from plugins.three_sided_bookings.bookings import BookingService
+from plugins.three_sided_bookings.catalog import Catalog
+from plugins.three_sided_bookings.context import ActionParams
+from plugins.three_sided_bookings.reconciliation import reconcile
+from plugins.three_sided_bookings.schemas import (
+    AgreementInput,
+    AgreementView,
+    BookingAction,
+    BookingList,
+    BookingView,
+    MessageInput,
+    NewBooking,
+    NewProvider,
+    NewService,
+    NewVenue,
+    PayoutScheduleInput,
+    PayoutScheduleView,
+    ProviderView,
+    Reconciliation,
+    ServiceUpdate,
+    ServiceView,
+    TransitionView,
+    VenueTermsInput,
+    VenueTermsView,
+    VenueView,
+)
+from plugins.three_sided_bookings.store import BookingRecord
+
+__all__ = ["ROUTES", "BookingController", "CatalogController", "TimerController"]
+
+BASE = "/v1/three_sided_bookings"
+
+AccountId = Annotated[str, PathParameter(pattern=r"^acct_[A-Za-z0-9]{1,60}$")]
+RowId = Annotated[int, PathParameter(ge=1, description="the row's id")]
+ActionName = Annotated[
+    str, PathParameter(pattern=r"^[a-z_]{1,64}$", description="a transition of the process")
+]
+
+_READ = (400, 401, 403, 404)
+_WRITE = (400, 401, 403, 404, 409, 413, 422, 502)
+_MONEY = (400, 401, 402, 403, 404, 409, 413, 422, 502)
+
+
+def _actor(principal: Principal, booking: BookingRecord) -> str:
+    """The process actor this caller is for ``booking`` (404 when it may not see it)."""
+    if principal.scope == "admin":
+        return "admin"
+    if principal.scope == "service" and booking.created_by == principal.key_id:
+        return "customer"
+    if principal.scope == "account" and principal.account_id is not None:
+        if principal.account_id == booking.provider_account:
+            return "provider"
+        if principal.account_id == booking.venue_account:
+            return "venue"
+    raise NotFound(f"no booking {booking.id}")
+
+
+class CatalogController(Controller):
+    """Services, providers, venues and their terms (admin writes)."""
+
+    path = BASE
+    tags = ["three_sided_bookings"]
+
+    @post(
+        "/services",
+        operation_id="tsbCreateService",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def create_service(
+        self, data: JSONBody[NewService], services: NamedDependency[Services]
+    ) -> ServiceView:
+        """Add a bookable service (price in minor units of its currency)."""
+        return await Catalog(services).create_service(data)
+
+    @get(
+        "/services",
+        operation_id="tsbListServices",
+        guards=[requires_scope("service")],
+        responses=problem_responses(*_READ),
+    )
+    async def list_services(self, services: NamedDependency[Services]) -> list[ServiceView]:
+        """Every service."""
+        return await Catalog(services).list_services()
+
+    @get(
+        "/services/{service_id:int}",
+        operation_id="tsbGetService",
+        guards=[requires_scope("service")],
+        responses=problem_responses(*_READ),
+    )
+    async def get_service(
+        self, service_id: RowId, services: NamedDependency[Services]
+    ) -> ServiceView:
+        """One service."""
+        return await Catalog(services).get_service(service_id)
+
+    @patch(
+        "/services/{service_id:int}",
+        operation_id="tsbUpdateService",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def update_service(
+        self, service_id: RowId, data: JSONBody[ServiceUpdate], services: NamedDependency[Services]
+    ) -> ServiceView:
+        """Change a service's price, name or availability."""
+        return await Catalog(services).update_service(service_id, data)
+
+    @post(
+        "/providers",
+        operation_id="tsbCreateProvider",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def create_provider(
+        self, data: JSONBody[NewProvider], services: NamedDependency[Services]
+    ) -> ProviderView:
+        """Register a provider on its onboarded connected account."""
+        return await Catalog(services).add_provider(data)
+
+    @get(
+        "/providers",
+        operation_id="tsbListProviders",
+        guards=[requires_scope("service")],
+        responses=problem_responses(*_READ),
+    )
+    async def list_providers(self, services: NamedDependency[Services]) -> list[ProviderView]:
+        """Every provider."""
+        return await Catalog(services).list_providers()
+
+    @put(
+        "/providers/{provider_id:int}/agreements",
+        operation_id="tsbSetAgreement",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def set_agreement(
+        self,
+        provider_id: RowId,
+        data: JSONBody[AgreementInput],
+        services: NamedDependency[Services],
+    ) -> AgreementView:
+        """Set the provider's share of the net for a service type (``*``: the others)."""
+        return await Catalog(services).set_agreement(provider_id, data)
+
+    @get(
+        "/providers/{provider_id:int}/agreements",
+        operation_id="tsbListAgreements",
+        guards=[requires_scope()],
+        responses=problem_responses(*_READ),
+    )
+    async def agreements(
+        self, provider_id: RowId, services: NamedDependency[Services]
+    ) -> list[AgreementView]:
+        """The provider's agreements."""
+        return await Catalog(services).agreements(provider_id)
+
+    @post(
+        "/venues",
+        operation_id="tsbCreateVenue",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def create_venue(
+        self, data: JSONBody[NewVenue], services: NamedDependency[Services]
+    ) -> VenueView:
+        """Register a venue on its onboarded connected account."""
+        return await Catalog(services).add_venue(data)
+
+    @get(
+        "/venues",
+        operation_id="tsbListVenues",
+        guards=[requires_scope("service")],
+        responses=problem_responses(*_READ),
+    )
+    async def list_venues(self, services: NamedDependency[Services]) -> list[VenueView]:
+        """Every venue."""
+        return await Catalog(services).list_venues()
+
+    @put(
+        "/venues/{venue_id:int}/terms",
+        operation_id="tsbSetVenueTerms",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def set_venue_terms(
+        self, venue_id: RowId, data: JSONBody[VenueTermsInput], services: NamedDependency[Services]
+    ) -> VenueTermsView:
+        """Set how the venue is paid: a rate of the net, or a fixed fee per currency."""
+        return await Catalog(services).set_venue_terms(venue_id, data)
+
+    @get(
+        "/venues/{venue_id:int}/terms",
+        operation_id="tsbGetVenueTerms",
+        guards=[requires_scope()],
+        responses=problem_responses(*_READ),
+    )
+    async def venue_terms(
+        self, venue_id: RowId, services: NamedDependency[Services]
+    ) -> VenueTermsView:
+        """The venue's terms."""
+        return await Catalog(services).venue_terms(venue_id)
+
+    @put(
+        "/payout-schedules/{account_id:str}",
+        operation_id="tsbSetPayoutSchedule",
+        guards=[requires_scope()],
+        responses=problem_responses(*_WRITE),
+    )
+    async def set_payout_schedule(
+        self,
+        account_id: AccountId,
+        data: JSONBody[PayoutScheduleInput],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> PayoutScheduleView:
+        """Set a provider's or venue's payout schedule on Stripe."""
+        return await Catalog(services).set_payout_schedule(account_id, data, actor=principal.actor)
+
+    @get(
+        "/payout-schedules/{account_id:str}",
+        operation_id="tsbGetPayoutSchedule",
+        responses=problem_responses(*_READ),
+    )
+    async def payout_schedule(
+        self,
+        account_id: AccountId,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> PayoutScheduleView:
+        """The schedule last set (an account key sees its own only)."""
+        principal.ensure_visible(account_id)
+        return await Catalog(services).payout_schedule(account_id)
+
+
+class BookingController(Controller):
+    """Bookings, their actions, audit trail and reconciliation."""
+
+    path = f"{BASE}/bookings"
+    tags = ["three_sided_bookings"]
+
+    @post(
+        "/",
+        operation_id="tsbCreateBooking",
+        guards=[requires_scope("service")],
+        responses=problem_responses(*_MONEY),
+    )
+    async def create_booking(
+        self,
+        data: JSONBody[NewBooking],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> BookingView:
+        """Book a service; with ``payment_method`` it is paid (or authorised) at once.
+
+        A declined card answers ``402 card_declined`` naming the ``booking_id``,
+        which stays ``pending_payment`` for a ``pay`` action with another card.
+        """
+        bookings = BookingService(services)
+        booking = await bookings.create(data, created_by=principal.key_id)
+        return await bookings.view(booking, _actor(principal, booking))
+
+    @get(
+        "/",
+        operation_id="tsbListBookings",
+        responses=problem_responses(*_READ),
+    )
+    async def list_bookings(
+        self,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        limit: Limit = 20,
+        cursor: Cursor = None,
+        in_state: Annotated[
+            str | None, QueryParameter(name="state", required=False, description="a state")
+        ] = None,
+    ) -> BookingList:
+        """Bookings the caller may see: its own account's, its own clients', or all (admin)."""
+        bookings = BookingService(services)
+        account = principal.account_id if principal.scope == "account" else None
+        creator = principal.key_id if principal.scope == "service" else None
+        if principal.scope == "account" and account is None:
+            return BookingList(data=[], next_cursor=None)
+        records, next_after = await bookings.list_records(
+            account_id=account,
+            created_by=creator,
+            state=in_state,
+            after=decode_cursor(cursor),
+            limit=limit,
+        )
+        actor = "admin" if principal.scope == "admin" else None
+        return await bookings.list_views(records, next_after, actor)
+
+    @get(
+        "/{booking_id:int}",
+        operation_id="tsbGetBooking",
+        responses=problem_responses(*_READ),
+    )
+    async def get_booking(
+        self,
+        booking_id: RowId,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> BookingView:
+        """One booking, with the actions the caller may take now."""
+        bookings = BookingService(services)
+        booking = await bookings.get_record(booking_id)
+        return await bookings.view(booking, _actor(principal, booking))
+
+    @post(
+        "/{booking_id:int}/actions/{action:str}",
+        operation_id="tsbBookingAction",
+        status_code=200,
+        responses=problem_responses(*_MONEY),
+    )
+    async def take_action(
+        self,
+        *,
+        booking_id: RowId,
+        action: ActionName,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        data: JSONBody[BookingAction | None] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> BookingView:
+        """Take an action (``pay``, ``confirm``, ``complete``, ``cancel``, ``no_show``,
+        ``refund`` with an optional ``amount``, ``submit_evidence`` ...).
+
+        Answers ``409 illegal_transition`` with ``state`` and ``allowed`` when
+        the booking's state does not allow it for the caller.
+        """
+        bookings = BookingService(services)
+        booking = await bookings.get_record(booking_id)
+        actor = _actor(principal, booking)
+        body = data or BookingAction()
+        params = ActionParams(
+            payment_method=body.payment_method,
+            amount=body.amount,
+            reason=body.reason,
+            statement=body.statement,
+        )
+        updated = await bookings.act(
+            booking_id, action, actor, actor_id=principal.actor, params=params
+        )
+        return await bookings.view(updated, actor)
+
+    @get(
+        "/{booking_id:int}/transitions",
+        operation_id="tsbBookingTransitions",
+        responses=problem_responses(*_READ),
+    )
+    async def transitions(
+        self,
+        booking_id: RowId,
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> list[TransitionView]:
+        """The audit trail: every transition, by whom, when, with its data."""
+        bookings = BookingService(services)
+        _actor(principal, await bookings.get_record(booking_id))
+        return await bookings.transitions(booking_id)
+
+    @post(
+        "/{booking_id:int}/messages",
+        operation_id="tsbBookingMessage",
+        responses=problem_responses(*_WRITE),
+    )
+    async def add_message(
+        self,
+        booking_id: RowId,
+        data: JSONBody[MessageInput],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+    ) -> BookingView:
+        """Record a message of the customer communication (kept as dispute evidence)."""
+        bookings = BookingService(services)
+        actor = _actor(principal, await bookings.get_record(booking_id))
+        booking = await bookings.add_message(booking_id, actor, data.text)
+        return await bookings.view(booking, actor)
+
+    @get(
+        "/{booking_id:int}/reconciliation",
+        operation_id="tsbBookingReconciliation",
+        guards=[requires_scope()],
+        responses=problem_responses(*_READ, 502),
+    )
+    async def reconciliation(
+        self,
+        booking_id: RowId,
+        services: NamedDependency[Services],
+        check: Annotated[bool, QueryParameter(required=False)] = False,
+    ) -> Reconciliation:
+        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too."""
+        return await reconcile(services, booking_id, check_stripe=check)
+
+
+class TimerController(Controller):
+    """Run the due timed transitions now (also a task and a CLI command)."""
+
+    path = f"{BASE}/timers"
+    tags = ["three_sided_bookings"]
+
+    @post(
+        "/run",
+        operation_id="tsbRunTimers",
+        status_code=200,
+        guards=[requires_scope()],
+        responses=problem_responses(*_READ),
+    )
+    async def run(self, services: NamedDependency[Services]) -> list[dict[str, Any]]:
+        """Take every timed transition that is due (expiry, auto-complete, settlement retry)."""
+        done = await BookingService(services).run_due_timers()
+        return [
+            {"booking_id": booking, "transition": name, "outcome": outcome}
+            for booking, name, outcome in done
+        ]
+
+
+ROUTES: tuple[type[Controller], ...] = (CatalogController, BookingController, TimerController)
+"""What ``register_routes`` contributes."""
