@@ -65,11 +65,13 @@ class CreatorRow:
     payouts_enabled: bool
     details_submitted: bool
     suspended: bool
+    sold_before: bool
     payout_failure_code: str | None
 
 
 _CREATOR = """
 SELECT c.id, c.account_id, c.handle, c.display_name, c.default_currency,
+       c.selling_since IS NOT NULL AS sold_before,
        COALESCE(a.status, 'onboarding') AS status,
        COALESCE(a.charges_enabled, false) AS charges_enabled,
        COALESCE(a.payouts_enabled, false) AS payouts_enabled,
@@ -93,6 +95,7 @@ def _creator(row: asyncpg.Record) -> CreatorRow:
         payouts_enabled=bool(row["payouts_enabled"]),
         details_submitted=bool(row["details_submitted"]),
         suspended=bool(row["suspended"]),
+        sold_before=bool(row["sold_before"]) or bool(row["charges_enabled"]),
         payout_failure_code=row["payout_failure_code"],
     )
 
@@ -118,11 +121,11 @@ def require_selling(creator: CreatorRow) -> None:
 
     Raises:
         AccountRestricted: the operator suspended the account, or Stripe disabled
-            charges after the details were submitted (a restricted account).
+            charges of a creator who could sell before (a restricted account).
         AccountNotReady: onboarding is not finished (``account.updated`` has not
             said ``charges_enabled`` yet).
     """
-    if creator.suspended or (creator.details_submitted and not creator.charges_enabled):
+    if creator.suspended or (creator.sold_before and not creator.charges_enabled):
         raise AccountRestricted(
             f"creator {creator.account_id} is {creator.status} and cannot sell",
             account_id=creator.account_id,

@@ -49,13 +49,19 @@ __all__ = [
 
 
 class Creator(Table, tablename="creator_subscriptions_creators"):
-    """A creator: one Express connected account (``marketplace_accounts``) that sells tiers."""
+    """A creator: one Express connected account (``marketplace_accounts``) that sells tiers.
+
+    ``selling_since`` is set the first time Stripe enabled charges, so a creator
+    whose charges are disabled later is told apart (restricted) from one still
+    onboarding (not ready).
+    """
 
     id = Serial(primary_key=True)
     account_id = Varchar(length=64, unique=True)
     handle = Varchar(length=64, unique=True)
     display_name = Varchar(length=200)
     default_currency = Varchar(length=3, default="usd")
+    selling_since = Timestamptz(null=True, default=None)
     created_at = Timestamptz()
 
 
@@ -107,6 +113,8 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     ``application_fee_percent`` is what Stripe takes on every invoice, set from
     the commission hook when the subscription (or its tier) was priced;
     ``rule_id``/``rule_version`` record the rule that priced it.
+    ``failed_payments`` is the attempt count of its unpaid open invoice (0 when
+    none), derived from the invoices so it does not depend on event order.
     """
 
     id = BigSerial(primary_key=True)
@@ -134,7 +142,6 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     application_fee_percent = Numeric(digits=(5, 2))
     rule_id = Varchar(length=200, default="")
     rule_version = Integer(default=1)
-    latest_invoice = Varchar(length=64, default="")
     failed_payments = Integer(default=0)
     revision = Integer(default=0)
     created_at = Timestamptz()

@@ -270,6 +270,22 @@ async def _upsert_invoice(
     return inserted
 
 
+async def _count_failures(conn: asyncpg.Connection, subscription_id: int) -> asyncpg.Record:
+    """Set ``failed_payments`` from the invoices: attempts on the one still open, else 0."""
+    updated: asyncpg.Record = await conn.fetchrow(
+        """
+        UPDATE creator_subscriptions_subscriptions s
+        SET failed_payments = COALESCE((
+            SELECT max(i.attempt_count) FROM creator_subscriptions_invoices i
+            WHERE i.subscription = s.id AND i.status = 'open'), 0)
+        WHERE s.id = $1
+        RETURNING *
+        """,
+        subscription_id,
+    )
+    return updated
+
+
 async def _charge_of(env: Env, invoice: Mapping[str, Any]) -> dict[str, Any] | None:
     """The invoice's charge with its balance transaction, or None if nothing was charged."""
     charge_id = _id(invoice.get("charge"))
@@ -360,12 +376,6 @@ async def _settle_invoice(
         ledger_key,
         paid_at,
     )
-    await conn.execute(
-        "UPDATE creator_subscriptions_subscriptions SET failed_payments = 0, latest_invoice = $2 "
-        "WHERE id = $1",
-        sub_row["id"],
-        invoice["id"],
-    )
     reason = str(invoice.get("billing_reason") or "")
     name = {"subscription_cycle": "renewed", "subscription_create": "started"}.get(
         reason, "invoice_paid"
@@ -400,14 +410,15 @@ async def _payment_failed(
     notices: list[LifecycleEvent] = []
     state = state_of(sub_row)
     if invoice.get("billing_reason") != "subscription_create":
-        state, _ = merge_status(state, "past_due", created)
-    failures = max(int(sub_row["failed_payments"]), attempts)
-    updated = await save_state(conn, int(sub_row["id"]), state)
-    await conn.execute(
-        "UPDATE creator_subscriptions_subscriptions SET failed_payments = $2 WHERE id = $1",
-        sub_row["id"],
-        failures,
-    )
+        state, ambiguous = merge_status(state, "past_due", created)
+        if ambiguous:
+            # A status of the same second (a retry that succeeded?): Stripe decides.
+            current = await env.gateway.call(
+                "subscriptions", "retrieve", str(sub_row["stripe_subscription_id"])
+            )
+            state = merge(state, snapshot_of(current), created, force=True).state
+    await save_state(conn, int(sub_row["id"]), state)
+    updated = await _count_failures(conn, int(sub_row["id"]))
     next_attempt = invoice.get("next_payment_attempt")
     notices.append(
         _notice(
@@ -462,6 +473,7 @@ async def on_invoice(event: StripeEvent, ctx: Context) -> None:
         notices += await _settle_invoice(env, conn, invoice, inv_row, sub_row)
     elif kind == "invoice.payment_failed":
         notices += await _payment_failed(env, conn, invoice, inv_row, sub_row, created=created)
+    await _count_failures(conn, int(sub_row["id"]))
     _announce(ctx, env, notices)
 
 
@@ -476,6 +488,17 @@ async def on_payment_intent_succeeded(event: StripeEvent, ctx: Context) -> None:
     env = Env.of(ctx.services)
     notices = await settle_one_time_payment(env, ctx.conn, intent)
     _announce(ctx, env, notices)
+
+
+async def on_account_updated(event: StripeEvent, ctx: Context) -> None:
+    """Remember that a creator could sell (after the core mirrored ``account.updated``)."""
+    account = _object(event)
+    if account.get("charges_enabled"):
+        await ctx.conn.execute(
+            "UPDATE creator_subscriptions_creators SET selling_since = now() "
+            "WHERE account_id = $1 AND selling_since IS NULL",
+            str(account.get("id") or ""),
+        )
 
 
 def registrations() -> list[WebhookRegistration]:
@@ -495,6 +518,7 @@ def registrations() -> list[WebhookRegistration]:
         ("invoice.voided", on_invoice),
         ("invoice.marked_uncollectible", on_invoice),
         ("payment_intent.succeeded", on_payment_intent_succeeded),
+        ("account.updated", on_account_updated),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

@@ -23,6 +23,7 @@ from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
 
 P = "/v1/creator_subscriptions"
+ENABLED = ("commission_rules", "creator_subscriptions")
 DAY = 86_400
 
 
@@ -69,6 +70,7 @@ async def stack(
         nats_url,
         unique_name.upper(),
         config=config,
+        plugins=ENABLED,
         extra_plugins={"test_notices": notices},
     ) as running:
         yield running

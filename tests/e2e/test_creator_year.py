@@ -1,0 +1,272 @@
+"""creator_subscriptions acceptance, end to end: 3 creators x 10 fans, a year of test-clock time.
+
+Through the HTTP API, the sandbox, signed webhooks and the worker: every renewal
+is exactly one ledger transaction; every invoice's creator earnings plus platform
+fee is its amount paid, to the cent, and the fee is Stripe's; each creator's
+ledger balance is the sandbox's balance of their connected account (and the
+platform's too). Creator B's payouts fail and B's account is then restricted:
+B alone is flagged and notified, B's renewals stop, and creator A's renewals and
+payouts carry on untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from support.stack import Stack, running_stack
+
+from engine.core.orders import PayoutFailure
+from engine.core.plugins import hookimpl
+
+P = "/v1/creator_subscriptions"
+ENABLED = ("commission_rules", "creator_subscriptions")
+DAY = 86_400
+MONTH_STEP = 31 * DAY
+
+
+class PayoutFailures:
+    """A test plugin recording payout-failure notifications."""
+
+    def __init__(self) -> None:
+        self.failures: list[PayoutFailure] = []
+
+    @hookimpl
+    def on_payout_failure(self, failure: PayoutFailure) -> None:
+        self.failures.append(failure)
+
+
+@pytest.fixture
+def failures() -> PayoutFailures:
+    return PayoutFailures()
+
+
+@pytest.fixture
+async def stack(
+    fresh_database_url: str, nats_url: str, unique_name: str, failures: PayoutFailures
+) -> AsyncIterator[Stack]:
+    config = {
+        "plugins": {
+            "commission_rules": {
+                "rules": [
+                    {"id": "default", "rate_bps": 1000},
+                    {
+                        "id": "gold",
+                        "rate_bps": "1250.5",
+                        "scope": {"plugin": "creator_subscriptions", "tier": "Gold"},
+                    },
+                ]
+            }
+        },
+        "webhooks": {"batch_size": 200},
+        "worker": {"concurrency": 8},
+    }
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        config=config,
+        plugins=ENABLED,
+        extra_plugins={"test_payout_failures": failures},
+    ) as running:
+        yield running
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def sandbox_total(stack: Stack, account: str | None) -> int:
+    balance: Any = stack.stripe(stripe_account=account).v1.balance.retrieve()
+    return sum(
+        int(item["amount"])
+        for item in [*balance["available"], *balance["pending"]]
+        if item["currency"] == "usd"
+    )
+
+
+async def onboard(stack: Stack, handle: str, *, bank: str | None = None) -> str:
+    created = ok(
+        await stack.http.post(f"{P}/creators", json={"handle": handle, "display_name": handle}),
+        201,
+    )
+    account_id = str(created["creator"]["account_id"])
+    if bank is not None:
+        await asyncio.to_thread(
+            stack.stripe().v1.accounts.external_accounts.create,
+            account_id,
+            params={
+                "external_account": {
+                    "object": "bank_account",
+                    "country": "US",
+                    "currency": "usd",
+                    "routing_number": "110000000",
+                    "account_number": bank,
+                },
+                "default_for_currency": True,
+            },
+        )
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{account_id}/complete_onboarding")
+    return account_id
+
+
+async def tier(stack: Stack, account_id: str, name: str, amount: int, interval: str) -> int:
+    body = {"name": name, "amount": amount, "interval": interval}
+    return int(ok(await stack.http.post(f"{P}/creators/{account_id}/tiers", json=body), 201)["id"])
+
+
+async def subscribe(stack: Stack, ref: str, clock: str, tier_id: int) -> dict[str, Any]:
+    body = {"external_ref": ref, "name": ref, "payment_method": "pm_card_visa", "test_clock": clock}
+    fan_id = ok(await stack.http.post(f"{P}/fans", json=body), 201)["id"]
+    return dict(
+        ok(
+            await stack.http.post(
+                f"{P}/subscriptions", json={"fan_id": fan_id, "tier_id": tier_id}
+            ),
+            201,
+        )
+    )
+
+
+async def advance_clock(stack: Stack, clock: str, to: int) -> None:
+    await asyncio.to_thread(
+        stack.stripe().v1.test_helpers.test_clocks.advance, clock, params={"frozen_time": to}
+    )
+
+
+async def invoices_of(stack: Stack, account_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if cursor:
+            params["cursor"] = cursor
+        page = ok(await stack.http.get(f"{P}/creators/{account_id}/invoices", params=params))
+        found += page["data"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return found
+
+
+async def test_three_creators_thirty_fans_a_year(stack: Stack, failures: PayoutFailures) -> None:
+    http = stack.http
+    a = await onboard(stack, "alpha")
+    b = await onboard(stack, "bravo", bank="000111111116")  # Stripe's "no_account" test number
+    c = await onboard(stack, "charlie")
+    await stack.settle()
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = (
+        await asyncio.to_thread(
+            stack.stripe().v1.test_helpers.test_clocks.create, params={"frozen_time": now}
+        )
+    )["id"]
+
+    a_basic = await tier(stack, a, "Basic", 500, "month")
+    a_gold = await tier(stack, a, "Gold", 1299, "month")
+    b_only = await tier(stack, b, "Supporter", 800, "month")
+    c_monthly = await tier(stack, c, "Monthly", 999, "month")
+    c_yearly = await tier(stack, c, "Yearly", 9990, "year")
+    plan = {
+        a: [a_basic] * 5 + [a_gold] * 5,
+        b: [b_only] * 10,
+        c: [c_monthly] * 8 + [c_yearly] * 2,
+    }
+    subs: dict[str, list[dict[str, Any]]] = {}
+    for account_id, tier_ids in plan.items():
+        subs[account_id] = [
+            await subscribe(stack, f"{account_id}-fan-{n}", clock, tier_id)
+            for n, tier_id in enumerate(tier_ids)
+        ]
+    assert {s["application_fee_percent"] for s in subs[a]} == {"10.00", "12.51"}
+    await stack.settle()
+
+    started = time.monotonic()
+    for month in range(1, 13):
+        await advance_clock(stack, clock, now + month * MONTH_STEP)
+        await stack.settle(60)
+        if month == 2:
+            # Midnight on the global clock: the daily payouts run. B's bank rejects its payout.
+            await stack.advance(DAY)
+            flagged = ok(await http.get(f"{P}/creators", params={"payout_failed": "true"}))
+            assert [creator["account_id"] for creator in flagged["data"]] == [b]
+            b_payouts = ok(await http.get(f"{P}/creators/{b}/payouts"))
+            assert b_payouts["payout_failure_code"] == "no_account"
+            assert [p["status"] for p in b_payouts["data"]] == ["failed"]
+            a_payouts = ok(await http.get(f"{P}/creators/{a}/payouts"))
+            assert a_payouts["payout_failure_code"] is None
+            assert a_payouts["data"]
+            assert all(p["status"] != "failed" for p in a_payouts["data"])
+            assert {f.account_id for f in failures.failures} == {b}
+            # ... and then Stripe restricts B: charges and payouts disabled.
+            stack.sandbox.control("POST", f"/_sandbox/accounts/{b}/restrict")
+            await stack.settle()
+            b_view = ok(await http.get(f"{P}/creators/{b}"))
+            assert b_view["charges_enabled"] is False
+            refused = await http.post(
+                f"{P}/payments/tips",
+                json={"fan_id": 1, "creator_account_id": b, "amount": 500},
+            )
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["code"] == "account_restricted"
+    year_s = time.monotonic() - started
+    await stack.advance(3 * DAY)  # A's and C's later payouts are made and arrive
+
+    # Every invoice: earnings + fee == amount paid, the fee is Stripe's, one ledger transaction.
+    state = stack.sandbox.state
+    async with stack.services.db.pool.acquire() as conn:
+        ledger_counts = {
+            row["idempotency_key"]: row["n"]
+            for row in await conn.fetch(
+                "SELECT idempotency_key, count(*) AS n FROM marketplace_ledger_transactions "
+                "WHERE kind = 'subscription_invoice' GROUP BY idempotency_key"
+            )
+        }
+    reasons: dict[str, Counter[str]] = {}
+    for account_id in (a, b, c):
+        reasons[account_id] = Counter()
+        for invoice in await invoices_of(stack, account_id):
+            stripe_invoice = state.objects[invoice["stripe_invoice_id"]]
+            assert invoice["status"] == stripe_invoice["status"]
+            if invoice["status"] != "paid":
+                continue
+            reasons[account_id][invoice["billing_reason"]] += 1
+            assert invoice["amount_paid"] == stripe_invoice["amount_paid"]
+            assert invoice["application_fee"] == stripe_invoice["application_fee_amount"]
+            assert (
+                invoice["creator_earnings"] + invoice["application_fee"] == invoice["amount_paid"]
+            )
+            key = f"creator_subscriptions:invoice:{invoice['stripe_invoice_id']}"
+            assert ledger_counts.pop(key) == 1
+    assert ledger_counts == {}  # no posting without its invoice
+
+    # A and C renewed every month (C's yearly fans once); B stopped after the restriction.
+    assert reasons[a] == {"subscription_create": 10, "subscription_cycle": 120}
+    assert reasons[c] == {"subscription_create": 10, "subscription_cycle": 8 * 12 + 2}
+    assert reasons[b]["subscription_create"] == 10
+    assert reasons[b]["subscription_cycle"] == 10 * 2
+    b_subs = ok(await http.get(f"{P}/creators/{b}/subscribers"))["data"]
+    assert {s["status"] for s in b_subs} == {"canceled"}
+    a_subs = ok(await http.get(f"{P}/creators/{a}/subscribers"))["data"]
+    assert {s["status"] for s in a_subs} == {"active"}
+
+    # Ledger balances are the sandbox's balances, creator by creator, and the platform's.
+    for account_id in (a, b, c):
+        ledger = await stack.services.ledger.balances(account_id)
+        assert ledger.get("usd", 0) == await asyncio.to_thread(sandbox_total, stack, account_id)
+    platform = await stack.services.ledger.balances("platform")
+    assert platform["usd"] == await asyncio.to_thread(sandbox_total, stack, None)
+    assert await stack.services.ledger.unbalanced_transactions() == []
+
+    # A's payouts all went through; only B is flagged.
+    a_payouts = ok(await http.get(f"{P}/creators/{a}/payouts"))
+    assert a_payouts["payout_failure_code"] is None
+    assert {p["status"] for p in a_payouts["data"]} <= {"paid", "in_transit", "pending"}
+    assert any(p["status"] == "paid" for p in a_payouts["data"])
+    assert {f.account_id for f in failures.failures} == {b}
+    print(f"year of renewals for 30 fans handled in {year_s:.1f}s")
