@@ -52,3 +52,11 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
         await store.sync_rules(services.plugins.runtime)
 
     register(start)
+
+
+@hookimpl
+def register_routes(register: Callable[[object], None]) -> None:
+    """The admin API: rules, versions, explain, dry run."""
+    from plugins.commission_rules.controllers import CommissionRulesController
+
+    register(CommissionRulesController)
