@@ -741,9 +741,15 @@ async def _check_events(
         await transaction.start()
         try:
             context = SampleContext(name, services, conn, stripe)
-            events = (
-                list(await spec.events(context)) if spec.events else default_samples(registrations)
-            )
+            try:
+                events = (
+                    list(await spec.events(context))
+                    if spec.events
+                    else default_samples(registrations)
+                )
+            except Exception as exc:
+                detail = f"the sample-event function raised {type(exc).__name__}: {exc}"
+                return CheckResult(IDEMPOTENT, FAILED, (detail,))
             if not events:
                 return CheckResult(
                     IDEMPOTENT, FAILED, ("the sample event function returned no events",)

@@ -1,0 +1,1 @@
+"""Piccolo migrations of the course_sales app, applied in name order after its tables exist."""

@@ -1,0 +1,52 @@
+"""Stripe webhook handlers of course_sales (run by the engine's worker, one event at a time).
+
+Each runs inside the event's database transaction (the context's ``conn``) and
+ignores objects that are not course sales: every plugin sees every event.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from engine.core.contributions import HandlerContext, StripeEvent
+from engine.core.orders import LifecycleEvent
+from engine.services import Services
+from engine.worker.dispatch import EventContext, stripe_object
+
+from course_sales.config import PLUGIN
+from course_sales.services import get_enrollment, settle_enrollment
+
+__all__ = ["PAID", "on_payment_intent_succeeded"]
+
+PAID = f"{PLUGIN}.enrollment.paid"
+"""The lifecycle event announced when an enrollment is paid and its shares transferred."""
+
+
+async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -> None:
+    """Settle the enrollment a succeeded PaymentIntent paid for (idempotent)."""
+    payment_intent = stripe_object(event)
+    metadata = payment_intent.get("metadata") or {}
+    if metadata.get("plugin") != PLUGIN or not str(metadata.get("enrollment", "")).isdigit():
+        return
+    # The worker passes an EventContext: ``conn`` is the event's transaction.
+    context = cast(EventContext, ctx)
+    services: Services = context.services
+    enrollment = await get_enrollment(context.conn, int(metadata["enrollment"]), lock=True)
+    if enrollment is None:
+        return
+    paid = await settle_enrollment(context.conn, services, enrollment, payment_intent)
+    if not paid:
+        return
+    instructor = next((t.destination for t in paid if t.role == "instructor"), None)
+    notice = LifecycleEvent(
+        PAID,
+        subject_id=enrollment.reference,
+        account_id=instructor,
+        data={
+            "amount": enrollment.price.amount,
+            "currency": enrollment.price.currency,
+            "transfers": {t.role: t.amount.amount for t in paid},
+        },
+    )
+    # Broadcast only once the settlement has committed.
+    context.after_commit(lambda: services.plugins.notify_lifecycle(notice))
