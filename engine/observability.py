@@ -86,6 +86,9 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Client libraries log every request at INFO; the engine's own lines say what matters.
+    for noisy in ("stripe", "httpx", "piccolo", "taskiq", "nats"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 class Metrics:

@@ -166,6 +166,9 @@ def _build(
         request_max_body_size=settings.api.max_body_bytes,
         state=app_state,
         debug=debug,
+        # The process's logging is configured once (engine.observability), with the
+        # event/account context on every line; Litestar must not install its own.
+        logging_config=None,
     )
     _complete_openapi(app)
     return app
