@@ -25,7 +25,7 @@ from piccolo.table import Table
 from engine.core.contributions import TableApp
 from engine.core.tables import CORE_TABLES
 
-__all__ = ["CORE_APP", "Database", "bind_tables", "migrate"]
+__all__ = ["CORE_APP", "Database", "bind_tables", "engine_apps", "migrate"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,20 @@ def bind_tables(engine: PostgresEngine, tables: Iterable[type[Table]]) -> None:
     """Point each table class at ``engine`` (instead of a piccolo_conf lookup)."""
     for table in tables:
         table._meta._db = engine
+
+
+def engine_apps() -> list[tuple[str, Sequence[type[Table]], Sequence[str]]]:
+    """The engine's own apps after the core: ``(name, tables, extra DDL)``, migrated in order.
+
+    Imported here, not at module level: those packages are adapters around the core.
+    """
+    from engine.dashboard import tables as dashboard
+    from engine.reconciliation import tables as reconciliation
+
+    return [
+        (reconciliation.APP_NAME, reconciliation.TABLES, reconciliation.EXTRA_DDL),
+        (dashboard.APP_NAME, dashboard.TABLES, dashboard.EXTRA_DDL),
+    ]
 
 
 def _table_classes(app: TableApp) -> list[type[Table]]:
@@ -84,6 +98,8 @@ class Database:
     def bind(self, apps: Sequence[TableApp] = ()) -> None:
         """Bind the core tables and the given plugin apps' tables to this database."""
         bind_tables(self.engine, CORE_TABLES)
+        for _, tables, _ in engine_apps():
+            bind_tables(self.engine, tables)
         for app in apps:
             bind_tables(self.engine, _table_classes(app))
 
@@ -193,6 +209,9 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute(_MIGRATIONS_DDL)
         if await _create_tables(conn, CORE_APP, CORE_TABLES, _CORE_EXTRA_DDL):
             ran.append(f"{CORE_APP}:0000_tables")
+        for name, tables, extra in engine_apps():
+            if await _create_tables(conn, name, tables, extra):
+                ran.append(f"{name}:0000_tables")
         for app in apps:
             if await _create_tables(conn, app.plugin, _table_classes(app)):
                 ran.append(f"{app.plugin}:0000_tables")

@@ -1,0 +1,115 @@
+"""Reconciliation results (Piccolo): runs, one row per matched or unmatched item, and alerts.
+
+A run is one pass over Stripe and the ledger. Its items are keyed by run and
+item (``item_key`` embeds the run id and is unique), so saving a run's items
+again changes nothing. The latest finished run is the reconciliation status.
+An alert is one distinct problem (``fingerprint``), opened the first time a
+run reports it and resolved by the first complete run that no longer does;
+re-running never duplicates it. Nothing here changes money.
+
+These tables form the engine app ``marketplace_reconciliation``, migrated by
+``engine.core.db.migrate`` right after the core tables.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from piccolo.columns import (
+    JSONB,
+    BigInt,
+    BigSerial,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.table import Table
+
+__all__ = [
+    "APP_NAME",
+    "EXTRA_DDL",
+    "TABLES",
+    "ReconciliationAlert",
+    "ReconciliationItem",
+    "ReconciliationRun",
+]
+
+APP_NAME: Final = "marketplace_reconciliation"
+
+
+class ReconciliationRun(Table, tablename="marketplace_reconciliation_runs"):
+    """One reconciliation pass: when, who started it, and what it found."""
+
+    id = BigSerial(primary_key=True)
+    trigger = Varchar(length=32, default="cli")
+    status = Varchar(length=16, default="running", index=True)  # running, completed, failed
+    accounts = Integer(default=0)
+    balance_transactions = Integer(default=0)
+    matched = Integer(default=0)
+    missing_in_ledger = Integer(default=0)
+    missing_in_stripe = Integer(default=0)
+    amount_mismatch = Integer(default=0)
+    new_alerts = Integer(default=0)
+    failed_accounts = JSONB(default=[])
+    error = Text(default="")
+    started_at = Timestamptz()
+    finished_at = Timestamptz(null=True, default=None)
+
+
+class ReconciliationItem(Table, tablename="marketplace_reconciliation_items"):
+    """One balance transaction, or one ledger line group, and how it matched.
+
+    ``status`` is ``matched``, ``missing_in_ledger`` (Stripe moved money the
+    ledger never recorded), ``missing_in_stripe`` (the ledger records money
+    Stripe never moved) or ``amount_mismatch`` (both exist, amounts differ).
+    """
+
+    id = BigSerial(primary_key=True)
+    run = ForeignKey(references=ReconciliationRun, index=True)
+    item_key = Varchar(length=300, unique=True)
+    account = Varchar(length=64, index=True)
+    status = Varchar(length=24, index=True)
+    currency = Varchar(length=3, default="")
+    balance_transaction_id = Varchar(length=64, default="")
+    stripe_type = Varchar(length=48, default="")
+    stripe_source = Varchar(length=64, default="")
+    stripe_amount = BigInt(null=True, default=None)
+    stripe_fee = BigInt(null=True, default=None)
+    stripe_net = BigInt(null=True, default=None)
+    ledger_transaction_id = BigInt(null=True, default=None)
+    ledger_key = Varchar(length=255, default="")
+    ledger_amount = BigInt(null=True, default=None)
+    ledger_fee = BigInt(null=True, default=None)
+    ledger_net = BigInt(null=True, default=None)
+    detail = Text(default="")
+    created_at = Timestamptz()
+
+
+class ReconciliationAlert(Table, tablename="marketplace_reconciliation_alerts"):
+    """An admin-visible problem, one per distinct finding, open until a run no longer sees it."""
+
+    id = BigSerial(primary_key=True)
+    fingerprint = Varchar(length=400, unique=True)
+    status = Varchar(length=24)
+    account = Varchar(length=64, index=True)
+    currency = Varchar(length=3, default="")
+    summary = Text(default="")
+    first_run = BigInt()
+    last_run = BigInt(index=True)
+    occurrences = Integer(default=1)
+    first_seen_at = Timestamptz()
+    last_seen_at = Timestamptz()
+    resolved_at = Timestamptz(null=True, default=None, index=True)
+
+
+TABLES: tuple[type[Table], ...] = (ReconciliationRun, ReconciliationItem, ReconciliationAlert)
+"""In creation order."""
+
+EXTRA_DDL: tuple[str, ...] = (
+    # The admin panel lists a run's problems; matched items are most of the rows.
+    "CREATE INDEX IF NOT EXISTS marketplace_reconciliation_items_problems "
+    "ON marketplace_reconciliation_items (run, id) WHERE status <> 'matched'",
+)
+"""Indexes Piccolo's column API cannot express."""
