@@ -434,6 +434,27 @@ class BookingService:
                 return await self.get_record(booking.id)
         return booking
 
+    async def run_due_in(self, conn: Connection, booking: BookingRecord) -> Notices:
+        """Inside ``conn``: take timed transitions already due (after a webhook's transition).
+
+        Each runs in its own savepoint; one that fails is rolled back alone and
+        left to the timer runner, so the event that caused it still commits.
+        """
+        notices = Notices(self._services)
+        for _ in range(_MAX_CHAINED):
+            if booking.timer_at is None or booking.timer_at > self.now():
+                break
+            try:
+                outcome = await self.act_in(conn, booking.id, booking.timer_name, "system")
+            except MarketplaceError as error:
+                log.warning(
+                    "timed %s of booking %s failed: %s", booking.timer_name, booking.id, error
+                )
+                break
+            notices.extend(outcome.notices)
+            booking = outcome.booking
+        return notices
+
     async def run_due_timers(self, *, limit: int = 100) -> list[tuple[int, str, str]]:
         """Take every timed transition due now; return ``(booking, transition, outcome)``."""
         rows = await self._pool.fetch(

@@ -115,6 +115,8 @@ async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
             name = "dispute_won" if status == "won" else "dispute_lost"
             closed = await service.act_in(conn, booking_id, name, "system", params=params)
             notices.extend(closed.notices)
+            # Won: back to where it was; a settlement held up by the dispute runs now.
+            notices.extend(await service.run_due_in(conn, closed.booking))
     except IllegalTransition as refused:
         # The booking's process has no way into (or out of) disputed from where it is;
         # the money still moved, so the ledger follows Stripe regardless.
