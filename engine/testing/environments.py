@@ -82,9 +82,9 @@ class OverlayEnvironment:
             check=False,
         )
 
-    def pip(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    def pip(self, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run pip in this environment; raise ``RuntimeError`` with its output when it fails."""
-        done = self.run(["python", "-m", "pip", "--disable-pip-version-check", *args])
+        done = self.run(["python", "-m", "pip", "--disable-pip-version-check", *args], cwd=cwd)
         if done.returncode != 0:
             raise RuntimeError(
                 f"pip {' '.join(map(str, args))} failed:\n{done.stdout}{done.stderr}"

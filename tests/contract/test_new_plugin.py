@@ -1,6 +1,7 @@
 """``marketplace new-plugin``: the scaffold installs with pip and passes its own tests as made.
 
-The scaffold is installed with a real ``pip install -e`` into an overlay
+The main test follows docs/plugins.md's quick start step by step. The
+scaffold is installed with a real ``pip install -e`` into an overlay
 environment (``engine.testing.environments``) rather than this one, so other
 test runs sharing this environment never see a half-installed ``demo_model``.
 Its tests run in a subprocess against this run's PostgreSQL and NATS.
@@ -8,6 +9,7 @@ Its tests run in a subprocess against this run's PostgreSQL and NATS.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from engine.testing.environments import OverlayEnvironment
 from engine.testing.infra import TEST_DATABASE_URL_VARIABLE, TEST_NATS_URL_VARIABLE
 
 NAME = "demo_model"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
 
 def _marketplace(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -27,12 +30,52 @@ def _marketplace(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[st
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def test_scaffolded_plugin_installs_and_passes_its_own_tests(
+def _quick_start() -> list[str]:
+    """The commands of docs/plugins.md's quick start, in order."""
+    text = GUIDE.read_text(encoding="utf-8")
+    block = text[text.index("<!-- quickstart -->") : text.index("<!-- /quickstart -->")]
+    return [
+        line.strip()
+        for line in block.splitlines()
+        if line.strip() and not line.startswith(("```", "<!--"))
+    ]
+
+
+def test_following_the_quick_start_the_scaffold_installs_and_passes_its_tests(
     tmp_path: Path, database_url: str, nats_url: str
 ) -> None:
-    created = _marketplace("new-plugin", NAME, "--dir", tmp_path / NAME, cwd=tmp_path)
-    assert created.returncode == 0, created.stderr
-    project = tmp_path / NAME
+    environment = OverlayEnvironment(tmp_path / "venv").create()
+    servers = {TEST_DATABASE_URL_VARIABLE: database_url, TEST_NATS_URL_VARIABLE: nats_url}
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    outputs: list[str] = []
+    steps = _quick_start()
+    assert steps[0] == f"marketplace new-plugin {NAME}"
+    for step in steps:
+        match shlex.split(step):
+            case ["marketplace", *args]:
+                done = environment.run(["python", "-m", "engine.cli", *args], cwd=cwd)
+            case ["cd", directory]:
+                cwd = cwd / directory
+                continue
+            case ["pip", "install", "-e", target]:
+                # Its dependencies are this environment's; --no-deps keeps it offline.
+                done = environment.pip("install", "--no-deps", "-e", target, cwd=cwd)
+            case ["pytest", *args]:
+                done = environment.run(
+                    ["python", "-m", "pytest", "-p", "no:cacheprovider", *args],
+                    cwd=cwd,
+                    env=servers,
+                )
+            case _:
+                pytest.fail(
+                    f"docs/plugins.md's quick start has a step this test cannot follow: {step}"
+                )
+        assert done.returncode == 0, f"{step}:\n{done.stdout}{done.stderr}"
+        outputs.append(done.stdout)
+    assert "4 passed" in outputs[-1]
+
+    project = tmp_path / "work" / NAME
     assert {path.relative_to(project).as_posix() for path in project.rglob("*.py")} >= {
         f"{NAME}/hooks.py",
         f"{NAME}/config.py",
@@ -41,21 +84,9 @@ def test_scaffolded_plugin_installs_and_passes_its_own_tests(
         f"{NAME}/conformance.py",
         f"tests/test_{NAME}.py",
     }
-
-    environment = OverlayEnvironment(tmp_path / "venv").create()
-    environment.install_editable(project)
     listed = environment.run(["python", "-m", "engine.cli", "plugins"])
     assert listed.returncode == 0, listed.stderr
-    assert f"{NAME}  " in listed.stdout  # installed (disabled until configured)
-    assert f"{NAME}.hooks" in listed.stdout
-
-    tests = environment.run(
-        ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project,
-        env={TEST_DATABASE_URL_VARIABLE: database_url, TEST_NATS_URL_VARIABLE: nats_url},
-    )
-    assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "4 passed" in tests.stdout
+    assert f"{NAME}.hooks" in listed.stdout  # installed (disabled until configured)
 
     lint = subprocess.run(
         [Path(sys.executable).parent / "ruff", "check", "--no-cache", "."],

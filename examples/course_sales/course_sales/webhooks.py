@@ -6,12 +6,13 @@ ignores objects that are not course sales: every plugin sees every event.
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 from engine.core.contributions import HandlerContext, StripeEvent
 from engine.core.orders import LifecycleEvent
 from engine.services import Services
-from engine.worker.dispatch import EventContext, stripe_object
+from engine.worker.dispatch import EventContext
 
 from course_sales.config import PLUGIN
 from course_sales.services import get_enrollment, settle_enrollment
@@ -24,7 +25,7 @@ PAID = f"{PLUGIN}.enrollment.paid"
 
 async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -> None:
     """Settle the enrollment a succeeded PaymentIntent paid for (idempotent)."""
-    payment_intent = stripe_object(event)
+    payment_intent: Mapping[str, Any] = event["data"]["object"]
     metadata = payment_intent.get("metadata") or {}
     if metadata.get("plugin") != PLUGIN or not str(metadata.get("enrollment", "")).isdigit():
         return

@@ -1,0 +1,177 @@
+"""docs/plugins.md cannot drift: hooks, public API, fixtures and properties are checked in code.
+
+- The hook reference is generated from ``engine/core/hookspecs.py``
+  (``python -m engine.testing.hookdoc --write docs/plugins.md``); a new hook, a
+  changed signature or docstring makes the check fail.
+- Every name of the public API table exists and is exported (``__all__``), and
+  the example plugin and the ``new-plugin`` templates import nothing else from
+  the engine (the proof that the documented API suffices).
+- The kit's fixtures and the conformance properties are the documented ones.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.scaffold.generator import PluginNames, render
+from engine.testing import conformance, hookdoc, pytest_plugin
+
+REPO = Path(__file__).resolve().parents[2]
+GUIDE = REPO / "docs" / "plugins.md"
+EXAMPLE = REPO / "examples" / "course_sales"
+TEMPLATES = REPO / "engine" / "scaffold" / "templates" / "plugin"
+
+
+def _guide() -> str:
+    return GUIDE.read_text(encoding="utf-8")
+
+
+def _between(begin: str, end: str) -> str:
+    text = _guide()
+    return text[text.index(begin) + len(begin) : text.index(end)]
+
+
+def _table_rows(begin: str, end: str) -> list[list[str]]:
+    rows = []
+    for line in _between(begin, end).splitlines():
+        if line.startswith("| ") and not line.startswith(("| ---", "| module", "| fixture")):
+            if line.startswith("| property"):
+                continue
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _public_api() -> dict[str, set[str]]:
+    api: dict[str, set[str]] = {}
+    for module, names in _table_rows("<!-- BEGIN PUBLIC API -->", "<!-- END PUBLIC API -->"):
+        api[module.strip("`")] = {name.strip().strip("`") for name in names.split(",")}
+    return api
+
+
+def test_hook_reference_is_the_generated_one() -> None:
+    documented = _between(hookdoc.BEGIN, hookdoc.END).strip()
+    assert documented == hookdoc.render().strip(), (
+        "docs/plugins.md's hook reference is stale: "
+        "run python -m engine.testing.hookdoc --write docs/plugins.md"
+    )
+
+
+@pytest.mark.parametrize("hook", hookdoc.hooks(), ids=lambda hook: hook.name)
+def test_every_hook_is_documented_with_its_signature(hook: hookdoc.Hook) -> None:
+    guide = _guide()
+    assert f"### `{hook.name}`" in guide, f"{hook.name} is missing from docs/plugins.md"
+    assert hookdoc.render_signature(hook.function) in guide, (
+        f"docs/plugins.md documents another signature for {hook.name}"
+    )
+
+
+def test_the_generator_sees_a_changed_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.core import hookspecs
+
+    def register_refunds(register: object, extra: int) -> None:
+        """A new hook.
+
+        Args:
+            register: the callback.
+            extra: something new.
+        """
+
+    register_refunds.marketplace_spec = {"firstresult": False}  # type: ignore[attr-defined]
+    monkeypatch.setattr(hookspecs, "register_refunds", register_refunds, raising=False)
+    stale = hookdoc.render()
+    assert "### `register_refunds`" in stale
+    assert stale.strip() != _between(hookdoc.BEGIN, hookdoc.END).strip()
+
+
+def test_public_api_names_exist_and_are_exported() -> None:
+    api = _public_api()
+    assert "engine.core.plugins" in api
+    assert "hookimpl" in api["engine.core.plugins"]
+    for module_name, names in api.items():
+        module = importlib.import_module(module_name)
+        exported = getattr(module, "__all__", None)
+        for name in sorted(names):
+            assert hasattr(module, name), f"{module_name}.{name} is documented but missing"
+            if exported is not None:
+                assert name in exported, f"{module_name}.{name} is documented but not in __all__"
+
+
+def _rendered_templates() -> Iterator[tuple[str, str]]:
+    names = PluginNames("demo_model")
+    for path in sorted(TEMPLATES.rglob("*.py.tmpl")):
+        yield str(path.relative_to(REPO)), render(path.read_text(encoding="utf-8"), names)
+
+
+def _example_sources() -> Iterator[tuple[str, str]]:
+    for path in sorted(EXAMPLE.rglob("*.py")):
+        if ".egg-info" not in str(path):
+            yield str(path.relative_to(REPO)), path.read_text(encoding="utf-8")
+
+
+def _engine_imports(source: str) -> Iterator[tuple[str, str]]:
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield node.module, alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, ""
+
+
+@pytest.mark.parametrize(
+    ("where", "source"),
+    [*_example_sources(), *_rendered_templates()],
+    ids=lambda value: value if value.endswith((".py", ".tmpl")) else "",
+)
+def test_plugins_import_only_the_public_api(where: str, source: str) -> None:
+    api = _public_api()
+    for module, name in _engine_imports(source):
+        root = module.split(".")[0]
+        assert root != "plugins", f"{where} imports another plugin ({module})"
+        assert root != "stripe", f"{where} imports stripe; use services.gateway"
+        if root != "engine":
+            continue
+        assert name, f"{where}: 'import {module}' (import the documented names instead)"
+        assert name in api.get(module, set()), (
+            f"{where} imports {module}.{name}, which is not in docs/plugins.md's public API"
+        )
+
+
+def test_the_kit_fixtures_are_the_documented_ones() -> None:
+    rows = _table_rows("<!-- BEGIN FIXTURES -->", "<!-- END FIXTURES -->")
+    documented = {row[0].strip("`") for row in rows}
+    defined = {
+        name
+        for name, value in inspect.getmembers(pytest_plugin)
+        if name.startswith("mp_") and callable(value)
+    }
+    assert documented == defined
+
+
+def test_the_conformance_properties_are_the_documented_ones() -> None:
+    rows = _table_rows("<!-- BEGIN PROPERTIES -->", "<!-- END PROPERTIES -->")
+    documented = {row[0] for row in rows}
+    names = {
+        conformance.WELL_FORMED,
+        conformance.CONTRIBUTIONS,
+        conformance.PRICE,
+        conformance.COMMISSION,
+        conformance.SPLIT,
+        conformance.TABLES,
+        conformance.IDEMPOTENT,
+    }
+    assert documented == names
+
+
+def test_the_kit_commands_are_documented() -> None:
+    guide = _guide()
+    for command in ("marketplace new-plugin", "marketplace conformance", "marketplace plugins"):
+        assert command in guide
+    assert re.search(r"-p no:marketplace", guide)
