@@ -96,11 +96,20 @@ SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
 WHERE id = ANY($1::bigint[])
 """
 
-_RELEASE_IF_IDLE = """
+# Mark the batch handled and, if nothing new arrived (version unchanged), clear
+# the scheduling token: one round trip at the end of an idle drain.
+_MARK_AND_RELEASE_IF_IDLE = """
+WITH marked AS (
+    UPDATE marketplace_webhook_events
+    SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
+    WHERE id = ANY($4::bigint[])
+    RETURNING 1
+)
 UPDATE marketplace_webhook_accounts
 SET scheduled = false, scheduled_at = NULL, lease_owner = '', lease_until = NULL,
-    attempts = 0, last_error = '', handled = handled + $4, updated_at = now()
-WHERE account = $1 AND version = $2 AND lease_owner = $3
+    attempts = 0, last_error = '', handled = handled + (SELECT count(*) FROM marked),
+    updated_at = now()
+WHERE account = $1 AND version = $2 AND lease_owner = $3 AND $5
 RETURNING 1
 """
 
@@ -178,6 +187,15 @@ class DrainOutcome:
     error: str = ""
     lag_seconds: tuple[float, ...] = ()
     """Receipt-to-handled time of each event handled in this drain."""
+
+
+class _LoneEventFailed(Exception):
+    """A single-event batch failed; carries the row to record against."""
+
+    def __init__(self, row_id: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.row_id = row_id
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,35 +279,26 @@ class Mailbox:
             version = int(leased[0]["version"])
             rows = [row for row in leased if row["id"] is not None]
             after: list[Callable[[], None]] = []
-            async with conn.transaction():
-                handled_ids: list[int] = []
-                for row in rows:
-                    try:
-                        async with conn.transaction():  # a savepoint per event
-                            action = await handle(json.loads(row["payload"]), conn)
-                    except Exception as exc:  # any handler failure backs the account off
-                        await conn.execute(_MARK_HANDLED_MANY, handled_ids)
-                        outcome = await self._failed(
-                            conn,
-                            account=account,
-                            owner=owner,
-                            row_id=row["id"],
-                            exc=exc,
-                            handled=len(handled_ids),
-                        )
-                        break
-                    handled_ids.append(row["id"])
-                    if action is not None:
-                        after.append(action)
-                else:
-                    await conn.execute(_MARK_HANDLED_MANY, handled_ids)
-                    outcome = await self._release(
+            handled_ids: list[int] = []
+            # A lone event needs no savepoint: if it fails, the whole
+            # transaction rolls back and the failure is recorded afresh.
+            savepoints = len(rows) > 1
+            try:
+                async with conn.transaction():
+                    outcome = await self._apply(
+                        conn, account, owner, version, rows, handle, handled_ids, after, savepoints
+                    )
+            except _LoneEventFailed as failure:
+                handled_ids.clear()
+                after.clear()
+                async with conn.transaction():
+                    outcome = await self._failed(
                         conn,
                         account=account,
                         owner=owner,
-                        version=version,
-                        rows=rows,
-                        handled_ids=handled_ids,
+                        row_id=failure.row_id,
+                        exc=failure.error,
+                        handled=0,
                     )
         for action in after:
             action()
@@ -304,23 +313,48 @@ class Mailbox:
             outcome = replace(outcome, lag_seconds=lags)
         return outcome
 
-    async def _release(
+    async def _apply(  # noqa: PLR0917 - the drain's working set, passed along once
         self,
         conn: asyncpg.Connection,
-        *,
         account: str,
         owner: str,
         version: int,
         rows: Sequence[Any],
-        handled_ids: Sequence[int],
+        handle: EventHandler,
+        handled_ids: list[int],
+        after: list[Callable[[], None]],
+        savepoints: bool,
     ) -> DrainOutcome:
-        handled = len(handled_ids)
-        if len(rows) < self.batch_size and await conn.fetchval(
-            _RELEASE_IF_IDLE, account, version, owner, handled
+        """Run the handlers in order inside the caller's transaction."""
+        for row in rows:
+            try:
+                if savepoints:
+                    async with conn.transaction():  # a savepoint per event
+                        action = await handle(json.loads(row["payload"]), conn)
+                else:
+                    action = await handle(json.loads(row["payload"]), conn)
+            except Exception as exc:  # any handler failure backs the account off
+                if not savepoints:
+                    raise _LoneEventFailed(row["id"], exc) from exc
+                await conn.execute(_MARK_HANDLED_MANY, handled_ids)
+                return await self._failed(
+                    conn,
+                    account=account,
+                    owner=owner,
+                    row_id=row["id"],
+                    exc=exc,
+                    handled=len(handled_ids),
+                )
+            handled_ids.append(row["id"])
+            if action is not None:
+                after.append(action)
+        may_be_idle = len(rows) < self.batch_size
+        if await conn.fetchval(
+            _MARK_AND_RELEASE_IF_IDLE, account, version, owner, handled_ids, may_be_idle
         ):
-            return DrainOutcome("idle", handled)
-        await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, handled)
-        return DrainOutcome("requeue", handled)
+            return DrainOutcome("idle", len(handled_ids))
+        await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, len(handled_ids))
+        return DrainOutcome("requeue", len(handled_ids))
 
     async def _failed(
         self,

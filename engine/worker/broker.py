@@ -54,7 +54,8 @@ class MailboxBroker(PullBasedJetStreamBroker):
         stream: str = "MARKETPLACE",
         replicas: int = 1,
         fetch_batch: int = 16,
-        ack_wait_seconds: float = 120.0,
+        ack_wait_seconds: float = 300.0,
+        max_ack_pending: int = 1000,
     ) -> None:
         subject = f"{stream.lower()}.drain"
         super().__init__(
@@ -72,8 +73,12 @@ class MailboxBroker(PullBasedJetStreamBroker):
             ),
             consumer_config=ConsumerConfig(
                 durable_name=f"{stream.lower()}_workers",
+                # Tokens are cheap to redeliver but a redelivered token is a
+                # wasted drain: wait long before redelivering (the sweeper
+                # covers a dead worker), and keep the tokens in NATS rather
+                # than in one worker's memory so every worker gets its share.
                 ack_wait=ack_wait_seconds,
-                max_ack_pending=20_000,
+                max_ack_pending=max_ack_pending,
             ),
             pull_consume_batch=fetch_batch,
             pull_consume_timeout=1.0,

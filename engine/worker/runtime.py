@@ -47,7 +47,8 @@ def make_broker(settings: Settings) -> MailboxBroker:
         settings.nats.url,
         stream=settings.nats.stream,
         replicas=settings.nats.replicas,
-        ack_wait_seconds=float(settings.webhooks.lease_seconds) * 2,
+        ack_wait_seconds=max(300.0, float(settings.webhooks.lease_seconds) * 2),
+        max_ack_pending=max(1000, settings.worker.concurrency * 8),
     )
     broker.register_task(_drain_account, task_name=DRAIN_TASK)
     return broker
