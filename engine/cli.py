@@ -1,4 +1,4 @@
-"""The ``marketplace`` command: run the stack, serve, migrate, list plugins, run the sandbox.
+"""The ``marketplace`` command: run the stack, serve, migrate, reconcile, plugins, the sandbox.
 
 Every command loads settings first (``--config FILE`` or ``MARKETPLACE_CONFIG``,
 then environment overrides); a bad config stops it with the key named and exit
@@ -186,6 +186,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
     accounts = asyncio.run(run())
     print(f"replaying {', '.join(accounts)}" if accounts else "nothing to replay")
     return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Match Stripe's balance transactions with the ledger; exit 3 when something differs."""
+    from engine.reconciliation.cli import run
+
+    if not settings.database.url:
+        raise ConfigError("database.url", "is empty; set it or MARKETPLACE_DATABASE_URL")
+    return run(args, settings, plugins)
 
 
 def cmd_setup_webhooks(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
@@ -401,6 +410,14 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
     replay.add_argument("--event", action="append", help="event id (repeatable)")
     replay.add_argument("--account", help="replay every dead event of this account")
     replay.set_defaults(func=cmd_replay)
+
+    from engine.reconciliation.cli import configure as configure_reconcile
+
+    reconcile = sub.add_parser(
+        "reconcile", help="match Stripe's balance transactions with the ledger"
+    )
+    configure_reconcile(reconcile)
+    reconcile.set_defaults(func=cmd_reconcile)
 
     setup = sub.add_parser("stripe-setup-webhooks", help="register webhook endpoints with Stripe")
     setup.add_argument("--url", required=True, help="public base URL of this API")
