@@ -59,7 +59,10 @@ __all__ = ["ROUTES", "BookingController", "CatalogController", "TimerController"
 BASE = "/v1/three_sided_bookings"
 
 AccountId = Annotated[str, PathParameter(pattern=r"^acct_[A-Za-z0-9]{1,60}$")]
-RowId = Annotated[int, PathParameter(ge=1, description="the row's id")]
+RowId = Annotated[int, PathParameter(ge=1, le=2_147_483_647, description="the row's id")]
+BookingId = Annotated[
+    int, PathParameter(ge=1, le=9_223_372_036_854_775_807, description="the booking's id")
+]
 ActionName = Annotated[
     str, PathParameter(pattern=r"^[a-z_]{1,64}$", description="a transition of the process")
 ]
@@ -328,7 +331,7 @@ class BookingController(Controller):
     )
     async def get_booking(
         self,
-        booking_id: RowId,
+        booking_id: BookingId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> BookingView:
@@ -346,7 +349,7 @@ class BookingController(Controller):
     async def take_action(
         self,
         *,
-        booking_id: RowId,
+        booking_id: BookingId,
         action: ActionName,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -381,7 +384,7 @@ class BookingController(Controller):
     )
     async def transitions(
         self,
-        booking_id: RowId,
+        booking_id: BookingId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> list[TransitionView]:
@@ -397,7 +400,7 @@ class BookingController(Controller):
     )
     async def add_message(
         self,
-        booking_id: RowId,
+        booking_id: BookingId,
         data: JSONBody[MessageInput],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -416,7 +419,7 @@ class BookingController(Controller):
     )
     async def reconciliation(
         self,
-        booking_id: RowId,
+        booking_id: BookingId,
         services: NamedDependency[Services],
         check: Annotated[bool, QueryParameter(required=False)] = False,
     ) -> Reconciliation:

@@ -23,6 +23,7 @@ n-th retry of a transfer Stripe refused).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from engine.core.errors import AccountRestricted, Conflict, InvalidAmount, MarketplaceError
@@ -837,8 +838,12 @@ async def _hold(ctx: BookingContext, transfer: TransferRecord, why: str, *, atte
     )
 
 
+ContextFactory = Callable[[Connection, BookingRecord], BookingContext]
+"""Builds the context a retried transfer runs in (``BookingService.context``)."""
+
+
 async def release_held_transfers(
-    ctx_factory: Any, conn: Connection, account_id: str, notices: Notices
+    ctx_factory: ContextFactory, conn: Connection, account_id: str, notices: Notices
 ) -> list[int]:
     """Retry every share held for ``account_id`` (it can receive funds again).
 
@@ -871,7 +876,7 @@ async def release_held_transfers(
         await conn.fetchrow(
             "SELECT id FROM three_sided_bookings_bookings WHERE id = $1 FOR UPDATE", booking.id
         )
-        ctx: BookingContext = ctx_factory(conn, booking)
+        ctx = ctx_factory(conn, booking)
         charge_row = await conn.fetchrow(
             "SELECT * FROM three_sided_bookings_charges WHERE id = $1", transfer.charge_id
         )

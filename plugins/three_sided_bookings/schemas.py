@@ -43,7 +43,14 @@ __all__ = [
 
 PaymentModel = Literal["full", "deposit", "arrival"]
 Bps = Annotated[int, msgspec.Meta(ge=0, le=10_000, description="basis points: 1250 = 12.5 %")]
-MinorUnits = Annotated[int, msgspec.Meta(ge=0, description="minor units of the currency")]
+MinorUnits = Annotated[
+    int, msgspec.Meta(ge=0, le=99_999_999, description="minor units of the currency")
+]
+Price = Annotated[
+    int,
+    msgspec.Meta(ge=50, le=99_999_999, description="minor units; Stripe takes 50 to 99,999,999"),
+]
+RowRef = Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{3}$", examples=["gbp"])]
 AccountRef = Annotated[
     str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,60}$", description="a connected account id")
@@ -69,14 +76,14 @@ class NewService(_Input, frozen=True):
     name: Name
     service_type: ServiceType
     duration_minutes: Annotated[int, msgspec.Meta(gt=0, le=24 * 60)]
-    price: Annotated[int, msgspec.Meta(ge=50, description="minor units; Stripe's minimum is 50")]
+    price: Price
     currency: Currency | None = None
 
 
 class ServiceUpdate(_Input, frozen=True):
     """Change a service's price or take it off sale (existing bookings keep their price)."""
 
-    price: Annotated[int, msgspec.Meta(ge=50)] | None = None
+    price: Price | None = None
     active: bool | None = None
     name: Name | None = None
 
@@ -205,20 +212,20 @@ class NewBooking(_Input, frozen=True):
     saved) at once; without it, it waits in ``pending_payment`` for ``pay``.
     """
 
-    service_id: int
-    provider_id: int
-    venue_id: int
+    service_id: RowRef
+    provider_id: RowRef
+    venue_id: RowRef
     starts_at: datetime
     payment_model: PaymentModel
     customer: CustomerInput
-    payment_method: str | None = None
+    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
 
 
 class BookingAction(_Input, frozen=True):
     """Parameters of an action (each action reads the ones it needs)."""
 
-    payment_method: str | None = None
-    amount: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    amount: Annotated[int, msgspec.Meta(gt=0, le=99_999_999)] | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
     statement: Annotated[str, msgspec.Meta(max_length=5000)] = ""
 

@@ -213,7 +213,8 @@ class Env:
         )
 
     async def assert_ledger_matches_sandbox(self, currency: str) -> dict[str, int]:
-        """Ledger == Stripe for the platform and every connected account, to the cent."""
+        """Ledger == Stripe for the platform and every connected account, to the cent,
+        and one ledger transaction per Stripe balance transaction."""
         await self.deliver_events()
         found: dict[str, int] = {}
         for account in [None, *self.accounts]:
@@ -222,8 +223,50 @@ class Env:
             stripe_side = self.sandbox_balance(account, currency)
             assert ledger == stripe_side, f"{name}: ledger {ledger} != Stripe {stripe_side}"
             found[name] = ledger
+            await self.assert_mirrors_balance_transactions(account, currency)
         assert await self.ledger.unbalanced_transactions() == []
         return found
+
+    def balance_transactions(self, account: str | None, currency: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        after = None
+        while True:
+            params: dict[str, Any] = {"limit": 100, "currency": currency}
+            if after:
+                params["starting_after"] = after
+            page = self.stripe("GET", "/v1/balance_transactions", account, **params)
+            found += page["data"]
+            if not page["has_more"]:
+                return found
+            after = page["data"][-1]["id"]
+
+    async def assert_mirrors_balance_transactions(self, account: str | None, currency: str) -> None:
+        """Each Stripe balance transaction has one ledger transaction: same net, same fee,
+        and (on the platform) the same Stripe object."""
+        name = account or "platform"
+        rows = await self.fetch(
+            """
+            SELECT t.stripe_object_id,
+                   sum(e.amount) FILTER (WHERE e.account = $1) AS net,
+                   COALESCE(sum(e.amount) FILTER (WHERE e.account = 'platform:stripe_fees'), 0)
+                       AS fee
+            FROM marketplace_ledger_transactions t
+            JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
+            WHERE e.currency = $2
+            GROUP BY t.id
+            HAVING bool_or(e.account = $1)
+            """,
+            name,
+            currency,
+        )
+        txns = self.balance_transactions(account, currency)
+        if account is None:
+            ledger = sorted((r["stripe_object_id"], int(r["net"]), int(r["fee"])) for r in rows)
+            stripe_side = sorted((t["source"], t["net"], t["fee"]) for t in txns)
+        else:
+            ledger = sorted((int(r["net"]), 0) for r in rows)
+            stripe_side = sorted((t["net"], t["fee"]) for t in txns)
+        assert ledger == stripe_side, f"{name}: ledger {ledger} != Stripe {stripe_side}"
 
     def transfers(self, booking: BookingRecord) -> list[dict[str, Any]]:
         page = self.stripe(
