@@ -17,6 +17,8 @@ import httpx
 import pytest
 from support.stack import Stack, running_stack
 
+from engine.reconciliation.service import run_reconciliation
+
 TSB = "three_sided_bookings"
 BASE = f"/v1/{TSB}"
 FAILING_BANK = "000111111116"  # Stripe's test number: payouts fail with no_account
@@ -140,6 +142,9 @@ class Spa:
             assert ledger == stripe_side, f"{name}: ledger {ledger} != Stripe {stripe_side}"
             found[name] = ledger
         await self.stack.assert_ledger_balanced()
+        # And the engine's reconciliation matches every balance transaction one to one.
+        run = await run_reconciliation(self.stack.services, trigger="test")
+        assert run.problems == 0, run.problem_items()
         return found
 
 
