@@ -130,20 +130,37 @@ class Stack:
         return answer
 
     async def settle(self, seconds: float = 30) -> None:
-        """Wait (up to ``seconds``) until every sandbox delivery is handled by the worker."""
-        await asyncio.to_thread(self.sandbox.wait_for_deliveries)
+        """Wait (up to ``seconds``) until every sandbox delivery is handled by the worker.
+
+        Handlers may call Stripe, which queues more deliveries, so this returns
+        only when the sandbox is idle and no event is pending, twice in a row.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         pending = 0
-        while loop.time() < deadline:
-            async with self.services.db.pool.acquire() as conn:
-                pending = await conn.fetchval(
-                    "SELECT count(*) FROM marketplace_webhook_events WHERE status = 'pending'"
-                )
-            if not pending:
+        while (remaining := deadline - loop.time()) > 0:
+            idle = await self._deliveries_idle(min(remaining, 10.0))
+            pending = await self._pending_events()
+            if idle and not pending and await self._deliveries_idle(0):
                 return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"{pending} webhook events still pending after {seconds}s")
+        raise AssertionError(
+            f"not settled after {seconds}s: {pending} webhook events pending, "
+            "or sandbox deliveries still in flight"
+        )
+
+    async def _deliveries_idle(self, seconds: float) -> bool:
+        answer = await asyncio.to_thread(
+            self.sandbox.control, "POST", "/_sandbox/deliveries/wait", timeout=seconds
+        )
+        return bool(answer.get("idle", True))
+
+    async def _pending_events(self) -> int:
+        async with self.services.db.pool.acquire() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM marketplace_webhook_events WHERE status = 'pending'"
+            )
+        return int(count)
 
     async def dead_events(self) -> list[dict[str, Any]]:
         """Events the worker gave up on (dead-lettered), with their last error."""
@@ -172,6 +189,35 @@ class Stack:
         response = await self.http.post("/v1/api-keys", json=body)
         response.raise_for_status()
         return str(response.json()["key"])
+
+    async def onboard(
+        self, display_name: str, *, role: str = "creator", seconds: float = 30
+    ) -> str:
+        """A connected account created through the API and fully onboarded; its ``acct_`` id.
+
+        Creates it with ``POST /v1/accounts``, completes Stripe's onboarding in
+        the sandbox and waits until the engine has seen it become ``active``.
+        """
+        created = await self.http.post(
+            "/v1/accounts",
+            json={"role": role, "display_name": display_name, "email": "owner@example.com"},
+        )
+        if created.status_code != 201:
+            raise AssertionError(f"creating the account failed: {created.text}")
+        account_id = str(created.json()["account"]["id"])
+        await asyncio.to_thread(
+            self.sandbox.control, "POST", f"/_sandbox/accounts/{account_id}/complete_onboarding"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        status = ""
+        while loop.time() < deadline:
+            await self.settle(seconds)
+            status = (await self.http.get(f"/v1/accounts/{account_id}")).json().get("status", "")
+            if status == "active":
+                return account_id
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"account {account_id} is {status!r}, not active, after {seconds}s")
 
     # ------------------------------------------------------------ ledger
 

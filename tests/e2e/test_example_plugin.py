@@ -95,19 +95,6 @@ def recorder() -> LifecycleRecorder:
     return LifecycleRecorder()
 
 
-async def _onboarded(stack: Stack, name: str) -> str:
-    created = await stack.http.post(
-        "/v1/accounts", json={"role": "creator", "display_name": name, "email": "x@example.com"}
-    )
-    assert created.status_code == 201, created.text
-    account_id: str = created.json()["account"]["id"]
-    await asyncio.to_thread(
-        stack.sandbox.control, "POST", f"/_sandbox/accounts/{account_id}/complete_onboarding"
-    )
-    await stack.settle()
-    return account_id
-
-
 def _balance_total(balance: Any, currency: str) -> int:
     return sum(
         int(part.amount)
@@ -119,8 +106,8 @@ def _balance_total(balance: Any, currency: str) -> int:
 async def test_course_sale_priced_by_hooks_split_by_transfers_and_ledger_balanced(
     stack: Stack, recorder: LifecycleRecorder
 ) -> None:
-    instructor = await _onboarded(stack, "Ada Instructor")
-    affiliate = await _onboarded(stack, "Bob Affiliate")
+    instructor = await stack.onboard("Ada Instructor")
+    affiliate = await stack.onboard("Bob Affiliate")
     service = stack.client_for(await stack.create_key("service"))
 
     body = {"title": "Money in Python", "instructor": instructor, "price": 4_999, "currency": "usd"}
@@ -211,7 +198,7 @@ async def test_course_sale_priced_by_hooks_split_by_transfers_and_ledger_balance
 
 
 async def test_course_sales_routes_are_guarded_and_validated(stack: Stack) -> None:
-    instructor = await _onboarded(stack, "Ada Instructor")
+    instructor = await stack.onboard("Ada Instructor")
     own_key = stack.client_for(await stack.create_key("account", instructor))
     body = {"title": "Mine", "instructor": instructor, "price": 1_000, "currency": "usd"}
     refused = await own_key.post("/v1/course_sales/courses", json=body)

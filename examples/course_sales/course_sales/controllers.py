@@ -33,7 +33,7 @@ from course_sales.services import (
 
 __all__ = ["CourseController"]
 
-Id = Annotated[int, PathParameter(ge=1, description="The object's id")]
+Id = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The object's id")]
 
 
 def _course_out(course: CourseRow) -> CourseOut:

@@ -6,7 +6,10 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["CourseOut", "EnrollmentOut", "LegOut", "NewCourse", "NewEnrollment"]
+__all__ = ["MAX_AMOUNT", "CourseOut", "EnrollmentOut", "LegOut", "NewCourse", "NewEnrollment"]
+
+MAX_AMOUNT = 99_999_999
+"""Stripe's largest charge amount in minor units."""
 
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,60}$")]
 
@@ -16,7 +19,7 @@ class NewCourse(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     instructor: AccountId
-    price: Annotated[int, msgspec.Meta(ge=1)]
+    price: Annotated[int, msgspec.Meta(ge=1, le=MAX_AMOUNT)]
     currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
 
 
@@ -37,7 +40,7 @@ class NewEnrollment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     Stripe's test values such as ``pm_card_visa``).
     """
 
-    course_id: Annotated[int, msgspec.Meta(ge=1)]
+    course_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     student_email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
     payment_method: Annotated[str, msgspec.Meta(min_length=3, max_length=100)]
     affiliate: AccountId | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from engine.core.money import Money
@@ -41,22 +40,9 @@ async def test_conformance(mp_conformance: Callable[..., Awaitable[ConformanceRe
     report.raise_for_failures()
 
 
-async def _onboarded(stack: Stack, name: str) -> str:
-    created = await stack.http.post(
-        "/v1/accounts", json={"role": "creator", "display_name": name, "email": "a@example.com"}
-    )
-    assert created.status_code == 201, created.text
-    account_id: str = created.json()["account"]["id"]
-    await asyncio.to_thread(
-        stack.sandbox.control, "POST", f"/_sandbox/accounts/{account_id}/complete_onboarding"
-    )
-    await stack.settle()
-    return account_id
-
-
 async def test_a_course_sale_end_to_end(mp_stack: Stack) -> None:
-    instructor = await _onboarded(mp_stack, "Ada Instructor")
-    affiliate = await _onboarded(mp_stack, "Bob Affiliate")
+    instructor = await mp_stack.onboard("Ada Instructor")
+    affiliate = await mp_stack.onboard("Bob Affiliate")
     service = mp_stack.client_for(await mp_stack.create_key("service"))
 
     body = {"title": "Python money", "instructor": instructor, "price": 4_999, "currency": "usd"}
