@@ -85,7 +85,7 @@ async def collect_payment(ctx: BookingContext) -> None:
 async def _collect_fee(ctx: BookingContext, fee: int) -> None:
     """Keep ``fee``; a declined off-session fee charge is recorded, not fatal."""
     try:
-        await payments.collect_to(ctx, fee, kind="fee")
+        await payments.collect_to(ctx, fee, kind="fee", best_effort=True)
     except CardDeclined as declined:
         ctx.record("fee_not_collected", {"fee": fee, "reason": declined.detail})
 

@@ -27,6 +27,7 @@ from engine.core.errors import (
     NotFound,
 )
 from engine.core.money import Money, apply_rate
+from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
 from engine.services import Services
 from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
 from plugins.three_sided_bookings.catalog import share_terms
@@ -128,7 +129,9 @@ class BookingService:
 
     # ------------------------------------------------------------ create
 
-    async def create(self, data: NewBooking, *, created_by: str = "") -> BookingRecord:
+    async def create(
+        self, data: NewBooking, *, created_by: str = "", actor: str = "customer"
+    ) -> BookingRecord:
         """Create a booking in the process's initial state, priced and split once.
 
         With ``data.payment_method`` the ``pay`` transition follows at once;
@@ -171,6 +174,7 @@ class BookingService:
                 currency=currency,
                 default_provider_bps=config.provider_share_bps,
             )
+            volume = await monthly_volume(conn, str(provider["account_id"]), currency)
             async with conn.transaction():
                 booking_id = int(
                     await conn.fetchval(
@@ -186,7 +190,7 @@ class BookingService:
                     venue_account=str(venue["account_id"]),
                     terms=terms,
                     occurred_at=now,
-                    attributes={"payment_model": data.payment_model},
+                    attributes={"payment_model": data.payment_model, MONTHLY_VOLUME: volume},
                 )
                 process = self.process
                 policy = {
@@ -241,7 +245,7 @@ class BookingService:
                     "create",
                     "",
                     process.initial,
-                    "customer",
+                    actor,
                     created_by,
                     {"split": quote.split_json(), "deposit": deposit},
                 )

@@ -116,9 +116,9 @@ class BookingContext:
         return self.booking
 
     def record(self, key: str, value: Any) -> None:
-        """Add ``value`` under ``key`` to the audit trail's data (lists grow)."""
-        current = self.data.get(key)
-        if isinstance(current, list):
-            current.append(value)
-        else:
-            self.data[key] = value
+        """Set ``key`` in the audit trail's data (a fact: the fee, the window ...)."""
+        self.data[key] = value
+
+    def add(self, key: str, value: Any) -> None:
+        """Append ``value`` to the list under ``key`` (charges, transfers, refunds ...)."""
+        self.data.setdefault(key, []).append(value)

@@ -290,7 +290,8 @@ class BookingController(Controller):
         which stays ``pending_payment`` for a ``pay`` action with another card.
         """
         bookings = BookingService(services)
-        booking = await bookings.create(data, created_by=principal.key_id)
+        actor = "admin" if principal.scope == "admin" else "customer"
+        booking = await bookings.create(data, created_by=principal.key_id, actor=actor)
         return await bookings.view(booking, _actor(principal, booking))
 
     @get(

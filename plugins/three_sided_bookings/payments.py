@@ -326,7 +326,7 @@ async def charge(
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
     await _post_charge(ctx, record)
-    ctx.record("charges", {"kind": kind, "payment_intent": intent["id"], "amount": amount})
+    ctx.add("charges", {"kind": kind, "payment_intent": intent["id"], "amount": amount})
     return record
 
 
@@ -355,7 +355,7 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
         )
     if intent["status"] != "succeeded":
         await _set_charge_status(ctx, charge, str(intent["status"]))
-        ctx.record("authorisation_lapsed", charge.payment_intent_id)
+        ctx.add("authorisation_lapsed", charge.payment_intent_id)
         return None
     charge_id, captured, fee, txn_id = _charge_facts(intent)
     authorised = charge.plan
@@ -379,7 +379,7 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
     await _post_charge(ctx, record)
-    ctx.record("captured", {"payment_intent": charge.payment_intent_id, "amount": captured})
+    ctx.add("captured", {"payment_intent": charge.payment_intent_id, "amount": captured})
     return record
 
 
@@ -395,7 +395,7 @@ async def release(ctx: BookingContext, charge: ChargeRecord) -> None:
             idempotency_key=_booking_key(ctx.booking, "release", charge.payment_intent_id),
         )
     await _set_charge_status(ctx, charge, str(intent["status"]))
-    ctx.record("released", charge.payment_intent_id)
+    ctx.add("released", charge.payment_intent_id)
 
 
 async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: str) -> None:
@@ -418,12 +418,16 @@ def collected(charges: list[ChargeRecord]) -> int:
     return sum(charge.captured - charge.refunded for charge in captured_charges(charges))
 
 
-async def collect_to(ctx: BookingContext, target: int, *, kind: str) -> None:
+async def collect_to(
+    ctx: BookingContext, target: int, *, kind: str, best_effort: bool = False
+) -> None:
     """Make the booking hold exactly ``target``: capture, release, charge or refund.
 
     ``kind`` names a new off-session charge when one is needed (``balance``,
     ``arrival``, ``fee``). Refunds reverse the beneficiaries' shares of
-    settled charges proportionally.
+    settled charges proportionally. With ``best_effort`` (a fee), money that
+    would need a card the booking does not have is recorded as not collected
+    instead of refusing the transition (an unpaid booking cancelled late).
     """
     charges = await load_charges(ctx.conn, ctx.booking.id)
     open_auth = next((c for c in charges if c.is_open_authorisation), None)
@@ -441,8 +445,10 @@ async def collect_to(ctx: BookingContext, target: int, *, kind: str) -> None:
         missing += plan.capture  # the authorisation lapsed: charge the saved card instead
     if open_auth is not None and plan.release:
         await release(ctx, open_auth)
-    if missing:
-        card = ctx.booking.saved_payment_method
+    card = ctx.booking.saved_payment_method
+    if missing and card is None and best_effort:
+        ctx.record("not_collected", {"amount": missing, "reason": "no saved card"})
+    elif missing:
         if card is None:
             raise InvalidAmount(
                 f"booking {ctx.booking.id} needs {missing} more but has no saved card"
@@ -517,7 +523,7 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
             charge.refunded + amount,
         )
     await ctx.post(refund_posting(booking.reference, refund_id, _money(booking, amount)))
-    ctx.record("refunds", {"refund": refund_id, "amount": amount, "split": plan_to_json(share)})
+    ctx.add("refunds", {"refund": refund_id, "amount": amount, "split": plan_to_json(share)})
     for role in BENEFICIARIES:
         part = share.leg(role).amount.amount
         if part:
@@ -551,7 +557,7 @@ async def _take_back(
                 "WHERE transfer = $1",
                 transfer.id,
             )
-        ctx.record("held_reduced", {"role": role, "amount": amount})
+        ctx.add("held_reduced", {"role": role, "amount": amount})
         return
     if transfer.status == "paid":
         await reverse(ctx, transfer, min(amount, transfer.amount - transfer.amount_reversed), cause)
@@ -597,7 +603,7 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
             booking.reference, str(reversal["id"]), transfer.account_id, _money(booking, amount)
         )
     )
-    ctx.record("reversals", {"reversal": reversal["id"], "role": transfer.role, "amount": amount})
+    ctx.add("reversals", {"reversal": reversal["id"], "role": transfer.role, "amount": amount})
 
 
 async def reverse_all_shares(ctx: BookingContext, cause: str) -> None:
@@ -616,7 +622,7 @@ async def reverse_all_shares(ctx: BookingContext, cause: str) -> None:
                 "WHERE transfer = $1",
                 transfer.id,
             )
-            ctx.record("held_cancelled", {"role": transfer.role, "amount": transfer.amount})
+            ctx.add("held_cancelled", {"role": transfer.role, "amount": transfer.amount})
 
 
 # ---------------------------------------------------------------- settlement
@@ -793,7 +799,7 @@ async def _record_paid(
             _money(ctx.booking, amount),
         )
     )
-    ctx.record("transfers", {"transfer": created["id"], "role": transfer.role, "amount": amount})
+    ctx.add("transfers", {"transfer": created["id"], "role": transfer.role, "amount": amount})
     ctx.notify.lifecycle(
         "transfer.paid",
         ctx.booking.reference,
@@ -824,7 +830,7 @@ async def _hold(ctx: BookingContext, transfer: TransferRecord, why: str, *, atte
         why[:1000],
         attempts,
     )
-    ctx.record("held", {"role": transfer.role, "amount": transfer.amount, "reason": why})
+    ctx.add("held", {"role": transfer.role, "amount": transfer.amount, "reason": why})
     ctx.notify.payout_failure(
         PayoutFailure(
             account_id=transfer.account_id,

@@ -789,3 +789,26 @@ async def test_illegal_transitions_name_state_and_allowed_actions(env: Env) -> N
     assert customer.value.extra == {"state": "paid", "allowed": ["cancel"]}
     # Nothing happened: no audit entry, no money moved.
     assert len(await env.bookings.transitions(booking.id)) == 2
+
+
+async def test_unpaid_booking_cancelled_late_costs_nothing_and_trail_lists_every_move(
+    env: Env,
+) -> None:
+    ids = await env.catalogue()
+    unpaid = await env.book(ids, "full", starts_in=timedelta(hours=3), card=None)
+    assert await env.act(unpaid, "cancel", "customer") == "cancelled"
+    cancel = (await env.bookings.transitions(unpaid.id))[-1]
+    assert cancel.data["cancellation_fee"]["amount"] == 2_000
+    assert cancel.data["not_collected"] == {"amount": 2_000, "reason": "no saved card"}
+    assert env.stripe("GET", "/v1/payment_intents", None, limit=10)["data"] == []
+
+    paid = await env.book(ids, "deposit")
+    await env.act(paid, "confirm", "provider")
+    env.clock.advance(days=3)
+    await env.act(paid, "complete", "provider")
+    settle = (await env.bookings.transitions(paid.id))[-1]
+    assert settle.transition == "settle"
+    assert sorted((t["role"], t["amount"]) for t in settle.data["transfers"]) == sorted(
+        [("provider", 1056), ("provider", 4224), ("venue", 704), ("venue", 2816)]
+    )
+    await env.assert_ledger_matches_sandbox("gbp")
