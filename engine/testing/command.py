@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,15 @@ def _database(args: argparse.Namespace) -> Iterator[str | None]:
 
 def run_conformance(args: argparse.Namespace, settings: Any, plugins: Any) -> int:
     """Check the plugin, print the report; 0 when every property holds."""
-    from engine.testing.conformance import check_plugin
+    try:
+        from engine.testing.conformance import check_plugin
+    except ImportError as exc:  # hypothesis comes with the engine's dev extras
+        print(
+            f"marketplace conformance needs the engine's test dependencies ({exc.name}): "
+            "pip install 'marketplace-engine[dev]'",
+            file=sys.stderr,
+        )
+        return 2
 
     with _database(args) as url:
         report = asyncio.run(

@@ -27,6 +27,15 @@ import pytest
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
+from engine.testing.conformance import (
+    CONTRIBUTIONS,
+    IDEMPOTENT,
+    PRICE,
+    SPLIT,
+    TABLES,
+    WELL_FORMED,
+    check_plugin,
+)
 from engine.testing.environments import OverlayEnvironment
 from engine.testing.infra import TEST_DATABASE_URL_VARIABLE, TEST_NATS_URL_VARIABLE
 from engine.testing.stack import Stack, running_stack
@@ -220,6 +229,19 @@ async def test_course_sales_routes_are_guarded_and_validated(stack: Stack) -> No
     )
     assert bad_coupon.status_code == 400
     assert bad_coupon.json()["field"] == "coupon"
+
+
+async def test_example_conforms(course_sales: ModuleType, database_url: str) -> None:
+    report = await check_plugin("course_sales", course_sales, database_url=database_url)
+    report.raise_for_failures()
+    assert {result.name: result.status for result in report.results} == {
+        WELL_FORMED: "passed",
+        CONTRIBUTIONS: "passed",
+        PRICE: "passed",
+        SPLIT: "passed",
+        TABLES: "passed",
+        IDEMPOTENT: "passed",
+    }
 
 
 def _copy_example(destination: Path) -> Path:
