@@ -210,8 +210,8 @@ def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str, Mapping[str,
 
 async def _upsert_invoice(
     conn: asyncpg.Connection, invoice: Mapping[str, Any], sub_row: Mapping[str, Any], created: int
-) -> asyncpg.Record:
-    """Insert or advance our invoice row; a status never moves back."""
+) -> tuple[asyncpg.Record, bool]:
+    """Insert or advance our invoice row (a status never moves back); say if anything changed."""
     existing = await conn.fetchrow(
         "SELECT * FROM creator_subscriptions_invoices WHERE stripe_invoice_id = $1 FOR UPDATE",
         invoice["id"],
@@ -220,28 +220,35 @@ async def _upsert_invoice(
     if existing is not None:
         held = str(existing["status"])
         forward = INVOICE_RANK.get(status, 0) > INVOICE_RANK.get(held, 0)
-        if not forward:
-            status = held
+        new_status = status if forward else held
+        amount_due = existing["amount_due"]
+        if forward or INVOICE_RANK.get(held, 0) == 0:
+            amount_due = int(invoice.get("amount_due") or 0)
+        attempts = max(int(existing["attempt_count"]), int(invoice.get("attempt_count") or 0))
+        intent = _id(invoice.get("payment_intent")) or existing["payment_intent_id"]
+        if (new_status, amount_due, attempts, intent) == (
+            held,
+            existing["amount_due"],
+            existing["attempt_count"],
+            existing["payment_intent_id"],
+        ):
+            return existing, False  # a repeat, or an older view of it: nothing to do
         updated: asyncpg.Record = await conn.fetchrow(
             """
             UPDATE creator_subscriptions_invoices
-            SET status = $2, status_at_event = GREATEST(status_at_event, $3),
-                amount_due = CASE WHEN $4 THEN $5 ELSE amount_due END,
-                attempt_count = GREATEST(attempt_count, $6),
-                payment_intent_id = CASE WHEN $7 <> '' THEN $7 ELSE payment_intent_id END,
-                updated_at = now()
+            SET status = $2, status_at_event = GREATEST(status_at_event, $3), amount_due = $4,
+                attempt_count = $5, payment_intent_id = $6, updated_at = now()
             WHERE id = $1
             RETURNING *
             """,
             existing["id"],
-            status,
+            new_status,
             created,
-            forward or INVOICE_RANK.get(held, 0) == 0,
-            int(invoice.get("amount_due") or 0),
-            int(invoice.get("attempt_count") or 0),
-            _id(invoice.get("payment_intent")),
+            amount_due,
+            attempts,
+            intent,
         )
-        return updated
+        return updated, True
     inserted: asyncpg.Record = await conn.fetchrow(
         """
         INSERT INTO creator_subscriptions_invoices
@@ -267,7 +274,7 @@ async def _upsert_invoice(
         _id(invoice.get("payment_intent")),
         int(invoice.get("created") or 0),
     )
-    return inserted
+    return inserted, True
 
 
 async def _count_failures(conn: asyncpg.Connection, subscription_id: int) -> asyncpg.Record:
@@ -466,14 +473,15 @@ async def on_invoice(event: StripeEvent, ctx: Context) -> None:
         return
     env = Env.of(ctx.services)
     created = int(event.get("created") or 0)
-    inv_row = await _upsert_invoice(conn, invoice, sub_row, created)
+    inv_row, changed = await _upsert_invoice(conn, invoice, sub_row, created)
     notices: list[LifecycleEvent] = []
     kind = str(event.get("type"))
     if kind in {"invoice.paid", "invoice.payment_succeeded"} or invoice.get("status") == "paid":
         notices += await _settle_invoice(env, conn, invoice, inv_row, sub_row)
     elif kind == "invoice.payment_failed":
         notices += await _payment_failed(env, conn, invoice, inv_row, sub_row, created=created)
-    await _count_failures(conn, int(sub_row["id"]))
+    if changed:
+        await _count_failures(conn, int(sub_row["id"]))
     _announce(ctx, env, notices)
 
 

@@ -21,6 +21,7 @@ from support.stack import Stack, running_stack
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
+from engine.reconciliation.service import run_reconciliation
 
 P = "/v1/creator_subscriptions"
 ENABLED = ("commission_rules", "creator_subscriptions")
@@ -314,6 +315,8 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     assert per_invoice
     assert all(row["n"] == 1 for row in per_invoice)
     assert unbalanced == []
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, run.problem_items()[:5]
     assert Money(stripe_total, "usd").amount > 0
 
 

@@ -23,6 +23,7 @@ from support.stack import Stack, running_stack
 
 from engine.core.orders import PayoutFailure
 from engine.core.plugins import hookimpl
+from engine.reconciliation.service import run_reconciliation
 
 P = "/v1/creator_subscriptions"
 ENABLED = ("commission_rules", "creator_subscriptions")
@@ -262,6 +263,11 @@ async def test_three_creators_thirty_fans_a_year(stack: Stack, failures: PayoutF
     platform = await stack.services.ledger.balances("platform")
     assert platform["usd"] == await asyncio.to_thread(sandbox_total, stack, None)
     assert await stack.services.ledger.unbalanced_transactions() == []
+    # ... and line by line: every balance transaction of every account has its ledger lines.
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.status == "completed"
+    assert run.problems == 0, run.problem_items()[:5]
+    assert run.counts["matched"] >= 4 * sum(reasons[x].total() for x in (a, b, c))
 
     # A's payouts all went through; only B is flagged.
     a_payouts = ok(await http.get(f"{P}/creators/{a}/payouts"))
