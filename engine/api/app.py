@@ -148,6 +148,7 @@ def _build(
         route_handlers += _webhook_handlers()
         lifespans.append(_run_webhooks(metrics))
     route_handlers += _plugin_handlers(plugins)
+    route_handlers.append(_dashboard_router())
 
     app = Litestar(
         route_handlers=route_handlers,
@@ -179,6 +180,14 @@ def _plugin_handlers(plugins: Plugins) -> list[ControllerRouterHandler]:
     for item in plugins.routes():
         handlers.append(item)  # type: ignore[arg-type]  # plugins register Litestar handlers
     return handlers
+
+
+def _dashboard_router() -> ControllerRouterHandler:
+    """The creator earnings pages and the admin finance panel (``engine.dashboard``)."""
+    # Imported here: the dashboard imports this package's auth and deps modules.
+    from engine.dashboard.routes import dashboard_router
+
+    return dashboard_router()
 
 
 def _webhook_handlers() -> list[ControllerRouterHandler]:

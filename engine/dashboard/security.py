@@ -1,0 +1,261 @@
+"""Sign-in for the dashboards: signed session cookies, CSRF tokens, one-time login links.
+
+- **Sessions** are rows in ``marketplace_dashboard_sessions``. The cookie holds
+  ``<session id>.<HMAC-SHA256 of it>`` (HttpOnly, SameSite=Lax, path
+  ``/dashboard``); the table stores only the id's SHA-256, so neither a leaked
+  table nor a forged cookie opens a session. A session made from an API key
+  ends when the key is revoked; every session ends after ``SESSION_HOURS`` or
+  at sign-out.
+- **CSRF**: every form carries a token derived from the session (or, before
+  sign-in, from a random pre-session cookie) with the same HMAC key; a POST
+  is refused unless the token matches and any ``Origin`` header names this host.
+  Cross-site pages can neither read the cookies nor compute the token.
+- **Login links**: an admin makes a link for one connected account; it works
+  once, within ``LINK_HOURS``, and is stored as a hash. Opening it shows a
+  confirmation form (so mail scanners that follow links do not spend it).
+
+The signing key is one random secret in ``marketplace_dashboard_secrets``,
+made by whichever API process needs it first and shared by all of them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from engine.api.keys import find_api_key, parse_api_key, secret_matches
+from engine.core.errors import AuthenticationRequired, Forbidden
+
+__all__ = [
+    "LINK_HOURS",
+    "PRESESSION_COOKIE",
+    "SESSION_COOKIE",
+    "SESSION_HOURS",
+    "Signer",
+    "Viewer",
+    "authenticate_key",
+    "consume_login_link",
+    "create_login_link",
+    "create_session",
+    "find_login_link",
+    "load_signer",
+    "resolve_session",
+    "revoke_session",
+]
+
+SESSION_COOKIE: Final = "mp_dashboard"
+PRESESSION_COOKIE: Final = "mp_presession"
+SESSION_HOURS: Final = 12
+LINK_HOURS: Final = 24
+
+Kind = Literal["admin", "account"]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+class Signer:
+    """HMAC-SHA256 with the dashboards' secret: cookie signatures and CSRF tokens."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def mac(self, purpose: str, value: str) -> str:
+        """A URL-safe MAC of ``value`` for ``purpose`` (purposes never share MACs)."""
+        digest = hmac.new(self._secret, f"{purpose}|{value}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def sign(self, value: str) -> str:
+        """``value.mac`` for a cookie."""
+        return f"{value}.{self.mac('cookie', value)}"
+
+    def unsign(self, signed: str | None) -> str | None:
+        """The value of a signed cookie, or ``None`` if it is missing or forged."""
+        if not signed or "." not in signed:
+            return None
+        value, _, mac = signed.rpartition(".")
+        if not value or not hmac.compare_digest(mac, self.mac("cookie", value)):
+            return None
+        return value
+
+    def csrf_token(self, binding: str) -> str:
+        """The form token for a session id (or a pre-session nonce)."""
+        return self.mac("csrf", binding)
+
+    def csrf_valid(self, binding: str | None, token: str | None) -> bool:
+        """Whether ``token`` is the form token for ``binding``."""
+        if not binding or not token:
+            return False
+        return hmac.compare_digest(token, self.csrf_token(binding))
+
+
+async def load_signer(pool: Any) -> Signer:
+    """The shared secret (made on first use) as a ``Signer``."""
+    row = await pool.fetchval(
+        "SELECT secret FROM marketplace_dashboard_secrets WHERE name = 'signing'"
+    )
+    if row is None:
+        await pool.execute(
+            "INSERT INTO marketplace_dashboard_secrets (name, secret, created_at) "
+            "VALUES ('signing', $1, now()) ON CONFLICT (name) DO NOTHING",
+            secrets.token_urlsafe(48),
+        )
+        row = await pool.fetchval(
+            "SELECT secret FROM marketplace_dashboard_secrets WHERE name = 'signing'"
+        )
+    return Signer(str(row).encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is looking at a page: an admin, or one connected account's holder.
+
+    Attributes:
+        session_id: the session's id (what CSRF tokens are bound to).
+        key_id: the API key signed in with, if any (``None`` for a login link).
+    """
+
+    kind: Kind
+    session_id: str
+    account_id: str | None = None
+    key_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the viewer may see every account and the admin panel."""
+        return self.kind == "admin"
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this viewer."""
+        if self.key_id:
+            return f"api_key:{self.key_id}"
+        return f"dashboard:{self.account_id}"
+
+    def can_see(self, account_id: str) -> bool:
+        """Whether the viewer may open ``account_id``'s pages."""
+        return self.is_admin or self.account_id == account_id
+
+
+async def authenticate_key(pool: Any, plaintext: str) -> tuple[Kind, str, str | None]:
+    """Check a pasted API key; return ``(kind, key_id, account_id)``.
+
+    Raises:
+        AuthenticationRequired: malformed, unknown, revoked or a wrong secret.
+        Forbidden: a service key (integration clients have no dashboard).
+    """
+    parsed = parse_api_key(plaintext.strip())
+    if parsed is None:
+        raise AuthenticationRequired("that does not look like an API key (mk_<id>_<secret>)")
+    key_id, secret = parsed
+    row = await find_api_key(pool, key_id)
+    if row is None or row.revoked_at is not None or not secret_matches(secret, row.secret_hash):
+        raise AuthenticationRequired("the API key is unknown or revoked")
+    if row.scope == "admin":
+        return "admin", key_id, None
+    if row.scope == "account" and row.account_id:
+        return "account", key_id, row.account_id
+    raise Forbidden("service keys cannot sign in to the dashboards; use an admin or account key")
+
+
+async def create_session(
+    pool: Any,
+    kind: Kind,
+    *,
+    account_id: str | None = None,
+    key_id: str | None = None,
+    login_link: str | None = None,
+) -> str:
+    """Start a session; return its id (the caller signs it into the cookie)."""
+    session_id = secrets.token_urlsafe(32)
+    await pool.execute(
+        """
+        INSERT INTO marketplace_dashboard_sessions
+            (session_hash, kind, account_id, key_id, login_link, created_at, expires_at)
+        VALUES ($1, $2, $3, $4, $5, now(), now() + make_interval(hours => $6))
+        """,
+        _digest(session_id),
+        kind,
+        account_id,
+        key_id,
+        login_link,
+        SESSION_HOURS,
+    )
+    return session_id
+
+
+async def resolve_session(pool: Any, session_id: str | None) -> Viewer | None:
+    """The viewer of a live session (not expired, not signed out, its key not revoked)."""
+    if not session_id:
+        return None
+    row = await pool.fetchrow(
+        """
+        SELECT s.kind, s.account_id, s.key_id
+        FROM marketplace_dashboard_sessions s
+        LEFT JOIN marketplace_api_keys k ON k.key_id = s.key_id
+        WHERE s.session_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+          AND (s.key_id IS NULL OR (k.key_id IS NOT NULL AND k.revoked_at IS NULL))
+        """,
+        _digest(session_id),
+    )
+    if row is None:
+        return None
+    return Viewer(
+        kind=row["kind"], session_id=session_id, account_id=row["account_id"], key_id=row["key_id"]
+    )
+
+
+async def revoke_session(pool: Any, session_id: str) -> None:
+    """End a session (sign-out)."""
+    await pool.execute(
+        "UPDATE marketplace_dashboard_sessions SET revoked_at = now() "
+        "WHERE session_hash = $1 AND revoked_at IS NULL",
+        _digest(session_id),
+    )
+
+
+async def create_login_link(pool: Any, account_id: str, *, created_by: str) -> tuple[str, datetime]:
+    """A one-time sign-in token for ``account_id``; return it and when it expires."""
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(hours=LINK_HOURS)
+    await pool.execute(
+        """
+        INSERT INTO marketplace_dashboard_login_links
+            (token_hash, account_id, created_by, created_at, expires_at)
+        VALUES ($1, $2, $3, now(), $4)
+        """,
+        _digest(token),
+        account_id,
+        created_by,
+        expires,
+    )
+    return token, expires
+
+
+async def find_login_link(pool: Any, token: str) -> str | None:
+    """The account an unused, unexpired link signs in to, or ``None``."""
+    account: str | None = await pool.fetchval(
+        "SELECT account_id FROM marketplace_dashboard_login_links "
+        "WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
+        _digest(token),
+    )
+    return account
+
+
+async def consume_login_link(pool: Any, token: str) -> tuple[str, str] | None:
+    """Spend a link (once, atomically); return ``(account_id, link id)`` or ``None``."""
+    row = await pool.fetchrow(
+        "UPDATE marketplace_dashboard_login_links SET used_at = now() "
+        "WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() "
+        "RETURNING id, account_id",
+        _digest(token),
+    )
+    if row is None:
+        return None
+    return str(row["account_id"]), str(row["id"])

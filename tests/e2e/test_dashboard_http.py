@@ -1,0 +1,190 @@
+"""The dashboards over plain HTTP: sign-in, session cookie, CSRF, isolation, escaping, actions.
+
+What a browser test cannot see easily: the cookie's attributes, that a form
+without its CSRF token (or posted from another origin) is refused, that a
+revoked key or a signed-out session no longer opens pages, that a login link
+works once, that a display name full of HTML is shown as text, and that the
+admin's suspend and resume go through the accounts service.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from support.stack import Stack, running_stack
+
+ENABLED = ("commission_rules", "creator_subscriptions")
+C = "/v1/creator_subscriptions"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url, nats_url, unique_name.upper(), plugins=ENABLED
+    ) as running:
+        yield running
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def browser(stack: Stack) -> httpx.AsyncClient:
+    """A cookie-keeping client without the API key (what a browser is)."""
+    client = httpx.AsyncClient(base_url=stack.url, timeout=30, follow_redirects=False)
+    stack._clients.append(client)
+    return client
+
+
+def csrf_of(html: str) -> str:
+    found = CSRF.search(html)
+    assert found, html
+    return found.group(1)
+
+
+async def sign_in(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    form = await client.get("/dashboard/sign-in")
+    assert form.status_code == 200, form.text
+    return await client.post(
+        "/dashboard/sign-in", data={"api_key": key, "csrf_token": csrf_of(form.text)}
+    )
+
+
+async def creator(stack: Stack, handle: str, display_name: str) -> str:
+    body = {"handle": handle, "display_name": display_name}
+    created = ok(await stack.http.post(f"{C}/creators", json=body), 201)
+    account_id = str(created["creator"]["account_id"])
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{account_id}/complete_onboarding")
+    await stack.settle()
+    return account_id
+
+
+async def test_sign_in_sessions_csrf_and_isolation(stack: Stack) -> None:
+    ada = await creator(stack, "ada", "<script>alert('ada')</script> & Co")
+    bob = await creator(stack, "bob", "Bob")
+    ada_key = await stack.create_key("account", ada)
+    client = browser(stack)
+
+    # Signed out, every page sends the browser to sign in.
+    assert (
+        (await client.get(f"/dashboard/accounts/{ada}"))
+        .headers["location"]
+        .endswith("/dashboard/sign-in")
+    )
+    assert (await client.get("/dashboard/admin")).status_code == 303
+
+    # A form without the token, or with another session's, is refused.
+    refused = await client.post("/dashboard/sign-in", data={"api_key": ada_key})
+    assert refused.status_code == 403
+    assert "expired" in refused.text
+    form = await client.get("/dashboard/sign-in")
+    cross_site = await client.post(
+        "/dashboard/sign-in",
+        data={"api_key": ada_key, "csrf_token": csrf_of(form.text)},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert cross_site.status_code == 403
+
+    # A wrong key, and a service key, do not sign in.
+    wrong = await sign_in(client, "mk_abc_nope")
+    assert wrong.status_code == 401
+    assert "unknown or revoked" in wrong.text
+    service = await sign_in(client, await stack.create_key("service"))
+    assert service.status_code == 403
+
+    # The account key: a session cookie (HttpOnly, SameSite=Lax, path /dashboard).
+    signed = await sign_in(client, ada_key)
+    assert signed.status_code == 303, signed.text
+    assert signed.headers["location"] == f"/dashboard/accounts/{ada}"
+    cookie = next(
+        value
+        for name, value in signed.headers.multi_items()
+        if name == "set-cookie" and value.startswith("mp_dashboard=")
+    )
+    assert "HttpOnly" in cookie
+    assert "samesite=lax" in cookie.lower()
+    assert "Path=/dashboard" in cookie
+    assert ada_key not in cookie
+    page = await client.get(f"/dashboard/accounts/{ada}")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "<script>alert" not in page.text
+    assert "&lt;script&gt;alert(&#39;ada&#39;)&lt;/script&gt; &amp; Co" in page.text
+
+    # Another account's pages are not there for Ada; nor is the admin panel.
+    assert (await client.get(f"/dashboard/accounts/{bob}")).status_code == 404
+    assert (await client.get(f"/dashboard/accounts/{bob}/transactions")).status_code == 404
+    assert (await client.get("/dashboard/admin")).status_code == 403
+    # The API key still works for the API; the cookie does not.
+    assert (await client.get(f"/v1/accounts/{ada}")).status_code == 401
+
+    # Revoking the key ends the session.
+    key_id = ada_key.split("_")[1]
+    revoked = await stack.http.delete(f"/v1/api-keys/{key_id}")
+    assert revoked.status_code in {200, 204}, revoked.text
+    assert (await client.get(f"/dashboard/accounts/{ada}")).status_code == 303
+
+
+async def test_admin_actions_login_link_and_sign_out(stack: Stack) -> None:
+    ada = await creator(stack, "ada", "Ada")
+    admin = browser(stack)
+    signed = await sign_in(admin, stack.admin_key)
+    assert signed.headers["location"] == "/dashboard/admin"
+    panel = await admin.get("/dashboard/admin")
+    assert panel.status_code == 200, panel.text
+    assert f'data-account="{ada}"' in panel.text
+    token = csrf_of(panel.text)
+
+    # Suspend through the accounts service: no new payments, history intact.
+    suspended = await admin.post(
+        f"/dashboard/admin/accounts/{ada}/suspend", data={"csrf_token": token, "reason": "review"}
+    )
+    assert suspended.status_code == 303
+    assert ok(await stack.http.get(f"/v1/accounts/{ada}"))["status"] == "suspended"
+    async with stack.services.db.pool.acquire() as conn:
+        audit = await conn.fetchval(
+            "SELECT data->>'reason' FROM marketplace_audit_log "
+            "WHERE action = 'account.suspend' AND subject = $1",
+            ada,
+        )
+    assert audit == "review"
+    without_token = await admin.post(f"/dashboard/admin/accounts/{ada}/resume", data={})
+    assert without_token.status_code == 403
+    assert ok(await stack.http.get(f"/v1/accounts/{ada}"))["status"] == "suspended"
+    resumed = await admin.post(
+        f"/dashboard/admin/accounts/{ada}/resume", data={"csrf_token": token}
+    )
+    assert resumed.status_code == 303
+    assert ok(await stack.http.get(f"/v1/accounts/{ada}"))["suspended"] is False
+
+    # A one-time login link for Ada: shown once, works once.
+    made = await admin.post(
+        f"/dashboard/admin/accounts/{ada}/login-link", data={"csrf_token": token}
+    )
+    assert made.status_code == 200, made.text
+    link = re.search(r'data-testid="login-link">([^<]+)<', made.text)
+    assert link
+    path = httpx.URL(link.group(1)).path
+    holder = browser(stack)
+    confirm = await holder.get(path)
+    assert confirm.status_code == 200
+    used = await holder.post(path, data={"csrf_token": csrf_of(confirm.text)})
+    assert used.status_code == 303
+    assert used.headers["location"] == f"/dashboard/accounts/{ada}"
+    assert (await holder.get(f"/dashboard/accounts/{ada}")).status_code == 200
+    again = browser(stack)
+    assert (await again.get(path)).status_code == 404
+
+    # Signing out ends the session server-side (the old cookie no longer works).
+    old_cookie = admin.cookies.get("mp_dashboard", path="/dashboard")
+    out = await admin.post("/dashboard/sign-out", data={"csrf_token": token})
+    assert out.status_code == 303
+    replayed = browser(stack)
+    replayed.cookies.set("mp_dashboard", old_cookie or "", path="/dashboard")
+    assert (await replayed.get("/dashboard/admin")).status_code == 303
