@@ -67,7 +67,8 @@ _PAY = (*_WRITE, 402)
 AccountId = Annotated[
     str, PathParameter(pattern=r"^acct_[A-Za-z0-9]{1,60}$", description="The creator's account")
 ]
-RowId = Annotated[int, PathParameter(ge=1, le=2**62, description="Our id")]
+SerialId = Annotated[int, PathParameter(ge=1, le=2**31 - 1, description="Our id")]
+BigId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="Our id")]
 
 
 class CreatorList(msgspec.Struct, frozen=True, kw_only=True):
@@ -310,7 +311,8 @@ class CreatorController(Controller):
             str | None, QueryParameter(description="Only this status", required=False)
         ] = None,
         tier_id: Annotated[
-            int | None, QueryParameter(description="Only this tier", required=False)
+            int | None,
+            QueryParameter(description="Only this tier", ge=1, le=2**31 - 1, required=False),
         ] = None,
     ) -> SubscribersPage:
         """Oldest first; filter by status or tier."""
@@ -340,7 +342,10 @@ class CreatorController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
         subscription_id: Annotated[
-            int | None, QueryParameter(description="Only this subscription", required=False)
+            int | None,
+            QueryParameter(
+                description="Only this subscription", ge=1, le=2**63 - 1, required=False
+            ),
         ] = None,
     ) -> InvoiceList:
         """Oldest first, each with the platform fee and the creator's earnings."""
@@ -397,7 +402,7 @@ class TierController(Controller):
     )
     async def get_tier(
         self,
-        tier_id: RowId,
+        tier_id: SerialId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> TierView:
@@ -412,7 +417,7 @@ class TierController(Controller):
     )
     async def update_tier(
         self,
-        tier_id: RowId,
+        tier_id: SerialId,
         data: JSONBody[TierUpdate],
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
@@ -431,7 +436,7 @@ class TierController(Controller):
     )
     async def archive_tier(
         self,
-        tier_id: RowId,
+        tier_id: SerialId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
@@ -470,7 +475,7 @@ class FanController(Controller):
         summary="Get a fan",
         responses=problem_responses(*_READ),
     )
-    async def get_fan(self, fan_id: RowId, services: NamedDependency[Services]) -> FanView:
+    async def get_fan(self, fan_id: SerialId, services: NamedDependency[Services]) -> FanView:
         """The fan and whether they have a payment method."""
         env = _env(services)
         async with env.pool.acquire() as conn:
@@ -508,7 +513,7 @@ class SubscriptionController(Controller):
     )
     async def get_subscription(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> SubscriptionView:
@@ -526,7 +531,7 @@ class SubscriptionController(Controller):
     )
     async def change_tier(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         data: JSONBody[ChangeTier],
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
@@ -543,7 +548,7 @@ class SubscriptionController(Controller):
     )
     async def pause(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> SubscriptionView:
@@ -559,7 +564,7 @@ class SubscriptionController(Controller):
     )
     async def resume(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> SubscriptionView:
@@ -575,7 +580,7 @@ class SubscriptionController(Controller):
     )
     async def cancel(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         services: NamedDependency[Services],
         data: JSONBody[CancelSubscription | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,
@@ -595,7 +600,7 @@ class SubscriptionController(Controller):
     )
     async def keep(
         self,
-        subscription_id: RowId,
+        subscription_id: BigId,
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> SubscriptionView:
@@ -649,7 +654,7 @@ class PaymentController(Controller):
     )
     async def get_payment(
         self,
-        payment_id: RowId,
+        payment_id: BigId,
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> OneTimePaymentView:
@@ -666,7 +671,7 @@ class PaymentController(Controller):
     )
     async def refund(
         self,
-        payment_id: RowId,
+        payment_id: BigId,
         services: NamedDependency[Services],
         data: JSONBody[NewRefund | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,

@@ -43,6 +43,7 @@ Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$", examples=["usd"
 MinorUnits = Annotated[int, msgspec.Meta(ge=1, le=99_999_999, description="minor units")]
 Interval = Literal["month", "year"]
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+SerialId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
 
 class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -155,14 +156,14 @@ class FanView(_Out, frozen=True):
 class NewSubscription(_In, frozen=True):
     """Subscribe a fan to a creator's tier."""
 
-    fan_id: int
-    tier_id: int
+    fan_id: SerialId
+    tier_id: SerialId
 
 
 class ChangeTier(_In, frozen=True):
     """Move a subscription to another tier of the same creator (prorated)."""
 
-    tier_id: int
+    tier_id: SerialId
 
 
 class SubscriptionView(_Out, frozen=True):
@@ -228,7 +229,7 @@ class InvoiceView(_Out, frozen=True):
 class NewOneTimePayment(_In, frozen=True):
     """A tip or a pay-per-view purchase from a fan to a creator."""
 
-    fan_id: int
+    fan_id: SerialId
     creator_account_id: Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]+$")]
     amount: MinorUnits
     currency: Currency | None = None
