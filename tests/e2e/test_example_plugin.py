@@ -268,7 +268,7 @@ def test_installed_example_passes_its_own_tests_and_the_conformance_command(
         ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=servers
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "4 passed" in tests.stdout
+    assert "5 passed" in tests.stdout
 
     checked = run(["python", "-m", "engine.cli", "conformance", "course_sales"], env=servers)
     assert checked.returncode == 0, checked.stdout + checked.stderr

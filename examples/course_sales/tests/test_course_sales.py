@@ -8,10 +8,14 @@ from engine.core.money import Money
 from engine.core.orders import PLATFORM
 from engine.core.plugins import Plugins
 from engine.payments.pricing import price_order
+from engine.sandbox.testing import RunningSandbox, verified_account_params
+from engine.services import Services
 from engine.testing.conformance import ConformanceReport
+from engine.testing.ledger import assert_balances, assert_ledger_balanced
 from engine.testing.stack import Stack
 
 from course_sales.pricing import course_order
+from course_sales.services import create_course, open_enrollment, settle_enrollment, start_payment
 
 INSTRUCTOR = "acct_instructor0000001"
 AFFILIATE = "acct_affiliate00000001"
@@ -66,3 +70,28 @@ async def test_a_course_sale_end_to_end(mp_stack: Stack) -> None:
     await mp_stack.assert_balances({instructor: Money(2_549, "usd"), affiliate: Money(850, "usd")})
     await mp_stack.assert_ledger_balanced()
     assert not await mp_stack.dead_events()
+
+
+async def test_settling_an_enrollment_with_the_services(
+    mp_services: Services, mp_sandbox: RunningSandbox
+) -> None:
+    """Below the API: the services on a fresh database, Stripe being the sandbox."""
+    stripe = mp_sandbox.client()
+    instructor = stripe.v1.accounts.create(params=verified_account_params()).id
+    config = mp_services.plugins.runtime.config("course_sales")
+    async with mp_services.db.pool.acquire() as conn:
+        async with conn.transaction():
+            course = await create_course(
+                conn, title="Ledgers", instructor=instructor, price=Money(2_000, "usd")
+            )
+            enrollment = await open_enrollment(
+                conn, mp_services.plugins, config, course, student_email="s@example.com"
+            )
+        payment_intent = await start_payment(mp_services.gateway, enrollment, "pm_card_visa")
+        async with conn.transaction():
+            paid = await settle_enrollment(conn, mp_services, enrollment, payment_intent)
+            again = await settle_enrollment(conn, mp_services, enrollment, payment_intent)
+    assert [(t.role, t.amount) for t in paid] == [("instructor", Money(1_700, "usd"))]
+    assert again == paid  # Stripe's idempotency returns the same transfer; nothing doubles
+    await assert_balances(mp_services.ledger, {instructor: Money(1_700, "usd")})
+    await assert_ledger_balanced(mp_services.ledger)
