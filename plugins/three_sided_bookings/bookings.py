@@ -460,14 +460,20 @@ class BookingService:
         return notices
 
     async def run_due_timers(self, *, limit: int = 100) -> list[tuple[int, str, str]]:
-        """Take every timed transition due now; return ``(booking, transition, outcome)``."""
+        """Take every timed transition due now, after retrying held shares that can be paid.
+
+        Returns ``(booking, transition, outcome)`` per transition taken, and
+        ``(transfer, "release_held", "paid")`` per held share paid.
+        """
+        done: list[tuple[int, str, str]] = []
+        for transfer_id in await self.retry_held():
+            done.append((transfer_id, "release_held", "paid"))
         rows = await self._pool.fetch(
             "SELECT id, timer_name FROM three_sided_bookings_bookings "
             "WHERE timer_at <= $1 ORDER BY timer_at LIMIT $2",
             self.now(),
             limit,
         )
-        done: list[tuple[int, str, str]] = []
         for row in rows:
             try:
                 booking = await self.act(row["id"], row["timer_name"], "system")
@@ -483,6 +489,22 @@ class BookingService:
                 )
                 done.append((row["id"], row["timer_name"], f"failed: {error.detail}"))
         return done
+
+    async def retry_held(self) -> list[int]:
+        """Retry every held share whose account can receive funds now (the timer runner's
+        safety net for a release that failed when ``account.updated`` arrived)."""
+        accounts = await self._pool.fetch(
+            "SELECT DISTINCT account_id FROM three_sided_bookings_held_transfers "
+            "WHERE status = 'held'"
+        )
+        paid: list[int] = []
+        for row in accounts:
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    released, notices = await self.release_held(conn, row["account_id"])
+                notices.send()
+            paid += released
+        return paid
 
     async def release_held(self, conn: Connection, account_id: str) -> tuple[list[int], Notices]:
         """Retry the shares held for an account that can receive funds again."""

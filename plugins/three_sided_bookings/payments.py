@@ -26,7 +26,14 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from engine.core.errors import AccountRestricted, Conflict, InvalidAmount, MarketplaceError
+from engine.core.errors import (
+    AccountRestricted,
+    Conflict,
+    InsufficientBalance,
+    InvalidAmount,
+    InvalidInput,
+    MarketplaceError,
+)
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
@@ -545,8 +552,9 @@ async def _take_back(
     if transfer.status == "held":
         left = transfer.amount - amount
         await ctx.conn.execute(
-            "UPDATE three_sided_bookings_transfers SET amount = $2, "
-            "status = CASE WHEN $2 = 0 THEN 'cancelled' ELSE status END, updated_at = now() "
+            "UPDATE three_sided_bookings_transfers SET amount = $2::bigint, "
+            "status = CASE WHEN $2::bigint = 0 THEN 'cancelled' ELSE status END, "
+            "updated_at = now() "
             "WHERE id = $1",
             transfer.id,
             left,
@@ -653,7 +661,8 @@ async def account_can_receive(conn: Connection, account_id: str) -> tuple[bool, 
 
 
 def _cannot_receive(error: MarketplaceError) -> bool:
-    return isinstance(error, AccountRestricted) or (
+    """Errors that hold the share for a retry instead of failing the settlement."""
+    return isinstance(error, AccountRestricted | InsufficientBalance) or (
         error.extra.get("stripe_code") in CANNOT_RECEIVE_CODES
     )
 
@@ -739,30 +748,42 @@ async def _settle_share(
 async def attempt_transfer(
     ctx: BookingContext, transfer: TransferRecord, charge_record: ChargeRecord, *, attempts: int
 ) -> bool:
-    """Create the Stripe transfer for a pending or held share; hold it if Stripe refuses."""
+    """Create the Stripe transfer for a pending or held share; hold it if Stripe refuses.
+
+    Normally the transfer is tied to its charge (``source_transaction``). When
+    Stripe says the charge can no longer cover it (a refund came in while the
+    share was held), it is made from the platform's balance instead, in the
+    same transfer group; if that balance is short, the share stays held.
+    """
     booking = ctx.booking
     key = transfer.idempotency_key
     if attempts:
         key = f"{key}:attempt:{attempts}"
+    params: dict[str, Any] = {
+        "amount": transfer.amount,
+        "currency": transfer.currency,
+        "destination": transfer.account_id,
+        "source_transaction": charge_record.charge_id,
+        "transfer_group": booking.transfer_group,
+        "description": f"{transfer.role} share of booking {booking.id}",
+        "metadata": {
+            "booking_id": str(booking.id),
+            "role": transfer.role,
+            "idempotency_key": transfer.idempotency_key,
+        },
+    }
     try:
-        created = await ctx.gateway.call(
-            "transfers",
-            "create",
-            params={
-                "amount": transfer.amount,
-                "currency": transfer.currency,
-                "destination": transfer.account_id,
-                "source_transaction": charge_record.charge_id,
-                "transfer_group": booking.transfer_group,
-                "description": f"{transfer.role} share of booking {booking.id}",
-                "metadata": {
-                    "booking_id": str(booking.id),
-                    "role": transfer.role,
-                    "idempotency_key": transfer.idempotency_key,
-                },
-            },
-            idempotency_key=key,
-        )
+        try:
+            created = await ctx.gateway.call(
+                "transfers", "create", params=params, idempotency_key=key
+            )
+        except InvalidInput as error:
+            if error.extra.get("stripe_code") != "amount_too_large":
+                raise
+            del params["source_transaction"]
+            created = await ctx.gateway.call(
+                "transfers", "create", params=params, idempotency_key=f"{key}:unsourced"
+            )
     except MarketplaceError as error:
         if not _cannot_receive(error):
             raise

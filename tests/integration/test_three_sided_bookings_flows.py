@@ -812,3 +812,42 @@ async def test_unpaid_booking_cancelled_late_costs_nothing_and_trail_lists_every
         [("provider", 1056), ("provider", 4224), ("venue", 704), ("venue", 2816)]
     )
     await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_refund_while_a_share_is_held_shrinks_the_held_share(env: Env) -> None:
+    ids = await env.catalogue()
+    _, venue = env.accounts
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/restrict")
+    await env.deliver_events()
+    env.clock.advance(days=3)
+    await env.act(booking, "complete", "provider")
+    assert await env.act(booking, "refund", "admin", amount=2_500) == "partially_refunded"
+    [refund] = await env.fetch("SELECT split FROM three_sided_bookings_refunds")
+    venue_part = {leg["role"]: leg["amount"] for leg in json.loads(refund["split"])["legs"]}[
+        "venue"
+    ]
+    held = await env.fetch(
+        "SELECT amount, status FROM three_sided_bookings_transfers WHERE role = 'venue'"
+    )
+    assert [(h["amount"], h["status"]) for h in held] == [(3520 - venue_part, "held")]
+    reversed_roles = await env.fetch(
+        "SELECT t.role FROM three_sided_bookings_reversals r "
+        "JOIN three_sided_bookings_transfers t ON t.id = r.transfer"
+    )
+    assert [r["role"] for r in reversed_roles] == ["provider"]  # nothing to reverse for the venue
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/complete_onboarding")
+    await env.deliver_events()
+    # The refund left the charge unable to cover the share, and the platform's
+    # funds are still pending: the share stays held until they are available.
+    [still] = await env.fetch("SELECT status, attempts FROM three_sided_bookings_held_transfers")
+    assert still["status"] == "held"
+    assert still["attempts"] >= 1  # each delivery of account.updated tried once more
+    env.sandbox.advance(3 * 86_400)
+    [(_, name, outcome)] = await env.bookings.run_due_timers()
+    assert (name, outcome) == ("release_held", "paid")
+    [paid] = [t for t in env.transfers(booking) if t["metadata"]["role"] == "venue"]
+    assert (paid["amount"], paid["source_transaction"]) == (3520 - venue_part, None)
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    assert balances[venue] == 3520 - venue_part
