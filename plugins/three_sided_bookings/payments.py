@@ -577,13 +577,26 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
         return
     booking = ctx.booking
     key = _booking_key(booking, "reversal", transfer.role, transfer.charge_id, cause)
-    reversal = await ctx.gateway.call(
-        "transfers.reversals",
-        "create",
-        transfer.stripe_transfer_id,
-        params={"amount": amount, "metadata": {"booking_id": str(booking.id), "cause": cause}},
-        idempotency_key=key,
-    )
+    try:
+        reversal = await ctx.gateway.call(
+            "transfers.reversals",
+            "create",
+            transfer.stripe_transfer_id,
+            params={
+                "amount": amount,
+                "metadata": {"booking_id": str(booking.id), "cause": cause},
+            },
+            idempotency_key=key,
+        )
+    except InsufficientBalance as short:
+        # The beneficiary already paid the money out: Stripe reverses a transfer_group
+        # transfer only from the destination's balance. The platform carries the loss;
+        # the audit trail keeps what is owed so an operator can recover it.
+        ctx.add(
+            "reversal_failed",
+            {"role": transfer.role, "amount": amount, "reason": short.detail},
+        )
+        return
     await ctx.conn.execute(
         """
         INSERT INTO three_sided_bookings_reversals

@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 
-from engine.core.errors import CardDeclined, IllegalTransition, MarketplaceError
+from engine.core.errors import (
+    CardDeclined,
+    IllegalTransition,
+    InsufficientBalance,
+    MarketplaceError,
+)
 from engine.core.ledger import Ledger
 from engine.core.settings import settings_from_mapping
 from engine.sandbox.testing import RunningSandbox, running_sandbox, verified_account_params
@@ -851,3 +856,29 @@ async def test_refund_while_a_share_is_held_shrinks_the_held_share(env: Env) -> 
     assert (paid["amount"], paid["source_transaction"]) == (3520 - venue_part, None)
     balances = await env.assert_ledger_matches_sandbox("gbp")
     assert balances[venue] == 3520 - venue_part
+
+
+async def test_a_reversal_stripe_refuses_is_owed_not_fatal(env: Env) -> None:
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    await env.act(booking, "complete", "provider")
+    real_call = env.services.gateway.call
+
+    async def paid_out(resource: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if resource == "transfers.reversals":
+            raise InsufficientBalance("the destination's balance cannot cover the reversal")
+        return await real_call(resource, method, *args, **kwargs)
+
+    env.services.gateway.call = paid_out  # type: ignore[method-assign]
+    try:
+        assert await env.act(booking, "refund", "admin", amount=1_000) == "partially_refunded"
+    finally:
+        env.services.gateway.call = real_call  # type: ignore[method-assign]
+    refund = (await env.bookings.transitions(booking.id))[-1]
+    owed = {entry["role"]: entry["amount"] for entry in refund.data["reversal_failed"]}
+    assert owed == {"provider": 528, "venue": 352}
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    provider, venue = env.accounts
+    assert (balances[provider], balances[venue]) == (5280, 3520)
