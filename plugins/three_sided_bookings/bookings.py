@@ -36,7 +36,6 @@ from plugins.three_sided_bookings.context import ActionParams, BookingContext, N
 from plugins.three_sided_bookings.payments import collected, release_held_transfers
 from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
 from plugins.three_sided_bookings.schemas import (
-    BookingList,
     BookingView,
     NewBooking,
     SplitLegView,
@@ -605,17 +604,6 @@ class BookingService:
         )
         records = [BookingRecord.from_row(row) for row in rows[:limit]]
         return records, (records[-1].id if len(rows) > limit else None)
-
-    async def list_views(
-        self, records: list[BookingRecord], next_after: int | None, actor: str | None
-    ) -> BookingList:
-        """The API page for ``list_records``' answer."""
-        from engine.api.pagination import encode_cursor
-
-        return BookingList(
-            data=[await self.view(record, actor) for record in records],
-            next_cursor=encode_cursor(next_after),
-        )
 
     async def transitions(self, booking_id: int) -> list[TransitionView]:
         """The audit trail, oldest first."""

@@ -22,7 +22,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.auth import Principal, requires_scope
 from engine.api.idempotency import IdempotencyKeyHeader
-from engine.api.pagination import Cursor, Limit, decode_cursor
+from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from engine.api.problems import problem_responses
 from engine.core.errors import NotFound
 from engine.services import Services
@@ -323,7 +323,10 @@ class BookingController(Controller):
             limit=limit,
         )
         actor = "admin" if principal.scope == "admin" else None
-        return await bookings.list_views(records, next_after, actor)
+        return BookingList(
+            data=[await bookings.view(record, actor) for record in records],
+            next_cursor=encode_cursor(next_after),
+        )
 
     @get(
         "/{booking_id:int}",
