@@ -148,7 +148,7 @@ def _build(
         route_handlers += _webhook_handlers()
         lifespans.append(_run_webhooks(metrics))
     route_handlers += _plugin_handlers(plugins)
-    route_handlers.append(_dashboard_router())
+    route_handlers.append(_dashboard(app_state, settings, debug=debug))
 
     app = Litestar(
         route_handlers=route_handlers,
@@ -182,12 +182,12 @@ def _plugin_handlers(plugins: Plugins) -> list[ControllerRouterHandler]:
     return handlers
 
 
-def _dashboard_router() -> ControllerRouterHandler:
-    """The creator earnings pages and the admin finance panel (``engine.dashboard``)."""
-    # Imported here: the dashboard imports this package's auth and deps modules.
-    from engine.dashboard.routes import dashboard_router
+def _dashboard(state: State, settings: Settings, *, debug: bool) -> ControllerRouterHandler:
+    """The creator earnings pages and the admin finance panel, mounted at ``/dashboard``."""
+    # Imported here: the dashboard imports this package's deps module.
+    from engine.dashboard.routes import dashboard_mount
 
-    return dashboard_router()
+    return dashboard_mount(state, max_body_bytes=settings.api.max_body_bytes, debug=debug)
 
 
 def _webhook_handlers() -> list[ControllerRouterHandler]:

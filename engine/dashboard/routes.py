@@ -1,9 +1,12 @@
-"""The ``/dashboard`` router the API app mounts: pages, the stylesheet, HTML error pages.
+"""The dashboards as their own ASGI app, mounted by the API app at ``/dashboard``.
 
-The routes are public to the API's key middleware (``opt={"public": True}``):
-pages authenticate with the dashboard session instead, and are left out of the
-OpenAPI schema. Errors become HTML pages here (an API client gets RFC 9457
-problems elsewhere); a page that needs a session sends the browser to sign in.
+A separate Litestar app rather than more API routes: its pages authenticate
+with the dashboard session, not an API key, answer errors with HTML pages
+rather than RFC 9457 problems, and stay out of the API's OpenAPI schema, so
+none of the API's route-wide rules (every route needs a key, every error is a
+problem) has an exception to make. The mount is public to the API's key
+middleware; the app shares the API app's ``state`` (its services, its webhook
+service for replays). A page that needs a session sends the browser to sign in.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-from litestar import Request, Response, Router, get
+from litestar import Litestar, Request, Response, asgi, get
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Receive, Scope, Send
 
 from engine.core.errors import AuthenticationRequired, MarketplaceError
 from engine.dashboard.account_pages import AccountPagesController
@@ -22,7 +28,7 @@ from engine.dashboard.auth_pages import SignInController
 from engine.dashboard.context import BASE, dashboard_state
 from engine.dashboard.rendering import redirect, render_page
 
-__all__ = ["dashboard_router"]
+__all__ = ["dashboard_app", "dashboard_mount"]
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +71,33 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return _error_page(request, 500, "Something went wrong", "The page could not be shown.")
 
 
-def dashboard_router() -> Router:
-    """Every dashboard route under ``/dashboard``."""
-    return Router(
-        path=BASE,
-        route_handlers=[
-            SignInController,
-            AccountPagesController,
-            AdminPagesController,
-            stylesheet,
-        ],
-        opt={"public": True},
-        include_in_schema=False,
+def dashboard_app(
+    state: State, *, max_body_bytes: int = 1_048_576, debug: bool = False
+) -> Litestar:
+    """The dashboards' app; ``state`` is the API app's (services live there)."""
+    return Litestar(
+        route_handlers=[SignInController, AccountPagesController, AdminPagesController, stylesheet],
         exception_handlers={
             MarketplaceError: _on_domain_error,
             HTTPException: _on_http_error,
             Exception: _on_unexpected,
         },
-        tags=["dashboard"],
+        state=state,
+        openapi_config=None,
+        request_max_body_size=max_body_bytes,
+        logging_config=None,
+        debug=debug,
     )
+
+
+def dashboard_mount(
+    state: State, *, max_body_bytes: int = 1_048_576, debug: bool = False
+) -> ASGIRouteHandler:
+    """The handler that mounts ``dashboard_app`` at ``/dashboard`` in the API app."""
+    app = dashboard_app(state, max_body_bytes=max_body_bytes, debug=debug)
+
+    @asgi(BASE, is_mount=True, copy_scope=True, opt={"public": True})
+    async def dashboard(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, receive, send)
+
+    return dashboard
