@@ -99,7 +99,9 @@ def _literal_block(lines: list[str], start: int) -> tuple[list[str], int]:
         block.pop(0)
     while block and not block[-1].strip():
         block.pop()
-    return ["", "```python", *block, "```", ""], index
+    # A plain fence: the docstring's example is shown as written; `ruff format`
+    # (which formats Python fences in Markdown) would otherwise rewrite it here.
+    return ["", "```", *block, "```", ""], index
 
 
 def _section(lines: list[str], start: int, title: str) -> tuple[list[str], int]:
