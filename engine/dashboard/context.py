@@ -183,11 +183,11 @@ async def page_context(request: Request[Any, Any, Any]) -> Page:
 
 
 def _same_origin(request: Request[Any, Any, Any]) -> bool:
+    """Whether a named ``Origin`` is this host (absent or ``null`` leaves it to the token)."""
     origin = request.headers.get("origin")
     if not origin or origin == "null":
-        return origin is None  # "null" origins (sandboxed frames) are refused
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 async def verified_form(request: Request[Any, Any, Any], page: Page) -> FormMultiDict:

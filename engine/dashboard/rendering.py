@@ -34,8 +34,8 @@ SECURITY_HEADERS: Final[Mapping[str, str]] = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # Login links carry their token in the path: never send it anywhere else.
-    "Referrer-Policy": "no-referrer",
+    # Login links carry their token in the path: never send it to another site.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
