@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint format typecheck bench clean
+.PHONY: help install up test lint format typecheck bench clean chromium
 
 help:
 	@echo "make up         run the stack locally: embedded PostgreSQL and NATS, API, worker (UP_ARGS=...)"
@@ -42,10 +42,22 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 
 install: $(INSTALLED)
 
+# The dashboards' browser tests drive Debian's Chromium through Playwright. Installed
+# only when missing and we are root (CI); otherwise those tests skip, saying why.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the dashboards' browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || \
+			echo "could not install chromium: the browser tests will skip" >&2; \
+	fi
+
 up: $(INSTALLED)
 	$(BIN)/marketplace up $(UP_ARGS)
 
-test: $(INSTALLED)
+test: $(INSTALLED) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
