@@ -10,6 +10,8 @@ on ``PATH`` (and this environment's ``bin`` after it, for ``nats-server``).
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +22,16 @@ from pathlib import Path
 from typing import Self
 
 __all__ = ["OverlayEnvironment"]
+
+
+def _can_build_editable_here() -> bool:
+    """Whether setuptools can build an editable wheel with what is installed (no index)."""
+    try:
+        setuptools_version = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major = int(setuptools_version.split(".")[0])
+    return major >= 64 and importlib.util.find_spec("wheel") is not None
 
 
 class OverlayEnvironment:
@@ -92,8 +104,13 @@ class OverlayEnvironment:
         return done
 
     def install_editable(self, project: Path) -> None:
-        """``pip install -e project`` (its dependencies must already be importable here)."""
-        self.pip("install", "--no-deps", "-e", project)
+        """``pip install -e project`` (its dependencies must already be importable here).
+
+        Builds without isolation when this environment can (setuptools >= 64 and
+        ``wheel``), so no index is needed; otherwise pip fetches the build backend.
+        """
+        offline = ["--no-build-isolation"] if _can_build_editable_here() else []
+        self.pip("install", "--no-deps", *offline, "-e", project)
 
     def uninstall(self, distribution: str) -> None:
         """``pip uninstall -y distribution``."""
