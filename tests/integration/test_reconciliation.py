@@ -13,21 +13,20 @@ reconciliation runs; mending the ledger resolves the alert.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import io
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from support.stack import Stack, running_stack
 
+from engine.cli import main
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
-from engine.reconciliation import cli as reconcile_cli
 from engine.reconciliation.service import (
     MISMATCH_EVENT,
     AccountProgress,
@@ -239,8 +238,47 @@ async def scripted_month(stack: Stack) -> dict[str, str]:
     return {"ada": ada, "bob": bob, "provider": provider, "venue": venue}
 
 
+async def reconcile_command(
+    stack: Stack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str]:
+    """``marketplace --config FILE reconcile`` against the stack; its status and output."""
+    config = tmp_path / "marketplace.toml"
+    enabled = ", ".join(f'"{name}"' for name in ENABLED)
+    config.write_text(
+        f"""
+[database]
+url = "{stack.settings.database.url}"
+
+[stripe]
+secret_key = "{stack.settings.stripe.secret_key}"
+api_base = "{stack.settings.stripe.api_base}"
+max_network_retries = 0
+
+[plugins]
+enabled = [{enabled}]
+
+[plugins.three_sided_bookings]
+default_currency = "usd"
+currencies = ["usd"]
+""",
+        encoding="utf-8",
+    )
+    for variable in ("MARKETPLACE_DATABASE_URL", "DATABASE_URL", "MARKETPLACE_NATS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    capsys.readouterr()
+    status = await asyncio.to_thread(main, ["--config", str(config), "reconcile"])
+    return status, capsys.readouterr().out
+
+
 async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reported_once(
-    stack: Stack, mismatches: Mismatches
+    stack: Stack,
+    mismatches: Mismatches,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     accounts = await scripted_month(stack)
     types = Counter()
@@ -265,13 +303,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         assert types[kind], f"no {kind} balance transaction in the scripted month: {types}"
 
     # The command: progress per account, zero problems, exit status 0.
-    out = io.StringIO()
-    parser = argparse.ArgumentParser()
-    reconcile_cli.configure(parser)
-    status = await asyncio.to_thread(
-        reconcile_cli.run, parser.parse_args([]), stack.settings, stack.plugins, out=out
-    )
-    printed = out.getvalue()
+    status, printed = await reconcile_command(stack, tmp_path, monkeypatch, capsys)
     assert status == 0, printed
     assert "[1/5] platform:" in printed
     for account_id in accounts.values():
@@ -344,6 +376,16 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         1,
         1,
     )
+
+    status, printed = await reconcile_command(stack, tmp_path, monkeypatch, capsys)
+    assert status == 3, printed
+    assert "amount_mismatch 1" in printed
+    assert "missing_in_ledger 1" in printed
+    assert f"payout {payout['id']} of -123 usd has no ledger entry" in printed
+    assert "0 new alert(s)" in printed  # the same two findings: their alerts stay open
+    command_run = await latest_run(pool)
+    assert command_run is not None
+    assert (command_run.trigger, command_run.new_alerts) == ("cli", 0)
 
     # Reconciliation never touched the money: the altered entry is as it was left.
     assert (
