@@ -59,9 +59,14 @@ __all__ = ["ROUTES", "BookingController", "CatalogController", "TimerController"
 BASE = "/v1/three_sided_bookings"
 
 AccountId = Annotated[str, PathParameter(pattern=r"^acct_[A-Za-z0-9]{1,60}$")]
-RowId = Annotated[int, PathParameter(ge=1, le=2_147_483_647, description="the row's id")]
+# Ids travel as strings with a digits pattern (not ``{id:int}`` routes) so any
+# path reaches the auth middleware: a request without a key is a 401 whatever the id.
+RowId = Annotated[
+    str, PathParameter(pattern=r"^[1-9][0-9]{0,8}$", description="the row's id", examples=None)
+]
 BookingId = Annotated[
-    int, PathParameter(ge=1, le=9_223_372_036_854_775_807, description="the booking's id")
+    str,
+    PathParameter(pattern=r"^[1-9][0-9]{0,17}$", description="the booking's id", examples=None),
 ]
 ActionName = Annotated[
     str, PathParameter(pattern=r"^[a-z_]{1,64}$", description="a transition of the process")
@@ -115,7 +120,7 @@ class CatalogController(Controller):
         return await Catalog(services).list_services()
 
     @get(
-        "/services/{service_id:int}",
+        "/services/{service_id:str}",
         operation_id="tsbGetService",
         guards=[requires_scope("service")],
         responses=problem_responses(*_READ),
@@ -124,10 +129,10 @@ class CatalogController(Controller):
         self, service_id: RowId, services: NamedDependency[Services]
     ) -> ServiceView:
         """One service."""
-        return await Catalog(services).get_service(service_id)
+        return await Catalog(services).get_service(int(service_id))
 
     @patch(
-        "/services/{service_id:int}",
+        "/services/{service_id:str}",
         operation_id="tsbUpdateService",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
@@ -136,7 +141,7 @@ class CatalogController(Controller):
         self, service_id: RowId, data: JSONBody[ServiceUpdate], services: NamedDependency[Services]
     ) -> ServiceView:
         """Change a service's price, name or availability."""
-        return await Catalog(services).update_service(service_id, data)
+        return await Catalog(services).update_service(int(service_id), data)
 
     @post(
         "/providers",
@@ -161,7 +166,7 @@ class CatalogController(Controller):
         return await Catalog(services).list_providers()
 
     @put(
-        "/providers/{provider_id:int}/agreements",
+        "/providers/{provider_id:str}/agreements",
         operation_id="tsbSetAgreement",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
@@ -173,10 +178,10 @@ class CatalogController(Controller):
         services: NamedDependency[Services],
     ) -> AgreementView:
         """Set the provider's share of the net for a service type (``*``: the others)."""
-        return await Catalog(services).set_agreement(provider_id, data)
+        return await Catalog(services).set_agreement(int(provider_id), data)
 
     @get(
-        "/providers/{provider_id:int}/agreements",
+        "/providers/{provider_id:str}/agreements",
         operation_id="tsbListAgreements",
         guards=[requires_scope()],
         responses=problem_responses(*_READ),
@@ -185,7 +190,7 @@ class CatalogController(Controller):
         self, provider_id: RowId, services: NamedDependency[Services]
     ) -> list[AgreementView]:
         """The provider's agreements."""
-        return await Catalog(services).agreements(provider_id)
+        return await Catalog(services).agreements(int(provider_id))
 
     @post(
         "/venues",
@@ -210,7 +215,7 @@ class CatalogController(Controller):
         return await Catalog(services).list_venues()
 
     @put(
-        "/venues/{venue_id:int}/terms",
+        "/venues/{venue_id:str}/terms",
         operation_id="tsbSetVenueTerms",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
@@ -219,10 +224,10 @@ class CatalogController(Controller):
         self, venue_id: RowId, data: JSONBody[VenueTermsInput], services: NamedDependency[Services]
     ) -> VenueTermsView:
         """Set how the venue is paid: a rate of the net, or a fixed fee per currency."""
-        return await Catalog(services).set_venue_terms(venue_id, data)
+        return await Catalog(services).set_venue_terms(int(venue_id), data)
 
     @get(
-        "/venues/{venue_id:int}/terms",
+        "/venues/{venue_id:str}/terms",
         operation_id="tsbGetVenueTerms",
         guards=[requires_scope()],
         responses=problem_responses(*_READ),
@@ -231,7 +236,7 @@ class CatalogController(Controller):
         self, venue_id: RowId, services: NamedDependency[Services]
     ) -> VenueTermsView:
         """The venue's terms."""
-        return await Catalog(services).venue_terms(venue_id)
+        return await Catalog(services).venue_terms(int(venue_id))
 
     @put(
         "/payout-schedules/{account_id:str}",
@@ -329,7 +334,7 @@ class BookingController(Controller):
         )
 
     @get(
-        "/{booking_id:int}",
+        "/{booking_id:str}",
         operation_id="tsbGetBooking",
         responses=problem_responses(*_READ),
     )
@@ -341,11 +346,11 @@ class BookingController(Controller):
     ) -> BookingView:
         """One booking, with the actions the caller may take now."""
         bookings = BookingService(services)
-        booking = await bookings.get_record(booking_id)
+        booking = await bookings.get_record(int(booking_id))
         return await bookings.view(booking, _actor(principal, booking))
 
     @post(
-        "/{booking_id:int}/actions/{action:str}",
+        "/{booking_id:str}/actions/{action:str}",
         operation_id="tsbBookingAction",
         status_code=200,
         responses=problem_responses(*_MONEY),
@@ -367,7 +372,7 @@ class BookingController(Controller):
         the booking's state does not allow it for the caller.
         """
         bookings = BookingService(services)
-        booking = await bookings.get_record(booking_id)
+        booking = await bookings.get_record(int(booking_id))
         actor = _actor(principal, booking)
         body = data or BookingAction()
         params = ActionParams(
@@ -377,12 +382,12 @@ class BookingController(Controller):
             statement=body.statement,
         )
         updated = await bookings.act(
-            booking_id, action, actor, actor_id=principal.actor, params=params
+            int(booking_id), action, actor, actor_id=principal.actor, params=params
         )
         return await bookings.view(updated, actor)
 
     @get(
-        "/{booking_id:int}/transitions",
+        "/{booking_id:str}/transitions",
         operation_id="tsbBookingTransitions",
         responses=problem_responses(*_READ),
     )
@@ -394,11 +399,11 @@ class BookingController(Controller):
     ) -> list[TransitionView]:
         """The audit trail: every transition, by whom, when, with its data."""
         bookings = BookingService(services)
-        _actor(principal, await bookings.get_record(booking_id))
-        return await bookings.transitions(booking_id)
+        _actor(principal, await bookings.get_record(int(booking_id)))
+        return await bookings.transitions(int(booking_id))
 
     @post(
-        "/{booking_id:int}/messages",
+        "/{booking_id:str}/messages",
         operation_id="tsbBookingMessage",
         responses=problem_responses(*_WRITE),
     )
@@ -411,12 +416,12 @@ class BookingController(Controller):
     ) -> BookingView:
         """Record a message of the customer communication (kept as dispute evidence)."""
         bookings = BookingService(services)
-        actor = _actor(principal, await bookings.get_record(booking_id))
-        booking = await bookings.add_message(booking_id, actor, data.text)
+        actor = _actor(principal, await bookings.get_record(int(booking_id)))
+        booking = await bookings.add_message(int(booking_id), actor, data.text)
         return await bookings.view(booking, actor)
 
     @get(
-        "/{booking_id:int}/reconciliation",
+        "/{booking_id:str}/reconciliation",
         operation_id="tsbBookingReconciliation",
         guards=[requires_scope()],
         responses=problem_responses(*_READ, 502),
@@ -428,7 +433,7 @@ class BookingController(Controller):
         check: Annotated[bool, QueryParameter(required=False)] = False,
     ) -> Reconciliation:
         """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too."""
-        return await reconcile(services, booking_id, check_stripe=check)
+        return await reconcile(services, int(booking_id), check_stripe=check)
 
 
 class TimerController(Controller):
