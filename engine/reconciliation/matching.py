@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from engine.core.money import Money, is_known_currency
+
 __all__ = [
     "MATCHED",
     "MISMATCH",
@@ -181,6 +183,13 @@ class _Book:
         return [groups[key] for key in sorted(groups)]
 
 
+def _money(amount: int, currency: str) -> str:
+    """``-1.50 USD``; an unknown currency code shows the minor units as they are."""
+    if not is_known_currency(currency):
+        return f"{amount} {currency} (minor units)"
+    return Money(amount, currency).format()
+
+
 def _exact(txn: BalanceTxn, lines: Sequence[LedgerLine]) -> tuple[LedgerLine, ...] | None:
     """The lines of one ledger transaction that record ``txn`` exactly, if any."""
     gross = next((line for line in lines if line.amount == txn.amount), None)
@@ -212,9 +221,15 @@ def _mismatch(txn: BalanceTxn, lines: Sequence[LedgerLine]) -> ItemResult | None
     ledger_fee = -fee_line.amount if fee_line is not None else 0
     differences = []
     if gross.amount != txn.amount:
-        differences.append(f"amount {gross.amount} in the ledger, {txn.amount} at Stripe")
+        differences.append(
+            f"amount {_money(gross.amount, txn.currency)} in the ledger, "
+            f"{_money(txn.amount, txn.currency)} at Stripe"
+        )
     if ledger_fee != txn.fee:
-        differences.append(f"fee {ledger_fee} in the ledger, {txn.fee} at Stripe")
+        differences.append(
+            f"fee {_money(ledger_fee, txn.currency)} in the ledger, "
+            f"{_money(txn.fee, txn.currency)} at Stripe"
+        )
     return ItemResult(
         status=MISMATCH,
         account=txn.account,
@@ -276,7 +291,7 @@ def match_account(
                 currency=txn.currency,
                 txn=txn,
                 detail=(
-                    f"{txn.type} {txn.source or txn.id} of {txn.amount} {txn.currency} "
+                    f"{txn.type} {txn.source or txn.id} of {_money(txn.amount, txn.currency)} "
                     "has no ledger entry"
                 ),
             )
@@ -293,7 +308,7 @@ def match_account(
                 ledger_amount=total,
                 ledger_fee=0,
                 detail=(
-                    f"ledger {first.kind} {first.key} moves {total} {first.currency} on "
+                    f"ledger {first.kind} {first.key} moves {_money(total, first.currency)} on "
                     f"{account} that no Stripe balance transaction"
                     f"{' of ' + first.stripe_object_id if first.stripe_object_id else ''} shows"
                 ),

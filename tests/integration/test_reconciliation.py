@@ -381,7 +381,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     assert status == 3, printed
     assert "amount_mismatch 1" in printed
     assert "missing_in_ledger 1" in printed
-    assert f"payout {payout['id']} of -123 usd has no ledger entry" in printed
+    assert f"payout {payout['id']} of -1.23 USD has no ledger entry" in printed
     assert "0 new alert(s)" in printed  # the same two findings: their alerts stay open
     command_run = await latest_run(pool)
     assert command_run is not None

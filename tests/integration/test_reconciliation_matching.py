@@ -119,7 +119,7 @@ def test_a_changed_amount_is_one_mismatch_and_leaves_nothing_over() -> None:
     results = match_account("platform", platform, lines)
     assert statuses(results) == ["amount_mismatch", "matched", "matched"]
     assert (results[0].ledger_amount, results[0].ledger_fee) == (1000, 60)
-    assert "fee 60 in the ledger, 59 at Stripe" in results[0].detail
+    assert "fee 0.60 USD in the ledger, 0.59 USD at Stripe" in results[0].detail
 
 
 def test_an_amount_line_changed_is_paired_with_its_balance_transaction() -> None:
