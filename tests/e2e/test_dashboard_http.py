@@ -4,18 +4,24 @@ What a browser test cannot see easily: the cookie's attributes, that a form
 without its CSRF token (or posted from another origin) is refused, that a
 revoked key or a signed-out session no longer opens pages, that a login link
 works once, that a display name full of HTML is shown as text, and that the
-admin's suspend and resume go through the accounts service.
+admin's suspend and resume go through the accounts service; and a creator's
+failed payout with its reason, plugin panels (a broken one contained), and the
+admin's money per period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from support.stack import Stack, running_stack
+
+from engine.core.contributions import DashboardPanel
+from engine.core.plugins import hookimpl
 
 ENABLED = ("commission_rules", "creator_subscriptions")
 C = "/v1/creator_subscriptions"
@@ -188,3 +194,89 @@ async def test_admin_actions_login_link_and_sign_out(stack: Stack) -> None:
     replayed = browser(stack)
     replayed.cookies.set("mp_dashboard", old_cookie or "", path="/dashboard")
     assert (await replayed.get("/dashboard/admin")).status_code == 303
+
+
+class Panels:
+    """A test plugin contributing dashboard panels: one that works, one that fails."""
+
+    @hookimpl
+    def register_dashboard_panels(self, register: Callable[[DashboardPanel], None]) -> None:
+        async def subscribers(services: Any, account_id: str | None) -> str:
+            count = await services.db.pool.fetchval(
+                "SELECT count(*) FROM marketplace_payments WHERE account_id = $1", account_id
+            )
+            return f"<p data-testid='panel-subscribers'>{int(count)} paying fans</p>"
+
+        async def broken(services: Any, account_id: str | None) -> str:
+            raise RuntimeError("this panel is broken")
+
+        register(DashboardPanel("fans", "Fans", "account", subscribers))
+        register(DashboardPanel("broken", "Broken panel", "account", broken))
+        register(DashboardPanel("ops", "Operations <b>note</b>", "admin", broken))
+
+
+@pytest.fixture
+async def stack_with_panels(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=ENABLED,
+        extra_plugins={"test_panels": Panels()},
+    ) as running:
+        yield running
+
+
+async def test_failed_payouts_plugin_panels_and_finance(stack_with_panels: Stack) -> None:
+    stack = stack_with_panels
+    bob = await creator(stack, "bob", "Bob")
+    await asyncio.to_thread(
+        stack.stripe().v1.accounts.external_accounts.create,
+        bob,
+        params={
+            "external_account": {
+                "object": "bank_account",
+                "country": "US",
+                "currency": "usd",
+                "routing_number": "110000000",
+                "account_number": "000111111116",  # payouts fail: no_account
+            },
+            "default_for_currency": True,
+        },
+    )
+    for ref, amount in (("fan-1", 1000), ("fan-2", 2500)):
+        body = {"external_ref": ref, "name": ref, "payment_method": "pm_card_visa"}
+        fan = ok(await stack.http.post(f"{C}/fans", json=body), 201)["id"]
+        ok(
+            await stack.http.post(
+                f"{C}/payments/tips",
+                json={"fan_id": fan, "creator_account_id": bob, "amount": amount},
+            ),
+            201,
+        )
+    await stack.advance(3 * 86_400)  # the daily payout runs and Bob's bank refuses it
+
+    client = browser(stack)
+    assert (await sign_in(client, await stack.create_key("account", bob))).status_code == 303
+    page = await client.get(f"/dashboard/accounts/{bob}")
+    assert page.status_code == 200, page.text
+    assert 'data-testid="failed-payouts"' in page.text
+    assert "failed: the bank account does not exist." in page.text
+    assert "Ask the account holder to update their bank details." in page.text
+    assert 'data-testid="payout-failure-banner"' in page.text
+    # The plugin's panels replace the generic one; a failing panel is contained.
+    assert "<p data-testid='panel-subscribers'>2 paying fans</p>" in page.text
+    assert "This panel is unavailable right now." in page.text
+    assert 'data-testid="orders"' not in page.text
+
+    admin = browser(stack)
+    assert (await sign_in(admin, stack.admin_key)).status_code == 303
+    panel = await admin.get("/dashboard/admin")
+    assert panel.status_code == 200, panel.text
+    assert "Operations &lt;b&gt;note&lt;/b&gt;" in panel.text  # titles are escaped
+    total = re.search(r'data-testid="finance-total">(.*?)</tr>', panel.text, re.S)
+    assert total, panel.text
+    cells = re.findall(r"<td>([^<]*)</td>", total.group(1))
+    assert cells[:3] == ["2", "35.00 USD", "3.50 USD"]  # payments, gross volume, commission
