@@ -480,7 +480,8 @@ async def on_invoice(event: StripeEvent, ctx: Context) -> None:
         notices += await _settle_invoice(env, conn, invoice, inv_row, sub_row)
     elif kind == "invoice.payment_failed":
         notices += await _payment_failed(env, conn, invoice, inv_row, sub_row, created=created)
-    if changed:
+    failing = inv_row["status"] == "open" and int(inv_row["attempt_count"]) > 0
+    if changed and (failing or int(sub_row["failed_payments"]) > 0):
         await _count_failures(conn, int(sub_row["id"]))
     _announce(ctx, env, notices)
 
@@ -517,7 +518,6 @@ def registrations() -> list[WebhookRegistration]:
         ("customer.subscription.deleted", on_subscription),
         ("customer.subscription.paused", on_subscription),
         ("customer.subscription.resumed", on_subscription),
-        ("invoice.created", on_invoice),
         ("invoice.finalized", on_invoice),
         ("invoice.updated", on_invoice),
         ("invoice.paid", on_invoice),
