@@ -19,6 +19,7 @@ __all__ = [
     "ConfigSection",
     "DashboardPanel",
     "HandlerContext",
+    "PeriodicTask",
     "PluginRuntime",
     "StripeEvent",
     "TableApp",
@@ -79,6 +80,14 @@ class HandlerContext(Protocol):
     def plugin_config(self) -> Any:
         """The config struct of the plugin that registered the handler."""
 
+    @property
+    def conn(self) -> Any:
+        """The asyncpg connection of the event's transaction: write through it so
+        your changes commit (or roll back) together with the event's handled mark."""
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the event's transaction has committed (notifications)."""
+
 
 WebhookHandler = Callable[[StripeEvent, HandlerContext], Awaitable[None]]
 """``async def handler(event, ctx) -> None``; must be idempotent (events repeat)."""
@@ -133,6 +142,20 @@ class CliCommand:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Any], int]
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicTask:
+    """Work a worker runs every ``every_seconds`` (timers, retries, reconciliation).
+
+    ``run(services)`` is an ``async def``; across all worker processes only one
+    runs a given task at a time (a PostgreSQL advisory lock on ``name``). A
+    failure is logged and the task runs again at its next interval.
+    """
+
+    name: str
+    every_seconds: float
+    run: Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

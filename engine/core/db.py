@@ -74,6 +74,23 @@ def _table_classes(app: TableApp) -> list[type[Table]]:
     return [cls for cls in classes if isinstance(cls, type) and issubclass(cls, Table)]
 
 
+class _SharedEngine:
+    """One Piccolo engine per database URL in a process, with a count of its users.
+
+    Piccolo binds tables to an engine globally, so two ``Database`` objects for
+    the same database in one process (``marketplace up`` runs the API and a
+    worker together; tests do too) must share one engine and its pool, or one
+    would close the pool the other's queries are using.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
+        self.users = 0
+
+
+_ENGINES: dict[str, _SharedEngine] = {}
+
+
 class Database:
     """One PostgreSQL database: a Piccolo engine for the ORM and an asyncpg pool.
 
@@ -92,7 +109,8 @@ class Database:
         self._min_size = min_size
         self._max_size = max_size
         self._server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
-        self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
+        self._shared = _ENGINES.get(url) or _ENGINES.setdefault(url, _SharedEngine(url))
+        self.engine = self._shared.engine
         self._pool: asyncpg.Pool | None = None
 
     def bind(self, apps: Sequence[TableApp] = ()) -> None:
@@ -112,16 +130,20 @@ class Database:
                 max_size=self._max_size,
                 server_settings=self._server_settings,
             )
-            await self.engine.start_connection_pool(
-                min_size=1, max_size=max(2, self._max_size // 2)
-            )
+            if self._shared.users == 0:
+                await self.engine.start_connection_pool(
+                    min_size=1, max_size=max(2, self._max_size // 2)
+                )
+            self._shared.users += 1
 
     async def close(self) -> None:
         """Close the pools."""
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-            await self.engine.close_connection_pool()
+            self._shared.users -= 1
+            if self._shared.users == 0:
+                await self.engine.close_connection_pool()
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -26,12 +26,32 @@ from engine.core.contributions import (
     CliCommand,
     ConfigSection,
     DashboardPanel,
+    PeriodicTask,
     PluginRuntime,
     TableApp,
     WebhookRegistration,
 )
 from engine.core.money import Money
 from engine.core.orders import Commission, LifecycleEvent, Order, PayoutFailure, SplitPlan
+
+__all__ = [
+    "PROJECT",
+    "hookspec",
+    "on_lifecycle_event",
+    "on_payout_failure",
+    "register_cli_commands",
+    "register_config_schema",
+    "register_dashboard_panels",
+    "register_periodic_tasks",
+    "register_routes",
+    "register_startup",
+    "register_tables",
+    "register_tasks",
+    "register_webhook_handlers",
+    "resolve_commission",
+    "resolve_price",
+    "resolve_split",
+]
 
 PROJECT = "marketplace"
 
@@ -275,11 +295,25 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
 
 
 @hookspec
+def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+    """Run work on a schedule in the workers (booking timers, retries, reconciliation).
+
+    Called when a worker starts. Each task runs every ``every_seconds``; with
+    several workers, one at a time runs a given task (advisory lock by name).
+
+    Args:
+        register: call with ``PeriodicTask("<plugin>.<name>", 60, run)`` where
+            ``async def run(services) -> None``.
+    """
+
+
+@hookspec
 def register_tasks(register: Callable[[object], None]) -> None:
     """Contribute background task functions (plain ``async def``s).
 
-    Called when a worker starts; the worker wraps each in a taskiq task named
-    ``<plugin>.<function name>``.
+    Every process's broker registers each as a taskiq task named
+    ``<plugin>.<function name>``: any process can send it
+    (``broker.find_task(name).kiq(...)``) and the workers run it.
 
     Args:
         register: call once per async function.

@@ -23,6 +23,7 @@ from engine.core.contributions import (
     CliCommand,
     ConfigSection,
     DashboardPanel,
+    PeriodicTask,
     PluginRuntime,
     TableApp,
     WebhookRegistration,
@@ -196,13 +197,31 @@ class Plugins:
         """Every enabled plugin's dashboard panels."""
         return self._collect("register_dashboard_panels", DashboardPanel)
 
+    def periodic_tasks(self) -> list[PeriodicTask]:
+        """Every enabled plugin's scheduled work (``register_periodic_tasks``)."""
+        return self._collect("register_periodic_tasks", PeriodicTask)
+
     def startup_functions(self) -> list[Callable[[Any], Any]]:
         """Every enabled plugin's start-up coroutine functions (``register_startup``)."""
         return [fn for fn in self._collect("register_startup", object) if callable(fn)]
 
-    def tasks(self) -> list[Callable[..., Any]]:
-        """Every enabled plugin's background task functions."""
-        return [task for task in self._collect("register_tasks", object) if callable(task)]
+    def tasks(self) -> list[tuple[str, Callable[..., Any]]]:
+        """Every enabled plugin's background task functions, as ``(task name, function)``.
+
+        The name is ``<plugin>.<function name>``.
+        """
+        named: list[tuple[str, Callable[..., Any]]] = []
+        for impl in self._pm.hook.register_tasks.get_hookimpls():
+
+            def register(task: object, _plugin: str = impl.plugin_name) -> None:
+                if not callable(task):
+                    raise PluginError(
+                        "register_tasks", f"register() expects a function, got {task!r}"
+                    )
+                named.append((f"{_plugin}.{getattr(task, '__name__', 'task')}", task))
+
+            impl.function(register=register)
+        return named
 
     def is_enabled(self, name: str) -> bool:
         """Whether plugin ``name`` is registered (essential or enabled)."""

@@ -427,9 +427,12 @@ def _check_contributions(name: str, pm: pluggy.PluginManager, plugins: Plugins) 
             problems.append(f"webhook handler {registration.name!r} names no event type")
         if not _is_async(registration.handler):
             problems.append(f"webhook handler {registration.name!r} must be an async def")
-    for task in plugins.tasks():
+    for task_name, task in plugins.tasks():
         if not _is_async(task):
-            problems.append(f"task {getattr(task, '__name__', task)!r} must be an async def")
+            problems.append(f"task {task_name!r} must be an async def")
+    for periodic in plugins.periodic_tasks():
+        if not _is_async(periodic.run):
+            problems.append(f"periodic task {periodic.name!r} must be an async def")
     for start in plugins.startup_functions():
         if not _is_async(start):
             problems.append(f"start-up function {start!r} must be an async def")

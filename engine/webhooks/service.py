@@ -14,7 +14,7 @@ from engine.services import Services
 from engine.webhooks.intake import WebhookIntake
 from engine.webhooks.mailbox import Mailbox
 from engine.worker.broker import MailboxBroker
-from engine.worker.runtime import Scheduler, make_broker, make_mailbox
+from engine.worker.runtime import Scheduler, make_broker, make_mailbox, register_plugin_tasks
 
 __all__ = ["WebhookService"]
 
@@ -36,6 +36,7 @@ class WebhookService:
     async def start(cls, services: Services, metrics: Metrics) -> WebhookService:
         """Connect the publishing broker (needs ``nats.url``) and build the intake."""
         broker = make_broker(services.settings)
+        register_plugin_tasks(broker, services.plugins)
         await broker.startup()
         mailbox = make_mailbox(services)
         scheduler = Scheduler(broker)

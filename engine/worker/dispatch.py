@@ -17,7 +17,7 @@ import asyncpg
 
 from engine.core.contributions import StripeEvent, WebhookRegistration
 
-__all__ = ["Dispatcher", "EventContext"]
+__all__ = ["Dispatcher", "EventContext", "stripe_object"]
 
 log = logging.getLogger(__name__)
 

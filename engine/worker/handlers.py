@@ -30,13 +30,23 @@ _PAYOUT_RANK = {"pending": 0, "in_transit": 1, "canceled": 2, "paid": 3, "failed
 
 
 async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
-    """Mirror charges/payouts enabled and requirements; never apply an older snapshot."""
-    account = stripe_object(event)
-    updated = await apply_stripe_account(
-        ctx.conn, account, observed_at=int(event.get("created") or 0)
+    """Mirror charges/payouts enabled and requirements from Stripe's current account.
+
+    The account is re-read from Stripe rather than taken from the event:
+    Stripe does not order its deliveries and two snapshots can carry the same
+    ``created`` second, so only the live object is safe to apply. Unknown
+    accounts (not ours) cost no API call.
+    """
+    account_id = str(stripe_object(event).get("id") or "")
+    known = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1", account_id
     )
+    if not known:
+        return
+    current = await ctx.services.gateway.retrieve_account(account_id)
+    updated = await apply_stripe_account(ctx.conn, current)
     if updated is None:
-        return  # unknown account, or a stale snapshot
+        return
     plugins = ctx.services.plugins
     lifecycle = LifecycleEvent(
         "engine.account.updated",

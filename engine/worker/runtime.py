@@ -29,8 +29,16 @@ from engine.webhooks.mailbox import Mailbox
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
 from engine.worker.handlers import core_registrations
+from engine.worker.periodic import run_periodic
 
-__all__ = ["Scheduler", "Worker", "make_broker", "make_mailbox", "run_worker"]
+__all__ = [
+    "Scheduler",
+    "Worker",
+    "make_broker",
+    "make_mailbox",
+    "register_plugin_tasks",
+    "run_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,12 @@ def make_broker(settings: Settings) -> MailboxBroker:
     )
     broker.register_task(_drain_account, task_name=DRAIN_TASK)
     return broker
+
+
+def register_plugin_tasks(broker: MailboxBroker, plugins: Plugins) -> None:
+    """Register every enabled plugin's ``register_tasks`` functions on ``broker``."""
+    for name, function in plugins.tasks():
+        broker.register_task(function, task_name=name)
 
 
 def make_mailbox(services: Services) -> Mailbox:
@@ -170,6 +184,7 @@ async def run_worker(
         settings, plugins=plugins, connect_nats=False, synchronous_commit=False
     )
     broker = make_broker(settings)
+    register_plugin_tasks(broker, services.plugins)
     broker.is_worker_process = True
     worker = Worker(services, Scheduler(broker))
     broker.state.worker = worker
@@ -178,6 +193,10 @@ async def run_worker(
         run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
     )
     sweeper = asyncio.create_task(worker.sweep_forever())
+    periodic = [
+        asyncio.create_task(run_periodic(services, task))
+        for task in services.plugins.periodic_tasks()
+    ]
     if settings.worker.metrics_port:
         start_http_server(
             settings.worker.metrics_port, addr=settings.api.host, registry=worker.metrics.registry
@@ -189,9 +208,9 @@ async def run_worker(
         else:
             await stop.wait()
     finally:
-        for task in (receiver, sweeper):
+        for task in (receiver, sweeper, *periodic):
             task.cancel()
-        for task in (receiver, sweeper):
+        for task in (receiver, sweeper, *periodic):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await broker.shutdown()
