@@ -11,12 +11,16 @@ as the lifecycle event ``engine.reconciliation.mismatch``. It never changes a
 ledger entry or moves money: fixing a difference is a person's decision.
 
 Only one run at a time (a PostgreSQL advisory lock); a second one raises
-``Conflict``. The function is a plain ``async def`` of the services, so the
-CLI, a taskiq task or the admin panel can run it.
+``Conflict``. A connected account Stripe will not list is named in the run
+(``incomplete``); if the platform's own list fails, the run fails (the
+platform's objects are what link the connected accounts' transactions).
+The function is a plain ``async def`` of the services, so the CLI, a taskiq
+task or the admin panel can run it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +42,7 @@ from engine.reconciliation.matching import (
 )
 
 __all__ = [
+    "CONCURRENT_ACCOUNTS",
     "MISMATCH_EVENT",
     "PLATFORM",
     "AccountProgress",
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 PLATFORM: Final = "platform"
 MISMATCH_EVENT: Final = "engine.reconciliation.mismatch"
+CONCURRENT_ACCOUNTS: Final = 8
+"""Connected accounts listed from Stripe at the same time."""
 _LOCK_KEY: Final = 727_275  # the advisory lock id of reconciliation runs
 
 Progress = Callable[["AccountProgress"], None]
@@ -197,6 +204,16 @@ def _counts(items: Sequence[ItemResult]) -> dict[str, int]:
     return dict(counted)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One account's matching, or why it could not be listed."""
+
+    account: str
+    items: list[ItemResult] = field(default_factory=list)
+    balance_transactions: int = 0
+    error: str = ""
+
+
 class _Run:
     """The state of one run while it goes through the accounts."""
 
@@ -210,40 +227,63 @@ class _Run:
         self.reports: list[AccountProgress] = []
         self.reconciled: list[str] = []
         self.failed: list[str] = []
+        self._slots = asyncio.Semaphore(CONCURRENT_ACCOUNTS)
 
-    async def account(self, account: str, position: int, total: int) -> None:
-        try:
-            raw = await _balance_transactions(self.services, account)
-        except MarketplaceError as exc:
-            log.warning("reconciliation: cannot list %s's balance transactions: %s", account, exc)
-            self.failed.append(account)
-            self._report(AccountProgress(account, position, total, error=str(exc.detail)))
-            return
-        if account == PLATFORM:
-            for txn in raw:
-                self.links.learn(txn.get("source"))
-        txns = [_to_txn(txn, account, self.links) for txn in raw]
-        found = match_account(account, txns, await _ledger_lines(self.pool, account))
-        async with self.pool.acquire() as conn, conn.transaction():
-            await store.save_items(conn, self.run_id, found)
-        self.items += found
-        self.reconciled.append(account)
-        matched = sum(item.status == MATCHED for item in found)
-        self._report(
-            AccountProgress(
-                account,
+    async def _match(self, account: str) -> _Outcome:
+        """List one balance's transactions, match them and store the items."""
+        async with self._slots:
+            try:
+                raw = await _balance_transactions(self.services, account)
+            except MarketplaceError as exc:
+                if account == PLATFORM:
+                    raise  # without the platform's objects nothing else can be linked
+                log.warning("reconciliation: cannot list %s's transactions: %s", account, exc)
+                return _Outcome(account, error=str(exc.detail))
+            if account == PLATFORM:
+                for txn in raw:
+                    self.links.learn(txn.get("source"))
+            txns = [_to_txn(txn, account, self.links) for txn in raw]
+            found = match_account(account, txns, await _ledger_lines(self.pool, account))
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store.save_items(conn, self.run_id, found)
+            return _Outcome(account, found, len(txns))
+
+    def _record(self, outcome: _Outcome, position: int, total: int) -> None:
+        if outcome.error:
+            self.failed.append(outcome.account)
+            report = AccountProgress(outcome.account, position, total, error=outcome.error)
+        else:
+            self.items += outcome.items
+            self.reconciled.append(outcome.account)
+            matched = sum(item.status == MATCHED for item in outcome.items)
+            report = AccountProgress(
+                outcome.account,
                 position,
                 total,
-                balance_transactions=len(txns),
+                balance_transactions=outcome.balance_transactions,
                 matched=matched,
-                problems=len(found) - matched,
+                problems=len(outcome.items) - matched,
             )
-        )
-
-    def _report(self, report: AccountProgress) -> None:
         self.reports.append(report)
         if self.progress is not None:
             self.progress(report)
+
+    async def accounts(self, connected: Sequence[str]) -> None:
+        """The platform first (its objects link the rest), then the connected accounts.
+
+        Connected accounts are listed ``CONCURRENT_ACCOUNTS`` at a time and
+        reported in order, so the progress reads the same on every run.
+        """
+        total = len(connected) + 1
+        self._record(await self._match(PLATFORM), 1, total)
+        tasks = [asyncio.create_task(self._match(account)) for account in connected]
+        try:
+            for position, task in enumerate(tasks, start=2):
+                self._record(await task, position, total)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_reconciliation(
@@ -276,9 +316,8 @@ async def _reconcile(services: Any, progress: Progress | None, trigger: str) -> 
         run_id = await store.start_run(conn, trigger)
     state = _Run(services, run_id, progress)
     try:
-        accounts = [PLATFORM, *await _stripe_accounts(pool)]
-        for position, account in enumerate(accounts, start=1):
-            await state.account(account, position, len(accounts))
+        connected = await _stripe_accounts(pool)
+        await state.accounts(connected)
     except Exception as exc:
         async with pool.acquire() as conn:
             await store.finish_run(
@@ -303,7 +342,7 @@ async def _reconcile(services: Any, progress: Progress | None, trigger: str) -> 
             run_id,
             status=status,
             counts=counts,
-            accounts=len(accounts),
+            accounts=len(connected) + 1,
             balance_transactions=sum(r.balance_transactions for r in state.reports),
             new_alerts=len(opened),
             failed_accounts=state.failed,

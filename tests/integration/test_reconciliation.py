@@ -14,6 +14,8 @@ reconciliation runs; mending the ledger resolves the alert.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,6 @@ import httpx
 import pytest
 from support.stack import Stack, running_stack
 
-from engine.cli import main
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
 from engine.reconciliation.service import (
@@ -238,13 +239,8 @@ async def scripted_month(stack: Stack) -> dict[str, str]:
     return {"ada": ada, "bob": bob, "provider": provider, "venue": venue}
 
 
-async def reconcile_command(
-    stack: Stack,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> tuple[int, str]:
-    """``marketplace --config FILE reconcile`` against the stack; its status and output."""
+async def reconcile_command(stack: Stack, tmp_path: Path) -> tuple[int, str]:
+    """``marketplace --config FILE reconcile`` against the stack, in its own process."""
     config = tmp_path / "marketplace.toml"
     enabled = ", ".join(f'"{name}"' for name in ENABLED)
     config.write_text(
@@ -266,19 +262,28 @@ currencies = ["usd"]
 """,
         encoding="utf-8",
     )
-    for variable in ("MARKETPLACE_DATABASE_URL", "DATABASE_URL", "MARKETPLACE_NATS_URL"):
-        monkeypatch.delenv(variable, raising=False)
-    capsys.readouterr()
-    status = await asyncio.to_thread(main, ["--config", str(config), "reconcile"])
-    return status, capsys.readouterr().out
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MARKETPLACE_") and name not in {"DATABASE_URL", "NATS_URL"}
+    }
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "--config",
+        str(config),
+        "reconcile",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environment,
+    )
+    output, _ = await asyncio.wait_for(command.communicate(), 120)
+    return int(command.returncode or 0), output.decode()
 
 
 async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reported_once(
-    stack: Stack,
-    mismatches: Mismatches,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    stack: Stack, mismatches: Mismatches, tmp_path: Path
 ) -> None:
     accounts = await scripted_month(stack)
     types = Counter()
@@ -303,7 +308,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         assert types[kind], f"no {kind} balance transaction in the scripted month: {types}"
 
     # The command: progress per account, zero problems, exit status 0.
-    status, printed = await reconcile_command(stack, tmp_path, monkeypatch, capsys)
+    status, printed = await reconcile_command(stack, tmp_path)
     assert status == 0, printed
     assert "[1/5] platform:" in printed
     for account_id in accounts.values():
@@ -377,7 +382,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         1,
     )
 
-    status, printed = await reconcile_command(stack, tmp_path, monkeypatch, capsys)
+    status, printed = await reconcile_command(stack, tmp_path)
     assert status == 3, printed
     assert "amount_mismatch 1" in printed
     assert "missing_in_ledger 1" in printed
