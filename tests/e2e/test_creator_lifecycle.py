@@ -170,14 +170,24 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     )
     assert stripe_sub["transfer_data"]["destination"] == account_id
     assert Decimal(str(stripe_sub["application_fee_percent"])) == Decimal(10)
+    dave = await fan(stack, "dave", clock)
+    dave_sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": dave, "tier_id": gold["id"]}), 201
+    )
+    assert dave_sub["application_fee_percent"] == "12.50"
     await stack.settle()
+
+    async def invoices_of(subscription: dict[str, Any]) -> list[dict[str, Any]]:
+        params = {"subscription_id": subscription["id"]}
+        page = ok(await http.get(f"{P}/creators/{account_id}/invoices", params=params))
+        return list(page["data"])
 
     # A month on: the renewal is invoiced, charged and posted once.
     period_end = int(sub["current_period_end"])
     await advance_clock(stack, clock, period_end + 2 * 3600)
     view = ok(await http.get(f"{P}/subscriptions/{sub['id']}"))
     assert view["current_period_start"] == period_end
-    invoices = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"]
+    invoices = await invoices_of(sub)
     assert [i["billing_reason"] for i in invoices] == ["subscription_create", "subscription_cycle"]
     for invoice in invoices:
         assert invoice["status"] == "paid"
@@ -192,8 +202,7 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     )
     assert (upgraded["tier_id"], upgraded["application_fee_percent"]) == (gold["id"], "12.50")
     await stack.settle()
-    invoices = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"]
-    proration = invoices[-1]
+    proration = (await invoices_of(sub))[-1]
     assert proration["billing_reason"] == "subscription_update"
     second_start, second_end = int(view["current_period_start"]), int(view["current_period_end"])
     span, left = second_end - second_start, second_end - at
@@ -206,16 +215,39 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     )
     assert stripe_invoice["application_fee_amount"] == proration["application_fee"]
 
-    # The next renewal is Gold at 12.5 %.
+    # Dave moves down from Gold to Silver later in the period: credited at the renewal.
+    later = at + 8 * DAY
+    await advance_clock(stack, clock, later)
+    downgraded = ok(
+        await http.post(
+            f"{P}/subscriptions/{dave_sub['id']}/change-tier", json={"tier_id": silver["id"]}
+        )
+    )
+    assert (downgraded["tier_id"], downgraded["application_fee_percent"]) == (silver["id"], "10.00")
+    await stack.settle()
+    assert [i["billing_reason"] for i in await invoices_of(dave_sub)] == [
+        "subscription_create",
+        "subscription_cycle",
+    ]
+
+    # The next renewal is Gold at 12.5 %; Dave's is Silver less the unused Gold time, at 10 %.
     await advance_clock(stack, clock, second_end + 2 * 3600)
-    renewal = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"][-1]
+    renewal = (await invoices_of(sub))[-1]
     assert (renewal["amount_paid"], renewal["application_fee"]) == (2500, 313)
+    dave_renewal = (await invoices_of(dave_sub))[-1]
+    rest = second_end - later
+    credited = 1000 + round_half_up(1000 * rest, span) - round_half_up(2500 * rest, span)
+    assert credited > 0
+    assert dave_renewal["billing_reason"] == "subscription_cycle"
+    assert dave_renewal["amount_paid"] == credited
+    assert dave_renewal["application_fee"] == percent_of(credited, "10")
+    assert dave_renewal["creator_earnings"] + dave_renewal["application_fee"] == credited
 
     # Pause: the next period is not charged; resume: the one after is.
     ok(await http.post(f"{P}/subscriptions/{sub['id']}/pause"))
     third_end = int(ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["current_period_end"])
     await advance_clock(stack, clock, third_end + 2 * 3600)
-    paused = ok(await http.get(f"{P}/creators/{account_id}/invoices"))["data"][-1]
+    paused = (await invoices_of(sub))[-1]
     assert paused["status"] == "void"
     assert paused["amount_paid"] == 0
     resumed = ok(await http.post(f"{P}/subscriptions/{sub['id']}/resume"))
@@ -302,7 +334,7 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     )
     assert [t["amount"] for t in tips_only["data"]] == [630]
     subscribers = ok(await creator.get(f"{P}/creators/{account_id}/subscribers"))["data"]
-    assert {s["fan_name"] for s in subscribers} == {"alice", "carol"}
+    assert {s["fan_name"] for s in subscribers} == {"alice", "carol", "dave"}
     async with stack.services.db.pool.acquire() as conn:
         per_invoice = await conn.fetch(
             """
