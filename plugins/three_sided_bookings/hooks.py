@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from engine.core.contributions import (
     CliCommand,
     ConfigSection,
+    PeriodicTask,
     PluginRuntime,
     TableApp,
     WebhookRegistration,
@@ -64,9 +66,13 @@ def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -
 
 
 @hookimpl
-def register_tasks(register: Callable[[object], None]) -> None:
-    """``three_sided_bookings.run_due_timers``: take the timed transitions that are due."""
-    register(tasks.run_due_timers)
+def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+    """Take the timed transitions that are due (expiry, auto-complete, held-share retries)."""
+
+    async def run(services: Any) -> None:
+        await tasks.run_due_timers(services)
+
+    register(PeriodicTask("three_sided_bookings.timers", 30.0, run))
 
 
 @hookimpl
