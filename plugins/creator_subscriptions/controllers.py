@@ -499,10 +499,13 @@ class SubscriptionController(Controller):
         self,
         data: JSONBody[NewSubscription],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> SubscriptionView:
         """Charges the first period now; ``409 account_not_ready`` until the creator can sell."""
-        return await subscriptions.subscribe(_env(services), data)
+        return await subscriptions.subscribe(
+            _env(services), data, operation=_operation(principal, idempotency_key)
+        )
 
     @get(
         "/{subscription_id:int}",
@@ -625,10 +628,13 @@ class PaymentController(Controller):
         self,
         data: JSONBody[NewOneTimePayment],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> OneTimePaymentView:
         """One destination charge: the creator gets the tip less the platform fee."""
-        return await one_time.create_one_time_payment(_env(services), "tip", data)
+        return await one_time.create_one_time_payment(
+            _env(services), "tip", data, operation=_operation(principal, idempotency_key)
+        )
 
     @post(
         "/ppv",
@@ -640,10 +646,13 @@ class PaymentController(Controller):
         self,
         data: JSONBody[NewOneTimePayment],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> OneTimePaymentView:
         """Like a tip, for ``item_ref``."""
-        return await one_time.create_one_time_payment(_env(services), "ppv", data)
+        return await one_time.create_one_time_payment(
+            _env(services), "ppv", data, operation=_operation(principal, idempotency_key)
+        )
 
     @get(
         "/{payment_id:int}",

@@ -94,9 +94,13 @@ async def get_one_time_payment(env: Env, payment_id: int) -> OneTimePaymentView:
 
 
 async def create_one_time_payment(
-    env: Env, kind: str, new: NewOneTimePayment
+    env: Env, kind: str, new: NewOneTimePayment, *, operation: str | None = None
 ) -> OneTimePaymentView:
     """Charge the fan's default payment method; the creator gets the amount less the fee.
+
+    ``operation`` is the request's identity (API key + ``Idempotency-Key``): a
+    retry after an error of ours repeats the same PaymentIntent creation, so
+    the fan is charged once.
 
     Raises:
         AccountNotReady: the creator cannot take charges yet (409).
@@ -104,6 +108,13 @@ async def create_one_time_payment(
     """
     if kind not in KINDS:
         raise InvalidInput(f"unknown payment kind {kind!r}", field="kind")
+    if operation is not None:
+        async with env.pool.acquire() as conn:
+            earlier = await conn.fetchrow(
+                "SELECT * FROM creator_subscriptions_payments WHERE operation = $1", operation
+            )
+        if earlier is not None:
+            return await _retry(env, earlier, kind, new)
     config = env.config
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, new.creator_account_id)
@@ -124,8 +135,8 @@ async def create_one_time_payment(
                 """
                 INSERT INTO creator_subscriptions_payments
                     (kind, fan, creator, account_id, item_ref, note, amount, currency,
-                     status, created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', now(), now())
+                     status, operation, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, now(), now())
                 RETURNING id, uid
                 """,
                 kind,
@@ -136,6 +147,7 @@ async def create_one_time_payment(
                 new.note,
                 amount.amount,
                 currency,
+                operation,
             )
             payment_id = int(inserted["id"])
             order = one_time_order(
@@ -160,29 +172,75 @@ async def create_one_time_payment(
                 pricing.commission.rule_id,
                 pricing.commission.rule_version,
             )
+    return await _charge(
+        env,
+        payment_id,
+        str(inserted["uid"]),
+        customer=str(fan["stripe_customer_id"]),
+        payment_method=str(fan["default_payment_method"]),
+        display_name=creator.display_name,
+    )
+
+
+async def _retry(env: Env, earlier: Any, kind: str, new: NewOneTimePayment) -> OneTimePaymentView:
+    """The same request again: answer with its payment, or finish its Stripe call."""
+    if (earlier["kind"], int(earlier["fan"]), earlier["account_id"]) != (
+        kind,
+        new.fan_id,
+        new.creator_account_id,
+    ):
+        raise Conflict("this operation paid another creator, fan or kind", field="operation")
+    if earlier["status"] != "pending" or earlier["payment_intent_id"]:
+        return payment_view(earlier)
+    async with env.pool.acquire() as conn:
+        fan = await fan_row(conn, int(earlier["fan"]))
+        creator = await creator_by_account(conn, str(earlier["account_id"]))
+    return await _charge(
+        env,
+        int(earlier["id"]),
+        str(earlier["uid"]),
+        customer=str(fan["stripe_customer_id"]),
+        payment_method=str(fan["default_payment_method"]),
+        display_name=creator.display_name,
+    )
+
+
+async def _charge(
+    env: Env,
+    payment_id: int,
+    uid: str,
+    *,
+    customer: str,
+    payment_method: str,
+    display_name: str,
+) -> OneTimePaymentView:
+    """Create and confirm the PaymentIntent for a priced payment row; settle it if it succeeded."""
+    async with env.pool.acquire() as conn:
+        row = await _payment_row(conn, payment_id)
+    kind = str(row["kind"])
     try:
         intent = await env.gateway.call(
             "payment_intents",
             "create",
             params={
-                "amount": pricing.price.amount,
-                "currency": currency,
-                "customer": fan["stripe_customer_id"],
-                "payment_method": fan["default_payment_method"],
+                "amount": int(row["amount"]),
+                "currency": str(row["currency"]),
+                "customer": customer,
+                "payment_method": payment_method,
                 # A saved card confirmed server-side: no redirect-based method applies.
                 "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
                 "confirm": True,
-                "transfer_data": {"destination": creator.account_id},
-                "application_fee_amount": pricing.commission.amount.amount,
-                "description": f"{kind} for {creator.display_name}",
+                "transfer_data": {"destination": str(row["account_id"])},
+                "application_fee_amount": int(row["application_fee"]),
+                "description": f"{kind} for {display_name}",
                 "metadata": {
                     "plugin": PLUGIN,
                     PAYMENT_METADATA: str(payment_id),
                     "kind": kind,
-                    "creator_account": creator.account_id,
+                    "creator_account": str(row["account_id"]),
                 },
             },
-            idempotency_key=op_key("payment", inserted["uid"], "create"),
+            idempotency_key=op_key("payment", uid, "create"),
         )
     except CardDeclined as exc:
         async with env.pool.acquire() as conn:

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.errors import Conflict, InvalidInput, NotFound
+from engine.core.errors import Conflict, InvalidInput, MarketplaceError, NotFound
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
@@ -209,8 +209,17 @@ def _notify(env: Env, name: str, row: Mapping[str, Any], **data: Any) -> None:
     )
 
 
-async def subscribe(env: Env, new: NewSubscription) -> SubscriptionView:
+async def subscribe(
+    env: Env, new: NewSubscription, *, operation: str | None = None
+) -> SubscriptionView:
     """Subscribe a fan to a tier; the first period is charged at once.
+
+    Args:
+        env: the plugin's environment.
+        new: the fan and the tier.
+        operation: the request's identity (API key + ``Idempotency-Key``): a
+            retry after an error of ours (5xx) repeats the same Stripe
+            operation instead of starting a second subscription.
 
     Raises:
         AccountNotReady: the creator cannot take charges yet (409).
@@ -218,6 +227,16 @@ async def subscribe(env: Env, new: NewSubscription) -> SubscriptionView:
             subscription to this creator (change its tier instead).
         CardDeclined: the first payment failed (402); nothing is subscribed.
     """
+    row = None
+    if operation is not None:
+        async with env.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM creator_subscriptions_subscriptions WHERE operation = $1", operation
+            )
+        if row is not None and (int(row["fan"]), int(row["tier"])) != (new.fan_id, new.tier_id):
+            raise Conflict("this operation subscribed another fan or tier", field="operation")
+        if row is not None and row["stripe_subscription_id"]:
+            return subscription_view(row)
     async with env.pool.acquire() as conn:
         tier = await tier_row(conn, new.tier_id)
         if tier["archived"] or not tier["stripe_price_id"]:
@@ -227,52 +246,8 @@ async def subscribe(env: Env, new: NewSubscription) -> SubscriptionView:
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")
-        async with conn.transaction():
-            # One live membership per fan and creator (serialised per fan).
-            await conn.execute(
-                "SELECT 1 FROM creator_subscriptions_fans WHERE id = $1 FOR UPDATE", fan["id"]
-            )
-            existing = await conn.fetchval(
-                "SELECT id FROM creator_subscriptions_subscriptions "
-                "WHERE fan = $1 AND creator = $2 AND status = ANY($3::text[])",
-                fan["id"],
-                creator.id,
-                list(LIVE),
-            )
-            if existing is not None:
-                raise Conflict(
-                    f"fan {new.fan_id} already subscribes to this creator (subscription "
-                    f"{existing}); change its tier instead",
-                    subscription_id=int(existing),
-                )
-            row = await conn.fetchrow(
-                """
-                INSERT INTO creator_subscriptions_subscriptions
-                    (fan, creator, tier, account_id, customer_id, currency, status,
-                     application_fee_percent, created_at, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, now(), now())
-                RETURNING *
-                """,
-                fan["id"],
-                creator.id,
-                tier["id"],
-                creator.account_id,
-                fan["stripe_customer_id"],
-                tier["currency"],
-            )
-            pricing = await priced(env, conn, _order(row, tier))
-            percent = fee_percent(pricing)
-            row = await conn.fetchrow(
-                """
-                UPDATE creator_subscriptions_subscriptions
-                SET application_fee_percent = $2, rule_id = $3, rule_version = $4
-                WHERE id = $1 RETURNING *
-                """,
-                row["id"],
-                percent,
-                pricing.commission.rule_id,
-                pricing.commission.rule_version,
-            )
+        if row is None:
+            row = await _new_subscription_row(env, conn, fan, creator, tier, operation=operation)
     try:
         answer = await env.gateway.call(
             "subscriptions",
@@ -282,25 +257,93 @@ async def subscribe(env: Env, new: NewSubscription) -> SubscriptionView:
                 "items": [{"price": tier["stripe_price_id"]}],
                 "default_payment_method": fan["default_payment_method"],
                 "transfer_data": {"destination": creator.account_id},
-                "application_fee_percent": str(percent),
+                "application_fee_percent": str(row["application_fee_percent"]),
                 "payment_behavior": "error_if_incomplete",
                 "metadata": _metadata(row, int(tier["id"])),
             },
             idempotency_key=op_key("subscription", row["uid"], "create"),
         )
-    except Exception:
-        async with env.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE creator_subscriptions_subscriptions SET status = 'failed', "
-                "updated_at = now() WHERE id = $1 AND stripe_subscription_id IS NULL",
-                row["id"],
-            )
+    except MarketplaceError as exc:
+        if exc.status < 500:
+            # Stripe refused it (declined, invalid): nothing exists there to mirror.
+            async with env.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE creator_subscriptions_subscriptions SET status = 'failed', "
+                    "updated_at = now() WHERE id = $1 AND stripe_subscription_id IS NULL",
+                    row["id"],
+                )
+        # Otherwise the outcome is unknown: the row stays pending, a webhook claims it
+        # if Stripe made the subscription, and a retry of the request repeats the call.
         raise
     async with env.pool.acquire() as conn, conn.transaction():
         locked = await _row(conn, int(row["id"]), lock=True)
         updated = await _apply_answer(conn, locked, answer)
-    _notify(env, "created", updated, application_fee_percent=str(percent))
+    _notify(env, "created", updated, application_fee_percent=str(row["application_fee_percent"]))
     return subscription_view(updated)
+
+
+async def _new_subscription_row(
+    env: Env,
+    conn: asyncpg.Connection,
+    fan: Mapping[str, Any],
+    creator: Any,
+    tier: Mapping[str, Any],
+    *,
+    operation: str | None,
+) -> asyncpg.Record:
+    """Insert the pending row, priced, unless the fan already has a live one for the creator."""
+    async with conn.transaction():
+        # One live membership per fan and creator (serialised per fan). A pending row
+        # whose Stripe call never answered stops counting after an hour.
+        await conn.execute(
+            "SELECT 1 FROM creator_subscriptions_fans WHERE id = $1 FOR UPDATE", fan["id"]
+        )
+        existing = await conn.fetchval(
+            """
+            SELECT id FROM creator_subscriptions_subscriptions
+            WHERE fan = $1 AND creator = $2 AND status = ANY($3::text[])
+              AND NOT (status = 'pending' AND stripe_subscription_id IS NULL
+                       AND created_at < now() - interval '1 hour')
+            """,
+            fan["id"],
+            creator.id,
+            list(LIVE),
+        )
+        if existing is not None:
+            raise Conflict(
+                f"fan {fan['id']} already subscribes to this creator (subscription "
+                f"{existing}); change its tier instead",
+                subscription_id=int(existing),
+            )
+        row = await conn.fetchrow(
+            """
+            INSERT INTO creator_subscriptions_subscriptions
+                (fan, creator, tier, account_id, customer_id, currency, status,
+                 application_fee_percent, operation, created_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, now(), now())
+            RETURNING *
+            """,
+            fan["id"],
+            creator.id,
+            tier["id"],
+            creator.account_id,
+            fan["stripe_customer_id"],
+            tier["currency"],
+            operation,
+        )
+        pricing = await priced(env, conn, _order(row, tier))
+        priced_row: asyncpg.Record = await conn.fetchrow(
+            """
+            UPDATE creator_subscriptions_subscriptions
+            SET application_fee_percent = $2, rule_id = $3, rule_version = $4
+            WHERE id = $1 RETURNING *
+            """,
+            row["id"],
+            fee_percent(pricing),
+            pricing.commission.rule_id,
+            pricing.commission.rule_version,
+        )
+        return priced_row
 
 
 async def _tier_creator(conn: asyncpg.Connection, tier_id: int) -> int:

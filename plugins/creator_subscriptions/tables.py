@@ -8,7 +8,9 @@ serve simple reads.
 
 Stripe idempotency keys name rows by ``uid`` (a random UUID), not by serial
 id, so a restored or re-created database can never replay another row's
-Stripe operation.
+Stripe operation. ``operation`` holds the client's request identity
+(API key + ``Idempotency-Key``), so a request retried after a failure of ours
+finds its row again and repeats the same Stripe operation.
 
 Order-insensitivity: a subscription keeps, per group of fields Stripe can
 change, the ``created`` time of the event that last set them (``*_at_event``).
@@ -144,6 +146,7 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     rule_version = Integer(default=1)
     failed_payments = Integer(default=0)
     revision = Integer(default=0)
+    operation = Varchar(length=255, null=True, default=None, unique=True)
     created_at = Timestamptz()
     updated_at = Timestamptz()
 
@@ -210,6 +213,7 @@ class OneTimePayment(Table, tablename="creator_subscriptions_payments"):
     transfer_id = Varchar(length=64, default="")
     application_fee_id = Varchar(length=64, default="")
     failure_code = Varchar(length=64, default="")
+    operation = Varchar(length=255, null=True, default=None, unique=True)
     created_at = Timestamptz()
     updated_at = Timestamptz()
 

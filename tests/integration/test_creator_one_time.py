@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine.core.errors import AccountNotReady, CardDeclined
+from engine.core.errors import AccountNotReady, CardDeclined, Conflict, GatewayError
 from engine.core.settings import settings_from_mapping
 from engine.sandbox.testing import RunningSandbox, running_sandbox
 from engine.services import Services
@@ -198,3 +198,25 @@ async def test_declined_tip_is_recorded_and_moves_nothing(
         status = await conn.fetchval("SELECT status FROM creator_subscriptions_payments")
         postings = await conn.fetchval("SELECT count(*) FROM marketplace_ledger_transactions")
     assert (status, postings) == ("failed", 0)
+
+
+async def test_a_retried_request_charges_once(env: Env, sandbox: RunningSandbox) -> None:
+    account_id = await onboarded_creator(env, sandbox, "retried")
+    fan = await register_fan(env, NewFan(external_ref="fan-retry", payment_method="pm_card_visa"))
+    tip = NewOneTimePayment(fan_id=fan.id, creator_account_id=account_id, amount=800)
+    sandbox.control("POST", "/_sandbox/faults", status=500, count=1)
+    with pytest.raises(GatewayError):
+        await create_one_time_payment(env, "tip", tip, operation="key_1:request-7")
+    async with env.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM creator_subscriptions_payments") == "pending"
+    first = await create_one_time_payment(env, "tip", tip, operation="key_1:request-7")
+    again = await create_one_time_payment(env, "tip", tip, operation="key_1:request-7")
+    assert first.status == again.status == "succeeded"
+    assert first.id == again.id
+    intents: Any = sandbox.client().v1.payment_intents.list(
+        params={"customer": str(fan.stripe_customer_id), "limit": 100}
+    )
+    for_this = [intent["id"] for intent in intents.to_dict()["data"]]
+    assert for_this == [first.payment_intent_id]  # one PaymentIntent: the fan paid once
+    with pytest.raises(Conflict):
+        await create_one_time_payment(env, "ppv", tip, operation="key_1:request-7")
