@@ -22,7 +22,13 @@ __all__ = [
     "Status",
 ]
 
-Role = Literal["creator", "provider", "venue"]
+Role = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="creator, provider, venue, or a role an enabled plugin declares",
+    ),
+]
 ROLES: Final[tuple[str, ...]] = ("creator", "provider", "venue")
 
 Status = Literal["onboarding", "active", "restricted", "suspended"]

@@ -17,18 +17,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, Protocol
 
 from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
 from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
 from engine.core.money import is_known_currency, normalize_currency
+from engine.core.plugins import CORE_ACCOUNT_ROLES
 from engine.gateway import StripeGateway, idempotency_key
 
 __all__ = [
     "ACCOUNT_COLUMNS",
     "AccountService",
     "Executor",
+    "UnknownRole",
     "account_from_row",
     "account_status",
     "apply_stripe_account",
@@ -166,6 +168,12 @@ async def _audit(db: Executor, actor: str, action: str, subject: str, data: obje
     )
 
 
+class UnknownRole(InvalidInput):
+    """A role no enabled plugin declared (``register_account_roles``)."""
+
+    code = "unknown_role"
+
+
 class AccountService:
     """Onboarding and status of connected accounts.
 
@@ -177,10 +185,18 @@ class AccountService:
             (or ``.../refresh`` when a link expired).
     """
 
-    def __init__(self, pool: Any, gateway: StripeGateway, *, public_url: str) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        gateway: StripeGateway,
+        *,
+        public_url: str,
+        roles: Collection[str] = CORE_ACCOUNT_ROLES,
+    ) -> None:
         self._pool = pool
         self._gateway = gateway
         self._public_url = public_url.rstrip("/")
+        self._roles = frozenset(roles)
 
     async def create(
         self, new: NewAccount, *, operation: str | None, actor: str
@@ -198,6 +214,11 @@ class AccountService:
             InvalidInput / UnknownCurrency: a bad field (also as Stripe reports it).
             GatewayError: Stripe failed.
         """
+        if new.role not in self._roles:
+            raise UnknownRole(
+                f"unknown role {new.role!r} (known: {', '.join(sorted(self._roles))})",
+                field="role",
+            )
         currency = None
         if new.default_currency:
             if not is_known_currency(new.default_currency):

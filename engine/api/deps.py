@@ -45,7 +45,12 @@ def provide_account_service(
 ) -> AccountService:
     """Dependency ``account_service``; onboarding links return to ``engine.public_url``."""
     public_url = services.settings.engine.public_url or str(request.base_url)
-    return AccountService(services.db.pool, services.gateway, public_url=public_url)
+    return AccountService(
+        services.db.pool,
+        services.gateway,
+        public_url=public_url,
+        roles=services.plugins.account_roles(),
+    )
 
 
 def dependencies() -> dict[str, Provide]:

@@ -39,6 +39,7 @@ __all__ = [
     "hookspec",
     "on_lifecycle_event",
     "on_payout_failure",
+    "register_account_roles",
     "register_cli_commands",
     "register_config_schema",
     "register_dashboard_panels",
@@ -220,6 +221,19 @@ def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
 
     Args:
         register: call with ``ConfigSection(plugin="<name>", schema=MyConfig)``.
+    """
+
+
+@hookspec
+def register_account_roles(register: Callable[[str], None]) -> None:
+    """Declare the roles your business model onboards connected accounts as.
+
+    The engine always knows ``creator``, ``provider`` and ``venue``; a plugin
+    for, say, courses adds ``instructor`` and ``affiliate`` so that
+    ``POST /v1/accounts`` accepts them. Called when the API starts.
+
+    Args:
+        register: call once per role name (lowercase letters, digits, ``_``).
     """
 
 

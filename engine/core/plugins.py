@@ -10,6 +10,7 @@ the facade, never ``pm.hook`` directly.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -34,6 +35,7 @@ from engine.core.orders import Commission, LifecycleEvent, Order, PayoutFailure,
 from engine.core.settings import Settings
 
 __all__ = [
+    "CORE_ACCOUNT_ROLES",
     "ENTRY_POINT_GROUP",
     "ESSENTIAL_PLUGINS",
     "PluginInfo",
@@ -44,6 +46,11 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "marketplace.plugins"
+
+CORE_ACCOUNT_ROLES: tuple[str, ...] = ("creator", "provider", "venue")
+"""Connected-account roles the engine knows without any plugin."""
+
+_ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 # Registered whatever the config says: the engine's own defaults (trylast
 # money hooks). Like pytest's essential plugins, they cannot be disabled.
@@ -196,6 +203,15 @@ class Plugins:
     def dashboard_panels(self) -> list[DashboardPanel]:
         """Every enabled plugin's dashboard panels."""
         return self._collect("register_dashboard_panels", DashboardPanel)
+
+    def account_roles(self) -> frozenset[str]:
+        """Roles connected accounts may have: the engine's and every enabled plugin's."""
+        roles = set(CORE_ACCOUNT_ROLES)
+        for role in self._collect("register_account_roles", str):
+            if not _ROLE.fullmatch(role):
+                raise PluginError("register_account_roles", f"bad role name {role!r}")
+            roles.add(role)
+        return frozenset(roles)
 
     def periodic_tasks(self) -> list[PeriodicTask]:
         """Every enabled plugin's scheduled work (``register_periodic_tasks``)."""

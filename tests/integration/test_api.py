@@ -236,7 +236,7 @@ async def test_malformed_body_is_a_problem_naming_the_field(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"role": "landlord", "display_name": "x"}, "role"),
+        ({"role": "Landlord!", "display_name": "x"}, "role"),
         ({"role": "creator"}, "display_name"),
         ({"role": "creator", "display_name": ""}, "display_name"),
         ({"role": "creator", "display_name": "x", "email": "not-an-email"}, "email"),
@@ -254,6 +254,14 @@ async def test_account_validation_names_the_field(
     problem = assert_problem(response, 400, "validation_error")
     assert [error["field"] for error in problem["errors"]] == [field]
     assert problem["errors"][0]["source"] == "body"
+
+
+async def test_a_role_no_plugin_declared_is_refused(api: Api) -> None:
+    body = {"role": "landlord", "display_name": "x"}
+    response = await api.client.post("/v1/accounts", json=body, headers=ADMIN)
+    problem = assert_problem(response, 400, "unknown_role")
+    assert problem["field"] == "role"
+    assert "creator" in problem["detail"]
 
 
 async def test_unknown_currency_is_a_problem_before_stripe_is_called(api: Api) -> None:
@@ -458,7 +466,7 @@ async def test_accounts_filter_by_role(api: Api) -> None:
     own = await api.client.get("/v1/accounts", params={"role": "venue"}, headers=therapist)
     assert own.json()["data"] == []
     problem = assert_problem(
-        await api.client.get("/v1/accounts", params={"role": "landlord"}, headers=ADMIN),
+        await api.client.get("/v1/accounts", params={"role": "Landlord!"}, headers=ADMIN),
         400,
         "validation_error",
     )
