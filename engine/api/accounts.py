@@ -14,7 +14,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from engine.accounts import Account, AccountService, NewAccount, OnboardingLink, Role
+from engine.accounts import Account, AccountService, NewAccount, OnboardingLink
 from engine.api.auth import Principal, requires_scope
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
@@ -103,7 +103,12 @@ class AccountController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
         role: Annotated[
-            Role | None, QueryParameter(required=False, description="Only accounts of this role")
+            str | None,
+            QueryParameter(
+                required=False,
+                pattern=r"^[a-z][a-z0-9_]{0,31}$",
+                description="Only accounts of this role",
+            ),
         ] = None,
     ) -> AccountList:
         """Every account for admin and service keys; only its own for an account key."""
