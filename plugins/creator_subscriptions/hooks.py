@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.core.contributions import ConfigSection, TableApp, WebhookRegistration
+from engine.core.contributions import (
+    ConfigSection,
+    DashboardPanel,
+    TableApp,
+    WebhookRegistration,
+)
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import hookimpl
-from plugins.creator_subscriptions import webhooks
+from plugins.creator_subscriptions import panels, webhooks
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 from plugins.creator_subscriptions.tables import APP_CONFIG
 
@@ -39,6 +44,13 @@ def register_routes(register: Callable[[object], None]) -> None:
 
     for controller in CONTROLLERS:
         register(controller)
+
+
+@hookimpl
+def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> None:
+    """A creator's members and renewals; the operator's creators needing attention."""
+    for panel in panels.panels():
+        register(panel)
 
 
 @hookimpl

@@ -22,6 +22,7 @@ from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
 from engine.reconciliation.service import run_reconciliation
+from plugins.creator_subscriptions.panels import render_creators, render_members
 
 P = "/v1/creator_subscriptions"
 ENABLED = ("commission_rules", "creator_subscriptions")
@@ -349,6 +350,19 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     assert unbalanced == []
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, run.problem_items()[:5]
+
+    # The dashboard panels: the creator's tiers and members, the operator's view.
+    members = await render_members(stack.services, account_id)
+    assert "Silver" in members
+    assert "Gold" in members
+    vip = {"name": "<b>VIP</b> & co", "amount": 9900}
+    ok(await http.post(f"{P}/creators/{account_id}/tiers", json=vip), 201)
+    members = await render_members(stack.services, account_id)
+    assert "&lt;b&gt;VIP&lt;/b&gt; &amp; co" in members
+    assert "<b>VIP" not in members
+    assert "Not a creator" in await render_members(stack.services, "acct_unknown")
+    creators_panel = await render_creators(stack.services, None)
+    assert "canceled" in creators_panel
     assert Money(stripe_total, "usd").amount > 0
 
 
