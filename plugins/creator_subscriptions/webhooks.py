@@ -344,14 +344,18 @@ async def _settle_invoice(
             facts.charge_id,
             facts.transfer_id,
         )
+        tier = await conn.fetchrow(
+            "SELECT name, interval FROM creator_subscriptions_tiers WHERE id = $1",
+            sub_row["tier"],
+        )
         await record_engine_payment(
             env,
             conn,
             subscription_order(
                 account_id=str(sub_row["account_id"]),
                 tier_id=int(sub_row["tier"]),
-                tier_name="",
-                interval="",
+                tier_name=str(tier["name"]) if tier else "",
+                interval=str(tier["interval"]) if tier else "",
                 price=facts.amount,
                 reference=reference,
             ),
