@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Final
 
 from litestar import Controller, Request, Response, get
@@ -70,12 +70,17 @@ def _chart_currency(
     return seen[0]
 
 
-async def _stripe_balance(page: Page, account_id: str) -> Any | None:
+async def _stripe_balance(page: Page, account_id: str) -> tuple[datetime, Any] | None:
+    """Stripe's balance and when it was read (cached briefly), or ``None`` if unreachable."""
+    cached = page.state.cached_balance(account_id)
+    if cached is not None:
+        return cached
     try:
-        return await page.services.gateway.balance(account_id)
+        balance = await page.services.gateway.balance(account_id)
     except MarketplaceError as exc:
         log.warning("dashboard: Stripe balance of %s unavailable: %s", account_id, exc)
         return None
+    return page.state.keep_balance(account_id, balance), balance
 
 
 def _date(value: str | None) -> date | None:
@@ -117,13 +122,14 @@ class AccountPagesController(Controller):
             if not plugin_panels
             else asyncio.sleep(0, result=[]),
         )
-        balances = queries.merge_balances(stripe_balance, ledger)
+        balances = queries.merge_balances(stripe_balance[1] if stripe_balance else None, ledger)
         currency = _chart_currency(account.default_currency, balances, points)
         return page.render(
             "account.html",
             account=account,
             balances=balances,
             stripe_unavailable=stripe_balance is None,
+            stripe_read_at=stripe_balance[0] if stripe_balance else None,
             chart=_chart(points, currency, granularity),
             granularity=granularity,
             rows=recent.rows,

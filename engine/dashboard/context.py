@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -35,6 +37,7 @@ from engine.dashboard.security import (
 from engine.services import Services
 
 __all__ = [
+    "BALANCE_TTL",
     "BASE",
     "STATE_KEY",
     "DashboardState",
@@ -47,6 +50,9 @@ __all__ = [
 
 BASE: Final = "/dashboard"
 STATE_KEY: Final = "dashboard"
+BALANCE_TTL: Final = 20.0
+"""Seconds a Stripe balance is shown before it is asked for again (Stripe is rate-limited)."""
+_MAX_CACHED_BALANCES: Final = 5000
 _SESSION_SECONDS: Final = SESSION_HOURS * 3600
 
 
@@ -58,6 +64,23 @@ class DashboardState:
     signer: Signer | None = None
     reconciliation: asyncio.Task[Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    balances: dict[str, tuple[float, datetime, Any]] = field(default_factory=dict)
+    """Stripe balances by account: ``(monotonic expiry, fetched at, balance)``."""
+
+    def cached_balance(self, account_id: str) -> tuple[datetime, Any] | None:
+        """A Stripe balance fetched less than ``BALANCE_TTL`` seconds ago."""
+        entry = self.balances.get(account_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1], entry[2]
+
+    def keep_balance(self, account_id: str, balance: Any) -> datetime:
+        """Remember a balance just fetched; return when it was fetched."""
+        if len(self.balances) >= _MAX_CACHED_BALANCES:
+            self.balances.clear()
+        fetched = datetime.now(UTC)
+        self.balances[account_id] = (time.monotonic() + BALANCE_TTL, fetched, balance)
+        return fetched
 
     async def signing(self, pool: Any) -> Signer:
         """The signer, loaded once per process."""
