@@ -12,6 +12,7 @@ in its ``migrations_folder_path`` run in name order; each step is recorded in
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from collections.abc import Iterable, Sequence
@@ -75,12 +76,13 @@ def _table_classes(app: TableApp) -> list[type[Table]]:
 
 
 class _SharedEngine:
-    """One Piccolo engine per database URL in a process, with a count of its users.
+    """One Piccolo engine (and pool) per database URL and event loop, with its users.
 
     Piccolo binds tables to an engine globally, so two ``Database`` objects for
-    the same database in one process (``marketplace up`` runs the API and a
-    worker together; tests do too) must share one engine and its pool, or one
-    would close the pool the other's queries are using.
+    the same database in one loop (``marketplace up`` runs the API and a worker
+    together; tests do too) share one engine and pool, or one would close the
+    pool the other's queries use. A pool belongs to the loop that opened it, so
+    code in another loop (a CLI command run with ``asyncio.run``) gets its own.
     """
 
     def __init__(self, url: str) -> None:
@@ -88,7 +90,22 @@ class _SharedEngine:
         self.users = 0
 
 
-_ENGINES: dict[str, _SharedEngine] = {}
+_ENGINES: dict[tuple[str, int], _SharedEngine] = {}
+
+
+def _loop_id() -> int:
+    try:
+        return id(asyncio.get_running_loop())
+    except RuntimeError:
+        return 0
+
+
+def _shared_engine(url: str) -> _SharedEngine:
+    key = (url, _loop_id())
+    shared = _ENGINES.get(key)
+    if shared is None:
+        shared = _ENGINES[key] = _SharedEngine(url)
+    return shared
 
 
 class Database:
@@ -109,17 +126,23 @@ class Database:
         self._min_size = min_size
         self._max_size = max_size
         self._server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
-        self._shared = _ENGINES.get(url) or _ENGINES.setdefault(url, _SharedEngine(url))
-        self.engine = self._shared.engine
+        self._shared: _SharedEngine | None = None
+        self._tables: list[type[Table]] = []
         self._pool: asyncpg.Pool | None = None
+
+    @property
+    def engine(self) -> PostgresEngine:
+        """The Piccolo engine this database's tables are bound to."""
+        return (self._shared or _shared_engine(self.url)).engine
 
     def bind(self, apps: Sequence[TableApp] = ()) -> None:
         """Bind the core tables and the given plugin apps' tables to this database."""
-        bind_tables(self.engine, CORE_TABLES)
+        self._tables = list(CORE_TABLES)
         for _, tables, _ in engine_apps():
-            bind_tables(self.engine, tables)
+            self._tables += tables
         for app in apps:
-            bind_tables(self.engine, _table_classes(app))
+            self._tables += _table_classes(app)
+        bind_tables(self.engine, self._tables)
 
     async def start(self) -> None:
         """Open the connection pools."""
@@ -130,20 +153,34 @@ class Database:
                 max_size=self._max_size,
                 server_settings=self._server_settings,
             )
+            self._shared = _shared_engine(self.url)
             if self._shared.users == 0:
-                await self.engine.start_connection_pool(
+                await self._shared.engine.start_connection_pool(
                     min_size=1, max_size=max(2, self._max_size // 2)
                 )
             self._shared.users += 1
+            bind_tables(self._shared.engine, self._tables)
 
     async def close(self) -> None:
-        """Close the pools."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-            self._shared.users -= 1
-            if self._shared.users == 0:
-                await self.engine.close_connection_pool()
+        """Close the pools; tables go back to another loop's engine for this database."""
+        if self._pool is None:
+            return
+        await self._pool.close()
+        self._pool = None
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users:
+            return
+        await shared.engine.close_connection_pool()
+        for key, other in list(_ENGINES.items()):
+            if other is shared:
+                del _ENGINES[key]
+        remaining = [other for (url, _), other in _ENGINES.items() if url == self.url]
+        live = [other for other in remaining if other.users]
+        if live:
+            bind_tables(live[-1].engine, self._tables)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -222,8 +259,12 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
     Safe to run repeatedly and concurrently with other ``migrate`` calls
     (an advisory lock serialises them).
     """
-    db = Database(database_url, min_size=1, max_size=2)
-    db.bind(apps)
+    # DDL needs the tables bound to an engine; bind them for the migration and
+    # put back what they were bound to, so running code keeps its pools.
+    bound = [*CORE_TABLES, *(t for _, ts, _ in engine_apps() for t in ts)]
+    bound += [t for app in apps for t in _table_classes(app)]
+    previous = {table: table._meta._db for table in bound}
+    bind_tables(PostgresEngine(config={"dsn": database_url}, log_queries=False), bound)
     ran: list[str] = []
     conn: asyncpg.Connection = await asyncpg.connect(database_url)
     try:
@@ -241,6 +282,8 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute("SELECT pg_advisory_unlock(727274)")
     finally:
         await conn.close()
+    for table, engine in previous.items():
+        table._meta._db = engine
     for step in ran:
         log.info("migration applied: %s", step)
     return ran

@@ -139,7 +139,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
                 messages: list[Any] = await self.consumer.fetch(
                     batch=self.pull_consume_batch, timeout=self.pull_consume_timeout
                 )
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' own TimeoutError subclasses it: an idle fetch
                 continue
             except _TRANSIENT as exc:
                 log.warning("JetStream consumer lost (%s); recreating", exc)
