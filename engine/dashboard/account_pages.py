@@ -35,16 +35,24 @@ _CHART_PERIODS: Final = {"month": 12, "week": 12, "day": 30}
 
 
 async def render_panels(page: Page, audience: str, account_id: str | None) -> list[dict[str, Any]]:
-    """Plugin panels for ``audience``; a failing panel shows as unavailable, not as an error."""
+    """Plugin panels for ``audience``, in registration order.
+
+    A panel that renders an empty string does not apply to this account and
+    is left out; one that raises shows as unavailable, never as an error page.
+    """
     rendered = []
     for panel in page.services.plugins.dashboard_panels():
         if panel.audience != audience:
             continue
         try:
-            body = Markup(await panel.render(page.services, account_id))  # noqa: S704 - the hook's contract: render() returns escaped HTML
+            html = await panel.render(page.services, account_id)
         except Exception:  # a plugin's panel must never take the page down
             log.exception("dashboard panel %s failed", panel.name)
-            body = Markup("<p class='muted'>This panel is unavailable right now.</p>")
+            html = "<p class='muted'>This panel is unavailable right now.</p>"
+        if not html.strip():
+            continue
+        # The hook's contract: render() returns HTML it has already escaped.
+        body = Markup(html)  # noqa: S704
         rendered.append({"name": panel.name, "title": panel.title, "body": body})
     return rendered
 

@@ -210,8 +210,12 @@ class Panels:
         async def broken(services: Any, account_id: str | None) -> str:
             raise RuntimeError("this panel is broken")
 
+        async def not_for_this_account(services: Any, account_id: str | None) -> str:
+            return ""
+
         register(DashboardPanel("fans", "Fans", "account", subscribers))
         register(DashboardPanel("broken", "Broken panel", "account", broken))
+        register(DashboardPanel("venues", "Venue bookings", "account", not_for_this_account))
         register(DashboardPanel("ops", "Operations <b>note</b>", "admin", broken))
 
 
@@ -269,6 +273,7 @@ async def test_failed_payouts_plugin_panels_and_finance(stack_with_panels: Stack
     # The plugin's panels replace the generic one; a failing panel is contained.
     assert "<p data-testid='panel-subscribers'>2 paying fans</p>" in page.text
     assert "This panel is unavailable right now." in page.text
+    assert "Venue bookings" not in page.text  # an empty panel does not apply here
     assert 'data-testid="orders"' not in page.text
 
     admin = browser(stack)
