@@ -212,19 +212,30 @@ class Ledger:
         before_id: int | None = None,
         kinds: Sequence[str] = (),
     ) -> list[LedgerLine]:
-        """The account's entries, newest first, ``before_id`` as a cursor."""
+        """The account's entries, newest transaction first; ``before_id`` is the cursor.
+
+        ``limit`` counts transactions, so a page never splits one: pass the
+        last line's ``transaction_id`` as ``before_id`` for the next page.
+        """
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """
+                WITH page AS (
+                    SELECT DISTINCT t.id FROM marketplace_ledger_entries e
+                    JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
+                    WHERE e.account = $1
+                      AND ($2::bigint IS NULL OR t.id < $2)
+                      AND (cardinality($3::text[]) = 0 OR t.kind = ANY($3))
+                    ORDER BY t.id DESC
+                    LIMIT $4
+                )
                 SELECT t.id, t.idempotency_key, t.kind, e.account, e.amount, e.currency,
                        t.reference, t.stripe_object_id, t.description, t.occurred_at
-                FROM marketplace_ledger_entries e
-                JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
+                FROM page
+                JOIN marketplace_ledger_transactions t ON t.id = page.id
+                JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
                 WHERE e.account = $1
-                  AND ($2::bigint IS NULL OR t.id < $2)
-                  AND (cardinality($3::text[]) = 0 OR t.kind = ANY($3))
-                ORDER BY t.id DESC
-                LIMIT $4
+                ORDER BY t.id DESC, e.id
                 """,
                 account,
                 before_id,

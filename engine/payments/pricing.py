@@ -84,6 +84,7 @@ async def record_payment(
     account_id: str | None,
     customer_id: str | None = None,
     payment_intent_id: str | None = None,
+    charge_id: str | None = None,
     status: str = "pending",
 ) -> int:
     """Insert the payment with its fee, rule and split; return its id (idempotent per intent)."""
@@ -92,11 +93,14 @@ async def record_payment(
         """
         INSERT INTO marketplace_payments
             (reference, plugin, kind, account_id, customer_id, stripe_payment_intent_id,
-             amount, currency, fee_amount, rule_id, rule_version, split, attributes, status,
-             amount_refunded, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14, 0,
-                now())
-        ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET status = EXCLUDED.status
+             stripe_charge_id, amount, currency, fee_amount, rule_id, rule_version, split,
+             attributes, status, amount_refunded, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $15, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14,
+                0, now())
+        ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET
+            status = EXCLUDED.status,
+            stripe_charge_id = COALESCE(marketplace_payments.stripe_charge_id,
+                                        EXCLUDED.stripe_charge_id)
         RETURNING id
         """,
         order.reference,
@@ -113,5 +117,6 @@ async def record_payment(
         json.dumps(priced.split_json()),
         json.dumps(dict(order.attributes), default=str),
         status,
+        charge_id,
     )
     return int(payment_id)

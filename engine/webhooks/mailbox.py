@@ -210,10 +210,38 @@ class DeadLetter:
     received_at: datetime
 
 
+def _account_id(value: Any) -> str | None:
+    """An ``acct_...`` id from a string or an expanded object."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value.startswith("acct_") else None
+
+
 def event_account(event: Mapping[str, Any]) -> str:
-    """The mailbox an event belongs to: its connected account, else the platform."""
+    """The mailbox an event belongs to.
+
+    A connected account's own event goes to that account's mailbox. A platform
+    event about money bound for one connected account (a destination charge,
+    a subscription invoice with ``transfer_data``, a transfer) goes to that
+    account's mailbox too, so one creator's traffic or failures never queue
+    behind another's; anything else is the platform's.
+    """
     account = event.get("account")
-    return str(account) if account else PLATFORM_ACCOUNT
+    if account:
+        return str(account)
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    if isinstance(obj, Mapping):
+        transfer_data = obj.get("transfer_data")
+        if isinstance(transfer_data, Mapping):
+            destination = _account_id(transfer_data.get("destination"))
+            if destination:
+                return destination
+        if obj.get("object") == "transfer":
+            destination = _account_id(obj.get("destination"))
+            if destination:
+                return destination
+    return PLATFORM_ACCOUNT
 
 
 class Mailbox:

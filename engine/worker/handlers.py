@@ -116,7 +116,7 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     if status != "failed":
         return
     failure_code = str(payout.get("failure_code") or "unknown")
-    await ledger.post(
+    newly_failed = await ledger.post(
         Posting.transfer(
             f"payout_failure:{payout['id']}",
             "payout_failure",
@@ -134,6 +134,8 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         account,
         failure_code,
     )
+    if not newly_failed:
+        return  # payout.updated and payout.failed both say so: notify once
     plugins = ctx.services.plugins
     failure = PayoutFailure(
         account_id=account,
