@@ -1,4 +1,4 @@
-"""Which mailbox an event goes to: its account, the account its money is bound for, or the platform."""
+"""Which mailbox an event goes to: its account, the account its money is for, or the platform."""
 
 from __future__ import annotations
 
