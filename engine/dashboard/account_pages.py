@@ -91,6 +91,11 @@ async def _stripe_balance(page: Page, account_id: str) -> tuple[datetime, Any] |
     return page.state.keep_balance(account_id, balance), balance
 
 
+async def _none() -> list[queries.OrderSummary]:
+    """No generic orders panel (a plugin's panel shows the account's business instead)."""
+    return []
+
+
 def _date(value: str | None) -> date | None:
     if not value:
         return None
@@ -118,7 +123,7 @@ class AccountPagesController(Controller):
         pool = page.pool
         service = AccountService(pool, page.services.gateway, public_url="")
         account = await service.get(account_id)
-        granularity: queries.Period = chart if chart in _CHART_PERIODS else "month"  # type: ignore[assignment]
+        granularity = queries.period_of(chart)
         plugin_panels = await render_panels(page, "account", account_id)
         stripe_balance, ledger, points, recent, payouts, orders = await asyncio.gather(
             _stripe_balance(page, account_id),
@@ -126,9 +131,7 @@ class AccountPagesController(Controller):
             queries.earnings_series(pool, account_id, granularity, _CHART_PERIODS[granularity]),
             queries.transactions(pool, account_id, queries.TransactionFilters(), limit=10),
             queries.payouts(pool, account_id),
-            queries.order_summaries(pool, account_id)
-            if not plugin_panels
-            else asyncio.sleep(0, result=[]),
+            queries.order_summaries(pool, account_id) if not plugin_panels else _none(),
         )
         balances = queries.merge_balances(stripe_balance[1] if stripe_balance else None, ledger)
         currency = _chart_currency(account.default_currency, balances, points)

@@ -90,7 +90,7 @@ class AdminPagesController(Controller):
         page = await page_context(request)
         page.require_admin()
         pool = page.pool
-        granularity: queries.Period = period if period in _PERIOD_COUNTS else "month"  # type: ignore[assignment]
+        granularity = queries.period_of(period)
         accounts_service = AccountService(pool, page.services.gateway, public_url="")
         async with asyncio.TaskGroup() as group:
             accounts = group.create_task(

@@ -33,6 +33,7 @@ __all__ = [
     "ledger_balances",
     "order_summaries",
     "payouts",
+    "period_of",
     "transactions",
 ]
 
@@ -290,6 +291,15 @@ async def account_kinds(pool: Any, account: str) -> list[str]:
         account,
     )
     return [str(row["kind"]) for row in rows]
+
+
+def period_of(value: str | None) -> Period:
+    """A query parameter as a period (``month`` unless it names another)."""
+    if value == "day":
+        return "day"
+    if value == "week":
+        return "week"
+    return "month"
 
 
 def _period_start(period: Period, now: datetime, count: int) -> datetime:
