@@ -238,6 +238,13 @@ def main() -> None:
         figures["intake_baseline_events_per_s"] = max(baseline_rates)
         figures["intake_p99_ms"] = min(intake_p99)
 
+        if "--intake-only" in sys.argv:
+            ratio = max(intake_rates) / max(baseline_rates)
+            print(
+                f"intake {max(intake_rates):.0f}/s "
+                f"baseline {max(baseline_rates):.0f}/s ratio {ratio:.2f}"
+            )
+            return
         # Reset the mailbox so the worker does not first chew through the intake runs.
         asyncio.run(_truncate(database_url))
 

@@ -112,6 +112,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
     """
 
     scopes = (ScopeType.HTTP,)
+    # Stripe's deliveries are deduplicated by event id in the inbox, not by this header.
+    exclude_path_pattern = ("^/webhooks/",)
 
     def __init__(self, pool: Callable[[], Any], *, ttl_hours: int, max_body_bytes: int) -> None:
         self._pool = pool

@@ -59,6 +59,9 @@ class _Event(msgspec.Struct):
     account: str | None = None
 
 
+_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
 class WebhookIntake:
     """Verifies, commits and schedules; shared by both endpoints."""
 
@@ -94,9 +97,9 @@ class WebhookIntake:
         except SignatureError as exc:
             raise self._reject("signature", exc) from None
         try:
-            event = msgspec.json.decode(body, type=_Event)
+            parsed = _DECODER.decode(body)
             raw = body.decode("utf-8")
-            parsed: dict[str, Any] = msgspec.json.decode(body)
+            event = msgspec.convert(parsed, _Event)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise self._reject("malformed", MalformedEvent(f"not a Stripe event: {exc}")) from None
         if event.object != "event" or not event.id.startswith("evt_"):
