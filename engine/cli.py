@@ -330,6 +330,7 @@ async def _up(
     print(f"api        {base}")
     print(f"docs       {base}/schema/swagger")
     print(f"health     {base}/health")
+    print(f"dashboard  {base}/dashboard  (sign in with the admin key below)")
     print(f"admin key  {admin_key}")
     print(f'try:       curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts')
     print("Ctrl-C stops everything.")

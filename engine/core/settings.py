@@ -129,6 +129,7 @@ class PluginsSettings(_Section, frozen=True):
             "commission_rules",
             "creator_subscriptions",
             "notifier",
+            "reconciliation",
             "three_sided_bookings",
         ]
     )

@@ -65,6 +65,7 @@ SHIPPED = {
     "commission_rules",
     "creator_subscriptions",
     "notifier",
+    "reconciliation",
     "three_sided_bookings",
 }
 
