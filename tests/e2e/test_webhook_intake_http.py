@@ -1,4 +1,4 @@
-"""Webhook intake over real HTTP: what Stripe would send is accepted once; nothing else is stored."""
+"""Webhook intake over real HTTP: a signed event is accepted once; nothing else is stored."""
 
 from __future__ import annotations
 
