@@ -14,34 +14,18 @@ it is missing and it can); Playwright's own browser download is not used.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.money import Money
 from engine.core.plugins import hookimpl
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="the playwright package is not installed (pip install -e .[dev])"
-)
-
-CHROMIUM = os.environ.get("MARKETPLACE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ENABLED = ("commission_rules", "creator_subscriptions")
 C = "/v1/creator_subscriptions"
 DAY = 86_400
@@ -82,33 +66,6 @@ async def stack(
         extra_plugins={"test_flaky": flaky},
     ) as running:
         yield running
-
-
-@pytest.fixture
-def screenshots(request: pytest.FixtureRequest) -> Path:
-    folder = request.config.rootpath / "test-artifacts" / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium), "
-            "as `make test` does when run as root"
-        )
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 async def creator(stack: Stack, handle: str, *, bank: str | None = None) -> str:

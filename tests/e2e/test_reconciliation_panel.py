@@ -10,32 +10,16 @@ Screenshots go to ``test-artifacts/screenshots/``.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.reconciliation.service import run_reconciliation
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="the playwright package is not installed (pip install -e .[dev])"
-)
-
-CHROMIUM = os.environ.get("MARKETPLACE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 C = "/v1/creator_subscriptions"
 DAY = 86_400
 
@@ -51,31 +35,9 @@ async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> Asy
         yield running
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium), "
-            "as `make test` does when run as root"
-        )
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
 async def test_the_admin_runs_reconciliation_and_sees_the_one_movement_stripe_alone_made(
-    stack: Stack, browser: Any, request: pytest.FixtureRequest
+    stack: Stack, browser: Any, screenshots: Path
 ) -> None:
-    screenshots = request.config.rootpath / "test-artifacts" / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
     created = ok(
         await stack.http.post(f"{C}/creators", json={"handle": "ada", "display_name": "Ada"}),
         201,
