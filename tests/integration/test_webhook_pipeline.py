@@ -151,3 +151,23 @@ async def _equals(value: object, expected: int) -> bool:
     if asyncio.iscoroutine(value):
         value = await value
     return value == expected
+
+
+async def test_a_lone_failing_event_backs_off_then_parks(pipeline: Pipeline) -> None:
+    async with pipeline.services.db.pool.acquire() as conn:
+        await conn.execute("INSERT INTO test_poison VALUES ('acct_lone')")
+    await pipeline.deliver(event("acct_lone", 1))
+    pipeline.start_worker()
+    await pipeline.wait_until(
+        lambda: pipeline.fetchval(
+            "SELECT parked FROM marketplace_webhook_accounts WHERE account = 'acct_lone'"
+        ),
+        what="the lone event's account to park",
+    )
+    dead = await pipeline.webhooks.mailbox.dead_letters(account="acct_lone")
+    assert [(letter.attempts, "poisoned" in letter.last_error) for letter in dead] == [(3, True)]
+    assert await pipeline.recorded("acct_lone") == 0
+    async with pipeline.services.db.pool.acquire() as conn:
+        await conn.execute("DELETE FROM test_poison")
+    await pipeline.webhooks.replay(event_ids=[dead[0].event_id])
+    await pipeline.wait_until(lambda: _equals(pipeline.recorded("acct_lone"), 1), what="replay")
