@@ -9,6 +9,7 @@ the mailbox must make impossible). Accounts listed in ``test_poison`` fail.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS test_recorded (
     seq BIGINT NOT NULL,
     inversion BOOLEAN NOT NULL DEFAULT false,
     duplicates INT NOT NULL DEFAULT 0,
+    worker_pid INT NOT NULL DEFAULT 0,
     handled_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS test_recorded_account ON test_recorded (account, seq);
@@ -48,14 +50,15 @@ async def record(event: Any, ctx: Any) -> None:
     last = await conn.fetchval("SELECT max(seq) FROM test_recorded WHERE account = $1", account)
     await conn.execute(
         """
-        INSERT INTO test_recorded (event_id, account, seq, inversion)
-        VALUES ($1, $2, $3, $4)
+        INSERT INTO test_recorded (event_id, account, seq, inversion, worker_pid)
+        VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (event_id) DO UPDATE SET duplicates = test_recorded.duplicates + 1
         """,
         event["id"],
         account,
         seq,
         last is not None and seq < last,
+        os.getpid(),  # which worker process applied it
     )
 
 
