@@ -93,7 +93,7 @@ def _quiet_server_class() -> type[Any]:
     return QuietServer
 
 
-def _QuietServer(config: Any) -> Any:  # noqa: N802 - reads as the class it builds
+def _quiet_server(config: Any) -> Any:
     return _quiet_server_class()(config)
 
 
@@ -113,7 +113,7 @@ async def _serve_api(settings: Settings, plugins: Plugins, stop: asyncio.Event) 
             log_level="warning",
             lifespan="on",
         )
-        server = _QuietServer(config)
+        server = _quiet_server(config)
         task = asyncio.create_task(server.serve())
         await stop.wait()
         server.should_exit = True
@@ -308,7 +308,7 @@ async def _up(
         from engine.sandbox import create_app as create_sandbox
 
         sandbox_port = find_free_port()
-        sandbox = _QuietServer(
+        sandbox = _quiet_server(
             uvicorn.Config(
                 create_sandbox(persist_path=data_dir / "sandbox.state"),
                 host="127.0.0.1",

@@ -466,15 +466,22 @@ class Mailbox:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 """
+                WITH unfinished AS (
+                    -- one pass over the events not yet handled, not three per account
+                    SELECT account,
+                           count(*) FILTER (WHERE status = 'pending') AS pending,
+                           count(*) FILTER (WHERE status = 'dead') AS dead,
+                           min(received_at) FILTER (WHERE status = 'pending') AS oldest_pending
+                    FROM marketplace_webhook_events
+                    WHERE status IN ('pending', 'dead')
+                    GROUP BY account
+                )
                 SELECT a.account, a.scheduled, a.parked, a.attempts, a.last_error, a.handled,
-                       a.backoff_until,
-                       (SELECT count(*) FROM marketplace_webhook_events e
-                        WHERE e.account = a.account AND e.status = 'pending') AS pending,
-                       (SELECT count(*) FROM marketplace_webhook_events e
-                        WHERE e.account = a.account AND e.status = 'dead') AS dead,
-                       (SELECT min(received_at) FROM marketplace_webhook_events e
-                        WHERE e.account = a.account AND e.status = 'pending') AS oldest_pending
-                FROM marketplace_webhook_accounts a ORDER BY a.account
+                       a.backoff_until, COALESCE(u.pending, 0) AS pending,
+                       COALESCE(u.dead, 0) AS dead, u.oldest_pending
+                FROM marketplace_webhook_accounts a
+                LEFT JOIN unfinished u USING (account)
+                ORDER BY a.account
                 """
             )
         return [dict(row) for row in rows]

@@ -8,6 +8,7 @@ endpoints at the same URLs are replaced.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from engine.gateway import StripeGateway, idempotency_key
@@ -38,19 +39,15 @@ async def register_webhook_endpoints(gateway: StripeGateway, base_url: str) -> E
                 str(endpoint["id"]),
                 idempotency_key=idempotency_key("webhook_endpoint", endpoint["id"], "delete"),
             )
-    secrets: dict[bool, str] = {}
+    created_secrets: dict[bool, str] = {}
     for url, connect in wanted.items():
         created = await gateway.call(
             "webhook_endpoints",
             "create",
             params={"url": url, "enabled_events": ["*"], "connect": connect},
-            idempotency_key=idempotency_key("webhook_endpoint", url, "create", _nonce()),
+            idempotency_key=idempotency_key(
+                "webhook_endpoint", url, "create", secrets.token_hex(8)
+            ),
         )
-        secrets[connect] = str(created["secret"])
-    return EndpointSecrets(platform=secrets[False], connect=secrets[True])
-
-
-def _nonce() -> str:
-    import secrets
-
-    return secrets.token_hex(8)
+        created_secrets[connect] = str(created["secret"])
+    return EndpointSecrets(platform=created_secrets[False], connect=created_secrets[True])
