@@ -7,7 +7,9 @@ Hot paths (webhook intake, ledger posting) use the asyncpg pool directly.
 Migrations are per app (the engine's ``marketplace`` app first, then each enabled
 plugin's): an app's tables are created once, then any Piccolo migration modules
 in its ``migrations_folder_path`` run in name order; each step is recorded in
-``marketplace_migrations`` so ``migrate`` is idempotent.
+``marketplace_migrations`` so ``migrate`` is idempotent. The core's later
+changes are the SQL steps of ``_CORE_STEPS``, written so that they are no-ops
+on a database whose tables were just created from the current classes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,39 @@ CREATE TABLE IF NOT EXISTS marketplace_migrations (
 )
 """
 
+_PENDING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS marketplace_webhook_events_mailbox_pending "
+    "ON marketplace_webhook_events (account, seq NULLS FIRST, id) WHERE status = 'pending'"
+)
+
 # Constraints Piccolo's column API cannot express; part of the core's first migration.
 _CORE_EXTRA_DDL: tuple[str, ...] = (
-    "CREATE INDEX IF NOT EXISTS marketplace_webhook_events_account_pending "
-    "ON marketplace_webhook_events (account, id) WHERE status = 'pending'",
+    _PENDING_INDEX,
     "CREATE INDEX IF NOT EXISTS marketplace_ledger_entries_account_currency "
     "ON marketplace_ledger_entries (account, currency)",
+)
+
+
+def _periodic_runs_ddl() -> list[str]:
+    from engine.core.tables import PeriodicRun
+
+    return _ddl(PeriodicRun)
+
+
+# The core's changes after its first migration, in order: (name, statements).
+_CORE_STEPS: tuple[tuple[str, Callable[[], Sequence[str]]], ...] = (
+    (
+        # Fenced leases and per-mailbox order (issue 14).
+        "0001_fenced_mailboxes",
+        lambda: (
+            "ALTER TABLE marketplace_webhook_accounts "
+            "ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE marketplace_webhook_events ADD COLUMN IF NOT EXISTS seq BIGINT",
+            _PENDING_INDEX,
+            "DROP INDEX IF EXISTS marketplace_webhook_events_account_pending",
+        ),
+    ),
+    ("0002_periodic_runs", _periodic_runs_ddl),
 )
 
 
@@ -231,6 +260,20 @@ async def _create_tables(
     return True
 
 
+async def _run_core_steps(conn: asyncpg.Connection) -> list[str]:
+    done = await _applied(conn, CORE_APP)
+    ran: list[str] = []
+    for name, statements in _CORE_STEPS:
+        if name in done:
+            continue
+        async with conn.transaction():
+            for statement in statements():
+                await conn.execute(statement)
+            await _record(conn, CORE_APP, name)
+        ran.append(f"{CORE_APP}:{name}")
+    return ran
+
+
 async def _run_piccolo_migrations(conn: asyncpg.Connection, app: TableApp) -> list[str]:
     folder = getattr(app.app_config, "migrations_folder_path", "")
     # Blocking path checks are fine here: migrations run once, before serving.
@@ -272,6 +315,7 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute(_MIGRATIONS_DDL)
         if await _create_tables(conn, CORE_APP, CORE_TABLES, _CORE_EXTRA_DDL):
             ran.append(f"{CORE_APP}:0000_tables")
+        ran += await _run_core_steps(conn)
         for name, tables, extra in engine_apps():
             if await _create_tables(conn, name, tables, extra):
                 ran.append(f"{name}:0000_tables")

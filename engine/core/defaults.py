@@ -1,15 +1,16 @@
-"""The engine's default money hooks, registered as the essential ``engine_defaults`` plugin.
+"""The engine's default hooks, registered as the essential ``engine_defaults`` plugin.
 
 Every implementation is ``trylast`` so any enabled plugin that answers wins.
 They make an install without ``commission_rules`` or a business model still
-price, charge a commission and split.
+price, charge a commission and split, and key every webhook event's mailbox.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from engine.core.contributions import PluginRuntime
+from engine.core.contributions import PluginRuntime, StripeEvent
+from engine.core.mailboxes import default_mailbox_key
 from engine.core.money import Money, apply_rate
 from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import hookimpl
@@ -52,3 +53,9 @@ def resolve_split(order: Order, price: Money, commission: Commission) -> SplitPl
     else:
         legs = [SplitLeg(PLATFORM, price)]
     return SplitPlan(total=price, legs=tuple(legs))
+
+
+@hookimpl(trylast=True)
+def resolve_mailbox_key(event: StripeEvent) -> str:
+    """The connected account the event concerns, its disputed charge, or the platform."""
+    return default_mailbox_key(event)

@@ -28,6 +28,7 @@ from engine.core.contributions import (
     DashboardPanel,
     PeriodicTask,
     PluginRuntime,
+    StripeEvent,
     TableApp,
     WebhookRegistration,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "register_tasks",
     "register_webhook_handlers",
     "resolve_commission",
+    "resolve_mailbox_key",
     "resolve_price",
     "resolve_split",
 ]
@@ -154,6 +156,49 @@ def resolve_split(
                 SplitLeg("instructor", instructor, order.beneficiaries["instructor"]),
                 SplitLeg("affiliate", affiliate, order.beneficiaries["affiliate"]),
             ))
+    """
+
+
+# ---------------------------------------------------------------- webhook routing
+
+
+@hookspec(firstresult=True)
+def resolve_mailbox_key(event: StripeEvent, runtime: PluginRuntime) -> str | None:
+    """Choose the webhook mailbox a Stripe event is queued in: its unit of order and isolation.
+
+    Called by the webhook intake for every verified event, before it is
+    committed. Events of one key are applied one at a time, in the order they
+    were accepted; a key whose event keeps failing backs off, dead-letters and
+    parks alone (admin replay per key) while every other key flows. First
+    result wins. The engine's default (trylast) keys a connected account's
+    events by the account, a platform event about money bound for one
+    connected account (``transfer_data``, a transfer's ``destination``) by that
+    account, a dispute by its charge (``dispute:<charge id>``) and anything
+    else as ``platform``.
+
+    Answer for your own events only, from the payload alone: keep it
+    synchronous and pure (no I/O; it runs in the intake's request). Return the
+    same key for every event whose handlers must see each other's effects in
+    order (one booking's payment, transfers and refunds), and different keys
+    for things that must never wait on each other.
+
+    Args:
+        event: the verified event as Stripe sent it.
+        runtime: the engine's ``PluginRuntime``.
+
+    Returns:
+        A key of 1 to 64 characters (letters, digits, ``_ . : -``), by
+        convention ``"<plugin>:<object>:<id>"``, or ``None`` to let the next
+        implementation decide. A key that does not fit is logged as an error
+        and the engine's default key is used.
+
+    Example::
+
+        @hookimpl
+        def resolve_mailbox_key(event):
+            obj = event["data"]["object"]
+            course = (obj.get("metadata") or {}).get("course_id")
+            return f"courses:course:{course}" if course else None
     """
 
 

@@ -30,6 +30,7 @@ from engine.core.contributions import (
     WebhookRegistration,
 )
 from engine.core.errors import ConfigError, PluginError
+from engine.core.mailboxes import default_mailbox_key, is_mailbox_key
 from engine.core.money import Money
 from engine.core.orders import Commission, LifecycleEvent, Order, PayoutFailure, SplitPlan
 from engine.core.settings import Settings
@@ -148,6 +149,25 @@ class Plugins:
                 "resolve_split", f"split total {result.total} is not the price {price}"
             )
         return result
+
+    # ------------------------------------------------------------ webhook routing
+
+    def mailbox_key(self, event: Mapping[str, Any]) -> str:
+        """The mailbox ``event`` is queued in (``resolve_mailbox_key``).
+
+        A key that does not fit ``MAILBOX_KEY_PATTERN`` is a plugin bug: it is
+        logged as an error and the engine's default key is used, so the event
+        is still accepted and processed.
+        """
+        key = self._pm.hook.resolve_mailbox_key(event=event, runtime=self.runtime)
+        if is_mailbox_key(key):
+            return str(key)
+        log.error(
+            "resolve_mailbox_key returned %r for %s; using the engine's default key",
+            key,
+            event.get("id"),
+        )
+        return default_mailbox_key(event)
 
     # ------------------------------------------------------------ broadcasts
 

@@ -32,6 +32,7 @@ __all__ = [
     "LedgerTransaction",
     "Payment",
     "Payout",
+    "PeriodicRun",
     "Refund",
     "Transfer",
     "WebhookAccount",
@@ -166,11 +167,20 @@ class LedgerEntry(Table, tablename="marketplace_ledger_entries"):
 
 
 class WebhookEvent(Table, tablename="marketplace_webhook_events"):
-    """The webhook inbox: one row per verified Stripe event (unique on its id)."""
+    """The webhook inbox: one row per verified Stripe event (unique on its id).
+
+    ``account`` is the event's mailbox key (a connected account, ``platform``,
+    or a key a plugin chose, such as ``three_sided_bookings:booking:42``).
+    ``seq`` is the mailbox's ``version`` when the event was accepted: assigned
+    under the mailbox row's lock, it is the order the accepts committed in,
+    which is the order the events are applied in (rows from before it existed
+    have none and come first, by ``id``).
+    """
 
     id = BigSerial(primary_key=True)
     event_id = Varchar(length=255, unique=True)
     account = Varchar(length=64, index=True)
+    seq = BigInt(null=True, default=None)
     type = Varchar(length=128)
     livemode = Boolean(default=False)
     created = BigInt(default=0)
@@ -189,6 +199,9 @@ class WebhookAccount(Table, tablename="marketplace_webhook_accounts"):
     ``version`` grows with every event accepted for the account; a worker clears
     ``scheduled`` only if the version is still the one it drained up to, so an
     event that arrives while the flag is being cleared is never stranded.
+    ``lease_epoch`` is the fencing token: every lease taken bumps it, and every
+    write a drain makes checks it, so a drain whose lease was taken over
+    commits nothing.
     """
 
     account = Varchar(length=64, primary_key=True)
@@ -197,12 +210,26 @@ class WebhookAccount(Table, tablename="marketplace_webhook_accounts"):
     scheduled_at = Timestamptz(null=True, default=None)
     lease_owner = Varchar(length=64, default="")
     lease_until = Timestamptz(null=True, default=None)
+    lease_epoch = BigInt(default=0)
     backoff_until = Timestamptz(null=True, default=None)
     parked = Boolean(default=False, index=True)
     attempts = Integer(default=0)
     last_error = Text(default="")
     handled = BigInt(default=0)
     updated_at = Timestamptz()
+
+
+class PeriodicRun(Table, tablename="marketplace_periodic_runs"):
+    """When each periodic task last started and may next start (one row per task name).
+
+    Workers claim a run by moving ``next_due`` forward in one statement, so a
+    task runs at most once per interval whatever the number of workers.
+    """
+
+    name = Varchar(length=200, primary_key=True)
+    next_due = Timestamptz()
+    started_at = Timestamptz(null=True, default=None)
+    owner = Varchar(length=128, default="")
 
 
 class ApiKey(Table, tablename="marketplace_api_keys"):
@@ -252,6 +279,7 @@ CORE_TABLES: tuple[type[Table], ...] = (
     LedgerEntry,
     WebhookEvent,
     WebhookAccount,
+    PeriodicRun,
     ApiKey,
     IdempotencyRecord,
     AuditLog,

@@ -1,26 +1,41 @@
-"""Per-account mailboxes in PostgreSQL: the source of truth for webhook processing.
+"""Mailboxes in PostgreSQL: the source of truth for webhook processing.
 
-The inbox table holds every verified event (unique on Stripe's id); each account
-(``"platform"`` for the platform's own events) has one row in
-``marketplace_webhook_accounts`` with a scheduling token. The protocol:
+The inbox table holds every verified event (unique on Stripe's id) under a
+mailbox key: the unit of order and isolation, chosen per event by the
+``resolve_mailbox_key`` hook (a connected account, ``platform``, or a key a
+plugin chose such as a booking). Each key has one row in
+``marketplace_webhook_accounts`` with a scheduling token and a fenced lease.
+The protocol:
 
-1. ``accept``: in one statement, insert the event and bump the account's
-   ``version``; if the account was not ``scheduled`` it becomes scheduled and the
-   caller publishes one "drain <account>" task. So the broker holds at most one
-   task per account and a flood on one account is one task, queued behind every
-   other account's.
-2. ``drain``: the worker takes the account's lease, applies a bounded batch of
-   pending events in arrival order, then clears ``scheduled`` only if the
-   version is unchanged (else re-queues at the back). A failing event backs the
-   account off with jitter; after ``max_attempts`` the event is dead and the
-   account parked (its later events wait, preserving order) until replayed.
-3. ``sweep``: re-schedules accounts whose backoff has passed, whose lease
-   expired (a worker died) or whose task went missing (a broker lost it).
+1. ``accept``: in one statement, bump the mailbox's ``version`` and insert the
+   event with that version as its ``seq``, under the mailbox row's lock (so
+   ``seq`` is the order accepts commit in); if the mailbox was not
+   ``scheduled`` it becomes scheduled and the caller publishes one "drain
+   <key>" task. The broker holds at most one task per key, so a flood on one
+   key is one task, queued behind every other key's.
+2. ``drain``: the worker takes the key's lease, which bumps ``lease_epoch``
+   (the fencing token), then, in a later statement (a later snapshot, so the
+   events read always include every event the returned version counts),
+   reads a bounded batch of pending events in ``seq`` order and applies them
+   in one transaction. The statement that marks them handled checks the
+   token first and holds the mailbox row until the commit: a drain whose
+   lease was taken over raises ``LeaseLost`` and its transaction, handlers'
+   writes included, rolls back. It clears ``scheduled`` only if the version
+   is unchanged (else the key is re-queued at the back). While a drain runs,
+   ``LeaseKeeper`` renews its lease and cancels it before the lease could end
+   unrenewed (``engine.webhooks.leases``).
+3. A failing event backs the key off with jitter; after ``max_attempts`` the
+   event is dead and the key parked (its later events wait, preserving
+   order) until replayed. Both writes are fenced like the marks.
+4. ``sweep``: re-schedules keys whose backoff has passed, whose lease expired
+   (a worker died) or whose task went missing (a broker lost it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,104 +44,119 @@ from typing import Any
 
 import asyncpg
 
+from engine.core.mailboxes import default_mailbox_key
+from engine.webhooks.leases import Connect, LeaseKeeper
+
 __all__ = [
-    "PLATFORM_ACCOUNT",
     "Accepted",
     "DeadLetter",
     "DrainOutcome",
+    "LeaseLost",
     "Mailbox",
     "backoff_seconds",
 ]
 
-PLATFORM_ACCOUNT = "platform"
+log = logging.getLogger(__name__)
 
 EventHandler = Callable[
     [Mapping[str, Any], asyncpg.Connection], Awaitable[Callable[[], None] | None]
 ]
 """``handle(event, conn)`` -> an optional action to run after the commit."""
 
+Route = Callable[[Mapping[str, Any]], str]
+"""``route(event)`` -> the event's mailbox key (``Plugins.mailbox_key`` in the engine)."""
+
+# The mailbox row first (its lock orders concurrent accepts of one key), then
+# the event with the new version as its seq. A duplicate that is already
+# committed changes nothing; two concurrent deliveries of one new event both
+# bump the version (harmless: a version only has to grow when something
+# arrived) and the second insert does nothing.
 _ACCEPT = """
-WITH ev AS (
-    INSERT INTO marketplace_webhook_events
-        (event_id, account, type, livemode, created, payload, status, attempts,
-         last_error, received_at)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb, 'pending', 0, '', now())
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING account
-), acc AS (
+WITH acc AS (
     INSERT INTO marketplace_webhook_accounts AS a
-        (account, version, scheduled, scheduled_at, lease_owner, parked, attempts,
-         last_error, handled, updated_at)
-    SELECT account, 1, true, now(), '', false, 0, '', 0, now() FROM ev
+        (account, version, scheduled, scheduled_at, lease_owner, lease_epoch, parked,
+         attempts, last_error, handled, updated_at)
+    SELECT $2, 1, true, now(), '', 0, false, 0, '', 0, now()
+    WHERE NOT EXISTS (SELECT 1 FROM marketplace_webhook_events WHERE event_id = $1)
     ON CONFLICT (account) DO UPDATE SET
         version = a.version + 1,
         scheduled = true,
         scheduled_at = CASE WHEN a.scheduled THEN a.scheduled_at ELSE now() END,
         updated_at = now()
     RETURNING version, scheduled_at = now() AS newly_scheduled, parked
-)
-SELECT version, newly_scheduled, parked FROM acc
-"""
-
-# Take the lease and read the batch in one statement (one snapshot: the version
-# returned is never newer than the events read, which the release relies on).
-_LEASE_AND_FETCH = """
-WITH lease AS (
-    UPDATE marketplace_webhook_accounts
-    SET lease_owner = $2, lease_until = now() + make_interval(secs => $3)
-    WHERE account = $1 AND scheduled AND NOT parked
-      AND (lease_until IS NULL OR lease_until < now())
-      AND (backoff_until IS NULL OR backoff_until <= now())
-    RETURNING version
-)
-SELECT lease.version, e.id, e.payload::text AS payload, e.received_at
-FROM lease
-LEFT JOIN LATERAL (
-    SELECT id, payload, received_at FROM marketplace_webhook_events
-    WHERE account = $1 AND status = 'pending'
-    ORDER BY id
-    LIMIT $4
-) e ON true
-ORDER BY e.id
-"""
-
-_MARK_HANDLED_MANY = """
-UPDATE marketplace_webhook_events
-SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
-WHERE id = ANY($1::bigint[])
-"""
-
-# Mark the batch handled and, if nothing new arrived (version unchanged), clear
-# the scheduling token: one round trip at the end of an idle drain.
-_MARK_AND_RELEASE_IF_IDLE = """
-WITH marked AS (
-    UPDATE marketplace_webhook_events
-    SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
-    WHERE id = ANY($4::bigint[])
+), ev AS (
+    INSERT INTO marketplace_webhook_events
+        (event_id, account, seq, type, livemode, created, payload, status, attempts,
+         last_error, received_at)
+    SELECT $1, $2, acc.version, $3, $4, $5, $6::jsonb, 'pending', 0, '', now() FROM acc
+    ON CONFLICT (event_id) DO NOTHING
     RETURNING 1
 )
-UPDATE marketplace_webhook_accounts
-SET scheduled = false, scheduled_at = NULL, lease_owner = '', lease_until = NULL,
-    attempts = 0, last_error = '', handled = handled + (SELECT count(*) FROM marked),
-    updated_at = now()
-WHERE account = $1 AND version = $2 AND lease_owner = $3 AND $5
-RETURNING 1
+SELECT acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev) AS inserted
+FROM acc
 """
 
-_RELEASE_AND_REQUEUE = """
+_TAKE_LEASE = """
 UPDATE marketplace_webhook_accounts
-SET scheduled_at = now(), lease_owner = '', lease_until = NULL,
-    attempts = 0, last_error = '', handled = handled + $3, updated_at = now()
-WHERE account = $1 AND lease_owner = $2
-RETURNING 1
+SET lease_owner = $2, lease_epoch = lease_epoch + 1,
+    lease_until = now() + make_interval(secs => $3)
+WHERE account = $1 AND scheduled AND NOT parked
+  AND (lease_until IS NULL OR lease_until < now())
+  AND (backoff_until IS NULL OR backoff_until <= now())
+RETURNING version, lease_epoch
 """
 
+# A statement of its own, after the lease's: under READ COMMITTED it reads a
+# snapshot taken after the lease committed, so it sees every event the
+# version returned by the lease counts (one statement would keep the snapshot
+# from before the lease waited on a concurrent accept).
+_PENDING = """
+SELECT id, payload::text AS payload, received_at FROM marketplace_webhook_events
+WHERE account = $1 AND status = 'pending'
+ORDER BY seq NULLS FIRST, id
+LIMIT $2
+"""
+
+# The end of a drain: check the token (and keep the mailbox row locked until
+# the commit), mark the batch handled, release the lease, and clear the
+# scheduling token only when nothing arrived since the lease ($3 = version)
+# and the batch was not full ($5).
+_MARK_AND_RELEASE = """
+WITH fence AS (
+    UPDATE marketplace_webhook_accounts
+    SET scheduled = scheduled AND NOT (version = $3 AND $5),
+        scheduled_at = CASE WHEN version = $3 AND $5 THEN NULL ELSE now() END,
+        lease_owner = '', lease_until = NULL, attempts = 0, last_error = '',
+        handled = handled + cardinality($4::bigint[]), updated_at = now()
+    WHERE account = $1 AND lease_epoch = $2
+    RETURNING scheduled
+), marked AS (
+    UPDATE marketplace_webhook_events
+    SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
+    WHERE id = ANY($4::bigint[]) AND status = 'pending' AND EXISTS (SELECT 1 FROM fence)
+    RETURNING 1
+)
+SELECT scheduled, (SELECT count(*) FROM marked) AS marked FROM fence
+"""
+
+# A handler failed: check the token (locking the mailbox row), mark the events
+# handled before the failing one, and count the failure on the failing one.
 _FAIL_EVENT = """
+WITH fence AS (
+    SELECT 1 FROM marketplace_webhook_accounts
+    WHERE account = $1 AND lease_epoch = $2
+    FOR UPDATE
+), marked AS (
+    UPDATE marketplace_webhook_events
+    SET status = 'handled', handled_at = clock_timestamp(), attempts = attempts + 1
+    WHERE id = ANY($3::bigint[]) AND status = 'pending' AND EXISTS (SELECT 1 FROM fence)
+    RETURNING 1
+)
 UPDATE marketplace_webhook_events
-SET attempts = attempts + 1, last_error = $2,
-    status = CASE WHEN attempts + 1 >= $3 THEN 'dead' ELSE status END
-WHERE id = $1
-RETURNING status, attempts
+SET attempts = attempts + 1, last_error = $5,
+    status = CASE WHEN attempts + 1 >= $6 THEN 'dead' ELSE status END
+WHERE id = $4 AND status = 'pending' AND EXISTS (SELECT 1 FROM fence)
+RETURNING status, attempts, (SELECT count(*) FROM marked) AS marked
 """
 
 _BACK_OFF = """
@@ -134,7 +164,8 @@ UPDATE marketplace_webhook_accounts
 SET lease_owner = '', lease_until = NULL, scheduled_at = now(),
     backoff_until = now() + make_interval(secs => $3), parked = $4,
     attempts = $5, last_error = $6, handled = handled + $7, updated_at = now()
-WHERE account = $1 AND lease_owner = $2
+WHERE account = $1 AND lease_epoch = $2
+RETURNING 1
 """
 
 _SWEEP = """
@@ -180,13 +211,28 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class DrainOutcome:
-    """What one drain did: ``state`` is busy, idle, requeue, backoff or parked."""
+    """What one drain did: ``state`` is busy, idle, requeue, backoff, parked or lost.
+
+    ``lost``: the lease was taken over, or could not be renewed in time; the
+    drain stopped and committed nothing.
+    """
 
     state: str
     handled: int = 0
     error: str = ""
     lag_seconds: tuple[float, ...] = ()
     """Receipt-to-handled time of each event handled in this drain."""
+
+
+class LeaseLost(Exception):
+    """The drain's fencing token no longer holds its mailbox: it must commit nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    key: str
+    epoch: int
+    version: int
 
 
 class _LoneEventFailed(Exception):
@@ -210,42 +256,15 @@ class DeadLetter:
     received_at: datetime
 
 
-def _account_id(value: Any) -> str | None:
-    """An ``acct_...`` id from a string or an expanded object."""
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    return value if isinstance(value, str) and value.startswith("acct_") else None
-
-
-def event_account(event: Mapping[str, Any]) -> str:
-    """The mailbox an event belongs to.
-
-    A connected account's own event goes to that account's mailbox. A platform
-    event about money bound for one connected account (a destination charge,
-    a subscription invoice with ``transfer_data``, a transfer) goes to that
-    account's mailbox too, so one creator's traffic or failures never queue
-    behind another's; anything else is the platform's.
-    """
-    account = event.get("account")
-    if account:
-        return str(account)
-    data = event.get("data")
-    obj = data.get("object") if isinstance(data, Mapping) else None
-    if isinstance(obj, Mapping):
-        transfer_data = obj.get("transfer_data")
-        if isinstance(transfer_data, Mapping):
-            destination = _account_id(transfer_data.get("destination"))
-            if destination:
-                return destination
-        if obj.get("object") == "transfer":
-            destination = _account_id(obj.get("destination"))
-            if destination:
-                return destination
-    return PLATFORM_ACCOUNT
-
-
 class Mailbox:
-    """The mailbox protocol over an asyncpg pool (see the module docstring)."""
+    """The mailbox protocol over an asyncpg pool (see the module docstring).
+
+    Args:
+        pool: the process's asyncpg pool.
+        route: the event's mailbox key (default: the engine's default key).
+        renew_with: opens the lease keeper's own connection; without it the
+            keeper borrows from ``pool`` (fine when the pool cannot run dry).
+    """
 
     def __init__(
         self,
@@ -256,104 +275,116 @@ class Mailbox:
         backoff_cap: float = 3600.0,
         batch_size: int = 50,
         lease_seconds: float = 60.0,
+        route: Route = default_mailbox_key,
+        renew_with: Connect | None = None,
     ) -> None:
         self._pool = pool
+        self._route = route
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
+        self.keeper = LeaseKeeper(lease_seconds, connect=renew_with, pool=pool)
+
+    def key_of(self, event: Mapping[str, Any]) -> str:
+        """The mailbox ``event`` goes to."""
+        return self._route(event)
 
     async def accept(self, event: Mapping[str, Any], raw_body: str) -> Accepted:
-        """Commit a verified event to its account's mailbox (duplicates change nothing)."""
-        account = event_account(event)
+        """Commit a verified event to its mailbox (duplicates change nothing)."""
+        key = self.key_of(event)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 _ACCEPT,
                 str(event["id"]),
-                account,
+                key,
                 str(event.get("type", "")),
                 bool(event.get("livemode", False)),
                 int(event.get("created") or 0),
                 raw_body,
             )
         if row is None:
-            return Accepted(inserted=False, account=account)
+            return Accepted(inserted=False, account=key)
+        # A concurrent duplicate may still have scheduled the mailbox: publish then too.
         return Accepted(
-            inserted=True,
-            account=account,
+            inserted=bool(row["inserted"]),
+            account=key,
             version=int(row["version"]),
             publish=bool(row["newly_scheduled"]) and not row["parked"],
         )
 
     async def drain(self, account: str, owner: str, handle: EventHandler) -> DrainOutcome:
-        """Apply up to ``batch_size`` pending events of ``account`` in order.
+        """Apply up to ``batch_size`` pending events of mailbox ``account`` in order.
 
         The batch runs in one transaction with a savepoint per event: a
         handler's writes and its event's "handled" mark commit together, a
         failing handler rolls back only its own savepoint, and the batch costs
-        one commit. Workers open their pool with ``synchronous_commit = off``
-        (see ``Services.start``): the inbox insert was durable, so a crash that
-        loses the last few worker commits loses their effects and marks
-        together and those events are simply handled again (handlers are
-        idempotent). Intake commits stay synchronous.
+        one commit, fenced by the lease's token. Workers open their pool with
+        ``synchronous_commit = off`` (see ``Services.start``): the inbox insert
+        was durable, so a crash that loses the last few worker commits loses
+        their effects and marks together and those events are simply handled
+        again (handlers are idempotent). Intake commits stay synchronous.
         """
+        loop = asyncio.get_running_loop()
+        after: list[Callable[[], None]] = []
+        handled: list[Any] = []
         async with self._pool.acquire() as conn:
-            leased = await conn.fetch(
-                _LEASE_AND_FETCH, account, owner, self.lease_seconds, self.batch_size
-            )
-            if not leased:
+            asked_at = loop.time()
+            taken = await conn.fetchrow(_TAKE_LEASE, account, owner, self.lease_seconds)
+            if taken is None:
                 return DrainOutcome("busy")
-            version = int(leased[0]["version"])
-            rows = [row for row in leased if row["id"] is not None]
-            after: list[Callable[[], None]] = []
-            handled_ids: list[int] = []
-            # A lone event needs no savepoint: if it fails, the whole
-            # transaction rolls back and the failure is recorded afresh.
-            savepoints = len(rows) > 1
+            lease = _Lease(account, int(taken["lease_epoch"]), int(taken["version"]))
             try:
-                async with conn.transaction():
-                    outcome = await self._apply(
-                        conn, account, owner, version, rows, handle, handled_ids, after, savepoints
-                    )
-            except _LoneEventFailed as failure:
-                handled_ids.clear()
-                after.clear()
-                async with conn.transaction():
-                    outcome = await self._failed(
-                        conn,
-                        account=account,
-                        owner=owner,
-                        row_id=failure.row_id,
-                        exc=failure.error,
-                        handled=0,
-                    )
+                async with self.keeper.hold(lease.key, lease.epoch, asked_at):
+                    rows = await conn.fetch(_PENDING, account, self.batch_size)
+                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+            except (LeaseLost, TimeoutError):
+                log.warning(
+                    "drain of %s lost its lease (epoch %d); nothing committed",
+                    lease.key,
+                    lease.epoch,
+                )
+                return DrainOutcome("lost")
         for action in after:
             action()
-        if handled_ids:
-            handled_set = set(handled_ids)
+        if handled:
             now = datetime.now(UTC)
-            lags = tuple(
-                (now - row["received_at"]).total_seconds()
-                for row in rows
-                if row["id"] in handled_set
-            )
+            lags = tuple((now - row["received_at"]).total_seconds() for row in handled)
             outcome = replace(outcome, lag_seconds=lags)
         return outcome
+
+    async def _run_batch(  # noqa: PLR0917 - the drain's working set, passed along once
+        self,
+        conn: asyncpg.Connection,
+        lease: _Lease,
+        rows: Sequence[Any],
+        handle: EventHandler,
+        handled: list[Any],
+        after: list[Callable[[], None]],
+    ) -> DrainOutcome:
+        # A lone event needs no savepoint: if it fails, the whole transaction
+        # rolls back and the failure is recorded afresh.
+        try:
+            async with conn.transaction():
+                return await self._apply(conn, lease, rows, handle, handled, after)
+        except _LoneEventFailed as failure:
+            handled.clear()
+            after.clear()
+            async with conn.transaction():
+                return await self._failed(conn, lease, failure.row_id, failure.error, [])
 
     async def _apply(  # noqa: PLR0917 - the drain's working set, passed along once
         self,
         conn: asyncpg.Connection,
-        account: str,
-        owner: str,
-        version: int,
+        lease: _Lease,
         rows: Sequence[Any],
         handle: EventHandler,
-        handled_ids: list[int],
+        handled: list[Any],
         after: list[Callable[[], None]],
-        savepoints: bool,
     ) -> DrainOutcome:
-        """Run the handlers in order inside the caller's transaction."""
+        """Run the handlers in order inside the caller's transaction, then fence and mark."""
+        savepoints = len(rows) > 1
         for row in rows:
             try:
                 if savepoints:
@@ -361,46 +392,53 @@ class Mailbox:
                         action = await handle(json.loads(row["payload"]), conn)
                 else:
                     action = await handle(json.loads(row["payload"]), conn)
-            except Exception as exc:  # any handler failure backs the account off
+            except Exception as exc:  # any handler failure backs the mailbox off
                 if not savepoints:
                     raise _LoneEventFailed(row["id"], exc) from exc
-                await conn.execute(_MARK_HANDLED_MANY, handled_ids)
-                return await self._failed(
-                    conn,
-                    account=account,
-                    owner=owner,
-                    row_id=row["id"],
-                    exc=exc,
-                    handled=len(handled_ids),
-                )
-            handled_ids.append(row["id"])
+                ids = [done["id"] for done in handled]
+                return await self._failed(conn, lease, row["id"], exc, ids)
+            handled.append(row)
             if action is not None:
                 after.append(action)
+        ids = [row["id"] for row in handled]
         may_be_idle = len(rows) < self.batch_size
-        if await conn.fetchval(
-            _MARK_AND_RELEASE_IF_IDLE, account, version, owner, handled_ids, may_be_idle
-        ):
-            return DrainOutcome("idle", len(handled_ids))
-        await conn.fetchval(_RELEASE_AND_REQUEUE, account, owner, len(handled_ids))
-        return DrainOutcome("requeue", len(handled_ids))
+        released = await conn.fetchrow(
+            _MARK_AND_RELEASE, lease.key, lease.epoch, lease.version, ids, may_be_idle
+        )
+        if released is None:
+            raise LeaseLost(lease.key)
+        return DrainOutcome("requeue" if released["scheduled"] else "idle", len(ids))
 
     async def _failed(
         self,
         conn: asyncpg.Connection,
-        *,
-        account: str,
-        owner: str,
+        lease: _Lease,
         row_id: int,
         exc: Exception,
-        handled: int,
+        handled_ids: list[int],
     ) -> DrainOutcome:
         message = f"{type(exc).__name__}: {exc}"[:2000]
-        result = await conn.fetchrow(_FAIL_EVENT, row_id, message, self.max_attempts)
+        result = await conn.fetchrow(
+            _FAIL_EVENT, lease.key, lease.epoch, handled_ids, row_id, message, self.max_attempts
+        )
+        if result is None:
+            raise LeaseLost(lease.key)
         attempts = int(result["attempts"])
         dead = result["status"] == "dead"
         delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
-        await conn.execute(_BACK_OFF, account, owner, delay, dead, attempts, message, handled)
-        return DrainOutcome("parked" if dead else "backoff", handled, message)
+        backed_off = await conn.fetchval(
+            _BACK_OFF,
+            lease.key,
+            lease.epoch,
+            delay,
+            dead,
+            attempts,
+            message,
+            len(handled_ids),
+        )
+        if backed_off is None:
+            raise LeaseLost(lease.key)
+        return DrainOutcome("parked" if dead else "backoff", len(handled_ids), message)
 
     async def sweep(self, stale_after_seconds: float) -> list[str]:
         """Accounts to (re)publish: backoff passed, lease expired, or task lost."""
@@ -453,7 +491,7 @@ class Mailbox:
                 """
                 UPDATE marketplace_webhook_accounts
                 SET parked = false, backoff_until = NULL, attempts = 0, last_error = '',
-                    scheduled = true, scheduled_at = now(), lease_owner = '', lease_until = NULL
+                    scheduled = true, scheduled_at = now()
                 WHERE account = ANY($1)
                 RETURNING account
                 """,

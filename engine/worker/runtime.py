@@ -17,10 +17,12 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 from prometheus_client import start_http_server
 from taskiq import Context, TaskiqDepends
 from taskiq.api import run_receiver_task
 
+from engine.core.mailboxes import metric_label
 from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
@@ -69,8 +71,13 @@ def register_plugin_tasks(broker: MailboxBroker, plugins: Plugins) -> None:
 
 
 def make_mailbox(services: Services) -> Mailbox:
-    """The mailbox with the retry policy from ``settings.webhooks``."""
+    """The mailbox with the retry policy from ``settings.webhooks``.
+
+    Events are keyed by the plugins' ``resolve_mailbox_key``; leases are
+    renewed on a connection of their own (``LeaseKeeper``).
+    """
     hooks = services.settings.webhooks
+    url = services.db.url
     return Mailbox(
         services.db.pool,
         max_attempts=hooks.max_attempts,
@@ -78,6 +85,8 @@ def make_mailbox(services: Services) -> Mailbox:
         backoff_cap=hooks.backoff_max_seconds,
         batch_size=hooks.batch_size,
         lease_seconds=hooks.lease_seconds,
+        route=services.plugins.mailbox_key,
+        renew_with=lambda: asyncpg.connect(url),
     )
 
 
@@ -126,18 +135,23 @@ class Worker:
 
     async def drain(self, account: str) -> str:
         """Drain ``account`` once; re-queue it at the back if more remains."""
+        label = metric_label(account)
         with log_context(account=account):
             outcome = await self.mailbox.drain(account, self.owner, self._handle)
             if outcome.handled:
-                self.metrics.webhook_handled.labels(account).inc(outcome.handled)
-                lag = self.metrics.webhook_lag.labels(account)
+                self.metrics.webhook_handled.labels(label).inc(outcome.handled)
+                lag = self.metrics.webhook_lag.labels(label)
                 for seconds in outcome.lag_seconds:
                     lag.observe(seconds)
             if outcome.state in {"backoff", "parked"}:
-                self.metrics.webhook_failures.labels(account).inc()
+                self.metrics.webhook_failures.labels(label).inc()
                 log.warning("handler failed (%s): %s", outcome.state, outcome.error)
             if outcome.state == "parked":
-                self.metrics.webhook_dead.labels(account).inc()
+                self.metrics.webhook_dead.labels(label).inc()
+            if outcome.state == "lost":
+                # Another drain holds the mailbox now, or the sweeper hands it on once
+                # the lease expires: nothing to publish.
+                log.warning("drain stopped: lease lost")
             if outcome.state == "requeue":
                 await self.scheduler.requeue(account)
             return outcome.state
@@ -152,8 +166,12 @@ class Worker:
 
     async def sample_pending(self) -> None:
         """Set the per-account pending gauge from the mailboxes."""
+        pending: dict[str, int] = {}
         for state in await self.mailbox.account_states():
-            self.metrics.mailbox_pending.labels(state["account"]).set(state["pending"])
+            label = metric_label(state["account"])
+            pending[label] = pending.get(label, 0) + int(state["pending"])
+        for label, count in pending.items():
+            self.metrics.mailbox_pending.labels(label).set(count)
 
     async def sweep_forever(self) -> None:
         """Sweep every ``webhooks.sweep_interval_seconds`` until cancelled.

@@ -96,7 +96,6 @@ async def _statuses(pool: asyncpg.Pool) -> dict[str, str]:
     return {row["event_id"]: row["status"] for row in rows}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: unfenced leases (fixed next)")
 async def test_a_handler_slower_than_the_lease_never_lets_a_second_drain_double_apply(
     pool: asyncpg.Pool,
 ) -> None:
@@ -119,7 +118,6 @@ async def test_a_handler_slower_than_the_lease_never_lets_a_second_drain_double_
     assert set((await _statuses(pool)).values()) == {"handled"}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: unfenced leases (fixed next)")
 async def test_a_drain_whose_lease_was_taken_over_commits_nothing(pool: asyncpg.Pool) -> None:
     """A drain paused past its lease (forced to expire) must not commit after the next holder."""
     first, second = _mailbox(pool, 30), _mailbox(pool, 30)
@@ -179,7 +177,6 @@ class _OneConnection:
         yield self._conn
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: unfenced leases (fixed next)")
 async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
     pool: asyncpg.Pool,
 ) -> None:
@@ -205,3 +202,69 @@ async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
     pending = sorted(event_id for event_id, status in statuses.items() if status == "pending")
     # Either the drain applied evt_2 too, or it left the account scheduled for it.
     assert not pending or scheduled, f"released as idle with {pending} pending"
+
+
+async def test_a_drain_that_cannot_renew_its_lease_stops_before_it_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    """A Stripe call (here: a sleep) longer than the lease, with renewal impossible: the
+    drain is cancelled before its lease could run out, and commits nothing."""
+
+    async def unreachable() -> asyncpg.Connection:
+        raise OSError("the database is unreachable from the lease keeper")
+
+    mailbox = Mailbox(pool, lease_seconds=1, renew_with=unreachable)
+    await _accept(mailbox, 1)
+    calls: list[tuple[str, str]] = []
+    finished: list[str] = []
+
+    async def hangs(event_id: str) -> None:
+        await asyncio.sleep(30)
+        finished.append(event_id)
+
+    outcome = await mailbox.drain(ACCOUNT, "w1", _recording(calls, "w1", hangs))
+    assert outcome.state == "lost"
+    assert calls == [("w1", "evt_1")]
+    assert finished == []  # the call was cut short, not waited for
+    assert await _committed(pool) == []
+    assert await _statuses(pool) == {"evt_1": "pending"}
+
+
+async def test_renewal_extends_a_held_lease_and_stops_a_drain_whose_lease_moved(
+    pool: asyncpg.Pool,
+) -> None:
+    mailbox = _mailbox(pool, 30)
+    await _accept(mailbox, 1)
+    await _accept(mailbox, 2)
+    seen: dict[str, Any] = {}
+
+    async def lease_until() -> Any:
+        async with pool.acquire() as conn:
+            return await conn.fetchval(
+                "SELECT lease_until FROM marketplace_webhook_accounts WHERE account = $1",
+                ACCOUNT,
+            )
+
+    async def renew_then_lose(event_id: str) -> None:
+        if event_id == "evt_1":
+            before = await lease_until()
+            await mailbox.keeper.renew()
+            seen["extended"] = await lease_until() > before
+        else:
+            # Another worker takes the mailbox over (its lease bumps the token).
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE marketplace_webhook_accounts SET lease_epoch = lease_epoch + 1 "
+                    "WHERE account = $1",
+                    ACCOUNT,
+                )
+            await mailbox.keeper.renew()
+            await asyncio.sleep(30)  # cancelled by the keeper, not waited for
+            seen["waited"] = True
+
+    calls: list[tuple[str, str]] = []
+    outcome = await mailbox.drain(ACCOUNT, "w1", _recording(calls, "w1", renew_then_lose))
+    assert seen == {"extended": True}
+    assert outcome.state == "lost"
+    assert await _committed(pool) == []
+    assert set((await _statuses(pool)).values()) == {"pending"}

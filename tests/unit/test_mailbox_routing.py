@@ -1,4 +1,5 @@
-"""Which mailbox an event goes to: its account, the account its money is for, or the platform."""
+"""Which mailbox an event goes to: its account, the account its money is for, its disputed
+charge, or the platform; and the retry backoff."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from engine.webhooks.mailbox import PLATFORM_ACCOUNT, backoff_seconds, event_account
+from engine.core.mailboxes import PLATFORM_MAILBOX as PLATFORM_ACCOUNT
+from engine.core.mailboxes import default_mailbox_key
+from engine.webhooks.mailbox import backoff_seconds
 
 
 def _event(obj: dict[str, Any], account: str | None = None) -> dict[str, Any]:
@@ -32,10 +35,14 @@ def _event(obj: dict[str, Any], account: str | None = None) -> dict[str, Any]:
         (_event({"object": "transfer", "destination": "ba_123"}), PLATFORM_ACCOUNT),
         (_event({"object": "customer"}), PLATFORM_ACCOUNT),
         ({"id": "evt_2", "type": "x"}, PLATFORM_ACCOUNT),
+        (_event({"object": "dispute", "charge": "ch_1"}), "dispute:ch_1"),
+        (_event({"object": "dispute", "charge": {"id": "ch_2"}}), "dispute:ch_2"),
+        (_event({"object": "dispute", "charge": None}), PLATFORM_ACCOUNT),
+        (_event({"object": "dispute", "charge": "ch_1"}, account="acct_e"), "acct_e"),
     ],
 )
 def test_event_goes_to_the_account_it_concerns(event: dict[str, Any], mailbox: str) -> None:
-    assert event_account(event) == mailbox
+    assert default_mailbox_key(event) == mailbox
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 8, 30])

@@ -1,0 +1,90 @@
+"""Mailbox keys: which webhook mailbox a Stripe event is queued in.
+
+A mailbox is the unit of order and isolation of webhook processing: events
+of one key are applied one at a time in the order they were accepted; a key
+that keeps failing backs off, dead-letters and parks alone while every other
+key flows. The engine keys an event by the connected account it concerns
+(``default_mailbox_key``); a plugin may key its own events by a business
+object instead, through the ``resolve_mailbox_key`` hook. Pure functions, no
+I/O: they run in the webhook intake before the event is committed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+__all__ = [
+    "MAILBOX_KEY_PATTERN",
+    "PLATFORM_MAILBOX",
+    "default_mailbox_key",
+    "is_mailbox_key",
+    "metric_label",
+]
+
+PLATFORM_MAILBOX: Final = "platform"
+"""The mailbox of platform events that concern no connected account and no plugin's key."""
+
+MAILBOX_KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,63}")
+"""1 to 64 characters: letters, digits, ``_ . : -`` (``<plugin>:<object>:<id>`` by convention)."""
+
+
+def is_mailbox_key(value: object) -> bool:
+    """Whether ``value`` can name a mailbox (see ``MAILBOX_KEY_PATTERN``)."""
+    return isinstance(value, str) and MAILBOX_KEY_PATTERN.fullmatch(value) is not None
+
+
+def _account_id(value: Any) -> str | None:
+    """An ``acct_...`` id from a string or an expanded object."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value.startswith("acct_") else None
+
+
+def default_mailbox_key(event: Mapping[str, Any]) -> str:
+    """The engine's key for an event no plugin claimed.
+
+    A connected account's own event goes to that account's mailbox. A platform
+    event about money bound for one connected account (a destination charge,
+    a subscription invoice with ``transfer_data``, a transfer) goes to that
+    account's mailbox too, so one creator's traffic or failures never queue
+    behind another's. A platform dispute goes to the mailbox of its charge
+    (``dispute:<charge id>``): a dispute names only its charge, and one
+    dispute's failing handler must not park the platform's other events.
+    Anything else is the platform's.
+    """
+    account = event.get("account")
+    if account:
+        return str(account)
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    if isinstance(obj, Mapping):
+        transfer_data = obj.get("transfer_data")
+        if isinstance(transfer_data, Mapping):
+            destination = _account_id(transfer_data.get("destination"))
+            if destination:
+                return destination
+        if obj.get("object") == "transfer":
+            destination = _account_id(obj.get("destination"))
+            if destination:
+                return destination
+        charge = obj.get("charge")
+        if isinstance(charge, Mapping):
+            charge = charge.get("id")
+        if obj.get("object") == "dispute" and isinstance(charge, str) and charge:
+            key = f"dispute:{charge}"
+            if is_mailbox_key(key):
+                return key
+    return PLATFORM_MAILBOX
+
+
+def metric_label(key: str) -> str:
+    """The metrics label of a mailbox: the key for an account or the platform, else its prefix.
+
+    Keys such as ``three_sided_bookings:booking:42`` or ``dispute:ch_...`` are
+    one per business object; labelling metrics by them would grow without
+    bound, so their series are summed per prefix (``three_sided_bookings``,
+    ``dispute``). Accounts are bounded by the business and stay per account.
+    """
+    return key.split(":", 1)[0]

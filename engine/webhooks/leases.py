@@ -1,0 +1,172 @@
+"""Mailbox leases kept alive while a drain runs, and drains stopped before their lease ends.
+
+A drain holds its mailbox through a lease: ``lease_until`` in PostgreSQL plus a
+fencing token, ``lease_epoch``, bumped by every lease taken. The token makes a
+drain safe (every write it makes checks the token, so a drain whose lease was
+taken over commits nothing); this module makes it live and bounded:
+
+- one ``LeaseKeeper`` per process renews every lease its drains hold, every
+  third of the lease, in one statement on a connection of its own (never one
+  from the pool, which busy drains can exhaust);
+- each drain runs under a local deadline, ``asyncio.timeout_at``, set to the
+  moment the lease was asked for (or last renewed) plus the lease less a
+  margin. A successful renewal pushes the deadline out; a renewal that finds
+  the token moved (the lease was taken over) fires it at once. So a drain
+  that cannot renew, whatever it is waiting on (a Stripe call, a lock), is
+  cancelled before its lease can run out, and one that lost its lease stops.
+
+The deadline uses this process's monotonic clock and the lease the database's
+``now()``; the deadline starts from the moment the request was *sent*, so it
+is always earlier than the database's expiry, and the margin absorbs clock
+rate differences and the time a cancellation takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+__all__ = ["LeaseKeeper"]
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+# Renew the leases still held with this token, skipping rows another statement
+# has locked right now (an intake, or a drain committing): they are tried again
+# next round, and one busy row never delays the others. ``held`` is false when
+# the token moved or the lease was released: that drain lost its lease.
+_RENEW = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(account, epoch)
+), lockable AS (
+    SELECT a.account FROM marketplace_webhook_accounts a
+    JOIN wanted w ON a.account = w.account AND a.lease_epoch = w.epoch
+    WHERE a.lease_until IS NOT NULL
+    FOR UPDATE OF a SKIP LOCKED
+), renewed AS (
+    UPDATE marketplace_webhook_accounts a
+    SET lease_until = now() + make_interval(secs => $3)
+    FROM lockable WHERE a.account = lockable.account
+    RETURNING a.account
+)
+SELECT w.account, w.epoch,
+       EXISTS (SELECT 1 FROM renewed r WHERE r.account = w.account) AS renewed,
+       EXISTS (
+           SELECT 1 FROM marketplace_webhook_accounts a
+           WHERE a.account = w.account AND a.lease_epoch = w.epoch AND a.lease_until IS NOT NULL
+       ) AS held
+FROM wanted w
+"""
+
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+@dataclass(slots=True)
+class _Held:
+    key: str
+    epoch: int
+    timeout: asyncio.Timeout
+
+
+class LeaseKeeper:
+    """Renews the leases of this process's running drains and bounds each drain by its lease.
+
+    Args:
+        connect: opens the keeper's own connection (``asyncpg.connect(url)``);
+            ``None`` borrows one from ``pool`` for each renewal (for tools and
+            tests whose pool cannot run dry).
+        pool: the pool to borrow from when ``connect`` is ``None``.
+        lease_seconds: the lease length the mailbox takes.
+    """
+
+    def __init__(
+        self, lease_seconds: float, *, connect: Connect | None = None, pool: Any = None
+    ) -> None:
+        if connect is None and pool is None:
+            raise ValueError("a LeaseKeeper needs connect or pool")
+        self.lease_seconds = float(lease_seconds)
+        self.period = self.lease_seconds / 3
+        self.margin = min(5.0, self.lease_seconds / 5)
+        self._connect = connect
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._held: dict[int, _Held] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str, epoch: int, asked_at: float) -> AsyncIterator[None]:
+        """Run the body while the lease ``(key, epoch)`` holds; ``TimeoutError`` when it does not.
+
+        ``asked_at`` is the loop time just before the lease statement was sent.
+        """
+        async with asyncio.timeout_at(asked_at + self.lease_seconds - self.margin) as timeout:
+            held = _Held(key, epoch, timeout)
+            self._held[id(held)] = held
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._keep(), name="mailbox-lease-keeper")
+            try:
+                yield
+            finally:
+                del self._held[id(held)]
+
+    async def _keep(self) -> None:
+        """Renew every third of the lease while any lease is held, then close the connection."""
+        try:
+            while self._held:
+                await asyncio.sleep(self.period)
+                if self._held:
+                    await self.renew()
+        finally:
+            self._close()
+
+    async def renew(self) -> None:
+        """Renew every lease held now (the keeper does this every third of the lease)."""
+        loop = asyncio.get_running_loop()
+        holding = list(self._held.items())
+        sent_at = loop.time()
+        try:
+            rows = await asyncio.wait_for(
+                self._fetch(
+                    [held.key for _, held in holding],
+                    [held.epoch for _, held in holding],
+                ),
+                timeout=self.period,
+            )
+        except _CONNECTION_ERRORS:
+            # The drains' deadlines stand: if this keeps failing they stop in time.
+            log.warning("could not renew %d mailbox lease(s)", len(holding), exc_info=True)
+            self._close()
+            return
+        outcome = {(row["account"], row["epoch"]): row for row in rows}
+        for token, held in holding:
+            if token not in self._held or held.timeout.expired():
+                continue  # finished or already stopping meanwhile
+            row = outcome.get((held.key, held.epoch))
+            if row is None:
+                continue
+            if not row["held"]:
+                log.warning("lease on %s lost (epoch %d); stopping its drain", held.key, held.epoch)
+                held.timeout.reschedule(loop.time())
+            elif row["renewed"]:
+                held.timeout.reschedule(sent_at + self.lease_seconds - self.margin)
+
+    async def _fetch(self, keys: list[str], epochs: list[int]) -> list[Any]:
+        if self._connect is None:
+            async with self._pool.acquire() as conn:
+                return list(await conn.fetch(_RENEW, keys, epochs, self.lease_seconds))
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        return list(await self._conn.fetch(_RENEW, keys, epochs, self.lease_seconds))
+
+    def _close(self) -> None:
+        # terminate(): immediate, and safe in a cancelled task's ``finally``.
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
