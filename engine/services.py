@@ -72,6 +72,7 @@ class Services:
             settings.stripe.secret_key,
             settings.stripe.api_base,
             max_network_retries=settings.stripe.max_network_retries,
+            timeout_seconds=settings.stripe.timeout_seconds,
         )
         nats_client: NatsClient | None = None
         if connect_nats and settings.nats.url:

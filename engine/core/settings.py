@@ -88,6 +88,10 @@ class StripeSettings(_Section, frozen=True):
     webhook_secrets: list[str] = msgspec.field(default_factory=list)
     connect_webhook_secrets: list[str] = msgspec.field(default_factory=list)
     max_network_retries: NonNegative = 2
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    """Limit on each HTTP request to Stripe; a whole call, retries included, is bounded by
+    ``timeout_seconds * (max_network_retries + 1) + 5 s * max_network_retries`` (55 s with
+    the defaults), below ``[webhooks] lease_seconds``."""
 
 
 class WebhookSettings(_Section, frozen=True):

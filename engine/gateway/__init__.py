@@ -9,6 +9,7 @@ Results are plain ``dict``s in Stripe's JSON shape, so nothing else needs the SD
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +29,7 @@ from engine.core.errors import (
     RateLimited,
 )
 
-__all__ = ["StripeGateway", "idempotency_key"]
+__all__ = ["StripeGateway", "call_deadline", "idempotency_key"]
 
 StripeObject = dict[str, Any]
 
@@ -47,6 +48,16 @@ def idempotency_key(*parts: object) -> str:
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{key[: _MAX_KEY - 65]}:{digest}"
+
+
+_MAX_RETRY_DELAY = 5.0
+"""The SDK's longest sleep between two retries (``stripe.HTTPClient.MAX_DELAY``)."""
+
+
+def call_deadline(timeout_seconds: float, max_network_retries: int) -> float:
+    """The longest one gateway call can take: every try timing out, every retry's sleep."""
+    tries = max_network_retries + 1
+    return timeout_seconds * tries + _MAX_RETRY_DELAY * max_network_retries
 
 
 def _translate(exc: stripe.StripeError) -> MarketplaceError:
@@ -79,26 +90,39 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
 class StripeGateway:
     """Async access to Stripe (or the sandbox) for the engine and plugins.
 
+    Every call is bounded: each request by ``timeout_seconds`` (the SDK's own
+    default is 80 s) and the whole call, retries included, by
+    ``call_deadline_seconds``. A webhook handler calls Stripe inside its
+    mailbox drain; the bound keeps one slow answer from holding a mailbox
+    for longer than its lease (see ``engine.webhooks.leases``).
+
     Args:
         secret_key: the platform's secret key.
         api_base: base address (``http://127.0.0.1:12111`` for the sandbox);
             empty for Stripe itself.
         max_network_retries: the SDK's own retries of network failures (safe
             because every write carries an idempotency key).
+        timeout_seconds: the limit on each HTTP request to Stripe.
     """
 
     def __init__(
-        self, secret_key: str, api_base: str = "", *, max_network_retries: int = 2
+        self,
+        secret_key: str,
+        api_base: str = "",
+        *,
+        max_network_retries: int = 2,
+        timeout_seconds: float = 15.0,
     ) -> None:
         base: Any = {}
         if api_base:
             base = {"api": api_base, "connect": api_base, "files": api_base}
         self.api_base = api_base
+        self.call_deadline_seconds = call_deadline(timeout_seconds, max_network_retries)
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses=base,
             max_network_retries=max_network_retries,
-            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+            http_client=stripe.HTTPXClient(allow_sync_methods=True, timeout=timeout_seconds),
         )
 
     @staticmethod
@@ -132,13 +156,20 @@ class StripeGateway:
         if method not in {"retrieve", "list"} and idempotency_key is None:
             raise GatewayError(f"{resource}.{method} needs an idempotency key")
         try:
-            result = await function(
-                *args,
-                params=dict(params or {}),
-                options=self._options(account, idempotency_key),
-            )
+            async with asyncio.timeout(self.call_deadline_seconds):
+                result = await function(
+                    *args,
+                    params=dict(params or {}),
+                    options=self._options(account, idempotency_key),
+                )
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
+        except TimeoutError:
+            raise GatewayError(
+                f"Stripe did not answer {resource}.{method} within "
+                f"{self.call_deadline_seconds:.0f} s",
+                stripe_code="timeout",
+            ) from None
         return _to_dict(result)
 
     # ------------------------------------------------------------ accounts
@@ -178,11 +209,17 @@ class StripeGateway:
     async def balance(self, account: str | None = None) -> StripeObject:
         """Available and pending balance of the platform or a connected account."""
         try:
-            result = await self._client.v1.balance.retrieve_async(
-                options=self._options(account, None)
-            )
+            async with asyncio.timeout(self.call_deadline_seconds):
+                result = await self._client.v1.balance.retrieve_async(
+                    options=self._options(account, None)
+                )
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
+        except TimeoutError:
+            raise GatewayError(
+                f"Stripe did not answer balance.retrieve within {self.call_deadline_seconds:.0f} s",
+                stripe_code="timeout",
+            ) from None
         return _to_dict(result)
 
     async def list_all(

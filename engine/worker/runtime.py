@@ -120,6 +120,16 @@ class Worker:
         self.dispatcher = Dispatcher(
             services, [*core_registrations(), *services.plugins.webhook_handlers()]
         )
+        lease = float(services.settings.webhooks.lease_seconds)
+        if services.gateway.call_deadline_seconds >= lease:
+            # Still safe (a drain that cannot renew is stopped in time), but a slow
+            # Stripe call would then end drains instead of the call ending first.
+            log.warning(
+                "a Stripe call may take %.0f s, not below [webhooks] lease_seconds = %.0f: "
+                "lower [stripe] timeout_seconds or max_network_retries",
+                services.gateway.call_deadline_seconds,
+                lease,
+            )
 
     async def _handle(self, event: Any, conn: Any) -> Any:
         with log_context(

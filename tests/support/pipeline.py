@@ -43,6 +43,9 @@ def pipeline_settings(database_url: str, nats_url: str, stream: str, **webhooks:
             "stripe": {
                 "webhook_secrets": [PLATFORM_SECRET],
                 "connect_webhook_secrets": ["whsec_old_rotated_out", CONNECT_SECRET],
+                # No handler here calls Stripe; keep a call's bound below the short lease.
+                "max_network_retries": 0,
+                "timeout_seconds": 2.0,
             },
             "webhooks": policy,
             "worker": {"concurrency": 32},
