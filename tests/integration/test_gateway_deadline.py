@@ -27,7 +27,7 @@ async def test_a_stripe_that_never_answers_is_a_gateway_error_not_a_hang() -> No
         "sk_test_silent", f"http://127.0.0.1:{port}", max_network_retries=0, timeout_seconds=0.3
     )
     try:
-        with pytest.raises(GatewayError, match="did not answer accounts.retrieve") as raised:
+        with pytest.raises(GatewayError, match=r"did not answer accounts\.retrieve") as raised:
             await gateway.retrieve_account("acct_silent")
         assert raised.value.extra["stripe_code"] == "timeout"
         assert accepted  # the request reached the silent server
