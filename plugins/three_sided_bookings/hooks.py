@@ -10,6 +10,7 @@ from engine.core.contributions import (
     ConfigSection,
     PeriodicTask,
     PluginRuntime,
+    StripeEvent,
     TableApp,
     WebhookRegistration,
 )
@@ -63,6 +64,12 @@ def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -
     """Disputes, held-transfer release on ``account.updated``, ledger follow-up."""
     for registration in webhooks.registrations():
         register(registration)
+
+
+@hookimpl
+def resolve_mailbox_key(event: StripeEvent) -> str | None:
+    """One mailbox per booking (``three_sided_bookings:booking:<id>``); see ``webhooks``."""
+    return webhooks.mailbox_key(event)
 
 
 @hookimpl

@@ -13,6 +13,13 @@
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
+
+``mailbox_key`` (the plugin's ``resolve_mailbox_key``) queues every platform
+event about one booking in that booking's own mailbox,
+``three_sided_bookings:booking:<id>``: its charges, payment intents and
+transfers by their ``transfer_group``, its refunds by their
+``metadata.booking_id``. A booking's events are applied in order, and a
+booking whose event keeps failing parks alone.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from plugins.three_sided_bookings.postings import (
 )
 from plugins.three_sided_bookings.store import load_booking
 
-__all__ = ["registrations"]
+__all__ = ["mailbox_key", "registrations"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,26 @@ def _object(event: StripeEvent) -> dict[str, Any]:
 def _booking_reference(group: object) -> str | None:
     """``booking:<id>`` when a transfer group is one of this plugin's bookings."""
     return group if isinstance(group, str) and _GROUP.match(group) else None
+
+
+def mailbox_key(event: StripeEvent) -> str | None:
+    """The mailbox of a platform event about one booking, or None (not this plugin's).
+
+    Per booking rather than per provider: a booking is what its events change
+    together (charge, transfers, refunds, reversals move one booking's money and
+    state, so they must apply in order), and what fails alone (one bad record).
+    A provider's key would queue every booking of a busy therapist behind one
+    poisoned booking, and would need the provider in every payload, which
+    Stripe's charges of separate charges and transfers do not carry.
+    """
+    if event.get("account"):
+        return None  # a connected account's own events stay in its mailbox
+    obj = _object(event)
+    reference = _booking_reference(obj.get("transfer_group"))
+    if reference is None and obj.get("object") == "refund":
+        booking_id = str((obj.get("metadata") or {}).get("booking_id") or "")
+        reference = f"booking:{booking_id}" if booking_id.isdigit() else None
+    return f"{PLUGIN}:{reference}" if reference else None
 
 
 def _poster(ctx: HandlerContext) -> Callable[[Posting], Any]:

@@ -10,6 +10,7 @@ import pytest
 from support.pipeline import Pipeline, running_pipeline
 from support.stripe_events import event, signed
 
+from engine.infra.processes import find_free_port
 from engine.webhooks.signature import SignatureError
 
 
@@ -171,3 +172,70 @@ async def test_a_lone_failing_event_backs_off_then_parks(pipeline: Pipeline) -> 
         await conn.execute("DELETE FROM test_poison")
     await pipeline.webhooks.replay(event_ids=[dead[0].event_id])
     await pipeline.wait_until(lambda: _equals(pipeline.recorded("acct_lone"), 1), what="replay")
+
+
+async def test_a_poisoned_booking_parks_only_its_own_mailbox(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> None:
+    """Separate charges and transfers: every booking event is a platform event. Each booking
+    has its own mailbox, so one whose handler keeps failing parks alone; the other booking
+    and the platform's own events go on."""
+    unreachable = f"http://127.0.0.1:{find_free_port()}"  # Stripe down for booking 1's handler
+    async with running_pipeline(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=("three_sided_bookings",),
+        stripe_api_base=unreachable,
+    ) as pipeline:
+        # Booking 1's charge names its balance transaction by id: the handler asks Stripe.
+        await pipeline.deliver(_booking_charge(1, "ch_poison", {"balance_transaction": "txn_1"}))
+        await pipeline.deliver(_booking_charge(1, "ch_after", _expanded_balance_transaction()))
+        await pipeline.deliver(_booking_charge(2, "ch_fine", _expanded_balance_transaction()))
+        for seq in range(1, 4):
+            await pipeline.deliver(event(None, seq))
+        pipeline.start_worker()
+        poisoned = "three_sided_bookings:booking:1"
+        await pipeline.wait_until(
+            lambda: pipeline.fetchval(
+                "SELECT parked FROM marketplace_webhook_accounts WHERE account = $1", poisoned
+            ),
+            what="booking 1's mailbox to park",
+        )
+        await pipeline.wait_until(
+            lambda: _equals(pipeline.recorded("platform"), 3), what="the platform's events"
+        )
+        await pipeline.wait_until(
+            lambda: pipeline.fetchval(
+                "SELECT count(*) = 1 FROM marketplace_ledger_transactions "
+                "WHERE idempotency_key = 'charge:ch_fine'"
+            ),
+            what="booking 2's charge in the ledger",
+        )
+        states = {row["account"]: row for row in await pipeline.webhooks.mailbox.account_states()}
+        assert states[poisoned]["parked"]
+        assert (states[poisoned]["dead"], states[poisoned]["pending"]) == (1, 1)  # order kept
+        assert not states["three_sided_bookings:booking:2"]["parked"]
+        assert not states["platform"]["parked"]
+        dead = await pipeline.webhooks.mailbox.dead_letters()
+        assert [(letter.account, letter.type) for letter in dead] == [
+            (poisoned, "charge.succeeded")
+        ]
+        assert "did not answer" in dead[0].last_error or "Stripe" in dead[0].last_error
+
+
+def _booking_charge(booking: int, charge_id: str, extra: dict[str, object]) -> dict[str, object]:
+    charge = {
+        "id": charge_id,
+        "object": "charge",
+        "amount": 10_000,
+        "currency": "usd",
+        "captured": True,
+        "transfer_group": f"booking:{booking}",
+        **extra,
+    }
+    return event(None, 0, event_type="charge.succeeded", obj=charge)
+
+
+def _expanded_balance_transaction() -> dict[str, object]:
+    return {"balance_transaction": {"id": "txn_x", "amount": 10_000, "fee": 320}}

@@ -25,8 +25,20 @@ PLATFORM_SECRET = "whsec_platform_test"
 CONNECT_SECRET = "whsec_connect_test"
 
 
-def pipeline_settings(database_url: str, nats_url: str, stream: str, **webhooks: Any) -> Settings:
-    """Settings for a test pipeline: quick retries, quick sweeps, the recorder plugin."""
+def pipeline_settings(
+    database_url: str,
+    nats_url: str,
+    stream: str,
+    *,
+    plugins: tuple[str, ...] = (),
+    stripe_api_base: str = "",
+    **webhooks: Any,
+) -> Settings:
+    """Settings for a test pipeline: quick retries, quick sweeps, the recorder plugin.
+
+    ``plugins`` enables installed plugins besides the recorder;
+    ``stripe_api_base`` is where handlers' Stripe calls go.
+    """
     policy = {
         "max_attempts": 3,
         "backoff_base_seconds": 0.05,
@@ -43,13 +55,14 @@ def pipeline_settings(database_url: str, nats_url: str, stream: str, **webhooks:
             "stripe": {
                 "webhook_secrets": [PLATFORM_SECRET],
                 "connect_webhook_secrets": ["whsec_old_rotated_out", CONNECT_SECRET],
-                # No handler here calls Stripe; keep a call's bound below the short lease.
+                "api_base": stripe_api_base,
+                # Keep a Stripe call's bound below the short lease.
                 "max_network_retries": 0,
                 "timeout_seconds": 2.0,
             },
             "webhooks": policy,
             "worker": {"concurrency": 32},
-            "plugins": {"enabled": ["recorder"]},
+            "plugins": {"enabled": ["recorder", *plugins]},
         }
     )
 
@@ -124,10 +137,13 @@ class Pipeline:
 
 @contextlib.asynccontextmanager
 async def running_pipeline(
-    database_url: str, nats_url: str, stream: str, **webhooks: Any
+    database_url: str, nats_url: str, stream: str, **options: Any
 ) -> AsyncIterator[Pipeline]:
-    """Migrate, start services and the intake; stop everything afterwards."""
-    settings = pipeline_settings(database_url, nats_url, stream, **webhooks)
+    """Migrate, start services and the intake; stop everything afterwards.
+
+    ``options`` go to ``pipeline_settings`` (plugins, webhook policy).
+    """
+    settings = pipeline_settings(database_url, nats_url, stream, **options)
     plugins = recorder_plugins(settings)
     await migrate(database_url, plugins.table_apps())
     conn = await asyncpg.connect(database_url)

@@ -9,6 +9,8 @@ import pytest
 
 from engine.core.mailboxes import PLATFORM_MAILBOX as PLATFORM_ACCOUNT
 from engine.core.mailboxes import default_mailbox_key
+from engine.core.plugins import Plugins, build_plugins, hookimpl
+from engine.core.settings import settings_from_mapping
 from engine.webhooks.mailbox import backoff_seconds
 
 
@@ -51,3 +53,39 @@ def test_backoff_grows_with_jitter_and_is_capped(attempt: int) -> None:
     for _ in range(50):
         delay = backoff_seconds(attempt, 1.0, 60.0)
         assert ceiling / 2 <= delay <= ceiling
+
+
+class _CourseKeys:
+    """A plugin keying its own events by course; a broken variant returns a bad key."""
+
+    def __init__(self, key: object = None) -> None:
+        self.key = key
+
+    @hookimpl
+    def resolve_mailbox_key(self, event: dict[str, Any]) -> object:
+        course = event["data"]["object"].get("metadata", {}).get("course")
+        if course is None:
+            return None
+        return self.key if self.key is not None else f"courses:course:{course}"
+
+
+def _plugins(plugin: object) -> Plugins:
+    settings = settings_from_mapping({"plugins": {"enabled": ["courses"]}})
+    return build_plugins(settings, extra={"courses": plugin})
+
+
+def test_a_plugin_keys_its_own_events_and_leaves_the_rest_to_the_engine() -> None:
+    plugins = _plugins(_CourseKeys())
+    course_event = _event({"object": "charge", "metadata": {"course": "7"}})
+    assert plugins.mailbox_key(course_event) == "courses:course:7"
+    assert plugins.mailbox_key(_event({"object": "payout"}, account="acct_a")) == "acct_a"
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, "has space", 42])
+def test_a_key_that_does_not_fit_falls_back_to_the_engines_key(
+    bad: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugins = _plugins(_CourseKeys(bad))
+    course_event = _event({"object": "charge", "metadata": {"course": "7"}}, account="acct_z")
+    assert plugins.mailbox_key(course_event) == "acct_z"
+    assert "resolve_mailbox_key returned" in caplog.text

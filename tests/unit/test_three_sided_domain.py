@@ -15,6 +15,7 @@ from engine.core.money import Money
 from engine.core.orders import PLATFORM
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
+from plugins.three_sided_bookings import webhooks as booking_webhooks
 from plugins.three_sided_bookings.config import ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.policy import (
     ChargeState,
@@ -409,3 +410,39 @@ def test_bad_currency_and_windows_are_refused() -> None:
             cancellation=[{"hours_before": 24, "fee_bps": 0}, {"hours_before": 24, "fee_bps": 5}],
         )
     assert info.value.key == f"plugins.{TSB}.cancellation"
+
+
+@pytest.mark.parametrize(
+    ("event", "key"),
+    [
+        (
+            {"type": "charge.succeeded", "data": {"object": {"transfer_group": "booking:42"}}},
+            "three_sided_bookings:booking:42",
+        ),
+        (
+            {"type": "transfer.created", "data": {"object": {"transfer_group": "booking:7"}}},
+            "three_sided_bookings:booking:7",
+        ),
+        (
+            {
+                "type": "refund.created",
+                "data": {"object": {"object": "refund", "metadata": {"booking_id": "9"}}},
+            },
+            "three_sided_bookings:booking:9",
+        ),
+        ({"type": "charge.succeeded", "data": {"object": {"transfer_group": "order:1"}}}, None),
+        (
+            {
+                "type": "charge.succeeded",
+                "account": "acct_1",
+                "data": {"object": {"transfer_group": "booking:1"}},
+            },
+            None,
+        ),
+        ({"type": "charge.dispute.created", "data": {"object": {"charge": "ch_1"}}}, None),
+    ],
+)
+def test_a_bookings_platform_events_go_to_the_bookings_own_mailbox(
+    event: dict[str, Any], key: str | None
+) -> None:
+    assert booking_webhooks.mailbox_key(event) == key
