@@ -148,9 +148,10 @@ class CliCommand:
 class PeriodicTask:
     """Work a worker runs every ``every_seconds`` (timers, retries, reconciliation).
 
-    ``run(services)`` is an ``async def``; across all worker processes only one
-    runs a given task at a time (a PostgreSQL advisory lock on ``name``). A
-    failure is logged and the task runs again at its next interval.
+    ``run(services)`` is an ``async def``; across all worker processes a task
+    runs at most once per interval (the run is claimed in PostgreSQL) and
+    never twice at a time (an advisory lock on ``name``). A failure is logged
+    and the task runs again at its next interval.
     """
 
     name: str

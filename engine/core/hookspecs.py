@@ -357,8 +357,10 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
 def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
     """Run work on a schedule in the workers (booking timers, retries, reconciliation).
 
-    Called when a worker starts. Each task runs every ``every_seconds``; with
-    several workers, one at a time runs a given task (advisory lock by name).
+    Called when a worker starts. Each task runs at most once per
+    ``every_seconds`` across all workers, however many there are (a run is
+    claimed in PostgreSQL on the database's clock), and never overlaps its
+    previous run. A run that fails is not retried before the next interval.
 
     Args:
         register: call with ``PeriodicTask("<plugin>.<name>", 60, run)`` where
