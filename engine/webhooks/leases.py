@@ -65,7 +65,15 @@ SELECT w.account, w.epoch,
 FROM wanted w
 """
 
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# asyncpg raises InternalClientError on the first use of a connection the server
+# dropped (a PostgreSQL restart): a connection error like the others.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 
 @dataclass(slots=True)
@@ -99,6 +107,9 @@ class LeaseKeeper:
         self._conn: asyncpg.Connection | None = None
         self._held: dict[int, _Held] = {}
         self._task: asyncio.Task[None] | None = None
+        self.autorenew = True
+        """False: no renewal loop; the caller renews with ``renew()`` (the fault harness's
+        simulation does, to decide when time passes)."""
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str, epoch: int, asked_at: float) -> AsyncIterator[None]:
@@ -109,7 +120,7 @@ class LeaseKeeper:
         async with asyncio.timeout_at(asked_at + self.lease_seconds - self.margin) as timeout:
             held = _Held(key, epoch, timeout)
             self._held[id(held)] = held
-            if self._task is None or self._task.done():
+            if self.autorenew and (self._task is None or self._task.done()):
                 self._task = asyncio.create_task(self._keep(), name="mailbox-lease-keeper")
             try:
                 yield
