@@ -79,12 +79,14 @@ class Stack:
         """
         return self.sandbox.client(stripe_account=stripe_account)
 
-    async def advance(self, seconds: int) -> None:
+    async def advance(self, seconds: int, *, allow_dead_letters: bool = False) -> None:
         """Move the sandbox's clock, then wait for the resulting events to be handled."""
         await asyncio.to_thread(self.sandbox.advance, seconds)
-        await self.settle()
+        await self.settle(allow_dead_letters=allow_dead_letters)
 
-    async def advance_test_clock(self, clock_id: str, seconds: int) -> None:
+    async def advance_test_clock(
+        self, clock_id: str, seconds: int, *, allow_dead_letters: bool = False
+    ) -> None:
         """Move a Stripe test clock forward, then wait for its events to be handled."""
 
         def advance() -> None:
@@ -95,7 +97,7 @@ class Stack:
             )
 
         await asyncio.to_thread(advance)
-        await self.settle()
+        await self.settle(allow_dead_letters=allow_dead_letters)
 
     # ------------------------------------------------------------ webhooks
 
@@ -107,12 +109,13 @@ class Stack:
         account: str | None = None,
         event_id: str | None = None,
         settle: bool = True,
+        allow_dead_letters: bool = False,
     ) -> dict[str, Any]:
         """Deliver a hand-made event to the engine's endpoint, signed as Stripe would.
 
         Connect events (``account`` set) go to the Connect endpoint with its
         secret. Returns the endpoint's JSON answer; with ``settle`` waits until
-        the worker has handled it.
+        the worker has handled it (see ``settle`` for ``allow_dead_letters``).
         """
         body = stripe_event(event_type, obj, account=account, event_id=event_id)
         stripe_settings = self.settings.stripe
@@ -125,15 +128,20 @@ class Stack:
             response = await client.post(path, content=payload, headers=headers)
         response.raise_for_status()
         if settle:
-            await self.settle()
+            await self.settle(allow_dead_letters=allow_dead_letters)
         answer: dict[str, Any] = response.json()
         return answer
 
-    async def settle(self, seconds: float = 30) -> None:
+    async def settle(self, seconds: float = 30, *, allow_dead_letters: bool = False) -> None:
         """Wait (up to ``seconds``) until every sandbox delivery is handled by the worker.
 
         Handlers may call Stripe, which queues more deliveries, so this returns
         only when the sandbox is idle and no event is pending, twice in a row.
+
+        A dead-lettered event is a handler that gave up, not a settled event:
+        it fails the wait at once, naming the event, its mailbox and its last
+        error, unless the test expects one (``allow_dead_letters=True``; then
+        read them with ``dead_events()``).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -141,6 +149,8 @@ class Stack:
         while (remaining := deadline - loop.time()) > 0:
             idle = await self._deliveries_idle(min(remaining, 10.0))
             pending = await self._pending_events()
+            if not allow_dead_letters:
+                await self._fail_on_dead_letters()
             if idle and not pending and await self._deliveries_idle(0):
                 return
             await asyncio.sleep(0.05)
@@ -148,6 +158,18 @@ class Stack:
             f"not settled after {seconds}s: {pending} webhook events pending, "
             "or sandbox deliveries still in flight"
         )
+
+    async def _fail_on_dead_letters(self) -> None:
+        dead = await self.dead_events()
+        if dead:
+            lines = "\n".join(
+                f"  {row['event_id']} {row['type']} (mailbox {row['account']}): {row['last_error']}"
+                for row in dead
+            )
+            raise AssertionError(
+                f"{len(dead)} webhook event(s) dead-lettered (a handler gave up):\n{lines}\n"
+                "pass allow_dead_letters=True if the test expects this"
+            )
 
     async def _deliveries_idle(self, seconds: float) -> bool:
         answer = await asyncio.to_thread(

@@ -197,7 +197,9 @@ async def test_an_admin_sees_the_failing_account_and_replays_a_dead_letter(
     assert flagged["payout_failure_code"] == "no_account"
 
     # A webhook event for Ada that a (broken) handler fails until it is dead-lettered.
-    await stack.send_event("test.flaky", {"id": "obj_flaky", "object": "thing"}, account=ada)
+    await stack.send_event(
+        "test.flaky", {"id": "obj_flaky", "object": "thing"}, account=ada, allow_dead_letters=True
+    )
     dead = await stack.dead_events()
     assert [row["type"] for row in dead] == ["test.flaky"]
     event_id = dead[0]["event_id"]
