@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from support.stack import Stack, running_stack
+
+from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.plugins import hookimpl
 
 
 @pytest.fixture
@@ -53,3 +57,34 @@ async def test_onboarding_completes_through_account_updated_webhook(stack: Stack
     assert (await creator.get(f"/v1/accounts/{other_id}")).status_code == 404
     listing = (await creator.get("/v1/accounts")).json()
     assert [item["id"] for item in listing["data"]] == [account_id]
+
+
+class _AlwaysFails:
+    """A plugin whose ``test.broken`` handler always raises."""
+
+    @staticmethod
+    async def handle(event: StripeEvent, ctx: Any) -> None:
+        raise RuntimeError("this handler always fails")
+
+    @hookimpl
+    def register_webhook_handlers(self, register: Callable[[WebhookRegistration], None]) -> None:
+        register(WebhookRegistration("test.broken", self.handle, "always_fails.handle"))
+
+
+async def test_settle_fails_loudly_on_a_dead_letter_unless_the_test_expects_one(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> None:
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=[],
+        extra_plugins={"always_fails": _AlwaysFails()},
+        config={"webhooks": {"max_attempts": 2}},
+    ) as stack:
+        with pytest.raises(AssertionError, match=r"(?s)dead-lettered.*test\.broken.*always fails"):
+            await stack.send_event(
+                "test.broken", {"id": "obj_1", "object": "thing"}, account="acct_x"
+            )
+        await stack.settle(allow_dead_letters=True)  # asked for: no complaint
+        assert [row["type"] for row in await stack.dead_events()] == ["test.broken"]
