@@ -1,4 +1,8 @@
-"""Admin API for the webhook mailboxes: per-account state, dead letters and replay."""
+"""Admin API for the webhook mailboxes: per-mailbox state, dead letters and replay.
+
+A mailbox is named by its key (``account`` in the API): a connected account,
+``platform``, or a key a plugin chose (``three_sided_bookings:booking:42``).
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,16 @@ __all__ = ["WebhookAdminController"]
 
 EventId = Annotated[str, PathParameter(max_length=255, description="Stripe's event id")]
 MailboxAccount = Annotated[
-    str, PathParameter(max_length=64, description="A connected account id, or 'platform'")
+    str,
+    PathParameter(
+        max_length=64,
+        description="A mailbox key: a connected account id, 'platform', or a plugin's key",
+    ),
 ]
 
 
 class MailboxView(msgspec.Struct, frozen=True):
-    """One account's mailbox: pending and dead counts, retry state."""
+    """One mailbox (``account`` is its key): pending and dead counts, retry state."""
 
     account: str
     scheduled: bool
