@@ -499,6 +499,15 @@ class Mailbox:
             )
             return sorted(row["account"] for row in resumed)
 
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending events per mailbox, for mailboxes that have any (reads the pending index)."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT account, count(*) AS pending FROM marketplace_webhook_events "
+                "WHERE status = 'pending' GROUP BY account"
+            )
+        return {row["account"]: int(row["pending"]) for row in rows}
+
     async def account_states(self) -> list[dict[str, Any]]:
         """Every mailbox with its pending count, for the admin view and metrics."""
         async with self._pool.acquire() as conn:

@@ -117,6 +117,7 @@ class Worker:
         self.mailbox = make_mailbox(services)
         self.metrics = metrics or Metrics()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._pending_labels: set[str] = set()
         self.dispatcher = Dispatcher(
             services, [*core_registrations(), *services.plugins.webhook_handlers()]
         )
@@ -175,11 +176,12 @@ class Worker:
         return accounts
 
     async def sample_pending(self) -> None:
-        """Set the per-account pending gauge from the mailboxes."""
-        pending: dict[str, int] = {}
-        for state in await self.mailbox.account_states():
-            label = metric_label(state["account"])
-            pending[label] = pending.get(label, 0) + int(state["pending"])
+        """Set the pending gauge per metrics label (labels seen before and now idle read 0)."""
+        pending = dict.fromkeys(self._pending_labels, 0)
+        for key, count in (await self.mailbox.pending_counts()).items():
+            label = metric_label(key)
+            pending[label] = pending.get(label, 0) + count
+        self._pending_labels |= set(pending)
         for label, count in pending.items():
             self.metrics.mailbox_pending.labels(label).set(count)
 

@@ -12,6 +12,7 @@ from support.stripe_events import event, signed
 
 from engine.infra.processes import find_free_port
 from engine.webhooks.signature import SignatureError
+from engine.worker.runtime import Worker
 
 
 @pytest.fixture
@@ -239,3 +240,28 @@ def _booking_charge(booking: int, charge_id: str, extra: dict[str, object]) -> d
 
 def _expanded_balance_transaction() -> dict[str, object]:
     return {"balance_transaction": {"id": "txn_x", "amount": 10_000, "fee": 320}}
+
+
+async def test_the_pending_gauge_is_per_account_and_summed_per_key_prefix(
+    pipeline: Pipeline,
+) -> None:
+    for seq in range(1, 3):
+        await pipeline.deliver(event("acct_gauge", seq))
+    for n in (1, 2, 3):  # three disputes: three mailboxes, dispute:<charge id>
+        dispute = {"id": f"dp_{n}", "object": "dispute", "charge": f"ch_{n}"}
+        await pipeline.deliver(event(None, n, event_type="charge.dispute.created", obj=dispute))
+    await pipeline.deliver(event(None, 1))
+    worker = Worker(pipeline.services, pipeline.webhooks.scheduler)
+    await worker.sample_pending()
+
+    def gauge(label: str) -> float | None:
+        return worker.metrics.registry.get_sample_value(
+            "marketplace_webhook_pending", {"account": label}
+        )
+
+    assert (gauge("acct_gauge"), gauge("dispute"), gauge("platform")) == (2, 3, 1)
+    assert gauge("dispute:ch_1") is None
+    async with pipeline.services.db.pool.acquire() as conn:
+        await conn.execute("UPDATE marketplace_webhook_events SET status = 'handled'")
+    await worker.sample_pending()
+    assert (gauge("acct_gauge"), gauge("dispute"), gauge("platform")) == (0, 0, 0)
