@@ -409,7 +409,10 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="replay dead-lettered webhook events")
     replay.add_argument("--event", action="append", help="event id (repeatable)")
-    replay.add_argument("--account", help="replay every dead event of this account")
+    replay.add_argument(
+        "--account",
+        help="replay every dead event of this mailbox (an account id, or a plugin's key)",
+    )
     replay.set_defaults(func=cmd_replay)
 
     from engine.reconciliation.cli import configure as configure_reconcile
