@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.core.contributions import StripeEvent, WebhookRegistration
@@ -60,11 +61,15 @@ async def test_onboarding_completes_through_account_updated_webhook(stack: Stack
 
 
 class _AlwaysFails:
-    """A plugin whose ``test.broken`` handler always raises."""
+    """A plugin whose ``test.broken`` handler always raises, keyed by its own mailbox key."""
 
     @staticmethod
     async def handle(event: StripeEvent, ctx: Any) -> None:
         raise RuntimeError("this handler always fails")
+
+    @hookimpl
+    def resolve_mailbox_key(self, event: StripeEvent) -> str | None:
+        return "always_fails:thing:1" if event.get("type") == "test.broken" else None
 
     @hookimpl
     def register_webhook_handlers(self, register: Callable[[WebhookRegistration], None]) -> None:
@@ -88,3 +93,13 @@ async def test_settle_fails_loudly_on_a_dead_letter_unless_the_test_expects_one(
             )
         await stack.settle(allow_dead_letters=True)  # asked for: no complaint
         assert [row["type"] for row in await stack.dead_events()] == ["test.broken"]
+
+        # The plugin's key is a mailbox like an account's: listed, parked, replayable by key.
+        key = "always_fails:thing:1"
+        mailboxes = {
+            m["account"]: m for m in ok(await stack.http.get("/v1/admin/webhooks/accounts"))
+        }
+        assert (mailboxes[key]["parked"], mailboxes[key]["dead"]) == (True, 1)
+        assert not mailboxes["acct_x"]["parked"]  # the account's own (engine) mailbox is fine
+        replayed = ok(await stack.http.post(f"/v1/admin/webhooks/accounts/{key}/replay"), 202)
+        assert replayed == {"accounts": [key]}
