@@ -6,7 +6,8 @@ webhook intake in this process and worker subprocesses
 of order, several at once, retried like Stripe when the intake cannot answer)
 in rounds, with one fault between rounds, drawn from the seed: a worker
 killed with SIGKILL (and a fresh one started), NATS restarted, the JetStream
-stream deleted, PostgreSQL restarted (stopped cleanly or killed). Some
+stream deleted, PostgreSQL restarted (stopped cleanly or killed). Like a
+process manager, the harness restarts a worker that exits by itself. Some
 handlers sleep longer than the lease (2 s), so their leases must be renewed.
 When the pipeline has settled, ``support.faults.check`` judges, the poison is
 cleared, the parked keys are replayed through the admin path, and it judges
@@ -125,6 +126,17 @@ class _Workers:
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         self.processes.remove(victim)
+
+    async def supervise(self, counts: Counter[str]) -> None:
+        """Restart a worker that exited by itself, as a process manager would (a worker
+        that cannot reach PostgreSQL while it starts exits)."""
+        while True:
+            for process in list(self.processes):
+                if process.poll() is not None:
+                    self.processes.remove(process)
+                    counts["worker exited, restarted"] += 1
+                    self.start()
+            await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -250,9 +262,11 @@ async def run(seed: int, work: Path, *, every_fault: bool = False) -> faults.Rep
             [chaos.postgres.url, chaos.nats.url, chaos.stream, str(scenario.batch_size)],
             work,
         )
+        supervising: asyncio.Task[None] | None = None
         try:
             for _ in range(scenario.workers):
                 workers.start()
+            supervising = asyncio.create_task(workers.supervise(chaos.counts))
             bodies = {event.event_id: event.body() for event in scenario.events}
             deliveries = list(scenario.deliveries)
             rounds = len(schedule) + 1
@@ -282,6 +296,10 @@ async def run(seed: int, work: Path, *, every_fault: bool = False) -> faults.Rep
             finally:
                 await conn.close()
         finally:
+            if supervising is not None:
+                supervising.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervising
             workers.stop()
             await chaos.webhooks.close()
             await chaos.services.close()
