@@ -235,12 +235,12 @@ class _Lease:
     version: int
 
 
-class _LoneEventFailed(Exception):
-    """A single-event batch failed; carries the row to record against."""
+class _EventFailed(Exception):
+    """The handler of the batch's ``index``-th event failed with ``error``."""
 
-    def __init__(self, row_id: int, error: Exception) -> None:
+    def __init__(self, index: int, error: Exception) -> None:
         super().__init__(str(error))
-        self.row_id = row_id
+        self.index = index
         self.error = error
 
 
@@ -317,10 +317,10 @@ class Mailbox:
     async def drain(self, account: str, owner: str, handle: EventHandler) -> DrainOutcome:
         """Apply up to ``batch_size`` pending events of mailbox ``account`` in order.
 
-        The batch runs in one transaction with a savepoint per event: a
-        handler's writes and its event's "handled" mark commit together, a
-        failing handler rolls back only its own savepoint, and the batch costs
-        one commit, fenced by the lease's token. Workers open their pool with
+        The batch runs in one transaction: the handlers' writes and their
+        events' "handled" marks commit together, fenced by the lease's token,
+        for one commit per batch. A failing handler rolls the batch back; the
+        events before it are applied again and its failure recorded. Workers open their pool with
         ``synchronous_commit = off`` (see ``Services.start``): the inbox insert
         was durable, so a crash that loses the last few worker commits loses
         their effects and marks together and those events are simply handled
@@ -363,16 +363,26 @@ class Mailbox:
         handled: list[Any],
         after: list[Callable[[], None]],
     ) -> DrainOutcome:
-        # A lone event needs no savepoint: if it fails, the whole transaction
-        # rolls back and the failure is recorded afresh.
-        try:
-            async with conn.transaction():
-                return await self._apply(conn, lease, rows, handle, handled, after)
-        except _LoneEventFailed as failure:
-            handled.clear()
-            after.clear()
-            async with conn.transaction():
-                return await self._failed(conn, lease, failure.row_id, failure.error, [])
+        """Apply the batch in one transaction, optimistically: no savepoint per event.
+
+        When a handler fails, the transaction rolls back whole, and a new one
+        applies the events before the failing one again (handlers are
+        idempotent) and records the failure. Failures are rare; savepoints
+        would cost two round trips on every event.
+        """
+        may_be_idle = len(rows) < self.batch_size
+        failing: tuple[Any, Exception] | None = None
+        while True:
+            try:
+                async with conn.transaction():
+                    return await self._apply(
+                        conn, lease, rows, handle, handled, after, failing, may_be_idle
+                    )
+            except _EventFailed as failure:
+                handled.clear()
+                after.clear()
+                failing = (rows[failure.index], failure.error)
+                rows = rows[: failure.index]
 
     async def _apply(  # noqa: PLR0917 - the drain's working set, passed along once
         self,
@@ -382,26 +392,26 @@ class Mailbox:
         handle: EventHandler,
         handled: list[Any],
         after: list[Callable[[], None]],
+        failing: tuple[Any, Exception] | None,
+        may_be_idle: bool,
     ) -> DrainOutcome:
-        """Run the handlers in order inside the caller's transaction, then fence and mark."""
-        savepoints = len(rows) > 1
-        for row in rows:
+        """Run the handlers in order inside the caller's transaction, then fence and record.
+
+        Records the batch as handled and releases the lease or, when ``failing``
+        names the event after these, records its failure instead.
+        """
+        for index, row in enumerate(rows):
             try:
-                if savepoints:
-                    async with conn.transaction():  # a savepoint per event
-                        action = await handle(json.loads(row["payload"]), conn)
-                else:
-                    action = await handle(json.loads(row["payload"]), conn)
+                action = await handle(json.loads(row["payload"]), conn)
             except Exception as exc:  # any handler failure backs the mailbox off
-                if not savepoints:
-                    raise _LoneEventFailed(row["id"], exc) from exc
-                ids = [done["id"] for done in handled]
-                return await self._failed(conn, lease, row["id"], exc, ids)
+                raise _EventFailed(index, exc) from exc
             handled.append(row)
             if action is not None:
                 after.append(action)
         ids = [row["id"] for row in handled]
-        may_be_idle = len(rows) < self.batch_size
+        if failing is not None:
+            failed_row, error = failing
+            return await self._failed(conn, lease, failed_row["id"], error, ids)
         released = await conn.fetchrow(
             _MARK_AND_RELEASE, lease.key, lease.epoch, lease.version, ids, may_be_idle
         )
