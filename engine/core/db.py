@@ -56,6 +56,46 @@ _CORE_EXTRA_DDL: tuple[str, ...] = (
 )
 
 
+# Take a mailbox's lease and read its batch in one round trip, as two statements:
+# a VOLATILE function takes a fresh snapshot for each statement it runs, so the
+# read sees every event the version returned by the lease counts, even when the
+# lease waited on a concurrent accept (one statement would keep its snapshot from
+# before the wait). Used by ``engine.webhooks.mailbox`` (``_LEASE_AND_READ``).
+_MAILBOX_LEASE_FUNCTION = """
+CREATE OR REPLACE FUNCTION marketplace_mailbox_lease(
+    p_account text, p_owner text, p_lease_seconds float8, p_limit int
+) RETURNS TABLE (
+    out_version bigint, out_epoch bigint, out_id bigint, out_payload text,
+    out_received_at timestamptz
+) LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_version bigint;
+    v_epoch bigint;
+BEGIN
+    UPDATE marketplace_webhook_accounts a
+    SET lease_owner = p_owner, lease_epoch = a.lease_epoch + 1,
+        lease_until = now() + make_interval(secs => p_lease_seconds)
+    WHERE a.account = p_account AND a.scheduled AND NOT a.parked
+      AND (a.lease_until IS NULL OR a.lease_until < now())
+      AND (a.backoff_until IS NULL OR a.backoff_until <= now())
+    RETURNING a.version, a.lease_epoch INTO v_version, v_epoch;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT v_version, v_epoch, e.id, e.payload::text, e.received_at
+        FROM marketplace_webhook_events e
+        WHERE e.account = p_account AND e.status = 'pending'
+        ORDER BY e.seq NULLS FIRST, e.id
+        LIMIT p_limit;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT v_version, v_epoch, NULL::bigint, NULL::text, NULL::timestamptz;
+    END IF;
+END
+$fn$
+"""
+
+
 def _periodic_runs_ddl() -> list[str]:
     from engine.core.tables import PeriodicRun
 
@@ -76,6 +116,7 @@ _CORE_STEPS: tuple[tuple[str, Callable[[], Sequence[str]]], ...] = (
         ),
     ),
     ("0002_periodic_runs", _periodic_runs_ddl),
+    ("0003_mailbox_lease_function", lambda: (_MAILBOX_LEASE_FUNCTION,)),
 )
 
 

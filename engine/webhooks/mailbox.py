@@ -14,11 +14,12 @@ The protocol:
    <key>" task. The broker holds at most one task per key, so a flood on one
    key is one task, queued behind every other key's.
 2. ``drain``: the worker takes the key's lease, which bumps ``lease_epoch``
-   (the fencing token), then, in a later statement (a later snapshot, so the
-   events read always include every event the returned version counts),
-   reads a bounded batch of pending events in ``seq`` order and applies them
-   in one transaction. The statement that marks them handled checks the
-   token first and holds the mailbox row until the commit: a drain whose
+   (the fencing token), then, in a later statement of the same round trip (a
+   later snapshot, so the events read always include every event the
+   returned version counts), reads a bounded batch of pending events in
+   ``seq`` order and applies them in one transaction. The statement that
+   marks them handled checks the token first and holds the mailbox row until
+   the commit: a drain whose
    lease was taken over raises ``LeaseLost`` and its transaction, handlers'
    writes included, rolls back. It clears ``scheduled`` only if the version
    is unchanged (else the key is re-queued at the back). While a drain runs,
@@ -96,25 +97,18 @@ SELECT acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev) A
 FROM acc
 """
 
-_TAKE_LEASE = """
-UPDATE marketplace_webhook_accounts
-SET lease_owner = $2, lease_epoch = lease_epoch + 1,
-    lease_until = now() + make_interval(secs => $3)
-WHERE account = $1 AND scheduled AND NOT parked
-  AND (lease_until IS NULL OR lease_until < now())
-  AND (backoff_until IS NULL OR backoff_until <= now())
-RETURNING version, lease_epoch
-"""
-
-# A statement of its own, after the lease's: under READ COMMITTED it reads a
-# snapshot taken after the lease committed, so it sees every event the
+# Take the lease (bumping the fencing token) and read the batch: two statements
+# in one round trip, through the function ``marketplace_mailbox_lease`` (core
+# migration ``0003``). The read is a statement of its own, so under READ
+# COMMITTED its snapshot is taken after the lease, and it sees every event the
 # version returned by the lease counts (one statement would keep the snapshot
-# from before the lease waited on a concurrent accept).
-_PENDING = """
-SELECT id, payload::text AS payload, received_at FROM marketplace_webhook_events
-WHERE account = $1 AND status = 'pending'
-ORDER BY seq NULLS FIRST, id
-LIMIT $2
+# from before the lease waited on a concurrent accept, and the mailbox could be
+# released as idle with an event unread). No row: the lease is not free. One
+# row with a NULL id: leased, nothing pending.
+_LEASE_AND_READ = """
+SELECT out_version AS version, out_epoch AS lease_epoch, out_id AS id,
+       out_payload AS payload, out_received_at AS received_at
+FROM marketplace_mailbox_lease($1, $2, $3, $4)
 """
 
 # The end of a drain: check the token (and keep the mailbox row locked until
@@ -331,13 +325,15 @@ class Mailbox:
         handled: list[Any] = []
         async with self._pool.acquire() as conn:
             asked_at = loop.time()
-            taken = await conn.fetchrow(_TAKE_LEASE, account, owner, self.lease_seconds)
-            if taken is None:
+            leased = await conn.fetch(
+                _LEASE_AND_READ, account, owner, self.lease_seconds, self.batch_size
+            )
+            if not leased:
                 return DrainOutcome("busy")
-            lease = _Lease(account, int(taken["lease_epoch"]), int(taken["version"]))
+            lease = _Lease(account, int(leased[0]["lease_epoch"]), int(leased[0]["version"]))
+            rows = [row for row in leased if row["id"] is not None]
             try:
                 async with self.keeper.hold(lease.key, lease.epoch, asked_at):
-                    rows = await conn.fetch(_PENDING, account, self.batch_size)
                     outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
             except (LeaseLost, TimeoutError):
                 log.warning(
