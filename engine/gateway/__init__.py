@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import stripe
 
@@ -28,9 +28,14 @@ from engine.core.errors import (
     RateLimited,
 )
 
-__all__ = ["StripeGateway", "idempotency_key"]
+__all__ = ["STRIPE_API_VERSION", "StripeGateway", "idempotency_key"]
 
 StripeObject = dict[str, Any]
+
+STRIPE_API_VERSION: Final = "2026-10-28.endive"
+"""The one Stripe API version the engine speaks: the one the pinned SDK major is typed for
+(``stripe.api_version``; a unit test holds them equal). Sent on every call, set on every
+webhook endpoint the engine creates; events of another version are parked, not handled."""
 
 _MAX_KEY = 255
 
@@ -97,6 +102,7 @@ class StripeGateway:
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses=base,
+            stripe_version=STRIPE_API_VERSION,
             max_network_retries=max_network_retries,
             http_client=stripe.HTTPXClient(allow_sync_methods=True),
         )

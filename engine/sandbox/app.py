@@ -25,12 +25,14 @@ from engine.sandbox.clock import PAYOUT_RUN, run_due
 from engine.sandbox.errors import StripeError, authentication, unrecognized_url
 from engine.sandbox.events import WebhookDispatcher
 from engine.sandbox.ledger import make_available
+from engine.sandbox.objects import API_VERSION
 from engine.sandbox.resources import (
     accounts,
     customers,
     events,
     payments,
     payouts,
+    setup_intents,
     test_clocks,
     transfers,
 )
@@ -45,11 +47,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("engine.sandbox")
 
-API_VERSION = "2025-01-27.acacia"
 ROUTES: tuple[Route, ...] = (
     *accounts.ROUTES,
     *customers.ROUTES,
     *payments.ROUTES,
+    *setup_intents.ROUTES,
     *transfers.ROUTES,
     *payouts.ROUTES,
     *events.ROUTES,
@@ -202,7 +204,7 @@ class SandboxApp:
             (b"content-type", _JSON),
             (b"content-length", str(len(payload)).encode()),
             (b"request-id", request.request_id.encode()),
-            (b"stripe-version", request.headers.get(b"stripe-version", _VERSION)),
+            (b"stripe-version", _VERSION),
             *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
@@ -213,6 +215,7 @@ class SandboxApp:
         state = self.state
         method, path, headers = request.method, request.path, request.headers
         _authenticate(headers.get(b"authorization", b"").decode("latin-1"))
+        _check_version(headers.get(b"stripe-version"))
         account, connected = self._account(headers)
         if state.faults:
             raise _fault(state.faults.pop(0))
@@ -246,6 +249,8 @@ class SandboxApp:
         try:
             schema.validate(params, route.params)
             expansions = [str(e) for e in _as_list(params.pop("expand", None))]
+            base_url = _base_url(request.scope, headers)
+            state.base_url = base_url
             call = Call(
                 state=state,
                 method=method,
@@ -253,7 +258,7 @@ class SandboxApp:
                 account=account,
                 params=params,
                 args=args,
-                base_url=_base_url(request.scope, headers),
+                base_url=base_url,
                 request_id=request.request_id,
                 idempotency_key=key,
                 connected=connected,
@@ -378,6 +383,22 @@ def _authenticate(header: str) -> None:
             key = ""
     if not key.startswith(("sk_test_", "rk_test_")) or len(key) <= len("sk_test_"):
         raise authentication(key)
+
+
+def _check_version(header: bytes | None) -> None:
+    """A request in another API version would expect other shapes: refuse it (400)."""
+    if header is None or header == _VERSION:
+        return
+    asked = header.decode("latin-1").strip()
+    raise StripeError(
+        400,
+        f"This sandbox speaks Stripe API version {API_VERSION} only; the request asked for "
+        f"Stripe-Version {asked}. Use the stripe SDK whose api_version is {API_VERSION}, "
+        "or send that version.",
+        param="Stripe-Version",
+        code="api_version_unsupported",
+        store_idempotent=False,
+    )
 
 
 def _base_url(scope: Scope, headers: dict[bytes, bytes]) -> str:

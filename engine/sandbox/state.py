@@ -25,6 +25,14 @@ schedule at or before `new_time` run right after them.
 JobHandler = Callable[["SandboxState", str], None]
 """`handler(state, ref)` for a scheduled job of one kind."""
 
+PaymentCallback = Callable[["SandboxState", Obj], None]
+"""`callback(state, payment_intent)` run when a PaymentIntent succeeds after its creating
+request (the customer authenticated it, or confirmed it later): billing pays its invoice."""
+
+Includable = Callable[["SandboxState", Obj], Any]
+"""`include(state, obj)` -> the value of a field Stripe serves only when asked for it
+with `expand[]` (an "includable" field such as `invoice.payments`)."""
+
 GLOBAL = ""
 """The time domain of the sandbox's global clock (others are test clock ids)."""
 
@@ -104,6 +112,11 @@ class SandboxState:
         self.options = options or SandboxOptions()
         self.tick_callbacks: list[TickCallback] = []
         self.job_handlers: dict[str, JobHandler] = {}
+        self.includables: dict[tuple[str, str], Includable] = {}
+        self.payment_callbacks: list[PaymentCallback] = []
+        self.base_url = ""
+        """The sandbox's own address as its last request saw it (for URLs made in jobs)."""
+        """(object type, field) -> how to compute an includable field (see `Includable`)."""
         self.outbox: list[str] = []
         """Event ids waiting to be handed to the webhook dispatcher."""
         self.dirty = False

@@ -277,11 +277,15 @@ def _expand_path(state: SandboxState, node: Obj, parts: list[str], whole: str) -
         out = dict(node)
         out["data"] = [_expand_path(state, item, rest, whole) for item in node["data"]]
         return out
-    if key not in node:
+    include = state.includables.get((str(node.get("object")), key))
+    if key in node:
+        value = node[key]
+    elif include is not None:
+        value = include(state, node)
+    else:
         raise invalid_param(
             f"This property cannot be expanded ({whole}).", "expand", "parameter_invalid"
         )
-    value = node[key]
     if isinstance(value, str):
         target = state.objects.get(value)
         if target is None:

@@ -68,6 +68,26 @@ WITH ev AS (
 SELECT version, newly_scheduled, parked FROM acc
 """
 
+# An event of another Stripe API version (``engine.webhooks.versions``): stored dead with
+# its reason, the account's row made if new, nothing scheduled or parked.
+_ACCEPT_DEAD = """
+WITH ev AS (
+    INSERT INTO marketplace_webhook_events
+        (event_id, account, type, livemode, created, payload, status, attempts,
+         last_error, received_at)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, 'dead', 0, $7, now())
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING account
+), acc AS (
+    INSERT INTO marketplace_webhook_accounts AS a
+        (account, version, scheduled, lease_owner, parked, attempts, last_error, handled,
+         updated_at)
+    SELECT account, 0, false, '', false, 0, '', 0, now() FROM ev
+    ON CONFLICT (account) DO NOTHING
+)
+SELECT count(*) AS inserted FROM ev
+"""
+
 # Take the lease and read the batch in one statement (one snapshot: the version
 # returned is never newer than the events read, which the release relies on).
 _LEASE_AND_FETCH = """
@@ -264,10 +284,28 @@ class Mailbox:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
 
-    async def accept(self, event: Mapping[str, Any], raw_body: str) -> Accepted:
-        """Commit a verified event to its account's mailbox (duplicates change nothing)."""
+    async def accept(
+        self, event: Mapping[str, Any], raw_body: str, *, dead_reason: str | None = None
+    ) -> Accepted:
+        """Commit a verified event to its account's mailbox (duplicates change nothing).
+
+        With ``dead_reason`` the event is stored straight into the dead letter with
+        that reason (never handled, replayable), and nothing is scheduled.
+        """
         account = event_account(event)
         async with self._pool.acquire() as conn:
+            if dead_reason is not None:
+                inserted = await conn.fetchval(
+                    _ACCEPT_DEAD,
+                    str(event["id"]),
+                    account,
+                    str(event.get("type", "")),
+                    bool(event.get("livemode", False)),
+                    int(event.get("created") or 0),
+                    raw_body,
+                    dead_reason[:2000],
+                )
+                return Accepted(inserted=bool(inserted), account=account)
             row = await conn.fetchrow(
                 _ACCEPT,
                 str(event["id"]),
@@ -395,11 +433,18 @@ class Mailbox:
         handled: int,
     ) -> DrainOutcome:
         message = f"{type(exc).__name__}: {exc}"[:2000]
-        result = await conn.fetchrow(_FAIL_EVENT, row_id, message, self.max_attempts)
+        # An error marked ``permanent`` (an event of another API version) cannot succeed
+        # on a retry: dead at once, and the account goes on with its next events.
+        permanent = bool(getattr(exc, "permanent", False))
+        limit = 1 if permanent else self.max_attempts
+        result = await conn.fetchrow(_FAIL_EVENT, row_id, message, limit)
         attempts = int(result["attempts"])
         dead = result["status"] == "dead"
-        delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
-        await conn.execute(_BACK_OFF, account, owner, delay, dead, attempts, message, handled)
+        delay = 0.0 if permanent else backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
+        parked = dead and not permanent
+        await conn.execute(_BACK_OFF, account, owner, delay, parked, attempts, message, handled)
+        if permanent:
+            return DrainOutcome("requeue", handled, message)
         return DrainOutcome("parked" if dead else "backoff", handled, message)
 
     async def sweep(self, stale_after_seconds: float) -> list[str]:

@@ -26,6 +26,8 @@ from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.services import Services
 from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.setup import warn_about_endpoint_versions
+from engine.webhooks.versions import ensure_engine_version
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
 from engine.worker.handlers import core_registrations
@@ -116,6 +118,7 @@ class Worker:
         with log_context(
             event_id=str(event.get("id", "")), account=str(event.get("account") or "platform")
         ):
+            ensure_engine_version(event)  # a replayed event of another version stays dead
             contexts = await self.dispatcher.handle(event, conn)
 
         def after_commit() -> None:
@@ -193,6 +196,7 @@ async def run_worker(
         run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
     )
     sweeper = asyncio.create_task(worker.sweep_forever())
+    version_check = asyncio.create_task(warn_about_endpoint_versions(services.gateway))
     periodic = [
         asyncio.create_task(run_periodic(services, task))
         for task in services.plugins.periodic_tasks()
@@ -208,9 +212,9 @@ async def run_worker(
         else:
             await stop.wait()
     finally:
-        for task in (receiver, sweeper, *periodic):
+        for task in (receiver, sweeper, version_check, *periodic):
             task.cancel()
-        for task in (receiver, sweeper, *periodic):
+        for task in (receiver, sweeper, version_check, *periodic):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await broker.shutdown()
