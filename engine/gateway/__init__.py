@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 import stripe
 
@@ -27,15 +27,12 @@ from engine.core.errors import (
     NotFound,
     RateLimited,
 )
+from engine.stripe_version import STRIPE_API_VERSION
 
 __all__ = ["STRIPE_API_VERSION", "StripeGateway", "idempotency_key"]
 
 StripeObject = dict[str, Any]
 
-STRIPE_API_VERSION: Final = "2026-10-28.endive"
-"""The one Stripe API version the engine speaks: the one the pinned SDK major is typed for
-(``stripe.api_version``; a unit test holds them equal). Sent on every call, set on every
-webhook endpoint the engine creates; events of another version are parked, not handled."""
 
 _MAX_KEY = 255
 

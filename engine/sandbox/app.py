@@ -12,6 +12,7 @@ import importlib
 import logging
 import pickle
 import random
+import re
 import string
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -30,15 +31,17 @@ from engine.sandbox.resources import (
     accounts,
     customers,
     events,
+    files,
     payments,
     payouts,
+    persons,
     setup_intents,
     test_clocks,
     transfers,
 )
 from engine.sandbox.routing import Registry, Route, Router
 from engine.sandbox.state import IdempotentResult, SandboxState, Store
-from engine.sandbox.wire import Call, expand, parse_form
+from engine.sandbox.wire import Call, expand, parse_form, parse_multipart
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -52,6 +55,8 @@ ROUTES: tuple[Route, ...] = (
     *customers.ROUTES,
     *payments.ROUTES,
     *setup_intents.ROUTES,
+    *persons.ROUTES,
+    *files.ROUTES,
     *transfers.ROUTES,
     *payouts.ROUTES,
     *events.ROUTES,
@@ -70,6 +75,7 @@ EXTENSIONS = ("engine.sandbox.billing",)
 
 _ID_CHARS = string.ascii_letters + string.digits
 _JSON = b"application/json"
+_CONTENTS = re.compile(r"^/v1/files/file_[A-Za-z0-9]+/contents$")
 _VERSION = API_VERSION.encode()
 
 
@@ -196,12 +202,17 @@ class SandboxApp:
             await self._control(request, send)
             return
         extra: list[tuple[bytes, bytes]] = []
+        content_type = _JSON
         try:
-            status, payload, extra = self._api(request)
+            if request.method == "GET" and _CONTENTS.match(request.path):
+                status, payload, content_type = self._file_contents(request)
+            else:
+                status, payload, extra = self._api(request)
         except StripeError as err:
             status, payload = err.status, msgspec.json.encode(err.body(request.request_id))
+            content_type = _JSON
         response_headers = [
-            (b"content-type", _JSON),
+            (b"content-type", content_type),
             (b"content-length", str(len(payload)).encode()),
             (b"request-id", request.request_id.encode()),
             (b"stripe-version", _VERSION),
@@ -242,8 +253,12 @@ class SandboxApp:
                     )
                 extra.append((b"idempotent-replayed", b"true"))
                 return stored.status, stored.body, extra
-        raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
-        params = parse_form(raw)
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if method == "POST" and content_type.startswith("multipart/form-data"):
+            params = parse_multipart(request.body, content_type)
+        else:
+            raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
+            params = parse_form(raw)
         run_due(state)
         state.current_request = (request.request_id, key)
         try:
@@ -280,6 +295,14 @@ class SandboxApp:
             self._remember(idem_slot, request, status, payload)
         run_due(state)
         return status, payload, extra
+
+    def _file_contents(self, request: Request) -> tuple[int, bytes, bytes]:
+        """`GET /v1/files/{id}/contents`: an uploaded file's bytes (Stripe's files host)."""
+        _authenticate(request.headers.get(b"authorization", b"").decode("latin-1"))
+        account, _ = self._account(request.headers)
+        file_id = request.path.split("/")[3]
+        content, kind = files.file_contents(self.state, account, file_id)
+        return 200, content, kind.encode()
 
     def _remember(
         self, slot: tuple[str, str], request: Request, status: int, payload: bytes

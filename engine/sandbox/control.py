@@ -103,7 +103,14 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             return _json({"now": state.now()})
         case ("POST", "accounts", account_id, "complete_onboarding"):
             _account(app, account_id)
-            account = complete_onboarding(state, account_id)
+            number = params.get("account_number")
+            try:
+                account = complete_onboarding(state, account_id, str(number) if number else None)
+            except StripeError as err:
+                if "link" not in params:
+                    raise
+                page = _onboarding_page(app, account_id, params, error=err.message)
+                return ControlResponse(400, page.encode(), b"text/html; charset=utf-8")
             app.after_change()
             redirect = params.get("return_url")
             if isinstance(redirect, str) and redirect:
@@ -246,17 +253,28 @@ def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:
     ]
 
 
-def _onboarding_page(app: SandboxApp, account_id: str, params: Params) -> str:
-    link = app.state.private(account_id).get("links", {}).get(str(params.get("link", "")), {})
-    return_url = str(link.get("return_url", ""))
+def _onboarding_page(
+    app: SandboxApp, account_id: str, params: Params, error: str | None = None
+) -> str:
+    link_id = str(params.get("link", ""))
+    link = app.state.private(account_id).get("links", {}).get(link_id, {})
+    return_url = str(link.get("return_url", "") or params.get("return_url", ""))
     action = f"/_sandbox/accounts/{urllib.parse.quote(account_id)}/complete_onboarding"
+    number = html.escape(str(params.get("account_number") or "000123456789"))
+    problem = f'<p role="alert" style="color: #b00">{html.escape(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Sandbox onboarding</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
 <h1>Sandbox onboarding for {html.escape(account_id)}</h1>
 <p>This page stands in for Stripe's hosted onboarding. Completing it provides every
-requirement with Stripe's test values and a test bank account (000123456789).</p>
+requirement with Stripe's test values and the bank account below, which must be one of
+Stripe's test accounts: a US account number (routing 110000000) such as 000123456789
+(payouts succeed) or 000111111116 (payouts fail, no_account), or a test IBAN such as
+DE89370400440532013000 (any EU country prefix).</p>{problem}
 <form method="post" action="{html.escape(action)}">
 <input type="hidden" name="return_url" value="{html.escape(return_url)}">
+<input type="hidden" name="link" value="{html.escape(link_id)}">
+<label>Bank account number or IBAN
+<input name="account_number" value="{number}" required></label>
 <button type="submit">Complete onboarding</button>
 </form></body></html>"""

@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from engine.gateway import STRIPE_API_VERSION
 from engine.sandbox.wire import Obj
+from engine.stripe_version import STRIPE_API_VERSION
 
 API_VERSION = STRIPE_API_VERSION
-"""The one Stripe API version the sandbox speaks: the engine's (named once, in the gateway).
+"""The one Stripe API version the sandbox speaks: the engine's (`engine.stripe_version`).
 Every object it serves has this version's shape (tests/sandbox/test_sandbox_contract.py)."""
 
 _FIXTURES = Path(__file__).with_name("data") / "fixtures.json"

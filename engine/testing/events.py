@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from engine.gateway import STRIPE_API_VERSION
+from engine.stripe_version import STRIPE_API_VERSION
 from engine.webhooks.signature import sign
 
 __all__ = ["API_VERSION", "signed", "stripe_event"]

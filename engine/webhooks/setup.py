@@ -17,7 +17,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from engine.gateway import STRIPE_API_VERSION, StripeGateway, idempotency_key
+from engine.gateway import StripeGateway, idempotency_key
+from engine.stripe_version import STRIPE_API_VERSION
 
 __all__ = [
     "FIX_COMMAND",

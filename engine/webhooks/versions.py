@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine.gateway import STRIPE_API_VERSION
+from engine.stripe_version import STRIPE_API_VERSION
 from engine.webhooks.setup import FIX_COMMAND
 
 __all__ = ["ForeignApiVersion", "ensure_engine_version", "foreign_version_reason"]

@@ -44,6 +44,7 @@ from engine.sandbox.resources.customers import (
     needs_authentication,
     resolve_payment_method,
 )
+from engine.sandbox.resources.files import require_file
 from engine.sandbox.resources.transfers import (
     application_id,
     create_application_fee,
@@ -58,6 +59,20 @@ from engine.sandbox.wire import Call, Obj, Params, embedded_list, page
 
 DAY = 86_400
 AUTHORISATION_DAYS = 7
+EVIDENCE_FILES = frozenset(
+    {
+        "cancellation_policy",
+        "customer_communication",
+        "customer_signature",
+        "duplicate_charge_documentation",
+        "receipt",
+        "refund_policy",
+        "service_documentation",
+        "shipping_documentation",
+        "uncategorized_file",
+    }
+)
+"""Dispute evidence fields that name a file upload (purpose `dispute_evidence`)."""
 _PI_FIELDS = (
     "description",
     "receipt_email",
@@ -1035,7 +1050,11 @@ def open_dispute(state: SandboxState, charge: Obj) -> Obj:
         status="needs_response",
     )
     dispute["evidence_details"].update(
-        due_by=now + 7 * DAY, has_evidence=False, past_due=False, submission_count=0
+        due_by=now + 7 * DAY,
+        has_evidence=False,
+        past_due=False,
+        submission_count=0,
+        submission_method="not_submitted",
     )
     dispute["payment_method_details"]["card"].update(
         brand=charge["payment_method_details"]["card"]["brand"],
@@ -1068,6 +1087,8 @@ def update_dispute(call: Call) -> Obj:
     if call.has("evidence"):
         previous["evidence"] = dict(dispute["evidence"])
         for key, value in call.dict_("evidence").items():
+            if key in EVIDENCE_FILES and value:
+                require_file(call, str(value), ("dispute_evidence",), f"evidence[{key}]")
             dispute["evidence"][key] = value or None
         dispute["evidence_details"]["has_evidence"] = True
     if call.has("metadata"):
@@ -1078,6 +1099,7 @@ def update_dispute(call: Call) -> Obj:
         previous["status"] = dispute["status"]
         dispute["status"] = "under_review"
         dispute["evidence_details"]["submission_count"] += 1
+        dispute["evidence_details"]["submission_method"] = "manual"
         state.schedule("", state.now(), "dispute_decision", dispute["id"])
     emit(state, "charge.dispute.updated", dispute, account=call.account, previous=previous)
     return dispute
