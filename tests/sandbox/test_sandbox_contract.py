@@ -43,7 +43,7 @@ DAY = 86_400
 
 
 def test_the_engine_speaks_the_sdks_api_version(sandbox: RunningSandbox) -> None:
-    assert STRIPE_API_VERSION == stripe.api_version
+    assert stripe.api_version == STRIPE_API_VERSION
     response = sandbox.http.get(
         sandbox.url + "/v1/customers", headers={"Authorization": "Bearer sk_test_contract"}
     )

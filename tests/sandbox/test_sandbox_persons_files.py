@@ -129,8 +129,8 @@ def test_company_account_needs_a_verified_representative(
     assert person.verification.status == "unverified"
     company = client.v1.accounts.retrieve(company.id)
     assert company.requirements.currently_due == [f"{person.id}.verification.document"]
+    document = upload(client, PDF, "passport.pdf", "dispute_evidence")
     with pytest.raises(stripe.InvalidRequestError):  # evidence is not an identity document
-        document = upload(client, PDF, "passport.pdf", "dispute_evidence")
         client.v1.accounts.persons.update(
             company.id, person.id, params={"verification": {"document": {"front": document.id}}}
         )
