@@ -28,6 +28,7 @@ __all__ = [
     "LedgerImbalance",
     "MarketplaceError",
     "NotFound",
+    "PaymentActionRequired",
     "PluginError",
     "RateLimited",
     "UnknownCurrency",
@@ -166,6 +167,24 @@ class CardDeclined(GatewayError):
     code = "card_declined"
     status = 402
     title = "Card declined"
+
+
+class PaymentActionRequired(MarketplaceError):
+    """A payment (or a card's set-up) waits for the customer to authenticate it (3D Secure).
+
+    ``action`` is the ``engine.core.authentication.CustomerAction`` to show the customer;
+    the payment goes on, driven by webhooks, once they have. Plugins raise it to leave a
+    business object where it is until then; reaching the API it is a 402 carrying the
+    action.
+    """
+
+    code = "payment_action_required"
+    status = 402
+    title = "Payment needs the customer's action"
+
+    def __init__(self, detail: str, *, action: Any, **extra: Any) -> None:
+        super().__init__(detail, action=action, **extra)
+        self.action = action
 
 
 class InsufficientBalance(GatewayError):

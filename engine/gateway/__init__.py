@@ -60,6 +60,11 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
     extra: dict[str, Any] = {"stripe_code": code, "stripe_request_id": exc.request_id}
     if isinstance(exc, stripe.CardError):
         decline = getattr(error, "decline_code", None) or code
+        intent = getattr(error, "payment_intent", None)
+        if intent is not None:
+            # The intent a declined confirmation left (an off-session payment that needs
+            # authentication is confirmed again on-session from it).
+            extra["payment_intent"] = getattr(intent, "id", None) or str(intent)
         return CardDeclined(message, decline_code=decline, **extra)
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return AuthenticationRequired(f"Stripe refused the platform key: {message}", **extra)

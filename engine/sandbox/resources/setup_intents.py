@@ -68,11 +68,17 @@ def create_setup_intent(call: Call) -> Obj:
                 "request_three_d_secure": "automatic",
             }
         },
-        payment_method_types=call.list_("payment_method_types") or ["card"],
+        payment_method_types=call.list_("allowed_payment_method_types") or ["card"],
         single_use_mandate=None,
         status="requires_payment_method",
         usage=usage,
     )
+    if call.has("automatic_payment_methods"):
+        apm = call.dict_("automatic_payment_methods")
+        seti["automatic_payment_methods"] = {
+            "allow_redirects": apm.get("allow_redirects", "always"),
+            "enabled": apm.get("enabled") in ("true", True),
+        }
     state.put(seti, call.account, "setup_intent")
     pm_value = call.str_("payment_method")
     if pm_value:
