@@ -18,6 +18,14 @@ after Stripe forgot the key (24 h) adopts the transfer it already made.
 Transfer keys: ``booking:<id>:transfer:<role>`` (``:deposit`` / ``:balance``
 appended for the two charges of the deposit model; ``:attempt:<n>`` for the
 n-th retry of a transfer Stripe refused).
+
+Authentication (3D Secure): an on-session charge (or a card's set-up) the card
+wants authenticated raises ``PaymentActionRequired`` with the customer's action,
+so the transition waits (the booking stays where it was); the transition is taken
+again with the authenticated intent (``ActionParams.intent``) when it succeeds. An
+off-session charge that needs authentication is confirmed again on-session and
+recorded as ``requires_action``, the booking showing the ``customer_action``;
+``intent_authenticated`` records the charge (and settles it) when the customer has.
 """
 
 from __future__ import annotations
@@ -26,13 +34,18 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgspec
+
+from engine.core.authentication import CustomerAction, customer_action
 from engine.core.errors import (
     AccountRestricted,
+    CardDeclined,
     Conflict,
     InsufficientBalance,
     InvalidAmount,
     InvalidInput,
     MarketplaceError,
+    PaymentActionRequired,
 )
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
@@ -67,9 +80,11 @@ from plugins.three_sided_bookings.store import (
 
 __all__ = [
     "account_can_receive",
+    "action_json",
     "charge",
     "collect_to",
     "ensure_customer",
+    "intent_authenticated",
     "release_held_transfers",
     "reverse_all_shares",
     "save_card",
@@ -140,20 +155,31 @@ async def ensure_customer(ctx: BookingContext) -> str:
     return str(customer["id"])
 
 
-async def save_card(ctx: BookingContext, payment_method: str) -> str:
-    """Attach the card to the booking's customer for off-session charges; return its id.
+def action_json(action: CustomerAction | None) -> str | None:
+    """A ``CustomerAction`` for the booking's ``customer_action`` column."""
+    return None if action is None else msgspec.json.encode(action).decode()
+
+
+async def save_card(ctx: BookingContext, payment_method: str, *, setup: bool = False) -> str:
+    """Keep the card on the booking's customer for off-session charges; return its id.
 
     Stripe's test values (``pm_card_visa``) become a real ``pm_...`` here,
-    which every later charge of the booking reuses.
+    which every later charge of the booking reuses. With ``setup`` (no payment
+    now) the card is saved with a SetupIntent for off-session use, which may wait
+    for the customer (``PaymentActionRequired``); otherwise it is attached and the
+    payment that follows saves it (``setup_future_usage``).
     """
     customer = await ensure_customer(ctx)
-    attached = await ctx.gateway.call(
-        "payment_methods",
-        "attach",
-        payment_method,
-        params={"customer": customer},
-        idempotency_key=_booking_key(ctx.booking, "save_card", payment_method),
-    )
+    if setup:
+        attached = await _set_up_card(ctx, customer, payment_method)
+    else:
+        attached = await ctx.gateway.call(
+            "payment_methods",
+            "attach",
+            payment_method,
+            params={"customer": customer},
+            idempotency_key=_booking_key(ctx.booking, "save_card", payment_method),
+        )
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_bookings SET saved_payment_method = $2, updated_at = now() "
         "WHERE id = $1",
@@ -163,6 +189,35 @@ async def save_card(ctx: BookingContext, payment_method: str) -> str:
     await ctx.reload()
     ctx.record("saved_card", attached["id"])
     return str(attached["id"])
+
+
+async def _set_up_card(ctx: BookingContext, customer: str, payment_method: str) -> dict[str, Any]:
+    """A SetupIntent saving the card for off-session use; its payment method once it succeeded."""
+    intent_id = ctx.params.intent
+    if intent_id and intent_id.startswith("seti_"):
+        setup = await ctx.gateway.call("setup_intents", "retrieve", intent_id)
+        if (setup.get("metadata") or {}).get("booking_id") != str(ctx.booking.id):
+            raise Conflict(f"{intent_id} is not booking {ctx.booking.id}'s")
+    else:
+        setup = await ctx.gateway.call(
+            "setup_intents",
+            "create",
+            params={
+                "customer": customer,
+                "payment_method": payment_method,
+                "usage": "off_session",
+                "confirm": True,
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "metadata": {"booking_id": str(ctx.booking.id)},
+            },
+            idempotency_key=_booking_key(ctx.booking, "setup_card", payment_method),
+        )
+    if setup.get("status") != "succeeded":
+        action = customer_action(setup)
+        if action is None:
+            raise Conflict(f"setting up the card is {setup.get('status')}")
+        raise PaymentActionRequired("saving the card needs the customer", action=action)
+    return {"id": setup["payment_method"]}
 
 
 # ---------------------------------------------------------------- charges
@@ -274,6 +329,10 @@ async def charge(
     charges = await load_charges(ctx.conn, booking.id)
     plan = _next_plan(booking, charges, amount)
     key = _booking_key(booking, "charge", kind, payment_method)
+    authenticated = ctx.params.intent
+    if authenticated and authenticated.startswith("pi_") and not off_session:
+        intent = await _authenticated_intent(ctx, authenticated)
+        return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
     params: dict[str, Any] = {
         "amount": amount,
         "currency": booking.currency,
@@ -293,7 +352,81 @@ async def charge(
         params["setup_future_usage"] = "off_session"
     if off_session:
         params["off_session"] = True
-    intent = await ctx.gateway.call("payment_intents", "create", params=params, idempotency_key=key)
+    try:
+        intent = await ctx.gateway.call(
+            "payment_intents", "create", params=params, idempotency_key=key
+        )
+    except CardDeclined as declined:
+        pending = declined.extra.get("payment_intent")
+        if not (off_session and declined.extra.get("decline_code") == "authentication_required"):
+            raise
+        if not pending:
+            raise
+        intent = await _ask_customer(ctx, str(pending), payment_method)
+    if intent.get("status") == "requires_action" and not off_session:
+        action = customer_action(intent)
+        assert action is not None  # requires_action always has one
+        raise PaymentActionRequired(f"the {kind} payment needs the customer", action=action)
+    return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
+
+
+async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str, Any]:
+    """The intent the customer authenticated for this booking (checked, with its charge)."""
+    intent = await ctx.gateway.call(
+        "payment_intents",
+        "retrieve",
+        intent_id,
+        params={"expand": ["latest_charge.balance_transaction"]},
+    )
+    if (intent.get("metadata") or {}).get("booking_id") != str(ctx.booking.id):
+        raise Conflict(f"{intent_id} is not booking {ctx.booking.id}'s")
+    if intent["status"] not in {"succeeded", "requires_capture"}:
+        raise Conflict(f"{intent_id} is {intent['status']}, not paid")
+    return intent
+
+
+async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str) -> dict[str, Any]:
+    """An off-session payment needs authentication: confirm it again for the customer.
+
+    Confirmed without ``off_session`` (Stripe's way to bring the customer back), the
+    intent waits in ``requires_action`` with a ``next_action`` the customer completes
+    later; the booking shows it as its ``customer_action``.
+    """
+    intent = await ctx.gateway.call(
+        "payment_intents",
+        "confirm",
+        intent_id,
+        params={"payment_method": payment_method},
+        idempotency_key=_booking_key(ctx.booking, "ask_customer", intent_id),
+    )
+    action = customer_action(intent)
+    await ctx.conn.execute(
+        "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
+        "action_transition = '', updated_at = now() WHERE id = $1",
+        ctx.booking.id,
+        action_json(action),
+    )
+    ctx.record("action_required", {"payment_intent": intent_id})
+    ctx.notify.lifecycle(
+        "booking.action_required",
+        ctx.booking.reference,
+        payment_intent=intent_id,
+        reason="authentication_required",
+    )
+    return intent
+
+
+async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge() has them
+    ctx: BookingContext,
+    intent: dict[str, Any],
+    kind: str,
+    key: str,
+    capture_method: str,
+    amount: int,
+    plan: SplitPlan,
+) -> ChargeRecord:
+    """Record a booking's PaymentIntent (and its payment), post it when captured."""
+    booking = ctx.booking
     charge_id, captured, fee, txn_id = _charge_facts(intent)
     status = str(intent["status"])
     payment_id = await record_payment(
@@ -926,3 +1059,77 @@ async def release_held_transfers(
             paid.append(transfer.id)
         notices.extend(ctx.notify)
     return paid
+
+
+# ---------------------------------------------------------------- authentication afterwards
+
+_AFTER_SETTLEMENT: Final = frozenset({"settled", "partially_refunded"})
+
+
+async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> ChargeRecord | None:
+    """The customer authenticated an off-session charge recorded as ``requires_action``.
+
+    Records its capture and posts it, clears the booking's ``customer_action`` and,
+    when the booking was already settled, transfers the new charge's shares. Returns
+    the charge, or None if ``intent`` is no such charge of the booking (or not paid).
+    """
+    row = await ctx.conn.fetchrow(
+        "SELECT * FROM three_sided_bookings_charges WHERE stripe_payment_intent_id = $1 "
+        "AND booking = $2 AND status = 'requires_action' FOR UPDATE",
+        intent["id"],
+        ctx.booking.id,
+    )
+    if row is None:
+        return None
+    current = await ctx.gateway.call(
+        "payment_intents",
+        "retrieve",
+        str(intent["id"]),
+        params={"expand": ["latest_charge.balance_transaction"]},
+    )
+    if current["status"] not in {"succeeded", "requires_capture"}:
+        return None
+    charge_id, captured, fee, txn_id = _charge_facts(current)
+    updated = await ctx.conn.fetchrow(
+        """
+        UPDATE three_sided_bookings_charges
+        SET status = $2, stripe_charge_id = $3, captured = $4, stripe_fee = $5,
+            balance_transaction = $6, updated_at = now()
+        WHERE id = $1 RETURNING *
+        """,
+        row["id"],
+        str(current["status"]),
+        charge_id,
+        captured,
+        fee,
+        txn_id,
+    )
+    record = ChargeRecord.from_row(updated)
+    await _sync_payment(ctx, record)
+    await _post_charge(ctx, record)
+    await clear_action(ctx, str(intent["id"]))
+    ctx.record("authenticated", {"payment_intent": intent["id"], "amount": captured})
+    ctx.notify.lifecycle(
+        "booking.action_completed",
+        ctx.booking.reference,
+        payment_intent=str(intent["id"]),
+        amount=captured,
+        state=ctx.booking.state,
+    )
+    if ctx.booking.state in _AFTER_SETTLEMENT:
+        await settle(ctx)
+    return record
+
+
+async def clear_action(ctx: BookingContext, intent_id: str) -> None:
+    """The booking no longer waits for the customer on ``intent_id``."""
+    await ctx.conn.execute(
+        """
+        UPDATE three_sided_bookings_bookings
+        SET customer_action = NULL, action_transition = '', updated_at = now()
+        WHERE id = $1 AND customer_action->>'intent_id' = $2
+        """,
+        ctx.booking.id,
+        intent_id,
+    )
+    await ctx.reload()
