@@ -10,6 +10,7 @@ Results are plain ``dict``s in Stripe's JSON shape, so nothing else needs the SD
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -192,6 +193,31 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
         return _to_dict(result)
+
+    async def upload_file(
+        self,
+        content: bytes,
+        *,
+        filename: str,
+        purpose: str,
+        key: str,
+        account: str | None = None,
+    ) -> StripeObject:
+        """Upload a file (``POST /v1/files``, multipart to Stripe's files host).
+
+        ``purpose`` is Stripe's: ``dispute_evidence`` (a PDF, JPEG or PNG),
+        ``identity_document`` ... The result's ``id`` (``file_...``) is what
+        dispute evidence or a person's verification document names.
+        """
+        upload = io.BytesIO(content)
+        upload.name = filename
+        return await self.call(
+            "files",
+            "create",
+            params={"purpose": purpose, "file": upload},
+            account=account,
+            idempotency_key=key,
+        )
 
     async def list_all(
         self,

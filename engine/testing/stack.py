@@ -204,8 +204,7 @@ class Stack:
             raise AssertionError(f"authenticating {intent_id} failed: {answer.text}")
         if settle:
             await self.settle()
-        retrieved = await asyncio.to_thread(self._retrieve_intent, intent_id)
-        return retrieved
+        return await asyncio.to_thread(self._retrieve_intent, intent_id)
 
     def _retrieve_intent(self, intent_id: str) -> dict[str, Any]:
         client = self.stripe()

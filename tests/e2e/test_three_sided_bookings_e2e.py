@@ -399,6 +399,12 @@ async def test_dispute(stack: Stack, outcome: str) -> None:
     assert [d.status for d in disputes] == [outcome]
     assert disputes[0].evidence.service_date == booking["starts_at"][:10]
     assert "See you at 10!" in disputes[0].evidence.uncategorized_text
+    # The booking's record went as a PDF upload too, which Stripe serves back.
+    record = stack.stripe().v1.files.retrieve(disputes[0].evidence.uncategorized_file)
+    assert (record.purpose, record.type) == ("dispute_evidence", "pdf")
+    pdf = httpx.get(record.url, headers={"Authorization": "Bearer sk_test_x"})
+    assert pdf.content.startswith(b"%PDF-")
+    assert b"See you at 10!" in pdf.content
     balances = await spa.assert_books_match("gbp")
     legs = shares(booking)
     if outcome == "won":
@@ -545,7 +551,10 @@ async def test_each_payment_model_with_an_authentication_card(stack: Stack, card
     if spec.declines:
         assert deposit["state"] == "pending_payment"
     else:
-        assert (deposit["state"], deposit["collected"]) == ("deposit_paid", deposit["deposit_amount"])
+        assert (deposit["state"], deposit["collected"]) == (
+            "deposit_paid",
+            deposit["deposit_amount"],
+        )
         await spa.do(spa.provider, deposit, "confirm")
         done = await spa.do(spa.venue, deposit, "complete")
         await stack.settle()
