@@ -141,6 +141,10 @@ class Worker:
                 log.warning("handler failed (%s): %s", outcome.state, outcome.error)
             if outcome.state == "parked":
                 self.metrics.webhook_dead.labels(account).inc()
+            if outcome.state == "requeue" and outcome.error:
+                # A permanent failure (an event of another API version): dead at once.
+                self.metrics.webhook_dead.labels(account).inc()
+                log.warning("event dead-lettered: %s", outcome.error)
             if outcome.state == "requeue":
                 await self.scheduler.requeue(account)
             return outcome.state
