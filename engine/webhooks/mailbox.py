@@ -29,6 +29,8 @@ from typing import Any
 
 import asyncpg
 
+from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
+
 __all__ = [
     "PLATFORM_ACCOUNT",
     "Accepted",
@@ -241,9 +243,9 @@ def event_account(event: Mapping[str, Any]) -> str:
     """The mailbox an event belongs to.
 
     A connected account's own event goes to that account's mailbox. A platform
-    event about money bound for one connected account (a destination charge,
-    a subscription invoice with ``transfer_data``, a transfer) goes to that
-    account's mailbox too, so one creator's traffic or failures never queue
+    event about money bound for one connected account (a destination charge, a
+    subscription with ``transfer_data``, its invoices by the subscription metadata's
+    ``MAILBOX_ACCOUNT_METADATA``, a transfer) goes to that account's mailbox too, so one creator's traffic or failures never queue
     behind another's; anything else is the platform's.
     """
     account = event.get("account")
@@ -255,6 +257,15 @@ def event_account(event: Mapping[str, Any]) -> str:
         transfer_data = obj.get("transfer_data")
         if isinstance(transfer_data, Mapping):
             destination = _account_id(transfer_data.get("destination"))
+            if destination:
+                return destination
+        # An invoice has no transfer_data in the engine's API version: its subscription's
+        # metadata snapshot names the account (``MAILBOX_ACCOUNT_METADATA``).
+        parent = obj.get("parent")
+        details = parent.get("subscription_details") if isinstance(parent, Mapping) else None
+        metadata = details.get("metadata") if isinstance(details, Mapping) else None
+        if isinstance(metadata, Mapping):
+            destination = _account_id(metadata.get(MAILBOX_ACCOUNT_METADATA))
             if destination:
                 return destination
         if obj.get("object") == "transfer":

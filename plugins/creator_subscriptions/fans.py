@@ -176,6 +176,11 @@ async def card_saved(
             return await card_saved(env, fan_id, setup, own)
     pm_id = str(setup.get("payment_method") or "")
     row = await fan_row(conn, fan_id)
+    waiting = stored_action(row["customer_action"])
+    if row["default_payment_method"] == pm_id and (
+        waiting is None or waiting.intent_id != setup.get("id")
+    ):
+        return row  # already the default (the API saw it succeed): no write, no row lock
     if row["default_payment_method"] != pm_id:
         await env.gateway.call(
             "customers",

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from engine.core.authentication import CustomerAction, customer_action
+from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
 from engine.core.errors import CardDeclined, Conflict, InvalidInput, MarketplaceError, NotFound
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
@@ -215,6 +216,8 @@ def _metadata(row: Mapping[str, Any], tier_id: int) -> dict[str, str]:
         SUBSCRIPTION_METADATA: str(row["id"]),
         "creator_account": str(row["account_id"]),
         TIER_METADATA: str(tier_id),
+        # Its invoices' events then share the creator's mailbox with the subscription's.
+        MAILBOX_ACCOUNT_METADATA: str(row["account_id"]),
     }
 
 
