@@ -245,8 +245,9 @@ def event_account(event: Mapping[str, Any]) -> str:
     A connected account's own event goes to that account's mailbox. A platform
     event about money bound for one connected account (a destination charge, a
     subscription with ``transfer_data``, its invoices by the subscription metadata's
-    ``MAILBOX_ACCOUNT_METADATA``, a transfer) goes to that account's mailbox too, so one creator's traffic or failures never queue
-    behind another's; anything else is the platform's.
+    ``MAILBOX_ACCOUNT_METADATA``, a transfer) goes to that account's mailbox too,
+    so one creator's traffic or failures never queue behind another's; anything
+    else is the platform's.
     """
     account = event.get("account")
     if account:
