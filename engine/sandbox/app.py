@@ -132,8 +132,18 @@ class SandboxApp:
         with path.open("rb") as handle:
             # The file is one this sandbox wrote itself (a local dev convenience).
             store = pickle.load(handle)  # noqa: S301
-        if isinstance(store, Store):
-            self.state.load(store)
+        if not isinstance(store, Store):
+            return
+        if store.api_version != API_VERSION:
+            # Objects saved in another API version's shapes would be served as they are.
+            log.warning(
+                "sandbox state in %s was saved in Stripe API version %s, not %s: starting afresh",
+                path,
+                store.api_version or "an older one",
+                API_VERSION,
+            )
+            return
+        self.state.load(store)
 
     def save(self) -> None:
         """Write the state to `persist_path` (atomically)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.sandbox.errors import missing
-from engine.sandbox.objects import build, new_id
+from engine.sandbox.objects import API_VERSION, build, new_id
 from engine.sandbox.wire import Obj
 
 TickCallback = Callable[["SandboxState", int, int, "str | None"], None]
@@ -98,6 +98,8 @@ class Store:
     connected: list[str] = field(default_factory=list)
     webhook_endpoints: list[str] = field(default_factory=list)
     deliveries: dict[str, Obj] = field(default_factory=dict)
+    api_version: str = API_VERSION
+    """The API version whose shapes the objects have (a store of another is not loaded)."""
 
 
 class SandboxState:
