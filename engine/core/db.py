@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,36 +77,79 @@ def _table_classes(app: TableApp) -> list[type[Table]]:
 
 
 class _SharedEngine:
-    """One Piccolo engine (and pool) per database URL and event loop, with its users.
-
-    Piccolo binds tables to an engine globally, so two ``Database`` objects for
-    the same database in one loop (``marketplace up`` runs the API and a worker
-    together; tests do too) share one engine and pool, or one would close the
-    pool the other's queries use. A pool belongs to the loop that opened it, so
-    code in another loop (a CLI command run with ``asyncio.run``) gets its own.
-    """
+    """One Piccolo engine (and pool) for one database in one event loop, with its users."""
 
     def __init__(self, url: str) -> None:
         self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
         self.users = 0
+        # Opening and closing the pool await; without the lock two users starting
+        # at once (the API and a worker in `marketplace up`) could each see no pool,
+        # open one each, and the second would replace the first under a transaction.
+        self.lock = asyncio.Lock()
 
 
-_ENGINES: dict[tuple[str, int], _SharedEngine] = {}
+class _Engines:
+    """The process's one owner of Piccolo engines: one per database URL and event loop.
+
+    Piccolo binds tables to an engine globally, so every ``Database`` of one
+    database in one loop (``marketplace up`` runs the API, a worker and the
+    plugins' start-up hooks together; tests do too) shares one engine and pool,
+    opened by its first user and closed by its last. A pool belongs to the loop
+    that opened it, so code in another loop (a CLI command run with
+    ``asyncio.run``) gets its own; a closed loop's engines go with it.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop | _NoLoop, dict[str, _SharedEngine]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self, url: str) -> _SharedEngine:
+        """The engine for ``url`` in the running loop (made on first use, without a pool)."""
+        engines = self._by_loop.setdefault(_current_loop(), {})
+        shared = engines.get(url)
+        if shared is None:
+            shared = engines[url] = _SharedEngine(url)
+        return shared
+
+    async def acquire(self, url: str, max_size: int) -> _SharedEngine:
+        """Count one more user of ``url``'s engine, opening its pool for the first."""
+        shared = self.get(url)
+        async with shared.lock:
+            if shared.users == 0:
+                await shared.engine.start_connection_pool(min_size=1, max_size=max_size)
+            shared.users += 1
+        return shared
+
+    async def release(self, shared: _SharedEngine) -> None:
+        """Count one user less; the last one closes the pool."""
+        async with shared.lock:
+            shared.users -= 1
+            if shared.users == 0 and shared.engine.pool is not None:
+                await shared.engine.close_connection_pool()
+
+    def live(self, url: str) -> _SharedEngine | None:
+        """An engine of ``url`` with users in any loop (where tables go back to), if any."""
+        for engines in list(self._by_loop.values()):
+            shared = engines.get(url)
+            if shared is not None and shared.users:
+                return shared
+        return None
 
 
-def _loop_id() -> int:
+class _NoLoop:
+    """Stands for "no running loop" (synchronous callers), as a weak-referenceable key."""
+
+
+_NO_LOOP = _NoLoop()
+_ENGINES = _Engines()
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | _NoLoop:
     try:
-        return id(asyncio.get_running_loop())
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return 0
-
-
-def _shared_engine(url: str) -> _SharedEngine:
-    key = (url, _loop_id())
-    shared = _ENGINES.get(key)
-    if shared is None:
-        shared = _ENGINES[key] = _SharedEngine(url)
-    return shared
+        return _NO_LOOP
 
 
 class Database:
@@ -133,7 +177,7 @@ class Database:
     @property
     def engine(self) -> PostgresEngine:
         """The Piccolo engine this database's tables are bound to."""
-        return (self._shared or _shared_engine(self.url)).engine
+        return (self._shared or _ENGINES.get(self.url)).engine
 
     def bind(self, apps: Sequence[TableApp] = ()) -> None:
         """Bind the core tables and the given plugin apps' tables to this database."""
@@ -153,12 +197,7 @@ class Database:
                 max_size=self._max_size,
                 server_settings=self._server_settings,
             )
-            self._shared = _shared_engine(self.url)
-            if self._shared.users == 0:
-                await self._shared.engine.start_connection_pool(
-                    min_size=1, max_size=max(2, self._max_size // 2)
-                )
-            self._shared.users += 1
+            self._shared = await _ENGINES.acquire(self.url, max(2, self._max_size // 2))
             bind_tables(self._shared.engine, self._tables)
 
     async def close(self) -> None:
@@ -170,17 +209,11 @@ class Database:
         shared, self._shared = self._shared, None
         if shared is None:
             return
-        shared.users -= 1
-        if shared.users:
-            return
-        await shared.engine.close_connection_pool()
-        for key, other in list(_ENGINES.items()):
-            if other is shared:
-                del _ENGINES[key]
-        remaining = [other for (url, _), other in _ENGINES.items() if url == self.url]
-        live = [other for other in remaining if other.users]
-        if live:
-            bind_tables(live[-1].engine, self._tables)
+        await _ENGINES.release(shared)
+        if shared.users == 0:
+            live = _ENGINES.live(self.url)
+            if live is not None:
+                bind_tables(live.engine, self._tables)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -259,12 +292,13 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
     Safe to run repeatedly and concurrently with other ``migrate`` calls
     (an advisory lock serialises them).
     """
-    # DDL needs the tables bound to an engine; bind them for the migration and
-    # put back what they were bound to, so running code keeps its pools.
-    bound = [*CORE_TABLES, *(t for _, ts, _ in engine_apps() for t in ts)]
-    bound += [t for app in apps for t in _table_classes(app)]
-    previous = {table: table._meta._db for table in bound}
-    bind_tables(PostgresEngine(config={"dsn": database_url}, log_queries=False), bound)
+    # Piccolo renders DDL through the engine a table is bound to. Running code keeps
+    # its binding (any PostgresEngine renders the same DDL); tables bound to nothing
+    # yet get a pool-less engine for the migration and are unbound again after.
+    every = [*CORE_TABLES, *(t for _, ts, _ in engine_apps() for t in ts)]
+    every += [t for app in apps for t in _table_classes(app)]
+    unbound = [table for table in every if table._meta._db is None]
+    bind_tables(PostgresEngine(config={"dsn": database_url}, log_queries=False), unbound)
     ran: list[str] = []
     conn: asyncpg.Connection = await asyncpg.connect(database_url)
     try:
@@ -282,8 +316,8 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute("SELECT pg_advisory_unlock(727274)")
     finally:
         await conn.close()
-    for table, engine in previous.items():
-        table._meta._db = engine
+    for table in unbound:
+        table._meta._db = None
     for step in ran:
         log.info("migration applied: %s", step)
     return ran
