@@ -16,10 +16,9 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from engine.core.db import Database
-from engine.core.errors import ConfigError
 from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins, build_plugins
-from engine.core.settings import Settings
+from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
 
 __all__ = ["Services"]
@@ -57,8 +56,7 @@ class Services:
             ConfigError: when ``database.url`` is empty (``marketplace up`` fills
                 it with the embedded server's URL before calling this).
         """
-        if not settings.database.url:
-            raise ConfigError("database.url", "is empty (set it, or use `marketplace up`)")
+        require_database_url(settings)
         plugins = plugins or build_plugins(settings)
         db = Database(
             settings.database.url,

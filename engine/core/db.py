@@ -51,6 +51,27 @@ _CORE_EXTRA_DDL: tuple[str, ...] = (
 )
 
 
+# Later schema changes of the core, in order: (step name, statements). Each runs once
+# per database (recorded in marketplace_migrations), also on databases made before it.
+_CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "0001_workers",
+        (
+            # One row per worker process: /ready tells whether any worker still pulls.
+            """CREATE TABLE IF NOT EXISTS marketplace_workers (
+                worker TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_pull_at TIMESTAMPTZ,
+                stopped_at TIMESTAMPTZ
+            )""",
+        ),
+    ),
+)
+
+
 def bind_tables(engine: PostgresEngine, tables: Iterable[type[Table]]) -> None:
     """Point each table class at ``engine`` (instead of a piccolo_conf lookup)."""
     for table in tables:
@@ -264,6 +285,22 @@ async def _create_tables(
     return True
 
 
+async def _run_steps(
+    conn: asyncpg.Connection, app: str, steps: Sequence[tuple[str, Sequence[str]]]
+) -> list[str]:
+    done = await _applied(conn, app)
+    ran: list[str] = []
+    for name, statements in steps:
+        if name in done:
+            continue
+        async with conn.transaction():
+            for statement in statements:
+                await conn.execute(statement)
+            await _record(conn, app, name)
+        ran.append(f"{app}:{name}")
+    return ran
+
+
 async def _run_piccolo_migrations(conn: asyncpg.Connection, app: TableApp) -> list[str]:
     folder = getattr(app.app_config, "migrations_folder_path", "")
     # Blocking path checks are fine here: migrations run once, before serving.
@@ -306,6 +343,7 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute(_MIGRATIONS_DDL)
         if await _create_tables(conn, CORE_APP, CORE_TABLES, _CORE_EXTRA_DDL):
             ran.append(f"{CORE_APP}:0000_tables")
+        ran += await _run_steps(conn, CORE_APP, _CORE_STEPS)
         for name, tables, extra in engine_apps():
             if await _create_tables(conn, name, tables, extra):
                 ran.append(f"{name}:0000_tables")

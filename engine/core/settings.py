@@ -32,6 +32,9 @@ __all__ = [
     "WebhookSettings",
     "WorkerSettings",
     "load_settings",
+    "replace_section",
+    "require_database_url",
+    "require_nats_url",
     "settings_from_mapping",
 ]
 
@@ -61,6 +64,8 @@ class ApiSettings(_Section, frozen=True):
     max_body_bytes: Positive = 1_048_576
     idempotency_ttl_hours: Annotated[int, msgspec.Meta(ge=24)] = 24
     bootstrap_admin_key: str = ""
+    ready_requires_worker: bool = False
+    """``/ready`` fails while no worker reports and pulls (``marketplace up`` turns it on)."""
 
 
 class DatabaseSettings(_Section, frozen=True):
@@ -109,6 +114,8 @@ class WorkerSettings(_Section, frozen=True):
     concurrency: Positive = 16
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
+    heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """How often each worker reports itself in ``marketplace_workers`` (read by ``/ready``)."""
 
 
 class CommissionSettings(_Section, frozen=True):
@@ -153,6 +160,38 @@ class Settings(_Section, frozen=True):
     def data_path(self) -> Path:
         """The directory for local state (embedded servers, sandbox state)."""
         return Path(self.engine.data_dir).expanduser().resolve()
+
+
+def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
+    """``settings`` with keys of one section changed (settings are frozen)."""
+    current = getattr(settings, section)
+    return msgspec.structs.replace(
+        settings, **{section: msgspec.structs.replace(current, **changes)}
+    )
+
+
+_RUNNING_UP = "or run this in the directory of a running `marketplace up`"
+
+
+def require_database_url(settings: Settings) -> str:
+    """``database.url``, or a ConfigError saying how to set it."""
+    if not settings.database.url:
+        raise ConfigError(
+            "database.url",
+            "is empty: set MARKETPLACE_DATABASE_URL (or database.url in the --config file), "
+            + _RUNNING_UP,
+        )
+    return settings.database.url
+
+
+def require_nats_url(settings: Settings) -> str:
+    """``nats.url``, or a ConfigError saying how to set it."""
+    if not settings.nats.url:
+        raise ConfigError(
+            "nats.url",
+            "is empty: set MARKETPLACE_NATS_URL (or nats.url in the --config file), " + _RUNNING_UP,
+        )
+    return settings.nats.url
 
 
 # Environment variable -> dotted key. Values are parsed as TOML values when they

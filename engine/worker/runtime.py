@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -25,10 +26,12 @@ from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.services import Services
+from engine.supervision import restarting
 from engine.webhooks.mailbox import Mailbox
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
 from engine.worker.handlers import core_registrations
+from engine.worker.heartbeat import Heartbeat
 from engine.worker.periodic import run_periodic
 
 __all__ = [
@@ -179,7 +182,11 @@ class Worker:
 async def run_worker(
     settings: Settings, *, plugins: Plugins | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run one worker process until ``stop`` is set (or forever)."""
+    """Run one worker process until ``stop`` is set (or forever).
+
+    The receiver, the sweeper, the heartbeat and each periodic task run under
+    ``restarting``: one that dies is logged with its traceback and started again.
+    """
     services = await Services.start(
         settings, plugins=plugins, connect_nats=False, synchronous_commit=False
     )
@@ -188,14 +195,32 @@ async def run_worker(
     broker.is_worker_process = True
     worker = Worker(services, Scheduler(broker))
     broker.state.worker = worker
-    await broker.startup()
-    receiver = asyncio.create_task(
-        run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
+    heartbeat = Heartbeat(
+        services.db.pool,
+        worker.owner,
+        lambda: broker.last_pull,
+        every_seconds=settings.worker.heartbeat_seconds,
     )
-    sweeper = asyncio.create_task(worker.sweep_forever())
-    periodic = [
-        asyncio.create_task(run_periodic(services, task))
-        for task in services.plugins.periodic_tasks()
+    await broker.startup()
+    tasks = [
+        asyncio.create_task(
+            restarting(
+                "webhook receiver",
+                lambda: run_receiver_task(
+                    broker, max_async_tasks=settings.worker.concurrency, run_startup=False
+                ),
+            )
+        ),
+        asyncio.create_task(restarting("mailbox sweeper", worker.sweep_forever)),
+        asyncio.create_task(restarting("worker heartbeat", heartbeat.beat_forever)),
+        *(
+            asyncio.create_task(
+                restarting(
+                    f"periodic task {task.name}", functools.partial(run_periodic, services, task)
+                )
+            )
+            for task in services.plugins.periodic_tasks()
+        ),
     ]
     if settings.worker.metrics_port:
         start_http_server(
@@ -203,15 +228,14 @@ async def run_worker(
         )
     log.info("worker %s started", worker.owner)
     try:
-        if stop is None:
-            await asyncio.gather(receiver, sweeper)
-        else:
-            await stop.wait()
+        await (stop or asyncio.Event()).wait()
     finally:
-        for task in (receiver, sweeper, *periodic):
+        for task in tasks:
             task.cancel()
-        for task in (receiver, sweeper, *periodic):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await heartbeat.stopped()
         await broker.shutdown()
         await services.close()

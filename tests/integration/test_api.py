@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,7 @@ from engine.core.errors import ConfigError
 from engine.core.plugins import build_plugins, hookimpl
 from engine.core.settings import Settings, settings_from_mapping
 from engine.services import Services
+from engine.worker.heartbeat import Heartbeat
 
 ADMIN_KEY = "mk_testadmin_" + "a" * 40
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -152,7 +154,63 @@ async def test_health_is_public_and_always_ok(api: Api) -> None:
 async def test_ready_when_database_and_nats_answer(api: Api) -> None:
     response = await api.client.get("/ready")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "nats": "ok"}}
+    # No worker runs here: reported, but not required by default (API instances
+    # take webhooks durably while workers restart).
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "nats": "ok", "workers": "unavailable"},
+        "reasons": {"workers": "no worker is running"},
+    }
+
+
+async def _ready_with_worker_required(
+    database_url: str, nats_url: str, stream: str
+) -> tuple[Services, httpx.AsyncClient, Litestar]:
+    settings = make_settings(database_url, nats_url, stream, api={"ready_requires_worker": True})
+    await migrate(database_url)
+    services = await Services.start(settings, plugins=build_plugins(settings))
+    app = create_app(services, webhooks=False)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test")
+    return services, client, app
+
+
+async def test_ready_follows_the_worker_when_required(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> None:
+    services, client, app = await _ready_with_worker_required(
+        fresh_database_url, nats_url, unique_name.upper()
+    )
+    try:
+        async with app.lifespan(), client:
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["unavailable"] == ["workers"]
+            assert body["detail"] == "workers: no worker is running"
+
+            pulled = time.monotonic()
+            beat = Heartbeat(services.db.pool, "w1", lambda: pulled)
+            await beat.beat()
+            assert (await client.get("/ready")).status_code == 200
+
+            # A worker whose receiver stopped pulling long ago (stuck, or NATS gone).
+            stuck = Heartbeat(services.db.pool, "w1", lambda: pulled - 3600)
+            await stuck.beat()
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"].startswith("worker w1 has not pulled from NATS for")
+
+            # A worker that died: its heartbeat stops.
+            await services.db.pool.execute(
+                "UPDATE marketplace_workers SET last_seen_at = now() - interval '5 minutes', "
+                "last_pull_at = now() - interval '5 minutes'"
+            )
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"].startswith("worker w1 stopped reporting")
+
+            await beat.beat()
+            await beat.stopped()
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"] == "no worker is running"
+    finally:
+        await services.close()
 
 
 async def test_ready_is_503_naming_the_database_when_it_refuses_connections(api: Api) -> None:
@@ -169,6 +227,7 @@ async def test_ready_is_503_naming_the_database_when_it_refuses_connections(api:
         body = assert_problem(response, 503, "not_ready")
         assert body["unavailable"] == ["database"]
         assert body["checks"] == {"database": "unavailable", "nats": "ok"}
+        assert body["detail"] == "database: unavailable"
         assert (await api.client.get("/health")).status_code == 200
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
