@@ -21,10 +21,12 @@ from collections.abc import Collection, Mapping
 from typing import Any, Final, Protocol
 
 from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
+from engine.accounts.onboarding import onboarding_urls
 from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
 from engine.core.money import is_known_currency, normalize_currency
 from engine.core.plugins import CORE_ACCOUNT_ROLES
 from engine.gateway import StripeGateway, idempotency_key
+from engine.signing import load_signer
 
 __all__ = [
     "ACCOUNT_COLUMNS",
@@ -181,8 +183,8 @@ class AccountService:
         pool: the asyncpg pool.
         gateway: the Stripe gateway.
         public_url: the engine's public base address; Stripe sends the
-            account holder back to ``<public_url>/onboarding/<id>/return``
-            (or ``.../refresh`` when a link expired).
+            account holder back to the onboarding pages there
+            (``engine.accounts.onboarding``).
     """
 
     def __init__(
@@ -289,11 +291,11 @@ class AccountService:
         """
         await self.get(account_id)
         token = operation or uuid.uuid4().hex
-        base = f"{self._public_url}/onboarding/{account_id}"
+        urls = onboarding_urls(self._public_url, account_id, await load_signer(self._pool))
         link = await self._gateway.create_account_link(
             account_id,
-            refresh_url=f"{base}/refresh",
-            return_url=f"{base}/return",
+            refresh_url=urls.refresh_url,
+            return_url=urls.return_url,
             key=idempotency_key("account", account_id, "link", token),
         )
         return OnboardingLink(
