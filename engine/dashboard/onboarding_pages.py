@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter, PathParameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect
 
 from engine.accounts.onboarding import PAGES_PATH, token_valid
@@ -29,7 +29,7 @@ from engine.dashboard.rendering import redirect
 __all__ = ["OnboardingPagesController"]
 
 AccountId = Annotated[str, PathParameter(min_length=5, max_length=64, pattern=r"^acct_\w+$")]
-Token = Annotated[str | None, Parameter(query="token", max_length=200)]
+Token = Annotated[str | None, QueryParameter(required=False, max_length=200)]
 
 
 def _service(page: Page) -> AccountService:
