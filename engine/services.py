@@ -20,6 +20,7 @@ from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
+from engine.live_settings import LiveSettings
 
 __all__ = ["Services"]
 
@@ -35,6 +36,8 @@ class Services:
     db: Database
     ledger: Ledger
     gateway: StripeGateway
+    live: LiveSettings
+    """Settings changed at run time: ``bump`` after a change, ``watch`` to reload it."""
     nats: NatsClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -76,15 +79,25 @@ class Services:
             nats_client = await nats.connect(
                 settings.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
             )
+        live = LiveSettings(
+            db.pool,
+            settings.database.url,
+            poll_seconds=settings.engine.live_settings_poll_seconds,
+            listen=settings.engine.live_settings_listen,
+        )
         services = cls(
             settings=settings,
             plugins=plugins,
             db=db,
             ledger=Ledger(db.pool),
             gateway=gateway,
+            live=live,
             nats=nats_client,
         )
         plugins.runtime.services = services
+        # Versions are noted before plugins load their settings, so a change made
+        # meanwhile is reloaded rather than missed.
+        await live.start()
         for start in plugins.startup_functions():
             await start(services)
         return services
@@ -96,7 +109,8 @@ class Services:
         return bool(self.nats.is_connected)
 
     async def close(self) -> None:
-        """Close NATS and the database pools."""
+        """Close NATS, the live-settings watcher and the database pools."""
+        await self.live.close()
         if self.nats is not None:
             try:
                 await self.nats.drain()

@@ -69,6 +69,17 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0002_live_settings",
+        (
+            # Versions of settings changed at run time (engine.live_settings).
+            """CREATE TABLE IF NOT EXISTS marketplace_live_settings (
+                name TEXT PRIMARY KEY,
+                version BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
 )
 
 

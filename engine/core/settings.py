@@ -54,6 +54,10 @@ class EngineSettings(_Section, frozen=True):
     data_dir: str = ".marketplace"
     public_url: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    live_settings_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Longest a setting changed at run time takes to reach every process (if NOTIFY is lost)."""
+    live_settings_listen: bool = True
+    """LISTEN for changes (off behind a pooler in transaction mode: then only polling)."""
 
 
 class ApiSettings(_Section, frozen=True):
