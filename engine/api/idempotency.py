@@ -2,7 +2,11 @@
 
 Keys are scoped per API key. The first request with a key claims a row in
 ``marketplace_idempotency`` (``INSERT ... ON CONFLICT DO NOTHING``), runs, and
-stores its response when the status is 2xx or 4xx. Later requests with that key:
+stores its response when it is the request's own final outcome: a 2xx, or a
+4xx that the same request would get again. Never a 408 or 429, a 5xx, or an
+error that says it is not final (``MarketplaceError.final``: an account not
+ready yet, a Stripe failure, a balance not yet available); the claim is then
+released and a retry with the key runs again. Later requests with that key:
 
 - same method, path, query and body -> the stored response, byte for byte,
   with ``Idempotent-Replayed: true``;
@@ -29,6 +33,7 @@ from litestar.params import HeaderParameter
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from engine.api.auth import Principal
+from engine.api.problems import NOT_FINAL_SCOPE_KEY
 from engine.core.errors import Conflict, IdempotencyConflict, InvalidInput
 
 __all__ = [
@@ -43,6 +48,7 @@ __all__ = [
 ]
 
 IDEMPOTENCY_HEADER: Final = "idempotency-key"
+
 REPLAYED_HEADER: Final = "idempotent-replayed"
 MAX_KEY_LENGTH: Final = 255
 STALE_CLAIM_SECONDS: Final = 300
@@ -153,7 +159,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
         except BaseException:
             await pool.execute("DELETE FROM marketplace_idempotency WHERE id = $1", record_id)
             raise
-        await self._store(pool, record_id, recorder)
+        final = not scope.get(NOT_FINAL_SCOPE_KEY, False)
+        await self._store(pool, record_id, recorder, final=final)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
@@ -238,9 +245,9 @@ class IdempotencyMiddleware(ASGIMiddleware):
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _store(self, pool: Any, record_id: int, recorder: _Recorder) -> None:
+    async def _store(self, pool: Any, record_id: int, recorder: _Recorder, *, final: bool) -> None:
         body = b"".join(recorder.chunks)
-        storable = recorder.complete and 200 <= recorder.status < 500
+        storable = recorder.complete and final and _final_status(recorder.status)
         try:
             text = body.decode("utf-8") if storable else ""
         except UnicodeDecodeError:  # only text bodies are kept; a binary answer is not replayed
@@ -257,6 +264,11 @@ class IdempotencyMiddleware(ASGIMiddleware):
             text,
             recorder.content_type,
         )
+
+
+def _final_status(status: int) -> bool:
+    """Statuses that are a request's outcome: 2xx, and 4xx but 408 and 429 (try again)."""
+    return 200 <= status < 300 or (400 <= status < 500 and status not in {408, 429})
 
 
 def _check_key(key: str) -> None:

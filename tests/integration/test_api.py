@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -22,14 +23,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from litestar import Litestar, get
+from litestar import Litestar, get, post
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from engine.api.app import create_app, create_app_from_settings
 from engine.api.idempotency import request_fingerprint
 from engine.core.db import migrate
-from engine.core.errors import ConfigError
+from engine.core.errors import AccountNotReady, ConfigError, RateLimited
 from engine.core.plugins import build_plugins, hookimpl
 from engine.core.settings import Settings, settings_from_mapping
 from engine.services import Services
@@ -73,6 +74,25 @@ class BoomPlugin:
     @hookimpl
     def register_routes(self, register: Any) -> None:
         register(boom)
+        register(not_ready_yet)
+        register(too_busy)
+
+
+READY: dict[str, bool] = {}
+
+
+@post("/v1/boom/orders", operation_id="boomOrder", sync_to_thread=False)
+def not_ready_yet(data: dict[str, Any]) -> dict[str, Any]:
+    """Refuses while the seller is onboarding (a state that changes), then takes the order."""
+    if not READY.get(str(data.get("seller"))):
+        raise AccountNotReady("the seller is still onboarding")
+    return {"order": data.get("seller")}
+
+
+@post("/v1/boom/busy", operation_id="boomBusy", sync_to_thread=False)
+def too_busy() -> None:
+    """Always asks the client to slow down."""
+    raise RateLimited("slow down")
 
 
 @get("/v1/boom", operation_id="boom", sync_to_thread=False)
@@ -650,6 +670,29 @@ async def test_server_errors_are_not_stored(api: Api) -> None:
         assert_problem(response, 502, "gateway_error")
         assert "idempotent-replayed" not in response.headers
     assert await api.db.fetchval("SELECT count(*) FROM marketplace_idempotency") == 0
+
+
+async def test_outcomes_that_are_not_final_are_not_stored(api: Api) -> None:
+    headers = {**ADMIN, "Idempotency-Key": "order-1"}
+    seller = secrets.token_hex(4)
+    first = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert_problem(first, 409, "account_not_ready")
+    READY[seller] = True  # onboarding completes: the same request now succeeds
+    retried = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    again = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+
+    busy = {**ADMIN, "Idempotency-Key": "busy-1"}
+    for _ in range(2):
+        response = await api.client.post("/v1/boom/busy", headers=busy)
+        assert_problem(response, 429, "rate_limited")
+        assert "idempotent-replayed" not in response.headers
+    stored = await api.db.fetchval(
+        "SELECT count(*) FROM marketplace_idempotency WHERE scope_key LIKE '%busy-1'"
+    )
+    assert stored == 0
 
 
 async def test_concurrent_duplicate_in_flight_is_409(api: Api) -> None:
