@@ -193,15 +193,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
         services = await Services.start(settings, plugins=plugins, connect_nats=False)
         broker = make_broker(settings)
         await broker.startup()
+        scheduler = Scheduler(broker)
         try:
             accounts = await make_mailbox(services).replay(
                 event_ids=args.event or (), account=args.account
             )
-            scheduler = Scheduler(broker)
             for account in accounts:
                 await scheduler.requeue(account)
             return accounts
         finally:
+            await scheduler.close(wait_seconds=30)
             await broker.shutdown()
             await services.close()
 
@@ -375,7 +376,7 @@ async def _up(
             pid=os.getpid(),
             api_url=base,
             database_url=settings.database.url,
-            nats_url=settings.nats.url,
+            nats_url=",".join(settings.nats.servers),
             stripe_api_base=sandbox_base,
             webhook_secrets=list(settings.stripe.webhook_secrets),
             connect_webhook_secrets=list(settings.stripe.connect_webhook_secrets),

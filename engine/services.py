@@ -75,9 +75,9 @@ class Services:
             max_network_retries=settings.stripe.max_network_retries,
         )
         nats_client: NatsClient | None = None
-        if connect_nats and settings.nats.url:
+        if connect_nats and settings.nats.servers:
             nats_client = await nats.connect(
-                settings.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+                servers=settings.nats.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5
             )
         live = LiveSettings(
             db.pool,
@@ -105,7 +105,7 @@ class Services:
     async def nats_ready(self) -> bool:
         """Whether NATS is connected (true when NATS is not configured)."""
         if self.nats is None:
-            return not self.settings.nats.url
+            return not self.settings.nats.servers
         return bool(self.nats.is_connected)
 
     async def close(self) -> None:

@@ -81,11 +81,22 @@ class DatabaseSettings(_Section, frozen=True):
 
 
 class NatsSettings(_Section, frozen=True):
-    """``[nats]``: NATS JetStream. An empty ``url`` means the embedded server."""
+    """``[nats]``: NATS JetStream. An empty ``url`` means the embedded server.
 
-    url: str = ""
+    ``url`` names one server or a cluster's: a TOML array, or one string with
+    commas (``MARKETPLACE_NATS_URL=nats://a:4222,nats://b:4222``). The client
+    takes them all as its server pool, so losing any one node is survived.
+    """
+
+    url: str | list[str] = ""
     stream: str = "MARKETPLACE"
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+
+    @property
+    def servers(self) -> list[str]:
+        """Every configured server URL, in order (empty: none configured)."""
+        parts = self.url.split(",") if isinstance(self.url, str) else self.url
+        return [part.strip() for part in parts if part.strip()]
 
 
 class StripeSettings(_Section, frozen=True):
@@ -188,14 +199,14 @@ def require_database_url(settings: Settings) -> str:
     return settings.database.url
 
 
-def require_nats_url(settings: Settings) -> str:
-    """``nats.url``, or a ConfigError saying how to set it."""
-    if not settings.nats.url:
+def require_nats_url(settings: Settings) -> list[str]:
+    """The NATS servers of ``nats.url``, or a ConfigError saying how to set them."""
+    if not settings.nats.servers:
         raise ConfigError(
             "nats.url",
             "is empty: set MARKETPLACE_NATS_URL (or nats.url in the --config file), " + _RUNNING_UP,
         )
-    return settings.nats.url
+    return settings.nats.servers
 
 
 # Environment variable -> dotted key. Values are parsed as TOML values when they
@@ -283,8 +294,10 @@ def _check_urls(settings: Settings) -> None:
     url = settings.database.url
     if url and not url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url", "must be a postgresql:// URL")
-    if settings.nats.url and not settings.nats.url.startswith(("nats://", "tls://")):
-        raise ConfigError("nats.url", "must be a nats:// URL")
+    for index, server in enumerate(settings.nats.servers):
+        if not server.startswith(("nats://", "tls://")):
+            where = "nats.url" if isinstance(settings.nats.url, str) else f"nats.url[{index}]"
+            raise ConfigError(where, f"{server!r} is not a nats:// or tls:// URL")
     if not settings.stripe.secret_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
         raise ConfigError(
             "stripe.secret_key", "must be a Stripe secret key (sk_test_... or sk_live_...)"

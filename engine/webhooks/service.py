@@ -53,7 +53,8 @@ class WebhookService:
         return accounts
 
     async def close(self) -> None:
-        """Disconnect the broker."""
+        """Stop publish retries and disconnect the broker."""
+        await self.scheduler.close()
         try:
             await self.broker.shutdown()
         except Exception:  # shutting down anyway

@@ -50,7 +50,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
 
     def __init__(
         self,
-        nats_url: str,
+        servers: str | list[str],
         *,
         stream: str = "MARKETPLACE",
         replicas: int = 1,
@@ -60,7 +60,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
     ) -> None:
         subject = f"{stream.lower()}.drain"
         super().__init__(
-            servers=nats_url,
+            servers=servers,
             subject=subject,
             stream_name=stream,
             durable=f"{stream.lower()}_workers",

@@ -55,7 +55,7 @@ async def _drain_account(account: str, context: Context = TaskiqDepends()) -> st
 def make_broker(settings: Settings) -> MailboxBroker:
     """A broker for ``settings.nats`` with the drain task registered."""
     broker = MailboxBroker(
-        settings.nats.url,
+        settings.nats.servers,
         stream=settings.nats.stream,
         replicas=settings.nats.replicas,
         ack_wait_seconds=max(300.0, float(settings.webhooks.lease_seconds) * 2),
@@ -85,19 +85,72 @@ def make_mailbox(services: Services) -> Mailbox:
 
 
 class Scheduler:
-    """Publishes "drain <account>" tokens to JetStream."""
+    """Publishes "drain <account>" tokens to JetStream, retrying failed publishes at once.
+
+    A publish that fails (no responders while the stream elects a new leader,
+    a node lost, a timeout) is retried in the background with backoff for up
+    to ``RETRY_WINDOW_SECONDS``, so processing resumes as soon as JetStream
+    answers again instead of at the sweeper's next pass; the sweeper still
+    covers a process that dies meanwhile. Message ids dedupe the retries.
+    """
+
+    RETRY_WINDOW_SECONDS = 120.0
+    _FIRST_DELAY = 0.1
+    _MAX_DELAY = 2.0
 
     def __init__(self, broker: MailboxBroker) -> None:
         self._broker = broker
         self._task: Any = broker.find_task(DRAIN_TASK)
+        self._retrying: set[asyncio.Task[None]] = set()
+
+    async def _publish(self, account: str, token: str) -> None:
+        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
 
     async def schedule(self, account: str, token: str) -> None:
-        """Publish a drain for ``account``; ``token`` makes the message id (dedupe)."""
-        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
+        """Publish a drain for ``account``; ``token`` makes the message id (dedupe).
+
+        Never raises for a publish JetStream refused: that one is retried.
+        """
+        try:
+            await self._publish(account, token)
+        except Exception as exc:  # whatever NATS raised: the token must still get out
+            log.warning("drain publish for %s failed (%s); retrying", account, exc)
+            task = asyncio.create_task(self._retry(account, token))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
 
     async def requeue(self, account: str) -> None:
         """Publish a fresh drain for ``account`` at the back of the stream."""
         await self.schedule(account, uuid.uuid4().hex)
+
+    @property
+    def retrying(self) -> int:
+        """Publishes waiting for JetStream to answer again."""
+        return len(self._retrying)
+
+    async def _retry(self, account: str, token: str) -> None:
+        delay = self._FIRST_DELAY
+        deadline = time.monotonic() + self.RETRY_WINDOW_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._publish(account, token)
+            except Exception:  # still down: back off and try again
+                delay = min(delay * 2, self._MAX_DELAY)
+                continue
+            log.info("drain publish for %s went through on retry", account)
+            return
+        log.warning("drain publish for %s still failing; the sweeper will re-publish", account)
+
+    async def close(self, *, wait_seconds: float = 0.0) -> None:
+        """Stop retrying, after ``wait_seconds`` for retries still going (the sweeper
+        re-publishes whatever was left)."""
+        pending = list(self._retrying)
+        if pending and wait_seconds > 0:
+            await asyncio.wait(pending, timeout=wait_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Worker:
@@ -193,7 +246,8 @@ async def run_worker(
     broker = make_broker(settings)
     register_plugin_tasks(broker, services.plugins)
     broker.is_worker_process = True
-    worker = Worker(services, Scheduler(broker))
+    scheduler = Scheduler(broker)
+    worker = Worker(services, scheduler)
     broker.state.worker = worker
     heartbeat = Heartbeat(
         services.db.pool,
@@ -237,5 +291,6 @@ async def run_worker(
                 await task
         with contextlib.suppress(Exception):
             await heartbeat.stopped()
+        await scheduler.close()
         await broker.shutdown()
         await services.close()
