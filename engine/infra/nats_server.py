@@ -113,7 +113,8 @@ class EmbeddedNats(EmbeddedServer):
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+    def _command(self, port: int) -> list[str]:
+        """The nats-server command line for ``port``."""
         command = [
             str(find_nats_server()),
             *("-js", "-sd", str(self.data_dir), "-a", self.host, "-p", str(port)),
@@ -121,6 +122,10 @@ class EmbeddedNats(EmbeddedServer):
         ]
         if self.monitor_port is not None:
             command += ["-m", str(self.monitor_port)]
+        return command
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        command = self._command(port)
         with self.log_path.open("ab") as log:
             # Own session, as for PostgreSQL: Ctrl-C reaches our process, not the server.
             # Its stdout/stderr go to the log too, for panics written before logging starts.
