@@ -13,10 +13,13 @@ released and a retry with the key runs again. Later requests with that key:
 - anything else -> ``422 idempotency_key_reused``;
 - while the first is still running -> ``409 idempotency_request_in_progress``.
 
-A 5xx (or a crash) releases the claim so the client can retry. Records older
-than ``api.idempotency_ttl_hours`` (>= 24) are ignored and purged lazily; a
-claim left by a process that died mid-request is taken over after
-``STALE_CLAIM_SECONDS``.
+A 5xx (or a crash) releases the claim so the client can retry. A response is
+replayed for ``api.idempotency_ttl_hours`` (>= 24); after that the same request
+with the key runs again as a new request, while the key stays bound to its
+request for ``FINGERPRINT_DAYS``: reused with another request in that time, it
+is always ``422 idempotency_key_reused``. A claim left by a process that died
+mid-request is taken over after ``STALE_CLAIM_SECONDS``. Keys are stored as a
+SHA-256 digest with the API key's id, so any key up to ``MAX_KEY_LENGTH`` fits.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from engine.api.problems import NOT_FINAL_SCOPE_KEY
 from engine.core.errors import Conflict, IdempotencyConflict, InvalidInput
 
 __all__ = [
+    "FINGERPRINT_DAYS",
     "IDEMPOTENCY_HEADER",
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
@@ -45,6 +49,7 @@ __all__ = [
     "IdempotencyKeyHeader",
     "IdempotencyMiddleware",
     "request_fingerprint",
+    "stored_key",
 ]
 
 IDEMPOTENCY_HEADER: Final = "idempotency-key"
@@ -52,6 +57,7 @@ IDEMPOTENCY_HEADER: Final = "idempotency-key"
 REPLAYED_HEADER: Final = "idempotent-replayed"
 MAX_KEY_LENGTH: Final = 255
 STALE_CLAIM_SECONDS: Final = 300
+FINGERPRINT_DAYS: Final = 30
 PURGE_INTERVAL_SECONDS: Final = 60.0
 
 IdempotencyKeyHeader = Annotated[
@@ -140,7 +146,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if not complete:  # over the limit: let Litestar refuse it with 413
             await next_app(scope, replay_receive, send)
             return
-        scope_key = f"{principal.key_id}:{key}"
+        scope_key = stored_key(principal.key_id, key)
         request_hash = request_fingerprint(
             str(scope.get("method", "")),
             str(scope.get("path", "")),
@@ -182,9 +188,16 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if now - self._last_purge < PURGE_INTERVAL_SECONDS:
             return
         self._last_purge = now
+        # Expired responses are never replayed; their keys stay bound to their
+        # request for FINGERPRINT_DAYS, then go.
         await pool.execute(
             "DELETE FROM marketplace_idempotency "
             "WHERE created_at < now() - make_interval(secs => $1)",
+            float(max(self._ttl_seconds, FINGERPRINT_DAYS * 86_400)),
+        )
+        await pool.execute(
+            "UPDATE marketplace_idempotency SET response_body = '' "
+            "WHERE created_at < now() - make_interval(secs => $1) AND response_body <> ''",
             float(self._ttl_seconds),
         )
 
@@ -198,9 +211,10 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 "ON CONFLICT (scope_key) DO UPDATE SET "
                 "request_hash = EXCLUDED.request_hash, status_code = 0, response_body = '', "
                 "content_type = '', created_at = now() "
-                "WHERE marketplace_idempotency.created_at < now() - make_interval(secs => $3) "
+                "WHERE marketplace_idempotency.request_hash = EXCLUDED.request_hash AND ("
+                "marketplace_idempotency.created_at < now() - make_interval(secs => $3) "
                 "OR (marketplace_idempotency.status_code = 0 "
-                "AND marketplace_idempotency.created_at < now() - make_interval(secs => $4)) "
+                "AND marketplace_idempotency.created_at < now() - make_interval(secs => $4))) "
                 "RETURNING id",
                 scope_key,
                 request_hash,
@@ -264,6 +278,11 @@ class IdempotencyMiddleware(ASGIMiddleware):
             text,
             recorder.content_type,
         )
+
+
+def stored_key(key_id: str, key: str) -> str:
+    """How a client's key is stored: its digest, scoped to the API key (fixed length)."""
+    return f"{key_id}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
 
 
 def _final_status(status: int) -> bool:

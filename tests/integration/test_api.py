@@ -28,7 +28,7 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from engine.api.app import create_app, create_app_from_settings
-from engine.api.idempotency import request_fingerprint
+from engine.api.idempotency import request_fingerprint, stored_key
 from engine.core.db import migrate
 from engine.core.errors import AccountNotReady, ConfigError, RateLimited
 from engine.core.plugins import build_plugins, hookimpl
@@ -701,7 +701,7 @@ async def test_concurrent_duplicate_in_flight_is_409(api: Api) -> None:
     await api.db.execute(
         "INSERT INTO marketplace_idempotency (scope_key, request_hash, status_code, "
         "response_body, content_type, created_at) VALUES ($1, $2, 0, '', '', now())",
-        f"{key_id}:in-flight",
+        stored_key(key_id, "in-flight"),
         request_fingerprint("POST", "/v1/api-keys", b"", body),
     )
     response = await api.client.post(
@@ -712,25 +712,47 @@ async def test_concurrent_duplicate_in_flight_is_409(api: Api) -> None:
     assert_problem(response, 409, "idempotency_request_in_progress")
 
 
-async def test_expired_and_abandoned_records_are_taken_over(api: Api) -> None:
+async def test_expired_and_abandoned_records_are_taken_over_by_the_same_request(
+    api: Api,
+) -> None:
     key_id = ADMIN_KEY.split("_")[1]
-    for name, status, age in (
-        ("expired", 201, timedelta(hours=25)),
-        ("abandoned", 0, timedelta(minutes=10)),
+    body = b'{"scope":"service"}'
+    same = request_fingerprint("POST", "/v1/api-keys", b"", body)
+    for name, status, age, request_hash, expected in (
+        ("expired", 201, timedelta(hours=25), same, 201),
+        ("abandoned", 0, timedelta(minutes=10), same, 201),
+        # A key stays bound to its request after its response expired: another
+        # request with it is refused, never run as if new, never given the old answer.
+        ("expired-other", 201, timedelta(days=3), "other", 422),
+        ("abandoned-other", 0, timedelta(minutes=10), "other", 422),
     ):
         await api.db.execute(
             "INSERT INTO marketplace_idempotency (scope_key, request_hash, status_code, "
-            "response_body, content_type, created_at) VALUES ($1, 'other', $2, '{}', "
-            "'application/json', now() - $3::interval)",
-            f"{key_id}:{name}",
+            "response_body, content_type, created_at) VALUES ($1, $2, $3, '{}', "
+            "'application/json', now() - $4::interval)",
+            stored_key(key_id, name),
+            request_hash,
             status,
             age,
         )
         response = await api.client.post(
-            "/v1/api-keys", json={"scope": "service"}, headers={**ADMIN, "Idempotency-Key": name}
+            "/v1/api-keys",
+            content=body,
+            headers={**ADMIN, "Idempotency-Key": name, "content-type": "application/json"},
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == expected, (name, response.text)
         assert "idempotent-replayed" not in response.headers
+        if expected == 422:
+            assert_problem(response, 422, "idempotency_key_reused")
+
+
+async def test_a_key_of_any_allowed_length_is_stored(api: Api) -> None:
+    for length in (1, 238, 239, 255):
+        headers = {**ADMIN, "Idempotency-Key": "k" * length}
+        first = await api.client.post("/v1/api-keys", json={"scope": "service"}, headers=headers)
+        assert first.status_code == 201, (length, first.text)
+        again = await api.client.post("/v1/api-keys", json={"scope": "service"}, headers=headers)
+        assert again.headers["idempotent-replayed"] == "true"
 
 
 async def test_invalid_idempotency_key_is_a_problem(api: Api) -> None:
