@@ -69,8 +69,12 @@ IdempotencyKeyHeader = Annotated[
         required=False,
         description=(
             "Makes the POST safe to retry: the same key with the same request replays the "
-            "first response (header `Idempotent-Replayed: true`); with another request it is "
-            "refused (422). Scoped to the API key; kept at least 24 hours."
+            "first response (header `Idempotent-Replayed: true`) for at least 24 hours, then "
+            "runs as a new request; with another request it is refused (422) for 30 days. "
+            "Only final outcomes are replayed: a 2xx or a 4xx the request would get again, "
+            "never a 429, a 5xx or a state that may change (e.g. an account still "
+            "onboarding). While the first request runs, the same key gets 409. Scoped to "
+            "the API key."
         ),
     ),
 ]
