@@ -566,6 +566,7 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
                 "status": "failed",
                 "failure_code": "no_account",
                 "failure_message": "No bank account could be located.",
+                "created": int(time.time()) - 86_400,
                 "arrival_date": int(time.time()),
             }
             body = event("acct_notify", 1, event_type="payout.failed", obj=payout)
