@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["CHANNEL", "LiveSettings", "Reload"]
+__all__ = ["CHANNEL", "LiveSettings", "Reload", "bump"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,16 @@ WITH bumped AS (
 )
 SELECT version, pg_notify($2, $1 || ':' || version) FROM bumped
 """
+
+
+async def bump(conn: Any, name: str) -> int:
+    """Record on ``conn`` (in the transaction that stored the change) that ``name`` changed.
+
+    The version moves, and every process hears of it, only if that transaction
+    commits. Returns the new version.
+    """
+    row = await conn.fetchrow(_BUMP, name, CHANNEL)
+    return int(row["version"])
 
 
 class LiveSettings:
@@ -67,10 +77,8 @@ class LiveSettings:
         """
         if conn is None:
             async with self._pool.acquire() as own:
-                row = await own.fetchrow(_BUMP, name, CHANNEL)
-        else:
-            row = await conn.fetchrow(_BUMP, name, CHANNEL)
-        return int(row["version"])
+                return await bump(own, name)
+        return await bump(conn, name)
 
     async def version(self, name: str) -> int:
         """The stored version of ``name`` (0: never changed)."""

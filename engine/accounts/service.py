@@ -22,10 +22,12 @@ from typing import Any, Final, Protocol
 
 from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
 from engine.accounts.onboarding import onboarding_urls
+from engine.api.keys import KEYS_SETTING
 from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
 from engine.core.money import is_known_currency, normalize_currency
 from engine.core.plugins import CORE_ACCOUNT_ROLES
 from engine.gateway import StripeGateway, idempotency_key
+from engine.live_settings import bump
 from engine.signing import load_signer
 
 __all__ = [
@@ -382,4 +384,6 @@ class AccountService:
                 raise NotFound(f"no connected account {account_id!r}", account_id=account_id)
             action = "account.suspend" if suspended else "account.resume"
             await _audit(conn, actor, action, account_id, {"reason": reason} if reason else {})
+            # The account's API keys stop (or resume) working in every process at once.
+            await bump(conn, KEYS_SETTING)
         return account_from_row(row)

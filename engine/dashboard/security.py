@@ -139,7 +139,11 @@ async def create_session(
 
 
 async def resolve_session(pool: Any, session_id: str | None) -> Viewer | None:
-    """The viewer of a live session (not expired, not signed out, its key not revoked)."""
+    """The viewer of a live session.
+
+    Not expired, not signed out, its key not revoked, and (for an account's
+    holder) the account still there and not suspended: checked on every page.
+    """
     if not session_id:
         return None
     row = await pool.fetchrow(
@@ -147,8 +151,11 @@ async def resolve_session(pool: Any, session_id: str | None) -> Viewer | None:
         SELECT s.kind, s.account_id, s.key_id
         FROM marketplace_dashboard_sessions s
         LEFT JOIN marketplace_api_keys k ON k.key_id = s.key_id
+        LEFT JOIN marketplace_accounts a ON a.stripe_account_id = s.account_id
         WHERE s.session_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
           AND (s.key_id IS NULL OR (k.key_id IS NOT NULL AND k.revoked_at IS NULL))
+          -- an account's holder is signed out once it is suspended or gone
+          AND (s.account_id IS NULL OR (a.stripe_account_id IS NOT NULL AND NOT a.suspended))
         """,
         _digest(session_id),
     )
