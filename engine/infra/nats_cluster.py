@@ -20,13 +20,10 @@ import nats
 import nats.errors
 
 from engine.infra.nats_server import EmbeddedNats, _ignore_nats_error
-from engine.infra.processes import find_free_port, port_accepts, read_from
+from engine.infra.processes import find_free_port
 from engine.infra.server import EmbeddedServiceError, _run_in_private_loop
 
 __all__ = ["EmbeddedNatsCluster"]
-
-_READY_LINE = "Server is ready"
-
 
 class _ClusterNode(EmbeddedNats):
     """One node: client port, cluster port, routes to its peers."""
@@ -56,14 +53,7 @@ class _ClusterNode(EmbeddedNats):
 
     async def _probe(self) -> bool:
         # Ready once it accepts clients; JetStream needs the cluster (checked by the cluster).
-        offset = self._launch_log_offset
-        if offset is not None and _READY_LINE not in read_from(self.log_path, offset, None):
-            self._last_probe_error = "not listening yet"
-            return False
-        if not port_accepts(self.host, self._require_port()):
-            self._last_probe_error = "port closed"
-            return False
-        return True
+        return self._listening()
 
 
 class EmbeddedNatsCluster:

@@ -139,7 +139,8 @@ class EmbeddedNats(EmbeddedServer):
                 start_new_session=True,
             )
 
-    async def _probe(self) -> bool:
+    def _listening(self) -> bool:
+        """Whether our server accepts clients (recording why not)."""
         # Until our server logs that it listens, whoever answers on the port (someone
         # who took it between our choice and our bind) is not ours.
         offset = self._launch_log_offset
@@ -148,6 +149,11 @@ class EmbeddedNats(EmbeddedServer):
             return False
         if not port_accepts(self.host, self._require_port()):
             self._last_probe_error = "port closed"
+            return False
+        return True
+
+    async def _probe(self) -> bool:
+        if not self._listening():
             return False
         try:
             client = await nats.connect(
