@@ -144,7 +144,6 @@ async def apply_stripe_account(
         SET charges_enabled = $2, payouts_enabled = $3, details_submitted = $4,
             requirements_due = $5::jsonb,
             status = CASE WHEN suspended THEN 'suspended' ELSE $6 END,
-            payout_failure_code = CASE WHEN $3 THEN NULL ELSE payout_failure_code END,
             stripe_updated_at = GREATEST(stripe_updated_at, $7), updated_at = now()
         WHERE stripe_account_id = $1 AND ($8 OR stripe_updated_at <= $7)
         RETURNING {ACCOUNT_COLUMNS}

@@ -68,6 +68,18 @@ def _payout_amount(payout: dict[str, Any]) -> Money:
     return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
 
 
+_LATEST_PAYOUT_FAILURE = """
+UPDATE marketplace_accounts a
+SET payout_failure_code = latest.failure_code, updated_at = now()
+FROM (
+    SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END AS failure_code
+    FROM marketplace_payouts WHERE account_id = $1
+    ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+) AS latest
+WHERE a.stripe_account_id = $1 AND a.payout_failure_code IS DISTINCT FROM latest.failure_code
+"""
+
+
 async def _payout_failed_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
     """When Stripe returned the funds: the failure balance transaction's ``created``."""
     txn = payout.get("failure_balance_transaction")
@@ -118,6 +130,9 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     ledger = Ledger(ctx.services.db.pool)
     if account == "platform":
         return  # the platform's own payouts leave the platform balance; not tracked yet
+    # The flag says whether the account's latest payout (by Stripe's time) failed:
+    # derived from the payouts, so events may arrive in any order.
+    await ctx.conn.execute(_LATEST_PAYOUT_FAILURE, account)
     await ledger.post(
         Posting.transfer(
             f"payout:{payout['id']}",
@@ -147,12 +162,6 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             description=f"payout failed: {failure_code}",
         ),
         conn=ctx.conn,
-    )
-    await ctx.conn.execute(
-        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
-        "WHERE stripe_account_id = $1",
-        account,
-        failure_code,
     )
     if not newly_failed:
         return  # payout.updated and payout.failed both say so: notify once
