@@ -17,21 +17,18 @@ never an assertion on speed.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support.up_runs import RunningUp, clean_environment, running_up
 
-from engine.infra.processes import find_free_port, port_accepts
+from engine.infra.processes import find_free_port
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 MARKETPLACE = Path(sys.executable).with_name("marketplace")
@@ -41,105 +38,14 @@ BLOCK_MARK = ">>> quickstart block "
 # Variables the quickstart sets and the end-state checks read.
 RESULTS = ("API", "ADMIN", "CREATOR", "SUBSCRIPTION", "BOOKING", "PROVIDER", "VENUE")
 
-START_TIMEOUT = 240.0
 RUN_TIMEOUT = 600.0
-STOP_TIMEOUT = 90.0
-
-
-@dataclass(frozen=True)
-class Up:
-    """A running ``marketplace up``: its directory, log and the addresses it printed."""
-
-    directory: Path
-    log: Path
-    api: str
-    sandbox: str
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment without settings that would point ``up`` at the test servers."""
-    overrides = ("DATABASE_URL", "NATS_URL", "STRIPE_SECRET_KEY")
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("MARKETPLACE_") and key not in overrides
-    }
-
-
-def printed(pattern: str, log: Path, process: subprocess.Popen[bytes]) -> str:
-    """The first group of ``pattern`` in ``up``'s output, once it is there."""
-    deadline = time.monotonic() + START_TIMEOUT
-    text = ""
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        found = re.search(pattern, text, re.MULTILINE)
-        if found:
-            return found.group(1)
-        if process.poll() is not None:
-            pytest.fail(f"up exited with {process.returncode} while starting:\n{text}")
-        time.sleep(0.2)
-    pytest.fail(f"up printed no {pattern!r} within {START_TIMEOUT:.0f} s:\n{text}")
-
-
-def processes_mentioning(directory: Path) -> list[str]:
-    """Processes whose command line names ``directory`` (this stack's PostgreSQL and NATS)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(directory) in command:
-            found.append(f"{proc.name}: {command}")
-    return found
 
 
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+def up(tmp_path: Path) -> Iterator[RunningUp]:
     """``marketplace up`` in an empty directory; stopped with SIGINT, leaving nothing running."""
-    directory = tmp_path / "checkout"
-    directory.mkdir()
-    log = tmp_path / "up.log"
-    port = find_free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(MARKETPLACE), "up", "--port", str(port)],
-            cwd=directory,
-            env=clean_environment(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C meant for pytest reaches it only through us
-        )
-    try:
-        printed(r"^(Ctrl-C stops everything)", log, process)
-        running = Up(
-            directory=directory,
-            log=log,
-            api=printed(r"^api\s+(http://\S+)", log, process),
-            sandbox=printed(r"^sandbox\s+(http://\S+)", log, process),
-        )
+    with running_up(tmp_path / "checkout", "--port", str(find_free_port())) as running:
         yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            pytest.fail(f"up did not stop within {STOP_TIMEOUT:.0f} s of SIGINT")
-    output = log.read_text(errors="replace")
-    assert code == 0, f"up exited with {code} after SIGINT:\n{output}"
-    assert "Traceback" not in output, f"up logged a traceback:\n{output}"
-    left = processes_mentioning(directory)
-    assert not left, "still running after up stopped:\n" + "\n".join(left)
-    for address in (running.api, running.sandbox):
-        host, _, port_text = address.removeprefix("http://").partition(":")
-        assert not port_accepts(host, int(port_text)), f"{address} still answers after up stopped"
 
 
 def quickstart_script(api: str, results: Path) -> tuple[str, list[str]]:
@@ -172,7 +78,7 @@ def running_block(output: str) -> tuple[int, str]:
     return int(number), block_output
 
 
-def run_quickstart(up: Up) -> dict[str, str]:
+def run_quickstart(up: RunningUp) -> dict[str, str]:
     """Run the quickstart in ``up``'s directory; return the variables it set (``RESULTS``)."""
     results = up.directory.parent / "quickstart.results"
     script, blocks = quickstart_script(up.api, results)
@@ -253,7 +159,7 @@ def check_booking_settled(client: httpx.Client, booking_id: str, provider: str, 
         assert transfer["amount"] == transfer["stripe_amount"] == legs[role]["amount"], transfer
 
 
-def test_quickstart_runs_as_written(up: Up) -> None:
+def test_quickstart_runs_as_written(up: RunningUp) -> None:
     values = run_quickstart(up)
     assert values["API"] == up.api
     headers = {"Authorization": f"Bearer {values['ADMIN']}"}
