@@ -36,11 +36,18 @@ __all__ = [
 
 
 class MarketplaceError(Exception):
-    """Base of every domain error. ``code`` is stable; ``status`` is the HTTP status."""
+    """Base of every domain error. ``code`` is stable; ``status`` is the HTTP status.
+
+    ``final`` says whether the same request would fail the same way again: a
+    final error is the request's outcome (kept for its ``Idempotency-Key``); one
+    that is not (a state that may change soon, a busy or failing dependency)
+    is never stored, so a retry with the same key runs again.
+    """
 
     code: ClassVar[str] = "marketplace_error"
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request failed"
+    final: ClassVar[bool] = True
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -120,12 +127,14 @@ class AccountNotReady(Conflict):
     """The connected account cannot take charges yet (onboarding incomplete)."""
 
     code = "account_not_ready"
+    final = False  # onboarding completes; the same request then succeeds
 
 
 class AccountRestricted(Conflict):
     """The connected account is restricted or suspended."""
 
     code = "account_restricted"
+    final = False  # Stripe or the admin may lift it
 
 
 class IllegalTransition(Conflict):
@@ -151,6 +160,7 @@ class RateLimited(MarketplaceError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
+    final = False
 
 
 class GatewayError(MarketplaceError):
@@ -159,6 +169,7 @@ class GatewayError(MarketplaceError):
     code = "gateway_error"
     status = 502
     title = "Payment gateway error"
+    final = False
 
 
 class CardDeclined(GatewayError):
@@ -167,6 +178,7 @@ class CardDeclined(GatewayError):
     code = "card_declined"
     status = 402
     title = "Card declined"
+    final = True  # Stripe keeps the decline under its own idempotency key too
 
 
 class PaymentActionRequired(MarketplaceError):
@@ -193,6 +205,7 @@ class InsufficientBalance(GatewayError):
     code = "insufficient_balance"
     status = 409
     title = "Insufficient balance"
+    final = False  # the balance grows as funds become available
 
 
 class LedgerImbalance(MarketplaceError):

@@ -84,6 +84,25 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
     return GatewayError(message, **extra)
 
 
+class _HTTPXClient(stripe.HTTPXClient):
+    """The SDK's httpx client, handing httpx the encoded body as ``content``.
+
+    ``stripe.HTTPXClient`` passes its form-encoded body (a ``str``) as
+    ``data=``, which httpx deprecates for raw content: a DeprecationWarning on
+    every POST. ``content=`` sends the same bytes with the same headers (the
+    SDK sets ``Content-Type`` itself). An empty body stays ``data={}``, as the
+    SDK sends it.
+    """
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> Any:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        if isinstance(kwargs.get("data"), str | bytes):
+            kwargs["content"] = kwargs.pop("data")
+        return args, kwargs
+
+
 class StripeGateway:
     """Async access to Stripe (or the sandbox) for the engine and plugins.
 
@@ -107,7 +126,7 @@ class StripeGateway:
             base_addresses=base,
             stripe_version=STRIPE_API_VERSION,
             max_network_retries=max_network_retries,
-            http_client=stripe.HTTPXClient(allow_sync_methods=True),
+            http_client=_HTTPXClient(allow_sync_methods=True),
         )
 
     @staticmethod

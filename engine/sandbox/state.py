@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.sandbox.errors import missing
@@ -35,6 +37,31 @@ with `expand[]` (an "includable" field such as `invoice.payments`)."""
 
 GLOBAL = ""
 """The time domain of the sandbox's global clock (others are test clock ids)."""
+
+START_VARIABLE = "MARKETPLACE_SANDBOX_START"
+"""Environment variable: the instant a new sandbox's global clock starts at (ISO 8601)."""
+
+
+def start_time_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+    """The unix time ``MARKETPLACE_SANDBOX_START`` names, or None when it is unset.
+
+    ``2028-02-29`` (midnight UTC) or ``2027-03-28T00:30:00Z``; a time without an
+    offset is UTC. Lets a developer or a test run start the sandbox on a chosen
+    date (month ends, leap days, the night clocks change) instead of today.
+
+    Raises:
+        ValueError: the value is not an ISO 8601 date or date-time (naming it).
+    """
+    raw = (os.environ if environ is None else environ).get(START_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{START_VARIABLE}={raw!r} is not an ISO 8601 date or date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
 
 
 @dataclass
@@ -126,7 +153,7 @@ class SandboxState:
         """HTTP statuses (429 or 500) the next API requests answer with (control endpoint)."""
         self.current_request: tuple[str | None, str | None] = (None, None)
         """(request id, idempotency key) of the request being handled, for events."""
-        self._start_time = start_time
+        self._start_time = start_time if start_time is not None else start_time_from_environment()
         self.store = Store()
         self.reset()
 

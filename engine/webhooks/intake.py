@@ -129,10 +129,8 @@ class WebhookIntake:
                 endpoint, "new" if accepted.inserted else "duplicate"
             ).inc()
             if accepted.publish:
-                try:
-                    await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
-                except Exception:  # the sweeper re-publishes; the event is committed
-                    log.warning("drain publish failed; sweeper will retry", exc_info=True)
+                # Committed: a publish JetStream refuses is retried by the scheduler.
+                await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
         return WebhookReceipt(received=True, event_id=event.id, duplicate=not accepted.inserted)
 
 

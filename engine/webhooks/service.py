@@ -60,11 +60,12 @@ class WebhookService:
         return accounts
 
     async def close(self) -> None:
-        """Disconnect the broker."""
+        """Stop publish retries and disconnect the broker."""
         if self.version_check is not None and not self.version_check.done():
             self.version_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.version_check
+        await self.scheduler.close()
         try:
             await self.broker.shutdown()
         except Exception:  # shutting down anyway

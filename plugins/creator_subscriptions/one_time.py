@@ -26,6 +26,7 @@ import asyncpg
 
 from engine.core.authentication import customer_action
 from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
+from engine.core.ledger import stripe_time
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
@@ -462,6 +463,7 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             transfer_reversed=Money(reversed_amount, currency),
             fee_refunded=Money(fee_refunded, currency),
             destination=str(row["account_id"]),
+            refunded_at=stripe_time(refund.get("created")),
         )
         reference = f"{PLUGIN}:payment:{payment_id}"
         await env.ledger.post(

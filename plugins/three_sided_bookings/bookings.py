@@ -181,7 +181,7 @@ class BookingService:
                 currency=currency,
                 default_provider_bps=config.provider_share_bps,
             )
-            volume = await monthly_volume(conn, str(provider["account_id"]), currency)
+            volume = await monthly_volume(conn, str(provider["account_id"]), currency, at=now)
             async with conn.transaction():
                 booking_id = int(
                     await conn.fetchval(

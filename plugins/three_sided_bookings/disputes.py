@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Final
 
 from engine.core.errors import Conflict, NotFound
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from plugins.three_sided_bookings.context import BookingContext
 from plugins.three_sided_bookings.payments import reverse_all_shares
@@ -51,8 +53,19 @@ async def post_dispute_transactions(
                 str(txn["id"]),
                 Money(int(txn["amount"]), str(txn["currency"])),
                 Money(int(txn.get("fee") or 0), str(txn["currency"])),
+                occurred_at=stripe_time(txn.get("created")),
             )
         )
+
+
+def _decided_at(dispute: dict[str, Any]) -> datetime:
+    """Stripe's time of the dispute's last balance movement (else its opening)."""
+    times = [
+        int(txn["created"])
+        for txn in dispute.get("balance_transactions") or []
+        if isinstance(txn, dict) and txn.get("created")
+    ]
+    return stripe_time(max(times) if times else dispute.get("created"))
 
 
 def _dispute(ctx: BookingContext) -> dict[str, Any]:
@@ -273,6 +286,10 @@ async def record_outcome(ctx: BookingContext) -> None:
     if status != "lost":
         return
     amount = Money(int(dispute["amount"]), str(dispute["currency"]))
-    await ctx.post(dispute_lost_posting(booking.reference, str(dispute["id"]), amount))
+    await ctx.post(
+        dispute_lost_posting(
+            booking.reference, str(dispute["id"]), amount, occurred_at=_decided_at(dispute)
+        )
+    )
     if ctx.config.reverse_shares_on_lost_dispute:
         await reverse_all_shares(ctx, cause=str(dispute["id"]))

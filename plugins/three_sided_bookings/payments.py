@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -47,6 +48,7 @@ from engine.core.errors import (
     MarketplaceError,
     PaymentActionRequired,
 )
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
@@ -277,7 +279,7 @@ async def _sync_payment(ctx: BookingContext, charge: ChargeRecord) -> None:
     )
 
 
-async def _post_charge(ctx: BookingContext, charge: ChargeRecord) -> None:
+async def _post_charge(ctx: BookingContext, charge: ChargeRecord, facts: ChargeFacts) -> None:
     if charge.charge_id is None or not charge.is_captured:
         return
     await ctx.post(
@@ -286,20 +288,40 @@ async def _post_charge(ctx: BookingContext, charge: ChargeRecord) -> None:
             charge.charge_id,
             _money(ctx.booking, charge.captured),
             _money(ctx.booking, charge.stripe_fee),
+            occurred_at=facts.captured_at,
         )
     )
 
 
-def _charge_facts(intent: dict[str, Any]) -> tuple[str | None, int, int, str]:
-    """(charge id, captured amount, Stripe fee, balance transaction id) of an intent."""
+class ChargeFacts(NamedTuple):
+    """What a PaymentIntent (with its charge's balance transaction expanded) says."""
+
+    charge_id: str | None
+    captured: int
+    fee: int
+    balance_transaction: str
+    captured_at: datetime
+    """Stripe's time of the capture (the balance transaction's, else the intent's)."""
+
+
+def _charge_facts(intent: dict[str, Any]) -> ChargeFacts:
     latest = intent.get("latest_charge")
     if not isinstance(latest, dict):
-        return (latest if isinstance(latest, str) else None), 0, 0, ""
+        charge_id = latest if isinstance(latest, str) else None
+        return ChargeFacts(charge_id, 0, 0, "", stripe_time(intent.get("created")))
     captured = int(intent.get("amount_received") or 0)
     txn = latest.get("balance_transaction")
-    fee = int(txn.get("fee") or 0) if isinstance(txn, dict) else 0
-    txn_id = str(txn.get("id")) if isinstance(txn, dict) else str(txn or "")
-    return str(latest["id"]), captured, fee, txn_id
+    if isinstance(txn, dict):
+        return ChargeFacts(
+            str(latest["id"]),
+            captured,
+            int(txn.get("fee") or 0),
+            str(txn.get("id")),
+            stripe_time(txn.get("created")),
+        )
+    return ChargeFacts(
+        str(latest["id"]), captured, 0, str(txn or ""), stripe_time(latest.get("created"))
+    )
 
 
 async def charge(
@@ -427,7 +449,8 @@ async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge()
 ) -> ChargeRecord:
     """Record a booking's PaymentIntent (and its payment), post it when captured."""
     booking = ctx.booking
-    charge_id, captured, fee, txn_id = _charge_facts(intent)
+    facts = _charge_facts(intent)
+    charge_id, captured, fee, txn_id = facts[:4]
     status = str(intent["status"])
     payment_id = await record_payment(
         ctx.conn,
@@ -465,7 +488,7 @@ async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge()
     )
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
-    await _post_charge(ctx, record)
+    await _post_charge(ctx, record, facts)
     ctx.add("charges", {"kind": kind, "payment_intent": intent["id"], "amount": amount})
     return record
 
@@ -497,7 +520,8 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
         await _set_charge_status(ctx, charge, str(intent["status"]))
         ctx.add("authorisation_lapsed", charge.payment_intent_id)
         return None
-    charge_id, captured, fee, txn_id = _charge_facts(intent)
+    facts = _charge_facts(intent)
+    charge_id, captured, fee, txn_id = facts[:4]
     authorised = charge.plan
     if authorised is None:
         raise Conflict(f"authorisation {charge.payment_intent_id} has no recorded split")
@@ -518,7 +542,7 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
     )
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
-    await _post_charge(ctx, record)
+    await _post_charge(ctx, record, facts)
     ctx.add("captured", {"payment_intent": charge.payment_intent_id, "amount": captured})
     return record
 
@@ -662,7 +686,14 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
             charge.payment_id,
             charge.refunded + amount,
         )
-    await ctx.post(refund_posting(booking.reference, refund_id, _money(booking, amount)))
+    await ctx.post(
+        refund_posting(
+            booking.reference,
+            refund_id,
+            _money(booking, amount),
+            occurred_at=stripe_time(stripe_refund.get("created")),
+        )
+    )
     ctx.add("refunds", {"refund": refund_id, "amount": amount, "split": plan_to_json(share)})
     for role in BENEFICIARIES:
         part = share.leg(role).amount.amount
@@ -754,7 +785,11 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
     )
     await ctx.post(
         reversal_posting(
-            booking.reference, str(reversal["id"]), transfer.account_id, _money(booking, amount)
+            booking.reference,
+            str(reversal["id"]),
+            transfer.account_id,
+            _money(booking, amount),
+            occurred_at=stripe_time(reversal.get("created")),
         )
     )
     ctx.add("reversals", {"reversal": reversal["id"], "role": transfer.role, "amount": amount})
@@ -964,6 +999,7 @@ async def _record_paid(
             str(created["id"]),
             transfer.account_id,
             _money(ctx.booking, amount),
+            occurred_at=stripe_time(created.get("created")),
         )
     )
     ctx.add("transfers", {"transfer": created["id"], "role": transfer.role, "amount": amount})
@@ -1089,7 +1125,8 @@ async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> C
     )
     if current["status"] not in {"succeeded", "requires_capture"}:
         return None
-    charge_id, captured, fee, txn_id = _charge_facts(current)
+    facts = _charge_facts(current)
+    charge_id, captured, fee, txn_id = facts[:4]
     updated = await ctx.conn.fetchrow(
         """
         UPDATE three_sided_bookings_charges
@@ -1106,7 +1143,7 @@ async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> C
     )
     record = ChargeRecord.from_row(updated)
     await _sync_payment(ctx, record)
-    await _post_charge(ctx, record)
+    await _post_charge(ctx, record, facts)
     await clear_action(ctx, str(intent["id"]))
     ctx.record("authenticated", {"payment_intent": intent["id"], "amount": captured})
     ctx.notify.lifecycle(

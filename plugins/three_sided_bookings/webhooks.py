@@ -30,7 +30,7 @@ from typing import Any, Final
 from engine.core.authentication import customer_action
 from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
 from engine.core.errors import IllegalTransition, MarketplaceError
-from engine.core.ledger import Posting
+from engine.core.ledger import Posting, stripe_time
 from engine.core.money import Money
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.config import PLUGIN
@@ -235,6 +235,7 @@ async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
             str(charge["id"]),
             Money(int(txn["amount"]), currency),
             Money(int(txn.get("fee") or 0), currency),
+            occurred_at=stripe_time(txn.get("created")),
         )
     )
 
@@ -250,7 +251,10 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     for refund in refunds:
         if refund.get("status") in {"succeeded", "pending"}:
             amount = Money(int(refund["amount"]), str(refund["currency"]))
-            await post(refund_posting(reference, str(refund["id"]), amount))
+            posting = refund_posting(
+                reference, str(refund["id"]), amount, occurred_at=stripe_time(refund.get("created"))
+            )
+            await post(posting)
 
 
 async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
@@ -264,7 +268,11 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
     destination = str(transfer["destination"])
     await post(
         transfer_posting(
-            reference, str(transfer["id"]), destination, Money(int(transfer["amount"]), currency)
+            reference,
+            str(transfer["id"]),
+            destination,
+            Money(int(transfer["amount"]), currency),
+            occurred_at=stripe_time(transfer.get("created")),
         )
     )
     for reversal in (transfer.get("reversals") or {}).get("data") or []:
@@ -274,6 +282,7 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
                 str(reversal["id"]),
                 destination,
                 Money(int(reversal["amount"]), currency),
+                occurred_at=stripe_time(reversal.get("created")),
             )
         )
 

@@ -24,11 +24,10 @@ from support.stack import Stack, running_stack
 from engine.core.orders import PayoutFailure
 from engine.core.plugins import hookimpl
 from engine.reconciliation.service import run_reconciliation
+from engine.testing.calendar import DAY, months_after
 
 P = "/v1/creator_subscriptions"
 ENABLED = ("commission_rules", "creator_subscriptions")
-DAY = 86_400
-MONTH_STEP = 31 * DAY
 
 
 class PayoutFailures:
@@ -189,10 +188,9 @@ async def test_three_creators_thirty_fans_a_year(stack: Stack, failures: PayoutF
 
     started = time.monotonic()
     for month in range(1, 13):
-        # Two hours past the step: a renewal due at the very end of the step (two calendar
-        # months can be 62 days) is then finalised and charged too (Stripe's draft hour),
-        # whatever the date the test runs on.
-        await advance_clock(stack, clock, now + month * MONTH_STEP + 2 * 3_600)
+        # A day past each month's renewals: their invoices are drafts for an hour
+        # before they are charged, and months differ in length.
+        await advance_clock(stack, clock, months_after(now, month) + DAY)
         await stack.settle(60)
         if month == 2:
             # Midnight on the global clock: the daily payouts run. B's bank rejects its payout.
