@@ -327,6 +327,11 @@ async def _run_piccolo_migrations(conn: asyncpg.Connection, app: TableApp) -> li
             continue
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        statements = getattr(module, "STATEMENTS", None)
+        if statements is not None:
+            # A plain-SQL migration: run on the migrating connection, with its record.
+            ran += await _run_steps(conn, app.plugin, [(path.stem, tuple(statements))])
+            continue
         manager = await module.forwards()
         await manager.run()
         await _record(conn, app.plugin, path.stem)

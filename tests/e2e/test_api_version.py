@@ -36,6 +36,7 @@ def payout(payout_id: str) -> dict[str, Any]:
         "currency": "usd",
         "status": "paid",
         "arrival_date": 1_800_000_000,
+        "created": 1_799_900_000,
         "failure_code": None,
         "failure_message": None,
     }
