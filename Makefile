@@ -85,7 +85,7 @@ bench: $(INSTALLED)
 SEEDS ?= 500
 CHAOS_EVERY ?= 25
 faults: $(INSTALLED)
-	$(BIN)/python tests/fault_harness.py --seeds $(SEEDS) --chaos-every $(CHAOS_EVERY)
+	$(BIN)/python scripts/fault_harness.py --seeds $(SEEDS) --chaos-every $(CHAOS_EVERY)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist test-artifacts

@@ -80,6 +80,7 @@ def _events(accounts: list[str], count: int, prefix: str, start: int = 0) -> Ite
                         "amount": 1000 + index % 997,
                         "currency": "usd",
                         "status": "paid",
+                        "created": int(time.time()) - 86_400,
                         "arrival_date": int(time.time()),
                     }
                 },

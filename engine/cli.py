@@ -11,18 +11,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from engine.core.errors import ConfigError, MarketplaceError
 from engine.core.plugins import Plugins, build_plugins, installed_plugins
-from engine.core.settings import Settings, load_settings
+from engine.core.settings import (
+    ApiSettings,
+    Settings,
+    load_settings,
+    replace_section,
+    require_database_url,
+    require_nats_url,
+)
 from engine.observability import configure_logging
 
 __all__ = ["main"]
@@ -35,13 +42,6 @@ EXIT_CONFIG = 2
 def _settings(args: argparse.Namespace) -> Settings:
     path = Path(args.config) if getattr(args, "config", None) else None
     return load_settings(path)
-
-
-def _replace(settings: Settings, section: str, **changes: Any) -> Settings:
-    current = getattr(settings, section)
-    return msgspec.structs.replace(
-        settings, **{section: msgspec.structs.replace(current, **changes)}
-    )
 
 
 # ---------------------------------------------------------------- plugins
@@ -70,9 +70,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, plugins: Plugins) 
     """Apply the engine's and every enabled plugin's migrations."""
     from engine.core.db import migrate
 
-    if not settings.database.url:
-        raise ConfigError("database.url", "is empty; set it or MARKETPLACE_DATABASE_URL")
-    ran = asyncio.run(migrate(settings.database.url, plugins.table_apps()))
+    ran = asyncio.run(migrate(require_database_url(settings), plugins.table_apps()))
     print("\n".join(ran) if ran else "nothing to migrate")
     return 0
 
@@ -97,29 +95,51 @@ def _quiet_server(config: Any) -> Any:
     return _quiet_server_class()(config)
 
 
-async def _serve_api(settings: Settings, plugins: Plugins, stop: asyncio.Event) -> None:
+async def _serve_api(
+    settings: Settings, plugins: Plugins, stop: asyncio.Event, listener: socket.socket
+) -> None:
+    """Serve the API on ``listener`` until ``stop`` is set; raise if the server ends first."""
     import uvicorn
 
     from engine.api.app import create_app
     from engine.services import Services
+    from engine.supervision import wait_for_stop
 
     services = await Services.start(settings, plugins=plugins)
     try:
         app = create_app(services)
-        config = uvicorn.Config(
-            app,
-            host=settings.api.host,
-            port=settings.api.port,
-            log_level="warning",
-            lifespan="on",
-        )
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
         server = _quiet_server(config)
-        task = asyncio.create_task(server.serve())
-        await stop.wait()
-        server.should_exit = True
-        await task
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        try:
+            await wait_for_stop(stop, {"the API server": task})
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await task
     finally:
         await services.close()
+
+
+def _listen(settings: Settings, port: int, *, explicit: bool) -> socket.socket:
+    """Bind the API's port, or a free one when the default is taken (never an explicit one).
+
+    Raises:
+        ConfigError: the port asked for (``--port`` or ``api.port``) is in use.
+    """
+    from engine.infra.processes import bind_listener
+
+    host = settings.api.host
+    try:
+        return bind_listener(host, port)
+    except OSError as exc:
+        if explicit or port != ApiSettings().port:
+            raise ConfigError(
+                "api.port", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
+        listener = bind_listener(host, 0)
+        print(f"port {port} is in use; the API takes port {listener.getsockname()[1]} instead")
+        return listener
 
 
 def _stop_event() -> asyncio.Event:
@@ -132,11 +152,13 @@ def _stop_event() -> asyncio.Event:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
     """Run the API server only (production: many of these behind a load balancer)."""
-    if args.port:
-        settings = _replace(settings, "api", port=args.port)
+    listener = _listen(settings, args.port or settings.api.port, explicit=True)
+    port = listener.getsockname()[1]
+    settings = replace_section(settings, "api", port=port)
+    log.info("API listening on http://%s:%d", settings.api.host, port)
 
     async def run() -> None:
-        await _serve_api(settings, plugins, _stop_event())
+        await _serve_api(settings, plugins, _stop_event(), listener)
 
     asyncio.run(run())
     return 0
@@ -149,8 +171,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
     """Run one webhook worker (run as many as you like, on any machines)."""
     from engine.worker.runtime import run_worker
 
-    if not settings.nats.url:
-        raise ConfigError("nats.url", "is empty; set it or MARKETPLACE_NATS_URL")
+    require_database_url(settings)
+    require_nats_url(settings)
 
     async def run() -> None:
         await run_worker(settings, plugins=plugins, stop=_stop_event())
@@ -171,15 +193,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
         services = await Services.start(settings, plugins=plugins, connect_nats=False)
         broker = make_broker(settings)
         await broker.startup()
+        scheduler = Scheduler(broker)
         try:
             accounts = await make_mailbox(services).replay(
                 event_ids=args.event or (), account=args.account
             )
-            scheduler = Scheduler(broker)
             for account in accounts:
                 await scheduler.requeue(account)
             return accounts
         finally:
+            await scheduler.close(wait_seconds=30)
             await broker.shutdown()
             await services.close()
 
@@ -192,8 +215,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, plugins: Plugins
     """Match Stripe's balance transactions with the ledger; exit 3 when something differs."""
     from engine.reconciliation.cli import run
 
-    if not settings.database.url:
-        raise ConfigError("database.url", "is empty; set it or MARKETPLACE_DATABASE_URL")
+    require_database_url(settings)
     return run(args, settings, plugins)
 
 
@@ -257,7 +279,7 @@ def _admin_key(data_dir: Path) -> str:
 def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
     """Run everything on this machine with embedded defaults and print the URLs."""
     from engine.infra.embedded import EmbeddedNats, EmbeddedPostgres
-    from engine.infra.processes import find_free_port
+    from engine.infra.stack_file import RunningStack
 
     data_dir = settings.data_path
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -267,79 +289,152 @@ def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> in
             postgres = EmbeddedPostgres(data_dir / "postgres")
             url = postgres.start()
             stack.started(postgres.stop)
-            settings = _replace(settings, "database", url=url)
+            settings = replace_section(settings, "database", url=url)
             print(f"postgres   {url}  (log: {postgres.log_path})")
         if not settings.nats.url:
             nats_server = EmbeddedNats(data_dir / "nats")
             url = nats_server.start()
             stack.started(nats_server.stop)
-            settings = _replace(settings, "nats", url=url)
+            settings = replace_section(settings, "nats", url=url)
             print(f"nats       {url}")
         from engine.core.db import migrate
 
         asyncio.run(migrate(settings.database.url, plugins.table_apps()))
         admin_key = settings.api.bootstrap_admin_key or _admin_key(data_dir)
-        settings = _replace(settings, "api", bootstrap_admin_key=admin_key)
-        port = args.port or settings.api.port
-        from engine.infra.processes import port_accepts
-
-        if port_accepts(settings.api.host, port):
-            port = find_free_port(settings.api.host)
-        settings = _replace(settings, "api", port=port)
+        # The port is ours before anything prints it.
+        listener = _listen(settings, args.port or settings.api.port, explicit=bool(args.port))
+        stack.started(listener.close)
+        port = listener.getsockname()[1]
+        settings = replace_section(
+            settings, "api", bootstrap_admin_key=admin_key, port=port, ready_requires_worker=True
+        )
         base = f"http://{settings.api.host}:{port}"
         if not settings.engine.public_url:
-            settings = _replace(settings, "engine", public_url=base)
-        asyncio.run(_up(settings, plugins, data_dir, admin_key, base))
+            settings = replace_section(settings, "engine", public_url=base)
+        stack.started(lambda: RunningStack.remove(data_dir))
+        asyncio.run(
+            _up(
+                settings,
+                plugins,
+                data_dir=data_dir,
+                admin_key=admin_key,
+                base=base,
+                listener=listener,
+            )
+        )
     finally:
         stack.stop()
     return 0
 
 
 async def _up(
-    settings: Settings, plugins: Plugins, data_dir: Path, admin_key: str, base: str
+    settings: Settings,
+    plugins: Plugins,
+    *,
+    data_dir: Path,
+    admin_key: str,
+    base: str,
+    listener: socket.socket,
 ) -> None:
     import uvicorn
 
+    from engine.infra.processes import bind_listener
+    from engine.infra.stack_file import RunningStack
+    from engine.supervision import TaskEnded, wait_for_stop
+
     stop = _stop_event()
-    tasks: list[asyncio.Task[None]] = []
+    tasks: dict[str, asyncio.Task[None]] = {}
     servers: list[Any] = []
-    if not settings.stripe.api_base:
-        from engine.infra.processes import find_free_port
-        from engine.sandbox import create_app as create_sandbox
+    sandbox_base = ""
+    try:
+        if not settings.stripe.api_base:
+            from engine.sandbox import create_app as create_sandbox
 
-        sandbox_port = find_free_port()
-        sandbox = _quiet_server(
-            uvicorn.Config(
-                create_sandbox(persist_path=data_dir / "sandbox.state"),
-                host="127.0.0.1",
-                port=sandbox_port,
-                log_level="warning",
+            sandbox_listener = bind_listener("127.0.0.1", 0)
+            sandbox = _quiet_server(
+                uvicorn.Config(
+                    create_sandbox(persist_path=data_dir / "sandbox.state"), log_level="warning"
+                )
             )
-        )
-        servers.append(sandbox)
-        tasks.append(asyncio.create_task(sandbox.serve()))
-        settings = _replace(settings, "stripe", api_base=f"http://127.0.0.1:{sandbox_port}")
-        print(f"sandbox    {settings.stripe.api_base}  (offline Stripe)")
-    if not settings.stripe.webhook_secrets or not settings.stripe.connect_webhook_secrets:
-        settings = await _register_webhooks(settings, base)
-    from engine.worker.runtime import run_worker
+            servers.append(sandbox)
+            tasks["the Stripe sandbox"] = asyncio.create_task(
+                sandbox.serve(sockets=[sandbox_listener])
+            )
+            sandbox_base = f"http://127.0.0.1:{sandbox_listener.getsockname()[1]}"
+            settings = replace_section(settings, "stripe", api_base=sandbox_base)
+            print(f"sandbox    {sandbox_base}  (offline Stripe)")
+        if not settings.stripe.webhook_secrets or not settings.stripe.connect_webhook_secrets:
+            settings = await _register_webhooks(settings, base)
+        from engine.worker.runtime import run_worker
 
-    worker = asyncio.create_task(run_worker(settings, plugins=plugins, stop=stop))
-    api = asyncio.create_task(_serve_api(settings, plugins, stop))
-    await _wait_healthy(base, api)
-    print(f"api        {base}")
-    print(f"docs       {base}/schema/swagger")
-    print(f"health     {base}/health")
-    print(f"dashboard  {base}/dashboard  (sign in with the admin key below)")
-    print(f"admin key  {admin_key}")
-    print(f'try:       curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts')
-    print("Ctrl-C stops everything.")
-    sys.stdout.flush()
-    await stop.wait()
-    await asyncio.gather(api, worker, return_exceptions=True)
-    for server in servers:
-        server.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
+        tasks["the webhook worker"] = asyncio.create_task(
+            run_worker(settings, plugins=plugins, stop=stop)
+        )
+        tasks["the API"] = asyncio.create_task(_serve_api(settings, plugins, stop, listener))
+        await _wait_ready(base, tasks)
+        RunningStack(
+            pid=os.getpid(),
+            api_url=base,
+            database_url=settings.database.url,
+            nats_url=",".join(settings.nats.servers),
+            stripe_api_base=sandbox_base,
+            webhook_secrets=list(settings.stripe.webhook_secrets),
+            connect_webhook_secrets=list(settings.stripe.connect_webhook_secrets),
+        ).write(data_dir)
+        print(f"api        {base}")
+        print(f"docs       {base}/schema/swagger")
+        print(f"ready      {base}/ready  (database, NATS and the worker)")
+        print(f"dashboard  {base}/dashboard  (sign in with the admin key below)")
+        print(f"admin key  {admin_key}")
+        print(f'try:       curl -H "Authorization: Bearer {admin_key}" {base}/v1/accounts')
+        print("Commands run in this directory reach this stack (e.g. `marketplace plugins`).")
+        print("Ctrl-C stops everything.")
+        sys.stdout.flush()
+        try:
+            await wait_for_stop(stop, tasks)
+        except TaskEnded as ended:
+            raise UpFailed(str(ended)) from None
+    finally:
+        stop.set()
+        for name, task in tasks.items():
+            if name != "the Stripe sandbox":
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+class UpFailed(MarketplaceError):
+    """A part of the ``up`` stack died; the log above has its traceback."""
+
+    code = "stack_failed"
+
+
+async def _wait_ready(base: str, tasks: dict[str, asyncio.Task[None]]) -> None:
+    """Return once ``/ready`` answers 200 (the worker pulling), or raise what ended a task."""
+    import httpx
+
+    from engine.supervision import TaskEnded
+
+    last = "no answer yet"
+    async with httpx.AsyncClient() as client:
+        for _ in range(1200):
+            for name, task in tasks.items():
+                if task.done():
+                    cause = None if task.cancelled() else task.exception()
+                    if cause is not None:
+                        log.error("%s died while starting", name, exc_info=cause)
+                    raise UpFailed(str(TaskEnded(name, cause)))
+            try:
+                response = await client.get(f"{base}/ready")
+                if response.status_code == 200:
+                    return
+                last = str(response.json().get("detail", response.status_code))
+            except (httpx.HTTPError, ValueError) as exc:
+                last = str(exc) or type(exc).__name__
+            await asyncio.sleep(0.1)
+    raise UpFailed(f"the stack did not become ready within 120 s: {last}")
 
 
 async def _register_webhooks(settings: Settings, base: str) -> Settings:
@@ -357,28 +452,12 @@ async def _register_webhooks(settings: Settings, base: str) -> Settings:
     else:
         secrets_ = await register_webhook_endpoints(gateway, base)
     print(f"webhooks   {base}/webhooks/stripe and /webhooks/stripe/connect registered")
-    return _replace(
+    return replace_section(
         settings,
         "stripe",
         webhook_secrets=[secrets_.platform],
         connect_webhook_secrets=[secrets_.connect],
     )
-
-
-async def _wait_healthy(base: str, api: asyncio.Task[None]) -> None:
-    """Return once ``/health`` answers (or raise what the API task raised)."""
-    import httpx
-
-    async with httpx.AsyncClient() as client:
-        for _ in range(600):
-            if api.done():
-                api.result()
-            try:
-                if (await client.get(f"{base}/health")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 # ---------------------------------------------------------------- parser
@@ -465,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"marketplace: config error: {exc.key}: {exc.problem}", file=sys.stderr)
         return EXIT_CONFIG
     args = _parser(plugins).parse_args(argv)
+    if args.func is not cmd_up:
+        from engine.infra.stack_file import attach_running_stack
+
+        settings = attach_running_stack(settings)
     try:
         result: int = args.func(args, settings, plugins)
     except ConfigError as exc:

@@ -16,11 +16,11 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from engine.core.db import Database
-from engine.core.errors import ConfigError
 from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins, build_plugins
-from engine.core.settings import Settings
+from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
+from engine.live_settings import LiveSettings
 
 __all__ = ["Services"]
 
@@ -36,6 +36,8 @@ class Services:
     db: Database
     ledger: Ledger
     gateway: StripeGateway
+    live: LiveSettings
+    """Settings changed at run time: ``bump`` after a change, ``watch`` to reload it."""
     nats: NatsClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -57,8 +59,7 @@ class Services:
             ConfigError: when ``database.url`` is empty (``marketplace up`` fills
                 it with the embedded server's URL before calling this).
         """
-        if not settings.database.url:
-            raise ConfigError("database.url", "is empty (set it, or use `marketplace up`)")
+        require_database_url(settings)
         plugins = plugins or build_plugins(settings)
         db = Database(
             settings.database.url,
@@ -75,19 +76,29 @@ class Services:
             timeout_seconds=settings.stripe.timeout_seconds,
         )
         nats_client: NatsClient | None = None
-        if connect_nats and settings.nats.url:
+        if connect_nats and settings.nats.servers:
             nats_client = await nats.connect(
-                settings.nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+                servers=settings.nats.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5
             )
+        live = LiveSettings(
+            db.pool,
+            settings.database.url,
+            poll_seconds=settings.engine.live_settings_poll_seconds,
+            listen=settings.engine.live_settings_listen,
+        )
         services = cls(
             settings=settings,
             plugins=plugins,
             db=db,
             ledger=Ledger(db.pool),
             gateway=gateway,
+            live=live,
             nats=nats_client,
         )
         plugins.runtime.services = services
+        # Versions are noted before plugins load their settings, so a change made
+        # meanwhile is reloaded rather than missed.
+        await live.start()
         for start in plugins.startup_functions():
             await start(services)
         return services
@@ -95,11 +106,12 @@ class Services:
     async def nats_ready(self) -> bool:
         """Whether NATS is connected (true when NATS is not configured)."""
         if self.nats is None:
-            return not self.settings.nats.url
+            return not self.settings.nats.servers
         return bool(self.nats.is_connected)
 
     async def close(self) -> None:
-        """Close NATS and the database pools."""
+        """Close NATS, the live-settings watcher and the database pools."""
+        await self.live.close()
         if self.nats is not None:
             try:
                 await self.nats.drain()

@@ -21,10 +21,14 @@ from collections.abc import Collection, Mapping
 from typing import Any, Final, Protocol
 
 from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
+from engine.accounts.onboarding import onboarding_urls
+from engine.api.keys import KEYS_SETTING
 from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
 from engine.core.money import is_known_currency, normalize_currency
 from engine.core.plugins import CORE_ACCOUNT_ROLES
 from engine.gateway import StripeGateway, idempotency_key
+from engine.live_settings import bump
+from engine.signing import load_signer
 
 __all__ = [
     "ACCOUNT_COLUMNS",
@@ -140,7 +144,6 @@ async def apply_stripe_account(
         SET charges_enabled = $2, payouts_enabled = $3, details_submitted = $4,
             requirements_due = $5::jsonb,
             status = CASE WHEN suspended THEN 'suspended' ELSE $6 END,
-            payout_failure_code = CASE WHEN $3 THEN NULL ELSE payout_failure_code END,
             stripe_updated_at = GREATEST(stripe_updated_at, $7), updated_at = now()
         WHERE stripe_account_id = $1 AND ($8 OR stripe_updated_at <= $7)
         RETURNING {ACCOUNT_COLUMNS}
@@ -181,8 +184,8 @@ class AccountService:
         pool: the asyncpg pool.
         gateway: the Stripe gateway.
         public_url: the engine's public base address; Stripe sends the
-            account holder back to ``<public_url>/onboarding/<id>/return``
-            (or ``.../refresh`` when a link expired).
+            account holder back to the onboarding pages there
+            (``engine.accounts.onboarding``).
     """
 
     def __init__(
@@ -289,11 +292,11 @@ class AccountService:
         """
         await self.get(account_id)
         token = operation or uuid.uuid4().hex
-        base = f"{self._public_url}/onboarding/{account_id}"
+        urls = onboarding_urls(self._public_url, account_id, await load_signer(self._pool))
         link = await self._gateway.create_account_link(
             account_id,
-            refresh_url=f"{base}/refresh",
-            return_url=f"{base}/return",
+            refresh_url=urls.refresh_url,
+            return_url=urls.return_url,
             key=idempotency_key("account", account_id, "link", token),
         )
         return OnboardingLink(
@@ -380,4 +383,6 @@ class AccountService:
                 raise NotFound(f"no connected account {account_id!r}", account_id=account_id)
             action = "account.suspend" if suspended else "account.resume"
             await _audit(conn, actor, action, account_id, {"reason": reason} if reason else {})
+            # The account's API keys stop (or resume) working in every process at once.
+            await bump(conn, KEYS_SETTING)
         return account_from_row(row)

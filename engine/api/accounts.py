@@ -19,6 +19,7 @@ from engine.api.auth import Principal, requires_scope
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from engine.api.problems import problem_responses
+from engine.services import Services
 
 __all__ = ["AccountController", "AccountCreated", "AccountList", "SuspendAccount"]
 
@@ -183,15 +184,22 @@ class AccountController(Controller):
     )
     async def suspend_account(
         self,
+        *,
         account_id: AccountId,
         principal: NamedDependency[Principal],
         account_service: NamedDependency[AccountService],
+        services: NamedDependency[Services],
         data: JSONBody[SuspendAccount | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Account:
-        """Stop charging for and paying out to the account until it is resumed."""
+        """Stop charging for and paying out to the account until it is resumed.
+
+        Its API keys and dashboard sessions stop working at once, in every process.
+        """
         reason = data.reason if data is not None else ""
-        return await account_service.suspend(account_id, actor=principal.actor, reason=reason)
+        account = await account_service.suspend(account_id, actor=principal.actor, reason=reason)
+        await services.live.check()  # this process at once; the others on the notification
+        return account
 
     @post(
         "/{account_id:str}/resume",
@@ -206,7 +214,10 @@ class AccountController(Controller):
         account_id: AccountId,
         principal: NamedDependency[Principal],
         account_service: NamedDependency[AccountService],
+        services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Account:
         """Lift the suspension; the status returns to what Stripe last reported."""
-        return await account_service.resume(account_id, actor=principal.actor)
+        account = await account_service.resume(account_id, actor=principal.actor)
+        await services.live.check()
+        return account

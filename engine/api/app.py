@@ -48,7 +48,7 @@ from engine.api.auth import AuthMiddleware, KeyStore
 from engine.api.deps import SERVICES_STATE_KEY, dependencies, services_from_state
 from engine.api.health import METRICS_STATE_KEY, HealthController, MetricsController
 from engine.api.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, IdempotencyMiddleware
-from engine.api.keys import ensure_api_key, parse_api_key
+from engine.api.keys import KEYS_SETTING, ensure_api_key, parse_api_key
 from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers
 from engine.core.errors import ConfigError
 from engine.core.plugins import Plugins, build_plugins
@@ -199,16 +199,24 @@ def _webhook_handlers() -> list[ControllerRouterHandler]:
 
 
 def _bootstrap_key(settings: Settings) -> Lifespan:
-    """Make sure ``api.bootstrap_admin_key`` (what ``marketplace up`` prints) exists."""
+    """Ensure ``api.bootstrap_admin_key`` (what ``marketplace up`` prints) exists, and keep
+    the key cache in step with every process: a key revoked or an account suspended
+    anywhere stops working here at once."""
 
     @contextlib.asynccontextmanager
     async def ensure(app: Litestar) -> AsyncIterator[None]:
+        services = services_from_state(app.state)
+        keys: KeyStore = app.state[KEYS_STATE_KEY]
+
+        async def forget_all(version: int) -> None:
+            del version
+            keys.clear()
+
+        services.live.watch(KEYS_SETTING, forget_all)
         if settings.api.bootstrap_admin_key:
-            services = services_from_state(app.state)
             key_id = await ensure_api_key(
                 services.db.pool, settings.api.bootstrap_admin_key, label="bootstrap admin key"
             )
-            keys: KeyStore = app.state[KEYS_STATE_KEY]
             keys.forget(key_id)
         yield
 

@@ -26,10 +26,11 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from engine.api.keys import find_api_key, parse_api_key, secret_matches
+from engine.api.keys import KEYS_SETTING, find_api_key, parse_api_key, secret_matches
 from engine.core.errors import AuthenticationRequired, Forbidden, NotFound
 
 __all__ = [
+    "KEYS_SETTING",
     "PUBLIC_OPT",
     "AuthMiddleware",
     "KeyStore",
@@ -101,7 +102,8 @@ def _presented_key(scope: Scope) -> str | None:
 class _Cached:
     expires: float
     secret_hash: str
-    principal: Principal | None  # None: no such key, or revoked
+    principal: Principal | None  # None: no such key, revoked, or its account cannot use it
+    refusal: str = "the API key is unknown or revoked"
 
 
 class KeyStore:
@@ -133,7 +135,9 @@ class KeyStore:
         key_id, secret = parsed
         entry = await self._lookup(pool, key_id)
         if entry.principal is None or not secret_matches(secret, entry.secret_hash):
-            raise AuthenticationRequired("the API key is unknown or revoked")
+            raise AuthenticationRequired(
+                entry.refusal if entry.secret_hash else "the API key is unknown or revoked"
+            )
         return entry.principal
 
     async def _lookup(self, pool: Any, key_id: str) -> _Cached:
@@ -144,6 +148,9 @@ class KeyStore:
         row = await find_api_key(pool, key_id)
         if row is None or row.revoked_at is not None:
             entry = _Cached(now + self.ttl, "", None)
+        elif row.account_id is not None and not await _account_may_sign_in(pool, row.account_id):
+            refusal = f"the API key's account {row.account_id} is suspended or closed"
+            entry = _Cached(now + self.ttl, row.secret_hash, None, refusal)
         else:
             principal = Principal(key_id=row.key_id, scope=row.scope, account_id=row.account_id)
             entry = _Cached(now + self.ttl, row.secret_hash, principal)
@@ -155,6 +162,18 @@ class KeyStore:
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache (after revoking or re-creating it)."""
         self._cache.pop(key_id, None)
+
+    def clear(self) -> None:
+        """Forget every cached key (``KEYS_SETTING`` moved: some key stopped working)."""
+        self._cache.clear()
+
+
+async def _account_may_sign_in(pool: Any, account_id: str) -> bool:
+    """An account's keys work while the account exists and is not suspended."""
+    suspended = await pool.fetchval(
+        "SELECT suspended FROM marketplace_accounts WHERE stripe_account_id = $1", account_id
+    )
+    return suspended is False
 
 
 class AuthMiddleware(ASGIMiddleware):

@@ -3,7 +3,11 @@
 ``/health`` answers 200 whenever the process serves HTTP. ``/ready`` answers
 200 only when PostgreSQL and NATS are reachable, else a 503 problem whose
 ``checks`` member names what is down, so a load balancer stops routing to an
-instance that cannot work. ``/metrics`` is Prometheus' text format (admin or
+instance that cannot work. It also reports whether some worker reports and
+pulls (``workers``, with the reason when not); that fails readiness only with
+``api.ready_requires_worker`` (``marketplace up`` sets it: its one worker is
+part of the stack), since API instances of a larger deployment can take
+webhooks durably while workers restart. ``/metrics`` is Prometheus' text format (admin or
 service keys: scrapers authenticate like any integration client).
 """
 
@@ -22,6 +26,7 @@ from engine.api.problems import problem_responses
 from engine.core.errors import MarketplaceError
 from engine.observability import Metrics
 from engine.services import Services
+from engine.worker.heartbeat import WorkersReadiness, workers_readiness
 
 __all__ = ["HealthController", "MetricsController", "NotReady", "Readiness"]
 
@@ -51,6 +56,7 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
 
     status: Literal["ready"] = "ready"
     checks: dict[str, CheckState]
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 async def _database_ok(services: Services) -> bool:
@@ -59,6 +65,15 @@ async def _database_ok(services: Services) -> bool:
     except Exception:  # a closed or never-opened pool: not ready, whatever the reason
         log.warning("readiness: database check failed", exc_info=True)
         return False
+
+
+async def _workers(services: Services) -> WorkersReadiness:
+    stale = max(30.0, 6 * services.settings.worker.heartbeat_seconds)
+    try:
+        return await workers_readiness(services.db.pool, stale)
+    except Exception as exc:  # same: report, do not crash the probe
+        log.warning("readiness: workers check failed", exc_info=True)
+        return WorkersReadiness(False, f"could not read worker heartbeats: {exc}")
 
 
 async def _nats_ok(services: Services) -> bool:
@@ -88,15 +103,29 @@ class HealthController(Controller):
         responses=problem_responses(503),
     )
     async def ready(self, services: NamedDependency[Services]) -> Readiness:
-        """200 when PostgreSQL and NATS answer; 503 naming the unreachable ones otherwise."""
+        """200 when PostgreSQL and NATS answer (and a worker pulls, where required).
+
+        503 naming the unavailable ones otherwise, with ``reasons`` saying why.
+        """
+        database_ok = await _database_ok(services)
         checks: dict[str, CheckState] = {
-            "database": "ok" if await _database_ok(services) else "unavailable",
+            "database": "ok" if database_ok else "unavailable",
             "nats": "ok" if await _nats_ok(services) else "unavailable",
         }
-        down = [name for name, state in checks.items() if state != "ok"]
+        reasons: dict[str, str] = {}
+        if database_ok:
+            workers = await _workers(services)
+            checks["workers"] = "ok" if workers.ok else "unavailable"
+            if workers.reason:
+                reasons["workers"] = workers.reason
+        required = ["database", "nats"]
+        if services.settings.api.ready_requires_worker:
+            required.append("workers")
+        down = [name for name in required if checks.get(name) != "ok"]
         if down:
-            raise NotReady(f"unavailable: {', '.join(down)}", checks=checks, unavailable=down)
-        return Readiness(checks=checks)
+            detail = "; ".join(f"{name}: {reasons.get(name, 'unavailable')}" for name in down)
+            raise NotReady(detail, checks=checks, unavailable=down, reasons=reasons)
+        return Readiness(checks=checks, reasons=reasons)
 
 
 class MetricsController(Controller):

@@ -2,17 +2,24 @@
 
 Keys are scoped per API key. The first request with a key claims a row in
 ``marketplace_idempotency`` (``INSERT ... ON CONFLICT DO NOTHING``), runs, and
-stores its response when the status is 2xx or 4xx. Later requests with that key:
+stores its response when it is the request's own final outcome: a 2xx, or a
+4xx that the same request would get again. Never a 408 or 429, a 5xx, or an
+error that says it is not final (``MarketplaceError.final``: an account not
+ready yet, a Stripe failure, a balance not yet available); the claim is then
+released and a retry with the key runs again. Later requests with that key:
 
 - same method, path, query and body -> the stored response, byte for byte,
   with ``Idempotent-Replayed: true``;
 - anything else -> ``422 idempotency_key_reused``;
 - while the first is still running -> ``409 idempotency_request_in_progress``.
 
-A 5xx (or a crash) releases the claim so the client can retry. Records older
-than ``api.idempotency_ttl_hours`` (>= 24) are ignored and purged lazily; a
-claim left by a process that died mid-request is taken over after
-``STALE_CLAIM_SECONDS``.
+A 5xx (or a crash) releases the claim so the client can retry. A response is
+replayed for ``api.idempotency_ttl_hours`` (>= 24); after that the same request
+with the key runs again as a new request, while the key stays bound to its
+request for ``FINGERPRINT_DAYS``: reused with another request in that time, it
+is always ``422 idempotency_key_reused``. A claim left by a process that died
+mid-request is taken over after ``STALE_CLAIM_SECONDS``. Keys are stored as a
+SHA-256 digest with the API key's id, so any key up to ``MAX_KEY_LENGTH`` fits.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from litestar.params import HeaderParameter
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from engine.api.auth import Principal
+from engine.api.problems import NOT_FINAL_SCOPE_KEY
 from engine.core.errors import Conflict, IdempotencyConflict, InvalidInput
 
 __all__ = [
+    "FINGERPRINT_DAYS",
     "IDEMPOTENCY_HEADER",
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
@@ -40,12 +49,15 @@ __all__ = [
     "IdempotencyKeyHeader",
     "IdempotencyMiddleware",
     "request_fingerprint",
+    "stored_key",
 ]
 
 IDEMPOTENCY_HEADER: Final = "idempotency-key"
+
 REPLAYED_HEADER: Final = "idempotent-replayed"
 MAX_KEY_LENGTH: Final = 255
 STALE_CLAIM_SECONDS: Final = 300
+FINGERPRINT_DAYS: Final = 30
 PURGE_INTERVAL_SECONDS: Final = 60.0
 
 IdempotencyKeyHeader = Annotated[
@@ -57,8 +69,12 @@ IdempotencyKeyHeader = Annotated[
         required=False,
         description=(
             "Makes the POST safe to retry: the same key with the same request replays the "
-            "first response (header `Idempotent-Replayed: true`); with another request it is "
-            "refused (422). Scoped to the API key; kept at least 24 hours."
+            "first response (header `Idempotent-Replayed: true`) for at least 24 hours, then "
+            "runs as a new request; with another request it is refused (422) for 30 days. "
+            "Only final outcomes are replayed: a 2xx or a 4xx the request would get again, "
+            "never a 429, a 5xx or a state that may change (e.g. an account still "
+            "onboarding). While the first request runs, the same key gets 409. Scoped to "
+            "the API key."
         ),
     ),
 ]
@@ -134,7 +150,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if not complete:  # over the limit: let Litestar refuse it with 413
             await next_app(scope, replay_receive, send)
             return
-        scope_key = f"{principal.key_id}:{key}"
+        scope_key = stored_key(principal.key_id, key)
         request_hash = request_fingerprint(
             str(scope.get("method", "")),
             str(scope.get("path", "")),
@@ -153,7 +169,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
         except BaseException:
             await pool.execute("DELETE FROM marketplace_idempotency WHERE id = $1", record_id)
             raise
-        await self._store(pool, record_id, recorder)
+        final = not scope.get(NOT_FINAL_SCOPE_KEY, False)
+        await self._store(pool, record_id, recorder, final=final)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
@@ -175,9 +192,16 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if now - self._last_purge < PURGE_INTERVAL_SECONDS:
             return
         self._last_purge = now
+        # Expired responses are never replayed; their keys stay bound to their
+        # request for FINGERPRINT_DAYS, then go.
         await pool.execute(
             "DELETE FROM marketplace_idempotency "
             "WHERE created_at < now() - make_interval(secs => $1)",
+            float(max(self._ttl_seconds, FINGERPRINT_DAYS * 86_400)),
+        )
+        await pool.execute(
+            "UPDATE marketplace_idempotency SET response_body = '' "
+            "WHERE created_at < now() - make_interval(secs => $1) AND response_body <> ''",
             float(self._ttl_seconds),
         )
 
@@ -191,9 +215,10 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 "ON CONFLICT (scope_key) DO UPDATE SET "
                 "request_hash = EXCLUDED.request_hash, status_code = 0, response_body = '', "
                 "content_type = '', created_at = now() "
-                "WHERE marketplace_idempotency.created_at < now() - make_interval(secs => $3) "
+                "WHERE marketplace_idempotency.request_hash = EXCLUDED.request_hash AND ("
+                "marketplace_idempotency.created_at < now() - make_interval(secs => $3) "
                 "OR (marketplace_idempotency.status_code = 0 "
-                "AND marketplace_idempotency.created_at < now() - make_interval(secs => $4)) "
+                "AND marketplace_idempotency.created_at < now() - make_interval(secs => $4))) "
                 "RETURNING id",
                 scope_key,
                 request_hash,
@@ -238,9 +263,9 @@ class IdempotencyMiddleware(ASGIMiddleware):
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _store(self, pool: Any, record_id: int, recorder: _Recorder) -> None:
+    async def _store(self, pool: Any, record_id: int, recorder: _Recorder, *, final: bool) -> None:
         body = b"".join(recorder.chunks)
-        storable = recorder.complete and 200 <= recorder.status < 500
+        storable = recorder.complete and final and _final_status(recorder.status)
         try:
             text = body.decode("utf-8") if storable else ""
         except UnicodeDecodeError:  # only text bodies are kept; a binary answer is not replayed
@@ -257,6 +282,16 @@ class IdempotencyMiddleware(ASGIMiddleware):
             text,
             recorder.content_type,
         )
+
+
+def stored_key(key_id: str, key: str) -> str:
+    """How a client's key is stored: its digest, scoped to the API key (fixed length)."""
+    return f"{key_id}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
+def _final_status(status: int) -> bool:
+    """Statuses that are a request's outcome: 2xx, and 4xx but 408 and 429 (try again)."""
+    return 200 <= status < 300 or (400 <= status < 500 and status not in {408, 429})
 
 
 def _check_key(key: str) -> None:

@@ -24,8 +24,13 @@ from datetime import datetime
 from typing import Any, Final, Literal, get_args
 
 from engine.core.errors import ConfigError, InvalidInput
+from engine.live_settings import bump
+
+KEYS_SETTING: Final = "engine.api_keys"
+"""The live setting that moves when keys stop working (revoked, their account suspended)."""
 
 __all__ = [
+    "KEYS_SETTING",
     "KEY_PREFIX",
     "SCOPES",
     "ApiKeyRow",
@@ -190,10 +195,17 @@ async def list_api_keys(
 
 
 async def revoke_api_key(pool: Any, key_id: str) -> bool:
-    """Revoke a key; ``False`` when there is no active key ``key_id``."""
-    revoked = await pool.fetchval(
-        "UPDATE marketplace_api_keys SET revoked_at = now() "
-        "WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
-        key_id,
-    )
+    """Revoke a key; ``False`` when there is no active key ``key_id``.
+
+    Every API process drops its cached keys at once (the ``KEYS_SETTING`` live
+    setting moves in the same transaction).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        revoked = await conn.fetchval(
+            "UPDATE marketplace_api_keys SET revoked_at = now() "
+            "WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
+            key_id,
+        )
+        if revoked is not None:
+            await bump(conn, KEYS_SETTING)
     return revoked is not None

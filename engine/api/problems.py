@@ -33,6 +33,7 @@ from litestar.types import ExceptionHandlersMap
 from engine.core.errors import MarketplaceError
 
 __all__ = [
+    "NOT_FINAL_SCOPE_KEY",
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPE_BASE",
     "FieldError",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+NOT_FINAL_SCOPE_KEY = "marketplace.outcome_not_final"
+"""Set in the ASGI scope when an error is not the request's outcome (not to be replayed)."""
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://marketplace.dev/problems/"
@@ -165,6 +169,9 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
 def _on_domain_error(request: Request[Any, Any, Any], exc: MarketplaceError) -> Response[bytes]:
     if exc.status >= 500:
         log.error("%s on %s: %s", exc.code, _instance(request), exc.detail)
+    if not exc.final:
+        # Read by the Idempotency-Key middleware: this answer is not to be replayed.
+        request.scope[NOT_FINAL_SCOPE_KEY] = True  # type: ignore[literal-required]
     return problem_response(
         status=exc.status,
         code=exc.code,

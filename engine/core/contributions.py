@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "MAILBOX_ACCOUNT_METADATA",
     "CliCommand",
     "ConfigSection",
     "DashboardPanel",
@@ -62,6 +63,16 @@ class PluginRuntime:
 
 
 StripeEvent = Mapping[str, Any]
+
+MAILBOX_ACCOUNT_METADATA = "marketplace_account"
+"""Metadata key naming the connected account whose webhook mailbox an object's events go to.
+
+A subscription on the platform paying a connected account (``transfer_data``) has its
+events in that account's mailbox; its invoices no longer carry ``transfer_data`` (Stripe
+API 2025-03-31 on), so the engine reads this key from the subscription metadata an
+invoice carries (``parent.subscription_details.metadata``): set it on such subscriptions
+so their invoice events are ordered with the subscription's, in the account's mailbox.
+"""
 """A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
 
 

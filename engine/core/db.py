@@ -7,9 +7,7 @@ Hot paths (webhook intake, ledger posting) use the asyncpg pool directly.
 Migrations are per app (the engine's ``marketplace`` app first, then each enabled
 plugin's): an app's tables are created once, then any Piccolo migration modules
 in its ``migrations_folder_path`` run in name order; each step is recorded in
-``marketplace_migrations`` so ``migrate`` is idempotent. The core's later
-changes are the SQL steps of ``_CORE_STEPS``, written so that they are no-ops
-on a database whose tables were just created from the current classes.
+``marketplace_migrations`` so ``migrate`` is idempotent.
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,6 @@ _CORE_EXTRA_DDL: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS marketplace_ledger_entries_account_currency "
     "ON marketplace_ledger_entries (account, currency)",
 )
-
 
 # Take a mailbox's lease and read its batch in one round trip, as two statements:
 # a VOLATILE function takes a fresh snapshot for each statement it runs, so the
@@ -96,27 +94,60 @@ $fn$
 """
 
 
-def _periodic_runs_ddl() -> list[str]:
-    from engine.core.tables import PeriodicRun
-
-    return _ddl(PeriodicRun)
-
-
-# The core's changes after its first migration, in order: (name, statements).
-_CORE_STEPS: tuple[tuple[str, Callable[[], Sequence[str]]], ...] = (
+# Later schema changes of the core, in order: (step name, statements). Each runs once
+# per database (recorded in marketplace_migrations), also on databases made before it.
+_CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        # Fenced leases and per-mailbox order (issue 14).
-        "0001_fenced_mailboxes",
-        lambda: (
+        "0001_workers",
+        (
+            # One row per worker process: /ready tells whether any worker still pulls.
+            """CREATE TABLE IF NOT EXISTS marketplace_workers (
+                worker TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                last_pull_at TIMESTAMPTZ,
+                stopped_at TIMESTAMPTZ
+            )""",
+        ),
+    ),
+    (
+        "0002_live_settings",
+        (
+            # Versions of settings changed at run time (engine.live_settings).
+            """CREATE TABLE IF NOT EXISTS marketplace_live_settings (
+                name TEXT PRIMARY KEY,
+                version BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
+    (
+        # Fenced leases and per-mailbox order (issue 14); no-ops on a database whose
+        # tables were just created from the current classes.
+        "0003_fenced_mailboxes",
+        (
             "ALTER TABLE marketplace_webhook_accounts "
             "ADD COLUMN IF NOT EXISTS lease_epoch BIGINT NOT NULL DEFAULT 0",
             "ALTER TABLE marketplace_webhook_events ADD COLUMN IF NOT EXISTS seq BIGINT",
             _PENDING_INDEX,
             "DROP INDEX IF EXISTS marketplace_webhook_events_account_pending",
+            _MAILBOX_LEASE_FUNCTION,
         ),
     ),
-    ("0002_periodic_runs", _periodic_runs_ddl),
-    ("0003_mailbox_lease_function", lambda: (_MAILBOX_LEASE_FUNCTION,)),
+    (
+        "0004_periodic_runs",
+        (
+            # When each periodic task may next run (engine.worker.periodic).
+            """CREATE TABLE IF NOT EXISTS marketplace_periodic_runs (
+                name VARCHAR(200) PRIMARY KEY,
+                next_due TIMESTAMPTZ NOT NULL DEFAULT now(),
+                started_at TIMESTAMPTZ,
+                owner VARCHAR(128) NOT NULL DEFAULT ''
+            )""",
+        ),
+    ),
 )
 
 
@@ -146,36 +177,79 @@ def _table_classes(app: TableApp) -> list[type[Table]]:
 
 
 class _SharedEngine:
-    """One Piccolo engine (and pool) per database URL and event loop, with its users.
-
-    Piccolo binds tables to an engine globally, so two ``Database`` objects for
-    the same database in one loop (``marketplace up`` runs the API and a worker
-    together; tests do too) share one engine and pool, or one would close the
-    pool the other's queries use. A pool belongs to the loop that opened it, so
-    code in another loop (a CLI command run with ``asyncio.run``) gets its own.
-    """
+    """One Piccolo engine (and pool) for one database in one event loop, with its users."""
 
     def __init__(self, url: str) -> None:
         self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
         self.users = 0
+        # Opening and closing the pool await; without the lock two users starting
+        # at once (the API and a worker in `marketplace up`) could each see no pool,
+        # open one each, and the second would replace the first under a transaction.
+        self.lock = asyncio.Lock()
 
 
-_ENGINES: dict[tuple[str, int], _SharedEngine] = {}
+class _Engines:
+    """The process's one owner of Piccolo engines: one per database URL and event loop.
+
+    Piccolo binds tables to an engine globally, so every ``Database`` of one
+    database in one loop (``marketplace up`` runs the API, a worker and the
+    plugins' start-up hooks together; tests do too) shares one engine and pool,
+    opened by its first user and closed by its last. A pool belongs to the loop
+    that opened it, so code in another loop (a CLI command run with
+    ``asyncio.run``) gets its own; a closed loop's engines go with it.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop | _NoLoop, dict[str, _SharedEngine]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(self, url: str) -> _SharedEngine:
+        """The engine for ``url`` in the running loop (made on first use, without a pool)."""
+        engines = self._by_loop.setdefault(_current_loop(), {})
+        shared = engines.get(url)
+        if shared is None:
+            shared = engines[url] = _SharedEngine(url)
+        return shared
+
+    async def acquire(self, url: str, max_size: int) -> _SharedEngine:
+        """Count one more user of ``url``'s engine, opening its pool for the first."""
+        shared = self.get(url)
+        async with shared.lock:
+            if shared.users == 0:
+                await shared.engine.start_connection_pool(min_size=1, max_size=max_size)
+            shared.users += 1
+        return shared
+
+    async def release(self, shared: _SharedEngine) -> None:
+        """Count one user less; the last one closes the pool."""
+        async with shared.lock:
+            shared.users -= 1
+            if shared.users == 0 and shared.engine.pool is not None:
+                await shared.engine.close_connection_pool()
+
+    def live(self, url: str) -> _SharedEngine | None:
+        """An engine of ``url`` with users in any loop (where tables go back to), if any."""
+        for engines in list(self._by_loop.values()):
+            shared = engines.get(url)
+            if shared is not None and shared.users:
+                return shared
+        return None
 
 
-def _loop_id() -> int:
+class _NoLoop:
+    """Stands for "no running loop" (synchronous callers), as a weak-referenceable key."""
+
+
+_NO_LOOP = _NoLoop()
+_ENGINES = _Engines()
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | _NoLoop:
     try:
-        return id(asyncio.get_running_loop())
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return 0
-
-
-def _shared_engine(url: str) -> _SharedEngine:
-    key = (url, _loop_id())
-    shared = _ENGINES.get(key)
-    if shared is None:
-        shared = _ENGINES[key] = _SharedEngine(url)
-    return shared
+        return _NO_LOOP
 
 
 class Database:
@@ -203,7 +277,7 @@ class Database:
     @property
     def engine(self) -> PostgresEngine:
         """The Piccolo engine this database's tables are bound to."""
-        return (self._shared or _shared_engine(self.url)).engine
+        return (self._shared or _ENGINES.get(self.url)).engine
 
     def bind(self, apps: Sequence[TableApp] = ()) -> None:
         """Bind the core tables and the given plugin apps' tables to this database."""
@@ -223,12 +297,7 @@ class Database:
                 max_size=self._max_size,
                 server_settings=self._server_settings,
             )
-            self._shared = _shared_engine(self.url)
-            if self._shared.users == 0:
-                await self._shared.engine.start_connection_pool(
-                    min_size=1, max_size=max(2, self._max_size // 2)
-                )
-            self._shared.users += 1
+            self._shared = await _ENGINES.acquire(self.url, max(2, self._max_size // 2))
             bind_tables(self._shared.engine, self._tables)
 
     async def close(self) -> None:
@@ -240,17 +309,11 @@ class Database:
         shared, self._shared = self._shared, None
         if shared is None:
             return
-        shared.users -= 1
-        if shared.users:
-            return
-        await shared.engine.close_connection_pool()
-        for key, other in list(_ENGINES.items()):
-            if other is shared:
-                del _ENGINES[key]
-        remaining = [other for (url, _), other in _ENGINES.items() if url == self.url]
-        live = [other for other in remaining if other.users]
-        if live:
-            bind_tables(live[-1].engine, self._tables)
+        await _ENGINES.release(shared)
+        if shared.users == 0:
+            live = _ENGINES.live(self.url)
+            if live is not None:
+                bind_tables(live.engine, self._tables)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -301,17 +364,19 @@ async def _create_tables(
     return True
 
 
-async def _run_core_steps(conn: asyncpg.Connection) -> list[str]:
-    done = await _applied(conn, CORE_APP)
+async def _run_steps(
+    conn: asyncpg.Connection, app: str, steps: Sequence[tuple[str, Sequence[str]]]
+) -> list[str]:
+    done = await _applied(conn, app)
     ran: list[str] = []
-    for name, statements in _CORE_STEPS:
+    for name, statements in steps:
         if name in done:
             continue
         async with conn.transaction():
-            for statement in statements():
+            for statement in statements:
                 await conn.execute(statement)
-            await _record(conn, CORE_APP, name)
-        ran.append(f"{CORE_APP}:{name}")
+            await _record(conn, app, name)
+        ran.append(f"{app}:{name}")
     return ran
 
 
@@ -330,6 +395,11 @@ async def _run_piccolo_migrations(conn: asyncpg.Connection, app: TableApp) -> li
             continue
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        statements = getattr(module, "STATEMENTS", None)
+        if statements is not None:
+            # A plain-SQL migration: run on the migrating connection, with its record.
+            ran += await _run_steps(conn, app.plugin, [(path.stem, tuple(statements))])
+            continue
         manager = await module.forwards()
         await manager.run()
         await _record(conn, app.plugin, path.stem)
@@ -343,12 +413,13 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
     Safe to run repeatedly and concurrently with other ``migrate`` calls
     (an advisory lock serialises them).
     """
-    # DDL needs the tables bound to an engine; bind them for the migration and
-    # put back what they were bound to, so running code keeps its pools.
-    bound = [*CORE_TABLES, *(t for _, ts, _ in engine_apps() for t in ts)]
-    bound += [t for app in apps for t in _table_classes(app)]
-    previous = {table: table._meta._db for table in bound}
-    bind_tables(PostgresEngine(config={"dsn": database_url}, log_queries=False), bound)
+    # Piccolo renders DDL through the engine a table is bound to. Running code keeps
+    # its binding (any PostgresEngine renders the same DDL); tables bound to nothing
+    # yet get a pool-less engine for the migration and are unbound again after.
+    every = [*CORE_TABLES, *(t for _, ts, _ in engine_apps() for t in ts)]
+    every += [t for app in apps for t in _table_classes(app)]
+    unbound = [table for table in every if table._meta._db is None]
+    bind_tables(PostgresEngine(config={"dsn": database_url}, log_queries=False), unbound)
     ran: list[str] = []
     conn: asyncpg.Connection = await asyncpg.connect(database_url)
     try:
@@ -356,7 +427,7 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute(_MIGRATIONS_DDL)
         if await _create_tables(conn, CORE_APP, CORE_TABLES, _CORE_EXTRA_DDL):
             ran.append(f"{CORE_APP}:0000_tables")
-        ran += await _run_core_steps(conn)
+        ran += await _run_steps(conn, CORE_APP, _CORE_STEPS)
         for name, tables, extra in engine_apps():
             if await _create_tables(conn, name, tables, extra):
                 ran.append(f"{name}:0000_tables")
@@ -367,8 +438,8 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         await conn.execute("SELECT pg_advisory_unlock(727274)")
     finally:
         await conn.close()
-    for table, engine in previous.items():
-        table._meta._db = engine
+    for table in unbound:
+        table._meta._db = None
     for step in ran:
         log.info("migration applied: %s", step)
     return ran

@@ -28,6 +28,7 @@ __all__ = [
     "LedgerImbalance",
     "MarketplaceError",
     "NotFound",
+    "PaymentActionRequired",
     "PluginError",
     "RateLimited",
     "UnknownCurrency",
@@ -35,11 +36,18 @@ __all__ = [
 
 
 class MarketplaceError(Exception):
-    """Base of every domain error. ``code`` is stable; ``status`` is the HTTP status."""
+    """Base of every domain error. ``code`` is stable; ``status`` is the HTTP status.
+
+    ``final`` says whether the same request would fail the same way again: a
+    final error is the request's outcome (kept for its ``Idempotency-Key``); one
+    that is not (a state that may change soon, a busy or failing dependency)
+    is never stored, so a retry with the same key runs again.
+    """
 
     code: ClassVar[str] = "marketplace_error"
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request failed"
+    final: ClassVar[bool] = True
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -119,12 +127,14 @@ class AccountNotReady(Conflict):
     """The connected account cannot take charges yet (onboarding incomplete)."""
 
     code = "account_not_ready"
+    final = False  # onboarding completes; the same request then succeeds
 
 
 class AccountRestricted(Conflict):
     """The connected account is restricted or suspended."""
 
     code = "account_restricted"
+    final = False  # Stripe or the admin may lift it
 
 
 class IllegalTransition(Conflict):
@@ -150,6 +160,7 @@ class RateLimited(MarketplaceError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
+    final = False
 
 
 class GatewayError(MarketplaceError):
@@ -158,6 +169,7 @@ class GatewayError(MarketplaceError):
     code = "gateway_error"
     status = 502
     title = "Payment gateway error"
+    final = False
 
 
 class CardDeclined(GatewayError):
@@ -166,6 +178,25 @@ class CardDeclined(GatewayError):
     code = "card_declined"
     status = 402
     title = "Card declined"
+    final = True  # Stripe keeps the decline under its own idempotency key too
+
+
+class PaymentActionRequired(MarketplaceError):
+    """A payment (or a card's set-up) waits for the customer to authenticate it (3D Secure).
+
+    ``action`` is the ``engine.core.authentication.CustomerAction`` to show the customer;
+    the payment goes on, driven by webhooks, once they have. Plugins raise it to leave a
+    business object where it is until then; reaching the API it is a 402 carrying the
+    action.
+    """
+
+    code = "payment_action_required"
+    status = 402
+    title = "Payment needs the customer's action"
+
+    def __init__(self, detail: str, *, action: Any, **extra: Any) -> None:
+        super().__init__(detail, action=action, **extra)
+        self.action = action
 
 
 class InsufficientBalance(GatewayError):
@@ -174,6 +205,7 @@ class InsufficientBalance(GatewayError):
     code = "insufficient_balance"
     status = 409
     title = "Insufficient balance"
+    final = False  # the balance grows as funds become available
 
 
 class LedgerImbalance(MarketplaceError):

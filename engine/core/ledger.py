@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "LedgerLine",
     "Posting",
     "bank_of",
+    "stripe_time",
 ]
 
 PLATFORM = "platform"
@@ -72,16 +73,19 @@ class Posting:
         entries: at least two entries summing to zero per currency.
         reference: the business object (``"subscription:7"``, ``"booking:42"``).
         stripe_object_id: the Stripe object the movement mirrors.
+        occurred_at: Stripe's time of the movement (the object's ``created``,
+            see ``stripe_time``), never the clock of the machine posting it:
+            under a test clock the two are months apart.
     """
 
     key: str
     kind: str
     entries: tuple[Entry, ...]
+    occurred_at: datetime
     reference: str = ""
     stripe_object_id: str = ""
     plugin: str = ""
     description: str = ""
-    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -97,15 +101,35 @@ class Posting:
 
     @classmethod
     def transfer(
-        cls, key: str, kind: str, source: str, destination: str, amount: Money, **extra: Any
+        cls,
+        key: str,
+        kind: str,
+        source: str,
+        destination: str,
+        amount: Money,
+        *,
+        occurred_at: datetime,
+        **extra: Any,
     ) -> Posting:
         """A two-entry posting moving ``amount`` from ``source`` to ``destination``."""
         return cls(
             key=key,
             kind=kind,
             entries=(Entry(source, -amount), Entry(destination, amount)),
+            occurred_at=occurred_at,
             **extra,
         )
+
+
+def stripe_time(unix: int | float | str | None) -> datetime:
+    """A Stripe timestamp (``created``, ``arrival_date``: unix seconds) as an aware datetime.
+
+    Raises:
+        LedgerImbalance: the object carries no time (every Stripe money object does).
+    """
+    if unix is None or unix == "":
+        raise LedgerImbalance("a Stripe object without a time cannot be posted")
+    return datetime.fromtimestamp(int(unix), UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
+
 __all__ = [
     "MAILBOX_KEY_PATTERN",
     "PLATFORM_MAILBOX",
@@ -46,10 +48,11 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
     """The engine's key for an event no plugin claimed.
 
     A connected account's own event goes to that account's mailbox. A platform
-    event about money bound for one connected account (a destination charge,
-    a subscription invoice with ``transfer_data``, a transfer) goes to that
-    account's mailbox too, so one creator's traffic or failures never queue
-    behind another's. A platform dispute goes to the mailbox of its charge
+    event about money bound for one connected account (a destination charge, a
+    subscription with ``transfer_data``, its invoices by the subscription
+    metadata's ``MAILBOX_ACCOUNT_METADATA``, a transfer) goes to that account's
+    mailbox too, so one creator's traffic or failures never queue behind
+    another's. A platform dispute goes to the mailbox of its charge
     (``dispute:<charge id>``): a dispute names only its charge, and one
     dispute's failing handler must not park the platform's other events.
     Anything else is the platform's.
@@ -63,6 +66,15 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
         transfer_data = obj.get("transfer_data")
         if isinstance(transfer_data, Mapping):
             destination = _account_id(transfer_data.get("destination"))
+            if destination:
+                return destination
+        # An invoice has no transfer_data in the engine's API version: its subscription's
+        # metadata snapshot names the account (``MAILBOX_ACCOUNT_METADATA``).
+        parent = obj.get("parent")
+        details = parent.get("subscription_details") if isinstance(parent, Mapping) else None
+        metadata = details.get("metadata") if isinstance(details, Mapping) else None
+        if isinstance(metadata, Mapping):
+            destination = _account_id(metadata.get(MAILBOX_ACCOUNT_METADATA))
             if destination:
                 return destination
         if obj.get("object") == "transfer":

@@ -32,6 +32,9 @@ __all__ = [
     "WebhookSettings",
     "WorkerSettings",
     "load_settings",
+    "replace_section",
+    "require_database_url",
+    "require_nats_url",
     "settings_from_mapping",
 ]
 
@@ -51,6 +54,10 @@ class EngineSettings(_Section, frozen=True):
     data_dir: str = ".marketplace"
     public_url: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    live_settings_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Longest a setting changed at run time takes to reach every process (if NOTIFY is lost)."""
+    live_settings_listen: bool = True
+    """LISTEN for changes (off behind a pooler in transaction mode: then only polling)."""
 
 
 class ApiSettings(_Section, frozen=True):
@@ -61,6 +68,8 @@ class ApiSettings(_Section, frozen=True):
     max_body_bytes: Positive = 1_048_576
     idempotency_ttl_hours: Annotated[int, msgspec.Meta(ge=24)] = 24
     bootstrap_admin_key: str = ""
+    ready_requires_worker: bool = False
+    """``/ready`` fails while no worker reports and pulls (``marketplace up`` turns it on)."""
 
 
 class DatabaseSettings(_Section, frozen=True):
@@ -72,11 +81,22 @@ class DatabaseSettings(_Section, frozen=True):
 
 
 class NatsSettings(_Section, frozen=True):
-    """``[nats]``: NATS JetStream. An empty ``url`` means the embedded server."""
+    """``[nats]``: NATS JetStream. An empty ``url`` means the embedded server.
 
-    url: str = ""
+    ``url`` names one server or a cluster's: a TOML array, or one string with
+    commas (``MARKETPLACE_NATS_URL=nats://a:4222,nats://b:4222``). The client
+    takes them all as its server pool, so losing any one node is survived.
+    """
+
+    url: str | list[str] = ""
     stream: str = "MARKETPLACE"
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+
+    @property
+    def servers(self) -> list[str]:
+        """Every configured server URL, in order (empty: none configured)."""
+        parts = self.url.split(",") if isinstance(self.url, str) else self.url
+        return [part.strip() for part in parts if part.strip()]
 
 
 class StripeSettings(_Section, frozen=True):
@@ -113,6 +133,8 @@ class WorkerSettings(_Section, frozen=True):
     concurrency: Positive = 16
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
+    heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """How often each worker reports itself in ``marketplace_workers`` (read by ``/ready``)."""
 
 
 class CommissionSettings(_Section, frozen=True):
@@ -157,6 +179,38 @@ class Settings(_Section, frozen=True):
     def data_path(self) -> Path:
         """The directory for local state (embedded servers, sandbox state)."""
         return Path(self.engine.data_dir).expanduser().resolve()
+
+
+def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
+    """``settings`` with keys of one section changed (settings are frozen)."""
+    current = getattr(settings, section)
+    return msgspec.structs.replace(
+        settings, **{section: msgspec.structs.replace(current, **changes)}
+    )
+
+
+_RUNNING_UP = "or run this in the directory of a running `marketplace up`"
+
+
+def require_database_url(settings: Settings) -> str:
+    """``database.url``, or a ConfigError saying how to set it."""
+    if not settings.database.url:
+        raise ConfigError(
+            "database.url",
+            "is empty: set MARKETPLACE_DATABASE_URL (or database.url in the --config file), "
+            + _RUNNING_UP,
+        )
+    return settings.database.url
+
+
+def require_nats_url(settings: Settings) -> list[str]:
+    """The NATS servers of ``nats.url``, or a ConfigError saying how to set them."""
+    if not settings.nats.servers:
+        raise ConfigError(
+            "nats.url",
+            "is empty: set MARKETPLACE_NATS_URL (or nats.url in the --config file), " + _RUNNING_UP,
+        )
+    return settings.nats.servers
 
 
 # Environment variable -> dotted key. Values are parsed as TOML values when they
@@ -244,8 +298,10 @@ def _check_urls(settings: Settings) -> None:
     url = settings.database.url
     if url and not url.startswith(("postgres://", "postgresql://")):
         raise ConfigError("database.url", "must be a postgresql:// URL")
-    if settings.nats.url and not settings.nats.url.startswith(("nats://", "tls://")):
-        raise ConfigError("nats.url", "must be a nats:// URL")
+    for index, server in enumerate(settings.nats.servers):
+        if not server.startswith(("nats://", "tls://")):
+            where = "nats.url" if isinstance(settings.nats.url, str) else f"nats.url[{index}]"
+            raise ConfigError(where, f"{server!r} is not a nats:// or tls:// URL")
     if not settings.stripe.secret_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
         raise ConfigError(
             "stripe.secret_key", "must be a Stripe secret key (sk_test_... or sk_live_...)"

@@ -32,7 +32,6 @@ __all__ = [
     "LedgerTransaction",
     "Payment",
     "Payout",
-    "PeriodicRun",
     "Refund",
     "Transfer",
     "WebhookAccount",
@@ -219,19 +218,6 @@ class WebhookAccount(Table, tablename="marketplace_webhook_accounts"):
     updated_at = Timestamptz()
 
 
-class PeriodicRun(Table, tablename="marketplace_periodic_runs"):
-    """When each periodic task last started and may next start (one row per task name).
-
-    Workers claim a run by moving ``next_due`` forward in one statement, so a
-    task runs at most once per interval whatever the number of workers.
-    """
-
-    name = Varchar(length=200, primary_key=True)
-    next_due = Timestamptz()
-    started_at = Timestamptz(null=True, default=None)
-    owner = Varchar(length=128, default="")
-
-
 class ApiKey(Table, tablename="marketplace_api_keys"):
     """An API key, stored as a SHA-256 hash; the secret is shown once at creation."""
 
@@ -279,7 +265,6 @@ CORE_TABLES: tuple[type[Table], ...] = (
     LedgerEntry,
     WebhookEvent,
     WebhookAccount,
-    PeriodicRun,
     ApiKey,
     IdempotencyRecord,
     AuditLog,

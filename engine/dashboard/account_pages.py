@@ -57,13 +57,12 @@ async def render_panels(page: Page, audience: str, account_id: str | None) -> li
     return rendered
 
 
-def _chart(
-    points: list[queries.EarningsPoint], currency: str, granularity: queries.Period
-) -> Chart:
-    by_period = {point.period: point.amount for point in points if point.currency == currency}
-    periods = queries.periods(granularity, _CHART_PERIODS[granularity])
+def _chart(series: queries.EarningsSeries, currency: str, granularity: queries.Period) -> Chart:
+    by_period = {
+        point.period: point.amount for point in series.points if point.currency == currency
+    }
     return bar_chart(
-        [(period, by_period.get(period, 0)) for period in periods],
+        [(period, by_period.get(period, 0)) for period in series.periods],
         currency,
         granularity=granularity,
     )
@@ -125,7 +124,7 @@ class AccountPagesController(Controller):
         account = await service.get(account_id)
         granularity = queries.period_of(chart)
         plugin_panels = await render_panels(page, "account", account_id)
-        stripe_balance, ledger, points, recent, payouts, orders = await asyncio.gather(
+        stripe_balance, ledger, series, recent, payouts, orders = await asyncio.gather(
             _stripe_balance(page, account_id),
             queries.ledger_balances(pool, account_id),
             queries.earnings_series(pool, account_id, granularity, _CHART_PERIODS[granularity]),
@@ -134,14 +133,14 @@ class AccountPagesController(Controller):
             queries.order_summaries(pool, account_id) if not plugin_panels else _none(),
         )
         balances = queries.merge_balances(stripe_balance[1] if stripe_balance else None, ledger)
-        currency = _chart_currency(account.default_currency, balances, points)
+        currency = _chart_currency(account.default_currency, balances, series.points)
         return page.render(
             "account.html",
             account=account,
             balances=balances,
             stripe_unavailable=stripe_balance is None,
             stripe_read_at=stripe_balance[0] if stripe_balance else None,
-            chart=_chart(points, currency, granularity),
+            chart=_chart(series, currency, granularity),
             granularity=granularity,
             rows=recent.rows,
             payouts=payouts,

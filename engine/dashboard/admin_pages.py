@@ -174,6 +174,7 @@ class AdminPagesController(Controller):
         await service.suspend(
             account_id, actor=viewer.actor, reason=reason[:500] if isinstance(reason, str) else ""
         )
+        await page.services.live.check()  # its keys stop working here at once
         return redirect(f"{BASE}/admin?notice=suspended#accounts")
 
     @post("/accounts/{account_id:str}/resume", status_code=303)
@@ -184,6 +185,7 @@ class AdminPagesController(Controller):
         await verified_form(request, page)
         service = AccountService(page.pool, page.services.gateway, public_url="")
         await service.resume(account_id, actor=viewer.actor)
+        await page.services.live.check()
         return redirect(f"{BASE}/admin?notice=resumed#accounts")
 
     @post("/accounts/{account_id:str}/login-link", status_code=200)

@@ -20,6 +20,7 @@ __all__ = [
     "PAGE_SIZE",
     "Balance",
     "EarningsPoint",
+    "EarningsSeries",
     "FinanceRow",
     "OrderSummary",
     "PayoutRow",
@@ -35,6 +36,7 @@ __all__ = [
     "payouts",
     "period_of",
     "transactions",
+    "window_end",
 ]
 
 PAGE_SIZE: Final = 25
@@ -123,6 +125,14 @@ class EarningsPoint:
     period: date
     currency: str
     amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarningsSeries:
+    """An account's earnings over the periods of a chart (oldest first)."""
+
+    periods: list[date]
+    points: list[EarningsPoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,11 +340,39 @@ def periods(period: Period, count: int, *, now: datetime | None = None) -> list[
     return found
 
 
-async def earnings_series(
-    pool: Any, account: str, period: Period, count: int
-) -> list[EarningsPoint]:
+# When a payment happened: Stripe's time of its charge (the ledger transaction mirroring
+# the charge, posted at the charge's balance transaction time); a payment not charged
+# yet has no Stripe time and keeps the time it was recorded.
+_PAYMENT_TIME = """COALESCE(
+    (SELECT min(c.occurred_at) FROM marketplace_ledger_transactions c
+     WHERE p.stripe_charge_id IS NOT NULL AND c.stripe_object_id = p.stripe_charge_id),
+    p.created_at)"""
+
+
+async def window_end(pool: Any, account: str | None = None) -> datetime:
+    """Where charts end: now, or the latest movement when Stripe's clock is ahead of ours.
+
+    Every movement is dated by Stripe's clock; under a test clock (or the
+    sandbox's) that runs months ahead, a window ending at this machine's "now"
+    would leave the latest movements out.
+    """
+    latest = await pool.fetchval(
+        """
+        SELECT max(t.occurred_at) FROM marketplace_ledger_transactions t
+        WHERE $1::text IS NULL OR EXISTS (
+            SELECT 1 FROM marketplace_ledger_entries e
+            WHERE e.ledger_transaction = t.id AND e.account = $1)
+        """,
+        account,
+    )
+    now = datetime.now(UTC)
+    return max(now, latest) if latest is not None else now
+
+
+async def earnings_series(pool: Any, account: str, period: Period, count: int) -> EarningsSeries:
     """Net earnings per period and currency over the last ``count`` periods (payouts excluded)."""
-    start = _period_start(period, datetime.now(UTC), count)
+    until = await window_end(pool, account)
+    start = _period_start(period, until, count)
     rows = await pool.fetch(
         """
         SELECT date_trunc($2, t.occurred_at AT TIME ZONE 'UTC')::date AS period, e.currency,
@@ -349,12 +387,13 @@ async def earnings_series(
         start,
         list(_PAYOUT_KINDS),
     )
-    return [
+    points = [
         EarningsPoint(
             period=row["period"], currency=str(row["currency"]), amount=int(row["amount"])
         )
         for row in rows
     ]
+    return EarningsSeries(periods=periods(period, count, now=until), points=points)
 
 
 async def payouts(pool: Any, account: str, *, limit: int = 10) -> list[PayoutRow]:
@@ -423,17 +462,18 @@ async def finance_summary(pool: Any, period: Period, count: int) -> list[Finance
     From ``marketplace_payments`` (each payment with the commission that priced
     it); disputes also count the money the ledger shows withdrawn by disputes.
     """
-    start = _period_start(period, datetime.now(UTC), count)
+    start = _period_start(period, await window_end(pool), count)
     rows = await pool.fetch(
-        """
-        SELECT date_trunc($1, created_at AT TIME ZONE 'UTC')::date AS period, plugin, currency,
+        f"""
+        SELECT date_trunc($1, paid_at AT TIME ZONE 'UTC')::date AS period, plugin, currency,
                count(*) AS payments, sum(amount)::bigint AS gross,
                sum(fee_amount)::bigint AS commission, sum(amount_refunded)::bigint AS refunded,
                count(*) FILTER (WHERE status = 'disputed') AS disputes
-        FROM marketplace_payments
-        WHERE created_at >= $2 AND status = ANY($3::text[])
+        FROM (SELECT p.*, {_PAYMENT_TIME} AS paid_at FROM marketplace_payments p
+              WHERE p.status = ANY($3::text[])) AS paid
+        WHERE paid_at >= $2
         GROUP BY 1, 2, 3
-        """,
+        """,  # noqa: S608 - _PAYMENT_TIME is a constant of this module
         period,
         start,
         list(_SETTLED_PAYMENTS),

@@ -26,6 +26,7 @@ from engine.dashboard.account_pages import AccountPagesController
 from engine.dashboard.admin_pages import AdminPagesController
 from engine.dashboard.auth_pages import SignInController
 from engine.dashboard.context import BASE, dashboard_state
+from engine.dashboard.onboarding_pages import OnboardingPagesController
 from engine.dashboard.rendering import redirect, render_page
 
 __all__ = ["dashboard_app", "dashboard_mount"]
@@ -76,7 +77,13 @@ def dashboard_app(
 ) -> Litestar:
     """The dashboards' app; ``state`` is the API app's (services live there)."""
     return Litestar(
-        route_handlers=[SignInController, AccountPagesController, AdminPagesController, stylesheet],
+        route_handlers=[
+            SignInController,
+            AccountPagesController,
+            AdminPagesController,
+            OnboardingPagesController,
+            stylesheet,
+        ],
         exception_handlers={
             MarketplaceError: _on_domain_error,
             HTTPException: _on_http_error,

@@ -14,15 +14,14 @@
   once, within ``LINK_HOURS``, and is stored as a hash. Opening it shows a
   confirmation form (so mail scanners that follow links do not spend it).
 
-The signing key is one random secret in ``marketplace_dashboard_secrets``,
-made by whichever API process needs it first and shared by all of them.
+The signing key is ``engine.signing``'s: one random secret in
+``marketplace_dashboard_secrets``, made by whichever API process needs it
+first and shared by all of them.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from typing import Any, Final, Literal
 
 from engine.api.keys import find_api_key, parse_api_key, secret_matches
 from engine.core.errors import AuthenticationRequired, Forbidden
+from engine.signing import Signer, load_signer
 
 __all__ = [
     "LINK_HOURS",
@@ -58,58 +58,6 @@ Kind = Literal["admin", "account"]
 
 def _digest(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-class Signer:
-    """HMAC-SHA256 with the dashboards' secret: cookie signatures and CSRF tokens."""
-
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
-
-    def mac(self, purpose: str, value: str) -> str:
-        """A URL-safe MAC of ``value`` for ``purpose`` (purposes never share MACs)."""
-        digest = hmac.new(self._secret, f"{purpose}|{value}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-    def sign(self, value: str) -> str:
-        """``value.mac`` for a cookie."""
-        return f"{value}.{self.mac('cookie', value)}"
-
-    def unsign(self, signed: str | None) -> str | None:
-        """The value of a signed cookie, or ``None`` if it is missing or forged."""
-        if not signed or "." not in signed:
-            return None
-        value, _, mac = signed.rpartition(".")
-        if not value or not hmac.compare_digest(mac, self.mac("cookie", value)):
-            return None
-        return value
-
-    def csrf_token(self, binding: str) -> str:
-        """The form token for a session id (or a pre-session nonce)."""
-        return self.mac("csrf", binding)
-
-    def csrf_valid(self, binding: str | None, token: str | None) -> bool:
-        """Whether ``token`` is the form token for ``binding``."""
-        if not binding or not token:
-            return False
-        return hmac.compare_digest(token, self.csrf_token(binding))
-
-
-async def load_signer(pool: Any) -> Signer:
-    """The shared secret (made on first use) as a ``Signer``."""
-    row = await pool.fetchval(
-        "SELECT secret FROM marketplace_dashboard_secrets WHERE name = 'signing'"
-    )
-    if row is None:
-        await pool.execute(
-            "INSERT INTO marketplace_dashboard_secrets (name, secret, created_at) "
-            "VALUES ('signing', $1, now()) ON CONFLICT (name) DO NOTHING",
-            secrets.token_urlsafe(48),
-        )
-        row = await pool.fetchval(
-            "SELECT secret FROM marketplace_dashboard_secrets WHERE name = 'signing'"
-        )
-    return Signer(str(row).encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +139,11 @@ async def create_session(
 
 
 async def resolve_session(pool: Any, session_id: str | None) -> Viewer | None:
-    """The viewer of a live session (not expired, not signed out, its key not revoked)."""
+    """The viewer of a live session.
+
+    Not expired, not signed out, its key not revoked, and (for an account's
+    holder) the account still there and not suspended: checked on every page.
+    """
     if not session_id:
         return None
     row = await pool.fetchrow(
@@ -199,8 +151,11 @@ async def resolve_session(pool: Any, session_id: str | None) -> Viewer | None:
         SELECT s.kind, s.account_id, s.key_id
         FROM marketplace_dashboard_sessions s
         LEFT JOIN marketplace_api_keys k ON k.key_id = s.key_id
+        LEFT JOIN marketplace_accounts a ON a.stripe_account_id = s.account_id
         WHERE s.session_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
           AND (s.key_id IS NULL OR (k.key_id IS NOT NULL AND k.revoked_at IS NULL))
+          -- an account's holder is signed out once it is suspended or gone
+          AND (s.account_id IS NULL OR (a.stripe_account_id IS NOT NULL AND NOT a.suspended))
         """,
         _digest(session_id),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,10 +29,12 @@ from engine.core.errors import (
     NotFound,
     RateLimited,
 )
+from engine.stripe_version import STRIPE_API_VERSION
 
-__all__ = ["StripeGateway", "call_deadline", "idempotency_key"]
+__all__ = ["STRIPE_API_VERSION", "StripeGateway", "call_deadline", "idempotency_key"]
 
 StripeObject = dict[str, Any]
+
 
 _MAX_KEY = 255
 
@@ -69,6 +72,11 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
     extra: dict[str, Any] = {"stripe_code": code, "stripe_request_id": exc.request_id}
     if isinstance(exc, stripe.CardError):
         decline = getattr(error, "decline_code", None) or code
+        intent = getattr(error, "payment_intent", None)
+        if intent is not None:
+            # The intent a declined confirmation left (an off-session payment that needs
+            # authentication is confirmed again on-session from it).
+            extra["payment_intent"] = getattr(intent, "id", None) or str(intent)
         return CardDeclined(message, decline_code=decline, **extra)
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return AuthenticationRequired(f"Stripe refused the platform key: {message}", **extra)
@@ -85,6 +93,25 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
             return AccountRestricted(message, **extra)
         return InvalidInput(message, field=param, **extra)
     return GatewayError(message, **extra)
+
+
+class _HTTPXClient(stripe.HTTPXClient):
+    """The SDK's httpx client, handing httpx the encoded body as ``content``.
+
+    ``stripe.HTTPXClient`` passes its form-encoded body (a ``str``) as
+    ``data=``, which httpx deprecates for raw content: a DeprecationWarning on
+    every POST. ``content=`` sends the same bytes with the same headers (the
+    SDK sets ``Content-Type`` itself). An empty body stays ``data={}``, as the
+    SDK sends it.
+    """
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> Any:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        if isinstance(kwargs.get("data"), str | bytes):
+            kwargs["content"] = kwargs.pop("data")
+        return args, kwargs
 
 
 class StripeGateway:
@@ -121,8 +148,9 @@ class StripeGateway:
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses=base,
+            stripe_version=STRIPE_API_VERSION,
             max_network_retries=max_network_retries,
-            http_client=stripe.HTTPXClient(allow_sync_methods=True, timeout=timeout_seconds),
+            http_client=_HTTPXClient(allow_sync_methods=True, timeout=timeout_seconds),
         )
 
     @staticmethod
@@ -221,6 +249,31 @@ class StripeGateway:
                 stripe_code="timeout",
             ) from None
         return _to_dict(result)
+
+    async def upload_file(
+        self,
+        content: bytes,
+        *,
+        filename: str,
+        purpose: str,
+        key: str,
+        account: str | None = None,
+    ) -> StripeObject:
+        """Upload a file (``POST /v1/files``, multipart to Stripe's files host).
+
+        ``purpose`` is Stripe's: ``dispute_evidence`` (a PDF, JPEG or PNG),
+        ``identity_document`` ... The result's ``id`` (``file_...``) is what
+        dispute evidence or a person's verification document names.
+        """
+        upload = io.BytesIO(content)
+        upload.name = filename
+        return await self.call(
+            "files",
+            "create",
+            params={"purpose": purpose, "file": upload},
+            account=account,
+            idempotency_key=key,
+        )
 
     async def list_all(
         self,

@@ -113,7 +113,8 @@ class EmbeddedNats(EmbeddedServer):
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+    def _command(self, port: int) -> list[str]:
+        """The nats-server command line for ``port``."""
         command = [
             str(find_nats_server()),
             *("-js", "-sd", str(self.data_dir), "-a", self.host, "-p", str(port)),
@@ -121,6 +122,10 @@ class EmbeddedNats(EmbeddedServer):
         ]
         if self.monitor_port is not None:
             command += ["-m", str(self.monitor_port)]
+        return command
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        command = self._command(port)
         with self.log_path.open("ab") as log:
             # Own session, as for PostgreSQL: Ctrl-C reaches our process, not the server.
             # Its stdout/stderr go to the log too, for panics written before logging starts.
@@ -134,7 +139,8 @@ class EmbeddedNats(EmbeddedServer):
                 start_new_session=True,
             )
 
-    async def _probe(self) -> bool:
+    def _listening(self) -> bool:
+        """Whether our server accepts clients (recording why not)."""
         # Until our server logs that it listens, whoever answers on the port (someone
         # who took it between our choice and our bind) is not ours.
         offset = self._launch_log_offset
@@ -143,6 +149,11 @@ class EmbeddedNats(EmbeddedServer):
             return False
         if not port_accepts(self.host, self._require_port()):
             self._last_probe_error = "port closed"
+            return False
+        return True
+
+    async def _probe(self) -> bool:
+        if not self._listening():
             return False
         try:
             client = await nats.connect(

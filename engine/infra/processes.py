@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RESERVED_PORTS",
     "ServerState",
+    "bind_listener",
     "chown_tree",
     "find_free_port",
     "make_traversable",
@@ -56,6 +57,31 @@ def find_free_port(host: str = "127.0.0.1") -> int:
             port: int = sock.getsockname()[1]
         if port not in RESERVED_PORTS:
             return port
+    raise RuntimeError(f"no free TCP port found on {host}")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening, to hand to a server.
+
+    Binding first and printing the address after means an address is never
+    announced before it is ours. ``port`` 0 takes a free port (never one of
+    RESERVED_PORTS). Raises OSError (EADDRINUSE) when the port is taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(100):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Lets a restart rebind at once over connections in TIME_WAIT; a port
+            # another socket listens on is still refused.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        if port or sock.getsockname()[1] not in RESERVED_PORTS:
+            return sock
+        sock.close()
     raise RuntimeError(f"no free TCP port found on {host}")
 
 

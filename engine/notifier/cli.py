@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from engine.core.contributions import CliCommand
-from engine.core.errors import ConfigError
+from engine.core.settings import require_database_url
 from engine.notifier.outbox import dead_notifications, outbox_summary, retry_dead
 
 __all__ = ["command"]
@@ -46,9 +46,7 @@ async def _run(args: argparse.Namespace, url: str) -> None:
 
 
 def _main(args: argparse.Namespace, settings: Any) -> int:
-    if not settings.database.url:
-        raise ConfigError("database.url", "is empty; set it or MARKETPLACE_DATABASE_URL")
-    asyncio.run(_run(args, settings.database.url))
+    asyncio.run(_run(args, require_database_url(settings)))
     return 0
 
 

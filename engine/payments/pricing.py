@@ -55,14 +55,24 @@ def price_order(plugins: Plugins, order: Order) -> PricedOrder:
     return PricedOrder(order=order, price=price, commission=commission, split=split)
 
 
-async def monthly_volume(conn: asyncpg.Connection, account_id: str, currency: str) -> int:
-    """The account's gross volume this calendar month (UTC) in ``currency``, from payments."""
-    start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+async def monthly_volume(
+    conn: asyncpg.Connection, account_id: str, currency: str, *, at: datetime
+) -> int:
+    """The account's gross volume in ``at``'s calendar month (UTC) in ``currency``.
+
+    From payments, each dated by Stripe's time of its charge (the ledger's
+    posting of it), so a test clock's months count as Stripe counts them.
+    """
+    start = at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     value = await conn.fetchval(
         """
-        SELECT COALESCE(sum(amount - amount_refunded), 0) FROM marketplace_payments
-        WHERE account_id = $1 AND currency = $2 AND created_at >= $3
-          AND status IN ('succeeded', 'partially_refunded', 'captured')
+        SELECT COALESCE(sum(p.amount - p.amount_refunded), 0) FROM marketplace_payments p
+        WHERE p.account_id = $1 AND p.currency = $2
+          AND p.status IN ('succeeded', 'partially_refunded', 'captured')
+          AND COALESCE(
+                (SELECT min(c.occurred_at) FROM marketplace_ledger_transactions c
+                 WHERE p.stripe_charge_id IS NOT NULL AND c.stripe_object_id = p.stripe_charge_id),
+                p.created_at) >= $3
         """,
         account_id,
         currency,
@@ -72,8 +82,8 @@ async def monthly_volume(conn: asyncpg.Connection, account_id: str, currency: st
 
 
 async def with_monthly_volume(conn: asyncpg.Connection, order: Order, account_id: str) -> Order:
-    """``order`` with ``attributes["monthly_volume"]`` filled for volume-tier rules."""
-    volume = await monthly_volume(conn, account_id, order.amount.currency)
+    """``order`` with ``attributes["monthly_volume"]`` (its month's volume) for volume tiers."""
+    volume = await monthly_volume(conn, account_id, order.amount.currency, at=order.occurred_at)
     return replace(order, attributes={**order.attributes, MONTHLY_VOLUME: volume})
 
 

@@ -12,6 +12,7 @@ import importlib
 import logging
 import pickle
 import random
+import re
 import string
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -25,18 +26,22 @@ from engine.sandbox.clock import PAYOUT_RUN, run_due
 from engine.sandbox.errors import StripeError, authentication, unrecognized_url
 from engine.sandbox.events import WebhookDispatcher
 from engine.sandbox.ledger import make_available
+from engine.sandbox.objects import API_VERSION
 from engine.sandbox.resources import (
     accounts,
     customers,
     events,
+    files,
     payments,
     payouts,
+    persons,
+    setup_intents,
     test_clocks,
     transfers,
 )
 from engine.sandbox.routing import Registry, Route, Router
 from engine.sandbox.state import IdempotentResult, SandboxState, Store
-from engine.sandbox.wire import Call, expand, parse_form
+from engine.sandbox.wire import Call, expand, parse_form, parse_multipart
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,11 +50,13 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("engine.sandbox")
 
-API_VERSION = "2025-01-27.acacia"
 ROUTES: tuple[Route, ...] = (
     *accounts.ROUTES,
     *customers.ROUTES,
     *payments.ROUTES,
+    *setup_intents.ROUTES,
+    *persons.ROUTES,
+    *files.ROUTES,
     *transfers.ROUTES,
     *payouts.ROUTES,
     *events.ROUTES,
@@ -68,6 +75,7 @@ EXTENSIONS = ("engine.sandbox.billing",)
 
 _ID_CHARS = string.ascii_letters + string.digits
 _JSON = b"application/json"
+_CONTENTS = re.compile(r"^/v1/files/file_[A-Za-z0-9]+/contents$")
 _VERSION = API_VERSION.encode()
 
 
@@ -124,8 +132,18 @@ class SandboxApp:
         with path.open("rb") as handle:
             # The file is one this sandbox wrote itself (a local dev convenience).
             store = pickle.load(handle)  # noqa: S301
-        if isinstance(store, Store):
-            self.state.load(store)
+        if not isinstance(store, Store):
+            return
+        if store.api_version != API_VERSION:
+            # Objects saved in another API version's shapes would be served as they are.
+            log.warning(
+                "sandbox state in %s was saved in Stripe API version %s, not %s: starting afresh",
+                path,
+                store.api_version or "an older one",
+                API_VERSION,
+            )
+            return
+        self.state.load(store)
 
     def save(self) -> None:
         """Write the state to `persist_path` (atomically)."""
@@ -194,15 +212,20 @@ class SandboxApp:
             await self._control(request, send)
             return
         extra: list[tuple[bytes, bytes]] = []
+        content_type = _JSON
         try:
-            status, payload, extra = self._api(request)
+            if request.method == "GET" and _CONTENTS.match(request.path):
+                status, payload, content_type = self._file_contents(request)
+            else:
+                status, payload, extra = self._api(request)
         except StripeError as err:
             status, payload = err.status, msgspec.json.encode(err.body(request.request_id))
+            content_type = _JSON
         response_headers = [
-            (b"content-type", _JSON),
+            (b"content-type", content_type),
             (b"content-length", str(len(payload)).encode()),
             (b"request-id", request.request_id.encode()),
-            (b"stripe-version", request.headers.get(b"stripe-version", _VERSION)),
+            (b"stripe-version", _VERSION),
             *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
@@ -213,6 +236,7 @@ class SandboxApp:
         state = self.state
         method, path, headers = request.method, request.path, request.headers
         _authenticate(headers.get(b"authorization", b"").decode("latin-1"))
+        _check_version(headers.get(b"stripe-version"))
         account, connected = self._account(headers)
         if state.faults:
             raise _fault(state.faults.pop(0))
@@ -239,13 +263,19 @@ class SandboxApp:
                     )
                 extra.append((b"idempotent-replayed", b"true"))
                 return stored.status, stored.body, extra
-        raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
-        params = parse_form(raw)
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if method == "POST" and content_type.startswith("multipart/form-data"):
+            params = parse_multipart(request.body, content_type)
+        else:
+            raw = request.query if method in ("GET", "DELETE") else request.body.decode("latin-1")
+            params = parse_form(raw)
         run_due(state)
         state.current_request = (request.request_id, key)
         try:
             schema.validate(params, route.params)
             expansions = [str(e) for e in _as_list(params.pop("expand", None))]
+            base_url = _base_url(request.scope, headers)
+            state.base_url = base_url
             call = Call(
                 state=state,
                 method=method,
@@ -253,7 +283,7 @@ class SandboxApp:
                 account=account,
                 params=params,
                 args=args,
-                base_url=_base_url(request.scope, headers),
+                base_url=base_url,
                 request_id=request.request_id,
                 idempotency_key=key,
                 connected=connected,
@@ -275,6 +305,14 @@ class SandboxApp:
             self._remember(idem_slot, request, status, payload)
         run_due(state)
         return status, payload, extra
+
+    def _file_contents(self, request: Request) -> tuple[int, bytes, bytes]:
+        """`GET /v1/files/{id}/contents`: an uploaded file's bytes (Stripe's files host)."""
+        _authenticate(request.headers.get(b"authorization", b"").decode("latin-1"))
+        account, _ = self._account(request.headers)
+        file_id = request.path.split("/")[3]
+        content, kind = files.file_contents(self.state, account, file_id)
+        return 200, content, kind.encode()
 
     def _remember(
         self, slot: tuple[str, str], request: Request, status: int, payload: bytes
@@ -378,6 +416,22 @@ def _authenticate(header: str) -> None:
             key = ""
     if not key.startswith(("sk_test_", "rk_test_")) or len(key) <= len("sk_test_"):
         raise authentication(key)
+
+
+def _check_version(header: bytes | None) -> None:
+    """A request in another API version would expect other shapes: refuse it (400)."""
+    if header is None or header == _VERSION:
+        return
+    asked = header.decode("latin-1").strip()
+    raise StripeError(
+        400,
+        f"This sandbox speaks Stripe API version {API_VERSION} only; the request asked for "
+        f"Stripe-Version {asked}. Use the stripe SDK whose api_version is {API_VERSION}, "
+        "or send that version.",
+        param="Stripe-Version",
+        code="api_version_unsupported",
+        store_idempotent=False,
+    )
 
 
 def _base_url(scope: Scope, headers: dict[bytes, bytes]) -> str:

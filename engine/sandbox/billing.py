@@ -27,3 +27,6 @@ def install(registry: Registry) -> None:
         registry.route(route.method, route.pattern, route.handler, route.params)
     for kind, handler in {**invoices.JOBS, **subscriptions.JOBS}.items():
         registry.job(kind, handler)
+    registry.includable("invoice", "payments", invoices.include_payments)
+    registry.includable("invoice", "confirmation_secret", invoices.include_confirmation_secret)
+    registry.on_payment(invoices.pay_for_intent)

@@ -7,6 +7,10 @@
 - `POST /_sandbox/faults` `{"status": 429|500|503, "count": N}`: the next N API requests fail
 - `POST /_sandbox/reset`
 - `GET /_sandbox/onboarding/{id}`: the page an account link points to
+- `GET /_sandbox/authenticate/{pi_or_seti}?client_secret=...`: the 3D Secure page a
+  `next_action` points to; `POST` it `outcome=complete|fail` (and the `client_secret`)
+  to authenticate or fail, then it redirects to the `return_url` if there is one
+- `GET /_sandbox/invoices/{id}`: the hosted invoice page (`hosted_invoice_url`)
 - `GET /_sandbox/health`
 Bodies may be JSON or form-encoded.
 """
@@ -23,6 +27,8 @@ import msgspec
 from engine.sandbox.clock import advance
 from engine.sandbox.errors import StripeError, invalid, missing
 from engine.sandbox.resources.accounts import complete_onboarding, restrict
+from engine.sandbox.resources.payments import authenticate
+from engine.sandbox.resources.setup_intents import authenticate_setup
 from engine.sandbox.state import GLOBAL
 from engine.sandbox.wire import Obj, Params, parse_form
 
@@ -97,7 +103,14 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             return _json({"now": state.now()})
         case ("POST", "accounts", account_id, "complete_onboarding"):
             _account(app, account_id)
-            account = complete_onboarding(state, account_id)
+            number = params.get("account_number")
+            try:
+                account = complete_onboarding(state, account_id, str(number) if number else None)
+            except StripeError as err:
+                if "link" not in params:
+                    raise
+                page = _onboarding_page(app, account_id, params, error=err.message)
+                return ControlResponse(400, page.encode(), b"text/html; charset=utf-8")
             app.after_change()
             redirect = params.get("return_url")
             if isinstance(redirect, str) and redirect:
@@ -129,10 +142,106 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             return ControlResponse(
                 200, _onboarding_page(app, account_id, params).encode(), b"text/html; charset=utf-8"
             )
+        case ("GET", "authenticate", intent_id):
+            intent = _intent(app, intent_id, params)
+            return _html(_authentication_page(intent, params))
+        case ("POST", "authenticate", intent_id):
+            intent = _intent(app, intent_id, params)
+            outcome = params.get("outcome")
+            if outcome not in ("complete", "fail"):
+                raise invalid("outcome must be `complete` or `fail`", param="outcome")
+            if intent["object"] == "setup_intent":
+                intent = authenticate_setup(state, intent_id, success=outcome == "complete")
+            else:
+                intent = authenticate(state, intent_id, success=outcome == "complete")
+            app.after_change()
+            return_url = state.private(intent_id).get("return_url")
+            if return_url:
+                separator = "&" if "?" in return_url else "?"
+                kind = "setup_intent" if intent["object"] == "setup_intent" else "payment_intent"
+                query = urllib.parse.urlencode(
+                    {kind: intent_id, f"{kind}_client_secret": intent["client_secret"]}
+                )
+                return ControlResponse(
+                    303, b"", b"text/plain", location=f"{return_url}{separator}{query}"
+                )
+            return _json(intent)
+        case ("GET", "invoices", invoice_id):
+            if state.store.kind.get(invoice_id) != "invoice":
+                raise missing("invoice", invoice_id)
+            return _html(_invoice_page(app, state.objects[invoice_id]))
         case ("GET", "dashboard", account_id):
             _account(app, account_id)
             return _json(state.objects[account_id])
     raise StripeError(404, f"Unrecognized sandbox control URL ({method}: {path}).")
+
+
+def _html(page: str) -> ControlResponse:
+    return ControlResponse(200, page.encode(), b"text/html; charset=utf-8")
+
+
+def _intent(app: SandboxApp, intent_id: str, params: Params) -> Obj:
+    """The PaymentIntent or SetupIntent being authenticated; its client secret must match."""
+    state = app.state
+    kind = state.store.kind.get(intent_id)
+    if kind not in ("payment_intent", "setup_intent"):
+        raise missing("payment_intent", intent_id)
+    intent = state.objects[intent_id]
+    if params.get("client_secret") != intent["client_secret"]:
+        raise StripeError(
+            400,
+            "The client_secret provided does not match the client_secret associated with "
+            f"{intent_id}.",
+            code="resource_missing",
+            param="client_secret",
+        )
+    return intent
+
+
+def _authentication_page(intent: Obj, params: Params) -> str:
+    intent_id = html.escape(intent["id"])
+    secret = html.escape(intent["client_secret"])
+    amount = ""
+    if intent["object"] == "payment_intent":
+        amount = (
+            f"<p>Amount: {intent['amount']} {html.escape(intent['currency'])} (minor units)</p>"
+        )
+    status = html.escape(intent["status"])
+    forms = "".join(
+        f"""<form method="post" action="/_sandbox/authenticate/{intent_id}">
+<input type="hidden" name="client_secret" value="{secret}">
+<input type="hidden" name="outcome" value="{outcome}">
+<button type="submit" name="{outcome}">{label}</button></form>"""
+        for outcome, label in (
+            ("complete", "Complete authentication"),
+            ("fail", "Fail authentication"),
+        )
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Sandbox 3D Secure</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
+<h1>3D Secure test page</h1>
+<p>This page stands in for the card issuer's authentication of {intent_id}
+(status: {status}).</p>{amount}
+{forms if intent["status"] == "requires_action" else "<p>Nothing to authenticate.</p>"}
+</body></html>"""
+
+
+def _invoice_page(app: SandboxApp, invoice: Obj) -> str:
+    state = app.state
+    intent = state.find(state.private(invoice["id"]).get("intent") or "")
+    action = ""
+    if intent is not None and intent["status"] == "requires_action":
+        query = urllib.parse.urlencode({"client_secret": intent["client_secret"]})
+        href = html.escape(f"/_sandbox/authenticate/{intent['id']}?{query}")
+        action = f'<p><a href="{href}">Authenticate the payment</a></p>'
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Invoice {html.escape(invoice["id"])}</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
+<h1>Invoice {html.escape(str(invoice["number"] or invoice["id"]))}</h1>
+<p>Status: {html.escape(str(invoice["status"]))}; amount due {invoice["amount_remaining"]}
+{html.escape(invoice["currency"])} (minor units).</p>{action}
+</body></html>"""
 
 
 def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:
@@ -144,17 +253,28 @@ def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:
     ]
 
 
-def _onboarding_page(app: SandboxApp, account_id: str, params: Params) -> str:
-    link = app.state.private(account_id).get("links", {}).get(str(params.get("link", "")), {})
-    return_url = str(link.get("return_url", ""))
+def _onboarding_page(
+    app: SandboxApp, account_id: str, params: Params, error: str | None = None
+) -> str:
+    link_id = str(params.get("link", ""))
+    link = app.state.private(account_id).get("links", {}).get(link_id, {})
+    return_url = str(link.get("return_url", "") or params.get("return_url", ""))
     action = f"/_sandbox/accounts/{urllib.parse.quote(account_id)}/complete_onboarding"
+    number = html.escape(str(params.get("account_number") or "000123456789"))
+    problem = f'<p role="alert" style="color: #b00">{html.escape(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Sandbox onboarding</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 4em auto">
 <h1>Sandbox onboarding for {html.escape(account_id)}</h1>
 <p>This page stands in for Stripe's hosted onboarding. Completing it provides every
-requirement with Stripe's test values and a test bank account (000123456789).</p>
+requirement with Stripe's test values and the bank account below, which must be one of
+Stripe's test accounts: a US account number (routing 110000000) such as 000123456789
+(payouts succeed) or 000111111116 (payouts fail, no_account), or a test IBAN such as
+DE89370400440532013000 (any EU country prefix).</p>{problem}
 <form method="post" action="{html.escape(action)}">
 <input type="hidden" name="return_url" value="{html.escape(return_url)}">
+<input type="hidden" name="link" value="{html.escape(link_id)}">
+<label>Bank account number or IBAN
+<input name="account_number" value="{number}" required></label>
 <button type="submit">Complete onboarding</button>
 </form></body></html>"""

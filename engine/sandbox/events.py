@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from engine.sandbox.objects import build, new_id
+from engine.sandbox.objects import API_VERSION, build, new_id
 from engine.sandbox.state import SandboxState
 from engine.sandbox.wire import Obj
 
@@ -43,7 +43,7 @@ def emit(
         "event",
         new_id("evt"),
         state.now(),
-        api_version="2025-01-27.acacia",
+        api_version=API_VERSION,
         data=data,
         pending_webhooks=0,
         request={"id": request_id, "idempotency_key": idempotency_key},

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.sandbox.state import JobHandler, SandboxState, TickCallback
+from engine.sandbox.state import (
+    Includable,
+    JobHandler,
+    PaymentCallback,
+    SandboxState,
+    TickCallback,
+)
 from engine.sandbox.wire import Call, Obj
 
 Handler = Callable[[Call], Obj]
@@ -68,3 +74,11 @@ class Registry:
 
     def on_tick(self, callback: TickCallback) -> None:
         self.state.add_tick_callback(callback)
+
+    def includable(self, object_type: str, name: str, include: Includable) -> None:
+        """Serve `name` on objects of `object_type` only when asked for with `expand[]`."""
+        self.state.includables[(object_type, name)] = include
+
+    def on_payment(self, callback: PaymentCallback) -> None:
+        """Run `callback(state, payment_intent)` when an intent succeeds after its creation."""
+        self.state.payment_callbacks.append(callback)

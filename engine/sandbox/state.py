@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.sandbox.errors import missing
-from engine.sandbox.objects import build, new_id
+from engine.sandbox.objects import API_VERSION, build, new_id
 from engine.sandbox.wire import Obj
 
 TickCallback = Callable[["SandboxState", int, int, "str | None"], None]
@@ -25,8 +27,41 @@ schedule at or before `new_time` run right after them.
 JobHandler = Callable[["SandboxState", str], None]
 """`handler(state, ref)` for a scheduled job of one kind."""
 
+PaymentCallback = Callable[["SandboxState", Obj], None]
+"""`callback(state, payment_intent)` run when a PaymentIntent succeeds after its creating
+request (the customer authenticated it, or confirmed it later): billing pays its invoice."""
+
+Includable = Callable[["SandboxState", Obj], Any]
+"""`include(state, obj)` -> the value of a field Stripe serves only when asked for it
+with `expand[]` (an "includable" field such as `invoice.payments`)."""
+
 GLOBAL = ""
 """The time domain of the sandbox's global clock (others are test clock ids)."""
+
+START_VARIABLE = "MARKETPLACE_SANDBOX_START"
+"""Environment variable: the instant a new sandbox's global clock starts at (ISO 8601)."""
+
+
+def start_time_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+    """The unix time ``MARKETPLACE_SANDBOX_START`` names, or None when it is unset.
+
+    ``2028-02-29`` (midnight UTC) or ``2027-03-28T00:30:00Z``; a time without an
+    offset is UTC. Lets a developer or a test run start the sandbox on a chosen
+    date (month ends, leap days, the night clocks change) instead of today.
+
+    Raises:
+        ValueError: the value is not an ISO 8601 date or date-time (naming it).
+    """
+    raw = (os.environ if environ is None else environ).get(START_VARIABLE, "").strip()
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{START_VARIABLE}={raw!r} is not an ISO 8601 date or date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
 
 
 @dataclass
@@ -90,6 +125,8 @@ class Store:
     connected: list[str] = field(default_factory=list)
     webhook_endpoints: list[str] = field(default_factory=list)
     deliveries: dict[str, Obj] = field(default_factory=dict)
+    api_version: str = API_VERSION
+    """The API version whose shapes the objects have (a store of another is not loaded)."""
 
 
 class SandboxState:
@@ -104,6 +141,11 @@ class SandboxState:
         self.options = options or SandboxOptions()
         self.tick_callbacks: list[TickCallback] = []
         self.job_handlers: dict[str, JobHandler] = {}
+        self.includables: dict[tuple[str, str], Includable] = {}
+        self.payment_callbacks: list[PaymentCallback] = []
+        self.base_url = ""
+        """The sandbox's own address as its last request saw it (for URLs made in jobs)."""
+        """(object type, field) -> how to compute an includable field (see `Includable`)."""
         self.outbox: list[str] = []
         """Event ids waiting to be handed to the webhook dispatcher."""
         self.dirty = False
@@ -111,7 +153,7 @@ class SandboxState:
         """HTTP statuses (429 or 500) the next API requests answer with (control endpoint)."""
         self.current_request: tuple[str | None, str | None] = (None, None)
         """(request id, idempotency key) of the request being handled, for events."""
-        self._start_time = start_time
+        self._start_time = start_time if start_time is not None else start_time_from_environment()
         self.store = Store()
         self.reset()
 

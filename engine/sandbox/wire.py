@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,38 @@ def parse_form(raw: str) -> Params:
         return out
     for key, value in urllib.parse.parse_qsl(raw, keep_blank_values=True):
         _assign(out, _split_key(key), value)
+    result: Params = _listify(out, "")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """The file part of a multipart request (`POST /v1/files`)."""
+
+    filename: str
+    content: bytes
+
+
+def parse_multipart(body: bytes, content_type: str) -> Params:
+    """Decode `multipart/form-data` as the SDK sends a file upload: fields and one file."""
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    message = parser.parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    out: Params = {}
+    if not message.is_multipart():
+        return out
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        content = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            out[name] = Upload(filename, content)
+        else:
+            _assign(out, _split_key(name), content.decode("utf-8"))
     result: Params = _listify(out, "")
     return result
 
@@ -277,11 +311,15 @@ def _expand_path(state: SandboxState, node: Obj, parts: list[str], whole: str) -
         out = dict(node)
         out["data"] = [_expand_path(state, item, rest, whole) for item in node["data"]]
         return out
-    if key not in node:
+    include = state.includables.get((str(node.get("object")), key))
+    if key in node:
+        value = node[key]
+    elif include is not None:
+        value = include(state, node)
+    else:
         raise invalid_param(
             f"This property cannot be expanded ({whole}).", "expand", "parameter_invalid"
         )
-    value = node[key]
     if isinstance(value, str):
         target = state.objects.get(value)
         if target is None:

@@ -14,12 +14,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from engine.stripe_version import STRIPE_API_VERSION
 from engine.webhooks.signature import sign
 
 __all__ = ["API_VERSION", "signed", "stripe_event"]
 
-API_VERSION = "2024-06-20"
-"""The API version the sample events claim (the sandbox's)."""
+API_VERSION = STRIPE_API_VERSION
+"""The API version the sample events claim: the engine's (another one is parked at intake)."""
 
 _sequence = itertools.count(1)
 
@@ -32,6 +33,7 @@ def stripe_event(
     event_id: str | None = None,
     created: int | None = None,
     previous_attributes: Mapping[str, Any] | None = None,
+    api_version: str = API_VERSION,
 ) -> dict[str, Any]:
     """A Stripe event envelope around ``obj`` (``account`` set for a Connect event).
 
@@ -42,6 +44,8 @@ def stripe_event(
         event_id: a fixed ``evt_`` id (repeat it to simulate a redelivery).
         created: the event's unix time (default now).
         previous_attributes: ``data.previous_attributes`` for ``*.updated`` events.
+        api_version: the version the event claims to be rendered in (the engine's by
+            default; another one is parked at intake).
     """
     data: dict[str, Any] = {"object": dict(obj)}
     if previous_attributes is not None:
@@ -49,7 +53,7 @@ def stripe_event(
     body: dict[str, Any] = {
         "id": event_id or f"evt_kit_{next(_sequence)}_{time.time_ns()}",
         "object": "event",
-        "api_version": API_VERSION,
+        "api_version": api_version,
         "created": int(time.time()) if created is None else created,
         "data": data,
         "livemode": False,

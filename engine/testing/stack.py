@@ -109,6 +109,7 @@ class Stack:
         account: str | None = None,
         event_id: str | None = None,
         settle: bool = True,
+        api_version: str | None = None,
         allow_dead_letters: bool = False,
     ) -> dict[str, Any]:
         """Deliver a hand-made event to the engine's endpoint, signed as Stripe would.
@@ -116,8 +117,12 @@ class Stack:
         Connect events (``account`` set) go to the Connect endpoint with its
         secret. Returns the endpoint's JSON answer; with ``settle`` waits until
         the worker has handled it (see ``settle`` for ``allow_dead_letters``).
+        ``api_version``: the version the event claims (default the engine's;
+        another one is parked at intake as a dead letter).
         """
         body = stripe_event(event_type, obj, account=account, event_id=event_id)
+        if api_version is not None:
+            body["api_version"] = api_version
         stripe_settings = self.settings.stripe
         secrets = (
             stripe_settings.connect_webhook_secrets if account else stripe_settings.webhook_secrets
@@ -192,6 +197,44 @@ class Stack:
                 "WHERE status = 'dead' ORDER BY id"
             )
         return [dict(row) for row in rows]
+
+    async def authenticate(
+        self, action: Mapping[str, Any], outcome: str = "complete", *, settle: bool = True
+    ) -> dict[str, Any]:
+        """What the customer's browser does with a ``customer_action`` (3D Secure).
+
+        Opens the page its ``next_action`` points to (or the intent's authentication
+        page) and completes (``outcome="complete"``) or fails (``"fail"``) it; then,
+        with ``settle``, waits until the resulting events are handled. Returns the
+        intent as the sandbox left it.
+        """
+        intent_id = str(action["intent_id"])
+        secret = str(action["client_secret"])
+        next_action = action.get("next_action") or {}
+        page = (next_action.get("use_stripe_sdk") or {}).get("stripe_js") or (
+            next_action.get("redirect_to_url") or {}
+        ).get("url")
+        async with httpx.AsyncClient(timeout=30) as browser:
+            if page:
+                shown = await browser.get(str(page))
+                if shown.status_code != 200:
+                    raise AssertionError(f"the authentication page answered {shown.status_code}")
+            answer = await browser.post(
+                f"{self.sandbox.url}/_sandbox/authenticate/{intent_id}",
+                data={"client_secret": secret, "outcome": outcome},
+            )
+        if answer.status_code not in (200, 303):
+            raise AssertionError(f"authenticating {intent_id} failed: {answer.text}")
+        if settle:
+            await self.settle()
+        return await asyncio.to_thread(self._retrieve_intent, intent_id)
+
+    def _retrieve_intent(self, intent_id: str) -> dict[str, Any]:
+        client = self.stripe()
+        service = client.v1.setup_intents if intent_id.startswith("seti_") else None
+        found = (service or client.v1.payment_intents).retrieve(intent_id)
+        result: dict[str, Any] = found.to_dict()
+        return result
 
     # ------------------------------------------------------------ API
 

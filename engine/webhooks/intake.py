@@ -23,6 +23,7 @@ from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.webhooks.mailbox import Mailbox
 from engine.webhooks.signature import SignatureError, verify
+from engine.webhooks.versions import foreign_version_reason
 from engine.worker.runtime import Scheduler
 
 __all__ = ["PayloadTooLarge", "WebhookIntake", "WebhookReceipt", "webhook_routes"]
@@ -111,15 +112,25 @@ class WebhookIntake:
             )
         endpoint = "connect" if connect else "platform"
         with log_context(event_id=event.id, account=event.account or "platform"):
+            foreign = foreign_version_reason(parsed)
+            if foreign is not None:
+                # Stored and dead-lettered with the reason: never handled in the wrong shapes.
+                parked = await self._mailbox.accept(parsed, raw, dead_reason=foreign)
+                self._metrics.webhook_received.labels(
+                    endpoint, "foreign_version" if parked.inserted else "duplicate"
+                ).inc()
+                if parked.inserted:
+                    log.warning("webhook parked: %s", foreign)
+                return WebhookReceipt(
+                    received=True, event_id=event.id, duplicate=not parked.inserted
+                )
             accepted = await self._mailbox.accept(parsed, raw)
             self._metrics.webhook_received.labels(
                 endpoint, "new" if accepted.inserted else "duplicate"
             ).inc()
             if accepted.publish:
-                try:
-                    await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
-                except Exception:  # the sweeper re-publishes; the event is committed
-                    log.warning("drain publish failed; sweeper will retry", exc_info=True)
+                # Committed: a publish JetStream refuses is retried by the scheduler.
+                await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
         return WebhookReceipt(received=True, event_id=event.id, duplicate=not accepted.inserted)
 
 

@@ -97,6 +97,30 @@ SELECT acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev) A
 FROM acc
 """
 
+# An event of another Stripe API version (``engine.webhooks.versions``): stored dead
+# with its reason, nothing scheduled or parked. It takes the mailbox's current
+# version as its seq without bumping it (under the row's lock), so a replay applies
+# it after the events accepted before it and before those accepted after.
+_ACCEPT_DEAD = """
+WITH acc AS (
+    INSERT INTO marketplace_webhook_accounts AS a
+        (account, version, scheduled, lease_owner, lease_epoch, parked, attempts,
+         last_error, handled, updated_at)
+    SELECT $2, 0, false, '', 0, false, 0, '', 0, now()
+    WHERE NOT EXISTS (SELECT 1 FROM marketplace_webhook_events WHERE event_id = $1)
+    ON CONFLICT (account) DO UPDATE SET updated_at = a.updated_at
+    RETURNING version
+), ev AS (
+    INSERT INTO marketplace_webhook_events
+        (event_id, account, seq, type, livemode, created, payload, status, attempts,
+         last_error, received_at)
+    SELECT $1, $2, acc.version, $3, $4, $5, $6::jsonb, 'dead', 0, $7, now() FROM acc
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) AS inserted FROM ev
+"""
+
 # Take the lease (bumping the fencing token) and read the batch: two statements
 # in one round trip, through the function ``marketplace_mailbox_lease`` (core
 # migration ``0003``). The read is a statement of its own, so under READ
@@ -285,10 +309,28 @@ class Mailbox:
         """The mailbox ``event`` goes to."""
         return self._route(event)
 
-    async def accept(self, event: Mapping[str, Any], raw_body: str) -> Accepted:
-        """Commit a verified event to its mailbox (duplicates change nothing)."""
+    async def accept(
+        self, event: Mapping[str, Any], raw_body: str, *, dead_reason: str | None = None
+    ) -> Accepted:
+        """Commit a verified event to its mailbox (duplicates change nothing).
+
+        With ``dead_reason`` the event is stored straight into the dead letter with
+        that reason (never handled, replayable), and nothing is scheduled.
+        """
         key = self.key_of(event)
         async with self._pool.acquire() as conn:
+            if dead_reason is not None:
+                inserted = await conn.fetchval(
+                    _ACCEPT_DEAD,
+                    str(event["id"]),
+                    key,
+                    str(event.get("type", "")),
+                    bool(event.get("livemode", False)),
+                    int(event.get("created") or 0),
+                    raw_body,
+                    dead_reason[:2000],
+                )
+                return Accepted(inserted=bool(inserted), account=key)
             row = await conn.fetchrow(
                 _ACCEPT,
                 str(event["id"]),
@@ -424,26 +466,33 @@ class Mailbox:
         handled_ids: list[int],
     ) -> DrainOutcome:
         message = f"{type(exc).__name__}: {exc}"[:2000]
+        # An error marked ``permanent`` (an event of another API version) cannot succeed
+        # on a retry: dead at once, and the mailbox goes on with its next events.
+        permanent = bool(getattr(exc, "permanent", False))
+        limit = 1 if permanent else self.max_attempts
         result = await conn.fetchrow(
-            _FAIL_EVENT, lease.key, lease.epoch, handled_ids, row_id, message, self.max_attempts
+            _FAIL_EVENT, lease.key, lease.epoch, handled_ids, row_id, message, limit
         )
         if result is None:
             raise LeaseLost(lease.key)
         attempts = int(result["attempts"])
         dead = result["status"] == "dead"
-        delay = backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
+        delay = 0.0 if permanent else backoff_seconds(attempts, self.backoff_base, self.backoff_cap)
+        parked = dead and not permanent
         backed_off = await conn.fetchval(
             _BACK_OFF,
             lease.key,
             lease.epoch,
             delay,
-            dead,
+            parked,
             attempts,
             message,
             len(handled_ids),
         )
         if backed_off is None:
             raise LeaseLost(lease.key)
+        if permanent:
+            return DrainOutcome("requeue", len(handled_ids), message)
         return DrainOutcome("parked" if dead else "backoff", len(handled_ids), message)
 
     async def sweep(self, stale_after_seconds: float) -> list[str]:

@@ -7,12 +7,15 @@ routes use ``service.mailbox`` and ``service.scheduler`` for dead letters.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from engine.observability import Metrics
 from engine.services import Services
 from engine.webhooks.intake import WebhookIntake
 from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.setup import warn_about_endpoint_versions
 from engine.worker.broker import MailboxBroker
 from engine.worker.runtime import Scheduler, make_broker, make_mailbox, register_plugin_tasks
 
@@ -31,6 +34,7 @@ class WebhookService:
         self.mailbox = mailbox
         self.scheduler = scheduler
         self.intake = intake
+        self.version_check: asyncio.Task[object] | None = None
 
     @classmethod
     async def start(cls, services: Services, metrics: Metrics) -> WebhookService:
@@ -41,7 +45,10 @@ class WebhookService:
         mailbox = make_mailbox(services)
         scheduler = Scheduler(broker)
         intake = WebhookIntake(services.settings, mailbox, scheduler, metrics)
-        return cls(broker, mailbox, scheduler, intake)
+        service = cls(broker, mailbox, scheduler, intake)
+        # In the background: a slow or unreachable Stripe must not hold up start-up.
+        service.version_check = asyncio.create_task(warn_about_endpoint_versions(services.gateway))
+        return service
 
     async def replay(
         self, *, event_ids: list[str] | None = None, account: str | None = None
@@ -53,7 +60,12 @@ class WebhookService:
         return accounts
 
     async def close(self) -> None:
-        """Disconnect the broker."""
+        """Stop publish retries and disconnect the broker."""
+        if self.version_check is not None and not self.version_check.done():
+            self.version_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.version_check
+        await self.scheduler.close()
         try:
             await self.broker.shutdown()
         except Exception:  # shutting down anyway

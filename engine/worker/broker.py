@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -49,7 +50,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
 
     def __init__(
         self,
-        nats_url: str,
+        servers: str | list[str],
         *,
         stream: str = "MARKETPLACE",
         replicas: int = 1,
@@ -59,7 +60,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
     ) -> None:
         subject = f"{stream.lower()}.drain"
         super().__init__(
-            servers=nats_url,
+            servers=servers,
             subject=subject,
             stream_name=stream,
             durable=f"{stream.lower()}_workers",
@@ -85,6 +86,8 @@ class MailboxBroker(PullBasedJetStreamBroker):
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
         )
+        self.last_pull = time.monotonic()
+        """``time.monotonic()`` of the latest answered pull (the worker's heartbeat reports it)."""
 
     async def startup(self) -> None:
         """Connect; workers also create the durable pull consumer."""
@@ -140,6 +143,7 @@ class MailboxBroker(PullBasedJetStreamBroker):
                     batch=self.pull_consume_batch, timeout=self.pull_consume_timeout
                 )
             except TimeoutError:  # nats' own TimeoutError subclasses it: an idle fetch
+                self.last_pull = time.monotonic()
                 continue
             except _TRANSIENT as exc:
                 log.warning("JetStream consumer lost (%s); recreating", exc)
@@ -149,5 +153,6 @@ class MailboxBroker(PullBasedJetStreamBroker):
                 except _TRANSIENT:
                     log.warning("JetStream not ready yet", exc_info=True)
                 continue
+            self.last_pull = time.monotonic()
             for message in messages:
                 yield AckableMessage(data=message.data, ack=message.ack)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from engine.accounts.service import apply_stripe_account
 from engine.core.contributions import StripeEvent, WebhookRegistration
-from engine.core.ledger import Ledger, Posting, bank_of
+from engine.core.ledger import Ledger, Posting, bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.worker.dispatch import EventContext, stripe_object
@@ -67,6 +68,33 @@ def _payout_amount(payout: dict[str, Any]) -> Money:
     return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
 
 
+_LATEST_PAYOUT_FAILURE = """
+UPDATE marketplace_accounts a
+SET payout_failure_code = latest.failure_code, updated_at = now()
+FROM (
+    SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END AS failure_code
+    FROM marketplace_payouts WHERE account_id = $1
+    ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+) AS latest
+WHERE a.stripe_account_id = $1 AND a.payout_failure_code IS DISTINCT FROM latest.failure_code
+"""
+
+
+async def _payout_failed_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
+    """When Stripe returned the funds: the failure balance transaction's ``created``."""
+    txn = payout.get("failure_balance_transaction")
+    if isinstance(txn, dict):
+        return stripe_time(txn.get("created"))
+    if isinstance(txn, str) and txn:
+        found = await ctx.services.gateway.call(
+            "balance_transactions", "retrieve", txn, account=account
+        )
+        return stripe_time(found.get("created"))
+    # Stripe always links the failure's balance transaction; without it the payout's
+    # own time is the nearest Stripe time there is.
+    return stripe_time(payout.get("created"))
+
+
 async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     """Record a payout, post it to the ledger, and on failure flag the account."""
     payout = stripe_object(event)
@@ -78,7 +106,7 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         INSERT INTO marketplace_payouts AS p
             (stripe_payout_id, account_id, amount, currency, status, failure_code,
              failure_message, arrival_date, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now())
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, now())
         ON CONFLICT (stripe_payout_id) DO UPDATE SET
             status = CASE WHEN $9 >= (CASE p.status WHEN 'paid' THEN 3 WHEN 'failed' THEN 3
                                       WHEN 'canceled' THEN 2 WHEN 'in_transit' THEN 1 ELSE 0 END)
@@ -97,10 +125,14 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         str(payout.get("failure_message") or ""),
         int(payout.get("arrival_date") or 0),
         _PAYOUT_RANK.get(status, 0),
+        stripe_time(payout.get("created")),
     )
     ledger = Ledger(ctx.services.db.pool)
     if account == "platform":
         return  # the platform's own payouts leave the platform balance; not tracked yet
+    # The flag says whether the account's latest payout (by Stripe's time) failed:
+    # derived from the payouts, so events may arrive in any order.
+    await ctx.conn.execute(_LATEST_PAYOUT_FAILURE, account)
     await ledger.post(
         Posting.transfer(
             f"payout:{payout['id']}",
@@ -108,6 +140,7 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             account,
             bank_of(account),
             amount,
+            occurred_at=stripe_time(payout.get("created")),
             stripe_object_id=str(payout["id"]),
             description="payout to bank",
         ),
@@ -116,6 +149,7 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     if status != "failed":
         return
     failure_code = str(payout.get("failure_code") or "unknown")
+    failed_at = await _payout_failed_at(ctx, payout, account)
     newly_failed = await ledger.post(
         Posting.transfer(
             f"payout_failure:{payout['id']}",
@@ -123,16 +157,11 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             bank_of(account),
             account,
             amount,
+            occurred_at=failed_at,
             stripe_object_id=str(payout["id"]),
             description=f"payout failed: {failure_code}",
         ),
         conn=ctx.conn,
-    )
-    await ctx.conn.execute(
-        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
-        "WHERE stripe_account_id = $1",
-        account,
-        failure_code,
     )
     if not newly_failed:
         return  # payout.updated and payout.failed both say so: notify once

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -27,10 +28,14 @@ from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.services import Services
+from engine.supervision import restarting
 from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.setup import warn_about_endpoint_versions
+from engine.webhooks.versions import ensure_engine_version
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
 from engine.worker.handlers import core_registrations
+from engine.worker.heartbeat import Heartbeat
 from engine.worker.periodic import run_periodic
 
 __all__ = [
@@ -54,7 +59,7 @@ async def _drain_account(account: str, context: Context = TaskiqDepends()) -> st
 def make_broker(settings: Settings) -> MailboxBroker:
     """A broker for ``settings.nats`` with the drain task registered."""
     broker = MailboxBroker(
-        settings.nats.url,
+        settings.nats.servers,
         stream=settings.nats.stream,
         replicas=settings.nats.replicas,
         ack_wait_seconds=max(300.0, float(settings.webhooks.lease_seconds) * 2),
@@ -91,19 +96,72 @@ def make_mailbox(services: Services) -> Mailbox:
 
 
 class Scheduler:
-    """Publishes "drain <account>" tokens to JetStream."""
+    """Publishes "drain <account>" tokens to JetStream, retrying failed publishes at once.
+
+    A publish that fails (no responders while the stream elects a new leader,
+    a node lost, a timeout) is retried in the background with backoff for up
+    to ``RETRY_WINDOW_SECONDS``, so processing resumes as soon as JetStream
+    answers again instead of at the sweeper's next pass; the sweeper still
+    covers a process that dies meanwhile. Message ids dedupe the retries.
+    """
+
+    RETRY_WINDOW_SECONDS = 120.0
+    _FIRST_DELAY = 0.1
+    _MAX_DELAY = 2.0
 
     def __init__(self, broker: MailboxBroker) -> None:
         self._broker = broker
         self._task: Any = broker.find_task(DRAIN_TASK)
+        self._retrying: set[asyncio.Task[None]] = set()
+
+    async def _publish(self, account: str, token: str) -> None:
+        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
 
     async def schedule(self, account: str, token: str) -> None:
-        """Publish a drain for ``account``; ``token`` makes the message id (dedupe)."""
-        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
+        """Publish a drain for ``account``; ``token`` makes the message id (dedupe).
+
+        Never raises for a publish JetStream refused: that one is retried.
+        """
+        try:
+            await self._publish(account, token)
+        except Exception as exc:  # whatever NATS raised: the token must still get out
+            log.warning("drain publish for %s failed (%s); retrying", account, exc)
+            task = asyncio.create_task(self._retry(account, token))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
 
     async def requeue(self, account: str) -> None:
         """Publish a fresh drain for ``account`` at the back of the stream."""
         await self.schedule(account, uuid.uuid4().hex)
+
+    @property
+    def retrying(self) -> int:
+        """Publishes waiting for JetStream to answer again."""
+        return len(self._retrying)
+
+    async def _retry(self, account: str, token: str) -> None:
+        delay = self._FIRST_DELAY
+        deadline = time.monotonic() + self.RETRY_WINDOW_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._publish(account, token)
+            except Exception:  # still down: back off and try again
+                delay = min(delay * 2, self._MAX_DELAY)
+                continue
+            log.info("drain publish for %s went through on retry", account)
+            return
+        log.warning("drain publish for %s still failing; the sweeper will re-publish", account)
+
+    async def close(self, *, wait_seconds: float = 0.0) -> None:
+        """Stop retrying, after ``wait_seconds`` for retries still going (the sweeper
+        re-publishes whatever was left)."""
+        pending = list(self._retrying)
+        if pending and wait_seconds > 0:
+            await asyncio.wait(pending, timeout=wait_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Worker:
@@ -136,6 +194,7 @@ class Worker:
         with log_context(
             event_id=str(event.get("id", "")), account=str(event.get("account") or "platform")
         ):
+            ensure_engine_version(event)  # a replayed event of another version stays dead
             contexts = await self.dispatcher.handle(event, conn)
 
         def after_commit() -> None:
@@ -159,6 +218,10 @@ class Worker:
                 log.warning("handler failed (%s): %s", outcome.state, outcome.error)
             if outcome.state == "parked":
                 self.metrics.webhook_dead.labels(label).inc()
+            if outcome.state == "requeue" and outcome.error:
+                # A permanent failure (an event of another API version): dead at once.
+                self.metrics.webhook_dead.labels(label).inc()
+                log.warning("event dead-lettered: %s", outcome.error)
             if outcome.state == "lost":
                 # Another drain holds the mailbox now, or the sweeper hands it on once
                 # the lease expires: nothing to publish.
@@ -209,23 +272,48 @@ class Worker:
 async def run_worker(
     settings: Settings, *, plugins: Plugins | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    """Run one worker process until ``stop`` is set (or forever)."""
+    """Run one worker process until ``stop`` is set (or forever).
+
+    The receiver, the sweeper, the heartbeat and each periodic task run under
+    ``restarting``: one that dies is logged with its traceback and started again.
+    """
     services = await Services.start(
         settings, plugins=plugins, connect_nats=False, synchronous_commit=False
     )
     broker = make_broker(settings)
     register_plugin_tasks(broker, services.plugins)
     broker.is_worker_process = True
-    worker = Worker(services, Scheduler(broker))
+    scheduler = Scheduler(broker)
+    worker = Worker(services, scheduler)
     broker.state.worker = worker
-    await broker.startup()
-    receiver = asyncio.create_task(
-        run_receiver_task(broker, max_async_tasks=settings.worker.concurrency, run_startup=False)
+    heartbeat = Heartbeat(
+        services.db.pool,
+        worker.owner,
+        lambda: broker.last_pull,
+        every_seconds=settings.worker.heartbeat_seconds,
     )
-    sweeper = asyncio.create_task(worker.sweep_forever())
-    periodic = [
-        asyncio.create_task(run_periodic(services, task))
-        for task in services.plugins.periodic_tasks()
+    await broker.startup()
+    tasks = [
+        asyncio.create_task(
+            restarting(
+                "webhook receiver",
+                lambda: run_receiver_task(
+                    broker, max_async_tasks=settings.worker.concurrency, run_startup=False
+                ),
+            )
+        ),
+        asyncio.create_task(restarting("mailbox sweeper", worker.sweep_forever)),
+        asyncio.create_task(restarting("worker heartbeat", heartbeat.beat_forever)),
+        *(
+            asyncio.create_task(
+                restarting(
+                    f"periodic task {task.name}", functools.partial(run_periodic, services, task)
+                )
+            )
+            for task in services.plugins.periodic_tasks()
+        ),
+        # Advice only, once: a slow or unreachable Stripe must not hold up the worker.
+        asyncio.create_task(warn_about_endpoint_versions(services.gateway)),
     ]
     if settings.worker.metrics_port:
         start_http_server(
@@ -233,15 +321,15 @@ async def run_worker(
         )
     log.info("worker %s started", worker.owner)
     try:
-        if stop is None:
-            await asyncio.gather(receiver, sweeper)
-        else:
-            await stop.wait()
+        await (stop or asyncio.Event()).wait()
     finally:
-        for task in (receiver, sweeper, *periodic):
+        for task in tasks:
             task.cancel()
-        for task in (receiver, sweeper, *periodic):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await heartbeat.stopped()
+        await scheduler.close()
         await broker.shutdown()
         await services.close()

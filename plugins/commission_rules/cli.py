@@ -26,7 +26,7 @@ from engine.core.errors import ConfigError, MarketplaceError
 from engine.core.money import Money
 from engine.core.orders import Order
 from engine.core.plugins import build_plugins
-from engine.core.settings import Settings
+from engine.core.settings import Settings, require_database_url
 from plugins.commission_rules.config import PLUGIN
 from plugins.commission_rules.dry_run import DryRunReport, PastTransaction, dry_run
 from plugins.commission_rules.explain import explain
@@ -273,9 +273,7 @@ async def _database(settings: Settings) -> AsyncIterator[None]:
     """The engine's database with this plugin's tables bound, for one command."""
     from engine.core.db import Database
 
-    if not settings.database.url:
-        raise ConfigError("database.url", "is empty (set it, or run inside `marketplace up`)")
-    database = Database(settings.database.url, min_size=1, max_size=2)
+    database = Database(require_database_url(settings), min_size=1, max_size=2)
     database.bind(build_plugins(settings).table_apps())
     await database.start()
     try:

@@ -28,6 +28,7 @@ from engine.core.contributions import PluginRuntime
 from engine.core.errors import ConfigError
 from engine.core.money import Money
 from engine.core.tables import Payment
+from engine.live_settings import LiveSettings
 from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
 from plugins.commission_rules.dry_run import DryRunReport, PastTransaction, dry_run
 from plugins.commission_rules.rules import Rule, parse_rule
@@ -46,12 +47,15 @@ __all__ = [
     "load_saved_rule_set",
     "past_transactions",
     "record_versions",
+    "reload_saved_rules",
     "save_rule_set",
     "sync_rules",
 ]
 
 SOURCE_CONFIG = "config"
 SOURCE_API = "api"
+RULE_SET_SETTING = f"{PLUGIN}.rule_set"
+"""The live setting bumped when an admin saves a rule set (``engine.live_settings``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +98,20 @@ def _stored(row: Mapping[str, Any]) -> StoredVersion:
     )
 
 
-async def record_versions(rules: RuleSet, *, source: str, note: str = "") -> int:
+async def record_versions(
+    rules: RuleSet, *, source: str, note: str = "", live: LiveSettings | None = None
+) -> int:
     """Store every version of ``rules`` not stored yet, and the set itself.
+
+    With ``live``, a new set also bumps the live setting ``RULE_SET_SETTING`` in
+    the same transaction, so every process puts it in force.
 
     Returns:
         How many rule versions were new.
     """
     now = datetime.now(UTC)
     new = 0
-    async with RuleVersion._meta.db.transaction():
+    async with RuleVersion._meta.db.transaction() as transaction:
         for rule in rules.rules:
             inserted = await (
                 RuleVersion.insert(
@@ -136,6 +145,8 @@ async def record_versions(rules: RuleSet, *, source: str, note: str = "") -> int
                     created_at=now,
                 )
             )
+            if live is not None:
+                await live.bump(RULE_SET_SETTING, conn=transaction.connection)
     return new
 
 
@@ -154,7 +165,8 @@ async def save_rule_set(
     """
     config: CommissionRulesConfig = runtime.config(PLUGIN)
     candidate = compile_rules(specs, roles=config.roles if roles is None else roles, key="rules")
-    await record_versions(candidate, source=SOURCE_API, note=note)
+    live = runtime.services.live if runtime.services is not None else None
+    await record_versions(candidate, source=SOURCE_API, note=note, live=live)
     specs = [rule.to_spec() for rule in candidate.rules]
     return install_rules(runtime, specs, roles=candidate.roles)
 
@@ -189,14 +201,30 @@ async def load_saved_rule_set() -> RuleSet | None:
 async def sync_rules(runtime: PluginRuntime) -> RuleSet:
     """Start-up: record the config's versions; put the newest saved set in force if any.
 
+    With the engine's services running, also watches ``RULE_SET_SETTING``: a set
+    saved through any API process is put in force here too.
+
     Returns:
         The rule set in force afterwards.
     """
     await record_versions(active_rules(runtime), source=SOURCE_CONFIG)
+    await reload_saved_rules(runtime)
+    if runtime.services is not None:
+
+        async def reload(version: int) -> None:
+            del version  # the newest saved set is what every version means
+            await reload_saved_rules(runtime)
+
+        runtime.services.live.watch(RULE_SET_SETTING, reload)
+    return active_rules(runtime)
+
+
+async def reload_saved_rules(runtime: PluginRuntime) -> RuleSet | None:
+    """Put the newest admin-saved rule set in force in this process (``None``: none saved)."""
     saved = await load_saved_rule_set()
     if saved is not None:
         install_rules(runtime, [rule.to_spec() for rule in saved.rules], roles=saved.roles)
-    return active_rules(runtime)
+    return saved
 
 
 async def list_versions(rule_id: str | None = None) -> list[StoredVersion]:

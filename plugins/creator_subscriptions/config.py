@@ -38,9 +38,6 @@ class CreatorSubscriptionsConfig(
         pause_behavior: ``pause_collection[behavior]`` while paused.
         min_one_time_amount: the smallest tip or pay-per-view price (minor units).
         max_one_time_amount: the largest (minor units).
-        onboarding_return_path: where Stripe's onboarding page sends the creator
-            back, relative to ``engine.public_url`` (or absolute).
-        onboarding_refresh_path: where an expired onboarding link sends them.
     """
 
     default_currency: str = "usd"
@@ -53,8 +50,6 @@ class CreatorSubscriptionsConfig(
     pause_behavior: PauseBehavior = "void"
     min_one_time_amount: Annotated[int, msgspec.Meta(ge=50)] = 100
     max_one_time_amount: Annotated[int, msgspec.Meta(ge=50)] = 1_000_000
-    onboarding_return_path: str = "/creators/onboarding/done"
-    onboarding_refresh_path: str = "/creators/onboarding/refresh"
 
     def __post_init__(self) -> None:
         bad = [interval for interval in self.intervals if interval not in {"month", "year"}]

@@ -4,20 +4,56 @@ Destination charges live on the platform, so a fan is one platform customer
 whatever creators they support. A fan is known by the integrating service's
 own reference (``external_ref``); registering the same reference again
 returns the same fan (and sets a new payment method if one is given).
+
+A card is saved with a SetupIntent (``usage=off_session``), so renewals can be
+charged without the fan. A card that asks for authentication to be saved leaves
+the SetupIntent in ``requires_action``: the fan view carries the ``customer_action``
+and the card becomes the default when ``setup_intent.succeeded`` arrives
+(``card_saved``).
 """
 
 from __future__ import annotations
 
-import asyncpg
+import json
+from collections.abc import Mapping
+from typing import Any
 
+import asyncpg
+import msgspec
+
+from engine.core.authentication import CustomerAction, customer_action
 from engine.core.errors import Conflict, NotFound
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.schemas import FanView, NewFan
 
-__all__ = ["FanRow", "fan_row", "fan_view", "register_fan", "set_payment_method"]
+__all__ = [
+    "FAN_METADATA",
+    "FanRow",
+    "card_saved",
+    "fan_row",
+    "fan_view",
+    "register_fan",
+    "set_payment_method",
+    "stored_action",
+]
 
 FanRow = asyncpg.Record
+FAN_METADATA = f"{PLUGIN}_fan_id"
+"""Metadata key on the fan's customer and SetupIntents naming our fan id."""
+
+
+def stored_action(value: Any) -> CustomerAction | None:
+    """A ``customer_action`` column (JSON) as the API shows it."""
+    if value is None:
+        return None
+    raw = json.loads(value) if isinstance(value, str) else value
+    return msgspec.convert(raw, CustomerAction)
+
+
+def action_json(action: CustomerAction | None) -> str | None:
+    """A ``CustomerAction`` for a ``customer_action`` column."""
+    return None if action is None else msgspec.json.encode(action).decode()
 
 
 def fan_view(row: asyncpg.Record) -> FanView:
@@ -29,6 +65,7 @@ def fan_view(row: asyncpg.Record) -> FanView:
         name=str(row["name"]),
         stripe_customer_id=row["stripe_customer_id"],
         has_payment_method=bool(row["default_payment_method"]),
+        customer_action=stored_action(row["customer_action"]),
     )
 
 
@@ -62,7 +99,7 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
         params: dict[str, object] = {
             "email": new.email or None,
             "name": new.name or None,
-            "metadata": {"plugin": PLUGIN, f"{PLUGIN}_fan_id": str(row["id"])},
+            "metadata": {"plugin": PLUGIN, FAN_METADATA: str(row["id"])},
         }
         if row["test_clock"]:
             params["test_clock"] = row["test_clock"]
@@ -85,34 +122,84 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
 
 
 async def set_payment_method(env: Env, fan_id: int, payment_method: str) -> FanView:
-    """Attach ``payment_method`` to the fan's customer and make it the default for invoices."""
+    """Save ``payment_method`` for the fan with a SetupIntent and make it the default.
+
+    If the card asks for authentication, the fan view carries the ``customer_action``
+    and the current default stays until ``setup_intent.succeeded`` (``card_saved``).
+
+    Raises:
+        CardDeclined: the card cannot be saved (402); nothing changes.
+    """
     async with env.pool.acquire() as conn:
         row = await fan_row(conn, fan_id)
     customer = str(row["stripe_customer_id"])
-    attached = await env.gateway.call(
-        "payment_methods",
-        "attach",
-        payment_method,
-        params={"customer": customer},
+    setup = await env.gateway.call(
+        "setup_intents",
+        "create",
+        params={
+            "customer": customer,
+            "payment_method": payment_method,
+            # A saved card confirmed server-side: no redirect-based method applies.
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            "usage": "off_session",
+            "confirm": True,
+            "metadata": {"plugin": PLUGIN, FAN_METADATA: str(fan_id)},
+        },
         # Keyed by what it replaces too: re-sending a test value ("pm_card_visa")
-        # after it became the default is a new attachment, as it is in Stripe.
+        # after it became the default is a new card, as it is in Stripe.
         idempotency_key=op_key(
-            "fan", row["uid"], "attach", payment_method, row["default_payment_method"] or "none"
+            "fan", row["uid"], "setup", payment_method, row["default_payment_method"] or "none"
         ),
     )
-    pm_id = str(attached["id"])
-    await env.gateway.call(
-        "customers",
-        "update",
-        customer,
-        params={"invoice_settings": {"default_payment_method": pm_id}},
-        idempotency_key=op_key("fan", row["uid"], "default_payment_method", pm_id),
-    )
+    if setup.get("status") == "succeeded":
+        return fan_view(await card_saved(env, fan_id, setup))
     async with env.pool.acquire() as conn:
         updated = await conn.fetchrow(
-            "UPDATE creator_subscriptions_fans SET default_payment_method = $2 WHERE id = $1 "
+            "UPDATE creator_subscriptions_fans SET customer_action = $2::jsonb WHERE id = $1 "
             "RETURNING *",
             fan_id,
-            pm_id,
+            action_json(customer_action(setup)),
         )
     return fan_view(updated)
+
+
+async def card_saved(
+    env: Env, fan_id: int, setup: Mapping[str, Any], conn: asyncpg.Connection | None = None
+) -> asyncpg.Record:
+    """A SetupIntent of the fan succeeded: its card becomes the default for invoices.
+
+    ``conn``: the webhook's transaction, when called from the ``setup_intent.succeeded``
+    handler; else a connection of the pool.
+    """
+    if conn is None:
+        async with env.pool.acquire() as own:
+            return await card_saved(env, fan_id, setup, own)
+    pm_id = str(setup.get("payment_method") or "")
+    row = await fan_row(conn, fan_id)
+    waiting = stored_action(row["customer_action"])
+    if row["default_payment_method"] == pm_id and (
+        waiting is None or waiting.intent_id != setup.get("id")
+    ):
+        return row  # already the default (the API saw it succeed): no write, no row lock
+    if row["default_payment_method"] != pm_id:
+        await env.gateway.call(
+            "customers",
+            "update",
+            str(row["stripe_customer_id"]),
+            params={"invoice_settings": {"default_payment_method": pm_id}},
+            idempotency_key=op_key("fan", row["uid"], "default_payment_method", pm_id),
+        )
+    updated: asyncpg.Record = await conn.fetchrow(
+        """
+        UPDATE creator_subscriptions_fans
+        SET default_payment_method = $2,
+            customer_action = CASE WHEN customer_action->>'intent_id' = $3
+                                   THEN NULL ELSE customer_action END
+        WHERE id = $1
+        RETURNING *
+        """,
+        fan_id,
+        pm_id,
+        str(setup.get("id") or ""),
+    )
+    return updated

@@ -10,6 +10,11 @@ the transfer and the application fee, keyed by the PaymentIntent.
 A refund passes ``reverse_transfer`` and ``refund_application_fee``, so Stripe
 pulls the creator's share and the platform's fee back in proportion; the
 amounts it reversed are read back from Stripe and posted as they are.
+
+A card that asks for authentication leaves the payment ``requires_action`` with
+the ``customer_action`` (client secret, next action) in its view; it is settled by
+``payment_intent.succeeded`` once the fan has authenticated, or marked ``failed``
+by ``payment_intent.payment_failed`` (``payment_failed``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 
 import asyncpg
 
+from engine.core.authentication import customer_action
 from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
+from engine.core.ledger import stripe_time
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
@@ -29,7 +36,7 @@ from plugins.creator_subscriptions.env import (
     op_key,
     require_selling,
 )
-from plugins.creator_subscriptions.fans import fan_row
+from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
 from plugins.creator_subscriptions.postings import (
     DestinationRefund,
     charge_posting,
@@ -50,6 +57,7 @@ __all__ = [
     "PAYMENT_METADATA",
     "create_one_time_payment",
     "get_one_time_payment",
+    "payment_failed",
     "refund_one_time_payment",
     "settle_one_time_payment",
 ]
@@ -76,6 +84,7 @@ def payment_view(row: asyncpg.Record) -> OneTimePaymentView:
         payment_intent_id=row["payment_intent_id"],
         rule_id=str(row["rule_id"]),
         rule_version=int(row["rule_version"]),
+        customer_action=stored_action(row["customer_action"]),
     )
 
 
@@ -190,7 +199,7 @@ async def _retry(env: Env, earlier: Any, kind: str, new: NewOneTimePayment) -> O
         new.creator_account_id,
     ):
         raise Conflict("this operation paid another creator, fan or kind", field="operation")
-    if earlier["status"] != "pending" or earlier["payment_intent_id"]:
+    if earlier["status"] not in {"pending"} or earlier["payment_intent_id"]:
         return payment_view(earlier)
     async with env.pool.acquire() as conn:
         fan = await fan_row(conn, int(earlier["fan"]))
@@ -251,11 +260,19 @@ async def _charge(
                 str(exc.extra.get("decline_code") or exc.code),
             )
         raise
+    action = customer_action(intent) if intent.get("status") == "requires_action" else None
     async with env.pool.acquire() as conn:
         await conn.execute(
-            "UPDATE creator_subscriptions_payments SET payment_intent_id = $2 WHERE id = $1",
+            """
+            UPDATE creator_subscriptions_payments
+            SET payment_intent_id = $2,
+                status = CASE WHEN $3::jsonb IS NULL THEN status ELSE 'requires_action' END,
+                customer_action = $3::jsonb, updated_at = now()
+            WHERE id = $1 AND status = 'pending'
+            """,
             payment_id,
             intent["id"],
+            action_json(action),
         )
         if intent.get("status") == "succeeded":
             async with conn.transaction():
@@ -263,6 +280,28 @@ async def _charge(
             for notice in notices:
                 env.plugins.notify_lifecycle(notice)
         return payment_view(await _payment_row(conn, payment_id))
+
+
+async def payment_failed(conn: asyncpg.Connection, intent: Mapping[str, Any]) -> bool:
+    """A payment that waited for the fan failed (authentication failed, or a decline after it).
+
+    Marks it ``failed`` with the reason; returns whether a payment of ours changed.
+    """
+    metadata = intent.get("metadata") or {}
+    if metadata.get("plugin") != PLUGIN or not metadata.get(PAYMENT_METADATA):
+        return False
+    error = intent.get("last_payment_error") or {}
+    code = str(error.get("decline_code") or error.get("code") or "payment_failed")
+    status = await conn.execute(
+        """
+        UPDATE creator_subscriptions_payments
+        SET status = 'failed', failure_code = $2, customer_action = NULL, updated_at = now()
+        WHERE id = $1 AND status = 'requires_action'
+        """,
+        int(metadata[PAYMENT_METADATA]),
+        code,
+    )
+    return str(status).endswith(" 1")
 
 
 async def settle_one_time_payment(
@@ -280,7 +319,7 @@ async def settle_one_time_payment(
     row = await conn.fetchrow(
         "SELECT * FROM creator_subscriptions_payments WHERE id = $1 FOR UPDATE", payment_id
     )
-    if row is None or row["status"] not in {"pending", "failed"}:
+    if row is None or row["status"] not in {"pending", "failed", "requires_action"}:
         return []
     charge_id = intent.get("latest_charge")
     if isinstance(charge_id, Mapping):
@@ -305,7 +344,7 @@ async def settle_one_time_payment(
         UPDATE creator_subscriptions_payments
         SET status = 'succeeded', payment_intent_id = $2, charge_id = $3, transfer_id = $4,
             application_fee = $5, creator_earnings = $6, stripe_fee = $7,
-            application_fee_id = $8, updated_at = now()
+            application_fee_id = $8, customer_action = NULL, updated_at = now()
         WHERE id = $1
         """,
         payment_id,
@@ -424,6 +463,7 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             transfer_reversed=Money(reversed_amount, currency),
             fee_refunded=Money(fee_refunded, currency),
             destination=str(row["account_id"]),
+            refunded_at=stripe_time(refund.get("created")),
         )
         reference = f"{PLUGIN}:payment:{payment_id}"
         await env.ledger.post(

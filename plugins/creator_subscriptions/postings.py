@@ -29,10 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from engine.core.errors import InvalidAmount
-from engine.core.ledger import CUSTOMERS, PLATFORM, PLATFORM_STRIPE_FEES, Entry, Posting
+from engine.core.ledger import (
+    CUSTOMERS,
+    PLATFORM,
+    PLATFORM_STRIPE_FEES,
+    Entry,
+    Posting,
+    stripe_time,
+)
 from engine.core.money import Money
 from plugins.creator_subscriptions.config import PLUGIN
 
@@ -76,6 +84,7 @@ class DestinationCharge:
         transfer_amount: what the transfer carried (the whole amount unless
             ``transfer_data[amount]`` said otherwise).
         application_fee: the platform's fee taken from the transfer.
+        captured_at: Stripe's time of the capture (the charge's balance transaction).
         application_fee_id: the ``fee_`` object.
     """
 
@@ -86,6 +95,7 @@ class DestinationCharge:
     transfer_id: str
     transfer_amount: Money
     application_fee: Money
+    captured_at: datetime
     application_fee_id: str = ""
 
     def __post_init__(self) -> None:
@@ -121,6 +131,7 @@ class DestinationRefund:
         transfer_reversed: pulled back from the creator (``transfer_refund``).
         fee_refunded: application fee returned to the creator.
         destination: the creator's connected account.
+        refunded_at: Stripe's time of the refund (its ``created``).
     """
 
     refund_id: str
@@ -128,6 +139,7 @@ class DestinationRefund:
     transfer_reversed: Money
     fee_refunded: Money
     destination: str
+    refunded_at: datetime
 
 
 def _entries(pairs: Iterable[tuple[str, Money]]) -> tuple[Entry, ...]:
@@ -157,6 +169,7 @@ def charge_posting(
         kind=kind,
         entries=entries,
         reference=reference,
+        occurred_at=charge.captured_at,
         stripe_object_id=charge.charge_id,
         plugin=PLUGIN,
         description=description,
@@ -181,6 +194,7 @@ def refund_posting(refund: DestinationRefund, *, reference: str, description: st
         kind="refund",
         entries=entries,
         reference=reference,
+        occurred_at=refund.refunded_at,
         stripe_object_id=refund.refund_id,
         plugin=PLUGIN,
         description=description,
@@ -223,5 +237,6 @@ def destination_charge_from(charge: Mapping[str, Any]) -> DestinationCharge:
             captured if transfer_amount is None else int(transfer_amount), currency
         ),
         application_fee=Money(int(charge.get("application_fee_amount") or 0), currency),
+        captured_at=stripe_time(balance_transaction.get("created")),
         application_fee_id=_id_of(charge.get("application_fee")),
     )

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from engine.core.authentication import CustomerAction
+
 __all__ = [
     "Balance",
     "BalanceAmount",
@@ -151,6 +153,9 @@ class FanView(_Out, frozen=True):
     name: str
     stripe_customer_id: str | None
     has_payment_method: bool
+    customer_action: CustomerAction | None = None
+    """Set while a card being saved waits for the fan's authentication (SetupIntent):
+    confirm it with the client secret; the card becomes the default once it succeeds."""
 
 
 class NewSubscription(_In, frozen=True):
@@ -184,6 +189,10 @@ class SubscriptionView(_Out, frozen=True):
     application_fee_percent: str
     rule_id: str
     rule_version: int
+    action_required: bool = False
+    """An invoice of the subscription waits for the fan to authenticate its payment."""
+    customer_action: CustomerAction | None = None
+    """What the fan must do (client secret and next action, and the hosted invoice page)."""
 
 
 class SubscriberView(_Out, frozen=True):
@@ -273,6 +282,8 @@ class OneTimePaymentView(_Out, frozen=True):
     payment_intent_id: str | None
     rule_id: str
     rule_version: int
+    customer_action: CustomerAction | None = None
+    """Set while ``status`` is ``requires_action``: the fan authenticates the payment."""
 
 
 # ---------------------------------------------------------------- earnings

@@ -10,6 +10,11 @@ keep the row in step order-insensitively (``sync``).
 
 Idempotency keys name the row's ``uid`` and its ``revision`` (bumped by every
 change), so a retried change is one Stripe operation and two changes are two.
+
+Authentication (3D Secure): a first invoice whose payment waits for the fan leaves
+the subscription ``incomplete`` with the ``customer_action`` in its view; a renewal
+that does (``invoice.payment_action_required``) marks it ``action_required`` with the
+hosted invoice page and the client secret. Either clears when the invoice is paid.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.errors import Conflict, InvalidInput, MarketplaceError, NotFound
+from engine.core.authentication import CustomerAction, customer_action
+from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
+from engine.core.errors import CardDeclined, Conflict, InvalidInput, MarketplaceError, NotFound
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
@@ -30,7 +37,7 @@ from plugins.creator_subscriptions.env import (
     op_key,
     require_selling,
 )
-from plugins.creator_subscriptions.fans import fan_row
+from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
 from plugins.creator_subscriptions.pricing import fee_percent, priced, subscription_order
 from plugins.creator_subscriptions.schemas import (
     ChangeTier,
@@ -135,7 +142,58 @@ def subscription_view(row: Mapping[str, Any]) -> SubscriptionView:
         application_fee_percent=str(row["application_fee_percent"]),
         rule_id=str(row["rule_id"]),
         rule_version=int(row["rule_version"]),
+        action_required=row["customer_action"] is not None,
+        customer_action=stored_action(row["customer_action"]),
     )
+
+
+async def invoice_intent(
+    env: Env, invoice_id: str, *, status: str | None = None
+) -> dict[str, Any] | None:
+    """The invoice's PaymentIntent, through its InvoicePayments (``payment.payment_intent``).
+
+    The engine's API version keeps an invoice's payments in InvoicePayment objects
+    (``GET /v1/invoice_payments?invoice=``), not on the invoice.
+    """
+    params: dict[str, Any] = {
+        "invoice": invoice_id,
+        "payment": {"type": "payment_intent"},
+        "expand": ["data.payment.payment_intent"],
+        "limit": 10,
+    }
+    if status is not None:
+        params["status"] = status
+    page = await env.gateway.call("invoice_payments", "list", params=params)
+    for payment in page.get("data") or []:
+        intent = (payment.get("payment") or {}).get("payment_intent")
+        if isinstance(intent, Mapping):
+            return dict(intent)
+    return None
+
+
+async def invoice_action(env: Env, invoice: Mapping[str, Any]) -> CustomerAction | None:
+    """What the fan must do to pay an open invoice (None if its payment waits for nothing)."""
+    intent = await invoice_intent(env, str(invoice["id"]), status="open")
+    if intent is None:
+        return None
+    return customer_action(intent, hosted_invoice_url=invoice.get("hosted_invoice_url"))
+
+
+async def save_action(
+    conn: asyncpg.Connection, row_id: int, invoice_id: str, action: CustomerAction | None
+) -> asyncpg.Record:
+    """Mark the subscription "action required" for ``invoice_id`` (or clear it: None)."""
+    updated: asyncpg.Record = await conn.fetchrow(
+        """
+        UPDATE creator_subscriptions_subscriptions
+        SET customer_action = $3::jsonb, action_invoice = $2, updated_at = now()
+        WHERE id = $1 RETURNING *
+        """,
+        row_id,
+        invoice_id if action is not None else None,
+        action_json(action),
+    )
+    return updated
 
 
 async def _row(conn: asyncpg.Connection, subscription_id: int, *, lock: bool = False) -> Any:
@@ -158,6 +216,8 @@ def _metadata(row: Mapping[str, Any], tier_id: int) -> dict[str, str]:
         SUBSCRIPTION_METADATA: str(row["id"]),
         "creator_account": str(row["account_id"]),
         TIER_METADATA: str(tier_id),
+        # Its invoices' events then share the creator's mailbox with the subscription's.
+        MAILBOX_ACCOUNT_METADATA: str(row["account_id"]),
     }
 
 
@@ -225,7 +285,12 @@ async def subscribe(
         AccountNotReady: the creator cannot take charges yet (409).
         Conflict: the tier is archived, or the fan already has a live
             subscription to this creator (change its tier instead).
-        CardDeclined: the first payment failed (402); nothing is subscribed.
+        CardDeclined: the first payment failed (402); nothing is subscribed (the
+            incomplete Stripe subscription is cancelled).
+
+    A first payment that waits for the fan's authentication leaves the subscription
+    ``incomplete`` with its ``customer_action``; it becomes ``active`` (webhooks) once
+    the fan has authenticated.
     """
     row = None
     if operation is not None:
@@ -258,8 +323,11 @@ async def subscribe(
                 "default_payment_method": fan["default_payment_method"],
                 "transfer_data": {"destination": creator.account_id},
                 "application_fee_percent": str(row["application_fee_percent"]),
-                "payment_behavior": "error_if_incomplete",
+                # Not error_if_incomplete: a payment that needs the fan's authentication
+                # must leave an incomplete subscription to authenticate, not an error.
+                "payment_behavior": "allow_incomplete",
                 "metadata": _metadata(row, int(tier["id"])),
+                "expand": ["latest_invoice"],
             },
             idempotency_key=op_key("subscription", row["uid"], "create"),
         )
@@ -275,11 +343,54 @@ async def subscribe(
         # Otherwise the outcome is unknown: the row stays pending, a webhook claims it
         # if Stripe made the subscription, and a retry of the request repeats the call.
         raise
+    invoice = answer.get("latest_invoice")
+    action = None
+    if answer.get("status") == "incomplete" and isinstance(invoice, Mapping):
+        action = await invoice_action(env, invoice)
+        if action is None or action.status != "requires_action":
+            await _give_up(env, row, answer, action)
     async with env.pool.acquire() as conn, conn.transaction():
         locked = await _row(conn, int(row["id"]), lock=True)
         updated = await _apply_answer(conn, locked, answer)
+        if action is not None and isinstance(invoice, Mapping):
+            updated = await save_action(conn, int(row["id"]), str(invoice["id"]), action)
     _notify(env, "created", updated, application_fee_percent=str(row["application_fee_percent"]))
+    if action is not None:
+        _notify(env, "action_required", updated, **_action_data(action))
     return subscription_view(updated)
+
+
+def _action_data(action: CustomerAction) -> dict[str, Any]:
+    """What a lifecycle notice says about an action (no client secret: notices travel)."""
+    return {
+        "payment_intent": action.intent_id,
+        "hosted_invoice_url": action.hosted_invoice_url,
+        "reason": action.reason,
+    }
+
+
+async def _give_up(
+    env: Env, row: Mapping[str, Any], answer: Mapping[str, Any], action: CustomerAction | None
+) -> None:
+    """The first payment was declined: cancel the incomplete subscription, raise the decline."""
+    await env.gateway.call(
+        "subscriptions",
+        "cancel",
+        str(answer["id"]),
+        idempotency_key=op_key("subscription", row["uid"], "declined_cancel"),
+    )
+    async with env.pool.acquire() as conn:
+        await conn.execute(
+            # Whether or not a webhook already claimed the row: nothing is subscribed.
+            "UPDATE creator_subscriptions_subscriptions SET status = 'failed', "
+            "updated_at = now() WHERE id = $1",
+            row["id"],
+        )
+    reason = action.reason if action is not None else None
+    raise CardDeclined(
+        "the first payment of the subscription was declined",
+        decline_code=reason or "generic_decline",
+    )
 
 
 async def _new_subscription_row(

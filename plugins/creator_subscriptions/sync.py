@@ -101,15 +101,15 @@ def _optional_int(value: Any) -> int | None:
 def snapshot_of(subscription: Mapping[str, Any]) -> Snapshot:
     """Read the mirrored fields from a Stripe ``subscription`` object.
 
-    Periods are on the subscription in older API versions and on its items
-    from 2025-03-31 on; both are read.
+    The current period is the subscription items' (``items.data[].current_period_*``,
+    the engine's API version): a subscription has one period, so the first item's.
     """
     items = (subscription.get("items") or {}).get("data") or []
     first: Mapping[str, Any] = items[0] if items else {}
     price = first.get("price") or {}
     price_id = str(price.get("id") if isinstance(price, Mapping) else price or "")
-    start = subscription.get("current_period_start") or first.get("current_period_start") or 0
-    end = subscription.get("current_period_end") or first.get("current_period_end") or 0
+    start = first.get("current_period_start") or 0
+    end = first.get("current_period_end") or 0
     pause = subscription.get("pause_collection") or {}
     return Snapshot(
         status=str(subscription.get("status") or "incomplete"),

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from piccolo.columns import (
+    JSONB,
     UUID,
     BigInt,
     BigSerial,
@@ -106,6 +107,8 @@ class Fan(Table, tablename="creator_subscriptions_fans"):
     stripe_customer_id = Varchar(length=64, null=True, default=None, unique=True)
     default_payment_method = Varchar(length=64, null=True, default=None)
     test_clock = Varchar(length=64, null=True, default=None)
+    customer_action = JSONB(null=True, default=None)
+    """A card being saved that waits for the fan's authentication (a SetupIntent)."""
     created_at = Timestamptz()
 
 
@@ -147,6 +150,9 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     failed_payments = Integer(default=0)
     revision = Integer(default=0)
     operation = Varchar(length=255, null=True, default=None, unique=True)
+    customer_action = JSONB(null=True, default=None)
+    """An invoice payment waiting for the fan (3D Secure): "action required"."""
+    action_invoice = Varchar(length=64, null=True, default=None)
     created_at = Timestamptz()
     updated_at = Timestamptz()
 
@@ -214,6 +220,8 @@ class OneTimePayment(Table, tablename="creator_subscriptions_payments"):
     application_fee_id = Varchar(length=64, default="")
     failure_code = Varchar(length=64, default="")
     operation = Varchar(length=255, null=True, default=None, unique=True)
+    customer_action = JSONB(null=True, default=None)
+    """The payment waits for the fan's authentication (3D Secure)."""
     created_at = Timestamptz()
     updated_at = Timestamptz()
 

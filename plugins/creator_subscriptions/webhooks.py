@@ -22,12 +22,14 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from engine.core.authentication import customer_action
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
-from plugins.creator_subscriptions.one_time import settle_one_time_payment
+from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
+from plugins.creator_subscriptions.one_time import payment_failed, settle_one_time_payment
 from plugins.creator_subscriptions.postings import (
     charge_posting,
     destination_charge_from,
@@ -36,6 +38,9 @@ from plugins.creator_subscriptions.postings import (
 from plugins.creator_subscriptions.pricing import record_engine_payment, subscription_order
 from plugins.creator_subscriptions.subscriptions import (
     SUBSCRIPTION_METADATA,
+    invoice_action,
+    invoice_intent,
+    save_action,
     save_state,
     state_of,
 )
@@ -201,11 +206,14 @@ async def on_subscription(event: StripeEvent, ctx: Context) -> None:
 
 
 def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
-    """The invoice's subscription id and the subscription metadata it carries."""
+    """The invoice's subscription id and the subscription metadata it carries.
+
+    Both are under ``parent.subscription_details`` (the invoice has no ``subscription``
+    field in the engine's API version).
+    """
     parent = invoice.get("parent") or {}
     details = parent.get("subscription_details") or {} if isinstance(parent, Mapping) else {}
-    stripe_id = _id(invoice.get("subscription")) or _id(details.get("subscription"))
-    return stripe_id, details.get("metadata") or {}
+    return _id(details.get("subscription")), details.get("metadata") or {}
 
 
 async def _upsert_invoice(
@@ -225,7 +233,7 @@ async def _upsert_invoice(
         if forward or INVOICE_RANK.get(held, 0) == 0:
             amount_due = int(invoice.get("amount_due") or 0)
         attempts = max(int(existing["attempt_count"]), int(invoice.get("attempt_count") or 0))
-        intent = _id(invoice.get("payment_intent")) or existing["payment_intent_id"]
+        intent = existing["payment_intent_id"]
         if (new_status, amount_due, attempts, intent) == (
             held,
             existing["amount_due"],
@@ -271,7 +279,7 @@ async def _upsert_invoice(
         int(invoice.get("attempt_count") or 0),
         int(invoice.get("period_start") or 0),
         int(invoice.get("period_end") or 0),
-        _id(invoice.get("payment_intent")),
+        "",  # the invoice's PaymentIntent is read from its payments when it matters
         int(invoice.get("created") or 0),
     )
     return inserted, True
@@ -295,12 +303,8 @@ async def _count_failures(conn: asyncpg.Connection, subscription_id: int) -> asy
 
 async def _charge_of(env: Env, invoice: Mapping[str, Any]) -> dict[str, Any] | None:
     """The invoice's charge with its balance transaction, or None if nothing was charged."""
-    charge_id = _id(invoice.get("charge"))
-    if not charge_id and _id(invoice.get("payment_intent")):
-        intent = await env.gateway.call(
-            "payment_intents", "retrieve", _id(invoice.get("payment_intent"))
-        )
-        charge_id = _id(intent.get("latest_charge"))
+    intent = await invoice_intent(env, str(invoice["id"]), status="paid")
+    charge_id = _id(intent.get("latest_charge")) if intent is not None else ""
     if not charge_id:
         return None
     return await env.gateway.call(
@@ -465,6 +469,47 @@ async def _payment_failed(
     return notices
 
 
+async def _action_required(
+    env: Env,
+    conn: asyncpg.Connection,
+    invoice: Mapping[str, Any],
+    inv_row: Mapping[str, Any],
+    sub_row: Mapping[str, Any],
+) -> list[LifecycleEvent]:
+    """An invoice's payment waits for the fan (3D Secure): "action required", with what to do."""
+    if inv_row["status"] in {"paid", "void"}:
+        return []  # already paid (the fan was quick) or voided: nothing to ask
+    action = await invoice_action(env, invoice)
+    if action is None:
+        return []
+    updated = await save_action(conn, int(sub_row["id"]), str(invoice["id"]), action)
+    await conn.execute(
+        "UPDATE creator_subscriptions_invoices SET payment_intent_id = $2 WHERE id = $1",
+        inv_row["id"],
+        action.intent_id,
+    )
+    return [
+        _notice(
+            "action_required",
+            updated,
+            invoice=str(invoice["id"]),
+            payment_intent=action.intent_id,
+            hosted_invoice_url=action.hosted_invoice_url,
+            reason=action.reason,
+        )
+    ]
+
+
+async def _action_done(
+    conn: asyncpg.Connection, invoice: Mapping[str, Any], sub_row: Mapping[str, Any], name: str
+) -> list[LifecycleEvent]:
+    """The invoice the fan had to act on is paid (or void): the subscription recovers."""
+    if sub_row["action_invoice"] != invoice.get("id"):
+        return []
+    updated = await save_action(conn, int(sub_row["id"]), str(invoice["id"]), None)
+    return [_notice(name, updated, invoice=str(invoice["id"]))]
+
+
 async def on_invoice(event: StripeEvent, ctx: Context) -> None:
     """Record every invoice of our subscriptions; settle it when paid; dun when it fails."""
     invoice = _object(event)
@@ -482,8 +527,13 @@ async def on_invoice(event: StripeEvent, ctx: Context) -> None:
     kind = str(event.get("type"))
     if kind in {"invoice.paid", "invoice.payment_succeeded"} or invoice.get("status") == "paid":
         notices += await _settle_invoice(env, conn, invoice, inv_row, sub_row)
+        notices += await _action_done(conn, invoice, sub_row, "action_completed")
     elif kind == "invoice.payment_failed":
         notices += await _payment_failed(env, conn, invoice, inv_row, sub_row, created=created)
+    elif kind == "invoice.payment_action_required":
+        notices += await _action_required(env, conn, invoice, inv_row, sub_row)
+    elif kind in {"invoice.voided", "invoice.marked_uncollectible"}:
+        notices += await _action_done(conn, invoice, sub_row, "action_dropped")
     failing = inv_row["status"] == "open" and int(inv_row["attempt_count"]) > 0
     if changed and (failing or int(sub_row["failed_payments"]) > 0):
         await _count_failures(conn, int(sub_row["id"]))
@@ -501,6 +551,31 @@ async def on_payment_intent_succeeded(event: StripeEvent, ctx: Context) -> None:
     env = Env.of(ctx.services)
     notices = await settle_one_time_payment(env, ctx.conn, intent)
     _announce(ctx, env, notices)
+
+
+async def on_payment_intent_failed(event: StripeEvent, ctx: Context) -> None:
+    """A tip or pay-per-view that waited for the fan failed: it is ``failed``."""
+    await payment_failed(ctx.conn, _object(event))
+
+
+async def on_setup_intent(event: StripeEvent, ctx: Context) -> None:
+    """A fan's card set-up finished: the card becomes the default, or the failure shows."""
+    setup = _object(event)
+    metadata = setup.get("metadata") or {}
+    if metadata.get("plugin") != PLUGIN or not str(metadata.get(FAN_METADATA, "")).isdigit():
+        return
+    fan_id = int(metadata[FAN_METADATA])
+    env = Env.of(ctx.services)
+    if event.get("type") == "setup_intent.succeeded":
+        await card_saved(env, fan_id, setup, ctx.conn)
+        return
+    await ctx.conn.execute(
+        "UPDATE creator_subscriptions_fans SET customer_action = $3::jsonb "
+        "WHERE id = $1 AND customer_action->>'intent_id' = $2",
+        fan_id,
+        str(setup.get("id") or ""),
+        action_json(customer_action(setup)),
+    )
 
 
 async def on_account_updated(event: StripeEvent, ctx: Context) -> None:
@@ -527,9 +602,13 @@ def registrations() -> list[WebhookRegistration]:
         ("invoice.paid", on_invoice),
         ("invoice.payment_succeeded", on_invoice),
         ("invoice.payment_failed", on_invoice),
+        ("invoice.payment_action_required", on_invoice),
         ("invoice.voided", on_invoice),
         ("invoice.marked_uncollectible", on_invoice),
         ("payment_intent.succeeded", on_payment_intent_succeeded),
+        ("payment_intent.payment_failed", on_payment_intent_failed),
+        ("setup_intent.succeeded", on_setup_intent),
+        ("setup_intent.setup_failed", on_setup_intent),
         ("account.updated", on_account_updated),
     ]
     return [

@@ -62,11 +62,13 @@ async def secure_payment_on_arrival(ctx: BookingContext) -> None:
     Card authorisations lapse after 7 days, so a service starting more than
     ``off_session_after_days`` ahead is charged off-session at completion instead.
     """
-    card = await payments.save_card(ctx, _payment_method(ctx))
     ahead = ctx.booking.starts_at - ctx.now
     if ahead > timedelta(days=ctx.config.off_session_after_days):
+        # No payment now: a SetupIntent saves the card for the off-session charge.
+        await payments.save_card(ctx, _payment_method(ctx), setup=True)
         ctx.record("payment_on_arrival", "card saved; charged off-session at completion")
         return
+    card = await payments.save_card(ctx, _payment_method(ctx))
     await payments.charge(
         ctx,
         kind="authorization",

@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import msgspec
+
+from engine.core.authentication import CustomerAction
 from engine.core.errors import (
     IllegalTransition,
     InvalidInput,
     MarketplaceError,
     NotFound,
+    PaymentActionRequired,
 )
 from engine.core.money import Money, apply_rate
 from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
@@ -33,7 +37,11 @@ from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
 from plugins.three_sided_bookings.catalog import share_terms
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.context import ActionParams, BookingContext, Notices
-from plugins.three_sided_bookings.payments import collected, release_held_transfers
+from plugins.three_sided_bookings.payments import (
+    action_json,
+    collected,
+    release_held_transfers,
+)
 from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
 from plugins.three_sided_bookings.schemas import (
     BookingView,
@@ -173,7 +181,7 @@ class BookingService:
                 currency=currency,
                 default_provider_bps=config.provider_share_bps,
             )
-            volume = await monthly_volume(conn, str(provider["account_id"]), currency)
+            volume = await monthly_volume(conn, str(provider["account_id"]), currency, at=now)
             async with conn.transaction():
                 booking_id = int(
                     await conn.fetchval(
@@ -298,16 +306,50 @@ class BookingService:
     ) -> BookingRecord:
         """Take transition ``name`` as ``actor``; then any timed transition due at once.
 
+        A payment the customer must authenticate first (3D Secure) leaves the booking
+        where it was with its ``customer_action``; the transition is taken when the
+        authenticated payment succeeds (``payment_intent.succeeded``).
+
         Raises:
             IllegalTransition: not allowed from the current state for this actor
                 (409, with ``state`` and ``allowed``).
         """
         async with self._pool.acquire() as conn:
-            outcome = await self.act_in(
-                conn, booking_id, name, actor, actor_id=actor_id, params=params
-            )
+            try:
+                outcome = await self.act_in(
+                    conn, booking_id, name, actor, actor_id=actor_id, params=params
+                )
+            except PaymentActionRequired as waiting:
+                return await self._await_customer(conn, booking_id, name, waiting.action)
         outcome.notices.send()
         return await self._run_due_now(outcome.booking)
+
+    async def _await_customer(
+        self, conn: Connection, booking_id: int, name: str, action: CustomerAction
+    ) -> BookingRecord:
+        """Remember what the customer must authenticate, and which transition it completes."""
+        await conn.execute(
+            """
+            UPDATE three_sided_bookings_bookings
+            SET customer_action = $2::jsonb, action_transition = $3, updated_at = now()
+            WHERE id = $1
+            """,
+            booking_id,
+            action_json(action),
+            name,
+        )
+        booking = await load_booking(conn, booking_id)
+        notices = Notices(self._services)
+        notices.lifecycle(
+            "booking.action_required",
+            booking.reference,
+            transition=name,
+            intent=action.intent_id,
+            reason=action.reason,
+            state=booking.state,
+        )
+        notices.send()
+        return booking
 
     async def act_in(
         self,
@@ -575,6 +617,12 @@ class BookingService:
             transfer_group=booking.transfer_group,
             created_at=booking.created_at,
             updated_at=booking.updated_at,
+            action_required=booking.customer_action is not None,
+            customer_action=(
+                None
+                if booking.customer_action is None
+                else msgspec.convert(booking.customer_action, CustomerAction)
+            ),
         )
 
     async def list_records(

@@ -33,6 +33,8 @@ class ActionParams:
         reason: free text kept in the audit trail.
         statement: the operator's statement added to dispute evidence.
         dispute: the Stripe dispute object, for the dispute transitions.
+        intent: a PaymentIntent or SetupIntent the customer authenticated (3D Secure):
+            the transition it completes uses it instead of asking Stripe again.
     """
 
     payment_method: str | None = None
@@ -40,6 +42,7 @@ class ActionParams:
     reason: str = ""
     statement: str = ""
     dispute: dict[str, Any] | None = None
+    intent: str | None = None
 
 
 class Notices:

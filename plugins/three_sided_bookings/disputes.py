@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Final
 
 from engine.core.errors import Conflict, NotFound
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from plugins.three_sided_bookings.context import BookingContext
 from plugins.three_sided_bookings.payments import reverse_all_shares
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 _MAX_TEXT: Final = 20_000  # Stripe's limit on a free-text evidence field
+_PDF_LINES: Final = 70  # what fits one A4 page at 11 pt leading
 
 
 async def post_dispute_transactions(
@@ -50,8 +53,19 @@ async def post_dispute_transactions(
                 str(txn["id"]),
                 Money(int(txn["amount"]), str(txn["currency"])),
                 Money(int(txn.get("fee") or 0), str(txn["currency"])),
+                occurred_at=stripe_time(txn.get("created")),
             )
         )
+
+
+def _decided_at(dispute: dict[str, Any]) -> datetime:
+    """Stripe's time of the dispute's last balance movement (else its opening)."""
+    times = [
+        int(txn["created"])
+        for txn in dispute.get("balance_transactions") or []
+        if isinstance(txn, dict) and txn.get("created")
+    ]
+    return stripe_time(max(times) if times else dispute.get("created"))
 
 
 def _dispute(ctx: BookingContext) -> dict[str, Any]:
@@ -174,13 +188,64 @@ async def assemble_evidence(
     }
 
 
+def record_pdf(title: str, lines: list[str]) -> bytes:
+    """A one-page PDF of text lines (Stripe takes dispute evidence files as PDF, JPEG or PNG).
+
+    Written by hand (Helvetica, one text object), so no PDF library is needed; long
+    records are cut at what fits one page, the full text being in ``uncategorized_text``.
+    """
+
+    def escape(text: str) -> str:
+        ascii_text = text.encode("latin-1", "replace").decode("latin-1")
+        return ascii_text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+    shown = [title, "", *lines][:_PDF_LINES]
+    text = "".join(f"({escape(line[:110])}) Tj T* " for line in shown)
+    stream = f"BT /F1 9 Tf 11 TL 40 800 Td {text}ET".encode("latin-1")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return bytes(out)
+
+
 async def submit_evidence(ctx: BookingContext, *, dispute_id: str | None = None) -> None:
-    """Assemble the evidence and submit it to Stripe (``submit=true``)."""
+    """Assemble the evidence and submit it to Stripe (``submit=true``).
+
+    The booking's record (history, communication, statement) also goes as a PDF
+    file upload (``uncategorized_file``), the way Stripe takes documents.
+    """
     booking = ctx.booking
     dispute_id = dispute_id or await _open_dispute_id(ctx.conn, booking.id)
     evidence = await assemble_evidence(ctx.conn, booking, ctx.params.statement)
-    payload = {key: value for key, value in evidence.items() if value}
+    payload: dict[str, str] = {key: value for key, value in evidence.items() if value}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    uploaded = await ctx.gateway.upload_file(
+        record_pdf(
+            f"Booking {booking.id}: record for dispute {dispute_id}",
+            evidence["uncategorized_text"].splitlines(),
+        ),
+        filename=f"booking-{booking.id}-record.pdf",
+        purpose="dispute_evidence",
+        key=f"booking:{booking.id}:dispute:{dispute_id}:evidence_file:{digest}",
+    )
+    payload["uncategorized_file"] = str(uploaded["id"])
+    evidence["uncategorized_file"] = str(uploaded["id"])
     updated = await ctx.gateway.call(
         "disputes",
         "update",
@@ -221,6 +286,10 @@ async def record_outcome(ctx: BookingContext) -> None:
     if status != "lost":
         return
     amount = Money(int(dispute["amount"]), str(dispute["currency"]))
-    await ctx.post(dispute_lost_posting(booking.reference, str(dispute["id"]), amount))
+    await ctx.post(
+        dispute_lost_posting(
+            booking.reference, str(dispute["id"]), amount, occurred_at=_decided_at(dispute)
+        )
+    )
     if ctx.config.reverse_shares_on_lost_dispute:
         await reverse_all_shares(ctx, cause=str(dispute["id"]))

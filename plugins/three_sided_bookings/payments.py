@@ -18,22 +18,37 @@ after Stripe forgot the key (24 h) adopts the transfer it already made.
 Transfer keys: ``booking:<id>:transfer:<role>`` (``:deposit`` / ``:balance``
 appended for the two charges of the deposit model; ``:attempt:<n>`` for the
 n-th retry of a transfer Stripe refused).
+
+Authentication (3D Secure): an on-session charge (or a card's set-up) the card
+wants authenticated raises ``PaymentActionRequired`` with the customer's action,
+so the transition waits (the booking stays where it was); the transition is taken
+again with the authenticated intent (``ActionParams.intent``) when it succeeds. An
+off-session charge that needs authentication is confirmed again on-session and
+recorded as ``requires_action``, the booking showing the ``customer_action``;
+``intent_authenticated`` records the charge (and settles it) when the customer has.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, NamedTuple
 
+import msgspec
+
+from engine.core.authentication import CustomerAction, customer_action
 from engine.core.errors import (
     AccountRestricted,
+    CardDeclined,
     Conflict,
     InsufficientBalance,
     InvalidAmount,
     InvalidInput,
     MarketplaceError,
+    PaymentActionRequired,
 )
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
@@ -67,9 +82,11 @@ from plugins.three_sided_bookings.store import (
 
 __all__ = [
     "account_can_receive",
+    "action_json",
     "charge",
     "collect_to",
     "ensure_customer",
+    "intent_authenticated",
     "release_held_transfers",
     "reverse_all_shares",
     "save_card",
@@ -140,20 +157,31 @@ async def ensure_customer(ctx: BookingContext) -> str:
     return str(customer["id"])
 
 
-async def save_card(ctx: BookingContext, payment_method: str) -> str:
-    """Attach the card to the booking's customer for off-session charges; return its id.
+def action_json(action: CustomerAction | None) -> str | None:
+    """A ``CustomerAction`` for the booking's ``customer_action`` column."""
+    return None if action is None else msgspec.json.encode(action).decode()
+
+
+async def save_card(ctx: BookingContext, payment_method: str, *, setup: bool = False) -> str:
+    """Keep the card on the booking's customer for off-session charges; return its id.
 
     Stripe's test values (``pm_card_visa``) become a real ``pm_...`` here,
-    which every later charge of the booking reuses.
+    which every later charge of the booking reuses. With ``setup`` (no payment
+    now) the card is saved with a SetupIntent for off-session use, which may wait
+    for the customer (``PaymentActionRequired``); otherwise it is attached and the
+    payment that follows saves it (``setup_future_usage``).
     """
     customer = await ensure_customer(ctx)
-    attached = await ctx.gateway.call(
-        "payment_methods",
-        "attach",
-        payment_method,
-        params={"customer": customer},
-        idempotency_key=_booking_key(ctx.booking, "save_card", payment_method),
-    )
+    if setup:
+        attached = await _set_up_card(ctx, customer, payment_method)
+    else:
+        attached = await ctx.gateway.call(
+            "payment_methods",
+            "attach",
+            payment_method,
+            params={"customer": customer},
+            idempotency_key=_booking_key(ctx.booking, "save_card", payment_method),
+        )
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_bookings SET saved_payment_method = $2, updated_at = now() "
         "WHERE id = $1",
@@ -163,6 +191,35 @@ async def save_card(ctx: BookingContext, payment_method: str) -> str:
     await ctx.reload()
     ctx.record("saved_card", attached["id"])
     return str(attached["id"])
+
+
+async def _set_up_card(ctx: BookingContext, customer: str, payment_method: str) -> dict[str, Any]:
+    """A SetupIntent saving the card for off-session use; its payment method once it succeeded."""
+    intent_id = ctx.params.intent
+    if intent_id and intent_id.startswith("seti_"):
+        setup = await ctx.gateway.call("setup_intents", "retrieve", intent_id)
+        if (setup.get("metadata") or {}).get("booking_id") != str(ctx.booking.id):
+            raise Conflict(f"{intent_id} is not booking {ctx.booking.id}'s")
+    else:
+        setup = await ctx.gateway.call(
+            "setup_intents",
+            "create",
+            params={
+                "customer": customer,
+                "payment_method": payment_method,
+                "usage": "off_session",
+                "confirm": True,
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "metadata": {"booking_id": str(ctx.booking.id)},
+            },
+            idempotency_key=_booking_key(ctx.booking, "setup_card", payment_method),
+        )
+    if setup.get("status") != "succeeded":
+        action = customer_action(setup)
+        if action is None:
+            raise Conflict(f"setting up the card is {setup.get('status')}")
+        raise PaymentActionRequired("saving the card needs the customer", action=action)
+    return {"id": setup["payment_method"]}
 
 
 # ---------------------------------------------------------------- charges
@@ -222,7 +279,7 @@ async def _sync_payment(ctx: BookingContext, charge: ChargeRecord) -> None:
     )
 
 
-async def _post_charge(ctx: BookingContext, charge: ChargeRecord) -> None:
+async def _post_charge(ctx: BookingContext, charge: ChargeRecord, facts: ChargeFacts) -> None:
     if charge.charge_id is None or not charge.is_captured:
         return
     await ctx.post(
@@ -231,20 +288,40 @@ async def _post_charge(ctx: BookingContext, charge: ChargeRecord) -> None:
             charge.charge_id,
             _money(ctx.booking, charge.captured),
             _money(ctx.booking, charge.stripe_fee),
+            occurred_at=facts.captured_at,
         )
     )
 
 
-def _charge_facts(intent: dict[str, Any]) -> tuple[str | None, int, int, str]:
-    """(charge id, captured amount, Stripe fee, balance transaction id) of an intent."""
+class ChargeFacts(NamedTuple):
+    """What a PaymentIntent (with its charge's balance transaction expanded) says."""
+
+    charge_id: str | None
+    captured: int
+    fee: int
+    balance_transaction: str
+    captured_at: datetime
+    """Stripe's time of the capture (the balance transaction's, else the intent's)."""
+
+
+def _charge_facts(intent: dict[str, Any]) -> ChargeFacts:
     latest = intent.get("latest_charge")
     if not isinstance(latest, dict):
-        return (latest if isinstance(latest, str) else None), 0, 0, ""
+        charge_id = latest if isinstance(latest, str) else None
+        return ChargeFacts(charge_id, 0, 0, "", stripe_time(intent.get("created")))
     captured = int(intent.get("amount_received") or 0)
     txn = latest.get("balance_transaction")
-    fee = int(txn.get("fee") or 0) if isinstance(txn, dict) else 0
-    txn_id = str(txn.get("id")) if isinstance(txn, dict) else str(txn or "")
-    return str(latest["id"]), captured, fee, txn_id
+    if isinstance(txn, dict):
+        return ChargeFacts(
+            str(latest["id"]),
+            captured,
+            int(txn.get("fee") or 0),
+            str(txn.get("id")),
+            stripe_time(txn.get("created")),
+        )
+    return ChargeFacts(
+        str(latest["id"]), captured, 0, str(txn or ""), stripe_time(latest.get("created"))
+    )
 
 
 async def charge(
@@ -274,6 +351,10 @@ async def charge(
     charges = await load_charges(ctx.conn, booking.id)
     plan = _next_plan(booking, charges, amount)
     key = _booking_key(booking, "charge", kind, payment_method)
+    authenticated = ctx.params.intent
+    if authenticated and authenticated.startswith("pi_") and not off_session:
+        intent = await _authenticated_intent(ctx, authenticated)
+        return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
     params: dict[str, Any] = {
         "amount": amount,
         "currency": booking.currency,
@@ -293,8 +374,83 @@ async def charge(
         params["setup_future_usage"] = "off_session"
     if off_session:
         params["off_session"] = True
-    intent = await ctx.gateway.call("payment_intents", "create", params=params, idempotency_key=key)
-    charge_id, captured, fee, txn_id = _charge_facts(intent)
+    try:
+        intent = await ctx.gateway.call(
+            "payment_intents", "create", params=params, idempotency_key=key
+        )
+    except CardDeclined as declined:
+        pending = declined.extra.get("payment_intent")
+        if not (off_session and declined.extra.get("decline_code") == "authentication_required"):
+            raise
+        if not pending:
+            raise
+        intent = await _ask_customer(ctx, str(pending), payment_method)
+    if intent.get("status") == "requires_action" and not off_session:
+        action = customer_action(intent)
+        assert action is not None  # requires_action always has one
+        raise PaymentActionRequired(f"the {kind} payment needs the customer", action=action)
+    return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
+
+
+async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str, Any]:
+    """The intent the customer authenticated for this booking (checked, with its charge)."""
+    intent = await ctx.gateway.call(
+        "payment_intents",
+        "retrieve",
+        intent_id,
+        params={"expand": ["latest_charge.balance_transaction"]},
+    )
+    if (intent.get("metadata") or {}).get("booking_id") != str(ctx.booking.id):
+        raise Conflict(f"{intent_id} is not booking {ctx.booking.id}'s")
+    if intent["status"] not in {"succeeded", "requires_capture"}:
+        raise Conflict(f"{intent_id} is {intent['status']}, not paid")
+    return intent
+
+
+async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str) -> dict[str, Any]:
+    """An off-session payment needs authentication: confirm it again for the customer.
+
+    Confirmed without ``off_session`` (Stripe's way to bring the customer back), the
+    intent waits in ``requires_action`` with a ``next_action`` the customer completes
+    later; the booking shows it as its ``customer_action``.
+    """
+    intent = await ctx.gateway.call(
+        "payment_intents",
+        "confirm",
+        intent_id,
+        params={"payment_method": payment_method},
+        idempotency_key=_booking_key(ctx.booking, "ask_customer", intent_id),
+    )
+    action = customer_action(intent)
+    await ctx.conn.execute(
+        "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
+        "action_transition = '', updated_at = now() WHERE id = $1",
+        ctx.booking.id,
+        action_json(action),
+    )
+    ctx.record("action_required", {"payment_intent": intent_id})
+    ctx.notify.lifecycle(
+        "booking.action_required",
+        ctx.booking.reference,
+        payment_intent=intent_id,
+        reason="authentication_required",
+    )
+    return intent
+
+
+async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge() has them
+    ctx: BookingContext,
+    intent: dict[str, Any],
+    kind: str,
+    key: str,
+    capture_method: str,
+    amount: int,
+    plan: SplitPlan,
+) -> ChargeRecord:
+    """Record a booking's PaymentIntent (and its payment), post it when captured."""
+    booking = ctx.booking
+    facts = _charge_facts(intent)
+    charge_id, captured, fee, txn_id = facts[:4]
     status = str(intent["status"])
     payment_id = await record_payment(
         ctx.conn,
@@ -332,7 +488,7 @@ async def charge(
     )
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
-    await _post_charge(ctx, record)
+    await _post_charge(ctx, record, facts)
     ctx.add("charges", {"kind": kind, "payment_intent": intent["id"], "amount": amount})
     return record
 
@@ -364,7 +520,8 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
         await _set_charge_status(ctx, charge, str(intent["status"]))
         ctx.add("authorisation_lapsed", charge.payment_intent_id)
         return None
-    charge_id, captured, fee, txn_id = _charge_facts(intent)
+    facts = _charge_facts(intent)
+    charge_id, captured, fee, txn_id = facts[:4]
     authorised = charge.plan
     if authorised is None:
         raise Conflict(f"authorisation {charge.payment_intent_id} has no recorded split")
@@ -385,7 +542,7 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
     )
     record = ChargeRecord.from_row(row)
     await _sync_payment(ctx, record)
-    await _post_charge(ctx, record)
+    await _post_charge(ctx, record, facts)
     ctx.add("captured", {"payment_intent": charge.payment_intent_id, "amount": captured})
     return record
 
@@ -529,7 +686,14 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
             charge.payment_id,
             charge.refunded + amount,
         )
-    await ctx.post(refund_posting(booking.reference, refund_id, _money(booking, amount)))
+    await ctx.post(
+        refund_posting(
+            booking.reference,
+            refund_id,
+            _money(booking, amount),
+            occurred_at=stripe_time(stripe_refund.get("created")),
+        )
+    )
     ctx.add("refunds", {"refund": refund_id, "amount": amount, "split": plan_to_json(share)})
     for role in BENEFICIARIES:
         part = share.leg(role).amount.amount
@@ -621,7 +785,11 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
     )
     await ctx.post(
         reversal_posting(
-            booking.reference, str(reversal["id"]), transfer.account_id, _money(booking, amount)
+            booking.reference,
+            str(reversal["id"]),
+            transfer.account_id,
+            _money(booking, amount),
+            occurred_at=stripe_time(reversal.get("created")),
         )
     )
     ctx.add("reversals", {"reversal": reversal["id"], "role": transfer.role, "amount": amount})
@@ -831,6 +999,7 @@ async def _record_paid(
             str(created["id"]),
             transfer.account_id,
             _money(ctx.booking, amount),
+            occurred_at=stripe_time(created.get("created")),
         )
     )
     ctx.add("transfers", {"transfer": created["id"], "role": transfer.role, "amount": amount})
@@ -926,3 +1095,78 @@ async def release_held_transfers(
             paid.append(transfer.id)
         notices.extend(ctx.notify)
     return paid
+
+
+# ---------------------------------------------------------------- authentication afterwards
+
+_AFTER_SETTLEMENT: Final = frozenset({"settled", "partially_refunded"})
+
+
+async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> ChargeRecord | None:
+    """The customer authenticated an off-session charge recorded as ``requires_action``.
+
+    Records its capture and posts it, clears the booking's ``customer_action`` and,
+    when the booking was already settled, transfers the new charge's shares. Returns
+    the charge, or None if ``intent`` is no such charge of the booking (or not paid).
+    """
+    row = await ctx.conn.fetchrow(
+        "SELECT * FROM three_sided_bookings_charges WHERE stripe_payment_intent_id = $1 "
+        "AND booking = $2 AND status = 'requires_action' FOR UPDATE",
+        intent["id"],
+        ctx.booking.id,
+    )
+    if row is None:
+        return None
+    current = await ctx.gateway.call(
+        "payment_intents",
+        "retrieve",
+        str(intent["id"]),
+        params={"expand": ["latest_charge.balance_transaction"]},
+    )
+    if current["status"] not in {"succeeded", "requires_capture"}:
+        return None
+    facts = _charge_facts(current)
+    charge_id, captured, fee, txn_id = facts[:4]
+    updated = await ctx.conn.fetchrow(
+        """
+        UPDATE three_sided_bookings_charges
+        SET status = $2, stripe_charge_id = $3, captured = $4, stripe_fee = $5,
+            balance_transaction = $6, updated_at = now()
+        WHERE id = $1 RETURNING *
+        """,
+        row["id"],
+        str(current["status"]),
+        charge_id,
+        captured,
+        fee,
+        txn_id,
+    )
+    record = ChargeRecord.from_row(updated)
+    await _sync_payment(ctx, record)
+    await _post_charge(ctx, record, facts)
+    await clear_action(ctx, str(intent["id"]))
+    ctx.record("authenticated", {"payment_intent": intent["id"], "amount": captured})
+    ctx.notify.lifecycle(
+        "booking.action_completed",
+        ctx.booking.reference,
+        payment_intent=str(intent["id"]),
+        amount=captured,
+        state=ctx.booking.state,
+    )
+    if ctx.booking.state in _AFTER_SETTLEMENT:
+        await settle(ctx)
+    return record
+
+
+async def clear_action(ctx: BookingContext, intent_id: str) -> None:
+    """The booking no longer waits for the customer on ``intent_id``."""
+    await ctx.conn.execute(
+        """
+        UPDATE three_sided_bookings_bookings
+        SET customer_action = NULL, action_transition = '', updated_at = now()
+        WHERE id = $1 AND customer_action->>'intent_id' = $2
+        """,
+        ctx.booking.id,
+        intent_id,
+    )
+    await ctx.reload()

@@ -26,6 +26,8 @@ dispute lost   disputes -A, customers +A                 (none: the money stays 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from engine.core.ledger import (
     CUSTOMERS,
     DISPUTES,
@@ -55,20 +57,25 @@ def _fee_entries(fee: Money) -> tuple[Entry, ...]:
     return (Entry(PLATFORM, -fee), Entry(PLATFORM_STRIPE_FEES, fee))
 
 
-def charge_posting(reference: str, charge_id: str, amount: Money, fee: Money) -> Posting:
+def charge_posting(
+    reference: str, charge_id: str, amount: Money, fee: Money, *, occurred_at: datetime
+) -> Posting:
     """A captured charge on the platform and Stripe's processing fee on it."""
     return Posting(
         key=f"charge:{charge_id}",
         kind="charge",
         entries=(Entry(CUSTOMERS, -amount), Entry(PLATFORM, amount), *_fee_entries(fee)),
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=charge_id,
         plugin=PLUGIN,
         description=f"charge {amount} (Stripe fee {fee})",
     )
 
 
-def transfer_posting(reference: str, transfer_id: str, account: str, amount: Money) -> Posting:
+def transfer_posting(
+    reference: str, transfer_id: str, account: str, amount: Money, *, occurred_at: datetime
+) -> Posting:
     """A transfer of a beneficiary's share to its connected account."""
     return Posting.transfer(
         f"transfer:{transfer_id}",
@@ -77,13 +84,16 @@ def transfer_posting(reference: str, transfer_id: str, account: str, amount: Mon
         account,
         amount,
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=transfer_id,
         plugin=PLUGIN,
         description=f"transfer to {account}",
     )
 
 
-def refund_posting(reference: str, refund_id: str, amount: Money) -> Posting:
+def refund_posting(
+    reference: str, refund_id: str, amount: Money, *, occurred_at: datetime
+) -> Posting:
     """A refund to the customer from the platform's balance."""
     return Posting.transfer(
         f"refund:{refund_id}",
@@ -92,13 +102,16 @@ def refund_posting(reference: str, refund_id: str, amount: Money) -> Posting:
         CUSTOMERS,
         amount,
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=refund_id,
         plugin=PLUGIN,
         description="refund to the customer",
     )
 
 
-def reversal_posting(reference: str, reversal_id: str, account: str, amount: Money) -> Posting:
+def reversal_posting(
+    reference: str, reversal_id: str, account: str, amount: Money, *, occurred_at: datetime
+) -> Posting:
     """A transfer reversal: part of a beneficiary's share back to the platform."""
     return Posting.transfer(
         f"reversal:{reversal_id}",
@@ -107,6 +120,7 @@ def reversal_posting(reference: str, reversal_id: str, account: str, amount: Mon
         PLATFORM,
         amount,
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=reversal_id,
         plugin=PLUGIN,
         description=f"transfer reversal from {account}",
@@ -114,7 +128,13 @@ def reversal_posting(reference: str, reversal_id: str, account: str, amount: Mon
 
 
 def dispute_txn_posting(
-    reference: str, dispute_id: str, txn_id: str, amount: Money, fee: Money
+    reference: str,
+    dispute_id: str,
+    txn_id: str,
+    amount: Money,
+    fee: Money,
+    *,
+    occurred_at: datetime,
 ) -> Posting:
     """One dispute balance transaction: funds withdrawn (amount < 0) or reinstated (> 0)."""
     return Posting(
@@ -122,13 +142,16 @@ def dispute_txn_posting(
         kind="dispute",
         entries=(Entry(PLATFORM, amount), Entry(DISPUTES, -amount), *_fee_entries(fee)),
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=dispute_id,
         plugin=PLUGIN,
         description="dispute funds withdrawn" if amount.amount < 0 else "dispute funds reinstated",
     )
 
 
-def dispute_lost_posting(reference: str, dispute_id: str, amount: Money) -> Posting:
+def dispute_lost_posting(
+    reference: str, dispute_id: str, amount: Money, *, occurred_at: datetime
+) -> Posting:
     """A lost dispute: the withdrawn money went back to the customer for good."""
     return Posting.transfer(
         f"dispute:{dispute_id}:lost",
@@ -137,6 +160,7 @@ def dispute_lost_posting(reference: str, dispute_id: str, amount: Money) -> Post
         CUSTOMERS,
         amount,
         reference=reference,
+        occurred_at=occurred_at,
         stripe_object_id=dispute_id,
         plugin=PLUGIN,
         description="dispute lost",

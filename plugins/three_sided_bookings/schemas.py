@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from engine.core.authentication import CustomerAction
+
 __all__ = [
     "AccountRef",
     "AgreementInput",
@@ -286,6 +288,10 @@ class BookingView(_View, frozen=True):
     transfer_group: str
     created_at: datetime
     updated_at: datetime
+    action_required: bool = False
+    """A payment (or the card's set-up) waits for the customer to authenticate it."""
+    customer_action: CustomerAction | None = None
+    """What the customer must do: the intent's client secret and Stripe's next action."""
 
 
 class BookingList(_View, frozen=True):

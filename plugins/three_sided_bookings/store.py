@@ -83,6 +83,8 @@ class BookingRecord:
     created_by: str
     created_at: datetime
     updated_at: datetime
+    customer_action: dict[str, Any] | None = None
+    action_transition: str = ""
 
     @property
     def reference(self) -> str:
@@ -135,6 +137,8 @@ class BookingRecord:
             created_by=row["created_by"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            customer_action=jsonb(row["customer_action"]),
+            action_transition=row["action_transition"],
         )
 
 

@@ -170,6 +170,11 @@ class Booking(Table, tablename="three_sided_bookings_bookings"):
     timer_at = Timestamptz(null=True, default=None, index=True)
     timer_name = Varchar(length=64, default="")
     communication = JSONB(default=[])
+    customer_action = JSONB(null=True, default=None)
+    """A payment (or a card's set-up) waiting for the customer to authenticate it."""
+    action_transition = Varchar(length=64, default="")
+    """The transition the authenticated intent completes (``pay``); empty when the
+    action is an off-session charge recorded as ``requires_action``."""
     created_by = Varchar(length=200, default="")
     created_at = Timestamptz()
     updated_at = Timestamptz()

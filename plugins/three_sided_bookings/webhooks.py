@@ -6,6 +6,11 @@
 - ``account.updated``: a provider or venue that can receive funds again gets
   its held shares transferred (the engine's handler has already updated the
   account's flags in the same transaction).
+- ``payment_intent.succeeded`` / ``amount_capturable_updated``, ``setup_intent.succeeded``:
+  a payment (or a card's set-up) the customer had to authenticate went through: the
+  transition it completes is taken (``pay``), or the off-session charge waiting for
+  it is recorded and settled; ``payment_intent.payment_failed`` /
+  ``setup_intent.setup_failed`` show the failure in the booking's ``customer_action``.
 - ``charge.succeeded``/``charge.captured``, ``charge.refunded``,
   ``transfer.created``/``transfer.reversed``: the ledger postings of a
   booking's Stripe objects, keyed like the API path's, so a movement whose
@@ -29,21 +34,27 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from engine.core.authentication import customer_action
 from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
-from engine.core.errors import IllegalTransition
-from engine.core.ledger import Posting
+from engine.core.errors import IllegalTransition, MarketplaceError
+from engine.core.ledger import Posting, stripe_time
 from engine.core.money import Money
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
 from plugins.three_sided_bookings.disputes import post_dispute_transactions
+from plugins.three_sided_bookings.payments import (
+    action_json,
+    clear_action,
+    intent_authenticated,
+)
 from plugins.three_sided_bookings.postings import (
     charge_posting,
     refund_posting,
     reversal_posting,
     transfer_posting,
 )
-from plugins.three_sided_bookings.store import load_booking
+from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
 __all__ = ["mailbox_key", "registrations"]
 
@@ -153,6 +164,70 @@ async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
     _after_commit(ctx, notices)
 
 
+# ---------------------------------------------------------------- authentication
+
+
+async def _booking_of(ctx: HandlerContext, intent: Mapping[str, Any]) -> BookingRecord | None:
+    booking_id = str((intent.get("metadata") or {}).get("booking_id") or "")
+    if not booking_id.isdigit():
+        return None
+    try:
+        return await load_booking(_conn(ctx), int(booking_id))
+    except MarketplaceError:
+        return None  # not a booking of this installation
+
+
+async def on_intent_authenticated(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A payment or set-up the customer authenticated went through: the booking moves on."""
+    intent = _object(event)
+    booking = await _booking_of(ctx, intent)
+    if booking is None:
+        return
+    conn = _conn(ctx)
+    service = BookingService(ctx.services)
+    notices = Notices(ctx.services)
+    action = booking.customer_action or {}
+    if booking.action_transition and action.get("intent_id") == intent.get("id"):
+        params = ActionParams(
+            intent=str(intent["id"]), payment_method=str(intent.get("payment_method") or "")
+        )
+        try:
+            outcome = await service.act_in(
+                conn, booking.id, booking.action_transition, "system", params=params
+            )
+        except IllegalTransition as refused:
+            log.warning("authenticated %s of booking %s: %s", intent["id"], booking.id, refused)
+            return
+        bctx = service.context(conn, outcome.booking)
+        await clear_action(bctx, str(intent["id"]))
+        notices.extend(outcome.notices)
+        notices.extend(await service.run_due_in(conn, await load_booking(conn, booking.id)))
+    elif intent.get("object") == "payment_intent":
+        bctx = service.context(conn, booking)
+        await intent_authenticated(bctx, intent)
+        notices.extend(bctx.notify)
+    _after_commit(ctx, notices)
+
+
+async def on_intent_failed(event: StripeEvent, ctx: HandlerContext) -> None:
+    """The customer's authentication failed (or the card declined after it): show it."""
+    intent = _object(event)
+    booking = await _booking_of(ctx, intent)
+    if booking is None or (booking.customer_action or {}).get("intent_id") != intent.get("id"):
+        return
+    await _conn(ctx).execute(
+        "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
+        "updated_at = now() WHERE id = $1",
+        booking.id,
+        action_json(customer_action(intent)),
+    )
+    notices = Notices(ctx.services)
+    notices.lifecycle(
+        "booking.action_failed", booking.reference, intent=str(intent["id"]), state=booking.state
+    )
+    _after_commit(ctx, notices)
+
+
 # ---------------------------------------------------------------- held transfers
 
 
@@ -187,6 +262,7 @@ async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
             str(charge["id"]),
             Money(int(txn["amount"]), currency),
             Money(int(txn.get("fee") or 0), currency),
+            occurred_at=stripe_time(txn.get("created")),
         )
     )
 
@@ -202,7 +278,10 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     for refund in refunds:
         if refund.get("status") in {"succeeded", "pending"}:
             amount = Money(int(refund["amount"]), str(refund["currency"]))
-            await post(refund_posting(reference, str(refund["id"]), amount))
+            posting = refund_posting(
+                reference, str(refund["id"]), amount, occurred_at=stripe_time(refund.get("created"))
+            )
+            await post(posting)
 
 
 async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
@@ -216,7 +295,11 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
     destination = str(transfer["destination"])
     await post(
         transfer_posting(
-            reference, str(transfer["id"]), destination, Money(int(transfer["amount"]), currency)
+            reference,
+            str(transfer["id"]),
+            destination,
+            Money(int(transfer["amount"]), currency),
+            occurred_at=stripe_time(transfer.get("created")),
         )
     )
     for reversal in (transfer.get("reversals") or {}).get("data") or []:
@@ -226,6 +309,7 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
                 str(reversal["id"]),
                 destination,
                 Money(int(reversal["amount"]), currency),
+                occurred_at=stripe_time(reversal.get("created")),
             )
         )
 
@@ -239,6 +323,11 @@ def registrations() -> list[WebhookRegistration]:
         ("charge.dispute.funds_reinstated", on_dispute),
         ("charge.dispute.closed", on_dispute),
         ("account.updated", on_account_updated),
+        ("payment_intent.succeeded", on_intent_authenticated),
+        ("payment_intent.amount_capturable_updated", on_intent_authenticated),
+        ("setup_intent.succeeded", on_intent_authenticated),
+        ("payment_intent.payment_failed", on_intent_failed),
+        ("setup_intent.setup_failed", on_intent_failed),
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
         ("charge.refunded", on_charge_refunded),

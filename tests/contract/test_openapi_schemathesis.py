@@ -11,7 +11,6 @@ sandbox, so the whole published surface is exercised.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -37,7 +36,6 @@ from engine.sandbox.testing import running_sandbox
 
 ADMIN_KEY = "mk_contractadmin_" + "d" * 40
 EXAMPLES_PER_OPERATION = 25
-TIME_BUDGET_SECONDS = 60
 
 CHECKS = [
     not_a_server_error,
@@ -98,7 +96,7 @@ def _runner(operation: Any, mode: schemathesis.GenerationMode) -> Callable[[], N
 
 
 def test_every_operation_conforms_to_the_published_schema(contract_app: Litestar) -> None:
-    started = time.monotonic()
+    # Bounded by examples per operation, not by a clock: a busy machine is slower, not wrong.
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", contract_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {f"{operation.method.upper()} {operation.path}" for operation in operations}
@@ -109,5 +107,3 @@ def test_every_operation_conforms_to_the_published_schema(contract_app: Litestar
         # Operations without parameters or body have nothing to make invalid.
         with contextlib.suppress(Unsatisfiable):
             _runner(operation, schemathesis.GenerationMode.NEGATIVE)()
-    elapsed = time.monotonic() - started
-    assert elapsed < TIME_BUDGET_SECONDS, f"the contract run took {elapsed:.0f}s"

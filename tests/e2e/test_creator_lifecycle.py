@@ -211,10 +211,18 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     assert proration["amount_paid"] == expected
     assert proration["application_fee"] == percent_of(expected, "12.50")
     assert proration["creator_earnings"] == expected - proration["application_fee"]
-    stripe_invoice = await stripe_call(
-        stack, stack.stripe().v1.invoices.retrieve, proration["stripe_invoice_id"]
+    # Stripe's own record of the fee: on the invoice's charge, found through its payments.
+    payments = await stripe_call(
+        stack,
+        stack.stripe().v1.invoice_payments.list,
+        params={
+            "invoice": proration["stripe_invoice_id"],
+            "expand": ["data.payment.payment_intent"],
+        },
     )
-    assert stripe_invoice["application_fee_amount"] == proration["application_fee"]
+    intent = payments.data[0].payment.payment_intent
+    charge = await stripe_call(stack, stack.stripe().v1.charges.retrieve, intent.latest_charge)
+    assert charge["application_fee_amount"] == proration["application_fee"]
 
     # Dave moves down from Gold to Silver later in the period: credited at the renewal.
     later = at + 8 * DAY

@@ -292,14 +292,8 @@ async def test_duplicated_and_shuffled_events_give_identical_state(stack: Stack)
     await stack.settle(90)
     second = await snapshot(stack)
 
+    # Every part, accounts included: account.updated re-reads the account from
+    # Stripe, and the payout failure flag follows the latest payout by Stripe's time.
     for part in first:
-        if part != "accounts":
-            assert second[part] == first[part], part
-    # The engine's account.updated handler lets a snapshot stamped with the same second
-    # as the newest one win (onboarding and its completion share a second here), so the
-    # mirrored charges/payouts flags can regress on a replay; reported as an engine change.
-    # The payout failure flag, which payouts drive, is order-insensitive and must match.
-    assert [a["payout_failure_code"] for a in second["accounts"]] == [
-        a["payout_failure_code"] for a in first["accounts"]
-    ]
+        assert second[part] == first[part], part
     assert await stack.dead_events() == []

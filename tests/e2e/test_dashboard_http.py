@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 from support.stack import Stack, running_stack
 
+from engine.api.app import create_app_from_settings
 from engine.core.contributions import DashboardPanel
 from engine.core.plugins import hookimpl
 
@@ -285,3 +287,35 @@ async def test_failed_payouts_plugin_panels_and_finance(stack_with_panels: Stack
     assert total, panel.text
     cells = re.findall(r"<td>([^<]*)</td>", total.group(1))
     assert cells[:3] == ["2", "35.00 USD", "3.50 USD"]  # payments, gross volume, commission
+
+
+async def test_a_suspended_accounts_keys_and_sessions_stop_at_once(stack: Stack) -> None:
+    account_id = await creator(stack, "sus", "Suspended Sue")
+    key = await stack.create_key("account", account_id)
+    api = stack.client_for(key)
+    assert (await api.get(f"/v1/accounts/{account_id}")).status_code == 200
+    holder = browser(stack)
+    assert (await sign_in(holder, key)).status_code == 303
+    page = f"/dashboard/accounts/{account_id}"
+    assert (await holder.get(page)).status_code == 200
+    # Another API process has the key in its cache already.
+    other = create_app_from_settings(stack.settings, plugins=stack.plugins, webhooks=False)
+    async with AsyncTestClient(other) as elsewhere:
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert (await elsewhere.get(f"/v1/accounts/{account_id}", headers=bearer)).is_success
+
+        ok(await stack.http.post(f"/v1/accounts/{account_id}/suspend", json={"reason": "fraud"}))
+
+        refused = await api.get(f"/v1/accounts/{account_id}")
+        assert refused.status_code == 401
+        assert "suspended" in refused.json()["detail"]
+        assert (await holder.get(page)).headers["location"].endswith("/dashboard/sign-in")
+        for _ in range(600):  # the other process hears of it (NOTIFY); not a speed assertion
+            answer = await elsewhere.get(f"/v1/accounts/{account_id}", headers=bearer)
+            if answer.status_code == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert answer.status_code == 401, "another API process still took the suspended key"
+
+        ok(await stack.http.post(f"/v1/accounts/{account_id}/resume"))
+        assert (await api.get(f"/v1/accounts/{account_id}")).status_code == 200

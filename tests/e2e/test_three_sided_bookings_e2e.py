@@ -399,6 +399,12 @@ async def test_dispute(stack: Stack, outcome: str) -> None:
     assert [d.status for d in disputes] == [outcome]
     assert disputes[0].evidence.service_date == booking["starts_at"][:10]
     assert "See you at 10!" in disputes[0].evidence.uncategorized_text
+    # The booking's record went as a PDF upload too, which Stripe serves back.
+    record = stack.stripe().v1.files.retrieve(disputes[0].evidence.uncategorized_file)
+    assert (record.purpose, record.type) == ("dispute_evidence", "pdf")
+    pdf = httpx.get(record.url, headers={"Authorization": "Bearer sk_test_x"})
+    assert pdf.content.startswith(b"%PDF-")
+    assert b"See you at 10!" in pdf.content
     balances = await spa.assert_books_match("gbp")
     legs = shares(booking)
     if outcome == "won":
@@ -476,3 +482,126 @@ async def test_keys_see_only_their_bookings(stack: Stack) -> None:
     wrong = await spa.act(spa.customer, booking, "complete")
     assert wrong.status_code == 409
     assert (wrong.json()["state"], wrong.json()["allowed"]) == ("paid", ["cancel"])
+
+
+# ---------------------------------------------------------------- authentication (3D Secure)
+
+
+@dataclass(frozen=True)
+class Card:
+    """What an authentication card does in a booking's payments."""
+
+    declines: str | None  # the decline after authenticating on-session, if any
+    later_asks: bool  # an off-session charge of the saved card needs the customer again
+    setup_asks: bool  # saving it with a SetupIntent needs the customer
+
+
+AUTH_CARDS = {
+    "pm_card_authenticationRequiredOnSetup": Card(None, False, True),
+    "pm_card_authenticationRequired": Card(None, True, True),
+    "pm_card_authenticationRequiredSetupForOffSession": Card(None, False, False),
+    "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": Card(
+        "insufficient_funds", False, True
+    ),
+    "pm_card_threeDSecure2Required": Card(None, True, True),
+}
+
+
+async def book_and_authenticate(
+    spa: Spa, model: str, card: str, spec: Card, *, starts_in: timedelta
+) -> dict[str, Any]:
+    """Book with the card; the customer completes what the answer asks, if anything."""
+    booking = await spa.book(model, card=card, starts_in=starts_in)
+    asks = model != "arrival" or spec.setup_asks
+    if not asks:
+        assert (booking["state"], booking["action_required"]) == ("authorized", False)
+        return booking
+    assert (booking["state"], booking["action_required"]) == ("pending_payment", True)
+    action = booking["customer_action"]
+    assert action["status"] == "requires_action"
+    assert action["intent_id"].startswith("seti_" if model == "arrival" else "pi_")
+    assert action["next_action"]["type"] == "use_stripe_sdk"
+    assert action["client_secret"].startswith(action["intent_id"] + "_secret_")
+    assert booking["collected"] == 0
+    await spa.stack.authenticate(action)
+    return await spa.get(booking)
+
+
+@pytest.mark.parametrize("card", sorted(AUTH_CARDS))
+async def test_each_payment_model_with_an_authentication_card(stack: Stack, card: str) -> None:
+    spec = AUTH_CARDS[card]
+    spa = await open_spa(stack)
+    soon, far = timedelta(minutes=10), timedelta(days=10)
+
+    # Full prepayment: on-session, so the card asks; paid once the customer authenticated.
+    full = await book_and_authenticate(spa, "full", card, spec, starts_in=soon)
+    if spec.declines:
+        assert (full["state"], full["collected"]) == ("pending_payment", 0)
+        assert full["customer_action"]["status"] == "requires_payment_method"
+        assert full["customer_action"]["reason"] == spec.declines
+    else:
+        assert (full["state"], full["collected"], full["action_required"]) == (
+            "paid",
+            10_000,
+            False,
+        )
+
+    # Deposit now (on-session, card saved with it), the balance off-session at completion.
+    deposit = await book_and_authenticate(spa, "deposit", card, spec, starts_in=soon)
+    if spec.declines:
+        assert deposit["state"] == "pending_payment"
+    else:
+        assert (deposit["state"], deposit["collected"]) == (
+            "deposit_paid",
+            deposit["deposit_amount"],
+        )
+        await spa.do(spa.provider, deposit, "confirm")
+        done = await spa.do(spa.venue, deposit, "complete")
+        await stack.settle()
+        done = await spa.get(deposit)
+        assert done["state"] == "settled"
+        if spec.later_asks:
+            # The balance needs the customer: the booking shows it and is settled for
+            # the deposit only until the customer authenticates the balance.
+            assert (done["action_required"], done["collected"]) == (True, done["deposit_amount"])
+            await stack.authenticate(done["customer_action"])
+            done = await spa.get(deposit)
+        assert (done["action_required"], done["collected"]) == (False, 10_000)
+        assert sum(t.amount for t in spa.transfers(done)) == sum(
+            amount for role, amount in shares(done).items() if role != "platform"
+        )
+
+    # Pay on arrival, far away: the card saved with a SetupIntent, charged at completion,
+    # and a no-show fee for a second such booking.
+    arrival = await book_and_authenticate(spa, "arrival", card, spec, starts_in=far)
+    assert (arrival["state"], arrival["collected"]) == ("authorized", 0)
+    await spa.do(spa.provider, arrival, "confirm")
+    completed = await spa.act(spa.admin, arrival, "complete")
+    if spec.declines:
+        assert completed.status_code == 402, completed.text
+        assert completed.json()["decline_code"] == spec.declines
+    else:
+        assert completed.status_code == 200, completed.text
+        await stack.settle()
+        done = await spa.get(arrival)
+        assert done["action_required"] is spec.later_asks
+        if spec.later_asks:
+            await stack.authenticate(done["customer_action"])
+            done = await spa.get(arrival)
+        assert (done["state"], done["collected"], done["action_required"]) == (
+            "settled",
+            10_000,
+            False,
+        )
+        absent = await book_and_authenticate(spa, "arrival", card, spec, starts_in=far)
+        await spa.do(spa.provider, absent, "confirm")
+        await spa.do(spa.admin, absent, "no_show")
+        await stack.settle()
+        absent = await spa.get(absent)
+        if spec.later_asks:
+            assert absent["action_required"] is True
+            await stack.authenticate(absent["customer_action"])
+            absent = await spa.get(absent)
+        assert absent["collected"] > 0
+        assert absent["action_required"] is False
+    await spa.assert_books_match("gbp")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,17 +23,18 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from litestar import Litestar, get
+from litestar import Litestar, get, post
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from engine.api.app import create_app, create_app_from_settings
-from engine.api.idempotency import request_fingerprint
+from engine.api.idempotency import request_fingerprint, stored_key
 from engine.core.db import migrate
-from engine.core.errors import ConfigError
+from engine.core.errors import AccountNotReady, ConfigError, RateLimited
 from engine.core.plugins import build_plugins, hookimpl
 from engine.core.settings import Settings, settings_from_mapping
 from engine.services import Services
+from engine.worker.heartbeat import Heartbeat
 
 ADMIN_KEY = "mk_testadmin_" + "a" * 40
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -71,6 +74,25 @@ class BoomPlugin:
     @hookimpl
     def register_routes(self, register: Any) -> None:
         register(boom)
+        register(not_ready_yet)
+        register(too_busy)
+
+
+READY: dict[str, bool] = {}
+
+
+@post("/v1/boom/orders", operation_id="boomOrder", sync_to_thread=False)
+def not_ready_yet(data: dict[str, Any]) -> dict[str, Any]:
+    """Refuses while the seller is onboarding (a state that changes), then takes the order."""
+    if not READY.get(str(data.get("seller"))):
+        raise AccountNotReady("the seller is still onboarding")
+    return {"order": data.get("seller")}
+
+
+@post("/v1/boom/busy", operation_id="boomBusy", sync_to_thread=False)
+def too_busy() -> None:
+    """Always asks the client to slow down."""
+    raise RateLimited("slow down")
 
 
 @get("/v1/boom", operation_id="boom", sync_to_thread=False)
@@ -152,7 +174,63 @@ async def test_health_is_public_and_always_ok(api: Api) -> None:
 async def test_ready_when_database_and_nats_answer(api: Api) -> None:
     response = await api.client.get("/ready")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "nats": "ok"}}
+    # No worker runs here: reported, but not required by default (API instances
+    # take webhooks durably while workers restart).
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "nats": "ok", "workers": "unavailable"},
+        "reasons": {"workers": "no worker is running"},
+    }
+
+
+async def _ready_with_worker_required(
+    database_url: str, nats_url: str, stream: str
+) -> tuple[Services, httpx.AsyncClient, Litestar]:
+    settings = make_settings(database_url, nats_url, stream, api={"ready_requires_worker": True})
+    await migrate(database_url)
+    services = await Services.start(settings, plugins=build_plugins(settings))
+    app = create_app(services, webhooks=False)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api.test")
+    return services, client, app
+
+
+async def test_ready_follows_the_worker_when_required(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> None:
+    services, client, app = await _ready_with_worker_required(
+        fresh_database_url, nats_url, unique_name.upper()
+    )
+    try:
+        async with app.lifespan(), client:
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["unavailable"] == ["workers"]
+            assert body["detail"] == "workers: no worker is running"
+
+            pulled = time.monotonic()
+            beat = Heartbeat(services.db.pool, "w1", lambda: pulled)
+            await beat.beat()
+            assert (await client.get("/ready")).status_code == 200
+
+            # A worker whose receiver stopped pulling long ago (stuck, or NATS gone).
+            stuck = Heartbeat(services.db.pool, "w1", lambda: pulled - 3600)
+            await stuck.beat()
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"].startswith("worker w1 has not pulled from NATS for")
+
+            # A worker that died: its heartbeat stops.
+            await services.db.pool.execute(
+                "UPDATE marketplace_workers SET last_seen_at = now() - interval '5 minutes', "
+                "last_pull_at = now() - interval '5 minutes'"
+            )
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"].startswith("worker w1 stopped reporting")
+
+            await beat.beat()
+            await beat.stopped()
+            body = assert_problem(await client.get("/ready"), 503, "not_ready")
+            assert body["reasons"]["workers"] == "no worker is running"
+    finally:
+        await services.close()
 
 
 async def test_ready_is_503_naming_the_database_when_it_refuses_connections(api: Api) -> None:
@@ -169,6 +247,7 @@ async def test_ready_is_503_naming_the_database_when_it_refuses_connections(api:
         body = assert_problem(response, 503, "not_ready")
         assert body["unavailable"] == ["database"]
         assert body["checks"] == {"database": "unavailable", "nats": "ok"}
+        assert body["detail"] == "database: unavailable"
         assert (await api.client.get("/health")).status_code == 200
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -593,13 +672,36 @@ async def test_server_errors_are_not_stored(api: Api) -> None:
     assert await api.db.fetchval("SELECT count(*) FROM marketplace_idempotency") == 0
 
 
+async def test_outcomes_that_are_not_final_are_not_stored(api: Api) -> None:
+    headers = {**ADMIN, "Idempotency-Key": "order-1"}
+    seller = secrets.token_hex(4)
+    first = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert_problem(first, 409, "account_not_ready")
+    READY[seller] = True  # onboarding completes: the same request now succeeds
+    retried = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    again = await api.client.post("/v1/boom/orders", json={"seller": seller}, headers=headers)
+    assert again.headers["idempotent-replayed"] == "true"
+
+    busy = {**ADMIN, "Idempotency-Key": "busy-1"}
+    for _ in range(2):
+        response = await api.client.post("/v1/boom/busy", headers=busy)
+        assert_problem(response, 429, "rate_limited")
+        assert "idempotent-replayed" not in response.headers
+    stored = await api.db.fetchval(
+        "SELECT count(*) FROM marketplace_idempotency WHERE scope_key LIKE '%busy-1'"
+    )
+    assert stored == 0
+
+
 async def test_concurrent_duplicate_in_flight_is_409(api: Api) -> None:
     body = b'{"scope":"service"}'
     key_id = ADMIN_KEY.split("_")[1]
     await api.db.execute(
         "INSERT INTO marketplace_idempotency (scope_key, request_hash, status_code, "
         "response_body, content_type, created_at) VALUES ($1, $2, 0, '', '', now())",
-        f"{key_id}:in-flight",
+        stored_key(key_id, "in-flight"),
         request_fingerprint("POST", "/v1/api-keys", b"", body),
     )
     response = await api.client.post(
@@ -610,25 +712,47 @@ async def test_concurrent_duplicate_in_flight_is_409(api: Api) -> None:
     assert_problem(response, 409, "idempotency_request_in_progress")
 
 
-async def test_expired_and_abandoned_records_are_taken_over(api: Api) -> None:
+async def test_expired_and_abandoned_records_are_taken_over_by_the_same_request(
+    api: Api,
+) -> None:
     key_id = ADMIN_KEY.split("_")[1]
-    for name, status, age in (
-        ("expired", 201, timedelta(hours=25)),
-        ("abandoned", 0, timedelta(minutes=10)),
+    body = b'{"scope":"service"}'
+    same = request_fingerprint("POST", "/v1/api-keys", b"", body)
+    for name, status, age, request_hash, expected in (
+        ("expired", 201, timedelta(hours=25), same, 201),
+        ("abandoned", 0, timedelta(minutes=10), same, 201),
+        # A key stays bound to its request after its response expired: another
+        # request with it is refused, never run as if new, never given the old answer.
+        ("expired-other", 201, timedelta(days=3), "other", 422),
+        ("abandoned-other", 0, timedelta(minutes=10), "other", 422),
     ):
         await api.db.execute(
             "INSERT INTO marketplace_idempotency (scope_key, request_hash, status_code, "
-            "response_body, content_type, created_at) VALUES ($1, 'other', $2, '{}', "
-            "'application/json', now() - $3::interval)",
-            f"{key_id}:{name}",
+            "response_body, content_type, created_at) VALUES ($1, $2, $3, '{}', "
+            "'application/json', now() - $4::interval)",
+            stored_key(key_id, name),
+            request_hash,
             status,
             age,
         )
         response = await api.client.post(
-            "/v1/api-keys", json={"scope": "service"}, headers={**ADMIN, "Idempotency-Key": name}
+            "/v1/api-keys",
+            content=body,
+            headers={**ADMIN, "Idempotency-Key": name, "content-type": "application/json"},
         )
-        assert response.status_code == 201, response.text
+        assert response.status_code == expected, (name, response.text)
         assert "idempotent-replayed" not in response.headers
+        if expected == 422:
+            assert_problem(response, 422, "idempotency_key_reused")
+
+
+async def test_a_key_of_any_allowed_length_is_stored(api: Api) -> None:
+    for length in (1, 238, 239, 255):
+        headers = {**ADMIN, "Idempotency-Key": "k" * length}
+        first = await api.client.post("/v1/api-keys", json={"scope": "service"}, headers=headers)
+        assert first.status_code == 201, (length, first.text)
+        again = await api.client.post("/v1/api-keys", json={"scope": "service"}, headers=headers)
+        assert again.headers["idempotent-replayed"] == "true"
 
 
 async def test_invalid_idempotency_key_is_a_problem(api: Api) -> None:

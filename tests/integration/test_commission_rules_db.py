@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,10 +21,12 @@ from engine.core.orders import Commission, Order
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
 from engine.core.tables import Payment
+from engine.services import Services
 from plugins.commission_rules import cli
 from plugins.commission_rules.schemas import RuleSpec
 from plugins.commission_rules.services import active_rules
 from plugins.commission_rules.store import (
+    RULE_SET_SETTING,
     SOURCE_API,
     SOURCE_CONFIG,
     dry_run_period,
@@ -256,3 +259,41 @@ async def test_cli_dry_run_and_versions_read_the_database(plugins: Plugins, tmp_
     listed = json.loads(await asyncio.to_thread(run, "versions", "--rule", "spa", "--json"))
     assert [item["rule_id"] for item in listed] == ["spa"]
     assert msgspec.convert(listed[0]["content"], RuleSpec, strict=False).rate_bps == 1200
+
+
+async def _in_force_everywhere(runtimes: list[Any], fingerprint: str) -> None:
+    for _ in range(600):  # a generous bound on a busy machine; not a speed assertion
+        if all(active_rules(runtime).fingerprint == fingerprint for runtime in runtimes):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("a saved rule set did not reach every process")
+
+
+@pytest.mark.parametrize("notifications", [True, False], ids=["notify", "poll-only"])
+async def test_a_rule_set_saved_in_one_process_is_in_force_in_all(
+    fresh_database_url: str, nats_url: str, notifications: bool
+) -> None:
+    settings = settings_from_mapping(
+        {
+            "engine": {"live_settings_poll_seconds": 0.2, "live_settings_listen": notifications},
+            "database": {"url": fresh_database_url, "pool_min": 1, "pool_max": 4},
+            "plugins": {"enabled": ["commission_rules"], "commission_rules": CONFIG},
+        }
+    )
+    # Three API processes: each its own plugin runtime and live-settings watcher;
+    # without LISTEN (as behind PgBouncer) only the version check brings the change.
+    processes = [await Services.start(settings, connect_nats=False) for _ in range(3)]
+    try:
+        runtimes = [services.plugins.runtime for services in processes]
+        saved = await save_rule_set(
+            runtimes[0], [RuleSpec(id="default", rate_bps=750)], note="one API process"
+        )
+        await _in_force_everywhere(runtimes, saved.fingerprint)
+        priced = [
+            services.plugins.commission(booking(20), Money(10_000, "gbp")) for services in processes
+        ]
+        assert {(c.rule_id, c.amount.amount) for c in priced} == {("default", 750)}
+        assert await processes[2].live.version(RULE_SET_SETTING) == 1
+    finally:
+        for services in processes:
+            await services.close()

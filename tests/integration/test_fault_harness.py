@@ -1,9 +1,9 @@
-"""The fault harness's short run (the long one: ``python tests/fault_harness.py --seeds 500``).
+"""The fault harness's short run (the long one: ``python scripts/fault_harness.py --seeds 500``).
 
 Simulated seeds on the run's PostgreSQL, then one process-level chaos run with
 every fault kind (worker SIGKILL, NATS restarted, its stream deleted,
 PostgreSQL restarted and killed). A failure names its seed; replay it with
-``python tests/fault_harness.py --seed N`` (``--chaos`` for the chaos run).
+``python scripts/fault_harness.py --seed N`` (``--chaos`` for the chaos run).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import contextlib
 import email
 import email.policy
 import json
+import select
 import socket
 import threading
 import time
@@ -169,15 +170,21 @@ def smtp() -> Iterator[Smtp]:
 
 
 @contextlib.contextmanager
-def silent_smtp() -> Iterator[int]:
-    """A port that accepts TCP connections and never says a word (a hung mail server)."""
+def silent_smtp() -> Iterator[socket.socket]:
+    """A listening socket that never accepts nor says a word (a hung mail server)."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener.listen(64)
     try:
-        yield listener.getsockname()[1]
+        yield listener
     finally:
         listener.close()
+
+
+def connection_waiting(listener: socket.socket) -> bool:
+    """Whether a client has connected to ``listener`` (a connection sits in its backlog)."""
+    readable, _, _ = select.select([listener], [], [], 0)
+    return bool(readable)
 
 
 # ---------------------------------------------------------------- engine side
@@ -417,30 +424,26 @@ async def _statuses_are(notifier: Notifier, expected: dict[str, int]) -> bool:
 async def test_hooks_return_at_once_when_the_smtp_server_is_down(
     fresh_database_url: str,
 ) -> None:
-    with running_receiver() as receiver, silent_smtp() as hung_port:
+    with running_receiver() as receiver, silent_smtp() as hung:
         async with running_notifier(
             fresh_database_url,
             smtp_timeout_seconds=1.0,
             **webhook_to(receiver),
-            **email_to(hung_port),
+            **email_to(hung.getsockname()[1]),
         ) as notifier:
-            slowest = 0.0
-            started = time.perf_counter()
             for number in range(50):
-                before = time.perf_counter()
                 notifier.plugins.notify_payout_failure(payout_failure(payout=f"po_{number}"))
-                slowest = max(slowest, time.perf_counter() - before)
-            total = time.perf_counter() - started
+            # Nothing was awaited since the first call: a hook that talked to the mail
+            # server itself (and so could hang on it) would have left a connection on it.
+            assert not connection_waiting(hung), "a hook call connected to the mail server"
             # The webhooks of the same notifications go out while every email hangs.
             await wait_until(lambda: len(receiver.requests) == 50, what="all 50 webhooks")
             await wait_until(
                 lambda: _email_attempted(notifier), timeout=20, what="an email try to time out"
             )
             rows = await notifier.rows()
+            assert connection_waiting(hung), "the emails were tried, in the background"
 
-    print(f"\nhook calls: slowest {slowest * 1000:.2f} ms, 50 calls {total * 1000:.1f} ms")
-    assert slowest < 0.05, "a hook call waited on something"
-    assert total < 0.5
     assert all(r.verified for r in receiver.requests)
     emails = [row for row in rows if row["channel"] == "email"]
     assert len(emails) == 50
@@ -563,6 +566,7 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
                 "status": "failed",
                 "failure_code": "no_account",
                 "failure_message": "No bank account could be located.",
+                "created": int(time.time()) - 86_400,
                 "arrival_date": int(time.time()),
             }
             body = event("acct_notify", 1, event_type="payout.failed", obj=payout)

@@ -239,7 +239,15 @@ def _booking_charge(booking: int, charge_id: str, extra: dict[str, object]) -> d
 
 
 def _expanded_balance_transaction() -> dict[str, object]:
-    return {"balance_transaction": {"id": "txn_x", "amount": 10_000, "fee": 320}}
+    return {
+        "balance_transaction": {
+            "id": "txn_x",
+            "object": "balance_transaction",
+            "amount": 10_000,
+            "fee": 320,
+            "created": 1_700_000_000,
+        }
+    }
 
 
 async def test_the_pending_gauge_is_per_account_and_summed_per_key_prefix(

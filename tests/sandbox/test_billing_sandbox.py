@@ -47,6 +47,30 @@ def txn_sum(client: Any, account: str | None = None) -> int:
     return sum(t.net for t in txns.data)
 
 
+def intent_of(client: Any, invoice: str, account: str | None = None) -> Any:
+    """The invoice's PaymentIntent, through its InvoicePayment (the current API's way)."""
+    options: Any = {"stripe_account": account} if account else {}
+    payments = client.v1.invoice_payments.list(
+        params={"invoice": invoice, "expand": ["data.payment.payment_intent"]}, options=options
+    ).data
+    return payments[0].payment.payment_intent if payments else None
+
+
+def charge_of(client: Any, invoice: str, account: str | None = None) -> Any:
+    """The charge that paid the invoice, or None when nothing was charged."""
+    intent = intent_of(client, invoice, account)
+    if intent is None or not intent.latest_charge:
+        return None
+    options: Any = {"stripe_account": account} if account else {}
+    return client.v1.charges.retrieve(intent.latest_charge, options=options)
+
+
+def period(subscription: Any) -> tuple[int, int]:
+    """The current period, which the subscription's items carry."""
+    item = subscription["items"].data[0]
+    return item.current_period_start, item.current_period_end
+
+
 def event_types(client: Any, type_: str) -> list[Any]:
     events = client.v1.events.list(params={"type": type_, "limit": 100}).data
     return list(reversed(events))
@@ -114,19 +138,21 @@ def test_application_fee_percent_renews_each_period_with_exact_balances(
         shop.price(2_000),
         transfer_data={"destination": destination},
         application_fee_percent=12.5,
-        expand=["latest_invoice.payment_intent"],
+        expand=["latest_invoice.payments.data.payment.payment_intent"],
     )
     assert sub.status == "active"
     assert sub.application_fee_percent == 12.5
     assert sub.transfer_data.destination == destination
-    assert (sub.current_period_start, sub.current_period_end) == (MAR_1_2026, APR_1_2026)
+    assert period(sub) == (MAR_1_2026, APR_1_2026)
+    assert "current_period_start" not in sub
     assert sub.latest_invoice.status == "paid"
-    assert sub.latest_invoice.payment_intent.status == "succeeded"
-    assert sub.latest_invoice.payment_intent.transfer_data.destination == destination
+    intent = sub.latest_invoice.payments.data[0].payment.payment_intent
+    assert intent.status == "succeeded"
+    assert intent.transfer_data.destination == destination
 
     shop.advance(MAY_1_2026 + 2 * HOUR)
     sub = client.v1.subscriptions.retrieve(sub.id)
-    assert (sub.status, sub.current_period_start) == ("active", MAY_1_2026)
+    assert (sub.status, period(sub)[0]) == ("active", MAY_1_2026)
     invoices = shop.invoices(sub.id)
     assert [i.billing_reason for i in invoices] == [
         "subscription_create",
@@ -136,8 +162,8 @@ def test_application_fee_percent_renews_each_period_with_exact_balances(
     fee = half_up(2_000 * 125, 1_000)  # 12.5% of 2000 = 250
     for invoice in invoices:
         assert (invoice.status, invoice.amount_paid, invoice.amount_remaining) == ("paid", 2_000, 0)
-        assert invoice.application_fee_amount == fee
-        charge = client.v1.charges.retrieve(invoice.charge)
+        assert "application_fee_amount" not in invoice
+        charge = charge_of(client, invoice.id)
         assert charge.application_fee_amount == fee
         app_fee = client.v1.application_fees.retrieve(charge.application_fee)
         assert (app_fee.amount, app_fee.account) == (fee, destination)
@@ -197,9 +223,9 @@ def test_twelve_monthly_renewals_in_one_advance(client: Any, destination: str) -
     assert [i.created for i in invoices] == starts
     assert [i.status_transitions.paid_at for i in invoices[1:]] == [s + HOUR for s in starts[1:]]
     assert [i.number for i in invoices] == sorted(i.number for i in invoices)
-    assert all(i.application_fee_amount == 100 for i in invoices)
+    assert all(charge_of(client, i.id).application_fee_amount == 100 for i in invoices)
     sub = client.v1.subscriptions.retrieve(sub.id)
-    assert sub.current_period_start == starts[-1]
+    assert period(sub)[0] == starts[-1]
     assert total(client, destination) == 13 * 900
 
 
@@ -239,7 +265,7 @@ def test_upgrade_mid_period_with_always_invoice(client: Any, destination: str) -
     assert invoice.lines.data[0].description == "Unused time on Gold tier after 11 Mar 2026"
     assert invoice.lines.data[1].description == "Remaining time on Gold tier after 11 Mar 2026"
     assert (invoice.status, invoice.total, invoice.amount_paid) == ("paid", debit - credit, 1_355)
-    assert invoice.application_fee_amount == 136  # 10% of 1355 = 135.5, half up
+    assert charge_of(client, invoice.id).application_fee_amount == 136  # 10% of 1355, half up
     assert len(client.v1.invoice_items.list(params={"pending": True}).data) == 0
 
     shop.advance(APR_1_2026 + 2 * HOUR)
@@ -278,8 +304,7 @@ def test_downgrade_with_create_prorations_lands_on_next_invoice(
     assert april.total == 1_000 + debit - credit == -323
     # A negative total becomes credit on the customer's balance; nothing is charged.
     assert (april.status, april.amount_due, april.amount_paid) == ("paid", 0, 0)
-    assert april.charge is None
-    assert april.application_fee_amount is None
+    assert charge_of(client, april.id) is None
     assert april.ending_balance == -323
     assert client.v1.customers.retrieve(shop.customer.id).balance == -323
     assert client.v1.invoice_items.list(params={"pending": True}).data == []
@@ -292,7 +317,7 @@ def test_downgrade_with_create_prorations_lands_on_next_invoice(
         677,
         677,
     )
-    assert may.application_fee_amount == 100
+    assert charge_of(client, may.id).application_fee_amount == 100
     assert client.v1.customers.retrieve(shop.customer.id).balance == 0
 
 
@@ -394,7 +419,7 @@ def test_failed_renewals_go_past_due_retry_then_cancel(client: Any, destination:
     assert sub.status == "past_due"
     assert (renewal.status, renewal.attempt_count) == ("open", 1)
     assert renewal.next_payment_attempt == first_attempt + 3 * DAY
-    intent = client.v1.payment_intents.retrieve(renewal.payment_intent)
+    intent = intent_of(client, renewal.id)
     assert intent.last_payment_error.decline_code == "generic_decline"
     assert client.v1.customers.retrieve(shop.customer.id).delinquent is True
 
@@ -410,7 +435,7 @@ def test_failed_renewals_go_past_due_retry_then_cancel(client: Any, destination:
         "open",
         None,
     )
-    assert renewal.payment_intent == intent.id  # retries re-confirm the same intent
+    assert intent_of(client, renewal.id).id == intent.id  # retries re-confirm the same intent
     sub = client.v1.subscriptions.retrieve(sub.id)
     assert sub.status == "canceled"
     assert sub.cancellation_details.reason == "payment_failed"
@@ -441,10 +466,10 @@ def test_past_due_recovers_when_the_card_is_replaced(client: Any) -> None:
 def test_first_payment_failure_is_incomplete_then_expires(client: Any) -> None:
     shop = Shop(client, MAR_1_2026, card="pm_card_chargeCustomerFail")
     price = shop.price(1_000)
-    sub = shop.subscribe(price, expand=["latest_invoice.payment_intent"])
+    sub = shop.subscribe(price, expand=["latest_invoice"])
     assert sub.status == "incomplete"
     assert sub.latest_invoice.status == "open"
-    assert sub.latest_invoice.payment_intent.status == "requires_payment_method"
+    assert intent_of(client, sub.latest_invoice.id).status == "requires_payment_method"
     with pytest.raises(stripe.CardError) as declined:
         shop.subscribe(price, payment_behavior="error_if_incomplete")
     assert declined.value.code == "card_declined"
@@ -463,10 +488,13 @@ def test_default_incomplete_activates_when_the_intent_is_confirmed(
     sub = shop.subscribe(
         shop.price(1_000),
         payment_behavior="default_incomplete",
-        expand=["latest_invoice.payment_intent"],
+        expand=["latest_invoice.confirmation_secret"],
     )
     assert sub.status == "incomplete"
-    intent = sub.latest_invoice.payment_intent
+    secret = sub.latest_invoice.confirmation_secret
+    assert secret.type == "payment_intent"
+    intent = intent_of(client, sub.latest_invoice.id)
+    assert secret.client_secret == intent.client_secret
     assert intent.status == "requires_confirmation"
     client.v1.payment_intents.confirm(intent.id)
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
@@ -521,7 +549,8 @@ def test_direct_subscription_on_a_connected_account(
         }
     )
     invoice = direct.v1.invoices.retrieve(sub.latest_invoice)
-    assert (invoice.status, invoice.application_fee_amount) == ("paid", 200)
+    assert invoice.status == "paid"
+    assert charge_of(direct, invoice.id).application_fee_amount == 200
     assert total(client) == 200
     assert total(client, destination) == 4_000 - processing_fee(4_000) - 200
     with pytest.raises(stripe.InvalidRequestError):
@@ -628,8 +657,8 @@ def test_interval_change_restarts_the_period(client: Any) -> None:
         sub.id, params={"items": [{"id": item.id, "price": yearly}]}
     )
     now = MAR_1_2026 + 10 * DAY
-    assert (updated.current_period_start, updated.billing_cycle_anchor) == (now, now)
-    assert updated.current_period_end == now + 365 * DAY
+    assert (period(updated)[0], updated.billing_cycle_anchor) == (now, now)
+    assert period(updated)[1] == now + 365 * DAY
     invoice = client.v1.invoices.retrieve(updated.latest_invoice)
     assert sorted(line.amount for line in invoice.lines.data) == [-677, 10_000]
     assert (invoice.status, invoice.amount_paid) == ("paid", 9_323)
@@ -670,9 +699,9 @@ def test_transfer_amount_percent_sends_a_share_of_each_invoice(
     assert sub.transfer_data.amount_percent == 80
     invoice = client.v1.invoices.retrieve(sub.latest_invoice)
     share = half_up(1_999 * 80, 100)  # 1599.2 -> 1599
-    assert invoice.transfer_data.amount == share
-    assert invoice.application_fee_amount is None
-    transfer = client.v1.transfers.retrieve(client.v1.charges.retrieve(invoice.charge).transfer)
+    charge = charge_of(client, invoice.id)
+    assert charge.application_fee_amount is None
+    transfer = client.v1.transfers.retrieve(charge.transfer)
     assert transfer.amount == share
     assert total(client, destination) == share
     assert total(client) == 1_999 - processing_fee(1_999) - share

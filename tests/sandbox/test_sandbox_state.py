@@ -95,6 +95,13 @@ def test_persistence_survives_restart(tmp_path: Path) -> None:
     assert second.state.platform_id == first.state.platform_id
     assert second.state.objects[customer.id]["email"] == "kept@example.com"
 
+    # State saved in another API version's shapes is not served: the sandbox starts afresh.
+    second.state.store.api_version = "2025-01-27.acacia"
+    second.save()
+    third = create_app(persist_path=path)
+    assert customer.id not in third.state.objects
+    assert third.state.platform_id != first.state.platform_id
+
 
 def test_reset_forgets_everything(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:
     client.v1.customers.create(params={"email": "gone@example.com"})

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.errors import InvalidAmount
-from engine.core.ledger import CUSTOMERS, PLATFORM, PLATFORM_STRIPE_FEES
+from engine.core.ledger import CUSTOMERS, PLATFORM, PLATFORM_STRIPE_FEES, stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments.pricing import PricedOrder
@@ -33,6 +33,8 @@ from plugins.creator_subscriptions.sync import (
 )
 
 ACCT = "acct_creator"
+
+AT = stripe_time(1_767_225_600)
 
 
 def per_account(posting_entries: tuple[object, ...]) -> dict[str, int]:
@@ -60,6 +62,7 @@ def test_charge_posting_balances_and_moves_what_stripe_moves(
         transfer_id="tr_1",
         transfer_amount=Money(amount, "usd"),
         application_fee=Money(fee, "usd"),
+        captured_at=AT,
     )
     posting = charge_posting(charge, key="k", kind="invoice", reference="r")
     totals = per_account(posting.entries)
@@ -82,6 +85,7 @@ def test_charge_posting_lines_are_the_balance_transactions() -> None:
         transfer_id="tr_1",
         transfer_amount=Money(1000, "usd"),
         application_fee=Money(100, "usd"),
+        captured_at=AT,
     )
     lines = [
         (e.account, e.amount.amount)
@@ -106,6 +110,7 @@ def test_refund_posting_reverses_in_stripes_amounts() -> None:
         transfer_reversed=Money(400, "usd"),
         fee_refunded=Money(40, "usd"),
         destination=ACCT,
+        refunded_at=AT,
     )
     posting = refund_posting(refund, reference="r")
     totals = per_account(posting.entries)
@@ -123,7 +128,7 @@ def test_destination_charge_is_read_from_stripes_charge() -> None:
         "application_fee": "fee_9",
         "transfer": {"id": "tr_9", "amount": 1500},
         "transfer_data": {"destination": ACCT, "amount": None},
-        "balance_transaction": {"id": "txn_9", "fee": 74},
+        "balance_transaction": {"id": "txn_9", "fee": 74, "created": 1_767_225_600},
     }
     facts = destination_charge_from(charge)
     assert (facts.amount.amount, facts.stripe_fee.amount, facts.application_fee.amount) == (
@@ -152,6 +157,7 @@ def test_an_application_fee_above_the_transfer_is_refused() -> None:
             transfer_id="tr",
             transfer_amount=Money(100, "usd"),
             application_fee=Money(101, "usd"),
+            captured_at=AT,
         )
 
 
@@ -308,8 +314,8 @@ def test_cancelled_is_final_and_same_second_ties_are_ambiguous() -> None:
     assert STATUS_RANK["canceled"] > STATUS_RANK["active"]
 
 
-def test_snapshot_reads_both_api_versions() -> None:
-    new_style = {
+def test_snapshot_reads_the_period_from_the_items() -> None:
+    subscription = {
         "status": "active",
         "items": {
             "data": [
@@ -320,14 +326,15 @@ def test_snapshot_reads_both_api_versions() -> None:
         "cancel_at_period_end": True,
         "cancel_at": 20,
     }
-    snap = snapshot_of(new_style)
-    assert (snap.stripe_price_id, snap.current_period_end, snap.paused, snap.pause_behavior) == (
+    snap = snapshot_of(subscription)
+    assert (snap.stripe_price_id, snap.current_period_start, snap.current_period_end) == (
         "price_x",
+        10,
         20,
-        True,
-        "void",
     )
-    old_style = {**new_style, "current_period_start": 30, "current_period_end": 40}
-    old_style["pause_collection"] = None
-    snap = snapshot_of(old_style)
-    assert (snap.current_period_end, snap.paused) == (40, False)
+    assert (snap.paused, snap.pause_behavior) == (True, "void")
+    # A field the API version removed is not read, even if something still sends it.
+    stale = {**subscription, "current_period_start": 30, "current_period_end": 40}
+    stale["pause_collection"] = None
+    snap = snapshot_of(stale)
+    assert (snap.current_period_end, snap.paused) == (20, False)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
 from engine.core.mailboxes import PLATFORM_MAILBOX as PLATFORM_ACCOUNT
 from engine.core.mailboxes import default_mailbox_key
 from engine.core.plugins import Plugins, build_plugins, hookimpl
@@ -25,7 +26,26 @@ def _event(obj: dict[str, Any], account: str | None = None) -> dict[str, Any]:
     ("event", "mailbox"),
     [
         (_event({"object": "payout"}, account="acct_a"), "acct_a"),
-        (_event({"object": "invoice", "transfer_data": {"destination": "acct_b"}}), "acct_b"),
+        (_event({"object": "subscription", "transfer_data": {"destination": "acct_b"}}), "acct_b"),
+        (
+            _event(
+                {
+                    "object": "invoice",
+                    "parent": {
+                        "type": "subscription_details",
+                        "subscription_details": {
+                            "subscription": "sub_1",
+                            "metadata": {MAILBOX_ACCOUNT_METADATA: "acct_b"},
+                        },
+                    },
+                }
+            ),
+            "acct_b",
+        ),
+        (
+            _event({"object": "invoice", "parent": {"subscription_details": {"metadata": {}}}}),
+            PLATFORM_ACCOUNT,
+        ),
         (
             _event(
                 {"object": "payment_intent", "transfer_data": {"destination": {"id": "acct_c"}}}

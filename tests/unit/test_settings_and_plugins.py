@@ -37,6 +37,9 @@ def test_default_config_file_loads_with_every_shipped_plugin() -> None:
             "plugins.three_sided_bookings.deposit_bps",
         ),
         ({"plugins": {"not_installed": {"x": 1}}}, "plugins.not_installed"),
+        ({"nats": {"url": "nats://a:4222,http://b:4222"}}, "nats.url"),
+        ({"nats": {"url": ["nats://a:4222", "b:4222"]}}, "nats.url[1]"),
+        ({"nats": {"url": 4222}}, "nats.url"),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(config: dict[str, Any], key: str) -> None:
@@ -55,6 +58,19 @@ def test_environment_overrides_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(path, environ={"MARKETPLACE_API_PORT": "99999"})
     assert info.value.key == "api.port"
+
+
+def test_several_nats_servers_are_one_pool(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('[nats]\nurl = ["nats://a:4222", "nats://b:4222", "tls://c:4222"]\n')
+    assert load_settings(path, environ={}).nats.servers == [
+        "nats://a:4222",
+        "nats://b:4222",
+        "tls://c:4222",
+    ]
+    env = {"MARKETPLACE_NATS_URL": "nats://a:4222, nats://b:4222"}
+    assert load_settings(None, environ=env).nats.servers == ["nats://a:4222", "nats://b:4222"]
+    assert load_settings(None, environ={}).nats.servers == []
 
 
 def test_disabling_a_plugin_removes_it() -> None:

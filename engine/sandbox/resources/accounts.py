@@ -3,7 +3,8 @@
 Verification follows Stripe's test values (TEST-VALUES.md): a Custom account
 with `individual[dob]` 1901-01-01 or 1902-01-01, `tos_acceptance`,
 `business_profile` (url or product description) and an external account is
-enabled at once; other dates leave `individual.verification.document` due,
+enabled at once (a company needs `company[name]`, `company[tax_id]` and a verified
+representative, `resources/persons.py`); other dates leave `individual.verification.document` due,
 `address_no_match` and id number `111111111` fail. Express and Standard accounts
 are enabled when onboarding completes (`POST /_sandbox/accounts/{id}/complete_onboarding`,
 which the account-link page calls).
@@ -276,7 +277,9 @@ def _diff(before: Obj, account: Obj) -> Obj:
     return {key: value for key, value in before.items() if account[key] != value}
 
 
-def _custom_requirements(account: Obj, private: dict[str, Any]) -> tuple[list[str], list[Obj]]:
+def _custom_requirements(
+    state: SandboxState, account: Obj, private: dict[str, Any]
+) -> tuple[list[str], list[Obj]]:
     due: list[str] = []
     errors: list[Obj] = []
 
@@ -303,6 +306,7 @@ def _custom_requirements(account: Obj, private: dict[str, Any]) -> tuple[list[st
             due.append("company.tax_id")
         elif tax_id == "111111111":
             fail("company.tax_id", "verification_failed_tax_id_match", "Tax id did not match.")
+        due += person_requirements(state, account["id"])
         return due, errors
     person = private.get("individual", {})
     dob = person.get("dob")
@@ -341,6 +345,26 @@ def _custom_requirements(account: Obj, private: dict[str, Any]) -> tuple[list[st
     return due, errors
 
 
+def person_requirements(state: SandboxState, account_id: str) -> list[str]:
+    """What a company account still owes about its persons (`representative.*`, `person_...`)."""
+    persons = [
+        state.objects[p] for p in state.private(account_id).get("persons", []) if p in state.objects
+    ]
+    representatives = [p for p in persons if p["relationship"]["representative"]]
+    if not representatives:
+        return [
+            "representative.first_name",
+            "representative.last_name",
+            "representative.dob.day",
+            "representative.dob.month",
+            "representative.dob.year",
+        ]
+    due: list[str] = []
+    for person in representatives:
+        due += [f"{person['id']}.{item}" for item in person["requirements"]["currently_due"]]
+    return due
+
+
 def evaluate(state: SandboxState, account_id: str, *, emit_update: bool = True) -> None:
     """Recompute requirements, capabilities and the enabled flags of an account."""
     account = state.objects[account_id]
@@ -353,7 +377,7 @@ def evaluate(state: SandboxState, account_id: str, *, emit_update: bool = True) 
     elif onboarding == "completed":
         due = []
     elif account["type"] == "custom":
-        due, errors = _custom_requirements(account, private)
+        due, errors = _custom_requirements(state, account, private)
     else:
         due = list(HOSTED_DUE)
     enabled = not due
@@ -380,12 +404,59 @@ def evaluate(state: SandboxState, account_id: str, *, emit_update: bool = True) 
             emit(state, "account.updated", account, account=account_id, previous=previous)
 
 
-def complete_onboarding(state: SandboxState, account_id: str) -> Obj:
-    """What finishing Stripe's hosted onboarding does: everything due is provided."""
+def test_bank_details(account: Obj, account_number: str) -> Params:
+    """The external account a tester typed on the onboarding page, if it is a test one.
+
+    Stripe's test-mode onboarding takes only test bank details: a US test account number
+    (routing 110000000) or a test IBAN of any EU country (TEST-VALUES.md); anything else
+    is refused with a message naming what is accepted.
+    """
+    number = account_number.replace(" ", "").upper()
+    if number in PAYOUT_FAILURES and not number[:2].isalpha():
+        return {
+            "country": "US",
+            "currency": "usd",
+            "routing_number": "110000000",
+            "account_number": number,
+            "account_holder_name": "Sandbox Test",
+        }
+    if (
+        len(number) == 22
+        and number[:2].isalpha()
+        and number[2:].isdigit()
+        and number[-7:] in ("2013000", *_IBAN_SUFFIX_FAILURES)
+    ):
+        return {
+            "country": number[:2],
+            "currency": "eur",
+            "account_number": number,
+            "account_holder_name": "Sandbox Test",
+        }
+    raise invalid(
+        f"{account_number!r} is not a test bank account. Use a US test account number "
+        f"({', '.join(n for n in PAYOUT_FAILURES if n.isdigit())}; routing 110000000) or a "
+        "test IBAN such as DE89370400440532013000 (any EU country prefix).",
+        param="account_number",
+        code="account_number_invalid",
+    )
+
+
+def complete_onboarding(
+    state: SandboxState, account_id: str, account_number: str | None = None
+) -> Obj:
+    """What finishing Stripe's hosted onboarding does: everything due is provided.
+
+    `account_number` is the external account typed on the page (default: the
+    succeeding US test account 000123456789 when the account has none yet).
+    """
     account = state.objects[account_id]
     private = state.private(account_id)
-    private["onboarding"] = "completed"
-    if not account["external_accounts"]["data"]:
+    if account_number:
+        details = test_bank_details(account, account_number)
+        bank = store_bank_account(state, account, details)
+        _make_default(state, account, bank)
+        emit(state, "account.external_account.created", bank, account=account_id)
+    elif not account["external_accounts"]["data"]:
         store_bank_account(
             state,
             account,
@@ -397,6 +468,7 @@ def complete_onboarding(state: SandboxState, account_id: str) -> Obj:
                 "account_holder_name": "Sandbox Test",
             },
         )
+    private["onboarding"] = "completed"
     if account["tos_acceptance"].get("date") is None:
         account["tos_acceptance"].update(date=state.now(), ip="127.0.0.1")
     evaluate(state, account_id)

@@ -22,6 +22,12 @@ class TestCard:
     behaviour: str | None = None
     """None (succeeds), bypass_pending, declined, insufficient_funds, expired_card,
     dispute or customer_fail."""
+    authentication: str | None = None
+    """3D Secure: None (never asked), `on_session` (every on-session payment, and an
+    off-session one until the card is set up for off-session use) or `always` (every
+    payment; off-session ones fail with `authentication_required`)."""
+    set_up: bool = False
+    """Already set up for off-session use (`pm_card_authenticationRequiredSetupForOffSession`)."""
 
 
 TEST_PAYMENT_METHODS: dict[str, TestCard] = {
@@ -35,6 +41,16 @@ TEST_PAYMENT_METHODS: dict[str, TestCard] = {
     "pm_card_chargeDeclinedExpiredCard": TestCard("visa", "0069", "expired_card"),
     "pm_card_createDispute": TestCard("visa", "0259", "dispute"),
     "pm_card_chargeCustomerFail": TestCard("visa", "0341", "customer_fail"),
+    # Cards that ask for authentication (TEST-VALUES.md, "SCA / 3D Secure").
+    "pm_card_authenticationRequiredOnSetup": TestCard("visa", "3155", authentication="on_session"),
+    "pm_card_authenticationRequired": TestCard("visa", "3184", authentication="always"),
+    "pm_card_authenticationRequiredSetupForOffSession": TestCard(
+        "visa", "0446", authentication="on_session", set_up=True
+    ),
+    "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": TestCard(
+        "visa", "3178", "insufficient_funds", authentication="on_session"
+    ),
+    "pm_card_threeDSecure2Required": TestCard("visa", "3220", authentication="always"),
 }
 TEST_CARD_NUMBERS: dict[str, str] = {
     "4242424242424242": "pm_card_visa",
@@ -47,6 +63,11 @@ TEST_CARD_NUMBERS: dict[str, str] = {
     "4000000000000069": "pm_card_chargeDeclinedExpiredCard",
     "4000000000000259": "pm_card_createDispute",
     "4000000000000341": "pm_card_chargeCustomerFail",
+    "4000002500003155": "pm_card_authenticationRequiredOnSetup",
+    "4000002760003184": "pm_card_authenticationRequired",
+    "4000003800000446": "pm_card_authenticationRequiredSetupForOffSession",
+    "4000008260003178": "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds",
+    "4000000000003220": "pm_card_threeDSecure2Required",
 }
 TEST_TOKENS: dict[str, str] = {
     "tok_visa": "pm_card_visa",
@@ -78,6 +99,32 @@ def behaviour(state: SandboxState, payment_method_id: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def authentication(state: SandboxState, payment_method_id: str) -> str | None:
+    """When the card asks for 3D Secure (see `TestCard.authentication`)."""
+    value = state.private(payment_method_id).get("authentication")
+    return value if isinstance(value, str) else None
+
+
+def set_up_for_off_session(state: SandboxState, payment_method_id: str) -> bool:
+    """Whether the card was saved for off-session use (a SetupIntent, or an authenticated
+    payment with `setup_future_usage`)."""
+    return bool(state.private(payment_method_id).get("set_up"))
+
+
+def mark_set_up(state: SandboxState, payment_method_id: str) -> None:
+    state.private(payment_method_id)["set_up"] = True
+
+
+def needs_authentication(state: SandboxState, payment_method_id: str, *, off_session: bool) -> bool:
+    """Whether a payment (or a setup) with this card must be authenticated by the customer."""
+    asked = authentication(state, payment_method_id)
+    if asked is None:
+        return False
+    if asked == "always" or not off_session:
+        return True
+    return not set_up_for_off_session(state, payment_method_id)
+
+
 def new_test_payment_method(state: SandboxState, account: str, name: str) -> Obj:
     """A fresh `pm_` object for a `pm_card_*` test value, owned by `account`."""
     card = TEST_PAYMENT_METHODS[name]
@@ -95,7 +142,10 @@ def new_test_payment_method(state: SandboxState, account: str, name: str) -> Obj
         pm["billing_details"][key] = None
     pm["billing_details"]["address"] = dict.fromkeys(pm["billing_details"]["address"])
     state.put(pm, account, "payment_method")
-    state.private(pm["id"])["behaviour"] = card.behaviour
+    private = state.private(pm["id"])
+    private.update(behaviour=card.behaviour, authentication=card.authentication)
+    if card.set_up:
+        private["set_up"] = True
     return pm
 
 
@@ -253,7 +303,12 @@ def update_payment_method(call: Call) -> Obj:
 def _attach(state: SandboxState, account: str, value: str, customer: Obj, param: str) -> Obj:
     pm = resolve_payment_method(state, account, value, param)
     decline = decline_for(state, pm["id"])
-    if decline is not None and behaviour(state, pm["id"]) != "customer_fail":
+    # Attaching runs no payment: only cards that decline every use are refused here.
+    if (
+        decline is not None
+        and behaviour(state, pm["id"]) != "customer_fail"
+        and authentication(state, pm["id"]) is None
+    ):
         code, decline_code, message = decline
         raise card_declined(message, code, decline_code, {"payment_method": pm})
     if pm["customer"] not in (None, customer["id"]):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.sandbox.errors import invalid
-from engine.sandbox.objects import build, new_id, new_secret
+from engine.sandbox.objects import API_VERSION, build, new_id, new_secret
 from engine.sandbox.resources.common import require_platform
 from engine.sandbox.routing import Route
 from engine.sandbox.wire import Call, Obj, page
@@ -65,11 +65,18 @@ def create_webhook_endpoint(call: Call) -> Obj:
             param="enabled_events",
             code="parameter_missing",
         )
+    version = call.str_("api_version") or None
+    if version is not None and version != API_VERSION:
+        raise invalid(
+            f"The sandbox renders events in API version {API_VERSION} only; "
+            f"api_version {version} is not available here.",
+            param="api_version",
+        )
     endpoint = build(
         "webhook_endpoint",
         new_id("we"),
         state.now(),
-        api_version=call.str_("api_version"),
+        api_version=version,
         description=call.str_("description"),
         enabled_events=enabled,
         metadata=call.metadata(),

@@ -15,9 +15,12 @@ attempt; when the last retry fails and the invoice is still its subscription's
 latest, the subscription is cancelled or marked unpaid
 (`SandboxOptions.invoice_retries_exhausted`).
 
-Shape: the sandbox speaks API version 2025-01-27.acacia, so invoices also carry that
-version's `payment_intent`, `charge`, `application_fee_amount` and `transfer_data`
-(Stripe's newer example object, which the rest of the shape follows, moved them).
+Shape (the sandbox's one API version, `objects.API_VERSION`): an invoice names its
+subscription under `parent.subscription_details`, and its payments are InvoicePayment
+objects (`/v1/invoice_payments`, `payment.payment_intent`), served on the invoice only
+when asked for (`expand[]=payments`, includable), like `confirmation_secret` (the
+client secret of the invoice's PaymentIntent). The invoice's PaymentIntent, charge,
+application fee and transfer are kept beside it (`state.private`), never served on it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from engine.sandbox.resources.customers import resolve_payment_method
 from engine.sandbox.resources.payments import (
     cancel_payment_intent,
     charge_off_session,
-    confirm_payment_intent,
+    confirm_off_session,
     create_payment_intent,
 )
 from engine.sandbox.routing import Route
@@ -48,6 +51,64 @@ MINIMUM_CHARGE = 50
 """Below this many minor units an invoice is not charged: the amount moves to the
 customer's balance and is carried to the next invoice, as Stripe does."""
 _SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "cad": "CA$", "aud": "A$"}
+
+
+# -- what the invoice keeps beside it ------------------------------------------------
+
+
+def subscription_of(state: SandboxState, invoice: Obj) -> str | None:
+    """The id of the subscription that generated the invoice (`parent.subscription_details`)."""
+    value = state.private(invoice["id"]).get("subscription")
+    return value if isinstance(value, str) else None
+
+
+def intent_of(state: SandboxState, invoice: Obj) -> Obj | None:
+    """The invoice's (default) PaymentIntent, if one was made."""
+    return state.find(state.private(invoice["id"]).get("intent") or "")
+
+
+def _set_intent(state: SandboxState, invoice: Obj, intent: Obj) -> None:
+    """Link the intent to the invoice and keep the default InvoicePayment in step."""
+    private = state.private(invoice["id"])
+    private["intent"] = intent["id"]
+    state.private(intent["id"])["invoice"] = invoice["id"]
+    payment = state.find(private.get("payment") or "")
+    if payment is None:
+        payment = build(
+            "invoice_payment",
+            new_id("inpay"),
+            state.now(domain_of(state, invoice["id"])),
+            amount_paid=None,
+            amount_requested=invoice["amount_remaining"],
+            currency=invoice["currency"],
+            invoice=invoice["id"],
+            is_default=True,
+            livemode=False,
+            payment={"payment_intent": intent["id"], "type": "payment_intent"},
+            status="open",
+            status_transitions={"canceled_at": None, "paid_at": None},
+        )
+        state.put(payment, state.owner_of(invoice["id"]), "invoice_payment")
+        private["payment"] = payment["id"]
+    else:
+        payment["payment"] = {"payment_intent": intent["id"], "type": "payment_intent"}
+
+
+def include_payments(state: SandboxState, invoice: Obj) -> Obj:
+    """`expand[]=payments`: the invoice's InvoicePayments (includable, like Stripe's)."""
+    payment = state.find(state.private(invoice["id"]).get("payment") or "")
+    return embedded_list(
+        [payment] if payment is not None else [],
+        f"/v1/invoice_payments?invoice={invoice['id']}",
+    )
+
+
+def include_confirmation_secret(state: SandboxState, invoice: Obj) -> Obj | None:
+    """`expand[]=confirmation_secret`: the client secret of the invoice's PaymentIntent."""
+    intent = intent_of(state, invoice)
+    if intent is None or invoice["status"] not in ("open", "paid", "uncollectible"):
+        return None
+    return {"client_secret": intent["client_secret"], "type": "payment_intent"}
 
 
 # -- building ------------------------------------------------------------------------
@@ -68,6 +129,7 @@ def new_invoice(
     now = state.now(domain)
     invoice_id = new_id("in")
     sub_id = subscription["id"] if subscription else None
+    hosted = f"/_sandbox/invoices/{invoice_id}"
     invoice = build(
         "invoice",
         invoice_id,
@@ -147,7 +209,6 @@ def new_invoice(
             "paid_at": None,
             "voided_at": None,
         },
-        subscription=sub_id,
         subtotal=0,
         subtotal_excluding_tax=0,
         test_clock=customer["test_clock"],
@@ -158,26 +219,25 @@ def new_invoice(
         total_taxes=[],
         webhooks_delivered_at=None,
     )
-    invoice.update(
-        payment_intent=None, charge=None, application_fee_amount=None, transfer_data=None
-    )
+    private = state.private(invoice_id)
+    private.update(lines=[], hosted=hosted, subscription=sub_id, intent=None, charge=None)
+    private.update(app_fee=None, transfer=None, payment=None)
     if subscription is not None:
         invoice["parent"] = {
             "quote_details": None,
             "subscription_details": {
                 "metadata": dict(subscription["metadata"]),
                 "subscription": sub_id,
+                "subscription_proration_date": None,
             },
             "type": "subscription_details",
         }
-        invoice["transfer_data"] = (
-            {"amount": None, "destination": subscription["transfer_data"]["destination"]}
-            if subscription["transfer_data"]
-            else None
-        )
+        if subscription["transfer_data"]:
+            private["transfer"] = {
+                "amount": None,
+                "destination": subscription["transfer_data"]["destination"],
+            }
     state.put(invoice, owner, "invoice")
-    private = state.private(invoice_id)
-    private["lines"] = []
     if domain:
         private["domain"] = domain
     state.private(customer["id"]).setdefault("invoices", []).append(invoice_id)
@@ -205,6 +265,7 @@ def add_line(
 ) -> Obj:
     """Append one `il_` line to a draft invoice."""
     line_id = new_id("il")
+    sub_id = subscription_of(state, invoice)
     line = build(
         "line_item",
         line_id,
@@ -223,7 +284,7 @@ def add_line(
                 "invoice_item": invoice_item,
                 "proration": proration,
                 "proration_details": {"credited_items": None},
-                "subscription": invoice["subscription"],
+                "subscription": sub_id,
                 "subscription_item": subscription_item,
             },
             "type": "subscription_item_details",
@@ -237,7 +298,7 @@ def add_line(
         },
         quantity=quantity,
         quantity_decimal=str(quantity),
-        subscription=invoice["subscription"],
+        subscription=sub_id,
         subtotal=amount,
         taxes=[],
     )
@@ -414,10 +475,12 @@ def finalize(state: SandboxState, invoice: Obj, *, apply_balance: bool = True) -
     private = state.private(invoice["id"])
     if due > 0 and private.get("fee_percent") is not None:
         fee = percent_of(invoice["total"], Decimal(private["fee_percent"]))
-        invoice["application_fee_amount"] = min(fee, due)
-    if invoice["transfer_data"] is not None and private.get("transfer_percent") is not None:
+        private["app_fee"] = min(fee, due)
+    if private.get("transfer") is not None and private.get("transfer_percent") is not None:
         share = percent_of(invoice["total"], Decimal(private["transfer_percent"]))
-        invoice["transfer_data"]["amount"] = max(0, min(share, due))
+        private["transfer"]["amount"] = max(0, min(share, due))
+    invoice["hosted_invoice_url"] = f"{state.base_url}{private['hosted']}"
+    invoice["invoice_pdf"] = f"{state.base_url}{private['hosted']}/pdf"
     invoice["status"] = "open"
     invoice["status_transitions"]["finalized_at"] = now
     invoice["effective_at"] = now
@@ -444,7 +507,7 @@ def collect(
         return None
     pm_id = payment_method or default_payment_method(state, invoice)
     error: StripeError | None
-    intent: Obj | None = state.find(invoice["payment_intent"] or "")
+    intent = intent_of(state, invoice)
     if pm_id is None:
         error = invalid(
             "This customer has no attached payment source or default payment method. "
@@ -454,29 +517,42 @@ def collect(
     elif intent is not None and intent["status"] in (
         "requires_payment_method",
         "requires_confirmation",
+        "requires_action",
     ):
-        intent, error = _confirm_again(state, owner, intent, pm_id, base_url)
+        # Retries confirm the invoice's intent again; a card that asks for
+        # authentication leaves it waiting for the customer (`requires_action`).
+        intent, error = confirm_off_session(
+            state, owner, intent, pm_id, base_url, wait_for_action=True
+        )
     else:
         try:
             intent, error = charge_off_session(
-                state, owner, _intent_params(state, invoice, pm_id), base_url
+                state,
+                owner,
+                _intent_params(state, invoice, pm_id),
+                base_url,
+                wait_for_action=True,
             )
         except StripeError as err:
             intent, error = None, err
     if intent is not None:
-        invoice["payment_intent"] = intent["id"]
+        _set_intent(state, invoice, intent)
     invoice["attempt_count"] += 1
     invoice["attempted"] = True
+    if invoice["status"] == "paid":
+        return None  # the intent's success already paid it (`pay_for_intent`)
     if error is None and intent is not None and intent["status"] == "succeeded":
         mark_paid(state, invoice, charge=intent["latest_charge"])
         return None
     _payment_failed(state, invoice, automatic=automatic)
+    if intent is not None and intent["status"] == "requires_action":
+        emit(state, "invoice.payment_action_required", invoice, account=owner)
     return error or invalid("The payment did not succeed.")
 
 
 def default_payment_method(state: SandboxState, invoice: Obj) -> str | None:
     """Stripe's order: the subscription's default, then the customer's invoice default."""
-    subscription = state.find(invoice["subscription"] or "")
+    subscription = state.find(subscription_of(state, invoice) or "")
     if subscription is not None and subscription["default_payment_method"]:
         return str(subscription["default_payment_method"])
     customer = state.find(invoice["customer"])
@@ -495,36 +571,17 @@ def _intent_params(state: SandboxState, invoice: Obj, pm_id: str) -> dict[str, A
         if invoice["billing_reason"] == "subscription_create"
         else "Subscription update",
     }
-    transfer = invoice["transfer_data"]
+    private = state.private(invoice["id"])
+    transfer = private.get("transfer")
     if transfer:
         params["transfer_data"] = {"destination": transfer["destination"]}
         if transfer.get("amount") is not None:
             params["transfer_data"]["amount"] = transfer["amount"]
-    if invoice["application_fee_amount"]:
-        params["application_fee_amount"] = invoice["application_fee_amount"]
+    if private.get("app_fee"):
+        params["application_fee_amount"] = private["app_fee"]
     if invoice["on_behalf_of"]:
         params["on_behalf_of"] = invoice["on_behalf_of"]
     return params
-
-
-def _confirm_again(
-    state: SandboxState, owner: str, intent: Obj, pm_id: str, base_url: str
-) -> tuple[Obj, StripeError | None]:
-    """Retry on the invoice's existing PaymentIntent, as Stripe's retries do."""
-    call = Call(
-        state=state,
-        method="POST",
-        path=f"/v1/payment_intents/{intent['id']}/confirm",
-        account=owner,
-        params={"payment_method": pm_id},
-        args=(intent["id"],),
-        base_url=base_url,
-        connected=owner != state.platform_id,
-    )
-    try:
-        return confirm_payment_intent(call), None
-    except StripeError as err:
-        return intent, err
 
 
 def open_intent(state: SandboxState, invoice: Obj) -> None:
@@ -544,37 +601,51 @@ def open_intent(state: SandboxState, invoice: Obj) -> None:
         params=params,
         connected=owner != state.platform_id,
     )
-    invoice["payment_intent"] = create_payment_intent(call)["id"]
+    _set_intent(state, invoice, create_payment_intent(call))
 
 
 def sync_intent(state: SandboxState, invoice: Obj) -> None:
-    """Mark an open invoice paid once the client confirmed its intent directly."""
-    if invoice["status"] not in ("open", "uncollectible") or not invoice["payment_intent"]:
+    """Mark an open invoice paid once its intent succeeded outside `collect`."""
+    intent = intent_of(state, invoice)
+    if invoice["status"] not in ("open", "uncollectible") or intent is None:
         return
-    intent = state.find(invoice["payment_intent"])
-    if intent is not None and intent["status"] == "succeeded":
+    if intent["status"] == "succeeded":
         invoice["attempt_count"] += 1
         invoice["attempted"] = True
         mark_paid(state, invoice, charge=intent["latest_charge"])
 
 
+def pay_for_intent(state: SandboxState, intent: Obj) -> None:
+    """A payment callback: the customer authenticated (or confirmed) an invoice's intent."""
+    invoice = state.find(state.private(intent["id"]).get("invoice") or "")
+    if invoice is not None:
+        sync_intent(state, invoice)
+
+
 def mark_paid(
     state: SandboxState, invoice: Obj, *, charge: str | None = None, out_of_band: bool = False
 ) -> None:
+    if invoice["status"] == "paid":
+        return
     owner = state.owner_of(invoice["id"])
     previous = {
         "status": invoice["status"],
         "amount_paid": invoice["amount_paid"],
         "amount_remaining": invoice["amount_remaining"],
     }
+    paid = invoice["amount_remaining"]
     invoice.update(
         status="paid",
-        amount_paid=invoice["amount_remaining"],
+        amount_paid=paid,
         amount_remaining=0,
         next_payment_attempt=None,
-        charge=charge,
     )
+    state.private(invoice["id"])["charge"] = charge
     invoice["status_transitions"]["paid_at"] = state.now(domain_of(state, invoice["id"]))
+    payment = state.find(state.private(invoice["id"]).get("payment") or "")
+    if payment is not None and not out_of_band:
+        payment.update(amount_paid=paid, status="paid")
+        payment["status_transitions"]["paid_at"] = invoice["status_transitions"]["paid_at"]
     if invoice["status_transitions"]["finalized_at"] is None:
         invoice["status_transitions"]["finalized_at"] = invoice["status_transitions"]["paid_at"]
     emit(state, "invoice.paid", invoice, account=owner, previous=previous)
@@ -607,7 +678,7 @@ def _after_payment(state: SandboxState, invoice: Obj, *, paid: bool) -> None:
     customer = state.find(invoice["customer"])
     if customer is not None and customer["delinquent"] == paid:
         customer["delinquent"] = not paid
-    subscription = state.find(invoice["subscription"] or "")
+    subscription = state.find(subscription_of(state, invoice) or "")
     if subscription is None or subscription["status"] in ("canceled", "incomplete_expired"):
         return
     status = subscription["status"]
@@ -632,7 +703,7 @@ def _after_payment(state: SandboxState, invoice: Obj, *, paid: bool) -> None:
 
 
 def _retries_exhausted(state: SandboxState, invoice: Obj) -> None:
-    subscription = state.find(invoice["subscription"] or "")
+    subscription = state.find(subscription_of(state, invoice) or "")
     if subscription is None or subscription["latest_invoice"] != invoice["id"]:
         return  # A later invoice decides the subscription's fate (Stripe does the same).
     action = state.options.invoice_retries_exhausted
@@ -704,10 +775,11 @@ def void(state: SandboxState, invoice: Obj) -> None:
         used = invoice["ending_balance"] - invoice["starting_balance"]
         if used:
             customer["balance"] -= used
-    intent = state.find(invoice["payment_intent"] or "")
+    intent = intent_of(state, invoice)
     if intent is not None and intent["status"] in (
         "requires_payment_method",
         "requires_confirmation",
+        "requires_action",
     ):
         call = Call(
             state=state,
@@ -719,6 +791,10 @@ def void(state: SandboxState, invoice: Obj) -> None:
             connected=owner != state.platform_id,
         )
         cancel_payment_intent(call)
+    payment = state.find(state.private(invoice["id"]).get("payment") or "")
+    if payment is not None and payment["status"] == "open":
+        payment["status"] = "canceled"
+        payment["status_transitions"]["canceled_at"] = state.now(domain_of(state, invoice["id"]))
     invoice.update(status="void", amount_remaining=0, next_payment_attempt=None, auto_advance=False)
     invoice["status_transitions"]["voided_at"] = state.now(domain_of(state, invoice["id"]))
     emit(state, "invoice.voided", invoice, account=owner, previous=previous)
@@ -825,6 +901,34 @@ def mark_invoice_uncollectible(call: Call) -> Obj:
     return invoice
 
 
+def retrieve_invoice_payment(call: Call) -> Obj:
+    return call.state.get(call.args[0], call.account, "invoice_payment")
+
+
+def list_invoice_payments(call: Call) -> Obj:
+    state = call.state
+    invoice_id = call.str_("invoice")
+    status = call.str_("status")
+    payment = call.dict_("payment")
+    if invoice_id:
+        state.get(invoice_id, call.account, "invoice", "invoice")
+
+    def keep(item: Obj) -> bool:
+        return (
+            (invoice_id is None or item["invoice"] == invoice_id)
+            and (status is None or item["status"] == status)
+            and all(item["payment"].get(key) == value for key, value in payment.items())
+        )
+
+    return page(
+        call,
+        state.listed(call.account, "invoice_payment"),
+        "/v1/invoice_payments",
+        keep=keep,
+        position=state.store.position,
+    )
+
+
 def retrieve_invoice_item(call: Call) -> Obj:
     return call.state.get(call.args[0], call.account, "invoiceitem")
 
@@ -859,6 +963,10 @@ ROUTES = (
         "/v1/invoices/{}/mark_uncollectible",
         mark_invoice_uncollectible,
         "InvoiceMarkUncollectibleParams",
+    ),
+    Route("GET", "/v1/invoice_payments", list_invoice_payments, "InvoicePaymentListParams"),
+    Route(
+        "GET", "/v1/invoice_payments/{}", retrieve_invoice_payment, "InvoicePaymentRetrieveParams"
     ),
     Route("GET", "/v1/invoiceitems", list_invoice_items, "InvoiceItemListParams"),
     Route("GET", "/v1/invoiceitems/{}", retrieve_invoice_item, "InvoiceItemRetrieveParams"),

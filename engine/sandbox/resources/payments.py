@@ -5,11 +5,21 @@ connected account; a destination charge (`transfer_data[destination]`) lives on
 the platform and transfers to the destination, with `application_fee_amount`
 coming back to the platform as an application fee; separate charges and
 transfers are plain platform charges followed by `POST /v1/transfers`.
+
+Authentication (3D Secure, `customers.TestCard.authentication`): an on-session
+confirmation with a card that asks for it answers `requires_action` with a
+`next_action` (`redirect_to_url` when confirmed with a `return_url`, else
+`use_stripe_sdk`) pointing at the sandbox's authentication page
+(`/_sandbox/authenticate/{id}`, `authenticate`), after which the intent proceeds.
+An off-session confirmation that needs it fails with `authentication_required`
+(status `requires_payment_method`), except an invoice's, which waits in
+`requires_action` for the customer (`confirm_off_session(..., wait_for_action=True)`).
 """
 
 from __future__ import annotations
 
 import copy
+import urllib.parse
 from typing import Any
 
 from engine.sandbox.errors import StripeError, card_declined, invalid
@@ -30,8 +40,11 @@ from engine.sandbox.resources.common import (
 from engine.sandbox.resources.customers import (
     behaviour,
     decline_for,
+    mark_set_up,
+    needs_authentication,
     resolve_payment_method,
 )
+from engine.sandbox.resources.files import require_file
 from engine.sandbox.resources.transfers import (
     application_id,
     create_application_fee,
@@ -46,6 +59,20 @@ from engine.sandbox.wire import Call, Obj, Params, embedded_list, page
 
 DAY = 86_400
 AUTHORISATION_DAYS = 7
+EVIDENCE_FILES = frozenset(
+    {
+        "cancellation_policy",
+        "customer_communication",
+        "customer_signature",
+        "duplicate_charge_documentation",
+        "receipt",
+        "refund_policy",
+        "service_documentation",
+        "shipping_documentation",
+        "uncategorized_file",
+    }
+)
+"""Dispute evidence fields that name a file upload (purpose `dispute_evidence`)."""
 _PI_FIELDS = (
     "description",
     "receipt_email",
@@ -118,12 +145,19 @@ def create_payment_intent(call: Call) -> Obj:
 
 
 def charge_off_session(
-    state: SandboxState, account: str, params: Params, base_url: str = ""
+    state: SandboxState,
+    account: str,
+    params: Params,
+    base_url: str = "",
+    *,
+    wait_for_action: bool = False,
 ) -> tuple[Obj, StripeError | None]:
     """Create and confirm an off-session PaymentIntent (what an invoice payment does).
 
     `params` are `POST /v1/payment_intents` parameters (strings or Python values); returns
     the intent and, if the card was declined, the error Stripe would have answered with.
+    `wait_for_action`: a card that asks for authentication leaves the intent in
+    `requires_action` for the customer (Stripe's invoices) instead of failing it.
     For `engine.sandbox.billing` and other extensions.
     """
     call = Call(
@@ -131,17 +165,45 @@ def charge_off_session(
         method="POST",
         path="/v1/payment_intents",
         account=account,
-        params={**params, "confirm": "true", "off_session": "true"},
+        params=dict(params),
         base_url=base_url,
         connected=account != state.platform_id,
     )
+    intent = create_payment_intent(call)
+    return confirm_off_session(state, account, intent, None, base_url, wait_for_action)
+
+
+def confirm_off_session(  # noqa: PLR0917 - one internal confirmation, spelled out
+    state: SandboxState,
+    account: str,
+    intent: Obj,
+    payment_method: str | None,
+    base_url: str = "",
+    wait_for_action: bool = False,
+) -> tuple[Obj, StripeError | None]:
+    """Confirm `intent` off-session (again); returns it and the decline, if any."""
+    params: Params = {"off_session": "true"}
+    if payment_method:
+        params["payment_method"] = payment_method
+    call = Call(
+        state=state,
+        method="POST",
+        path=f"/v1/payment_intents/{intent['id']}/confirm",
+        account=account,
+        params=params,
+        args=(intent["id"],),
+        base_url=base_url,
+        connected=account != state.platform_id,
+    )
+    if payment_method:
+        intent["payment_method"] = payment_method
     try:
-        return create_payment_intent(call), None
+        _confirm(call, intent, wait_for_action=wait_for_action)
     except StripeError as err:
-        intent = err.extra.get("payment_intent")
-        if isinstance(intent, dict) and intent.get("id") in state.objects:
-            return state.objects[intent["id"]], err
-        raise
+        return intent, err
+    if intent["status"] == "requires_action":
+        return intent, _authentication_error(intent)
+    return intent, None
 
 
 def _check_amount(amount: int, currency: str) -> None:
@@ -273,10 +335,23 @@ def confirm_payment_intent(call: Call) -> Obj:
         if call.has(name):
             pi[name] = call.params[name] or None
     _confirm(call, pi)
+    if pi["status"] == "succeeded":
+        for callback in state.payment_callbacks:
+            callback(state, pi)
     return pi
 
 
-def _confirm(call: Call, pi: Obj) -> None:
+def _off_session(call: Call) -> bool:
+    """`off_session` is a boolean or `one_off` / `recurring` (both off-session)."""
+    value = call.params.get("off_session")
+    if value in (None, "", "false", "False", "0", False):
+        return False
+    if value in ("one_off", "recurring"):
+        return True
+    return call.bool_("off_session")
+
+
+def _confirm(call: Call, pi: Obj, *, wait_for_action: bool = False) -> None:
     state = call.state
     if not pi["payment_method"]:
         raise invalid(
@@ -284,9 +359,32 @@ def _confirm(call: Call, pi: Obj) -> None:
             "To confirm the PaymentIntent with a payment method, pass `payment_method`.",
             code="payment_intent_unexpected_state",
         )
+    pm_id = pi["payment_method"]
+    private = state.private(pi["id"])
+    off_session = _off_session(call)
+    if not private.get("authenticated") and needs_authentication(
+        state, pm_id, off_session=off_session
+    ):
+        if off_session and not wait_for_action:
+            _authentication_required(call, pi)
+        require_action(
+            state,
+            pi,
+            owner=call.account,
+            base_url=call.base_url,
+            return_url=call.str_("return_url"),
+        )
+        return
+    _attempt(call, pi)
+
+
+def _attempt(call: Call, pi: Obj) -> None:
+    """Charge the intent's card: declined, authorised (manual capture) or captured."""
+    state = call.state
     owner = call.account
     pm_id = pi["payment_method"]
     pm = state.objects[pm_id]
+    pi["next_action"] = None
     charge = _new_charge(call, pi, pm)
     pi["latest_charge"] = charge["id"]
     decline = decline_for(state, pm_id)
@@ -311,6 +409,135 @@ def _confirm(call: Call, pi: Obj) -> None:
     emit(state, "payment_intent.succeeded", pi, account=owner)
     if behaviour(state, pm_id) == "dispute":
         open_dispute(state, charge)
+
+
+def require_action(
+    state: SandboxState, intent: Obj, *, owner: str, base_url: str, return_url: str | None
+) -> None:
+    """Ask the customer to authenticate: `requires_action` with Stripe's `next_action`."""
+    kind = "setup_intent" if intent["object"] == "setup_intent" else "payment_intent"
+    base = base_url or state.base_url
+    query = {"client_secret": intent["client_secret"]}
+    if return_url:
+        query["return_url"] = return_url
+    page_url = f"{base}/_sandbox/authenticate/{intent['id']}?" + urllib.parse.urlencode(query)
+    if return_url:
+        next_action: Obj = {
+            "redirect_to_url": {"return_url": return_url, "url": page_url},
+            "type": "redirect_to_url",
+        }
+    else:
+        next_action = {
+            "type": "use_stripe_sdk",
+            "use_stripe_sdk": {
+                "source": new_id("src"),
+                "stripe_js": page_url,
+                "type": "three_d_secure_redirect",
+            },
+        }
+    intent.update(status="requires_action", next_action=next_action)
+    state.private(intent["id"])["return_url"] = return_url
+    emit(state, f"{kind}.requires_action", intent, account=owner)
+
+
+def _authentication_error(intent: Obj) -> StripeError:
+    pm = intent["payment_method"]
+    return card_declined(
+        "Your card was declined. This transaction requires authentication.",
+        "authentication_required",
+        "authentication_required",
+        {"payment_intent": copy.deepcopy(intent), "payment_method": {"id": pm}},
+    )
+
+
+def _authentication_required(call: Call, pi: Obj) -> None:
+    """An off-session payment the card wants authenticated: Stripe's `authentication_required`."""
+    state = call.state
+    pm = state.objects[pi["payment_method"]]
+    error: Obj = {
+        "code": "authentication_required",
+        "decline_code": "authentication_required",
+        "doc_url": "https://stripe.com/docs/error-codes/authentication-required",
+        "message": "Your card was declined. This transaction requires authentication.",
+        "payment_method": pm,
+        "type": "card_error",
+    }
+    pi.update(
+        last_payment_error=error,
+        payment_method=None,
+        status="requires_payment_method",
+        next_action=None,
+    )
+    emit(state, "payment_intent.payment_failed", pi, account=call.account)
+    raise card_declined(
+        error["message"],
+        "authentication_required",
+        "authentication_required",
+        {"payment_intent": copy.deepcopy(pi), "payment_method": pm},
+    )
+
+
+def authenticate(state: SandboxState, intent_id: str, *, success: bool) -> Obj:
+    """The customer completed (or failed) 3D Secure on the sandbox's page for a PaymentIntent.
+
+    Success charges the card as the confirmation would have (a decline may still follow);
+    failure returns the intent to `requires_payment_method` with
+    `payment_intent_authentication_failure`. Billing hears of a success through
+    `state.payment_callbacks`.
+    """
+    pi = state.objects[intent_id]
+    owner = state.owner_of(intent_id)
+    expect_status(pi, ("requires_action",), "authenticated", "payment_intent")
+    call = Call(
+        state=state,
+        method="POST",
+        path=f"/_sandbox/authenticate/{intent_id}",
+        account=owner,
+        params={},
+        args=(intent_id,),
+        base_url=state.base_url,
+        connected=owner != state.platform_id,
+    )
+    if not success:
+        pm = state.objects[pi["payment_method"]]
+        pi.update(
+            status="requires_payment_method",
+            next_action=None,
+            payment_method=None,
+            last_payment_error={
+                "code": "payment_intent_authentication_failure",
+                "doc_url": "https://stripe.com/docs/error-codes/"
+                "payment-intent-authentication-failure",
+                "message": "The provided PaymentMethod has failed authentication. You can "
+                "provide payment_method_data or a new PaymentMethod to attempt to fulfill "
+                "this PaymentIntent again.",
+                "payment_method": pm,
+                "type": "invalid_request_error",
+            },
+        )
+        emit(state, "payment_intent.payment_failed", pi, account=owner)
+        return pi
+    state.private(intent_id)["authenticated"] = True
+    pm_id = pi["payment_method"]
+    if pi["setup_future_usage"] in ("off_session", "on_session"):
+        _save_for_future(state, pi, pm_id, owner)
+    try:
+        _attempt(call, pi)
+    except StripeError:
+        return pi  # declined after authentication: the intent says so, events are out
+    for callback in state.payment_callbacks:
+        callback(state, pi)
+    return pi
+
+
+def _save_for_future(state: SandboxState, pi: Obj, pm_id: str, owner: str) -> None:
+    """`setup_future_usage` on an authenticated payment saves the card (attached, set up)."""
+    pm = state.objects[pm_id]
+    if pi["setup_future_usage"] == "off_session":
+        mark_set_up(state, pm_id)
+    if pi["customer"] and pm["customer"] is None:
+        pm["customer"] = pi["customer"]
+        emit(state, "payment_method.attached", pm, account=owner)
 
 
 def _new_charge(call: Call, pi: Obj, pm: Obj) -> Obj:
@@ -823,7 +1050,11 @@ def open_dispute(state: SandboxState, charge: Obj) -> Obj:
         status="needs_response",
     )
     dispute["evidence_details"].update(
-        due_by=now + 7 * DAY, has_evidence=False, past_due=False, submission_count=0
+        due_by=now + 7 * DAY,
+        has_evidence=False,
+        past_due=False,
+        submission_count=0,
+        submission_method="not_submitted",
     )
     dispute["payment_method_details"]["card"].update(
         brand=charge["payment_method_details"]["card"]["brand"],
@@ -856,6 +1087,8 @@ def update_dispute(call: Call) -> Obj:
     if call.has("evidence"):
         previous["evidence"] = dict(dispute["evidence"])
         for key, value in call.dict_("evidence").items():
+            if key in EVIDENCE_FILES and value:
+                require_file(call, str(value), ("dispute_evidence",), f"evidence[{key}]")
             dispute["evidence"][key] = value or None
         dispute["evidence_details"]["has_evidence"] = True
     if call.has("metadata"):
@@ -866,6 +1099,7 @@ def update_dispute(call: Call) -> Obj:
         previous["status"] = dispute["status"]
         dispute["status"] = "under_review"
         dispute["evidence_details"]["submission_count"] += 1
+        dispute["evidence_details"]["submission_method"] = "manual"
         state.schedule("", state.now(), "dispute_decision", dispute["id"])
     emit(state, "charge.dispute.updated", dispute, account=call.account, previous=previous)
     return dispute

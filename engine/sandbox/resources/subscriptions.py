@@ -17,9 +17,9 @@ period (`amount * remaining / period`, rounded half up to a minor unit). With
 invoice; `always_invoice` invoices them at once; `none` skips them. Changing the
 billing interval restarts the period and invoices the new one at once, as Stripe does.
 
-Shape: besides the keys of Stripe's (newer) example object, subscriptions carry
-`current_period_start`/`current_period_end` of API version 2025-01-27.acacia, which
-the sandbox speaks (the newer API keeps them on the items, which carry them too).
+Shape (the sandbox's one API version): the current period lives on each subscription
+item (`current_period_start`/`_end`), not on the subscription; the sandbox keeps it
+beside the subscription (`period_of`) and copies it onto every item.
 """
 
 from __future__ import annotations
@@ -116,9 +116,14 @@ def _recurring_key(price: Obj) -> tuple[str, int]:
     return str(recurring["interval"]), int(recurring["interval_count"])
 
 
-def _set_period(subscription: Obj, start: int, end: int) -> None:
-    subscription["current_period_start"] = start
-    subscription["current_period_end"] = end
+def period_of(state: SandboxState, subscription: Obj) -> tuple[int, int]:
+    """The subscription's current period (start, end), which its items show."""
+    start, end = state.private(subscription["id"])["period"]
+    return int(start), int(end)
+
+
+def _set_period(state: SandboxState, subscription: Obj, start: int, end: int) -> None:
+    state.private(subscription["id"])["period"] = (start, end)
     for item in subscription["items"]["data"]:
         item["current_period_start"] = start
         item["current_period_end"] = end
@@ -126,7 +131,7 @@ def _set_period(subscription: Obj, start: int, end: int) -> None:
 
 def _schedule_renewal(state: SandboxState, subscription: Obj) -> None:
     domain = domain_of(state, subscription["id"])
-    due = int(subscription["current_period_end"])
+    due = period_of(state, subscription)[1]
     state.schedule(domain, due, RENEW_JOB, f"{subscription['id']}@{due}")
 
 
@@ -187,13 +192,14 @@ def _merged(current: Obj, updates: Obj) -> Obj:
 def _new_item(
     state: SandboxState, subscription: Obj, price: Obj, quantity: int, metadata: Obj | None
 ) -> Obj:
+    start, end = period_of(state, subscription)
     item = build(
         "subscription_item",
         new_id("si", 14),
         state.now(domain_of(state, subscription["id"])),
         billing_thresholds=None,
-        current_period_end=subscription["current_period_end"],
-        current_period_start=subscription["current_period_start"],
+        current_period_end=end,
+        current_period_start=start,
         discounts=[],
         metadata=_merged({}, metadata or {}),
         plan=_plan(price),
@@ -415,10 +421,9 @@ def create_subscription(call: Call) -> Obj:
     sub_id = new_id("sub")
     subscription = _build(call, sub_id, now=now, customer=customer, currency=currency)
     subscription["default_payment_method"] = pm_id
-    subscription["current_period_start"] = now
-    subscription["current_period_end"] = period_boundary(now, prices[0]["recurring"], 1)
     private = state.private(sub_id)
     private.update(cycle=0, invoices=[], pending=[], creating=True)
+    _set_period(state, subscription, now, period_boundary(now, prices[0]["recurring"], 1))
     if domain:
         private["domain"] = domain
     _apply_money_params(call, subscription, {})
@@ -452,7 +457,7 @@ def create_subscription(call: Call) -> Obj:
 
 
 def _build(call: Call, sub_id: str, *, now: int, customer: Obj, currency: str) -> Obj:
-    subscription = build(
+    return build(
         "subscription",
         sub_id,
         now,
@@ -504,8 +509,6 @@ def _build(call: Call, sub_id: str, *, now: int, customer: Obj, currency: str) -
         trial_settings={"end_behavior": {"missing_payment_method": "create_invoice"}},
         trial_start=None,
     )
-    subscription.update(current_period_start=now, current_period_end=now)
-    return subscription
 
 
 def _period_invoice(
@@ -532,7 +535,7 @@ def _period_invoice(
     )
     take_pending_items(state, invoice, subscription)
     if with_items:
-        period = (subscription["current_period_start"], subscription["current_period_end"])
+        period = period_of(state, subscription)
         for item in subscription["items"]["data"]:
             price = item["price"]
             add_line(
@@ -694,7 +697,7 @@ def _apply_cancellation(call: Call, subscription: Obj, previous: Obj, now: int) 
             canceled_at=subscription["canceled_at"],
         )
         subscription["cancel_at_period_end"] = flag
-        subscription["cancel_at"] = subscription["current_period_end"] if flag else None
+        subscription["cancel_at"] = period_of(state, subscription)[1] if flag else None
         subscription["canceled_at"] = now if flag else None
     if call.has("cancel_at"):
         previous.update(
@@ -715,7 +718,7 @@ def _apply_cancellation(call: Call, subscription: Obj, previous: Obj, now: int) 
 
 def _schedule_cancel_at(state: SandboxState, subscription: Obj) -> None:
     when = int(subscription["cancel_at"])
-    if when != subscription["current_period_end"]:
+    if when != period_of(state, subscription)[1]:
         domain = domain_of(state, subscription["id"])
         state.schedule(domain, when, CANCEL_AT_JOB, f"{subscription['id']}@{when}")
 
@@ -744,7 +747,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
             "billing_cycle_anchor must be `now` or `unchanged` on an update.",
             param="billing_cycle_anchor",
         )
-    start, end = subscription["current_period_start"], subscription["current_period_end"]
+    start, end = period_of(state, subscription)
     at = call.int_("proration_date") or now
     if not start <= at <= end:
         raise invalid(
@@ -789,7 +792,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
                     )
             subscription["billing_cycle_anchor"] = now
             state.private(subscription["id"])["cycle"] = 0
-            _set_period(subscription, now, period_boundary(now, prices[0]["recurring"], 1))
+            _set_period(state, subscription, now, period_boundary(now, prices[0]["recurring"], 1))
             invoice = _period_invoice(state, subscription, "subscription_update", now, now)
         else:
             if proration != "none":
@@ -815,7 +818,7 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
             item["price"], item["plan"], item["quantity"], item["metadata"] = before[item["id"]]
         subscription["billing_cycle_anchor"] = kept_period[2]
         state.private(subscription["id"])["cycle"] = kept_period[3]
-        _set_period(subscription, kept_period[0], kept_period[1])
+        _set_period(state, subscription, kept_period[0], kept_period[1])
         subscription["latest_invoice"] = kept_latest
         if invoice is not None and invoice["status"] == "open":
             void(state, invoice)
@@ -825,11 +828,9 @@ def _change_items(call: Call, subscription: Obj, previous: Obj, now: int) -> Non
         raise
     for item in removed:
         state.delete(item["id"])
-    if subscription["current_period_end"] != end:
+    if period_of(state, subscription)[1] != end:
         _schedule_renewal(state, subscription)
-        previous.update(
-            current_period_start=start, current_period_end=end, billing_cycle_anchor=kept_period[2]
-        )
+        previous["billing_cycle_anchor"] = kept_period[2]
     previous["latest_invoice"] = kept_latest
     previous["items"] = snapshot
 
@@ -916,7 +917,7 @@ def cancel_subscription(call: Call) -> Obj:
         if key in details:
             subscription["cancellation_details"][key] = details[key] or None
     if call.bool_("prorate") and subscription["status"] != "incomplete":
-        start, end = subscription["current_period_start"], subscription["current_period_end"]
+        start, end = period_of(state, subscription)
         for item in subscription["items"]["data"]:
             _prorate_item(
                 state,
@@ -960,7 +961,7 @@ def renew_job(state: SandboxState, ref: str) -> None:
     due = int(due_text)
     if (
         subscription is None
-        or subscription["current_period_end"] != due
+        or period_of(state, subscription)[1] != due
         or subscription["status"] in (*ENDED, "incomplete")
     ):
         return
@@ -976,14 +977,14 @@ def renew_job(state: SandboxState, ref: str) -> None:
         return
     owner = state.owner_of(sub_id)
     private = state.private(sub_id)
-    old_start = subscription["current_period_start"]
-    previous: Obj = {"current_period_start": old_start, "current_period_end": due}
+    old_start = period_of(state, subscription)[0]
+    previous: Obj = {"items": copy.deepcopy(subscription["items"])}
     private["cycle"] = int(private.get("cycle", 0)) + 1
     recurring = subscription["items"]["data"][0]["price"]["recurring"]
     next_end = period_boundary(
         subscription["billing_cycle_anchor"], recurring, private["cycle"] + 1
     )
-    _set_period(subscription, due, next_end)
+    _set_period(state, subscription, due, next_end)
     pause = subscription["pause_collection"]
     if pause and pause["resumes_at"] is not None and pause["resumes_at"] <= due:
         previous["pause_collection"] = pause
@@ -1023,7 +1024,7 @@ def _end_at_period_end(state: SandboxState, subscription: Obj, due: int) -> None
             state,
             subscription,
             "subscription_cycle",
-            subscription["current_period_start"],
+            period_of(state, subscription)[0],
             due,
             with_items=False,
         )

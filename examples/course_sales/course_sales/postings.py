@@ -8,6 +8,8 @@ What stays on the platform is the commission less Stripe's fee, as on Stripe.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from engine.core.ledger import CUSTOMERS, PLATFORM, PLATFORM_STRIPE_FEES, Entry, Posting
 from engine.core.money import Money
 
@@ -16,7 +18,9 @@ from course_sales.config import PLUGIN
 __all__ = ["charge_posting", "transfer_posting"]
 
 
-def charge_posting(charge_id: str, amount: Money, stripe_fee: Money, reference: str) -> Posting:
+def charge_posting(
+    charge_id: str, amount: Money, stripe_fee: Money, reference: str, *, at: datetime
+) -> Posting:
     """The student's payment to the platform, less Stripe's processing fee."""
     entries = [Entry(CUSTOMERS, -amount), Entry(PLATFORM, amount)]
     if stripe_fee.amount:
@@ -26,13 +30,16 @@ def charge_posting(charge_id: str, amount: Money, stripe_fee: Money, reference: 
         kind="charge",
         entries=tuple(entries),
         reference=reference,
+        occurred_at=at,
         stripe_object_id=charge_id,
         plugin=PLUGIN,
         description="course sale",
     )
 
 
-def transfer_posting(transfer_id: str, destination: str, amount: Money, reference: str) -> Posting:
+def transfer_posting(
+    transfer_id: str, destination: str, amount: Money, reference: str, *, at: datetime
+) -> Posting:
     """The platform paying one beneficiary's share."""
     return Posting.transfer(
         f"{PLUGIN}:transfer:{transfer_id}",
@@ -41,6 +48,7 @@ def transfer_posting(transfer_id: str, destination: str, amount: Money, referenc
         destination,
         amount,
         reference=reference,
+        occurred_at=at,
         stripe_object_id=transfer_id,
         plugin=PLUGIN,
         description="course revenue share",

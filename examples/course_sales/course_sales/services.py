@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from engine.core.errors import InvalidInput, NotFound
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, SplitLeg
 from engine.core.plugins import Plugins
@@ -266,12 +268,15 @@ async def attach_payment_intent(
     )
 
 
-async def _stripe_fee(gateway: StripeGateway, charge_id: str) -> int:
+async def _charge_transaction(gateway: StripeGateway, charge_id: str) -> tuple[int, datetime]:
+    """Stripe's fee on the charge and its time (the charge's balance transaction)."""
     charge = await gateway.call(
         "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
     )
-    balance_transaction = charge.get("balance_transaction") or {}
-    return int(balance_transaction.get("fee") or 0) if isinstance(balance_transaction, dict) else 0
+    txn = charge.get("balance_transaction")
+    if not isinstance(txn, dict):
+        return 0, stripe_time(charge.get("created"))
+    return int(txn.get("fee") or 0), stripe_time(txn.get("created"))
 
 
 async def settle_enrollment(
@@ -290,9 +295,11 @@ async def settle_enrollment(
         return []
     charge_id = str(payment_intent.get("latest_charge") or "")
     payment_intent_id = str(payment_intent["id"])
-    fee = Money(await _stripe_fee(services.gateway, charge_id), enrollment.price.currency)
+    fee_amount, charged_at = await _charge_transaction(services.gateway, charge_id)
+    fee = Money(fee_amount, enrollment.price.currency)
     await services.ledger.post(
-        charge_posting(charge_id, enrollment.price, fee, enrollment.reference), conn=conn
+        charge_posting(charge_id, enrollment.price, fee, enrollment.reference, at=charged_at),
+        conn=conn,
     )
     paid: list[PaidTransfer] = []
     for leg in enrollment.legs:
@@ -329,7 +336,13 @@ async def settle_enrollment(
             key,
         )
         await services.ledger.post(
-            transfer_posting(transfer_id, leg.account_id, leg.amount, enrollment.reference),
+            transfer_posting(
+                transfer_id,
+                leg.account_id,
+                leg.amount,
+                enrollment.reference,
+                at=stripe_time(transfer.get("created")),
+            ),
             conn=conn,
         )
         paid.append(PaidTransfer(leg.role, leg.account_id, leg.amount, transfer_id))

@@ -1,8 +1,8 @@
 """The long run of the webhook pipeline's fault-injection harness (``support.faults``).
 
-    python tests/fault_harness.py --seeds 500                 # seeds 1..500, simulated
-    python tests/fault_harness.py --seeds 500 --chaos-every 25  # and every 25th seed for real
-    python tests/fault_harness.py --seed 123 [--chaos]        # replay one seed
+    python scripts/fault_harness.py --seeds 500                 # seeds 1..500, simulated
+    python scripts/fault_harness.py --seeds 500 --chaos-every 25  # and every 25th seed for real
+    python scripts/fault_harness.py --seed 123 [--chaos]        # replay one seed
 
 Starts its own embedded PostgreSQL (and, for chaos seeds, NATS) in a temporary
 directory. Every seed runs the in-process simulation (real mailbox SQL on real
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import asyncpg
 
-TESTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS))
-sys.path.insert(0, str(TESTS.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from support import faults  # noqa: E402
 
@@ -50,7 +50,7 @@ async def _simulated(database_url: str, seeds: list[int]) -> list[int]:
             report = await faults.simulate(seed, database_url)
         except faults.InvariantBroken as broken:
             failed.append(seed)
-            print(f"FAILED {broken}\n  replay: python tests/fault_harness.py --seed {seed}")
+            print(f"FAILED {broken}\n  replay: python scripts/fault_harness.py --seed {seed}")
             continue
         reports.append(report)
         print(f"{report.line()} ({time.monotonic() - started:.1f} s)", flush=True)
@@ -68,7 +68,7 @@ async def _chaotic(work: Path, seeds: list[int]) -> list[int]:
             report = await chaos.run(seed, work / f"chaos-{seed}")
         except faults.InvariantBroken as broken:
             failed.append(seed)
-            replay = f"python tests/fault_harness.py --seed {seed} --chaos"
+            replay = f"python scripts/fault_harness.py --seed {seed} --chaos"
             print(f"FAILED chaos {broken}\n  replay: {replay}")
             continue
         print(f"chaos {report.line()} ({time.monotonic() - started:.1f} s)", flush=True)
