@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from engine.infra.nats_server import EmbeddedNats  # noqa: E402
 from engine.infra.postgres import EmbeddedPostgres  # noqa: E402
 from engine.infra.processes import find_free_port, port_accepts  # noqa: E402
+from engine.stripe_version import STRIPE_API_VERSION  # noqa: E402
 from engine.webhooks.signature import sign  # noqa: E402
 
 SECRET = "whsec_bench"  # noqa: S105 - a benchmark-only signing secret
@@ -69,6 +70,7 @@ def _events(accounts: list[str], count: int, prefix: str, start: int = 0) -> Ite
             {
                 "id": f"evt_{prefix}_{index}",
                 "object": "event",
+                "api_version": STRIPE_API_VERSION,
                 "account": account,
                 "created": int(time.time()),
                 "type": "payout.paid",
@@ -361,7 +363,10 @@ def main() -> None:
     finally:
         nats_server.stop()
         postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
     print(f"bench: e2e_p99_ms_at_500 {figures['e2e_p99_ms_at_500']:.1f}")
     print(f"bench: e2e_undrained_at_500 {figures['e2e_undrained_at_500']:.0f}")
     print(f"bench: e2e_max_events_per_s {figures['e2e_max_events_per_s']:.0f}")
