@@ -128,12 +128,21 @@ class LeaseKeeper:
                 del self._held[id(held)]
 
     async def _keep(self) -> None:
-        """Renew every third of the lease while any lease is held, then close the connection."""
+        """Renew every third of the lease while any lease is held, then close the connection.
+
+        An unexpected error is logged and the loop goes on: the drains' deadlines
+        still stop them in time if renewals keep failing.
+        """
         try:
             while self._held:
                 await asyncio.sleep(self.period)
-                if self._held:
+                if not self._held:
+                    break
+                try:
                     await self.renew()
+                except Exception:  # never let the renewal loop die quietly
+                    log.exception("mailbox lease renewal failed; retrying")
+                    self._close()
         finally:
             self._close()
 
