@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,7 @@ async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
         return
     current = await ctx.services.gateway.retrieve_account(account_id)
     updated = await apply_stripe_account(ctx.conn, current)
+    await sync_payout_failure(ctx, account_id, current)
     if updated is None:
         return
     plugins = ctx.services.plugins
@@ -64,20 +65,58 @@ async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
     ctx.after_commit(lambda: plugins.notify_lifecycle(lifecycle))
 
 
+async def on_external_account(event: StripeEvent, ctx: EventContext) -> None:
+    """A bank account added, changed or removed: the payout failure flag may lift."""
+    await sync_payout_failure(ctx, str(event.get("account") or ""))
+
+
 def _payout_amount(payout: dict[str, Any]) -> Money:
     return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
 
 
 _LATEST_PAYOUT_FAILURE = """
-UPDATE marketplace_accounts a
-SET payout_failure_code = latest.failure_code, updated_at = now()
-FROM (
-    SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END AS failure_code
-    FROM marketplace_payouts WHERE account_id = $1
-    ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
-) AS latest
-WHERE a.stripe_account_id = $1 AND a.payout_failure_code IS DISTINCT FROM latest.failure_code
+SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END
+FROM marketplace_payouts WHERE account_id = $1
+ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
 """
+
+
+def _bank_errored(stripe_account: Mapping[str, Any]) -> bool:
+    """Whether Stripe stopped the account's payouts: a bank account a payout failed to
+    (``status: errored``) is still on it. Replacing it is what lifts the stop."""
+    banks = (stripe_account.get("external_accounts") or {}).get("data") or []
+    return any(bank.get("status") == "errored" for bank in banks)
+
+
+async def sync_payout_failure(
+    ctx: EventContext, account: str, stripe_account: Mapping[str, Any] | None = None
+) -> str | None:
+    """Set the account's payout failure flag from Stripe's facts, in any event order.
+
+    Flagged while the latest payout (by Stripe's time) failed and the bank it
+    failed to is still errored: a later payout that succeeds, or a new bank
+    account, clears it. ``stripe_account`` is the account as Stripe has it now
+    (retrieved here when needed). Returns the flag (``None`` too for an account
+    the engine does not know: there is nothing to flag).
+    """
+    known = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1", account
+    )
+    if not known:
+        return None
+    code = await ctx.conn.fetchval(_LATEST_PAYOUT_FAILURE, account)
+    if code is not None:
+        if stripe_account is None:
+            stripe_account = await ctx.services.gateway.retrieve_account(account)
+        if not _bank_errored(stripe_account):
+            code = None
+    await ctx.conn.execute(
+        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
+        "WHERE stripe_account_id = $1 AND payout_failure_code IS DISTINCT FROM $2",
+        account,
+        code,
+    )
+    return str(code) if code is not None else None
 
 
 async def _payout_failed_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
@@ -130,9 +169,7 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     ledger = Ledger(ctx.services.db.pool)
     if account == "platform":
         return  # the platform's own payouts leave the platform balance; not tracked yet
-    # The flag says whether the account's latest payout (by Stripe's time) failed:
-    # derived from the payouts, so events may arrive in any order.
-    await ctx.conn.execute(_LATEST_PAYOUT_FAILURE, account)
+    await sync_payout_failure(ctx, account)
     await ledger.post(
         Posting.transfer(
             f"payout:{payout['id']}",
@@ -235,6 +272,9 @@ def core_registrations() -> list[WebhookRegistration]:
     """The engine's handlers, run before any plugin's."""
     table: list[tuple[str, Callable[..., Any]]] = [
         ("account.updated", on_account_updated),
+        ("account.external_account.created", on_external_account),
+        ("account.external_account.updated", on_external_account),
+        ("account.external_account.deleted", on_external_account),
         ("payout.created", on_payout),
         ("payout.updated", on_payout),
         ("payout.paid", on_payout),

@@ -24,6 +24,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar import Litestar, get, post
+from litestar.params import JSONBody
 from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
@@ -82,7 +83,7 @@ READY: dict[str, bool] = {}
 
 
 @post("/v1/boom/orders", operation_id="boomOrder", sync_to_thread=False)
-def not_ready_yet(data: dict[str, Any]) -> dict[str, Any]:
+def not_ready_yet(data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     """Refuses while the seller is onboarding (a state that changes), then takes the order."""
     if not READY.get(str(data.get("seller"))):
         raise AccountNotReady("the seller is still onboarding")

@@ -500,6 +500,49 @@ def test_automatic_daily_payout(
     assert as_account.v1.payouts.retrieve(payouts[0].id).status == "paid"
 
 
+def test_a_failed_payout_errors_the_bank_and_stops_scheduled_payouts_until_it_is_replaced(
+    sandbox: RunningSandbox, client: stripe.StripeClient, make_account: Callable[..., Any]
+) -> None:
+    account = make_account(
+        "000111111116", settings={"payouts": {"schedule": {"interval": "daily"}}}
+    )
+    for _ in range(2):
+        client.v1.payment_intents.create(
+            params={
+                "amount": 5_000,
+                "currency": "usd",
+                "payment_method": "pm_card_bypassPending",
+                "confirm": True,
+                "transfer_data": {"destination": account.id},
+            }
+        )
+    as_account = sandbox.client(stripe_account=account.id)
+    sandbox.advance(DAY)
+    [failed] = as_account.v1.payouts.list().data
+    assert (failed.status, failed.failure_code) == ("failed", "no_account")
+    [bank] = client.v1.accounts.external_accounts.list(account.id).data
+    assert bank.status == "errored"  # Stripe: scheduled payouts stop until it is updated
+    sandbox.advance(3 * DAY)
+    assert len(as_account.v1.payouts.list().data) == 1
+    client.v1.accounts.external_accounts.create(
+        account.id,
+        params={
+            "external_account": {
+                "object": "bank_account",
+                "country": "US",
+                "currency": "usd",
+                "routing_number": "110000000",
+                "account_number": "000123456789",
+            },
+            "default_for_currency": True,
+        },
+    )
+    sandbox.advance(DAY)
+    payouts = as_account.v1.payouts.list().data
+    assert payouts[0].status in {"pending", "in_transit", "paid"}
+    assert len(payouts) == 2
+
+
 def test_webhook_retried_until_delivered(
     sandbox: RunningSandbox, client: stripe.StripeClient, webhooks: Any
 ) -> None:

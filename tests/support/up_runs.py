@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.infra.processes import port_accepts
+from engine.infra.processes import find_free_port, port_accepts
 
 MARKETPLACE = Path(sys.executable).with_name("marketplace")
 
@@ -187,7 +187,9 @@ def _drain_one_event(up: RunningUp) -> None:
 def start_drain_stop(directory: Path) -> UpRun:
     """One fresh start of ``up`` in ``directory`` (must be empty); raises UpRunFailed."""
     began = time.monotonic()
-    with running_up(directory) as up:
+    # A port of its own: the default 8000 may be any other stack's on this machine
+    # (and then this one's check that its port closed would see theirs).
+    with running_up(directory, "--port", str(find_free_port())) as up:
         ready_after = time.monotonic() - began
         ready = httpx.get(f"{up.api}/ready", timeout=30)
         if ready.status_code != 200:

@@ -145,10 +145,30 @@ def process_payout(state: SandboxState, payout_id: str) -> None:
         )
         emit(state, "payout.updated", payout, account=account_id, previous=previous)
         emit(state, "payout.failed", payout, account=account_id)
+        _mark_errored(state, account_id, str(payout["destination"]))
         return
     payout["status"] = "in_transit"
     emit(state, "payout.updated", payout, account=account_id, previous=previous)
     state.schedule("", max(payout["arrival_date"], state.now()), "payout_paid", payout_id)
+
+
+def _mark_errored(state: SandboxState, account_id: str, bank_id: str) -> None:
+    """Stripe's rule: a bank account a payout failed to is ``errored``, and scheduled
+    payouts stop until the account's bank details are updated."""
+    account = state.objects.get(account_id)
+    if account is None:
+        return
+    for bank in account["external_accounts"]["data"]:
+        if bank["id"] == bank_id and bank.get("status") != "errored":
+            previous = {"status": bank.get("status")}
+            bank["status"] = "errored"
+            emit(
+                state,
+                "account.external_account.updated",
+                bank,
+                account=account_id,
+                previous=previous,
+            )
 
 
 def payout_paid(state: SandboxState, payout_id: str) -> None:
@@ -189,8 +209,8 @@ def run_schedules(state: SandboxState, moment: str) -> None:
             if bucket[0] <= 0:
                 continue
             bank = default_bank_account(state, account, currency)
-            if bank is None:
-                continue
+            if bank is None or bank.get("status") == "errored":
+                continue  # stopped until the bank details are updated
             included = _unpaid_available(state, account_id)
             payout = create_payout_object(
                 state, account_id, amount=bucket[0], currency=currency, bank=bank, automatic=True
