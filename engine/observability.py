@@ -12,10 +12,12 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from engine.core.mailboxes import mailbox_kind
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -92,9 +94,9 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
 
 
 class Metrics:
-    """The engine's Prometheus metrics on their own registry."""
+    """The engine's Prometheus metrics on their own registry, bounded in series."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, top_mailboxes: int = 10) -> None:
         self.registry = CollectorRegistry()
         self.webhook_received = Counter(
             "marketplace_webhook_received_total",
@@ -108,34 +110,86 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        # Per-mailbox series would grow with every account, booking and dispute
+        # (and never go away): the counters and the histogram are labelled by the
+        # mailbox's kind only, and per-mailbox detail is kept for the few mailboxes
+        # that need attention (``top_mailboxes``), replaced at every sample.
         self.webhook_handled = Counter(
             "marketplace_webhook_handled_total",
-            "Events handled, per account",
-            ["account"],
+            "Events handled, by mailbox kind",
+            ["kind"],
             registry=self.registry,
         )
         self.webhook_failures = Counter(
             "marketplace_webhook_failures_total",
-            "Handler failures (retries), per account",
-            ["account"],
+            "Handler failures (retries), by mailbox kind",
+            ["kind"],
             registry=self.registry,
         )
         self.webhook_dead = Counter(
             "marketplace_webhook_dead_letters_total",
-            "Events parked in dead letter, per account",
-            ["account"],
+            "Events parked in dead letter, by mailbox kind",
+            ["kind"],
             registry=self.registry,
         )
         self.webhook_lag = Histogram(
             "marketplace_webhook_lag_seconds",
-            "Time from receipt to handled, per account",
-            ["account"],
+            "Time from receipt to handled, by mailbox kind",
+            ["kind"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=self.registry,
         )
         self.mailbox_pending = Gauge(
             "marketplace_webhook_pending",
-            "Pending events per account mailbox (sampled by the sweeper)",
-            ["account"],
+            "Pending events, by mailbox kind (sampled by the sweeper)",
+            ["kind"],
             registry=self.registry,
         )
+        self.mailbox_pending_top = Gauge(
+            "marketplace_webhook_pending_top",
+            "Pending events of the mailboxes with the most (at most top_mailboxes of them)",
+            ["mailbox"],
+            registry=self.registry,
+        )
+        self.top_mailboxes = top_mailboxes
+        self._top: set[str] = set()
+        self._kinds: set[str] = set()
+
+    def drained(
+        self, key: str, *, handled: int, lag_seconds: Iterable[float], failed: bool, dead: int
+    ) -> None:
+        """Count one drain of mailbox ``key``."""
+        kind = mailbox_kind(key)
+        if handled:
+            self.webhook_handled.labels(kind).inc(handled)
+            lag = self.webhook_lag.labels(kind)
+            for seconds in lag_seconds:
+                lag.observe(seconds)
+        if failed:
+            self.webhook_failures.labels(kind).inc()
+        if dead:
+            self.webhook_dead.labels(kind).inc(dead)
+
+    def pending(self, counts: Mapping[str, int]) -> None:
+        """Set the pending gauges from every mailbox's pending count.
+
+        Totals per kind (a kind seen before and now idle reads 0), and the
+        ``top_mailboxes`` mailboxes with the most pending events by name; one
+        that left the top is removed, so the series stay bounded.
+        """
+        totals = dict.fromkeys(self._kinds, 0)
+        for key, count in counts.items():
+            kind = mailbox_kind(key)
+            totals[kind] = totals.get(kind, 0) + count
+        self._kinds |= set(totals)
+        for kind, count in totals.items():
+            self.mailbox_pending.labels(kind).set(count)
+        busiest = sorted(((count, key) for key, count in counts.items() if count), reverse=True)[
+            : self.top_mailboxes
+        ]
+        top = {key for _, key in busiest}
+        for key in self._top - top:
+            self.mailbox_pending_top.remove(key)
+        for count, key in busiest:
+            self.mailbox_pending_top.labels(key).set(count)
+        self._top = top

@@ -22,7 +22,7 @@ __all__ = [
     "PLATFORM_MAILBOX",
     "default_mailbox_key",
     "is_mailbox_key",
-    "metric_label",
+    "mailbox_kind",
 ]
 
 PLATFORM_MAILBOX: Final = "platform"
@@ -91,12 +91,13 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
     return PLATFORM_MAILBOX
 
 
-def metric_label(key: str) -> str:
-    """The metrics label of a mailbox: the key for an account or the platform, else its prefix.
+def mailbox_kind(key: str) -> str:
+    """What kind of mailbox ``key`` is, for metrics: ``account``, ``platform``, or the
+    prefix of a business key (``three_sided_bookings``, ``dispute``).
 
-    Keys such as ``three_sided_bookings:booking:42`` or ``dispute:ch_...`` are
-    one per business object; labelling metrics by them would grow without
-    bound, so their series are summed per prefix (``three_sided_bookings``,
-    ``dispute``). Accounts are bounded by the business and stay per account.
+    Kinds are few whatever the number of accounts and business objects, so
+    metrics labelled by kind stay bounded.
     """
+    if _account_id(key) is not None:
+        return "account"
     return key.split(":", 1)[0]

@@ -134,6 +134,8 @@ class WorkerSettings(_Section, frozen=True):
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
     heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    metrics_top_mailboxes: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
+    """How many of the busiest mailboxes the pending metric names (the rest are per kind)."""
     """How often each worker reports itself in ``marketplace_workers`` (read by ``/ready``)."""
 
 

@@ -23,7 +23,6 @@ from prometheus_client import start_http_server
 from taskiq import Context, TaskiqDepends
 from taskiq.api import run_receiver_task
 
-from engine.core.mailboxes import metric_label
 from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
@@ -173,9 +172,10 @@ class Worker:
         self.services = services
         self.scheduler = scheduler
         self.mailbox = make_mailbox(services)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(
+            top_mailboxes=services.settings.worker.metrics_top_mailboxes
+        )
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._pending_labels: set[str] = set()
         self.dispatcher = Dispatcher(
             services, [*core_registrations(), *services.plugins.webhook_handlers()]
         )
@@ -205,22 +205,21 @@ class Worker:
 
     async def drain(self, account: str) -> str:
         """Drain ``account`` once; re-queue it at the back if more remains."""
-        label = metric_label(account)
         with log_context(account=account):
             outcome = await self.mailbox.drain(account, self.owner, self._handle)
-            if outcome.handled:
-                self.metrics.webhook_handled.labels(label).inc(outcome.handled)
-                lag = self.metrics.webhook_lag.labels(label)
-                for seconds in outcome.lag_seconds:
-                    lag.observe(seconds)
-            if outcome.state in {"backoff", "parked"}:
-                self.metrics.webhook_failures.labels(label).inc()
+            failed = outcome.state in {"backoff", "parked"}
+            # A permanent failure (an event of another API version) is dead at once.
+            dead_at_once = outcome.state == "requeue" and bool(outcome.error)
+            self.metrics.drained(
+                account,
+                handled=outcome.handled,
+                lag_seconds=outcome.lag_seconds,
+                failed=failed,
+                dead=int(outcome.state == "parked" or dead_at_once),
+            )
+            if failed:
                 log.warning("handler failed (%s): %s", outcome.state, outcome.error)
-            if outcome.state == "parked":
-                self.metrics.webhook_dead.labels(label).inc()
-            if outcome.state == "requeue" and outcome.error:
-                # A permanent failure (an event of another API version): dead at once.
-                self.metrics.webhook_dead.labels(label).inc()
+            if dead_at_once:
                 log.warning("event dead-lettered: %s", outcome.error)
             if outcome.state == "lost":
                 # Another drain holds the mailbox now, or the sweeper hands it on once
@@ -239,14 +238,8 @@ class Worker:
         return accounts
 
     async def sample_pending(self) -> None:
-        """Set the pending gauge per metrics label (labels seen before and now idle read 0)."""
-        pending = dict.fromkeys(self._pending_labels, 0)
-        for key, count in (await self.mailbox.pending_counts()).items():
-            label = metric_label(key)
-            pending[label] = pending.get(label, 0) + count
-        self._pending_labels |= set(pending)
-        for label, count in pending.items():
-            self.metrics.mailbox_pending.labels(label).set(count)
+        """Set the pending gauges (per kind, and the busiest mailboxes by name)."""
+        self.metrics.pending(await self.mailbox.pending_counts())
 
     async def sweep_forever(self) -> None:
         """Sweep every ``webhooks.sweep_interval_seconds`` until cancelled.

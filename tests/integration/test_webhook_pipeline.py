@@ -250,7 +250,7 @@ def _expanded_balance_transaction() -> dict[str, object]:
     }
 
 
-async def test_the_pending_gauge_is_per_account_and_summed_per_key_prefix(
+async def test_the_pending_gauges_are_per_kind_and_name_the_busiest_mailboxes(
     pipeline: Pipeline,
 ) -> None:
     for seq in range(1, 3):
@@ -261,15 +261,18 @@ async def test_the_pending_gauge_is_per_account_and_summed_per_key_prefix(
     await pipeline.deliver(event(None, 1))
     worker = Worker(pipeline.services, pipeline.webhooks.scheduler)
     await worker.sample_pending()
+    registry = worker.metrics.registry
 
-    def gauge(label: str) -> float | None:
-        return worker.metrics.registry.get_sample_value(
-            "marketplace_webhook_pending", {"account": label}
-        )
+    def kind(label: str) -> float | None:
+        return registry.get_sample_value("marketplace_webhook_pending", {"kind": label})
 
-    assert (gauge("acct_gauge"), gauge("dispute"), gauge("platform")) == (2, 3, 1)
-    assert gauge("dispute:ch_1") is None
+    def named(mailbox: str) -> float | None:
+        return registry.get_sample_value("marketplace_webhook_pending_top", {"mailbox": mailbox})
+
+    assert (kind("account"), kind("dispute"), kind("platform")) == (2, 3, 1)
+    assert (named("acct_gauge"), named("dispute:ch_1"), named("platform")) == (2, 1, 1)
     async with pipeline.services.db.pool.acquire() as conn:
         await conn.execute("UPDATE marketplace_webhook_events SET status = 'handled'")
     await worker.sample_pending()
-    assert (gauge("acct_gauge"), gauge("dispute"), gauge("platform")) == (0, 0, 0)
+    assert (kind("account"), kind("dispute"), kind("platform")) == (0, 0, 0)
+    assert named("acct_gauge") is None
