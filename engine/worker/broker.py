@@ -28,11 +28,13 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
 
-__all__ = ["DRAIN_TASK", "MailboxBroker"]
+__all__ = ["DRAIN_TASK", "JETSTREAM_WAIT_SECONDS", "MailboxBroker"]
 
 log = logging.getLogger(__name__)
 
 DRAIN_TASK = "marketplace.drain_account"
+JETSTREAM_WAIT_SECONDS = 120.0
+"""How long a starting process waits for JetStream to answer before it gives up."""
 
 _TRANSIENT = (
     js_errors.NotFoundError,
@@ -90,14 +92,30 @@ class MailboxBroker(PullBasedJetStreamBroker):
         """``time.monotonic()`` of the latest answered pull (the worker's heartbeat reports it)."""
 
     async def startup(self) -> None:
-        """Connect; workers also create the durable pull consumer."""
-        if self.is_worker_process:
-            await super().startup()
-            return
+        """Connect and declare the stream; workers also create the durable pull consumer.
+
+        JetStream may not answer for a while (a node of the cluster is down and
+        the stream elects a new leader, or the servers are starting): a process
+        started meanwhile waits for it, for up to ``JETSTREAM_WAIT_SECONDS``,
+        instead of failing to start.
+        """
         await AsyncBroker.startup(self)
         await self.client.connect(self.servers, **self.connection_kwargs)
         self.js = self.client.jetstream()
-        await self._add_or_reuse_stream()
+        deadline = time.monotonic() + JETSTREAM_WAIT_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                await self._add_or_reuse_stream()
+                if self.is_worker_process:
+                    await self._startup_consumer()
+                return
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("JetStream does not answer yet (%r); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def kick(self, message: BrokerMessage) -> None:
         """Publish a token; ``labels["msg_id"]`` becomes ``Nats-Msg-Id``."""
