@@ -252,6 +252,18 @@ def _current_loop() -> asyncio.AbstractEventLoop | _NoLoop:
         return _NO_LOOP
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release a pooled connection without asyncpg's reset query (a round trip per use).
+
+    asyncpg has already rolled back any open transaction. The engine changes no
+    other session state on pooled connections: no SET, LISTEN only on
+    connections of its own (``engine.live_settings``), and every session-level
+    advisory lock is released by the code that took it, in a ``finally``. A
+    connection that broke meanwhile is closed by the pool.
+    """
+    del connection
+
+
 class Database:
     """One PostgreSQL database: a Piccolo engine for the ORM and an asyncpg pool.
 
@@ -296,6 +308,7 @@ class Database:
                 min_size=self._min_size,
                 max_size=self._max_size,
                 server_settings=self._server_settings,
+                reset=_keep_session,
             )
             self._shared = await _ENGINES.acquire(self.url, max(2, self._max_size // 2))
             bind_tables(self._shared.engine, self._tables)
