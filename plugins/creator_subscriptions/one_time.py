@@ -127,7 +127,7 @@ async def create_one_time_payment(
     config = env.config
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, new.creator_account_id)
-        require_selling(creator)
+        await require_selling(conn, creator)
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")

@@ -307,7 +307,7 @@ async def subscribe(
         if tier["archived"] or not tier["stripe_price_id"]:
             raise Conflict(f"tier {new.tier_id} is not on sale", field="tier_id")
         creator = await creator_by_id(conn, await _tier_creator(conn, new.tier_id))
-        require_selling(creator)
+        await require_selling(conn, creator)
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")
@@ -518,7 +518,7 @@ async def change_tier(env: Env, subscription_id: int, change: ChangeTier) -> Sub
         if tier["currency"] != row["currency"]:
             raise InvalidInput("the tier is in another currency", field="tier_id")
         creator = await creator_by_id(conn, int(row["creator"]))
-        require_selling(creator)
+        await require_selling(conn, creator)
         pricing = await priced(env, conn, _order(row, tier))
         percent = fee_percent(pricing)
         upgrade = _yearly(tier) > _yearly(old_tier)

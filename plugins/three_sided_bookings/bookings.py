@@ -31,6 +31,7 @@ from engine.core.errors import (
     PaymentActionRequired,
 )
 from engine.core.money import Money, apply_rate
+from engine.payments.payability import require_payable
 from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
 from engine.services import Services
 from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
@@ -163,6 +164,11 @@ class BookingService:
                 raise NotFound(f"no provider {data.provider_id}", field="provider_id")
             if venue is None:
                 raise NotFound(f"no venue {data.venue_id}", field="venue_id")
+            # Nothing is created for a provider or venue who cannot be paid (409).
+            await require_payable(
+                conn,
+                {"provider": str(provider["account_id"]), "venue": str(venue["account_id"])},
+            )
             starts_at = data.starts_at
             if starts_at.tzinfo is None:
                 raise InvalidInput("starts_at needs a UTC offset", field="starts_at")

@@ -377,3 +377,39 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
 def round_half_up(numerator: int, denominator: int) -> int:
     quotient, remainder = divmod(numerator, denominator)
     return quotient + (1 if remainder * 2 >= denominator else 0)
+
+
+async def test_no_payment_for_a_suspended_creator(stack: Stack) -> None:
+    """Suspended by the admin: subscribing and tipping answer 409 naming the creator; no charge."""
+    http = stack.http
+    account_id = await onboard(stack, "sam")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{account_id}/tiers", json={"name": "Basic", "amount": 500}),
+        201,
+    )
+    bob = await fan(stack, "bob", clock)
+    ok(await http.post(f"/v1/accounts/{account_id}/suspend", json={"reason": "chargebacks"}))
+
+    refused = [
+        await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": tier["id"]}),
+        await http.post(
+            f"{P}/payments/tips",
+            json={"fan_id": bob, "creator_account_id": account_id, "amount": 300},
+        ),
+    ]
+    for response in refused:
+        assert response.status_code == 409, response.text
+        problem = response.json()
+        assert (problem["code"], problem["party"], problem["reason"]) == (
+            "account_restricted",
+            "creator",
+            "suspended",
+        )
+        assert problem["account_id"] == account_id
+    stripe = stack.stripe()
+    assert list((await stripe_call(stack, stripe.v1.subscriptions.list)).data) == []
+    assert list((await stripe_call(stack, stripe.v1.payment_intents.list)).data) == []
+
+    ok(await http.post(f"/v1/accounts/{account_id}/resume"))
+    ok(await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": tier["id"]}), 201)

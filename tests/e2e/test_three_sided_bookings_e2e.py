@@ -605,3 +605,70 @@ async def test_each_payment_model_with_an_authentication_card(stack: Stack, card
         assert absent["collected"] > 0
         assert absent["action_required"] is False
     await spa.assert_books_match("gbp")
+
+
+# ---------------------------------------------------------------- payability
+
+
+async def test_no_booking_for_a_party_who_cannot_be_paid(stack: Stack) -> None:
+    """A provider still onboarding, or a suspended venue: 409 naming them, nothing created."""
+    spa = await open_spa(stack)
+    created = await stack.http.post(
+        "/v1/accounts",
+        json={"role": "provider", "display_name": "New Hire", "email": "new@example.com"},
+    )
+    assert created.status_code == 201, created.text
+    onboarding_account = str(created.json()["account"]["id"])
+    newcomer = await stack.http.post(
+        f"{BASE}/providers", json={"account_id": onboarding_account, "display_name": "New Hire"}
+    )
+    assert newcomer.status_code == 201, newcomer.text
+
+    async def book(provider_id: int) -> httpx.Response:
+        return await spa.customer.post(
+            f"{BASE}/bookings",
+            json={
+                "service_id": spa.service_id,
+                "provider_id": provider_id,
+                "venue_id": spa.venue_id,
+                "starts_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+                "payment_model": "full",
+                "customer": {"name": "Cara Customer", "email": "cara@example.com"},
+                "payment_method": "pm_card_visa",
+            },
+        )
+
+    refused = await book(newcomer.json()["id"])
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert problem["code"] == "account_not_ready"
+    assert (problem["party"], problem["account_id"], problem["reason"]) == (
+        "provider",
+        onboarding_account,
+        "onboarding",
+    )
+    assert onboarding_account in problem["detail"]
+
+    suspended = await stack.http.post(
+        f"/v1/accounts/{spa.venue_account}/suspend", json={"reason": "under investigation"}
+    )
+    assert suspended.status_code == 200, suspended.text
+    refused = await book(spa.provider_id)
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["party"], problem["reason"]) == (
+        "account_restricted",
+        "venue",
+        "suspended",
+    )
+    assert spa.venue_account in problem["detail"]
+
+    # Nothing was created and nobody was charged.
+    assert (await stack.http.get(f"{BASE}/bookings")).json()["data"] == []
+    intents = stack.stripe().v1.payment_intents.list(params={"limit": 10}).data
+    assert list(intents) == []
+
+    resumed = await stack.http.post(f"/v1/accounts/{spa.venue_account}/resume")
+    assert resumed.status_code == 200, resumed.text
+    booked = await book(spa.provider_id)
+    assert booked.status_code == 201, booked.text
