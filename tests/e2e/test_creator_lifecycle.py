@@ -413,3 +413,38 @@ async def test_no_payment_for_a_suspended_creator(stack: Stack) -> None:
 
     ok(await http.post(f"/v1/accounts/{account_id}/resume"))
     ok(await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": tier["id"]}), 201)
+
+
+async def test_tier_currency_defaults_to_the_creators_account(stack: Stack) -> None:
+    """No ``currency``: the tier follows the creator's account (eur), not the plugin's usd."""
+    created = ok(
+        await stack.http.post(
+            f"{P}/creators",
+            json={
+                "handle": "eve",
+                "display_name": "Eve",
+                "country": "DE",
+                "default_currency": "eur",
+            },
+        ),
+        201,
+    )
+    account_id = str(created["creator"]["account_id"])
+    assert created["creator"]["default_currency"] == "eur"
+    tier = ok(
+        await stack.http.post(
+            f"{P}/creators/{account_id}/tiers", json={"name": "Fan", "amount": 500}
+        ),
+        201,
+    )
+    assert tier["currency"] == "eur"
+    price = await stripe_call(stack, stack.stripe().v1.prices.retrieve, tier["stripe_price_id"])
+    assert price["currency"] == "eur"
+    dollars = ok(
+        await stack.http.post(
+            f"{P}/creators/{account_id}/tiers",
+            json={"name": "Fan (USD)", "amount": 500, "currency": "usd"},
+        ),
+        201,
+    )
+    assert dollars["currency"] == "usd"
