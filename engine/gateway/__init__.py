@@ -87,6 +87,10 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
     if isinstance(exc, stripe.IdempotencyError):
         return IdempotencyConflict(message, **extra)
     if isinstance(exc, stripe.InvalidRequestError):
+        if code == "resource_missing" and param and param != "id":
+            # An id given in the request that Stripe does not know (a payment method):
+            # the request's fault, naming the field, not a missing resource of the URL.
+            return InvalidInput(message, field=param, **extra)
         if code == "resource_missing":
             return NotFound(message, **extra)
         if code in {"balance_insufficient", "insufficient_funds"}:

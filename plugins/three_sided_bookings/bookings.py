@@ -142,9 +142,11 @@ class BookingService:
     ) -> BookingRecord:
         """Create a booking in the process's initial state, priced and split once.
 
-        With ``data.payment_method`` the ``pay`` transition follows at once;
-        a declined card leaves the booking ``pending_payment`` and the error
-        names it (``booking_id``) so the customer can pay with another card.
+        With ``data.payment_method`` the ``pay`` transition is taken in the same
+        transaction: a create whose payment fails (a declined or unknown card)
+        creates nothing and answers the payment's error; the customer books again
+        with another card. A payment that waits for the customer's authentication
+        is not a failure: the booking is created with its ``customer_action``.
         """
         now = self.now()
         config = self.config
@@ -263,28 +265,36 @@ class BookingService:
                     {"split": quote.split_json(), "deposit": deposit},
                 )
                 booking = await self._set_timer(conn, booking)
-        notices = Notices(self._services)
-        notices.lifecycle(
-            "booking.created",
-            booking.reference,
-            amount=booking.amount,
-            currency=booking.currency,
-            payment_model=booking.payment_model,
-        )
-        notices.send()
-        if data.payment_method:
-            try:
-                booking = await self.act(
-                    booking.id,
-                    "pay",
-                    "customer",
-                    actor_id=created_by,
-                    params=ActionParams(payment_method=data.payment_method),
+                notices = Notices(self._services)
+                notices.lifecycle(
+                    "booking.created",
+                    booking.reference,
+                    amount=booking.amount,
+                    currency=booking.currency,
+                    payment_model=booking.payment_model,
                 )
-            except MarketplaceError as error:
-                error.extra.setdefault("booking_id", booking.id)
-                raise
-        return booking
+                if data.payment_method:
+                    # The first payment belongs to the create: if it fails (a declined
+                    # or unknown card), the transaction rolls back and nothing exists.
+                    try:
+                        outcome = await self.act_in(
+                            conn,
+                            booking.id,
+                            "pay",
+                            "customer",
+                            actor_id=created_by,
+                            params=ActionParams(payment_method=data.payment_method),
+                        )
+                    except PaymentActionRequired as waiting:
+                        booking, waiting_notices = await self._remember_action(
+                            conn, booking.id, "pay", waiting.action
+                        )
+                        notices.extend(waiting_notices)
+                    else:
+                        booking = outcome.booking
+                        notices.extend(outcome.notices)
+        notices.send()
+        return await self._run_due_now(booking)
 
     def _deposit(self, payment_model: str, value: Money) -> int:
         if payment_model != "deposit":
@@ -334,6 +344,14 @@ class BookingService:
         self, conn: Connection, booking_id: int, name: str, action: CustomerAction
     ) -> BookingRecord:
         """Remember what the customer must authenticate, and which transition it completes."""
+        booking, notices = await self._remember_action(conn, booking_id, name, action)
+        notices.send()
+        return booking
+
+    async def _remember_action(
+        self, conn: Connection, booking_id: int, name: str, action: CustomerAction
+    ) -> tuple[BookingRecord, Notices]:
+        """``_await_customer`` inside the caller's transaction; the notices to send after it."""
         await conn.execute(
             """
             UPDATE three_sided_bookings_bookings
@@ -354,8 +372,7 @@ class BookingService:
             reason=action.reason,
             state=booking.state,
         )
-        notices.send()
-        return booking
+        return booking, notices
 
     async def act_in(
         self,

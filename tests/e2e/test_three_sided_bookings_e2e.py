@@ -672,3 +672,27 @@ async def test_no_booking_for_a_party_who_cannot_be_paid(stack: Stack) -> None:
     assert resumed.status_code == 200, resumed.text
     booked = await book(spa.provider_id)
     assert booked.status_code == 201, booked.text
+
+
+async def test_a_booking_whose_payment_fails_is_not_created(stack: Stack) -> None:
+    """Declined (402) or unknown (400 naming payment_method) card: no booking, no timer."""
+    spa = await open_spa(stack)
+    body = {
+        "service_id": spa.service_id,
+        "provider_id": spa.provider_id,
+        "venue_id": spa.venue_id,
+        "starts_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+        "payment_model": "full",
+        "customer": {"name": "Cara Customer", "email": "cara@example.com"},
+    }
+    unknown = await spa.customer.post(
+        f"{BASE}/bookings", json={**body, "payment_method": "pm_does_not_exist"}
+    )
+    assert unknown.status_code == 400, unknown.text
+    assert (unknown.json()["code"], unknown.json()["field"]) == ("invalid_input", "payment_method")
+    declined = await spa.customer.post(
+        f"{BASE}/bookings", json={**body, "payment_method": "pm_card_chargeDeclined"}
+    )
+    assert declined.status_code == 402, declined.text
+    assert "booking_id" not in declined.json()
+    assert (await stack.http.get(f"{BASE}/bookings")).json()["data"] == []

@@ -22,6 +22,7 @@ from engine.core.errors import (
     CardDeclined,
     IllegalTransition,
     InsufficientBalance,
+    InvalidInput,
     MarketplaceError,
 )
 from engine.core.ledger import Ledger
@@ -468,14 +469,19 @@ async def test_pay_on_arrival_far_away_saves_the_card_and_charges_off_session(en
     await env.assert_ledger_matches_sandbox("gbp")
 
 
-async def test_declined_card_leaves_the_booking_pending(env: Env) -> None:
+async def test_a_create_whose_payment_fails_creates_nothing(env: Env) -> None:
+    """The half-way rule: a declined or unknown card answers its error; no booking exists."""
     ids = await env.catalogue()
     with pytest.raises(CardDeclined) as declined:
         await env.book(ids, "full", card="pm_card_chargeDeclined")
-    booking_id = declined.value.extra["booking_id"]
-    booking = await env.bookings.get_record(booking_id)
-    assert booking.state == "pending_payment"
-    assert await env.act(booking, "pay", "customer", payment_method="pm_card_visa") == "paid"
+    assert "booking_id" not in declined.value.extra
+    with pytest.raises(InvalidInput) as unknown:
+        await env.book(ids, "full", card="pm_nobody_has_this")
+    assert unknown.value.field == "payment_method"
+    assert await env.fetch("SELECT id FROM three_sided_bookings_bookings") == []
+    assert await env.fetch("SELECT id FROM three_sided_bookings_transitions") == []
+    booking = await env.book(ids, "full", card="pm_card_visa")
+    assert booking.state == "paid"
     # Unpaid bookings lapse on their timer; this one was paid in time.
     env.clock.advance(hours=1)
     assert await env.bookings.run_due_timers() == []
