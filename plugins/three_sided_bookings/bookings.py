@@ -402,6 +402,7 @@ class BookingService:
                 collected=collected(charges),
                 requested_amount=params.amount,
                 grace=timedelta(minutes=self.config.start_grace_minutes),
+                hold_horizon=timedelta(days=self.config.off_session_after_days),
             )
             transition = self.process.resolve(name, booking.state, actor, facts)
             target = transition.to
