@@ -21,6 +21,7 @@ from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.ledger import Ledger, Posting, bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
+from engine.payments.records import update_payment
 from engine.worker.dispatch import EventContext, stripe_object
 
 __all__ = ["core_registrations"]
@@ -215,29 +216,43 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
 
 
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep the payment's refunded amount in step (it only grows)."""
+    """Keep the payment's refunded amount in step (it only grows, the status only forward)."""
     charge = stripe_object(event)
-    await ctx.conn.execute(
-        """
-        UPDATE marketplace_payments
-        SET amount_refunded = GREATEST(amount_refunded, $2),
-            status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
-        WHERE stripe_charge_id = $1
-        """,
-        charge.get("id"),
-        int(charge.get("amount_refunded") or 0),
+    await update_payment(
+        ctx.conn,
+        by_charge=str(charge.get("id") or ""),
+        amount_refunded=int(charge.get("amount_refunded") or 0),
     )
 
 
+_CLOSED_DISPUTE_STATUS = {
+    "won": "dispute_won",
+    "warning_closed": "dispute_won",
+    "lost": "dispute_lost",
+}
+
+
+def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
+    """The payment status a dispute event reports (``PAYMENT_STATUS_ORDER``).
+
+    Open, or funds withdrawn: ``disputed``. Closed: ``dispute_won`` (won, or an
+    inquiry closed without a chargeback; also funds reinstated) or ``dispute_lost``.
+    """
+    if event_type == "charge.dispute.funds_reinstated":
+        return "dispute_won"
+    return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+
+
 async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
-    """Record the dispute in the audit log and mark the payment disputed."""
+    """Record the dispute in the audit log and move the payment's status forward."""
     dispute = stripe_object(event)
-    await _audit(ctx.conn, str(event.get("type")), str(dispute.get("charge") or ""), dispute)
-    if event.get("type") == "charge.dispute.created":
-        await ctx.conn.execute(
-            "UPDATE marketplace_payments SET status = 'disputed' WHERE stripe_charge_id = $1",
-            dispute.get("charge"),
-        )
+    event_type = str(event.get("type"))
+    await _audit(ctx.conn, event_type, str(dispute.get("charge") or ""), dispute)
+    await update_payment(
+        ctx.conn,
+        by_charge=str(dispute.get("charge") or ""),
+        status=dispute_payment_status(event_type, dispute),
+    )
 
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
