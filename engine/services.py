@@ -8,6 +8,7 @@ NATS connection. ``await Services.start(settings)`` opens them;
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
 from engine.live_settings import LiveSettings
 from engine.payments.payability import Payability
+from engine.reconciliation.store import open_ledger_conflict_alert
 
 __all__ = ["Services"]
 
@@ -92,7 +94,9 @@ class Services:
             settings=settings,
             plugins=plugins,
             db=db,
-            ledger=Ledger(db.pool),
+            ledger=Ledger(
+                db.pool, on_conflict=[functools.partial(open_ledger_conflict_alert, db.pool)]
+            ),
             gateway=gateway,
             live=live,
             nats=nats_client,

@@ -18,9 +18,10 @@ import asyncpg
 
 from engine.accounts.service import apply_stripe_account
 from engine.core.contributions import StripeEvent, WebhookRegistration
-from engine.core.ledger import Ledger, Posting, bank_of, stripe_time
+from engine.core.ledger import PLATFORM, Posting, bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
+from engine.payments.records import update_payment
 from engine.worker.dispatch import EventContext, stripe_object
 
 __all__ = ["core_registrations"]
@@ -119,25 +120,37 @@ async def sync_payout_failure(
     return str(code) if code is not None else None
 
 
-async def _payout_failed_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
-    """When Stripe returned the funds: the failure balance transaction's ``created``."""
+async def _payout_returned_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
+    """When Stripe returned a failed or canceled payout's funds: the ``created`` of the
+    balance transaction that did (``failure_balance_transaction``, set for both)."""
     txn = payout.get("failure_balance_transaction")
     if isinstance(txn, dict):
         return stripe_time(txn.get("created"))
     if isinstance(txn, str) and txn:
         found = await ctx.services.gateway.call(
-            "balance_transactions", "retrieve", txn, account=account
+            "balance_transactions",
+            "retrieve",
+            txn,
+            account=None if account == PLATFORM else account,
         )
         return stripe_time(found.get("created"))
-    # Stripe always links the failure's balance transaction; without it the payout's
-    # own time is the nearest Stripe time there is.
+    # Stripe always links that balance transaction; without it the payout's own
+    # time is the nearest Stripe time there is.
     return stripe_time(payout.get("created"))
 
 
 async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
-    """Record a payout, post it to the ledger, and on failure flag the account."""
+    """Record a payout and post it: paid out, then back if it fails or is canceled.
+
+    Connected accounts' payouts and the platform's own (events without
+    ``account``) alike: ``payout:<id>`` moves the amount from the balance to
+    its bank (``bank_of``) at the payout's ``created``; ``payout_failure:<id>``
+    or ``payout_cancel:<id>`` moves it back at the time Stripe returned the
+    funds. A failed connected-account payout flags the account and tells the
+    plugins (once).
+    """
     payout = stripe_object(event)
-    account = str(event.get("account") or "platform")
+    account = str(event.get("account") or PLATFORM)
     status = str(payout.get("status") or "pending")
     amount = _payout_amount(payout)
     await ctx.conn.execute(
@@ -153,6 +166,8 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             failure_code = COALESCE(EXCLUDED.failure_code, p.failure_code),
             failure_message = CASE WHEN EXCLUDED.failure_message <> ''
                                    THEN EXCLUDED.failure_message ELSE p.failure_message END,
+            arrival_date = CASE WHEN EXCLUDED.arrival_date > 0
+                                THEN EXCLUDED.arrival_date ELSE p.arrival_date END,
             updated_at = now()
         """,
         payout["id"],
@@ -166,10 +181,9 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         _PAYOUT_RANK.get(status, 0),
         stripe_time(payout.get("created")),
     )
-    ledger = Ledger(ctx.services.db.pool)
-    if account == "platform":
-        return  # the platform's own payouts leave the platform balance; not tracked yet
-    await sync_payout_failure(ctx, account)
+    ledger = ctx.services.ledger
+    if account != PLATFORM:
+        await sync_payout_failure(ctx, account)
     await ledger.post(
         Posting.transfer(
             f"payout:{payout['id']}",
@@ -183,10 +197,24 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         ),
         conn=ctx.conn,
     )
+    if status == "canceled":
+        await ledger.post(
+            Posting.transfer(
+                f"payout_cancel:{payout['id']}",
+                "payout_cancel",
+                bank_of(account),
+                account,
+                amount,
+                occurred_at=await _payout_returned_at(ctx, payout, account),
+                stripe_object_id=str(payout["id"]),
+                description="payout canceled",
+            ),
+            conn=ctx.conn,
+        )
+        return
     if status != "failed":
         return
     failure_code = str(payout.get("failure_code") or "unknown")
-    failed_at = await _payout_failed_at(ctx, payout, account)
     newly_failed = await ledger.post(
         Posting.transfer(
             f"payout_failure:{payout['id']}",
@@ -194,13 +222,13 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             bank_of(account),
             account,
             amount,
-            occurred_at=failed_at,
+            occurred_at=await _payout_returned_at(ctx, payout, account),
             stripe_object_id=str(payout["id"]),
             description=f"payout failed: {failure_code}",
         ),
         conn=ctx.conn,
     )
-    if not newly_failed:
+    if not newly_failed or account == PLATFORM:
         return  # payout.updated and payout.failed both say so: notify once
     plugins = ctx.services.plugins
     failure = PayoutFailure(
@@ -215,29 +243,43 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
 
 
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep the payment's refunded amount in step (it only grows)."""
+    """Keep the payment's refunded amount in step (it only grows, the status only forward)."""
     charge = stripe_object(event)
-    await ctx.conn.execute(
-        """
-        UPDATE marketplace_payments
-        SET amount_refunded = GREATEST(amount_refunded, $2),
-            status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
-        WHERE stripe_charge_id = $1
-        """,
-        charge.get("id"),
-        int(charge.get("amount_refunded") or 0),
+    await update_payment(
+        ctx.conn,
+        by_charge=str(charge.get("id") or ""),
+        amount_refunded=int(charge.get("amount_refunded") or 0),
     )
 
 
+_CLOSED_DISPUTE_STATUS = {
+    "won": "dispute_won",
+    "warning_closed": "dispute_won",
+    "lost": "dispute_lost",
+}
+
+
+def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
+    """The payment status a dispute event reports (``PAYMENT_STATUS_ORDER``).
+
+    Open, or funds withdrawn: ``disputed``. Closed: ``dispute_won`` (won, or an
+    inquiry closed without a chargeback; also funds reinstated) or ``dispute_lost``.
+    """
+    if event_type == "charge.dispute.funds_reinstated":
+        return "dispute_won"
+    return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+
+
 async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
-    """Record the dispute in the audit log and mark the payment disputed."""
+    """Record the dispute in the audit log and move the payment's status forward."""
     dispute = stripe_object(event)
-    await _audit(ctx.conn, str(event.get("type")), str(dispute.get("charge") or ""), dispute)
-    if event.get("type") == "charge.dispute.created":
-        await ctx.conn.execute(
-            "UPDATE marketplace_payments SET status = 'disputed' WHERE stripe_charge_id = $1",
-            dispute.get("charge"),
-        )
+    event_type = str(event.get("type"))
+    await _audit(ctx.conn, event_type, str(dispute.get("charge") or ""), dispute)
+    await update_payment(
+        ctx.conn,
+        by_charge=str(dispute.get("charge") or ""),
+        status=dispute_payment_status(event_type, dispute),
+    )
 
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:

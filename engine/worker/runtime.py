@@ -175,6 +175,7 @@ class Worker:
         self.metrics = metrics or Metrics(
             top_mailboxes=services.settings.worker.metrics_top_mailboxes
         )
+        services.ledger.observe_conflicts(self.metrics.ledger_conflict)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.dispatcher = Dispatcher(
             services, [*core_registrations(), *services.plugins.webhook_handlers()]

@@ -53,6 +53,7 @@ from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
+from engine.payments.records import update_payment
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -263,19 +264,14 @@ async def _sync_payment(ctx: BookingContext, charge: ChargeRecord) -> None:
     if charge.payment_id is None:
         return
     plan = charge.plan
-    await ctx.conn.execute(
-        """
-        UPDATE marketplace_payments
-        SET stripe_charge_id = $2, status = $3, amount = $4, fee_amount = $5,
-            split = $6::jsonb
-        WHERE id = $1
-        """,
-        charge.payment_id,
-        charge.charge_id,
-        "succeeded" if charge.is_captured else charge.status,
-        charge.captured or charge.amount,
-        0 if plan is None else plan.platform_amount.amount,
-        json.dumps({} if plan is None else _priced(ctx.booking, plan, charge.kind).split_json()),
+    await update_payment(
+        ctx.conn,
+        payment_id=charge.payment_id,
+        charge_id=charge.charge_id,
+        status="succeeded" if charge.is_captured else charge.status,
+        amount=charge.captured or charge.amount,
+        fee_amount=0 if plan is None else plan.platform_amount.amount,
+        split={} if plan is None else _priced(ctx.booking, plan, charge.kind).split_json(),
     )
 
 
@@ -569,9 +565,7 @@ async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: 
         status,
     )
     if charge.payment_id is not None:
-        await ctx.conn.execute(
-            "UPDATE marketplace_payments SET status = $2 WHERE id = $1", charge.payment_id, status
-        )
+        await update_payment(ctx.conn, payment_id=charge.payment_id, status=status)
 
 
 # ---------------------------------------------------------------- collecting to a target
@@ -676,15 +670,8 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         json.dumps(plan_to_json(refunded)),
     )
     if charge.payment_id is not None:
-        await ctx.conn.execute(
-            """
-            UPDATE marketplace_payments
-            SET amount_refunded = GREATEST(amount_refunded, $2),
-                status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
-            WHERE id = $1
-            """,
-            charge.payment_id,
-            charge.refunded + amount,
+        await update_payment(
+            ctx.conn, payment_id=charge.payment_id, amount_refunded=charge.refunded + amount
         )
     await ctx.post(
         refund_posting(
