@@ -7,9 +7,10 @@ Every error, whatever raised it, leaves as ``application/problem+json``::
 
 - ``MarketplaceError`` subclasses keep their ``status``, ``code``, ``title``,
   ``detail`` and ``extra`` members (``extra`` is merged at the top level).
-- Litestar's request validation becomes ``400 validation_error`` with
-  ``errors: [{field, message, source}]``; a body that is not JSON becomes
-  ``400 malformed_body`` naming the field ``body``.
+- Request validation (the declared types and limits of bodies and parameters,
+  checked strictly by ``engine.api.strict`` and Litestar) becomes ``422
+  validation_error`` with ``errors: [{field, message, source}]``; a body that
+  is not JSON at all becomes ``400 malformed_body`` naming the field ``body``.
 - Litestar's other HTTP errors (404/405 of unknown routes, 413 over the body
   limit ...) keep their status with a stable code.
 - Anything else is ``500 internal_error``: logged with its traceback, never
@@ -30,6 +31,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from engine.api.fields import PATTERN_MESSAGES
 from engine.core.errors import MarketplaceError
 
 __all__ = [
@@ -70,8 +72,8 @@ _HTTP_CODES: Mapping[int, str] = {
     503: "service_unavailable",
 }
 
-# msgspec's error location: "... - at `$.data.items[0].amount`".
-_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# msgspec's error location: "... - at `$.data.items[0].amount`" (or "at `key` in `$.scope`").
+_MSGSPEC_PATH = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `(?P<field>[^`]+)`")
 
 
@@ -159,11 +161,20 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
         errors.append(
             {
                 "field": _field_of(entry, exc.__cause__),
-                "message": _MSGSPEC_PATH.sub("", str(entry.get("message") or "invalid value")),
+                "message": _message(str(entry.get("message") or "invalid value")),
                 "source": str(getattr(source, "value", source)),
             }
         )
     return errors or [{"field": "body", "message": exc.detail, "source": "body"}]
+
+
+def _message(raw: str) -> str:
+    """msgspec's message without its location, and a refused pattern said in words."""
+    message = _MSGSPEC_PATH.sub("", raw)
+    for pattern, meaning in PATTERN_MESSAGES.items():
+        if f"matching regex {pattern!r}" in message:
+            return meaning
+    return message
 
 
 def _on_domain_error(request: Request[Any, Any, Any], exc: MarketplaceError) -> Response[bytes]:
@@ -188,7 +199,7 @@ def _on_validation_error(
     errors = _field_errors(exc)
     fields = ", ".join(sorted({error["field"] for error in errors}))
     return problem_response(
-        status=400,
+        status=422,
         code="validation_error",
         title="Invalid request",
         detail=f"invalid value for {fields}: {errors[0]['message']}",
@@ -270,13 +281,17 @@ def exception_handlers() -> ExceptionHandlersMap:
 
 
 _DESCRIPTIONS: Mapping[int, str] = {
-    400: "Invalid request: `validation_error` (see `errors`), `malformed_body`, `invalid_input`",
+    400: "Invalid request: `malformed_body` (not JSON), `invalid_input` (see `field`)",
     401: "No valid API key (`authentication_required`)",
     403: "The key's scope does not allow this (`forbidden`)",
     404: "No such object, or not visible to this key (`not_found`)",
     409: "Conflict with the current state, or the same `Idempotency-Key` is in flight",
     413: "The request body is over the configured limit (`payload_too_large`)",
-    422: "`Idempotency-Key` reused with a different request (`idempotency_key_reused`)",
+    422: (
+        "A value out of its declared type or limits, an unknown field (`validation_error`,"
+        " each field in `errors`), or an `Idempotency-Key` reused with a different request"
+        " (`idempotency_key_reused`)"
+    ),
     502: "Stripe failed (`gateway_error`)",
     503: "A dependency is unavailable (`service_unavailable`)",
 }

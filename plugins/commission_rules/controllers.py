@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from engine.api.auth import requires_scope
+from engine.api.fields import LINE_PATTERN, Line, MinorUnits, Note, RequestBody
 from engine.api.problems import problem_responses
 from engine.core.errors import ConfigError, InvalidInput
 from engine.core.money import Money
@@ -31,29 +32,38 @@ from plugins.commission_rules.services import active_rules
 __all__ = ["CommissionRulesController"]
 
 
-class RuleSetBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+Key = Annotated[Line, msgspec.Meta(min_length=1, max_length=64)]
+Value = Annotated[Line, msgspec.Meta(max_length=200)]
+
+
+class RuleSetBody(RequestBody, frozen=True):
     """A whole rule set (it replaces the one in force)."""
 
-    rules: list[RuleSpec]
-    note: str = ""
+    rules: Annotated[list[RuleSpec], msgspec.Meta(max_length=1000)]
+    note: Note = ""
 
 
-class ExplainBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ExplainBody(RequestBody, frozen=True):
     """An order to explain the commission of."""
 
-    plugin: str
-    amount: Annotated[int, msgspec.Meta(ge=0)]
-    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
-    kind: str = "order"
-    beneficiaries: dict[str, str] = msgspec.field(default_factory=dict)
-    attributes: dict[str, str | int] = msgspec.field(default_factory=dict)
+    plugin: Key
+    amount: MinorUnits
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$")]
+    kind: Key = "order"
+    beneficiaries: Annotated[dict[Key, Value], msgspec.Meta(max_length=32)] = msgspec.field(
+        default_factory=dict
+    )
+    attributes: Annotated[
+        dict[Key, Value | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]],
+        msgspec.Meta(max_length=32),
+    ] = msgspec.field(default_factory=dict)
     at: datetime | None = None
 
 
-class DryRunBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DryRunBody(RequestBody, frozen=True):
     """A proposed rule set and the period of past payments to re-price with it."""
 
-    rules: list[RuleSpec]
+    rules: Annotated[list[RuleSpec], msgspec.Meta(max_length=1000)]
     since: datetime
     until: datetime
 
@@ -126,7 +136,10 @@ class CommissionRulesController(Controller):
     async def list_versions(
         self,
         rule_id: Annotated[
-            str | None, QueryParameter(required=False, max_length=200, description="One rule only")
+            str | None,
+            QueryParameter(
+                required=False, max_length=200, pattern=LINE_PATTERN, description="One rule only"
+            ),
         ] = None,
     ) -> VersionList:
         """Every stored version of every rule (or of one), oldest first."""

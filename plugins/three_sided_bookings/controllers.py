@@ -311,7 +311,10 @@ class BookingController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
         in_state: Annotated[
-            str | None, QueryParameter(name="state", required=False, description="a state")
+            str | None,
+            QueryParameter(
+                name="state", required=False, pattern=r"^[a-z_]{1,64}$", description="a state"
+            ),
         ] = None,
     ) -> BookingList:
         """Bookings the caller may see: its own account's, its own clients', or all (admin)."""
