@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, get_args
+from typing import Any, Final, get_args, get_type_hints
 
 import msgspec
 from litestar import Litestar
@@ -371,14 +371,18 @@ def _closed_request_structs(app: Litestar) -> set[type[msgspec.Struct]]:
                 field = handler.parsed_data_field
                 if field is not None:
                     pending.append(field.annotation)
+    seen: set[type[msgspec.Struct]] = set()
     while pending:
         annotation = pending.pop()
         pending += get_args(annotation)
-        if (
-            isinstance(annotation, type)
-            and issubclass(annotation, msgspec.Struct)
-            and annotation.__struct_config__.forbid_unknown_fields
-        ):
+        if not isinstance(annotation, type) or not issubclass(annotation, msgspec.Struct):
+            continue
+        if annotation in seen:
+            continue
+        seen.add(annotation)
+        # Structs inside a body (a booking's customer, a rule set's rules) are request schemas too.
+        pending += get_type_hints(annotation).values()
+        if annotation.__struct_config__.forbid_unknown_fields:
             found.add(annotation)
     return found
 

@@ -283,26 +283,43 @@ def exception_handlers() -> ExceptionHandlersMap:
 _DESCRIPTIONS: Mapping[int, str] = {
     400: "Invalid request: `malformed_body` (not JSON), `invalid_input` (see `field`)",
     401: "No valid API key (`authentication_required`)",
+    402: (
+        "The card was declined (`card_declined`), or the customer must authenticate the"
+        " payment (`payment_action_required`, with `customer_action`)"
+    ),
     403: "The key's scope does not allow this (`forbidden`)",
-    404: "No such object, or not visible to this key (`not_found`)",
-    409: "Conflict with the current state, or the same `Idempotency-Key` is in flight",
+    404: "No such object, or not visible to this key (`not_found`): the two read alike",
+    409: (
+        "Conflict with the current state (`conflict`; `illegal_transition` with `state` and"
+        " `allowed`; `account_not_ready` or `account_restricted` naming the party), or the"
+        " same `Idempotency-Key` is in flight"
+    ),
     413: "The request body is over the configured limit (`payload_too_large`)",
     422: (
-        "A value out of its declared type or limits, an unknown field (`validation_error`,"
-        " each field in `errors`), or an `Idempotency-Key` reused with a different request"
+        "A value out of its declared type or limits, a NUL character, an unknown field"
+        " (`validation_error`, each field in `errors`), a field the action cannot use"
+        " (`field_not_applicable`), or an `Idempotency-Key` reused with a different request"
         " (`idempotency_key_reused`)"
     ),
+    429: "Too many requests (`rate_limited`); retry after a while",
     502: "Stripe failed (`gateway_error`)",
     503: "A dependency is unavailable (`service_unavailable`)",
 }
 
 
-def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI declarations of problem responses, for a handler's ``responses=``."""
+def problem_responses(
+    *statuses: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int, ResponseSpec]:
+    """OpenAPI declarations of problem responses, for a handler's ``responses=``.
+
+    ``descriptions`` replaces the generic text of some statuses with what they
+    mean for this operation (its own codes).
+    """
+    own = descriptions or {}
     return {
         status: ResponseSpec(
             data_container=Problem,
-            description=_DESCRIPTIONS.get(status, _phrase(status)),
+            description=own.get(status) or _DESCRIPTIONS.get(status, _phrase(status)),
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )

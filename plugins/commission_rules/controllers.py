@@ -108,14 +108,20 @@ class CommissionRulesController(Controller):
     tags = ["commission_rules"]
     guards = [requires_scope()]
 
-    @get("/rules", operation_id="getCommissionRules", responses=problem_responses(401, 403))
+    @get(
+        "/rules",
+        operation_id="getCommissionRules",
+        summary="Get the commission rules in force",
+        responses=problem_responses(401, 403),
+    )
     async def get_rules(self, services: NamedDependency[Services]) -> RuleSetView:
-        """The rule set in force now."""
+        """The rule set in force now, each rule with its id, version and content (admin)."""
         return _rules_view(services)
 
     @put(
         "/rules",
         operation_id="replaceCommissionRules",
+        summary="Replace the commission rule set",
         responses=problem_responses(400, 401, 403, 422),
     )
     async def replace_rules(
@@ -131,6 +137,7 @@ class CommissionRulesController(Controller):
     @get(
         "/versions",
         operation_id="listCommissionRuleVersions",
+        summary="List stored commission rule versions",
         responses=problem_responses(400, 401, 403),
     )
     async def list_versions(
@@ -149,6 +156,7 @@ class CommissionRulesController(Controller):
     @post(
         "/explain",
         operation_id="explainCommission",
+        summary="Explain an order's commission",
         status_code=200,
         responses=problem_responses(400, 401, 403, 422),
     )
@@ -174,6 +182,7 @@ class CommissionRulesController(Controller):
     @post(
         "/dry-run",
         operation_id="dryRunCommissionRules",
+        summary="Re-price past payments with proposed rules",
         status_code=200,
         responses=problem_responses(400, 401, 403, 422),
     )
