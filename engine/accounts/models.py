@@ -11,6 +11,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from engine.api.fields import Name
+
 __all__ = [
     "ROLES",
     "STATUSES",
@@ -34,7 +36,7 @@ ROLES: Final[tuple[str, ...]] = ("creator", "provider", "venue")
 Status = Literal["onboarding", "active", "restricted", "suspended"]
 STATUSES: Final[tuple[str, ...]] = ("onboarding", "active", "restricted", "suspended")
 
-DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+DisplayName = Name
 Email = Annotated[
     str,
     msgspec.Meta(

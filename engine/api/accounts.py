@@ -16,6 +16,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.accounts import Account, AccountService, NewAccount, OnboardingLink
 from engine.api.auth import Principal, requires_scope
+from engine.api.fields import Note
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from engine.api.problems import problem_responses
@@ -53,7 +54,7 @@ class AccountList(msgspec.Struct, frozen=True, kw_only=True):
 class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Why the account is suspended (kept in the audit log)."""
 
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Note = ""
 
 
 def _operation(principal: NamedDependency[Principal], idempotency_key: str | None) -> str | None:

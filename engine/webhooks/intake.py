@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 from litestar import Request, post
 
+from engine.api.problems import problem_responses
 from engine.core.errors import InvalidInput, MarketplaceError
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
@@ -165,6 +166,14 @@ def _intake(request: Request[Any, Any, Any]) -> WebhookIntake:
     return intake
 
 
+_INTAKE_ERRORS = {
+    400: "A bad or missing `Stripe-Signature` (`invalid_signature`), or not a Stripe event"
+    " (`malformed_event`); Stripe retries",
+    413: "The event is over `webhooks.max_body_bytes` (`payload_too_large`)",
+    500: "The event could not be stored (`internal_error`: the database failed); Stripe retries",
+}
+
+
 @post(
     "/webhooks/stripe",
     operation_id="receivePlatformWebhook",
@@ -172,6 +181,7 @@ def _intake(request: Request[Any, Any, Any]) -> WebhookIntake:
     status_code=200,
     opt={"public": True},
     summary="Stripe platform events (signed)",
+    responses=problem_responses(400, 413, 500, descriptions=_INTAKE_ERRORS),
 )
 async def receive_platform_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
     """Verify and durably accept a platform event."""
@@ -188,6 +198,7 @@ async def receive_platform_event(request: Request[Any, Any, Any]) -> WebhookRece
     status_code=200,
     opt={"public": True},
     summary="Stripe Connect events from connected accounts (signed)",
+    responses=problem_responses(400, 413, 500, descriptions=_INTAKE_ERRORS),
 )
 async def receive_connect_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
     """Verify and durably accept a connected account's event."""

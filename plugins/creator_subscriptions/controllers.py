@@ -270,7 +270,7 @@ class CreatorController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
         kind: Annotated[
-            list[str] | None,
+            list[Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,64}$")]] | None,
             QueryParameter(description="Only these kinds (subscription_invoice, tip, ppv ...)"),
         ] = None,
         since: Annotated[
@@ -308,7 +308,10 @@ class CreatorController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
         status: Annotated[
-            str | None, QueryParameter(description="Only this status", required=False)
+            str | None,
+            QueryParameter(
+                description="Only this status", pattern=r"^[a-z_]{1,64}$", required=False
+            ),
         ] = None,
         tier_id: Annotated[
             int | None,
@@ -383,7 +386,7 @@ class CreatorController(Controller):
 
 async def _visible_tier(env: Env, principal: Principal, tier_id: int) -> TierView:
     tier = await tiers.get_tier(env, tier_id)
-    principal.ensure_visible(tier.creator_account_id, what="tier")
+    principal.ensure_visible(tier.creator_account_id, what="tier", ref=tier_id)
     return tier
 
 
@@ -522,7 +525,7 @@ class SubscriptionController(Controller):
     ) -> SubscriptionView:
         """As mirrored from Stripe."""
         view = await subscriptions.get_subscription(_env(services), subscription_id)
-        principal.ensure_visible(view.creator_account_id, what="subscription")
+        principal.ensure_visible(view.creator_account_id, what="subscription", ref=subscription_id)
         return view
 
     @post(
@@ -669,7 +672,7 @@ class PaymentController(Controller):
     ) -> OneTimePaymentView:
         """The payment and its split."""
         view = await one_time.get_one_time_payment(_env(services), payment_id)
-        principal.ensure_visible(view.creator_account_id, what="payment")
+        principal.ensure_visible(view.creator_account_id, what="payment", ref=payment_id)
         return view
 
     @post(

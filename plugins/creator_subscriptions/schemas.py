@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from engine.api.fields import EmailText, Label, Line, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -39,16 +40,16 @@ __all__ = [
     "TransactionsPage",
 ]
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Name = Annotated[Line, msgspec.Meta(min_length=1, max_length=100)]
 Handle = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", examples=["ada"])]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$", examples=["usd"])]
 MinorUnits = Annotated[int, msgspec.Meta(ge=1, le=99_999_999, description="minor units")]
 Interval = Literal["month", "year"]
-Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Ref = Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
 SerialId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
 
-class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _In(RequestBody, frozen=True):
     """Base of request bodies: unknown fields are refused."""
 
 
@@ -63,8 +64,8 @@ class NewCreator(_In, frozen=True):
     """A creator to onboard: an Express connected account is created for them."""
 
     handle: Handle
-    display_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    display_name: Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
+    email: EmailText | None = None
     country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] = "US"
     default_currency: Currency | None = None
 
@@ -101,14 +102,14 @@ class NewTier(_In, frozen=True):
     amount: Annotated[int, msgspec.Meta(ge=50, le=99_999_999)]
     currency: Currency | None = None
     interval: Interval = "month"
-    description: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    description: Annotated[Text, msgspec.Meta(max_length=1000)] = ""
 
 
 class TierUpdate(_In, frozen=True):
     """Rename, re-describe or re-price a tier; a new price applies to new subscribers only."""
 
     name: Name | None = None
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Annotated[Text, msgspec.Meta(max_length=1000)] | None = None
     amount: Annotated[int, msgspec.Meta(ge=50, le=99_999_999)] | None = None
 
 
@@ -138,8 +139,8 @@ class NewFan(_In, frozen=True):
     """
 
     external_ref: Ref
-    email: Annotated[str, msgspec.Meta(max_length=254)] = ""
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    email: EmailText = ""
+    name: Label = ""
     payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$")] | None = None
     test_clock: Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$")] | None = None
 
@@ -242,8 +243,8 @@ class NewOneTimePayment(_In, frozen=True):
     creator_account_id: Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]+$")]
     amount: MinorUnits
     currency: Currency | None = None
-    item_ref: Annotated[str, msgspec.Meta(max_length=200)] = ""
-    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    item_ref: Label = ""
+    note: Note = ""
 
 
 class NewRefund(_In, frozen=True):

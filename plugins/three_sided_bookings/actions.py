@@ -20,7 +20,7 @@ from plugins.three_sided_bookings.context import BookingContext
 from plugins.three_sided_bookings.policy import cancellation_fee
 from plugins.three_sided_bookings.store import load_charges
 
-__all__ = ["ACTION_IMPLEMENTATIONS", "Action"]
+__all__ = ["ACTION_FIELDS", "ACTION_IMPLEMENTATIONS", "Action"]
 
 Action = Callable[[BookingContext], Awaitable[None]]
 
@@ -165,3 +165,13 @@ ACTION_IMPLEMENTATIONS: Final[Mapping[str, Action]] = {
     "record_dispute_outcome": record_dispute_outcome,
 }
 """Every name in ``process.ACTIONS`` (a unit test checks both lists agree)."""
+
+ACTION_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "charge_in_full": frozenset({"payment_method"}),
+    "charge_deposit": frozenset({"payment_method"}),
+    "secure_payment_on_arrival": frozenset({"payment_method"}),
+    "refund_amount": frozenset({"amount"}),
+    "submit_dispute_evidence": frozenset({"statement"}),
+}
+"""The request fields (``BookingAction``) each action reads; ``reason`` goes to every
+transition's audit trail. A field none of a transition's actions reads is refused."""

@@ -24,6 +24,7 @@ import msgspec
 
 from engine.core.authentication import CustomerAction
 from engine.core.errors import (
+    FieldNotApplicable,
     IllegalTransition,
     InvalidInput,
     MarketplaceError,
@@ -34,7 +35,7 @@ from engine.core.money import Money, apply_rate
 from engine.payments.payability import require_payable
 from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
 from engine.services import Services
-from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
+from plugins.three_sided_bookings.actions import ACTION_FIELDS, ACTION_IMPLEMENTATIONS
 from plugins.three_sided_bookings.catalog import share_terms
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.context import ActionParams, BookingContext, Notices
@@ -405,6 +406,7 @@ class BookingService:
                 hold_horizon=timedelta(days=self.config.off_session_after_days),
             )
             transition = self.process.resolve(name, booking.state, actor, facts)
+            _refuse_unused_fields(name, booking.state, transition.actions, params)
             target = transition.to
             if target == PREVIOUS_STATE:
                 target = booking.previous_state or self.process.initial
@@ -711,3 +713,26 @@ class BookingService:
         if row is None:
             raise NotFound(f"no booking {booking_id}")
         return BookingRecord.from_row(row)
+
+
+def _refuse_unused_fields(name: str, state: str, actions: list[str], params: ActionParams) -> None:
+    """A field this transition would ignore is a 422 naming it, before anything moves.
+
+    ``complete {"amount": 7000}`` used to capture the full price as if the amount
+    were not there; now the caller learns which fields the action reads here.
+    """
+    given = {
+        "payment_method": params.payment_method is not None,
+        "amount": params.amount is not None,
+        "statement": bool(params.statement),
+    }
+    usable = set().union(*(ACTION_FIELDS.get(action, frozenset()) for action in actions))
+    for field, present in given.items():
+        if present and field not in usable:
+            takes = ", ".join(sorted(usable | {"reason"}))
+            raise FieldNotApplicable(
+                f"{field} is not used by {name} in state {state} (it takes: {takes})",
+                field=field,
+                action=name,
+                state=state,
+            )

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from engine.api.fields import EmailText, Label, Line, LongText, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -57,11 +58,11 @@ Currency = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{3}$", examples=["gbp"])]
 AccountRef = Annotated[
     str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,60}$", description="a connected account id")
 ]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
 ServiceType = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_*-]{1,64}$", examples=["massage"])]
 
 
-class _Input(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Input(RequestBody, frozen=True):
     """Base of request bodies: immutable, unknown fields refused."""
 
 
@@ -107,7 +108,7 @@ class NewProvider(_Input, frozen=True):
 
     account_id: AccountRef
     display_name: Name
-    email: str = ""
+    email: EmailText = ""
 
 
 class ProviderView(_View, frozen=True):
@@ -124,7 +125,7 @@ class NewVenue(_Input, frozen=True):
 
     account_id: AccountRef
     display_name: Name
-    address: str = ""
+    address: Note = ""
 
 
 class VenueView(_View, frozen=True):
@@ -203,8 +204,8 @@ class CustomerInput(_Input, frozen=True):
     """Who is booking (kept for receipts and dispute evidence)."""
 
     name: Name
-    email: Annotated[str, msgspec.Meta(max_length=254)] = ""
-    reference: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    email: EmailText = ""
+    reference: Label = ""
 
 
 class NewBooking(_Input, frozen=True):
@@ -220,22 +221,22 @@ class NewBooking(_Input, frozen=True):
     starts_at: datetime
     payment_model: PaymentModel
     customer: CustomerInput
-    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    payment_method: Annotated[Line, msgspec.Meta(min_length=1, max_length=255)] | None = None
 
 
 class BookingAction(_Input, frozen=True):
     """Parameters of an action (each action reads the ones it needs)."""
 
-    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    payment_method: Annotated[Line, msgspec.Meta(min_length=1, max_length=255)] | None = None
     amount: Annotated[int, msgspec.Meta(gt=0, le=99_999_999)] | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
-    statement: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+    reason: Note = ""
+    statement: LongText = ""
 
 
 class MessageInput(_Input, frozen=True):
     """A message between the customer and the business (part of dispute evidence)."""
 
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    text: Annotated[Text, msgspec.Meta(min_length=1, max_length=2000)]
 
 
 class SplitLegView(_View, frozen=True):

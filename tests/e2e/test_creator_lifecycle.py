@@ -448,3 +448,26 @@ async def test_tier_currency_defaults_to_the_creators_account(stack: Stack) -> N
         201,
     )
     assert dollars["currency"] == "usd"
+
+
+async def test_another_creators_tier_is_a_404_like_a_missing_one(stack: Stack) -> None:
+    # It used to say "no tier 'acct_…'": which ids exist, and whose they are.
+    ada = await onboard(stack, "ada")
+    grace = await onboard(stack, "grace")
+    theirs = ok(
+        await stack.http.post(f"{P}/creators/{grace}/tiers", json={"name": "Gold", "amount": 900}),
+        201,
+    )
+    creator = stack.client_for(await stack.create_key("account", ada))
+    missing_id = int(theirs["id"]) + 1000
+    for method, body in [("GET", None), ("PATCH", {"name": "x"})]:
+        other = await creator.request(method, f"{P}/tiers/{theirs['id']}", json=body)
+        missing = await creator.request(method, f"{P}/tiers/{missing_id}", json=body)
+        assert other.status_code == missing.status_code == 404, (other.text, missing.text)
+        other_problem, missing_problem = other.json(), missing.json()
+        assert other_problem["detail"] == f"no tier {theirs['id']}"
+        assert missing_problem["detail"] == f"no tier {missing_id}"
+        assert set(other_problem) == set(missing_problem)
+        assert grace not in other.text
+    archived = await creator.post(f"{P}/tiers/{theirs['id']}/archive")
+    assert archived.json()["detail"] == f"no tier {theirs['id']}"

@@ -20,6 +20,7 @@ import pytest
 
 from engine.core.errors import (
     CardDeclined,
+    FieldNotApplicable,
     IllegalTransition,
     InsufficientBalance,
     InvalidInput,
@@ -451,6 +452,28 @@ async def test_pay_on_arrival_soon_is_authorised_then_captured(env: Env) -> None
     [captured] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
     assert (captured["status"], captured["captured"]) == ("succeeded", 10_000)
     await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_a_field_the_action_does_not_use_is_refused_not_ignored(env: Env) -> None:
+    # complete {"amount": 7000} used to capture the full price as if amount were absent.
+    ids = await env.catalogue(price=10_001)
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=2))
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=2)
+    with pytest.raises(FieldNotApplicable) as refused:
+        await env.act(booking, "complete", "provider", amount=7_000)
+    assert refused.value.status == 422
+    assert refused.value.extra["field"] == "amount"
+    assert "complete" in refused.value.detail
+    assert "confirmed" in refused.value.detail
+    with pytest.raises(FieldNotApplicable, match="payment_method"):
+        await env.act(booking, "complete", "provider", payment_method="pm_card_visa")
+    [auth] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (auth["status"], auth["captured"]) == ("requires_capture", 0)  # nothing captured
+    assert await env.state(booking) == "confirmed"
+    assert await env.act(booking, "complete", "provider", reason="done") == "settled"
+    with pytest.raises(FieldNotApplicable, match="statement"):
+        await env.act(booking, "refund", "provider", amount=1_000, statement="why")
 
 
 async def test_pay_on_arrival_far_away_saves_the_card_and_charges_off_session(env: Env) -> None:
