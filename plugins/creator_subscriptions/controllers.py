@@ -490,12 +490,14 @@ class SubscriptionController(Controller):
 
     path = f"{PREFIX}/subscriptions"
     tags = TAGS
-    guards = [requires_scope("service")]
+    # Account keys read their own objects; every write needs a service key.
+    guards = [requires_scope("service", "account")]
 
     @post(
         "/",
         operation_id="creatorSubscriptionsSubscribe",
         summary="Subscribe a fan to a tier",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def subscribe(
@@ -514,7 +516,6 @@ class SubscriptionController(Controller):
         "/{subscription_id:int}",
         operation_id="creatorSubscriptionsGetSubscription",
         summary="Get a subscription",
-        guards=[requires_scope("service", "account")],
         responses=problem_responses(*_READ),
     )
     async def get_subscription(
@@ -533,6 +534,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsChangeTier",
         summary="Upgrade or downgrade (prorated)",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def change_tier(
@@ -550,6 +552,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsPause",
         summary="Pause collection",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def pause(
@@ -566,6 +569,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsResume",
         summary="Resume collection",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def resume(
@@ -582,6 +586,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsCancel",
         summary="Cancel now or at period end",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def cancel(
@@ -602,6 +607,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsKeep",
         summary="Undo a cancellation at period end",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def keep(
@@ -619,12 +625,14 @@ class PaymentController(Controller):
 
     path = f"{PREFIX}/payments"
     tags = TAGS
-    guards = [requires_scope("service")]
+    # Account keys read their own objects; every write needs a service key.
+    guards = [requires_scope("service", "account")]
 
     @post(
         "/tips",
         operation_id="creatorSubscriptionsTip",
         summary="Tip a creator",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def tip(
@@ -643,6 +651,7 @@ class PaymentController(Controller):
         "/ppv",
         operation_id="creatorSubscriptionsPayPerView",
         summary="Buy a pay-per-view item",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def pay_per_view(
@@ -661,7 +670,6 @@ class PaymentController(Controller):
         "/{payment_id:int}",
         operation_id="creatorSubscriptionsGetPayment",
         summary="Get a tip or pay-per-view payment",
-        guards=[requires_scope("service", "account")],
         responses=problem_responses(*_READ),
     )
     async def get_payment(
@@ -679,6 +687,7 @@ class PaymentController(Controller):
         "/{payment_id:int}/refunds",
         operation_id="creatorSubscriptionsRefund",
         summary="Refund a tip or pay-per-view payment",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def refund(

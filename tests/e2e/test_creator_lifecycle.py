@@ -471,3 +471,43 @@ async def test_another_creators_tier_is_a_404_like_a_missing_one(stack: Stack) -
         assert grace not in other.text
     archived = await creator.post(f"{P}/tiers/{theirs['id']}/archive")
     assert archived.json()["detail"] == f"no tier {theirs['id']}"
+
+
+async def test_a_creators_own_key_reads_its_subscriptions_and_payments(stack: Stack) -> None:
+    """The creator's key reads its own; another creator's key gets the 404 of a missing id."""
+    http = stack.http
+    ada = await onboard(stack, "ada")
+    bea = await onboard(stack, "bea")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{ada}/tiers", json={"name": "Basic", "amount": 500}), 201
+    )
+    fan_id = await fan(stack, "carl", clock)
+    sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": fan_id, "tier_id": tier["id"]}), 201
+    )
+    tip = ok(
+        await http.post(
+            f"{P}/payments/tips",
+            json={"fan_id": fan_id, "creator_account_id": ada, "amount": 300},
+        ),
+        201,
+    )
+    own = stack.client_for(await stack.create_key("account", ada))
+    other = stack.client_for(await stack.create_key("account", bea))
+    assert ok(await own.get(f"{P}/subscriptions/{sub['id']}"))["id"] == sub["id"]
+    assert ok(await own.get(f"{P}/payments/{tip['id']}"))["id"] == tip["id"]
+    for path, missing in (
+        (f"{P}/subscriptions/{sub['id']}", f"{P}/subscriptions/999999"),
+        (f"{P}/payments/{tip['id']}", f"{P}/payments/999999"),
+    ):
+        hidden = await other.get(path)
+        absent = await other.get(missing)
+        assert (hidden.status_code, absent.status_code) == (404, 404), hidden.text
+        assert hidden.json()["detail"].replace(str(path.rsplit("/", 1)[1]), "N") == (
+            absent.json()["detail"].replace("999999", "N")
+        )
+        assert ada not in hidden.text
+    # Reading is all an account key may do here: writes need the platform's service key.
+    refused = await own.post(f"{P}/subscriptions/{sub['id']}/cancel", json={})
+    assert refused.status_code == 403, refused.text
