@@ -46,6 +46,7 @@ from plugins.three_sided_bookings.payments import (
 )
 from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
 from plugins.three_sided_bookings.schemas import (
+    BookingStripeIds,
     BookingView,
     NewBooking,
     SplitLegView,
@@ -595,7 +596,29 @@ class BookingService:
               (SELECT COALESCE(sum(refunded), 0) FROM three_sided_bookings_charges
                  WHERE booking = $1) AS refunded,
               (SELECT COALESCE(sum(amount), 0) FROM three_sided_bookings_transfers
-                 WHERE booking = $1 AND status = 'held') AS held
+                 WHERE booking = $1 AND status = 'held') AS held,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'kind', kind, 'payment_intent', stripe_payment_intent_id,
+                  'charge', stripe_charge_id, 'status', status, 'amount', amount,
+                  'captured', captured, 'refunded', refunded) ORDER BY id), '[]'::jsonb)
+                 FROM three_sided_bookings_charges WHERE booking = $1) AS charges,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'role', role, 'account_id', account_id, 'transfer', stripe_transfer_id,
+                  'amount', amount, 'amount_reversed', amount_reversed, 'status', status)
+                  ORDER BY id), '[]'::jsonb)
+                 FROM three_sided_bookings_transfers WHERE booking = $1) AS transfers,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'refund', r.stripe_refund_id, 'charge', c.stripe_charge_id,
+                  'amount', r.amount) ORDER BY r.id), '[]'::jsonb)
+                 FROM three_sided_bookings_refunds r
+                 JOIN three_sided_bookings_charges c ON c.id = r.charge
+                 WHERE r.booking = $1) AS refunds,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'reversal', v.stripe_reversal_id, 'transfer', t.stripe_transfer_id,
+                  'amount', v.amount, 'reason', v.reason) ORDER BY v.id), '[]'::jsonb)
+                 FROM three_sided_bookings_reversals v
+                 JOIN three_sided_bookings_transfers t ON t.id = v.transfer
+                 WHERE v.booking = $1) AS reversals
             """,
             booking.id,
         )
@@ -641,6 +664,13 @@ class BookingService:
                 ],
             ),
             transfer_group=booking.transfer_group,
+            stripe=msgspec.convert(
+                {
+                    name: jsonb(money[name])
+                    for name in ("charges", "transfers", "refunds", "reversals")
+                },
+                BookingStripeIds,
+            ),
             created_at=booking.created_at,
             updated_at=booking.updated_at,
             action_required=booking.customer_action is not None,

@@ -259,6 +259,55 @@ class SplitView(_View, frozen=True):
     legs: list[SplitLegView]
 
 
+class ChargeIds(_View, frozen=True):
+    """One PaymentIntent of the booking and its charge on Stripe."""
+
+    kind: str
+    payment_intent: str
+    charge: str | None
+    status: str
+    amount: int
+    captured: int
+    refunded: int
+
+
+class TransferIds(_View, frozen=True):
+    """A beneficiary's share: its Stripe transfer once paid (``None`` while held)."""
+
+    role: str
+    account_id: str
+    transfer: str | None
+    amount: int
+    amount_reversed: int
+    status: str
+
+
+class RefundIds(_View, frozen=True):
+    """A refund of one of the booking's charges."""
+
+    refund: str
+    charge: str | None
+    amount: int
+
+
+class ReversalIds(_View, frozen=True):
+    """A reversal of (part of) a transfer, after a refund or a lost dispute."""
+
+    reversal: str
+    transfer: str | None
+    amount: int
+    reason: str
+
+
+class BookingStripeIds(_View, frozen=True):
+    """The booking's money on Stripe, to tie transfers and payouts to bookings."""
+
+    charges: list[ChargeIds]
+    transfers: list[TransferIds]
+    refunds: list[RefundIds]
+    reversals: list[ReversalIds]
+
+
 class BookingView(_View, frozen=True):
     """A booking, its state, the actions the caller may take and its money."""
 
@@ -287,6 +336,8 @@ class BookingView(_View, frozen=True):
     held: int
     split: SplitView
     transfer_group: str
+    stripe: BookingStripeIds
+    """Stripe's ids of the booking's charges, transfers, refunds and reversals."""
     created_at: datetime
     updated_at: datetime
     action_required: bool = False

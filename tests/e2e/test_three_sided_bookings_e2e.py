@@ -376,6 +376,32 @@ async def test_partial_refund_split_proportionally(stack: Stack) -> None:
         legs["provider"] + legs["venue"] - reversed_total
     )
 
+    # The provider's own key ties Stripe's objects to the booking.
+    seen = (await spa.provider.get(f"{BASE}/bookings/{booking['id']}")).json()["stripe"]
+    [charge] = seen["charges"]
+    intent = stack.stripe().v1.payment_intents.retrieve(charge["payment_intent"])
+    assert (charge["charge"], charge["captured"], charge["refunded"]) == (
+        intent.latest_charge,
+        9_999,
+        3_333,
+    )
+    stripe_transfers = {t.id: t for t in spa.transfers(booking)}
+    assert {t["transfer"] for t in seen["transfers"]} == set(stripe_transfers)
+    for transfer in seen["transfers"]:
+        made = stripe_transfers[transfer["transfer"]]
+        assert (transfer["account_id"], transfer["amount"], transfer["amount_reversed"]) == (
+            made.destination,
+            made.amount,
+            made.amount_reversed,
+        )
+    [refund] = seen["refunds"]
+    assert (
+        refund["refund"]
+        == stack.stripe().v1.refunds.list(params={"charge": intent.latest_charge}).data[0].id
+    )
+    assert sum(r["amount"] for r in seen["reversals"]) == reversed_total
+    assert {r["transfer"] for r in seen["reversals"]} <= set(stripe_transfers)
+
 
 # ---------------------------------------------------------------- disputes
 
