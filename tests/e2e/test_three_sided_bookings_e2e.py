@@ -198,6 +198,12 @@ async def open_spa(
     )
     assert provider.status_code == 201, provider.text
     assert venue.status_code == 201, venue.text
+    # Registering again updates and answers 200 with the same provider.
+    again = await admin.post(
+        f"{BASE}/providers",
+        json={"account_id": provider_account, "display_name": "Ana Therapist"},
+    )
+    assert (again.status_code, again.json()["id"]) == (200, provider.json()["id"]), again.text
     agreement = await admin.put(
         f"{BASE}/providers/{provider.json()['id']}/agreements",
         json={"service_type": "massage", "rate_bps": 6000},

@@ -130,10 +130,10 @@ class Env:
                 currency=currency,
             )
         )
-        provider = await self.catalog.add_provider(
+        provider, _ = await self.catalog.add_provider(
             NewProvider(account_id=await self.account("provider"), display_name="Ana Therapist")
         )
-        venue = await self.catalog.add_venue(
+        venue, _ = await self.catalog.add_venue(
             NewVenue(
                 account_id=await self.account("venue"),
                 display_name="Seaside Spa",
@@ -747,11 +747,11 @@ async def test_venue_whose_payout_fails_is_held_then_paid_after_recovery(env: En
     service = await env.catalog.create_service(
         NewService(name="Facial", service_type="facial", duration_minutes=45, price=10_000)
     )
-    provider = await env.catalog.add_provider(
+    provider, _ = await env.catalog.add_provider(
         NewProvider(account_id=await env.account("provider"), display_name="Ben")
     )
     venue_account = await env.account("venue", bank=FAILING_BANK)
-    venue = await env.catalog.add_venue(NewVenue(account_id=venue_account, display_name="Spa"))
+    venue, _ = await env.catalog.add_venue(NewVenue(account_id=venue_account, display_name="Spa"))
     await env.catalog.set_venue_terms(venue.id, VenueTermsInput(kind="fixed", fixed={"gbp": 2_500}))
     schedule = await env.catalog.set_payout_schedule(
         venue_account, PayoutScheduleInput(interval="daily", delay_days=2), actor="admin"
