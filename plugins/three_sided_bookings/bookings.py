@@ -42,6 +42,7 @@ from plugins.three_sided_bookings.context import ActionParams, BookingContext, N
 from plugins.three_sided_bookings.payments import (
     action_json,
     collected,
+    ensure_customer,
     release_held_transfers,
 )
 from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
@@ -111,8 +112,26 @@ class BookingService:
         return self.config.process
 
     def now(self) -> datetime:
-        """The service's current time."""
+        """The service's current time (of bookings on no test clock)."""
         return self._clock()
+
+    async def clock_time(self, test_clock: str | None) -> datetime:
+        """The time of a booking's payments: its Stripe test clock's, else ``now()``.
+
+        A booking whose customer is on a test clock (test mode) lives on that
+        clock: its timers, state times and guards read it, as Stripe's charges,
+        refunds and payouts of the booking do.
+        """
+        if not test_clock:
+            return self.now()
+        clock = await self._services.gateway.call(
+            "test_helpers.test_clocks", "retrieve", test_clock
+        )
+        return datetime.fromtimestamp(int(clock["frozen_time"]), UTC)
+
+    async def now_for(self, booking: BookingRecord) -> datetime:
+        """The current time of ``booking`` (see ``clock_time``)."""
+        return await self.clock_time(booking.test_clock)
 
     @property
     def _pool(self) -> Any:
@@ -125,14 +144,19 @@ class BookingService:
         *,
         actor: str = "system",
         params: ActionParams | None = None,
+        now: datetime | None = None,
     ) -> BookingContext:
-        """A context for actions on ``booking`` inside ``conn``'s transaction."""
+        """A context for actions on ``booking`` inside ``conn``'s transaction.
+
+        ``now`` is the booking's time (``now_for``); the service's clock when omitted
+        (a booking on no test clock).
+        """
         return BookingContext(
             services=self._services,
             config=self.config,
             conn=conn,
             booking=booking,
-            now=self.now(),
+            now=now or self.now(),
             actor=actor,
             params=params or ActionParams(),
         )
@@ -150,7 +174,11 @@ class BookingService:
         with another card. A payment that waits for the customer's authentication
         is not a failure: the booking is created with its ``customer_action``.
         """
-        now = self.now()
+        test_clock = data.customer.test_clock
+        try:
+            now = await self.clock_time(test_clock)
+        except NotFound:
+            raise InvalidInput(f"no test clock {test_clock}", field="customer.test_clock") from None
         config = self.config
         async with self._pool.acquire() as conn:
             service = await conn.fetchrow(
@@ -224,10 +252,10 @@ class BookingService:
                          state_entered_at, process_name, process_version, starts_at, ends_at,
                          amount, currency, deposit_amount, split, policy, transfer_group,
                          timer_at, timer_name, communication, created_by, created_at,
-                         updated_at)
+                         updated_at, test_clock)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '', $14,
                             $15, $16, $17, $18, $19, $20, $21, $22::jsonb, $23::jsonb, $24,
-                            NULL, '', '[]'::jsonb, $25, $14, $14)
+                            NULL, '', '[]'::jsonb, $25, $14, $14, $26)
                     """,
                     booking_id,
                     service["id"],
@@ -254,6 +282,7 @@ class BookingService:
                     json.dumps(policy),
                     f"booking:{booking_id}",
                     created_by,
+                    test_clock,
                 )
                 booking = await load_booking(conn, booking_id)
                 await self._audit(
@@ -265,8 +294,13 @@ class BookingService:
                     actor,
                     created_by,
                     {"split": quote.split_json(), "deposit": deposit},
+                    at=now,
                 )
                 booking = await self._set_timer(conn, booking)
+                if test_clock:
+                    # Its customer on the clock from the start, so every payment is.
+                    await ensure_customer(self.context(conn, booking, now=now))
+                    booking = await load_booking(conn, booking.id)
                 notices = Notices(self._services)
                 notices.lifecycle(
                     "booking.created",
@@ -395,7 +429,7 @@ class BookingService:
             booking = await lock_booking(conn, booking_id)
             charges = await load_charges(conn, booking_id)
             params = params or ActionParams()
-            now = self.now()
+            now = await self.now_for(booking)
             facts = Facts(
                 now=now,
                 starts_at=booking.starts_at,
@@ -411,13 +445,15 @@ class BookingService:
             target = transition.to
             if target == PREVIOUS_STATE:
                 target = booking.previous_state or self.process.initial
-            ctx = self.context(conn, booking, actor=actor, params=params)
+            ctx = self.context(conn, booking, actor=actor, params=params, now=now)
             if params.reason:
                 ctx.record("reason", params.reason)
             for action in transition.actions:
                 await ACTION_IMPLEMENTATIONS[action](ctx)
             booking = await ctx.reload()
-            await self._audit(conn, booking, name, booking.state, target, actor, actor_id, ctx.data)
+            await self._audit(
+                conn, booking, name, booking.state, target, actor, actor_id, ctx.data, at=now
+            )
             if target != booking.state:
                 await conn.execute(
                     """
@@ -451,6 +487,8 @@ class BookingService:
         actor: str,
         actor_id: str,
         data: dict[str, Any],
+        *,
+        at: datetime,
     ) -> None:
         await conn.execute(
             """
@@ -465,7 +503,7 @@ class BookingService:
             actor,
             actor_id,
             json.dumps(data, default=str),
-            self.now(),
+            at,
         )
 
     async def _set_timer(self, conn: Connection, booking: BookingRecord) -> BookingRecord:
@@ -496,7 +534,7 @@ class BookingService:
     async def _run_due_now(self, booking: BookingRecord) -> BookingRecord:
         """Take timed transitions that are already due (settlement after completion)."""
         for _ in range(_MAX_CHAINED):
-            if booking.timer_at is None or booking.timer_at > self.now():
+            if booking.timer_at is None or booking.timer_at > await self.now_for(booking):
                 return booking
             try:
                 booking = await self.act(booking.id, booking.timer_name, "system")
@@ -514,7 +552,7 @@ class BookingService:
         """
         notices = Notices(self._services)
         for _ in range(_MAX_CHAINED):
-            if booking.timer_at is None or booking.timer_at > self.now():
+            if booking.timer_at is None or booking.timer_at > await self.now_for(booking):
                 break
             try:
                 outcome = await self.act_in(conn, booking.id, booking.timer_name, "system")
@@ -536,12 +574,32 @@ class BookingService:
         done: list[tuple[int, str, str]] = []
         for transfer_id in await self.retry_held():
             done.append((transfer_id, "release_held", "paid"))
-        rows = await self._pool.fetch(
-            "SELECT id, timer_name FROM three_sided_bookings_bookings "
-            "WHERE timer_at <= $1 ORDER BY timer_at LIMIT $2",
-            self.now(),
-            limit,
+        rows = list(
+            await self._pool.fetch(
+                "SELECT id, timer_name FROM three_sided_bookings_bookings "
+                "WHERE test_clock IS NULL AND timer_at <= $1 ORDER BY timer_at LIMIT $2",
+                self.now(),
+                limit,
+            )
         )
+        # Bookings on a test clock are due by their clock's time, not this machine's.
+        clocks = await self._pool.fetch(
+            "SELECT DISTINCT test_clock FROM three_sided_bookings_bookings "
+            "WHERE test_clock IS NOT NULL AND timer_at IS NOT NULL"
+        )
+        for clock in clocks:
+            try:
+                clock_now = await self.clock_time(str(clock["test_clock"]))
+            except MarketplaceError as error:  # deleted (Stripe removes old test clocks)
+                log.warning("test clock %s: %s", clock["test_clock"], error)
+                continue
+            rows += await self._pool.fetch(
+                "SELECT id, timer_name FROM three_sided_bookings_bookings "
+                "WHERE test_clock = $3 AND timer_at <= $1 ORDER BY timer_at LIMIT $2",
+                clock_now,
+                limit,
+                clock["test_clock"],
+            )
         for row in rows:
             try:
                 booking = await self.act(row["id"], row["timer_name"], "system")
@@ -664,6 +722,7 @@ class BookingService:
                 ],
             ),
             transfer_group=booking.transfer_group,
+            test_clock=booking.test_clock,
             stripe=msgspec.convert(
                 {
                     name: jsonb(money[name])

@@ -200,12 +200,21 @@ class PayoutScheduleView(_View, frozen=True):
 # ---------------------------------------------------------------- bookings
 
 
+TestClockId = Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)]
+"""A Stripe test clock's id."""
+
+
 class CustomerInput(_Input, frozen=True):
     """Who is booking (kept for receipts and dispute evidence)."""
 
     name: Name
     email: EmailText = ""
     reference: Label = ""
+    test_clock: (
+        Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)] | None
+    ) = None
+    """Test mode: a Stripe test clock; the booking's customer lives on it, and the
+    booking's timers (expiry, completion) run on its time."""
 
 
 class NewBooking(_Input, frozen=True):
@@ -336,6 +345,8 @@ class BookingView(_View, frozen=True):
     held: int
     split: SplitView
     transfer_group: str
+    test_clock: str | None
+    """The Stripe test clock whose time the booking's timers follow (test mode)."""
     stripe: BookingStripeIds
     """Stripe's ids of the booking's charges, transfers, refunds and reversals."""
     created_at: datetime

@@ -730,3 +730,69 @@ async def test_a_booking_whose_payment_fails_is_not_created(stack: Stack) -> Non
     assert declined.status_code == 402, declined.text
     assert "booking_id" not in declined.json()
     assert (await stack.http.get(f"{BASE}/bookings")).json()["data"] == []
+
+
+# ---------------------------------------------------------------- timers on the test clock
+
+
+async def test_timers_run_on_the_bookings_test_clock(stack: Stack) -> None:
+    """Expiry and completion follow the booking's Stripe test clock, not this machine's."""
+    spa = await open_spa(stack)
+    stripe = stack.stripe()
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = stripe.v1.test_helpers.test_clocks.create(params={"frozen_time": now})
+    start = datetime.fromtimestamp(now, UTC) + timedelta(days=2)
+
+    async def book(card: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "service_id": spa.service_id,
+            "provider_id": spa.provider_id,
+            "venue_id": spa.venue_id,
+            "starts_at": start.isoformat(),
+            "payment_model": "full",
+            "customer": {"name": "Tess Clock", "test_clock": clock.id},
+        }
+        if card:
+            body["payment_method"] = card
+        response = await spa.customer.post(f"{BASE}/bookings", json=body)
+        assert response.status_code == 201, response.text
+        booking: dict[str, Any] = response.json()
+        assert booking["test_clock"] == clock.id
+        return booking
+
+    async def advance(to: datetime) -> list[Any]:
+        stripe.v1.test_helpers.test_clocks.advance(
+            clock.id, params={"frozen_time": int(to.timestamp())}
+        )
+        await stack.settle()
+        ran = await stack.http.post(f"{BASE}/timers/run")
+        assert ran.status_code in {200, 201}, ran.text
+        result: list[Any] = ran.json()
+        return result
+
+    unpaid = await book(None)
+    paid = await book("pm_card_visa")
+    intent = stripe.v1.payment_intents.retrieve(paid["stripe"]["charges"][0]["payment_intent"])
+    customer = stripe.v1.customers.retrieve(str(intent.customer))
+    assert customer.test_clock == clock.id
+    await spa.do(spa.provider, paid, "confirm")
+
+    # This machine's time does not move the bookings; the clock does.
+    ran = await stack.http.post(f"{BASE}/timers/run")
+    assert [r for r in ran.json() if r["booking_id"] in {unpaid["id"], paid["id"]}] == []
+    assert (await spa.get(unpaid))["state"] == "pending_payment"
+    await advance(datetime.fromtimestamp(now, UTC) + timedelta(minutes=31))
+    assert (await spa.get(unpaid))["state"] == "cancelled"
+    assert (await spa.get(paid))["state"] == "confirmed"
+    trail = (await stack.http.get(f"{BASE}/bookings/{unpaid['id']}/transitions")).json()
+    expired = datetime.fromisoformat(trail[-1]["created_at"])
+    assert trail[-1]["transition"] == "expire"
+    assert expired == datetime.fromtimestamp(now, UTC) + timedelta(minutes=31)
+
+    # A day after the service ends (on the clock): completed, then settled.
+    await advance(start + timedelta(hours=1, days=1, minutes=1))
+    done = await spa.get(paid)
+    assert done["state"] == "settled", done
+    assert sum(t.amount for t in spa.transfers(done)) == sum(
+        amount for role, amount in shares(done).items() if role != "platform"
+    )
