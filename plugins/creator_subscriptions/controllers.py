@@ -35,6 +35,7 @@ from plugins.creator_subscriptions.schemas import (
     NewCreator,
     NewFan,
     NewOneTimePayment,
+    NewPaymentMethod,
     NewRefund,
     NewSubscription,
     NewTier,
@@ -483,6 +484,26 @@ class FanController(Controller):
         env = _env(services)
         async with env.pool.acquire() as conn:
             return fans.fan_view(await fans.fan_row(conn, fan_id))
+
+    @post(
+        "/{fan_id:int}/payment-method",
+        operation_id="creatorSubscriptionsUpdateFanCard",
+        summary="Give a fan a new card",
+        status_code=200,
+        responses=problem_responses(*_PAY),
+    )
+    async def update_card(
+        self,
+        fan_id: SerialId,
+        data: JSONBody[NewPaymentMethod],
+        services: NamedDependency[Services],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> FanView:
+        """Save the card (a SetupIntent) and make it the default of the fan and of every live
+        subscription of theirs; an open (past-due) invoice is paid with it at once, so a fan
+        in dunning recovers now. A card that needs the fan's authentication is returned with
+        its ``customer_action`` and takes effect once it succeeds."""
+        return await fans.set_payment_method(_env(services), fan_id, data.payment_method)
 
 
 class SubscriptionController(Controller):

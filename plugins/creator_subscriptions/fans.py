@@ -15,6 +15,7 @@ and the card becomes the default when ``setup_intent.succeeded`` arrives
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,12 @@ import asyncpg
 import msgspec
 
 from engine.core.authentication import CustomerAction, customer_action
-from engine.core.errors import Conflict, NotFound
+from engine.core.errors import CardDeclined, Conflict, NotFound
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.schemas import FanView, NewFan
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FAN_METADATA",
@@ -189,6 +192,7 @@ async def card_saved(
             params={"invoice_settings": {"default_payment_method": pm_id}},
             idempotency_key=op_key("fan", row["uid"], "default_payment_method", pm_id),
         )
+        await card_reaches_subscriptions(env, conn, row, pm_id)
     updated: asyncpg.Record = await conn.fetchrow(
         """
         UPDATE creator_subscriptions_fans
@@ -203,3 +207,58 @@ async def card_saved(
         str(setup.get("id") or ""),
     )
     return updated
+
+
+_LIVE_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete")
+
+
+async def card_reaches_subscriptions(
+    env: Env, conn: asyncpg.Connection, fan: Mapping[str, Any], pm_id: str
+) -> list[str]:
+    """A new default card reaches what charges it later; past-due invoices retried at once.
+
+    Each of the fan's live subscriptions keeps its own ``default_payment_method``
+    (set when it was created), which Stripe prefers over the customer's: it is
+    switched to ``pm_id``. Then every open invoice of the fan's customer is paid
+    with the new card, so a subscription in dunning recovers now instead of at
+    Stripe's next retry. A retry the card declines again is left to dunning.
+    Returns the ids of the invoices paid.
+    """
+    subscriptions = await conn.fetch(
+        "SELECT stripe_subscription_id FROM creator_subscriptions_subscriptions "
+        "WHERE fan = $1 AND stripe_subscription_id IS NOT NULL AND status = ANY($2::text[])",
+        int(fan["id"]),
+        list(_LIVE_STATUSES),
+    )
+    for row in subscriptions:
+        await env.gateway.call(
+            "subscriptions",
+            "update",
+            str(row["stripe_subscription_id"]),
+            params={"default_payment_method": pm_id},
+            idempotency_key=op_key(
+                "subscription", row["stripe_subscription_id"], "default_payment_method", pm_id
+            ),
+        )
+    customer = str(fan["stripe_customer_id"] or "")
+    if not customer:
+        return []
+    invoices = await env.gateway.call(
+        "invoices", "list", params={"customer": customer, "status": "open", "limit": 100}
+    )
+    paid: list[str] = []
+    for invoice in invoices.get("data") or []:
+        try:
+            answer = await env.gateway.call(
+                "invoices",
+                "pay",
+                str(invoice["id"]),
+                params={"payment_method": pm_id, "off_session": True},
+                idempotency_key=op_key("invoice", invoice["id"], "retry_with", pm_id),
+            )
+        except CardDeclined as declined:
+            log.info("invoice %s declined again with %s: %s", invoice["id"], pm_id, declined)
+            continue
+        if answer.get("status") == "paid":
+            paid.append(str(invoice["id"]))
+    return paid

@@ -145,6 +145,12 @@ class NewFan(_In, frozen=True):
     test_clock: Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$")] | None = None
 
 
+class NewPaymentMethod(_In, frozen=True):
+    """A new card for a fan: it becomes the default of the fan and of their subscriptions."""
+
+    payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255)]
+
+
 class FanView(_Out, frozen=True):
     """A fan and their Stripe customer."""
 

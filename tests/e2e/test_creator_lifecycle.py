@@ -511,3 +511,58 @@ async def test_a_creators_own_key_reads_its_subscriptions_and_payments(stack: St
     # Reading is all an account key may do here: writes need the platform's service key.
     refused = await own.post(f"{P}/subscriptions/{sub['id']}/cancel", json={})
     assert refused.status_code == 403, refused.text
+
+
+async def test_a_new_card_recovers_a_fan_in_dunning(stack: Stack, notices: Notices) -> None:
+    """The card reaches the subscription, and the past-due invoice is paid at once."""
+    http = stack.http
+    account_id = await onboard(stack, "dina")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{account_id}/tiers", json={"name": "Gold", "amount": 900}),
+        201,
+    )
+    erin = await fan(stack, "erin", clock)
+    sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": erin, "tier_id": tier["id"]}), 201
+    )
+    stripe = stack.stripe()
+    customer = ok(await http.get(f"{P}/fans/{erin}"))["stripe_customer_id"]
+    failing = await stripe_call(
+        stack,
+        stripe.v1.payment_methods.attach,
+        "pm_card_chargeCustomerFail",
+        params={"customer": customer},
+    )
+    await stripe_call(  # the card the subscription charges starts declining
+        stack,
+        stripe.v1.subscriptions.update,
+        sub["stripe_subscription_id"],
+        params={"default_payment_method": failing["id"]},
+    )
+    await advance_clock(stack, clock, int(sub["current_period_end"]) + 2 * 3600)
+    assert ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["status"] == "past_due"
+
+    updated = ok(
+        await http.post(
+            f"{P}/fans/{erin}/payment-method", json={"payment_method": "pm_card_mastercard"}
+        )
+    )
+    assert updated["has_payment_method"] is True
+    await stack.settle()
+    stripe_sub = await stripe_call(
+        stack, stripe.v1.subscriptions.retrieve, sub["stripe_subscription_id"]
+    )
+    fan_default = (await stripe_call(stack, stripe.v1.customers.retrieve, customer))[
+        "invoice_settings"
+    ]["default_payment_method"]
+    assert stripe_sub["default_payment_method"] == fan_default
+    assert stripe_sub["default_payment_method"] != failing["id"]
+    assert stripe_sub["status"] == "active"
+    open_invoices = await stripe_call(
+        stack, stripe.v1.invoices.list, params={"customer": customer, "status": "open"}
+    )
+    assert list(open_invoices.data) == []
+    assert ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["status"] == "active"
+    # The renewal paid late is in the creator's books like any other.
+    assert sandbox_total(stack, account_id) == (await stack.balance(account_id, "usd")).amount
