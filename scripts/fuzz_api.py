@@ -38,12 +38,13 @@ from support.fuzz import (  # noqa: E402
     ADMIN_KEY,
     MODES,
     Report,
-    account_key,
     fuzz,
     fuzz_app,
     fuzz_settings,
+    migrated,
     new_stream_name,
     operation_count,
+    seed_objects,
 )
 
 from engine.sandbox.testing import running_sandbox  # noqa: E402
@@ -67,9 +68,11 @@ def main() -> int:
     ):
         stream = new_stream_name()
         settings = fuzz_settings(urls.database_url, urls.nats_url, stream, sandbox.url)
-        keys = {"admin": ADMIN_KEY, "account": asyncio.run(account_key(settings))}
+        asyncio.run(migrated(settings))
         report = Report()
         with fuzz_app(settings) as app:
+            seeds = seed_objects(app, sandbox)
+            keys = {"admin": ADMIN_KEY, "account": seeds.account_key}
             runs = operation_count(app, args.only) * len(MODES) * len(keys)
             per_run = max(1, math.ceil(args.requests / max(runs, 1)))
             seed = args.seed
@@ -82,6 +85,7 @@ def main() -> int:
                     seed=seed,
                     report=report,
                     only=args.only,
+                    path_ids=seeds.path_ids,
                 )
                 print(
                     f"pass seed={seed}: {report.requests - before} requests"

@@ -2,8 +2,9 @@
 
 Schemathesis loads ``/schema/openapi.json`` from the app (ASGI, in-process) and
 sends a bounded number of generated requests per operation, valid and invalid,
-once with an admin key and once with a connected account's own key (which
-mostly meets 403s and 404s, and must meet nothing else undeclared). Every
+once with an admin key and once with a connected account's own key (a
+creator's). Objects of each kind are made first and every other request aims
+at them (``support.fuzz``), so requests reach real objects in real states. Every
 response must be a non-5xx whose status, content type, headers and body the
 schema declares, problems included. The app runs with every shipped plugin, the
 webhook intake and the offline Stripe sandbox, so the whole published surface is
@@ -15,10 +16,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from support.fuzz import ADMIN_KEY, account_key, fuzz, fuzz_app, fuzz_settings
+from support.fuzz import ADMIN_KEY, fuzz, fuzz_app, fuzz_settings, migrated, seed_objects
 
 from engine.core.settings import Settings
-from engine.sandbox.testing import running_sandbox
+from engine.sandbox.testing import RunningSandbox, running_sandbox
 
 # Examples per operation, generation mode (valid, invalid) and key: bounded by
 # count, not by a clock (a busy machine is slower, not wrong); about 700 requests.
@@ -26,21 +27,22 @@ EXAMPLES = {"admin": 3, "account": 2}
 
 
 @pytest.fixture
-async def fuzz_keys(
+async def fuzz_setup(
     fresh_database_url: str, nats_url: str, unique_name: str
-) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
+) -> AsyncIterator[tuple[Settings, RunningSandbox]]:
     with running_sandbox() as sandbox:
         settings = fuzz_settings(fresh_database_url, nats_url, unique_name.upper(), sandbox.url)
-        account = await account_key(settings)
-        yield settings, {"admin": ADMIN_KEY, "account": account}
+        yield await migrated(settings), sandbox
 
 
 def test_every_operation_conforms_to_the_published_schema(
-    fuzz_keys: tuple[Settings, dict[str, str]],
+    fuzz_setup: tuple[Settings, RunningSandbox],
 ) -> None:
-    settings, keys = fuzz_keys
+    settings, sandbox = fuzz_setup
     with fuzz_app(settings) as app:
-        report = fuzz(app, keys, examples=EXAMPLES)
+        seeds = seed_objects(app, sandbox)
+        keys = {"admin": ADMIN_KEY, "account": seeds.account_key}
+        report = fuzz(app, keys, examples=EXAMPLES, path_ids=seeds.path_ids)
     assert report.requests > 300, report.summary()
     assert report.failures == [], "\n".join([*report.summary(), *report.failures[:20]])
     assert report.server_errors == 0

@@ -7,6 +7,13 @@ offline Stripe sandbox), driven in-process through ASGI. Every generated
 request, valid or not, must answer a non-5xx response whose status, content
 type, headers and body the schema declares (problems included).
 
+Before fuzzing, ``seed_objects`` creates one of each kind through the API (an
+onboarded creator with a tier, a fan, a subscription and a tip; a provider, a
+venue, a service and a paid booking) and an account key of the creator's own.
+Every other generated request has its path ids replaced by these (unless the
+path is what an invalid request got wrong), so generated bodies and queries
+reach real objects in real states, not only 404s.
+
 A failing check is recorded, not raised inside Hypothesis: the run goes on (no
 shrinking), every request is counted, and the caller decides (the test fails on
 any failure, the script reports them).
@@ -19,14 +26,15 @@ import secrets
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import Unsatisfiable
 from litestar import Litestar
+from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (
@@ -39,27 +47,28 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from engine.api.app import create_app_from_settings
-from engine.api.keys import create_api_key
 from engine.core.db import migrate
 from engine.core.plugins import build_plugins
 from engine.core.settings import Settings, settings_from_mapping
+from engine.sandbox.testing import RunningSandbox
 
 __all__ = [
     "ADMIN_KEY",
     "CHECKS",
-    "FUZZ_ACCOUNT",
     "MODES",
     "Report",
-    "account_key",
+    "Seeds",
     "fuzz",
     "fuzz_app",
     "fuzz_settings",
+    "migrated",
     "new_stream_name",
     "operation_count",
+    "seed_objects",
 ]
 
 ADMIN_KEY = "mk_fuzzadmin_" + "d" * 40
-FUZZ_ACCOUNT = "acct_fuzzcreator"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 CHECKS = [
     not_a_server_error,
@@ -115,24 +124,98 @@ def fuzz_settings(database_url: str, nats_url: str, stream: str, sandbox_url: st
     )
 
 
-async def account_key(settings: Settings) -> str:
-    """Migrate the database, add an active creator account and return a key of its own."""
-    url = settings.database.url
-    await migrate(url, build_plugins(settings).table_apps())
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
-    try:
-        await pool.execute(
-            "INSERT INTO marketplace_accounts (stripe_account_id, role, display_name, email, "
-            "country, default_currency, status, charges_enabled, payouts_enabled, "
-            "requirements_due, created_at, updated_at) "
-            "VALUES ($1, 'creator', 'Fuzz creator', '', 'US', 'usd', 'active', true, true, "
-            "'[]'::jsonb, now(), now()) ON CONFLICT DO NOTHING",
-            FUZZ_ACCOUNT,
+async def migrated(settings: Settings) -> Settings:
+    """Migrate the run's database for every enabled plugin."""
+    await migrate(settings.database.url, build_plugins(settings).table_apps())
+    return settings
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Objects made before fuzzing: path ids to aim at, and the creator's own key."""
+
+    path_ids: dict[str, str]
+    account_key: str
+
+
+def seed_objects(app: Litestar, sandbox: RunningSandbox) -> Seeds:
+    """One object of each kind, made through the API as a client would."""
+    with TestClient(app) as client:
+
+        def call(method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+            response = client.request(method, path, json=body, headers=ADMIN)
+            if response.status_code >= 300:
+                raise RuntimeError(f"seeding {method} {path}: {response.text}")
+            return response.json()
+
+        def onboarded(account_id: str) -> str:
+            sandbox.control("POST", f"/_sandbox/accounts/{account_id}/complete_onboarding")
+            call("POST", f"/v1/accounts/{account_id}/refresh")
+            return account_id
+
+        cs, tsb = "/v1/creator_subscriptions", "/v1/three_sided_bookings"
+        creator = call("POST", f"{cs}/creators", {"handle": "fuzzada", "display_name": "Ada"})
+        account = onboarded(str(creator["creator"]["account_id"]))
+        tier = call("POST", f"{cs}/creators/{account}/tiers", {"name": "Gold", "amount": 900})
+        fan = call(
+            "POST",
+            f"{cs}/fans",
+            {"external_ref": "fuzz-fan", "name": "Fan", "payment_method": "pm_card_visa"},
         )
-        _, plaintext = await create_api_key(pool, "account", FUZZ_ACCOUNT, label="fuzz")
-    finally:
-        await pool.close()
-    return plaintext
+        subscription = call(
+            "POST", f"{cs}/subscriptions", {"fan_id": fan["id"], "tier_id": tier["id"]}
+        )
+        tip = call(
+            "POST",
+            f"{cs}/payments/tips",
+            {"fan_id": fan["id"], "creator_account_id": account, "amount": 500},
+        )
+        parties = {
+            role: onboarded(
+                str(
+                    call("POST", "/v1/accounts", {"role": role, "display_name": role})["account"][
+                        "id"
+                    ]
+                )
+            )
+            for role in ("provider", "venue")
+        }
+        service = call(
+            "POST",
+            f"{tsb}/services",
+            {"name": "Massage", "service_type": "massage", "duration_minutes": 60, "price": 9000},
+        )
+        provider = call(
+            "POST", f"{tsb}/providers", {"account_id": parties["provider"], "display_name": "P"}
+        )
+        venue = call("POST", f"{tsb}/venues", {"account_id": parties["venue"], "display_name": "V"})
+        now = int(sandbox.control("GET", "/_sandbox/clock")["now"])
+        booking = call(
+            "POST",
+            f"{tsb}/bookings",
+            {
+                "service_id": service["id"],
+                "provider_id": provider["id"],
+                "venue_id": venue["id"],
+                "starts_at": datetime.fromtimestamp(now + 3 * 86_400, UTC).isoformat(),
+                "payment_model": "full",
+                "customer": {"name": "Customer"},
+                "payment_method": "pm_card_visa",
+            },
+        )
+        key = call("POST", "/v1/api-keys", {"scope": "account", "account_id": account})
+    path_ids = {
+        "account_id": account,
+        "tier_id": tier["id"],
+        "fan_id": fan["id"],
+        "subscription_id": subscription["id"],
+        "payment_id": tip["id"],
+        "service_id": service["id"],
+        "provider_id": provider["id"],
+        "venue_id": venue["id"],
+        "booking_id": booking["id"],
+    }
+    return Seeds({name: str(value) for name, value in path_ids.items()}, str(key["key"]))
 
 
 @contextlib.contextmanager
@@ -166,6 +249,7 @@ def fuzz(
     seed: int = 0,
     report: Report | None = None,
     only: Sequence[str] = (),
+    path_ids: Mapping[str, str] | None = None,
 ) -> Report:
     """Generate requests for every operation, valid and invalid, with each key.
 
@@ -176,13 +260,17 @@ def fuzz(
         seed: Hypothesis' seed (the same seed sends the same requests).
         report: a report to add to (several passes of the script).
         only: operation labels (``"GET /v1/accounts"``) to restrict the run to.
+        path_ids: ids of seeded objects by path parameter name: every other
+            request aims at them.
     """
     report = report or Report()
     for operation in _operations(app, only):
         for key_label, key in keys.items():
             headers = {"Authorization": f"Bearer {key}"}
             for mode in MODES:
-                run = _runner(operation, mode, headers, examples[key_label], seed, report)
+                run = _runner(
+                    operation, mode, headers, examples[key_label], seed, report, path_ids or {}
+                )
                 # Operations without parameters or body have nothing to make invalid.
                 with contextlib.suppress(Unsatisfiable):
                     run()
@@ -196,6 +284,7 @@ def _runner(  # noqa: PLR0917  # one call site, every argument needed
     max_examples: int,
     seed: int,
     report: Report,
+    path_ids: Mapping[str, str],
 ) -> Any:
     @hypothesis_seed(seed)
     @given(case=operation.as_strategy(generation_mode=mode))
@@ -207,6 +296,10 @@ def _runner(  # noqa: PLR0917  # one call site, every argument needed
         suppress_health_check=list(HealthCheck),
     )
     def run(case: schemathesis.Case) -> None:
+        if report.requests % 2 and case.path_parameters and _path_is_valid(case):
+            for name in case.path_parameters:
+                if name in path_ids:
+                    case.path_parameters[name] = path_ids[name]
         response = case.call(headers=headers)
         report.requests += 1
         report.statuses[response.status_code] += 1
@@ -220,6 +313,16 @@ def _runner(  # noqa: PLR0917  # one call site, every argument needed
             )
 
     return run
+
+
+def _path_is_valid(case: schemathesis.Case) -> bool:
+    """Whether replacing the path ids keeps the case what it was (valid, or invalid elsewhere)."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_negative:
+        return True
+    data = meta.phase.data
+    negated = {data.parameter_location, *(m.parameter_location for m in data.mutations)}
+    return all(loc is not None and loc.value in {"body", "query"} for loc in negated)
 
 
 def new_stream_name() -> str:
