@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import logging
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -58,6 +59,8 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], help="'METHOD /path' only")
     parser.add_argument("--show", type=int, default=30, help="failed checks to print")
     args = parser.parse_args()
+    # Stopped with SIGTERM, the embedded PostgreSQL and NATS are still stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # The API logs every refused webhook and failed Stripe call; the summary is what counts.
     logging.basicConfig(level=logging.CRITICAL)
     started = time.monotonic()
@@ -73,11 +76,12 @@ def main() -> int:
         with fuzz_app(settings) as app:
             seeds = seed_objects(app, sandbox)
             keys = {"admin": ADMIN_KEY, "account": seeds.account_key}
-            runs = operation_count(app, args.only) * len(MODES) * len(keys)
-            per_run = max(1, math.ceil(args.requests / max(runs, 1)))
+            runs = max(1, operation_count(app, args.only) * len(MODES) * len(keys))
             seed = args.seed
             while report.requests < args.requests:
                 before = report.requests
+                # Spread what is left over every run (operation, mode, key).
+                per_run = math.ceil((args.requests - report.requests) / runs)
                 fuzz(
                     app,
                     keys,
