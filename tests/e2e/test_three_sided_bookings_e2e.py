@@ -316,6 +316,26 @@ async def test_pay_on_arrival_authorised_and_far_away(stack: Stack) -> None:
     await spa.assert_books_match("gbp")
 
 
+async def test_complete_with_an_amount_is_refused_not_captured_in_full(stack: Stack) -> None:
+    # complete {"amount": 7000} answered 200 settled and Stripe captured the whole 10001.
+    spa = await open_spa(stack)
+    booking = await spa.book("arrival")
+    await spa.do(spa.provider, booking, "confirm")
+    refused = await spa.act(spa.provider, booking, "complete", amount=7000)
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["field"]) == ("field_not_applicable", "amount")
+    assert (problem["action"], problem["state"]) == ("complete", "confirmed")
+    unknown = await spa.act(spa.provider, booking, "complete", amount_to_capture=7000)
+    assert unknown.status_code == 422, unknown.text
+    assert [e["field"] for e in unknown.json()["errors"]] == ["amount_to_capture"]
+    after = await spa.get(booking)
+    assert (after["state"], after["collected"]) == ("confirmed", 0)
+    intents = stack.stripe().v1.payment_intents.list(params={"limit": 10}).data
+    assert [i.amount_received for i in intents] == [0]  # nothing captured
+    assert (await spa.do(spa.provider, booking, "complete"))["state"] == "settled"
+
+
 async def test_failed_settlement_is_retried_and_transfers_once(stack: Stack) -> None:
     spa = await open_spa(stack)
     booking = await spa.book("full")
