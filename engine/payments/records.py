@@ -49,6 +49,8 @@ from engine.core.errors import InvalidInput
 __all__ = [
     "PAYMENT_STATUS_ORDER",
     "advance_status_sql",
+    "dispute_payment_status",
+    "lock_charge_movements",
     "payment_status_rank",
     "update_payment",
 ]
@@ -87,6 +89,41 @@ def payment_status_rank(status: str) -> int:
             f"unknown payment status {status!r}; known: {sorted(PAYMENT_STATUS_ORDER)}",
             field="status",
         ) from None
+
+
+_CLOSED_DISPUTE_STATUS: Final = {
+    "won": "dispute_won",
+    "warning_closed": "dispute_won",
+    "lost": "dispute_lost",
+}
+
+
+def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
+    """The payment status a ``charge.dispute.*`` event reports (``PAYMENT_STATUS_ORDER``).
+
+    Open, or funds withdrawn: ``disputed``. Closed: ``dispute_won`` (won, or an
+    inquiry closed without a chargeback; also funds reinstated) or ``dispute_lost``.
+    """
+    if event_type == "charge.dispute.funds_reinstated":
+        return "dispute_won"
+    return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+
+
+async def lock_charge_movements(conn: asyncpg.Connection, charge_id: str) -> None:
+    """Hold the charge's money movements (refunds, reversals, fee refunds, disputes) until
+    the caller's transaction ends.
+
+    The engine's webhook handlers take this lock before posting a charge's
+    movements. An API path that asks Stripe to move a charge's money and posts
+    the same movements in its own transaction takes it *before* calling Stripe
+    (and after its own row locks): Stripe's webhooks may be handled while that
+    transaction is still open, and without the lock the two would insert the
+    same ledger keys in different orders and deadlock.
+    """
+    if charge_id:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"charge:{charge_id}"
+        )
 
 
 def _rank_sql(expression: str) -> str:

@@ -1,5 +1,10 @@
 """The engine's own webhook handlers: accounts, payouts, refunds, disputes, transfers.
 
+They post the movements every business model shares (``engine.core.postings``:
+refunds, transfer reversals, application fee refunds, disputes; payouts), made
+through the engine or outside it (Stripe's dashboard), keyed by the Stripe
+object so a plugin's API path posting the same movement first changes nothing.
+
 Each is idempotent and order-insensitive: state only moves forward (an older
 ``account.updated`` never overwrites a newer one; a paid or failed payout never
 goes back to pending), and ledger postings are keyed by the Stripe object so a
@@ -21,7 +26,18 @@ from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.ledger import PLATFORM, Posting, bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
-from engine.payments.records import update_payment
+from engine.core.postings import (
+    dispute_lost_posting,
+    dispute_txn_posting,
+    fee_refund_posting,
+    refund_posting,
+    reversal_posting,
+)
+from engine.payments.records import (
+    dispute_payment_status,
+    lock_charge_movements,
+    update_payment,
+)
 from engine.worker.dispatch import EventContext, stripe_object
 
 __all__ = ["core_registrations"]
@@ -242,48 +258,161 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     ctx.after_commit(lambda: plugins.notify_payout_failure(failure))
 
 
+def _id(value: Any) -> str:
+    """The id of an expandable field (an id or an expanded object)."""
+    if isinstance(value, Mapping):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+async def _meaning(ctx: EventContext, charge_id: str) -> tuple[str, str]:
+    """The business object and plugin of the payment a charge belongs to (``("", "")``
+    for a charge no business model recorded: it is posted all the same)."""
+    if not charge_id:
+        return "", ""
+    row = await ctx.conn.fetchrow(
+        "SELECT reference, plugin FROM marketplace_payments WHERE stripe_charge_id = $1 "
+        "ORDER BY id LIMIT 1",
+        charge_id,
+    )
+    return ("", "") if row is None else (str(row["reference"]), str(row["plugin"]))
+
+
+def _is_destination_payment(charge_id: str) -> bool:
+    # A connected account's ``py_`` (and its ``pyr_`` refunds) are made by the platform's
+    # transfer and its reversals, which are posted with them.
+    return charge_id.startswith("py_")
+
+
+async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str) -> None:
+    """Post one refund on the balance of the charge's owner, made anywhere (API or dashboard)."""
+    charge_id = _id(refund.get("charge"))
+    refund_id = str(refund.get("id") or "")
+    if not refund_id or _is_destination_payment(charge_id) or refund_id.startswith("pyr_"):
+        return
+    if refund.get("status") == "canceled":
+        return  # a canceled refund never left the balance
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    await ctx.services.ledger.post(
+        refund_posting(
+            account,
+            refund_id,
+            Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd")),
+            occurred_at=stripe_time(refund.get("created")),
+            reference=reference,
+            plugin=plugin,
+        ),
+        conn=ctx.conn,
+    )
+
+
+async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
+    """``refund.created``/``updated``: post the refund (the plugin's API path may have)."""
+    await post_refund(ctx, stripe_object(event), str(event.get("account") or PLATFORM))
+
+
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep the payment's refunded amount in step (it only grows, the status only forward)."""
+    """Keep the payment's refunded amount in step (it only grows, the status only forward),
+    and post the charge's refunds the event lists."""
     charge = stripe_object(event)
+    await lock_charge_movements(ctx.conn, str(charge.get("id") or ""))
     await update_payment(
         ctx.conn,
         by_charge=str(charge.get("id") or ""),
         amount_refunded=int(charge.get("amount_refunded") or 0),
     )
+    account = str(event.get("account") or PLATFORM)
+    for refund in (charge.get("refunds") or {}).get("data") or []:
+        if isinstance(refund, Mapping):
+            await post_refund(ctx, refund, account)
 
 
-_CLOSED_DISPUTE_STATUS = {
-    "won": "dispute_won",
-    "warning_closed": "dispute_won",
-    "lost": "dispute_lost",
-}
+async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
+    """``application_fee.refunded``: post each refund of the fee back to the account that paid."""
+    fee = stripe_object(event)
+    payer = _id(fee.get("account"))
+    if not payer:
+        return
+    charge_id = _id(fee.get("originating_transaction"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    for refund in (fee.get("refunds") or {}).get("data") or []:
+        if not isinstance(refund, Mapping):
+            continue
+        await ctx.services.ledger.post(
+            fee_refund_posting(
+                payer,
+                str(refund["id"]),
+                Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd")),
+                occurred_at=stripe_time(refund.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
 
 
-def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
-    """The payment status a dispute event reports (``PAYMENT_STATUS_ORDER``).
-
-    Open, or funds withdrawn: ``disputed``. Closed: ``dispute_won`` (won, or an
-    inquiry closed without a chargeback; also funds reinstated) or ``dispute_lost``.
-    """
-    if event_type == "charge.dispute.funds_reinstated":
-        return "dispute_won"
-    return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+def _decided_at(dispute: Mapping[str, Any]) -> datetime:
+    """Stripe's time of the dispute's last balance movement (else its opening)."""
+    times = [
+        int(txn["created"])
+        for txn in dispute.get("balance_transactions") or []
+        if isinstance(txn, Mapping) and txn.get("created")
+    ]
+    return stripe_time(max(times) if times else dispute.get("created"))
 
 
 async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
-    """Record the dispute in the audit log and move the payment's status forward."""
+    """Record the dispute, move the payment's status forward and post its money.
+
+    Each of the dispute's balance transactions (funds withdrawn with Stripe's
+    dispute fee, funds reinstated) is posted once on the charge owner's
+    balance; a lost dispute's withdrawal is final (``dispute:<id>:lost``).
+    The same postings whichever business model made the charge.
+    """
     dispute = stripe_object(event)
     event_type = str(event.get("type"))
-    await _audit(ctx.conn, event_type, str(dispute.get("charge") or ""), dispute)
-    await update_payment(
-        ctx.conn,
-        by_charge=str(dispute.get("charge") or ""),
-        status=dispute_payment_status(event_type, dispute),
-    )
+    charge_id = _id(dispute.get("charge"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    await _audit(ctx.conn, event_type, charge_id, dispute)
+    status = dispute_payment_status(event_type, dispute)
+    await update_payment(ctx.conn, by_charge=charge_id, status=status)
+    account = str(event.get("account") or PLATFORM)
+    reference, plugin = await _meaning(ctx, charge_id)
+    ledger = ctx.services.ledger
+    for txn in dispute.get("balance_transactions") or []:
+        if not isinstance(txn, Mapping):
+            continue
+        currency = str(txn.get("currency") or dispute.get("currency") or "usd")
+        await ledger.post(
+            dispute_txn_posting(
+                account,
+                str(dispute["id"]),
+                str(txn["id"]),
+                Money(int(txn.get("amount") or 0), currency),
+                Money(int(txn.get("fee") or 0), currency),
+                occurred_at=stripe_time(txn.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
+    if dispute.get("status") == "lost":
+        await ledger.post(
+            dispute_lost_posting(
+                str(dispute["id"]),
+                Money(int(dispute.get("amount") or 0), str(dispute.get("currency") or "usd")),
+                occurred_at=_decided_at(dispute),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
 
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep a known transfer's reversed amount in step (it only grows)."""
+    """Keep a known transfer's reversed amount in step (it only grows); post its reversals."""
     transfer = stripe_object(event)
     await ctx.conn.execute(
         """
@@ -296,6 +425,29 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
         int(transfer.get("amount_reversed") or 0),
         bool(transfer.get("reversed")),
     )
+    destination = _id(transfer.get("destination"))
+    reversals = [
+        reversal
+        for reversal in (transfer.get("reversals") or {}).get("data") or []
+        if isinstance(reversal, Mapping)
+    ]
+    if not destination or not reversals:
+        return
+    charge_id = _id(transfer.get("source_transaction"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    for reversal in reversals:
+        await ctx.services.ledger.post(
+            reversal_posting(
+                destination,
+                str(reversal["id"]),
+                Money(int(reversal.get("amount") or 0), str(reversal.get("currency") or "usd")),
+                occurred_at=stripe_time(reversal.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
 
 
 async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict[str, Any]) -> None:
@@ -323,6 +475,10 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.failed", on_payout),
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
+        ("refund.created", on_refund),
+        ("refund.updated", on_refund),
+        ("charge.refund.updated", on_refund),
+        ("application_fee.refunded", on_fee_refunded),
         ("charge.dispute.created", on_dispute),
         ("charge.dispute.updated", on_dispute),
         ("charge.dispute.closed", on_dispute),

@@ -53,7 +53,7 @@ from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
-from engine.payments.records import update_payment
+from engine.payments.records import lock_charge_movements, update_payment
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -631,6 +631,9 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         "SELECT count(*) FROM three_sided_bookings_refunds WHERE charge = $1", charge.id
     )
     key = _booking_key(booking, "refund", charge.payment_intent_id, int(count) + 1)
+    # The engine's refund handler waits for this transaction rather than posting
+    # the same refund first (and deadlocking with it).
+    await lock_charge_movements(ctx.conn, charge_id)
     stripe_refund = await ctx.gateway.call(
         "refunds",
         "create",
@@ -730,6 +733,11 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
         return
     booking = ctx.booking
     key = _booking_key(booking, "reversal", transfer.role, transfer.charge_id, cause)
+    source_charge = await ctx.conn.fetchval(
+        "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE id = $1",
+        transfer.charge_id,
+    )
+    await lock_charge_movements(ctx.conn, str(source_charge or ""))
     try:
         reversal = await ctx.gateway.call(
             "transfers.reversals",

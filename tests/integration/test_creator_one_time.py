@@ -179,7 +179,14 @@ async def test_tip_refund_and_ledger_mirror_stripe(env: Env, sandbox: RunningSan
             "SELECT count(*) FROM marketplace_payments WHERE plugin = 'creator_subscriptions' "
             "AND stripe_charge_id IS NOT NULL"
         )
-    assert {row["kind"]: row["n"] for row in kinds} == {"tip": 1, "ppv": 1, "refund": 2}
+    # Each refund is the engine's three postings: the refund, the reversal, the fee refund.
+    assert {row["kind"]: row["n"] for row in kinds} == {
+        "tip": 1,
+        "ppv": 1,
+        "refund": 2,
+        "reversal": 2,
+        "application_fee_refund": 2,
+    }
     assert recorded == 2
 
 

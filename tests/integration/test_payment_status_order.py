@@ -19,8 +19,12 @@ from engine.core.errors import InvalidInput
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments.pricing import PricedOrder, record_payment
-from engine.payments.records import PAYMENT_STATUS_ORDER, payment_status_rank, update_payment
-from engine.worker.handlers import dispute_payment_status
+from engine.payments.records import (
+    PAYMENT_STATUS_ORDER,
+    dispute_payment_status,
+    payment_status_rank,
+    update_payment,
+)
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)
 
