@@ -816,3 +816,53 @@ async def test_timers_run_on_the_bookings_test_clock(stack: Stack) -> None:
     assert sum(t.amount for t in spa.transfers(done)) == sum(
         amount for role, amount in shares(done).items() if role != "platform"
     )
+
+
+# ---------------------------------------------------------------- payout recovery
+
+
+async def test_a_failed_payout_is_retried_once_the_bank_account_changes(stack: Stack) -> None:
+    """The venue's own key: a dashboard link to change the bank, then the payout again."""
+    spa = await open_spa(stack, venue_bank=FAILING_BANK)
+    venue = spa.venue_account
+    schedule = await spa.admin.put(f"{BASE}/payout-schedules/{venue}", json={"interval": "manual"})
+    assert schedule.status_code == 200, schedule.text
+    booking = await spa.book("full")
+    await spa.do(spa.provider, booking, "confirm")
+    assert (await spa.do(spa.provider, booking, "complete"))["state"] == "settled"
+    await stack.advance(3 * DAY)  # the venue's share is available
+    holder = stack.stripe(venue)
+    [available] = [b for b in holder.v1.balance.retrieve().available if b.currency == "gbp"]
+    failed = holder.v1.payouts.create(params={"amount": available.amount, "currency": "gbp"})
+    await stack.advance(DAY)  # the bank refuses it
+    assert holder.v1.payouts.retrieve(failed.id).status == "failed"
+
+    path = f"/v1/accounts/{venue}/payouts/{failed.id}/retry"
+    early = await spa.venue.post(path)
+    assert early.status_code == 409, early.text
+    assert (early.json()["code"], early.json()["reason"]) == (
+        "account_restricted",
+        "bank_account_errored",
+    )
+    link = await spa.venue.post(f"/v1/accounts/{venue}/dashboard-link")
+    assert link.status_code == 201, link.text
+    assert link.json()["url"].startswith("http")
+    assert (await spa.provider.post(path)).status_code == 404  # not the provider's payout
+
+    # The holder changes the bank account in the dashboard; Stripe enables payouts again.
+    [bank] = holder.v1.accounts.external_accounts.list(venue).data
+    stack.stripe().v1.accounts.external_accounts.delete(venue, bank.id)
+    stack.stripe().v1.accounts.update(venue, params={"external_account": _bank(GOOD_BANK)})
+    await stack.settle()
+    retried = await spa.venue.post(path)
+    assert retried.status_code == 201, retried.text
+    again = await spa.venue.post(path)
+    assert again.json()["payout"] == retried.json()["payout"] != failed.id
+    assert retried.json()["amount"] == available.amount
+    await stack.advance(2 * DAY)
+    assert holder.v1.payouts.retrieve(retried.json()["payout"]).status == "paid"
+    balances = await spa.assert_books_match("gbp")
+    assert balances[venue] == 0
+    assert (await stack.balance(f"{venue}:bank", "gbp")).amount == available.amount
+    done = await spa.venue.post(path.replace(failed.id, retried.json()["payout"]))
+    assert done.status_code == 409  # a paid payout is not retried
