@@ -178,6 +178,21 @@ class ChangeTier(_In, frozen=True):
     tier_id: SerialId
 
 
+class InvoiceIds(_Out, frozen=True):
+    """One invoice of a subscription and Stripe's ids of the money it moved."""
+
+    invoice: str
+    status: str
+    amount_paid: int
+    application_fee: int
+    creator_earnings: int
+    payment_intent: str | None
+    charge: str | None
+    transfer: str | None
+    period_start: int
+    period_end: int
+
+
 class SubscriptionView(_Out, frozen=True):
     """A subscription as we mirror it from Stripe."""
 
@@ -198,6 +213,9 @@ class SubscriptionView(_Out, frozen=True):
     rule_version: int
     action_required: bool = False
     """An invoice of the subscription waits for the fan to authenticate its payment."""
+    invoices: list[InvoiceIds] = []
+    """The subscription's invoices, newest first, with Stripe's ids of their payment,
+    charge and transfer to the creator (filled by ``GET /subscriptions/{id}``)."""
     customer_action: CustomerAction | None = None
     """What the fan must do (client secret and next action, and the hosted invoice page)."""
 
@@ -291,6 +309,12 @@ class OneTimePaymentView(_Out, frozen=True):
     rule_version: int
     customer_action: CustomerAction | None = None
     """Set while ``status`` is ``requires_action``: the fan authenticates the payment."""
+    charge_id: str | None = None
+    """Stripe's charge (``ch_...``) once paid."""
+    transfer_id: str | None = None
+    """The destination charge's transfer to the creator (``tr_...``)."""
+    application_fee_id: str | None = None
+    """The platform's application fee (``fee_...``)."""
 
 
 # ---------------------------------------------------------------- earnings

@@ -495,8 +495,24 @@ async def test_a_creators_own_key_reads_its_subscriptions_and_payments(stack: St
     )
     own = stack.client_for(await stack.create_key("account", ada))
     other = stack.client_for(await stack.create_key("account", bea))
-    assert ok(await own.get(f"{P}/subscriptions/{sub['id']}"))["id"] == sub["id"]
-    assert ok(await own.get(f"{P}/payments/{tip['id']}"))["id"] == tip["id"]
+    await stack.settle()
+    seen = ok(await own.get(f"{P}/subscriptions/{sub['id']}"))
+    assert seen["id"] == sub["id"]
+    # Stripe's ids tie the creator's transfers to this subscription's invoices.
+    [invoice] = seen["invoices"]
+    stripe = stack.stripe()
+    charge = await stripe_call(stack, stripe.v1.charges.retrieve, invoice["charge"])
+    assert (charge["payment_intent"], charge["transfer"]) == (
+        invoice["payment_intent"],
+        invoice["transfer"],
+    )
+    assert invoice["amount_paid"] == charge["amount"] == 500
+    paid_tip = ok(await own.get(f"{P}/payments/{tip['id']}"))
+    tip_charge = await stripe_call(stack, stripe.v1.charges.retrieve, paid_tip["charge_id"])
+    assert (tip_charge["transfer"], tip_charge["application_fee"]) == (
+        paid_tip["transfer_id"],
+        paid_tip["application_fee_id"],
+    )
     for path, missing in (
         (f"{P}/subscriptions/{sub['id']}", f"{P}/subscriptions/999999"),
         (f"{P}/payments/{tip['id']}", f"{P}/payments/999999"),
