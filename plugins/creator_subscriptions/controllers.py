@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.auth import Principal, requires_scope
@@ -462,16 +463,22 @@ class FanController(Controller):
         "/",
         operation_id="creatorSubscriptionsRegisterFan",
         summary="Register a fan",
-        responses=problem_responses(*_PAY),
+        responses={
+            200: ResponseSpec(FanView, description="a fan with this external_ref existed"),
+            **problem_responses(*_PAY),
+        },
     )
     async def register(
         self,
         data: JSONBody[NewFan],
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
-    ) -> FanView:
-        """Create (or find by ``external_ref``) the fan's customer; attach the payment method."""
-        return await fans.register_fan(_env(services), data)
+    ) -> Response[FanView]:
+        """Create (or find by ``external_ref``) the fan's customer; attach the payment method.
+
+        ``201`` for a new fan, ``200`` for one found by its ``external_ref``."""
+        view, created = await fans.register_fan(_env(services), data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/{fan_id:int}",

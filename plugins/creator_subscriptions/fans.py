@@ -80,8 +80,11 @@ async def fan_row(conn: asyncpg.Connection, fan_id: int) -> asyncpg.Record:
     return row
 
 
-async def register_fan(env: Env, new: NewFan) -> FanView:
-    """Create (or find) the fan and their Stripe customer; attach ``payment_method`` if given."""
+async def register_fan(env: Env, new: NewFan) -> tuple[FanView, bool]:
+    """Create (or find) the fan and their Stripe customer; attach ``payment_method`` if given.
+
+    Returns the fan and whether it is new (``201``) or was found by ``external_ref`` (``200``).
+    """
     async with env.pool.acquire() as conn:
         row = await conn.fetchrow(
             """
@@ -89,13 +92,14 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
                 (external_ref, email, name, test_clock, created_at)
             VALUES ($1, $2, $3, $4, now())
             ON CONFLICT (external_ref) DO UPDATE SET external_ref = EXCLUDED.external_ref
-            RETURNING *
+            RETURNING *, (xmax = 0) AS created
             """,
             new.external_ref,
             new.email,
             new.name,
             new.test_clock,
         )
+    created = bool(row["created"])
     if row["test_clock"] != new.test_clock and new.test_clock is not None:
         raise Conflict(f"fan {new.external_ref!r} exists on another test clock", field="test_clock")
     if row["stripe_customer_id"] is None:
@@ -120,8 +124,8 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
                 customer["id"],
             )
     if new.payment_method:
-        return await set_payment_method(env, int(row["id"]), new.payment_method)
-    return fan_view(row)
+        return await set_payment_method(env, int(row["id"]), new.payment_method), created
+    return fan_view(row), created
 
 
 async def set_payment_method(env: Env, fan_id: int, payment_method: str) -> FanView:

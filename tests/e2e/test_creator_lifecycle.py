@@ -565,6 +565,9 @@ async def test_a_new_card_recovers_a_fan_in_dunning(stack: Stack, notices: Notic
         )
     )
     assert updated["has_payment_method"] is True
+    # Registering the same fan again finds it: 200, the same id.
+    again = await http.post(f"{P}/fans", json={"external_ref": "erin", "name": "erin"})
+    assert (again.status_code, again.json()["id"]) == (200, erin), again.text
     await stack.settle()
     stripe_sub = await stripe_call(
         stack, stripe.v1.subscriptions.retrieve, sub["stripe_subscription_id"]
