@@ -456,16 +456,22 @@ class BookingController(Controller):
         "/{booking_id:str}/reconciliation",
         operation_id="tsbBookingReconciliation",
         summary="A booking's Stripe objects against its ledger",
-        guards=[requires_scope()],
+        guards=[requires_scope("account")],
         responses=problem_responses(*_READ, 502),
     )
     async def reconciliation(
         self,
         booking_id: BookingId,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         check: Annotated[bool, QueryParameter(required=False)] = False,
     ) -> Reconciliation:
-        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too."""
+        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too.
+
+        An admin, or the provider's or venue's own key for its bookings (another
+        booking is a 404, like a missing one)."""
+        booking = await BookingService(services).get_record(int(booking_id))
+        _actor(principal, booking)
         return await reconcile(services, int(booking_id), check_stripe=check)
 
 

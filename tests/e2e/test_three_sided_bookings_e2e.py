@@ -426,6 +426,12 @@ async def test_partial_refund_split_proportionally(stack: Stack) -> None:
         == stack.stripe().v1.refunds.list(params={"charge": intent.latest_charge}).data[0].id
     )
     assert sum(r["amount"] for r in seen["reversals"]) == reversed_total
+    # And its reconciliation view (the booking's Stripe objects against its ledger).
+    own = await spa.provider.get(f"{BASE}/bookings/{booking['id']}/reconciliation")
+    assert own.status_code == 200, own.text
+    stranger = stack.client_for(await stack.create_key("account", await onboard(stack, "venue")))
+    hidden = await stranger.get(f"{BASE}/bookings/{booking['id']}/reconciliation")
+    assert hidden.status_code == 404, hidden.text
     assert {r["transfer"] for r in seen["reversals"]} <= set(stripe_transfers)
 
 
