@@ -45,7 +45,7 @@ from plugins.three_sided_bookings.payments import (
     ensure_customer,
     release_held_transfers,
 )
-from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
+from plugins.three_sided_bookings.process import PREVIOUS_STATE, SAME_STATE, Facts, ProcessSpec
 from plugins.three_sided_bookings.schemas import (
     BookingStripeIds,
     BookingView,
@@ -445,6 +445,8 @@ class BookingService:
             target = transition.to
             if target == PREVIOUS_STATE:
                 target = booking.previous_state or self.process.initial
+            elif target == SAME_STATE:
+                target = booking.state
             ctx = self.context(conn, booking, actor=actor, params=params, now=now)
             if params.reason:
                 ctx.record("reason", params.reason)

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_PROCESS",
     "GUARDS",
     "PREVIOUS_STATE",
+    "SAME_STATE",
     "Actor",
     "Facts",
     "ProcessSpec",
@@ -49,6 +50,8 @@ ANY_STATE: Final = "*"
 """In ``from``: every non-terminal state."""
 
 PREVIOUS_STATE: Final = "@previous"
+SAME_STATE: Final = "@same"
+"""A transition's ``to`` that keeps the booking in the state it is in."""
 """As ``to``: the state the booking was in before it entered the current one."""
 
 ACTIONS: Final[frozenset[str]] = frozenset(
@@ -65,6 +68,7 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "record_dispute",  # remember the dispute; submit evidence if configured
         "submit_dispute_evidence",  # assemble the evidence from the booking and submit it
         "record_dispute_outcome",  # post the outcome; reverse shares on a loss if configured
+        "replace_saved_card",  # save a new card for what is charged later
     }
 )
 """Action names a process may use (implemented in ``actions.py``)."""
@@ -237,7 +241,7 @@ class ProcessSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         for state in transition.from_:
             if state != ANY_STATE and state not in known:
                 raise ConfigError(f"{where}.from", f"unknown state {state!r}")
-        if transition.to != PREVIOUS_STATE and transition.to not in known:
+        if transition.to not in {PREVIOUS_STATE, SAME_STATE} and transition.to not in known:
             raise ConfigError(f"{where}.to", f"unknown state {transition.to!r}")
         if not transition.actors:
             raise ConfigError(f"{where}.actors", "names no actor")
@@ -375,6 +379,9 @@ DEFAULT_PROCESS: Final = ProcessSpec(
         _t("pay", ["pending_payment"], "card_saved", ["customer", "system"],
            guards=["payment_model:arrival", "beyond_hold_horizon"],
            actions=["secure_payment_on_arrival"]),
+        _t("update_card", ["deposit_paid", "card_saved", "confirmed"], SAME_STATE, ["customer"],
+           actions=["replace_saved_card"],
+           description="a new card for the balance or the arrival charge"),
         _t("expire", ["pending_payment"], "cancelled", ["system"],
            timer=Timer(anchor="entered", offset_minutes=30),
            description="unpaid bookings lapse after 30 minutes"),

@@ -872,3 +872,27 @@ async def test_a_failed_payout_is_retried_once_the_bank_account_changes(stack: S
     assert (await stack.balance(f"{venue}:bank", "gbp")).amount == available.amount
     done = await spa.venue.post(path.replace(failed.id, retried.json()["payout"]))
     assert done.status_code == 409  # a paid payout is not retried
+
+
+async def test_a_new_card_is_what_the_balance_is_charged_to(stack: Stack) -> None:
+    """update_card replaces the saved card; the balance at completion is charged to it."""
+    spa = await open_spa(stack, price=15_000)
+    booking = await spa.book("deposit")
+    updated = await spa.do(
+        spa.customer, booking, "update_card", payment_method="pm_card_mastercard"
+    )
+    assert updated["state"] == "deposit_paid"  # nothing moves but the card
+    trail = (await spa.admin.get(f"{BASE}/bookings/{booking['id']}/transitions")).json()
+    replaced = trail[-1]["data"]["replaced_card"]
+    assert replaced["card"] != replaced["previous"]
+    refused = await spa.act(spa.provider, booking, "update_card", payment_method="pm_card_visa")
+    assert refused.status_code == 409  # only the customer gives a card
+    await spa.do(spa.venue, booking, "confirm")
+    settled = await spa.do(spa.provider, booking, "complete")
+    assert (settled["state"], settled["collected"]) == ("settled", 15_000)
+    balance = [c for c in settled["stripe"]["charges"] if c["kind"] == "balance"]
+    intent = stack.stripe().v1.payment_intents.retrieve(balance[0]["payment_intent"])
+    assert intent.payment_method == replaced["card"]
+    card = stack.stripe().v1.payment_methods.retrieve(replaced["card"])
+    assert card.card.brand == "mastercard"
+    await spa.assert_books_match("gbp")

@@ -383,7 +383,7 @@ def test_an_operator_process_from_config() -> None:
         ({"transitions[0].guards": ["lucky"]}, "process.transitions[0].guards", "lucky"),
         ({"transitions[0].guards": ["payment_model"]}, "process.transitions[0].guards", "unknown"),
         ({"transitions[0].actors": ["robot"]}, "process.transitions[0].actors", "robot"),
-        ({"transitions[4].actors": ["admin"]}, "process.transitions[4].actors", "system only"),
+        ({"transitions[5].actors": ["admin"]}, "process.transitions[5].actors", "system only"),
     ],
 )
 def test_a_bad_process_stops_start_up_naming_the_key(
