@@ -19,7 +19,14 @@ from engine.core.orders import Commission, Order, SplitPlan
 from engine.core.plugins import Plugins
 from engine.payments.records import advance_status_sql, payment_status_rank
 
-__all__ = ["MONTHLY_VOLUME", "PricedOrder", "monthly_volume", "price_order", "record_payment"]
+__all__ = [
+    "MONTHLY_VOLUME",
+    "PricedOrder",
+    "monthly_volume",
+    "price_order",
+    "record_payment",
+    "with_monthly_volume",
+]
 
 MONTHLY_VOLUME = "monthly_volume"
 """``Order.attributes`` key: the beneficiary's month-to-date gross volume (minor units)."""

@@ -38,20 +38,28 @@ still raise ``amount_refunded``; the status stays the dispute's.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
 import asyncpg
 
 from engine.core.errors import InvalidInput
+from engine.core.money import Money
+from engine.core.tables import Payment
 
 __all__ = [
     "PAYMENT_STATUS_ORDER",
+    "RecordedPayment",
     "advance_status_sql",
     "dispute_payment_status",
+    "link_payment_intent",
     "lock_charge_movements",
     "payment_status_rank",
+    "payments_created_between",
+    "record_transfer",
     "update_payment",
 ]
 
@@ -221,3 +229,111 @@ async def update_payment(
         None if split is None else json.dumps(dict(split)),
     )
     return bool(found)
+
+
+async def link_payment_intent(
+    conn: asyncpg.Connection, *, plugin: str, reference: str, payment_intent_id: str
+) -> bool:
+    """Attach Stripe's ``pi_...`` to the payment ``plugin`` recorded under ``reference``.
+
+    For a payment recorded before its PaymentIntent existed (priced first,
+    charged next). An intent once attached stays. Returns whether such a
+    payment exists, so ``update_payment(conn, payment_intent_id, ...)`` finds it.
+    """
+    found = await conn.fetch(
+        "UPDATE marketplace_payments "
+        "SET stripe_payment_intent_id = COALESCE(stripe_payment_intent_id, $3) "
+        "WHERE reference = $1 AND plugin = $2 RETURNING id",
+        reference,
+        plugin,
+        payment_intent_id,
+    )
+    return bool(found)
+
+
+async def record_transfer(
+    conn: asyncpg.Connection,
+    *,
+    transfer_id: str,
+    destination: str,
+    role: str,
+    amount: Money,
+    idempotency_key: str,
+) -> bool:
+    """Record a transfer Stripe made (``paid``) to ``destination``; once per key.
+
+    ``idempotency_key`` is the one the transfer was created with; recording it
+    again changes nothing. Returns whether this call recorded it.
+    """
+    status = await conn.execute(
+        """
+        INSERT INTO marketplace_transfers
+            (stripe_transfer_id, destination, role, amount, currency, amount_reversed,
+             status, idempotency_key, failure_reason, created_at)
+        VALUES ($1, $2, $3, $4, $5, 0, 'paid', $6, '', now())
+        ON CONFLICT (idempotency_key) DO NOTHING
+        """,
+        transfer_id,
+        destination,
+        role,
+        amount.amount,
+        amount.currency,
+        idempotency_key,
+    )
+    return str(status).endswith(" 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPayment:
+    """A payment as recorded by ``record_payment`` and kept up to date since.
+
+    ``fee`` is the platform's commission; ``split`` the stored split plan
+    (``PricedOrder.split_json()``); ``attributes`` the order's scope values as
+    priced (empty for payments recorded before the engine kept them).
+    """
+
+    id: int
+    reference: str
+    plugin: str
+    kind: str
+    account_id: str | None
+    amount: Money
+    fee: Money
+    rule_id: str
+    rule_version: int
+    split: Mapping[str, Any]
+    attributes: Mapping[str, Any]
+    status: str
+    created_at: datetime
+
+
+async def payments_created_between(
+    since: datetime, until: datetime, *, statuses: Collection[str] | None = None
+) -> list[RecordedPayment]:
+    """Payments created in ``[since, until)``, oldest first; only ``statuses`` if given.
+
+    One query through the engine's bound tables (``Database.bind``, done by
+    ``Services.start``): the way an operator's tool re-reads history.
+    """
+    query = Payment.select().where((Payment.created_at >= since) & (Payment.created_at < until))
+    if statuses is not None:
+        query = query.where(Payment.status.is_in(list(statuses)))
+    rows = await query.order_by(Payment.id).output(load_json=True)
+    return [
+        RecordedPayment(
+            id=int(row["id"]),
+            reference=str(row["reference"]),
+            plugin=str(row["plugin"]),
+            kind=str(row["kind"]),
+            account_id=row["account_id"],
+            amount=Money(int(row["amount"]), str(row["currency"])),
+            fee=Money(int(row["fee_amount"]), str(row["currency"])),
+            rule_id=str(row["rule_id"]),
+            rule_version=int(row["rule_version"]),
+            split=row["split"] if isinstance(row.get("split"), dict) else {},
+            attributes=row["attributes"] if isinstance(row.get("attributes"), dict) else {},
+            status=str(row["status"]),
+            created_at=row["created_at"],
+        )
+        for row in rows
+    ]

@@ -12,7 +12,7 @@ The tables (``tables.py``) must be bound to a database first; the engine's
   admin-saved set in force if there is one.
 - ``list_versions`` / ``get_version``: history for the admin API.
 - ``past_transactions`` / ``dry_run_period``: the DB-backed dry run over the
-  engine's ``marketplace_payments``.
+  payments the engine recorded (``payments_created_between``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import msgspec
 
 from engine.core.contributions import PluginRuntime
 from engine.core.errors import ConfigError
-from engine.core.money import Money
-from engine.core.tables import Payment
 from engine.live_settings import LiveSettings
+from engine.payments.records import payments_created_between
 from plugins.commission_rules.config import PLUGIN, CommissionRulesConfig
 from plugins.commission_rules.dry_run import DryRunReport, PastTransaction, dry_run
 from plugins.commission_rules.rules import Rule, parse_rule
@@ -261,33 +260,28 @@ async def past_transactions(
 ) -> list[PastTransaction]:
     """Payments created in ``[since, until)`` as dry-run transactions.
 
-    The payments table does not (yet) keep the order's attributes
-    (``service_type``, ``tier``, ``monthly_volume``); until it does, rules
-    scoped on those re-price as if they were absent. Beneficiaries come from
-    the stored split plan's legs (``{"legs": [{"role", "account_id"}, ...]}``).
+    Read from the engine (``engine.payments.records.payments_created_between``)
+    with the order's attributes as priced; rules scoped on attributes a payment
+    lacks re-price as if they were absent. Beneficiaries come from the stored
+    split plan's legs (``{"legs": [{"role", "account_id"}, ...]}``).
     """
-    query = Payment.select().where((Payment.created_at >= since) & (Payment.created_at < until))
-    if statuses is not None:
-        query = query.where(Payment.status.is_in(list(statuses)))
-    rows = await query.order_by(Payment.id).output(load_json=True)
     transactions = []
-    for row in rows:
-        # A future ``attributes`` column (the order's scope values and
-        # monthly_volume as priced) is used as soon as the engine adds it.
-        attributes = row.get("attributes") or {}
-        beneficiaries = _beneficiaries(row.get("split"))
-        account = row["account_id"] or next(iter(beneficiaries.values()), "platform")
+    for payment in await payments_created_between(since, until, statuses=statuses):
+        # Payments recorded before the engine kept the order's scope values
+        # (``service_type``, ``tier``, ``monthly_volume``) have none.
+        beneficiaries = _beneficiaries(dict(payment.split))
+        account = payment.account_id or next(iter(beneficiaries.values()), "platform")
         transactions.append(
             PastTransaction(
                 account=account,
-                price=Money(row["amount"], row["currency"]),
-                actual_fee=Money(row["fee_amount"], row["currency"]),
-                occurred_at=row["created_at"],
-                plugin=row["plugin"],
-                kind=row["kind"],
+                price=payment.amount,
+                actual_fee=payment.fee,
+                occurred_at=payment.created_at,
+                plugin=payment.plugin,
+                kind=payment.kind,
                 beneficiaries=beneficiaries,
-                attributes=attributes if isinstance(attributes, dict) else {},
-                reference=row["reference"],
+                attributes=dict(payment.attributes),
+                reference=payment.reference,
             )
         )
     return transactions

@@ -12,8 +12,15 @@ from __future__ import annotations
 import asyncpg
 
 from engine.accounts import AccountService, NewAccount
+from engine.accounts.queries import accounts_needing_attention
 from engine.core.errors import Conflict
-from plugins.creator_subscriptions.env import CreatorRow, Env, creator_by_account
+from plugins.creator_subscriptions.env import (
+    CREATOR_SELECT,
+    CreatorRow,
+    Env,
+    creator_by_account,
+    creators_of,
+)
 from plugins.creator_subscriptions.schemas import CreatorView, NewCreator, OnboardingView
 
 __all__ = ["creator_view", "get_creator", "list_creators", "onboard_creator", "onboarding_link"]
@@ -120,18 +127,26 @@ async def list_creators(
     those whose did not): what an operator checks first.
     """
     async with env.pool.acquire() as conn:
+        failing = (
+            []
+            if payout_failed is None
+            else [
+                account.id
+                for account in await accounts_needing_attention(conn, payout_failed_only=True)
+            ]
+        )
         rows = await conn.fetch(
-            """
-            SELECT c.account_id FROM creator_subscriptions_creators c
-            LEFT JOIN marketplace_accounts a ON a.stripe_account_id = c.account_id
+            CREATOR_SELECT
+            + """
             WHERE c.id > $1
-              AND ($2::boolean IS NULL OR (a.payout_failure_code IS NOT NULL) = $2)
-            ORDER BY c.id LIMIT $3
+              AND ($2::boolean IS NULL OR (c.account_id = ANY($3::text[])) = $2)
+            ORDER BY c.id LIMIT $4
             """,
             after,
             payout_failed,
+            failing,
             limit + 1,
         )
-        creators = [await creator_by_account(conn, row["account_id"]) for row in rows[:limit]]
+        creators = await creators_of(conn, rows[:limit])
     next_after = creators[-1].id if len(rows) > limit else None
     return [creator_view(creator) for creator in creators], next_after

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from engine.accounts.queries import account_payouts
 from engine.core.errors import InvalidInput
 from engine.core.ledger import bank_of
+from engine.core.statements import statement_lines
 from plugins.creator_subscriptions.env import Env, creator_by_account
 from plugins.creator_subscriptions.schemas import (
     Balance,
@@ -74,43 +76,30 @@ async def transactions(
         raise InvalidInput("limit must be between 1 and 100", field="limit")
     async with env.pool.acquire() as conn:
         await creator_by_account(conn, account_id)
-        rows = await conn.fetch(
-            """
-            SELECT t.id, t.kind, t.reference, t.stripe_object_id, t.description, t.occurred_at,
-                   e.currency, sum(e.amount)::bigint AS amount
-            FROM marketplace_ledger_transactions t
-            JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
-            WHERE e.account = $1
-              AND ($2::bigint IS NULL OR t.id < $2)
-              AND (cardinality($3::text[]) = 0 OR t.kind = ANY($3))
-              AND ($4::timestamptz IS NULL OR t.occurred_at >= $4)
-              AND ($5::timestamptz IS NULL OR t.occurred_at < $5)
-            GROUP BY t.id, e.currency
-            ORDER BY t.id DESC, e.currency
-            LIMIT $6
-            """,
+        lines = await statement_lines(
+            conn,
             account_id,
-            before,
-            list(kinds),
-            since,
-            until,
-            limit + 1,
+            before=before,
+            limit=limit + 1,
+            kinds=kinds,
+            since=since,
+            until=until,
         )
-    page = rows[:limit]
-    next_cursor = str(page[-1]["id"]) if len(rows) > limit and page else None
+    page = lines[:limit]
+    next_cursor = str(page[-1].id) if len(lines) > limit and page else None
     return TransactionsPage(
         data=[
             TransactionView(
-                id=int(row["id"]),
-                kind=str(row["kind"]),
-                amount=int(row["amount"]),
-                currency=str(row["currency"]),
-                reference=str(row["reference"]),
-                stripe_object_id=str(row["stripe_object_id"]),
-                description=str(row["description"]),
-                occurred_at=row["occurred_at"].isoformat(),
+                id=line.id,
+                kind=line.kind,
+                amount=line.amount.amount,
+                currency=line.amount.currency,
+                reference=line.reference,
+                stripe_object_id=line.stripe_object_id,
+                description=line.description,
+                occurred_at=line.occurred_at.isoformat(),
             )
-            for row in page
+            for line in page
         ],
         next_cursor=next_cursor,
     )
@@ -213,33 +202,22 @@ async def payouts(env: Env, account_id: str, *, before: int | None, limit: int) 
     """
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, account_id)
-        rows = await conn.fetch(
-            """
-            SELECT id, stripe_payout_id, amount, currency, status, failure_code,
-                   failure_message, arrival_date
-            FROM marketplace_payouts
-            WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
-            ORDER BY id DESC LIMIT $3
-            """,
-            account_id,
-            before,
-            limit + 1,
-        )
-    page = rows[:limit]
+        records = await account_payouts(conn, account_id, before=before, limit=limit + 1)
+    page = records[:limit]
     return PayoutsPage(
         data=[
             PayoutView(
-                stripe_payout_id=str(row["stripe_payout_id"]),
-                amount=int(row["amount"]),
-                currency=str(row["currency"]),
-                status=str(row["status"]),
-                failure_code=row["failure_code"],
-                failure_message=str(row["failure_message"]),
-                arrival_date=int(row["arrival_date"]),
+                stripe_payout_id=payout.stripe_payout_id,
+                amount=payout.amount.amount,
+                currency=payout.amount.currency,
+                status=payout.status,
+                failure_code=payout.failure_code,
+                failure_message=payout.failure_message,
+                arrival_date=payout.arrival_date,
             )
-            for row in page
+            for payout in page
         ],
         payout_failure_code=creator.payout_failure_code,
         payouts_enabled=creator.payouts_enabled,
-        next_cursor=str(page[-1]["id"]) if len(rows) > limit and page else None,
+        next_cursor=str(page[-1].id) if len(records) > limit and page else None,
     )

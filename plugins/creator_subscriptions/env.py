@@ -7,11 +7,14 @@ and tests can build one directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from engine.accounts import Account
+from engine.accounts.queries import accounts_by_id
 from engine.core.errors import NotFound
 from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins
@@ -19,7 +22,16 @@ from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.payability import require_payable
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 
-__all__ = ["CreatorRow", "Env", "creator_by_account", "op_key", "require_selling"]
+__all__ = [
+    "CREATOR_SELECT",
+    "CreatorRow",
+    "Env",
+    "creator_by_account",
+    "creator_by_id",
+    "creators_of",
+    "op_key",
+    "require_selling",
+]
 
 
 def op_key(*parts: object) -> str:
@@ -70,21 +82,19 @@ class CreatorRow:
     payout_failure_code: str | None
 
 
-_CREATOR = """
+# Our creators only: the account's state comes from the engine (``creators_of``).
+CREATOR_SELECT = """
 SELECT c.id, c.account_id, c.handle, c.display_name, c.default_currency,
-       c.selling_since IS NOT NULL AS sold_before,
-       COALESCE(a.status, 'onboarding') AS status,
-       COALESCE(a.charges_enabled, false) AS charges_enabled,
-       COALESCE(a.payouts_enabled, false) AS payouts_enabled,
-       COALESCE(a.details_submitted, false) AS details_submitted,
-       a.payout_failure_code, COALESCE(a.suspended, false) AS suspended
+       c.selling_since IS NOT NULL AS sold_before
 FROM creator_subscriptions_creators c
-LEFT JOIN marketplace_accounts a ON a.stripe_account_id = c.account_id
 """
 
 
-def _creator(row: asyncpg.Record) -> CreatorRow:
-    status = "suspended" if row["suspended"] else str(row["status"])
+def _creator(row: asyncpg.Record, account: Account | None) -> CreatorRow:
+    """Our creator row with the engine's state of its account (onboarding if unknown)."""
+    suspended = account is not None and account.suspended
+    charges_enabled = account is not None and account.charges_enabled
+    status = "suspended" if suspended else (account.status if account else "onboarding")
     return CreatorRow(
         id=int(row["id"]),
         account_id=str(row["account_id"]),
@@ -92,29 +102,35 @@ def _creator(row: asyncpg.Record) -> CreatorRow:
         display_name=str(row["display_name"]),
         default_currency=str(row["default_currency"]),
         status=status,
-        charges_enabled=bool(row["charges_enabled"]),
-        payouts_enabled=bool(row["payouts_enabled"]),
-        details_submitted=bool(row["details_submitted"]),
-        suspended=bool(row["suspended"]),
-        sold_before=bool(row["sold_before"]) or bool(row["charges_enabled"]),
-        payout_failure_code=row["payout_failure_code"],
+        charges_enabled=charges_enabled,
+        payouts_enabled=account is not None and account.payouts_enabled,
+        details_submitted=account is not None and account.details_submitted,
+        suspended=suspended,
+        sold_before=bool(row["sold_before"]) or charges_enabled,
+        payout_failure_code=account.payout_failure_code if account else None,
     )
+
+
+async def creators_of(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[CreatorRow]:
+    """``rows`` of ``creator_subscriptions_creators`` with their accounts' state (one query)."""
+    accounts = await accounts_by_id(conn, [str(row["account_id"]) for row in rows])
+    return [_creator(row, accounts.get(str(row["account_id"]))) for row in rows]
 
 
 async def creator_by_account(conn: asyncpg.Connection, account_id: str) -> CreatorRow:
     """The creator selling through ``account_id``; ``NotFound`` if there is none."""
-    row = await conn.fetchrow(_CREATOR + " WHERE c.account_id = $1", account_id)
+    row = await conn.fetchrow(CREATOR_SELECT + " WHERE c.account_id = $1", account_id)
     if row is None:
         raise NotFound(f"no creator {account_id!r}")
-    return _creator(row)
+    return (await creators_of(conn, [row]))[0]
 
 
 async def creator_by_id(conn: asyncpg.Connection, creator_id: int) -> CreatorRow:
     """The creator with our id ``creator_id``."""
-    row = await conn.fetchrow(_CREATOR + " WHERE c.id = $1", creator_id)
+    row = await conn.fetchrow(CREATOR_SELECT + " WHERE c.id = $1", creator_id)
     if row is None:
         raise NotFound(f"no creator {creator_id}")
-    return _creator(row)
+    return (await creators_of(conn, [row]))[0]
 
 
 async def require_selling(conn: asyncpg.Connection, creator: CreatorRow) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from engine.accounts.queries import accounts_needing_attention
 from engine.core.contributions import DashboardPanel
 from engine.core.money import Money
 
@@ -89,15 +90,13 @@ async def render_members(services: Any, account_id: str | None) -> str:
 async def render_creators(services: Any, account_id: str | None) -> str:
     """For operators: creators who cannot sell or be paid, and subscriptions by status."""
     async with services.db.pool.acquire() as conn:
-        troubled = await conn.fetch(
-            """
-            SELECT c.handle, c.account_id, a.status, a.charges_enabled, a.payout_failure_code
-            FROM creator_subscriptions_creators c
-            JOIN marketplace_accounts a ON a.stripe_account_id = c.account_id
-            WHERE a.payout_failure_code IS NOT NULL OR NOT a.charges_enabled
-            ORDER BY c.id LIMIT 50
-            """
+        attention = {account.id: account for account in await accounts_needing_attention(conn)}
+        rows = await conn.fetch(
+            "SELECT handle, account_id FROM creator_subscriptions_creators "
+            "WHERE account_id = ANY($1::text[]) ORDER BY id LIMIT 50",
+            list(attention),
         )
+        troubled = [(row, attention[str(row["account_id"])]) for row in rows]
         statuses = await conn.fetch(
             "SELECT status, count(*) AS n FROM creator_subscriptions_subscriptions "
             "WHERE status <> 'failed' GROUP BY status ORDER BY status"
@@ -110,11 +109,11 @@ async def render_creators(services: Any, account_id: str | None) -> str:
                 [
                     str(row["handle"]),
                     str(row["account_id"]),
-                    str(row["status"]),
-                    "yes" if row["charges_enabled"] else "no",
-                    str(row["payout_failure_code"] or ""),
+                    account.status,
+                    "yes" if account.charges_enabled else "no",
+                    account.payout_failure_code or "",
                 ]
-                for row in troubled
+                for row, account in troubled
             ],
         )
         + "<h3>Subscriptions</h3>"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.accounts.queries import account_by_id
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.money import normalize_currency
 from engine.gateway import idempotency_key
@@ -218,16 +219,14 @@ class Catalog:
     # ------------------------------------------------------------ providers and venues
 
     async def _known_account(self, account_id: str, role: str) -> None:
-        row = await self._pool.fetchrow(
-            "SELECT role FROM marketplace_accounts WHERE stripe_account_id = $1", account_id
-        )
-        if row is None:
+        account = await account_by_id(self._pool, account_id)
+        if account is None:
             raise NotFound(
                 f"no connected account {account_id} (onboard it with POST /v1/accounts first)",
             )
-        if row["role"] != role:
+        if account.role != role:
             raise InvalidInput(
-                f"account {account_id} was onboarded as a {row['role']}, not a {role}",
+                f"account {account_id} was onboarded as a {account.role}, not a {role}",
                 field="account_id",
             )
 

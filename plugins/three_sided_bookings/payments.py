@@ -37,6 +37,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from engine.accounts.queries import account_by_id
 from engine.core.authentication import CustomerAction, customer_action
 from engine.core.errors import (
     AccountRestricted,
@@ -822,19 +823,15 @@ async def account_can_receive(conn: Connection, account_id: str) -> tuple[bool, 
     payout all hold the share. An account the engine does not know is left
     to Stripe to judge.
     """
-    row = await conn.fetchrow(
-        "SELECT status, payouts_enabled, payout_failure_code, suspended "
-        "FROM marketplace_accounts WHERE stripe_account_id = $1",
-        account_id,
-    )
-    if row is None:
+    account = await account_by_id(conn, account_id)
+    if account is None:
         return True, ""
-    if row["suspended"]:
+    if account.suspended:
         return False, "account suspended"
-    if row["payout_failure_code"]:
-        return False, f"payout failed: {row['payout_failure_code']}"
-    if not row["payouts_enabled"]:
-        return False, f"payouts disabled ({row['status']})"
+    if account.payout_failure_code:
+        return False, f"payout failed: {account.payout_failure_code}"
+    if not account.payouts_enabled:
+        return False, f"payouts disabled ({account.status})"
     return True, ""
 
 

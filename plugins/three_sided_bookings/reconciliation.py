@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core.errors import MarketplaceError
+from engine.core.statements import reference_lines
 from engine.services import Services
 from plugins.three_sided_bookings.schemas import (
     LedgerLineView,
@@ -28,25 +29,16 @@ __all__ = ["reconcile"]
 
 
 async def _ledger_lines(services: Services, reference: str) -> list[LedgerLineView]:
-    rows = await services.db.pool.fetch(
-        """
-        SELECT t.idempotency_key, t.kind, t.stripe_object_id, e.account, e.amount, e.currency
-        FROM marketplace_ledger_transactions t
-        JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
-        WHERE t.reference = $1 ORDER BY t.id, e.id
-        """,
-        reference,
-    )
     return [
         LedgerLineView(
-            key=row["idempotency_key"],
-            kind=row["kind"],
-            account=row["account"],
-            amount=int(row["amount"]),
-            currency=row["currency"],
-            stripe_object_id=row["stripe_object_id"],
+            key=line.key,
+            kind=line.kind,
+            account=line.account,
+            amount=line.amount.amount,
+            currency=line.amount.currency,
+            stripe_object_id=line.stripe_object_id,
         )
-        for row in rows
+        for line in await reference_lines(services.db.pool, reference)
     ]
 
 

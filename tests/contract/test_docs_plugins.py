@@ -4,8 +4,9 @@
   (``python -m engine.testing.hookdoc --write docs/plugins.md``); a new hook, a
   changed signature or docstring makes the check fail.
 - Every name of the public API table exists and is exported (``__all__``), and
-  the example plugin and the ``new-plugin`` templates import nothing else from
-  the engine (the proof that the documented API suffices).
+  the shipped plugins, the example plugin and the ``new-plugin`` templates
+  import nothing else from the engine (the proof that the documented API
+  suffices; ``_NOT_YET_PUBLIC`` lists the exceptions left, with why).
 - The kit's fixtures and the conformance properties are the documented ones.
 """
 
@@ -115,6 +116,23 @@ def _example_sources() -> Iterator[tuple[str, str]]:
             yield str(path.relative_to(REPO)), path.read_text(encoding="utf-8")
 
 
+def _shipped_plugin_sources() -> Iterator[tuple[str, str]]:
+    for path in sorted((REPO / "plugins").rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            yield str(path.relative_to(REPO)), path.read_text(encoding="utf-8")
+
+
+# Imports outside the public API that a shipped plugin still makes, each with
+# why; an entry goes as soon as its import does (the test then fails on it).
+_NOT_YET_PUBLIC: dict[tuple[str, str, str], str] = {
+    (
+        "plugins/three_sided_bookings/postings.py",
+        "engine.core",
+        "postings",
+    ): "the ledger's posting builders are being folded into the engine (issue 15)",
+}
+
+
 def _engine_imports(source: str) -> Iterator[tuple[str, str]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -127,13 +145,21 @@ def _engine_imports(source: str) -> Iterator[tuple[str, str]]:
 
 @pytest.mark.parametrize(
     ("where", "source"),
-    [*_example_sources(), *_rendered_templates()],
+    [*_example_sources(), *_rendered_templates(), *_shipped_plugin_sources()],
     ids=lambda value: value if value.endswith((".py", ".tmpl")) else "",
 )
 def test_plugins_import_only_the_public_api(where: str, source: str) -> None:
     api = _public_api()
     for module, name in _engine_imports(source):
+        if (where, module, name) in _NOT_YET_PUBLIC:
+            continue
         root = module.split(".")[0]
+        if root == "plugins" and where.startswith("plugins/"):
+            own = "plugins." + where.split("/")[1]
+            assert module == own or module.startswith(own + "."), (
+                f"{where} imports another plugin ({module})"
+            )
+            continue
         assert root != "plugins", f"{where} imports another plugin ({module})"
         assert root != "stripe", f"{where} imports stripe; use services.gateway"
         if root != "engine":

@@ -22,6 +22,7 @@ from engine.core.orders import PLATFORM, SplitLeg
 from engine.core.plugins import Plugins
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import price_order, record_payment
+from engine.payments.records import link_payment_intent, record_transfer, update_payment
 from engine.services import Services
 
 from course_sales.config import PLUGIN, CourseSalesConfig
@@ -259,12 +260,8 @@ async def attach_payment_intent(
         enrollment.id,
         payment_intent_id,
     )
-    await conn.execute(
-        "UPDATE marketplace_payments SET stripe_payment_intent_id = $2 "
-        "WHERE reference = $1 AND plugin = $3 AND stripe_payment_intent_id IS NULL",
-        enrollment.reference,
-        payment_intent_id,
-        PLUGIN,
+    await link_payment_intent(
+        conn, plugin=PLUGIN, reference=enrollment.reference, payment_intent_id=payment_intent_id
     )
 
 
@@ -320,20 +317,13 @@ async def settle_enrollment(
             idempotency_key=key,
         )
         transfer_id = str(transfer["id"])
-        await conn.execute(
-            """
-            INSERT INTO marketplace_transfers
-                (stripe_transfer_id, destination, role, amount, currency, amount_reversed,
-                 status, idempotency_key, failure_reason, created_at)
-            VALUES ($1, $2, $3, $4, $5, 0, 'paid', $6, '', now())
-            ON CONFLICT (idempotency_key) DO NOTHING
-            """,
-            transfer_id,
-            leg.account_id,
-            leg.role,
-            leg.amount.amount,
-            leg.amount.currency,
-            key,
+        await record_transfer(
+            conn,
+            transfer_id=transfer_id,
+            destination=leg.account_id,
+            role=leg.role,
+            amount=leg.amount,
+            idempotency_key=key,
         )
         await services.ledger.post(
             transfer_posting(
@@ -353,12 +343,8 @@ async def settle_enrollment(
         payment_intent_id,
         charge_id,
     )
-    await conn.execute(
-        "UPDATE marketplace_payments SET status = 'succeeded', stripe_payment_intent_id = $2, "
-        "stripe_charge_id = $3 WHERE reference = $1 AND plugin = $4",
-        enrollment.reference,
-        payment_intent_id,
-        charge_id,
-        PLUGIN,
+    await link_payment_intent(
+        conn, plugin=PLUGIN, reference=enrollment.reference, payment_intent_id=payment_intent_id
     )
+    await update_payment(conn, payment_intent_id, charge_id=charge_id, status="succeeded")
     return paid

@@ -1,0 +1,158 @@
+"""Plugins never write or query the engine's tables: they call its public functions.
+
+Every ``.py`` file of the shipped plugins (``plugins/``) and of the example
+(``examples/``), migrations included, is parsed; a string literal (docstrings
+aside: they may name a table to explain what the engine keeps) that names one
+of the engine's tables fails the test with its file and line. The engine's
+tables are the ``marketplace_*`` tables its sources declare (Piccolo
+``tablename=`` or ``CREATE TABLE``); a plugin's own tables carry its own prefix.
+Querying the engine's tables through its Piccolo classes (``engine.core.tables``,
+public for foreign keys from a plugin's tables) is the same by another road and
+fails too.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCANNED = (REPO / "plugins", REPO / "examples")
+
+_DECLARED = re.compile(
+    r'tablename\s*=\s*"(marketplace_[a-z0-9_]+)"'
+    r"|CREATE TABLE (?:IF NOT EXISTS )?(marketplace_[a-z0-9_]+)"
+)
+_NAMED = re.compile(r"\bmarketplace_[a-z0-9_]+\b")
+
+
+def engine_tables() -> frozenset[str]:
+    """The tables the engine declares in its sources."""
+    names: set[str] = set()
+    for path in (REPO / "engine").rglob("*.py"):
+        for match in _DECLARED.finditer(path.read_text(encoding="utf-8")):
+            names.add(match.group(1) or match.group(2))
+    return frozenset(names)
+
+
+def plugin_sources() -> list[Path]:
+    """Every Python file of the shipped plugins and the example."""
+    return sorted(
+        path
+        for root in SCANNED
+        for path in root.rglob("*.py")
+        if ".egg-info" not in str(path) and "__pycache__" not in path.parts
+    )
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+        ):
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+# Piccolo's ways to query or write a table through its class.
+_QUERIES = frozenset(
+    {"select", "objects", "insert", "update", "delete", "raw", "count", "exists", "add_m2m"}
+)
+
+
+def _engine_table_classes(tree: ast.AST) -> set[str]:
+    """Local names bound to ``engine.core.tables`` classes (kept for foreign keys)."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "engine.core.tables"
+        for alias in node.names
+    }
+
+
+def engine_table_uses(source: str, tables: frozenset[str]) -> Iterator[tuple[int, str]]:
+    """``(line, what)`` for each SQL string naming an engine table or ORM query on one.
+
+    A string is any literal but a docstring (f-strings included, by their
+    literal parts); an ORM query is ``Payment.select(...)`` and the like on a
+    class imported from ``engine.core.tables``.
+    """
+    tree = ast.parse(source)
+    docstrings = _docstrings(tree)
+    classes = _engine_table_classes(tree)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+        ):
+            for name in sorted(set(_NAMED.findall(node.value)) & tables):
+                yield node.lineno, name
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in _QUERIES
+            and isinstance(node.value, ast.Name)
+            and node.value.id in classes
+        ):
+            yield node.lineno, f"{node.value.id}.{node.attr}()"
+
+
+def violations() -> list[str]:
+    """Every ``file:line: table`` where a plugin or the example touches an engine table."""
+    tables = engine_tables()
+    found = []
+    for path in plugin_sources():
+        where = path.relative_to(REPO)
+        for line, name in engine_table_uses(path.read_text(encoding="utf-8"), tables):
+            found.append(f"{where}:{line}: {name}")
+    return found
+
+
+def test_the_engine_tables_are_found() -> None:
+    tables = engine_tables()
+    for name in ("marketplace_accounts", "marketplace_payments", "marketplace_ledger_entries"):
+        assert name in tables
+
+
+def test_the_scan_sees_sql_and_orm_and_spares_docstrings() -> None:
+    source = '''
+"""Reads ``marketplace_payments`` through the engine."""
+from engine.core.tables import ConnectedAccount, Payment as P
+from piccolo.columns import ForeignKey
+
+account = ForeignKey(references=ConnectedAccount)
+
+def f():
+    """Not ``marketplace_accounts``."""
+    return "SELECT 1 FROM marketplace_accounts a JOIN my_plugin_things t ON true"
+
+def g(x):
+    return f"UPDATE marketplace_payments SET x = {x}", P.select().where(P.id == x)
+'''
+    found = sorted(engine_table_uses(source, engine_tables()))
+    assert found == [(10, "marketplace_accounts"), (13, "P.select()"), (13, "marketplace_payments")]
+
+
+def test_the_scan_covers_every_plugin_and_the_example() -> None:
+    sources = {path.relative_to(REPO).parts[:2] for path in plugin_sources()}
+    for expected in (
+        ("plugins", "creator_subscriptions"),
+        ("plugins", "three_sided_bookings"),
+        ("plugins", "commission_rules"),
+        ("examples", "course_sales"),
+    ):
+        assert expected in sources
+
+
+def test_no_plugin_touches_an_engine_table() -> None:
+    found = violations()
+    assert not found, (
+        "plugins and examples must call the engine's public functions "
+        "(docs/plugins.md), not query its tables:\n" + "\n".join(found)
+    )
