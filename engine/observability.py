@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from engine.core.errors import LedgerConflict
 from engine.core.mailboxes import mailbox_kind
 
 __all__ = [
@@ -151,6 +152,12 @@ class Metrics:
             ["mailbox"],
             registry=self.registry,
         )
+        self.ledger_conflicts = Counter(
+            "marketplace_ledger_conflicts_total",
+            "Postings refused: their key was posted before with other entries, by posting kind",
+            ["kind"],
+            registry=self.registry,
+        )
         self.top_mailboxes = top_mailboxes
         self._top: set[str] = set()
         self._kinds: set[str] = set()
@@ -169,6 +176,10 @@ class Metrics:
             self.webhook_failures.labels(kind).inc()
         if dead:
             self.webhook_dead.labels(kind).inc(dead)
+
+    def ledger_conflict(self, conflict: LedgerConflict) -> None:
+        """Count one posting the ledger refused (``Ledger.observe_conflicts``)."""
+        self.ledger_conflicts.labels(conflict.kind or "unknown").inc()
 
     def pending(self, counts: Mapping[str, int]) -> None:
         """Set the pending gauges from every mailbox's pending count.

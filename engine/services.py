@@ -8,6 +8,7 @@ NATS connection. ``await Services.start(settings)`` opens them;
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
 from engine.live_settings import LiveSettings
+from engine.payments.payability import Payability
+from engine.reconciliation.store import open_ledger_conflict_alert
 
 __all__ = ["Services"]
 
@@ -75,6 +78,7 @@ class Services:
             max_network_retries=settings.stripe.max_network_retries,
             timeout_seconds=settings.stripe.timeout_seconds,
         )
+        gateway.guard = Payability(db.pool)
         nats_client: NatsClient | None = None
         if connect_nats and settings.nats.servers:
             nats_client = await nats.connect(
@@ -90,7 +94,9 @@ class Services:
             settings=settings,
             plugins=plugins,
             db=db,
-            ledger=Ledger(db.pool),
+            ledger=Ledger(
+                db.pool, on_conflict=[functools.partial(open_ledger_conflict_alert, db.pool)]
+            ),
             gateway=gateway,
             live=live,
             nats=nats_client,

@@ -93,6 +93,29 @@ class OnboardingLink(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: int
 
 
+class DashboardLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A single-use link to the account's Stripe Express Dashboard.
+
+    There the holder changes the bank account payouts go to, and sees their payouts:
+    for Express accounts Stripe lets the holder, not the platform, manage them.
+    """
+
+    account_id: str
+    url: str
+    created: int
+
+
+class PayoutRetry(msgspec.Struct, frozen=True, kw_only=True):
+    """A failed payout sent again: the new payout Stripe made for the same amount."""
+
+    failed_payout: str
+    payout: str
+    amount: int
+    currency: str
+    status: str
+    arrival_date: int
+
+
 class AccountPage(msgspec.Struct, frozen=True, kw_only=True):
     """One page of accounts; ``next_after`` is the row id to continue after, if any."""
 

@@ -145,7 +145,7 @@ def _build(
         ApiKeyController,
         AccountController,
     ]
-    lifespans: list[Lifespan] = [*lifespan, _bootstrap_key(settings)]
+    lifespans: list[Lifespan] = [*lifespan, _bootstrap_key(settings), _count_ledger(metrics)]
     if settings.nats.url if webhooks is None else webhooks:
         route_handlers += _webhook_handlers()
         lifespans.append(_run_webhooks(metrics))
@@ -223,6 +223,17 @@ def _webhook_handlers() -> list[ControllerRouterHandler]:
     from engine.webhooks.intake import webhook_routes
 
     return [*webhook_routes(), WebhookAdminController]
+
+
+def _count_ledger(metrics: Metrics) -> Lifespan:
+    """Count the postings the ledger refuses in this process (``/metrics``)."""
+
+    @contextlib.asynccontextmanager
+    async def observe(app: Litestar) -> AsyncIterator[None]:
+        services_from_state(app.state).ledger.observe_conflicts(metrics.ledger_conflict)
+        yield
+
+    return observe
 
 
 def _bootstrap_key(settings: Settings) -> Lifespan:

@@ -26,6 +26,7 @@ __all__ = [
     "InsufficientBalance",
     "InvalidAmount",
     "InvalidInput",
+    "LedgerConflict",
     "LedgerImbalance",
     "MarketplaceError",
     "NotFound",
@@ -223,6 +224,34 @@ class LedgerImbalance(MarketplaceError):
     code = "ledger_imbalance"
     status = 500
     title = "Ledger imbalance"
+
+
+class LedgerConflict(MarketplaceError):
+    """A posting under a key already posted with different entries (refused, never dropped).
+
+    The same key with the same entries is a retry and changes nothing; different
+    entries mean two code paths disagree about one movement, which someone must
+    look at: the ledger raises this, counts it and opens an admin alert.
+    """
+
+    code = "ledger_conflict"
+    status = 500
+    title = "Ledger posting conflict"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        key: str,
+        kind: str,
+        existing: list[tuple[str, int, str]],
+        refused: list[tuple[str, int, str]],
+    ) -> None:
+        super().__init__(detail, key=key, kind=kind)
+        self.key = key
+        self.kind = kind
+        self.existing = existing
+        self.refused = refused
 
 
 class ConfigError(MarketplaceError):

@@ -4,7 +4,10 @@ Every money movement (charge, application fee, transfer, refund, reversal,
 dispute, payout, payout failure) is one ``Posting``: entries on named ledger
 accounts whose amounts sum to zero per currency. A posting carries the key of
 the business operation (``"charge:ch_123"``); posting the same key twice
-records it once, so a retried job can never double-count.
+records it once, so a retried job can never double-count. A second posting
+under a key with *different* entries is refused loudly (``LedgerConflict``,
+after telling the ledger's conflict observers: a metric, an admin alert),
+never dropped: two code paths disagreeing about one movement is a bug.
 
 Ledger account names (positive = money held by that party):
 
@@ -17,15 +20,17 @@ Ledger account names (positive = money held by that party):
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from engine.core.errors import LedgerImbalance
+from engine.core.errors import LedgerConflict, LedgerImbalance
 from engine.core.money import Money
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "PLATFORM",
     "PLATFORM_FEES",
     "PLATFORM_STRIPE_FEES",
+    "ConflictObserver",
     "Entry",
     "Ledger",
     "LedgerLine",
@@ -41,6 +47,8 @@ __all__ = [
     "bank_of",
     "stripe_time",
 ]
+
+log = logging.getLogger(__name__)
 
 PLATFORM = "platform"
 PLATFORM_FEES = "platform:fees"
@@ -162,17 +170,44 @@ VALUES ($1, $2, $3, $4)
 """
 
 
+_EXISTING_ENTRIES = """
+SELECT e.account, e.amount, e.currency FROM marketplace_ledger_entries e
+JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
+WHERE t.idempotency_key = $1
+"""
+
+ConflictObserver = Callable[[LedgerConflict], Awaitable[None] | None]
+"""Told of each refused posting before ``LedgerConflict`` is raised (a metric, an alert).
+
+It runs inside the failing call, whose transaction is about to roll back:
+anything it records durably it writes on a connection of its own."""
+
+
+def _entry_set(entries: Iterable[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    return sorted((account, int(amount), currency.lower()) for account, amount, currency in entries)
+
+
 class Ledger:
     """Reads and writes the ledger tables through an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, on_conflict: Sequence[ConflictObserver] = ()) -> None:
         self._pool = pool
+        self._conflict_observers: list[ConflictObserver] = list(on_conflict)
+
+    def observe_conflicts(self, observer: ConflictObserver) -> None:
+        """Add an observer told of every refused posting (a process's metrics); once each."""
+        if observer not in self._conflict_observers:
+            self._conflict_observers.append(observer)
 
     async def post(self, posting: Posting, *, conn: asyncpg.Connection | None = None) -> bool:
-        """Record ``posting`` once; return False if its key was already posted.
+        """Record ``posting`` once; return False if its key was already posted alike.
 
         Pass ``conn`` to post inside the caller's transaction (so the business
         change and its money movement commit together).
+
+        Raises:
+            LedgerConflict: the key was posted before with other entries (the
+                observers were told first; nothing of this posting is written).
         """
         if conn is None:
             async with self._pool.acquire() as own, own.transaction():
@@ -196,6 +231,7 @@ class Ledger:
             posting.occurred_at,
         )
         if tx_id is None:
+            await self._check_same(conn, posting)
             return False
         await conn.executemany(
             _INSERT_ENTRY,
@@ -205,6 +241,36 @@ class Ledger:
             ],
         )
         return True
+
+    async def _check_same(self, conn: asyncpg.Connection, posting: Posting) -> None:
+        """A repeated key is a no-op only when it repeats the same entries."""
+        existing = _entry_set(
+            (row["account"], row["amount"], row["currency"])
+            for row in await conn.fetch(_EXISTING_ENTRIES, posting.key)
+        )
+        refused = _entry_set(
+            (entry.account, entry.amount.amount, entry.amount.currency) for entry in posting.entries
+        )
+        if existing == refused:
+            return
+        conflict = LedgerConflict(
+            f"ledger key {posting.key} was posted with other entries: "
+            f"posted {existing}, refused {refused}",
+            key=posting.key,
+            kind=posting.kind,
+            existing=existing,
+            refused=refused,
+        )
+        log.error("%s", conflict.detail)
+        for observer in self._conflict_observers:
+            try:
+                outcome = observer(conflict)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                # An observer failing must not turn the refusal into another error.
+                log.exception("ledger conflict observer failed for %s", posting.key)
+        raise conflict
 
     async def is_posted(self, key: str) -> bool:
         """Whether an operation key has been posted."""

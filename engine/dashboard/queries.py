@@ -50,6 +50,8 @@ _SETTLED_PAYMENTS: Final = (
     "partially_refunded",
     "refunded",
     "disputed",
+    "dispute_won",
+    "dispute_lost",
 )
 
 
@@ -468,7 +470,8 @@ async def finance_summary(pool: Any, period: Period, count: int) -> list[Finance
         SELECT date_trunc($1, paid_at AT TIME ZONE 'UTC')::date AS period, plugin, currency,
                count(*) AS payments, sum(amount)::bigint AS gross,
                sum(fee_amount)::bigint AS commission, sum(amount_refunded)::bigint AS refunded,
-               count(*) FILTER (WHERE status = 'disputed') AS disputes
+               count(*) FILTER (WHERE status IN ('disputed', 'dispute_won', 'dispute_lost'))
+                   AS disputes
         FROM (SELECT p.*, {_PAYMENT_TIME} AS paid_at FROM marketplace_payments p
               WHERE p.status = ANY($3::text[])) AS paid
         WHERE paid_at >= $2

@@ -17,11 +17,14 @@ import asyncpg
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitPlan
 from engine.core.plugins import Plugins
+from engine.payments.records import advance_status_sql, payment_status_rank
 
 __all__ = ["MONTHLY_VOLUME", "PricedOrder", "monthly_volume", "price_order", "record_payment"]
 
 MONTHLY_VOLUME = "monthly_volume"
 """``Order.attributes`` key: the beneficiary's month-to-date gross volume (minor units)."""
+
+_ADVANCE = advance_status_sql("marketplace_payments.status", "EXCLUDED.status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,7 @@ async def monthly_volume(
         """
         SELECT COALESCE(sum(p.amount - p.amount_refunded), 0) FROM marketplace_payments p
         WHERE p.account_id = $1 AND p.currency = $2
-          AND p.status IN ('succeeded', 'partially_refunded', 'captured')
+          AND p.status IN ('succeeded', 'partially_refunded', 'captured', 'dispute_won')
           AND COALESCE(
                 (SELECT min(c.occurred_at) FROM marketplace_ledger_transactions c
                  WHERE p.stripe_charge_id IS NOT NULL AND c.stripe_object_id = p.stripe_charge_id),
@@ -97,10 +100,15 @@ async def record_payment(
     charge_id: str | None = None,
     status: str = "pending",
 ) -> int:
-    """Insert the payment with its fee, rule and split; return its id (idempotent per intent)."""
+    """Insert the payment with its fee, rule and split; return its id (idempotent per intent).
+
+    Recorded again for the same intent, the status only moves forward
+    (``engine.payments.records.PAYMENT_STATUS_ORDER``).
+    """
     order = priced.order
+    payment_status_rank(status)
     payment_id = await conn.fetchval(
-        """
+        f"""
         INSERT INTO marketplace_payments
             (reference, plugin, kind, account_id, customer_id, stripe_payment_intent_id,
              stripe_charge_id, amount, currency, fee_amount, rule_id, rule_version, split,
@@ -108,11 +116,11 @@ async def record_payment(
         VALUES ($1, $2, $3, $4, $5, $6, $15, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14,
                 0, now())
         ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET
-            status = EXCLUDED.status,
+            status = {_ADVANCE},
             stripe_charge_id = COALESCE(marketplace_payments.stripe_charge_id,
                                         EXCLUDED.stripe_charge_id)
         RETURNING id
-        """,
+        """,  # noqa: S608 - _ADVANCE is built from constant status names
         order.reference,
         order.plugin,
         order.kind,

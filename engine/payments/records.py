@@ -1,51 +1,223 @@
-"""Keep payment rows in step with Stripe after they are recorded.
+"""Keep payment rows in step with Stripe after they are recorded; statuses only move forward.
 
 ``record_payment`` stores a payment when it is priced; the charge id, the
 final status and refunds arrive later (from the API call's answer or from
-webhooks). ``update_payment`` applies them without ever moving backwards:
-refunded amounts only grow and a charge id, once known, stays.
+webhooks, in any order). ``update_payment`` applies them without ever moving
+backwards: refunded amounts only grow, a charge id once known stays, and the
+status only moves forward in ``PAYMENT_STATUS_ORDER`` (compared in the
+``UPDATE`` itself, so two writers racing cannot move it back either).
+
+The order follows a charge's life at Stripe:
+
+====  ==========================================================  =============================
+rank  statuses                                                    reached by
+====  ==========================================================  =============================
+0     ``pending``, ``requires_payment_method``,                   the PaymentIntent before it
+      ``requires_confirmation``, ``requires_action``,             succeeds (these may follow
+      ``processing``                                              each other in any order: a
+                                                                  failed authentication goes
+                                                                  back to a payment method)
+1     ``requires_capture``                                        authorised, not captured
+2     ``succeeded``, ``captured``, ``canceled``                   captured, or released
+3     ``partially_refunded``                                      a refund of part
+4     ``refunded``                                                refunds reached the amount
+5     ``disputed``                                                ``charge.dispute.created``
+                                                                  (also funds withdrawn)
+6     ``dispute_won``, ``dispute_lost``                           ``charge.dispute.closed``
+                                                                  (``won``/``warning_closed``:
+                                                                  funds reinstated; ``lost``)
+====  ==========================================================  =============================
+
+A status of a higher rank replaces a lower one; one of the same or a lower
+rank is ignored (except among the rank-0 statuses). So a late
+``payment_intent.succeeded`` or ``charge.refunded`` never turns a disputed
+payment back, and a closed dispute is final. Refunds arriving after a dispute
+still raise ``amount_refunded``; the status stays the dispute's.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
 import asyncpg
 
-__all__ = ["update_payment"]
+from engine.core.errors import InvalidInput
+
+__all__ = [
+    "PAYMENT_STATUS_ORDER",
+    "advance_status_sql",
+    "dispute_payment_status",
+    "lock_charge_movements",
+    "payment_status_rank",
+    "update_payment",
+]
+
+PAYMENT_STATUS_ORDER: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "pending": 0,
+        "requires_payment_method": 0,
+        "requires_confirmation": 0,
+        "requires_action": 0,
+        "processing": 0,
+        "requires_capture": 1,
+        "succeeded": 2,
+        "captured": 2,
+        "canceled": 2,
+        "partially_refunded": 3,
+        "refunded": 4,
+        "disputed": 5,
+        "dispute_won": 6,
+        "dispute_lost": 6,
+    }
+)
+"""Each payment status's rank: a status only ever moves to a higher rank."""
+
+
+def payment_status_rank(status: str) -> int:
+    """The rank of ``status`` in ``PAYMENT_STATUS_ORDER``.
+
+    Raises:
+        InvalidInput: a status the order does not know (``field="status"``).
+    """
+    try:
+        return PAYMENT_STATUS_ORDER[status]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown payment status {status!r}; known: {sorted(PAYMENT_STATUS_ORDER)}",
+            field="status",
+        ) from None
+
+
+_CLOSED_DISPUTE_STATUS: Final = {
+    "won": "dispute_won",
+    "warning_closed": "dispute_won",
+    "lost": "dispute_lost",
+}
+
+
+def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
+    """The payment status a ``charge.dispute.*`` event reports (``PAYMENT_STATUS_ORDER``).
+
+    Open, or funds withdrawn: ``disputed``. Closed: ``dispute_won`` (won, or an
+    inquiry closed without a chargeback; also funds reinstated) or ``dispute_lost``.
+    """
+    if event_type == "charge.dispute.funds_reinstated":
+        return "dispute_won"
+    return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+
+
+async def lock_charge_movements(conn: asyncpg.Connection, charge_id: str) -> None:
+    """Hold the charge's money movements (refunds, reversals, fee refunds, disputes) until
+    the caller's transaction ends.
+
+    The engine's webhook handlers take this lock before posting a charge's
+    movements. An API path that asks Stripe to move a charge's money and posts
+    the same movements in its own transaction takes it *before* calling Stripe
+    (and after its own row locks): Stripe's webhooks may be handled while that
+    transaction is still open, and without the lock the two would insert the
+    same ledger keys in different orders and deadlock.
+    """
+    if charge_id:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"charge:{charge_id}"
+        )
+
+
+def _rank_sql(expression: str) -> str:
+    whens = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in PAYMENT_STATUS_ORDER.items())
+    return f"(CASE {expression} {whens} END)"
+
+
+def advance_status_sql(current: str, proposed: str) -> str:
+    """SQL choosing ``proposed`` over ``current`` only when it moves forward.
+
+    Both arguments are SQL expressions (a column, a parameter). A NULL or
+    unknown ``proposed`` keeps ``current``.
+    """
+    new, old = _rank_sql(proposed), _rank_sql(current)
+    return (
+        f"CASE WHEN {new} > {old} OR ({new} = 0 AND {old} = 0) THEN {proposed} ELSE {current} END"
+    )
+
+
+def _refund_status_sql(refunded: str, amount: str) -> str:
+    return (
+        f"CASE WHEN COALESCE({refunded}, 0) <= 0 THEN NULL "
+        f"WHEN {refunded} >= {amount} THEN 'refunded' ELSE 'partially_refunded' END"
+    )
+
+
+_REFUND_STATUS = _refund_status_sql("$7::bigint", "COALESCE($6::bigint, amount)")
+
+_UPDATE = f"""
+UPDATE marketplace_payments AS p
+SET stripe_charge_id = COALESCE(p.stripe_charge_id, $4::text),
+    amount = COALESCE($6::bigint, p.amount),
+    fee_amount = COALESCE($8::bigint, p.fee_amount),
+    split = COALESCE($9::jsonb, p.split),
+    amount_refunded = GREATEST(p.amount_refunded, COALESCE($7::bigint, 0)),
+    status = {advance_status_sql("p.status", "n.status")}
+FROM (
+    SELECT id, COALESCE($5::text, {_REFUND_STATUS}) AS status
+    FROM marketplace_payments
+    WHERE id = $1::bigint OR stripe_payment_intent_id = $2::text OR stripe_charge_id = $3::text
+    FOR UPDATE
+) AS n
+WHERE p.id = n.id
+RETURNING p.id
+"""  # noqa: S608 - built from this module's constant status names only
 
 
 async def update_payment(
     conn: asyncpg.Connection,
-    payment_intent_id: str,
+    payment_intent_id: str | None = None,
     *,
+    payment_id: int | None = None,
+    by_charge: str | None = None,
     charge_id: str | None = None,
     status: str | None = None,
     amount: int | None = None,
     amount_refunded: int | None = None,
+    fee_amount: int | None = None,
+    split: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Update the payment of ``payment_intent_id``; return whether it exists.
+    """Update a payment (found by intent, id or charge); return whether one exists.
 
     Args:
         conn: a connection (inside the caller's transaction, if any).
         payment_intent_id: Stripe's ``pi_...`` the payment was recorded with.
+        payment_id: or the payment's id (``record_payment``'s answer).
+        by_charge: or the ``ch_...`` it was recorded with.
         charge_id: the ``ch_...`` once known (lets refund and dispute handlers find it).
-        status: the new status (``succeeded``, ``captured``, ``canceled`` ...).
+        status: the status Stripe reports; applied only if it moves forward
+            (``PAYMENT_STATUS_ORDER``). Without it, a refunded amount sets
+            ``partially_refunded``/``refunded`` (forward only as well).
         amount: the amount actually charged (a partial capture), minor units.
         amount_refunded: Stripe's cumulative refunded amount (kept if smaller).
+        fee_amount: the platform's fee, when a capture changed it.
+        split: the split as stored (``PricedOrder.split_json()``), when it changed.
+
+    Raises:
+        InvalidInput: ``status`` is not in ``PAYMENT_STATUS_ORDER``, or no way
+            to find the payment was given.
     """
-    row = await conn.fetchval(
-        """
-        UPDATE marketplace_payments
-        SET stripe_charge_id = COALESCE(stripe_charge_id, $2),
-            status = COALESCE($3, status),
-            amount = COALESCE($4, amount),
-            amount_refunded = GREATEST(amount_refunded, COALESCE($5, 0))
-        WHERE stripe_payment_intent_id = $1
-        RETURNING 1
-        """,
+    if payment_intent_id is None and payment_id is None and by_charge is None:
+        raise InvalidInput("a payment is found by intent, id or charge", field="payment")
+    if status is not None:
+        payment_status_rank(status)
+    found = await conn.fetch(
+        _UPDATE,
+        payment_id,
         payment_intent_id,
+        by_charge,
         charge_id,
         status,
         amount,
         amount_refunded,
+        fee_amount,
+        None if split is None else json.dumps(dict(split)),
     )
-    return row is not None
+    return bool(found)

@@ -3,16 +3,23 @@
 Writes are idempotent: an item is keyed by its run and identity, an alert by
 its fingerprint (one alert per distinct finding however many runs report it).
 Reads serve the admin panel: the latest run, its problem items, open alerts.
+
+Besides a run's findings, the ledger itself opens ``ledger_conflict`` alerts
+(``open_ledger_conflict_alert``: a posting refused because its key was posted
+with other entries). Runs never resolve those: no balance transaction shows
+them gone; an admin who has looked at one resolves it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from engine.core.errors import LedgerConflict
 from engine.reconciliation.matching import (
     MISMATCH,
     MISSING_IN_LEDGER,
@@ -22,6 +29,7 @@ from engine.reconciliation.matching import (
 
 __all__ = [
     "KEEP_MATCHED_RUNS",
+    "LEDGER_CONFLICT",
     "Alert",
     "NewAlert",
     "ProblemItem",
@@ -30,6 +38,7 @@ __all__ = [
     "finish_run",
     "latest_run",
     "list_alerts",
+    "open_ledger_conflict_alert",
     "problem_items",
     "prune_matched_items",
     "recent_runs",
@@ -41,6 +50,11 @@ __all__ = [
 
 KEEP_MATCHED_RUNS: Final = 10
 """Matched items are kept for this many latest runs; problem items are kept for good."""
+
+LEDGER_CONFLICT: Final = "ledger_conflict"
+"""The status of an alert the ledger opened for a refused posting."""
+
+_RUN_FINDINGS: Final = (MISSING_IN_LEDGER, MISSING_IN_STRIPE, MISMATCH)
 
 _RUN_COLUMNS = (
     "id, trigger, status, accounts, balance_transactions, matched, missing_in_ledger, "
@@ -255,11 +269,47 @@ async def resolve_alerts(conn: Any, run_id: int, accounts: Sequence[str]) -> int
     """Resolve open alerts of ``accounts`` that run ``run_id`` no longer reported."""
     result: str = await conn.execute(
         "UPDATE marketplace_reconciliation_alerts SET resolved_at = now() "
-        "WHERE resolved_at IS NULL AND last_run < $1 AND account = ANY($2::text[])",
+        "WHERE resolved_at IS NULL AND last_run < $1 AND account = ANY($2::text[]) "
+        "AND status = ANY($3::text[])",
         run_id,
         list(accounts),
+        list(_RUN_FINDINGS),
     )
     return int(result.rsplit(maxsplit=1)[-1])
+
+
+def _conflict_account(conflict: LedgerConflict) -> tuple[str, str]:
+    """The connected account (else the platform) and currency a refused posting touches."""
+    accounts = [account.split(":", 1)[0] for account, _, _ in conflict.refused]
+    connected = [account for account in accounts if account.startswith("acct_")]
+    currency = conflict.refused[0][2] if conflict.refused else ""
+    return (connected[0] if connected else "platform"), currency
+
+
+async def open_ledger_conflict_alert(pool: Any, conflict: LedgerConflict) -> None:
+    """Open (or count again) the admin alert for a refused posting, once per finding.
+
+    Written on a connection of its own: the posting's transaction rolls back.
+    The same refusal repeated (a retried event) counts an occurrence, never a
+    second alert.
+    """
+    digest = hashlib.sha256(json.dumps(conflict.refused).encode()).hexdigest()[:16]
+    account, currency = _conflict_account(conflict)
+    await pool.execute(
+        """
+        INSERT INTO marketplace_reconciliation_alerts AS a
+            (fingerprint, status, account, currency, summary, first_run, last_run,
+             occurrences, first_seen_at, last_seen_at, resolved_at)
+        VALUES ($1, $2, $3, $4, $5, 0, 0, 1, now(), now(), NULL)
+        ON CONFLICT (fingerprint) DO UPDATE SET
+            occurrences = a.occurrences + 1, last_seen_at = now(), resolved_at = NULL
+        """,
+        f"{LEDGER_CONFLICT}:{conflict.key}:{digest}",
+        LEDGER_CONFLICT,
+        account,
+        currency,
+        conflict.detail,
+    )
 
 
 async def finish_run(

@@ -1,5 +1,10 @@
 """The engine's own webhook handlers: accounts, payouts, refunds, disputes, transfers.
 
+They post the movements every business model shares (``engine.core.postings``:
+refunds, transfer reversals, application fee refunds, disputes; payouts), made
+through the engine or outside it (Stripe's dashboard), keyed by the Stripe
+object so a plugin's API path posting the same movement first changes nothing.
+
 Each is idempotent and order-insensitive: state only moves forward (an older
 ``account.updated`` never overwrites a newer one; a paid or failed payout never
 goes back to pending), and ledger postings are keyed by the Stripe object so a
@@ -18,9 +23,21 @@ import asyncpg
 
 from engine.accounts.service import apply_stripe_account
 from engine.core.contributions import StripeEvent, WebhookRegistration
-from engine.core.ledger import Ledger, Posting, bank_of, stripe_time
+from engine.core.ledger import PLATFORM, Posting, bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
+from engine.core.postings import (
+    dispute_lost_posting,
+    dispute_txn_posting,
+    fee_refund_posting,
+    refund_posting,
+    reversal_posting,
+)
+from engine.payments.records import (
+    dispute_payment_status,
+    lock_charge_movements,
+    update_payment,
+)
 from engine.worker.dispatch import EventContext, stripe_object
 
 __all__ = ["core_registrations"]
@@ -119,25 +136,37 @@ async def sync_payout_failure(
     return str(code) if code is not None else None
 
 
-async def _payout_failed_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
-    """When Stripe returned the funds: the failure balance transaction's ``created``."""
+async def _payout_returned_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
+    """When Stripe returned a failed or canceled payout's funds: the ``created`` of the
+    balance transaction that did (``failure_balance_transaction``, set for both)."""
     txn = payout.get("failure_balance_transaction")
     if isinstance(txn, dict):
         return stripe_time(txn.get("created"))
     if isinstance(txn, str) and txn:
         found = await ctx.services.gateway.call(
-            "balance_transactions", "retrieve", txn, account=account
+            "balance_transactions",
+            "retrieve",
+            txn,
+            account=None if account == PLATFORM else account,
         )
         return stripe_time(found.get("created"))
-    # Stripe always links the failure's balance transaction; without it the payout's
-    # own time is the nearest Stripe time there is.
+    # Stripe always links that balance transaction; without it the payout's own
+    # time is the nearest Stripe time there is.
     return stripe_time(payout.get("created"))
 
 
 async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
-    """Record a payout, post it to the ledger, and on failure flag the account."""
+    """Record a payout and post it: paid out, then back if it fails or is canceled.
+
+    Connected accounts' payouts and the platform's own (events without
+    ``account``) alike: ``payout:<id>`` moves the amount from the balance to
+    its bank (``bank_of``) at the payout's ``created``; ``payout_failure:<id>``
+    or ``payout_cancel:<id>`` moves it back at the time Stripe returned the
+    funds. A failed connected-account payout flags the account and tells the
+    plugins (once).
+    """
     payout = stripe_object(event)
-    account = str(event.get("account") or "platform")
+    account = str(event.get("account") or PLATFORM)
     status = str(payout.get("status") or "pending")
     amount = _payout_amount(payout)
     await ctx.conn.execute(
@@ -153,6 +182,8 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             failure_code = COALESCE(EXCLUDED.failure_code, p.failure_code),
             failure_message = CASE WHEN EXCLUDED.failure_message <> ''
                                    THEN EXCLUDED.failure_message ELSE p.failure_message END,
+            arrival_date = CASE WHEN EXCLUDED.arrival_date > 0
+                                THEN EXCLUDED.arrival_date ELSE p.arrival_date END,
             updated_at = now()
         """,
         payout["id"],
@@ -166,10 +197,9 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         _PAYOUT_RANK.get(status, 0),
         stripe_time(payout.get("created")),
     )
-    ledger = Ledger(ctx.services.db.pool)
-    if account == "platform":
-        return  # the platform's own payouts leave the platform balance; not tracked yet
-    await sync_payout_failure(ctx, account)
+    ledger = ctx.services.ledger
+    if account != PLATFORM:
+        await sync_payout_failure(ctx, account)
     await ledger.post(
         Posting.transfer(
             f"payout:{payout['id']}",
@@ -183,10 +213,24 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
         ),
         conn=ctx.conn,
     )
+    if status == "canceled":
+        await ledger.post(
+            Posting.transfer(
+                f"payout_cancel:{payout['id']}",
+                "payout_cancel",
+                bank_of(account),
+                account,
+                amount,
+                occurred_at=await _payout_returned_at(ctx, payout, account),
+                stripe_object_id=str(payout["id"]),
+                description="payout canceled",
+            ),
+            conn=ctx.conn,
+        )
+        return
     if status != "failed":
         return
     failure_code = str(payout.get("failure_code") or "unknown")
-    failed_at = await _payout_failed_at(ctx, payout, account)
     newly_failed = await ledger.post(
         Posting.transfer(
             f"payout_failure:{payout['id']}",
@@ -194,13 +238,13 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
             bank_of(account),
             account,
             amount,
-            occurred_at=failed_at,
+            occurred_at=await _payout_returned_at(ctx, payout, account),
             stripe_object_id=str(payout["id"]),
             description=f"payout failed: {failure_code}",
         ),
         conn=ctx.conn,
     )
-    if not newly_failed:
+    if not newly_failed or account == PLATFORM:
         return  # payout.updated and payout.failed both say so: notify once
     plugins = ctx.services.plugins
     failure = PayoutFailure(
@@ -214,34 +258,161 @@ async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     ctx.after_commit(lambda: plugins.notify_payout_failure(failure))
 
 
-async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep the payment's refunded amount in step (it only grows)."""
-    charge = stripe_object(event)
-    await ctx.conn.execute(
-        """
-        UPDATE marketplace_payments
-        SET amount_refunded = GREATEST(amount_refunded, $2),
-            status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
-        WHERE stripe_charge_id = $1
-        """,
-        charge.get("id"),
-        int(charge.get("amount_refunded") or 0),
+def _id(value: Any) -> str:
+    """The id of an expandable field (an id or an expanded object)."""
+    if isinstance(value, Mapping):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+async def _meaning(ctx: EventContext, charge_id: str) -> tuple[str, str]:
+    """The business object and plugin of the payment a charge belongs to (``("", "")``
+    for a charge no business model recorded: it is posted all the same)."""
+    if not charge_id:
+        return "", ""
+    row = await ctx.conn.fetchrow(
+        "SELECT reference, plugin FROM marketplace_payments WHERE stripe_charge_id = $1 "
+        "ORDER BY id LIMIT 1",
+        charge_id,
+    )
+    return ("", "") if row is None else (str(row["reference"]), str(row["plugin"]))
+
+
+def _is_destination_payment(charge_id: str) -> bool:
+    # A connected account's ``py_`` (and its ``pyr_`` refunds) are made by the platform's
+    # transfer and its reversals, which are posted with them.
+    return charge_id.startswith("py_")
+
+
+async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str) -> None:
+    """Post one refund on the balance of the charge's owner, made anywhere (API or dashboard)."""
+    charge_id = _id(refund.get("charge"))
+    refund_id = str(refund.get("id") or "")
+    if not refund_id or _is_destination_payment(charge_id) or refund_id.startswith("pyr_"):
+        return
+    if refund.get("status") == "canceled":
+        return  # a canceled refund never left the balance
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    await ctx.services.ledger.post(
+        refund_posting(
+            account,
+            refund_id,
+            Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd")),
+            occurred_at=stripe_time(refund.get("created")),
+            reference=reference,
+            plugin=plugin,
+        ),
+        conn=ctx.conn,
     )
 
 
+async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
+    """``refund.created``/``updated``: post the refund (the plugin's API path may have)."""
+    await post_refund(ctx, stripe_object(event), str(event.get("account") or PLATFORM))
+
+
+async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
+    """Keep the payment's refunded amount in step (it only grows, the status only forward),
+    and post the charge's refunds the event lists."""
+    charge = stripe_object(event)
+    await lock_charge_movements(ctx.conn, str(charge.get("id") or ""))
+    await update_payment(
+        ctx.conn,
+        by_charge=str(charge.get("id") or ""),
+        amount_refunded=int(charge.get("amount_refunded") or 0),
+    )
+    account = str(event.get("account") or PLATFORM)
+    for refund in (charge.get("refunds") or {}).get("data") or []:
+        if isinstance(refund, Mapping):
+            await post_refund(ctx, refund, account)
+
+
+async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
+    """``application_fee.refunded``: post each refund of the fee back to the account that paid."""
+    fee = stripe_object(event)
+    payer = _id(fee.get("account"))
+    if not payer:
+        return
+    charge_id = _id(fee.get("originating_transaction"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    for refund in (fee.get("refunds") or {}).get("data") or []:
+        if not isinstance(refund, Mapping):
+            continue
+        await ctx.services.ledger.post(
+            fee_refund_posting(
+                payer,
+                str(refund["id"]),
+                Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd")),
+                occurred_at=stripe_time(refund.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
+
+
+def _decided_at(dispute: Mapping[str, Any]) -> datetime:
+    """Stripe's time of the dispute's last balance movement (else its opening)."""
+    times = [
+        int(txn["created"])
+        for txn in dispute.get("balance_transactions") or []
+        if isinstance(txn, Mapping) and txn.get("created")
+    ]
+    return stripe_time(max(times) if times else dispute.get("created"))
+
+
 async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
-    """Record the dispute in the audit log and mark the payment disputed."""
+    """Record the dispute, move the payment's status forward and post its money.
+
+    Each of the dispute's balance transactions (funds withdrawn with Stripe's
+    dispute fee, funds reinstated) is posted once on the charge owner's
+    balance; a lost dispute's withdrawal is final (``dispute:<id>:lost``).
+    The same postings whichever business model made the charge.
+    """
     dispute = stripe_object(event)
-    await _audit(ctx.conn, str(event.get("type")), str(dispute.get("charge") or ""), dispute)
-    if event.get("type") == "charge.dispute.created":
-        await ctx.conn.execute(
-            "UPDATE marketplace_payments SET status = 'disputed' WHERE stripe_charge_id = $1",
-            dispute.get("charge"),
+    event_type = str(event.get("type"))
+    charge_id = _id(dispute.get("charge"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    await _audit(ctx.conn, event_type, charge_id, dispute)
+    status = dispute_payment_status(event_type, dispute)
+    await update_payment(ctx.conn, by_charge=charge_id, status=status)
+    account = str(event.get("account") or PLATFORM)
+    reference, plugin = await _meaning(ctx, charge_id)
+    ledger = ctx.services.ledger
+    for txn in dispute.get("balance_transactions") or []:
+        if not isinstance(txn, Mapping):
+            continue
+        currency = str(txn.get("currency") or dispute.get("currency") or "usd")
+        await ledger.post(
+            dispute_txn_posting(
+                account,
+                str(dispute["id"]),
+                str(txn["id"]),
+                Money(int(txn.get("amount") or 0), currency),
+                Money(int(txn.get("fee") or 0), currency),
+                occurred_at=stripe_time(txn.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
+    if dispute.get("status") == "lost":
+        await ledger.post(
+            dispute_lost_posting(
+                str(dispute["id"]),
+                Money(int(dispute.get("amount") or 0), str(dispute.get("currency") or "usd")),
+                occurred_at=_decided_at(dispute),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
         )
 
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep a known transfer's reversed amount in step (it only grows)."""
+    """Keep a known transfer's reversed amount in step (it only grows); post its reversals."""
     transfer = stripe_object(event)
     await ctx.conn.execute(
         """
@@ -254,6 +425,29 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
         int(transfer.get("amount_reversed") or 0),
         bool(transfer.get("reversed")),
     )
+    destination = _id(transfer.get("destination"))
+    reversals = [
+        reversal
+        for reversal in (transfer.get("reversals") or {}).get("data") or []
+        if isinstance(reversal, Mapping)
+    ]
+    if not destination or not reversals:
+        return
+    charge_id = _id(transfer.get("source_transaction"))
+    await lock_charge_movements(ctx.conn, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id)
+    for reversal in reversals:
+        await ctx.services.ledger.post(
+            reversal_posting(
+                destination,
+                str(reversal["id"]),
+                Money(int(reversal.get("amount") or 0), str(reversal.get("currency") or "usd")),
+                occurred_at=stripe_time(reversal.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
 
 
 async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict[str, Any]) -> None:
@@ -281,6 +475,10 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.failed", on_payout),
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
+        ("refund.created", on_refund),
+        ("refund.updated", on_refund),
+        ("charge.refund.updated", on_refund),
+        ("application_fee.refunded", on_fee_refunded),
         ("charge.dispute.created", on_dispute),
         ("charge.dispute.updated", on_dispute),
         ("charge.dispute.closed", on_dispute),

@@ -29,6 +29,7 @@ from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
 from engine.core.ledger import stripe_time
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
+from engine.payments.records import lock_charge_movements
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
@@ -42,7 +43,7 @@ from plugins.creator_subscriptions.postings import (
     charge_posting,
     destination_charge_from,
     payment_ledger_key,
-    refund_posting,
+    refund_postings,
 )
 from plugins.creator_subscriptions.pricing import one_time_order, priced, record_engine_payment
 from plugins.creator_subscriptions.schemas import (
@@ -82,6 +83,9 @@ def payment_view(row: asyncpg.Record) -> OneTimePaymentView:
         status=str(row["status"]),
         amount_refunded=int(row["amount_refunded"]),
         payment_intent_id=row["payment_intent_id"],
+        charge_id=str(row["charge_id"] or "") or None,
+        transfer_id=str(row["transfer_id"] or "") or None,
+        application_fee_id=str(row["application_fee_id"] or "") or None,
         rule_id=str(row["rule_id"]),
         rule_version=int(row["rule_version"]),
         customer_action=stored_action(row["customer_action"]),
@@ -127,7 +131,7 @@ async def create_one_time_payment(
     config = env.config
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, new.creator_account_id)
-        require_selling(creator)
+        await require_selling(conn, creator)
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")
@@ -416,6 +420,73 @@ def refund_view(row: asyncpg.Record) -> RefundView:
     )
 
 
+async def refund_destination_charge(
+    env: Env,
+    conn: asyncpg.Connection,
+    *,
+    charge_id: str,
+    application_fee_id: str,
+    destination: str,
+    currency: str,
+    amount: int,
+    fee_refunded_before: int,
+    reason: str | None,
+    metadata: Mapping[str, str],
+    idempotency_key: str,
+    reference: str,
+) -> tuple[DestinationRefund, Mapping[str, Any]]:
+    """Refund ``amount`` of a creator's destination charge (a tip's or an invoice's) and post it.
+
+    ``reverse_transfer`` and ``refund_application_fee`` make Stripe pull the
+    creator's share and the platform's fee back in proportion to the refund,
+    from the charge's own transfer and fee: the same proportional split the
+    engine's ``SplitPlan.proportional`` gives, computed once, by Stripe, and
+    posted as Stripe reports it (``refund_postings``: the engine's postings,
+    which its webhook handlers post too). Returns the facts and Stripe's refund.
+    """
+    # Before Stripe announces the refund: the engine's handlers wait for this
+    # transaction instead of posting the same movements in another order.
+    await lock_charge_movements(conn, charge_id)
+    refund = await env.gateway.call(
+        "refunds",
+        "create",
+        params={
+            "charge": charge_id,
+            "amount": amount,
+            "reverse_transfer": True,
+            "refund_application_fee": True,
+            **({"reason": reason} if reason else {}),
+            "metadata": dict(metadata),
+            "expand": ["transfer_reversal"],
+        },
+        idempotency_key=idempotency_key,
+    )
+    reversal = refund.get("transfer_reversal")
+    reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
+    fee_refunded = 0
+    fee_refunds: list[tuple[str, Money, Any]] = []
+    if application_fee_id:
+        fee = await env.gateway.call("application_fees", "retrieve", application_fee_id)
+        fee_refunded = int(fee.get("amount_refunded") or 0) - fee_refunded_before
+        fee_refunds = [
+            (str(item["id"]), Money(int(item["amount"]), currency), stripe_time(item["created"]))
+            for item in (fee.get("refunds") or {}).get("data") or []
+        ]
+    facts = DestinationRefund(
+        refund_id=str(refund["id"]),
+        amount=Money(int(refund["amount"]), currency),
+        transfer_reversed=Money(reversed_amount, currency),
+        fee_refunded=Money(fee_refunded, currency),
+        destination=destination,
+        refunded_at=stripe_time(refund.get("created")),
+        reversal_id=str(reversal.get("id") or "") if isinstance(reversal, Mapping) else "",
+        fee_refunds=tuple(fee_refunds),
+    )
+    for posting in refund_postings(facts, reference=reference):
+        await env.ledger.post(posting, conn=conn)
+    return facts, refund
+
+
 async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> RefundView:
     """Refund (part of) a payment, reversing the creator's transfer and the fee in proportion.
 
@@ -436,40 +507,22 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
         sequence = await conn.fetchval(
             "SELECT count(*) + 1 FROM creator_subscriptions_refunds WHERE payment = $1", payment_id
         )
-        refund = await env.gateway.call(
-            "refunds",
-            "create",
-            params={
-                "charge": row["charge_id"],
-                "amount": amount,
-                "reverse_transfer": True,
-                "refund_application_fee": True,
-                **({"reason": new.reason} if new.reason else {}),
-                "metadata": {"plugin": PLUGIN, PAYMENT_METADATA: str(payment_id)},
-                "expand": ["transfer_reversal"],
-            },
-            idempotency_key=op_key("payment", row["uid"], "refund", sequence),
-        )
-        reversal = refund.get("transfer_reversal")
-        reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
-        fee_refunded = 0
-        if row["application_fee_id"]:
-            fee = await env.gateway.call("application_fees", "retrieve", row["application_fee_id"])
-            fee_refunded = int(fee.get("amount_refunded") or 0) - int(row["fee_refunded"])
-        currency = str(row["currency"])
-        facts = DestinationRefund(
-            refund_id=str(refund["id"]),
-            amount=Money(int(refund["amount"]), currency),
-            transfer_reversed=Money(reversed_amount, currency),
-            fee_refunded=Money(fee_refunded, currency),
-            destination=str(row["account_id"]),
-            refunded_at=stripe_time(refund.get("created")),
-        )
         reference = f"{PLUGIN}:payment:{payment_id}"
-        await env.ledger.post(
-            refund_posting(facts, reference=reference, description=f"refund of {row['kind']}"),
-            conn=conn,
+        facts, refund = await refund_destination_charge(
+            env,
+            conn,
+            charge_id=str(row["charge_id"]),
+            application_fee_id=str(row["application_fee_id"] or ""),
+            destination=str(row["account_id"]),
+            currency=str(row["currency"]),
+            amount=amount,
+            fee_refunded_before=int(row["fee_refunded"]),
+            reason=new.reason,
+            metadata={"plugin": PLUGIN, PAYMENT_METADATA: str(payment_id)},
+            idempotency_key=op_key("payment", row["uid"], "refund", sequence),
+            reference=reference,
         )
+        currency = str(row["currency"])
         refunded_total = int(row["amount_refunded"]) + facts.amount.amount
         refund_row = await conn.fetchrow(
             """

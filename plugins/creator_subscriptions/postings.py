@@ -19,8 +19,9 @@ platform              ``application_fee`` +F ``platform`` +F
 So the platform's balance moves by ``F - S`` and the creator's by ``A - F``,
 exactly as on Stripe. One charge is one ledger transaction (one per paid
 invoice, one per tip). A refund with ``reverse_transfer`` and
-``refund_application_fee`` mirrors ``refund``, ``transfer_refund``,
-``payment_refund`` and both ``application_fee_refund`` transactions.
+``refund_application_fee`` is the engine's postings (``refund:<re>``,
+``reversal:<trr>``, ``application_fee_refund:<fr>``), which its webhook handlers
+also post for refunds made in Stripe's dashboard.
 
 Everything here is pure: facts in, ``Posting`` out.
 """
@@ -42,6 +43,7 @@ from engine.core.ledger import (
     stripe_time,
 )
 from engine.core.money import Money
+from engine.core.postings import fee_refund_posting, refund_posting, reversal_posting
 from plugins.creator_subscriptions.config import PLUGIN
 
 __all__ = [
@@ -51,8 +53,7 @@ __all__ = [
     "destination_charge_from",
     "invoice_ledger_key",
     "payment_ledger_key",
-    "refund_ledger_key",
-    "refund_posting",
+    "refund_postings",
 ]
 
 
@@ -64,11 +65,6 @@ def invoice_ledger_key(invoice_id: str) -> str:
 def payment_ledger_key(payment_intent_id: str) -> str:
     """The one ledger transaction of a tip or pay-per-view payment."""
     return f"{PLUGIN}:payment:{payment_intent_id}"
-
-
-def refund_ledger_key(refund_id: str) -> str:
-    """The one ledger transaction of a refund."""
-    return f"{PLUGIN}:refund:{refund_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +125,13 @@ class DestinationRefund:
         refund_id: the ``re_``.
         amount: refunded to the fan (the platform's ``refund`` transaction).
         transfer_reversed: pulled back from the creator (``transfer_refund``).
-        fee_refunded: application fee returned to the creator.
+        fee_refunded: application fee returned to the creator by this refund.
         destination: the creator's connected account.
         refunded_at: Stripe's time of the refund (its ``created``).
+        reversal_id: the ``trr_`` of ``transfer_reversed`` (its time is the refund's).
+        fee_refunds: every refund of the charge's application fee so far, as
+            ``(fr_, amount, Stripe's time)``: each is posted once, whichever
+            refund (or Stripe's dashboard) made it.
     """
 
     refund_id: str
@@ -140,6 +140,8 @@ class DestinationRefund:
     fee_refunded: Money
     destination: str
     refunded_at: datetime
+    reversal_id: str = ""
+    fee_refunds: tuple[tuple[str, Money, datetime], ...] = ()
 
 
 def _entries(pairs: Iterable[tuple[str, Money]]) -> tuple[Entry, ...]:
@@ -176,29 +178,47 @@ def charge_posting(
     )
 
 
-def refund_posting(refund: DestinationRefund, *, reference: str, description: str = "") -> Posting:
-    """The balanced posting for a refund that reverses the transfer and the fee in proportion."""
-    account = refund.destination
-    entries = _entries(
-        (
-            (PLATFORM, -refund.amount),
-            (CUSTOMERS, refund.amount),
-            (PLATFORM, refund.transfer_reversed),
-            (account, -refund.transfer_reversed),
-            (PLATFORM, -refund.fee_refunded),
-            (account, refund.fee_refunded),
+def refund_postings(refund: DestinationRefund, *, reference: str) -> tuple[Posting, ...]:
+    """The engine's postings for a refund with ``reverse_transfer`` and ``refund_application_fee``.
+
+    ``refund:<re>``, ``reversal:<trr>`` and one ``application_fee_refund:<fr>``
+    per fee refund (``engine.core.postings``): the same the engine's webhook
+    handlers post, so this API path and the webhooks never count one twice.
+    """
+    found = [
+        refund_posting(
+            PLATFORM,
+            refund.refund_id,
+            refund.amount,
+            occurred_at=refund.refunded_at,
+            reference=reference,
+            plugin=PLUGIN,
         )
-    )
-    return Posting(
-        key=refund_ledger_key(refund.refund_id),
-        kind="refund",
-        entries=entries,
-        reference=reference,
-        occurred_at=refund.refunded_at,
-        stripe_object_id=refund.refund_id,
-        plugin=PLUGIN,
-        description=description,
-    )
+    ]
+    if refund.reversal_id and refund.transfer_reversed.amount:
+        found.append(
+            reversal_posting(
+                refund.destination,
+                refund.reversal_id,
+                refund.transfer_reversed,
+                occurred_at=refund.refunded_at,
+                reference=reference,
+                plugin=PLUGIN,
+            )
+        )
+    found += [
+        fee_refund_posting(
+            refund.destination,
+            fee_refund_id,
+            amount,
+            occurred_at=refunded_at,
+            reference=reference,
+            plugin=PLUGIN,
+        )
+        for fee_refund_id, amount, refunded_at in refund.fee_refunds
+        if amount.amount
+    ]
+    return tuple(found)
 
 
 def _id_of(value: Any) -> str:

@@ -20,6 +20,7 @@ import asyncpg
 from engine.core.money import Money, apply_rate
 from engine.core.orders import Commission, Order
 from engine.payments.pricing import PricedOrder, price_order, record_payment, with_monthly_volume
+from engine.payments.records import update_payment
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env
 
@@ -115,11 +116,5 @@ async def record_engine_payment(
         payment_intent_id=payment_intent_id,
         status="succeeded",
     )
-    # record_payment takes no charge id yet, but the core's charge.refunded
-    # handler finds payments by it (an engine change is requested in the docs).
-    await conn.execute(
-        "UPDATE marketplace_payments SET stripe_charge_id = $2 "
-        "WHERE stripe_payment_intent_id = $1 AND stripe_charge_id IS NULL",
-        payment_intent_id,
-        charge_id,
-    )
+    # The core's refund and dispute handlers find payments by their charge.
+    await update_payment(conn, payment_intent_id, charge_id=charge_id)

@@ -149,6 +149,12 @@ class NewFan(_In, frozen=True):
     ) = None
 
 
+class NewPaymentMethod(_In, frozen=True):
+    """A new card for a fan: it becomes the default of the fan and of their subscriptions."""
+
+    payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255)]
+
+
 class FanView(_Out, frozen=True):
     """A fan and their Stripe customer."""
 
@@ -176,6 +182,21 @@ class ChangeTier(_In, frozen=True):
     tier_id: SerialId
 
 
+class InvoiceIds(_Out, frozen=True):
+    """One invoice of a subscription and Stripe's ids of the money it moved."""
+
+    invoice: str
+    status: str
+    amount_paid: int
+    application_fee: int
+    creator_earnings: int
+    payment_intent: str | None
+    charge: str | None
+    transfer: str | None
+    period_start: int
+    period_end: int
+
+
 class SubscriptionView(_Out, frozen=True):
     """A subscription as we mirror it from Stripe."""
 
@@ -196,6 +217,9 @@ class SubscriptionView(_Out, frozen=True):
     rule_version: int
     action_required: bool = False
     """An invoice of the subscription waits for the fan to authenticate its payment."""
+    invoices: list[InvoiceIds] = []
+    """The subscription's invoices, newest first, with Stripe's ids of their payment,
+    charge and transfer to the creator (filled by ``GET /subscriptions/{id}``)."""
     customer_action: CustomerAction | None = None
     """What the fan must do (client secret and next action, and the hosted invoice page)."""
 
@@ -289,6 +313,12 @@ class OneTimePaymentView(_Out, frozen=True):
     rule_version: int
     customer_action: CustomerAction | None = None
     """Set while ``status`` is ``requires_action``: the fan authenticates the payment."""
+    charge_id: str | None = None
+    """Stripe's charge (``ch_...``) once paid."""
+    transfer_id: str | None = None
+    """The destination charge's transfer to the creator (``tr_...``)."""
+    application_fee_id: str | None = None
+    """The platform's application fee (``fee_...``)."""
 
 
 # ---------------------------------------------------------------- earnings

@@ -26,6 +26,7 @@ from engine.core.authentication import customer_action
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
+from engine.payments.records import advance_status_sql, dispute_payment_status
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
@@ -378,6 +379,7 @@ async def _settle_invoice(
         UPDATE creator_subscriptions_invoices
         SET status = 'paid', amount_paid = $2, application_fee = $3, creator_earnings = $4,
             stripe_fee = $5, charge_id = $6, transfer_id = $7, ledger_key = $8, paid_at = $9,
+            payment_intent_id = COALESCE(NULLIF($10, ''), payment_intent_id),
             updated_at = now()
         WHERE id = $1
         """,
@@ -390,6 +392,7 @@ async def _settle_invoice(
         transfer_id,
         ledger_key,
         paid_at,
+        _id(charge.get("payment_intent")) if charge is not None else "",
     )
     reason = str(invoice.get("billing_reason") or "")
     name = {"subscription_cycle": "renewed", "subscription_create": "started"}.get(
@@ -589,6 +592,44 @@ async def on_account_updated(event: StripeEvent, ctx: Context) -> None:
         )
 
 
+# ---------------------------------------------------------------- refunds and disputes
+
+
+_ADVANCE = advance_status_sql("status", "$2::text")
+
+
+async def on_charge_refunded(event: StripeEvent, ctx: Context) -> None:
+    """A tip's charge refunded, through the API or in Stripe's dashboard: its refunded amount
+    and status follow Stripe's (forward only). The engine posts the refund itself."""
+    charge = _object(event)
+    refunded = int(charge.get("amount_refunded") or 0)
+    await ctx.conn.execute(
+        f"""
+        UPDATE creator_subscriptions_payments
+        SET amount_refunded = GREATEST(amount_refunded, $3),
+            status = {_ADVANCE}, updated_at = now()
+        WHERE charge_id = $1 AND amount_refunded < $3
+        """,  # noqa: S608 - _ADVANCE is built from the engine's constant status names
+        str(charge.get("id") or ""),
+        "refunded" if refunded >= int(charge.get("amount") or 0) else "partially_refunded",
+        refunded,
+    )
+
+
+async def on_dispute(event: StripeEvent, ctx: Context) -> None:
+    """A tip's charge disputed: its status shows it (``disputed``, then ``dispute_won`` or
+    ``dispute_lost``; forward only). The engine posts the dispute's money."""
+    dispute = _object(event)
+    await ctx.conn.execute(
+        f"""
+        UPDATE creator_subscriptions_payments SET status = {_ADVANCE}, updated_at = now()
+        WHERE charge_id = $1 AND charge_id <> ''
+        """,  # noqa: S608 - _ADVANCE is built from the engine's constant status names
+        _id(dispute.get("charge")),
+        dispute_payment_status(str(event.get("type")), dispute),
+    )
+
+
 def registrations() -> list[WebhookRegistration]:
     """Every handler of the plugin, by Stripe event type."""
     table: list[tuple[str, Handler]] = [
@@ -610,6 +651,12 @@ def registrations() -> list[WebhookRegistration]:
         ("setup_intent.succeeded", on_setup_intent),
         ("setup_intent.setup_failed", on_setup_intent),
         ("account.updated", on_account_updated),
+        ("charge.refunded", on_charge_refunded),
+        ("charge.dispute.created", on_dispute),
+        ("charge.dispute.updated", on_dispute),
+        ("charge.dispute.closed", on_dispute),
+        ("charge.dispute.funds_withdrawn", on_dispute),
+        ("charge.dispute.funds_reinstated", on_dispute),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

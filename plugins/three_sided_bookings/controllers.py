@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, get, patch, post, put
+from litestar import Controller, Response, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.auth import Principal, requires_scope
@@ -152,13 +153,17 @@ class CatalogController(Controller):
         operation_id="tsbCreateProvider",
         summary="Register a provider (or update it)",
         guards=[requires_scope()],
-        responses=problem_responses(*_WRITE),
+        responses={
+            200: ResponseSpec(ProviderView, description="the provider existed: updated"),
+            **problem_responses(*_WRITE),
+        },
     )
     async def create_provider(
         self, data: JSONBody[NewProvider], services: NamedDependency[Services]
-    ) -> ProviderView:
+    ) -> Response[ProviderView]:
         """Register a provider on its onboarded connected account."""
-        return await Catalog(services).add_provider(data)
+        view, created = await Catalog(services).add_provider(data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/providers",
@@ -205,13 +210,17 @@ class CatalogController(Controller):
         operation_id="tsbCreateVenue",
         summary="Register a venue (or update it)",
         guards=[requires_scope()],
-        responses=problem_responses(*_WRITE),
+        responses={
+            200: ResponseSpec(VenueView, description="the venue existed: updated"),
+            **problem_responses(*_WRITE),
+        },
     )
     async def create_venue(
         self, data: JSONBody[NewVenue], services: NamedDependency[Services]
-    ) -> VenueView:
+    ) -> Response[VenueView]:
         """Register a venue on its onboarded connected account."""
-        return await Catalog(services).add_venue(data)
+        view, created = await Catalog(services).add_venue(data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/venues",
@@ -447,16 +456,22 @@ class BookingController(Controller):
         "/{booking_id:str}/reconciliation",
         operation_id="tsbBookingReconciliation",
         summary="A booking's Stripe objects against its ledger",
-        guards=[requires_scope()],
+        guards=[requires_scope("account")],
         responses=problem_responses(*_READ, 502),
     )
     async def reconciliation(
         self,
         booking_id: BookingId,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         check: Annotated[bool, QueryParameter(required=False)] = False,
     ) -> Reconciliation:
-        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too."""
+        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too.
+
+        An admin, or the provider's or venue's own key for its bookings (another
+        booking is a 404, like a missing one)."""
+        booking = await BookingService(services).get_record(int(booking_id))
+        _actor(principal, booking)
         return await reconcile(services, int(booking_id), check_stripe=check)
 
 

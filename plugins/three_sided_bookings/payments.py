@@ -53,6 +53,7 @@ from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
+from engine.payments.records import lock_charge_movements, update_payment
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -144,6 +145,8 @@ async def ensure_customer(ctx: BookingContext) -> str:
             "email": booking.customer_email or None,
             "name": booking.customer_name or None,
             "metadata": {"booking_id": str(booking.id), "reference": booking.customer_reference},
+            # The customer's payments then happen on the booking's test clock.
+            **({"test_clock": booking.test_clock} if booking.test_clock else {}),
         },
         idempotency_key=_booking_key(booking, "customer"),
     )
@@ -263,19 +266,14 @@ async def _sync_payment(ctx: BookingContext, charge: ChargeRecord) -> None:
     if charge.payment_id is None:
         return
     plan = charge.plan
-    await ctx.conn.execute(
-        """
-        UPDATE marketplace_payments
-        SET stripe_charge_id = $2, status = $3, amount = $4, fee_amount = $5,
-            split = $6::jsonb
-        WHERE id = $1
-        """,
-        charge.payment_id,
-        charge.charge_id,
-        "succeeded" if charge.is_captured else charge.status,
-        charge.captured or charge.amount,
-        0 if plan is None else plan.platform_amount.amount,
-        json.dumps({} if plan is None else _priced(ctx.booking, plan, charge.kind).split_json()),
+    await update_payment(
+        ctx.conn,
+        payment_id=charge.payment_id,
+        charge_id=charge.charge_id,
+        status="succeeded" if charge.is_captured else charge.status,
+        amount=charge.captured or charge.amount,
+        fee_amount=0 if plan is None else plan.platform_amount.amount,
+        split={} if plan is None else _priced(ctx.booking, plan, charge.kind).split_json(),
     )
 
 
@@ -569,9 +567,7 @@ async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: 
         status,
     )
     if charge.payment_id is not None:
-        await ctx.conn.execute(
-            "UPDATE marketplace_payments SET status = $2 WHERE id = $1", charge.payment_id, status
-        )
+        await update_payment(ctx.conn, payment_id=charge.payment_id, status=status)
 
 
 # ---------------------------------------------------------------- collecting to a target
@@ -635,6 +631,9 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         "SELECT count(*) FROM three_sided_bookings_refunds WHERE charge = $1", charge.id
     )
     key = _booking_key(booking, "refund", charge.payment_intent_id, int(count) + 1)
+    # The engine's refund handler waits for this transaction rather than posting
+    # the same refund first (and deadlocking with it).
+    await lock_charge_movements(ctx.conn, charge_id)
     stripe_refund = await ctx.gateway.call(
         "refunds",
         "create",
@@ -676,15 +675,8 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         json.dumps(plan_to_json(refunded)),
     )
     if charge.payment_id is not None:
-        await ctx.conn.execute(
-            """
-            UPDATE marketplace_payments
-            SET amount_refunded = GREATEST(amount_refunded, $2),
-                status = CASE WHEN $2 >= amount THEN 'refunded' ELSE 'partially_refunded' END
-            WHERE id = $1
-            """,
-            charge.payment_id,
-            charge.refunded + amount,
+        await update_payment(
+            ctx.conn, payment_id=charge.payment_id, amount_refunded=charge.refunded + amount
         )
     await ctx.post(
         refund_posting(
@@ -741,6 +733,11 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
         return
     booking = ctx.booking
     key = _booking_key(booking, "reversal", transfer.role, transfer.charge_id, cause)
+    source_charge = await ctx.conn.fetchval(
+        "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE id = $1",
+        transfer.charge_id,
+    )
+    await lock_charge_movements(ctx.conn, str(source_charge or ""))
     try:
         reversal = await ctx.gateway.call(
             "transfers.reversals",

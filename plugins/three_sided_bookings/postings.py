@@ -3,7 +3,9 @@
 Pure. Each posting mirrors one Stripe balance transaction on the ``platform``
 and ``acct_...`` ledger accounts with the same amount, Stripe's fee on its own
 entries (``platform`` -> ``platform:stripe_fees``), and ``stripe_object_id``
-set, so a reconciliation can match ledger and Stripe one to one. Keys are
+set, so a reconciliation can match ledger and Stripe one to one. Refunds,
+reversals and disputes are the engine's own postings (``engine.core.postings``),
+which its webhook handlers post for any business model. Keys are
 derived from the Stripe object id (``charge:ch_1``, ``transfer:tr_1``,
 ``refund:re_1``, ``reversal:trr_1``, ``dispute_txn:txn_1``), so the API path
 and the webhook path can both post and nothing is ever counted twice.
@@ -28,9 +30,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from engine.core import postings as engine_postings
 from engine.core.ledger import (
     CUSTOMERS,
-    DISPUTES,
     PLATFORM,
     PLATFORM_STRIPE_FEES,
     Entry,
@@ -94,18 +96,9 @@ def transfer_posting(
 def refund_posting(
     reference: str, refund_id: str, amount: Money, *, occurred_at: datetime
 ) -> Posting:
-    """A refund to the customer from the platform's balance."""
-    return Posting.transfer(
-        f"refund:{refund_id}",
-        "refund",
-        PLATFORM,
-        CUSTOMERS,
-        amount,
-        reference=reference,
-        occurred_at=occurred_at,
-        stripe_object_id=refund_id,
-        plugin=PLUGIN,
-        description="refund to the customer",
+    """A refund to the customer from the platform's balance (the engine's posting)."""
+    return engine_postings.refund_posting(
+        PLATFORM, refund_id, amount, occurred_at=occurred_at, reference=reference, plugin=PLUGIN
     )
 
 
@@ -113,17 +106,8 @@ def reversal_posting(
     reference: str, reversal_id: str, account: str, amount: Money, *, occurred_at: datetime
 ) -> Posting:
     """A transfer reversal: part of a beneficiary's share back to the platform."""
-    return Posting.transfer(
-        f"reversal:{reversal_id}",
-        "reversal",
-        account,
-        PLATFORM,
-        amount,
-        reference=reference,
-        occurred_at=occurred_at,
-        stripe_object_id=reversal_id,
-        plugin=PLUGIN,
-        description=f"transfer reversal from {account}",
+    return engine_postings.reversal_posting(
+        account, reversal_id, amount, occurred_at=occurred_at, reference=reference, plugin=PLUGIN
     )
 
 
@@ -136,16 +120,19 @@ def dispute_txn_posting(
     *,
     occurred_at: datetime,
 ) -> Posting:
-    """One dispute balance transaction: funds withdrawn (amount < 0) or reinstated (> 0)."""
-    return Posting(
-        key=f"dispute_txn:{txn_id}",
-        kind="dispute",
-        entries=(Entry(PLATFORM, amount), Entry(DISPUTES, -amount), *_fee_entries(fee)),
-        reference=reference,
+    """One dispute balance transaction: funds withdrawn (amount < 0) or reinstated (> 0).
+
+    The engine's posting (its dispute handler posts the same one for any charge).
+    """
+    return engine_postings.dispute_txn_posting(
+        PLATFORM,
+        dispute_id,
+        txn_id,
+        amount,
+        fee,
         occurred_at=occurred_at,
-        stripe_object_id=dispute_id,
+        reference=reference,
         plugin=PLUGIN,
-        description="dispute funds withdrawn" if amount.amount < 0 else "dispute funds reinstated",
     )
 
 
@@ -153,15 +140,6 @@ def dispute_lost_posting(
     reference: str, dispute_id: str, amount: Money, *, occurred_at: datetime
 ) -> Posting:
     """A lost dispute: the withdrawn money went back to the customer for good."""
-    return Posting.transfer(
-        f"dispute:{dispute_id}:lost",
-        "dispute_lost",
-        DISPUTES,
-        CUSTOMERS,
-        amount,
-        reference=reference,
-        occurred_at=occurred_at,
-        stripe_object_id=dispute_id,
-        plugin=PLUGIN,
-        description="dispute lost",
+    return engine_postings.dispute_lost_posting(
+        dispute_id, amount, occurred_at=occurred_at, reference=reference, plugin=PLUGIN
     )

@@ -202,12 +202,21 @@ class PayoutScheduleView(_View, frozen=True):
 # ---------------------------------------------------------------- bookings
 
 
+TestClockId = Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)]
+"""A Stripe test clock's id."""
+
+
 class CustomerInput(_Input, frozen=True):
     """Who is booking (kept for receipts and dispute evidence)."""
 
     name: Name
     email: EmailText = ""
     reference: Label = ""
+    test_clock: (
+        Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)] | None
+    ) = None
+    """Test mode: a Stripe test clock; the booking's customer lives on it, and the
+    booking's timers (expiry, completion) run on its time."""
 
 
 class NewBooking(_Input, frozen=True):
@@ -261,6 +270,55 @@ class SplitView(_View, frozen=True):
     legs: list[SplitLegView]
 
 
+class ChargeIds(_View, frozen=True):
+    """One PaymentIntent of the booking and its charge on Stripe."""
+
+    kind: str
+    payment_intent: str
+    charge: str | None
+    status: str
+    amount: int
+    captured: int
+    refunded: int
+
+
+class TransferIds(_View, frozen=True):
+    """A beneficiary's share: its Stripe transfer once paid (``None`` while held)."""
+
+    role: str
+    account_id: str
+    transfer: str | None
+    amount: int
+    amount_reversed: int
+    status: str
+
+
+class RefundIds(_View, frozen=True):
+    """A refund of one of the booking's charges."""
+
+    refund: str
+    charge: str | None
+    amount: int
+
+
+class ReversalIds(_View, frozen=True):
+    """A reversal of (part of) a transfer, after a refund or a lost dispute."""
+
+    reversal: str
+    transfer: str | None
+    amount: int
+    reason: str
+
+
+class BookingStripeIds(_View, frozen=True):
+    """The booking's money on Stripe, to tie transfers and payouts to bookings."""
+
+    charges: list[ChargeIds]
+    transfers: list[TransferIds]
+    refunds: list[RefundIds]
+    reversals: list[ReversalIds]
+
+
 class BookingView(_View, frozen=True):
     """A booking, its state, the actions the caller may take and its money."""
 
@@ -289,6 +347,10 @@ class BookingView(_View, frozen=True):
     held: int
     split: SplitView
     transfer_group: str
+    test_clock: str | None
+    """The Stripe test clock whose time the booking's timers follow (test mode)."""
+    stripe: BookingStripeIds
+    """Stripe's ids of the booking's charges, transfers, refunds and reversals."""
     created_at: datetime
     updated_at: datetime
     action_required: bool = False

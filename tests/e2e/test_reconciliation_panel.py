@@ -1,8 +1,8 @@
 """Reconciliation from the admin panel, in headless Chromium.
 
-After a creator's tips and a day of payouts everything matches; then the
-platform pays itself out directly in Stripe (a movement the engine never
-posts). The admin starts a run from the panel and sees exactly that one
+After a creator's tips and a day of payouts everything matches; then someone
+charges a card on the platform directly in Stripe, outside every business
+model (a movement no plugin posts). The admin starts a run from the panel and sees exactly that one
 finding, on the reconciliation page and as an open alert on the panel.
 Screenshots go to ``test-artifacts/screenshots/``.
 """
@@ -59,9 +59,16 @@ async def test_the_admin_runs_reconciliation_and_sees_the_one_movement_stripe_al
     clean = await run_reconciliation(stack.services)
     assert clean.problems == 0, [item.detail for item in clean.problem_items()]
 
-    payout = await asyncio.to_thread(
-        stack.stripe().v1.payouts.create, params={"amount": 150, "currency": "usd"}
+    intent = await asyncio.to_thread(
+        stack.stripe().v1.payment_intents.create,
+        params={
+            "amount": 150,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        },
     )
+    charge_id = str(intent["latest_charge"])
     await stack.settle()
 
     page = await browser.new_page()
@@ -83,12 +90,12 @@ async def test_the_admin_runs_reconciliation_and_sees_the_one_movement_stripe_al
     assert await items.count() == 1
     assert await items.first.get_attribute("data-status") == "missing_in_ledger"
     finding = await items.first.inner_text()
-    assert payout["id"] in finding
+    assert charge_id in finding
     assert "1 problem" in await page.locator("[data-testid=reconciliation-problems]").inner_text()
     await page.screenshot(path=screenshots / "admin_reconciliation.png", full_page=True)
 
     await page.goto(f"{stack.url}/dashboard/admin")
     alerts = page.locator("[data-testid=alerts] li")
     assert await alerts.count() == 1
-    assert payout["id"] in await alerts.first.inner_text()
+    assert charge_id in await alerts.first.inner_text()
     await page.close()

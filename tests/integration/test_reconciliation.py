@@ -5,10 +5,11 @@ are paid and partly refunded, payouts are made (one bank rejects its payout)
 and a spa booking is paid and cancelled: all through the plugins' HTTP APIs,
 Stripe's signed webhooks and the worker. Then ``reconcile`` (the function and
 the ``marketplace reconcile`` command) finds every balance transaction in the
-ledger. A ledger entry altered by hand and a platform payout made directly in
-Stripe (which the engine never posts) are each reported exactly once: one
-item, one alert, one ``engine.reconciliation.mismatch`` event, however often
-reconciliation runs; mending the ledger resolves the alert.
+ledger, including the platform's own payouts made directly in Stripe (one of
+them canceled). A ledger entry altered by hand and a charge made directly on
+the platform in Stripe (which no business model posts) are each reported
+exactly once: one item, one alert, one ``engine.reconciliation.mismatch``
+event, however often reconciliation runs; mending the ledger resolves the alert.
 """
 
 from __future__ import annotations
@@ -286,6 +287,11 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     stack: Stack, mismatches: Mismatches, tmp_path: Path
 ) -> None:
     accounts = await scripted_month(stack)
+    # The platform's own payouts, made directly in Stripe: one paid out, one canceled.
+    await sdk(stack.stripe().v1.payouts.create, params={"amount": 123, "currency": "usd"})
+    canceled = await sdk(stack.stripe().v1.payouts.create, params={"amount": 77, "currency": "usd"})
+    await sdk(stack.stripe().v1.payouts.cancel, canceled["id"])
+    await stack.settle()
     types = Counter()
     for account in [None, *accounts.values()]:
         listed = await sdk(
@@ -304,6 +310,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         "application_fee_refund",
         "payout",
         "payout_failure",
+        "payout_cancel",
     ):
         assert types[kind], f"no {kind} balance transaction in the scripted month: {types}"
 
@@ -341,8 +348,17 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     await pool.execute(
         "UPDATE marketplace_ledger_entries SET amount = amount + 100 WHERE id = $1", altered["id"]
     )
-    # Injected in Stripe: a payout of the platform's own money, which the engine never posts.
-    payout = await sdk(stack.stripe().v1.payouts.create, params={"amount": 123, "currency": "usd"})
+    # Injected in Stripe: a charge on the platform outside every business model.
+    intent = await sdk(
+        stack.stripe().v1.payment_intents.create,
+        params={
+            "amount": 123,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        },
+    )
+    charge_id = str(intent["latest_charge"])
     await stack.settle()
 
     for attempt in range(2):  # re-running reports the same two findings, alerts once
@@ -359,9 +375,9 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         assert missing.account == "platform"
         assert missing.txn is not None
         assert (missing.txn.type, missing.txn.source, missing.txn.amount) == (
-            "payout",
-            payout["id"],
-            -123,
+            "charge",
+            charge_id,
+            123,
         )
         assert run.new_alerts == (2 if attempt == 0 else 0)
         stored = await problem_items(pool, run.id)
@@ -386,7 +402,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     assert status == 3, printed
     assert "amount_mismatch 1" in printed
     assert "missing_in_ledger 1" in printed
-    assert f"payout {payout['id']} of -1.23 USD has no ledger entry" in printed
+    assert f"charge {charge_id} of 1.23 USD has no ledger entry" in printed
     assert "0 new alert(s)" in printed  # the same two findings: their alerts stay open
     command_run = await latest_run(pool)
     assert command_run is not None
@@ -400,7 +416,7 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         == altered["amount"] + 100
     )
 
-    # Mended by hand, the ledger matches again and its alert resolves; the payout's stays.
+    # Mended by hand, the ledger matches again and its alert resolves; the charge's stays.
     await pool.execute(
         "UPDATE marketplace_ledger_entries SET amount = $2 WHERE id = $1",
         altered["id"],

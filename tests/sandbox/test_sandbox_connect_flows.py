@@ -445,7 +445,9 @@ def test_failed_payout_reaches_connect_endpoint(
     assert totals(client, account.id) == (10_000, 0)
     as_account = sandbox.client(stripe_account=account.id)
     payout = as_account.v1.payouts.create(params={"amount": 6_000, "currency": "usd"})
-    assert payout.status == "pending"  # the bank rejects it right after the response
+    assert payout.status == "pending"  # until the next midnight's batch goes to the bank
+    assert as_account.v1.payouts.retrieve(payout.id).status == "pending"
+    sandbox.advance(86_400)  # the bank rejects it when it is submitted
     failed = as_account.v1.payouts.retrieve(payout.id)
     assert (failed.status, failed.failure_code) == ("failed", "no_account")
     assert totals(client, account.id) == (10_000, 0)
@@ -564,3 +566,38 @@ def test_webhook_retried_until_delivered(
     assert client.v1.events.retrieve(event.id).pending_webhooks == 0
     signed_at = int(request.headers["stripe-signature"].split(",")[0][2:])
     assert before <= signed_at <= int(time.time())
+
+
+def test_a_pending_manual_payout_can_be_canceled_until_the_bank_has_it(
+    sandbox: RunningSandbox,
+    client: stripe.StripeClient,
+    make_account: Callable[..., Any],
+) -> None:
+    account = make_account()
+    client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_bypassPending",
+            "confirm": True,
+            "transfer_data": {"destination": account.id},
+        }
+    )
+    as_account = sandbox.client(stripe_account=account.id)
+    payout = as_account.v1.payouts.create(params={"amount": 4_000, "currency": "usd"})
+    assert totals(client, account.id) == (6_000, 0)
+    canceled = as_account.v1.payouts.cancel(payout.id)
+    assert canceled.status == "canceled"
+    assert totals(client, account.id) == (10_000, 0)  # Stripe refunds it to the available balance
+    returned = as_account.v1.balance_transactions.retrieve(canceled.failure_balance_transaction)  # type: ignore[arg-type]
+    assert (returned.type, returned.amount, returned.source) == ("payout_cancel", 4_000, payout.id)
+    with pytest.raises(stripe.InvalidRequestError):
+        as_account.v1.payouts.cancel(payout.id)  # already canceled
+
+    # Submitted with the next midnight's batch: in transit, no longer cancelable.
+    later = as_account.v1.payouts.create(params={"amount": 1_000, "currency": "usd"})
+    sandbox.advance(86_400)
+    assert as_account.v1.payouts.retrieve(later.id).status in {"in_transit", "paid"}
+    with pytest.raises(stripe.InvalidRequestError):
+        as_account.v1.payouts.cancel(later.id)
+    assert totals(client, account.id) == (9_000, 0)

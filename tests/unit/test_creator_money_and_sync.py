@@ -21,7 +21,7 @@ from plugins.creator_subscriptions.postings import (
     DestinationRefund,
     charge_posting,
     destination_charge_from,
-    refund_posting,
+    refund_postings,
 )
 from plugins.creator_subscriptions.pricing import fee_percent
 from plugins.creator_subscriptions.sync import (
@@ -103,7 +103,7 @@ def test_charge_posting_lines_are_the_balance_transactions() -> None:
     ]
 
 
-def test_refund_posting_reverses_in_stripes_amounts() -> None:
+def test_refund_postings_reverse_in_stripes_amounts_under_the_engines_keys() -> None:
     refund = DestinationRefund(
         refund_id="re_1",
         amount=Money(400, "usd"),
@@ -111,11 +111,25 @@ def test_refund_posting_reverses_in_stripes_amounts() -> None:
         fee_refunded=Money(40, "usd"),
         destination=ACCT,
         refunded_at=AT,
+        reversal_id="trr_1",
+        fee_refunds=(("fr_1", Money(40, "usd"), AT), ("fr_0", Money(0, "usd"), AT)),
     )
-    posting = refund_posting(refund, reference="r")
-    totals = per_account(posting.entries)
-    assert totals == {PLATFORM: -40, CUSTOMERS: 400, ACCT: -360}
-    assert posting.key == "creator_subscriptions:refund:re_1"
+    postings = refund_postings(refund, reference="r")
+    totals: dict[str, int] = {}
+    for posting in postings:
+        for account, amount in per_account(posting.entries).items():
+            totals[account] = totals.get(account, 0) + amount
+    assert {account: amount for account, amount in totals.items() if amount} == {
+        PLATFORM: -40,
+        CUSTOMERS: 400,
+        ACCT: -360,
+    }
+    # The engine's keys: its webhook handlers post the same, so nothing counts twice.
+    assert [posting.key for posting in postings] == [
+        "refund:re_1",
+        "reversal:trr_1",
+        "application_fee_refund:fr_1",
+    ]
 
 
 def test_destination_charge_is_read_from_stripes_charge() -> None:

@@ -3,6 +3,12 @@
 A payout's fate follows the destination's test account number (TEST-VALUES.md):
 `000111111116` fails with `no_account` and so on; a failed payout returns its
 funds with a `payout_failure` balance transaction and emits `payout.failed`.
+As at Stripe, a payout is `pending` until it is submitted to the bank (then
+`in_transit`): automatic and instant payouts at once, a manual standard payout
+with the next UTC midnight's batch of the global clock. Until then it can be
+canceled (`POST /v1/payouts/{id}/cancel`, manual payouts only): the funds come
+back with a `payout_cancel` balance transaction, linked as the payout's
+`failure_balance_transaction`, and `payout.canceled` is emitted.
 Automatic payouts run at each UTC midnight the global clock passes, per the
 account's `settings.payouts.schedule` (daily, weekly on `weekly_anchor`, monthly
 on `monthly_anchor`; `manual` never).
@@ -114,7 +120,8 @@ def create_payout_object(
         str(state.private(bank["id"]).get("account_number", ""))
     )
     emit(state, "payout.created", payout, account=account_id)
-    state.schedule("", now, "payout_process", payout_id)
+    submitted = now if automatic or method == "instant" else (now // DAY + 1) * DAY
+    state.schedule("", submitted, "payout_process", payout_id)
     return payout
 
 
@@ -292,7 +299,9 @@ def cancel_payout(call: Call) -> Obj:
     state = call.state
     payout = state.get(call.args[0], call.account, "payout")
     expect_status(payout, ("pending",), "canceled", "payout")
-    add_txn(
+    if payout["automatic"]:
+        raise invalid("Automatic payouts cannot be canceled.", code="payout_unexpected_state")
+    txn = add_txn(
         state,
         call.account,
         amount=payout["amount"],
@@ -301,7 +310,7 @@ def cancel_payout(call: Call) -> Obj:
         source=payout["id"],
     )
     previous = {"status": payout["status"]}
-    payout["status"] = "canceled"
+    payout.update(status="canceled", failure_balance_transaction=txn["id"])
     emit(state, "payout.canceled", payout, account=call.account, previous=previous)
     return payout
 
