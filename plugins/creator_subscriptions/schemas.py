@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from engine.api.fields import EmailText, Label, Line, Note, RequestBody, Text
+from engine.api.fields import AccountId, EmailText, Label, Line, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -141,8 +141,12 @@ class NewFan(_In, frozen=True):
     external_ref: Ref
     email: EmailText = ""
     name: Label = ""
-    payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$")] | None = None
-    test_clock: Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$")] | None = None
+    payment_method: (
+        Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255)] | None
+    ) = None
+    test_clock: (
+        Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=255)] | None
+    ) = None
 
 
 class NewPaymentMethod(_In, frozen=True):
@@ -264,7 +268,7 @@ class NewOneTimePayment(_In, frozen=True):
     """A tip or a pay-per-view purchase from a fan to a creator."""
 
     fan_id: SerialId
-    creator_account_id: Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]+$")]
+    creator_account_id: AccountId
     amount: MinorUnits
     currency: Currency | None = None
     item_ref: Label = ""
