@@ -18,6 +18,7 @@ __all__ = [
     "ChangeTier",
     "CreatorView",
     "FanView",
+    "InvoiceRefundView",
     "InvoiceView",
     "NewCreator",
     "NewFan",
@@ -257,6 +258,19 @@ class RefundView(_Out, frozen=True):
     """One refund and what it pulled back from the creator and the platform."""
 
     id: int
+    stripe_refund_id: str | None
+    amount: int
+    currency: str
+    transfer_reversed: int
+    fee_refunded: int
+    status: str
+
+
+class InvoiceRefundView(_Out, frozen=True):
+    """One refund of a subscription invoice and what it pulled back from creator and platform."""
+
+    id: int
+    stripe_invoice_id: str
     stripe_refund_id: str | None
     amount: int
     currency: str
