@@ -318,6 +318,10 @@ class Balance(_Out, frozen=True):
     pending: list[BalanceAmount]
     ledger: list[BalanceAmount]
     paid_out: list[BalanceAmount]
+    disputed: list[BalanceAmount] = msgspec.field(default_factory=list)
+    """The creator's charges (tips, invoices) under dispute or lost to one. With
+    destination charges Stripe takes a dispute from the platform's balance, so
+    this is not part of ``ledger``: it says which sales a chargeback hit."""
 
 
 class TransactionView(_Out, frozen=True):

@@ -111,6 +111,8 @@ async def test_a_disputed_tip_shows_everywhere_and_reconciles(stack: Stack) -> N
     [row] = [r for r in rows if r.plugin == "creator_subscriptions"]
     assert row.disputes == 1
     assert row.disputed == 2000  # the finance panel's "Disputed"
+    balance = ok(await stack.http.get(f"{C}/creators/{ada}/balance"))
+    assert balance["disputed"] == [{"amount": 2000, "currency": "usd"}]  # the creator's earnings
     await assert_ledger_is_stripe(stack, [ada])
 
     # Winning evidence: Stripe reinstates the funds (and its fee); the status says so.
@@ -123,6 +125,7 @@ async def test_a_disputed_tip_shows_everywhere_and_reconciles(stack: Stack) -> N
     await stack.settle()
     assert ok(await stack.http.get(f"{C}/payments/{disputed['id']}"))["status"] == "dispute_won"
     assert await engine_status(stack, charge_id) == ("dispute_won", 0)
+    assert ok(await stack.http.get(f"{C}/creators/{ada}/balance"))["disputed"] == []
     await assert_ledger_is_stripe(stack, [ada])
 
 
