@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install up test lint format typecheck bench faults clean chromium
+.PHONY: help install up test lint format typecheck bench faults fuzz clean chromium
 
 help:
 	@echo "make up         run the stack locally: embedded PostgreSQL and NATS, API, worker (UP_ARGS=...)"
@@ -24,6 +24,7 @@ help:
 	@echo "make typecheck  mypy, strict on engine/ and plugins/"
 	@echo "make bench      every bench/*.py, one after another"
 	@echo "make faults     the webhook fault harness's long run (SEEDS=500 CHAOS_EVERY=25)"
+	@echo "make fuzz       schemathesis over the whole API, admin and account keys (REQUESTS=10000)"
 	@echo "make clean      caches and build output (keeps .venv and the .marketplace data)"
 	@echo "PYTHON=python3.12 picks the interpreter for a new .venv."
 
@@ -86,6 +87,10 @@ SEEDS ?= 500
 CHAOS_EVERY ?= 25
 faults: $(INSTALLED)
 	$(BIN)/python scripts/fault_harness.py --seeds $(SEEDS) --chaos-every $(CHAOS_EVERY)
+
+REQUESTS ?= 10000
+fuzz: $(INSTALLED)
+	$(BIN)/python scripts/fuzz_api.py --requests $(REQUESTS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist test-artifacts

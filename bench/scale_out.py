@@ -33,6 +33,7 @@ from webhooks import (
     PYTHON,
     _engine_env,
     _events,
+    _know,
     _load,
     _process,
     _truncate,
@@ -97,6 +98,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        asyncio.run(_know(database_url, ACCOUNTS))
         for workers in (1, 3):
             asyncio.run(_truncate(database_url))
             rates[workers] = _run(work, database_url, nats_url, workers)

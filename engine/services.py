@@ -22,6 +22,7 @@ from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings, require_database_url
 from engine.gateway import StripeGateway
 from engine.live_settings import LiveSettings
+from engine.payments.payability import Payability
 from engine.reconciliation.store import open_ledger_conflict_alert
 
 __all__ = ["Services"]
@@ -77,6 +78,7 @@ class Services:
             max_network_retries=settings.stripe.max_network_retries,
             timeout_seconds=settings.stripe.timeout_seconds,
         )
+        gateway.guard = Payability(db.pool)
         nats_client: NatsClient | None = None
         if connect_nats and settings.nats.servers:
             nats_client = await nats.connect(

@@ -43,10 +43,20 @@ def main(arguments: list[str]) -> int:
         print(f"{date}: exit {result.returncode} in {time.monotonic() - began:.0f} s: {summary}")
         if result.returncode != 0:
             failed.append(date)
-            print(result.stdout[-20_000:], result.stderr[-5_000:], sep="\n")
+            print(_failures(result.stdout), result.stderr[-5_000:], sep="\n")
         sys.stdout.flush()
     print(f"date matrix: {len(DATES) - len(failed)} of {len(DATES)} dates passed")
     return 1 if failed else 0
+
+
+def _failures(output: str) -> str:
+    """The failures' tracebacks (not the captured logs after them) and the summary."""
+    start = output.find("= FAILURES =")
+    if start < 0:
+        return output[-20_000:]
+    report = output[start : start + 12_000]
+    summary = output.find("short test summary info")
+    return report + ("\n..." + output[summary - 30 :] if summary > start + 12_000 else "")
 
 
 if __name__ == "__main__":

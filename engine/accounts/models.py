@@ -11,6 +11,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from engine.api.fields import Name
+
 __all__ = [
     "ROLES",
     "STATUSES",
@@ -34,7 +36,7 @@ ROLES: Final[tuple[str, ...]] = ("creator", "provider", "venue")
 Status = Literal["onboarding", "active", "restricted", "suspended"]
 STATUSES: Final[tuple[str, ...]] = ("onboarding", "active", "restricted", "suspended")
 
-DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+DisplayName = Name
 Email = Annotated[
     str,
     msgspec.Meta(
@@ -89,6 +91,29 @@ class OnboardingLink(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
     url: str
     expires_at: int
+
+
+class DashboardLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A single-use link to the account's Stripe Express Dashboard.
+
+    There the holder changes the bank account payouts go to, and sees their payouts:
+    for Express accounts Stripe lets the holder, not the platform, manage them.
+    """
+
+    account_id: str
+    url: str
+    created: int
+
+
+class PayoutRetry(msgspec.Struct, frozen=True, kw_only=True):
+    """A failed payout sent again: the new payout Stripe made for the same amount."""
+
+    failed_payout: str
+    payout: str
+    amount: int
+    currency: str
+    status: str
+    arrival_date: int
 
 
 class AccountPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,10 +20,24 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any, Final, Protocol
 
-from engine.accounts.models import Account, AccountPage, NewAccount, OnboardingLink
+from engine.accounts.models import (
+    Account,
+    AccountPage,
+    DashboardLink,
+    NewAccount,
+    OnboardingLink,
+    PayoutRetry,
+)
 from engine.accounts.onboarding import onboarding_urls
 from engine.api.keys import KEYS_SETTING
-from engine.core.errors import InvalidInput, NotFound, UnknownCurrency
+from engine.core.errors import (
+    AccountNotReady,
+    AccountRestricted,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    UnknownCurrency,
+)
 from engine.core.money import is_known_currency, normalize_currency
 from engine.core.plugins import CORE_ACCOUNT_ROLES
 from engine.gateway import StripeGateway, idempotency_key
@@ -303,6 +317,103 @@ class AccountService:
             account_id=account_id,
             url=str(link["url"]),
             expires_at=int(link.get("expires_at") or 0),
+        )
+
+    async def dashboard_link(self, account_id: str, *, operation: str | None) -> DashboardLink:
+        """A login link to the account's Express Dashboard (bank account, payouts).
+
+        Raises:
+            NotFound: no such account.
+            AccountNotReady: onboarding is not finished (send an onboarding link).
+        """
+        account = await self.get(account_id)
+        if not account.details_submitted:
+            raise AccountNotReady(
+                f"account {account_id} has not finished onboarding: create an onboarding "
+                f"link (POST /v1/accounts/{account_id}/onboarding-link) instead",
+                account_id=account_id,
+                reason="onboarding",
+            )
+        token = operation or uuid.uuid4().hex
+        link = await self._gateway.call(
+            "accounts.login_links",
+            "create",
+            account_id,
+            idempotency_key=idempotency_key("account", account_id, "login_link", token),
+        )
+        return DashboardLink(
+            account_id=account_id, url=str(link["url"]), created=int(link.get("created") or 0)
+        )
+
+    async def retry_payout(self, account_id: str, payout_id: str) -> PayoutRetry:
+        """Send a failed payout's amount to the account's bank again (a manual payout).
+
+        Only for accounts paid out manually: on an automatic schedule Stripe itself
+        pays the returned funds with the next payout once the bank account works, and
+        a second, manual payout would race it. Retrying twice makes one payout.
+
+        Raises:
+            NotFound: no such payout of this account.
+            Conflict: the payout did not fail, or the account is paid out automatically.
+            AccountRestricted: payouts are disabled (the bank account must change first).
+        """
+        row = await self._pool.fetchrow(
+            "SELECT stripe_payout_id, amount, currency, status FROM marketplace_payouts "
+            "WHERE stripe_payout_id = $1 AND account_id = $2",
+            payout_id,
+            account_id,
+        )
+        if row is None:
+            raise NotFound(f"no payout {payout_id}")
+        if row["status"] != "failed":
+            raise Conflict(
+                f"payout {payout_id} is {row['status']}: only a failed payout can be retried",
+                state=str(row["status"]),
+            )
+        stripe_account = await self._gateway.retrieve_account(account_id)
+        banks = (stripe_account.get("external_accounts") or {}).get("data") or []
+        errored = any(bank.get("status") == "errored" for bank in banks)
+        if errored or not stripe_account.get("payouts_enabled"):
+            raise AccountRestricted(
+                f"account {account_id} cannot be paid out yet: "
+                + (
+                    "the bank account the payout failed to is still on it"
+                    if errored
+                    else "Stripe disabled its payouts"
+                )
+                + f"; change it first (POST /v1/accounts/{account_id}/dashboard-link)",
+                account_id=account_id,
+                reason="bank_account_errored" if errored else "payouts_disabled",
+            )
+        schedule = ((stripe_account.get("settings") or {}).get("payouts") or {}).get(
+            "schedule"
+        ) or {}
+        interval = str(schedule.get("interval") or "daily")
+        if interval != "manual":
+            raise Conflict(
+                f"account {account_id} is paid out automatically ({interval}): Stripe pays "
+                "the returned funds with its next payout now that payouts are enabled",
+                schedule=interval,
+            )
+        payout = await self._gateway.call(
+            "payouts",
+            "create",
+            params={
+                "amount": int(row["amount"]),
+                "currency": str(row["currency"]),
+                "description": f"retry of {payout_id}",
+                "metadata": {"retry_of": payout_id},
+            },
+            account=account_id,
+            idempotency_key=idempotency_key("payout", payout_id, "retry"),
+        )
+        return PayoutRetry(
+            failed_payout=payout_id,
+            payout=str(payout["id"]),
+            amount=int(payout["amount"]),
+            currency=str(payout["currency"]),
+            status=str(payout["status"]),
+            arrival_date=int(payout.get("arrival_date") or 0),
         )
 
     async def get(self, account_id: str) -> Account:

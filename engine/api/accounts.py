@@ -15,7 +15,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.accounts import Account, AccountService, NewAccount, OnboardingLink
+from engine.accounts.models import DashboardLink, PayoutRetry
 from engine.api.auth import Principal, requires_scope
+from engine.api.fields import Note
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from engine.api.problems import problem_responses
@@ -29,6 +31,13 @@ AccountId = Annotated[
         pattern=r"^acct_[A-Za-z0-9]{1,60}$",
         description="Stripe's connected account id",
         examples=None,
+    ),
+]
+
+PayoutId = Annotated[
+    str,
+    PathParameter(
+        pattern=r"^po_[A-Za-z0-9]{1,60}$", description="Stripe's payout id", examples=None
     ),
 ]
 
@@ -53,7 +62,7 @@ class AccountList(msgspec.Struct, frozen=True, kw_only=True):
 class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Why the account is suspended (kept in the audit log)."""
 
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Note = ""
 
 
 def _operation(principal: NamedDependency[Principal], idempotency_key: str | None) -> str | None:
@@ -155,6 +164,51 @@ class AccountController(Controller):
         return await account_service.onboarding_link(
             account_id, operation=_operation(principal, idempotency_key)
         )
+
+    @post(
+        "/{account_id:str}/dashboard-link",
+        operation_id="createDashboardLink",
+        summary="Create a link to the account's Stripe Express Dashboard",
+        responses=problem_responses(*_WRITE_ERRORS),
+    )
+    async def create_dashboard_link(
+        self,
+        account_id: AccountId,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> DashboardLink:
+        """Where the account's holder changes the bank account payouts go to and sees its
+        payouts (Stripe lets an Express account's holder, not the platform, manage them).
+        ``409 account_not_ready`` until onboarding is finished. The account's own key or
+        an admin/service key."""
+        principal.ensure_visible(account_id)
+        return await account_service.dashboard_link(
+            account_id, operation=_operation(principal, idempotency_key)
+        )
+
+    @post(
+        "/{account_id:str}/payouts/{payout_id:str}/retry",
+        operation_id="retryPayout",
+        summary="Send a failed payout again",
+        responses=problem_responses(*_WRITE_ERRORS),
+    )
+    async def retry_payout(
+        self,
+        account_id: AccountId,
+        payout_id: PayoutId,
+        principal: NamedDependency[Principal],
+        account_service: NamedDependency[AccountService],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> PayoutRetry:
+        """A manual payout of the failed payout's amount, once the bank account works.
+
+        ``409 account_restricted`` while payouts are disabled (change the bank account
+        first), ``409 conflict`` for a payout that did not fail or an account paid out
+        automatically (Stripe then pays the returned funds with its next payout). Retrying
+        twice makes one payout."""
+        principal.ensure_visible(account_id)
+        return await account_service.retry_payout(account_id, payout_id)
 
     @post(
         "/{account_id:str}/refresh",

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 
 from engine.api.auth import KeyStore, requires_scope
+from engine.api.fields import Label, Line
 from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.keys import Scope, create_api_key, find_api_key, list_api_keys, revoke_api_key
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
@@ -27,8 +28,8 @@ class NewApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """A key to create; ``account`` keys name their connected account."""
 
     scope: Scope
-    account_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    account_id: Annotated[Line, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    label: Label = ""
 
 
 class ApiKeyInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,7 +7,8 @@ app's own lifespan, for ``uvicorn --factory`` style serving and tests.
 
 Request flow: ``AuthMiddleware`` (API key -> ``Principal``) ->
 ``IdempotencyMiddleware`` (POSTs with ``Idempotency-Key``) -> guards ->
-handler. Every error leaves as an RFC 9457 problem (``engine.api.problems``).
+``strict_request`` (bodies decoded strictly, no NUL) -> handler. Every error
+leaves as an RFC 9457 problem (``engine.api.problems``).
 OpenAPI is served at ``/schema`` (``/schema/openapi.json``, ``/schema/swagger``).
 
 When NATS is configured the app also serves the Stripe webhook intake
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, get_args
+from typing import Any, Final, get_args, get_type_hints
 
 import msgspec
 from litestar import Litestar
@@ -49,7 +50,8 @@ from engine.api.deps import SERVICES_STATE_KEY, dependencies, services_from_stat
 from engine.api.health import METRICS_STATE_KEY, HealthController, MetricsController
 from engine.api.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, IdempotencyMiddleware
 from engine.api.keys import KEYS_SETTING, ensure_api_key, parse_api_key
-from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers
+from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers, problem_responses
+from engine.api.strict import strict_request
 from engine.core.errors import ConfigError
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings
@@ -161,6 +163,8 @@ def _build(
             ),
         ],
         dependencies=dependencies(),
+        # JSON bodies decoded strictly and NUL refused everywhere, before any handler.
+        before_request=strict_request,
         exception_handlers=exception_handlers(),
         lifespan=lifespans,
         openapi_config=_openapi_config(),
@@ -172,7 +176,30 @@ def _build(
         logging_config=None,
     )
     _complete_openapi(app)
+    _rebind_options_handlers(app)
     return app
+
+
+def _rebind_options_handlers(app: Litestar) -> None:
+    """Make every automatic ``OPTIONS`` answer list all the methods of its path.
+
+    Litestar 2 (issue litestar-org/litestar#4169, fixed only in v3) creates a
+    path's ``OPTIONS`` handler with the path's first handler; registering the
+    path's other methods builds a new route that keeps that handler, whose
+    ``Allow`` still reads the first route's methods (``GET, OPTIONS`` on a path
+    that also takes ``POST``). Each such handler is pointed at the route that
+    serves it, so ``Allow`` is the route's real method set.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        handler = route.route_handler_map.get("OPTIONS", (None, None))[0]
+        fn: Any = getattr(handler, "fn", None)
+        if getattr(fn, "__name__", "") != "options_handler" or not fn.__closure__:
+            continue  # an OPTIONS handler a route declared itself
+        for cell in fn.__closure__:
+            if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
+                cell.cell_contents = route
 
 
 def _plugin_handlers(plugins: Plugins) -> list[ControllerRouterHandler]:
@@ -355,14 +382,18 @@ def _closed_request_structs(app: Litestar) -> set[type[msgspec.Struct]]:
                 field = handler.parsed_data_field
                 if field is not None:
                     pending.append(field.annotation)
+    seen: set[type[msgspec.Struct]] = set()
     while pending:
         annotation = pending.pop()
         pending += get_args(annotation)
-        if (
-            isinstance(annotation, type)
-            and issubclass(annotation, msgspec.Struct)
-            and annotation.__struct_config__.forbid_unknown_fields
-        ):
+        if not isinstance(annotation, type) or not issubclass(annotation, msgspec.Struct):
+            continue
+        if annotation in seen:
+            continue
+        seen.add(annotation)
+        # Structs inside a body (a booking's customer, a rule set's rules) are request schemas too.
+        pending += get_type_hints(annotation).values()
+        if annotation.__struct_config__.forbid_unknown_fields:
             found.add(annotation)
     return found
 
@@ -377,6 +408,12 @@ def _complete_operation(operation: Operation, *, public: bool) -> None:
             content = response.content or {}
             if PROBLEM_MEDIA_TYPE not in content:
                 responses[status] = _problem_response(response.description)
+    takes_input = operation.request_body is not None or any(
+        getattr(parameter, "param_in", None) in {"path", "query"}
+        for parameter in operation.parameters or []
+    )
+    if takes_input and "422" not in responses:
+        responses["422"] = _problem_response(problem_responses(422)[422].description)
     if public:
         operation.security = []
     else:

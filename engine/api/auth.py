@@ -64,10 +64,17 @@ class Principal:
         """Whether this key may read or act on ``account_id``'s data."""
         return self.scope != "account" or self.account_id == account_id
 
-    def ensure_visible(self, account_id: str, *, what: str = "connected account") -> None:
-        """Raise ``NotFound`` (not Forbidden: no existence leak) for another account's data."""
+    def ensure_visible(
+        self, account_id: str, *, what: str = "connected account", ref: int | str | None = None
+    ) -> None:
+        """Raise ``NotFound`` (not Forbidden: no existence leak) for another account's data.
+
+        ``ref`` is the id the caller asked for (a tier's, a payment's): the
+        problem then reads ``no tier 42`` exactly as for a tier that does not
+        exist, never naming the account that owns it.
+        """
         if not self.can_see(account_id):
-            raise NotFound(f"no {what} {account_id!r}")
+            raise NotFound(f"no {what} {account_id!r}" if ref is None else f"no {what} {ref}")
 
 
 def is_public(scope: Scope) -> bool:
@@ -217,6 +224,10 @@ def requires_scope(
     allowed = frozenset({"admin", *scopes})
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope.get("method") == "OPTIONS":
+            # Public like every OPTIONS (``is_public``): it only lists the path's methods,
+            # but a controller's guards apply to the OPTIONS handler Litestar adds to it.
+            return
         principal = principal_of(connection)
         if principal.scope not in allowed:
             raise Forbidden(

@@ -12,6 +12,7 @@ from typing import Annotated, Final
 
 from litestar.params import QueryParameter
 
+from engine.api.fields import LINE_PATTERN
 from engine.core.errors import InvalidInput
 
 __all__ = ["Cursor", "Limit", "decode_cursor", "encode_cursor"]
@@ -25,6 +26,7 @@ Cursor = Annotated[
     str | None,
     QueryParameter(
         max_length=200,
+        pattern=LINE_PATTERN,
         description="`next_cursor` of the previous page; omit for the first page",
         required=False,
     ),

@@ -7,9 +7,10 @@ Every error, whatever raised it, leaves as ``application/problem+json``::
 
 - ``MarketplaceError`` subclasses keep their ``status``, ``code``, ``title``,
   ``detail`` and ``extra`` members (``extra`` is merged at the top level).
-- Litestar's request validation becomes ``400 validation_error`` with
-  ``errors: [{field, message, source}]``; a body that is not JSON becomes
-  ``400 malformed_body`` naming the field ``body``.
+- Request validation (the declared types and limits of bodies and parameters,
+  checked strictly by ``engine.api.strict`` and Litestar) becomes ``422
+  validation_error`` with ``errors: [{field, message, source}]``; a body that
+  is not JSON at all becomes ``400 malformed_body`` naming the field ``body``.
 - Litestar's other HTTP errors (404/405 of unknown routes, 413 over the body
   limit ...) keep their status with a stable code.
 - Anything else is ``500 internal_error``: logged with its traceback, never
@@ -30,6 +31,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from engine.api.fields import PATTERN_MESSAGES
 from engine.core.errors import MarketplaceError
 
 __all__ = [
@@ -70,8 +72,8 @@ _HTTP_CODES: Mapping[int, str] = {
     503: "service_unavailable",
 }
 
-# msgspec's error location: "... - at `$.data.items[0].amount`".
-_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# msgspec's error location: "... - at `$.data.items[0].amount`" (or "at `key` in `$.scope`").
+_MSGSPEC_PATH = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `(?P<field>[^`]+)`")
 
 
@@ -159,11 +161,20 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
         errors.append(
             {
                 "field": _field_of(entry, exc.__cause__),
-                "message": _MSGSPEC_PATH.sub("", str(entry.get("message") or "invalid value")),
+                "message": _message(str(entry.get("message") or "invalid value")),
                 "source": str(getattr(source, "value", source)),
             }
         )
     return errors or [{"field": "body", "message": exc.detail, "source": "body"}]
+
+
+def _message(raw: str) -> str:
+    """msgspec's message without its location, and a refused pattern said in words."""
+    message = _MSGSPEC_PATH.sub("", raw)
+    for pattern, meaning in PATTERN_MESSAGES.items():
+        if f"matching regex {pattern!r}" in message:
+            return meaning
+    return message
 
 
 def _on_domain_error(request: Request[Any, Any, Any], exc: MarketplaceError) -> Response[bytes]:
@@ -188,7 +199,7 @@ def _on_validation_error(
     errors = _field_errors(exc)
     fields = ", ".join(sorted({error["field"] for error in errors}))
     return problem_response(
-        status=400,
+        status=422,
         code="validation_error",
         title="Invalid request",
         detail=f"invalid value for {fields}: {errors[0]['message']}",
@@ -270,24 +281,45 @@ def exception_handlers() -> ExceptionHandlersMap:
 
 
 _DESCRIPTIONS: Mapping[int, str] = {
-    400: "Invalid request: `validation_error` (see `errors`), `malformed_body`, `invalid_input`",
+    400: "Invalid request: `malformed_body` (not JSON), `invalid_input` (see `field`)",
     401: "No valid API key (`authentication_required`)",
+    402: (
+        "The card was declined (`card_declined`), or the customer must authenticate the"
+        " payment (`payment_action_required`, with `customer_action`)"
+    ),
     403: "The key's scope does not allow this (`forbidden`)",
-    404: "No such object, or not visible to this key (`not_found`)",
-    409: "Conflict with the current state, or the same `Idempotency-Key` is in flight",
+    404: "No such object, or not visible to this key (`not_found`): the two read alike",
+    409: (
+        "Conflict with the current state (`conflict`; `illegal_transition` with `state` and"
+        " `allowed`; `account_not_ready` or `account_restricted` naming the party), or the"
+        " same `Idempotency-Key` is in flight"
+    ),
     413: "The request body is over the configured limit (`payload_too_large`)",
-    422: "`Idempotency-Key` reused with a different request (`idempotency_key_reused`)",
+    422: (
+        "A value out of its declared type or limits, a NUL character, an unknown field"
+        " (`validation_error`, each field in `errors`), a field the action cannot use"
+        " (`field_not_applicable`), or an `Idempotency-Key` reused with a different request"
+        " (`idempotency_key_reused`)"
+    ),
+    429: "Too many requests (`rate_limited`); retry after a while",
     502: "Stripe failed (`gateway_error`)",
     503: "A dependency is unavailable (`service_unavailable`)",
 }
 
 
-def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI declarations of problem responses, for a handler's ``responses=``."""
+def problem_responses(
+    *statuses: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int, ResponseSpec]:
+    """OpenAPI declarations of problem responses, for a handler's ``responses=``.
+
+    ``descriptions`` replaces the generic text of some statuses with what they
+    mean for this operation (its own codes).
+    """
+    own = descriptions or {}
     return {
         status: ResponseSpec(
             data_container=Problem,
-            description=_DESCRIPTIONS.get(status, _phrase(status)),
+            description=own.get(status) or _DESCRIPTIONS.get(status, _phrase(status)),
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )

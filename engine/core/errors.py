@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "CurrencyMismatch",
+    "FieldNotApplicable",
     "Forbidden",
     "GatewayError",
     "IdempotencyConflict",
@@ -90,6 +91,14 @@ class CurrencyMismatch(InvalidInput):
 
     def __init__(self, left: str, right: str) -> None:
         super().__init__(f"cannot combine {left} with {right}", left=left, right=right)
+
+
+class FieldNotApplicable(InvalidInput):
+    """A field the action cannot use (in the object's current state): refused, never ignored."""
+
+    code = "field_not_applicable"
+    status = 422
+    title = "Field not applicable"
 
 
 class AuthenticationRequired(MarketplaceError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import stripe
@@ -34,6 +34,8 @@ from engine.stripe_version import STRIPE_API_VERSION
 __all__ = ["STRIPE_API_VERSION", "StripeGateway", "call_deadline", "idempotency_key"]
 
 StripeObject = dict[str, Any]
+Guard = Callable[[str, str, Mapping[str, Any], str | None], Awaitable[None]]
+"""``guard(resource, method, params, account)``: raises to refuse a write."""
 
 
 _MAX_KEY = 255
@@ -85,6 +87,10 @@ def _translate(exc: stripe.StripeError) -> MarketplaceError:
     if isinstance(exc, stripe.IdempotencyError):
         return IdempotencyConflict(message, **extra)
     if isinstance(exc, stripe.InvalidRequestError):
+        if code == "resource_missing" and param and param != "id":
+            # An id given in the request that Stripe does not know (a payment method):
+            # the request's fault, naming the field, not a missing resource of the URL.
+            return InvalidInput(message, field=param, **extra)
         if code == "resource_missing":
             return NotFound(message, **extra)
         if code in {"balance_insufficient", "insufficient_funds"}:
@@ -144,6 +150,9 @@ class StripeGateway:
         if api_base:
             base = {"api": api_base, "connect": api_base, "files": api_base}
         self.api_base = api_base
+        self.guard: Guard | None = None
+        """Runs before every write (``engine.payments.payability.Payability`` in a running
+        engine): refuses a charge for an account that cannot be paid, before Stripe sees it."""
         self.call_deadline_seconds = call_deadline(timeout_seconds, max_network_retries)
         self._client = stripe.StripeClient(
             secret_key,
@@ -183,6 +192,8 @@ class StripeGateway:
         function = getattr(service, f"{method}_async")
         if method not in {"retrieve", "list"} and idempotency_key is None:
             raise GatewayError(f"{resource}.{method} needs an idempotency key")
+        if self.guard is not None and method not in {"retrieve", "list"}:
+            await self.guard(resource, method, params or {}, account)
         try:
             async with asyncio.timeout(self.call_deadline_seconds):
                 result = await function(

@@ -115,8 +115,10 @@ class Stack:
         """Deliver a hand-made event to the engine's endpoint, signed as Stripe would.
 
         Connect events (``account`` set) go to the Connect endpoint with its
-        secret. Returns the endpoint's JSON answer; with ``settle`` waits until
-        the worker has handled it (see ``settle`` for ``allow_dead_letters``).
+        secret; the account must be one the engine created (``onboard`` or
+        ``POST /v1/accounts``), as the worker parks events of unknown accounts.
+        Returns the endpoint's JSON answer; with ``settle`` waits until the
+        worker has handled it (see ``settle`` for ``allow_dead_letters``).
         ``api_version``: the version the event claims (default the engine's;
         another one is parked at intake as a dead letter).
         """

@@ -14,16 +14,20 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter, PathParameter
 
 from engine.api.auth import requires_scope
+from engine.api.fields import LINE_PATTERN
 from engine.core.errors import NotFound
 from engine.webhooks.service import WebhookService
 
 __all__ = ["WebhookAdminController"]
 
-EventId = Annotated[str, PathParameter(max_length=255, description="Stripe's event id")]
+EventId = Annotated[
+    str, PathParameter(max_length=255, pattern=LINE_PATTERN, description="Stripe's event id")
+]
 MailboxAccount = Annotated[
     str,
     PathParameter(
         max_length=64,
+        pattern=LINE_PATTERN,
         description="A mailbox key: a connected account id, 'platform', or a plugin's key",
     ),
 ]
@@ -89,7 +93,7 @@ class WebhookAdminController(Controller):
     async def list_dead_letters(
         self,
         request: Request[Any, Any, Any],
-        account: str | None = Parameter(default=None, max_length=64),
+        account: str | None = Parameter(default=None, max_length=64, pattern=LINE_PATTERN),
         limit: int = Parameter(default=100, ge=1, le=500),
     ) -> DeadLetterPage:
         """Events that failed ``webhooks.max_attempts`` times, with reason and attempts."""

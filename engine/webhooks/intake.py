@@ -4,9 +4,13 @@
 (Connect events) each verify against their own secrets. Nothing is stored unless
 the signature, timestamp, size and JSON shape are all good. A verified event is
 committed to its account's mailbox before the 2xx; a duplicate is acknowledged
-and changes nothing. When the commit newly schedules the account, one drain
-token is published to JetStream; if that publish fails the event is still safe
-in PostgreSQL and the sweeper publishes it later.
+and changes nothing. A verified event that must not be applied is acknowledged
+too (so Stripe stops retrying) and stored dead with its reason
+(``engine.webhooks.screening``): a malformed one in the ``quarantine`` mailbox, one
+of another API version or of the other mode (live or test) in its own mailbox.
+When the commit newly schedules the account, one drain token is published to
+JetStream; if that publish fails the event is still safe in PostgreSQL and the
+sweeper publishes it later.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any
 import msgspec
 from litestar import Request, post
 
+from engine.api.problems import problem_responses
 from engine.core.errors import InvalidInput, MarketplaceError
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
-from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.mailbox import Accepted, Mailbox
+from engine.webhooks.screening import live_key, malformed_reason, quarantined, wrong_mode_reason
 from engine.webhooks.signature import SignatureError, verify
 from engine.webhooks.versions import foreign_version_reason
 from engine.worker.runtime import Scheduler
@@ -73,6 +79,7 @@ class WebhookIntake:
         self._mailbox = mailbox
         self._scheduler = scheduler
         self._metrics = metrics
+        self._live = live_key(settings.stripe.secret_key)
 
     def _secrets(self, connect: bool) -> Sequence[str]:
         stripe = self._settings.stripe
@@ -101,7 +108,12 @@ class WebhookIntake:
             parsed = _DECODER.decode(body)
             raw = body.decode("utf-8")
             event = msgspec.convert(parsed, _Event)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            UnicodeDecodeError,
+            RecursionError,  # nested deeper than the decoder goes
+        ) as exc:
             raise self._reject("malformed", MalformedEvent(f"not a Stripe event: {exc}")) from None
         if event.object != "event" or not event.id.startswith("evt_"):
             raise self._reject("malformed", MalformedEvent("not a Stripe event object"))
@@ -111,19 +123,26 @@ class WebhookIntake:
                 MalformedEvent("a Connect event must name its account", field="account"),
             )
         endpoint = "connect" if connect else "platform"
+        problem = malformed_reason(parsed, body)
+        if problem is not None:
+            stored = quarantined(parsed, raw, problem)
+            parked = await self._mailbox.quarantine(stored)
+            self._count(endpoint, "malformed", parked, stored.reason)
+            return WebhookReceipt(
+                received=True, event_id=stored.event_id, duplicate=not parked.inserted
+            )
         with log_context(event_id=event.id, account=event.account or "platform"):
-            foreign = foreign_version_reason(parsed)
-            if foreign is not None:
-                # Stored and dead-lettered with the reason: never handled in the wrong shapes.
-                parked = await self._mailbox.accept(parsed, raw, dead_reason=foreign)
-                self._metrics.webhook_received.labels(
-                    endpoint, "foreign_version" if parked.inserted else "duplicate"
-                ).inc()
-                if parked.inserted:
-                    log.warning("webhook parked: %s", foreign)
-                return WebhookReceipt(
-                    received=True, event_id=event.id, duplicate=not parked.inserted
-                )
+            for outcome, reason in (
+                ("foreign_version", foreign_version_reason(parsed)),
+                ("wrong_mode", wrong_mode_reason(parsed, live=self._live)),
+            ):
+                if reason is not None:
+                    # Stored and dead-lettered with the reason: never handled.
+                    parked = await self._mailbox.accept(parsed, raw, dead_reason=reason)
+                    self._count(endpoint, outcome, parked, reason)
+                    return WebhookReceipt(
+                        received=True, event_id=event.id, duplicate=not parked.inserted
+                    )
             accepted = await self._mailbox.accept(parsed, raw)
             self._metrics.webhook_received.labels(
                 endpoint, "new" if accepted.inserted else "duplicate"
@@ -133,10 +152,26 @@ class WebhookIntake:
                 await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
         return WebhookReceipt(received=True, event_id=event.id, duplicate=not accepted.inserted)
 
+    def _count(self, endpoint: str, outcome: str, parked: Accepted, reason: str) -> None:
+        """Count (and log) an event stored dead at intake."""
+        self._metrics.webhook_received.labels(
+            endpoint, outcome if parked.inserted else "duplicate"
+        ).inc()
+        if parked.inserted:
+            log.warning("webhook parked: %s", reason)
+
 
 def _intake(request: Request[Any, Any, Any]) -> WebhookIntake:
     intake: WebhookIntake = request.app.state["webhook_intake"]
     return intake
+
+
+_INTAKE_ERRORS = {
+    400: "A bad or missing `Stripe-Signature` (`invalid_signature`), or not a Stripe event"
+    " (`malformed_event`); Stripe retries",
+    413: "The event is over `webhooks.max_body_bytes` (`payload_too_large`)",
+    500: "The event could not be stored (`internal_error`: the database failed); Stripe retries",
+}
 
 
 @post(
@@ -146,6 +181,7 @@ def _intake(request: Request[Any, Any, Any]) -> WebhookIntake:
     status_code=200,
     opt={"public": True},
     summary="Stripe platform events (signed)",
+    responses=problem_responses(400, 413, 500, descriptions=_INTAKE_ERRORS),
 )
 async def receive_platform_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
     """Verify and durably accept a platform event."""
@@ -162,6 +198,7 @@ async def receive_platform_event(request: Request[Any, Any, Any]) -> WebhookRece
     status_code=200,
     opt={"public": True},
     summary="Stripe Connect events from connected accounts (signed)",
+    responses=problem_responses(400, 413, 500, descriptions=_INTAKE_ERRORS),
 )
 async def receive_connect_event(request: Request[Any, Any, Any]) -> WebhookReceipt:
     """Verify and durably accept a connected account's event."""

@@ -47,6 +47,7 @@ import asyncpg
 
 from engine.core.mailboxes import default_mailbox_key
 from engine.webhooks.leases import Connect, LeaseKeeper
+from engine.webhooks.screening import QUARANTINE_MAILBOX, Quarantined
 
 __all__ = [
     "Accepted",
@@ -349,6 +350,24 @@ class Mailbox:
             version=int(row["version"]),
             publish=bool(row["newly_scheduled"]) and not row["parked"],
         )
+
+    async def quarantine(self, event: Quarantined) -> Accepted:
+        """Store a malformed event dead in the ``quarantine`` mailbox with its reason.
+
+        Never handled (a replay finds it refused again); a duplicate changes nothing.
+        """
+        async with self._pool.acquire() as conn:
+            inserted = await conn.fetchval(
+                _ACCEPT_DEAD,
+                event.event_id,
+                QUARANTINE_MAILBOX,
+                event.type,
+                False,
+                0,
+                event.payload,
+                event.reason[:2000],
+            )
+        return Accepted(inserted=bool(inserted), account=QUARANTINE_MAILBOX)
 
     async def drain(self, account: str, owner: str, handle: EventHandler) -> DrainOutcome:
         """Apply up to ``batch_size`` pending events of mailbox ``account`` in order.

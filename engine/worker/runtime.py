@@ -29,6 +29,7 @@ from engine.observability import Metrics, log_context
 from engine.services import Services
 from engine.supervision import restarting
 from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.screening import UnknownConnectedAccount, ensure_applicable, live_key
 from engine.webhooks.setup import warn_about_endpoint_versions
 from engine.webhooks.versions import ensure_engine_version
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_KNOWN_ACCOUNTS_CACHED = 100_000
+"""Bound of a worker's cache of known connected accounts (cleared when full)."""
 
 
 async def _drain_account(account: str, context: Context = TaskiqDepends()) -> str:  # noqa: B008 - taskiq injects by default value
@@ -177,6 +181,10 @@ class Worker:
         )
         services.ledger.observe_conflicts(self.metrics.ledger_conflict)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._live = live_key(services.settings.stripe.secret_key)
+        # Connected accounts seen in marketplace_accounts: rows are never deleted, so a
+        # known account stays known and is looked up once per worker, not per event.
+        self._known_accounts: set[str] = set()
         self.dispatcher = Dispatcher(
             services, [*core_registrations(), *services.plugins.webhook_handlers()]
         )
@@ -195,7 +203,10 @@ class Worker:
         with log_context(
             event_id=str(event.get("id", "")), account=str(event.get("account") or "platform")
         ):
-            ensure_engine_version(event)  # a replayed event of another version stays dead
+            # A replayed malformed, other-mode or other-version event stays dead.
+            ensure_applicable(event, live=self._live)
+            ensure_engine_version(event)
+            await self._ensure_known_account(event, conn)
             contexts = await self.dispatcher.handle(event, conn)
 
         def after_commit() -> None:
@@ -203,6 +214,24 @@ class Worker:
                 ctx.run_after_commit()
 
         return after_commit if contexts else None
+
+    async def _ensure_known_account(self, event: Any, conn: Any) -> None:
+        """Raise ``UnknownConnectedAccount`` for a Connect event of an account we do not know.
+
+        Retried with backoff like any failure (an event can arrive just before the
+        account it concerns is stored), then dead and its mailbox parked.
+        """
+        account = event.get("account")
+        if not account or account in self._known_accounts:
+            return
+        known = await conn.fetchval(
+            "SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1", str(account)
+        )
+        if not known:
+            raise UnknownConnectedAccount(str(event.get("id", "")), str(account))
+        if len(self._known_accounts) >= _KNOWN_ACCOUNTS_CACHED:
+            self._known_accounts.clear()
+        self._known_accounts.add(str(account))
 
     async def drain(self, account: str) -> str:
         """Drain ``account`` once; re-queue it at the back if more remains."""

@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from engine.api.auth import requires_scope
+from engine.api.fields import LINE_PATTERN, Line, MinorUnits, Note, RequestBody
 from engine.api.problems import problem_responses
 from engine.core.errors import ConfigError, InvalidInput
 from engine.core.money import Money
@@ -31,29 +32,38 @@ from plugins.commission_rules.services import active_rules
 __all__ = ["CommissionRulesController"]
 
 
-class RuleSetBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+Key = Annotated[Line, msgspec.Meta(min_length=1, max_length=64)]
+Value = Annotated[Line, msgspec.Meta(max_length=200)]
+
+
+class RuleSetBody(RequestBody, frozen=True):
     """A whole rule set (it replaces the one in force)."""
 
-    rules: list[RuleSpec]
-    note: str = ""
+    rules: Annotated[list[RuleSpec], msgspec.Meta(max_length=1000)]
+    note: Note = ""
 
 
-class ExplainBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ExplainBody(RequestBody, frozen=True):
     """An order to explain the commission of."""
 
-    plugin: str
-    amount: Annotated[int, msgspec.Meta(ge=0)]
-    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
-    kind: str = "order"
-    beneficiaries: dict[str, str] = msgspec.field(default_factory=dict)
-    attributes: dict[str, str | int] = msgspec.field(default_factory=dict)
+    plugin: Key
+    amount: MinorUnits
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$")]
+    kind: Key = "order"
+    beneficiaries: Annotated[dict[Key, Value], msgspec.Meta(max_length=32)] = msgspec.field(
+        default_factory=dict
+    )
+    attributes: Annotated[
+        dict[Key, Value | Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]],
+        msgspec.Meta(max_length=32),
+    ] = msgspec.field(default_factory=dict)
     at: datetime | None = None
 
 
-class DryRunBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DryRunBody(RequestBody, frozen=True):
     """A proposed rule set and the period of past payments to re-price with it."""
 
-    rules: list[RuleSpec]
+    rules: Annotated[list[RuleSpec], msgspec.Meta(max_length=1000)]
     since: datetime
     until: datetime
 
@@ -98,14 +108,20 @@ class CommissionRulesController(Controller):
     tags = ["commission_rules"]
     guards = [requires_scope()]
 
-    @get("/rules", operation_id="getCommissionRules", responses=problem_responses(401, 403))
+    @get(
+        "/rules",
+        operation_id="getCommissionRules",
+        summary="Get the commission rules in force",
+        responses=problem_responses(401, 403),
+    )
     async def get_rules(self, services: NamedDependency[Services]) -> RuleSetView:
-        """The rule set in force now."""
+        """The rule set in force now, each rule with its id, version and content (admin)."""
         return _rules_view(services)
 
     @put(
         "/rules",
         operation_id="replaceCommissionRules",
+        summary="Replace the commission rule set",
         responses=problem_responses(400, 401, 403, 422),
     )
     async def replace_rules(
@@ -121,12 +137,16 @@ class CommissionRulesController(Controller):
     @get(
         "/versions",
         operation_id="listCommissionRuleVersions",
+        summary="List stored commission rule versions",
         responses=problem_responses(400, 401, 403),
     )
     async def list_versions(
         self,
         rule_id: Annotated[
-            str | None, QueryParameter(required=False, max_length=200, description="One rule only")
+            str | None,
+            QueryParameter(
+                required=False, max_length=200, pattern=LINE_PATTERN, description="One rule only"
+            ),
         ] = None,
     ) -> VersionList:
         """Every stored version of every rule (or of one), oldest first."""
@@ -136,6 +156,7 @@ class CommissionRulesController(Controller):
     @post(
         "/explain",
         operation_id="explainCommission",
+        summary="Explain an order's commission",
         status_code=200,
         responses=problem_responses(400, 401, 403, 422),
     )
@@ -161,6 +182,7 @@ class CommissionRulesController(Controller):
     @post(
         "/dry-run",
         operation_id="dryRunCommissionRules",
+        summary="Re-price past payments with proposed rules",
         status_code=200,
         responses=problem_responses(400, 401, 403, 422),
     )

@@ -9,12 +9,19 @@ names the rule and the field, wherever the rule came from.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
+from engine.api.fields import Line, Text
+
 __all__ = ["Amounts", "RuleSpec"]
 
-Amounts = int | dict[str, int]
+Whole = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Any integer PostgreSQL's bigint holds: the rule's own checks say which make sense."""
+ScopeText = Annotated[Line, msgspec.Meta(max_length=200)]
+
+Amounts = Whole | dict[ScopeText, Whole]
 """A money amount in minor units: one integer (the rule must then be scoped to a
 currency) or a table per currency (``{gbp = 30, eur = 30}``)."""
 
@@ -40,13 +47,13 @@ class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         effective_to: in force until this instant (exclusive), with a UTC offset.
     """
 
-    id: str
-    description: str = ""
-    rate_bps: int | str = 0
+    id: Annotated[Line, msgspec.Meta(max_length=200)]
+    description: Annotated[Text, msgspec.Meta(max_length=2000)] = ""
+    rate_bps: Whole | Annotated[Line, msgspec.Meta(max_length=64)] = 0
     fixed: Amounts | None = None
     minimum: Amounts | None = None
     maximum: Amounts | None = None
-    scope: dict[str, str] = msgspec.field(default_factory=dict)
-    min_monthly_volume: int | None = None
+    scope: dict[ScopeText, ScopeText] = msgspec.field(default_factory=dict)
+    min_monthly_volume: Whole | None = None
     effective_from: datetime | None = None
     effective_to: datetime | None = None

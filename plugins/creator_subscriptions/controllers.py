@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.auth import Principal, requires_scope
@@ -44,6 +45,7 @@ from plugins.creator_subscriptions.schemas import (
     NewCreator,
     NewFan,
     NewOneTimePayment,
+    NewPaymentMethod,
     NewRefund,
     NewSubscription,
     NewTier,
@@ -279,7 +281,7 @@ class CreatorController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
         kind: Annotated[
-            list[str] | None,
+            list[Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,64}$")]] | None,
             QueryParameter(description="Only these kinds (subscription_invoice, tip, ppv ...)"),
         ] = None,
         since: Annotated[
@@ -317,7 +319,10 @@ class CreatorController(Controller):
         limit: Limit = 50,
         cursor: Cursor = None,
         status: Annotated[
-            str | None, QueryParameter(description="Only this status", required=False)
+            str | None,
+            QueryParameter(
+                description="Only this status", pattern=r"^[a-z_]{1,64}$", required=False
+            ),
         ] = None,
         tier_id: Annotated[
             int | None,
@@ -392,7 +397,7 @@ class CreatorController(Controller):
 
 async def _visible_tier(env: Env, principal: Principal, tier_id: int) -> TierView:
     tier = await tiers.get_tier(env, tier_id)
-    principal.ensure_visible(tier.creator_account_id, what="tier")
+    principal.ensure_visible(tier.creator_account_id, what="tier", ref=tier_id)
     return tier
 
 
@@ -467,16 +472,22 @@ class FanController(Controller):
         "/",
         operation_id="creatorSubscriptionsRegisterFan",
         summary="Register a fan",
-        responses=problem_responses(*_PAY),
+        responses={
+            200: ResponseSpec(FanView, description="a fan with this external_ref existed"),
+            **problem_responses(*_PAY),
+        },
     )
     async def register(
         self,
         data: JSONBody[NewFan],
         services: NamedDependency[Services],
         idempotency_key: IdempotencyKeyHeader = None,
-    ) -> FanView:
-        """Create (or find by ``external_ref``) the fan's customer; attach the payment method."""
-        return await fans.register_fan(_env(services), data)
+    ) -> Response[FanView]:
+        """Create (or find by ``external_ref``) the fan's customer; attach the payment method.
+
+        ``201`` for a new fan, ``200`` for one found by its ``external_ref``."""
+        view, created = await fans.register_fan(_env(services), data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/{fan_id:int}",
@@ -490,18 +501,40 @@ class FanController(Controller):
         async with env.pool.acquire() as conn:
             return fans.fan_view(await fans.fan_row(conn, fan_id))
 
+    @post(
+        "/{fan_id:int}/payment-method",
+        operation_id="creatorSubscriptionsUpdateFanCard",
+        summary="Give a fan a new card",
+        status_code=200,
+        responses=problem_responses(*_PAY),
+    )
+    async def update_card(
+        self,
+        fan_id: SerialId,
+        data: JSONBody[NewPaymentMethod],
+        services: NamedDependency[Services],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> FanView:
+        """Save the card (a SetupIntent) and make it the default of the fan and of every live
+        subscription of theirs; an open (past-due) invoice is paid with it at once, so a fan
+        in dunning recovers now. A card that needs the fan's authentication is returned with
+        its ``customer_action`` and takes effect once it succeeds."""
+        return await fans.set_payment_method(_env(services), fan_id, data.payment_method)
+
 
 class SubscriptionController(Controller):
     """Subscriptions: fans act through service keys; a creator may read their own."""
 
     path = f"{PREFIX}/subscriptions"
     tags = TAGS
-    guards = [requires_scope("service")]
+    # Account keys read their own objects; every write needs a service key.
+    guards = [requires_scope("service", "account")]
 
     @post(
         "/",
         operation_id="creatorSubscriptionsSubscribe",
         summary="Subscribe a fan to a tier",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def subscribe(
@@ -520,7 +553,6 @@ class SubscriptionController(Controller):
         "/{subscription_id:int}",
         operation_id="creatorSubscriptionsGetSubscription",
         summary="Get a subscription",
-        guards=[requires_scope("service", "account")],
         responses=problem_responses(*_READ),
     )
     async def get_subscription(
@@ -531,7 +563,7 @@ class SubscriptionController(Controller):
     ) -> SubscriptionView:
         """As mirrored from Stripe."""
         view = await subscriptions.get_subscription(_env(services), subscription_id)
-        principal.ensure_visible(view.creator_account_id, what="subscription")
+        principal.ensure_visible(view.creator_account_id, what="subscription", ref=subscription_id)
         return view
 
     @post(
@@ -539,6 +571,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsChangeTier",
         summary="Upgrade or downgrade (prorated)",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def change_tier(
@@ -556,6 +589,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsPause",
         summary="Pause collection",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def pause(
@@ -572,6 +606,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsResume",
         summary="Resume collection",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def resume(
@@ -588,6 +623,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsCancel",
         summary="Cancel now or at period end",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def cancel(
@@ -608,6 +644,7 @@ class SubscriptionController(Controller):
         operation_id="creatorSubscriptionsKeep",
         summary="Undo a cancellation at period end",
         status_code=200,
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def keep(
@@ -625,12 +662,14 @@ class PaymentController(Controller):
 
     path = f"{PREFIX}/payments"
     tags = TAGS
-    guards = [requires_scope("service")]
+    # Account keys read their own objects; every write needs a service key.
+    guards = [requires_scope("service", "account")]
 
     @post(
         "/tips",
         operation_id="creatorSubscriptionsTip",
         summary="Tip a creator",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def tip(
@@ -649,6 +688,7 @@ class PaymentController(Controller):
         "/ppv",
         operation_id="creatorSubscriptionsPayPerView",
         summary="Buy a pay-per-view item",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_PAY),
     )
     async def pay_per_view(
@@ -667,7 +707,6 @@ class PaymentController(Controller):
         "/{payment_id:int}",
         operation_id="creatorSubscriptionsGetPayment",
         summary="Get a tip or pay-per-view payment",
-        guards=[requires_scope("service", "account")],
         responses=problem_responses(*_READ),
     )
     async def get_payment(
@@ -678,13 +717,14 @@ class PaymentController(Controller):
     ) -> OneTimePaymentView:
         """The payment and its split."""
         view = await one_time.get_one_time_payment(_env(services), payment_id)
-        principal.ensure_visible(view.creator_account_id, what="payment")
+        principal.ensure_visible(view.creator_account_id, what="payment", ref=payment_id)
         return view
 
     @post(
         "/{payment_id:int}/refunds",
         operation_id="creatorSubscriptionsRefund",
         summary="Refund a tip or pay-per-view payment",
+        guards=[requires_scope("service")],
         responses=problem_responses(*_WRITE),
     )
     async def refund(

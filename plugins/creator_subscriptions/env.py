@@ -12,10 +12,11 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.errors import AccountNotReady, AccountRestricted, NotFound
+from engine.core.errors import NotFound
 from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins
 from engine.gateway import StripeGateway, idempotency_key
+from engine.payments.payability import require_payable
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 
 __all__ = ["CreatorRow", "Env", "creator_by_account", "op_key", "require_selling"]
@@ -116,22 +117,14 @@ async def creator_by_id(conn: asyncpg.Connection, creator_id: int) -> CreatorRow
     return _creator(row)
 
 
-def require_selling(creator: CreatorRow) -> None:
-    """Refuse to take money for a creator whose account cannot take charges.
+async def require_selling(conn: asyncpg.Connection, creator: CreatorRow) -> None:
+    """Refuse to take money for a creator who cannot be paid: the engine's one rule.
+
+    ``engine.payments.payability.require_payable`` (the gateway applies it again
+    to the destination of every charge).
 
     Raises:
-        AccountRestricted: the operator suspended the account, or Stripe disabled
-            charges of a creator who could sell before (a restricted account).
-        AccountNotReady: onboarding is not finished (``account.updated`` has not
-            said ``charges_enabled`` yet).
+        AccountRestricted: the operator suspended the account, or Stripe restricted it.
+        AccountNotReady: onboarding is not finished (charges not enabled yet).
     """
-    if creator.suspended or (creator.sold_before and not creator.charges_enabled):
-        raise AccountRestricted(
-            f"creator {creator.account_id} is {creator.status} and cannot sell",
-            account_id=creator.account_id,
-        )
-    if not creator.charges_enabled:
-        raise AccountNotReady(
-            f"creator {creator.account_id} has not finished onboarding (charges not enabled)",
-            account_id=creator.account_id,
-        )
+    await require_payable(conn, {"creator": creator.account_id})

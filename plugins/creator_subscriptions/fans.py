@@ -15,6 +15,7 @@ and the card becomes the default when ``setup_intent.succeeded`` arrives
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,12 @@ import asyncpg
 import msgspec
 
 from engine.core.authentication import CustomerAction, customer_action
-from engine.core.errors import Conflict, NotFound
+from engine.core.errors import CardDeclined, Conflict, NotFound
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.schemas import FanView, NewFan
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FAN_METADATA",
@@ -77,8 +80,11 @@ async def fan_row(conn: asyncpg.Connection, fan_id: int) -> asyncpg.Record:
     return row
 
 
-async def register_fan(env: Env, new: NewFan) -> FanView:
-    """Create (or find) the fan and their Stripe customer; attach ``payment_method`` if given."""
+async def register_fan(env: Env, new: NewFan) -> tuple[FanView, bool]:
+    """Create (or find) the fan and their Stripe customer; attach ``payment_method`` if given.
+
+    Returns the fan and whether it is new (``201``) or was found by ``external_ref`` (``200``).
+    """
     async with env.pool.acquire() as conn:
         row = await conn.fetchrow(
             """
@@ -86,13 +92,14 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
                 (external_ref, email, name, test_clock, created_at)
             VALUES ($1, $2, $3, $4, now())
             ON CONFLICT (external_ref) DO UPDATE SET external_ref = EXCLUDED.external_ref
-            RETURNING *
+            RETURNING *, (xmax = 0) AS created
             """,
             new.external_ref,
             new.email,
             new.name,
             new.test_clock,
         )
+    created = bool(row["created"])
     if row["test_clock"] != new.test_clock and new.test_clock is not None:
         raise Conflict(f"fan {new.external_ref!r} exists on another test clock", field="test_clock")
     if row["stripe_customer_id"] is None:
@@ -117,8 +124,8 @@ async def register_fan(env: Env, new: NewFan) -> FanView:
                 customer["id"],
             )
     if new.payment_method:
-        return await set_payment_method(env, int(row["id"]), new.payment_method)
-    return fan_view(row)
+        return await set_payment_method(env, int(row["id"]), new.payment_method), created
+    return fan_view(row), created
 
 
 async def set_payment_method(env: Env, fan_id: int, payment_method: str) -> FanView:
@@ -189,6 +196,7 @@ async def card_saved(
             params={"invoice_settings": {"default_payment_method": pm_id}},
             idempotency_key=op_key("fan", row["uid"], "default_payment_method", pm_id),
         )
+        await card_reaches_subscriptions(env, conn, row, pm_id)
     updated: asyncpg.Record = await conn.fetchrow(
         """
         UPDATE creator_subscriptions_fans
@@ -203,3 +211,58 @@ async def card_saved(
         str(setup.get("id") or ""),
     )
     return updated
+
+
+_LIVE_STATUSES = ("active", "trialing", "past_due", "unpaid", "incomplete")
+
+
+async def card_reaches_subscriptions(
+    env: Env, conn: asyncpg.Connection, fan: Mapping[str, Any], pm_id: str
+) -> list[str]:
+    """A new default card reaches what charges it later; past-due invoices retried at once.
+
+    Each of the fan's live subscriptions keeps its own ``default_payment_method``
+    (set when it was created), which Stripe prefers over the customer's: it is
+    switched to ``pm_id``. Then every open invoice of the fan's customer is paid
+    with the new card, so a subscription in dunning recovers now instead of at
+    Stripe's next retry. A retry the card declines again is left to dunning.
+    Returns the ids of the invoices paid.
+    """
+    subscriptions = await conn.fetch(
+        "SELECT stripe_subscription_id FROM creator_subscriptions_subscriptions "
+        "WHERE fan = $1 AND stripe_subscription_id IS NOT NULL AND status = ANY($2::text[])",
+        int(fan["id"]),
+        list(_LIVE_STATUSES),
+    )
+    for row in subscriptions:
+        await env.gateway.call(
+            "subscriptions",
+            "update",
+            str(row["stripe_subscription_id"]),
+            params={"default_payment_method": pm_id},
+            idempotency_key=op_key(
+                "subscription", row["stripe_subscription_id"], "default_payment_method", pm_id
+            ),
+        )
+    customer = str(fan["stripe_customer_id"] or "")
+    if not customer:
+        return []
+    invoices = await env.gateway.call(
+        "invoices", "list", params={"customer": customer, "status": "open", "limit": 100}
+    )
+    paid: list[str] = []
+    for invoice in invoices.get("data") or []:
+        try:
+            answer = await env.gateway.call(
+                "invoices",
+                "pay",
+                str(invoice["id"]),
+                params={"payment_method": pm_id, "off_session": True},
+                idempotency_key=op_key("invoice", invoice["id"], "retry_with", pm_id),
+            )
+        except CardDeclined as declined:
+            log.info("invoice %s declined again with %s: %s", invoice["id"], pm_id, declined)
+            continue
+        if answer.get("status") == "paid":
+            paid.append(str(invoice["id"]))
+    return paid

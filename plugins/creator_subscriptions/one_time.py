@@ -83,6 +83,9 @@ def payment_view(row: asyncpg.Record) -> OneTimePaymentView:
         status=str(row["status"]),
         amount_refunded=int(row["amount_refunded"]),
         payment_intent_id=row["payment_intent_id"],
+        charge_id=str(row["charge_id"] or "") or None,
+        transfer_id=str(row["transfer_id"] or "") or None,
+        application_fee_id=str(row["application_fee_id"] or "") or None,
         rule_id=str(row["rule_id"]),
         rule_version=int(row["rule_version"]),
         customer_action=stored_action(row["customer_action"]),
@@ -128,7 +131,7 @@ async def create_one_time_payment(
     config = env.config
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, new.creator_account_id)
-        require_selling(creator)
+        await require_selling(conn, creator)
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from engine.api.fields import EmailText, Label, Line, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -40,16 +41,16 @@ __all__ = [
     "TransactionsPage",
 ]
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Name = Annotated[Line, msgspec.Meta(min_length=1, max_length=100)]
 Handle = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", examples=["ada"])]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$", examples=["usd"])]
 MinorUnits = Annotated[int, msgspec.Meta(ge=1, le=99_999_999, description="minor units")]
 Interval = Literal["month", "year"]
-Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Ref = Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
 SerialId = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
 
-class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _In(RequestBody, frozen=True):
     """Base of request bodies: unknown fields are refused."""
 
 
@@ -64,8 +65,8 @@ class NewCreator(_In, frozen=True):
     """A creator to onboard: an Express connected account is created for them."""
 
     handle: Handle
-    display_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    display_name: Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
+    email: EmailText | None = None
     country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] = "US"
     default_currency: Currency | None = None
 
@@ -102,14 +103,14 @@ class NewTier(_In, frozen=True):
     amount: Annotated[int, msgspec.Meta(ge=50, le=99_999_999)]
     currency: Currency | None = None
     interval: Interval = "month"
-    description: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    description: Annotated[Text, msgspec.Meta(max_length=1000)] = ""
 
 
 class TierUpdate(_In, frozen=True):
     """Rename, re-describe or re-price a tier; a new price applies to new subscribers only."""
 
     name: Name | None = None
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Annotated[Text, msgspec.Meta(max_length=1000)] | None = None
     amount: Annotated[int, msgspec.Meta(ge=50, le=99_999_999)] | None = None
 
 
@@ -139,10 +140,16 @@ class NewFan(_In, frozen=True):
     """
 
     external_ref: Ref
-    email: Annotated[str, msgspec.Meta(max_length=254)] = ""
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    email: EmailText = ""
+    name: Label = ""
     payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$")] | None = None
     test_clock: Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$")] | None = None
+
+
+class NewPaymentMethod(_In, frozen=True):
+    """A new card for a fan: it becomes the default of the fan and of their subscriptions."""
+
+    payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255)]
 
 
 class FanView(_Out, frozen=True):
@@ -172,6 +179,21 @@ class ChangeTier(_In, frozen=True):
     tier_id: SerialId
 
 
+class InvoiceIds(_Out, frozen=True):
+    """One invoice of a subscription and Stripe's ids of the money it moved."""
+
+    invoice: str
+    status: str
+    amount_paid: int
+    application_fee: int
+    creator_earnings: int
+    payment_intent: str | None
+    charge: str | None
+    transfer: str | None
+    period_start: int
+    period_end: int
+
+
 class SubscriptionView(_Out, frozen=True):
     """A subscription as we mirror it from Stripe."""
 
@@ -192,6 +214,9 @@ class SubscriptionView(_Out, frozen=True):
     rule_version: int
     action_required: bool = False
     """An invoice of the subscription waits for the fan to authenticate its payment."""
+    invoices: list[InvoiceIds] = []
+    """The subscription's invoices, newest first, with Stripe's ids of their payment,
+    charge and transfer to the creator (filled by ``GET /subscriptions/{id}``)."""
     customer_action: CustomerAction | None = None
     """What the fan must do (client secret and next action, and the hosted invoice page)."""
 
@@ -243,8 +268,8 @@ class NewOneTimePayment(_In, frozen=True):
     creator_account_id: Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]+$")]
     amount: MinorUnits
     currency: Currency | None = None
-    item_ref: Annotated[str, msgspec.Meta(max_length=200)] = ""
-    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    item_ref: Label = ""
+    note: Note = ""
 
 
 class NewRefund(_In, frozen=True):
@@ -298,6 +323,12 @@ class OneTimePaymentView(_Out, frozen=True):
     rule_version: int
     customer_action: CustomerAction | None = None
     """Set while ``status`` is ``requires_action``: the fan authenticates the payment."""
+    charge_id: str | None = None
+    """Stripe's charge (``ch_...``) once paid."""
+    transfer_id: str | None = None
+    """The destination charge's transfer to the creator (``tr_...``)."""
+    application_fee_id: str | None = None
+    """The platform's application fee (``fee_...``)."""
 
 
 # ---------------------------------------------------------------- earnings

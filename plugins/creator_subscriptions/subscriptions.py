@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from engine.core.authentication import CustomerAction, customer_action
 from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
@@ -41,6 +42,7 @@ from plugins.creator_subscriptions.fans import action_json, fan_row, stored_acti
 from plugins.creator_subscriptions.pricing import fee_percent, priced, subscription_order
 from plugins.creator_subscriptions.schemas import (
     ChangeTier,
+    InvoiceIds,
     NewSubscription,
     SubscriptionView,
 )
@@ -205,9 +207,36 @@ async def _row(conn: asyncpg.Connection, subscription_id: int, *, lock: bool = F
 
 
 async def get_subscription(env: Env, subscription_id: int) -> SubscriptionView:
-    """One subscription as mirrored."""
+    """One subscription as mirrored, with its invoices' Stripe ids."""
     async with env.pool.acquire() as conn:
-        return subscription_view(await _row(conn, subscription_id))
+        row = await _row(conn, subscription_id)
+        invoices = await conn.fetch(
+            """
+            SELECT stripe_invoice_id, status, amount_paid, application_fee, creator_earnings,
+                   payment_intent_id, charge_id, transfer_id, period_start, period_end
+            FROM creator_subscriptions_invoices WHERE subscription = $1
+            ORDER BY stripe_created DESC, id DESC LIMIT 100
+            """,
+            subscription_id,
+        )
+    return msgspec.structs.replace(
+        subscription_view(row),
+        invoices=[
+            InvoiceIds(
+                invoice=str(invoice["stripe_invoice_id"]),
+                status=str(invoice["status"]),
+                amount_paid=int(invoice["amount_paid"]),
+                application_fee=int(invoice["application_fee"]),
+                creator_earnings=int(invoice["creator_earnings"]),
+                payment_intent=invoice["payment_intent_id"] or None,
+                charge=invoice["charge_id"] or None,
+                transfer=invoice["transfer_id"] or None,
+                period_start=int(invoice["period_start"]),
+                period_end=int(invoice["period_end"]),
+            )
+            for invoice in invoices
+        ],
+    )
 
 
 def _metadata(row: Mapping[str, Any], tier_id: int) -> dict[str, str]:
@@ -307,7 +336,7 @@ async def subscribe(
         if tier["archived"] or not tier["stripe_price_id"]:
             raise Conflict(f"tier {new.tier_id} is not on sale", field="tier_id")
         creator = await creator_by_id(conn, await _tier_creator(conn, new.tier_id))
-        require_selling(creator)
+        await require_selling(conn, creator)
         fan = await fan_row(conn, new.fan_id)
         if not fan["default_payment_method"] or not fan["stripe_customer_id"]:
             raise Conflict(f"fan {new.fan_id} has no payment method", field="fan_id")
@@ -518,7 +547,7 @@ async def change_tier(env: Env, subscription_id: int, change: ChangeTier) -> Sub
         if tier["currency"] != row["currency"]:
             raise InvalidInput("the tier is in another currency", field="tier_id")
         creator = await creator_by_id(conn, int(row["creator"]))
-        require_selling(creator)
+        await require_selling(conn, creator)
         pricing = await priced(env, conn, _order(row, tier))
         percent = fee_percent(pricing)
         upgrade = _yearly(tier) > _yearly(old_tier)

@@ -97,9 +97,12 @@ async def _create_price(
 
 
 async def create_tier(env: Env, account_id: str, new: NewTier) -> TierView:
-    """Create the tier, its Stripe product and its first price."""
-    currency = normalize_currency(new.currency or env.config.default_currency)
-    Money(new.amount, currency)  # validates the amount as minor units
+    """Create the tier, its Stripe product and its first price.
+
+    Without ``currency`` the tier is priced in the creator's account's default
+    currency (Stripe's ``default_currency`` of the connected account), and in the
+    plugin's ``default_currency`` only when the account has none.
+    """
     if new.interval not in env.config.intervals:
         raise InvalidInput(
             f"interval {new.interval!r} is not offered "
@@ -108,6 +111,10 @@ async def create_tier(env: Env, account_id: str, new: NewTier) -> TierView:
         )
     async with env.pool.acquire() as conn:
         creator = await creator_by_account(conn, account_id)
+        currency = normalize_currency(
+            new.currency or creator.default_currency or env.config.default_currency
+        )
+        Money(new.amount, currency)  # validates the amount as minor units
         row = await conn.fetchrow(
             """
             INSERT INTO creator_subscriptions_tiers

@@ -379,6 +379,7 @@ async def _settle_invoice(
         UPDATE creator_subscriptions_invoices
         SET status = 'paid', amount_paid = $2, application_fee = $3, creator_earnings = $4,
             stripe_fee = $5, charge_id = $6, transfer_id = $7, ledger_key = $8, paid_at = $9,
+            payment_intent_id = COALESCE(NULLIF($10, ''), payment_intent_id),
             updated_at = now()
         WHERE id = $1
         """,
@@ -391,6 +392,7 @@ async def _settle_invoice(
         transfer_id,
         ledger_key,
         paid_at,
+        _id(charge.get("payment_intent")) if charge is not None else "",
     )
     reason = str(invoice.get("billing_reason") or "")
     name = {"subscription_cycle": "renewed", "subscription_create": "started"}.get(

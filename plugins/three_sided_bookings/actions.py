@@ -20,7 +20,7 @@ from plugins.three_sided_bookings.context import BookingContext
 from plugins.three_sided_bookings.policy import cancellation_fee
 from plugins.three_sided_bookings.store import load_charges
 
-__all__ = ["ACTION_IMPLEMENTATIONS", "Action"]
+__all__ = ["ACTION_FIELDS", "ACTION_IMPLEMENTATIONS", "Action"]
 
 Action = Callable[[BookingContext], Awaitable[None]]
 
@@ -150,6 +150,17 @@ async def record_dispute_outcome(ctx: BookingContext) -> None:
     await disputes.record_outcome(ctx)
 
 
+async def replace_saved_card(ctx: BookingContext) -> None:
+    """The customer gives a new card for what is charged later (a balance, an arrival).
+
+    Saved with a SetupIntent for off-session use (it may ask for authentication
+    first); every later charge of the booking uses it. Nothing is charged now.
+    """
+    previous = ctx.booking.saved_payment_method
+    card = await payments.save_card(ctx, _payment_method(ctx), setup=True)
+    ctx.record("replaced_card", {"previous": previous, "card": card})
+
+
 ACTION_IMPLEMENTATIONS: Final[Mapping[str, Action]] = {
     "charge_in_full": charge_in_full,
     "charge_deposit": charge_deposit,
@@ -163,5 +174,17 @@ ACTION_IMPLEMENTATIONS: Final[Mapping[str, Action]] = {
     "record_dispute": record_dispute,
     "submit_dispute_evidence": submit_dispute_evidence,
     "record_dispute_outcome": record_dispute_outcome,
+    "replace_saved_card": replace_saved_card,
 }
 """Every name in ``process.ACTIONS`` (a unit test checks both lists agree)."""
+
+ACTION_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "charge_in_full": frozenset({"payment_method"}),
+    "charge_deposit": frozenset({"payment_method"}),
+    "secure_payment_on_arrival": frozenset({"payment_method"}),
+    "replace_saved_card": frozenset({"payment_method"}),
+    "refund_amount": frozenset({"amount"}),
+    "submit_dispute_evidence": frozenset({"statement"}),
+}
+"""The request fields (``BookingAction``) each action reads; ``reason`` goes to every
+transition's audit trail. A field none of a transition's actions reads is refused."""

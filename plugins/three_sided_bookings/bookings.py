@@ -24,6 +24,7 @@ import msgspec
 
 from engine.core.authentication import CustomerAction
 from engine.core.errors import (
+    FieldNotApplicable,
     IllegalTransition,
     InvalidInput,
     MarketplaceError,
@@ -31,19 +32,22 @@ from engine.core.errors import (
     PaymentActionRequired,
 )
 from engine.core.money import Money, apply_rate
+from engine.payments.payability import require_payable
 from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
 from engine.services import Services
-from plugins.three_sided_bookings.actions import ACTION_IMPLEMENTATIONS
+from plugins.three_sided_bookings.actions import ACTION_FIELDS, ACTION_IMPLEMENTATIONS
 from plugins.three_sided_bookings.catalog import share_terms
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.context import ActionParams, BookingContext, Notices
 from plugins.three_sided_bookings.payments import (
     action_json,
     collected,
+    ensure_customer,
     release_held_transfers,
 )
-from plugins.three_sided_bookings.process import PREVIOUS_STATE, Facts, ProcessSpec
+from plugins.three_sided_bookings.process import PREVIOUS_STATE, SAME_STATE, Facts, ProcessSpec
 from plugins.three_sided_bookings.schemas import (
+    BookingStripeIds,
     BookingView,
     NewBooking,
     SplitLegView,
@@ -108,8 +112,26 @@ class BookingService:
         return self.config.process
 
     def now(self) -> datetime:
-        """The service's current time."""
+        """The service's current time (of bookings on no test clock)."""
         return self._clock()
+
+    async def clock_time(self, test_clock: str | None) -> datetime:
+        """The time of a booking's payments: its Stripe test clock's, else ``now()``.
+
+        A booking whose customer is on a test clock (test mode) lives on that
+        clock: its timers, state times and guards read it, as Stripe's charges,
+        refunds and payouts of the booking do.
+        """
+        if not test_clock:
+            return self.now()
+        clock = await self._services.gateway.call(
+            "test_helpers.test_clocks", "retrieve", test_clock
+        )
+        return datetime.fromtimestamp(int(clock["frozen_time"]), UTC)
+
+    async def now_for(self, booking: BookingRecord) -> datetime:
+        """The current time of ``booking`` (see ``clock_time``)."""
+        return await self.clock_time(booking.test_clock)
 
     @property
     def _pool(self) -> Any:
@@ -122,14 +144,19 @@ class BookingService:
         *,
         actor: str = "system",
         params: ActionParams | None = None,
+        now: datetime | None = None,
     ) -> BookingContext:
-        """A context for actions on ``booking`` inside ``conn``'s transaction."""
+        """A context for actions on ``booking`` inside ``conn``'s transaction.
+
+        ``now`` is the booking's time (``now_for``); the service's clock when omitted
+        (a booking on no test clock).
+        """
         return BookingContext(
             services=self._services,
             config=self.config,
             conn=conn,
             booking=booking,
-            now=self.now(),
+            now=now or self.now(),
             actor=actor,
             params=params or ActionParams(),
         )
@@ -141,11 +168,17 @@ class BookingService:
     ) -> BookingRecord:
         """Create a booking in the process's initial state, priced and split once.
 
-        With ``data.payment_method`` the ``pay`` transition follows at once;
-        a declined card leaves the booking ``pending_payment`` and the error
-        names it (``booking_id``) so the customer can pay with another card.
+        With ``data.payment_method`` the ``pay`` transition is taken in the same
+        transaction: a create whose payment fails (a declined or unknown card)
+        creates nothing and answers the payment's error; the customer books again
+        with another card. A payment that waits for the customer's authentication
+        is not a failure: the booking is created with its ``customer_action``.
         """
-        now = self.now()
+        test_clock = data.customer.test_clock
+        try:
+            now = await self.clock_time(test_clock)
+        except NotFound:
+            raise InvalidInput(f"no test clock {test_clock}", field="customer.test_clock") from None
         config = self.config
         async with self._pool.acquire() as conn:
             service = await conn.fetchrow(
@@ -163,6 +196,11 @@ class BookingService:
                 raise NotFound(f"no provider {data.provider_id}", field="provider_id")
             if venue is None:
                 raise NotFound(f"no venue {data.venue_id}", field="venue_id")
+            # Nothing is created for a provider or venue who cannot be paid (409).
+            await require_payable(
+                conn,
+                {"provider": str(provider["account_id"]), "venue": str(venue["account_id"])},
+            )
             starts_at = data.starts_at
             if starts_at.tzinfo is None:
                 raise InvalidInput("starts_at needs a UTC offset", field="starts_at")
@@ -214,10 +252,10 @@ class BookingService:
                          state_entered_at, process_name, process_version, starts_at, ends_at,
                          amount, currency, deposit_amount, split, policy, transfer_group,
                          timer_at, timer_name, communication, created_by, created_at,
-                         updated_at)
+                         updated_at, test_clock)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, '', $14,
                             $15, $16, $17, $18, $19, $20, $21, $22::jsonb, $23::jsonb, $24,
-                            NULL, '', '[]'::jsonb, $25, $14, $14)
+                            NULL, '', '[]'::jsonb, $25, $14, $14, $26)
                     """,
                     booking_id,
                     service["id"],
@@ -244,6 +282,7 @@ class BookingService:
                     json.dumps(policy),
                     f"booking:{booking_id}",
                     created_by,
+                    test_clock,
                 )
                 booking = await load_booking(conn, booking_id)
                 await self._audit(
@@ -255,30 +294,43 @@ class BookingService:
                     actor,
                     created_by,
                     {"split": quote.split_json(), "deposit": deposit},
+                    at=now,
                 )
                 booking = await self._set_timer(conn, booking)
-        notices = Notices(self._services)
-        notices.lifecycle(
-            "booking.created",
-            booking.reference,
-            amount=booking.amount,
-            currency=booking.currency,
-            payment_model=booking.payment_model,
-        )
-        notices.send()
-        if data.payment_method:
-            try:
-                booking = await self.act(
-                    booking.id,
-                    "pay",
-                    "customer",
-                    actor_id=created_by,
-                    params=ActionParams(payment_method=data.payment_method),
+                if test_clock:
+                    # Its customer on the clock from the start, so every payment is.
+                    await ensure_customer(self.context(conn, booking, now=now))
+                    booking = await load_booking(conn, booking.id)
+                notices = Notices(self._services)
+                notices.lifecycle(
+                    "booking.created",
+                    booking.reference,
+                    amount=booking.amount,
+                    currency=booking.currency,
+                    payment_model=booking.payment_model,
                 )
-            except MarketplaceError as error:
-                error.extra.setdefault("booking_id", booking.id)
-                raise
-        return booking
+                if data.payment_method:
+                    # The first payment belongs to the create: if it fails (a declined
+                    # or unknown card), the transaction rolls back and nothing exists.
+                    try:
+                        outcome = await self.act_in(
+                            conn,
+                            booking.id,
+                            "pay",
+                            "customer",
+                            actor_id=created_by,
+                            params=ActionParams(payment_method=data.payment_method),
+                        )
+                    except PaymentActionRequired as waiting:
+                        booking, waiting_notices = await self._remember_action(
+                            conn, booking.id, "pay", waiting.action
+                        )
+                        notices.extend(waiting_notices)
+                    else:
+                        booking = outcome.booking
+                        notices.extend(outcome.notices)
+        notices.send()
+        return await self._run_due_now(booking)
 
     def _deposit(self, payment_model: str, value: Money) -> int:
         if payment_model != "deposit":
@@ -328,6 +380,14 @@ class BookingService:
         self, conn: Connection, booking_id: int, name: str, action: CustomerAction
     ) -> BookingRecord:
         """Remember what the customer must authenticate, and which transition it completes."""
+        booking, notices = await self._remember_action(conn, booking_id, name, action)
+        notices.send()
+        return booking
+
+    async def _remember_action(
+        self, conn: Connection, booking_id: int, name: str, action: CustomerAction
+    ) -> tuple[BookingRecord, Notices]:
+        """``_await_customer`` inside the caller's transaction; the notices to send after it."""
         await conn.execute(
             """
             UPDATE three_sided_bookings_bookings
@@ -348,8 +408,7 @@ class BookingService:
             reason=action.reason,
             state=booking.state,
         )
-        notices.send()
-        return booking
+        return booking, notices
 
     async def act_in(
         self,
@@ -370,7 +429,7 @@ class BookingService:
             booking = await lock_booking(conn, booking_id)
             charges = await load_charges(conn, booking_id)
             params = params or ActionParams()
-            now = self.now()
+            now = await self.now_for(booking)
             facts = Facts(
                 now=now,
                 starts_at=booking.starts_at,
@@ -379,18 +438,24 @@ class BookingService:
                 collected=collected(charges),
                 requested_amount=params.amount,
                 grace=timedelta(minutes=self.config.start_grace_minutes),
+                hold_horizon=timedelta(days=self.config.off_session_after_days),
             )
             transition = self.process.resolve(name, booking.state, actor, facts)
+            _refuse_unused_fields(name, booking.state, transition.actions, params)
             target = transition.to
             if target == PREVIOUS_STATE:
                 target = booking.previous_state or self.process.initial
-            ctx = self.context(conn, booking, actor=actor, params=params)
+            elif target == SAME_STATE:
+                target = booking.state
+            ctx = self.context(conn, booking, actor=actor, params=params, now=now)
             if params.reason:
                 ctx.record("reason", params.reason)
             for action in transition.actions:
                 await ACTION_IMPLEMENTATIONS[action](ctx)
             booking = await ctx.reload()
-            await self._audit(conn, booking, name, booking.state, target, actor, actor_id, ctx.data)
+            await self._audit(
+                conn, booking, name, booking.state, target, actor, actor_id, ctx.data, at=now
+            )
             if target != booking.state:
                 await conn.execute(
                     """
@@ -424,6 +489,8 @@ class BookingService:
         actor: str,
         actor_id: str,
         data: dict[str, Any],
+        *,
+        at: datetime,
     ) -> None:
         await conn.execute(
             """
@@ -438,7 +505,7 @@ class BookingService:
             actor,
             actor_id,
             json.dumps(data, default=str),
-            self.now(),
+            at,
         )
 
     async def _set_timer(self, conn: Connection, booking: BookingRecord) -> BookingRecord:
@@ -469,7 +536,7 @@ class BookingService:
     async def _run_due_now(self, booking: BookingRecord) -> BookingRecord:
         """Take timed transitions that are already due (settlement after completion)."""
         for _ in range(_MAX_CHAINED):
-            if booking.timer_at is None or booking.timer_at > self.now():
+            if booking.timer_at is None or booking.timer_at > await self.now_for(booking):
                 return booking
             try:
                 booking = await self.act(booking.id, booking.timer_name, "system")
@@ -487,7 +554,7 @@ class BookingService:
         """
         notices = Notices(self._services)
         for _ in range(_MAX_CHAINED):
-            if booking.timer_at is None or booking.timer_at > self.now():
+            if booking.timer_at is None or booking.timer_at > await self.now_for(booking):
                 break
             try:
                 outcome = await self.act_in(conn, booking.id, booking.timer_name, "system")
@@ -509,12 +576,32 @@ class BookingService:
         done: list[tuple[int, str, str]] = []
         for transfer_id in await self.retry_held():
             done.append((transfer_id, "release_held", "paid"))
-        rows = await self._pool.fetch(
-            "SELECT id, timer_name FROM three_sided_bookings_bookings "
-            "WHERE timer_at <= $1 ORDER BY timer_at LIMIT $2",
-            self.now(),
-            limit,
+        rows = list(
+            await self._pool.fetch(
+                "SELECT id, timer_name FROM three_sided_bookings_bookings "
+                "WHERE test_clock IS NULL AND timer_at <= $1 ORDER BY timer_at LIMIT $2",
+                self.now(),
+                limit,
+            )
         )
+        # Bookings on a test clock are due by their clock's time, not this machine's.
+        clocks = await self._pool.fetch(
+            "SELECT DISTINCT test_clock FROM three_sided_bookings_bookings "
+            "WHERE test_clock IS NOT NULL AND timer_at IS NOT NULL"
+        )
+        for clock in clocks:
+            try:
+                clock_now = await self.clock_time(str(clock["test_clock"]))
+            except MarketplaceError as error:  # deleted (Stripe removes old test clocks)
+                log.warning("test clock %s: %s", clock["test_clock"], error)
+                continue
+            rows += await self._pool.fetch(
+                "SELECT id, timer_name FROM three_sided_bookings_bookings "
+                "WHERE test_clock = $3 AND timer_at <= $1 ORDER BY timer_at LIMIT $2",
+                clock_now,
+                limit,
+                clock["test_clock"],
+            )
         for row in rows:
             try:
                 booking = await self.act(row["id"], row["timer_name"], "system")
@@ -569,7 +656,29 @@ class BookingService:
               (SELECT COALESCE(sum(refunded), 0) FROM three_sided_bookings_charges
                  WHERE booking = $1) AS refunded,
               (SELECT COALESCE(sum(amount), 0) FROM three_sided_bookings_transfers
-                 WHERE booking = $1 AND status = 'held') AS held
+                 WHERE booking = $1 AND status = 'held') AS held,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'kind', kind, 'payment_intent', stripe_payment_intent_id,
+                  'charge', stripe_charge_id, 'status', status, 'amount', amount,
+                  'captured', captured, 'refunded', refunded) ORDER BY id), '[]'::jsonb)
+                 FROM three_sided_bookings_charges WHERE booking = $1) AS charges,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'role', role, 'account_id', account_id, 'transfer', stripe_transfer_id,
+                  'amount', amount, 'amount_reversed', amount_reversed, 'status', status)
+                  ORDER BY id), '[]'::jsonb)
+                 FROM three_sided_bookings_transfers WHERE booking = $1) AS transfers,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'refund', r.stripe_refund_id, 'charge', c.stripe_charge_id,
+                  'amount', r.amount) ORDER BY r.id), '[]'::jsonb)
+                 FROM three_sided_bookings_refunds r
+                 JOIN three_sided_bookings_charges c ON c.id = r.charge
+                 WHERE r.booking = $1) AS refunds,
+              (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                  'reversal', v.stripe_reversal_id, 'transfer', t.stripe_transfer_id,
+                  'amount', v.amount, 'reason', v.reason) ORDER BY v.id), '[]'::jsonb)
+                 FROM three_sided_bookings_reversals v
+                 JOIN three_sided_bookings_transfers t ON t.id = v.transfer
+                 WHERE v.booking = $1) AS reversals
             """,
             booking.id,
         )
@@ -615,6 +724,14 @@ class BookingService:
                 ],
             ),
             transfer_group=booking.transfer_group,
+            test_clock=booking.test_clock,
+            stripe=msgspec.convert(
+                {
+                    name: jsonb(money[name])
+                    for name in ("charges", "transfers", "refunds", "reversals")
+                },
+                BookingStripeIds,
+            ),
             created_at=booking.created_at,
             updated_at=booking.updated_at,
             action_required=booking.customer_action is not None,
@@ -687,3 +804,26 @@ class BookingService:
         if row is None:
             raise NotFound(f"no booking {booking_id}")
         return BookingRecord.from_row(row)
+
+
+def _refuse_unused_fields(name: str, state: str, actions: list[str], params: ActionParams) -> None:
+    """A field this transition would ignore is a 422 naming it, before anything moves.
+
+    ``complete {"amount": 7000}`` used to capture the full price as if the amount
+    were not there; now the caller learns which fields the action reads here.
+    """
+    given = {
+        "payment_method": params.payment_method is not None,
+        "amount": params.amount is not None,
+        "statement": bool(params.statement),
+    }
+    usable = set().union(*(ACTION_FIELDS.get(action, frozenset()) for action in actions))
+    for field, present in given.items():
+        if present and field not in usable:
+            takes = ", ".join(sorted(usable | {"reason"}))
+            raise FieldNotApplicable(
+                f"{field} is not used by {name} in state {state} (it takes: {takes})",
+                field=field,
+                action=name,
+                state=state,
+            )

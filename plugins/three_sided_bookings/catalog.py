@@ -231,8 +231,8 @@ class Catalog:
                 field="account_id",
             )
 
-    async def add_provider(self, data: NewProvider) -> ProviderView:
-        """Register a provider on its connected account."""
+    async def add_provider(self, data: NewProvider) -> tuple[ProviderView, bool]:
+        """Register a provider on its connected account (or update it); whether it is new."""
         await self._known_account(data.account_id, "provider")
         row = await self._pool.fetchrow(
             """
@@ -240,7 +240,7 @@ class Catalog:
             VALUES ($1, $2, $3, now())
             ON CONFLICT (account_id) DO UPDATE SET display_name = EXCLUDED.display_name,
                 email = EXCLUDED.email
-            RETURNING *
+            RETURNING *, (xmax = 0) AS created
             """,
             data.account_id,
             data.display_name,
@@ -251,10 +251,10 @@ class Catalog:
             account_id=row["account_id"],
             display_name=row["display_name"],
             email=row["email"],
-        )
+        ), bool(row["created"])
 
-    async def add_venue(self, data: NewVenue) -> VenueView:
-        """Register a venue on its connected account."""
+    async def add_venue(self, data: NewVenue) -> tuple[VenueView, bool]:
+        """Register a venue on its connected account (or update it); whether it is new."""
         await self._known_account(data.account_id, "venue")
         row = await self._pool.fetchrow(
             """
@@ -262,7 +262,7 @@ class Catalog:
             VALUES ($1, $2, $3, now())
             ON CONFLICT (account_id) DO UPDATE SET display_name = EXCLUDED.display_name,
                 address = EXCLUDED.address
-            RETURNING *
+            RETURNING *, (xmax = 0) AS created
             """,
             data.account_id,
             data.display_name,
@@ -273,7 +273,7 @@ class Catalog:
             account_id=row["account_id"],
             display_name=row["display_name"],
             address=row["address"],
-        )
+        ), bool(row["created"])
 
     async def list_providers(self) -> list[ProviderView]:
         """Every provider."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, get, patch, post, put
+from litestar import Controller, Response, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from engine.api.auth import Principal, requires_scope
@@ -100,6 +101,7 @@ class CatalogController(Controller):
     @post(
         "/services",
         operation_id="tsbCreateService",
+        summary="Create a bookable service",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
     )
@@ -112,28 +114,31 @@ class CatalogController(Controller):
     @get(
         "/services",
         operation_id="tsbListServices",
+        summary="List services",
         guards=[requires_scope("service")],
         responses=problem_responses(*_READ),
     )
     async def list_services(self, services: NamedDependency[Services]) -> list[ServiceView]:
-        """Every service."""
+        """Every service, on sale or withdrawn, oldest first (admin and service keys)."""
         return await Catalog(services).list_services()
 
     @get(
         "/services/{service_id:str}",
         operation_id="tsbGetService",
+        summary="Get a service",
         guards=[requires_scope("service")],
         responses=problem_responses(*_READ),
     )
     async def get_service(
         self, service_id: RowId, services: NamedDependency[Services]
     ) -> ServiceView:
-        """One service."""
+        """One service with its price, duration and whether it is on sale."""
         return await Catalog(services).get_service(int(service_id))
 
     @patch(
         "/services/{service_id:str}",
         operation_id="tsbUpdateService",
+        summary="Re-price, rename or withdraw a service",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
     )
@@ -146,28 +151,35 @@ class CatalogController(Controller):
     @post(
         "/providers",
         operation_id="tsbCreateProvider",
+        summary="Register a provider (or update it)",
         guards=[requires_scope()],
-        responses=problem_responses(*_WRITE),
+        responses={
+            200: ResponseSpec(ProviderView, description="the provider existed: updated"),
+            **problem_responses(*_WRITE),
+        },
     )
     async def create_provider(
         self, data: JSONBody[NewProvider], services: NamedDependency[Services]
-    ) -> ProviderView:
+    ) -> Response[ProviderView]:
         """Register a provider on its onboarded connected account."""
-        return await Catalog(services).add_provider(data)
+        view, created = await Catalog(services).add_provider(data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/providers",
         operation_id="tsbListProviders",
+        summary="List providers",
         guards=[requires_scope("service")],
         responses=problem_responses(*_READ),
     )
     async def list_providers(self, services: NamedDependency[Services]) -> list[ProviderView]:
-        """Every provider."""
+        """Every provider and its connected account, oldest first (admin and service keys)."""
         return await Catalog(services).list_providers()
 
     @put(
         "/providers/{provider_id:str}/agreements",
         operation_id="tsbSetAgreement",
+        summary="Set a provider's share for a service type",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
     )
@@ -183,40 +195,48 @@ class CatalogController(Controller):
     @get(
         "/providers/{provider_id:str}/agreements",
         operation_id="tsbListAgreements",
+        summary="List a provider's agreements",
         guards=[requires_scope()],
         responses=problem_responses(*_READ),
     )
     async def agreements(
         self, provider_id: RowId, services: NamedDependency[Services]
     ) -> list[AgreementView]:
-        """The provider's agreements."""
+        """The provider's agreements, one per service type, each with its version (admin)."""
         return await Catalog(services).agreements(int(provider_id))
 
     @post(
         "/venues",
         operation_id="tsbCreateVenue",
+        summary="Register a venue (or update it)",
         guards=[requires_scope()],
-        responses=problem_responses(*_WRITE),
+        responses={
+            200: ResponseSpec(VenueView, description="the venue existed: updated"),
+            **problem_responses(*_WRITE),
+        },
     )
     async def create_venue(
         self, data: JSONBody[NewVenue], services: NamedDependency[Services]
-    ) -> VenueView:
+    ) -> Response[VenueView]:
         """Register a venue on its onboarded connected account."""
-        return await Catalog(services).add_venue(data)
+        view, created = await Catalog(services).add_venue(data)
+        return Response(view, status_code=201 if created else 200)
 
     @get(
         "/venues",
         operation_id="tsbListVenues",
+        summary="List venues",
         guards=[requires_scope("service")],
         responses=problem_responses(*_READ),
     )
     async def list_venues(self, services: NamedDependency[Services]) -> list[VenueView]:
-        """Every venue."""
+        """Every venue and its connected account, oldest first (admin and service keys)."""
         return await Catalog(services).list_venues()
 
     @put(
         "/venues/{venue_id:str}/terms",
         operation_id="tsbSetVenueTerms",
+        summary="Set how a venue is paid",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
     )
@@ -229,18 +249,20 @@ class CatalogController(Controller):
     @get(
         "/venues/{venue_id:str}/terms",
         operation_id="tsbGetVenueTerms",
+        summary="Get a venue's terms",
         guards=[requires_scope()],
         responses=problem_responses(*_READ),
     )
     async def venue_terms(
         self, venue_id: RowId, services: NamedDependency[Services]
     ) -> VenueTermsView:
-        """The venue's terms."""
+        """The venue's terms and their version; 404 while the default applies (admin)."""
         return await Catalog(services).venue_terms(int(venue_id))
 
     @put(
         "/payout-schedules/{account_id:str}",
         operation_id="tsbSetPayoutSchedule",
+        summary="Set a provider's or venue's payout schedule",
         guards=[requires_scope()],
         responses=problem_responses(*_WRITE),
     )
@@ -257,6 +279,7 @@ class CatalogController(Controller):
     @get(
         "/payout-schedules/{account_id:str}",
         operation_id="tsbGetPayoutSchedule",
+        summary="Get an account's payout schedule",
         responses=problem_responses(*_READ),
     )
     async def payout_schedule(
@@ -279,6 +302,7 @@ class BookingController(Controller):
     @post(
         "/",
         operation_id="tsbCreateBooking",
+        summary="Book a service (and pay, with a payment method)",
         guards=[requires_scope("service")],
         responses=problem_responses(*_MONEY),
     )
@@ -302,6 +326,7 @@ class BookingController(Controller):
     @get(
         "/",
         operation_id="tsbListBookings",
+        summary="List bookings the caller may see",
         responses=problem_responses(*_READ),
     )
     async def list_bookings(
@@ -311,7 +336,10 @@ class BookingController(Controller):
         limit: Limit = 20,
         cursor: Cursor = None,
         in_state: Annotated[
-            str | None, QueryParameter(name="state", required=False, description="a state")
+            str | None,
+            QueryParameter(
+                name="state", required=False, pattern=r"^[a-z_]{1,64}$", description="a state"
+            ),
         ] = None,
     ) -> BookingList:
         """Bookings the caller may see: its own account's, its own clients', or all (admin)."""
@@ -336,6 +364,7 @@ class BookingController(Controller):
     @get(
         "/{booking_id:str}",
         operation_id="tsbGetBooking",
+        summary="Get a booking and the actions the caller may take",
         responses=problem_responses(*_READ),
     )
     async def get_booking(
@@ -352,6 +381,7 @@ class BookingController(Controller):
     @post(
         "/{booking_id:str}/actions/{action:str}",
         operation_id="tsbBookingAction",
+        summary="Take an action on a booking (pay, confirm, complete, cancel, refund ...)",
         status_code=200,
         responses=problem_responses(*_MONEY),
     )
@@ -389,6 +419,7 @@ class BookingController(Controller):
     @get(
         "/{booking_id:str}/transitions",
         operation_id="tsbBookingTransitions",
+        summary="A booking's audit trail",
         responses=problem_responses(*_READ),
     )
     async def transitions(
@@ -405,6 +436,7 @@ class BookingController(Controller):
     @post(
         "/{booking_id:str}/messages",
         operation_id="tsbBookingMessage",
+        summary="Record a customer message on a booking",
         responses=problem_responses(*_WRITE),
     )
     async def add_message(
@@ -423,16 +455,23 @@ class BookingController(Controller):
     @get(
         "/{booking_id:str}/reconciliation",
         operation_id="tsbBookingReconciliation",
-        guards=[requires_scope()],
+        summary="A booking's Stripe objects against its ledger",
+        guards=[requires_scope("account")],
         responses=problem_responses(*_READ, 502),
     )
     async def reconciliation(
         self,
         booking_id: BookingId,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         check: Annotated[bool, QueryParameter(required=False)] = False,
     ) -> Reconciliation:
-        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too."""
+        """Every Stripe object of the booking and its ledger; ``check`` asks Stripe too.
+
+        An admin, or the provider's or venue's own key for its bookings (another
+        booking is a 404, like a missing one)."""
+        booking = await BookingService(services).get_record(int(booking_id))
+        _actor(principal, booking)
         return await reconcile(services, int(booking_id), check_stripe=check)
 
 
@@ -445,6 +484,7 @@ class TimerController(Controller):
     @post(
         "/run",
         operation_id="tsbRunTimers",
+        summary="Run the booking timers that are due",
         status_code=200,
         guards=[requires_scope()],
         responses=problem_responses(*_READ),

@@ -145,6 +145,8 @@ async def ensure_customer(ctx: BookingContext) -> str:
             "email": booking.customer_email or None,
             "name": booking.customer_name or None,
             "metadata": {"booking_id": str(booking.id), "reference": booking.customer_reference},
+            # The customer's payments then happen on the booking's test clock.
+            **({"test_clock": booking.test_clock} if booking.test_clock else {}),
         },
         idempotency_key=_booking_key(booking, "customer"),
     )

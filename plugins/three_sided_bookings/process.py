@@ -7,7 +7,7 @@ when every guard holds. A transition runs its actions (charge, capture,
 refund, settle ...) in order; a timed transition is taken by the system once
 its time has come (``timer``). Several transitions may share a name: the first
 whose actor and guards match is taken (``pay`` goes to ``paid``,
-``deposit_paid`` or ``authorized`` depending on the payment model).
+``deposit_paid``, ``authorized`` or ``card_saved`` depending on the payment model).
 
 Everything here is pure. Guards are evaluated over :class:`Facts`; actions are
 names implemented by :mod:`plugins.three_sided_bookings.actions`. An operator can
@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_PROCESS",
     "GUARDS",
     "PREVIOUS_STATE",
+    "SAME_STATE",
     "Actor",
     "Facts",
     "ProcessSpec",
@@ -49,6 +50,8 @@ ANY_STATE: Final = "*"
 """In ``from``: every non-terminal state."""
 
 PREVIOUS_STATE: Final = "@previous"
+SAME_STATE: Final = "@same"
+"""A transition's ``to`` that keeps the booking in the state it is in."""
 """As ``to``: the state the booking was in before it entered the current one."""
 
 ACTIONS: Final[frozenset[str]] = frozenset(
@@ -65,6 +68,7 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "record_dispute",  # remember the dispute; submit evidence if configured
         "submit_dispute_evidence",  # assemble the evidence from the booking and submit it
         "record_dispute_outcome",  # post the outcome; reverse shares on a loss if configured
+        "replace_saved_card",  # save a new card for what is charged later
     }
 )
 """Action names a process may use (implemented in ``actions.py``)."""
@@ -81,6 +85,8 @@ class Facts:
         collected: money captured and not refunded, in minor units.
         requested_amount: the amount the request names (a refund), if any.
         grace: how early before the start a service counts as started.
+        hold_horizon: how far ahead a card can be authorised (``off_session_after_days``):
+            an authorisation lapses after 7 days, so a later service only saves the card.
     """
 
     now: datetime
@@ -90,6 +96,7 @@ class Facts:
     collected: int = 0
     requested_amount: int | None = None
     grace: timedelta = timedelta(0)
+    hold_horizon: timedelta = timedelta(days=6)
 
 
 def _payment_model(facts: Facts, argument: str) -> bool:
@@ -98,6 +105,14 @@ def _payment_model(facts: Facts, argument: str) -> bool:
 
 def _before_start(facts: Facts, _: str) -> bool:
     return facts.now < facts.starts_at
+
+
+def _within_hold_horizon(facts: Facts, _: str) -> bool:
+    return facts.starts_at - facts.now <= facts.hold_horizon
+
+
+def _beyond_hold_horizon(facts: Facts, _: str) -> bool:
+    return facts.starts_at - facts.now > facts.hold_horizon
 
 
 def _service_started(facts: Facts, _: str) -> bool:
@@ -117,6 +132,8 @@ def _full_refund(facts: Facts, _: str) -> bool:
 GUARDS: Final[Mapping[str, Callable[[Facts, str], bool]]] = {
     "payment_model": _payment_model,  # payment_model:full|deposit|arrival
     "before_start": _before_start,
+    "within_hold_horizon": _within_hold_horizon,  # the card can be authorised now
+    "beyond_hold_horizon": _beyond_hold_horizon,  # too far ahead: only the card is saved
     "service_started": _service_started,  # now >= start - start_grace_minutes
     "partial_refund": _partial_refund,  # 0 < requested amount < collected
     "full_refund": _full_refund,  # no amount, or exactly what was collected
@@ -224,7 +241,7 @@ class ProcessSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         for state in transition.from_:
             if state != ANY_STATE and state not in known:
                 raise ConfigError(f"{where}.from", f"unknown state {state!r}")
-        if transition.to != PREVIOUS_STATE and transition.to not in known:
+        if transition.to not in {PREVIOUS_STATE, SAME_STATE} and transition.to not in known:
             raise ConfigError(f"{where}.to", f"unknown state {transition.to!r}")
         if not transition.actors:
             raise ConfigError(f"{where}.actors", "names no actor")
@@ -325,7 +342,7 @@ def _t(
     )
 
 
-_PAID = ["paid", "deposit_paid", "authorized"]
+_PAID = ["paid", "deposit_paid", "authorized", "card_saved"]
 _BUSINESS = ["provider", "venue", "admin"]
 
 DEFAULT_PROCESS: Final = ProcessSpec(
@@ -336,7 +353,11 @@ DEFAULT_PROCESS: Final = ProcessSpec(
         StateSpec(name="pending_payment", description="created, not paid yet"),
         StateSpec(name="paid", description="paid in full at booking"),
         StateSpec(name="deposit_paid", description="deposit charged, card saved for the balance"),
-        StateSpec(name="authorized", description="pay on arrival: authorised or card saved"),
+        StateSpec(name="authorized", description="pay on arrival: the amount is held on the card"),
+        StateSpec(
+            name="card_saved",
+            description="pay on arrival, far ahead: card saved, nothing held; charged at the end",
+        ),
         StateSpec(name="confirmed", description="the provider or venue accepted"),
         StateSpec(name="completed", description="service delivered, everything collected"),
         StateSpec(name="no_show", description="the customer did not come; the fee collected"),
@@ -353,7 +374,14 @@ DEFAULT_PROCESS: Final = ProcessSpec(
         _t("pay", ["pending_payment"], "deposit_paid", ["customer", "system"],
            guards=["payment_model:deposit"], actions=["charge_deposit"]),
         _t("pay", ["pending_payment"], "authorized", ["customer", "system"],
-           guards=["payment_model:arrival"], actions=["secure_payment_on_arrival"]),
+           guards=["payment_model:arrival", "within_hold_horizon"],
+           actions=["secure_payment_on_arrival"]),
+        _t("pay", ["pending_payment"], "card_saved", ["customer", "system"],
+           guards=["payment_model:arrival", "beyond_hold_horizon"],
+           actions=["secure_payment_on_arrival"]),
+        _t("update_card", ["deposit_paid", "card_saved", "confirmed"], SAME_STATE, ["customer"],
+           actions=["replace_saved_card"],
+           description="a new card for the balance or the arrival charge"),
         _t("expire", ["pending_payment"], "cancelled", ["system"],
            timer=Timer(anchor="entered", offset_minutes=30),
            description="unpaid bookings lapse after 30 minutes"),

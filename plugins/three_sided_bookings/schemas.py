@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from engine.api.fields import EmailText, Label, Line, LongText, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -57,11 +58,11 @@ Currency = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{3}$", examples=["gbp"])]
 AccountRef = Annotated[
     str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,60}$", description="a connected account id")
 ]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
 ServiceType = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_*-]{1,64}$", examples=["massage"])]
 
 
-class _Input(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Input(RequestBody, frozen=True):
     """Base of request bodies: immutable, unknown fields refused."""
 
 
@@ -107,7 +108,7 @@ class NewProvider(_Input, frozen=True):
 
     account_id: AccountRef
     display_name: Name
-    email: str = ""
+    email: EmailText = ""
 
 
 class ProviderView(_View, frozen=True):
@@ -124,7 +125,7 @@ class NewVenue(_Input, frozen=True):
 
     account_id: AccountRef
     display_name: Name
-    address: str = ""
+    address: Note = ""
 
 
 class VenueView(_View, frozen=True):
@@ -199,12 +200,21 @@ class PayoutScheduleView(_View, frozen=True):
 # ---------------------------------------------------------------- bookings
 
 
+TestClockId = Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)]
+"""A Stripe test clock's id."""
+
+
 class CustomerInput(_Input, frozen=True):
     """Who is booking (kept for receipts and dispute evidence)."""
 
     name: Name
-    email: Annotated[str, msgspec.Meta(max_length=254)] = ""
-    reference: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    email: EmailText = ""
+    reference: Label = ""
+    test_clock: (
+        Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=64)] | None
+    ) = None
+    """Test mode: a Stripe test clock; the booking's customer lives on it, and the
+    booking's timers (expiry, completion) run on its time."""
 
 
 class NewBooking(_Input, frozen=True):
@@ -220,22 +230,22 @@ class NewBooking(_Input, frozen=True):
     starts_at: datetime
     payment_model: PaymentModel
     customer: CustomerInput
-    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    payment_method: Annotated[Line, msgspec.Meta(min_length=1, max_length=255)] | None = None
 
 
 class BookingAction(_Input, frozen=True):
     """Parameters of an action (each action reads the ones it needs)."""
 
-    payment_method: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    payment_method: Annotated[Line, msgspec.Meta(min_length=1, max_length=255)] | None = None
     amount: Annotated[int, msgspec.Meta(gt=0, le=99_999_999)] | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
-    statement: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+    reason: Note = ""
+    statement: LongText = ""
 
 
 class MessageInput(_Input, frozen=True):
     """A message between the customer and the business (part of dispute evidence)."""
 
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    text: Annotated[Text, msgspec.Meta(min_length=1, max_length=2000)]
 
 
 class SplitLegView(_View, frozen=True):
@@ -256,6 +266,55 @@ class SplitView(_View, frozen=True):
     provider_terms: str
     venue_terms: str
     legs: list[SplitLegView]
+
+
+class ChargeIds(_View, frozen=True):
+    """One PaymentIntent of the booking and its charge on Stripe."""
+
+    kind: str
+    payment_intent: str
+    charge: str | None
+    status: str
+    amount: int
+    captured: int
+    refunded: int
+
+
+class TransferIds(_View, frozen=True):
+    """A beneficiary's share: its Stripe transfer once paid (``None`` while held)."""
+
+    role: str
+    account_id: str
+    transfer: str | None
+    amount: int
+    amount_reversed: int
+    status: str
+
+
+class RefundIds(_View, frozen=True):
+    """A refund of one of the booking's charges."""
+
+    refund: str
+    charge: str | None
+    amount: int
+
+
+class ReversalIds(_View, frozen=True):
+    """A reversal of (part of) a transfer, after a refund or a lost dispute."""
+
+    reversal: str
+    transfer: str | None
+    amount: int
+    reason: str
+
+
+class BookingStripeIds(_View, frozen=True):
+    """The booking's money on Stripe, to tie transfers and payouts to bookings."""
+
+    charges: list[ChargeIds]
+    transfers: list[TransferIds]
+    refunds: list[RefundIds]
+    reversals: list[ReversalIds]
 
 
 class BookingView(_View, frozen=True):
@@ -286,6 +345,10 @@ class BookingView(_View, frozen=True):
     held: int
     split: SplitView
     transfer_group: str
+    test_clock: str | None
+    """The Stripe test clock whose time the booking's timers follow (test mode)."""
+    stripe: BookingStripeIds
+    """Stripe's ids of the booking's charges, transfers, refunds and reversals."""
     created_at: datetime
     updated_at: datetime
     action_required: bool = False

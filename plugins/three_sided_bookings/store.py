@@ -85,6 +85,7 @@ class BookingRecord:
     updated_at: datetime
     customer_action: dict[str, Any] | None = None
     action_transition: str = ""
+    test_clock: str | None = None
 
     @property
     def reference(self) -> str:
@@ -138,6 +139,7 @@ class BookingRecord:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             customer_action=jsonb(row["customer_action"]),
+            test_clock=row.get("test_clock"),
             action_transition=row["action_transition"],
         )
 

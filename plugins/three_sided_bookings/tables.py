@@ -175,6 +175,9 @@ class Booking(Table, tablename="three_sided_bookings_bookings"):
     action_transition = Varchar(length=64, default="")
     """The transition the authenticated intent completes (``pay``); empty when the
     action is an off-session charge recorded as ``requires_action``."""
+    test_clock = Varchar(length=64, null=True, default=None, index=True)
+    """The Stripe test clock of the booking's customer (test mode): the booking's
+    timers run on its time, as Stripe's payments of the booking do."""
     created_by = Varchar(length=200, default="")
     created_at = Timestamptz()
     updated_at = Timestamptz()

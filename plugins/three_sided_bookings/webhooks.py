@@ -203,7 +203,7 @@ async def on_intent_authenticated(event: StripeEvent, ctx: HandlerContext) -> No
         notices.extend(outcome.notices)
         notices.extend(await service.run_due_in(conn, await load_booking(conn, booking.id)))
     elif intent.get("object") == "payment_intent":
-        bctx = service.context(conn, booking)
+        bctx = service.context(conn, booking, now=await service.now_for(booking))
         await intent_authenticated(bctx, intent)
         notices.extend(bctx.notify)
     _after_commit(ctx, notices)

@@ -49,7 +49,12 @@ async def payout_rows(stack: Stack) -> list[str]:
 
 
 async def test_an_event_of_another_version_is_parked_never_handled(stack: Stack) -> None:
-    account = "acct_versioned"
+    created = await stack.http.post(
+        "/v1/accounts",
+        json={"role": "creator", "display_name": "Versioned", "email": "v@example.com"},
+    )
+    assert created.status_code == 201, created.text
+    account = str(created.json()["account"]["id"])
     answer = await stack.send_event(
         "payout.paid",
         payout("po_old"),

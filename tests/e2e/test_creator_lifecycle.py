@@ -377,3 +377,211 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
 def round_half_up(numerator: int, denominator: int) -> int:
     quotient, remainder = divmod(numerator, denominator)
     return quotient + (1 if remainder * 2 >= denominator else 0)
+
+
+async def test_no_payment_for_a_suspended_creator(stack: Stack) -> None:
+    """Suspended by the admin: subscribing and tipping answer 409 naming the creator; no charge."""
+    http = stack.http
+    account_id = await onboard(stack, "sam")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{account_id}/tiers", json={"name": "Basic", "amount": 500}),
+        201,
+    )
+    bob = await fan(stack, "bob", clock)
+    ok(await http.post(f"/v1/accounts/{account_id}/suspend", json={"reason": "chargebacks"}))
+
+    refused = [
+        await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": tier["id"]}),
+        await http.post(
+            f"{P}/payments/tips",
+            json={"fan_id": bob, "creator_account_id": account_id, "amount": 300},
+        ),
+    ]
+    for response in refused:
+        assert response.status_code == 409, response.text
+        problem = response.json()
+        assert (problem["code"], problem["party"], problem["reason"]) == (
+            "account_restricted",
+            "creator",
+            "suspended",
+        )
+        assert problem["account_id"] == account_id
+    stripe = stack.stripe()
+    assert list((await stripe_call(stack, stripe.v1.subscriptions.list)).data) == []
+    assert list((await stripe_call(stack, stripe.v1.payment_intents.list)).data) == []
+
+    ok(await http.post(f"/v1/accounts/{account_id}/resume"))
+    ok(await http.post(f"{P}/subscriptions", json={"fan_id": bob, "tier_id": tier["id"]}), 201)
+
+
+async def test_tier_currency_defaults_to_the_creators_account(stack: Stack) -> None:
+    """No ``currency``: the tier follows the creator's account (eur), not the plugin's usd."""
+    created = ok(
+        await stack.http.post(
+            f"{P}/creators",
+            json={
+                "handle": "eve",
+                "display_name": "Eve",
+                "country": "DE",
+                "default_currency": "eur",
+            },
+        ),
+        201,
+    )
+    account_id = str(created["creator"]["account_id"])
+    assert created["creator"]["default_currency"] == "eur"
+    tier = ok(
+        await stack.http.post(
+            f"{P}/creators/{account_id}/tiers", json={"name": "Fan", "amount": 500}
+        ),
+        201,
+    )
+    assert tier["currency"] == "eur"
+    price = await stripe_call(stack, stack.stripe().v1.prices.retrieve, tier["stripe_price_id"])
+    assert price["currency"] == "eur"
+    dollars = ok(
+        await stack.http.post(
+            f"{P}/creators/{account_id}/tiers",
+            json={"name": "Fan (USD)", "amount": 500, "currency": "usd"},
+        ),
+        201,
+    )
+    assert dollars["currency"] == "usd"
+
+
+async def test_another_creators_tier_is_a_404_like_a_missing_one(stack: Stack) -> None:
+    # It used to say "no tier 'acct_…'": which ids exist, and whose they are.
+    ada = await onboard(stack, "ada")
+    grace = await onboard(stack, "grace")
+    theirs = ok(
+        await stack.http.post(f"{P}/creators/{grace}/tiers", json={"name": "Gold", "amount": 900}),
+        201,
+    )
+    creator = stack.client_for(await stack.create_key("account", ada))
+    missing_id = int(theirs["id"]) + 1000
+    for method, body in [("GET", None), ("PATCH", {"name": "x"})]:
+        other = await creator.request(method, f"{P}/tiers/{theirs['id']}", json=body)
+        missing = await creator.request(method, f"{P}/tiers/{missing_id}", json=body)
+        assert other.status_code == missing.status_code == 404, (other.text, missing.text)
+        other_problem, missing_problem = other.json(), missing.json()
+        assert other_problem["detail"] == f"no tier {theirs['id']}"
+        assert missing_problem["detail"] == f"no tier {missing_id}"
+        assert set(other_problem) == set(missing_problem)
+        assert grace not in other.text
+    archived = await creator.post(f"{P}/tiers/{theirs['id']}/archive")
+    assert archived.json()["detail"] == f"no tier {theirs['id']}"
+
+
+async def test_a_creators_own_key_reads_its_subscriptions_and_payments(stack: Stack) -> None:
+    """The creator's key reads its own; another creator's key gets the 404 of a missing id."""
+    http = stack.http
+    ada = await onboard(stack, "ada")
+    bea = await onboard(stack, "bea")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{ada}/tiers", json={"name": "Basic", "amount": 500}), 201
+    )
+    fan_id = await fan(stack, "carl", clock)
+    sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": fan_id, "tier_id": tier["id"]}), 201
+    )
+    tip = ok(
+        await http.post(
+            f"{P}/payments/tips",
+            json={"fan_id": fan_id, "creator_account_id": ada, "amount": 300},
+        ),
+        201,
+    )
+    own = stack.client_for(await stack.create_key("account", ada))
+    other = stack.client_for(await stack.create_key("account", bea))
+    await stack.settle()
+    seen = ok(await own.get(f"{P}/subscriptions/{sub['id']}"))
+    assert seen["id"] == sub["id"]
+    # Stripe's ids tie the creator's transfers to this subscription's invoices.
+    [invoice] = seen["invoices"]
+    stripe = stack.stripe()
+    charge = await stripe_call(stack, stripe.v1.charges.retrieve, invoice["charge"])
+    assert (charge["payment_intent"], charge["transfer"]) == (
+        invoice["payment_intent"],
+        invoice["transfer"],
+    )
+    assert invoice["amount_paid"] == charge["amount"] == 500
+    paid_tip = ok(await own.get(f"{P}/payments/{tip['id']}"))
+    tip_charge = await stripe_call(stack, stripe.v1.charges.retrieve, paid_tip["charge_id"])
+    assert (tip_charge["transfer"], tip_charge["application_fee"]) == (
+        paid_tip["transfer_id"],
+        paid_tip["application_fee_id"],
+    )
+    for path, missing in (
+        (f"{P}/subscriptions/{sub['id']}", f"{P}/subscriptions/999999"),
+        (f"{P}/payments/{tip['id']}", f"{P}/payments/999999"),
+    ):
+        hidden = await other.get(path)
+        absent = await other.get(missing)
+        assert (hidden.status_code, absent.status_code) == (404, 404), hidden.text
+        assert hidden.json()["detail"].replace(str(path.rsplit("/", 1)[1]), "N") == (
+            absent.json()["detail"].replace("999999", "N")
+        )
+        assert ada not in hidden.text
+    # Reading is all an account key may do here: writes need the platform's service key.
+    refused = await own.post(f"{P}/subscriptions/{sub['id']}/cancel", json={})
+    assert refused.status_code == 403, refused.text
+
+
+async def test_a_new_card_recovers_a_fan_in_dunning(stack: Stack, notices: Notices) -> None:
+    """The card reaches the subscription, and the past-due invoice is paid at once."""
+    http = stack.http
+    account_id = await onboard(stack, "dina")
+    clock, _ = await new_clock(stack)
+    tier = ok(
+        await http.post(f"{P}/creators/{account_id}/tiers", json={"name": "Gold", "amount": 900}),
+        201,
+    )
+    erin = await fan(stack, "erin", clock)
+    sub = ok(
+        await http.post(f"{P}/subscriptions", json={"fan_id": erin, "tier_id": tier["id"]}), 201
+    )
+    stripe = stack.stripe()
+    customer = ok(await http.get(f"{P}/fans/{erin}"))["stripe_customer_id"]
+    failing = await stripe_call(
+        stack,
+        stripe.v1.payment_methods.attach,
+        "pm_card_chargeCustomerFail",
+        params={"customer": customer},
+    )
+    await stripe_call(  # the card the subscription charges starts declining
+        stack,
+        stripe.v1.subscriptions.update,
+        sub["stripe_subscription_id"],
+        params={"default_payment_method": failing["id"]},
+    )
+    await advance_clock(stack, clock, int(sub["current_period_end"]) + 2 * 3600)
+    assert ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["status"] == "past_due"
+
+    updated = ok(
+        await http.post(
+            f"{P}/fans/{erin}/payment-method", json={"payment_method": "pm_card_mastercard"}
+        )
+    )
+    assert updated["has_payment_method"] is True
+    # Registering the same fan again finds it: 200, the same id.
+    again = await http.post(f"{P}/fans", json={"external_ref": "erin", "name": "erin"})
+    assert (again.status_code, again.json()["id"]) == (200, erin), again.text
+    await stack.settle()
+    stripe_sub = await stripe_call(
+        stack, stripe.v1.subscriptions.retrieve, sub["stripe_subscription_id"]
+    )
+    fan_default = (await stripe_call(stack, stripe.v1.customers.retrieve, customer))[
+        "invoice_settings"
+    ]["default_payment_method"]
+    assert stripe_sub["default_payment_method"] == fan_default
+    assert stripe_sub["default_payment_method"] != failing["id"]
+    assert stripe_sub["status"] == "active"
+    open_invoices = await stripe_call(
+        stack, stripe.v1.invoices.list, params={"customer": customer, "status": "open"}
+    )
+    assert list(open_invoices.data) == []
+    assert ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["status"] == "active"
+    # The renewal paid late is in the creator's books like any other.
+    assert sandbox_total(stack, account_id) == (await stack.balance(account_id, "usd")).amount

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from engine.core.errors import AccountNotReady
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
 from engine.core.plugins import hookimpl
@@ -275,3 +276,74 @@ def test_installed_example_passes_its_own_tests_and_the_conformance_command(
     assert "FAILED" not in checked.stdout
     for name in ("splits sum to the price", "tables migrate up", "webhook handlers are idempotent"):
         assert f"PASSED  {name}" in checked.stdout
+
+
+async def test_no_enrollment_for_an_instructor_who_cannot_be_paid(stack: Stack) -> None:
+    """The example gets the engine's payability rule: 409 naming the party, nothing charged."""
+    instructor = await stack.onboard("Ada Instructor")
+    body = {"title": "Money in Python", "instructor": instructor, "price": 4_999, "currency": "usd"}
+    course = await stack.http.post("/v1/course_sales/courses", json=body)
+    assert course.status_code == 201, course.text
+    suspended = await stack.http.post(f"/v1/accounts/{instructor}/suspend")
+    assert suspended.status_code == 200, suspended.text
+    refused = await stack.http.post(
+        "/v1/course_sales/enrollments",
+        json={
+            "course_id": course.json()["id"],
+            "student_email": "student@example.com",
+            "payment_method": "pm_card_visa",
+        },
+    )
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["party"], problem["account_id"], problem["reason"]) == (
+        "account_restricted",
+        "instructor",
+        instructor,
+        "suspended",
+    )
+    intents = await asyncio.to_thread(stack.stripe().v1.payment_intents.list)
+    assert list(intents.data) == []
+
+
+async def test_gateway_refuses_a_destination_charge_for_an_unpayable_account(
+    stack: Stack,
+) -> None:
+    """A plugin that checks nothing itself: the gateway refuses before Stripe sees the charge."""
+    created = await stack.http.post(
+        "/v1/accounts",
+        json={"role": "creator", "display_name": "Not Yet", "email": "n@example.com"},
+    )
+    assert created.status_code == 201, created.text
+    onboarding = str(created.json()["account"]["id"])
+    params = {
+        "amount": 1_000,
+        "currency": "usd",
+        "payment_method": "pm_card_visa",
+        "confirm": True,
+        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+        "transfer_data": {"destination": onboarding},
+    }
+    with pytest.raises(AccountNotReady) as refused:
+        await stack.services.gateway.call(
+            "payment_intents", "create", params=params, idempotency_key="test:unpayable"
+        )
+    assert refused.value.extra == {
+        "reason": "onboarding",
+        "party": "destination",
+        "account_id": onboarding,
+    }
+    with pytest.raises(AccountNotReady):
+        await stack.services.gateway.call(
+            "payment_intents", "create", params=params, account=onboarding, idempotency_key="t:2"
+        )
+    intents = await asyncio.to_thread(stack.stripe().v1.payment_intents.list)
+    assert list(intents.data) == []
+    # Once onboarded, the same charge goes through.
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{onboarding}/complete_onboarding")
+    await stack.settle()
+    await stack.http.post(f"/v1/accounts/{onboarding}/refresh")
+    intent = await stack.services.gateway.call(
+        "payment_intents", "create", params=params, idempotency_key="test:payable"
+    )
+    assert intent["status"] == "succeeded"

@@ -26,7 +26,14 @@ async def test_stack_moves_clocks_and_delivers_signed_events(
         after = await asyncio.to_thread(stack.sandbox.control, "GET", "/_sandbox/clock")
         assert after["now"] >= before["now"] + 3_600
 
-        account = {"id": "acct_kit0000000001", "object": "account", "charges_enabled": True}
+        # An account the engine created (an event of an account it does not know is parked).
+        created = await stack.http.post(
+            "/v1/accounts",
+            json={"role": "creator", "display_name": "Kit", "email": "k@example.com"},
+        )
+        assert created.status_code == 201, created.text
+        account_id = created.json()["account"]["id"]
+        account = {"id": account_id, "object": "account", "charges_enabled": True}
         first = await stack.send_event("account.updated", account, account=account["id"])
         assert first["received"] is True
         assert first["duplicate"] is False

@@ -151,9 +151,7 @@ async def test_settle_fails_loudly_on_a_dead_letter_unless_the_test_expects_one(
         config={"webhooks": {"max_attempts": 2}},
     ) as stack:
         with pytest.raises(AssertionError, match=r"(?s)dead-lettered.*test\.broken.*always fails"):
-            await stack.send_event(
-                "test.broken", {"id": "obj_1", "object": "thing"}, account="acct_x"
-            )
+            await stack.send_event("test.broken", {"id": "obj_1", "object": "thing"})
         await stack.settle(allow_dead_letters=True)  # asked for: no complaint
         assert [row["type"] for row in await stack.dead_events()] == ["test.broken"]
 

@@ -198,6 +198,12 @@ async def open_spa(
     )
     assert provider.status_code == 201, provider.text
     assert venue.status_code == 201, venue.text
+    # Registering again updates and answers 200 with the same provider.
+    again = await admin.post(
+        f"{BASE}/providers",
+        json={"account_id": provider_account, "display_name": "Ana Therapist"},
+    )
+    assert (again.status_code, again.json()["id"]) == (200, provider.json()["id"]), again.text
     agreement = await admin.put(
         f"{BASE}/providers/{provider.json()['id']}/agreements",
         json={"service_type": "massage", "rate_bps": 6000},
@@ -295,6 +301,8 @@ async def test_pay_on_arrival_authorised_and_far_away(stack: Stack) -> None:
     soon = await spa.book("arrival")
     assert (soon["state"], soon["collected"]) == ("authorized", 0)
     far = await spa.book("arrival", starts_in=timedelta(days=9))
+    # Nine days ahead nothing is held on the card: the state says so.
+    assert (far["state"], far["collected"]) == ("card_saved", 0)
     intents = stack.stripe().v1.payment_intents.list(params={"limit": 10}).data
     assert [i.capture_method for i in intents] == ["manual"]  # only the near one is authorised
     for booking in (soon, far):
@@ -306,6 +314,26 @@ async def test_pay_on_arrival_authorised_and_far_away(stack: Stack) -> None:
     # The operator completes it (the service was moved earlier): an off-session charge.
     assert (await spa.do(spa.admin, far, "complete"))["state"] == "settled"
     await spa.assert_books_match("gbp")
+
+
+async def test_complete_with_an_amount_is_refused_not_captured_in_full(stack: Stack) -> None:
+    # complete {"amount": 7000} answered 200 settled and Stripe captured the whole 10001.
+    spa = await open_spa(stack)
+    booking = await spa.book("arrival")
+    await spa.do(spa.provider, booking, "confirm")
+    refused = await spa.act(spa.provider, booking, "complete", amount=7000)
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["field"]) == ("field_not_applicable", "amount")
+    assert (problem["action"], problem["state"]) == ("complete", "confirmed")
+    unknown = await spa.act(spa.provider, booking, "complete", amount_to_capture=7000)
+    assert unknown.status_code == 422, unknown.text
+    assert [e["field"] for e in unknown.json()["errors"]] == ["amount_to_capture"]
+    after = await spa.get(booking)
+    assert (after["state"], after["collected"]) == ("confirmed", 0)
+    intents = stack.stripe().v1.payment_intents.list(params={"limit": 10}).data
+    assert [i.amount_received for i in intents] == [0]  # nothing captured
+    assert (await spa.do(spa.provider, booking, "complete"))["state"] == "settled"
 
 
 async def test_failed_settlement_is_retried_and_transfers_once(stack: Stack) -> None:
@@ -373,6 +401,38 @@ async def test_partial_refund_split_proportionally(stack: Stack) -> None:
     assert balances[spa.provider_account] + balances[spa.venue_account] == (
         legs["provider"] + legs["venue"] - reversed_total
     )
+
+    # The provider's own key ties Stripe's objects to the booking.
+    seen = (await spa.provider.get(f"{BASE}/bookings/{booking['id']}")).json()["stripe"]
+    [charge] = seen["charges"]
+    intent = stack.stripe().v1.payment_intents.retrieve(charge["payment_intent"])
+    assert (charge["charge"], charge["captured"], charge["refunded"]) == (
+        intent.latest_charge,
+        9_999,
+        3_333,
+    )
+    stripe_transfers = {t.id: t for t in spa.transfers(booking)}
+    assert {t["transfer"] for t in seen["transfers"]} == set(stripe_transfers)
+    for transfer in seen["transfers"]:
+        made = stripe_transfers[transfer["transfer"]]
+        assert (transfer["account_id"], transfer["amount"], transfer["amount_reversed"]) == (
+            made.destination,
+            made.amount,
+            made.amount_reversed,
+        )
+    [refund] = seen["refunds"]
+    assert (
+        refund["refund"]
+        == stack.stripe().v1.refunds.list(params={"charge": intent.latest_charge}).data[0].id
+    )
+    assert sum(r["amount"] for r in seen["reversals"]) == reversed_total
+    # And its reconciliation view (the booking's Stripe objects against its ledger).
+    own = await spa.provider.get(f"{BASE}/bookings/{booking['id']}/reconciliation")
+    assert own.status_code == 200, own.text
+    stranger = stack.client_for(await stack.create_key("account", await onboard(stack, "venue")))
+    hidden = await stranger.get(f"{BASE}/bookings/{booking['id']}/reconciliation")
+    assert hidden.status_code == 404, hidden.text
+    assert {r["transfer"] for r in seen["reversals"]} <= set(stripe_transfers)
 
 
 # ---------------------------------------------------------------- disputes
@@ -514,7 +574,7 @@ async def book_and_authenticate(
     booking = await spa.book(model, card=card, starts_in=starts_in)
     asks = model != "arrival" or spec.setup_asks
     if not asks:
-        assert (booking["state"], booking["action_required"]) == ("authorized", False)
+        assert (booking["state"], booking["action_required"]) == ("card_saved", False)
         return booking
     assert (booking["state"], booking["action_required"]) == ("pending_payment", True)
     action = booking["customer_action"]
@@ -574,7 +634,7 @@ async def test_each_payment_model_with_an_authentication_card(stack: Stack, card
     # Pay on arrival, far away: the card saved with a SetupIntent, charged at completion,
     # and a no-show fee for a second such booking.
     arrival = await book_and_authenticate(spa, "arrival", card, spec, starts_in=far)
-    assert (arrival["state"], arrival["collected"]) == ("authorized", 0)
+    assert (arrival["state"], arrival["collected"]) == ("card_saved", 0)
     await spa.do(spa.provider, arrival, "confirm")
     completed = await spa.act(spa.admin, arrival, "complete")
     if spec.declines:
@@ -604,4 +664,235 @@ async def test_each_payment_model_with_an_authentication_card(stack: Stack, card
             absent = await spa.get(absent)
         assert absent["collected"] > 0
         assert absent["action_required"] is False
+    await spa.assert_books_match("gbp")
+
+
+# ---------------------------------------------------------------- payability
+
+
+async def test_no_booking_for_a_party_who_cannot_be_paid(stack: Stack) -> None:
+    """A provider still onboarding, or a suspended venue: 409 naming them, nothing created."""
+    spa = await open_spa(stack)
+    created = await stack.http.post(
+        "/v1/accounts",
+        json={"role": "provider", "display_name": "New Hire", "email": "new@example.com"},
+    )
+    assert created.status_code == 201, created.text
+    onboarding_account = str(created.json()["account"]["id"])
+    newcomer = await stack.http.post(
+        f"{BASE}/providers", json={"account_id": onboarding_account, "display_name": "New Hire"}
+    )
+    assert newcomer.status_code == 201, newcomer.text
+
+    async def book(provider_id: int) -> httpx.Response:
+        return await spa.customer.post(
+            f"{BASE}/bookings",
+            json={
+                "service_id": spa.service_id,
+                "provider_id": provider_id,
+                "venue_id": spa.venue_id,
+                "starts_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+                "payment_model": "full",
+                "customer": {"name": "Cara Customer", "email": "cara@example.com"},
+                "payment_method": "pm_card_visa",
+            },
+        )
+
+    refused = await book(newcomer.json()["id"])
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert problem["code"] == "account_not_ready"
+    assert (problem["party"], problem["account_id"], problem["reason"]) == (
+        "provider",
+        onboarding_account,
+        "onboarding",
+    )
+    assert onboarding_account in problem["detail"]
+
+    suspended = await stack.http.post(
+        f"/v1/accounts/{spa.venue_account}/suspend", json={"reason": "under investigation"}
+    )
+    assert suspended.status_code == 200, suspended.text
+    refused = await book(spa.provider_id)
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["party"], problem["reason"]) == (
+        "account_restricted",
+        "venue",
+        "suspended",
+    )
+    assert spa.venue_account in problem["detail"]
+
+    # Nothing was created and nobody was charged.
+    assert (await stack.http.get(f"{BASE}/bookings")).json()["data"] == []
+    intents = stack.stripe().v1.payment_intents.list(params={"limit": 10}).data
+    assert list(intents) == []
+
+    resumed = await stack.http.post(f"/v1/accounts/{spa.venue_account}/resume")
+    assert resumed.status_code == 200, resumed.text
+    booked = await book(spa.provider_id)
+    assert booked.status_code == 201, booked.text
+
+
+async def test_a_booking_whose_payment_fails_is_not_created(stack: Stack) -> None:
+    """Declined (402) or unknown (400 naming payment_method) card: no booking, no timer."""
+    spa = await open_spa(stack)
+    body = {
+        "service_id": spa.service_id,
+        "provider_id": spa.provider_id,
+        "venue_id": spa.venue_id,
+        "starts_at": (datetime.now(UTC) + timedelta(days=2)).isoformat(),
+        "payment_model": "full",
+        "customer": {"name": "Cara Customer", "email": "cara@example.com"},
+    }
+    unknown = await spa.customer.post(
+        f"{BASE}/bookings", json={**body, "payment_method": "pm_does_not_exist"}
+    )
+    assert unknown.status_code == 400, unknown.text
+    assert (unknown.json()["code"], unknown.json()["field"]) == ("invalid_input", "payment_method")
+    declined = await spa.customer.post(
+        f"{BASE}/bookings", json={**body, "payment_method": "pm_card_chargeDeclined"}
+    )
+    assert declined.status_code == 402, declined.text
+    assert "booking_id" not in declined.json()
+    assert (await stack.http.get(f"{BASE}/bookings")).json()["data"] == []
+
+
+# ---------------------------------------------------------------- timers on the test clock
+
+
+async def test_timers_run_on_the_bookings_test_clock(stack: Stack) -> None:
+    """Expiry and completion follow the booking's Stripe test clock, not this machine's."""
+    spa = await open_spa(stack)
+    stripe = stack.stripe()
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = stripe.v1.test_helpers.test_clocks.create(params={"frozen_time": now})
+    start = datetime.fromtimestamp(now, UTC) + timedelta(days=2)
+
+    async def book(card: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "service_id": spa.service_id,
+            "provider_id": spa.provider_id,
+            "venue_id": spa.venue_id,
+            "starts_at": start.isoformat(),
+            "payment_model": "full",
+            "customer": {"name": "Tess Clock", "test_clock": clock.id},
+        }
+        if card:
+            body["payment_method"] = card
+        response = await spa.customer.post(f"{BASE}/bookings", json=body)
+        assert response.status_code == 201, response.text
+        booking: dict[str, Any] = response.json()
+        assert booking["test_clock"] == clock.id
+        return booking
+
+    async def advance(to: datetime) -> list[Any]:
+        stripe.v1.test_helpers.test_clocks.advance(
+            clock.id, params={"frozen_time": int(to.timestamp())}
+        )
+        await stack.settle()
+        ran = await stack.http.post(f"{BASE}/timers/run")
+        assert ran.status_code in {200, 201}, ran.text
+        result: list[Any] = ran.json()
+        return result
+
+    unpaid = await book(None)
+    paid = await book("pm_card_visa")
+    intent = stripe.v1.payment_intents.retrieve(paid["stripe"]["charges"][0]["payment_intent"])
+    customer = stripe.v1.customers.retrieve(str(intent.customer))
+    assert customer.test_clock == clock.id
+    await spa.do(spa.provider, paid, "confirm")
+
+    # This machine's time does not move the bookings; the clock does.
+    ran = await stack.http.post(f"{BASE}/timers/run")
+    assert [r for r in ran.json() if r["booking_id"] in {unpaid["id"], paid["id"]}] == []
+    assert (await spa.get(unpaid))["state"] == "pending_payment"
+    await advance(datetime.fromtimestamp(now, UTC) + timedelta(minutes=31))
+    assert (await spa.get(unpaid))["state"] == "cancelled"
+    assert (await spa.get(paid))["state"] == "confirmed"
+    trail = (await stack.http.get(f"{BASE}/bookings/{unpaid['id']}/transitions")).json()
+    expired = datetime.fromisoformat(trail[-1]["created_at"])
+    assert trail[-1]["transition"] == "expire"
+    assert expired == datetime.fromtimestamp(now, UTC) + timedelta(minutes=31)
+
+    # A day after the service ends (on the clock): completed, then settled.
+    await advance(start + timedelta(hours=1, days=1, minutes=1))
+    done = await spa.get(paid)
+    assert done["state"] == "settled", done
+    assert sum(t.amount for t in spa.transfers(done)) == sum(
+        amount for role, amount in shares(done).items() if role != "platform"
+    )
+
+
+# ---------------------------------------------------------------- payout recovery
+
+
+async def test_a_failed_payout_is_retried_once_the_bank_account_changes(stack: Stack) -> None:
+    """The venue's own key: a dashboard link to change the bank, then the payout again."""
+    spa = await open_spa(stack, venue_bank=FAILING_BANK)
+    venue = spa.venue_account
+    schedule = await spa.admin.put(f"{BASE}/payout-schedules/{venue}", json={"interval": "manual"})
+    assert schedule.status_code == 200, schedule.text
+    booking = await spa.book("full")
+    await spa.do(spa.provider, booking, "confirm")
+    assert (await spa.do(spa.provider, booking, "complete"))["state"] == "settled"
+    await stack.advance(3 * DAY)  # the venue's share is available
+    holder = stack.stripe(venue)
+    [available] = [b for b in holder.v1.balance.retrieve().available if b.currency == "gbp"]
+    failed = holder.v1.payouts.create(params={"amount": available.amount, "currency": "gbp"})
+    await stack.advance(DAY)  # the bank refuses it
+    assert holder.v1.payouts.retrieve(failed.id).status == "failed"
+
+    path = f"/v1/accounts/{venue}/payouts/{failed.id}/retry"
+    early = await spa.venue.post(path)
+    assert early.status_code == 409, early.text
+    assert (early.json()["code"], early.json()["reason"]) == (
+        "account_restricted",
+        "bank_account_errored",
+    )
+    link = await spa.venue.post(f"/v1/accounts/{venue}/dashboard-link")
+    assert link.status_code == 201, link.text
+    assert link.json()["url"].startswith("http")
+    assert (await spa.provider.post(path)).status_code == 404  # not the provider's payout
+
+    # The holder changes the bank account in the dashboard; Stripe enables payouts again.
+    [bank] = holder.v1.accounts.external_accounts.list(venue).data
+    stack.stripe().v1.accounts.external_accounts.delete(venue, bank.id)
+    stack.stripe().v1.accounts.update(venue, params={"external_account": _bank(GOOD_BANK)})
+    await stack.settle()
+    retried = await spa.venue.post(path)
+    assert retried.status_code == 201, retried.text
+    again = await spa.venue.post(path)
+    assert again.json()["payout"] == retried.json()["payout"] != failed.id
+    assert retried.json()["amount"] == available.amount
+    await stack.advance(2 * DAY)
+    assert holder.v1.payouts.retrieve(retried.json()["payout"]).status == "paid"
+    balances = await spa.assert_books_match("gbp")
+    assert balances[venue] == 0
+    assert (await stack.balance(f"{venue}:bank", "gbp")).amount == available.amount
+    done = await spa.venue.post(path.replace(failed.id, retried.json()["payout"]))
+    assert done.status_code == 409  # a paid payout is not retried
+
+
+async def test_a_new_card_is_what_the_balance_is_charged_to(stack: Stack) -> None:
+    """update_card replaces the saved card; the balance at completion is charged to it."""
+    spa = await open_spa(stack, price=15_000)
+    booking = await spa.book("deposit")
+    updated = await spa.do(
+        spa.customer, booking, "update_card", payment_method="pm_card_mastercard"
+    )
+    assert updated["state"] == "deposit_paid"  # nothing moves but the card
+    trail = (await spa.admin.get(f"{BASE}/bookings/{booking['id']}/transitions")).json()
+    replaced = trail[-1]["data"]["replaced_card"]
+    assert replaced["card"] != replaced["previous"]
+    refused = await spa.act(spa.provider, booking, "update_card", payment_method="pm_card_visa")
+    assert refused.status_code == 409  # only the customer gives a card
+    await spa.do(spa.venue, booking, "confirm")
+    settled = await spa.do(spa.provider, booking, "complete")
+    assert (settled["state"], settled["collected"]) == ("settled", 15_000)
+    balance = [c for c in settled["stripe"]["charges"] if c["kind"] == "balance"]
+    intent = stack.stripe().v1.payment_intents.retrieve(balance[0]["payment_intent"])
+    assert intent.payment_method == replaced["card"]
+    card = stack.stripe().v1.payment_methods.retrieve(replaced["card"])
+    assert card.card.brand == "mastercard"
     await spa.assert_books_match("gbp")

@@ -40,6 +40,9 @@ async def test_unverifiable_deliveries_are_4xx_and_store_nothing(stack: Stack) -
     cases["5 MB body"] = (huge, _signed_raw(huge, _secret(stack)))  # signed, but too big
     not_json = b"this is not json"
     cases["non-JSON"] = (not_json, _signed_raw(not_json, _secret(stack)))
+    deep = b'{"id": "evt_deep", "object": "event", "type": "x", "data": ' + b"[" * 5000
+    deep += b"]" * 5000 + b"}"
+    cases["nested deeper than the decoder goes"] = (deep, _signed_raw(deep, _secret(stack)))
     for name, (content, sent_headers) in cases.items():
         response = await stack.http.post(CONNECT, content=content, headers=sent_headers)
         assert 400 <= response.status_code < 500, (name, response.status_code, response.text)

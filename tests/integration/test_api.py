@@ -308,7 +308,7 @@ async def test_malformed_body_is_a_problem_naming_the_field(
     response = await api.client.post(
         "/v1/api-keys", content=body, headers={**ADMIN, "content-type": "application/json"}
     )
-    problem = assert_problem(response, 400, code)
+    problem = assert_problem(response, 422 if code == "validation_error" else 400, code)
     fields = [error["field"] for error in problem.get("errors", [])] or [problem.get("field")]
     assert field in fields, problem
 
@@ -331,9 +331,92 @@ async def test_account_validation_names_the_field(
     api: Api, body: dict[str, Any], field: str
 ) -> None:
     response = await api.client.post("/v1/accounts", json=body, headers=ADMIN)
-    problem = assert_problem(response, 400, "validation_error")
+    problem = assert_problem(response, 422, "validation_error")
     assert [error["field"] for error in problem["errors"]] == [field]
     assert problem["errors"][0]["source"] == "body"
+
+
+NUL = "a\u0000b"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "source"),
+    [
+        (
+            "POST",
+            "/v1/creator_subscriptions/fans",
+            {"external_ref": "r", "email": NUL},
+            "email",
+            "body",
+        ),
+        ("POST", "/v1/three_sided_bookings/bookings/1/messages", {"text": NUL}, "text", "body"),
+        ("PATCH", "/v1/three_sided_bookings/services/1", {"name": NUL}, "name", "body"),
+        ("GET", "/v1/commission_rules/versions?rule_id=%00", None, "rule_id", "query"),
+        ("GET", "/v1/commission_rules/versions?rule_id=a%00b", None, "rule_id", "query"),
+        ("POST", "/v1/admin/webhooks/dead-letters/evt_%00/replay", None, "event_id", "path"),
+        (
+            "POST",
+            "/v1/commission_rules/explain",
+            {"plugin": "x", "amount": 1, "currency": "gbp", "beneficiaries": {NUL: "acct_1"}},
+            "beneficiaries",
+            "body",
+        ),
+        ("POST", "/v1/accounts/acct_1/suspend", {"reason": NUL}, "reason", "body"),
+    ],
+)
+async def test_a_nul_character_anywhere_is_a_422_naming_the_field(
+    api: Api, *, method: str, path: str, body: Any, field: str, source: str
+) -> None:
+    # PostgreSQL refuses NUL in text: these answered 500 before the schemas said so.
+    response = await api.client.request(method, path, json=body, headers=ADMIN)
+    problem = assert_problem(response, 422, "validation_error")
+    [error] = problem["errors"]
+    assert (error["field"], error["source"]) == (field, source), problem
+    assert "NUL" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PATCH", "/v1/three_sided_bookings/services/1", {"active": 0}, "active"),
+        ("PATCH", "/v1/three_sided_bookings/services/1", {"active": "true"}, "active"),
+        ("PATCH", "/v1/three_sided_bookings/services/1", {"price": "5000"}, "price"),
+        (
+            "POST",
+            "/v1/creator_subscriptions/subscriptions",
+            {"fan_id": "1", "tier_id": 1},
+            "fan_id",
+        ),
+        (
+            "POST",
+            "/v1/creator_subscriptions/subscriptions",
+            {"fan_id": 1.0, "tier_id": 1},
+            "fan_id",
+        ),
+        ("POST", "/v1/api-keys", {"scope": "service", "label": 7}, "label"),
+        ("PATCH", "/v1/three_sided_bookings/services/1", {"price": 5000, "colour": 1}, "colour"),
+        (
+            "POST",
+            "/v1/three_sided_bookings/bookings/1/actions/complete",
+            {"amount": 7000, "tip": 1},
+            "tip",
+        ),
+        ("POST", "/v1/creator_subscriptions/fans", {"external_ref": "r" * 201}, "external_ref"),
+        ("POST", "/v1/three_sided_bookings/bookings/1/messages", {"text": "x" * 2001}, "text"),
+    ],
+)
+async def test_json_bodies_are_strict_and_closed(
+    api: Api, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    # JSON has its own types: 0 is not false, "1" not 1; an unknown field is never ignored.
+    response = await api.client.request(method, path, json=body, headers=ADMIN)
+    problem = assert_problem(response, 422, "validation_error")
+    assert [error["field"] for error in problem["errors"]] == [field], problem
+
+
+async def test_query_integers_still_arrive_as_text(api: Api) -> None:
+    response = await api.client.get("/v1/accounts?limit=1", headers=ADMIN)
+    assert response.status_code == 200, response.text
 
 
 async def test_a_role_no_plugin_declared_is_refused(api: Api) -> None:
@@ -360,9 +443,27 @@ async def test_malformed_json_on_every_post_route_is_never_a_server_error(api: A
             assert response.headers["content-type"].startswith(PROBLEM), path
 
 
+async def test_options_lists_every_method_of_the_path(api: Api) -> None:
+    # Litestar 2 kept the first handler's methods in Allow (GET, OPTIONS on GET+POST paths).
+    schema = (await api.client.get("/schema/openapi.json")).json()
+    checked = 0
+    for template, item in schema["paths"].items():
+        methods = {method.upper() for method in item if method in _HTTP_METHODS}
+        path = re.sub(r"\{[^}]+\}", "1", template)
+        response = await api.client.options(path)  # public: it only lists methods
+        assert response.status_code == 204, (template, response.text)
+        allow = {method.strip() for method in response.headers["allow"].split(",")}
+        assert allow == methods | {"OPTIONS"}, template
+        checked += 1
+    assert checked > 50
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head"})
+
+
 async def test_bad_query_and_path_parameters_are_problems(api: Api) -> None:
     problem = assert_problem(
-        await api.client.get("/v1/accounts?limit=1000", headers=ADMIN), 400, "validation_error"
+        await api.client.get("/v1/accounts?limit=1000", headers=ADMIN), 422, "validation_error"
     )
     assert problem["errors"] == [
         {"field": "limit", "message": "Expected `int` <= 100", "source": "query"}
@@ -373,7 +474,7 @@ async def test_bad_query_and_path_parameters_are_problems(api: Api) -> None:
     assert problem["field"] == "cursor"
     problem = assert_problem(
         await api.client.get("/v1/accounts/not-an-account", headers=ADMIN),
-        400,
+        422,
         "validation_error",
     )
     assert problem["errors"][0]["field"] == "account_id"
@@ -553,7 +654,7 @@ async def test_accounts_filter_by_role(api: Api) -> None:
     assert own.json()["data"] == []
     problem = assert_problem(
         await api.client.get("/v1/accounts", params={"role": "Landlord!"}, headers=ADMIN),
-        400,
+        422,
         "validation_error",
     )
     assert problem["errors"][0]["field"] == "role"
@@ -658,7 +759,7 @@ async def test_client_errors_are_replayed_too(api: Api) -> None:
     headers = {**ADMIN, "Idempotency-Key": "bad-1"}
     first = await api.client.post("/v1/api-keys", json={"scope": "root"}, headers=headers)
     second = await api.client.post("/v1/api-keys", json={"scope": "root"}, headers=headers)
-    assert first.status_code == second.status_code == 400
+    assert first.status_code == second.status_code == 422
     assert second.content == first.content
     assert second.headers["idempotent-replayed"] == "true"
 

@@ -95,7 +95,9 @@ async def test_selling_waits_for_charges_enabled(env: Env, sandbox: RunningSandb
     tier = await create_tier(env, account_id, NewTier(name="Fan", amount=500))
     assert tier.stripe_price_id
     assert tier.stripe_product_id
-    fan = await register_fan(env, NewFan(external_ref="fan-early", payment_method="pm_card_visa"))
+    fan, _ = await register_fan(
+        env, NewFan(external_ref="fan-early", payment_method="pm_card_visa")
+    )
     with pytest.raises(AccountNotReady) as caught:
         await create_one_time_payment(
             env, "tip", NewOneTimePayment(fan_id=fan.id, creator_account_id=account_id, amount=300)
@@ -131,7 +133,7 @@ async def test_tier_reprice_and_archive_keep_old_prices(env: Env, sandbox: Runni
 
 async def test_tip_refund_and_ledger_mirror_stripe(env: Env, sandbox: RunningSandbox) -> None:
     account_id = await onboarded_creator(env, sandbox, "tipped")
-    fan = await register_fan(
+    fan, _ = await register_fan(
         env, NewFan(external_ref="fan-1", email="f@example.com", payment_method="pm_card_visa")
     )
     platform_before = sandbox_balance(sandbox, None)
@@ -194,7 +196,7 @@ async def test_declined_tip_is_recorded_and_moves_nothing(
     env: Env, sandbox: RunningSandbox
 ) -> None:
     account_id = await onboarded_creator(env, sandbox, "declined")
-    fan = await register_fan(
+    fan, _ = await register_fan(
         env, NewFan(external_ref="fan-broke", payment_method="pm_card_chargeCustomerFail")
     )
     with pytest.raises(CardDeclined):
@@ -209,7 +211,9 @@ async def test_declined_tip_is_recorded_and_moves_nothing(
 
 async def test_a_retried_request_charges_once(env: Env, sandbox: RunningSandbox) -> None:
     account_id = await onboarded_creator(env, sandbox, "retried")
-    fan = await register_fan(env, NewFan(external_ref="fan-retry", payment_method="pm_card_visa"))
+    fan, _ = await register_fan(
+        env, NewFan(external_ref="fan-retry", payment_method="pm_card_visa")
+    )
     tip = NewOneTimePayment(fan_id=fan.id, creator_account_id=account_id, amount=800)
     sandbox.control("POST", "/_sandbox/faults", status=500, count=1)
     with pytest.raises(GatewayError):

@@ -12,7 +12,7 @@ COLUMNS = {
     "creator_subscriptions_fans": {"customer_action"},
     "creator_subscriptions_subscriptions": {"customer_action", "action_invoice"},
     "creator_subscriptions_payments": {"customer_action"},
-    "three_sided_bookings_bookings": {"customer_action", "action_transition"},
+    "three_sided_bookings_bookings": {"customer_action", "action_transition", "test_clock"},
 }
 
 
@@ -30,7 +30,8 @@ async def test_old_tables_get_the_new_columns(fresh_database_url: str) -> None:
             for column in columns:
                 await conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         await conn.execute(
-            "DELETE FROM marketplace_migrations WHERE name = 'm0001_customer_actions'"
+            "DELETE FROM marketplace_migrations "
+            "WHERE name IN ('m0001_customer_actions', 'm0002_booking_test_clock')"
         )
     finally:
         await conn.close()
@@ -41,6 +42,7 @@ async def test_old_tables_get_the_new_columns(fresh_database_url: str) -> None:
     assert sorted(ran) == [
         "creator_subscriptions:m0001_customer_actions",
         "three_sided_bookings:m0001_customer_actions",
+        "three_sided_bookings:m0002_booking_test_clock",
     ]
     conn = await asyncpg.connect(fresh_database_url)
     try:

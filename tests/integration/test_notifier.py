@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from support.accounts import know_accounts
 from support.pipeline import CONNECT_SECRET, PLATFORM_SECRET
 from support.stripe_events import event, signed
 
@@ -41,6 +42,7 @@ from engine.notifier.delivery import LOOPS, deliver_due, notifier_config, run_de
 from engine.notifier.outbox import retry_dead
 from engine.notifier.senders import ATTEMPT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER
 from engine.observability import Metrics
+from engine.sandbox.testing import running_sandbox
 from engine.services import Services
 from engine.webhooks.service import WebhookService
 from engine.webhooks.signature import SignatureError, verify
@@ -520,8 +522,12 @@ async def test_deliver_due_alone_reports_what_it_tried(fresh_database_url: str) 
 async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operator(
     fresh_database_url: str, nats_url: str, unique_name: str, smtp: Smtp
 ) -> None:
-    """End to end: Stripe's signed ``payout.failed`` -> intake -> worker -> hook -> notices."""
-    with running_receiver() as receiver:
+    """End to end: Stripe's signed ``payout.failed`` -> intake -> worker -> hook -> notices.
+
+    The account is one the platform knows (the worker parks events of others), so the
+    payout handler asks Stripe (the sandbox) whether its bank is still errored.
+    """
+    with running_sandbox() as sandbox, running_receiver() as receiver:
 
         def settings_for(*, delivers: bool) -> Any:
             return settings_from_mapping(
@@ -531,6 +537,8 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
                     "stripe": {
                         "webhook_secrets": [PLATFORM_SECRET],
                         "connect_webhook_secrets": [CONNECT_SECRET],
+                        "api_base": sandbox.url,
+                        "max_network_retries": 0,
                     },
                     "webhooks": {"sweep_interval_seconds": 0.2, "lease_seconds": 5},
                     "plugins": {
@@ -554,6 +562,11 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
         worker_plugins = build_plugins(worker_settings)
         await migrate(fresh_database_url, api_plugins.table_apps())
         services = await Services.start(api_settings, plugins=api_plugins)
+        created = await asyncio.to_thread(
+            sandbox.client().v1.accounts.create, params={"type": "express"}
+        )
+        account = str(created.id)
+        await know_accounts(services.db.pool, [account])
         webhooks = await WebhookService.start(services, Metrics())
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(worker_settings, plugins=worker_plugins, stop=stop))
@@ -569,7 +582,7 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
                 "created": int(time.time()) - 86_400,
                 "arrival_date": int(time.time()),
             }
-            body = event("acct_notify", 1, event_type="payout.failed", obj=payout)
+            body = event(account, 1, event_type="payout.failed", obj=payout)
             payload, headers = signed(body, CONNECT_SECRET)
             await webhooks.intake.receive(payload, headers["Stripe-Signature"], connect=True)
             await wait_until(
@@ -586,7 +599,7 @@ async def test_stripe_payout_failed_event_through_the_worker_notifies_the_operat
 
     assert receiver.requests[0].verified
     assert receiver.requests[0].payload["data"]["stripe_object_id"] == "po_e2e_1"
-    assert PLAIN_NO_ACCOUNT in smtp.inbox.texts()[0]
+    assert PLAIN_NO_ACCOUNT.replace("acct_notify", account) in smtp.inbox.texts()[0]
 
 
 async def test_cli_status_lists_dead_notifications_and_retry_dead_revives_them(

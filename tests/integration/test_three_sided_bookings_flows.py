@@ -20,8 +20,10 @@ import pytest
 
 from engine.core.errors import (
     CardDeclined,
+    FieldNotApplicable,
     IllegalTransition,
     InsufficientBalance,
+    InvalidInput,
     MarketplaceError,
 )
 from engine.core.ledger import Ledger
@@ -129,10 +131,10 @@ class Env:
                 currency=currency,
             )
         )
-        provider = await self.catalog.add_provider(
+        provider, _ = await self.catalog.add_provider(
             NewProvider(account_id=await self.account("provider"), display_name="Ana Therapist")
         )
-        venue = await self.catalog.add_venue(
+        venue, _ = await self.catalog.add_venue(
             NewVenue(
                 account_id=await self.account("venue"),
                 display_name="Seaside Spa",
@@ -453,10 +455,32 @@ async def test_pay_on_arrival_soon_is_authorised_then_captured(env: Env) -> None
     await env.assert_ledger_matches_sandbox("gbp")
 
 
+async def test_a_field_the_action_does_not_use_is_refused_not_ignored(env: Env) -> None:
+    # complete {"amount": 7000} used to capture the full price as if amount were absent.
+    ids = await env.catalogue(price=10_001)
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=2))
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=2)
+    with pytest.raises(FieldNotApplicable) as refused:
+        await env.act(booking, "complete", "provider", amount=7_000)
+    assert refused.value.status == 422
+    assert refused.value.extra["field"] == "amount"
+    assert "complete" in refused.value.detail
+    assert "confirmed" in refused.value.detail
+    with pytest.raises(FieldNotApplicable, match="payment_method"):
+        await env.act(booking, "complete", "provider", payment_method="pm_card_visa")
+    [auth] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    assert (auth["status"], auth["captured"]) == ("requires_capture", 0)  # nothing captured
+    assert await env.state(booking) == "confirmed"
+    assert await env.act(booking, "complete", "provider", reason="done") == "settled"
+    with pytest.raises(FieldNotApplicable, match="statement"):
+        await env.act(booking, "refund", "provider", amount=1_000, statement="why")
+
+
 async def test_pay_on_arrival_far_away_saves_the_card_and_charges_off_session(env: Env) -> None:
     ids = await env.catalogue()
     booking = await env.book(ids, "arrival", starts_in=timedelta(days=10))
-    assert booking.state == "authorized"
+    assert booking.state == "card_saved"  # nothing is held on the card ten days ahead
     assert booking.saved_payment_method is not None
     assert await env.fetch("SELECT * FROM three_sided_bookings_charges") == []
     await env.act(booking, "confirm", "venue")
@@ -469,14 +493,19 @@ async def test_pay_on_arrival_far_away_saves_the_card_and_charges_off_session(en
     await env.assert_ledger_matches_sandbox("gbp")
 
 
-async def test_declined_card_leaves_the_booking_pending(env: Env) -> None:
+async def test_a_create_whose_payment_fails_creates_nothing(env: Env) -> None:
+    """The half-way rule: a declined or unknown card answers its error; no booking exists."""
     ids = await env.catalogue()
     with pytest.raises(CardDeclined) as declined:
         await env.book(ids, "full", card="pm_card_chargeDeclined")
-    booking_id = declined.value.extra["booking_id"]
-    booking = await env.bookings.get_record(booking_id)
-    assert booking.state == "pending_payment"
-    assert await env.act(booking, "pay", "customer", payment_method="pm_card_visa") == "paid"
+    assert "booking_id" not in declined.value.extra
+    with pytest.raises(InvalidInput) as unknown:
+        await env.book(ids, "full", card="pm_nobody_has_this")
+    assert unknown.value.field == "payment_method"
+    assert await env.fetch("SELECT id FROM three_sided_bookings_bookings") == []
+    assert await env.fetch("SELECT id FROM three_sided_bookings_transitions") == []
+    booking = await env.book(ids, "full", card="pm_card_visa")
+    assert booking.state == "paid"
     # Unpaid bookings lapse on their timer; this one was paid in time.
     env.clock.advance(hours=1)
     assert await env.bookings.run_due_timers() == []
@@ -719,11 +748,11 @@ async def test_venue_whose_payout_fails_is_held_then_paid_after_recovery(env: En
     service = await env.catalog.create_service(
         NewService(name="Facial", service_type="facial", duration_minutes=45, price=10_000)
     )
-    provider = await env.catalog.add_provider(
+    provider, _ = await env.catalog.add_provider(
         NewProvider(account_id=await env.account("provider"), display_name="Ben")
     )
     venue_account = await env.account("venue", bank=FAILING_BANK)
-    venue = await env.catalog.add_venue(NewVenue(account_id=venue_account, display_name="Spa"))
+    venue, _ = await env.catalog.add_venue(NewVenue(account_id=venue_account, display_name="Spa"))
     await env.catalog.set_venue_terms(venue.id, VenueTermsInput(kind="fixed", fixed={"gbp": 2_500}))
     schedule = await env.catalog.set_payout_schedule(
         venue_account, PayoutScheduleInput(interval="daily", delay_days=2), actor="admin"

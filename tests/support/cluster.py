@@ -35,6 +35,7 @@ from engine.core.settings import load_settings
 from engine.infra.nats_cluster import EmbeddedNatsCluster
 from engine.infra.processes import find_free_port, port_accepts
 from engine.testing.events import signed
+from support.accounts import know_accounts
 from support.recorder import create_schema
 from support.stripe_events import event
 
@@ -171,13 +172,19 @@ class Cluster:
 
     async def flood(self, accounts: int, per_account: int, *, prefix: str = "acct_flood") -> int:
         """Send ``per_account`` events to each of ``accounts``, in order per account."""
+        names = [f"{prefix}_{n:03d}" for n in range(accounts)]
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await know_accounts(conn, names)  # the platform's accounts, as onboarding stores them
+        finally:
+            await conn.close()
         async with httpx.AsyncClient(timeout=10) as client:
 
             async def one(account: str) -> None:
                 for seq in range(1, per_account + 1):
                     await self.send(client, event(account, seq))
 
-            await asyncio.gather(*(one(f"{prefix}_{n:03d}") for n in range(accounts)))
+            await asyncio.gather(*(one(name) for name in names))
         return accounts * per_account
 
     async def recorder(self) -> dict[str, int]:

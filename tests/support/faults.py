@@ -51,6 +51,7 @@ import asyncpg
 from engine.core.mailboxes import default_mailbox_key
 from engine.testing.events import stripe_event
 from engine.webhooks.mailbox import Mailbox
+from support.accounts import know_accounts
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,13 @@ def plan(seed: int, *, slow_share: float = 0.15) -> Scenario:
 
 
 async def prepare(conn: asyncpg.Connection, scenario: Scenario) -> None:
-    """Empty the mailboxes and effects, then record which handlers fail."""
+    """Empty the mailboxes and effects, then record which handlers fail.
+
+    The scenario's connected accounts are stored as the platform's (real workers
+    apply no event of an unknown account).
+    """
     await conn.execute(RESET)
+    await know_accounts(conn, [event.account for event in scenario.events if event.account])
     await conn.executemany(
         "INSERT INTO harness_poison (event_id) VALUES ($1)",
         [(event.event_id,) for event in scenario.events if event.poison],

@@ -18,6 +18,7 @@ from engine.observability import Metrics
 from engine.services import Services
 from engine.webhooks.service import WebhookService
 from engine.worker.runtime import run_worker
+from support.accounts import know_accounts
 from support.recorder import Recorder, create_schema
 from support.stripe_events import signed
 
@@ -32,12 +33,14 @@ def pipeline_settings(
     *,
     plugins: tuple[str, ...] = (),
     stripe_api_base: str = "",
+    secret_key: str = "sk_test_pipeline",  # noqa: S107 - a test-mode key the sandbox accepts
     **webhooks: Any,
 ) -> Settings:
     """Settings for a test pipeline: quick retries, quick sweeps, the recorder plugin.
 
     ``plugins`` enables installed plugins besides the recorder;
-    ``stripe_api_base`` is where handlers' Stripe calls go.
+    ``stripe_api_base`` is where handlers' Stripe calls go; ``secret_key`` sets the
+    mode (a ``sk_live_`` key refuses test-mode events).
     """
     policy = {
         "max_attempts": 3,
@@ -56,6 +59,7 @@ def pipeline_settings(
                 "webhook_secrets": [PLATFORM_SECRET],
                 "connect_webhook_secrets": ["whsec_old_rotated_out", CONNECT_SECRET],
                 "api_base": stripe_api_base,
+                "secret_key": secret_key,
                 # Keep a Stripe call's bound below the short lease.
                 "max_network_retries": 0,
                 "timeout_seconds": 2.0,
@@ -81,10 +85,20 @@ class Pipeline:
     services: Services
     webhooks: WebhookService
     _workers: list[tuple[asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
+    _known: set[str] = field(default_factory=set)
 
-    async def deliver(self, body: dict[str, Any], *, timestamp: int | None = None) -> Any:
-        """Deliver one event through the intake as Stripe would (signed)."""
+    async def deliver(
+        self, body: dict[str, Any], *, timestamp: int | None = None, known: bool = True
+    ) -> Any:
+        """Deliver one event through the intake as Stripe would (signed).
+
+        With ``known`` a Connect event's account is first stored as one of the
+        platform's (the worker applies no event of an unknown account).
+        """
         connect = bool(body.get("account"))
+        if connect and known and body["account"] not in self._known:
+            await know_accounts(self.services.db.pool, [body["account"]])
+            self._known.add(body["account"])
         payload, headers = signed(
             body, CONNECT_SECRET if connect else PLATFORM_SECRET, timestamp=timestamp
         )

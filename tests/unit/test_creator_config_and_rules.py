@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from engine.core.errors import AccountNotReady, AccountRestricted, ConfigError
+from engine.core.errors import ConfigError
 from engine.core.money import Money
 from engine.core.orders import Commission, Order
 from engine.core.plugins import build_plugins
 from engine.core.settings import settings_from_mapping
+from engine.payments.payability import refusal
 from plugins.creator_subscriptions.config import CreatorSubscriptionsConfig
-from plugins.creator_subscriptions.env import CreatorRow, require_selling
 from plugins.creator_subscriptions.hooks import resolve_split
 
 
@@ -57,39 +58,32 @@ def test_bad_config_stops_start_up_naming_the_key(section: dict[str, object], ke
     assert key.rsplit(".", 1)[-1] in f"{caught.value.key} {caught.value.detail}"
 
 
-READY = CreatorRow(
-    id=1,
-    account_id="acct_1",
-    handle="ada",
-    display_name="Ada",
-    default_currency="usd",
-    status="active",
-    charges_enabled=True,
-    payouts_enabled=True,
-    details_submitted=True,
-    suspended=False,
-    sold_before=True,
-    payout_failure_code=None,
-)
+def test_who_may_be_paid() -> None:
+    """The engine's payability rule (creators use it through ``require_selling``)."""
+    ready = {
+        "status": "active",
+        "suspended": False,
+        "charges_enabled": True,
+        "payouts_enabled": True,
+        "requirements_due": [],
+    }
 
+    def reason(**changes: Any) -> str | None:
+        error = refusal("creator", "acct_1", {**ready, **changes})
+        return None if error is None else f"{error.code}:{error.extra['reason']}"
 
-def test_who_may_sell() -> None:
-    require_selling(READY)
-    onboarding = replace(
-        READY,
-        charges_enabled=False,
-        sold_before=False,
-        status="restricted",
-        details_submitted=False,
+    assert reason() is None
+    assert reason(status="onboarding", charges_enabled=False) == "account_not_ready:onboarding"
+    assert reason(status="restricted", charges_enabled=False, requirements_due=["x"]) == (
+        "account_restricted:restricted"
     )
-    with pytest.raises(AccountNotReady):
-        require_selling(onboarding)
-    with pytest.raises(AccountRestricted):
-        require_selling(replace(READY, charges_enabled=False, status="restricted"))
-    with pytest.raises(AccountRestricted):
-        require_selling(replace(READY, suspended=True))
-    # A payout failure alone does not stop sales: the money waits on the balance.
-    require_selling(replace(READY, payout_failure_code="no_account", payouts_enabled=False))
+    assert reason(suspended=True) == "account_restricted:suspended"
+    # Payouts disabled (a failed bank account Stripe stopped paying to): money would
+    # pile up on a balance nobody can withdraw, so nothing new is taken for it.
+    assert reason(payouts_enabled=False) == "account_restricted:payouts_disabled"
+    unknown = refusal("creator", "acct_1", None)
+    assert unknown is not None
+    assert (unknown.code, unknown.extra["reason"]) == ("not_found", "unknown_account")
 
 
 def test_split_gives_the_creator_the_rest_and_ignores_other_models() -> None:

@@ -11,8 +11,9 @@ from typing import Annotated
 
 from engine.api.auth import requires_scope
 from engine.api.problems import problem_responses
-from engine.core.errors import AccountNotReady, MarketplaceError, NotFound
+from engine.core.errors import MarketplaceError, NotFound
 from engine.core.money import Money
+from engine.payments.payability import require_payable
 from engine.services import Services
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -64,17 +65,6 @@ def _enrollment_out(enrollment: EnrollmentRow) -> EnrollmentOut:
     )
 
 
-async def _ready(services: Services, account_id: str) -> None:
-    """An account that can be paid: onboarded through the engine, charges and payouts on."""
-    row = await services.db.pool.fetchrow(
-        "SELECT status FROM marketplace_accounts WHERE stripe_account_id = $1", account_id
-    )
-    if row is None:
-        raise NotFound(f"no connected account {account_id!r}")
-    if row["status"] != "active":
-        raise AccountNotReady(f"account {account_id} is {row['status']}, not active")
-
-
 class CourseController(Controller):
     """Courses and the enrollments that pay for them."""
 
@@ -93,7 +83,7 @@ class CourseController(Controller):
     ) -> CourseOut:
         """A course sold by an active instructor account."""
         price = Money(data.price, data.currency)
-        await _ready(services, data.instructor)
+        await require_payable(services.db.pool, {"instructor": data.instructor})
         async with services.db.pool.acquire() as conn:
             course = await create_course(
                 conn, title=data.title, instructor=data.instructor, price=price
@@ -122,11 +112,13 @@ class CourseController(Controller):
     ) -> EnrollmentOut:
         """Price the sale through the hooks, record it, and charge the student."""
         config: CourseSalesConfig = services.plugins.runtime.config(PLUGIN)
-        if data.affiliate is not None:
-            await _ready(services, data.affiliate)
         async with services.db.pool.acquire() as conn:
+            course = await get_course(conn, data.course_id)
+            # Nobody is charged for an instructor or affiliate who cannot be paid (409).
+            await require_payable(
+                conn, {"instructor": course.instructor, "affiliate": data.affiliate or ""}
+            )
             async with conn.transaction():
-                course = await get_course(conn, data.course_id)
                 enrollment = await open_enrollment(
                     conn,
                     services.plugins,

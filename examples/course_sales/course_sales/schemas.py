@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from engine.api.fields import Line, RequestBody
 
 __all__ = ["MAX_AMOUNT", "CourseOut", "EnrollmentOut", "LegOut", "NewCourse", "NewEnrollment"]
 
@@ -14,13 +15,13 @@ MAX_AMOUNT = 99_999_999
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]{1,60}$")]
 
 
-class NewCourse(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class NewCourse(RequestBody, frozen=True):
     """A course to sell: its list price in minor units and the instructor's account."""
 
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    title: Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
     instructor: AccountId
     price: Annotated[int, msgspec.Meta(ge=1, le=MAX_AMOUNT)]
-    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$")]
 
 
 class CourseOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,7 +34,7 @@ class CourseOut(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
 
 
-class NewEnrollment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class NewEnrollment(RequestBody, frozen=True):
     """A student buying a course, maybe referred by an affiliate, maybe with a coupon.
 
     ``payment_method`` is the ``pm_...`` Stripe.js collected (in tests, one of
@@ -41,10 +42,10 @@ class NewEnrollment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """
 
     course_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-    student_email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
-    payment_method: Annotated[str, msgspec.Meta(min_length=3, max_length=100)]
+    student_email: Annotated[Line, msgspec.Meta(min_length=3, max_length=254)]
+    payment_method: Annotated[Line, msgspec.Meta(min_length=3, max_length=100)]
     affiliate: AccountId | None = None
-    coupon: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    coupon: Annotated[Line, msgspec.Meta(max_length=64)] = ""
 
 
 class LegOut(msgspec.Struct, frozen=True, kw_only=True):
