@@ -3,8 +3,9 @@
 The balance comes from both sides, so a creator (or an operator) can see they
 agree: Stripe's available and pending amounts (read with the account's
 ``Stripe-Account`` header) and the ledger's balance of the ``acct_...`` account,
-plus what has been paid out to the bank. Transactions are the ledger's, one
-line per ledger transaction with its net effect on the creator's balance.
+plus what has been paid out to the bank, and the creator's sales under dispute.
+Transactions are the ledger's, one line per ledger transaction with its net
+effect on the creator's balance.
 Lists use cursor pagination over row ids.
 """
 
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from engine.core.errors import InvalidInput
 from engine.core.ledger import bank_of
+from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, creator_by_account
 from plugins.creator_subscriptions.schemas import (
     Balance,
@@ -42,6 +44,17 @@ async def balance(env: Env, account_id: str) -> Balance:
     """Stripe's available/pending balance beside the ledger's, per currency."""
     async with env.pool.acquire() as conn:
         await creator_by_account(conn, account_id)
+        # The engine's payments follow disputes (status only forward); a won one is no
+        # longer disputed money.
+        disputed = await conn.fetch(
+            """
+            SELECT currency, sum(amount)::bigint AS amount FROM marketplace_payments
+            WHERE account_id = $1 AND plugin = $2 AND status IN ('disputed', 'dispute_lost')
+            GROUP BY currency ORDER BY currency
+            """,
+            account_id,
+            PLUGIN,
+        )
     stripe_balance = await env.gateway.balance(account=account_id)
     ledger = await env.ledger.balances(account_id)
     paid_out = await env.ledger.balances(bank_of(account_id))
@@ -51,6 +64,10 @@ async def balance(env: Env, account_id: str) -> Balance:
         pending=_amounts(stripe_balance.get("pending") or []),
         ledger=[BalanceAmount(amount=v, currency=c) for c, v in sorted(ledger.items())],
         paid_out=[BalanceAmount(amount=v, currency=c) for c, v in sorted(paid_out.items())],
+        disputed=[
+            BalanceAmount(amount=int(row["amount"]), currency=str(row["currency"]))
+            for row in disputed
+        ],
     )
 
 

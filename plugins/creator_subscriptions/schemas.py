@@ -19,6 +19,7 @@ __all__ = [
     "ChangeTier",
     "CreatorView",
     "FanView",
+    "InvoiceRefundView",
     "InvoiceView",
     "NewCreator",
     "NewFan",
@@ -294,6 +295,19 @@ class RefundView(_Out, frozen=True):
     status: str
 
 
+class InvoiceRefundView(_Out, frozen=True):
+    """One refund of a subscription invoice and what it pulled back from creator and platform."""
+
+    id: int
+    stripe_invoice_id: str
+    stripe_refund_id: str | None
+    amount: int
+    currency: str
+    transfer_reversed: int
+    fee_refunded: int
+    status: str
+
+
 class OneTimePaymentView(_Out, frozen=True):
     """A tip or pay-per-view payment and its split."""
 
@@ -339,6 +353,10 @@ class Balance(_Out, frozen=True):
     pending: list[BalanceAmount]
     ledger: list[BalanceAmount]
     paid_out: list[BalanceAmount]
+    disputed: list[BalanceAmount] = msgspec.field(default_factory=list)
+    """The creator's charges (tips, invoices) under dispute or lost to one. With
+    destination charges Stripe takes a dispute from the platform's balance, so
+    this is not part of ``ledger``: it says which sales a chargeback hit."""
 
 
 class TransactionView(_Out, frozen=True):
