@@ -55,6 +55,33 @@ _RUN_DIRECTORY_PREFIX = "marketplace-test-"
 _SCRATCH_MINIMUM_BYTES = 2 * 1024**3
 
 
+_BASETEMP_PREFIX = "marketplace-pytest-"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this session a temporary tree of its own, outside ``/tmp/pytest-of-<user>``.
+
+    Tests start PostgreSQL as its own OS account with data under ``tmp_path`` (``up``,
+    the chaos harness, clusters), so the directories above are made traversable.
+    Every pytest session that starts resets ``/tmp/pytest-of-<user>`` to mode 0700,
+    which cut a server starting in another session off its data: a second
+    ``make test`` (or any pytest) on the same machine failed this one.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix=_BASETEMP_PREFIX)
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's temporary tree (servers under it have stopped)."""
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
 async def prepare_template(database_url: str) -> None:
     """Fill the template database that every ``fresh_database_url`` is cloned from.
 

@@ -190,7 +190,10 @@ def resolve_mailbox_key(event: StripeEvent, runtime: PluginRuntime) -> str | Non
         A key of 1 to 64 characters (letters, digits, ``_ . : -``), by
         convention ``"<plugin>:<object>:<id>"``, or ``None`` to let the next
         implementation decide. A key that does not fit is logged as an error
-        and the engine's default key is used.
+        and the engine's default key is used. An implementation that raises
+        (a payload shape it did not expect) is logged too, and the event is
+        acknowledged and parked in the ``quarantine`` mailbox, never applied:
+        read fields defensively.
 
     Example::
 

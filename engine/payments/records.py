@@ -58,6 +58,7 @@ __all__ = [
     "link_payment_intent",
     "lock_charge_movements",
     "payment_status_rank",
+    "payment_totals",
     "payments_created_between",
     "record_transfer",
     "update_payment",
@@ -337,3 +338,34 @@ async def payments_created_between(
         )
         for row in rows
     ]
+
+
+async def payment_totals(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    account_id: str,
+    *,
+    statuses: Collection[str],
+    plugin: str | None = None,
+) -> list[Money]:
+    """The amount of ``account_id``'s payments in ``statuses``, per currency (ordered by it).
+
+    Only ``plugin``'s payments when given. Statuses move only forward
+    (``PAYMENT_STATUS_ORDER``), so e.g. ``{"disputed", "dispute_lost"}`` is
+    the money under or lost to a dispute, a won dispute no longer in it.
+
+    Raises:
+        InvalidInput: a status not in ``PAYMENT_STATUS_ORDER`` (``field="status"``).
+    """
+    for status in statuses:
+        payment_status_rank(status)
+    rows = await conn.fetch(
+        """
+        SELECT currency, sum(amount)::bigint AS amount FROM marketplace_payments
+        WHERE account_id = $1 AND ($2::text IS NULL OR plugin = $2) AND status = ANY($3::text[])
+        GROUP BY currency ORDER BY currency
+        """,
+        account_id,
+        plugin,
+        list(statuses),
+    )
+    return [Money(int(row["amount"]), str(row["currency"])) for row in rows]

@@ -124,6 +124,13 @@ class WebhookIntake:
             )
         endpoint = "connect" if connect else "platform"
         problem = malformed_reason(parsed, body)
+        key = ""
+        if problem is None:
+            try:
+                key = self._mailbox.key_of(parsed)
+            except Exception as exc:  # a plugin's resolve_mailbox_key broke on this shape
+                problem = f"no mailbox: resolve_mailbox_key failed ({type(exc).__name__}: {exc})"
+                log.exception("resolve_mailbox_key failed on %s", event.id)
         if problem is not None:
             stored = quarantined(parsed, raw, problem)
             parked = await self._mailbox.quarantine(stored)
@@ -138,12 +145,12 @@ class WebhookIntake:
             ):
                 if reason is not None:
                     # Stored and dead-lettered with the reason: never handled.
-                    parked = await self._mailbox.accept(parsed, raw, dead_reason=reason)
+                    parked = await self._mailbox.accept(parsed, raw, dead_reason=reason, key=key)
                     self._count(endpoint, outcome, parked, reason)
                     return WebhookReceipt(
                         received=True, event_id=event.id, duplicate=not parked.inserted
                     )
-            accepted = await self._mailbox.accept(parsed, raw)
+            accepted = await self._mailbox.accept(parsed, raw, key=key)
             self._metrics.webhook_received.labels(
                 endpoint, "new" if accepted.inserted else "duplicate"
             ).inc()

@@ -311,14 +311,20 @@ class Mailbox:
         return self._route(event)
 
     async def accept(
-        self, event: Mapping[str, Any], raw_body: str, *, dead_reason: str | None = None
+        self,
+        event: Mapping[str, Any],
+        raw_body: str,
+        *,
+        dead_reason: str | None = None,
+        key: str | None = None,
     ) -> Accepted:
         """Commit a verified event to its mailbox (duplicates change nothing).
 
         With ``dead_reason`` the event is stored straight into the dead letter with
-        that reason (never handled, replayable), and nothing is scheduled.
+        that reason (never handled, replayable), and nothing is scheduled. ``key``:
+        the mailbox when the caller already resolved it (``key_of``).
         """
-        key = self.key_of(event)
+        key = self.key_of(event) if key is None else key
         async with self._pool.acquire() as conn:
             if dead_reason is not None:
                 inserted = await conn.fetchval(

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
 from engine.api.auth import requires_scope
-from engine.api.fields import LINE_PATTERN, Line, MinorUnits, Note, RequestBody
+from engine.api.fields import LINE_PATTERN, Currency, Line, MinorUnits, Note, RequestBody
 from engine.api.problems import problem_responses
 from engine.core.errors import ConfigError, InvalidInput
 from engine.core.money import Money
@@ -48,7 +48,7 @@ class ExplainBody(RequestBody, frozen=True):
 
     plugin: Key
     amount: MinorUnits
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$")]
+    currency: Currency
     kind: Key = "order"
     beneficiaries: Annotated[dict[Key, Value], msgspec.Meta(max_length=32)] = msgspec.field(
         default_factory=dict

@@ -25,13 +25,22 @@ from engine.api.idempotency import IdempotencyKeyHeader
 from engine.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from engine.api.problems import problem_responses
 from engine.services import Services
-from plugins.creator_subscriptions import creators, earnings, fans, one_time, subscriptions, tiers
+from plugins.creator_subscriptions import (
+    creators,
+    earnings,
+    fans,
+    invoice_refunds,
+    one_time,
+    subscriptions,
+    tiers,
+)
 from plugins.creator_subscriptions.env import Env
 from plugins.creator_subscriptions.schemas import (
     Balance,
     ChangeTier,
     CreatorView,
     FanView,
+    InvoiceRefundView,
     InvoiceView,
     NewCreator,
     NewFan,
@@ -731,10 +740,37 @@ class PaymentController(Controller):
         )
 
 
+class InvoiceController(Controller):
+    """Refunds of paid subscription invoices."""
+
+    path = f"{PREFIX}/invoices"
+    tags = TAGS
+    guards = [requires_scope("service")]
+
+    @post(
+        "/{invoice_id:str}/refunds",
+        operation_id="creatorSubscriptionsRefundInvoice",
+        summary="Refund a paid subscription invoice",
+        responses=problem_responses(*_WRITE),
+    )
+    async def refund(
+        self,
+        invoice_id: Annotated[
+            str, PathParameter(pattern=r"^in_[A-Za-z0-9]{1,60}$", description="Stripe's invoice id")
+        ],
+        services: NamedDependency[Services],
+        data: JSONBody[NewRefund | None] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> InvoiceRefundView:
+        """The creator's share and the platform fee are reversed in proportion."""
+        return await invoice_refunds.refund_invoice(_env(services), invoice_id, data or NewRefund())
+
+
 CONTROLLERS: tuple[type[Controller], ...] = (
     CreatorController,
     TierController,
     FanController,
     SubscriptionController,
     PaymentController,
+    InvoiceController,
 )

@@ -3,8 +3,9 @@
 The balance comes from both sides, so a creator (or an operator) can see they
 agree: Stripe's available and pending amounts (read with the account's
 ``Stripe-Account`` header) and the ledger's balance of the ``acct_...`` account,
-plus what has been paid out to the bank. Transactions are the ledger's, one
-line per ledger transaction with its net effect on the creator's balance.
+plus what has been paid out to the bank, and the creator's sales under dispute.
+Transactions are the ledger's, one line per ledger transaction with its net
+effect on the creator's balance.
 Lists use cursor pagination over row ids.
 """
 
@@ -17,6 +18,8 @@ from engine.accounts.queries import account_payouts
 from engine.core.errors import InvalidInput
 from engine.core.ledger import bank_of
 from engine.core.statements import statement_lines
+from engine.payments.records import payment_totals
+from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, creator_by_account
 from plugins.creator_subscriptions.schemas import (
     Balance,
@@ -44,6 +47,11 @@ async def balance(env: Env, account_id: str) -> Balance:
     """Stripe's available/pending balance beside the ledger's, per currency."""
     async with env.pool.acquire() as conn:
         await creator_by_account(conn, account_id)
+        # The engine's payments follow disputes (status only forward); a won one is no
+        # longer disputed money.
+        disputed = await payment_totals(
+            conn, account_id, statuses=("disputed", "dispute_lost"), plugin=PLUGIN
+        )
     stripe_balance = await env.gateway.balance(account=account_id)
     ledger = await env.ledger.balances(account_id)
     paid_out = await env.ledger.balances(bank_of(account_id))
@@ -53,6 +61,9 @@ async def balance(env: Env, account_id: str) -> Balance:
         pending=_amounts(stripe_balance.get("pending") or []),
         ledger=[BalanceAmount(amount=v, currency=c) for c, v in sorted(ledger.items())],
         paid_out=[BalanceAmount(amount=v, currency=c) for c, v in sorted(paid_out.items())],
+        disputed=[
+            BalanceAmount(amount=money.amount, currency=money.currency) for money in disputed
+        ],
     )
 
 

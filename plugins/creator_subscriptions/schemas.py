@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from engine.api.fields import EmailText, Label, Line, Note, RequestBody, Text
+from engine.api.fields import AccountId, EmailText, Label, Line, Note, RequestBody, Text
 from engine.core.authentication import CustomerAction
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ChangeTier",
     "CreatorView",
     "FanView",
+    "InvoiceRefundView",
     "InvoiceView",
     "NewCreator",
     "NewFan",
@@ -141,8 +142,12 @@ class NewFan(_In, frozen=True):
     external_ref: Ref
     email: EmailText = ""
     name: Label = ""
-    payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$")] | None = None
-    test_clock: Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$")] | None = None
+    payment_method: (
+        Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]+$", max_length=255)] | None
+    ) = None
+    test_clock: (
+        Annotated[str, msgspec.Meta(pattern=r"^clock_[A-Za-z0-9]+$", max_length=255)] | None
+    ) = None
 
 
 class NewPaymentMethod(_In, frozen=True):
@@ -264,7 +269,7 @@ class NewOneTimePayment(_In, frozen=True):
     """A tip or a pay-per-view purchase from a fan to a creator."""
 
     fan_id: SerialId
-    creator_account_id: Annotated[str, msgspec.Meta(pattern=r"^acct_[A-Za-z0-9]+$")]
+    creator_account_id: AccountId
     amount: MinorUnits
     currency: Currency | None = None
     item_ref: Label = ""
@@ -282,6 +287,19 @@ class RefundView(_Out, frozen=True):
     """One refund and what it pulled back from the creator and the platform."""
 
     id: int
+    stripe_refund_id: str | None
+    amount: int
+    currency: str
+    transfer_reversed: int
+    fee_refunded: int
+    status: str
+
+
+class InvoiceRefundView(_Out, frozen=True):
+    """One refund of a subscription invoice and what it pulled back from creator and platform."""
+
+    id: int
+    stripe_invoice_id: str
     stripe_refund_id: str | None
     amount: int
     currency: str
@@ -335,6 +353,10 @@ class Balance(_Out, frozen=True):
     pending: list[BalanceAmount]
     ledger: list[BalanceAmount]
     paid_out: list[BalanceAmount]
+    disputed: list[BalanceAmount] = msgspec.field(default_factory=list)
+    """The creator's charges (tips, invoices) under dispute or lost to one. With
+    destination charges Stripe takes a dispute from the platform's balance, so
+    this is not part of ``ledger``: it says which sales a chargeback hit."""
 
 
 class TransactionView(_Out, frozen=True):

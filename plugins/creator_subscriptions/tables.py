@@ -241,6 +241,21 @@ class OneTimeRefund(Table, tablename="creator_subscriptions_refunds"):
     created_at = Timestamptz()
 
 
+class InvoiceRefund(Table, tablename="creator_subscriptions_invoice_refunds"):
+    """A (partial) refund of a paid subscription invoice, with the transfer and fee it reversed."""
+
+    id = BigSerial(primary_key=True)
+    invoice = ForeignKey(references=Invoice, index=True)
+    stripe_refund_id = Varchar(length=64, null=True, default=None, unique=True)
+    amount = BigInt()
+    currency = Varchar(length=3)
+    transfer_reversed = BigInt(default=0)
+    fee_refunded = BigInt(default=0)
+    reason = Varchar(length=64, default="")
+    status = Varchar(length=32, default="pending")
+    created_at = Timestamptz()
+
+
 TABLES: tuple[type[Table], ...] = (
     Creator,
     Tier,
@@ -249,6 +264,7 @@ TABLES: tuple[type[Table], ...] = (
     Invoice,
     OneTimePayment,
     OneTimeRefund,
+    InvoiceRefund,
 )
 """In creation order (referenced tables first)."""
 

@@ -159,7 +159,9 @@ class VenueTermsInput(_Input, frozen=True):
 
     kind: Literal["rate", "fixed"]
     rate_bps: Bps | None = None
-    fixed: dict[str, MinorUnits] = msgspec.field(default_factory=dict)
+    fixed: Annotated[dict[Currency, MinorUnits], msgspec.Meta(max_length=200)] = msgspec.field(
+        default_factory=dict
+    )
 
 
 class VenueTermsView(_View, frozen=True):

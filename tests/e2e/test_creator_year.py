@@ -4,9 +4,11 @@ Through the HTTP API, the sandbox, signed webhooks and the worker: every renewal
 is exactly one ledger transaction; every invoice's creator earnings plus platform
 fee is its amount paid, to the cent, and the fee is Stripe's; each creator's
 ledger balance is the sandbox's balance of their connected account (and the
-platform's too). Creator B's payouts fail and B's account is then restricted:
-B alone is flagged and notified, B's renewals stop, and creator A's renewals and
-payouts carry on untouched.
+platform's too), also after refunds made directly in Stripe (one reversing the
+creator's share and fee, one not) and a payout made and canceled. Creator B's
+payouts fail and B's account is then restricted: B alone is flagged and
+notified, B's renewals stop, and creator A's renewals and payouts carry on
+untouched.
 """
 
 from __future__ import annotations
@@ -219,8 +221,53 @@ async def test_three_creators_thirty_fans_a_year(stack: Stack, failures: PayoutF
     year_s = time.monotonic() - started
     await stack.advance(3 * DAY)  # A's and C's later payouts are made and arrive
 
-    # Every invoice: earnings + fee == amount paid, the fee is Stripe's, one ledger transaction.
+    # Money moved in Stripe's dashboard, outside the engine: part of one of A's invoices
+    # refunded with A's share and the fee taken back, part of one of C's at the platform's
+    # expense; and C, switched to manual payouts, has a payout made and canceled.
     state = stack.sandbox.state
+
+    def charge_of(invoice: dict[str, Any]) -> str:
+        intent = state.find(state.private(invoice["stripe_invoice_id"]).get("intent") or "")
+        return str(intent["latest_charge"])
+
+    a_paid = [i for i in await invoices_of(stack, a) if i["status"] == "paid" and i["amount_paid"]]
+    c_paid = [i for i in await invoices_of(stack, c) if i["status"] == "paid" and i["amount_paid"]]
+    sdk = stack.stripe()
+    await asyncio.to_thread(
+        sdk.v1.refunds.create,
+        params={
+            "charge": charge_of(a_paid[-1]),
+            "amount": a_paid[-1]["amount_paid"] // 2,
+            "reverse_transfer": True,
+            "refund_application_fee": True,
+        },
+    )
+    await asyncio.to_thread(
+        sdk.v1.refunds.create, params={"charge": charge_of(c_paid[-1]), "amount": 100}
+    )
+    await asyncio.to_thread(
+        sdk.v1.accounts.update,
+        c,
+        params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}},
+    )
+    body = {"external_ref": "c-tipper", "name": "Tipper", "payment_method": "pm_card_bypassPending"}
+    tipper = ok(await http.post(f"{P}/fans", json=body), 201)["id"]
+    ok(
+        await http.post(
+            f"{P}/payments/tips", json={"fan_id": tipper, "creator_account_id": c, "amount": 5000}
+        ),
+        201,
+    )
+    as_c = stack.stripe(stripe_account=c)
+    payout = await asyncio.to_thread(
+        as_c.v1.payouts.create, params={"amount": 3000, "currency": "usd"}
+    )
+    await asyncio.to_thread(as_c.v1.payouts.cancel, payout["id"])
+    await stack.settle()
+    c_payouts = ok(await http.get(f"{P}/creators/{c}/payouts"))["data"]
+    assert [p["status"] for p in c_payouts if p["stripe_payout_id"] == payout["id"]] == ["canceled"]
+
+    # Every invoice: earnings + fee == amount paid, the fee is Stripe's, one ledger transaction.
     async with stack.services.db.pool.acquire() as conn:
         ledger_counts = {
             row["idempotency_key"]: row["n"]

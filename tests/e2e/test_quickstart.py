@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.up_runs import RunningUp, clean_environment, running_up
+from support.up_runs import RunningUp, clean_environment, fresh_checkout, running_up
 
 from engine.infra.processes import find_free_port
 
@@ -42,9 +42,12 @@ RUN_TIMEOUT = 600.0
 
 
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[RunningUp]:
+def up() -> Iterator[RunningUp]:
     """``marketplace up`` in an empty directory; stopped with SIGINT, leaving nothing running."""
-    with running_up(tmp_path / "checkout", "--port", str(find_free_port())) as running:
+    with (
+        fresh_checkout("quickstart") as checkout,
+        running_up(checkout, "--port", str(find_free_port())) as running,
+    ):
         yield running
 
 

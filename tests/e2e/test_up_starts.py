@@ -9,16 +9,13 @@ version is ``scripts/up_soak.py --runs 20``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from support.up_runs import start_drain_stop
+from support.up_runs import fresh_checkout, start_drain_stop
 
 STARTS = 3
 
 
 @pytest.mark.parametrize("attempt", range(STARTS))
-def test_up_starts_on_a_fresh_directory_with_a_draining_worker(
-    tmp_path: Path, attempt: int
-) -> None:
-    start_drain_stop(tmp_path / f"start-{attempt}")
+def test_up_starts_on_a_fresh_directory_with_a_draining_worker(attempt: int) -> None:
+    with fresh_checkout(f"start-{attempt}") as checkout:
+        start_drain_stop(checkout)

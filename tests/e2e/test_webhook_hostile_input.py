@@ -18,7 +18,7 @@ import pytest
 from support.stack import Stack, running_stack
 
 from engine.testing.events import signed, stripe_event
-from engine.webhooks.setup import CONNECT_PATH
+from engine.webhooks.setup import CONNECT_PATH, PLATFORM_PATH
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -220,6 +220,24 @@ async def test_an_event_of_the_other_mode_is_parked_not_applied(stack: Stack) ->
     await stack.settle(allow_dead_letters=True)
     assert await _applied(stack, "po_live") == (0, 0)
     assert "livemode true" in (await _dead_letters(stack, account))[live["id"]]
+
+
+async def test_an_event_a_plugin_cannot_key_is_quarantined_not_a_500(stack: Stack) -> None:
+    """three_sided_bookings keys a refund by its metadata's booking id; a signed refund whose
+    ``metadata`` is a string breaks that hook. Acknowledged, quarantined, never applied."""
+    refund = {"id": "re_odd", "object": "refund", "amount": 100, "metadata": "not a map"}
+    body = stripe_event("refund.created", refund)
+    payload, headers = signed(body, stack.settings.stripe.webhook_secrets[0])
+    response = await stack.http.post(PLATFORM_PATH, content=payload, headers=headers)
+    assert response.status_code == 200, response.text
+    await stack.settle(allow_dead_letters=True)
+    reason = (await _dead_letters(stack, "quarantine"))[body["id"]]
+    assert "resolve_mailbox_key failed" in reason
+    async with stack.services.db.pool.acquire() as conn:
+        handled = await conn.fetchval(
+            "SELECT count(*) FROM marketplace_webhook_events WHERE status = 'handled'"
+        )
+    assert handled == 0
 
 
 def test_the_cases_really_are_odd() -> None:

@@ -111,6 +111,8 @@ async def test_a_disputed_tip_shows_everywhere_and_reconciles(stack: Stack) -> N
     [row] = [r for r in rows if r.plugin == "creator_subscriptions"]
     assert row.disputes == 1
     assert row.disputed == 2000  # the finance panel's "Disputed"
+    balance = ok(await stack.http.get(f"{C}/creators/{ada}/balance"))
+    assert balance["disputed"] == [{"amount": 2000, "currency": "usd"}]  # the creator's earnings
     await assert_ledger_is_stripe(stack, [ada])
 
     # Winning evidence: Stripe reinstates the funds (and its fee); the status says so.
@@ -123,6 +125,7 @@ async def test_a_disputed_tip_shows_everywhere_and_reconciles(stack: Stack) -> N
     await stack.settle()
     assert ok(await stack.http.get(f"{C}/payments/{disputed['id']}"))["status"] == "dispute_won"
     assert await engine_status(stack, charge_id) == ("dispute_won", 0)
+    assert ok(await stack.http.get(f"{C}/creators/{ada}/balance"))["disputed"] == []
     await assert_ledger_is_stripe(stack, [ada])
 
 
@@ -164,3 +167,59 @@ async def test_refunds_made_on_stripe_directly_are_posted_and_shown(stack: Stack
     assert (view["status"], view["amount_refunded"]) == ("refunded", 3000)
     assert await engine_status(stack, charge_id) == ("refunded", 3000)
     await assert_ledger_is_stripe(stack, [bob])
+
+
+async def test_a_subscription_invoice_is_refunded_through_the_api_in_proportion(
+    stack: Stack,
+) -> None:
+    cleo = await creator(stack, "cleo")
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = (
+        await asyncio.to_thread(
+            stack.stripe().v1.test_helpers.test_clocks.create, params={"frozen_time": now}
+        )
+    )["id"]
+    tier = ok(
+        await stack.http.post(f"{C}/creators/{cleo}/tiers", json={"name": "Gold", "amount": 1999}),
+        201,
+    )["id"]
+    body = {"external_ref": "fan-s", "name": "Fan", "payment_method": "pm_card_visa"}
+    fan = ok(await stack.http.post(f"{C}/fans", json={**body, "test_clock": clock}), 201)["id"]
+    ok(await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}), 201)
+    await stack.settle()
+    [invoice] = ok(await stack.http.get(f"{C}/creators/{cleo}/invoices"))["data"]
+    assert invoice["status"] == "paid"
+    fee = int(invoice["application_fee"])
+    assert fee > 0
+
+    first = ok(
+        await stack.http.post(
+            f"{C}/invoices/{invoice['stripe_invoice_id']}/refunds", json={"amount": 999}
+        ),
+        201,
+    )
+    # Stripe reverses the transfer and refunds the fee in proportion to the refund.
+    assert (first["amount"], first["transfer_reversed"]) == (999, 999)
+    assert abs(first["fee_refunded"] - fee * 999 / 1999) <= 1
+    rest = ok(
+        await stack.http.post(f"{C}/invoices/{invoice['stripe_invoice_id']}/refunds", json={}),
+        201,
+    )
+    assert rest["amount"] == 1000
+    assert first["fee_refunded"] + rest["fee_refunded"] == fee
+    too_much = await stack.http.post(
+        f"{C}/invoices/{invoice['stripe_invoice_id']}/refunds", json={"amount": 1}
+    )
+    assert too_much.status_code in {400, 422}, too_much.text
+    assert too_much.json()["field"] == "amount"
+    missing = await stack.http.post(f"{C}/invoices/in_missing/refunds", json={})
+    assert missing.status_code == 404, missing.text
+    await stack.settle()
+
+    charge_id = str(
+        stack.sandbox.state.find(
+            stack.sandbox.state.private(invoice["stripe_invoice_id"]).get("intent") or ""
+        )["latest_charge"]
+    )
+    assert await engine_status(stack, charge_id) == ("refunded", 1999)
+    await assert_ledger_is_stripe(stack, [cleo])

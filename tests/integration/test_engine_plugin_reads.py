@@ -27,6 +27,7 @@ from engine.core.money import Money
 from engine.core.statements import reference_lines, statement_lines
 from engine.payments.records import (
     link_payment_intent,
+    payment_totals,
     payments_created_between,
     record_transfer,
     update_payment,
@@ -249,3 +250,37 @@ async def test_payment_intent_link_transfer_record_and_history(pool: asyncpg.Poo
         await payments_created_between(T0, datetime(2025, 3, 2, tzinfo=UTC), statuses=["refunded"])
         == []
     )
+
+
+async def test_payment_totals_per_currency_by_status(pool: asyncpg.Pool) -> None:
+    for number, (plugin, currency, status) in enumerate(
+        (
+            ("creator_subscriptions", "usd", "disputed"),
+            ("creator_subscriptions", "usd", "dispute_lost"),
+            ("creator_subscriptions", "eur", "disputed"),
+            ("creator_subscriptions", "usd", "dispute_won"),
+            ("other", "usd", "disputed"),
+        )
+    ):
+        await pool.execute(
+            """
+            INSERT INTO marketplace_payments
+                (reference, plugin, kind, account_id, amount, currency, fee_amount, rule_id,
+                 rule_version, split, attributes, status, amount_refunded, created_at)
+            VALUES ($1, $2, 'tip', 'acct_a', $3, $4, 0, 'r', 1, '{}'::jsonb, '{}'::jsonb,
+                    $5, 0, now())
+            """,
+            f"tip:{number}",
+            plugin,
+            100 * (number + 1),
+            currency,
+            status,
+        )
+    disputed = ("disputed", "dispute_lost")
+    mine = await payment_totals(pool, "acct_a", statuses=disputed, plugin="creator_subscriptions")
+    assert mine == [Money(300, "eur"), Money(300, "usd")]
+    every = await payment_totals(pool, "acct_a", statuses=disputed)
+    assert every == [Money(300, "eur"), Money(800, "usd")]
+    assert await payment_totals(pool, "acct_b", statuses=disputed) == []
+    with pytest.raises(InvalidInput):
+        await payment_totals(pool, "acct_a", statuses=["lost"])

@@ -67,6 +67,12 @@ async def test_canceled_payouts_are_reversed_and_platform_payouts_posted(stack: 
     await stack.settle()
 
     as_ada = stack.stripe(stripe_account=ada)
+    # Manual payouts, as Stripe has them: on an account whose schedule is manual.
+    await asyncio.to_thread(
+        stack.stripe().v1.accounts.update,
+        ada,
+        params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}},
+    )
     payout = await asyncio.to_thread(
         as_ada.v1.payouts.create, params={"amount": 1500, "currency": "usd"}
     )

@@ -28,6 +28,7 @@ from engine.core.errors import (
 )
 from engine.core.ledger import Ledger
 from engine.core.settings import settings_from_mapping
+from engine.reconciliation.service import run_reconciliation
 from engine.sandbox.testing import RunningSandbox, running_sandbox, verified_account_params
 from engine.services import Services
 from engine.worker.dispatch import Dispatcher
@@ -911,3 +912,48 @@ async def test_a_reversal_stripe_refuses_is_owed_not_fatal(env: Env) -> None:
     balances = await env.assert_ledger_matches_sandbox("gbp")
     provider, venue = env.accounts
     assert (balances[provider], balances[venue]) == (5280, 3520)
+
+
+# ---------------------------------------------------------------- movements made in Stripe
+
+
+async def test_a_refund_made_in_stripe_and_a_canceled_payout_keep_ledger_equal_to_stripe(
+    make_env: Any,
+) -> None:
+    """Acceptance (issue 15), the spa scenario: money moved outside the engine is posted."""
+    # In dollars: the providers' test bank accounts are US ones (a payout needs one).
+    env: Env = await make_env(currencies=["gbp", "usd"])
+    ids = await env.catalogue(price=10_000, currency="usd", provider_bps=6000)
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "venue") == "settled"
+    [charge] = await env.fetch(
+        "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE booking = $1", booking.id
+    )
+    # In Stripe's dashboard: part of the booking's charge refunded (the platform bears it:
+    # separate charges and transfers reverse nothing by themselves) ...
+    client = env.sandbox.client()
+    client.v1.refunds.create(params={"charge": charge["stripe_charge_id"], "amount": 2500})
+    # ... and, once the provider's share is available, a payout made and canceled.
+    env.sandbox.advance(3 * 86_400)
+    provider, venue = env.accounts
+    as_provider = env.sandbox.client(stripe_account=provider)
+    payout = as_provider.v1.payouts.create(params={"amount": 2000, "currency": "usd"})
+    assert as_provider.v1.payouts.cancel(payout.id).status == "canceled"
+
+    balances = await env.assert_ledger_matches_sandbox("usd")
+    fee = 10_000 * 29 // 1000 + 30  # the sandbox's 2.9 % + 30c on the platform's charge
+    assert balances == {"platform": 1200 - fee - 2500, provider: 5280, venue: 3520}
+    [payment] = await env.fetch(
+        "SELECT status, amount_refunded FROM marketplace_payments WHERE reference = $1",
+        f"booking:{booking.id}",
+    )
+    assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 2500)
+    [row] = await env.fetch(
+        "SELECT status FROM marketplace_payouts WHERE stripe_payout_id = $1", payout.id
+    )
+    assert row["status"] == "canceled"
+    run = await run_reconciliation(env.services, trigger="test")
+    assert run.status == "completed"
+    assert run.problems == 0, [item.detail for item in run.problem_items()]

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,6 +127,22 @@ def _stop(process: subprocess.Popen[bytes], running: RunningUp | None, log: Path
         host, _, port = address.removeprefix("http://").partition(":")
         if port_accepts(host, int(port)):
             raise UpRunFailed(f"{address} still answers after up stopped")
+
+
+@contextmanager
+def fresh_checkout(name: str) -> Iterator[Path]:
+    """An empty directory for ``up``, outside pytest's temporary tree; removed afterwards.
+
+    ``up`` runs PostgreSQL as its own OS account, so the directories above the data
+    directory are made traversable. Pytest's tree is no place for that: every pytest
+    session that starts on this machine (a second ``make test``) resets
+    ``/tmp/pytest-of-<user>`` to mode 0700, which cuts a running server off its data.
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"marketplace-{name}-"))
+    try:
+        yield root / "checkout"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

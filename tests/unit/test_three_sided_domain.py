@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,9 @@ from engine.core.money import Money
 from engine.core.orders import PLATFORM
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
+from plugins.three_sided_bookings import disputes
 from plugins.three_sided_bookings import webhooks as booking_webhooks
+from plugins.three_sided_bookings.actions import ACTION_FIELDS, ACTION_IMPLEMENTATIONS
 from plugins.three_sided_bookings.config import ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.policy import (
     ChargeState,
@@ -448,3 +451,25 @@ def test_a_bookings_platform_events_go_to_the_bookings_own_mailbox(
     event: dict[str, Any], key: str | None
 ) -> None:
     assert booking_webhooks.mailbox_key(event) == key
+
+
+# What reads a request field, read from each action's source (its helpers included).
+_FIELD_READERS = {
+    "payment_method": ("_payment_method(ctx)", "ctx.params.payment_method"),
+    "amount": ("ctx.params.amount",),
+    "statement": ("ctx.params.statement",),
+}
+
+
+def _reads(source: str) -> set[str]:
+    return {field for field, marks in _FIELD_READERS.items() if any(m in source for m in marks)}
+
+
+def test_each_action_declares_the_request_fields_it_reads() -> None:
+    # A field an action reads but ACTION_FIELDS does not list would be refused (422);
+    # one it lists but does not read would be silently ignored.
+    helpers = {"submit_dispute_evidence": inspect.getsource(disputes.submit_evidence)}
+    for name, action in ACTION_IMPLEMENTATIONS.items():
+        source = inspect.getsource(action) + helpers.get(name, "")
+        assert _reads(source) == set(ACTION_FIELDS.get(name, frozenset())), name
+    assert set(ACTION_FIELDS) <= set(ACTION_IMPLEMENTATIONS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from engine.api.fields import Line, RequestBody
+from engine.api.fields import Currency, Line, RequestBody
 
 __all__ = ["MAX_AMOUNT", "CourseOut", "EnrollmentOut", "LegOut", "NewCourse", "NewEnrollment"]
 
@@ -21,7 +21,7 @@ class NewCourse(RequestBody, frozen=True):
     title: Annotated[Line, msgspec.Meta(min_length=1, max_length=200)]
     instructor: AccountId
     price: Annotated[int, msgspec.Meta(ge=1, le=MAX_AMOUNT)]
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$")]
+    currency: Currency
 
 
 class CourseOut(msgspec.Struct, frozen=True, kw_only=True):
