@@ -134,6 +134,11 @@ def merge_status(
     from Stripe) wins such a tie outright.
     """
     held = state.status
+    if held == "failed":
+        # Refused at creation (its first payment declined; the API cancelled it at
+        # Stripe): nothing was subscribed, and Stripe's later events about the
+        # cancelled subscription must not bring it into view as "canceled".
+        return state, False
     if held in TERMINAL_STATUSES or status == held:
         if status == held and created > state.status_at_event:
             return replace(state, status_at_event=created), False
