@@ -1,7 +1,8 @@
 """Plugins never write or query the engine's tables: they call its public functions.
 
 Every ``.py`` file of the shipped plugins (``plugins/``) and of the example
-(``examples/``), migrations included, is parsed; a string literal (docstrings
+(``examples/``), migrations included, and every file the ``new-plugin``
+templates render, is parsed; a string literal (docstrings
 aside: they may name a table to explain what the engine keeps) that names one
 of the engine's tables fails the test with its file and line. The engine's
 tables are the ``marketplace_*`` tables its sources declare (Piccolo
@@ -18,8 +19,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine.scaffold.generator import PluginNames, render
+
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = (REPO / "plugins", REPO / "examples")
+TEMPLATES = REPO / "engine" / "scaffold" / "templates" / "plugin"
 
 _DECLARED = re.compile(
     r'tablename\s*=\s*"(marketplace_[a-z0-9_]+)"'
@@ -103,15 +107,23 @@ def engine_table_uses(source: str, tables: frozenset[str]) -> Iterator[tuple[int
             yield node.lineno, f"{node.value.id}.{node.attr}()"
 
 
-def violations() -> list[str]:
-    """Every ``file:line: table`` where a plugin or the example touches an engine table."""
-    tables = engine_tables()
-    found = []
+def _sources() -> Iterator[tuple[str, str]]:
+    """``(where, source)`` of the plugins, the example and the rendered ``new-plugin`` files."""
     for path in plugin_sources():
-        where = path.relative_to(REPO)
-        for line, name in engine_table_uses(path.read_text(encoding="utf-8"), tables):
-            found.append(f"{where}:{line}: {name}")
-    return found
+        yield str(path.relative_to(REPO)), path.read_text(encoding="utf-8")
+    names = PluginNames("demo_model")
+    for path in sorted(TEMPLATES.rglob("*.py.tmpl")):
+        yield str(path.relative_to(REPO)), render(path.read_text(encoding="utf-8"), names)
+
+
+def violations() -> list[str]:
+    """Every ``file:line: table`` where a plugin, the example or a template touches one."""
+    tables = engine_tables()
+    return [
+        f"{where}:{line}: {name}"
+        for where, source in _sources()
+        for line, name in engine_table_uses(source, tables)
+    ]
 
 
 def test_the_engine_tables_are_found() -> None:
@@ -139,13 +151,14 @@ def g(x):
     assert found == [(10, "marketplace_accounts"), (13, "P.select()"), (13, "marketplace_payments")]
 
 
-def test_the_scan_covers_every_plugin_and_the_example() -> None:
-    sources = {path.relative_to(REPO).parts[:2] for path in plugin_sources()}
+def test_the_scan_covers_every_plugin_the_example_and_the_templates() -> None:
+    sources = {tuple(where.split("/")[:2]) for where, _ in _sources()}
     for expected in (
         ("plugins", "creator_subscriptions"),
         ("plugins", "three_sided_bookings"),
         ("plugins", "commission_rules"),
         ("examples", "course_sales"),
+        ("engine", "scaffold"),
     ):
         assert expected in sources
 
