@@ -265,15 +265,24 @@ def _id(value: Any) -> str:
     return str(value or "")
 
 
-async def _meaning(ctx: EventContext, charge_id: str) -> tuple[str, str]:
+async def _meaning(
+    ctx: EventContext, charge_id: str, payment_intent_id: str = ""
+) -> tuple[str, str]:
     """The business object and plugin of the payment a charge belongs to (``("", "")``
-    for a charge no business model recorded: it is posted all the same)."""
-    if not charge_id:
+    for a charge no business model recorded: it is posted all the same).
+
+    Found by the charge, else by its PaymentIntent: a business model may have
+    recorded the payment before it learnt the charge's id (a dispute or refund
+    can be handled in between).
+    """
+    if not charge_id and not payment_intent_id:
         return "", ""
     row = await ctx.conn.fetchrow(
-        "SELECT reference, plugin FROM marketplace_payments WHERE stripe_charge_id = $1 "
-        "ORDER BY id LIMIT 1",
-        charge_id,
+        "SELECT reference, plugin FROM marketplace_payments "
+        "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 "
+        "ORDER BY (stripe_charge_id = $1) DESC NULLS LAST, id LIMIT 1",
+        charge_id or None,
+        payment_intent_id or None,
     )
     return ("", "") if row is None else (str(row["reference"]), str(row["plugin"]))
 
@@ -293,7 +302,7 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
     if refund.get("status") == "canceled":
         return  # a canceled refund never left the balance
     await lock_charge_movements(ctx.conn, charge_id)
-    reference, plugin = await _meaning(ctx, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id, _id(refund.get("payment_intent")))
     await ctx.services.ledger.post(
         refund_posting(
             account,
@@ -377,9 +386,16 @@ async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
     await lock_charge_movements(ctx.conn, charge_id)
     await _audit(ctx.conn, event_type, charge_id, dispute)
     status = dispute_payment_status(event_type, dispute)
-    await update_payment(ctx.conn, by_charge=charge_id, status=status)
+    intent_id = _id(dispute.get("payment_intent"))
+    await update_payment(
+        ctx.conn,
+        intent_id or None,
+        by_charge=charge_id,
+        charge_id=charge_id or None,
+        status=status,
+    )
     account = str(event.get("account") or PLATFORM)
-    reference, plugin = await _meaning(ctx, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id, intent_id)
     ledger = ctx.services.ledger
     for txn in dispute.get("balance_transactions") or []:
         if not isinstance(txn, Mapping):
