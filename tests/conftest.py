@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     which cut a server starting in another session off its data: a second
     ``make test`` (or any pytest) on the same machine failed this one.
     """
-    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+    if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix=_BASETEMP_PREFIX)
         config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
 

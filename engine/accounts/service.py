@@ -52,6 +52,7 @@ __all__ = [
     "account_from_row",
     "account_status",
     "apply_stripe_account",
+    "bank_errored",
 ]
 
 ACCOUNT_COLUMNS: Final = (
@@ -81,6 +82,13 @@ class Executor(Protocol):
 
     async def execute(self, query: str, *args: object) -> Any:
         """A statement's status."""
+
+
+def bank_errored(stripe_account: Mapping[str, Any]) -> bool:
+    """Whether Stripe stopped the account's payouts: a bank account a payout failed to
+    (``status: errored``) is still on it. Replacing it is what lifts the stop."""
+    banks = (stripe_account.get("external_accounts") or {}).get("data") or []
+    return any(bank.get("status") == "errored" for bank in banks)
 
 
 def account_status(stripe_account: Mapping[str, Any]) -> str:
@@ -371,8 +379,7 @@ class AccountService:
                 state=str(row["status"]),
             )
         stripe_account = await self._gateway.retrieve_account(account_id)
-        banks = (stripe_account.get("external_accounts") or {}).get("data") or []
-        errored = any(bank.get("status") == "errored" for bank in banks)
+        errored = bank_errored(stripe_account)
         if errored or not stripe_account.get("payouts_enabled"):
             raise AccountRestricted(
                 f"account {account_id} cannot be paid out yet: "

@@ -68,7 +68,7 @@ def refusal(role: str, account_id: str, row: Mapping[str, Any] | None) -> Market
             reason="suspended",
             **extra,
         )
-    if row["status"] == "restricted" and not (row["charges_enabled"] and row["payouts_enabled"]):
+    if row["status"] == "restricted":
         due = ", ".join(str(item) for item in (row["requirements_due"] or [])) or "none listed"
         return AccountRestricted(
             f"{party} is restricted by Stripe (requirements due: {due})",

@@ -297,6 +297,17 @@ class Stack:
         """A ledger account's balance in one currency."""
         return await self.ledger.balance(account, currency)
 
+    async def stripe_balance(self, account: str | None, currency: str) -> int:
+        """Stripe's balance (available + pending) of ``account`` (None: the platform), in
+        minor units of ``currency``: what the ledger's balance must equal."""
+
+        def total() -> int:
+            balance = self.stripe(account).v1.balance.retrieve()
+            parts = [*balance.available, *balance.pending]
+            return sum(int(part.amount) for part in parts if part.currency == currency)
+
+        return await asyncio.to_thread(total)
+
     async def assert_balances(self, expected: Mapping[str, Money]) -> None:
         """Check ledger balances (see ``engine.testing.ledger.assert_balances``)."""
         await assert_balances(self.ledger, expected)

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.accounts.service import apply_stripe_account
+from engine.accounts.service import apply_stripe_account, bank_errored
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.ledger import PLATFORM, Posting, bank_of, stripe_time
 from engine.core.money import Money
@@ -98,13 +98,6 @@ ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
 """
 
 
-def _bank_errored(stripe_account: Mapping[str, Any]) -> bool:
-    """Whether Stripe stopped the account's payouts: a bank account a payout failed to
-    (``status: errored``) is still on it. Replacing it is what lifts the stop."""
-    banks = (stripe_account.get("external_accounts") or {}).get("data") or []
-    return any(bank.get("status") == "errored" for bank in banks)
-
-
 async def sync_payout_failure(
     ctx: EventContext, account: str, stripe_account: Mapping[str, Any] | None = None
 ) -> str | None:
@@ -125,7 +118,7 @@ async def sync_payout_failure(
     if code is not None:
         if stripe_account is None:
             stripe_account = await ctx.services.gateway.retrieve_account(account)
-        if not _bank_errored(stripe_account):
+        if not bank_errored(stripe_account):
             code = None
     await ctx.conn.execute(
         "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "

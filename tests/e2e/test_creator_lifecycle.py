@@ -123,15 +123,6 @@ async def fan(stack: Stack, ref: str, clock: str, pm: str = "pm_card_visa") -> i
     return int(ok(await stack.http.post(f"{P}/fans", json=body), 201)["id"])
 
 
-def sandbox_total(stack: Stack, account: str) -> int:
-    balance: Any = stack.stripe(stripe_account=account).v1.balance.retrieve()
-    return sum(
-        int(item["amount"])
-        for item in [*balance["available"], *balance["pending"]]
-        if item["currency"] == "usd"
-    )
-
-
 def percent_of(amount: int, percent: str) -> int:
     exact = Decimal(amount) * Decimal(percent) / 100
     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -323,7 +314,7 @@ async def test_creator_story_through_http_and_webhooks(stack: Stack, notices: No
     balance = ok(await creator.get(f"{P}/creators/{account_id}/balance"))
     stripe_total = sum(a["amount"] for a in [*balance["available"], *balance["pending"]])
     assert balance["ledger"] == [{"amount": stripe_total, "currency": "usd"}]
-    assert stripe_total == await asyncio.to_thread(sandbox_total, stack, account_id)
+    assert stripe_total == await stack.stripe_balance(account_id, "usd")
     transactions = ok(
         await creator.get(f"{P}/creators/{account_id}/transactions", params={"limit": 3})
     )
@@ -584,4 +575,7 @@ async def test_a_new_card_recovers_a_fan_in_dunning(stack: Stack, notices: Notic
     assert list(open_invoices.data) == []
     assert ok(await http.get(f"{P}/subscriptions/{sub['id']}"))["status"] == "active"
     # The renewal paid late is in the creator's books like any other.
-    assert sandbox_total(stack, account_id) == (await stack.balance(account_id, "usd")).amount
+    assert (
+        await stack.stripe_balance(account_id, "usd")
+        == (await stack.balance(account_id, "usd")).amount
+    )

@@ -84,15 +84,6 @@ def ok(response: httpx.Response, status: int = 200) -> Any:
     return response.json()
 
 
-def sandbox_total(stack: Stack, account: str | None) -> int:
-    balance: Any = stack.stripe(stripe_account=account).v1.balance.retrieve()
-    return sum(
-        int(item["amount"])
-        for item in [*balance["available"], *balance["pending"]]
-        if item["currency"] == "usd"
-    )
-
-
 async def onboard(stack: Stack, handle: str, *, bank: str | None = None) -> str:
     created = ok(
         await stack.http.post(f"{P}/creators", json={"handle": handle, "display_name": handle}),
@@ -311,9 +302,9 @@ async def test_three_creators_thirty_fans_a_year(stack: Stack, failures: PayoutF
     # Ledger balances are the sandbox's balances, creator by creator, and the platform's.
     for account_id in (a, b, c):
         ledger = await stack.services.ledger.balances(account_id)
-        assert ledger.get("usd", 0) == await asyncio.to_thread(sandbox_total, stack, account_id)
+        assert ledger.get("usd", 0) == await stack.stripe_balance(account_id, "usd")
     platform = await stack.services.ledger.balances("platform")
-    assert platform["usd"] == await asyncio.to_thread(sandbox_total, stack, None)
+    assert platform["usd"] == await stack.stripe_balance(None, "usd")
     assert await stack.services.ledger.unbalanced_transactions() == []
     # ... and line by line: every balance transaction of every account has its ledger lines.
     run = await run_reconciliation(stack.services, trigger="test")

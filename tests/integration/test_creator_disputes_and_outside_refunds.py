@@ -37,15 +37,6 @@ async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> Asy
         yield running
 
 
-def sandbox_total(stack: Stack, account: str | None) -> int:
-    balance: Any = stack.stripe(stripe_account=account).v1.balance.retrieve()
-    return sum(
-        int(item["amount"])
-        for item in [*balance["available"], *balance["pending"]]
-        if item["currency"] == "usd"
-    )
-
-
 async def creator(stack: Stack, handle: str) -> str:
     created = ok(
         await stack.http.post(f"{C}/creators", json={"handle": handle, "display_name": handle}),
@@ -83,7 +74,7 @@ async def engine_status(stack: Stack, charge_id: str) -> tuple[str, int]:
 async def assert_ledger_is_stripe(stack: Stack, accounts: list[str]) -> None:
     for account in [*accounts, None]:
         ledger = await stack.ledger.balances(account or "platform")
-        assert ledger.get("usd", 0) == await asyncio.to_thread(sandbox_total, stack, account), (
+        assert ledger.get("usd", 0) == await stack.stripe_balance(account, "usd"), (
             account or "platform"
         )
     await stack.assert_ledger_balanced()
