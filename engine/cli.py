@@ -16,9 +16,9 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.core.errors import ConfigError, MarketplaceError
 from engine.core.plugins import Plugins, build_plugins, installed_plugins
@@ -37,6 +37,26 @@ __all__ = ["main"]
 log = logging.getLogger("marketplace")
 
 EXIT_CONFIG = 2
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a long-lived process's ``main`` on uvloop, as uvicorn's own command does.
+
+    uvloop's transports and scheduling are C: the webhook intake and the worker
+    spend less of each request in the event loop. ``MARKETPLACE_EVENT_LOOP=asyncio``
+    (or a platform without uvloop) keeps the standard loop.
+    """
+    if os.environ.get("MARKETPLACE_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:  # not on this platform (Windows): the standard loop
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -160,7 +180,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings, plugins: Plugins) ->
     async def run() -> None:
         await _serve_api(settings, plugins, _stop_event(), listener)
 
-    asyncio.run(run())
+    run_loop(run())
     return 0
 
 
@@ -177,7 +197,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings, plugins: Plugins) -
     async def run() -> None:
         await run_worker(settings, plugins=plugins, stop=_stop_event())
 
-    asyncio.run(run())
+    run_loop(run())
     return 0
 
 
@@ -312,7 +332,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> in
         if not settings.engine.public_url:
             settings = replace_section(settings, "engine", public_url=base)
         stack.started(lambda: RunningStack.remove(data_dir))
-        asyncio.run(
+        run_loop(
             _up(
                 settings,
                 plugins,
