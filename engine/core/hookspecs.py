@@ -5,9 +5,12 @@ Hook names say how results combine:
 - ``resolve_*`` is *first result*: the first implementation returning something
   other than ``None`` wins; the engine ships ``trylast`` defaults so an install
   without a plugin still works. Keep these synchronous and pure (an ``async def``
-  returns a coroutine, which is never ``None``, and would always win).
-- ``on_*`` is *broadcast*: every implementation is called; failures are logged and
-  never break the money path.
+  returns a coroutine, which is never ``None``, and would always win); the
+  engine refuses to load an ``async def`` or generator implementation of any hook.
+- ``on_*`` is *broadcast*: every implementation is called in pluggy's order
+  (``tryfirst``, then the latest registered, then ``trylast``) inside any
+  ``wrapper=True`` implementation; a failure is logged per implementation and
+  never stops the others or the money path.
 - ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add.
 
 Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
