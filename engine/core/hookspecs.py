@@ -11,7 +11,8 @@ Hook names say how results combine:
   (``tryfirst``, then the latest registered, then ``trylast``) inside any
   ``wrapper=True`` implementation; a failure is logged per implementation and
   never stops the others or the money path.
-- ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add.
+- ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add;
+  ``register`` is a ``Registrar[T]`` whose ``T`` says what it takes.
 
 Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 ``engine.core.plugins``) and register the module under the entry point group
@@ -19,9 +20,6 @@ Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pluggy
 
@@ -31,8 +29,12 @@ from engine.core.contributions import (
     DashboardPanel,
     PeriodicTask,
     PluginRuntime,
+    Registrar,
+    Route,
+    StartupFunction,
     StripeEvent,
     TableApp,
+    TaskFunction,
     WebhookRegistration,
 )
 from engine.core.money import Money
@@ -263,7 +265,7 @@ def on_payout_failure(failure: PayoutFailure, runtime: PluginRuntime) -> None:
 
 
 @hookspec
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare the plugin's config section ``[plugins.<name>]`` and its schema.
 
     Called once at start-up, before any other hook, for enabled plugins only.
@@ -276,7 +278,7 @@ def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
 
 
 @hookspec
-def register_account_roles(register: Callable[[str], None]) -> None:
+def register_account_roles(register: Registrar[str]) -> None:
     """Declare the roles your business model onboards connected accounts as.
 
     The engine always knows ``creator``, ``provider`` and ``venue``; a plugin
@@ -289,7 +291,7 @@ def register_account_roles(register: Callable[[str], None]) -> None:
 
 
 @hookspec
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Contribute the plugin's Piccolo app (tables and migrations).
 
     Called by ``marketplace migrate`` and the test kit to migrate every enabled
@@ -301,7 +303,7 @@ def register_tables(register: Callable[[TableApp], None]) -> None:
 
 
 @hookspec
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """Contribute HTTP routes: Litestar controllers or route handlers.
 
     Called once when the API app is built. Routes are mounted as given; put
@@ -313,7 +315,7 @@ def register_routes(register: Callable[[object], None]) -> None:
 
 
 @hookspec
-def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Handle Stripe event types (after the engine's core handlers).
 
     Called once when a worker starts. Handlers run per event in the worker,
@@ -326,7 +328,7 @@ def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -
 
 
 @hookspec
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """Add ``marketplace <name>`` sub-commands.
 
     Args:
@@ -335,7 +337,7 @@ def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
 
 
 @hookspec
-def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> None:
+def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
     """Add panels to the account dashboard or the admin finance view.
 
     Args:
@@ -344,7 +346,7 @@ def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> Non
 
 
 @hookspec
-def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+def register_startup(register: Registrar[StartupFunction]) -> None:
     """Run something once when a process's services have started.
 
     Called in every API and worker process right after the engine has opened
@@ -360,7 +362,7 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
 
 
 @hookspec
-def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """Run work on a schedule in the workers (booking timers, retries, reconciliation).
 
     Called when a worker starts. Each task runs at most once per
@@ -375,7 +377,7 @@ def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
 
 
 @hookspec
-def register_tasks(register: Callable[[object], None]) -> None:
+def register_tasks(register: Registrar[TaskFunction]) -> None:
     """Contribute background task functions (plain ``async def``s).
 
     Every process's broker registers each as a taskiq task named

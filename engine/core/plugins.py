@@ -28,7 +28,10 @@ from engine.core.contributions import (
     DashboardPanel,
     PeriodicTask,
     PluginRuntime,
+    Route,
+    StartupFunction,
     TableApp,
+    TaskFunction,
     WebhookRegistration,
 )
 from engine.core.errors import ConfigError, PluginError
@@ -205,13 +208,25 @@ class Plugins:
         getattr(self._pm.hook, hook_name)(register=register)
         return collected
 
+    def _collect_functions(self, hook_name: str, *, coroutine: bool) -> list[Callable[..., Any]]:
+        collected: list[Callable[..., Any]] = []
+
+        def register(item: Callable[..., Any]) -> None:
+            if not callable(item) or (coroutine and not inspect.iscoroutinefunction(item)):
+                wanted = "an async def" if coroutine else "a controller or route handler"
+                raise PluginError(hook_name, f"register() expects {wanted}, got {item!r}")
+            collected.append(item)
+
+        getattr(self._pm.hook, hook_name)(register=register)
+        return collected
+
     def table_apps(self) -> list[TableApp]:
         """Every enabled plugin's Piccolo app."""
         return self._collect("register_tables", TableApp)
 
-    def routes(self) -> list[object]:
+    def routes(self) -> list[Route]:
         """Every enabled plugin's controllers and route handlers."""
-        return self._collect("register_routes", object)
+        return self._collect_functions("register_routes", coroutine=False)
 
     def webhook_handlers(self) -> list[WebhookRegistration]:
         """Every enabled plugin's Stripe event handlers."""
@@ -238,22 +253,24 @@ class Plugins:
         """Every enabled plugin's scheduled work (``register_periodic_tasks``)."""
         return self._collect("register_periodic_tasks", PeriodicTask)
 
-    def startup_functions(self) -> list[Callable[[Any], Any]]:
+    def startup_functions(self) -> list[StartupFunction]:
         """Every enabled plugin's start-up coroutine functions (``register_startup``)."""
-        return [fn for fn in self._collect("register_startup", object) if callable(fn)]
+        return self._collect_functions("register_startup", coroutine=True)
 
-    def tasks(self) -> list[tuple[str, Callable[..., Any]]]:
+    def tasks(self) -> list[tuple[str, TaskFunction]]:
         """Every enabled plugin's background task functions, as ``(task name, function)``.
 
         The name is ``<plugin>.<function name>``.
         """
-        named: list[tuple[str, Callable[..., Any]]] = []
+        named: list[tuple[str, TaskFunction]] = []
+        # Called per implementation, not through pluggy, to know whose each task is.
         for impl in self._pm.hook.register_tasks.get_hookimpls():
 
-            def register(task: object, _plugin: str = impl.plugin_name) -> None:
-                if not callable(task):
+            def register(task: TaskFunction, _plugin: str = impl.plugin_name) -> None:
+                if not inspect.iscoroutinefunction(task):
                     raise PluginError(
-                        "register_tasks", f"register() expects a function, got {task!r}"
+                        f"plugins.{_plugin}",
+                        f"register_tasks: register() expects an async def, got {task!r}",
                     )
                 named.append((f"{_plugin}.{getattr(task, '__name__', 'task')}", task))
 
