@@ -151,8 +151,11 @@ StartupFunction = Callable[[Any], Awaitable[None]]
 class WebhookRegistration:
     """One handler for one Stripe event type (``"*"`` for every type).
 
-    Handlers run in the order plugins are registered, per event, after the
-    engine's core handlers. A handler that raises makes the event retry.
+    Per event, the engine's core handlers run first, then the plugins' in
+    pluggy's order of their ``register_webhook_handlers`` (the latest enabled
+    plugin first, ``tryfirst``/``trylast`` honoured; one plugin's handlers in
+    the order it registered them), handlers of ``"*"`` last. A handler that
+    raises makes the event retry.
     """
 
     event_type: str

@@ -319,11 +319,15 @@ def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Handle Stripe event types (after the engine's core handlers).
 
     Called once when a worker starts. Handlers run per event in the worker,
-    in per-account order; they must be idempotent because Stripe repeats
+    one event of a mailbox at a time (see ``resolve_mailbox_key``), inside the
+    event's transaction (``ctx.conn``, ``ctx.after_commit``: see
+    ``HandlerContext``); they must be idempotent because Stripe repeats
     events, and order-insensitive where they can (compare ``created``).
 
     Args:
-        register: call with ``WebhookRegistration("invoice.paid", handler, name)``.
+        register: call with ``WebhookRegistration("invoice.paid", handler, name)``
+            where ``async def handler(event, ctx: HandlerContext) -> None`` and
+            ``name`` is ``"<plugin>.<what>"``.
     """
 
 

@@ -253,7 +253,7 @@ def test_the_conformance_properties_are_the_documented_ones() -> None:
         conformance.TABLES,
         conformance.IDEMPOTENT,
     }
-    assert documented == names
+    assert documented == names == set(conformance.PROPERTIES)
 
 
 def test_the_kit_commands_are_documented() -> None:
