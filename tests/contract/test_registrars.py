@@ -193,3 +193,26 @@ def test_the_engine_refuses_a_wrong_registration_too() -> None:
     assert "register_tasks: register() expects an async def" in refused.value.problem
     with pytest.raises(PluginError, match="expects a controller or route handler"):
         plugins.routes()
+
+
+async def send_receipt(enrollment_id: int) -> None:
+    """A plugin's background task."""
+
+
+class _Receipts:
+    @hookimpl
+    def register_tasks(self, register: Registrar[TaskFunction]) -> None:
+        register(send_receipt)
+
+
+def test_a_registered_task_is_a_taskiq_task_named_after_its_plugin() -> None:
+    from engine.worker.runtime import make_broker, register_plugin_tasks
+
+    settings = settings_from_mapping({"plugins": {"enabled": ["receipts"]}})
+    plugins = build_plugins(settings, extra={"receipts": _Receipts()})
+    assert plugins.tasks() == [("receipts.send_receipt", send_receipt)]
+    broker = make_broker(settings)
+    register_plugin_tasks(broker, plugins)
+    task = broker.find_task("receipts.send_receipt")
+    assert task is not None
+    assert task.original_func is send_receipt
