@@ -283,7 +283,8 @@ def register_account_roles(register: Registrar[str]) -> None:
 
     The engine always knows ``creator``, ``provider`` and ``venue``; a plugin
     for, say, courses adds ``instructor`` and ``affiliate`` so that
-    ``POST /v1/accounts`` accepts them. Called when the API starts.
+    ``POST /v1/accounts`` accepts them. Called each time the API checks an
+    account's role (keep it cheap: register constants).
 
     Args:
         register: call once per role name (lowercase letters, digits, ``_``).
@@ -308,6 +309,8 @@ def register_routes(register: Registrar[Route]) -> None:
 
     Called once when the API app is built. Routes are mounted as given; put
     them under ``/v1/<plugin>/...`` and declare guards for the scopes needed.
+    Anything but a Litestar ``Controller`` subclass, route handler or
+    ``Router`` stops the app from being built (``PluginError``).
 
     Args:
         register: call once per controller class or route handler.
@@ -389,5 +392,6 @@ def register_tasks(register: Registrar[TaskFunction]) -> None:
     (``broker.find_task(name).kiq(...)``) and the workers run it.
 
     Args:
-        register: call once per async function.
+        register: call once per ``async def``; anything else is refused
+            (``PluginError``) when the plugins' tasks are collected.
     """

@@ -216,3 +216,24 @@ def test_a_registered_task_is_a_taskiq_task_named_after_its_plugin() -> None:
     task = broker.find_task("receipts.send_receipt")
     assert task is not None
     assert task.original_func is send_receipt
+
+
+def not_a_handler() -> None:
+    """A plain function: callable, so it passes the type, but no route."""
+
+
+class _PlainFunctionRoute:
+    @hookimpl
+    def register_routes(self, register: Registrar[Route]) -> None:
+        register(not_a_handler)
+
+
+def test_the_api_refuses_a_route_that_is_no_controller_or_handler() -> None:
+    from engine.api.app import _plugin_handlers
+
+    settings = settings_from_mapping({"plugins": {"enabled": ["plain"]}})
+    plugins = build_plugins(settings, extra={"plain": _PlainFunctionRoute()})
+    with pytest.raises(PluginError, match="expects a Litestar controller class or route handler"):
+        _plugin_handlers(plugins)
+    shipped = build_plugins(settings_from_mapping({}))
+    assert len(_plugin_handlers(shipped)) == len(shipped.routes()) > 0
