@@ -263,8 +263,13 @@ class Plugins:
         The name is ``<plugin>.<function name>``.
         """
         named: list[tuple[str, TaskFunction]] = []
-        # Called per implementation, not through pluggy, to know whose each task is.
-        for impl in self._pm.hook.register_tasks.get_hookimpls():
+        everyone = [plugin for _, plugin in self._pm.list_name_plugin()]
+        # One pluggy call per plugin (its own wrappers apply), in pluggy's order,
+        # so each task is named after the plugin that registered it.
+        for impl in reversed(self._pm.hook.register_tasks.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            others = [plugin for plugin in everyone if plugin is not impl.plugin]
 
             def register(task: TaskFunction, _plugin: str = impl.plugin_name) -> None:
                 if not inspect.iscoroutinefunction(task):
@@ -274,7 +279,7 @@ class Plugins:
                     )
                 named.append((f"{_plugin}.{getattr(task, '__name__', 'task')}", task))
 
-            impl.function(register=register)
+            self._pm.subset_hook_caller("register_tasks", remove_plugins=others)(register=register)
         return named
 
     def is_enabled(self, name: str) -> bool:

@@ -237,3 +237,39 @@ def test_the_api_refuses_a_route_that_is_no_controller_or_handler() -> None:
         _plugin_handlers(plugins)
     shipped = build_plugins(settings_from_mapping({}))
     assert len(_plugin_handlers(shipped)) == len(shipped.routes()) > 0
+
+
+async def task_a() -> None:
+    """Plugin a's task."""
+
+
+async def task_b() -> None:
+    """Plugin b's task."""
+
+
+async def task_c() -> None:
+    """Plugin c's task."""
+
+
+class _TasksA:
+    @hookimpl
+    def register_tasks(self, register: Registrar[TaskFunction]) -> None:
+        register(task_a)
+
+
+class _TasksB:
+    @hookimpl
+    def register_tasks(self, register: Registrar[TaskFunction]) -> None:
+        register(task_b)
+
+
+class _TasksC:
+    @hookimpl(tryfirst=True)
+    def register_tasks(self, register: Registrar[TaskFunction]) -> None:
+        register(task_c)
+
+
+def test_tasks_are_collected_in_pluggys_order_each_named_after_its_plugin() -> None:
+    settings = settings_from_mapping({"plugins": {"enabled": ["c", "a", "b"]}})
+    plugins = build_plugins(settings, extra={"a": _TasksA(), "b": _TasksB(), "c": _TasksC()})
+    assert [name for name, _ in plugins.tasks()] == ["c.task_c", "b.task_b", "a.task_a"]
