@@ -69,6 +69,7 @@ class PluginRuntime:
 
 
 StripeEvent = Mapping[str, Any]
+"""A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
 
 MAILBOX_ACCOUNT_METADATA = "marketplace_account"
 """Metadata key naming the connected account whose webhook mailbox an object's events go to.
@@ -79,7 +80,6 @@ API 2025-03-31 on), so the engine reads this key from the subscription metadata 
 invoice carries (``parent.subscription_details.metadata``): set it on such subscriptions
 so their invoice events are ordered with the subscription's, in the account's mailbox.
 """
-"""A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
 
 
 class HandlerContext(Protocol):
