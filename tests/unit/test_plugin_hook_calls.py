@@ -4,6 +4,8 @@ isolated per implementation; hooks that cannot be called synchronously refused a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,3 +157,24 @@ def test_hooks_that_cannot_run_synchronously_stop_the_load(
         _plugins(sloppy=plugin)
     assert refused.value.key == "plugins.sloppy"
     assert refused.value.problem.startswith(f"{hook} {problem}")
+
+
+def test_the_command_line_refuses_to_start_naming_plugin_and_hook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine import cli
+    from engine.core import plugins as plugin_loading
+
+    installed = plugin_loading.installed_plugins()
+    broken = EntryPoint(
+        "async_split", "support.broken_plugins:ASYNC_SPLIT", plugin_loading.ENTRY_POINT_GROUP
+    )
+    monkeypatch.setattr(
+        plugin_loading, "installed_plugins", lambda: {**installed, "async_split": broken}
+    )
+    config = tmp_path / "marketplace.toml"
+    config.write_text('[plugins]\nenabled = ["async_split"]\n', encoding="utf-8")
+    assert cli.main(["--config", str(config), "plugins"]) == cli.EXIT_CONFIG
+    assert capsys.readouterr().err.startswith(
+        "marketplace: config error: plugins.async_split: resolve_split is an async def"
+    )
