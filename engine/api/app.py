@@ -24,8 +24,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, get_args, get_type_hints
 
 import msgspec
-from litestar import Litestar
+from litestar import Controller, Litestar, Router
 from litestar.datastructures import State
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
@@ -52,7 +53,7 @@ from engine.api.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, Idempoten
 from engine.api.keys import KEYS_SETTING, ensure_api_key, parse_api_key
 from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers, problem_responses
 from engine.api.strict import strict_request
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, PluginError
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics
@@ -203,9 +204,17 @@ def _rebind_options_handlers(app: Litestar) -> None:
 
 
 def _plugin_handlers(plugins: Plugins) -> list[ControllerRouterHandler]:
+    """The plugins' routes; anything but a controller, route handler or router stops the app."""
     handlers: list[ControllerRouterHandler] = []
     for item in plugins.routes():
-        handlers.append(item)  # type: ignore[arg-type]  # plugins register Litestar handlers
+        is_controller = isinstance(item, type) and issubclass(item, Controller)
+        if is_controller or isinstance(item, BaseRouteHandler | Router):
+            handlers.append(item)
+        else:
+            raise PluginError(
+                "register_routes",
+                f"register() expects a Litestar controller class or route handler, got {item!r}",
+            )
     return handlers
 
 

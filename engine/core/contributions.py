@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
 
 __all__ = [
     "MAILBOX_ACCOUNT_METADATA",
@@ -22,8 +24,12 @@ __all__ = [
     "HandlerContext",
     "PeriodicTask",
     "PluginRuntime",
+    "Registrar",
+    "Route",
+    "StartupFunction",
     "StripeEvent",
     "TableApp",
+    "TaskFunction",
     "WebhookHandler",
     "WebhookRegistration",
 ]
@@ -63,6 +69,7 @@ class PluginRuntime:
 
 
 StripeEvent = Mapping[str, Any]
+"""A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
 
 MAILBOX_ACCOUNT_METADATA = "marketplace_account"
 """Metadata key naming the connected account whose webhook mailbox an object's events go to.
@@ -73,43 +80,82 @@ API 2025-03-31 on), so the engine reads this key from the subscription metadata 
 invoice carries (``parent.subscription_details.metadata``): set it on such subscriptions
 so their invoice events are ordered with the subscription's, in the account's mailbox.
 """
-"""A verified Stripe event as Stripe sent it (``id``, ``type``, ``account``, ``data.object``)."""
 
 
 class HandlerContext(Protocol):
-    """What a webhook handler may use; the worker passes one per event.
+    """What a webhook handler uses besides the event; the worker passes one per event.
 
-    Attributes:
-        plugin_config: the handler's plugin's validated config section.
+    The handler runs inside the event's database transaction: write through
+    ``conn`` so your rows commit (or roll back) with the event's "handled"
+    mark, and defer what must only happen once that commit is done
+    (lifecycle notifications, anything outside the database) to
+    ``after_commit``. The conformance check passes the same context.
     """
 
     @property
     def services(self) -> Any:
-        """The engine's services (gateway, ledger, accounts ...), see ``engine.services``."""
+        """The engine's ``Services`` (``gateway``, ``ledger``, ``plugins``, ``db`` ...)."""
 
     @property
     def plugin_config(self) -> Any:
-        """The config struct of the plugin that registered the handler."""
+        """The validated config struct of the plugin that registered the handler."""
 
     @property
-    def conn(self) -> Any:
-        """The asyncpg connection of the event's transaction: write through it so
-        your changes commit (or roll back) together with the event's handled mark."""
+    def conn(self) -> asyncpg.Connection:
+        """The connection of the event's transaction (write here; never commit it)."""
 
     def after_commit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` once the event's transaction has committed (notifications)."""
+        """Run ``action`` once the event's transaction has committed.
+
+        Actions run in the order registered; one that raises is logged and
+        the others still run. They never run when the transaction rolls back
+        (the event is then retried and the handler registers them again).
+        """
 
 
 WebhookHandler = Callable[[StripeEvent, HandlerContext], Awaitable[None]]
 """``async def handler(event, ctx) -> None``; must be idempotent (events repeat)."""
 
 
+_Item_contra = TypeVar("_Item_contra", contravariant=True)
+
+
+class Registrar(Protocol[_Item_contra]):
+    """The ``register`` callback every ``register_*`` hook receives.
+
+    Call it once per thing you contribute; its type parameter says what it
+    takes, so a type checker refuses a wrong registration
+    (``Registrar[Route]`` refuses a ``PeriodicTask``, ``Registrar[TaskFunction]``
+    a plain ``def``). The engine checks what it is given again when it loads.
+    """
+
+    def __call__(self, item: _Item_contra, /) -> None:
+        """Contribute ``item``."""
+
+
+Route = type[Any] | Callable[..., Any]
+"""A Litestar ``Controller`` subclass or route handler (``@get``/``@post`` ...).
+
+Typed loosely because the domain package does not import Litestar; the API
+refuses anything else when it builds the app.
+"""
+
+TaskFunction = Callable[..., Awaitable[Any]]
+"""A background task: an ``async def`` the workers run as a taskiq task."""
+
+StartupFunction = Callable[[Any], Awaitable[None]]
+"""``async def start(services) -> None``, run once a process's services are open."""
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookRegistration:
     """One handler for one Stripe event type (``"*"`` for every type).
 
-    Handlers run in the order plugins are registered, per event, after the
-    engine's core handlers. A handler that raises makes the event retry.
+    Per event, the engine's core handlers run first, then the plugins' in
+    pluggy's order of their ``register_webhook_handlers`` (the latest enabled
+    plugin first, ``tryfirst``/``trylast`` honoured; one plugin's handlers in
+    the order it registered them), handlers of ``"*"`` last. A handler that
+    raises makes the event retry.
     """
 
     event_type: str

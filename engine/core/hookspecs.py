@@ -5,10 +5,14 @@ Hook names say how results combine:
 - ``resolve_*`` is *first result*: the first implementation returning something
   other than ``None`` wins; the engine ships ``trylast`` defaults so an install
   without a plugin still works. Keep these synchronous and pure (an ``async def``
-  returns a coroutine, which is never ``None``, and would always win).
-- ``on_*`` is *broadcast*: every implementation is called; failures are logged and
-  never break the money path.
-- ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add.
+  returns a coroutine, which is never ``None``, and would always win); the
+  engine refuses to load an ``async def`` or generator implementation of any hook.
+- ``on_*`` is *broadcast*: every implementation is called in pluggy's order
+  (``tryfirst``, then the latest registered, then ``trylast``) inside any
+  ``wrapper=True`` implementation; a failure is logged per implementation and
+  never stops the others or the money path.
+- ``register_*(register)`` *collects*: call ``register(...)`` once per thing you add;
+  ``register`` is a ``Registrar[T]`` whose ``T`` says what it takes.
 
 Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 ``engine.core.plugins``) and register the module under the entry point group
@@ -16,9 +20,6 @@ Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pluggy
 
@@ -28,8 +29,12 @@ from engine.core.contributions import (
     DashboardPanel,
     PeriodicTask,
     PluginRuntime,
+    Registrar,
+    Route,
+    StartupFunction,
     StripeEvent,
     TableApp,
+    TaskFunction,
     WebhookRegistration,
 )
 from engine.core.money import Money
@@ -260,7 +265,7 @@ def on_payout_failure(failure: PayoutFailure, runtime: PluginRuntime) -> None:
 
 
 @hookspec
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare the plugin's config section ``[plugins.<name>]`` and its schema.
 
     Called once at start-up, before any other hook, for enabled plugins only.
@@ -273,12 +278,13 @@ def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
 
 
 @hookspec
-def register_account_roles(register: Callable[[str], None]) -> None:
+def register_account_roles(register: Registrar[str]) -> None:
     """Declare the roles your business model onboards connected accounts as.
 
     The engine always knows ``creator``, ``provider`` and ``venue``; a plugin
     for, say, courses adds ``instructor`` and ``affiliate`` so that
-    ``POST /v1/accounts`` accepts them. Called when the API starts.
+    ``POST /v1/accounts`` accepts them. Called each time the API checks an
+    account's role (keep it cheap: register constants).
 
     Args:
         register: call once per role name (lowercase letters, digits, ``_``).
@@ -286,7 +292,7 @@ def register_account_roles(register: Callable[[str], None]) -> None:
 
 
 @hookspec
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Contribute the plugin's Piccolo app (tables and migrations).
 
     Called by ``marketplace migrate`` and the test kit to migrate every enabled
@@ -298,11 +304,13 @@ def register_tables(register: Callable[[TableApp], None]) -> None:
 
 
 @hookspec
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """Contribute HTTP routes: Litestar controllers or route handlers.
 
     Called once when the API app is built. Routes are mounted as given; put
     them under ``/v1/<plugin>/...`` and declare guards for the scopes needed.
+    Anything but a Litestar ``Controller`` subclass, route handler or
+    ``Router`` stops the app from being built (``PluginError``).
 
     Args:
         register: call once per controller class or route handler.
@@ -310,20 +318,24 @@ def register_routes(register: Callable[[object], None]) -> None:
 
 
 @hookspec
-def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Handle Stripe event types (after the engine's core handlers).
 
     Called once when a worker starts. Handlers run per event in the worker,
-    in per-account order; they must be idempotent because Stripe repeats
+    one event of a mailbox at a time (see ``resolve_mailbox_key``), inside the
+    event's transaction (``ctx.conn``, ``ctx.after_commit``: see
+    ``HandlerContext``); they must be idempotent because Stripe repeats
     events, and order-insensitive where they can (compare ``created``).
 
     Args:
-        register: call with ``WebhookRegistration("invoice.paid", handler, name)``.
+        register: call with ``WebhookRegistration("invoice.paid", handler, name)``
+            where ``async def handler(event, ctx: HandlerContext) -> None`` and
+            ``name`` is ``"<plugin>.<what>"``.
     """
 
 
 @hookspec
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """Add ``marketplace <name>`` sub-commands.
 
     Args:
@@ -332,7 +344,7 @@ def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
 
 
 @hookspec
-def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> None:
+def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
     """Add panels to the account dashboard or the admin finance view.
 
     Args:
@@ -341,7 +353,7 @@ def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> Non
 
 
 @hookspec
-def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+def register_startup(register: Registrar[StartupFunction]) -> None:
     """Run something once when a process's services have started.
 
     Called in every API and worker process right after the engine has opened
@@ -357,7 +369,7 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
 
 
 @hookspec
-def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """Run work on a schedule in the workers (booking timers, retries, reconciliation).
 
     Called when a worker starts. Each task runs at most once per
@@ -372,7 +384,7 @@ def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
 
 
 @hookspec
-def register_tasks(register: Callable[[object], None]) -> None:
+def register_tasks(register: Registrar[TaskFunction]) -> None:
     """Contribute background task functions (plain ``async def``s).
 
     Every process's broker registers each as a taskiq task named
@@ -380,5 +392,6 @@ def register_tasks(register: Callable[[object], None]) -> None:
     (``broker.find_task(name).kiq(...)``) and the workers run it.
 
     Args:
-        register: call once per async function.
+        register: call once per ``async def``; anything else is refused
+            (``PluginError``) when the plugins' tasks are collected.
     """

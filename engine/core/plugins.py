@@ -9,6 +9,8 @@ the facade, never ``pm.hook`` directly.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +28,10 @@ from engine.core.contributions import (
     DashboardPanel,
     PeriodicTask,
     PluginRuntime,
+    Route,
+    StartupFunction,
     TableApp,
+    TaskFunction,
     WebhookRegistration,
 )
 from engine.core.errors import ConfigError, PluginError
@@ -180,16 +185,15 @@ class Plugins:
         self._broadcast("on_payout_failure", failure=failure)
 
     def _broadcast(self, name: str, **kwargs: Any) -> None:
-        caller = getattr(self._pm.hook, name)
-        for impl in caller.get_hookimpls():
-            wanted = {key: value for key, value in kwargs.items() if key in impl.argnames}
-            if "runtime" in impl.argnames:
-                wanted["runtime"] = self.runtime
-            try:
-                impl.function(**wanted)
-            except Exception:
-                # Notifications must never break the money path (see hookspecs).
-                log.exception("plugin %s failed in %s", impl.plugin_name, name)
+        # pluggy calls the implementations in its order (tryfirst, then the latest
+        # registered, then trylast) inside every wrapper; each implementation was
+        # isolated when the plugins loaded (``_isolate_broadcasts``), so one that
+        # raises is logged and the others still run. A wrapper that raises is
+        # logged here: a notification never breaks the money path.
+        try:
+            getattr(self._pm.hook, name)(runtime=self.runtime, **kwargs)
+        except Exception:
+            log.exception("a plugin's wrapper of %s failed", name)
 
     # ------------------------------------------------------------ contributions
 
@@ -204,13 +208,25 @@ class Plugins:
         getattr(self._pm.hook, hook_name)(register=register)
         return collected
 
+    def _collect_functions(self, hook_name: str, *, coroutine: bool) -> list[Callable[..., Any]]:
+        collected: list[Callable[..., Any]] = []
+
+        def register(item: Callable[..., Any]) -> None:
+            if not callable(item) or (coroutine and not inspect.iscoroutinefunction(item)):
+                wanted = "an async def" if coroutine else "a controller or route handler"
+                raise PluginError(hook_name, f"register() expects {wanted}, got {item!r}")
+            collected.append(item)
+
+        getattr(self._pm.hook, hook_name)(register=register)
+        return collected
+
     def table_apps(self) -> list[TableApp]:
         """Every enabled plugin's Piccolo app."""
         return self._collect("register_tables", TableApp)
 
-    def routes(self) -> list[object]:
+    def routes(self) -> list[Route]:
         """Every enabled plugin's controllers and route handlers."""
-        return self._collect("register_routes", object)
+        return self._collect_functions("register_routes", coroutine=False)
 
     def webhook_handlers(self) -> list[WebhookRegistration]:
         """Every enabled plugin's Stripe event handlers."""
@@ -237,26 +253,33 @@ class Plugins:
         """Every enabled plugin's scheduled work (``register_periodic_tasks``)."""
         return self._collect("register_periodic_tasks", PeriodicTask)
 
-    def startup_functions(self) -> list[Callable[[Any], Any]]:
+    def startup_functions(self) -> list[StartupFunction]:
         """Every enabled plugin's start-up coroutine functions (``register_startup``)."""
-        return [fn for fn in self._collect("register_startup", object) if callable(fn)]
+        return self._collect_functions("register_startup", coroutine=True)
 
-    def tasks(self) -> list[tuple[str, Callable[..., Any]]]:
+    def tasks(self) -> list[tuple[str, TaskFunction]]:
         """Every enabled plugin's background task functions, as ``(task name, function)``.
 
         The name is ``<plugin>.<function name>``.
         """
-        named: list[tuple[str, Callable[..., Any]]] = []
-        for impl in self._pm.hook.register_tasks.get_hookimpls():
+        named: list[tuple[str, TaskFunction]] = []
+        everyone = [plugin for _, plugin in self._pm.list_name_plugin()]
+        # One pluggy call per plugin (its own wrappers apply), in pluggy's order,
+        # so each task is named after the plugin that registered it.
+        for impl in reversed(self._pm.hook.register_tasks.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            others = [plugin for plugin in everyone if plugin is not impl.plugin]
 
-            def register(task: object, _plugin: str = impl.plugin_name) -> None:
-                if not callable(task):
+            def register(task: TaskFunction, _plugin: str = impl.plugin_name) -> None:
+                if not inspect.iscoroutinefunction(task):
                     raise PluginError(
-                        "register_tasks", f"register() expects a function, got {task!r}"
+                        f"plugins.{_plugin}",
+                        f"register_tasks: register() expects an async def, got {task!r}",
                     )
                 named.append((f"{_plugin}.{getattr(task, '__name__', 'task')}", task))
 
-            impl.function(register=register)
+            self._pm.subset_hook_caller("register_tasks", remove_plugins=others)(register=register)
         return named
 
     def is_enabled(self, name: str) -> bool:
@@ -266,6 +289,66 @@ class Plugins:
 
 def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> tuple[str, ...]:
     return tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+
+
+def _synchronous_problem(impl: pluggy.HookImpl) -> str | None:
+    """Why the engine cannot call ``impl`` as a hook, or ``None`` when it can."""
+    function = impl.function
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        return "is an async def; hooks are called synchronously, make it a plain def"
+    if inspect.isgeneratorfunction(function) and not (impl.wrapper or impl.hookwrapper):
+        return "is a generator; only a wrapper (wrapper=True) may yield"
+    return None
+
+
+def _check_synchronous(pm: pluggy.PluginManager) -> None:
+    """Refuse an ``async def`` (or generator) hook implementation, naming plugin and hook.
+
+    An ``async def resolve_*`` returns a coroutine, which is never ``None``, so
+    it would win every first-result call with a value no caller can use; an
+    ``async def on_*`` or ``register_*`` would never run its body. Either is a
+    plugin bug that must stop start-up, not misbehave at the first payment.
+    """
+    for caller in pm.hook.__dict__.values():
+        if not isinstance(caller, pluggy.HookCaller):
+            continue
+        for impl in caller.get_hookimpls():
+            problem = _synchronous_problem(impl)
+            if problem is not None:
+                raise PluginError(f"plugins.{impl.plugin_name}", f"{caller.name} {problem}")
+
+
+def _isolated(impl: pluggy.HookImpl, hook_name: str) -> Callable[..., Any]:
+    function = impl.function
+
+    @functools.wraps(function)
+    def isolated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            # Broadcasts must never break the money path (see hookspecs).
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            return None
+
+    return isolated
+
+
+def _isolate_broadcasts(pm: pluggy.PluginManager) -> None:
+    """Make each ``on_*`` implementation log its failure instead of raising.
+
+    pluggy stops a hook call at the first implementation that raises, so the
+    ones after it would miss the notification. Wrapping each (non-wrapper)
+    implementation where pluggy keeps it leaves the call itself to pluggy:
+    its order (``tryfirst``/``trylast``) and its wrappers still apply.
+    """
+    for caller in pm.hook.__dict__.values():
+        if not isinstance(caller, pluggy.HookCaller) or not caller.name.startswith("on_"):
+            continue
+        for impl in caller.get_hookimpls():
+            if not (impl.wrapper or impl.hookwrapper):
+                # HookImpl.function is Final to type checkers only; pluggy reads it
+                # at every call, which is what makes the wrapping take effect.
+                setattr(impl, "function", _isolated(impl, caller.name))  # noqa: B010
 
 
 def _validate_sections(
@@ -324,7 +407,9 @@ def build_plugins(
     Raises:
         ConfigError: an enabled plugin that is not installed, a config section
             for an unknown plugin, or a bad plugin config value (names the key).
-        PluginError: a plugin that fails to import or implements an unknown hook.
+        PluginError: a plugin that fails to import, implements an unknown hook,
+            or implements a hook with an ``async def`` or a generator (naming the
+            plugin and the hook).
     """
     entry_points_by_name = dict(installed_plugins() if available is None else available)
     extra = dict(extra or {})
@@ -351,6 +436,8 @@ def build_plugins(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugins.{exc.plugin}", str(exc)) from exc
+    _check_synchronous(pm)
+    _isolate_broadcasts(pm)
 
     configs = _validate_sections(pm, settings, active)
     infos = []

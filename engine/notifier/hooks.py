@@ -10,10 +10,15 @@ happens in ``engine.notifier.delivery.run_delivery_loop``, which
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime, TableApp
+from engine.core.contributions import (
+    CliCommand,
+    ConfigSection,
+    PluginRuntime,
+    Registrar,
+    StartupFunction,
+    TableApp,
+)
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.plugins import hookimpl
 from engine.notifier import cli, delivery
@@ -30,25 +35,25 @@ def _config(runtime: PluginRuntime) -> NotifierConfig | None:
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.notifier]`` (see ``NotifierConfig``)."""
     register(ConfigSection(plugin=PLUGIN, schema=NotifierConfig))
 
 
 @hookimpl
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """The ``notifier_outbox`` table."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
 
 
 @hookimpl
-def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+def register_startup(register: Registrar[StartupFunction]) -> None:
     """Start the delivery loop in the background once the process's services are open."""
     register(delivery.start_in_background)
 
 
 @hookimpl
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """``marketplace notifier status|retry-dead``."""
     register(cli.command())
 

@@ -15,9 +15,7 @@ workers' per-task lock, and the run's own).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from engine.core.contributions import ConfigSection, PeriodicTask
+from engine.core.contributions import ConfigSection, PeriodicTask, Registrar
 from engine.core.plugins import hookimpl
 from engine.reconciliation.schedule import (
     CHECK_SECONDS,
@@ -29,12 +27,12 @@ from engine.reconciliation.schedule import (
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.reconciliation]`` (see ``ReconciliationConfig``)."""
     register(ConfigSection(plugin=PLUGIN, schema=ReconciliationConfig))
 
 
 @hookimpl
-def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """``reconciliation.run``: checked every minute, runs every ``every_minutes``."""
     register(PeriodicTask(TASK, CHECK_SECONDS, run_when_due))

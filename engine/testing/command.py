@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_conformance_command"]
+__all__ = ["EXIT_NOT_CHECKED", "add_conformance_command", "run_conformance"]
 
 
 def add_conformance_command(sub: Any) -> None:
@@ -28,7 +28,9 @@ def add_conformance_command(sub: Any) -> None:
         "conformance",
         help="check that an installed plugin keeps the engine's properties",
         description="Hooks well-formed, splits sum to the price (hypothesis), tables migrate "
-        "up, webhook handlers idempotent. Exit code 1 when a property breaks.",
+        "up, webhook handlers idempotent. Exit code 0 when every property that applies was "
+        "checked and holds, 1 when a property breaks, 3 when none broke but some were not "
+        "checked (--no-database): a property not checked is never reported as passed.",
     )
     parser.add_argument("name", help="the installed plugin's name")
     parser.add_argument(
@@ -36,7 +38,11 @@ def add_conformance_command(sub: Any) -> None:
         help="a PostgreSQL URL on a server where the check may create a scratch database "
         "(default: MARKETPLACE_TEST_DATABASE_URL, else an embedded server)",
     )
-    parser.add_argument("--no-database", action="store_true", help="skip the database properties")
+    parser.add_argument(
+        "--no-database",
+        action="store_true",
+        help="do not check the database properties (reported as not checked; exit code 3)",
+    )
     parser.add_argument(
         "--max-examples", type=int, default=None, help="hypothesis examples per money property"
     )
@@ -62,8 +68,16 @@ def _database(args: argparse.Namespace) -> Iterator[str | None]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+EXIT_NOT_CHECKED = 3
+"""Exit code when no property broke but some that apply were not checked."""
+
+
 def run_conformance(args: argparse.Namespace, settings: Any, plugins: Any) -> int:
-    """Check the plugin, print the report; 0 when every property holds."""
+    """Check the plugin, print the report.
+
+    Returns 0 when every property that applies was checked and holds, 1 when one
+    broke, ``EXIT_NOT_CHECKED`` when none broke but some were not checked.
+    """
     try:
         from engine.testing.conformance import check_plugin
     except ImportError as exc:  # hypothesis comes with the engine's dev extras
@@ -79,4 +93,6 @@ def run_conformance(args: argparse.Namespace, settings: Any, plugins: Any) -> in
             check_plugin(args.name, database_url=url, max_examples=args.max_examples)
         )
     print(report.text())
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    return 0 if report.complete else EXIT_NOT_CHECKED

@@ -29,8 +29,14 @@ function in a ``conformance`` module next to its hooks module, returning a
 generic orders and builds one sample event per handled type from Stripe's
 example objects.
 
+Each property is ``passed``, ``failed``, ``not applicable`` (nothing to check:
+the plugin does not implement ``resolve_price``, contributes no tables, handles
+no webhooks) or ``not checked`` (it applies but this run could not check it: no
+database given, or the tables it needs did not migrate). A property that was
+not checked is never reported, counted or summarised as passed.
+
 The database checks need a PostgreSQL server (``database_url``: any database
-the role may create databases from); without one they are reported as skipped.
+the role may create databases from); without one they are not checked.
 """
 
 from __future__ import annotations
@@ -64,8 +70,13 @@ from engine.testing.strategies import orders as order_strategy
 __all__ = [
     "COMMISSION",
     "CONTRIBUTIONS",
+    "FAILED",
     "IDEMPOTENT",
+    "NOT_APPLICABLE",
+    "NOT_CHECKED",
+    "PASSED",
     "PRICE",
+    "PROPERTIES",
     "SPLIT",
     "TABLES",
     "WELL_FORMED",
@@ -88,12 +99,19 @@ COMMISSION = "commissions stay within the price"
 SPLIT = "splits sum to the price"
 TABLES = "tables migrate up"
 IDEMPOTENT = "webhook handlers are idempotent"
+PROPERTIES = (WELL_FORMED, CONTRIBUTIONS, PRICE, COMMISSION, SPLIT, TABLES, IDEMPOTENT)
+"""Every property, in the order the check reports them."""
 
 PASSED = "passed"
 FAILED = "failed"
-SKIPPED = "skipped"
+NOT_APPLICABLE = "not applicable"
+"""Nothing to check: the plugin does not contribute what the property is about."""
+NOT_CHECKED = "not checked"
+"""The property applies but this run could not check it (no database, a failed prerequisite)."""
+STATUSES = (PASSED, FAILED, NOT_APPLICABLE, NOT_CHECKED)
 
-# Sub-commands the engine itself defines; a plugin's command must not shadow one.
+# Sub-commands the engine itself defines; a plugin's command must not shadow one
+# (tests/contract/test_conformance.py checks this against the CLI's parser).
 _ENGINE_COMMANDS = frozenset(
     {
         "up",
@@ -104,6 +122,7 @@ _ENGINE_COMMANDS = frozenset(
         "replay",
         "stripe-setup-webhooks",
         "sandbox",
+        "reconcile",
         "new-plugin",
         "conformance",
     }
@@ -171,7 +190,8 @@ class ConformanceSpec:
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """The outcome of one property: ``passed``, ``failed`` or ``skipped``, and why."""
+    """The outcome of one property (``passed``, ``failed``, ``not applicable``,
+    ``not checked``) and why."""
 
     name: str
     status: str
@@ -193,8 +213,30 @@ class ConformanceReport:
 
     @property
     def ok(self) -> bool:
-        """Whether no property broke (skipped ones do not count)."""
+        """Whether no property broke; see ``complete`` for whether every one was checked."""
         return not self.failures
+
+    @property
+    def complete(self) -> bool:
+        """Whether every property that applies was checked (none is ``not checked``)."""
+        return not self.not_checked
+
+    @property
+    def passed(self) -> tuple[CheckResult, ...]:
+        """The properties that were checked and held."""
+        return self._with(PASSED)
+
+    @property
+    def not_checked(self) -> tuple[CheckResult, ...]:
+        """The properties that apply but were not checked: never count them as passed."""
+        return self._with(NOT_CHECKED)
+
+    def _with(self, status: str) -> tuple[CheckResult, ...]:
+        return tuple(result for result in self.results if result.status == status)
+
+    def summary(self) -> str:
+        """``"4 passed, 0 failed, 1 not applicable, 2 not checked"``."""
+        return ", ".join(f"{len(self._with(status))} {status}" for status in STATUSES)
 
     @property
     def failures(self) -> tuple[CheckResult, ...]:
@@ -212,9 +254,13 @@ class ConformanceReport:
         """One line per property, with details and warnings indented under it."""
         lines = [f"conformance of {self.plugin}:"]
         for result in self.results:
-            lines.append(f"  {result.status.upper():<7} {result.name}")
-            lines.extend(f"          {detail}" for detail in result.details)
-            lines.extend(f"          warning: {warning}" for warning in result.warnings)
+            lines.append(f"  {result.status.upper():<14} {result.name}")
+            lines.extend(f"                 {detail}" for detail in result.details)
+            lines.extend(f"                 warning: {warning}" for warning in result.warnings)
+        lines.append(self.summary())
+        if self.not_checked:
+            names = ", ".join(result.name for result in self.not_checked)
+            lines.append(f"NOT CHECKED (not passed): {names}")
         return "\n".join(lines)
 
     def raise_for_failures(self) -> None:
@@ -602,8 +648,14 @@ def _money_checks(
     results: list[CheckResult] = []
     if "resolve_price" in implemented:
         results.append(_run_property(PRICE, orders, _price_property(plugins), examples))
+    else:
+        reason = ("the plugin does not implement resolve_price",)
+        results.append(CheckResult(PRICE, NOT_APPLICABLE, reason))
     if "resolve_commission" in implemented:
         results.append(_run_property(COMMISSION, orders, _commission_property(plugins), examples))
+    else:
+        reason = ("the plugin does not implement resolve_commission",)
+        results.append(CheckResult(COMMISSION, NOT_APPLICABLE, reason))
     cases = st.tuples(
         orders,
         st.sampled_from(["any", "bps", "zero", "all"]),
@@ -631,7 +683,7 @@ async def _check_tables(url: str, apps: Sequence[TableApp]) -> CheckResult:
     from engine.core.db import migrate
 
     if not apps:
-        return CheckResult(TABLES, SKIPPED, ("the plugin contributes no tables",))
+        return CheckResult(TABLES, NOT_APPLICABLE, ("the plugin contributes no tables",))
     try:
         await migrate(url, apps)
     except Exception as exc:
@@ -828,9 +880,11 @@ async def _database_checks(
         url = await databases.fresh(migrated=False)
         results = [await _check_tables(url, apps)]
         if results[0].failed:
-            return [*results, CheckResult(IDEMPOTENT, SKIPPED, ("the tables did not migrate",))]
+            reason = ("the tables did not migrate",)
+            return [*results, CheckResult(IDEMPOTENT, NOT_CHECKED, reason)]
         if not registrations:
-            return [*results, CheckResult(IDEMPOTENT, SKIPPED, ("the plugin handles no webhooks",))]
+            reason = ("the plugin handles no webhooks",)
+            return [*results, CheckResult(IDEMPOTENT, NOT_APPLICABLE, reason)]
         with _sandbox(True) as sandbox:
             settings_ = _check_settings(name, url, sandbox.url, spec)
             facade = build_plugins(settings_, extra={name: plugin})
@@ -856,6 +910,13 @@ async def _database_checks(
 # ---------------------------------------------------------------- entry point
 
 
+def _unchecked_rest(name: str, results: list[CheckResult], reason: str) -> ConformanceReport:
+    """The report when the check stops early: every property not reached is ``not checked``."""
+    done = {result.name for result in results}
+    rest = [CheckResult(p, NOT_CHECKED, (reason,)) for p in PROPERTIES if p not in done]
+    return ConformanceReport(name, (*results, *rest))
+
+
 async def check_plugin(
     name: str,
     plugin: object | None = None,
@@ -873,12 +934,13 @@ async def check_plugin(
         spec: what to check it with; default: ``find_spec(plugin)``.
         database_url: a PostgreSQL database URL on a server where the role may
             create databases (one is created and dropped); without it the
-            database properties are skipped.
+            database properties are ``not checked``.
         max_examples: hypothesis examples per money property (overrides the spec).
 
     Returns:
         The report; ``report.raise_for_failures()`` turns broken properties into
-        an ``AssertionError`` that names each.
+        an ``AssertionError`` that names each, and ``report.complete`` says
+        whether every property that applies was checked.
     """
     plugin = load_plugin(name) if plugin is None else plugin
     spec = find_spec(plugin) if spec is None else spec
@@ -886,18 +948,21 @@ async def check_plugin(
     well_formed, pm = _check_hooks(name, plugin)
     results = [well_formed]
     if pm is None or well_formed.failed:
-        return ConformanceReport(name, tuple(results))
+        return _unchecked_rest(name, results, "the hooks are not well-formed")
     try:
         plugins = build_plugins(_check_settings(name, "", "", spec), extra={name: plugin})
     except ConfigError as exc:
         results.append(CheckResult(CONTRIBUTIONS, FAILED, (f"{exc.key}: {exc.problem}",)))
-        return ConformanceReport(name, tuple(results))
+        return _unchecked_rest(name, results, "the plugin does not load")
     results.append(_check_contributions(name, pm, plugins))
     orders = spec.orders if spec.orders is not None else order_strategy(name)
     results += _money_checks(pm, plugin, plugins, orders, examples)
     if database_url is None:
         reason = ("no database given (pass database_url)",)
-        results += [CheckResult(TABLES, SKIPPED, reason), CheckResult(IDEMPOTENT, SKIPPED, reason)]
+        results += [
+            CheckResult(TABLES, NOT_CHECKED, reason),
+            CheckResult(IDEMPOTENT, NOT_CHECKED, reason),
+        ]
     else:
         results += await _database_checks(name, plugin, spec, plugins, database_url)
     return ConformanceReport(name, tuple(results))

@@ -15,19 +15,19 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
 
 __all__ = ["Dispatcher", "EventContext", "stripe_object"]
 
 log = logging.getLogger(__name__)
 
 
-class EventContext:
-    """What a handler gets besides the event (implements ``HandlerContext``)."""
+class EventContext(HandlerContext):
+    """The worker's ``HandlerContext``: one per handler and event."""
 
     def __init__(self, services: Any, conn: asyncpg.Connection, plugin: str) -> None:
         self._services = services
-        self.conn = conn
+        self._conn = conn
         self._plugin = plugin
         self._after: list[Callable[[], None]] = []
 
@@ -35,6 +35,11 @@ class EventContext:
     def services(self) -> Any:
         """The engine's ``Services``."""
         return self._services
+
+    @property
+    def conn(self) -> asyncpg.Connection:
+        """The connection of the event's transaction."""
+        return self._conn
 
     @property
     def plugin_config(self) -> Any:

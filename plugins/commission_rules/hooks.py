@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.core.contributions import CliCommand, ConfigSection, PluginRuntime, TableApp
+from engine.core.contributions import (
+    CliCommand,
+    ConfigSection,
+    PluginRuntime,
+    Registrar,
+    Route,
+    StartupFunction,
+    TableApp,
+)
 from engine.core.money import Money
 from engine.core.orders import Commission, Order
 from engine.core.plugins import hookimpl
@@ -16,7 +23,7 @@ from plugins.commission_rules.tables import APP_CONFIG
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.commission_rules]`` (the rule set is compiled as it is validated)."""
     register(ConfigSection(plugin=PLUGIN, schema=CommissionRulesConfig))
 
@@ -33,19 +40,19 @@ def resolve_commission(order: Order, price: Money, runtime: PluginRuntime) -> Co
 
 
 @hookimpl
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """``marketplace commission explain|dry-run``."""
     register(cli.command())
 
 
 @hookimpl
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Rule versions and rule sets (``commission_rules_*`` tables)."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
 
 
 @hookimpl
-def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None]) -> None:
+def register_startup(register: Registrar[StartupFunction]) -> None:
     """Record the config's rule versions and put an admin-saved rule set in force."""
 
     async def start(services: Any) -> None:
@@ -55,7 +62,7 @@ def register_startup(register: Callable[[Callable[[Any], Awaitable[None]]], None
 
 
 @hookimpl
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """The admin API: rules, versions, explain, dry run."""
     from plugins.commission_rules.controllers import CommissionRulesController
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from engine.core.contributions import (
     ConfigSection,
     DashboardPanel,
+    Registrar,
+    Route,
     TableApp,
     WebhookRegistration,
 )
@@ -19,26 +19,26 @@ from plugins.creator_subscriptions.tables import APP_CONFIG
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.creator_subscriptions]``."""
     register(ConfigSection(plugin=PLUGIN, schema=CreatorSubscriptionsConfig))
 
 
 @hookimpl
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Creators, tiers, fans, subscriptions, invoices, payments (``creator_subscriptions_*``)."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
 
 
 @hookimpl
-def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Subscriptions, invoices and one-time payments, order-insensitive and idempotent."""
     for registration in webhooks.registrations():
         register(registration)
 
 
 @hookimpl
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """The ``/v1/creator_subscriptions/...`` controllers."""
     from plugins.creator_subscriptions.controllers import CONTROLLERS
 
@@ -47,7 +47,7 @@ def register_routes(register: Callable[[object], None]) -> None:
 
 
 @hookimpl
-def register_dashboard_panels(register: Callable[[DashboardPanel], None]) -> None:
+def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
     """A creator's members and renewals; the operator's creators needing attention."""
     for panel in panels.panels():
         register(panel)

@@ -16,14 +16,19 @@ it is recorded, so the platform mailbox keeps flowing for every other creator.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
 from engine.core.authentication import customer_action
-from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.contributions import (
+    HandlerContext,
+    StripeEvent,
+    WebhookHandler,
+    WebhookRegistration,
+)
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
 from engine.payments.records import advance_status_sql, dispute_payment_status
@@ -70,24 +75,6 @@ _STATUS_NOTICE = {
 }
 
 
-class Context(Protocol):
-    """What the worker's ``EventContext`` offers a handler."""
-
-    @property
-    def services(self) -> Any:
-        """The engine's services."""
-
-    @property
-    def conn(self) -> asyncpg.Connection:
-        """The mailbox transaction the event is marked handled in."""
-
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` once the transaction has committed."""
-
-
-Handler = Callable[[StripeEvent, Any], Awaitable[None]]
-
-
 def _object(event: StripeEvent) -> dict[str, Any]:
     data = event.get("data") or {}
     obj = data.get("object") if isinstance(data, Mapping) else None
@@ -100,7 +87,7 @@ def _id(value: Any) -> str:
     return str(value or "")
 
 
-def _announce(ctx: Context, env: Env, notices: list[LifecycleEvent]) -> None:
+def _announce(ctx: HandlerContext, env: Env, notices: list[LifecycleEvent]) -> None:
     plugins = env.plugins
 
     def sender(notice: LifecycleEvent) -> Callable[[], None]:
@@ -163,7 +150,7 @@ async def _tier_of_price(conn: asyncpg.Connection, price: Mapping[str, Any]) -> 
 # ---------------------------------------------------------------- subscriptions
 
 
-async def on_subscription(event: StripeEvent, ctx: Context) -> None:
+async def on_subscription(event: StripeEvent, ctx: HandlerContext) -> None:
     """Mirror ``customer.subscription.*`` into our row, order-insensitively."""
     subscription = _object(event)
     conn = ctx.conn
@@ -513,7 +500,7 @@ async def _action_done(
     return [_notice(name, updated, invoice=str(invoice["id"]))]
 
 
-async def on_invoice(event: StripeEvent, ctx: Context) -> None:
+async def on_invoice(event: StripeEvent, ctx: HandlerContext) -> None:
     """Record every invoice of our subscriptions; settle it when paid; dun when it fails."""
     invoice = _object(event)
     if not invoice.get("id"):
@@ -546,7 +533,7 @@ async def on_invoice(event: StripeEvent, ctx: Context) -> None:
 # ---------------------------------------------------------------- one-time payments
 
 
-async def on_payment_intent_succeeded(event: StripeEvent, ctx: Context) -> None:
+async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -> None:
     """Settle a tip or pay-per-view whose API call did not finish (a no-op otherwise)."""
     intent = _object(event)
     if (intent.get("metadata") or {}).get("plugin") != PLUGIN:
@@ -556,12 +543,12 @@ async def on_payment_intent_succeeded(event: StripeEvent, ctx: Context) -> None:
     _announce(ctx, env, notices)
 
 
-async def on_payment_intent_failed(event: StripeEvent, ctx: Context) -> None:
+async def on_payment_intent_failed(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip or pay-per-view that waited for the fan failed: it is ``failed``."""
     await payment_failed(ctx.conn, _object(event))
 
 
-async def on_setup_intent(event: StripeEvent, ctx: Context) -> None:
+async def on_setup_intent(event: StripeEvent, ctx: HandlerContext) -> None:
     """A fan's card set-up finished: the card becomes the default, or the failure shows."""
     setup = _object(event)
     metadata = setup.get("metadata") or {}
@@ -581,7 +568,7 @@ async def on_setup_intent(event: StripeEvent, ctx: Context) -> None:
     )
 
 
-async def on_account_updated(event: StripeEvent, ctx: Context) -> None:
+async def on_account_updated(event: StripeEvent, ctx: HandlerContext) -> None:
     """Remember that a creator could sell (after the core mirrored ``account.updated``)."""
     account = _object(event)
     if account.get("charges_enabled"):
@@ -598,7 +585,7 @@ async def on_account_updated(event: StripeEvent, ctx: Context) -> None:
 _ADVANCE = advance_status_sql("status", "$2::text")
 
 
-async def on_charge_refunded(event: StripeEvent, ctx: Context) -> None:
+async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge refunded, through the API or in Stripe's dashboard: its refunded amount
     and status follow Stripe's (forward only). The engine posts the refund itself."""
     charge = _object(event)
@@ -616,7 +603,7 @@ async def on_charge_refunded(event: StripeEvent, ctx: Context) -> None:
     )
 
 
-async def on_dispute(event: StripeEvent, ctx: Context) -> None:
+async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge disputed: its status shows it (``disputed``, then ``dispute_won`` or
     ``dispute_lost``; forward only). The engine posts the dispute's money."""
     dispute = _object(event)
@@ -632,7 +619,7 @@ async def on_dispute(event: StripeEvent, ctx: Context) -> None:
 
 def registrations() -> list[WebhookRegistration]:
     """Every handler of the plugin, by Stripe event type."""
-    table: list[tuple[str, Handler]] = [
+    table: list[tuple[str, WebhookHandler]] = [
         ("customer.subscription.created", on_subscription),
         ("customer.subscription.updated", on_subscription),
         ("customer.subscription.deleted", on_subscription),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from engine.core.contributions import (
@@ -10,6 +9,8 @@ from engine.core.contributions import (
     ConfigSection,
     PeriodicTask,
     PluginRuntime,
+    Registrar,
+    Route,
     StripeEvent,
     TableApp,
     WebhookRegistration,
@@ -24,7 +25,7 @@ from plugins.three_sided_bookings.tables import APP_CONFIG
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.three_sided_bookings]``."""
     register(ConfigSection(plugin=PLUGIN, schema=ThreeSidedBookingsConfig))
 
@@ -54,13 +55,13 @@ def resolve_split(
 
 
 @hookimpl
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Catalogue, bookings and money movements (``three_sided_bookings_*`` tables)."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
 
 
 @hookimpl
-def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Disputes, held-transfer release on ``account.updated``, ledger follow-up."""
     for registration in webhooks.registrations():
         register(registration)
@@ -73,7 +74,7 @@ def resolve_mailbox_key(event: StripeEvent) -> str | None:
 
 
 @hookimpl
-def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """Take the timed transitions that are due (expiry, auto-complete, held-share retries)."""
 
     async def run(services: Any) -> None:
@@ -83,13 +84,13 @@ def register_periodic_tasks(register: Callable[[PeriodicTask], None]) -> None:
 
 
 @hookimpl
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """``marketplace bookings-timers``: run the due timed transitions (cron-friendly)."""
     register(tasks.cli_command())
 
 
 @hookimpl
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """``/v1/three_sided_bookings/...``: catalogue, bookings, actions, reconciliation."""
     from plugins.three_sided_bookings.controllers import ROUTES
 

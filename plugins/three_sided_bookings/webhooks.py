@@ -106,18 +106,13 @@ def _poster(ctx: HandlerContext) -> Callable[[Posting], Any]:
 
 
 def _conn(ctx: HandlerContext) -> Any:
-    """The event's transaction (the worker's ``EventContext.conn``)."""
-    return getattr(ctx, "conn")  # noqa: B009 - not on the HandlerContext protocol yet
+    """The event's transaction."""
+    return ctx.conn
 
 
 def _after_commit(ctx: HandlerContext, notices: Notices) -> None:
-    pending = notices.drain()
-    register = getattr(ctx, "after_commit", None)
-    for notify in pending:
-        if register is None:
-            notify()
-        else:
-            register(notify)
+    for notify in notices.drain():
+        ctx.after_commit(notify)
 
 
 # ---------------------------------------------------------------- disputes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from hypothesis import strategies as st
 from support.broken_plugins import (
@@ -13,10 +15,17 @@ from support.broken_plugins import (
     Unmarked,
 )
 
+from engine.testing.command import EXIT_NOT_CHECKED, run_conformance
 from engine.testing.conformance import (
     COMMISSION,
     CONTRIBUTIONS,
+    FAILED,
     IDEMPOTENT,
+    NOT_APPLICABLE,
+    NOT_CHECKED,
+    PASSED,
+    PRICE,
+    PROPERTIES,
     SPLIT,
     TABLES,
     WELL_FORMED,
@@ -115,12 +124,47 @@ async def test_malformed_hooks_break_well_formedness(plugin: object, message: st
     assert any(message in detail for detail in report.result(WELL_FORMED).details)
 
 
-async def test_without_a_database_the_database_properties_are_skipped() -> None:
+async def test_without_a_database_the_database_properties_are_not_checked() -> None:
     report = await check_plugin("counted_once", IdempotentCounter())
-    assert report.ok
-    assert report.result(TABLES).status == "skipped"
-    assert report.result(IDEMPOTENT).status == "skipped"
-    assert report.result(CONTRIBUTIONS).status == "passed"
+    assert report.ok  # nothing broke ...
+    assert not report.complete  # ... but not everything was checked
+    assert report.result(TABLES).status == NOT_CHECKED
+    assert report.result(IDEMPOTENT).status == NOT_CHECKED
+    assert report.result(TABLES).details == ("no database given (pass database_url)",)
+    assert {result.name for result in report.not_checked} == {TABLES, IDEMPOTENT}
+    assert TABLES not in {result.name for result in report.passed}
+    assert report.result(CONTRIBUTIONS).status == PASSED
+    # It implements neither resolve_price nor resolve_commission: nothing to check there.
+    assert report.result(PRICE).status == NOT_APPLICABLE
+    assert report.result(COMMISSION).status == NOT_APPLICABLE
+    text = report.text()
+    assert "NOT CHECKED    tables migrate up" in text
+    assert "PASSED         tables migrate up" not in text
+    assert "3 passed, 0 failed, 2 not applicable, 2 not checked" in text
+    assert "NOT CHECKED (not passed): tables migrate up, webhook handlers are idempotent" in text
+
+
+async def test_properties_after_a_broken_prerequisite_are_not_checked() -> None:
+    report = await check_plugin("malformed", AsyncSplit())
+    assert [result.name for result in report.results] == list(PROPERTIES)
+    assert report.result(WELL_FORMED).status == FAILED
+    for name in PROPERTIES[1:]:
+        assert report.result(name).status == NOT_CHECKED
+        assert report.result(name).details == ("the hooks are not well-formed",)
+    assert not report.passed
+
+
+def test_the_command_exits_3_when_a_property_was_not_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = argparse.Namespace(
+        name="commission_rules", database_url=None, no_database=True, max_examples=5
+    )
+    assert run_conformance(args, None, None) == EXIT_NOT_CHECKED == 3
+    out = capsys.readouterr().out
+    assert "NOT CHECKED    tables migrate up" in out
+    assert "0 failed" in out
+    assert "2 not checked" in out
 
 
 async def test_commission_outside_the_price_is_reported() -> None:
@@ -136,3 +180,15 @@ async def test_commission_outside_the_price_is_reported() -> None:
     report = await check_plugin("greedy", Greedy())
     assert report.result(COMMISSION).status == "failed"
     assert "rule greedy returned" in report.result(COMMISSION).details[0]
+
+
+def test_the_commands_a_plugin_may_not_shadow_are_the_engines() -> None:
+    from engine.cli import _parser
+    from engine.testing import conformance
+
+    subcommands = next(
+        action
+        for action in _parser(None)._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert set(subcommands.choices) == conformance._ENGINE_COMMANDS

@@ -6,7 +6,8 @@
   handler inserts a row on every delivery, so a repeated event changes state.
 - ``IdempotentCounter`` (``counted_once``): the same handler done right
   (``ON CONFLICT DO NOTHING`` on the event id); it must pass.
-- ``AsyncSplit`` (``async_split``): an ``async def`` first-result hook.
+- ``AsyncSplit`` (``async_split``): an ``async def`` first-result hook
+  (``ASYNC_SPLIT`` is one, for an entry point).
 - ``Misspelled`` (``misspelled``): implements ``resolve_spilt``.
 - ``Unmarked`` (``unmarked``): defines ``resolve_split`` without ``@hookimpl``.
 """
@@ -108,6 +109,10 @@ class AsyncSplit:
         self, order: Order, price: Money, commission: Commission
     ) -> SplitPlan | None:
         return None
+
+
+ASYNC_SPLIT = AsyncSplit()
+"""An instance for an entry point (``support.broken_plugins:ASYNC_SPLIT``)."""
 
 
 class Misspelled:

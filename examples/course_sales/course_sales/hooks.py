@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from engine.core.contributions import (
     CliCommand,
     ConfigSection,
     PluginRuntime,
+    Registrar,
+    Route,
     TableApp,
     WebhookRegistration,
 )
@@ -22,19 +22,19 @@ from course_sales.tables import APP_CONFIG
 
 
 @hookimpl
-def register_config_schema(register: Callable[[ConfigSection], None]) -> None:
+def register_config_schema(register: Registrar[ConfigSection]) -> None:
     """Declare ``[plugins.course_sales]``."""
     register(ConfigSection(plugin=PLUGIN, schema=CourseSalesConfig))
 
 
 @hookimpl
-def register_tables(register: Callable[[TableApp], None]) -> None:
+def register_tables(register: Registrar[TableApp]) -> None:
     """Courses and enrollments (``course_sales_*``)."""
     register(TableApp(plugin=PLUGIN, app_config=APP_CONFIG))
 
 
 @hookimpl
-def register_routes(register: Callable[[object], None]) -> None:
+def register_routes(register: Registrar[Route]) -> None:
     """``/v1/course_sales/...``."""
     # Imported here: workers and the CLI load the hooks without the HTTP layer.
     from course_sales.controllers import CourseController
@@ -43,7 +43,7 @@ def register_routes(register: Callable[[object], None]) -> None:
 
 
 @hookimpl
-def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -> None:
+def register_webhook_handlers(register: Registrar[WebhookRegistration]) -> None:
     """Transfer the shares when a course payment succeeds."""
     register(
         WebhookRegistration(
@@ -53,7 +53,7 @@ def register_webhook_handlers(register: Callable[[WebhookRegistration], None]) -
 
 
 @hookimpl
-def register_cli_commands(register: Callable[[CliCommand], None]) -> None:
+def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """``marketplace course-sales quote``."""
     register(cli.command())
 

@@ -7,12 +7,11 @@ ignores objects that are not course sales: every plugin sees every event.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from engine.core.contributions import HandlerContext, StripeEvent
 from engine.core.orders import LifecycleEvent
 from engine.services import Services
-from engine.worker.dispatch import EventContext
 
 from course_sales.config import PLUGIN
 from course_sales.services import get_enrollment, settle_enrollment
@@ -29,13 +28,11 @@ async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -
     metadata = payment_intent.get("metadata") or {}
     if metadata.get("plugin") != PLUGIN or not str(metadata.get("enrollment", "")).isdigit():
         return
-    # The worker passes an EventContext: ``conn`` is the event's transaction.
-    context = cast(EventContext, ctx)
-    services: Services = context.services
-    enrollment = await get_enrollment(context.conn, int(metadata["enrollment"]), lock=True)
+    services: Services = ctx.services
+    enrollment = await get_enrollment(ctx.conn, int(metadata["enrollment"]), lock=True)
     if enrollment is None:
         return
-    paid = await settle_enrollment(context.conn, services, enrollment, payment_intent)
+    paid = await settle_enrollment(ctx.conn, services, enrollment, payment_intent)
     if not paid:
         return
     instructor = next((t.destination for t in paid if t.role == "instructor"), None)
@@ -50,4 +47,4 @@ async def on_payment_intent_succeeded(event: StripeEvent, ctx: HandlerContext) -
         },
     )
     # Broadcast only once the settlement has committed.
-    context.after_commit(lambda: services.plugins.notify_lifecycle(notice))
+    ctx.after_commit(lambda: services.plugins.notify_lifecycle(notice))
