@@ -57,7 +57,7 @@ LEDGER_CONFLICT: Final = "ledger_conflict"
 _RUN_FINDINGS: Final = (MISSING_IN_LEDGER, MISSING_IN_STRIPE, MISMATCH)
 
 _RUN_COLUMNS = (
-    "id, trigger, status, accounts, balance_transactions, matched, missing_in_ledger, "
+    "id, trigger, mode, status, accounts, balance_transactions, matched, missing_in_ledger, "
     "missing_in_stripe, amount_mismatch, new_alerts, failed_accounts, error, started_at, "
     "finished_at"
 )
@@ -65,10 +65,12 @@ _RUN_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A stored run (``status`` running, completed, incomplete or failed)."""
+    """A stored run (``status`` running, completed, incomplete or failed; ``mode``
+    incremental or full)."""
 
     id: int
     trigger: str
+    mode: str
     status: str
     accounts: int
     balance_transactions: int
@@ -156,12 +158,13 @@ def alert_fingerprint(item: ItemResult) -> str:
     return f"{item.status}:{item.account}:{first.key}:{item.currency}"
 
 
-async def start_run(conn: Any, trigger: str) -> int:
+async def start_run(conn: Any, trigger: str, *, mode: str = "incremental") -> int:
     """Insert a running run; return its id."""
     run_id: int = await conn.fetchval(
-        "INSERT INTO marketplace_reconciliation_runs (trigger, status, failed_accounts, "
-        "started_at) VALUES ($1, 'running', '[]'::jsonb, now()) RETURNING id",
+        "INSERT INTO marketplace_reconciliation_runs (trigger, mode, status, failed_accounts, "
+        "started_at) VALUES ($1, $2, 'running', '[]'::jsonb, now()) RETURNING id",
         trigger,
+        mode,
     )
     return run_id
 
