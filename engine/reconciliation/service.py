@@ -464,6 +464,7 @@ async def run_reconciliation(
     trigger: str = "task",
     full: bool = False,
     page_size: int = PAGE_SIZE,
+    on_started: Callable[[int], None] | None = None,
 ) -> ReconciliationRun:
     """Reconcile every Stripe balance with the ledger; record items and alerts.
 
@@ -473,6 +474,8 @@ async def run_reconciliation(
         trigger: who started the run (``cli``, ``task``, ``admin:<key>``), stored.
         full: forget what earlier runs reconciled and list every transaction again.
         page_size: transactions per list request (1-100): the most held per account.
+        on_started: called with the run's id once it holds the lock and is recorded
+            (``POST /v1/reconciliation/runs`` answers then, while the run goes on).
 
     Raises:
         Conflict: another run holds the lock.
@@ -484,7 +487,9 @@ async def run_reconciliation(
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
             raise Conflict("a reconciliation run is already in progress")
         try:
-            return await _reconcile(services, progress, trigger, full=full, page_size=page_size)
+            return await _reconcile(
+                services, progress, trigger, full=full, page_size=page_size, on_started=on_started
+            )
         finally:
             await lock.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
@@ -501,13 +506,21 @@ async def is_running(pool: Any) -> bool:
 
 
 async def _reconcile(
-    services: Any, progress: Progress | None, trigger: str, *, full: bool, page_size: int
+    services: Any,
+    progress: Progress | None,
+    trigger: str,
+    *,
+    full: bool,
+    page_size: int,
+    on_started: Callable[[int], None] | None,
 ) -> ReconciliationRun:
     pool = services.db.pool
     started = datetime.now(UTC)
     mode = FULL if full else INCREMENTAL
     async with pool.acquire() as conn:
         run_id = await store.start_run(conn, trigger, mode=mode)
+    if on_started is not None:
+        on_started(run_id)
     run = _Run(services, run_id, progress, page_size)
     try:
         if full:

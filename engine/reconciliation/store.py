@@ -35,6 +35,8 @@ __all__ = [
     "ProblemItem",
     "RunRow",
     "alert_fingerprint",
+    "find_run",
+    "findings",
     "finish_run",
     "latest_run",
     "list_alerts",
@@ -43,6 +45,7 @@ __all__ = [
     "prune_matched_items",
     "recent_runs",
     "resolve_alerts",
+    "runs_before",
     "save_items",
     "start_run",
     "upsert_alerts",
@@ -414,3 +417,51 @@ async def list_alerts(pool: Any, *, open_only: bool = True, limit: int = 100) ->
         limit,
     )
     return [Alert(**dict(record)) for record in records]
+
+
+async def runs_before(pool: Any, *, before: int | None, limit: int) -> list[RunRow]:
+    """A page of runs, newest first, with ids below ``before`` (all when ``None``)."""
+    records = await pool.fetch(
+        f"SELECT {_RUN_COLUMNS} FROM marketplace_reconciliation_runs "  # noqa: S608 - constant SQL
+        "WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+        before,
+        limit,
+    )
+    return [RunRow.from_record(record) for record in records]
+
+
+async def find_run(pool: Any, run_id: int) -> RunRow | None:
+    """One run, or ``None``."""
+    record = await pool.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM marketplace_reconciliation_runs WHERE id = $1",  # noqa: S608
+        run_id,
+    )
+    return None if record is None else RunRow.from_record(record)
+
+
+async def findings(
+    pool: Any,
+    run_id: int,
+    *,
+    after: int,
+    limit: int,
+    status: str | None = None,
+    account: str | None = None,
+) -> list[ProblemItem]:
+    """A page of a run's unmatched items after item id ``after``, in the order found."""
+    records = await pool.fetch(
+        """
+        SELECT id, account, status, currency, balance_transaction_id, stripe_type, stripe_source,
+               stripe_amount, stripe_fee, ledger_key, ledger_amount, ledger_fee, detail
+        FROM marketplace_reconciliation_items
+        WHERE run = $1 AND status <> 'matched' AND id > $2
+          AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR account = $4)
+        ORDER BY id LIMIT $5
+        """,
+        run_id,
+        after,
+        status,
+        account,
+        limit,
+    )
+    return [ProblemItem(**dict(record)) for record in records]
