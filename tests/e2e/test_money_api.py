@@ -379,6 +379,18 @@ async def test_reconciliation_runs_and_findings_through_the_api(stack: Stack) ->
     assert [item["id"] for item in older["data"]] == [run["id"]]
     assert older["next_cursor"] is None
 
+    # The admin page lists the same runs and the same finding.
+    admin = await admin_browser(stack)
+    page = await admin.get("/dashboard/admin/reconciliation")
+    assert page.status_code == 200, page.text
+    assert intent["latest_charge"] in page.text
+    rows = re.findall(r"<tr>\s*<td>#(\d+)</td>(.*?)</tr>", page.text, re.S)
+    modes = {
+        int(run_id): re.findall(r'<td class="text">([^<]*)</td>', cells)[1]
+        for run_id, cells in rows
+    }
+    assert modes == {run["id"]: "incremental", full["id"]: "full"}
+
     service = stack.client_for(await stack.create_key("service"))
     assert ok(await service.get("/v1/reconciliation/runs"))["data"][0]["id"] == full["id"]
     problem(await service.post("/v1/reconciliation/runs", json={}), 403, "forbidden")
