@@ -288,7 +288,7 @@ class _Account:
             try:
                 page = await self._list({"ending_before": before})
             except InvalidInput as exc:
-                if exc.extra.get("field") == "ending_before" or "ending_before" in exc.detail:
+                if exc.field == "ending_before":  # Stripe: resource_missing, param ending_before
                     raise _CursorGone from exc
                 raise
             data = list(page.get("data") or [])

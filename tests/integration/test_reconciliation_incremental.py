@@ -224,3 +224,32 @@ async def test_a_matched_entry_changed_later_is_matched_again_and_reported(stack
     mended = await run_reconciliation(stack.services, page_size=PAGE)
     assert mended.problems == 0
     assert await list_alerts(stack.services.db.pool) == []
+
+
+async def test_a_cursor_stripe_no_longer_knows_lists_that_account_from_the_beginning(
+    stack: Stack,
+) -> None:
+    created = ok(
+        await stack.http.post(f"{C}/creators", json={"handle": "cy", "display_name": "Cy"}), 201
+    )
+    cy = created["creator"]["account_id"]
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{cy}/complete_onboarding")
+    await stack.settle()
+    await tip(stack, cy, "fan", 1100)
+    await stack.settle()
+    assert (await run_reconciliation(stack.services, page_size=PAGE)).problems == 0
+    total = await balance_transaction_count(stack, None)
+    # As after pointing the engine at another Stripe account: the cursor names nothing there.
+    await stack.services.db.pool.execute(
+        "UPDATE marketplace_reconciliation_cursors SET balance_transaction_id = 'txn_gone' "
+        "WHERE account = 'platform'"
+    )
+    mark = last_seq(stack)
+    again = await run_reconciliation(stack.services, page_size=PAGE)
+    asked = [r for r in requests_since(stack, mark) if r["account"] is None]
+    assert asked[0]["status"] == 400
+    assert "ending_before=txn_gone" in asked[0]["query"]
+    assert sum(r["listed"] or 0 for r in asked) == total  # listed again from the start
+    assert again.status == "completed"
+    assert again.problems == 0
+    assert again.counts.get("matched", 0) == 0  # all were matched before: nothing new matched
