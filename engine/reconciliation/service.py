@@ -519,6 +519,7 @@ async def _reconcile(
     mode = FULL if full else INCREMENTAL
     async with pool.acquire() as conn:
         run_id = await store.start_run(conn, trigger, mode=mode)
+        await store.close_interrupted_runs(conn, run_id)
     if on_started is not None:
         on_started(run_id)
     run = _Run(services, run_id, progress, page_size)

@@ -35,6 +35,7 @@ __all__ = [
     "ProblemItem",
     "RunRow",
     "alert_fingerprint",
+    "close_interrupted_runs",
     "find_run",
     "findings",
     "finish_run",
@@ -170,6 +171,18 @@ async def start_run(conn: Any, trigger: str, *, mode: str = "incremental") -> in
         mode,
     )
     return run_id
+
+
+async def close_interrupted_runs(conn: Any, run_id: int) -> int:
+    """Mark ``failed`` the runs still ``running`` besides ``run_id`` (called under the run lock:
+    no other run can be going, so those were interrupted: a process stopped mid-run)."""
+    result: str = await conn.execute(
+        "UPDATE marketplace_reconciliation_runs SET status = 'failed', finished_at = now(), "
+        "error = 'interrupted: the process running it stopped' "
+        "WHERE status = 'running' AND id <> $1",
+        run_id,
+    )
+    return int(result.rsplit(maxsplit=1)[-1])
 
 
 def _item_row(run_id: int, item: ItemResult) -> tuple[Any, ...]:

@@ -22,7 +22,7 @@ from support.stack import Stack, running_stack
 from engine.core.ledger import CUSTOMERS, Posting, stripe_time
 from engine.core.money import Money
 from engine.reconciliation.service import AccountProgress, ReconciliationRun, run_reconciliation
-from engine.reconciliation.store import list_alerts
+from engine.reconciliation.store import find_run, list_alerts, start_run
 
 C = "/v1/creator_subscriptions"
 PAGE = 2
@@ -244,8 +244,17 @@ async def test_a_cursor_stripe_no_longer_knows_lists_that_account_from_the_begin
         "UPDATE marketplace_reconciliation_cursors SET balance_transaction_id = 'txn_gone' "
         "WHERE account = 'platform'"
     )
+    # And a run a stopped process left "running": the next run, holding the lock, closes it.
+    async with stack.services.db.pool.acquire() as conn:
+        stale = await start_run(conn, "test")
     mark = last_seq(stack)
     again = await run_reconciliation(stack.services, page_size=PAGE)
+    closed = await find_run(stack.services.db.pool, stale)
+    assert closed is not None
+    assert (closed.status, closed.error) == (
+        "failed",
+        "interrupted: the process running it stopped",
+    )
     asked = [r for r in requests_since(stack, mark) if r["account"] is None]
     assert asked[0]["status"] == 400
     assert "ending_before=txn_gone" in asked[0]["query"]
