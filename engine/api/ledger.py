@@ -147,10 +147,6 @@ class FinanceFigures(msgspec.Struct, frozen=True, kw_only=True):
     totals: list[FinanceFigure]
 
 
-def _visible(principal: Principal, account_id: str) -> None:
-    principal.ensure_visible(account_id)
-
-
 class AccountLedgerController(Controller):
     """An account's money: its balance and its statement."""
 
@@ -174,7 +170,7 @@ class AccountLedgerController(Controller):
 
         The account's own key or an admin/service key.
         """
-        _visible(principal, account_id)
+        principal.ensure_visible(account_id)  # before any lookup: no existence leak
         await account_service.get(account_id)
         try:
             stripe_balance = await services.gateway.balance(account_id)
@@ -243,7 +239,7 @@ class AccountLedgerController(Controller):
         The account's own key or an admin/service key. ``since``/``until`` take
         Stripe's time of each movement, whole UTC days.
         """
-        _visible(principal, account_id)
+        principal.ensure_visible(account_id)  # before any lookup: no existence leak
         if since is not None and until is not None and until < since:
             raise InvalidInput("until must not be before since", field="until")
         await account_service.get(account_id)
