@@ -51,7 +51,9 @@ from engine.api.deps import SERVICES_STATE_KEY, dependencies, services_from_stat
 from engine.api.health import METRICS_STATE_KEY, HealthController, MetricsController
 from engine.api.idempotency import IDEMPOTENCY_HEADER, MAX_KEY_LENGTH, IdempotencyMiddleware
 from engine.api.keys import KEYS_SETTING, ensure_api_key, parse_api_key
+from engine.api.ledger import AccountLedgerController, FinanceController
 from engine.api.problems import PROBLEM_MEDIA_TYPE, exception_handlers, problem_responses
+from engine.api.reconciliation import ReconciliationController, stop_runs_at_shutdown
 from engine.api.strict import strict_request
 from engine.core.errors import ConfigError, PluginError
 from engine.core.plugins import Plugins, build_plugins
@@ -145,8 +147,16 @@ def _build(
         MetricsController,
         ApiKeyController,
         AccountController,
+        AccountLedgerController,
+        FinanceController,
+        ReconciliationController,
     ]
-    lifespans: list[Lifespan] = [*lifespan, _bootstrap_key(settings), _count_ledger(metrics)]
+    lifespans: list[Lifespan] = [
+        *lifespan,
+        _bootstrap_key(settings),
+        _count_ledger(metrics),
+        stop_runs_at_shutdown,
+    ]
     if settings.nats.url if webhooks is None else webhooks:
         route_handlers += _webhook_handlers()
         lifespans.append(_run_webhooks(metrics))

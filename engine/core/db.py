@@ -171,6 +171,13 @@ def engine_apps() -> list[tuple[str, Sequence[type[Table]], Sequence[str]]]:
     ]
 
 
+def engine_app_steps() -> list[tuple[str, Sequence[tuple[str, Sequence[str]]]]]:
+    """The engine apps' migrations after their first tables: ``(name, steps)``, in order."""
+    from engine.reconciliation import tables as reconciliation
+
+    return [(reconciliation.APP_NAME, reconciliation.STEPS)]
+
+
 def _table_classes(app: TableApp) -> list[type[Table]]:
     classes = getattr(app.app_config, "table_classes", [])
     return [cls for cls in classes if isinstance(cls, type) and issubclass(cls, Table)]
@@ -444,6 +451,8 @@ async def migrate(database_url: str, apps: Sequence[TableApp] = ()) -> list[str]
         for name, tables, extra in engine_apps():
             if await _create_tables(conn, name, tables, extra):
                 ran.append(f"{name}:0000_tables")
+        for name, steps in engine_app_steps():
+            ran += await _run_steps(conn, name, steps)
         for app in apps:
             if await _create_tables(conn, app.plugin, _table_classes(app)):
                 ran.append(f"{app.plugin}:0000_tables")

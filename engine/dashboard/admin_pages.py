@@ -38,7 +38,6 @@ MailboxAccount = Annotated[str, PathParameter(max_length=64)]
 EventId = Annotated[str, PathParameter(max_length=255)]
 
 ACCOUNTS_PER_PAGE: Final = 50
-_PERIOD_COUNTS: Final = {"month": 12, "week": 12, "day": 31}
 NOTICES: Final = {
     "suspended": "The account is suspended: it takes no new payments; its history, balance "
     "and payouts are unchanged.",
@@ -100,7 +99,7 @@ class AdminPagesController(Controller):
             dead_counts = group.create_task(queries.dead_letter_counts(pool))
             dead_letters = group.create_task(Mailbox(pool).dead_letters(limit=100))
             finance = group.create_task(
-                queries.finance_summary(pool, granularity, _PERIOD_COUNTS[granularity])
+                queries.finance_summary(pool, granularity, queries.FINANCE_PERIODS[granularity])
             )
             latest = group.create_task(reconciliation_store.latest_run(pool))
             alerts = group.create_task(reconciliation_store.list_alerts(pool, limit=20))

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
+from engine.core.ledger import CUSTOMERS, DISPUTES
 from engine.core.money import Money
 
 __all__ = [
+    "FINANCE_PERIODS",
     "PAGE_SIZE",
     "Balance",
     "EarningsPoint",
@@ -190,6 +192,7 @@ class FinanceRow:
     payments: int = 0
     gross: int = 0
     commission: int = 0
+    refunds: int = 0
     refunded: int = 0
     disputes: int = 0
     disputed: int = 0
@@ -458,20 +461,33 @@ async def dead_letter_counts(pool: Any) -> dict[str, int]:
     return {str(row["account"]): int(row["n"]) for row in rows}
 
 
+FINANCE_PERIODS: Final[dict[str, int]] = {"month": 12, "week": 12, "day": 31}
+"""How many periods the finance panel (and ``GET /v1/finance/figures`` by default) shows."""
+
+
+def _finance_row(found: dict[tuple[date, str, str], FinanceRow], row: Any) -> FinanceRow:
+    key = (row["period"], str(row["plugin"]), str(row["currency"]))
+    return found.setdefault(key, FinanceRow(period=key[0], plugin=key[1], currency=key[2]))
+
+
 async def finance_summary(pool: Any, period: Period, count: int) -> list[FinanceRow]:
     """Gross volume, commission, refunds and disputes per period, plugin and currency.
 
-    From ``marketplace_payments`` (each payment with the commission that priced
-    it); disputes also count the money the ledger shows withdrawn by disputes.
+    Each figure falls in the period of Stripe's time of its own movement: a
+    payment's volume and commission when it was charged (``marketplace_payments``,
+    with the commission that priced it, dated by its charge's posting), a
+    refund when it was refunded and a dispute when its funds were withdrawn
+    (both from the ledger, posted at the balance transaction's time). So a
+    January payment refunded in February counts in January's volume and in
+    February's refunds. The finance panel and ``GET /v1/finance/figures`` both
+    read this.
     """
     start = _period_start(period, await window_end(pool), count)
     rows = await pool.fetch(
         f"""
         SELECT date_trunc($1, paid_at AT TIME ZONE 'UTC')::date AS period, plugin, currency,
                count(*) AS payments, sum(amount)::bigint AS gross,
-               sum(fee_amount)::bigint AS commission, sum(amount_refunded)::bigint AS refunded,
-               count(*) FILTER (WHERE status IN ('disputed', 'dispute_won', 'dispute_lost'))
-                   AS disputes
+               sum(fee_amount)::bigint AS commission
         FROM (SELECT p.*, {_PAYMENT_TIME} AS paid_at FROM marketplace_payments p
               WHERE p.status = ANY($3::text[])) AS paid
         WHERE paid_at >= $2
@@ -483,33 +499,35 @@ async def finance_summary(pool: Any, period: Period, count: int) -> list[Finance
     )
     found: dict[tuple[date, str, str], FinanceRow] = {}
     for row in rows:
-        key = (row["period"], str(row["plugin"]), str(row["currency"]))
-        found[key] = FinanceRow(
-            period=row["period"],
-            plugin=str(row["plugin"]),
-            currency=str(row["currency"]),
-            payments=int(row["payments"]),
-            gross=int(row["gross"]),
-            commission=int(row["commission"]),
-            refunded=int(row["refunded"]),
-            disputes=int(row["disputes"]),
-        )
-    withdrawn = await pool.fetch(
+        entry = _finance_row(found, row)
+        entry.payments = int(row["payments"])
+        entry.gross = int(row["gross"])
+        entry.commission = int(row["commission"])
+    # Refunds (money back to customers) and dispute withdrawals, at Stripe's time of each.
+    movements = await pool.fetch(
         """
         SELECT date_trunc($1, t.occurred_at AT TIME ZONE 'UTC')::date AS period, t.plugin,
-               e.currency, sum(e.amount)::bigint AS amount
+               e.currency, e.account, count(DISTINCT t.stripe_object_id) AS movements,
+               sum(e.amount)::bigint AS amount
         FROM marketplace_ledger_entries e
         JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
-        WHERE e.account = 'disputes' AND e.amount > 0 AND t.occurred_at >= $2
-        GROUP BY 1, 2, 3
+        WHERE t.occurred_at >= $2 AND e.amount > 0
+          AND ((e.account = $3 AND t.kind = 'refund') OR e.account = $4)
+        GROUP BY 1, 2, 3, 4
         """,
         period,
         start,
+        CUSTOMERS,
+        DISPUTES,
     )
-    for row in withdrawn:
-        key = (row["period"], str(row["plugin"]), str(row["currency"]))
-        entry = found.setdefault(key, FinanceRow(period=key[0], plugin=key[1], currency=key[2]))
-        entry.disputed += int(row["amount"])
+    for row in movements:
+        entry = _finance_row(found, row)
+        if row["account"] == DISPUTES:
+            entry.disputes += int(row["movements"])
+            entry.disputed += int(row["amount"])
+        else:
+            entry.refunds += int(row["movements"])
+            entry.refunded += int(row["amount"])
     return sorted(
         found.values(), key=lambda item: (item.period, item.plugin, item.currency), reverse=True
     )
@@ -527,6 +545,7 @@ def totals_by_plugin(rows: Sequence[FinanceRow]) -> list[FinanceRow]:
         total.payments += row.payments
         total.gross += row.gross
         total.commission += row.commission
+        total.refunds += row.refunds
         total.refunded += row.refunded
         total.disputes += row.disputes
         total.disputed += row.disputed

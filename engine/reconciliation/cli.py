@@ -3,7 +3,9 @@
 Exit status: 0 when every item matched, 3 when the run found problems (each
 is also an alert on the admin panel), 1 on an error (``marketplace`` prints it).
 ``--every SECONDS`` keeps running, for a side process or a container when the
-worker does not schedule the task.
+worker does not schedule the task. Runs are incremental (only the balance
+transactions newer than the last reconciled one are listed); ``--full`` lists
+everything again, from a clean slate.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="SECONDS",
         help="keep running, one run every SECONDS (default: once)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="forget what earlier runs reconciled and list every balance transaction again",
     )
     parser.add_argument(
         "--show",
@@ -57,7 +64,8 @@ def print_run(run: ReconciliationRun, out: TextIO, *, show: int = 50) -> None:
     """The run's summary and its first ``show`` problems."""
     counts = ", ".join(f"{status} {count}" for status, count in sorted(run.counts.items()))
     print(
-        f"run {run.id} {run.status}: {run.balance_transactions} balance transactions over "
+        f"run {run.id} {run.status} ({run.mode}): {run.balance_transactions} balance "
+        f"transactions listed over "
         f"{len(run.accounts)} account(s); {counts or 'nothing to reconcile'}; "
         f"{run.new_alerts} new alert(s)",
         file=out,
@@ -85,7 +93,7 @@ def run(
         try:
             while True:
                 result = await run_reconciliation(
-                    services, progress=_progress(stream), trigger="cli"
+                    services, progress=_progress(stream), trigger="cli", full=args.full
                 )
                 print_run(result, stream, show=args.show)
                 if args.every <= 0:

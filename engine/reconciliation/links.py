@@ -26,17 +26,26 @@ source                        then
 The relations come from the platform's own balance transactions with
 ``expand[]=data.source`` (a connected account's ``py_``/``pyr_`` are found
 through the platform's transfers and reversals, so connected accounts need no
-expansion).
+expansion). A reconciliation run learns them page by page and keeps them as
+rows (``edges`` / ``from_edges``), so a later run, which fetches only newer
+transactions, still knows how an earlier transfer relates to its charge.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Links", "object_id"]
+__all__ = ["PARENT", "Edge", "Links", "object_id"]
+
+PARENT = "parent"
+_REFUND = "refund"
+_FEE = "fee"
+
+Edge = tuple[str, str, str, int]
+"""``(child, relation, parent, position)``: one stored relation (see ``Links.edges``)."""
 
 _MAX_DEPTH = 4
 
@@ -55,6 +64,37 @@ class Links:
     parents: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     refunds_of_charge: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     fee_of_fee_refund: dict[str, str] = field(default_factory=dict)
+
+    def edges(self) -> list[Edge]:
+        """Every relation known, as rows to store (``from_edges`` reads them back).
+
+        ``parent``: ``child`` derives from ``parent`` (nearest first, by
+        ``position``); ``refund``: ``parent`` is a refund of charge ``child``;
+        ``fee``: fee refund ``child`` returns application fee ``parent``.
+        """
+        rows: list[Edge] = []
+        for child, parents in self.parents.items():
+            if not child:
+                continue
+            rows += [(child, PARENT, parent, i) for i, parent in enumerate(parents)]
+        for charge, refunds in self.refunds_of_charge.items():
+            rows += [(charge, _REFUND, refund, i) for i, refund in enumerate(refunds)]
+        rows += [(refund, _FEE, fee, 0) for refund, fee in self.fee_of_fee_refund.items()]
+        return rows
+
+    @classmethod
+    def from_edges(cls, rows: Iterable[Edge]) -> Links:
+        """The relations of stored ``edges`` (in ``position`` order per child)."""
+        links = cls()
+        for child, relation, parent, _ in sorted(rows, key=lambda row: (row[0], row[1], row[3])):
+            if relation == PARENT:
+                links._link(child, parent)
+            elif relation == _REFUND:
+                if parent not in links.refunds_of_charge[child]:
+                    links.refunds_of_charge[child].append(parent)
+            elif relation == _FEE:
+                links.fee_of_fee_refund[child] = parent
+        return links
 
     def _link(self, child: str, *parents: str) -> None:
         known = self.parents[child]

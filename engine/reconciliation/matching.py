@@ -44,7 +44,10 @@ __all__ = [
     "BalanceTxn",
     "ItemResult",
     "LedgerLine",
+    "leftover_items",
     "match_account",
+    "match_exact",
+    "pair_mismatches",
 ]
 
 Status = Literal["matched", "missing_in_ledger", "missing_in_stripe", "amount_mismatch"]
@@ -242,61 +245,86 @@ def _mismatch(txn: BalanceTxn, lines: Sequence[LedgerLine]) -> ItemResult | None
     )
 
 
-def match_account(
-    account: str, txns: Sequence[BalanceTxn], lines: Iterable[LedgerLine]
-) -> list[ItemResult]:
-    """Reconcile one Stripe balance's transactions with its ledger account's lines.
+def _matched(account: str, txn: BalanceTxn, chosen: tuple[LedgerLine, ...]) -> ItemResult:
+    return ItemResult(
+        status=MATCHED,
+        account=account,
+        currency=txn.currency,
+        txn=txn,
+        lines=chosen,
+        ledger_amount=txn.amount if len(chosen) == 2 or not txn.fee else txn.net,
+        ledger_fee=txn.fee if len(chosen) == 2 else 0,
+    )
 
-    Args:
-        account: the ledger account (``platform`` or ``acct_...``).
-        txns: every balance transaction of that Stripe balance (any order).
-        lines: every ledger entry on ``account``.
+
+def _missing_in_ledger(account: str, txn: BalanceTxn) -> ItemResult:
+    return ItemResult(
+        status=MISSING_IN_LEDGER,
+        account=account,
+        currency=txn.currency,
+        txn=txn,
+        detail=(
+            f"{txn.type} {txn.source or txn.id} of {_money(txn.amount, txn.currency)} "
+            "has no ledger entry"
+        ),
+    )
+
+
+def _ordered(txns: Iterable[BalanceTxn]) -> list[BalanceTxn]:
+    return sorted(txns, key=lambda txn: (txn.created, txn.id))
+
+
+def match_exact(
+    account: str, txns: Sequence[BalanceTxn], lines: Iterable[LedgerLine]
+) -> tuple[list[ItemResult], list[BalanceTxn]]:
+    """The first pass: each balance transaction a ledger transaction records exactly.
 
     Returns:
-        One result per balance transaction (oldest first), then one
-        ``missing_in_stripe`` result per ledger transaction and currency with
-        unclaimed lines.
+        The ``matched`` results (oldest first) and the transactions left
+        unmatched (oldest first), for ``pair_mismatches``.
     """
     book = _Book.of(lines)
-    ordered = sorted(txns, key=lambda txn: (txn.created, txn.id))
-    results: dict[str, ItemResult] = {}
-    for txn in ordered:
+    matched: list[ItemResult] = []
+    left: list[BalanceTxn] = []
+    for txn in _ordered(txns):
         for candidate in book.candidates(txn):
             chosen = _exact(txn, candidate)
             if chosen is not None:
                 book.consume(chosen)
-                results[txn.id] = ItemResult(
-                    status=MATCHED,
-                    account=account,
-                    currency=txn.currency,
-                    txn=txn,
-                    lines=chosen,
-                    ledger_amount=txn.amount if len(chosen) == 2 or not txn.fee else txn.net,
-                    ledger_fee=txn.fee if len(chosen) == 2 else 0,
-                )
+                matched.append(_matched(account, txn, chosen))
                 break
-    for txn in ordered:
-        if txn.id in results:
-            continue
+        else:
+            left.append(txn)
+    return matched, left
+
+
+def pair_mismatches(
+    account: str, txns: Sequence[BalanceTxn], lines: Iterable[LedgerLine]
+) -> list[ItemResult]:
+    """The second pass, over what ``match_exact`` left: a mismatch, or missing in the ledger.
+
+    ``lines`` are the ledger lines no exact match claimed. Each mismatch
+    consumes the lines it is paired with (its ``lines``), so the difference is
+    reported once.
+    """
+    book = _Book.of(lines)
+    found: list[ItemResult] = []
+    for txn in _ordered(txns):
         for candidate in book.candidates(txn):
             mismatch = _mismatch(txn, candidate)
             if mismatch is not None:
                 book.consume(mismatch.lines)
-                results[txn.id] = mismatch
+                found.append(mismatch)
                 break
         else:
-            results[txn.id] = ItemResult(
-                status=MISSING_IN_LEDGER,
-                account=account,
-                currency=txn.currency,
-                txn=txn,
-                detail=(
-                    f"{txn.type} {txn.source or txn.id} of {_money(txn.amount, txn.currency)} "
-                    "has no ledger entry"
-                ),
-            )
-    found = [results[txn.id] for txn in ordered]
-    for group in book.leftovers():
+            found.append(_missing_in_ledger(account, txn))
+    return found
+
+
+def leftover_items(account: str, lines: Iterable[LedgerLine]) -> list[ItemResult]:
+    """``missing_in_stripe``: one result per ledger transaction and currency of unclaimed lines."""
+    found: list[ItemResult] = []
+    for group in _Book.of(lines).leftovers():
         first = group[0]
         total = sum(line.amount for line in group)
         found.append(
@@ -315,3 +343,33 @@ def match_account(
             )
         )
     return found
+
+
+def match_account(
+    account: str, txns: Sequence[BalanceTxn], lines: Iterable[LedgerLine]
+) -> list[ItemResult]:
+    """Reconcile one Stripe balance's transactions with its ledger account's lines, in memory.
+
+    The three passes (``match_exact``, ``pair_mismatches``, ``leftover_items``)
+    over one set of transactions and lines; the service runs the same passes
+    page by page against the database.
+
+    Args:
+        account: the ledger account (``platform`` or ``acct_...``).
+        txns: every balance transaction of that Stripe balance (any order).
+        lines: every ledger entry on ``account``.
+
+    Returns:
+        One result per balance transaction (oldest first), then one
+        ``missing_in_stripe`` result per ledger transaction and currency with
+        unclaimed lines.
+    """
+    lines = list(lines)
+    matched, left = match_exact(account, txns, lines)
+    claimed = {id(line) for item in matched for line in item.lines}
+    open_lines = [line for line in lines if id(line) not in claimed]
+    others = pair_mismatches(account, left, open_lines)
+    consumed = claimed | {id(line) for item in others for line in item.lines}
+    by_txn = {item.txn.id: item for item in [*matched, *others] if item.txn is not None}
+    found = [by_txn[txn.id] for txn in _ordered(txns)]
+    return found + leftover_items(account, [line for line in lines if id(line) not in consumed])

@@ -35,6 +35,9 @@ __all__ = [
     "ProblemItem",
     "RunRow",
     "alert_fingerprint",
+    "close_interrupted_runs",
+    "find_run",
+    "findings",
     "finish_run",
     "latest_run",
     "list_alerts",
@@ -43,6 +46,7 @@ __all__ = [
     "prune_matched_items",
     "recent_runs",
     "resolve_alerts",
+    "runs_before",
     "save_items",
     "start_run",
     "upsert_alerts",
@@ -57,7 +61,7 @@ LEDGER_CONFLICT: Final = "ledger_conflict"
 _RUN_FINDINGS: Final = (MISSING_IN_LEDGER, MISSING_IN_STRIPE, MISMATCH)
 
 _RUN_COLUMNS = (
-    "id, trigger, status, accounts, balance_transactions, matched, missing_in_ledger, "
+    "id, trigger, mode, status, accounts, balance_transactions, matched, missing_in_ledger, "
     "missing_in_stripe, amount_mismatch, new_alerts, failed_accounts, error, started_at, "
     "finished_at"
 )
@@ -65,10 +69,12 @@ _RUN_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """A stored run (``status`` running, completed, incomplete or failed)."""
+    """A stored run (``status`` running, completed, incomplete or failed; ``mode``
+    incremental or full)."""
 
     id: int
     trigger: str
+    mode: str
     status: str
     accounts: int
     balance_transactions: int
@@ -156,14 +162,27 @@ def alert_fingerprint(item: ItemResult) -> str:
     return f"{item.status}:{item.account}:{first.key}:{item.currency}"
 
 
-async def start_run(conn: Any, trigger: str) -> int:
+async def start_run(conn: Any, trigger: str, *, mode: str = "incremental") -> int:
     """Insert a running run; return its id."""
     run_id: int = await conn.fetchval(
-        "INSERT INTO marketplace_reconciliation_runs (trigger, status, failed_accounts, "
-        "started_at) VALUES ($1, 'running', '[]'::jsonb, now()) RETURNING id",
+        "INSERT INTO marketplace_reconciliation_runs (trigger, mode, status, failed_accounts, "
+        "started_at) VALUES ($1, $2, 'running', '[]'::jsonb, now()) RETURNING id",
         trigger,
+        mode,
     )
     return run_id
+
+
+async def close_interrupted_runs(conn: Any, run_id: int) -> int:
+    """Mark ``failed`` the runs still ``running`` besides ``run_id`` (called under the run lock:
+    no other run can be going, so those were interrupted: a process stopped mid-run)."""
+    result: str = await conn.execute(
+        "UPDATE marketplace_reconciliation_runs SET status = 'failed', finished_at = now(), "
+        "error = 'interrupted: the process running it stopped' "
+        "WHERE status = 'running' AND id <> $1",
+        run_id,
+    )
+    return int(result.rsplit(maxsplit=1)[-1])
 
 
 def _item_row(run_id: int, item: ItemResult) -> tuple[Any, ...]:
@@ -411,3 +430,51 @@ async def list_alerts(pool: Any, *, open_only: bool = True, limit: int = 100) ->
         limit,
     )
     return [Alert(**dict(record)) for record in records]
+
+
+async def runs_before(pool: Any, *, before: int | None, limit: int) -> list[RunRow]:
+    """A page of runs, newest first, with ids below ``before`` (all when ``None``)."""
+    records = await pool.fetch(
+        f"SELECT {_RUN_COLUMNS} FROM marketplace_reconciliation_runs "  # noqa: S608 - constant SQL
+        "WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+        before,
+        limit,
+    )
+    return [RunRow.from_record(record) for record in records]
+
+
+async def find_run(pool: Any, run_id: int) -> RunRow | None:
+    """One run, or ``None``."""
+    record = await pool.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM marketplace_reconciliation_runs WHERE id = $1",  # noqa: S608
+        run_id,
+    )
+    return None if record is None else RunRow.from_record(record)
+
+
+async def findings(
+    pool: Any,
+    run_id: int,
+    *,
+    after: int,
+    limit: int,
+    status: str | None = None,
+    account: str | None = None,
+) -> list[ProblemItem]:
+    """A page of a run's unmatched items after item id ``after``, in the order found."""
+    records = await pool.fetch(
+        """
+        SELECT id, account, status, currency, balance_transaction_id, stripe_type, stripe_source,
+               stripe_amount, stripe_fee, ledger_key, ledger_amount, ledger_fee, detail
+        FROM marketplace_reconciliation_items
+        WHERE run = $1 AND status <> 'matched' AND id > $2
+          AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR account = $4)
+        ORDER BY id LIMIT $5
+        """,
+        run_id,
+        after,
+        status,
+        account,
+        limit,
+    )
+    return [ProblemItem(**dict(record)) for record in records]

@@ -7,6 +7,17 @@ An alert is one distinct problem (``fingerprint``), opened the first time a
 run reports it and resolved by the first complete run that no longer does;
 re-running never duplicates it. Nothing here changes money.
 
+Incremental runs keep their state in three more tables (``STEPS``, plain SQL):
+``marketplace_reconciliation_cursors`` (per Stripe balance, the newest balance
+transaction reconciled: where the next run's listing starts),
+``marketplace_reconciliation_txns`` (every balance transaction reconciled so
+far, with its status: ``matched`` ones are never fetched again, the others are
+matched again on every run) and ``marketplace_reconciliation_claims`` (which
+ledger entry each of them claimed, with the amount it had: an entry changed
+afterwards re-opens its transaction). ``marketplace_reconciliation_links``
+keeps the relations between Stripe objects learnt from the platform's
+transactions (``engine.reconciliation.links``).
+
 These tables form the engine app ``marketplace_reconciliation``, migrated by
 ``engine.core.db.migrate`` right after the core tables.
 """
@@ -30,6 +41,7 @@ from piccolo.table import Table
 __all__ = [
     "APP_NAME",
     "EXTRA_DDL",
+    "STEPS",
     "TABLES",
     "ReconciliationAlert",
     "ReconciliationItem",
@@ -113,3 +125,52 @@ EXTRA_DDL: tuple[str, ...] = (
     "ON marketplace_reconciliation_items (run, id) WHERE status <> 'matched'",
 )
 """Indexes Piccolo's column API cannot express."""
+
+STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "0001_incremental",
+        (
+            "ALTER TABLE marketplace_reconciliation_runs "
+            "ADD COLUMN IF NOT EXISTS mode VARCHAR(16) NOT NULL DEFAULT 'incremental'",
+            """CREATE TABLE IF NOT EXISTS marketplace_reconciliation_cursors (
+                account VARCHAR(64) PRIMARY KEY,
+                balance_transaction_id VARCHAR(64) NOT NULL,
+                created BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            """CREATE TABLE IF NOT EXISTS marketplace_reconciliation_txns (
+                id BIGSERIAL PRIMARY KEY,
+                account VARCHAR(64) NOT NULL,
+                balance_transaction_id VARCHAR(64) NOT NULL,
+                type VARCHAR(48) NOT NULL DEFAULT '',
+                source VARCHAR(64) NOT NULL DEFAULT '',
+                amount BIGINT NOT NULL,
+                fee BIGINT NOT NULL DEFAULT 0,
+                currency VARCHAR(3) NOT NULL,
+                created BIGINT NOT NULL DEFAULT 0,
+                status VARCHAR(24) NOT NULL DEFAULT 'pending',
+                run BIGINT NOT NULL,
+                UNIQUE (account, balance_transaction_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS marketplace_reconciliation_txns_open "
+            "ON marketplace_reconciliation_txns (account, id) WHERE status <> 'matched'",
+            """CREATE TABLE IF NOT EXISTS marketplace_reconciliation_claims (
+                entry_id BIGINT PRIMARY KEY,
+                txn BIGINT NOT NULL REFERENCES marketplace_reconciliation_txns (id)
+                    ON DELETE CASCADE,
+                amount BIGINT NOT NULL,
+                exact BOOLEAN NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS marketplace_reconciliation_claims_txn "
+            "ON marketplace_reconciliation_claims (txn)",
+            """CREATE TABLE IF NOT EXISTS marketplace_reconciliation_links (
+                child VARCHAR(64) NOT NULL,
+                relation VARCHAR(16) NOT NULL,
+                parent VARCHAR(64) NOT NULL,
+                position INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (child, relation, parent)
+            )""",
+        ),
+    ),
+)
+"""Migrations after the tables, in order (``engine.core.db.engine_app_steps``)."""

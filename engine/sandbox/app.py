@@ -14,6 +14,7 @@ import pickle
 import random
 import re
 import string
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,10 @@ _CONTENTS = re.compile(r"^/v1/files/file_[A-Za-z0-9]+/contents$")
 _VERSION = API_VERSION.encode()
 
 
+REQUEST_LOG_SIZE = 5000
+"""API requests ``GET /_sandbox/requests`` remembers."""
+
+
 @dataclass(slots=True)
 class Request:
     """One HTTP request as read from ASGI."""
@@ -111,6 +116,11 @@ class SandboxApp:
         self.dispatcher = WebhookDispatcher(state)
         self.persist_path = persist_path
         self._saver: asyncio.Task[None] | None = None
+        self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        """The latest API requests, oldest first (Stripe's dashboard keeps a request log too):
+        what a test reads through ``GET /_sandbox/requests`` to see what the engine asked."""
+        self._request_seq = 0
+        self._listed: int | None = None
         if persist_path is not None and persist_path.exists():
             self._load(persist_path)
 
@@ -228,9 +238,27 @@ class SandboxApp:
             (b"stripe-version", _VERSION),
             *extra,
         ]
+        self._log_request(request, status)
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
         self.dispatcher.pump()
+
+    def _log_request(self, request: Request, status: int) -> None:
+        self._request_seq += 1
+        account = request.headers.get(b"stripe-account", b"").decode("latin-1")
+        self.requests.append(
+            {
+                "seq": self._request_seq,
+                "id": request.request_id,
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "account": account or None,
+                "status": status,
+                "listed": self._listed,
+            }
+        )
+        self._listed = None
 
     def _api(self, request: Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
@@ -289,6 +317,8 @@ class SandboxApp:
                 connected=connected,
             )
             result = route.handler(call)
+            if isinstance(result, dict) and result.get("object") == "list":
+                self._listed = len(result.get("data") or ())
             if expansions:
                 result = expand(state, result, expansions)
             status, payload = call.status, msgspec.json.encode(result)

@@ -4,6 +4,9 @@
 - `POST /_sandbox/accounts/{id}/complete_onboarding`, `POST /_sandbox/accounts/{id}/restrict`
 - `GET /_sandbox/deliveries` (`?event=`, `?endpoint=`, `?status=`),
   `POST /_sandbox/deliveries/wait` (`{"timeout": s}`: until no delivery is in flight)
+- `GET /_sandbox/requests` (`?path=`, `?after=SEQ`): the API requests received, oldest first,
+  each with its `seq`, `method`, `path`, raw `query`, `account` (`Stripe-Account`),
+  `status` and, for a list, how many objects it returned (`listed`)
 - `POST /_sandbox/faults` `{"status": 429|500|503, "count": N}`: the next N API requests fail
 - `POST /_sandbox/reset`
 - `GET /_sandbox/onboarding/{id}`: the page an account link points to
@@ -123,6 +126,8 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             return _json(account)
         case ("GET", "deliveries"):
             return _json({"object": "list", "data": _deliveries(app, params)})
+        case ("GET", "requests"):
+            return _json({"object": "list", "data": _requests(app, params)})
         case ("POST", "deliveries", "wait"):
             timeout = float(params.get("timeout", 10))
             idle = await app.dispatcher.wait_idle(timeout)
@@ -242,6 +247,16 @@ def _invoice_page(app: SandboxApp, invoice: Obj) -> str:
 <p>Status: {html.escape(str(invoice["status"]))}; amount due {invoice["amount_remaining"]}
 {html.escape(invoice["currency"])} (minor units).</p>{action}
 </body></html>"""
+
+
+def _requests(app: SandboxApp, params: Params) -> list[Obj]:
+    path = params.get("path")
+    after = _number(params, "after") or 0
+    return [
+        entry
+        for entry in app.requests
+        if entry["seq"] > after and (path is None or entry["path"] == path)
+    ]
 
 
 def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:

@@ -240,8 +240,8 @@ async def scripted_month(stack: Stack) -> dict[str, str]:
     return {"ada": ada, "bob": bob, "provider": provider, "venue": venue}
 
 
-async def reconcile_command(stack: Stack, tmp_path: Path) -> tuple[int, str]:
-    """``marketplace --config FILE reconcile`` against the stack, in its own process."""
+async def reconcile_command(stack: Stack, tmp_path: Path, *options: str) -> tuple[int, str]:
+    """``marketplace --config FILE reconcile [options]`` against the stack, in its own process."""
     config = tmp_path / "marketplace.toml"
     enabled = ", ".join(f'"{name}"' for name in ENABLED)
     config.write_text(
@@ -275,6 +275,7 @@ currencies = ["usd"]
         "--config",
         str(config),
         "reconcile",
+        *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=environment,
@@ -323,9 +324,10 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     assert "amount_mismatch" not in printed, printed
     assert "missing_in" not in printed, printed
 
-    # The function: the same, with the items recorded per run.
+    # The function, in full (the command's run already reconciled everything, so an
+    # incremental run would list nothing): the same, with the items recorded per run.
     steps: list[AccountProgress] = []
-    clean = await run_reconciliation(stack.services, progress=steps.append)
+    clean = await run_reconciliation(stack.services, progress=steps.append, full=True)
     assert clean.status == "completed"
     assert clean.problems == 0, [item.detail for item in clean.problem_items()]
     assert [step.account for step in steps] == ["platform", *sorted(accounts.values())]
@@ -398,8 +400,9 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
         1,
     )
 
-    status, printed = await reconcile_command(stack, tmp_path)
+    status, printed = await reconcile_command(stack, tmp_path, "--full")
     assert status == 3, printed
+    assert "completed (full)" in printed
     assert "amount_mismatch 1" in printed
     assert "missing_in_ledger 1" in printed
     assert f"charge {charge_id} of 1.23 USD has no ledger entry" in printed

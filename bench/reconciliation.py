@@ -1,0 +1,129 @@
+"""Benchmark: what an incremental reconciliation run lists and holds, beside a full one.
+
+Runs alone (``.venv/bin/python bench/reconciliation.py [--tips N] [--new M] [--page P]``):
+starts embedded PostgreSQL and NATS in a temporary directory and the whole
+stack (sandbox, API, worker), pays ``N`` tips to three creators through the
+API (each a destination charge: four balance transactions on two balances),
+then reconciles three times with pages of ``P``: the first run (no cursor yet:
+the whole history), a second after ``M`` more tips (incremental), and a full
+run. For each it prints the balance transactions listed, the list requests
+the sandbox received (its request log), the most transactions held at once by
+one account, and the seconds taken. The last lines are ratios:
+``bench: reconciliation_listed_ratio`` (listed by the incremental run / by the
+full one) and ``bench: reconciliation_time_ratio`` (incremental / full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.infra.embedded import Services as EmbeddedServices  # noqa: E402
+from engine.reconciliation.service import ReconciliationRun, run_reconciliation  # noqa: E402
+from engine.testing.stack import Stack, running_stack  # noqa: E402
+
+C = "/v1/creator_subscriptions"
+
+
+async def pay_tips(stack: Stack, creators: list[str], count: int, prefix: str) -> None:
+    """``count`` tips spread over ``creators``, each from a new fan."""
+    for index in range(count):
+        body = {
+            "external_ref": f"{prefix}-{index}",
+            "name": "Fan",
+            "payment_method": "pm_card_visa",
+        }
+        fan = await stack.http.post(f"{C}/fans", json=body)
+        assert fan.status_code == 201, fan.text
+        paid = await stack.http.post(
+            f"{C}/payments/tips",
+            json={
+                "fan_id": fan.json()["id"],
+                "creator_account_id": creators[index % len(creators)],
+                "amount": 500 + index,
+            },
+        )
+        assert paid.status_code == 201, paid.text
+    await stack.settle(120)
+
+
+def last_seq(stack: Stack) -> int:
+    data = stack.sandbox.control("GET", "/_sandbox/requests")["data"]
+    return int(data[-1]["seq"]) if data else 0
+
+
+async def measured(stack: Stack, name: str, **options: Any) -> tuple[ReconciliationRun, float]:
+    mark = last_seq(stack)
+    started = time.perf_counter()
+    run = await run_reconciliation(stack.services, **options)
+    seconds = time.perf_counter() - started
+    asked = stack.sandbox.control(
+        "GET", f"/_sandbox/requests?path=/v1/balance_transactions&after={mark}"
+    )["data"]
+    held = max((account.most_held for account in run.accounts), default=0)
+    print(
+        f"{name:<13} listed {run.balance_transactions:6d}   requests {len(asked):4d}   "
+        f"most held {held:4d}   problems {run.problems:3d}   {seconds:6.2f} s"
+    )
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
+    return run, seconds
+
+
+async def run(tips: int, new: int, page: int) -> tuple[float, float]:
+    """Seed, reconcile three ways, print the figures; return the two ratios."""
+    with tempfile.TemporaryDirectory(prefix="bench-reconciliation-") as scratch:
+        async with EmbeddedServices(Path(scratch), fast=True, use_environment=False) as services:
+            urls = services.urls
+            async with running_stack(
+                urls.database_url,
+                urls.nats_url,
+                "BENCH_RECONCILIATION",
+                plugins=["commission_rules", "creator_subscriptions"],
+            ) as stack:
+                creators = []
+                for handle in ("ada", "bob", "cy"):
+                    created = await stack.http.post(
+                        f"{C}/creators", json={"handle": handle, "display_name": handle}
+                    )
+                    assert created.status_code == 201, created.text
+                    account = str(created.json()["creator"]["account_id"])
+                    stack.sandbox.control(
+                        "POST", f"/_sandbox/accounts/{account}/complete_onboarding"
+                    )
+                    creators.append(account)
+                await stack.settle()
+                started = time.perf_counter()
+                await pay_tips(stack, creators, tips, "seed")
+                print(f"paid {tips} tips in {time.perf_counter() - started:.1f} s")
+                await measured(stack, "first run", page_size=page)
+                await pay_tips(stack, creators, new, "new")
+                incremental, fast = await measured(stack, "incremental", page_size=page)
+                full, slow = await measured(stack, "full", page_size=page, full=True)
+    return incremental.balance_transactions / full.balance_transactions, fast / slow
+
+
+def main() -> None:
+    """Parse arguments, run, print the ``bench:`` lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tips", type=int, default=200)
+    parser.add_argument("--new", type=int, default=5)
+    parser.add_argument("--page", type=int, default=100)
+    args = parser.parse_args()
+    for name in ("taskiq", "nats"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    listed, timed = asyncio.run(run(args.tips, args.new, args.page))
+    print(f"bench: reconciliation_listed_ratio {listed:.3f}")
+    print(f"bench: reconciliation_time_ratio {timed:.3f}")
+
+
+if __name__ == "__main__":
+    main()
