@@ -29,6 +29,12 @@ from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
 from engine.core.ledger import stripe_time
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
+from engine.core.postings import (
+    DestinationRefund,
+    destination_charge_from,
+    destination_charge_posting,
+    destination_refund_postings,
+)
 from engine.payments.records import lock_charge_movements
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
@@ -38,13 +44,6 @@ from plugins.creator_subscriptions.env import (
     require_selling,
 )
 from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
-from plugins.creator_subscriptions.postings import (
-    DestinationRefund,
-    charge_posting,
-    destination_charge_from,
-    payment_ledger_key,
-    refund_postings,
-)
 from plugins.creator_subscriptions.pricing import one_time_order, priced, record_engine_payment
 from plugins.creator_subscriptions.schemas import (
     NewOneTimePayment,
@@ -334,11 +333,11 @@ async def settle_one_time_payment(
     facts = destination_charge_from(charge)
     reference = f"{PLUGIN}:payment:{payment_id}"
     await env.ledger.post(
-        charge_posting(
+        destination_charge_posting(
             facts,
-            key=payment_ledger_key(str(intent["id"])),
             kind=str(row["kind"]),
             reference=reference,
+            plugin=PLUGIN,
             description=f"{row['kind']} to {facts.destination}",
         ),
         conn=conn,
@@ -356,7 +355,7 @@ async def settle_one_time_payment(
         facts.charge_id,
         facts.transfer_id,
         facts.platform_fee.amount,
-        facts.creator_earnings.amount,
+        facts.account_share.amount,
         facts.stripe_fee.amount,
         facts.application_fee_id,
     )
@@ -370,7 +369,7 @@ async def settle_one_time_payment(
                 "amount": facts.amount.amount,
                 "currency": facts.amount.currency,
                 "application_fee": facts.platform_fee.amount,
-                "creator_earnings": facts.creator_earnings.amount,
+                "creator_earnings": facts.account_share.amount,
                 "fan_id": int(row["fan"]),
             },
         )
@@ -441,7 +440,7 @@ async def refund_destination_charge(
     creator's share and the platform's fee back in proportion to the refund,
     from the charge's own transfer and fee: the same proportional split the
     engine's ``SplitPlan.proportional`` gives, computed once, by Stripe, and
-    posted as Stripe reports it (``refund_postings``: the engine's postings,
+    posted as Stripe reports it (``destination_refund_postings``: the engine's postings,
     which its webhook handlers post too). Returns the facts and Stripe's refund.
     """
     # Before Stripe announces the refund: the engine's handlers wait for this
@@ -482,7 +481,7 @@ async def refund_destination_charge(
         reversal_id=str(reversal.get("id") or "") if isinstance(reversal, Mapping) else "",
         fee_refunds=tuple(fee_refunds),
     )
-    for posting in refund_postings(facts, reference=reference):
+    for posting in destination_refund_postings(facts, reference=reference, plugin=PLUGIN):
         await env.ledger.post(posting, conn=conn)
     return facts, refund
 

@@ -26,16 +26,12 @@ from engine.core.authentication import customer_action
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
+from engine.core.postings import destination_charge_from, destination_charge_posting
 from engine.payments.records import advance_status_sql, dispute_payment_status
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
 from plugins.creator_subscriptions.one_time import payment_failed, settle_one_time_payment
-from plugins.creator_subscriptions.postings import (
-    charge_posting,
-    destination_charge_from,
-    invoice_ledger_key,
-)
 from plugins.creator_subscriptions.pricing import record_engine_payment, subscription_order
 from plugins.creator_subscriptions.subscriptions import (
     SUBSCRIPTION_METADATA,
@@ -332,18 +328,16 @@ async def _settle_invoice(
     charge_id = transfer_id = ""
     if charge is not None:
         facts = destination_charge_from(charge)
-        ledger_key = invoice_ledger_key(str(invoice["id"]))
-        await env.ledger.post(
-            charge_posting(
-                facts,
-                key=ledger_key,
-                kind="subscription_invoice",
-                reference=reference,
-                description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
-            ),
-            conn=conn,
+        posting = destination_charge_posting(
+            facts,
+            kind="subscription_invoice",
+            reference=reference,
+            plugin=PLUGIN,
+            description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
         )
-        fee, earnings = facts.platform_fee.amount, facts.creator_earnings.amount
+        ledger_key = posting.key
+        await env.ledger.post(posting, conn=conn)
+        fee, earnings = facts.platform_fee.amount, facts.account_share.amount
         stripe_fee, charge_id, transfer_id = (
             facts.stripe_fee.amount,
             facts.charge_id,

@@ -16,6 +16,7 @@ from typing import Any
 from engine.core.ledger import Ledger, Posting
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.gateway import StripeGateway
+from engine.payments.movements import MoneyScope
 from engine.services import Services
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.store import BookingRecord, Connection, load_booking
@@ -108,6 +109,13 @@ class BookingContext:
     def ledger(self) -> Ledger:
         """The engine's ledger."""
         return self.services.ledger
+
+    @property
+    def money(self) -> MoneyScope:
+        """The engine's money calls for this booking, in this transition's transaction."""
+        return MoneyScope(
+            self.services.gateway, self.services.ledger, self.conn, PLUGIN, self.booking.reference
+        )
 
     async def post(self, posting: Posting) -> bool:
         """Post to the ledger in this transaction (a repeated key posts nothing)."""

@@ -11,10 +11,11 @@
   transition it completes is taken (``pay``), or the off-session charge waiting for
   it is recorded and settled; ``payment_intent.payment_failed`` /
   ``setup_intent.setup_failed`` show the failure in the booking's ``customer_action``.
-- ``charge.succeeded``/``charge.captured``, ``charge.refunded``,
-  ``transfer.created``/``transfer.reversed``: the ledger postings of a
-  booking's Stripe objects, keyed like the API path's, so a movement whose
-  request died after Stripe answered is still in the ledger exactly once.
+- ``charge.succeeded``/``charge.captured``, ``transfer.created``: the ledger
+  postings of a booking's charges and transfers, the engine's (keyed by the
+  Stripe object), so a movement whose request died after Stripe answered is
+  still in the ledger exactly once. Refunds, reversals and disputes are posted
+  by the engine's own handlers, which run first.
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -39,20 +40,14 @@ from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegist
 from engine.core.errors import IllegalTransition, MarketplaceError
 from engine.core.ledger import Posting, stripe_time
 from engine.core.money import Money
+from engine.core.postings import charge_posting, transfer_posting
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
-from plugins.three_sided_bookings.disputes import post_dispute_transactions
 from plugins.three_sided_bookings.payments import (
     action_json,
     clear_action,
     intent_authenticated,
-)
-from plugins.three_sided_bookings.postings import (
-    charge_posting,
-    refund_posting,
-    reversal_posting,
-    transfer_posting,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
@@ -159,8 +154,6 @@ async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
         # The booking's process has no way into (or out of) disputed from where it is;
         # the money still moved, so the ledger follows Stripe regardless.
         log.warning("dispute %s on booking %s: %s", dispute.get("id"), booking_id, refused)
-    booking = await load_booking(conn, booking_id)
-    await post_dispute_transactions(_poster(ctx), booking, dispute)
     _after_commit(ctx, notices)
 
 
@@ -258,34 +251,18 @@ async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
     currency = str(charge["currency"])
     await _poster(ctx)(
         charge_posting(
-            reference,
             str(charge["id"]),
             Money(int(txn["amount"]), currency),
             Money(int(txn.get("fee") or 0), currency),
             occurred_at=stripe_time(txn.get("created")),
+            reference=reference,
+            plugin=PLUGIN,
         )
     )
 
 
-async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
-    """Post each refund of a booking charge (a released authorisation has none)."""
-    charge = _object(event)
-    reference = _booking_reference(charge.get("transfer_group"))
-    refunds = (charge.get("refunds") or {}).get("data") or []
-    if reference is None:
-        return
-    post = _poster(ctx)
-    for refund in refunds:
-        if refund.get("status") in {"succeeded", "pending"}:
-            amount = Money(int(refund["amount"]), str(refund["currency"]))
-            posting = refund_posting(
-                reference, str(refund["id"]), amount, occurred_at=stripe_time(refund.get("created"))
-            )
-            await post(posting)
-
-
 async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
-    """Post a booking transfer and its reversals."""
+    """Post a booking's transfer (its reversals are the engine's handler's)."""
     transfer = _object(event)
     reference = _booking_reference(transfer.get("transfer_group"))
     if reference is None:
@@ -295,23 +272,14 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
     destination = str(transfer["destination"])
     await post(
         transfer_posting(
-            reference,
-            str(transfer["id"]),
             destination,
+            str(transfer["id"]),
             Money(int(transfer["amount"]), currency),
             occurred_at=stripe_time(transfer.get("created")),
+            reference=reference,
+            plugin=PLUGIN,
         )
     )
-    for reversal in (transfer.get("reversals") or {}).get("data") or []:
-        await post(
-            reversal_posting(
-                reference,
-                str(reversal["id"]),
-                destination,
-                Money(int(reversal["amount"]), currency),
-                occurred_at=stripe_time(reversal.get("created")),
-            )
-        )
 
 
 def registrations() -> list[WebhookRegistration]:
@@ -330,9 +298,7 @@ def registrations() -> list[WebhookRegistration]:
         ("setup_intent.setup_failed", on_intent_failed),
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
-        ("charge.refunded", on_charge_refunded),
         ("transfer.created", on_transfer),
-        ("transfer.reversed", on_transfer),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

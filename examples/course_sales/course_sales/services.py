@@ -20,13 +20,13 @@ from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, SplitLeg
 from engine.core.plugins import Plugins
+from engine.core.postings import charge_posting, transfer_posting
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import price_order, record_payment
 from engine.payments.records import link_payment_intent, record_transfer, update_payment
 from engine.services import Services
 
 from course_sales.config import PLUGIN, CourseSalesConfig
-from course_sales.postings import charge_posting, transfer_posting
 from course_sales.pricing import course_order, legs_from_json, legs_to_json
 
 __all__ = [
@@ -295,7 +295,15 @@ async def settle_enrollment(
     fee_amount, charged_at = await _charge_transaction(services.gateway, charge_id)
     fee = Money(fee_amount, enrollment.price.currency)
     await services.ledger.post(
-        charge_posting(charge_id, enrollment.price, fee, enrollment.reference, at=charged_at),
+        charge_posting(
+            charge_id,
+            enrollment.price,
+            fee,
+            occurred_at=charged_at,
+            reference=enrollment.reference,
+            plugin=PLUGIN,
+            description="course sale",
+        ),
         conn=conn,
     )
     paid: list[PaidTransfer] = []
@@ -327,11 +335,13 @@ async def settle_enrollment(
         )
         await services.ledger.post(
             transfer_posting(
-                transfer_id,
                 leg.account_id,
+                transfer_id,
                 leg.amount,
-                enrollment.reference,
-                at=stripe_time(transfer.get("created")),
+                occurred_at=stripe_time(transfer.get("created")),
+                reference=enrollment.reference,
+                plugin=PLUGIN,
+                description="course revenue share",
             ),
             conn=conn,
         )
