@@ -30,6 +30,12 @@ call                      Stripe                       ledger
 ``release``               ``.../cancel``               nothing moved
 ``refund``                ``POST /v1/refunds``, then   ``refund:<re>``,
                           ``reverse`` per paid share   ``reversal:<trr>`` each
+``refund_destination_``   ``POST /v1/refunds`` with    ``refund:<re>``, ``reversal:
+``charge``                ``reverse_transfer``,        <trr>``, ``application_fee_
+                          ``refund_application_fee``   refund:<fr>``
+``post_destination_``     (a destination charge        ``charge:<ch>`` (four balance
+``charge``                captured)                    transactions)
+``post_platform_charge``  (a charge captured)          ``charge:<ch>``
 ``transfer``              ``POST /v1/transfers``       ``transfer:<tr>``
 ``reverse``               ``.../reversals``            ``reversal:<trr>``
 ========================  ===========================  ==============================
@@ -56,9 +62,11 @@ from engine.core.money import Money
 from engine.core.orders import SplitLeg, SplitPlan
 from engine.core.postings import (
     DestinationCharge,
+    DestinationRefund,
     charge_posting,
     destination_charge_from,
     destination_charge_posting,
+    destination_refund_postings,
     refund_posting,
     reversal_posting,
     transfer_posting,
@@ -77,9 +85,11 @@ __all__ = [
     "capture",
     "charge",
     "post_destination_charge",
+    "post_platform_charge",
     "record_charge",
     "record_transfer_made",
     "refund",
+    "refund_destination_charge",
     "refund_share",
     "release",
     "reverse",
@@ -402,19 +412,31 @@ async def release(scope: MoneyScope, payment_intent_id: str, *, payment_id: int 
     return status
 
 
+async def _expanded_charge(scope: MoneyScope, charge: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """Stripe's charge with its balance transaction (read back unless already expanded)."""
+    if isinstance(charge, Mapping) and isinstance(charge.get("balance_transaction"), Mapping):
+        return charge
+    charge_id = str(charge["id"]) if isinstance(charge, Mapping) else charge
+    return await scope.gateway.call(
+        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
+    )
+
+
 async def post_destination_charge(
-    scope: MoneyScope, charge_id: str, *, kind: str = "charge", description: str = ""
+    scope: MoneyScope,
+    charge: str | Mapping[str, Any],
+    *,
+    kind: str = "charge",
+    description: str = "",
 ) -> DestinationCharge:
     """Post a captured destination charge once (``charge:<ch>``); what it moved.
 
-    The charge is read back from Stripe with its balance transaction, so the
-    posting carries Stripe's fee, the transfer and the application fee as
-    Stripe made them (``destination_charge_posting``).
+    ``charge`` is the ``ch_`` or Stripe's charge; unless its balance transaction
+    is expanded it is read back from Stripe, so the posting carries Stripe's
+    fee, the transfer and the application fee as Stripe made them
+    (``destination_charge_posting``).
     """
-    stripe_charge = await scope.gateway.call(
-        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
-    )
-    facts = destination_charge_from(stripe_charge)
+    facts = destination_charge_from(await _expanded_charge(scope, charge))
     await scope.post(
         destination_charge_posting(
             facts,
@@ -425,6 +447,39 @@ async def post_destination_charge(
         )
     )
     return facts
+
+
+async def post_platform_charge(
+    scope: MoneyScope,
+    charge: str | Mapping[str, Any],
+    *,
+    kind: str = "charge",
+    description: str = "",
+) -> Posting | None:
+    """Post a captured charge on the platform's balance once (``charge:<ch>``, Stripe's fee).
+
+    For a charge made outside ``charge`` (a Checkout or client-confirmed
+    PaymentIntent), or announced by ``charge.succeeded`` before the API path
+    posted it. ``charge`` is the ``ch_`` or Stripe's charge (read back unless its
+    balance transaction is expanded). None for a charge not captured yet.
+    """
+    found = await _expanded_charge(scope, charge)
+    txn = found.get("balance_transaction")
+    if not found.get("captured") or not isinstance(txn, Mapping):
+        return None
+    currency = str(found["currency"])
+    posting = charge_posting(
+        str(found["id"]),
+        Money(int(txn["amount"]), currency),
+        Money(int(txn.get("fee") or 0), currency),
+        occurred_at=stripe_time(txn["created"]),
+        reference=scope.reference,
+        plugin=scope.plugin,
+        kind=kind,
+        description=description,
+    )
+    await scope.post(posting)
+    return posting
 
 
 # ---------------------------------------------------------------- splits of refunds
@@ -777,3 +832,76 @@ async def refund(
         reversals=tuple(reversals),
         refund=made,
     )
+
+
+async def refund_destination_charge(
+    scope: MoneyScope,
+    *,
+    charge_id: str,
+    amount: Money,
+    destination: str,
+    application_fee_id: str,
+    operation: Sequence[object],
+    refunded_before: Money,
+    fee_refunded_before: Money,
+    reason: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> tuple[DestinationRefund, Mapping[str, Any]]:
+    """Refund ``amount`` of a destination charge; Stripe takes the shares back in proportion.
+
+    ``reverse_transfer`` and ``refund_application_fee`` make Stripe pull the
+    destination's share and the platform's fee back from the charge's own
+    transfer and fee, in proportion to the refund (the split's proportional
+    part, computed by Stripe); what it reversed is read back and posted as
+    Stripe reports it (``destination_refund_postings``: ``refund:<re>``,
+    ``reversal:<trr>``, ``application_fee_refund:<fr>``, which the engine's
+    webhook handlers post too). The payment's refunded amount grows. Key:
+    ``<reference>:refund:<operation...>``. Returns the facts and Stripe's refund.
+    """
+    currency = amount.currency
+    # Before Stripe announces the refund: the engine's handlers wait for this
+    # transaction instead of posting the same movements in another order.
+    await lock_charge_movements(scope.conn, charge_id)
+    made = await scope.gateway.call(
+        "refunds",
+        "create",
+        params={
+            "charge": charge_id,
+            "amount": amount.amount,
+            "reverse_transfer": True,
+            "refund_application_fee": True,
+            **({"reason": reason} if reason else {}),
+            **({"metadata": dict(metadata)} if metadata else {}),
+            "expand": ["transfer_reversal"],
+        },
+        idempotency_key=scope.key("refund", *operation),
+    )
+    reversal = made.get("transfer_reversal")
+    reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
+    fee_refunded = 0
+    fee_refunds: list[tuple[str, Money, datetime]] = []
+    if application_fee_id:
+        fee = await scope.gateway.call("application_fees", "retrieve", application_fee_id)
+        fee_refunded = int(fee.get("amount_refunded") or 0) - fee_refunded_before.amount
+        fee_refunds = [
+            (str(item["id"]), Money(int(item["amount"]), currency), _time(item))
+            for item in (fee.get("refunds") or {}).get("data") or []
+        ]
+    facts = DestinationRefund(
+        refund_id=str(made["id"]),
+        amount=Money(int(made["amount"]), currency),
+        transfer_reversed=Money(reversed_amount, currency),
+        fee_refunded=Money(fee_refunded, currency),
+        destination=destination,
+        refunded_at=_time(made),
+        reversal_id=str(reversal.get("id") or "") if isinstance(reversal, Mapping) else "",
+        fee_refunds=tuple(fee_refunds),
+    )
+    await update_payment(
+        scope.conn, by_charge=charge_id, amount_refunded=(refunded_before + facts.amount).amount
+    )
+    for posting in destination_refund_postings(
+        facts, reference=scope.reference, plugin=scope.plugin
+    ):
+        await scope.post(posting)
+    return facts, made

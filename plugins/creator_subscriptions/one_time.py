@@ -26,20 +26,14 @@ import asyncpg
 
 from engine.core.authentication import customer_action
 from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
-from engine.core.ledger import stripe_time
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
-from engine.core.postings import (
-    DestinationRefund,
-    destination_charge_from,
-    destination_charge_posting,
-    destination_refund_postings,
-)
-from engine.payments.records import lock_charge_movements
+from engine.payments import movements
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
     creator_by_account,
+    money_scope,
     op_key,
     require_selling,
 )
@@ -327,20 +321,12 @@ async def settle_one_time_payment(
     charge_id = intent.get("latest_charge")
     if isinstance(charge_id, Mapping):
         charge_id = charge_id.get("id")
-    charge = await env.gateway.call(
-        "charges", "retrieve", str(charge_id), params={"expand": ["balance_transaction"]}
-    )
-    facts = destination_charge_from(charge)
     reference = f"{PLUGIN}:payment:{payment_id}"
-    await env.ledger.post(
-        destination_charge_posting(
-            facts,
-            kind=str(row["kind"]),
-            reference=reference,
-            plugin=PLUGIN,
-            description=f"{row['kind']} to {facts.destination}",
-        ),
-        conn=conn,
+    facts = await movements.post_destination_charge(
+        money_scope(env, conn, reference),
+        str(charge_id),
+        kind=str(row["kind"]),
+        description=f"{row['kind']} to {row['account_id']}",
     )
     await conn.execute(
         """
@@ -419,73 +405,6 @@ def refund_view(row: asyncpg.Record) -> RefundView:
     )
 
 
-async def refund_destination_charge(
-    env: Env,
-    conn: asyncpg.Connection,
-    *,
-    charge_id: str,
-    application_fee_id: str,
-    destination: str,
-    currency: str,
-    amount: int,
-    fee_refunded_before: int,
-    reason: str | None,
-    metadata: Mapping[str, str],
-    idempotency_key: str,
-    reference: str,
-) -> tuple[DestinationRefund, Mapping[str, Any]]:
-    """Refund ``amount`` of a creator's destination charge (a tip's or an invoice's) and post it.
-
-    ``reverse_transfer`` and ``refund_application_fee`` make Stripe pull the
-    creator's share and the platform's fee back in proportion to the refund,
-    from the charge's own transfer and fee: the same proportional split the
-    engine's ``SplitPlan.proportional`` gives, computed once, by Stripe, and
-    posted as Stripe reports it (``destination_refund_postings``: the engine's postings,
-    which its webhook handlers post too). Returns the facts and Stripe's refund.
-    """
-    # Before Stripe announces the refund: the engine's handlers wait for this
-    # transaction instead of posting the same movements in another order.
-    await lock_charge_movements(conn, charge_id)
-    refund = await env.gateway.call(
-        "refunds",
-        "create",
-        params={
-            "charge": charge_id,
-            "amount": amount,
-            "reverse_transfer": True,
-            "refund_application_fee": True,
-            **({"reason": reason} if reason else {}),
-            "metadata": dict(metadata),
-            "expand": ["transfer_reversal"],
-        },
-        idempotency_key=idempotency_key,
-    )
-    reversal = refund.get("transfer_reversal")
-    reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
-    fee_refunded = 0
-    fee_refunds: list[tuple[str, Money, Any]] = []
-    if application_fee_id:
-        fee = await env.gateway.call("application_fees", "retrieve", application_fee_id)
-        fee_refunded = int(fee.get("amount_refunded") or 0) - fee_refunded_before
-        fee_refunds = [
-            (str(item["id"]), Money(int(item["amount"]), currency), stripe_time(item["created"]))
-            for item in (fee.get("refunds") or {}).get("data") or []
-        ]
-    facts = DestinationRefund(
-        refund_id=str(refund["id"]),
-        amount=Money(int(refund["amount"]), currency),
-        transfer_reversed=Money(reversed_amount, currency),
-        fee_refunded=Money(fee_refunded, currency),
-        destination=destination,
-        refunded_at=stripe_time(refund.get("created")),
-        reversal_id=str(reversal.get("id") or "") if isinstance(reversal, Mapping) else "",
-        fee_refunds=tuple(fee_refunds),
-    )
-    for posting in destination_refund_postings(facts, reference=reference, plugin=PLUGIN):
-        await env.ledger.post(posting, conn=conn)
-    return facts, refund
-
-
 async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> RefundView:
     """Refund (part of) a payment, reversing the creator's transfer and the fee in proportion.
 
@@ -507,21 +426,19 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             "SELECT count(*) + 1 FROM creator_subscriptions_refunds WHERE payment = $1", payment_id
         )
         reference = f"{PLUGIN}:payment:{payment_id}"
-        facts, refund = await refund_destination_charge(
-            env,
-            conn,
+        currency = str(row["currency"])
+        facts, refund = await movements.refund_destination_charge(
+            money_scope(env, conn, reference),
             charge_id=str(row["charge_id"]),
-            application_fee_id=str(row["application_fee_id"] or ""),
+            amount=Money(amount, currency),
             destination=str(row["account_id"]),
-            currency=str(row["currency"]),
-            amount=amount,
-            fee_refunded_before=int(row["fee_refunded"]),
+            application_fee_id=str(row["application_fee_id"] or ""),
+            operation=(row["uid"], sequence),
+            refunded_before=Money(int(row["amount_refunded"]), currency),
+            fee_refunded_before=Money(int(row["fee_refunded"]), currency),
             reason=new.reason,
             metadata={"plugin": PLUGIN, PAYMENT_METADATA: str(payment_id)},
-            idempotency_key=op_key("payment", row["uid"], "refund", sequence),
-            reference=reference,
         )
-        currency = str(row["currency"])
         refunded_total = int(row["amount_refunded"]) + facts.amount.amount
         refund_row = await conn.fetchrow(
             """

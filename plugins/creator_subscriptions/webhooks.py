@@ -26,10 +26,10 @@ from engine.core.authentication import customer_action
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
-from engine.core.postings import destination_charge_from, destination_charge_posting
+from engine.payments import movements
 from engine.payments.records import advance_status_sql, dispute_payment_status
 from plugins.creator_subscriptions.config import PLUGIN
-from plugins.creator_subscriptions.env import Env, op_key
+from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
 from plugins.creator_subscriptions.one_time import payment_failed, settle_one_time_payment
 from plugins.creator_subscriptions.pricing import record_engine_payment, subscription_order
@@ -327,16 +327,13 @@ async def _settle_invoice(
     fee = earnings = stripe_fee = 0
     charge_id = transfer_id = ""
     if charge is not None:
-        facts = destination_charge_from(charge)
-        posting = destination_charge_posting(
-            facts,
+        facts = await movements.post_destination_charge(
+            money_scope(env, conn, reference),
+            charge,
             kind="subscription_invoice",
-            reference=reference,
-            plugin=PLUGIN,
             description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
         )
-        ledger_key = posting.key
-        await env.ledger.post(posting, conn=conn)
+        ledger_key = f"charge:{facts.charge_id}"
         fee, earnings = facts.platform_fee.amount, facts.account_share.amount
         stripe_fee, charge_id, transfer_id = (
             facts.stripe_fee.amount,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine.core.ledger import Ledger, Posting
+from engine.core.ledger import Ledger
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.gateway import StripeGateway
 from engine.payments.movements import MoneyScope
@@ -116,10 +116,6 @@ class BookingContext:
         return MoneyScope(
             self.services.gateway, self.services.ledger, self.conn, PLUGIN, self.booking.reference
         )
-
-    async def post(self, posting: Posting) -> bool:
-        """Post to the ledger in this transaction (a repeated key posts nothing)."""
-        return await self.ledger.post(posting, conn=self.conn)
 
     async def reload(self) -> BookingRecord:
         """Re-read the booking after an action changed it."""

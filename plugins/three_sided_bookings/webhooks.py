@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from engine.core.authentication import customer_action
 from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
 from engine.core.errors import IllegalTransition, MarketplaceError
-from engine.core.ledger import Posting, stripe_time
-from engine.core.money import Money
-from engine.core.postings import charge_posting, transfer_posting
+from engine.payments import movements
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
@@ -88,16 +86,6 @@ def mailbox_key(event: StripeEvent) -> str | None:
         booking_id = str((obj.get("metadata") or {}).get("booking_id") or "")
         reference = f"booking:{booking_id}" if booking_id.isdigit() else None
     return f"{PLUGIN}:{reference}" if reference else None
-
-
-def _poster(ctx: HandlerContext) -> Callable[[Posting], Any]:
-    conn = _conn(ctx)
-    ledger = ctx.services.ledger
-
-    async def post(posting: Posting) -> bool:
-        return bool(await ledger.post(posting, conn=conn))
-
-    return post
 
 
 def _conn(ctx: HandlerContext) -> Any:
@@ -239,46 +227,34 @@ async def on_account_updated(event: StripeEvent, ctx: HandlerContext) -> None:
 # ---------------------------------------------------------------- ledger follow-up
 
 
+def _money(ctx: HandlerContext, reference: str) -> movements.MoneyScope:
+    """The engine's money calls for a booking, in the event's transaction."""
+    return movements.MoneyScope(
+        ctx.services.gateway, ctx.services.ledger, _conn(ctx), PLUGIN, reference
+    )
+
+
 async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
     """Post a captured booking charge (with Stripe's fee) if the API path did not."""
     charge = _object(event)
     reference = _booking_reference(charge.get("transfer_group"))
     if reference is None or not charge.get("captured") or not charge.get("balance_transaction"):
         return
-    txn = charge["balance_transaction"]
-    if not isinstance(txn, dict):
-        txn = await ctx.services.gateway.call("balance_transactions", "retrieve", str(txn))
-    currency = str(charge["currency"])
-    await _poster(ctx)(
-        charge_posting(
-            str(charge["id"]),
-            Money(int(txn["amount"]), currency),
-            Money(int(txn.get("fee") or 0), currency),
-            occurred_at=stripe_time(txn.get("created")),
-            reference=reference,
-            plugin=PLUGIN,
-        )
-    )
+    await movements.post_platform_charge(_money(ctx, reference), charge)
 
 
 async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
-    """Post a booking's transfer (its reversals are the engine's handler's)."""
+    """Record and post a booking's transfer (its reversals are the engine's handler's)."""
     transfer = _object(event)
     reference = _booking_reference(transfer.get("transfer_group"))
     if reference is None:
         return
-    post = _poster(ctx)
-    currency = str(transfer["currency"])
-    destination = str(transfer["destination"])
-    await post(
-        transfer_posting(
-            destination,
-            str(transfer["id"]),
-            Money(int(transfer["amount"]), currency),
-            occurred_at=stripe_time(transfer.get("created")),
-            reference=reference,
-            plugin=PLUGIN,
-        )
+    metadata = transfer.get("metadata") or {}
+    await movements.record_transfer_made(
+        _money(ctx, reference),
+        transfer,
+        role=str(metadata.get("role") or ""),
+        key=str(metadata.get("idempotency_key") or f"{reference}:transfer:{transfer['id']}"),
     )
 
 

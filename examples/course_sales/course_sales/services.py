@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 from engine.core.errors import InvalidInput, NotFound
-from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, SplitLeg
 from engine.core.plugins import Plugins
-from engine.core.postings import charge_posting, transfer_posting
 from engine.gateway import StripeGateway, idempotency_key
+from engine.payments import movements
+from engine.payments.movements import MoneyScope
 from engine.payments.pricing import price_order, record_payment
-from engine.payments.records import link_payment_intent, record_transfer, update_payment
+from engine.payments.records import link_payment_intent, update_payment
 from engine.services import Services
 
 from course_sales.config import PLUGIN, CourseSalesConfig
@@ -265,17 +264,6 @@ async def attach_payment_intent(
     )
 
 
-async def _charge_transaction(gateway: StripeGateway, charge_id: str) -> tuple[int, datetime]:
-    """Stripe's fee on the charge and its time (the charge's balance transaction)."""
-    charge = await gateway.call(
-        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
-    )
-    txn = charge.get("balance_transaction")
-    if not isinstance(txn, dict):
-        return 0, stripe_time(charge.get("created"))
-    return int(txn.get("fee") or 0), stripe_time(txn.get("created"))
-
-
 async def settle_enrollment(
     conn: asyncpg.Connection,
     services: Services,
@@ -284,68 +272,35 @@ async def settle_enrollment(
 ) -> list[PaidTransfer]:
     """The payment succeeded: transfer every share, post the ledger, mark the enrollment paid.
 
-    Idempotent: only a ``pending`` enrollment is settled; transfers carry
-    idempotency keys and postings are keyed by the Stripe objects, so a retry
-    after a crash half-way through repeats nothing.
+    The engine moves the money (``engine.payments.movements``): it posts the
+    charge with Stripe's fee and makes, records and posts each share's transfer
+    (``source_transaction`` = the charge). Idempotent: only a ``pending``
+    enrollment is settled; transfers carry keys derived from the enrollment and
+    role and postings are keyed by the Stripe objects, so a retry after a crash
+    half-way through repeats nothing.
     """
     if enrollment.status != "pending":
         return []
     charge_id = str(payment_intent.get("latest_charge") or "")
     payment_intent_id = str(payment_intent["id"])
-    fee_amount, charged_at = await _charge_transaction(services.gateway, charge_id)
-    fee = Money(fee_amount, enrollment.price.currency)
-    await services.ledger.post(
-        charge_posting(
-            charge_id,
-            enrollment.price,
-            fee,
-            occurred_at=charged_at,
-            reference=enrollment.reference,
-            plugin=PLUGIN,
-            description="course sale",
-        ),
-        conn=conn,
-    )
+    money = MoneyScope(services.gateway, services.ledger, conn, PLUGIN, enrollment.reference)
+    await movements.post_platform_charge(money, charge_id, description="course sale")
     paid: list[PaidTransfer] = []
     for leg in enrollment.legs:
         if leg.role == PLATFORM or leg.account_id is None or leg.amount.is_zero():
             continue  # the platform keeps its commission; Stripe refuses zero transfers
-        key = idempotency_key(enrollment.reference, "transfer", leg.role)
-        transfer = await services.gateway.call(
-            "transfers",
-            "create",
-            params={
-                "amount": leg.amount.amount,
-                "currency": leg.amount.currency,
-                "destination": leg.account_id,
-                "source_transaction": charge_id,
-                "transfer_group": enrollment.reference,
-                "metadata": {"plugin": PLUGIN, "enrollment": str(enrollment.id), "role": leg.role},
-            },
-            idempotency_key=key,
-        )
-        transfer_id = str(transfer["id"])
-        await record_transfer(
-            conn,
-            transfer_id=transfer_id,
+        made = await movements.transfer(
+            money,
             destination=leg.account_id,
-            role=leg.role,
             amount=leg.amount,
-            idempotency_key=key,
+            source_transaction=charge_id,
+            role=leg.role,
+            operation=(leg.role,),
+            transfer_group=enrollment.reference,
+            description="course revenue share",
+            metadata={"plugin": PLUGIN, "enrollment": str(enrollment.id), "role": leg.role},
         )
-        await services.ledger.post(
-            transfer_posting(
-                leg.account_id,
-                transfer_id,
-                leg.amount,
-                occurred_at=stripe_time(transfer.get("created")),
-                reference=enrollment.reference,
-                plugin=PLUGIN,
-                description="course revenue share",
-            ),
-            conn=conn,
-        )
-        paid.append(PaidTransfer(leg.role, leg.account_id, leg.amount, transfer_id))
+        paid.append(PaidTransfer(leg.role, leg.account_id, leg.amount, made.transfer_id))
     await conn.execute(
         "UPDATE course_sales_enrollments SET status = 'paid', payment_intent_id = $2, "
         "charge_id = $3, paid_at = now() WHERE id = $1",
