@@ -233,3 +233,61 @@ async def test_charge_capture_transfer_refund_and_release_keep_ledger_equal_to_s
         f"refund:{second.refund_id}",
         *(f"reversal:{r.reversal_id}" for r in (*first.reversals, *second.reversals)),
     }
+
+
+async def test_a_destination_charge_posted_and_refunded_keeps_ledger_equal_to_stripe(
+    stack: Stack,
+) -> None:
+    creator = await connected_account(stack, "creator")
+    pool = stack.services.db.pool
+    reference = "tip:1"
+    intent = await stack.services.gateway.call(
+        "payment_intents",
+        "create",
+        params={
+            "amount": 5_000,
+            "currency": USD,
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            "transfer_data": {"destination": creator},
+            "application_fee_amount": 500,
+        },
+        idempotency_key=f"{reference}:{creator}:create",
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.services.ledger, conn, "tips", reference)
+        facts = await movements.post_destination_charge(scope, str(intent["latest_charge"]))
+        assert (facts.amount, facts.application_fee, facts.account_share) == (
+            usd(5_000),
+            usd(500),
+            usd(4_500),
+        )
+        refunded, _ = await movements.refund_destination_charge(
+            scope,
+            charge_id=facts.charge_id,
+            amount=usd(2_000),
+            destination=creator,
+            application_fee_id=facts.application_fee_id,
+            operation=(1,),
+            refunded_before=usd(0),
+            fee_refunded_before=usd(0),
+        )
+        # Stripe reverses the transfer and refunds the fee in proportion: 2/5 of each.
+        assert (refunded.transfer_reversed, refunded.fee_refunded) == (usd(2_000), usd(200))
+        again = await movements.post_destination_charge(scope, facts.charge_id)
+        assert again == facts  # posted once: the second is the same posting, a no-op
+
+    await stack.settle()
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        )
+    assert (await stack.ledger.balances(creator))[USD] == 4_500 - 2_000 + 200
+    await stack.assert_ledger_balanced()
+    count = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"charge:{facts.charge_id}",
+    )
+    assert count == 1
