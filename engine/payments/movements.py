@@ -214,13 +214,19 @@ async def charge(
     off_session: bool = False,
     save_for_later: bool = False,
     transfer_group: str | None = None,
+    destination: str | None = None,
     description: str = "",
     metadata: Mapping[str, str] | None = None,
 ) -> Charged:
-    """Create and confirm a PaymentIntent of ``priced.price`` on the platform; record and post it.
+    """Create and confirm a PaymentIntent of ``priced.price``; record and post it.
 
-    Separate charges and transfers: the charge names nobody (``transfer_group``
-    ties the later transfers to it); call ``require_payable`` first. Key:
+    Separate charges and transfers (no ``destination``): the charge is the
+    platform's and names nobody (``transfer_group`` ties the later transfers to
+    it); call ``require_payable`` first. A destination charge (``destination``):
+    ``transfer_data[destination]`` and ``application_fee_amount`` = the priced
+    commission, so Stripe moves the account's share at once (the gateway checks
+    the account is payable); its capture is posted with the transfer and the
+    application fee (``destination_charge_posting``). Key:
     ``<reference>:charge:<operation...>``.
 
     Args:
@@ -234,6 +240,7 @@ async def charge(
         off_session: the customer is not present (a saved card).
         save_for_later: ``setup_future_usage=off_session``.
         transfer_group: ties the charge's transfers together (``"booking:42"``).
+        destination: the connected account of a destination charge.
         description: Stripe's description of the charge.
         metadata: Stripe metadata (the business object's ids).
 
@@ -253,6 +260,14 @@ async def charge(
         "capture_method": capture_method,
         "expand": _EXPAND_CHARGE,
         **({"transfer_group": transfer_group} if transfer_group else {}),
+        **(
+            {
+                "transfer_data": {"destination": destination},
+                "application_fee_amount": priced.commission.amount.amount,
+            }
+            if destination
+            else {}
+        ),
         **({"description": description} if description else {}),
         **({"metadata": dict(metadata)} if metadata else {}),
         **({"customer": customer} if customer else {}),
@@ -285,8 +300,9 @@ async def record_charge(
 
     The payment is recorded with its price and split (once per intent; the
     status only forward) and, when money was captured, its charge is posted
-    (``charge:<ch>``, with Stripe's fee). ``intent`` needs
-    ``latest_charge.balance_transaction`` expanded for the fee.
+    (``charge:<ch>``, with Stripe's fee; a destination charge with its transfer
+    and application fee). ``intent`` needs ``latest_charge.balance_transaction``
+    expanded for the fee.
     """
     status = str(intent["status"])
     payment_id = await record_payment(
@@ -327,7 +343,16 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
         fee_amount=priced.commission.amount.amount,
         split=priced.split_json(),
     )
-    if charged.is_captured and charged.charge_id is not None:
+    if not charged.is_captured or charged.charge_id is None:
+        return
+    latest = charged.intent.get("latest_charge")
+    if isinstance(latest, Mapping) and (latest.get("transfer_data") or {}).get("destination"):
+        await scope.post(
+            destination_charge_posting(
+                destination_charge_from(latest), reference=scope.reference, plugin=scope.plugin
+            )
+        )
+    else:
         await scope.post(
             charge_posting(
                 charged.charge_id,

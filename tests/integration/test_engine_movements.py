@@ -4,8 +4,10 @@ A separate charge of 100.00 is authorised, 80.00 of it captured, the two
 beneficiaries' shares transferred with ``source_transaction``, then refunded in
 two parts, each reversing the shares by the stored split's proportional part
 (``allocate()`` over what each leg still holds). Another authorisation is
-released. The whole stack runs (worker, webhooks): the engine's handlers post
-the same refunds and reversals from Stripe's events without a conflict, and
+released. A destination charge (a tip) is made, posted with its transfer and
+application fee, and partly refunded with Stripe reversing both in proportion.
+The whole stack runs (worker, webhooks): the engine's handlers post the same
+refunds, reversals and fee refunds from Stripe's events without a conflict, and
 per account the ledger is Stripe's balance (available + pending) to the cent.
 """
 
@@ -235,29 +237,42 @@ async def test_charge_capture_transfer_refund_and_release_keep_ledger_equal_to_s
     }
 
 
-async def test_a_destination_charge_posted_and_refunded_keeps_ledger_equal_to_stripe(
+async def test_a_destination_charge_made_and_refunded_keeps_ledger_equal_to_stripe(
     stack: Stack,
 ) -> None:
     creator = await connected_account(stack, "creator")
     pool = stack.services.db.pool
     reference = "tip:1"
-    intent = await stack.services.gateway.call(
-        "payment_intents",
-        "create",
-        params={
-            "amount": 5_000,
-            "currency": USD,
-            "payment_method": "pm_card_visa",
-            "confirm": True,
-            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-            "transfer_data": {"destination": creator},
-            "application_fee_amount": 500,
-        },
-        idempotency_key=f"{reference}:{creator}:create",
+    split = SplitPlan(
+        total=usd(5_000), legs=(SplitLeg("platform", usd(500)), SplitLeg("creator", usd(4_500)))
+    )
+    tip = PricedOrder(
+        order=Order(
+            plugin="tips",
+            kind="tip",
+            amount=usd(5_000),
+            reference=reference,
+            beneficiaries={"creator": creator},
+            occurred_at=stripe_time(1_767_225_600),
+        ),
+        price=usd(5_000),
+        commission=Commission(amount=usd(500), rule_id="tip", rule_version=1),
+        split=split,
     )
     async with pool.acquire() as conn, conn.transaction():
         scope = MoneyScope(stack.services.gateway, stack.services.ledger, conn, "tips", reference)
-        facts = await movements.post_destination_charge(scope, str(intent["latest_charge"]))
+        charged = await movements.charge(
+            scope,
+            tip,
+            operation=(creator,),
+            payment_method="pm_card_visa",
+            account_id=creator,
+            destination=creator,
+        )
+        assert charged.is_captured
+        assert charged.charge_id is not None
+        # Posted at once with its transfer and application fee; posting it again is a no-op.
+        facts = await movements.post_destination_charge(scope, charged.charge_id)
         assert (facts.amount, facts.application_fee, facts.account_share) == (
             usd(5_000),
             usd(500),
@@ -275,8 +290,6 @@ async def test_a_destination_charge_posted_and_refunded_keeps_ledger_equal_to_st
         )
         # Stripe reverses the transfer and refunds the fee in proportion: 2/5 of each.
         assert (refunded.transfer_reversed, refunded.fee_refunded) == (usd(2_000), usd(200))
-        again = await movements.post_destination_charge(scope, facts.charge_id)
-        assert again == facts  # posted once: the second is the same posting, a no-op
 
     await stack.settle()
     for account in (creator, PLATFORM):
