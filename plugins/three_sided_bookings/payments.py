@@ -1,19 +1,23 @@
-"""Money movements of a booking on Stripe: charges, captures, refunds, transfers, reversals.
+"""A booking's money decisions: what to charge, capture, refund, transfer and reverse, when.
 
 Separate charges and transfers: every PaymentIntent is a platform charge with
 ``transfer_group = booking:<id>``; settlement makes one transfer per
 beneficiary and charge with ``source_transaction`` = that charge; refunds do
 not touch transfers for this charge type, so the platform reverses each
-beneficiary's proportional share itself (``POST /v1/transfers/{id}/reversals``).
+beneficiary's proportional share itself.
 
-Each operation (1) calls Stripe through the engine's gateway with an
-idempotency key derived from the business operation, (2) records the Stripe
-object in the plugin's tables (unique on the key and on Stripe's id), and
-(3) posts the movement to the ledger keyed by the Stripe object id, all inside
-the caller's transaction. A retried or re-run operation therefore finds its
-row, or gets Stripe's stored answer for the same key, and never moves money
-twice. Transfers additionally carry their key in ``metadata`` so a re-run
-after Stripe forgot the key (24 h) adopts the transfer it already made.
+The money moves through the engine (``engine.payments.movements`` on
+``ctx.money``, the booking's ``MoneyScope``): each call derives its idempotency
+key from the business operation (``booking:<id>:charge:<kind>:<card>`` ...),
+calls Stripe through the gateway, records the payment or transfer and posts the
+movement keyed by the Stripe object, all inside the transition's transaction.
+This module decides the business (each charge's split, which shares to take
+back, held shares, 3D Secure waits) and keeps the booking's own rows (unique on
+the key and on Stripe's id) from what the calls return. A retried or re-run
+operation therefore finds its row, or gets Stripe's stored answer for the same
+key, and never moves money twice. Transfers additionally carry their first
+key in ``metadata`` so a re-run after Stripe forgot the key (24 h) adopts the
+transfer it already made (``movements.record_transfer_made``).
 
 Transfer keys: ``booking:<id>:transfer:<role>`` (``:deposit`` / ``:balance``
 appended for the two charges of the deposit model; ``:attempt:<n>`` for the
