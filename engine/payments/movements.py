@@ -149,6 +149,7 @@ class Charged:
         captured_at: Stripe's time of the capture (its balance transaction's), else the
             charge's or intent's.
         priced: the price and split as recorded (a capture of part scales the split).
+        kind: the ledger posting's kind (what statements filter on; ``charge`` unless said).
     """
 
     intent: Mapping[str, Any]
@@ -161,6 +162,7 @@ class Charged:
     balance_transaction: str
     captured_at: datetime
     priced: PricedOrder
+    kind: str = "charge"
 
     @property
     def payment_intent_id(self) -> str:
@@ -217,6 +219,7 @@ async def charge(
     destination: str | None = None,
     description: str = "",
     metadata: Mapping[str, str] | None = None,
+    kind: str = "charge",
 ) -> Charged:
     """Create and confirm a PaymentIntent of ``priced.price``; record and post it.
 
@@ -243,6 +246,7 @@ async def charge(
         destination: the connected account of a destination charge.
         description: Stripe's description of the charge.
         metadata: Stripe metadata (the business object's ids).
+        kind: the posting's kind (``tip``, ``subscription_invoice`` ...; ``charge``).
 
     Raises:
         CardDeclined: the card was declined (nothing recorded; ``extra`` carries
@@ -283,7 +287,13 @@ async def charge(
         if action is not None:
             raise PaymentActionRequired("the payment needs the customer", action=action)
     return await record_charge(
-        scope, priced, intent, operation=operation, account_id=account_id, customer=customer
+        scope,
+        priced,
+        intent,
+        operation=operation,
+        account_id=account_id,
+        customer=customer,
+        kind=kind,
     )
 
 
@@ -295,6 +305,7 @@ async def record_charge(
     operation: Sequence[object],
     account_id: str | None,
     customer: str | None = None,
+    kind: str = "charge",
 ) -> Charged:
     """Record a PaymentIntent ``charge`` created (or one the customer authenticated since).
 
@@ -325,6 +336,7 @@ async def record_charge(
         balance_transaction=txn_id,
         captured_at=at,
         priced=_scaled(priced, captured) if captured.amount else priced,
+        kind=kind,
     )
     await _sync_and_post(scope, charged)
     return charged
@@ -349,7 +361,10 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
     if isinstance(latest, Mapping) and (latest.get("transfer_data") or {}).get("destination"):
         await scope.post(
             destination_charge_posting(
-                destination_charge_from(latest), reference=scope.reference, plugin=scope.plugin
+                destination_charge_from(latest),
+                reference=scope.reference,
+                plugin=scope.plugin,
+                kind=charged.kind,
             )
         )
     else:
@@ -361,6 +376,7 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
                 occurred_at=charged.captured_at,
                 reference=scope.reference,
                 plugin=scope.plugin,
+                kind=charged.kind,
             )
         )
 
@@ -378,6 +394,7 @@ async def capture(
     amount: Money,
     *,
     payment_id: int | None,
+    kind: str = "charge",
 ) -> Charged:
     """Capture ``amount`` of an open authorisation of ``priced``; record and post the capture.
 
@@ -411,6 +428,7 @@ async def capture(
         balance_transaction=txn_id,
         captured_at=at,
         priced=_scaled(priced, captured) if captured.amount else priced,
+        kind=kind,
     )
     if status == "succeeded":
         await _sync_and_post(scope, charged)

@@ -24,17 +24,23 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.authentication import customer_action
-from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
+from engine.core.authentication import CustomerAction
+from engine.core.errors import (
+    CardDeclined,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PaymentActionRequired,
+)
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
 from engine.payments import movements
+from engine.payments.pricing import PricedOrder
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
     creator_by_account,
     money_scope,
-    op_key,
     require_selling,
 )
 from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
@@ -220,34 +226,43 @@ async def _charge(
     payment_method: str,
     display_name: str,
 ) -> OneTimePaymentView:
-    """Create and confirm the PaymentIntent for a priced payment row; settle it if it succeeded."""
+    """Charge a priced payment row through the engine; settle it if it succeeded.
+
+    ``movements.charge`` makes the destination charge (the creator's account as
+    ``transfer_data[destination]``, the priced commission as
+    ``application_fee_amount``), records the engine's payment with its split
+    and posts it once captured; this keeps the plugin's row in step.
+    """
     async with env.pool.acquire() as conn:
         row = await _payment_row(conn, payment_id)
     kind = str(row["kind"])
+    account_id = str(row["account_id"])
+    reference = f"{PLUGIN}:payment:{payment_id}"
+    action: CustomerAction | None = None
     try:
-        intent = await env.gateway.call(
-            "payment_intents",
-            "create",
-            params={
-                "amount": int(row["amount"]),
-                "currency": str(row["currency"]),
-                "customer": customer,
-                "payment_method": payment_method,
-                # A saved card confirmed server-side: no redirect-based method applies.
-                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-                "confirm": True,
-                "transfer_data": {"destination": str(row["account_id"])},
-                "application_fee_amount": int(row["application_fee"]),
-                "description": f"{kind} for {display_name}",
-                "metadata": {
+        async with env.pool.acquire() as conn, conn.transaction():
+            charged = await movements.charge(
+                money_scope(env, conn, reference),
+                _priced_row(env, row),
+                operation=(uid,),
+                payment_method=payment_method,
+                account_id=account_id,
+                customer=customer,
+                destination=account_id,
+                description=f"{kind} for {display_name}",
+                metadata={
                     "plugin": PLUGIN,
                     PAYMENT_METADATA: str(payment_id),
                     "kind": kind,
-                    "creator_account": str(row["account_id"]),
+                    "creator_account": account_id,
                 },
-            },
-            idempotency_key=op_key("payment", uid, "create"),
-        )
+                kind=kind,
+            )
+        intent: Mapping[str, Any] = charged.intent
+    except PaymentActionRequired as waiting:
+        # The fan authenticates; payment_intent.succeeded settles it (record_charge).
+        action = waiting.action
+        intent = {"id": waiting.action.intent_id, "status": "requires_action"}
     except CardDeclined as exc:
         async with env.pool.acquire() as conn:
             await conn.execute(
@@ -257,7 +272,6 @@ async def _charge(
                 str(exc.extra.get("decline_code") or exc.code),
             )
         raise
-    action = customer_action(intent) if intent.get("status") == "requires_action" else None
     async with env.pool.acquire() as conn:
         await conn.execute(
             """
@@ -277,6 +291,24 @@ async def _charge(
             for notice in notices:
                 env.plugins.notify_lifecycle(notice)
         return payment_view(await _payment_row(conn, payment_id))
+
+
+def _priced_row(env: Env, row: Any) -> PricedOrder:
+    """A payment row's price, commission and split, as priced when it was created."""
+    order = one_time_order(
+        kind=str(row["kind"]),
+        account_id=str(row["account_id"]),
+        amount=Money(int(row["amount"]), str(row["currency"])),
+        reference=f"{PLUGIN}:payment:{row['id']}",
+        item_ref=str(row["item_ref"]),
+    )
+    commission = Commission(
+        amount=Money(int(row["application_fee"]), str(row["currency"])),
+        rule_id=str(row["rule_id"]),
+        rule_version=int(row["rule_version"]),
+    )
+    split = env.plugins.split(order, order.amount, commission)
+    return PricedOrder(order=order, price=order.amount, commission=commission, split=split)
 
 
 async def payment_failed(conn: asyncpg.Connection, intent: Mapping[str, Any]) -> bool:
@@ -370,22 +402,12 @@ async def _record_engine_payment(
     The commission is the one priced at creation (its rule id and version),
     never re-priced: history does not change when rules do.
     """
-    order = one_time_order(
-        kind=str(row["kind"]),
-        account_id=str(row["account_id"]),
-        amount=Money(int(row["amount"]), str(row["currency"])),
-        reference=f"{PLUGIN}:payment:{row['id']}",
-        item_ref=str(row["item_ref"]),
-    )
+    pricing = _priced_row(env, row)
     await record_engine_payment(
         env,
         conn,
-        order,
-        Commission(
-            amount=Money(int(row["application_fee"]), str(row["currency"])),
-            rule_id=str(row["rule_id"]),
-            rule_version=int(row["rule_version"]),
-        ),
+        pricing.order,
+        pricing.commission,
         customer_id=str(intent.get("customer") or ""),
         payment_intent_id=str(intent["id"]),
         charge_id=charge_id,
