@@ -471,15 +471,37 @@ async def post_destination_charge(
     *,
     kind: str = "charge",
     description: str = "",
+    priced: PricedOrder | None = None,
+    customer: str | None = None,
 ) -> DestinationCharge:
     """Post a captured destination charge once (``charge:<ch>``); what it moved.
 
     ``charge`` is the ``ch_`` or Stripe's charge; unless its balance transaction
     is expanded it is read back from Stripe, so the posting carries Stripe's
     fee, the transfer and the application fee as Stripe made them
-    (``destination_charge_posting``).
+    (``destination_charge_posting``). For a charge made elsewhere (Stripe
+    Billing's invoice, or one the customer authenticated later), ``priced``
+    records the payment too, ``succeeded``, for the destination account, under
+    the charge's PaymentIntent (its ``ch_`` when it has none).
     """
-    facts = destination_charge_from(await _expanded_charge(scope, charge))
+    found = await _expanded_charge(scope, charge)
+    facts = destination_charge_from(found)
+    if priced is not None:
+        intent = found.get("payment_intent")
+        intent_id = (
+            str(intent.get("id") if isinstance(intent, Mapping) else intent or "")
+            or facts.charge_id
+        )
+        await record_payment(
+            scope.conn,
+            priced,
+            account_id=facts.destination,
+            customer_id=customer or None,
+            payment_intent_id=intent_id,
+            status="succeeded",
+        )
+        # The engine's refund and dispute handlers find payments by their charge.
+        await update_payment(scope.conn, intent_id, charge_id=facts.charge_id)
     await scope.post(
         destination_charge_posting(
             facts,

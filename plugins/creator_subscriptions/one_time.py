@@ -44,7 +44,7 @@ from plugins.creator_subscriptions.env import (
     require_selling,
 )
 from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
-from plugins.creator_subscriptions.pricing import one_time_order, priced, record_engine_payment
+from plugins.creator_subscriptions.pricing import one_time_order, priced
 from plugins.creator_subscriptions.schemas import (
     NewOneTimePayment,
     NewRefund,
@@ -354,11 +354,15 @@ async def settle_one_time_payment(
     if isinstance(charge_id, Mapping):
         charge_id = charge_id.get("id")
     reference = f"{PLUGIN}:payment:{payment_id}"
+    # Posted once, and the engine's payment recorded with the commission priced at
+    # creation (its rule id and version): history does not change when rules do.
     facts = await movements.post_destination_charge(
         money_scope(env, conn, reference),
         str(charge_id),
         kind=str(row["kind"]),
         description=f"{row['kind']} to {row['account_id']}",
+        priced=_priced_row(env, row),
+        customer=str(intent.get("customer") or ""),
     )
     await conn.execute(
         """
@@ -377,7 +381,6 @@ async def settle_one_time_payment(
         facts.stripe_fee.amount,
         facts.application_fee_id,
     )
-    await _record_engine_payment(env, conn, row, intent, facts.charge_id)
     return [
         LifecycleEvent(
             f"{PLUGIN}.{row['kind']}.succeeded",
@@ -392,26 +395,6 @@ async def settle_one_time_payment(
             },
         )
     ]
-
-
-async def _record_engine_payment(
-    env: Env, conn: asyncpg.Connection, row: Any, intent: Mapping[str, Any], charge_id: str
-) -> None:
-    """Record the payment in the engine's payments table (volume tiers, admin views).
-
-    The commission is the one priced at creation (its rule id and version),
-    never re-priced: history does not change when rules do.
-    """
-    pricing = _priced_row(env, row)
-    await record_engine_payment(
-        env,
-        conn,
-        pricing.order,
-        pricing.commission,
-        customer_id=str(intent.get("customer") or ""),
-        payment_intent_id=str(intent["id"]),
-        charge_id=charge_id,
-    )
 
 
 def refund_view(row: asyncpg.Record) -> RefundView:
