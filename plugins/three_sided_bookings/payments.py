@@ -299,7 +299,12 @@ async def charge(
     if authenticated and authenticated.startswith("pi_") and not off_session:
         intent = await _authenticated_intent(ctx, authenticated)
         charged = await movements.record_charge(
-            ctx.money, priced, intent, operation=operation, **_payer(booking)
+            ctx.money,
+            priced,
+            intent,
+            operation=operation,
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
         )
         return await _record_charge(ctx, charged, kind, capture_method, amount)
     try:
@@ -314,7 +319,8 @@ async def charge(
             transfer_group=booking.transfer_group,
             description=f"{booking.service_name} ({kind}), booking {booking.id}",
             metadata={"booking_id": str(booking.id), "charge": kind},
-            **_payer(booking),
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
         )
     except PaymentActionRequired as waiting:
         raise PaymentActionRequired(
@@ -328,14 +334,14 @@ async def charge(
             raise
         intent = await _ask_customer(ctx, str(pending), payment_method)
         charged = await movements.record_charge(
-            ctx.money, priced, intent, operation=operation, **_payer(booking)
+            ctx.money,
+            priced,
+            intent,
+            operation=operation,
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
         )
     return await _record_charge(ctx, charged, kind, capture_method, amount)
-
-
-def _payer(booking: BookingRecord) -> dict[str, Any]:
-    """Who the engine records a booking's payments for: the provider, the booking's customer."""
-    return {"account_id": booking.provider_account, "customer": booking.stripe_customer_id}
 
 
 async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str, Any]:
@@ -1042,7 +1048,8 @@ async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> C
         _priced(ctx.booking, waiting.plan, waiting.kind),
         current,
         operation=(waiting.kind,),
-        **_payer(ctx.booking),
+        account_id=ctx.booking.provider_account,
+        customer=ctx.booking.stripe_customer_id,
     )
     captured = charged.captured.amount
     updated = await ctx.conn.fetchrow(
