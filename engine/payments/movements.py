@@ -73,7 +73,12 @@ from engine.core.postings import (
 )
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
-from engine.payments.records import lock_charge_movements, record_transfer, update_payment
+from engine.payments.records import (
+    link_payment_intent,
+    lock_charge_movements,
+    record_transfer,
+    update_payment,
+)
 
 __all__ = [
     "Charged",
@@ -104,6 +109,11 @@ _EXPAND_CHARGE = ["latest_charge.balance_transaction"]
 @dataclass(frozen=True, slots=True)
 class MoneyScope:
     """Whose money moves and for what, inside the caller's transaction.
+
+    Lock the business object's row before the first call: Stripe's webhooks
+    about the movement may be handled while the transaction is still open, and
+    a handler that locks the same row first then waits instead of deadlocking
+    on the posting.
 
     Attributes:
         gateway: the engine's Stripe gateway (``services.gateway``).
@@ -220,6 +230,7 @@ async def charge(
     description: str = "",
     metadata: Mapping[str, str] | None = None,
     kind: str = "charge",
+    recorded: bool = False,
 ) -> Charged:
     """Create and confirm a PaymentIntent of ``priced.price``; record and post it.
 
@@ -247,6 +258,9 @@ async def charge(
         description: Stripe's description of the charge.
         metadata: Stripe metadata (the business object's ids).
         kind: the posting's kind (``tip``, ``subscription_invoice`` ...; ``charge``).
+        recorded: the payment was recorded when it was priced (``record_payment``
+            with no intent yet, under ``scope.reference``): the intent is attached
+            to it instead of recording another.
 
     Raises:
         CardDeclined: the card was declined (nothing recorded; ``extra`` carries
@@ -294,6 +308,7 @@ async def charge(
         account_id=account_id,
         customer=customer,
         kind=kind,
+        recorded=recorded,
     )
 
 
@@ -306,24 +321,35 @@ async def record_charge(
     account_id: str | None,
     customer: str | None = None,
     kind: str = "charge",
+    recorded: bool = False,
 ) -> Charged:
     """Record a PaymentIntent ``charge`` created (or one the customer authenticated since).
 
     The payment is recorded with its price and split (once per intent; the
-    status only forward) and, when money was captured, its charge is posted
+    status only forward; with ``recorded``, the one recorded when priced gets
+    the intent) and, when money was captured, its charge is posted
     (``charge:<ch>``, with Stripe's fee; a destination charge with its transfer
     and application fee). ``intent`` needs ``latest_charge.balance_transaction``
     expanded for the fee.
     """
     status = str(intent["status"])
-    payment_id = await record_payment(
-        scope.conn,
-        priced,
-        account_id=account_id,
-        customer_id=customer,
-        payment_intent_id=str(intent["id"]),
-        status=status,
-    )
+    payment_id: int | None = None
+    if recorded:
+        await link_payment_intent(
+            scope.conn,
+            plugin=scope.plugin,
+            reference=scope.reference,
+            payment_intent_id=str(intent["id"]),
+        )
+    else:
+        payment_id = await record_payment(
+            scope.conn,
+            priced,
+            account_id=account_id,
+            customer_id=customer,
+            payment_intent_id=str(intent["id"]),
+            status=status,
+        )
     charge_id, captured, fee, txn_id, at = _charge_facts(intent, priced.price.currency)
     charged = Charged(
         intent=intent,

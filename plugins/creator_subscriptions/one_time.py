@@ -241,6 +241,8 @@ async def _charge(
     action: CustomerAction | None = None
     try:
         async with env.pool.acquire() as conn, conn.transaction():
+            # Locked first, as payment_intent.succeeded's handler does before settling.
+            await _payment_row(conn, payment_id, lock=True)
             charged = await movements.charge(
                 money_scope(env, conn, reference),
                 _priced_row(env, row),
