@@ -1,15 +1,17 @@
 """One-time payments to a creator (tips, pay-per-view) and their refunds.
 
-A payment is one destination PaymentIntent on the platform:
+A payment is one destination charge made by the engine (``movements.charge``):
 ``transfer_data[destination]`` is the creator's account and
-``application_fee_amount`` the commission the hooks priced. Once Stripe says it
-succeeded (the API call's answer, or ``payment_intent.succeeded`` if the API
-process died first) it is settled once: the ledger posting mirrors the charge,
-the transfer and the application fee, keyed by the PaymentIntent.
+``application_fee_amount`` the commission the hooks priced; the engine records
+its payment and posts it (``charge:<ch>``: the charge, the transfer and the
+application fee). Once Stripe says it succeeded (the API call's answer, or
+``payment_intent.succeeded`` if the API process died first or the fan
+authenticated) the plugin's row is settled once.
 
-A refund passes ``reverse_transfer`` and ``refund_application_fee``, so Stripe
-pulls the creator's share and the platform's fee back in proportion; the
-amounts it reversed are read back from Stripe and posted as they are.
+A refund (``movements.refund_destination_charge``) passes ``reverse_transfer``
+and ``refund_application_fee``, so Stripe pulls the creator's share and the
+platform's fee back in proportion; the engine reads back what it reversed and
+posts it as it is.
 
 A card that asks for authentication leaves the payment ``requires_action`` with
 the ``customer_action`` (client secret, next action) in its view; it is settled by
