@@ -304,3 +304,42 @@ async def test_a_destination_charge_made_and_refunded_keeps_ledger_equal_to_stri
         f"charge:{facts.charge_id}",
     )
     assert count == 1
+
+
+async def test_a_retried_charge_is_one_intent_one_payment_one_posting(stack: Stack) -> None:
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    priced = priced_order(provider, venue)
+    pool = stack.services.db.pool
+    charges = []
+    for _ in range(2):  # the same business operation, retried (a crash, a re-run job)
+        async with pool.acquire() as conn, conn.transaction():
+            scope = MoneyScope(
+                stack.services.gateway, stack.services.ledger, conn, "orders", REFERENCE
+            )
+            charges.append(
+                await movements.charge(
+                    scope,
+                    priced,
+                    operation=("full",),
+                    payment_method="pm_card_visa",
+                    account_id=provider,
+                )
+            )
+    first, again = charges
+    assert again.payment_intent_id == first.payment_intent_id
+    assert again.payment_id == first.payment_id
+    assert first.charge_id is not None
+    payments = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_payments WHERE reference = $1", REFERENCE
+    )
+    postings = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE reference = $1", REFERENCE
+    )
+    assert (payments, postings) == (1, 1)
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
+        None, USD
+    )
