@@ -264,7 +264,8 @@ async def record_transfer(
     """Record a transfer Stripe made (``paid``) to ``destination``; once per key.
 
     ``idempotency_key`` is the one the transfer was created with; recording it
-    again changes nothing. Returns whether this call recorded it.
+    again (under that key, or the transfer under another) changes nothing. Returns
+    whether this call recorded it.
     """
     status = await conn.execute(
         """
@@ -272,7 +273,7 @@ async def record_transfer(
             (stripe_transfer_id, destination, role, amount, currency, amount_reversed,
              status, idempotency_key, failure_reason, created_at)
         VALUES ($1, $2, $3, $4, $5, 0, 'paid', $6, '', now())
-        ON CONFLICT (idempotency_key) DO NOTHING
+        ON CONFLICT DO NOTHING
         """,
         transfer_id,
         destination,

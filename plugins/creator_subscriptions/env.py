@@ -19,6 +19,7 @@ from engine.core.errors import NotFound
 from engine.core.ledger import Ledger
 from engine.core.plugins import Plugins
 from engine.gateway import StripeGateway, idempotency_key
+from engine.payments.movements import MoneyScope
 from engine.payments.payability import require_payable
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 
@@ -29,6 +30,7 @@ __all__ = [
     "creator_by_account",
     "creator_by_id",
     "creators_of",
+    "money_scope",
     "op_key",
     "require_selling",
 ]
@@ -62,6 +64,11 @@ class Env:
             config=config,
             public_url=services.settings.engine.public_url,
         )
+
+
+def money_scope(env: Env, conn: asyncpg.Connection, reference: str) -> MoneyScope:
+    """The engine's money calls for ``reference``, inside the caller's transaction."""
+    return MoneyScope(env.gateway, env.ledger, conn, PLUGIN, reference)
 
 
 @dataclass(frozen=True, slots=True)

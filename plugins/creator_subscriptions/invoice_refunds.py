@@ -1,9 +1,9 @@
 """Refunds of paid subscription invoices through the API.
 
 An invoice's charge is a destination charge like a tip's, so it is refunded the
-same way (``one_time.refund_destination_charge``): ``reverse_transfer`` and
-``refund_application_fee`` pull the creator's share and the platform's fee back
-in proportion, and the engine's postings record what Stripe reversed. The
+same way, by the engine's ``movements.refund_destination_charge``:
+``reverse_transfer`` and ``refund_application_fee`` pull the creator's share and
+the platform's fee back in proportion, and the engine posts what Stripe reversed. The
 invoice row is locked for the whole operation, so concurrent refunds of one
 invoice apply one after the other; the refundable amount is what was paid less
 what this API refunded before.
@@ -17,10 +17,11 @@ from typing import Any
 import asyncpg
 
 from engine.core.errors import Conflict, InvalidInput, NotFound
+from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
+from engine.payments import movements
 from plugins.creator_subscriptions.config import PLUGIN
-from plugins.creator_subscriptions.env import Env, op_key
-from plugins.creator_subscriptions.one_time import refund_destination_charge
+from plugins.creator_subscriptions.env import Env, money_scope
 from plugins.creator_subscriptions.schemas import InvoiceRefundView, NewRefund
 
 __all__ = ["INVOICE_METADATA", "refund_invoice"]
@@ -80,19 +81,18 @@ async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRe
                 f"refund amount {amount} exceeds the refundable {remaining}", field="amount"
             )
         charge = await env.gateway.call("charges", "retrieve", str(row["charge_id"]))
-        facts, refund = await refund_destination_charge(
-            env,
-            conn,
+        currency = str(row["currency"])
+        facts, refund = await movements.refund_destination_charge(
+            money_scope(env, conn, f"{PLUGIN}:subscription:{row['subscription']}"),
             charge_id=str(row["charge_id"]),
-            application_fee_id=_id(charge.get("application_fee")),
+            amount=Money(amount, currency),
             destination=str(row["account_id"]),
-            currency=str(row["currency"]),
-            amount=amount,
-            fee_refunded_before=int(done["fee"]),
+            application_fee_id=_id(charge.get("application_fee")),
+            operation=("invoice", invoice_id, int(done["n"]) + 1),
+            refunded_before=Money(int(done["amount"]), currency),
+            fee_refunded_before=Money(int(done["fee"]), currency),
             reason=new.reason,
             metadata={"plugin": PLUGIN, INVOICE_METADATA: invoice_id},
-            idempotency_key=op_key("invoice", invoice_id, "refund", int(done["n"]) + 1),
-            reference=f"{PLUGIN}:subscription:{row['subscription']}",
         )
         refund_row = await conn.fetchrow(
             """

@@ -1,15 +1,17 @@
 """One-time payments to a creator (tips, pay-per-view) and their refunds.
 
-A payment is one destination PaymentIntent on the platform:
+A payment is one destination charge made by the engine (``movements.charge``):
 ``transfer_data[destination]`` is the creator's account and
-``application_fee_amount`` the commission the hooks priced. Once Stripe says it
-succeeded (the API call's answer, or ``payment_intent.succeeded`` if the API
-process died first) it is settled once: the ledger posting mirrors the charge,
-the transfer and the application fee, keyed by the PaymentIntent.
+``application_fee_amount`` the commission the hooks priced; the engine records
+its payment and posts it (``charge:<ch>``: the charge, the transfer and the
+application fee). Once Stripe says it succeeded (the API call's answer, or
+``payment_intent.succeeded`` if the API process died first or the fan
+authenticated) the plugin's row is settled once.
 
-A refund passes ``reverse_transfer`` and ``refund_application_fee``, so Stripe
-pulls the creator's share and the platform's fee back in proportion; the
-amounts it reversed are read back from Stripe and posted as they are.
+A refund (``movements.refund_destination_charge``) passes ``reverse_transfer``
+and ``refund_application_fee``, so Stripe pulls the creator's share and the
+platform's fee back in proportion; the engine reads back what it reversed and
+posts it as it is.
 
 A card that asks for authentication leaves the payment ``requires_action`` with
 the ``customer_action`` (client secret, next action) in its view; it is settled by
@@ -24,28 +26,27 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.authentication import customer_action
-from engine.core.errors import CardDeclined, Conflict, InvalidInput, NotFound
-from engine.core.ledger import stripe_time
+from engine.core.authentication import CustomerAction
+from engine.core.errors import (
+    CardDeclined,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PaymentActionRequired,
+)
 from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
-from engine.payments.records import lock_charge_movements
+from engine.payments import movements
+from engine.payments.pricing import PricedOrder
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
     creator_by_account,
-    op_key,
+    money_scope,
     require_selling,
 )
 from plugins.creator_subscriptions.fans import action_json, fan_row, stored_action
-from plugins.creator_subscriptions.postings import (
-    DestinationRefund,
-    charge_posting,
-    destination_charge_from,
-    payment_ledger_key,
-    refund_postings,
-)
-from plugins.creator_subscriptions.pricing import one_time_order, priced, record_engine_payment
+from plugins.creator_subscriptions.pricing import one_time_order, priced
 from plugins.creator_subscriptions.schemas import (
     NewOneTimePayment,
     NewRefund,
@@ -227,34 +228,45 @@ async def _charge(
     payment_method: str,
     display_name: str,
 ) -> OneTimePaymentView:
-    """Create and confirm the PaymentIntent for a priced payment row; settle it if it succeeded."""
+    """Charge a priced payment row through the engine; settle it if it succeeded.
+
+    ``movements.charge`` makes the destination charge (the creator's account as
+    ``transfer_data[destination]``, the priced commission as
+    ``application_fee_amount``), records the engine's payment with its split
+    and posts it once captured; this keeps the plugin's row in step.
+    """
     async with env.pool.acquire() as conn:
         row = await _payment_row(conn, payment_id)
     kind = str(row["kind"])
+    account_id = str(row["account_id"])
+    reference = f"{PLUGIN}:payment:{payment_id}"
+    action: CustomerAction | None = None
     try:
-        intent = await env.gateway.call(
-            "payment_intents",
-            "create",
-            params={
-                "amount": int(row["amount"]),
-                "currency": str(row["currency"]),
-                "customer": customer,
-                "payment_method": payment_method,
-                # A saved card confirmed server-side: no redirect-based method applies.
-                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-                "confirm": True,
-                "transfer_data": {"destination": str(row["account_id"])},
-                "application_fee_amount": int(row["application_fee"]),
-                "description": f"{kind} for {display_name}",
-                "metadata": {
+        async with env.pool.acquire() as conn, conn.transaction():
+            # Locked first, as payment_intent.succeeded's handler does before settling.
+            await _payment_row(conn, payment_id, lock=True)
+            charged = await movements.charge(
+                money_scope(env, conn, reference),
+                _priced_row(env, row),
+                operation=(uid,),
+                payment_method=payment_method,
+                account_id=account_id,
+                customer=customer,
+                destination=account_id,
+                description=f"{kind} for {display_name}",
+                metadata={
                     "plugin": PLUGIN,
                     PAYMENT_METADATA: str(payment_id),
                     "kind": kind,
-                    "creator_account": str(row["account_id"]),
+                    "creator_account": account_id,
                 },
-            },
-            idempotency_key=op_key("payment", uid, "create"),
-        )
+                kind=kind,
+            )
+        intent: Mapping[str, Any] = charged.intent
+    except PaymentActionRequired as waiting:
+        # The fan authenticates; payment_intent.succeeded settles it (record_charge).
+        action = waiting.action
+        intent = {"id": waiting.action.intent_id, "status": "requires_action"}
     except CardDeclined as exc:
         async with env.pool.acquire() as conn:
             await conn.execute(
@@ -264,7 +276,6 @@ async def _charge(
                 str(exc.extra.get("decline_code") or exc.code),
             )
         raise
-    action = customer_action(intent) if intent.get("status") == "requires_action" else None
     async with env.pool.acquire() as conn:
         await conn.execute(
             """
@@ -284,6 +295,24 @@ async def _charge(
             for notice in notices:
                 env.plugins.notify_lifecycle(notice)
         return payment_view(await _payment_row(conn, payment_id))
+
+
+def _priced_row(env: Env, row: Any) -> PricedOrder:
+    """A payment row's price, commission and split, as priced when it was created."""
+    order = one_time_order(
+        kind=str(row["kind"]),
+        account_id=str(row["account_id"]),
+        amount=Money(int(row["amount"]), str(row["currency"])),
+        reference=f"{PLUGIN}:payment:{row['id']}",
+        item_ref=str(row["item_ref"]),
+    )
+    commission = Commission(
+        amount=Money(int(row["application_fee"]), str(row["currency"])),
+        rule_id=str(row["rule_id"]),
+        rule_version=int(row["rule_version"]),
+    )
+    split = env.plugins.split(order, order.amount, commission)
+    return PricedOrder(order=order, price=order.amount, commission=commission, split=split)
 
 
 async def payment_failed(conn: asyncpg.Connection, intent: Mapping[str, Any]) -> bool:
@@ -328,20 +357,16 @@ async def settle_one_time_payment(
     charge_id = intent.get("latest_charge")
     if isinstance(charge_id, Mapping):
         charge_id = charge_id.get("id")
-    charge = await env.gateway.call(
-        "charges", "retrieve", str(charge_id), params={"expand": ["balance_transaction"]}
-    )
-    facts = destination_charge_from(charge)
     reference = f"{PLUGIN}:payment:{payment_id}"
-    await env.ledger.post(
-        charge_posting(
-            facts,
-            key=payment_ledger_key(str(intent["id"])),
-            kind=str(row["kind"]),
-            reference=reference,
-            description=f"{row['kind']} to {facts.destination}",
-        ),
-        conn=conn,
+    # Posted once, and the engine's payment recorded with the commission priced at
+    # creation (its rule id and version): history does not change when rules do.
+    facts = await movements.post_destination_charge(
+        money_scope(env, conn, reference),
+        str(charge_id),
+        kind=str(row["kind"]),
+        description=f"{row['kind']} to {row['account_id']}",
+        priced=_priced_row(env, row),
+        customer=str(intent.get("customer") or ""),
     )
     await conn.execute(
         """
@@ -356,11 +381,10 @@ async def settle_one_time_payment(
         facts.charge_id,
         facts.transfer_id,
         facts.platform_fee.amount,
-        facts.creator_earnings.amount,
+        facts.account_share.amount,
         facts.stripe_fee.amount,
         facts.application_fee_id,
     )
-    await _record_engine_payment(env, conn, row, intent, facts.charge_id)
     return [
         LifecycleEvent(
             f"{PLUGIN}.{row['kind']}.succeeded",
@@ -370,41 +394,11 @@ async def settle_one_time_payment(
                 "amount": facts.amount.amount,
                 "currency": facts.amount.currency,
                 "application_fee": facts.platform_fee.amount,
-                "creator_earnings": facts.creator_earnings.amount,
+                "creator_earnings": facts.account_share.amount,
                 "fan_id": int(row["fan"]),
             },
         )
     ]
-
-
-async def _record_engine_payment(
-    env: Env, conn: asyncpg.Connection, row: Any, intent: Mapping[str, Any], charge_id: str
-) -> None:
-    """Record the payment in the engine's payments table (volume tiers, admin views).
-
-    The commission is the one priced at creation (its rule id and version),
-    never re-priced: history does not change when rules do.
-    """
-    order = one_time_order(
-        kind=str(row["kind"]),
-        account_id=str(row["account_id"]),
-        amount=Money(int(row["amount"]), str(row["currency"])),
-        reference=f"{PLUGIN}:payment:{row['id']}",
-        item_ref=str(row["item_ref"]),
-    )
-    await record_engine_payment(
-        env,
-        conn,
-        order,
-        Commission(
-            amount=Money(int(row["application_fee"]), str(row["currency"])),
-            rule_id=str(row["rule_id"]),
-            rule_version=int(row["rule_version"]),
-        ),
-        customer_id=str(intent.get("customer") or ""),
-        payment_intent_id=str(intent["id"]),
-        charge_id=charge_id,
-    )
 
 
 def refund_view(row: asyncpg.Record) -> RefundView:
@@ -418,73 +412,6 @@ def refund_view(row: asyncpg.Record) -> RefundView:
         fee_refunded=int(row["fee_refunded"]),
         status=str(row["status"]),
     )
-
-
-async def refund_destination_charge(
-    env: Env,
-    conn: asyncpg.Connection,
-    *,
-    charge_id: str,
-    application_fee_id: str,
-    destination: str,
-    currency: str,
-    amount: int,
-    fee_refunded_before: int,
-    reason: str | None,
-    metadata: Mapping[str, str],
-    idempotency_key: str,
-    reference: str,
-) -> tuple[DestinationRefund, Mapping[str, Any]]:
-    """Refund ``amount`` of a creator's destination charge (a tip's or an invoice's) and post it.
-
-    ``reverse_transfer`` and ``refund_application_fee`` make Stripe pull the
-    creator's share and the platform's fee back in proportion to the refund,
-    from the charge's own transfer and fee: the same proportional split the
-    engine's ``SplitPlan.proportional`` gives, computed once, by Stripe, and
-    posted as Stripe reports it (``refund_postings``: the engine's postings,
-    which its webhook handlers post too). Returns the facts and Stripe's refund.
-    """
-    # Before Stripe announces the refund: the engine's handlers wait for this
-    # transaction instead of posting the same movements in another order.
-    await lock_charge_movements(conn, charge_id)
-    refund = await env.gateway.call(
-        "refunds",
-        "create",
-        params={
-            "charge": charge_id,
-            "amount": amount,
-            "reverse_transfer": True,
-            "refund_application_fee": True,
-            **({"reason": reason} if reason else {}),
-            "metadata": dict(metadata),
-            "expand": ["transfer_reversal"],
-        },
-        idempotency_key=idempotency_key,
-    )
-    reversal = refund.get("transfer_reversal")
-    reversed_amount = int(reversal.get("amount") or 0) if isinstance(reversal, Mapping) else 0
-    fee_refunded = 0
-    fee_refunds: list[tuple[str, Money, Any]] = []
-    if application_fee_id:
-        fee = await env.gateway.call("application_fees", "retrieve", application_fee_id)
-        fee_refunded = int(fee.get("amount_refunded") or 0) - fee_refunded_before
-        fee_refunds = [
-            (str(item["id"]), Money(int(item["amount"]), currency), stripe_time(item["created"]))
-            for item in (fee.get("refunds") or {}).get("data") or []
-        ]
-    facts = DestinationRefund(
-        refund_id=str(refund["id"]),
-        amount=Money(int(refund["amount"]), currency),
-        transfer_reversed=Money(reversed_amount, currency),
-        fee_refunded=Money(fee_refunded, currency),
-        destination=destination,
-        refunded_at=stripe_time(refund.get("created")),
-        reversal_id=str(reversal.get("id") or "") if isinstance(reversal, Mapping) else "",
-        fee_refunds=tuple(fee_refunds),
-    )
-    for posting in refund_postings(facts, reference=reference):
-        await env.ledger.post(posting, conn=conn)
-    return facts, refund
 
 
 async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> RefundView:
@@ -508,21 +435,19 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             "SELECT count(*) + 1 FROM creator_subscriptions_refunds WHERE payment = $1", payment_id
         )
         reference = f"{PLUGIN}:payment:{payment_id}"
-        facts, refund = await refund_destination_charge(
-            env,
-            conn,
+        currency = str(row["currency"])
+        facts, refund = await movements.refund_destination_charge(
+            money_scope(env, conn, reference),
             charge_id=str(row["charge_id"]),
-            application_fee_id=str(row["application_fee_id"] or ""),
+            amount=Money(amount, currency),
             destination=str(row["account_id"]),
-            currency=str(row["currency"]),
-            amount=amount,
-            fee_refunded_before=int(row["fee_refunded"]),
+            application_fee_id=str(row["application_fee_id"] or ""),
+            operation=(row["uid"], sequence),
+            refunded_before=Money(int(row["amount_refunded"]), currency),
+            fee_refunded_before=Money(int(row["fee_refunded"]), currency),
             reason=new.reason,
             metadata={"plugin": PLUGIN, PAYMENT_METADATA: str(payment_id)},
-            idempotency_key=op_key("payment", row["uid"], "refund", sequence),
-            reference=reference,
         )
-        currency = str(row["currency"])
         refunded_total = int(row["amount_refunded"]) + facts.amount.amount
         refund_row = await conn.fetchrow(
             """

@@ -18,9 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import asyncpg
 
 from engine.core.money import Money, apply_rate
-from engine.core.orders import Commission, Order
-from engine.payments.pricing import PricedOrder, price_order, record_payment, with_monthly_volume
-from engine.payments.records import update_payment
+from engine.core.orders import Order
+from engine.payments.pricing import PricedOrder, price_order, with_monthly_volume
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env
 
@@ -28,7 +27,6 @@ __all__ = [
     "fee_percent",
     "one_time_order",
     "priced",
-    "record_engine_payment",
     "subscription_order",
 ]
 
@@ -90,31 +88,3 @@ def fee_percent(priced_order: PricedOrder) -> Decimal:
     else:
         percent = Decimal(0)
     return min(Decimal(100), max(Decimal(0), percent.quantize(_HUNDREDTH, ROUND_HALF_UP)))
-
-
-async def record_engine_payment(
-    env: Env,
-    conn: asyncpg.Connection,
-    order: Order,
-    commission: Commission,
-    *,
-    customer_id: str,
-    payment_intent_id: str,
-    charge_id: str,
-) -> None:
-    """Record a settled payment in the engine's ``marketplace_payments`` (idempotent).
-
-    The engine's volume tiers (``monthly_volume``), refunds and admin views read
-    that table. The split comes from the split hook for the recorded commission.
-    """
-    split = env.plugins.split(order, order.amount, commission)
-    await record_payment(
-        conn,
-        PricedOrder(order=order, price=order.amount, commission=commission, split=split),
-        account_id=order.beneficiaries[CREATOR_ROLE],
-        customer_id=customer_id or None,
-        payment_intent_id=payment_intent_id,
-        status="succeeded",
-    )
-    # The core's refund and dispute handlers find payments by their charge.
-    await update_payment(conn, payment_intent_id, charge_id=charge_id)

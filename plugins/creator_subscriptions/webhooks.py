@@ -31,17 +31,15 @@ from engine.core.contributions import (
 )
 from engine.core.errors import InvalidInput, NotFound
 from engine.core.orders import Commission, LifecycleEvent
+from engine.core.postings import destination_charge_from
+from engine.payments import movements
+from engine.payments.pricing import PricedOrder
 from engine.payments.records import advance_status_sql, dispute_payment_status
 from plugins.creator_subscriptions.config import PLUGIN
-from plugins.creator_subscriptions.env import Env, op_key
+from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
 from plugins.creator_subscriptions.one_time import payment_failed, settle_one_time_payment
-from plugins.creator_subscriptions.postings import (
-    charge_posting,
-    destination_charge_from,
-    invoice_ledger_key,
-)
-from plugins.creator_subscriptions.pricing import record_engine_payment, subscription_order
+from plugins.creator_subscriptions.pricing import subscription_order
 from plugins.creator_subscriptions.subscriptions import (
     SUBSCRIPTION_METADATA,
     invoice_action,
@@ -318,47 +316,44 @@ async def _settle_invoice(
     fee = earnings = stripe_fee = 0
     charge_id = transfer_id = ""
     if charge is not None:
-        facts = destination_charge_from(charge)
-        ledger_key = invoice_ledger_key(str(invoice["id"]))
-        await env.ledger.post(
-            charge_posting(
-                facts,
-                key=ledger_key,
-                kind="subscription_invoice",
-                reference=reference,
-                description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
-            ),
-            conn=conn,
-        )
-        fee, earnings = facts.platform_fee.amount, facts.creator_earnings.amount
-        stripe_fee, charge_id, transfer_id = (
-            facts.stripe_fee.amount,
-            facts.charge_id,
-            facts.transfer_id,
-        )
+        charged = destination_charge_from(charge)
         tier = await conn.fetchrow(
             "SELECT name, interval FROM creator_subscriptions_tiers WHERE id = $1",
             sub_row["tier"],
         )
-        await record_engine_payment(
-            env,
-            conn,
-            subscription_order(
-                account_id=str(sub_row["account_id"]),
-                tier_id=int(sub_row["tier"]),
-                tier_name=str(tier["name"]) if tier else "",
-                interval=str(tier["interval"]) if tier else "",
-                price=facts.amount,
-                reference=reference,
+        order = subscription_order(
+            account_id=str(sub_row["account_id"]),
+            tier_id=int(sub_row["tier"]),
+            tier_name=str(tier["name"]) if tier else "",
+            interval=str(tier["interval"]) if tier else "",
+            price=charged.amount,
+            reference=reference,
+        )
+        commission = Commission(
+            amount=charged.platform_fee,
+            rule_id=str(sub_row["rule_id"]),
+            rule_version=int(sub_row["rule_version"]),
+        )
+        # Posted once, and the engine's payment recorded with the fee Stripe charged.
+        facts = await movements.post_destination_charge(
+            money_scope(env, conn, reference),
+            charge,
+            kind="subscription_invoice",
+            description=f"invoice {invoice['id']} ({invoice.get('billing_reason')})",
+            priced=PricedOrder(
+                order=order,
+                price=order.amount,
+                commission=commission,
+                split=env.plugins.split(order, order.amount, commission),
             ),
-            Commission(
-                amount=facts.platform_fee,
-                rule_id=str(sub_row["rule_id"]),
-                rule_version=int(sub_row["rule_version"]),
-            ),
-            customer_id=_id(invoice.get("customer")),
-            payment_intent_id=_id(charge.get("payment_intent")) or facts.charge_id,
-            charge_id=facts.charge_id,
+            customer=_id(invoice.get("customer")),
+        )
+        ledger_key = f"charge:{facts.charge_id}"
+        fee, earnings = facts.platform_fee.amount, facts.account_share.amount
+        stripe_fee, charge_id, transfer_id = (
+            facts.stripe_fee.amount,
+            facts.charge_id,
+            facts.transfer_id,
         )
     paid_at = int((invoice.get("status_transitions") or {}).get("paid_at") or 0)
     await conn.execute(

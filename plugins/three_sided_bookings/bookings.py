@@ -3,8 +3,9 @@
 The business logic behind ``/v1/three_sided_bookings/bookings`` (no HTTP here).
 A transition is one database transaction: lock the booking, resolve the
 transition in the configured process (``IllegalTransition`` with the current
-state and the allowed actions otherwise), run its actions (Stripe calls with
-idempotency keys, records, ledger postings), move the state, append to the
+state and the allowed actions otherwise), run its actions (the engine's money
+calls, which call Stripe with idempotency keys, record and post; the booking's
+own rows), move the state, append to the
 audit trail and set the next timer. Notifications go out after the commit.
 A timed transition that is due at once (settlement after completion) runs
 right after, in its own transaction, so a failed settlement leaves the booking

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine.core.ledger import Ledger, Posting
+from engine.core.ledger import Ledger
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.gateway import StripeGateway
+from engine.payments.movements import MoneyScope
 from engine.services import Services
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
 from plugins.three_sided_bookings.store import BookingRecord, Connection, load_booking
@@ -109,9 +110,12 @@ class BookingContext:
         """The engine's ledger."""
         return self.services.ledger
 
-    async def post(self, posting: Posting) -> bool:
-        """Post to the ledger in this transaction (a repeated key posts nothing)."""
-        return await self.ledger.post(posting, conn=self.conn)
+    @property
+    def money(self) -> MoneyScope:
+        """The engine's money calls for this booking, in this transition's transaction."""
+        return MoneyScope(
+            self.services.gateway, self.services.ledger, self.conn, PLUGIN, self.booking.reference
+        )
 
     async def reload(self) -> BookingRecord:
         """Re-read the booking after an action changed it."""

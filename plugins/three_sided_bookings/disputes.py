@@ -1,35 +1,30 @@
-"""Disputes on a booking's charges: record, assemble and submit evidence, post the outcome.
+"""Disputes on a booking's charges: record, assemble and submit evidence, act on the outcome.
 
 ``charge.dispute.created`` puts the booking in ``disputed`` and records the
-dispute; its balance transactions (funds withdrawn, Stripe's dispute fee) are
-posted to the ledger as they appear, keyed by transaction id. The evidence is
+dispute; its balance transactions (funds withdrawn, Stripe's dispute fee, funds
+reinstated) and a lost dispute's final loss are the engine's postings, made by
+its dispute handler (``engine.core.postings``) before this plugin's. The evidence is
 built from the booking itself (service date, service, provider, venue, the
 booking record with its audit trail, the customer communication and the
 cancellation policy) and submitted with ``POST /v1/disputes/{id}``
-(``evidence[...]``, ``submit=true``). ``charge.dispute.closed`` posts the
-outcome: a win reinstates the funds (a balance transaction), a loss moves the
-withdrawn money to the customer for good and, when configured, reverses the
-provider's and venue's shares.
+(``evidence[...]``, ``submit=true``). ``charge.dispute.closed`` records the
+outcome and, on a loss when configured, reverses the provider's and venue's shares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 from typing import Any, Final
 
 from engine.core.errors import Conflict, NotFound
-from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from plugins.three_sided_bookings.context import BookingContext
 from plugins.three_sided_bookings.payments import reverse_all_shares
-from plugins.three_sided_bookings.postings import dispute_lost_posting, dispute_txn_posting
 from plugins.three_sided_bookings.store import BookingRecord, Connection
 
 __all__ = [
     "assemble_evidence",
-    "post_dispute_transactions",
     "record_dispute",
     "record_outcome",
     "submit_evidence",
@@ -37,35 +32,6 @@ __all__ = [
 
 _MAX_TEXT: Final = 20_000  # Stripe's limit on a free-text evidence field
 _PDF_LINES: Final = 70  # what fits one A4 page at 11 pt leading
-
-
-async def post_dispute_transactions(
-    ctx_post: Any, booking: BookingRecord, dispute: dict[str, Any]
-) -> None:
-    """Post each of the dispute's balance transactions (withdrawal, reinstatement) once."""
-    for txn in dispute.get("balance_transactions") or []:
-        if not isinstance(txn, dict):
-            continue
-        await ctx_post(
-            dispute_txn_posting(
-                booking.reference,
-                str(dispute["id"]),
-                str(txn["id"]),
-                Money(int(txn["amount"]), str(txn["currency"])),
-                Money(int(txn.get("fee") or 0), str(txn["currency"])),
-                occurred_at=stripe_time(txn.get("created")),
-            )
-        )
-
-
-def _decided_at(dispute: dict[str, Any]) -> datetime:
-    """Stripe's time of the dispute's last balance movement (else its opening)."""
-    times = [
-        int(txn["created"])
-        for txn in dispute.get("balance_transactions") or []
-        if isinstance(txn, dict) and txn.get("created")
-    ]
-    return stripe_time(max(times) if times else dispute.get("created"))
 
 
 def _dispute(ctx: BookingContext) -> dict[str, Any]:
@@ -76,7 +42,7 @@ def _dispute(ctx: BookingContext) -> dict[str, Any]:
 
 
 async def record_dispute(ctx: BookingContext) -> None:
-    """Remember a new dispute, post its withdrawal, submit evidence when configured."""
+    """Remember a new dispute, submit evidence when configured."""
     dispute = _dispute(ctx)
     booking = ctx.booking
     charge_id = await ctx.conn.fetchval(
@@ -101,7 +67,6 @@ async def record_dispute(ctx: BookingContext) -> None:
         str(dispute.get("reason") or ""),
         str(dispute.get("status") or "needs_response"),
     )
-    await post_dispute_transactions(ctx.post, booking, dispute)
     ctx.record("dispute", {"id": dispute["id"], "amount": dispute["amount"]})
     if ctx.config.auto_submit_evidence:
         await submit_evidence(ctx, dispute_id=str(dispute["id"]))
@@ -271,11 +236,9 @@ async def submit_evidence(ctx: BookingContext, *, dispute_id: str | None = None)
 
 
 async def record_outcome(ctx: BookingContext) -> None:
-    """Post a closed dispute's outcome; on a loss, reverse shares if configured."""
+    """Record a closed dispute's outcome; on a loss, reverse shares if configured."""
     dispute = _dispute(ctx)
-    booking = ctx.booking
     status = str(dispute.get("status"))
-    await post_dispute_transactions(ctx.post, booking, dispute)
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_disputes SET status = $2, updated_at = now() "
         "WHERE stripe_dispute_id = $1",
@@ -285,11 +248,5 @@ async def record_outcome(ctx: BookingContext) -> None:
     ctx.record("dispute_outcome", {"id": dispute["id"], "status": status})
     if status != "lost":
         return
-    amount = Money(int(dispute["amount"]), str(dispute["currency"]))
-    await ctx.post(
-        dispute_lost_posting(
-            booking.reference, str(dispute["id"]), amount, occurred_at=_decided_at(dispute)
-        )
-    )
     if ctx.config.reverse_shares_on_lost_dispute:
         await reverse_all_shares(ctx, cause=str(dispute["id"]))

@@ -1,19 +1,23 @@
-"""Money movements of a booking on Stripe: charges, captures, refunds, transfers, reversals.
+"""A booking's money decisions: what to charge, capture, refund, transfer and reverse, when.
 
 Separate charges and transfers: every PaymentIntent is a platform charge with
 ``transfer_group = booking:<id>``; settlement makes one transfer per
 beneficiary and charge with ``source_transaction`` = that charge; refunds do
 not touch transfers for this charge type, so the platform reverses each
-beneficiary's proportional share itself (``POST /v1/transfers/{id}/reversals``).
+beneficiary's proportional share itself.
 
-Each operation (1) calls Stripe through the engine's gateway with an
-idempotency key derived from the business operation, (2) records the Stripe
-object in the plugin's tables (unique on the key and on Stripe's id), and
-(3) posts the movement to the ledger keyed by the Stripe object id, all inside
-the caller's transaction. A retried or re-run operation therefore finds its
-row, or gets Stripe's stored answer for the same key, and never moves money
-twice. Transfers additionally carry their key in ``metadata`` so a re-run
-after Stripe forgot the key (24 h) adopts the transfer it already made.
+The money moves through the engine (``engine.payments.movements`` on
+``ctx.money``, the booking's ``MoneyScope``): each call derives its idempotency
+key from the business operation (``booking:<id>:charge:<kind>:<card>`` ...),
+calls Stripe through the gateway, records the payment or transfer and posts the
+movement keyed by the Stripe object, all inside the transition's transaction.
+This module decides the business (each charge's split, which shares to take
+back, held shares, 3D Secure waits) and keeps the booking's own rows (unique on
+the key and on Stripe's id) from what the calls return. A retried or re-run
+operation therefore finds its row, or gets Stripe's stored answer for the same
+key, and never moves money twice. Transfers additionally carry their first
+key in ``metadata`` so a re-run after Stripe forgot the key (24 h) adopts the
+transfer it already made (``movements.record_transfer_made``).
 
 Transfer keys: ``booking:<id>:transfer:<role>`` (``:deposit`` / ``:balance``
 appended for the two charges of the deposit model; ``:attempt:<n>`` for the
@@ -32,8 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 
@@ -49,27 +52,18 @@ from engine.core.errors import (
     MarketplaceError,
     PaymentActionRequired,
 )
-from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, PayoutFailure, SplitPlan
 from engine.gateway import idempotency_key
-from engine.payments.pricing import PricedOrder, record_payment
-from engine.payments.records import lock_charge_movements, update_payment
+from engine.payments import movements
+from engine.payments.movements import split_minus, split_plus
+from engine.payments.pricing import PricedOrder
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
-from plugins.three_sided_bookings.postings import (
-    charge_posting,
-    refund_posting,
-    reversal_posting,
-    transfer_posting,
-)
 from plugins.three_sided_bookings.split import (
     BENEFICIARIES,
-    plan_minus,
-    plan_plus,
     plan_to_json,
-    refund_plan,
 )
 from plugins.three_sided_bookings.store import (
     BookingRecord,
@@ -114,10 +108,14 @@ def _booking_key(booking: BookingRecord, *parts: object) -> str:
     return idempotency_key("booking", booking.id, *parts)
 
 
+def _transfer_operation(charge: ChargeRecord, role: str) -> tuple[str, ...]:
+    """What makes a beneficiary's transfer of one charge's share one operation."""
+    return (role, charge.kind) if charge.kind in _SPLIT_KINDS else (role,)
+
+
 def transfer_key(booking: BookingRecord, charge: ChargeRecord, role: str) -> str:
     """The idempotency key of a beneficiary's transfer of one charge's share."""
-    suffix = (charge.kind,) if charge.kind in _SPLIT_KINDS else ()
-    return _booking_key(booking, "transfer", role, *suffix)
+    return _booking_key(booking, "transfer", *_transfer_operation(charge, role))
 
 
 def _captured(charge: ChargeRecord) -> tuple[SplitPlan, str]:
@@ -235,7 +233,7 @@ def _next_plan(booking: BookingRecord, charges: list[ChargeRecord], amount: int)
     for existing in charges:
         plan = existing.plan
         if plan is not None and existing.status != "canceled":
-            remaining = plan_minus(remaining, plan)
+            remaining = split_minus(remaining, plan)
     if amount > remaining.total.amount:
         raise InvalidAmount(
             f"a charge of {amount} exceeds what is left of booking {booking.id}'s value"
@@ -262,67 +260,6 @@ def _priced(booking: BookingRecord, plan: SplitPlan, kind: str) -> PricedOrder:
     return PricedOrder(order=order, price=plan.total, commission=commission, split=plan)
 
 
-async def _sync_payment(ctx: BookingContext, charge: ChargeRecord) -> None:
-    """Keep the engine's payment record in step with the charge (id, status, amount)."""
-    if charge.payment_id is None:
-        return
-    plan = charge.plan
-    await update_payment(
-        ctx.conn,
-        payment_id=charge.payment_id,
-        charge_id=charge.charge_id,
-        status="succeeded" if charge.is_captured else charge.status,
-        amount=charge.captured or charge.amount,
-        fee_amount=0 if plan is None else plan.platform_amount.amount,
-        split={} if plan is None else _priced(ctx.booking, plan, charge.kind).split_json(),
-    )
-
-
-async def _post_charge(ctx: BookingContext, charge: ChargeRecord, facts: ChargeFacts) -> None:
-    if charge.charge_id is None or not charge.is_captured:
-        return
-    await ctx.post(
-        charge_posting(
-            ctx.booking.reference,
-            charge.charge_id,
-            _money(ctx.booking, charge.captured),
-            _money(ctx.booking, charge.stripe_fee),
-            occurred_at=facts.captured_at,
-        )
-    )
-
-
-class ChargeFacts(NamedTuple):
-    """What a PaymentIntent (with its charge's balance transaction expanded) says."""
-
-    charge_id: str | None
-    captured: int
-    fee: int
-    balance_transaction: str
-    captured_at: datetime
-    """Stripe's time of the capture (the balance transaction's, else the intent's)."""
-
-
-def _charge_facts(intent: dict[str, Any]) -> ChargeFacts:
-    latest = intent.get("latest_charge")
-    if not isinstance(latest, dict):
-        charge_id = latest if isinstance(latest, str) else None
-        return ChargeFacts(charge_id, 0, 0, "", stripe_time(intent.get("created")))
-    captured = int(intent.get("amount_received") or 0)
-    txn = latest.get("balance_transaction")
-    if isinstance(txn, dict):
-        return ChargeFacts(
-            str(latest["id"]),
-            captured,
-            int(txn.get("fee") or 0),
-            str(txn.get("id")),
-            stripe_time(txn.get("created")),
-        )
-    return ChargeFacts(
-        str(latest["id"]), captured, 0, str(txn or ""), stripe_time(latest.get("created"))
-    )
-
-
 async def charge(
     ctx: BookingContext,
     *,
@@ -333,7 +270,14 @@ async def charge(
     off_session: bool = False,
     save_for_later: bool = False,
 ) -> ChargeRecord:
-    """Create and confirm one PaymentIntent of the booking on the platform.
+    """Charge (or authorise) one part of the booking through the engine; record the charge.
+
+    The plugin decides the business: the split of this charge (``_next_plan``,
+    what earlier charges left), when, and with which card. The engine's
+    ``movements.charge`` creates and confirms the PaymentIntent on the platform
+    (key ``booking:<id>:charge:<kind>:<card>``), records the payment with its
+    split and posts the capture (``charge:<ch>``, with Stripe's fee); this
+    function then keeps the booking's own charge row.
 
     Args:
         kind: ``full``, ``deposit``, ``balance``, ``authorization``, ``arrival`` or ``fee``.
@@ -347,36 +291,41 @@ async def charge(
             transaction rolls back and the customer may try another card).
     """
     booking = ctx.booking
-    charges = await load_charges(ctx.conn, booking.id)
-    plan = _next_plan(booking, charges, amount)
-    key = _booking_key(booking, "charge", kind, payment_method)
+    priced = _priced(
+        booking, _next_plan(booking, await load_charges(ctx.conn, booking.id), amount), kind
+    )
+    operation = (kind, payment_method)
     authenticated = ctx.params.intent
     if authenticated and authenticated.startswith("pi_") and not off_session:
         intent = await _authenticated_intent(ctx, authenticated)
-        return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
-    params: dict[str, Any] = {
-        "amount": amount,
-        "currency": booking.currency,
-        "payment_method": payment_method,
-        # Confirmed server-side with no return_url: cards only, never a redirect.
-        "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
-        "confirm": True,
-        "capture_method": capture_method,
-        "transfer_group": booking.transfer_group,
-        "description": f"{booking.service_name} ({kind}), booking {booking.id}",
-        "metadata": {"booking_id": str(booking.id), "charge": kind},
-        "expand": ["latest_charge.balance_transaction"],
-    }
-    if booking.stripe_customer_id:
-        params["customer"] = booking.stripe_customer_id
-    if save_for_later:
-        params["setup_future_usage"] = "off_session"
-    if off_session:
-        params["off_session"] = True
-    try:
-        intent = await ctx.gateway.call(
-            "payment_intents", "create", params=params, idempotency_key=key
+        charged = await movements.record_charge(
+            ctx.money,
+            priced,
+            intent,
+            operation=operation,
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
         )
+        return await _record_charge(ctx, charged, kind, capture_method, amount)
+    try:
+        charged = await movements.charge(
+            ctx.money,
+            priced,
+            operation=operation,
+            payment_method=payment_method,
+            capture_method=capture_method,
+            off_session=off_session,
+            save_for_later=save_for_later,
+            transfer_group=booking.transfer_group,
+            description=f"{booking.service_name} ({kind}), booking {booking.id}",
+            metadata={"booking_id": str(booking.id), "charge": kind},
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
+        )
+    except PaymentActionRequired as waiting:
+        raise PaymentActionRequired(
+            f"the {kind} payment needs the customer", action=waiting.action
+        ) from None
     except CardDeclined as declined:
         pending = declined.extra.get("payment_intent")
         if not (off_session and declined.extra.get("decline_code") == "authentication_required"):
@@ -384,11 +333,15 @@ async def charge(
         if not pending:
             raise
         intent = await _ask_customer(ctx, str(pending), payment_method)
-    if intent.get("status") == "requires_action" and not off_session:
-        action = customer_action(intent)
-        assert action is not None  # requires_action always has one
-        raise PaymentActionRequired(f"the {kind} payment needs the customer", action=action)
-    return await _record_charge(ctx, intent, kind, key, capture_method, amount, plan)
+        charged = await movements.record_charge(
+            ctx.money,
+            priced,
+            intent,
+            operation=operation,
+            account_id=booking.provider_account,
+            customer=booking.stripe_customer_id,
+        )
+    return await _record_charge(ctx, charged, kind, capture_method, amount)
 
 
 async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str, Any]:
@@ -437,28 +390,11 @@ async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str
     return intent
 
 
-async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge() has them
-    ctx: BookingContext,
-    intent: dict[str, Any],
-    kind: str,
-    key: str,
-    capture_method: str,
-    amount: int,
-    plan: SplitPlan,
+async def _record_charge(
+    ctx: BookingContext, charged: movements.Charged, kind: str, capture_method: str, amount: int
 ) -> ChargeRecord:
-    """Record a booking's PaymentIntent (and its payment), post it when captured."""
+    """Keep the booking's row of a charge the engine made, recorded and posted."""
     booking = ctx.booking
-    facts = _charge_facts(intent)
-    charge_id, captured, fee, txn_id = facts[:4]
-    status = str(intent["status"])
-    payment_id = await record_payment(
-        ctx.conn,
-        _priced(booking, plan, kind),
-        account_id=booking.provider_account,
-        customer_id=booking.stripe_customer_id,
-        payment_intent_id=str(intent["id"]),
-        status=status,
-    )
     row = await ctx.conn.fetchrow(
         """
         INSERT INTO three_sided_bookings_charges
@@ -472,59 +408,45 @@ async def _record_charge(  # noqa: PLR0917 - one charge row's facts, as charge()
         """,
         booking.id,
         kind,
-        key,
-        intent["id"],
-        charge_id,
-        txn_id,
+        charged.key,
+        charged.payment_intent_id,
+        charged.charge_id,
+        charged.balance_transaction,
         capture_method,
-        status,
+        charged.status,
         amount,
-        captured,
+        charged.captured.amount,
         booking.currency,
-        fee,
-        json.dumps(plan_to_json(plan)),
-        payment_id,
+        charged.stripe_fee.amount,
+        json.dumps(plan_to_json(charged.priced.split)),
+        charged.payment_id,
     )
-    record = ChargeRecord.from_row(row)
-    await _sync_payment(ctx, record)
-    await _post_charge(ctx, record, facts)
-    ctx.add("charges", {"kind": kind, "payment_intent": intent["id"], "amount": amount})
-    return record
-
-
-async def _retrieve_intent(ctx: BookingContext, charge: ChargeRecord) -> dict[str, Any]:
-    return await ctx.gateway.call(
-        "payment_intents",
-        "retrieve",
-        charge.payment_intent_id,
-        params={"expand": ["latest_charge.balance_transaction"]},
+    ctx.add(
+        "charges", {"kind": kind, "payment_intent": charged.payment_intent_id, "amount": amount}
     )
+    return ChargeRecord.from_row(row)
 
 
 async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> ChargeRecord | None:
-    """Capture ``amount`` of an open authorisation; ``None`` if it had lapsed meanwhile."""
-    intent = await _retrieve_intent(ctx, charge)
-    if intent["status"] == "requires_capture":
-        intent = await ctx.gateway.call(
-            "payment_intents",
-            "capture",
-            charge.payment_intent_id,
-            params={
-                "amount_to_capture": amount,
-                "expand": ["latest_charge.balance_transaction"],
-            },
-            idempotency_key=_booking_key(ctx.booking, "capture", charge.payment_intent_id),
-        )
-    if intent["status"] != "succeeded":
-        await _set_charge_status(ctx, charge, str(intent["status"]))
-        ctx.add("authorisation_lapsed", charge.payment_intent_id)
-        return None
-    facts = _charge_facts(intent)
-    charge_id, captured, fee, txn_id = facts[:4]
+    """Capture ``amount`` of an open authorisation; ``None`` if it had lapsed meanwhile.
+
+    The engine's ``movements.capture`` captures, records the payment with the
+    authorised split's proportional part and posts the capture.
+    """
     authorised = charge.plan
     if authorised is None:
         raise Conflict(f"authorisation {charge.payment_intent_id} has no recorded split")
-    plan = authorised.proportional(_money(ctx.booking, captured))
+    captured = await movements.capture(
+        ctx.money,
+        _priced(ctx.booking, authorised, charge.kind),
+        charge.payment_intent_id,
+        _money(ctx.booking, amount),
+        payment_id=charge.payment_id,
+    )
+    if not captured.is_captured:
+        await _set_charge_status(ctx, charge, captured.status)
+        ctx.add("authorisation_lapsed", charge.payment_intent_id)
+        return None
     row = await ctx.conn.fetchrow(
         """
         UPDATE three_sided_bookings_charges
@@ -533,42 +455,34 @@ async def capture(ctx: BookingContext, charge: ChargeRecord, amount: int) -> Cha
         WHERE id = $1 RETURNING *
         """,
         charge.id,
-        charge_id,
-        captured,
-        fee,
-        txn_id,
-        json.dumps(plan_to_json(plan)),
+        captured.charge_id,
+        captured.captured.amount,
+        captured.stripe_fee.amount,
+        captured.balance_transaction,
+        json.dumps(plan_to_json(captured.priced.split)),
     )
-    record = ChargeRecord.from_row(row)
-    await _sync_payment(ctx, record)
-    await _post_charge(ctx, record, facts)
-    ctx.add("captured", {"payment_intent": charge.payment_intent_id, "amount": captured})
-    return record
+    ctx.add(
+        "captured", {"payment_intent": charge.payment_intent_id, "amount": captured.captured.amount}
+    )
+    return ChargeRecord.from_row(row)
 
 
 async def release(ctx: BookingContext, charge: ChargeRecord) -> None:
     """Cancel an open authorisation (nothing was captured; the hold on the card ends)."""
-    intent = await _retrieve_intent(ctx, charge)
-    if intent["status"] == "requires_capture":
-        intent = await ctx.gateway.call(
-            "payment_intents",
-            "cancel",
-            charge.payment_intent_id,
-            params={"cancellation_reason": "requested_by_customer"},
-            idempotency_key=_booking_key(ctx.booking, "release", charge.payment_intent_id),
-        )
-    await _set_charge_status(ctx, charge, str(intent["status"]))
+    status = await movements.release(
+        ctx.money, charge.payment_intent_id, payment_id=charge.payment_id
+    )
+    await _set_charge_status(ctx, charge, status)
     ctx.add("released", charge.payment_intent_id)
 
 
 async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: str) -> None:
+    """The booking's row follows Stripe's status (the engine recorded the payment's)."""
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_charges SET status = $2, updated_at = now() WHERE id = $1",
         charge.id,
         status,
     )
-    if charge.payment_id is not None:
-        await update_payment(ctx.conn, payment_id=charge.payment_id, status=status)
 
 
 # ---------------------------------------------------------------- collecting to a target
@@ -624,30 +538,38 @@ async def collect_to(
 
 
 async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None:
-    """Refund ``amount`` of a charge; take each beneficiary's proportional share back."""
+    """Refund ``amount`` of a charge; take each beneficiary's proportional share back.
+
+    The engine's ``movements.refund`` refunds, splits the refund by the charge's
+    stored split (``refund_share``: ``allocate()`` over what each leg still
+    holds), reverses each paid share's part and posts it all. A share still held
+    (not transferred) is reduced here instead; one not settled yet is left to
+    settlement, which transfers what is left of its leg.
+    """
     booking = ctx.booking
     plan, charge_id = _captured(charge)
-    share = refund_plan(plan, charge.refunded_plan, _money(booking, amount))
     count = await ctx.conn.fetchval(
         "SELECT count(*) FROM three_sided_bookings_refunds WHERE charge = $1", charge.id
     )
-    key = _booking_key(booking, "refund", charge.payment_intent_id, int(count) + 1)
-    # The engine's refund handler waits for this transaction rather than posting
-    # the same refund first (and deadlocking with it).
-    await lock_charge_movements(ctx.conn, charge_id)
-    stripe_refund = await ctx.gateway.call(
-        "refunds",
-        "create",
-        params={
-            "charge": charge_id,
-            "amount": amount,
-            "reason": "requested_by_customer",
-            "metadata": {"booking_id": str(booking.id), "reason": ctx.params.reason[:400]},
-        },
-        idempotency_key=key,
+    transfers = {transfer.role: transfer for transfer in await _charge_transfers(ctx, charge)}
+    refunded = await movements.refund(
+        ctx.money,
+        charge_id=charge_id,
+        amount=_money(booking, amount),
+        split=plan,
+        refunded=charge.refunded_plan,
+        operation=(charge.payment_intent_id, int(count) + 1),
+        payment_id=charge.payment_id,
+        refunded_before=_money(booking, charge.refunded),
+        paid_shares=[
+            _paid_share(booking, transfer)
+            for transfer in transfers.values()
+            if transfer.status == "paid" and transfer.stripe_transfer_id is not None
+        ],
+        metadata={"booking_id": str(booking.id), "reason": ctx.params.reason[:400]},
     )
-    refund_id = str(stripe_refund["id"])
-    refunded = share if charge.refunded_plan is None else plan_plus(charge.refunded_plan, share)
+    share = refunded.share
+    total = share if charge.refunded_plan is None else split_plus(charge.refunded_plan, share)
     await ctx.conn.execute(
         """
         INSERT INTO three_sided_bookings_refunds
@@ -658,8 +580,8 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         """,
         booking.id,
         charge.id,
-        key,
-        refund_id,
+        refunded.key,
+        refunded.refund_id,
         amount,
         booking.currency,
         json.dumps(plan_to_json(share)),
@@ -673,90 +595,70 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         """,
         charge.id,
         amount,
-        json.dumps(plan_to_json(refunded)),
+        json.dumps(plan_to_json(total)),
     )
-    if charge.payment_id is not None:
-        await update_payment(
-            ctx.conn, payment_id=charge.payment_id, amount_refunded=charge.refunded + amount
-        )
-    await ctx.post(
-        refund_posting(
-            booking.reference,
-            refund_id,
-            _money(booking, amount),
-            occurred_at=stripe_time(stripe_refund.get("created")),
-        )
+    ctx.add(
+        "refunds", {"refund": refunded.refund_id, "amount": amount, "split": plan_to_json(share)}
     )
-    ctx.add("refunds", {"refund": refund_id, "amount": amount, "split": plan_to_json(share)})
+    for reversed_ in refunded.reversals:
+        await _record_reversal(ctx, transfers[reversed_.role], reversed_, refunded.refund_id)
     for role in BENEFICIARIES:
+        held = transfers.get(role)
         part = share.leg(role).amount.amount
-        if part:
-            await _take_back(ctx, charge, role, part, cause=refund_id)
+        if held is not None and held.status == "held" and part:
+            await _reduce_held(ctx, held, part)
 
 
-async def _take_back(
-    ctx: BookingContext, charge: ChargeRecord, role: str, amount: int, *, cause: str
-) -> None:
-    """Take ``amount`` of ``role``'s share of ``charge`` back from the beneficiary."""
-    row = await ctx.conn.fetchrow(
-        "SELECT * FROM three_sided_bookings_transfers WHERE charge = $1 AND role = $2 FOR UPDATE",
+async def _charge_transfers(ctx: BookingContext, charge: ChargeRecord) -> list[TransferRecord]:
+    """The charge's transfer rows, locked (a refund or reversal changes them)."""
+    rows = await ctx.conn.fetch(
+        "SELECT * FROM three_sided_bookings_transfers WHERE charge = $1 ORDER BY id FOR UPDATE",
         charge.id,
-        role,
     )
-    if row is None:
-        return  # not settled yet: settlement transfers what is left of the leg
-    transfer = TransferRecord.from_row(row)
-    if transfer.status == "held":
-        left = transfer.amount - amount
+    return [TransferRecord.from_row(row) for row in rows]
+
+
+def _paid_share(booking: BookingRecord, transfer: TransferRecord) -> movements.PaidShare:
+    return movements.PaidShare(
+        role=transfer.role,
+        transfer_id=str(transfer.stripe_transfer_id),
+        destination=transfer.account_id,
+        reversible=_money(booking, transfer.amount - transfer.amount_reversed),
+    )
+
+
+async def _reduce_held(ctx: BookingContext, transfer: TransferRecord, amount: int) -> None:
+    """A refund takes ``amount`` off a share still held: less to transfer later."""
+    left = transfer.amount - amount
+    await ctx.conn.execute(
+        "UPDATE three_sided_bookings_transfers SET amount = $2::bigint, "
+        "status = CASE WHEN $2::bigint = 0 THEN 'cancelled' ELSE status END, "
+        "updated_at = now() "
+        "WHERE id = $1",
+        transfer.id,
+        left,
+    )
+    if left == 0:
         await ctx.conn.execute(
-            "UPDATE three_sided_bookings_transfers SET amount = $2::bigint, "
-            "status = CASE WHEN $2::bigint = 0 THEN 'cancelled' ELSE status END, "
-            "updated_at = now() "
-            "WHERE id = $1",
+            "UPDATE three_sided_bookings_held_transfers SET status = 'cancelled' "
+            "WHERE transfer = $1",
             transfer.id,
-            left,
         )
-        if left == 0:
-            await ctx.conn.execute(
-                "UPDATE three_sided_bookings_held_transfers SET status = 'cancelled' "
-                "WHERE transfer = $1",
-                transfer.id,
-            )
-        ctx.add("held_reduced", {"role": role, "amount": amount})
-        return
-    if transfer.status == "paid":
-        await reverse(ctx, transfer, min(amount, transfer.amount - transfer.amount_reversed), cause)
+    ctx.add("held_reduced", {"role": transfer.role, "amount": amount})
 
 
-async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, cause: str) -> None:
-    """Reverse ``amount`` of a paid transfer (``cause``: the refund or dispute behind it)."""
-    if amount <= 0 or transfer.stripe_transfer_id is None:
-        return
-    booking = ctx.booking
-    key = _booking_key(booking, "reversal", transfer.role, transfer.charge_id, cause)
-    source_charge = await ctx.conn.fetchval(
-        "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE id = $1",
-        transfer.charge_id,
-    )
-    await lock_charge_movements(ctx.conn, str(source_charge or ""))
-    try:
-        reversal = await ctx.gateway.call(
-            "transfers.reversals",
-            "create",
-            transfer.stripe_transfer_id,
-            params={
-                "amount": amount,
-                "metadata": {"booking_id": str(booking.id), "cause": cause},
-            },
-            idempotency_key=key,
-        )
-    except InsufficientBalance as short:
+async def _record_reversal(
+    ctx: BookingContext, transfer: TransferRecord, reversed_: movements.Reversed, cause: str
+) -> None:
+    """Keep the booking's row of a reversal the engine made (or the failure to make it)."""
+    amount = reversed_.amount.amount
+    if reversed_.failure:
         # The beneficiary already paid the money out: Stripe reverses a transfer_group
         # transfer only from the destination's balance. The platform carries the loss;
         # the audit trail keeps what is owed so an operator can recover it.
         ctx.add(
             "reversal_failed",
-            {"role": transfer.role, "amount": amount, "reason": short.detail},
+            {"role": transfer.role, "amount": amount, "reason": reversed_.failure},
         )
         return
     await ctx.conn.execute(
@@ -767,12 +669,12 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
         VALUES ($1, $2, $3, $4, $5, $6, $7, now())
         ON CONFLICT (idempotency_key) DO NOTHING
         """,
-        booking.id,
+        ctx.booking.id,
         transfer.id,
-        key,
-        reversal["id"],
+        reversed_.key,
+        reversed_.reversal_id,
         amount,
-        booking.currency,
+        ctx.booking.currency,
         "dispute" if cause.startswith("dp_") else "refund",
     )
     await ctx.conn.execute(
@@ -781,16 +683,40 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
         transfer.id,
         amount,
     )
-    await ctx.post(
-        reversal_posting(
-            booking.reference,
-            str(reversal["id"]),
-            transfer.account_id,
-            _money(booking, amount),
-            occurred_at=stripe_time(reversal.get("created")),
-        )
+    ctx.add(
+        "reversals", {"reversal": reversed_.reversal_id, "role": transfer.role, "amount": amount}
     )
-    ctx.add("reversals", {"reversal": reversal["id"], "role": transfer.role, "amount": amount})
+
+
+async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, cause: str) -> None:
+    """Reverse ``amount`` of a paid transfer (``cause``: the refund or dispute behind it)."""
+    if amount <= 0 or transfer.stripe_transfer_id is None:
+        return
+    booking = ctx.booking
+    source_charge = await ctx.conn.fetchval(
+        "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE id = $1",
+        transfer.charge_id,
+    )
+    share = _paid_share(booking, transfer)
+    try:
+        reversed_ = await movements.reverse(
+            ctx.money,
+            share,
+            _money(booking, amount),
+            charge_id=str(source_charge or ""),
+            operation=(transfer.role, source_charge or transfer.charge_id, cause),
+            metadata={"booking_id": str(booking.id), "cause": cause},
+        )
+    except InsufficientBalance as short:
+        reversed_ = movements.Reversed(
+            role=transfer.role,
+            transfer_id=share.transfer_id,
+            destination=share.destination,
+            amount=_money(booking, amount),
+            key="",
+            failure=short.detail,
+        )
+    await _record_reversal(ctx, transfer, reversed_, cause)
 
 
 async def reverse_all_shares(ctx: BookingContext, cause: str) -> None:
@@ -911,7 +837,8 @@ async def _settle_share(
     transfer = TransferRecord.from_row(row)
     adopted = orphans.get(key)
     if adopted is not None:
-        await _record_paid(ctx, transfer, adopted)
+        made = await movements.record_transfer_made(ctx.money, adopted, role=role, key=key)
+        await _record_paid(ctx, transfer, made)
         return
     able, why = await account_can_receive(ctx.conn, account)
     if not able:
@@ -931,47 +858,49 @@ async def attempt_transfer(
     same transfer group; if that balance is short, the share stays held.
     """
     booking = ctx.booking
-    key = transfer.idempotency_key
+    operation = _transfer_operation(charge_record, transfer.role)
     if attempts:
-        key = f"{key}:attempt:{attempts}"
-    params: dict[str, Any] = {
-        "amount": transfer.amount,
-        "currency": transfer.currency,
-        "destination": transfer.account_id,
-        "source_transaction": charge_record.charge_id,
-        "transfer_group": booking.transfer_group,
-        "description": f"{transfer.role} share of booking {booking.id}",
-        "metadata": {
-            "booking_id": str(booking.id),
-            "role": transfer.role,
-            "idempotency_key": transfer.idempotency_key,
-        },
-    }
+        operation += ("attempt", str(attempts))
+
+    async def make(source: str | None, operation: tuple[str, ...]) -> movements.Transferred:
+        return await movements.transfer(
+            ctx.money,
+            destination=transfer.account_id,
+            amount=_money(booking, transfer.amount),
+            source_transaction=source,
+            role=transfer.role,
+            operation=operation,
+            transfer_group=booking.transfer_group,
+            description=f"{transfer.role} share of booking {booking.id}",
+            metadata={
+                "booking_id": str(booking.id),
+                "role": transfer.role,
+                # The first attempt's key: a re-run finds the transfer by it.
+                "idempotency_key": transfer.idempotency_key,
+            },
+        )
+
     try:
         try:
-            created = await ctx.gateway.call(
-                "transfers", "create", params=params, idempotency_key=key
-            )
+            made = await make(charge_record.charge_id, operation)
         except InvalidInput as error:
             if error.extra.get("stripe_code") != "amount_too_large":
                 raise
-            del params["source_transaction"]
-            created = await ctx.gateway.call(
-                "transfers", "create", params=params, idempotency_key=f"{key}:unsourced"
-            )
+            made = await make(None, (*operation, "unsourced"))
     except MarketplaceError as error:
         if not _cannot_receive(error):
             raise
         await _hold(ctx, transfer, error.detail, attempts=attempts + 1)
         return False
-    await _record_paid(ctx, transfer, created)
+    await _record_paid(ctx, transfer, made)
     return True
 
 
 async def _record_paid(
-    ctx: BookingContext, transfer: TransferRecord, created: dict[str, Any]
+    ctx: BookingContext, transfer: TransferRecord, made: movements.Transferred
 ) -> None:
-    amount = int(created["amount"])
+    """Keep the booking's row of a transfer the engine made, recorded and posted."""
+    amount = made.amount.amount
     await ctx.conn.execute(
         """
         UPDATE three_sided_bookings_transfers
@@ -979,7 +908,7 @@ async def _record_paid(
         WHERE id = $1
         """,
         transfer.id,
-        created["id"],
+        made.transfer_id,
         amount,
     )
     await ctx.conn.execute(
@@ -987,16 +916,7 @@ async def _record_paid(
         "WHERE transfer = $1 AND status = 'held'",
         transfer.id,
     )
-    await ctx.post(
-        transfer_posting(
-            ctx.booking.reference,
-            str(created["id"]),
-            transfer.account_id,
-            _money(ctx.booking, amount),
-            occurred_at=stripe_time(created.get("created")),
-        )
-    )
-    ctx.add("transfers", {"transfer": created["id"], "role": transfer.role, "amount": amount})
+    ctx.add("transfers", {"transfer": made.transfer_id, "role": transfer.role, "amount": amount})
     ctx.notify.lifecycle(
         "transfer.paid",
         ctx.booking.reference,
@@ -1004,7 +924,7 @@ async def _record_paid(
         role=transfer.role,
         amount=amount,
         currency=transfer.currency,
-        transfer=created["id"],
+        transfer=made.transfer_id,
     )
 
 
@@ -1099,8 +1019,9 @@ _AFTER_SETTLEMENT: Final = frozenset({"settled", "partially_refunded"})
 async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> ChargeRecord | None:
     """The customer authenticated an off-session charge recorded as ``requires_action``.
 
-    Records its capture and posts it, clears the booking's ``customer_action`` and,
-    when the booking was already settled, transfers the new charge's shares. Returns
+    Records its capture and posts it (``movements.record_charge``), clears the
+    booking's ``customer_action`` and, when the booking was already settled,
+    transfers the new charge's shares. Returns
     the charge, or None if ``intent`` is no such charge of the booking (or not paid).
     """
     row = await ctx.conn.fetchrow(
@@ -1119,8 +1040,18 @@ async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> C
     )
     if current["status"] not in {"succeeded", "requires_capture"}:
         return None
-    facts = _charge_facts(current)
-    charge_id, captured, fee, txn_id = facts[:4]
+    waiting = ChargeRecord.from_row(row)
+    if waiting.plan is None:
+        raise Conflict(f"charge {waiting.payment_intent_id} has no recorded split")
+    charged = await movements.record_charge(
+        ctx.money,
+        _priced(ctx.booking, waiting.plan, waiting.kind),
+        current,
+        operation=(waiting.kind,),
+        account_id=ctx.booking.provider_account,
+        customer=ctx.booking.stripe_customer_id,
+    )
+    captured = charged.captured.amount
     updated = await ctx.conn.fetchrow(
         """
         UPDATE three_sided_bookings_charges
@@ -1129,15 +1060,13 @@ async def intent_authenticated(ctx: BookingContext, intent: dict[str, Any]) -> C
         WHERE id = $1 RETURNING *
         """,
         row["id"],
-        str(current["status"]),
-        charge_id,
+        charged.status,
+        charged.charge_id,
         captured,
-        fee,
-        txn_id,
+        charged.stripe_fee.amount,
+        charged.balance_transaction,
     )
     record = ChargeRecord.from_row(updated)
-    await _sync_payment(ctx, record)
-    await _post_charge(ctx, record, facts)
     await clear_action(ctx, str(intent["id"]))
     ctx.record("authenticated", {"payment_intent": intent["id"], "amount": captured})
     ctx.notify.lifecycle(

@@ -27,6 +27,7 @@ from engine.core.errors import InvalidAmount, InvalidInput
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, Order, SplitLeg, SplitPlan
 from engine.core.plugins import Plugins
+from engine.payments.movements import split_minus
 from engine.payments.pricing import PricedOrder, price_order
 
 __all__ = [
@@ -38,10 +39,7 @@ __all__ = [
     "SplitCalculationService",
     "deposit_and_balance",
     "plan_from_json",
-    "plan_minus",
-    "plan_plus",
     "plan_to_json",
-    "refund_plan",
     "split_booking",
     "terms_from_attributes",
 ]
@@ -129,39 +127,6 @@ def split_booking(
             SplitLeg(VENUE, venue_part, venue),
         ),
     )
-
-
-def plan_minus(plan: SplitPlan, taken: SplitPlan) -> SplitPlan:
-    """``plan`` with ``taken`` removed leg by leg (same roles, same order)."""
-    legs = tuple(
-        SplitLeg(leg.role, leg.amount - taken.leg(leg.role).amount, leg.account_id)
-        for leg in plan.legs
-    )
-    return SplitPlan(total=plan.total - taken.total, legs=legs)
-
-
-def plan_plus(plan: SplitPlan, added: SplitPlan) -> SplitPlan:
-    """``plan`` and ``added`` summed leg by leg (same roles, same order)."""
-    legs = tuple(
-        SplitLeg(leg.role, leg.amount + added.leg(leg.role).amount, leg.account_id)
-        for leg in plan.legs
-    )
-    return SplitPlan(total=plan.total + added.total, legs=legs)
-
-
-def refund_plan(charge: SplitPlan, refunded: SplitPlan | None, amount: Money) -> SplitPlan:
-    """The share of each leg in a refund of ``amount`` from a charge split as ``charge``.
-
-    The refund is allocated over what is still unrefunded on each leg
-    (``charge - refunded``), so any sequence of partial refunds never takes a
-    leg below zero and refunding the rest returns exactly the remaining legs.
-    """
-    remaining = charge if refunded is None else plan_minus(charge, refunded)
-    if amount.amount > remaining.total.amount:
-        raise InvalidAmount(
-            f"cannot refund {amount} of a charge with {remaining.total} left to refund"
-        )
-    return remaining.proportional(amount)
 
 
 def plan_to_json(plan: SplitPlan, **extra: Any) -> dict[str, Any]:
@@ -273,4 +238,4 @@ def deposit_and_balance(plan: SplitPlan, deposit: Money) -> tuple[SplitPlan, Spl
     remains of each leg, so the two charges' legs add up to the booking's exactly.
     """
     deposit_plan = plan.proportional(deposit)
-    return deposit_plan, plan_minus(plan, deposit_plan)
+    return deposit_plan, split_minus(plan, deposit_plan)

@@ -11,10 +11,11 @@
   transition it completes is taken (``pay``), or the off-session charge waiting for
   it is recorded and settled; ``payment_intent.payment_failed`` /
   ``setup_intent.setup_failed`` show the failure in the booking's ``customer_action``.
-- ``charge.succeeded``/``charge.captured``, ``charge.refunded``,
-  ``transfer.created``/``transfer.reversed``: the ledger postings of a
-  booking's Stripe objects, keyed like the API path's, so a movement whose
-  request died after Stripe answered is still in the ledger exactly once.
+- ``charge.succeeded``/``charge.captured``, ``transfer.created``: the ledger
+  postings of a booking's charges and transfers, the engine's (keyed by the
+  Stripe object), so a movement whose request died after Stripe answered is
+  still in the ledger exactly once. Refunds, reversals and disputes are posted
+  by the engine's own handlers, which run first.
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -31,28 +32,20 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from engine.core.authentication import customer_action
 from engine.core.contributions import HandlerContext, StripeEvent, WebhookRegistration
 from engine.core.errors import IllegalTransition, MarketplaceError
-from engine.core.ledger import Posting, stripe_time
-from engine.core.money import Money
+from engine.payments import movements
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
-from plugins.three_sided_bookings.disputes import post_dispute_transactions
 from plugins.three_sided_bookings.payments import (
     action_json,
     clear_action,
     intent_authenticated,
-)
-from plugins.three_sided_bookings.postings import (
-    charge_posting,
-    refund_posting,
-    reversal_posting,
-    transfer_posting,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
@@ -93,16 +86,6 @@ def mailbox_key(event: StripeEvent) -> str | None:
         booking_id = str((obj.get("metadata") or {}).get("booking_id") or "")
         reference = f"booking:{booking_id}" if booking_id.isdigit() else None
     return f"{PLUGIN}:{reference}" if reference else None
-
-
-def _poster(ctx: HandlerContext) -> Callable[[Posting], Any]:
-    conn = _conn(ctx)
-    ledger = ctx.services.ledger
-
-    async def post(posting: Posting) -> bool:
-        return bool(await ledger.post(posting, conn=conn))
-
-    return post
 
 
 def _conn(ctx: HandlerContext) -> Any:
@@ -154,8 +137,6 @@ async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
         # The booking's process has no way into (or out of) disputed from where it is;
         # the money still moved, so the ledger follows Stripe regardless.
         log.warning("dispute %s on booking %s: %s", dispute.get("id"), booking_id, refused)
-    booking = await load_booking(conn, booking_id)
-    await post_dispute_transactions(_poster(ctx), booking, dispute)
     _after_commit(ctx, notices)
 
 
@@ -241,72 +222,35 @@ async def on_account_updated(event: StripeEvent, ctx: HandlerContext) -> None:
 # ---------------------------------------------------------------- ledger follow-up
 
 
+def _money(ctx: HandlerContext, reference: str) -> movements.MoneyScope:
+    """The engine's money calls for a booking, in the event's transaction."""
+    return movements.MoneyScope(
+        ctx.services.gateway, ctx.services.ledger, _conn(ctx), PLUGIN, reference
+    )
+
+
 async def on_charge(event: StripeEvent, ctx: HandlerContext) -> None:
     """Post a captured booking charge (with Stripe's fee) if the API path did not."""
     charge = _object(event)
     reference = _booking_reference(charge.get("transfer_group"))
     if reference is None or not charge.get("captured") or not charge.get("balance_transaction"):
         return
-    txn = charge["balance_transaction"]
-    if not isinstance(txn, dict):
-        txn = await ctx.services.gateway.call("balance_transactions", "retrieve", str(txn))
-    currency = str(charge["currency"])
-    await _poster(ctx)(
-        charge_posting(
-            reference,
-            str(charge["id"]),
-            Money(int(txn["amount"]), currency),
-            Money(int(txn.get("fee") or 0), currency),
-            occurred_at=stripe_time(txn.get("created")),
-        )
-    )
-
-
-async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
-    """Post each refund of a booking charge (a released authorisation has none)."""
-    charge = _object(event)
-    reference = _booking_reference(charge.get("transfer_group"))
-    refunds = (charge.get("refunds") or {}).get("data") or []
-    if reference is None:
-        return
-    post = _poster(ctx)
-    for refund in refunds:
-        if refund.get("status") in {"succeeded", "pending"}:
-            amount = Money(int(refund["amount"]), str(refund["currency"]))
-            posting = refund_posting(
-                reference, str(refund["id"]), amount, occurred_at=stripe_time(refund.get("created"))
-            )
-            await post(posting)
+    await movements.post_platform_charge(_money(ctx, reference), charge)
 
 
 async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
-    """Post a booking transfer and its reversals."""
+    """Record and post a booking's transfer (its reversals are the engine's handler's)."""
     transfer = _object(event)
     reference = _booking_reference(transfer.get("transfer_group"))
     if reference is None:
         return
-    post = _poster(ctx)
-    currency = str(transfer["currency"])
-    destination = str(transfer["destination"])
-    await post(
-        transfer_posting(
-            reference,
-            str(transfer["id"]),
-            destination,
-            Money(int(transfer["amount"]), currency),
-            occurred_at=stripe_time(transfer.get("created")),
-        )
+    metadata = transfer.get("metadata") or {}
+    await movements.record_transfer_made(
+        _money(ctx, reference),
+        transfer,
+        role=str(metadata.get("role") or ""),
+        key=str(metadata.get("idempotency_key") or f"{reference}:transfer:{transfer['id']}"),
     )
-    for reversal in (transfer.get("reversals") or {}).get("data") or []:
-        await post(
-            reversal_posting(
-                reference,
-                str(reversal["id"]),
-                destination,
-                Money(int(reversal["amount"]), currency),
-                occurred_at=stripe_time(reversal.get("created")),
-            )
-        )
 
 
 def registrations() -> list[WebhookRegistration]:
@@ -325,9 +269,7 @@ def registrations() -> list[WebhookRegistration]:
         ("setup_intent.setup_failed", on_intent_failed),
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
-        ("charge.refunded", on_charge_refunded),
         ("transfer.created", on_transfer),
-        ("transfer.reversed", on_transfer),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

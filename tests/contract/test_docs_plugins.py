@@ -124,13 +124,7 @@ def _shipped_plugin_sources() -> Iterator[tuple[str, str]]:
 
 # Imports outside the public API that a shipped plugin still makes, each with
 # why; an entry goes as soon as its import does (the test then fails on it).
-_NOT_YET_PUBLIC: dict[tuple[str, str, str], str] = {
-    (
-        "plugins/three_sided_bookings/postings.py",
-        "engine.core",
-        "postings",
-    ): "the ledger's posting builders are being folded into the engine (issue 15)",
-}
+_NOT_YET_PUBLIC: dict[tuple[str, str, str], str] = {}
 
 
 _DYNAMIC_IMPORTS = frozenset({"import_module", "__import__"})

@@ -10,6 +10,16 @@ tables are the ``marketplace_*`` tables its sources declare (Piccolo
 Querying the engine's tables through its Piccolo classes (``engine.core.tables``,
 public for foreign keys from a plugin's tables) is the same by another road and
 fails too.
+
+Nor do they build ledger postings: every posting is the engine's
+(``engine.core.postings``, posted by ``engine.payments.movements`` and the
+engine's webhook handlers), keyed by the Stripe object, so one movement has one
+posting whichever path posts it. A plugin that constructs a ``Posting``
+(``Posting(...)``, ``Posting.transfer(...)``) or defines a ``*_posting`` /
+``*_postings`` function fails the test with its file and line. So does one that
+moves money around the engine's calls: posting to the ledger itself
+(``ledger.post(...)``), or asking the gateway for a refund, a transfer, a
+reversal, a capture or a release (``engine.payments.movements`` does those).
 """
 
 from __future__ import annotations
@@ -168,4 +178,140 @@ def test_no_plugin_touches_an_engine_table() -> None:
     assert not found, (
         "plugins and examples must call the engine's public functions "
         "(docs/plugins.md), not query its tables:\n" + "\n".join(found)
+    )
+
+
+_POSTING_BUILDER = re.compile(r"_postings?$")
+
+
+def posting_builders(source: str) -> Iterator[tuple[int, str]]:
+    """``(line, what)`` for each place ``source`` builds a ledger posting of its own.
+
+    ``Posting(...)`` or ``Posting.transfer(...)`` (under whatever name
+    ``engine.core.ledger.Posting`` was imported as, or as ``ledger.Posting``),
+    and any function named ``*_posting`` or ``*_postings``.
+    """
+    tree = ast.parse(source)
+    names = {"Posting"} | {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "engine.core.ledger"
+        for alias in node.names
+        if alias.name == "Posting"
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _POSTING_BUILDER.search(
+            node.name
+        ):
+            yield node.lineno, f"def {node.name}"
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "transfer":
+                func = func.value
+            if (isinstance(func, ast.Name) and func.id in names) or (
+                isinstance(func, ast.Attribute) and func.attr == "Posting"
+            ):
+                yield node.lineno, "Posting(...)"
+
+
+def test_the_posting_scan_sees_constructors_and_builders() -> None:
+    source = """
+from engine.core.ledger import Posting as P, Entry
+from engine.core import ledger
+
+def charge_posting(x):
+    return P(key="k", kind="c", entries=(), occurred_at=x)
+
+async def refund_postings(x):
+    return [P.transfer("k", "r", "a", "b", x, occurred_at=x), ledger.Posting(key="k")]
+
+def post(posting: P) -> None:
+    return destination_charge_posting(posting)
+"""
+    assert sorted(posting_builders(source)) == [
+        (5, "def charge_posting"),
+        (6, "Posting(...)"),
+        (8, "def refund_postings"),
+        (9, "Posting(...)"),
+        (9, "Posting(...)"),
+    ]
+
+
+def test_no_plugin_builds_its_own_posting() -> None:
+    found = [
+        f"{where}:{line}: {what}"
+        for where, source in _sources()
+        for line, what in posting_builders(source)
+    ]
+    assert not found, (
+        "plugins and examples move money through engine.payments.movements and "
+        "the engine's postings (engine.core.postings), never a Posting of their own:\n"
+        + "\n".join(found)
+    )
+
+
+# Stripe writes that move money: engine.payments.movements makes them (and records and posts them).
+_MONEY_WRITES = frozenset(
+    {
+        ("refunds", "create"),
+        ("transfers", "create"),
+        ("transfers.reversals", "create"),
+        ("payment_intents", "capture"),
+        ("payment_intents", "cancel"),
+    }
+)
+
+
+def money_moved_around_the_engine(source: str) -> Iterator[tuple[int, str]]:
+    """``(line, what)`` for each ledger post or money-moving gateway call in ``source``."""
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value
+        owner_name = (
+            owner.attr
+            if isinstance(owner, ast.Attribute)
+            else owner.id
+            if isinstance(owner, ast.Name)
+            else ""
+        )
+        if owner_name == "ledger" and node.func.attr in {"post", "post_many"}:
+            yield node.lineno, f"ledger.{node.func.attr}(...)"
+        elif owner_name == "gateway" and node.func.attr == "call" and len(node.args) >= 2:
+            resource, method = node.args[:2]
+            if (
+                isinstance(resource, ast.Constant)
+                and isinstance(method, ast.Constant)
+                and (resource.value, method.value) in _MONEY_WRITES
+            ):
+                yield node.lineno, f"gateway.call({resource.value!r}, {method.value!r})"
+
+
+def test_the_money_scan_sees_ledger_posts_and_money_writes() -> None:
+    source = """
+async def f(ctx, env, gateway):
+    await ctx.services.ledger.post(p, conn=c)
+    await env.ledger.post_many([p])
+    await ctx.gateway.call("transfers", "create", params={})
+    await gateway.call("payment_intents", "capture", "pi_1")
+    await gateway.call("payment_intents", "create", params={})
+    await gateway.call("refunds", "retrieve", "re_1")
+"""
+    assert sorted(money_moved_around_the_engine(source)) == [
+        (3, "ledger.post(...)"),
+        (4, "ledger.post_many(...)"),
+        (5, "gateway.call('transfers', 'create')"),
+        (6, "gateway.call('payment_intents', 'capture')"),
+    ]
+
+
+def test_no_plugin_moves_money_around_the_engine() -> None:
+    found = [
+        f"{where}:{line}: {what}"
+        for where, source in _sources()
+        for line, what in money_moved_around_the_engine(source)
+    ]
+    assert not found, (
+        "refunds, transfers, reversals, captures and releases go through "
+        "engine.payments.movements, which records and posts them:\n" + "\n".join(found)
     )

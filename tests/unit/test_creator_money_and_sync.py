@@ -1,5 +1,5 @@
-"""creator_subscriptions, pure parts: postings mirror Stripe's balance transactions and
-balance; subscription mirroring converges whatever the event order; the fee percentage."""
+"""creator_subscriptions, pure parts: subscription mirroring converges whatever the event
+order; the fee percentage. (Its postings are the engine's: tests/unit/test_engine_postings.py.)"""
 
 from __future__ import annotations
 
@@ -7,22 +7,13 @@ import random
 from dataclasses import replace
 from decimal import Decimal
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.core.errors import InvalidAmount
-from engine.core.ledger import CUSTOMERS, PLATFORM, PLATFORM_STRIPE_FEES, stripe_time
+from engine.core.ledger import stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments.pricing import PricedOrder
-from plugins.creator_subscriptions.postings import (
-    DestinationCharge,
-    DestinationRefund,
-    charge_posting,
-    destination_charge_from,
-    refund_postings,
-)
 from plugins.creator_subscriptions.pricing import fee_percent
 from plugins.creator_subscriptions.sync import (
     STATUS_RANK,
@@ -43,136 +34,6 @@ def per_account(posting_entries: tuple[object, ...]) -> dict[str, int]:
         account = entry.account  # type: ignore[attr-defined]
         totals[account] = totals.get(account, 0) + entry.amount.amount  # type: ignore[attr-defined]
     return totals
-
-
-@given(
-    amount=st.integers(min_value=50, max_value=99_999_999),
-    fee_share=st.integers(min_value=0, max_value=10_000),
-    stripe_fee=st.integers(min_value=0, max_value=100_000),
-)
-def test_charge_posting_balances_and_moves_what_stripe_moves(
-    amount: int, fee_share: int, stripe_fee: int
-) -> None:
-    fee = amount * fee_share // 10_000
-    charge = DestinationCharge(
-        charge_id="ch_1",
-        amount=Money(amount, "usd"),
-        stripe_fee=Money(stripe_fee, "usd"),
-        destination=ACCT,
-        transfer_id="tr_1",
-        transfer_amount=Money(amount, "usd"),
-        application_fee=Money(fee, "usd"),
-        captured_at=AT,
-    )
-    posting = charge_posting(charge, key="k", kind="invoice", reference="r")
-    totals = per_account(posting.entries)
-    assert sum(totals.values()) == 0
-    assert totals.get(ACCT, 0) == amount - fee == charge.creator_earnings.amount
-    assert totals.get(PLATFORM, 0) == fee - stripe_fee
-    assert totals.get(CUSTOMERS, 0) == -amount
-    assert totals.get(PLATFORM_STRIPE_FEES, 0) == stripe_fee
-    assert charge.creator_earnings.amount + charge.platform_fee.amount == amount
-    assert posting.stripe_object_id == "ch_1"
-    assert all(entry.amount.amount for entry in posting.entries)  # no zero lines
-
-
-def test_charge_posting_lines_are_the_balance_transactions() -> None:
-    charge = DestinationCharge(
-        charge_id="ch_1",
-        amount=Money(1000, "usd"),
-        stripe_fee=Money(59, "usd"),
-        destination=ACCT,
-        transfer_id="tr_1",
-        transfer_amount=Money(1000, "usd"),
-        application_fee=Money(100, "usd"),
-        captured_at=AT,
-    )
-    lines = [
-        (e.account, e.amount.amount)
-        for e in charge_posting(charge, key="k", kind="x", reference="r").entries
-    ]
-    assert lines == [
-        (CUSTOMERS, -1000),
-        (PLATFORM, 1000),  # platform charge txn: amount
-        (PLATFORM, -59),  # ... and its fee
-        (PLATFORM_STRIPE_FEES, 59),
-        (PLATFORM, -1000),  # platform transfer txn
-        (ACCT, 1000),  # connected payment txn: amount
-        (ACCT, -100),  # ... and its fee (the application fee)
-        (PLATFORM, 100),  # platform application_fee txn
-    ]
-
-
-def test_refund_postings_reverse_in_stripes_amounts_under_the_engines_keys() -> None:
-    refund = DestinationRefund(
-        refund_id="re_1",
-        amount=Money(400, "usd"),
-        transfer_reversed=Money(400, "usd"),
-        fee_refunded=Money(40, "usd"),
-        destination=ACCT,
-        refunded_at=AT,
-        reversal_id="trr_1",
-        fee_refunds=(("fr_1", Money(40, "usd"), AT), ("fr_0", Money(0, "usd"), AT)),
-    )
-    postings = refund_postings(refund, reference="r")
-    totals: dict[str, int] = {}
-    for posting in postings:
-        for account, amount in per_account(posting.entries).items():
-            totals[account] = totals.get(account, 0) + amount
-    assert {account: amount for account, amount in totals.items() if amount} == {
-        PLATFORM: -40,
-        CUSTOMERS: 400,
-        ACCT: -360,
-    }
-    # The engine's keys: its webhook handlers post the same, so nothing counts twice.
-    assert [posting.key for posting in postings] == [
-        "refund:re_1",
-        "reversal:trr_1",
-        "application_fee_refund:fr_1",
-    ]
-
-
-def test_destination_charge_is_read_from_stripes_charge() -> None:
-    charge = {
-        "id": "ch_9",
-        "amount": 1500,
-        "amount_captured": 1500,
-        "currency": "usd",
-        "application_fee_amount": 150,
-        "application_fee": "fee_9",
-        "transfer": {"id": "tr_9", "amount": 1500},
-        "transfer_data": {"destination": ACCT, "amount": None},
-        "balance_transaction": {"id": "txn_9", "fee": 74, "created": 1_767_225_600},
-    }
-    facts = destination_charge_from(charge)
-    assert (facts.amount.amount, facts.stripe_fee.amount, facts.application_fee.amount) == (
-        1500,
-        74,
-        150,
-    )
-    assert (facts.transfer_id, facts.application_fee_id, facts.destination) == (
-        "tr_9",
-        "fee_9",
-        ACCT,
-    )
-    with pytest.raises(InvalidAmount, match="expand"):
-        destination_charge_from({**charge, "balance_transaction": "txn_9"})
-    with pytest.raises(InvalidAmount, match="destination"):
-        destination_charge_from({**charge, "transfer_data": None})
-
-
-def test_an_application_fee_above_the_transfer_is_refused() -> None:
-    with pytest.raises(InvalidAmount):
-        DestinationCharge(
-            charge_id="ch",
-            amount=Money(100, "usd"),
-            stripe_fee=Money(0, "usd"),
-            destination=ACCT,
-            transfer_id="tr",
-            transfer_amount=Money(100, "usd"),
-            application_fee=Money(101, "usd"),
-            captured_at=AT,
-        )
 
 
 # ---------------------------------------------------------------- fee percent

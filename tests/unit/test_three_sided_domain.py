@@ -16,6 +16,7 @@ from engine.core.money import Money
 from engine.core.orders import PLATFORM
 from engine.core.plugins import Plugins, build_plugins
 from engine.core.settings import settings_from_mapping
+from engine.payments.movements import refund_share, split_plus
 from plugins.three_sided_bookings import disputes
 from plugins.three_sided_bookings import webhooks as booking_webhooks
 from plugins.three_sided_bookings.actions import ACTION_FIELDS, ACTION_IMPLEMENTATIONS
@@ -31,8 +32,6 @@ from plugins.three_sided_bookings.split import (
     SplitCalculationService,
     deposit_and_balance,
     plan_from_json,
-    plan_plus,
-    refund_plan,
     split_booking,
 )
 
@@ -175,21 +174,21 @@ def test_shares_and_every_proportional_refund_sum_exactly(
     for wanted in refunds:
         left = split.total.amount - (0 if refunded is None else refunded.total.amount)
         amount = Money(min(wanted, left), currency)
-        part = refund_plan(split, refunded, amount)
+        part = refund_share(split, refunded, amount)
         assert sum(leg.amount.amount for leg in part.legs) == amount.amount
-        refunded = part if refunded is None else plan_plus(refunded, part)
+        refunded = part if refunded is None else split_plus(refunded, part)
         for leg, back in zip(split.legs, refunded.legs, strict=True):
             assert 0 <= back.amount.amount <= leg.amount.amount
     left = split.total.amount - (0 if refunded is None else refunded.total.amount)
-    rest = refund_plan(split, refunded, Money(left, currency))
-    everything = rest if refunded is None else plan_plus(refunded, rest)
+    rest = refund_share(split, refunded, Money(left, currency))
+    everything = rest if refunded is None else split_plus(refunded, rest)
     assert [leg.amount for leg in everything.legs] == [leg.amount for leg in split.legs]
 
 
 def test_refund_beyond_what_is_left_is_refused() -> None:
     split = quote(1_000).split
     with pytest.raises(InvalidAmount, match="left to refund"):
-        refund_plan(split, split.proportional(Money(900, "gbp")), Money(101, "gbp"))
+        refund_share(split, split.proportional(Money(900, "gbp")), Money(101, "gbp"))
 
 
 # ---------------------------------------------------------------- policy

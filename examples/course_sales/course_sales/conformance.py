@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from course_sales.config import PLUGIN, CourseSalesConfig
 from course_sales.pricing import AFFILIATE, COUPON, INSTRUCTOR, KIND
 from course_sales.services import (
-    attach_payment_intent,
     create_course,
     open_enrollment,
     start_payment,
@@ -49,8 +48,9 @@ async def sample_events(ctx: SampleContext) -> list[dict[str, Any]]:
         student_email="student@example.com",
         affiliate=affiliate,
     )
-    payment_intent = await start_payment(ctx.services.gateway, enrollment, "pm_card_visa")
-    await attach_payment_intent(ctx.conn, enrollment, str(payment_intent["id"]))
+    charged = await start_payment(ctx.conn, ctx.services, enrollment, "pm_card_visa")
+    # As Stripe sends it: the charge by its id.
+    payment_intent = {**charged, "latest_charge": charged["latest_charge"]["id"]}
     foreign = {**payment_intent, "id": "pi_not_a_course", "metadata": {"plugin": "other"}}
     return [
         stripe_event("payment_intent.succeeded", payment_intent),

@@ -24,7 +24,6 @@ from course_sales.schemas import CourseOut, EnrollmentOut, LegOut, NewCourse, Ne
 from course_sales.services import (
     CourseRow,
     EnrollmentRow,
-    attach_payment_intent,
     create_course,
     get_course,
     get_enrollment,
@@ -129,16 +128,14 @@ class CourseController(Controller):
                     coupon=data.coupon,
                 )
             try:
-                payment_intent = await start_payment(
-                    services.gateway, enrollment, data.payment_method
-                )
+                async with conn.transaction():
+                    await start_payment(conn, services, enrollment, data.payment_method)
             except MarketplaceError:
                 await conn.execute(
                     "UPDATE course_sales_enrollments SET status = 'failed' WHERE id = $1",
                     enrollment.id,
                 )
                 raise
-            await attach_payment_intent(conn, enrollment, str(payment_intent["id"]))
             refreshed = await get_enrollment(conn, enrollment.id)
         return _enrollment_out(refreshed or enrollment)
 

@@ -1,8 +1,9 @@
 """Course sales on the database and Stripe: courses, enrollments, and settling a paid one.
 
-No HTTP here (the controller calls these). Every Stripe write carries an
-idempotency key derived from the enrollment (``course_sales:enrollment:7:transfer:
-instructor``), and every ledger posting is keyed by the Stripe object, so
+No HTTP here (the controller calls these). The money moves through the engine
+(``engine.payments.movements``): every Stripe write carries an idempotency key
+derived from the enrollment (``course_sales:enrollment:7:transfer:instructor``),
+and every ledger posting is the engine's, keyed by the Stripe object, so
 settling the same payment twice moves no money twice.
 """
 
@@ -11,34 +12,32 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 from engine.core.errors import InvalidInput, NotFound
-from engine.core.ledger import stripe_time
 from engine.core.money import Money
-from engine.core.orders import PLATFORM, SplitLeg
+from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import Plugins
-from engine.gateway import StripeGateway, idempotency_key
-from engine.payments.pricing import price_order, record_payment
-from engine.payments.records import link_payment_intent, record_transfer, update_payment
+from engine.payments import movements
+from engine.payments.movements import MoneyScope
+from engine.payments.pricing import PricedOrder, price_order, record_payment
+from engine.payments.records import update_payment
 from engine.services import Services
 
 from course_sales.config import PLUGIN, CourseSalesConfig
-from course_sales.postings import charge_posting, transfer_posting
-from course_sales.pricing import course_order, legs_from_json, legs_to_json
+from course_sales.pricing import KIND, course_order, legs_from_json, legs_to_json
 
 __all__ = [
     "CourseRow",
     "EnrollmentRow",
     "PaidTransfer",
-    "attach_payment_intent",
     "create_course",
     "enrollment_reference",
     "get_course",
     "get_enrollment",
     "open_enrollment",
+    "priced_enrollment",
     "settle_enrollment",
     "start_payment",
 ]
@@ -230,50 +229,55 @@ async def open_enrollment(
     return _enrollment(row)
 
 
-async def start_payment(
-    gateway: StripeGateway, enrollment: EnrollmentRow, payment_method: str
-) -> dict[str, Any]:
-    """Charge the student on the platform (separate charges and transfers); the PaymentIntent."""
-    return await gateway.call(
-        "payment_intents",
-        "create",
-        params={
-            "amount": enrollment.price.amount,
-            "currency": enrollment.price.currency,
-            "payment_method": payment_method,
-            "confirm": True,
-            "transfer_group": enrollment.reference,
-            "description": f"course {enrollment.course_id}",
-            "metadata": {"plugin": PLUGIN, "enrollment": str(enrollment.id)},
-        },
-        idempotency_key=idempotency_key(enrollment.reference, "payment_intent"),
+def priced_enrollment(enrollment: EnrollmentRow) -> PricedOrder:
+    """The enrollment's price, commission and split, as priced when it was opened."""
+    order = Order(
+        plugin=PLUGIN,
+        kind=KIND,
+        amount=enrollment.price,
+        reference=enrollment.reference,
+        beneficiaries={leg.role: leg.account_id for leg in enrollment.legs if leg.account_id},
     )
+    commission = Commission(
+        amount=enrollment.commission,
+        rule_id=enrollment.rule_id,
+        rule_version=enrollment.rule_version,
+    )
+    split = SplitPlan(total=enrollment.price, legs=enrollment.legs)
+    return PricedOrder(order=order, price=enrollment.price, commission=commission, split=split)
 
 
-async def attach_payment_intent(
-    conn: asyncpg.Connection, enrollment: EnrollmentRow, payment_intent_id: str
-) -> None:
-    """Remember the PaymentIntent on the enrollment and the engine's payment record."""
+async def start_payment(
+    conn: asyncpg.Connection, services: Services, enrollment: EnrollmentRow, payment_method: str
+) -> Mapping[str, Any]:
+    """Charge the student on the platform (separate charges and transfers); the PaymentIntent.
+
+    The engine's ``movements.charge`` creates and confirms it (key
+    ``course_sales:enrollment:<id>:charge:student``), attaches it to the payment
+    recorded when the enrollment was priced, and posts the charge once captured;
+    the enrollment remembers the intent. Run it inside a transaction.
+    """
+    # Locked first: Stripe's payment_intent.succeeded may be handled while this
+    # transaction is open, and its handler locks the enrollment before posting.
+    await get_enrollment(conn, enrollment.id, lock=True)
+    charged = await movements.charge(
+        MoneyScope(services.gateway, services.ledger, conn, PLUGIN, enrollment.reference),
+        priced_enrollment(enrollment),
+        operation=("student",),
+        payment_method=payment_method,
+        account_id=None,
+        transfer_group=enrollment.reference,
+        description=f"course {enrollment.course_id}",
+        metadata={"plugin": PLUGIN, "enrollment": str(enrollment.id)},
+        recorded=True,
+    )
     await conn.execute(
         "UPDATE course_sales_enrollments SET payment_intent_id = $2 "
         "WHERE id = $1 AND payment_intent_id IS NULL",
         enrollment.id,
-        payment_intent_id,
+        charged.payment_intent_id,
     )
-    await link_payment_intent(
-        conn, plugin=PLUGIN, reference=enrollment.reference, payment_intent_id=payment_intent_id
-    )
-
-
-async def _charge_transaction(gateway: StripeGateway, charge_id: str) -> tuple[int, datetime]:
-    """Stripe's fee on the charge and its time (the charge's balance transaction)."""
-    charge = await gateway.call(
-        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
-    )
-    txn = charge.get("balance_transaction")
-    if not isinstance(txn, dict):
-        return 0, stripe_time(charge.get("created"))
-    return int(txn.get("fee") or 0), stripe_time(txn.get("created"))
+    return charged.intent
 
 
 async def settle_enrollment(
@@ -284,67 +288,42 @@ async def settle_enrollment(
 ) -> list[PaidTransfer]:
     """The payment succeeded: transfer every share, post the ledger, mark the enrollment paid.
 
-    Idempotent: only a ``pending`` enrollment is settled; transfers carry
-    idempotency keys and postings are keyed by the Stripe objects, so a retry
-    after a crash half-way through repeats nothing.
+    The engine moves the money (``engine.payments.movements``): it posts the
+    charge with Stripe's fee and makes, records and posts each share's transfer
+    (``source_transaction`` = the charge). Idempotent: only a ``pending``
+    enrollment is settled; transfers carry keys derived from the enrollment and
+    role and postings are keyed by the Stripe objects, so a retry after a crash
+    half-way through repeats nothing.
     """
     if enrollment.status != "pending":
         return []
-    charge_id = str(payment_intent.get("latest_charge") or "")
+    latest = payment_intent.get("latest_charge")
+    charge_id = str(latest.get("id") if isinstance(latest, Mapping) else latest or "")
     payment_intent_id = str(payment_intent["id"])
-    fee_amount, charged_at = await _charge_transaction(services.gateway, charge_id)
-    fee = Money(fee_amount, enrollment.price.currency)
-    await services.ledger.post(
-        charge_posting(charge_id, enrollment.price, fee, enrollment.reference, at=charged_at),
-        conn=conn,
-    )
+    money = MoneyScope(services.gateway, services.ledger, conn, PLUGIN, enrollment.reference)
+    await movements.post_platform_charge(money, charge_id, description="course sale")
     paid: list[PaidTransfer] = []
     for leg in enrollment.legs:
         if leg.role == PLATFORM or leg.account_id is None or leg.amount.is_zero():
             continue  # the platform keeps its commission; Stripe refuses zero transfers
-        key = idempotency_key(enrollment.reference, "transfer", leg.role)
-        transfer = await services.gateway.call(
-            "transfers",
-            "create",
-            params={
-                "amount": leg.amount.amount,
-                "currency": leg.amount.currency,
-                "destination": leg.account_id,
-                "source_transaction": charge_id,
-                "transfer_group": enrollment.reference,
-                "metadata": {"plugin": PLUGIN, "enrollment": str(enrollment.id), "role": leg.role},
-            },
-            idempotency_key=key,
-        )
-        transfer_id = str(transfer["id"])
-        await record_transfer(
-            conn,
-            transfer_id=transfer_id,
+        made = await movements.transfer(
+            money,
             destination=leg.account_id,
-            role=leg.role,
             amount=leg.amount,
-            idempotency_key=key,
+            source_transaction=charge_id,
+            role=leg.role,
+            operation=(leg.role,),
+            transfer_group=enrollment.reference,
+            description="course revenue share",
+            metadata={"plugin": PLUGIN, "enrollment": str(enrollment.id), "role": leg.role},
         )
-        await services.ledger.post(
-            transfer_posting(
-                transfer_id,
-                leg.account_id,
-                leg.amount,
-                enrollment.reference,
-                at=stripe_time(transfer.get("created")),
-            ),
-            conn=conn,
-        )
-        paid.append(PaidTransfer(leg.role, leg.account_id, leg.amount, transfer_id))
+        paid.append(PaidTransfer(leg.role, leg.account_id, leg.amount, made.transfer_id))
     await conn.execute(
         "UPDATE course_sales_enrollments SET status = 'paid', payment_intent_id = $2, "
         "charge_id = $3, paid_at = now() WHERE id = $1",
         enrollment.id,
         payment_intent_id,
         charge_id,
-    )
-    await link_payment_intent(
-        conn, plugin=PLUGIN, reference=enrollment.reference, payment_intent_id=payment_intent_id
     )
     await update_payment(conn, payment_intent_id, charge_id=charge_id, status="succeeded")
     return paid

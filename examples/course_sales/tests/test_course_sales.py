@@ -88,7 +88,8 @@ async def test_settling_an_enrollment_with_the_services(
             enrollment = await open_enrollment(
                 conn, mp_services.plugins, config, course, student_email="s@example.com"
             )
-        payment_intent = await start_payment(mp_services.gateway, enrollment, "pm_card_visa")
+        async with conn.transaction():
+            payment_intent = await start_payment(conn, mp_services, enrollment, "pm_card_visa")
         async with conn.transaction():
             paid = await settle_enrollment(conn, mp_services, enrollment, payment_intent)
             again = await settle_enrollment(conn, mp_services, enrollment, payment_intent)

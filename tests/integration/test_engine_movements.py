@@ -1,0 +1,345 @@
+"""The engine's money calls (engine.payments.movements) with no business plugin at all.
+
+A separate charge of 100.00 is authorised, 80.00 of it captured, the two
+beneficiaries' shares transferred with ``source_transaction``, then refunded in
+two parts, each reversing the shares by the stored split's proportional part
+(``allocate()`` over what each leg still holds). Another authorisation is
+released. A destination charge (a tip) is made, posted with its transfer and
+application fee, and partly refunded with Stripe reversing both in proportion.
+The whole stack runs (worker, webhooks): the engine's handlers post the same
+refunds, reversals and fee refunds from Stripe's events without a conflict, and
+per account the ledger is Stripe's balance (available + pending) to the cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from engine.accounts import AccountService, NewAccount
+from engine.core.errors import InvalidAmount
+from engine.core.ledger import PLATFORM, stripe_time
+from engine.core.money import Money
+from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
+from engine.payments import movements
+from engine.payments.movements import MoneyScope, PaidShare
+from engine.payments.pricing import PricedOrder
+from engine.testing.stack import Stack, running_stack
+
+USD = "usd"
+REFERENCE = "order:1"
+
+
+@pytest.fixture
+async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url, nats_url, unique_name.upper(), plugins=()
+    ) as running:
+        yield running
+
+
+def usd(amount: int) -> Money:
+    return Money(amount, USD)
+
+
+def priced_order(provider: str, venue: str) -> PricedOrder:
+    split = SplitPlan(
+        total=usd(10_000),
+        legs=(
+            SplitLeg("platform", usd(1_500)),
+            SplitLeg("provider", usd(6_000), provider),
+            SplitLeg("venue", usd(2_500), venue),
+        ),
+    )
+    order = Order(
+        plugin="orders",
+        kind="order",
+        amount=usd(10_000),
+        reference=REFERENCE,
+        beneficiaries={"provider": provider, "venue": venue},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    commission = Commission(amount=usd(1_500), rule_id="flat", rule_version=1)
+    return PricedOrder(order=order, price=usd(10_000), commission=commission, split=split)
+
+
+async def connected_account(stack: Stack, role: str) -> str:
+    """A connected account made through the engine, onboarded (its events are then known)."""
+    service = AccountService(
+        stack.services.db.pool, stack.services.gateway, public_url="http://marketplace.test"
+    )
+    account, _ = await service.create(
+        NewAccount(role=role, display_name=role), operation=None, actor="test"
+    )
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{account.id}/complete_onboarding")
+    await stack.settle()
+    return account.id
+
+
+async def test_charge_capture_transfer_refund_and_release_keep_ledger_equal_to_stripe(
+    stack: Stack,
+) -> None:
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    priced = priced_order(provider, venue)
+    pool = stack.services.db.pool
+
+    def scope(conn: object) -> MoneyScope:
+        return MoneyScope(
+            stack.services.gateway,
+            stack.services.ledger,
+            conn,
+            "orders",
+            REFERENCE,  # type: ignore[arg-type]
+        )
+
+    async with pool.acquire() as conn, conn.transaction():
+        authorised = await movements.charge(
+            scope(conn),
+            priced,
+            operation=("full",),
+            payment_method="pm_card_visa",
+            account_id=provider,
+            capture_method="manual",
+            transfer_group=REFERENCE,
+        )
+        assert authorised.key == "order:1:charge:full"
+        assert (authorised.status, authorised.is_captured) == ("requires_capture", False)
+        captured = await movements.capture(
+            scope(conn),
+            priced,
+            authorised.payment_intent_id,
+            usd(8_000),
+            payment_id=authorised.payment_id,
+        )
+        assert captured.is_captured
+        assert captured.charge_id is not None
+        # The authorised split's proportional part of what was captured.
+        assert [leg.amount.amount for leg in captured.priced.split.legs] == [1_200, 4_800, 2_000]
+        charge_id = captured.charge_id
+        paid = []
+        for role, account in (("provider", provider), ("venue", venue)):
+            leg = captured.priced.split.leg(role).amount
+            made = await movements.transfer(
+                scope(conn),
+                destination=account,
+                amount=leg,
+                source_transaction=charge_id,
+                role=role,
+                operation=(role,),
+                transfer_group=REFERENCE,
+            )
+            again = await movements.transfer(
+                scope(conn),
+                destination=account,
+                amount=leg,
+                source_transaction=charge_id,
+                role=role,
+                operation=(role,),
+                transfer_group=REFERENCE,
+            )
+            assert again.transfer_id == made.transfer_id  # one business operation, one transfer
+            paid.append(PaidShare(role, made.transfer_id, account, leg))
+
+    async with pool.acquire() as conn, conn.transaction():
+        first = await movements.refund(
+            scope(conn),
+            charge_id=charge_id,
+            amount=usd(2_000),
+            split=captured.priced.split,
+            refunded=None,
+            operation=(authorised.payment_intent_id, 1),
+            payment_id=authorised.payment_id,
+            refunded_before=usd(0),
+            paid_shares=paid,
+        )
+        assert [leg.amount.amount for leg in first.share.legs] == [300, 1_200, 500]
+        assert [(r.role, r.amount.amount) for r in first.reversals] == [
+            ("provider", 1_200),
+            ("venue", 500),
+        ]
+        with pytest.raises(InvalidAmount):
+            movements.refund_share(captured.priced.split, first.share, usd(6_001))
+        rest = [
+            PaidShare(share.role, share.transfer_id, share.destination, share.reversible - r.amount)
+            for share, r in zip(paid, first.reversals, strict=True)
+        ]
+        second = await movements.refund(
+            scope(conn),
+            charge_id=charge_id,
+            amount=usd(6_000),
+            split=captured.priced.split,
+            refunded=first.share,
+            operation=(authorised.payment_intent_id, 2),
+            payment_id=authorised.payment_id,
+            refunded_before=usd(2_000),
+            paid_shares=rest,
+        )
+        # Refunding the rest returns exactly what is left of each leg.
+        assert [leg.amount.amount for leg in second.share.legs] == [900, 3_600, 1_500]
+        assert [r.amount.amount for r in second.reversals] == [3_600, 1_500]
+
+        held = await movements.charge(
+            scope(conn),
+            priced,
+            operation=("hold",),
+            payment_method="pm_card_visa",
+            account_id=provider,
+            capture_method="manual",
+        )
+        status = await movements.release(
+            scope(conn), held.payment_intent_id, payment_id=held.payment_id
+        )
+        assert status == "canceled"
+
+    await stack.settle()
+    for account in (provider, venue):
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            account, USD
+        )
+        assert (await stack.ledger.balances(account)).get(USD, 0) == 0  # every share reversed
+    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
+        None, USD
+    )
+    await stack.assert_ledger_balanced()
+    payments = await pool.fetch(
+        "SELECT stripe_payment_intent_id, status, amount, fee_amount "
+        "FROM marketplace_payments WHERE reference = $1 ORDER BY id",
+        REFERENCE,
+    )
+    # Stripe's later charge.refunded events (the uncaptured rest, the released hold) are
+    # the engine's handlers' to apply; what the calls recorded is the split and fee.
+    assert [tuple(row)[2:] for row in payments] == [(8_000, 1_200), (10_000, 1_500)]
+    assert payments[0]["status"] == "refunded"
+    transfers = await pool.fetch(
+        "SELECT role, amount, amount_reversed FROM marketplace_transfers ORDER BY id"
+    )
+    assert [tuple(row) for row in transfers] == [
+        ("provider", 4_800, 4_800),
+        ("venue", 2_000, 2_000),
+    ]
+    keys = {
+        row["idempotency_key"]
+        for row in await pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions WHERE reference = $1",
+            REFERENCE,
+        )
+    }
+    assert keys == {
+        f"charge:{charge_id}",
+        *(f"transfer:{share.transfer_id}" for share in paid),
+        f"refund:{first.refund_id}",
+        f"refund:{second.refund_id}",
+        *(f"reversal:{r.reversal_id}" for r in (*first.reversals, *second.reversals)),
+    }
+
+
+async def test_a_destination_charge_made_and_refunded_keeps_ledger_equal_to_stripe(
+    stack: Stack,
+) -> None:
+    creator = await connected_account(stack, "creator")
+    pool = stack.services.db.pool
+    reference = "tip:1"
+    split = SplitPlan(
+        total=usd(5_000), legs=(SplitLeg("platform", usd(500)), SplitLeg("creator", usd(4_500)))
+    )
+    tip = PricedOrder(
+        order=Order(
+            plugin="tips",
+            kind="tip",
+            amount=usd(5_000),
+            reference=reference,
+            beneficiaries={"creator": creator},
+            occurred_at=stripe_time(1_767_225_600),
+        ),
+        price=usd(5_000),
+        commission=Commission(amount=usd(500), rule_id="tip", rule_version=1),
+        split=split,
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.services.ledger, conn, "tips", reference)
+        charged = await movements.charge(
+            scope,
+            tip,
+            operation=(creator,),
+            payment_method="pm_card_visa",
+            account_id=creator,
+            destination=creator,
+        )
+        assert charged.is_captured
+        assert charged.charge_id is not None
+        # Posted at once with its transfer and application fee; posting it again is a no-op.
+        facts = await movements.post_destination_charge(scope, charged.charge_id)
+        assert (facts.amount, facts.application_fee, facts.account_share) == (
+            usd(5_000),
+            usd(500),
+            usd(4_500),
+        )
+        refunded, _ = await movements.refund_destination_charge(
+            scope,
+            charge_id=facts.charge_id,
+            amount=usd(2_000),
+            destination=creator,
+            application_fee_id=facts.application_fee_id,
+            operation=(1,),
+            refunded_before=usd(0),
+            fee_refunded_before=usd(0),
+        )
+        # Stripe reverses the transfer and refunds the fee in proportion: 2/5 of each.
+        assert (refunded.transfer_reversed, refunded.fee_refunded) == (usd(2_000), usd(200))
+
+    await stack.settle()
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        )
+    assert (await stack.ledger.balances(creator))[USD] == 4_500 - 2_000 + 200
+    await stack.assert_ledger_balanced()
+    count = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"charge:{facts.charge_id}",
+    )
+    assert count == 1
+
+
+async def test_a_retried_charge_is_one_intent_one_payment_one_posting(stack: Stack) -> None:
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    priced = priced_order(provider, venue)
+    pool = stack.services.db.pool
+    charges = []
+    for _ in range(2):  # the same business operation, retried (a crash, a re-run job)
+        async with pool.acquire() as conn, conn.transaction():
+            scope = MoneyScope(
+                stack.services.gateway, stack.services.ledger, conn, "orders", REFERENCE
+            )
+            charges.append(
+                await movements.charge(
+                    scope,
+                    priced,
+                    operation=("full",),
+                    payment_method="pm_card_visa",
+                    account_id=provider,
+                )
+            )
+    first, again = charges
+    assert again.payment_intent_id == first.payment_intent_id
+    assert again.payment_id == first.payment_id
+    assert first.charge_id is not None
+    payments = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_payments WHERE reference = $1", REFERENCE
+    )
+    postings = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE reference = $1", REFERENCE
+    )
+    assert (payments, postings) == (1, 1)
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
+        None, USD
+    )
