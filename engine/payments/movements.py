@@ -201,6 +201,35 @@ def _charge_facts(
     return str(latest["id"]), captured, Money(0, currency), str(txn or ""), _time(latest)
 
 
+def _charged(
+    intent: Mapping[str, Any],
+    *,
+    key: str,
+    payment_id: int | None,
+    priced: PricedOrder,
+    kind: str,
+    captured_nothing: bool = False,
+) -> Charged:
+    """The ``Charged`` of an expanded intent, the split scaled to what was captured."""
+    status = str(intent["status"])
+    charge_id, captured, fee, txn_id, at = _charge_facts(intent, priced.price.currency)
+    if captured_nothing:
+        captured = Money(0, priced.price.currency)
+    return Charged(
+        intent=intent,
+        key=key,
+        payment_id=payment_id,
+        status=status,
+        charge_id=charge_id,
+        captured=captured,
+        stripe_fee=fee,
+        balance_transaction=txn_id,
+        captured_at=at,
+        priced=_scaled(priced, captured) if captured.amount else priced,
+        kind=kind,
+    )
+
+
 def _time(obj: Mapping[str, Any]) -> datetime:
     return stripe_time(obj.get("created"))
 
@@ -350,19 +379,8 @@ async def record_charge(
             payment_intent_id=str(intent["id"]),
             status=status,
         )
-    charge_id, captured, fee, txn_id, at = _charge_facts(intent, priced.price.currency)
-    charged = Charged(
-        intent=intent,
-        key=scope.key("charge", *operation),
-        payment_id=payment_id,
-        status=status,
-        charge_id=charge_id,
-        captured=captured,
-        stripe_fee=fee,
-        balance_transaction=txn_id,
-        captured_at=at,
-        priced=_scaled(priced, captured) if captured.amount else priced,
-        kind=kind,
+    charged = _charged(
+        intent, key=scope.key("charge", *operation), payment_id=payment_id, priced=priced, kind=kind
     )
     await _sync_and_post(scope, charged)
     return charged
@@ -439,22 +457,15 @@ async def capture(
             idempotency_key=scope.key("capture", payment_intent_id),
         )
     status = str(intent["status"])
-    charge_id, captured, fee, txn_id, at = _charge_facts(intent, priced.price.currency)
     if status != "succeeded":
         await update_payment(scope.conn, payment_intent_id, payment_id=payment_id, status=status)
-        captured = Money(0, priced.price.currency)
-    charged = Charged(
-        intent=intent,
+    charged = _charged(
+        intent,
         key=scope.key("capture", payment_intent_id),
         payment_id=payment_id,
-        status=status,
-        charge_id=charge_id,
-        captured=captured,
-        stripe_fee=fee,
-        balance_transaction=txn_id,
-        captured_at=at,
-        priced=_scaled(priced, captured) if captured.amount else priced,
+        priced=priced,
         kind=kind,
+        captured_nothing=status != "succeeded",
     )
     if status == "succeeded":
         await _sync_and_post(scope, charged)
