@@ -633,7 +633,7 @@ def refund_share(split: SplitPlan, refunded: SplitPlan | None, amount: Money) ->
 
 @dataclass(frozen=True, slots=True)
 class Transferred:
-    """A transfer Stripe made, as recorded and posted."""
+    """A transfer Stripe made, as recorded and posted (``key``: the one it is recorded under)."""
 
     transfer_id: str
     destination: str
@@ -676,7 +676,13 @@ async def record_transfer_made(
     """Record and post a transfer Stripe made (one ``transfer`` created, or one found again).
 
     For a transfer whose request died after Stripe made it, found by the key
-    in its metadata: it is recorded under ``key`` and posted, once.
+    in its metadata, or announced by ``transfer.created``. It is recorded under
+    the key in its metadata (``idempotency_key``: the first attempt's, which
+    ``transfer`` puts there), else ``key``, at Stripe's time, and posted, once:
+    the API path and a webhook handler record the same row.
+
+    Raises:
+        RecordConflict: the transfer (or its key) is recorded with other facts.
     """
     amount = Money(int(made["amount"]), str(made["currency"]))
     destination = str(made["destination"])
@@ -684,7 +690,7 @@ async def record_transfer_made(
         transfer_id=str(made["id"]),
         destination=destination,
         amount=amount,
-        key=key,
+        key=str((made.get("metadata") or {}).get("idempotency_key") or key),
         created_at=_time(made),
         transfer=made,
     )
@@ -694,7 +700,8 @@ async def record_transfer_made(
         destination=destination,
         role=role,
         amount=amount,
-        idempotency_key=key,
+        idempotency_key=transferred.key,
+        created_at=transferred.created_at,
     )
     await scope.post(
         transfer_posting(
@@ -728,7 +735,8 @@ async def transfer(
     Key: ``<reference>:transfer:<operation...>``, also put in the transfer's
     metadata (``idempotency_key``, unless ``metadata`` names another: the first
     attempt's) so a re-run after Stripe forgot the key can find the transfer
-    again (``record_transfer_made``).
+    again (``record_transfer_made``); the transfer is recorded under that
+    metadata key, as the ``transfer.created`` handlers record it.
 
     Raises:
         AccountRestricted, InsufficientBalance, InvalidInput: Stripe refused it;
