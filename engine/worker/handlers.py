@@ -36,6 +36,7 @@ from engine.core.postings import (
 from engine.payments.records import (
     dispute_payment_status,
     lock_charge_movements,
+    refund_status,
     update_payment,
 )
 from engine.worker.dispatch import EventContext, stripe_object
@@ -316,18 +317,36 @@ async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
 
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
     """Keep the payment's refunded amount in step (it only grows, the status only forward),
-    and post the charge's refunds the event lists."""
+    and post the charge's refunds the event lists.
+
+    A charge never captured has nothing refunded (releasing an authorisation is
+    no refund), whatever the event says: it changes nothing.
+    """
     charge = stripe_object(event)
+    status = refund_status(charge)
+    if status is None:
+        return
     await lock_charge_movements(ctx.conn, str(charge.get("id") or ""))
     await update_payment(
         ctx.conn,
         by_charge=str(charge.get("id") or ""),
         amount_refunded=int(charge.get("amount_refunded") or 0),
+        status=status,
     )
     account = str(event.get("account") or PLATFORM)
     for refund in (charge.get("refunds") or {}).get("data") or []:
         if isinstance(refund, Mapping):
             await post_refund(ctx, refund, account)
+
+
+async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> None:
+    """An authorisation released or expired (``cancellation_reason=expired``): the payment
+    is ``canceled`` (forward only), so an expired one does not stay ``requires_capture``.
+    Nothing moved, nothing is posted."""
+    intent = stripe_object(event)
+    intent_id = str(intent.get("id") or "")
+    if intent_id:
+        await update_payment(ctx.conn, intent_id, status="canceled")
 
 
 async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
@@ -484,6 +503,7 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.failed", on_payout),
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
+        ("payment_intent.canceled", on_payment_intent_canceled),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),
