@@ -36,6 +36,7 @@ from engine.core.postings import (
 from engine.payments.records import (
     dispute_payment_status,
     lock_charge_movements,
+    refund_status,
     update_payment,
 )
 from engine.worker.dispatch import EventContext, stripe_object
@@ -91,11 +92,30 @@ def _payout_amount(payout: dict[str, Any]) -> Money:
     return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
 
 
-_LATEST_PAYOUT_FAILURE = """
-SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END
-FROM marketplace_payouts WHERE account_id = $1
-ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+# One round trip for the common case: whether the account is ours, the latest
+# payout's failure code (NULL unless it failed), and, when that payout did not
+# fail, the flag cleared in the same statement. A failed latest payout needs
+# Stripe's word on the bank first (``_SET_PAYOUT_FAILURE`` then).
+_PAYOUT_FAILURE_CHECK = """
+WITH known AS (
+    SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1
+), latest AS (
+    SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END AS code
+    FROM marketplace_payouts WHERE account_id = $1
+    ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+), cleared AS (
+    UPDATE marketplace_accounts SET payout_failure_code = NULL, updated_at = now()
+    WHERE stripe_account_id = $1 AND payout_failure_code IS NOT NULL
+      AND (SELECT code FROM latest) IS NULL
+    RETURNING 1
+)
+SELECT (SELECT code FROM latest) AS code FROM known
 """
+
+_SET_PAYOUT_FAILURE = (
+    "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
+    "WHERE stripe_account_id = $1 AND payout_failure_code IS DISTINCT FROM $2"
+)
 
 
 async def sync_payout_failure(
@@ -106,26 +126,21 @@ async def sync_payout_failure(
     Flagged while the latest payout (by Stripe's time) failed and the bank it
     failed to is still errored: a later payout that succeeds, or a new bank
     account, clears it. ``stripe_account`` is the account as Stripe has it now
-    (retrieved here when needed). Returns the flag (``None`` too for an account
-    the engine does not know: there is nothing to flag).
+    (retrieved here only when the latest payout failed). Returns the flag
+    (``None`` too for an account the engine does not know: there is nothing to
+    flag). One statement when the latest payout did not fail (the usual case).
     """
-    known = await ctx.conn.fetchval(
-        "SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1", account
-    )
-    if not known:
-        return None
-    code = await ctx.conn.fetchval(_LATEST_PAYOUT_FAILURE, account)
-    if code is not None:
-        if stripe_account is None:
-            stripe_account = await ctx.services.gateway.retrieve_account(account)
-        if not bank_errored(stripe_account):
-            code = None
-    await ctx.conn.execute(
-        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
-        "WHERE stripe_account_id = $1 AND payout_failure_code IS DISTINCT FROM $2",
-        account,
-        code,
-    )
+    checked = await ctx.conn.fetchrow(_PAYOUT_FAILURE_CHECK, account)
+    if checked is None:
+        return None  # not an account of ours
+    code = checked["code"]
+    if code is None:
+        return None  # cleared (if it was set) by the check itself
+    if stripe_account is None:
+        stripe_account = await ctx.services.gateway.retrieve_account(account)
+    if not bank_errored(stripe_account):
+        code = None
+    await ctx.conn.execute(_SET_PAYOUT_FAILURE, account, code)
     return str(code) if code is not None else None
 
 
@@ -316,18 +331,36 @@ async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
 
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
     """Keep the payment's refunded amount in step (it only grows, the status only forward),
-    and post the charge's refunds the event lists."""
+    and post the charge's refunds the event lists.
+
+    A charge never captured has nothing refunded (releasing an authorisation is
+    no refund), whatever the event says: it changes nothing.
+    """
     charge = stripe_object(event)
+    status = refund_status(charge)
+    if status is None:
+        return
     await lock_charge_movements(ctx.conn, str(charge.get("id") or ""))
     await update_payment(
         ctx.conn,
         by_charge=str(charge.get("id") or ""),
         amount_refunded=int(charge.get("amount_refunded") or 0),
+        status=status,
     )
     account = str(event.get("account") or PLATFORM)
     for refund in (charge.get("refunds") or {}).get("data") or []:
         if isinstance(refund, Mapping):
             await post_refund(ctx, refund, account)
+
+
+async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> None:
+    """An authorisation released or expired (``cancellation_reason=expired``): the payment
+    is ``canceled`` (forward only), so an expired one does not stay ``requires_capture``.
+    Nothing moved, nothing is posted."""
+    intent = stripe_object(event)
+    intent_id = str(intent.get("id") or "")
+    if intent_id:
+        await update_payment(ctx.conn, intent_id, status="canceled")
 
 
 async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
@@ -484,6 +517,7 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.failed", on_payout),
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
+        ("payment_intent.canceled", on_payment_intent_canceled),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),
