@@ -27,6 +27,10 @@ call                      Stripe                       ledger
 ``record_charge``         (an intent the customer      ``charge:<ch>`` once captured
                           authenticated)
 ``capture``               ``.../capture``              ``charge:<ch>``
+``confirm``               ``.../confirm`` (on-session  ``charge:<ch>`` once captured
+                          again)
+``pay_invoice``           ``POST /v1/invoices/{id}/    (the ``invoice.paid``
+                          pay``                        handler's)
 ``release``               ``.../cancel``               nothing moved
 ``refund``                ``POST /v1/refunds``, then   ``refund:<re>``,
                           ``reverse`` per paid share   ``reversal:<trr>`` each
@@ -89,6 +93,8 @@ __all__ = [
     "Transferred",
     "capture",
     "charge",
+    "confirm",
+    "pay_invoice",
     "post_destination_charge",
     "post_platform_charge",
     "record_charge",
@@ -423,6 +429,80 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
                 kind=charged.kind,
             )
         )
+
+
+async def confirm(
+    scope: MoneyScope,
+    priced: PricedOrder,
+    payment_intent_id: str,
+    *,
+    payment_method: str,
+    operation: Sequence[object],
+    account_id: str | None,
+    customer: str | None = None,
+    kind: str = "charge",
+) -> Charged:
+    """Confirm an existing PaymentIntent of ``priced`` again; record it, post it if captured.
+
+    For an off-session charge Stripe refused with ``authentication_required``:
+    confirmed again on-session (without ``off_session``), the intent waits in
+    ``requires_action`` with the ``next_action`` the customer completes
+    (``customer_action(charged.intent)``); a card that needs nothing more is
+    charged at once. The payment is recorded as ``record_charge`` records it
+    (``operation``: the charge's own, as given to ``charge``). Key:
+    ``<reference>:confirm:<pi>:<payment_method>``.
+
+    Raises:
+        CardDeclined: the card was declined (nothing recorded).
+    """
+    intent = await scope.gateway.call(
+        "payment_intents",
+        "confirm",
+        payment_intent_id,
+        params={"payment_method": payment_method, "expand": _EXPAND_CHARGE},
+        idempotency_key=scope.key("confirm", payment_intent_id, payment_method),
+    )
+    return await record_charge(
+        scope,
+        priced,
+        intent,
+        operation=operation,
+        account_id=account_id,
+        customer=customer,
+        kind=kind,
+    )
+
+
+async def pay_invoice(
+    scope: MoneyScope,
+    invoice_id: str,
+    *,
+    operation: Sequence[object],
+    payment_method: str | None = None,
+    off_session: bool = True,
+) -> dict[str, Any]:
+    """Pay an open Stripe Billing invoice now (``POST /v1/invoices/{id}/pay``); Stripe's invoice.
+
+    With ``payment_method`` the invoice is charged to that card (a new card
+    retrying an invoice in dunning). Billing made the charge, so, as for every
+    invoice it charges on its own, the plugin's ``invoice.paid`` handler
+    records and posts it with its priced split (``post_destination_charge``).
+    Key: ``<reference>:pay_invoice:<in>:<operation...>``.
+
+    Raises:
+        CardDeclined: the card was declined; the invoice stays open.
+    """
+    params: dict[str, Any] = {
+        **({"payment_method": payment_method} if payment_method else {}),
+        **({"off_session": True} if off_session else {}),
+    }
+    return await scope.gateway.call(
+        "invoices",
+        "pay",
+        invoice_id,
+        params=params,
+        idempotency_key=scope.key("pay_invoice", invoice_id, *operation),
+    )
 
 
 async def _retrieve(scope: MoneyScope, payment_intent_id: str) -> dict[str, Any]:

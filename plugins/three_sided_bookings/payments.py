@@ -332,15 +332,7 @@ async def charge(
             raise
         if not pending:
             raise
-        intent = await _ask_customer(ctx, str(pending), payment_method)
-        charged = await movements.record_charge(
-            ctx.money,
-            priced,
-            intent,
-            operation=operation,
-            account_id=booking.provider_account,
-            customer=booking.stripe_customer_id,
-        )
+        charged = await _ask_customer(ctx, priced, str(pending), payment_method, operation)
     return await _record_charge(ctx, charged, kind, capture_method, amount)
 
 
@@ -359,21 +351,31 @@ async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str
     return intent
 
 
-async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str) -> dict[str, Any]:
+async def _ask_customer(
+    ctx: BookingContext,
+    priced: PricedOrder,
+    intent_id: str,
+    payment_method: str,
+    operation: tuple[str, ...],
+) -> movements.Charged:
     """An off-session payment needs authentication: confirm it again for the customer.
 
-    Confirmed without ``off_session`` (Stripe's way to bring the customer back), the
-    intent waits in ``requires_action`` with a ``next_action`` the customer completes
-    later; the booking shows it as its ``customer_action``.
+    Confirmed by the engine without ``off_session`` (``movements.confirm``: Stripe's
+    way to bring the customer back), the intent waits in ``requires_action`` with a
+    ``next_action`` the customer completes later; the booking shows it as its
+    ``customer_action``.
     """
-    intent = await ctx.gateway.call(
-        "payment_intents",
-        "confirm",
+    booking = ctx.booking
+    charged = await movements.confirm(
+        ctx.money,
+        priced,
         intent_id,
-        params={"payment_method": payment_method},
-        idempotency_key=_booking_key(ctx.booking, "ask_customer", intent_id),
+        payment_method=payment_method,
+        operation=operation,
+        account_id=booking.provider_account,
+        customer=booking.stripe_customer_id,
     )
-    action = customer_action(intent)
+    action = customer_action(charged.intent)
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
         "action_transition = '', updated_at = now() WHERE id = $1",
@@ -387,7 +389,7 @@ async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str
         payment_intent=intent_id,
         reason="authentication_required",
     )
-    return intent
+    return charged
 
 
 async def _record_charge(
