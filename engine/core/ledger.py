@@ -155,20 +155,29 @@ class LedgerLine:
     occurred_at: datetime
 
 
-_INSERT_TX = """
-INSERT INTO marketplace_ledger_transactions
-    (idempotency_key, kind, description, reference, stripe_object_id, plugin,
-     occurred_at, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id
+# The transaction and its entries in one statement (one round trip per posting). A
+# key already posted inserts nothing (``ON CONFLICT DO NOTHING`` yields no row, so
+# no entry is inserted) and returns no id; then ``_check_same`` reads what was
+# posted in a statement of its own, whose snapshot sees a concurrent posting of
+# the same key that this statement waited for.
+_POST = """
+WITH tx AS (
+    INSERT INTO marketplace_ledger_transactions
+        (idempotency_key, kind, description, reference, stripe_object_id, plugin,
+         occurred_at, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), entries AS (
+    INSERT INTO marketplace_ledger_entries (ledger_transaction, account, amount, currency)
+    SELECT tx.id, e.account, e.amount, e.currency
+    FROM tx, unnest($8::text[], $9::bigint[], $10::text[]) WITH ORDINALITY
+        AS e(account, amount, currency, position)
+    ORDER BY e.position
+    RETURNING 1
+)
+SELECT id FROM tx
 """
-
-_INSERT_ENTRY = """
-INSERT INTO marketplace_ledger_entries (ledger_transaction, account, amount, currency)
-VALUES ($1, $2, $3, $4)
-"""
-
 
 _EXISTING_ENTRIES = """
 SELECT e.account, e.amount, e.currency FROM marketplace_ledger_entries e
@@ -221,7 +230,7 @@ class Ledger:
 
     async def _post(self, conn: asyncpg.Connection, posting: Posting) -> bool:
         tx_id = await conn.fetchval(
-            _INSERT_TX,
+            _POST,
             posting.key,
             posting.kind,
             posting.description,
@@ -229,17 +238,13 @@ class Ledger:
             posting.stripe_object_id,
             posting.plugin,
             posting.occurred_at,
+            [entry.account for entry in posting.entries],
+            [entry.amount.amount for entry in posting.entries],
+            [entry.amount.currency for entry in posting.entries],
         )
         if tx_id is None:
             await self._check_same(conn, posting)
             return False
-        await conn.executemany(
-            _INSERT_ENTRY,
-            [
-                (tx_id, entry.account, entry.amount.amount, entry.amount.currency)
-                for entry in posting.entries
-            ],
-        )
         return True
 
     async def _check_same(self, conn: asyncpg.Connection, posting: Posting) -> None:

@@ -88,11 +88,30 @@ async def on_external_account(event: StripeEvent, ctx: EventContext) -> None:
     await sync_payout_failure(ctx, str(event.get("account") or ""))
 
 
-_LATEST_PAYOUT_FAILURE = """
-SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END
-FROM marketplace_payouts WHERE account_id = $1
-ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+# One round trip for the common case: whether the account is ours, the latest
+# payout's failure code (NULL unless it failed), and, when that payout did not
+# fail, the flag cleared in the same statement. A failed latest payout needs
+# Stripe's word on the bank first (``_SET_PAYOUT_FAILURE`` then).
+_PAYOUT_FAILURE_CHECK = """
+WITH known AS (
+    SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1
+), latest AS (
+    SELECT CASE WHEN status = 'failed' THEN COALESCE(failure_code, 'unknown') END AS code
+    FROM marketplace_payouts WHERE account_id = $1
+    ORDER BY created_at DESC, stripe_payout_id DESC LIMIT 1
+), cleared AS (
+    UPDATE marketplace_accounts SET payout_failure_code = NULL, updated_at = now()
+    WHERE stripe_account_id = $1 AND payout_failure_code IS NOT NULL
+      AND (SELECT code FROM latest) IS NULL
+    RETURNING 1
+)
+SELECT (SELECT code FROM latest) AS code FROM known
 """
+
+_SET_PAYOUT_FAILURE = (
+    "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
+    "WHERE stripe_account_id = $1 AND payout_failure_code IS DISTINCT FROM $2"
+)
 
 
 async def sync_payout_failure(
@@ -103,26 +122,21 @@ async def sync_payout_failure(
     Flagged while the latest payout (by Stripe's time) failed and the bank it
     failed to is still errored: a later payout that succeeds, or a new bank
     account, clears it. ``stripe_account`` is the account as Stripe has it now
-    (retrieved here when needed). Returns the flag (``None`` too for an account
-    the engine does not know: there is nothing to flag).
+    (retrieved here only when the latest payout failed). Returns the flag
+    (``None`` too for an account the engine does not know: there is nothing to
+    flag). One statement when the latest payout did not fail (the usual case).
     """
-    known = await ctx.conn.fetchval(
-        "SELECT 1 FROM marketplace_accounts WHERE stripe_account_id = $1", account
-    )
-    if not known:
-        return None
-    code = await ctx.conn.fetchval(_LATEST_PAYOUT_FAILURE, account)
-    if code is not None:
-        if stripe_account is None:
-            stripe_account = await ctx.services.gateway.retrieve_account(account)
-        if not bank_errored(stripe_account):
-            code = None
-    await ctx.conn.execute(
-        "UPDATE marketplace_accounts SET payout_failure_code = $2, updated_at = now() "
-        "WHERE stripe_account_id = $1 AND payout_failure_code IS DISTINCT FROM $2",
-        account,
-        code,
-    )
+    checked = await ctx.conn.fetchrow(_PAYOUT_FAILURE_CHECK, account)
+    if checked is None:
+        return None  # not an account of ours
+    code = checked["code"]
+    if code is None:
+        return None  # cleared (if it was set) by the check itself
+    if stripe_account is None:
+        stripe_account = await ctx.services.gateway.retrieve_account(account)
+    if not bank_errored(stripe_account):
+        code = None
+    await ctx.conn.execute(_SET_PAYOUT_FAILURE, account, code)
     return str(code) if code is not None else None
 
 
