@@ -58,6 +58,7 @@ from engine.gateway import idempotency_key
 from engine.payments import movements
 from engine.payments.movements import split_minus, split_plus
 from engine.payments.pricing import PricedOrder
+from engine.payments.records import advance_status_sql
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -478,13 +479,18 @@ async def release(ctx: BookingContext, charge: ChargeRecord) -> None:
     ctx.add("released", charge.payment_intent_id)
 
 
+_ADVANCE_CHARGE_STATUS: Final = (
+    "UPDATE three_sided_bookings_charges "  # noqa: S608 - the engine's constant status order
+    f"SET status = {advance_status_sql('status', '$2::text')}, updated_at = now() "
+    "WHERE id = $1"
+)
+
+
 async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: str) -> None:
-    """The booking's row follows Stripe's status (the engine recorded the payment's)."""
-    await ctx.conn.execute(
-        "UPDATE three_sided_bookings_charges SET status = $2, updated_at = now() WHERE id = $1",
-        charge.id,
-        status,
-    )
+    """The booking's row follows Stripe's status, forward only (``PAYMENT_STATUS_ORDER``,
+    as the engine's payment record): a status read before a release or capture
+    committed never takes it back."""
+    await ctx.conn.execute(_ADVANCE_CHARGE_STATUS, charge.id, status)
 
 
 # ---------------------------------------------------------------- collecting to a target
