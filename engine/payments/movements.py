@@ -109,13 +109,10 @@ __all__ = [
     "cancel_share",
     "capture",
     "charge",
-<<<<<<< HEAD
     "confirm",
-    "pay_invoice",
-=======
     "held_shares",
     "hold_share",
->>>>>>> main
+    "pay_invoice",
     "post_destination_charge",
     "post_platform_charge",
     "record_charge",
