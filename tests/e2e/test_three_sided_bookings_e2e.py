@@ -388,8 +388,21 @@ async def test_partial_refund_split_proportionally(stack: Stack) -> None:
     booking = await spa.book("full")
     await spa.do(spa.provider, booking, "confirm")
     await spa.do(spa.provider, booking, "complete")
-    refunded = await spa.do(spa.provider, booking, "refund", amount=3_333, reason="shortened")
+    response = await spa.provider.post(
+        f"{BASE}/bookings/{booking['id']}/actions/refund",
+        json={"amount": 3_333, "reason": "shortened"},
+        headers={"Idempotency-Key": "shorten-1"},
+    )
+    assert response.status_code == 200, response.text
+    refunded = response.json()
     assert (refunded["state"], refunded["refunded"]) == ("partially_refunded", 3_333)
+    # The refund's Stripe key names the request: the API key and its Idempotency-Key.
+    key = await stack.services.db.pool.fetchval(
+        "SELECT idempotency_key FROM three_sided_bookings_refunds"
+    )
+    assert ":refund:" in key
+    assert ":request:" in key
+    assert key.endswith(":shorten-1")
     reversed_total = sum(t.amount_reversed for t in spa.transfers(booking))
     legs = shares(booking)
     platform_part = 3_333 - reversed_total  # within one unit of its exact share
