@@ -27,6 +27,10 @@ call                      Stripe                       ledger
 ``record_charge``         (an intent the customer      ``charge:<ch>`` once captured
                           authenticated)
 ``capture``               ``.../capture``              ``charge:<ch>``
+``confirm``               ``.../confirm`` (on-session  ``charge:<ch>`` once captured
+                          again)
+``pay_invoice``           ``POST /v1/invoices/{id}/    (the ``invoice.paid``
+                          pay``                        handler's)
 ``release``               ``.../cancel``               nothing moved
 ``refund``                ``POST /v1/refunds``, then   ``refund:<re>``,
                           ``reverse`` per paid share   ``reversal:<trr>`` each
@@ -105,8 +109,10 @@ __all__ = [
     "cancel_share",
     "capture",
     "charge",
+    "confirm",
     "held_shares",
     "hold_share",
+    "pay_invoice",
     "post_destination_charge",
     "post_platform_charge",
     "record_charge",
@@ -445,6 +451,80 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
         )
 
 
+async def confirm(
+    scope: MoneyScope,
+    priced: PricedOrder,
+    payment_intent_id: str,
+    *,
+    payment_method: str,
+    operation: Sequence[object],
+    account_id: str | None,
+    customer: str | None = None,
+    kind: str = "charge",
+) -> Charged:
+    """Confirm an existing PaymentIntent of ``priced`` again; record it, post it if captured.
+
+    For an off-session charge Stripe refused with ``authentication_required``:
+    confirmed again on-session (without ``off_session``), the intent waits in
+    ``requires_action`` with the ``next_action`` the customer completes
+    (``customer_action(charged.intent)``); a card that needs nothing more is
+    charged at once. The payment is recorded as ``record_charge`` records it
+    (``operation``: the charge's own, as given to ``charge``). Key:
+    ``<reference>:confirm:<pi>:<payment_method>``.
+
+    Raises:
+        CardDeclined: the card was declined (nothing recorded).
+    """
+    intent = await scope.gateway.call(
+        "payment_intents",
+        "confirm",
+        payment_intent_id,
+        params={"payment_method": payment_method, "expand": _EXPAND_CHARGE},
+        idempotency_key=scope.key("confirm", payment_intent_id, payment_method),
+    )
+    return await record_charge(
+        scope,
+        priced,
+        intent,
+        operation=operation,
+        account_id=account_id,
+        customer=customer,
+        kind=kind,
+    )
+
+
+async def pay_invoice(
+    scope: MoneyScope,
+    invoice_id: str,
+    *,
+    operation: Sequence[object],
+    payment_method: str | None = None,
+    off_session: bool = True,
+) -> dict[str, Any]:
+    """Pay an open Stripe Billing invoice now (``POST /v1/invoices/{id}/pay``); Stripe's invoice.
+
+    With ``payment_method`` the invoice is charged to that card (a new card
+    retrying an invoice in dunning). Billing made the charge, so, as for every
+    invoice it charges on its own, the plugin's ``invoice.paid`` handler
+    records and posts it with its priced split (``post_destination_charge``).
+    Key: ``<reference>:pay_invoice:<in>:<operation...>``.
+
+    Raises:
+        CardDeclined: the card was declined; the invoice stays open.
+    """
+    params: dict[str, Any] = {
+        **({"payment_method": payment_method} if payment_method else {}),
+        **({"off_session": True} if off_session else {}),
+    }
+    return await scope.gateway.call(
+        "invoices",
+        "pay",
+        invoice_id,
+        params=params,
+        idempotency_key=scope.key("pay_invoice", invoice_id, *operation),
+    )
+
+
 async def _retrieve(scope: MoneyScope, payment_intent_id: str) -> dict[str, Any]:
     return await scope.gateway.call(
         "payment_intents", "retrieve", payment_intent_id, params={"expand": _EXPAND_CHARGE}
@@ -653,7 +733,7 @@ def refund_share(split: SplitPlan, refunded: SplitPlan | None, amount: Money) ->
 
 @dataclass(frozen=True, slots=True)
 class Transferred:
-    """A transfer Stripe made, as recorded and posted."""
+    """A transfer Stripe made, as recorded and posted (``key``: the one it is recorded under)."""
 
     transfer_id: str
     destination: str
@@ -696,7 +776,13 @@ async def record_transfer_made(
     """Record and post a transfer Stripe made (one ``transfer`` created, or one found again).
 
     For a transfer whose request died after Stripe made it, found by the key
-    in its metadata: it is recorded under ``key`` and posted, once.
+    in its metadata, or announced by ``transfer.created``. It is recorded under
+    the key in its metadata (``idempotency_key``: the first attempt's, which
+    ``transfer`` puts there), else ``key``, at Stripe's time, and posted, once:
+    the API path and a webhook handler record the same row.
+
+    Raises:
+        RecordConflict: the transfer (or its key) is recorded with other facts.
     """
     amount = Money(int(made["amount"]), str(made["currency"]))
     destination = str(made["destination"])
@@ -704,7 +790,7 @@ async def record_transfer_made(
         transfer_id=str(made["id"]),
         destination=destination,
         amount=amount,
-        key=key,
+        key=str((made.get("metadata") or {}).get("idempotency_key") or key),
         created_at=_time(made),
         transfer=made,
     )
@@ -714,7 +800,8 @@ async def record_transfer_made(
         destination=destination,
         role=role,
         amount=amount,
-        idempotency_key=key,
+        idempotency_key=transferred.key,
+        created_at=transferred.created_at,
     )
     await scope.post(
         transfer_posting(
@@ -748,7 +835,8 @@ async def transfer(
     Key: ``<reference>:transfer:<operation...>``, also put in the transfer's
     metadata (``idempotency_key``, unless ``metadata`` names another: the first
     attempt's) so a re-run after Stripe forgot the key can find the transfer
-    again (``record_transfer_made``).
+    again (``record_transfer_made``); the transfer is recorded under that
+    metadata key, as the ``transfer.created`` handlers record it.
 
     Raises:
         AccountRestricted, InsufficientBalance, InvalidInput: Stripe refused it;

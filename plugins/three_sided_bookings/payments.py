@@ -65,6 +65,7 @@ from engine.gateway import idempotency_key
 from engine.payments import movements
 from engine.payments.movements import split_minus, split_plus
 from engine.payments.pricing import PricedOrder
+from engine.payments.records import advance_status_sql
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -339,15 +340,7 @@ async def charge(
             raise
         if not pending:
             raise
-        intent = await _ask_customer(ctx, str(pending), payment_method)
-        charged = await movements.record_charge(
-            ctx.money,
-            priced,
-            intent,
-            operation=operation,
-            account_id=booking.provider_account,
-            customer=booking.stripe_customer_id,
-        )
+        charged = await _ask_customer(ctx, priced, str(pending), payment_method, operation)
     return await _record_charge(ctx, charged, kind, capture_method, amount)
 
 
@@ -366,21 +359,31 @@ async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str
     return intent
 
 
-async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str) -> dict[str, Any]:
+async def _ask_customer(
+    ctx: BookingContext,
+    priced: PricedOrder,
+    intent_id: str,
+    payment_method: str,
+    operation: tuple[str, ...],
+) -> movements.Charged:
     """An off-session payment needs authentication: confirm it again for the customer.
 
-    Confirmed without ``off_session`` (Stripe's way to bring the customer back), the
-    intent waits in ``requires_action`` with a ``next_action`` the customer completes
-    later; the booking shows it as its ``customer_action``.
+    Confirmed by the engine without ``off_session`` (``movements.confirm``: Stripe's
+    way to bring the customer back), the intent waits in ``requires_action`` with a
+    ``next_action`` the customer completes later; the booking shows it as its
+    ``customer_action``.
     """
-    intent = await ctx.gateway.call(
-        "payment_intents",
-        "confirm",
+    booking = ctx.booking
+    charged = await movements.confirm(
+        ctx.money,
+        priced,
         intent_id,
-        params={"payment_method": payment_method},
-        idempotency_key=_booking_key(ctx.booking, "ask_customer", intent_id),
+        payment_method=payment_method,
+        operation=operation,
+        account_id=booking.provider_account,
+        customer=booking.stripe_customer_id,
     )
-    action = customer_action(intent)
+    action = customer_action(charged.intent)
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
         "action_transition = '', updated_at = now() WHERE id = $1",
@@ -394,7 +397,7 @@ async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str
         payment_intent=intent_id,
         reason="authentication_required",
     )
-    return intent
+    return charged
 
 
 async def _record_charge(
@@ -483,13 +486,18 @@ async def release(ctx: BookingContext, charge: ChargeRecord) -> None:
     ctx.add("released", charge.payment_intent_id)
 
 
+_ADVANCE_CHARGE_STATUS: Final = (
+    "UPDATE three_sided_bookings_charges "  # noqa: S608 - the engine's constant status order
+    f"SET status = {advance_status_sql('status', '$2::text')}, updated_at = now() "
+    "WHERE id = $1"
+)
+
+
 async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: str) -> None:
-    """The booking's row follows Stripe's status (the engine recorded the payment's)."""
-    await ctx.conn.execute(
-        "UPDATE three_sided_bookings_charges SET status = $2, updated_at = now() WHERE id = $1",
-        charge.id,
-        status,
-    )
+    """The booking's row follows Stripe's status, forward only (``PAYMENT_STATUS_ORDER``,
+    as the engine's payment record): a status read before a release or capture
+    committed never takes it back."""
+    await ctx.conn.execute(_ADVANCE_CHARGE_STATUS, charge.id, status)
 
 
 # ---------------------------------------------------------------- collecting to a target

@@ -27,6 +27,7 @@ from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments import movements
 from engine.payments.movements import MoneyScope, PaidShare
 from engine.payments.pricing import PricedOrder
+from engine.reconciliation.service import run_reconciliation
 from engine.testing.stack import Stack, running_stack
 
 USD = "usd"
@@ -565,3 +566,48 @@ async def test_a_held_share_is_released_once_and_refunds_take_it_off_the_hold(
         None, USD
     )
     await stack.assert_ledger_balanced()
+
+
+async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stack: Stack) -> None:
+    """``pm_card_refundFail``: the refund succeeds, then fails; Stripe returns its money
+    (a ``refund_failure`` balance transaction) and the engine posts it back
+    (``refund_failure:<re>``), so the ledger stays Stripe's balance."""
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    priced = priced_order(provider, venue)
+    pool = stack.services.db.pool
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.services.ledger, conn, "orders", REFERENCE)
+        charged = await movements.charge(
+            scope,
+            priced,
+            operation=("full",),
+            payment_method="pm_card_refundFail",
+            account_id=provider,
+        )
+        assert charged.charge_id is not None
+        refunded = await movements.refund(
+            scope,
+            charge_id=charged.charge_id,
+            amount=usd(3_000),
+            split=charged.priced.split,
+            refunded=None,
+            operation=("request", "r1"),
+            payment_id=charged.payment_id,
+            refunded_before=usd(0),
+        )
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
+    stack.sandbox.advance(86_400)  # the card's refund fails
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
+    assert await stack.stripe_balance(None, USD) == 10_000 - (10_000 * 29 // 1000 + 30)
+    posted = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"refund_failure:{refunded.refund_id}",
+    )
+    assert posted == 1
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]

@@ -458,6 +458,27 @@ async def test_pay_on_arrival_soon_is_authorised_then_captured(env: Env) -> None
     await env.assert_ledger_matches_sandbox("gbp")
 
 
+async def test_a_charge_rows_status_only_moves_forward(env: Env) -> None:
+    """A booking's charge row follows Stripe's status forward only (the engine's
+    ``PAYMENT_STATUS_ORDER``): a status read before a release or a capture committed
+    never takes it back."""
+    ids = await env.catalogue()
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=2))
+    assert await env.act(booking, "cancel", "customer") == "cancelled"  # released
+
+    async def write(status: str) -> str:
+        async with env.services.db.pool.acquire() as conn, conn.transaction():
+            [charge] = await payments.load_charges(conn, booking.id)
+            ctx = env.bookings.context(conn, await load_booking(conn, booking.id))
+            await payments._set_charge_status(ctx, charge, status)
+            [row] = await conn.fetch("SELECT status FROM three_sided_bookings_charges")
+            return str(row["status"])
+
+    assert await write("requires_capture") == "canceled"  # a stale read: kept
+    assert await write("requires_action") == "canceled"
+    assert await write("disputed") == "disputed"  # forward
+
+
 async def test_a_field_the_action_does_not_use_is_refused_not_ignored(env: Env) -> None:
     # complete {"amount": 7000} used to capture the full price as if amount were absent.
     ids = await env.catalogue(price=10_001)
