@@ -14,8 +14,9 @@ Per Stripe balance (``platform`` or ``acct_...``):
   dropped at the start of the next run. A claimed entry changed or removed
   afterwards re-opens its transaction (``reopen_changed``);
 - the ledger entries to look at (``marketplace_reconciliation_ledger_changes``):
-  triggers on ``marketplace_ledger_entries`` note every entry inserted, updated
-  (under both accounts when it moved) or deleted, and the migration that made
+  triggers on ``marketplace_ledger_entries`` note every entry on a Stripe
+  balance's account (``platform``, ``acct_...``) inserted, updated (under both
+  accounts when it moved) or deleted, and the migration that made
   them noted the ledger as it stood. A run reads only the claims of noted
   entries and looks for unclaimed lines only among them; at its end it forgets
   those it need not read again (``forget_changes``), keeping the lines still
@@ -110,7 +111,8 @@ async def forget_everything(pool: Any) -> None:
         await conn.execute("DELETE FROM marketplace_reconciliation_ledger_changes")
         await conn.execute(
             "INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account) "
-            "SELECT id, account FROM marketplace_ledger_entries"
+            "SELECT id, account FROM marketplace_ledger_entries "
+            "WHERE marketplace_reconciliation_is_balance(account)"
         )
 
 

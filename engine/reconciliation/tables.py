@@ -184,23 +184,34 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
             "CREATE INDEX IF NOT EXISTS marketplace_reconciliation_ledger_changes_account "
             "ON marketplace_reconciliation_ledger_changes (account, entry_id)",
-            # An entry's line on each account it was on: inserted, changed (both
-            # accounts when moved) or deleted (so the claim of a deleted entry is
-            # looked at again).
+            # The ledger accounts that are Stripe balances: ``platform`` and each
+            # ``acct_...`` (not ``customers``, ``acct_...:bank`` ...). Only those are
+            # reconciled: notes of other ledger accounts would never be read.
+            r"""CREATE OR REPLACE FUNCTION marketplace_reconciliation_is_balance(name TEXT)
+            RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS $$
+                SELECT name = 'platform' OR (name LIKE 'acct\_%' AND strpos(name, ':') = 0)
+            $$""",
+            # An entry's line on each Stripe balance it was on: inserted, changed
+            # (both accounts when moved) or deleted (so the claim of a deleted entry
+            # is looked at again).
             """CREATE OR REPLACE FUNCTION marketplace_reconciliation_note_entries()
             RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 IF TG_OP = 'INSERT' THEN
                     INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
-                    SELECT id, account FROM new_entries;
+                    SELECT id, account FROM new_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
                 ELSIF TG_OP = 'UPDATE' THEN
                     INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
                     SELECT id, account FROM new_entries
+                    WHERE marketplace_reconciliation_is_balance(account)
                     UNION
-                    SELECT id, account FROM old_entries;
+                    SELECT id, account FROM old_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
                 ELSE
                     INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
-                    SELECT id, account FROM old_entries;
+                    SELECT id, account FROM old_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
                 END IF;
                 RETURN NULL;
             END
@@ -226,7 +237,8 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             # The ledger as it is when the step runs: every entry is new to the ledger
             # check (the next run reads each once, then only what changes).
             "INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account) "
-            "SELECT id, account FROM marketplace_ledger_entries",
+            "SELECT id, account FROM marketplace_ledger_entries "
+            "WHERE marketplace_reconciliation_is_balance(account)",
         ),
     ),
 )
