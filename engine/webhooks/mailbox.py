@@ -24,7 +24,9 @@ The protocol:
    writes included, rolls back. It clears ``scheduled`` only if the version
    is unchanged (else the key is re-queued at the back). While a drain runs,
    ``LeaseKeeper`` renews its lease and cancels it before the lease could end
-   unrenewed (``engine.webhooks.leases``).
+   unrenewed (``engine.webhooks.leases``). ``drain_many`` leases several keys
+   in one round trip (``marketplace_mailbox_lease_many``), each with its own
+   token, and applies each key as above, in its own fenced transaction.
 3. A failing event backs the key off with jitter; after ``max_attempts`` the
    event is dead and the key parked (its later events wait, preserving
    order) until replayed. Both writes are fenced like the marks.
@@ -46,7 +48,7 @@ from typing import Any
 import asyncpg
 
 from engine.core.mailboxes import default_mailbox_key
-from engine.webhooks.leases import Connect, LeaseKeeper
+from engine.webhooks.leases import Connect, HeldLeases, LeaseKeeper
 from engine.webhooks.screening import QUARANTINE_MAILBOX, Quarantined
 
 __all__ = [
@@ -134,6 +136,17 @@ _LEASE_AND_READ = """
 SELECT out_version AS version, out_epoch AS lease_epoch, out_id AS id,
        out_payload AS payload, out_received_at AS received_at
 FROM marketplace_mailbox_lease($1, $2, $3, $4)
+"""
+
+# Lease several mailboxes and read each one's batch in one round trip, through
+# ``marketplace_mailbox_lease_many`` (core migration ``0006``): the same two
+# statements as ``_LEASE_AND_READ`` for many keys, each key with its own token.
+# A key not returned was not free; a leased key with nothing pending is one row
+# with a NULL id.
+_LEASE_MANY_AND_READ = """
+SELECT out_account AS account, out_version AS version, out_epoch AS lease_epoch,
+       out_id AS id, out_payload AS payload, out_received_at AS received_at
+FROM marketplace_mailbox_lease_many($1::text[], $2, $3, $4)
 """
 
 # The end of a drain: check the token (and keep the mailbox row locked until
@@ -305,6 +318,9 @@ class Mailbox:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.keeper = LeaseKeeper(lease_seconds, connect=renew_with, pool=pool)
+        self.lease_many = True
+        """False once ``marketplace_mailbox_lease_many`` was found missing: ``drain_many``
+        drains one mailbox at a time."""
 
     def key_of(self, event: Mapping[str, Any]) -> str:
         """The mailbox ``event`` goes to."""
@@ -388,8 +404,6 @@ class Mailbox:
         again (handlers are idempotent). Intake commits stay synchronous.
         """
         loop = asyncio.get_running_loop()
-        after: list[Callable[[], None]] = []
-        handled: list[Any] = []
         async with self._pool.acquire() as conn:
             asked_at = loop.time()
             leased = await conn.fetch(
@@ -399,16 +413,94 @@ class Mailbox:
                 return DrainOutcome("busy")
             lease = _Lease(account, int(leased[0]["lease_epoch"]), int(leased[0]["version"]))
             rows = [row for row in leased if row["id"] is not None]
+            async with self.keeper.hold_many([(lease.key, lease.epoch)], asked_at) as held:
+                return await self._drain_leased(conn, lease, rows, handle, held)
+
+    async def drain_many(
+        self, accounts: Sequence[str], owner: str, handle: EventHandler
+    ) -> dict[str, DrainOutcome]:
+        """Drain several mailboxes in one go: one round trip leases them all and reads
+        their batches, then each is applied as ``drain`` applies one, in its own
+        transaction fenced by its own token, one after the other on one connection.
+
+        Returns an outcome per account: ``busy`` for one whose lease was not free,
+        ``lost`` for one whose lease was lost (nothing of it committed), and
+        ``error`` for the account the drain stopped at when the connection failed
+        and for those after it (their leases run out; the sweeper hands them on).
+        Without the ``marketplace_mailbox_lease_many`` function (a database not yet
+        migrated to core step ``0006``) each account is drained alone.
+        """
+        keys = list(dict.fromkeys(accounts))
+        if not keys:
+            return {}
+        if not self.lease_many:
+            return {key: await self.drain(key, owner, handle) for key in keys}
+        loop = asyncio.get_running_loop()
+        outcomes: dict[str, DrainOutcome] = {}
+        async with self._pool.acquire() as conn:
+            asked_at = loop.time()
             try:
-                async with self.keeper.hold(lease.key, lease.epoch, asked_at):
-                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
-            except (LeaseLost, TimeoutError):
-                log.warning(
-                    "drain of %s lost its lease (epoch %d); nothing committed",
-                    lease.key,
-                    lease.epoch,
+                leased = await conn.fetch(
+                    _LEASE_MANY_AND_READ, keys, owner, self.lease_seconds, self.batch_size
                 )
-                return DrainOutcome("lost")
+            except asyncpg.UndefinedFunctionError:
+                log.warning(
+                    "marketplace_mailbox_lease_many is missing (run `marketplace migrate`); "
+                    "draining one mailbox at a time"
+                )
+                self.lease_many = False
+                leased = None
+            if leased is not None:
+                batches: dict[str, tuple[_Lease, list[Any]]] = {}
+                for row in leased:
+                    key = str(row["account"])
+                    if key not in batches:
+                        lease = _Lease(key, int(row["lease_epoch"]), int(row["version"]))
+                        batches[key] = (lease, [])
+                    if row["id"] is not None:
+                        batches[key][1].append(row)
+                leases = [(batch[0].key, batch[0].epoch) for batch in batches.values()]
+                async with self.keeper.hold_many(leases, asked_at) as held:
+                    for key in keys:
+                        if key not in batches:
+                            outcomes[key] = DrainOutcome("busy")
+                            continue
+                        lease, rows = batches[key]
+                        try:
+                            outcomes[key] = await self._drain_leased(
+                                conn, lease, rows, handle, held
+                            )
+                        except Exception as exc:  # the connection failed: stop here
+                            log.warning("batched drain stopped at %s: %r", key, exc)
+                            error = f"{type(exc).__name__}: {exc}"[:2000]
+                            for rest in keys:
+                                outcomes.setdefault(rest, DrainOutcome("error", error=error))
+                            break
+        if leased is None:
+            return {key: await self.drain(key, owner, handle) for key in keys}
+        return outcomes
+
+    async def _drain_leased(
+        self,
+        conn: asyncpg.Connection,
+        lease: _Lease,
+        rows: Sequence[Any],
+        handle: EventHandler,
+        held: HeldLeases,
+    ) -> DrainOutcome:
+        """Apply one leased mailbox's batch during its turn; run its after-commit actions."""
+        after: list[Callable[[], None]] = []
+        handled: list[Any] = []
+        try:
+            async with held.turn(lease.key):
+                outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+        except (LeaseLost, TimeoutError):
+            log.warning(
+                "drain of %s lost its lease (epoch %d); nothing committed",
+                lease.key,
+                lease.epoch,
+            )
+            return DrainOutcome("lost")
         for action in after:
             action()
         if handled:
