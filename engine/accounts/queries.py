@@ -8,18 +8,17 @@ connection (inside its own transaction) it already holds.
   Stripe's ``acct_...`` id; ``account_by_id`` for one.
 - ``accounts_needing_attention``: accounts that cannot charge or whose last
   payout failed (what an operator checks first).
-- ``account_payouts``: an account's payouts to its bank, newest first, paged.
+- ``account_payouts``: an account's payouts to its bank, newest first, paged
+  (``engine.payments.payouts``'s, re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from engine.accounts.models import Account
 from engine.accounts.service import ACCOUNT_COLUMNS, Executor, account_from_row
-from engine.core.errors import InvalidInput
-from engine.core.money import Money
+from engine.payments.payouts import PayoutRecord, account_payouts
 
 __all__ = [
     "PayoutRecord",
@@ -67,58 +66,3 @@ async def accounts_needing_attention(
         payout_failed_only,
     )
     return [account_from_row(row) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class PayoutRecord:
-    """One payout from a connected account's balance to its bank, as the engine recorded it.
-
-    ``id`` is the engine's row id (a stable cursor); ``failure_code`` is set
-    when Stripe reported the payout failed.
-    """
-
-    id: int
-    stripe_payout_id: str
-    account_id: str
-    amount: Money
-    status: str
-    failure_code: str | None
-    failure_message: str
-    arrival_date: int
-
-
-async def account_payouts(
-    db: Executor, account_id: str, *, before: int | None = None, limit: int = 20
-) -> list[PayoutRecord]:
-    """The account's payouts, newest first: at most ``limit``, with ``id`` below ``before``.
-
-    Raises:
-        InvalidInput: ``limit`` is not positive (``field="limit"``).
-    """
-    if limit < 1:
-        raise InvalidInput("limit must be positive", field="limit")
-    rows = await db.fetch(
-        """
-        SELECT id, stripe_payout_id, account_id, amount, currency, status, failure_code,
-               failure_message, arrival_date
-        FROM marketplace_payouts
-        WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2)
-        ORDER BY id DESC LIMIT $3
-        """,
-        account_id,
-        before,
-        limit,
-    )
-    return [
-        PayoutRecord(
-            id=int(row["id"]),
-            stripe_payout_id=str(row["stripe_payout_id"]),
-            account_id=str(row["account_id"]),
-            amount=Money(int(row["amount"]), str(row["currency"])),
-            status=str(row["status"]),
-            failure_code=row["failure_code"],
-            failure_message=str(row["failure_message"]),
-            arrival_date=int(row["arrival_date"]),
-        )
-        for row in rows
-    ]

@@ -31,6 +31,9 @@ destination charge)            entries; ``platform`` -T, dest   ``transfer`` -T,
                                                                 the dispute fee
 ``dispute:<dp>:lost``          ``disputes`` -D,                 none (the withdrawal is final)
                                ``customers`` +D
+``payout:<po>``                account -P, its bank +P          ``payout`` -P
+``payout_failure:<po>`` or     its bank -P, account +P          ``payout_failure`` or
+``payout_cancel:<po>``                                          ``payout_cancel`` +P
 =============================  ===============================  ==============================
 
 Plugins never build postings of their own (``tests/contract/test_plugin_boundaries.py``):
@@ -56,6 +59,7 @@ from engine.core.ledger import (
     PLATFORM_STRIPE_FEES,
     Entry,
     Posting,
+    bank_of,
     stripe_time,
 )
 from engine.core.money import Money
@@ -70,6 +74,8 @@ __all__ = [
     "dispute_lost_posting",
     "dispute_txn_posting",
     "fee_refund_posting",
+    "payout_posting",
+    "payout_return_posting",
     "refund_posting",
     "reversal_posting",
     "stripe_fees_of",
@@ -470,4 +476,56 @@ def dispute_lost_posting(
         stripe_object_id=dispute_id,
         plugin=plugin,
         description="dispute lost",
+    )
+
+
+def payout_posting(
+    account: str, payout_id: str, amount: Money, *, occurred_at: datetime
+) -> Posting:
+    """A payout: ``amount`` from ``account``'s balance to its bank (``bank_of``), at the
+    payout's ``created``. ``account`` is ``platform`` for the platform's own payouts."""
+    return Posting.transfer(
+        f"payout:{payout_id}",
+        "payout",
+        account,
+        bank_of(account),
+        amount,
+        occurred_at=occurred_at,
+        stripe_object_id=payout_id,
+        description="payout to bank",
+    )
+
+
+def payout_return_posting(
+    account: str,
+    payout_id: str,
+    amount: Money,
+    *,
+    status: str,
+    occurred_at: datetime,
+    failure_code: str = "",
+) -> Posting:
+    """A failed (``status="failed"``) or canceled payout's funds back from the bank to
+    ``account``'s balance, at the time Stripe returned them (its ``payout_failure`` or
+    ``payout_cancel`` balance transaction).
+
+    Raises:
+        InvalidAmount: ``status`` is neither ``failed`` nor ``canceled`` (no funds return).
+    """
+    if status not in {"failed", "canceled"}:
+        raise InvalidAmount(f"a {status} payout returns no funds")
+    kind = "payout_failure" if status == "failed" else "payout_cancel"
+    return Posting.transfer(
+        f"{kind}:{payout_id}",
+        kind,
+        bank_of(account),
+        account,
+        amount,
+        occurred_at=occurred_at,
+        stripe_object_id=payout_id,
+        description=(
+            f"payout failed: {failure_code or 'unknown'}"
+            if status == "failed"
+            else "payout canceled"
+        ),
     )

@@ -61,6 +61,7 @@ __all__ = [
     "payment_totals",
     "payments_created_between",
     "record_transfer",
+    "refund_status",
     "update_payment",
 ]
 
@@ -116,6 +117,22 @@ def dispute_payment_status(event_type: str, dispute: Mapping[str, Any]) -> str:
     if event_type == "charge.dispute.funds_reinstated":
         return "dispute_won"
     return _CLOSED_DISPUTE_STATUS.get(str(dispute.get("status") or ""), "disputed")
+
+
+def refund_status(charge: Mapping[str, Any]) -> str | None:
+    """The payment status a Stripe charge's refunds report, None when they report none.
+
+    ``refunded`` once refunds reach the amount *captured*, ``partially_refunded``
+    before; None for a charge with no refund or never captured. Releasing an
+    authorisation (the uncaptured rest of a partial capture, a cancel, an
+    expiry) is no refund: since 2025-03-31.basil Stripe leaves ``amount_refunded``
+    alone, and a charge never captured has nothing to refund.
+    """
+    captured = int(charge.get("amount_captured") or 0)
+    refunded = int(charge.get("amount_refunded") or 0)
+    if not charge.get("captured") or captured <= 0 or refunded <= 0:
+        return None
+    return "refunded" if refunded >= captured else "partially_refunded"
 
 
 async def lock_charge_movements(conn: asyncpg.Connection, charge_id: str) -> None:

@@ -6,9 +6,10 @@ through the engine or outside it (Stripe's dashboard), keyed by the Stripe
 object so a plugin's API path posting the same movement first changes nothing.
 
 Each is idempotent and order-insensitive: state only moves forward (an older
-``account.updated`` never overwrites a newer one; a paid or failed payout never
-goes back to pending), and ledger postings are keyed by the Stripe object so a
-repeated event posts nothing twice. Plugins add the business meaning on top.
+``account.updated`` never overwrites a newer one; a payout's status only moves
+forward in ``engine.payments.payouts.PAYOUT_STATUS_ORDER``), and ledger postings
+are keyed by the Stripe object so a repeated event posts nothing twice. Plugins
+add the business meaning on top.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncpg
 
 from engine.accounts.service import apply_stripe_account, bank_errored
 from engine.core.contributions import StripeEvent, WebhookRegistration
-from engine.core.ledger import PLATFORM, Posting, bank_of, stripe_time
+from engine.core.ledger import PLATFORM, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.postings import (
@@ -33,9 +34,11 @@ from engine.core.postings import (
     refund_posting,
     reversal_posting,
 )
+from engine.payments.payouts import apply_payout
 from engine.payments.records import (
     dispute_payment_status,
     lock_charge_movements,
+    refund_status,
     update_payment,
 )
 from engine.worker.dispatch import EventContext, stripe_object
@@ -43,8 +46,6 @@ from engine.worker.dispatch import EventContext, stripe_object
 __all__ = ["core_registrations"]
 
 log = logging.getLogger(__name__)
-
-_PAYOUT_RANK = {"pending": 0, "in_transit": 1, "canceled": 2, "paid": 3, "failed": 3}
 
 
 async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
@@ -85,10 +86,6 @@ async def on_account_updated(event: StripeEvent, ctx: EventContext) -> None:
 async def on_external_account(event: StripeEvent, ctx: EventContext) -> None:
     """A bank account added, changed or removed: the payout failure flag may lift."""
     await sync_payout_failure(ctx, str(event.get("account") or ""))
-
-
-def _payout_amount(payout: dict[str, Any]) -> Money:
-    return Money(int(payout.get("amount") or 0), str(payout.get("currency") or "usd"))
 
 
 # One round trip for the common case: whether the account is ours, the latest
@@ -143,122 +140,33 @@ async def sync_payout_failure(
     return str(code) if code is not None else None
 
 
-async def _payout_returned_at(ctx: EventContext, payout: dict[str, Any], account: str) -> datetime:
-    """When Stripe returned a failed or canceled payout's funds: the ``created`` of the
-    balance transaction that did (``failure_balance_transaction``, set for both)."""
-    txn = payout.get("failure_balance_transaction")
-    if isinstance(txn, dict):
-        return stripe_time(txn.get("created"))
-    if isinstance(txn, str) and txn:
-        found = await ctx.services.gateway.call(
-            "balance_transactions",
-            "retrieve",
-            txn,
-            account=None if account == PLATFORM else account,
-        )
-        return stripe_time(found.get("created"))
-    # Stripe always links that balance transaction; without it the payout's own
-    # time is the nearest Stripe time there is.
-    return stripe_time(payout.get("created"))
-
-
 async def on_payout(event: StripeEvent, ctx: EventContext) -> None:
     """Record a payout and post it: paid out, then back if it fails or is canceled.
 
     Connected accounts' payouts and the platform's own (events without
-    ``account``) alike: ``payout:<id>`` moves the amount from the balance to
-    its bank (``bank_of``) at the payout's ``created``; ``payout_failure:<id>``
-    or ``payout_cancel:<id>`` moves it back at the time Stripe returned the
-    funds. A failed connected-account payout flags the account and tells the
-    plugins (once).
+    ``account``) alike, through ``engine.payments.payouts.apply_payout``: the
+    status only moves forward (``PAYOUT_STATUS_ORDER``), ``payout:<id>`` is
+    posted at the payout's ``created`` and its funds' return
+    (``payout_failure:<id>``/``payout_cancel:<id>``) once, when the status Stripe
+    reports is the one on record. A failed connected-account payout flags the
+    account and tells the plugins (once).
     """
     payout = stripe_object(event)
     account = str(event.get("account") or PLATFORM)
-    status = str(payout.get("status") or "pending")
-    amount = _payout_amount(payout)
-    await ctx.conn.execute(
-        """
-        INSERT INTO marketplace_payouts AS p
-            (stripe_payout_id, account_id, amount, currency, status, failure_code,
-             failure_message, arrival_date, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, now())
-        ON CONFLICT (stripe_payout_id) DO UPDATE SET
-            status = CASE WHEN $9 >= (CASE p.status WHEN 'paid' THEN 3 WHEN 'failed' THEN 3
-                                      WHEN 'canceled' THEN 2 WHEN 'in_transit' THEN 1 ELSE 0 END)
-                          THEN EXCLUDED.status ELSE p.status END,
-            failure_code = COALESCE(EXCLUDED.failure_code, p.failure_code),
-            failure_message = CASE WHEN EXCLUDED.failure_message <> ''
-                                   THEN EXCLUDED.failure_message ELSE p.failure_message END,
-            arrival_date = CASE WHEN EXCLUDED.arrival_date > 0
-                                THEN EXCLUDED.arrival_date ELSE p.arrival_date END,
-            updated_at = now()
-        """,
-        payout["id"],
-        account,
-        amount.amount,
-        amount.currency,
-        status,
-        payout.get("failure_code"),
-        str(payout.get("failure_message") or ""),
-        int(payout.get("arrival_date") or 0),
-        _PAYOUT_RANK.get(status, 0),
-        stripe_time(payout.get("created")),
+    applied = await apply_payout(
+        ctx.conn, ctx.services.gateway, ctx.services.ledger, payout, account=account
     )
-    ledger = ctx.services.ledger
-    if account != PLATFORM:
-        await sync_payout_failure(ctx, account)
-    await ledger.post(
-        Posting.transfer(
-            f"payout:{payout['id']}",
-            "payout",
-            account,
-            bank_of(account),
-            amount,
-            occurred_at=stripe_time(payout.get("created")),
-            stripe_object_id=str(payout["id"]),
-            description="payout to bank",
-        ),
-        conn=ctx.conn,
-    )
-    if status == "canceled":
-        await ledger.post(
-            Posting.transfer(
-                f"payout_cancel:{payout['id']}",
-                "payout_cancel",
-                bank_of(account),
-                account,
-                amount,
-                occurred_at=await _payout_returned_at(ctx, payout, account),
-                stripe_object_id=str(payout["id"]),
-                description="payout canceled",
-            ),
-            conn=ctx.conn,
-        )
+    if account == PLATFORM:
         return
-    if status != "failed":
-        return
-    failure_code = str(payout.get("failure_code") or "unknown")
-    newly_failed = await ledger.post(
-        Posting.transfer(
-            f"payout_failure:{payout['id']}",
-            "payout_failure",
-            bank_of(account),
-            account,
-            amount,
-            occurred_at=await _payout_returned_at(ctx, payout, account),
-            stripe_object_id=str(payout["id"]),
-            description=f"payout failed: {failure_code}",
-        ),
-        conn=ctx.conn,
-    )
-    if not newly_failed or account == PLATFORM:
+    await sync_payout_failure(ctx, account)
+    if not applied.returned or applied.record.status != "failed":
         return  # payout.updated and payout.failed both say so: notify once
     plugins = ctx.services.plugins
     failure = PayoutFailure(
         account_id=account,
         kind="payout",
-        failure_code=failure_code,
-        amount=amount,
+        failure_code=str(payout.get("failure_code") or "unknown"),
+        amount=applied.record.amount,
         stripe_object_id=str(payout["id"]),
         message=str(payout.get("failure_message") or ""),
     )
@@ -330,18 +238,36 @@ async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
 
 async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
     """Keep the payment's refunded amount in step (it only grows, the status only forward),
-    and post the charge's refunds the event lists."""
+    and post the charge's refunds the event lists.
+
+    A charge never captured has nothing refunded (releasing an authorisation is
+    no refund), whatever the event says: it changes nothing.
+    """
     charge = stripe_object(event)
+    status = refund_status(charge)
+    if status is None:
+        return
     await lock_charge_movements(ctx.conn, str(charge.get("id") or ""))
     await update_payment(
         ctx.conn,
         by_charge=str(charge.get("id") or ""),
         amount_refunded=int(charge.get("amount_refunded") or 0),
+        status=status,
     )
     account = str(event.get("account") or PLATFORM)
     for refund in (charge.get("refunds") or {}).get("data") or []:
         if isinstance(refund, Mapping):
             await post_refund(ctx, refund, account)
+
+
+async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> None:
+    """An authorisation released or expired (``cancellation_reason=expired``): the payment
+    is ``canceled`` (forward only), so an expired one does not stay ``requires_capture``.
+    Nothing moved, nothing is posted."""
+    intent = stripe_object(event)
+    intent_id = str(intent.get("id") or "")
+    if intent_id:
+        await update_payment(ctx.conn, intent_id, status="canceled")
 
 
 async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
@@ -498,6 +424,7 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.failed", on_payout),
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
+        ("payment_intent.canceled", on_payment_intent_canceled),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),

@@ -731,12 +731,16 @@ class PaymentController(Controller):
         self,
         payment_id: BigId,
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         data: JSONBody[NewRefund | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> RefundView:
         """The creator's share and the platform fee are reversed in proportion."""
         return await one_time.refund_one_time_payment(
-            _env(services), payment_id, data or NewRefund()
+            _env(services),
+            payment_id,
+            data or NewRefund(),
+            operation=_operation(principal, idempotency_key),
         )
 
 
@@ -759,11 +763,17 @@ class InvoiceController(Controller):
             str, PathParameter(pattern=r"^in_[A-Za-z0-9]{1,60}$", description="Stripe's invoice id")
         ],
         services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
         data: JSONBody[NewRefund | None] = None,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> InvoiceRefundView:
         """The creator's share and the platform fee are reversed in proportion."""
-        return await invoice_refunds.refund_invoice(_env(services), invoice_id, data or NewRefund())
+        return await invoice_refunds.refund_invoice(
+            _env(services),
+            invoice_id,
+            data or NewRefund(),
+            operation=_operation(principal, idempotency_key),
+        )
 
 
 CONTROLLERS: tuple[type[Controller], ...] = (

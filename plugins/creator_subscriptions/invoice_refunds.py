@@ -49,12 +49,20 @@ def _view(row: asyncpg.Record, invoice_id: str) -> InvoiceRefundView:
     )
 
 
-async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRefundView:
+async def refund_invoice(
+    env: Env, invoice_id: str, new: NewRefund, *, operation: str | None = None
+) -> InvoiceRefundView:
     """Refund (part of) a paid invoice; the creator's share and the fee reverse in proportion.
+
+    ``operation`` is the request's identity (API key + ``Idempotency-Key``): the
+    refund's key is ``<reference>:refund:invoice:<in>:request:<operation>`` and
+    the request retried is answered with its refund; without it the key is
+    ``<reference>:refund:invoice:<in>:<n>`` (the invoice's n-th refund).
 
     Raises:
         NotFound: no such invoice (404).
-        Conflict: the invoice is not paid, or nothing was charged (409).
+        Conflict: the invoice is not paid, or nothing was charged, or ``operation``
+            refunded another invoice (409).
         InvalidInput: ``amount`` exceeds what is left to refund (``field="amount"``).
     """
     async with env.pool.acquire() as conn, conn.transaction():
@@ -64,6 +72,15 @@ async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRe
         )
         if row is None:
             raise NotFound(f"no invoice {invoice_id}")
+        if operation is not None:
+            earlier = await conn.fetchrow(
+                "SELECT * FROM creator_subscriptions_invoice_refunds WHERE operation = $1",
+                operation,
+            )
+            if earlier is not None:
+                if int(earlier["invoice"]) != int(row["id"]):
+                    raise Conflict("this operation refunded another invoice", field="operation")
+                return _view(earlier, invoice_id)
         if row["status"] != "paid" or not row["charge_id"]:
             raise Conflict(
                 f"invoice {invoice_id} has no paid charge to refund", status=row["status"]
@@ -88,7 +105,9 @@ async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRe
             amount=Money(amount, currency),
             destination=str(row["account_id"]),
             application_fee_id=_id(charge.get("application_fee")),
-            operation=("invoice", invoice_id, int(done["n"]) + 1),
+            operation=("invoice", invoice_id, int(done["n"]) + 1)
+            if operation is None
+            else ("invoice", invoice_id, "request", operation),
             refunded_before=Money(int(done["amount"]), currency),
             fee_refunded_before=Money(int(done["fee"]), currency),
             reason=new.reason,
@@ -98,8 +117,8 @@ async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRe
             """
             INSERT INTO creator_subscriptions_invoice_refunds
                 (invoice, stripe_refund_id, amount, currency, transfer_reversed, fee_refunded,
-                 reason, status, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                 reason, status, operation, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
             ON CONFLICT (stripe_refund_id) DO UPDATE SET status = EXCLUDED.status
             RETURNING *
             """,
@@ -111,6 +130,7 @@ async def refund_invoice(env: Env, invoice_id: str, new: NewRefund) -> InvoiceRe
             facts.fee_refunded.amount,
             new.reason or "",
             str(refund.get("status") or "succeeded"),
+            operation,
         )
     env.plugins.notify_lifecycle(
         LifecycleEvent(

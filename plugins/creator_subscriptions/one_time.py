@@ -414,15 +414,32 @@ def refund_view(row: asyncpg.Record) -> RefundView:
     )
 
 
-async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> RefundView:
+async def refund_one_time_payment(
+    env: Env, payment_id: int, new: NewRefund, *, operation: str | None = None
+) -> RefundView:
     """Refund (part of) a payment, reversing the creator's transfer and the fee in proportion.
 
     The payment row is locked for the whole operation, so concurrent refunds of
     one payment are applied one after the other and each reads exactly what it
-    reversed.
+    reversed. ``operation`` is the request's identity (API key +
+    ``Idempotency-Key``): the refund's key is ``<reference>:refund:<uid>:request:
+    <operation>`` and the request retried is answered with its refund; without
+    it the key is ``<reference>:refund:<uid>:<n>`` (the payment's n-th refund).
+
+    Raises:
+        Conflict: the payment cannot be refunded, or ``operation`` refunded
+            another payment (409).
     """
     async with env.pool.acquire() as conn, conn.transaction():
         row = await _payment_row(conn, payment_id, lock=True)
+        if operation is not None:
+            earlier = await conn.fetchrow(
+                "SELECT * FROM creator_subscriptions_refunds WHERE operation = $1", operation
+            )
+            if earlier is not None:
+                if int(earlier["payment"]) != payment_id:
+                    raise Conflict("this operation refunded another payment", field="operation")
+                return refund_view(earlier)
         if row["status"] not in {"succeeded", "partially_refunded"}:
             raise Conflict(f"payment {payment_id} is {row['status']}", status=row["status"])
         remaining = int(row["amount"]) - int(row["amount_refunded"])
@@ -442,7 +459,9 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             amount=Money(amount, currency),
             destination=str(row["account_id"]),
             application_fee_id=str(row["application_fee_id"] or ""),
-            operation=(row["uid"], sequence),
+            operation=(row["uid"], sequence)
+            if operation is None
+            else (row["uid"], "request", operation),
             refunded_before=Money(int(row["amount_refunded"]), currency),
             fee_refunded_before=Money(int(row["fee_refunded"]), currency),
             reason=new.reason,
@@ -453,8 +472,8 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             """
             INSERT INTO creator_subscriptions_refunds
                 (payment, stripe_refund_id, amount, currency, transfer_reversed, fee_refunded,
-                 reason, status, created_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                 reason, status, operation, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
             ON CONFLICT (stripe_refund_id) DO UPDATE SET status = EXCLUDED.status
             RETURNING *
             """,
@@ -466,6 +485,7 @@ async def refund_one_time_payment(env: Env, payment_id: int, new: NewRefund) -> 
             facts.fee_refunded.amount,
             new.reason or "",
             str(refund.get("status") or "succeeded"),
+            operation,
         )
         await conn.execute(
             """

@@ -238,6 +238,7 @@ class OneTimeRefund(Table, tablename="creator_subscriptions_refunds"):
     fee_refunded = BigInt(default=0)
     reason = Varchar(length=64, default="")
     status = Varchar(length=32, default="pending")
+    operation = Varchar(length=255, null=True, default=None, unique=True)
     created_at = Timestamptz()
 
 
@@ -253,6 +254,7 @@ class InvoiceRefund(Table, tablename="creator_subscriptions_invoice_refunds"):
     fee_refunded = BigInt(default=0)
     reason = Varchar(length=64, default="")
     status = Varchar(length=32, default="pending")
+    operation = Varchar(length=255, null=True, default=None, unique=True)
     created_at = Timestamptz()
 
 

@@ -34,7 +34,7 @@ from engine.core.orders import Commission, LifecycleEvent
 from engine.core.postings import destination_charge_from
 from engine.payments import movements
 from engine.payments.pricing import PricedOrder
-from engine.payments.records import advance_status_sql, dispute_payment_status
+from engine.payments.records import advance_status_sql, dispute_payment_status, refund_status
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
@@ -582,8 +582,12 @@ _ADVANCE = advance_status_sql("status", "$2::text")
 
 async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge refunded, through the API or in Stripe's dashboard: its refunded amount
-    and status follow Stripe's (forward only). The engine posts the refund itself."""
+    and status follow Stripe's (forward only; ``refund_status``: a charge never captured
+    has nothing refunded). The engine posts the refund itself."""
     charge = _object(event)
+    status = refund_status(charge)
+    if status is None:
+        return
     refunded = int(charge.get("amount_refunded") or 0)
     await ctx.conn.execute(
         f"""
@@ -593,7 +597,7 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
         WHERE charge_id = $1 AND amount_refunded < $3
         """,  # noqa: S608 - _ADVANCE is built from the engine's constant status names
         str(charge.get("id") or ""),
-        "refunded" if refunded >= int(charge.get("amount") or 0) else "partially_refunded",
+        status,
         refunded,
     )
 

@@ -25,6 +25,7 @@ import msgspec
 
 from engine.core.authentication import CustomerAction
 from engine.core.errors import (
+    Conflict,
     FieldNotApplicable,
     IllegalTransition,
     InvalidInput,
@@ -87,6 +88,28 @@ class Outcome:
 
     booking: BookingRecord
     notices: Notices
+
+
+async def _already_taken(conn: Connection, booking_id: int, name: str, request: str | None) -> bool:
+    """Whether the booking already took transition ``name`` for ``request`` (a retry).
+
+    Raises:
+        Conflict: the request took another transition of this booking.
+    """
+    if request is None:
+        return False
+    taken = await conn.fetchval(
+        "SELECT transition FROM three_sided_bookings_transitions "
+        "WHERE booking = $1 AND data->>'request' = $2 ORDER BY id LIMIT 1",
+        booking_id,
+        request,
+    )
+    if taken is not None and taken != name:
+        raise Conflict(
+            f"this request took the transition {taken!r} of booking {booking_id}",
+            field="Idempotency-Key",
+        )
+    return taken is not None
 
 
 class BookingService:
@@ -426,10 +449,12 @@ class BookingService:
         The caller sends ``outcome.notices`` after its own commit (a webhook
         handler passes them to ``ctx.after_commit``).
         """
+        params = params or ActionParams()
         async with conn.transaction():
             booking = await lock_booking(conn, booking_id)
+            if await _already_taken(conn, booking_id, name, params.request):
+                return Outcome(booking=booking, notices=Notices(self._services))
             charges = await load_charges(conn, booking_id)
-            params = params or ActionParams()
             now = await self.now_for(booking)
             facts = Facts(
                 now=now,
@@ -451,6 +476,8 @@ class BookingService:
             ctx = self.context(conn, booking, actor=actor, params=params, now=now)
             if params.reason:
                 ctx.record("reason", params.reason)
+            if params.request is not None:
+                ctx.record("request", params.request)
             for action in transition.actions:
                 await ACTION_IMPLEMENTATIONS[action](ctx)
             booking = await ctx.reload()

@@ -36,6 +36,9 @@ class ActionParams:
         dispute: the Stripe dispute object, for the dispute transitions.
         intent: a PaymentIntent or SetupIntent the customer authenticated (3D Secure):
             the transition it completes uses it instead of asking Stripe again.
+        request: the request's identity (the caller's API key and its
+            ``Idempotency-Key``): a transition this booking already took for it is
+            not taken again, and the refunds it makes are keyed by it.
     """
 
     payment_method: str | None = None
@@ -44,6 +47,7 @@ class ActionParams:
     statement: str = ""
     dispute: dict[str, Any] | None = None
     intent: str | None = None
+    request: str | None = None
 
 
 class Notices:

@@ -399,7 +399,10 @@ class BookingController(Controller):
         ``refund`` with an optional ``amount``, ``submit_evidence`` ...).
 
         Answers ``409 illegal_transition`` with ``state`` and ``allowed`` when
-        the booking's state does not allow it for the caller.
+        the booking's state does not allow it for the caller. With an
+        ``Idempotency-Key``, a transition the booking already took for this key
+        (and API key) is not taken again, even once the response is no longer
+        replayed, and the refunds it makes are keyed by the request.
         """
         bookings = BookingService(services)
         booking = await bookings.get_record(int(booking_id))
@@ -410,6 +413,7 @@ class BookingController(Controller):
             amount=body.amount,
             reason=body.reason,
             statement=body.statement,
+            request=None if idempotency_key is None else f"{principal.key_id}:{idempotency_key}",
         )
         updated = await bookings.act(
             int(booking_id), action, actor, actor_id=principal.actor, params=params

@@ -548,9 +548,6 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
     """
     booking = ctx.booking
     plan, charge_id = _captured(charge)
-    count = await ctx.conn.fetchval(
-        "SELECT count(*) FROM three_sided_bookings_refunds WHERE charge = $1", charge.id
-    )
     transfers = {transfer.role: transfer for transfer in await _charge_transfers(ctx, charge)}
     refunded = await movements.refund(
         ctx.money,
@@ -558,7 +555,7 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         amount=_money(booking, amount),
         split=plan,
         refunded=charge.refunded_plan,
-        operation=(charge.payment_intent_id, int(count) + 1),
+        operation=(charge.payment_intent_id, *await _refund_request(ctx)),
         payment_id=charge.payment_id,
         refunded_before=_money(booking, charge.refunded),
         paid_shares=[
@@ -570,7 +567,7 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
     )
     share = refunded.share
     total = share if charge.refunded_plan is None else split_plus(charge.refunded_plan, share)
-    await ctx.conn.execute(
+    inserted = await ctx.conn.execute(
         """
         INSERT INTO three_sided_bookings_refunds
             (booking, charge, idempotency_key, stripe_refund_id, amount, currency, split,
@@ -587,6 +584,8 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         json.dumps(plan_to_json(share)),
         ctx.actor,
     )
+    if not str(inserted).endswith(" 1"):
+        return  # Stripe's answer to a refund this booking recorded already
     await ctx.conn.execute(
         """
         UPDATE three_sided_bookings_charges
@@ -607,6 +606,23 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         part = share.leg(role).amount.amount
         if held is not None and held.status == "held" and part:
             await _reduce_held(ctx, held, part)
+
+
+async def _refund_request(ctx: BookingContext) -> tuple[str, object]:
+    """What makes a refund one business operation: the request, else the transition.
+
+    ``("request", <API key>:<Idempotency-Key>)`` when the caller sent one (a retry
+    gets Stripe's stored refund), else ``("transition", <n>)``, the number of the
+    booking's transition being taken (a transition retried after a rollback has
+    the same number, so it gets Stripe's refund again rather than a second one).
+    """
+    if ctx.params.request is not None:
+        return "request", ctx.params.request
+    taken = await ctx.conn.fetchval(
+        "SELECT count(*) FROM three_sided_bookings_transitions WHERE booking = $1",
+        ctx.booking.id,
+    )
+    return "transition", int(taken) + 1
 
 
 async def _charge_transfers(ctx: BookingContext, charge: ChargeRecord) -> list[TransferRecord]:

@@ -231,3 +231,40 @@ async def test_a_retried_request_charges_once(env: Env, sandbox: RunningSandbox)
     assert for_this == [first.payment_intent_id]  # one PaymentIntent: the fan paid once
     with pytest.raises(Conflict):
         await create_one_time_payment(env, "ppv", tip, operation="key_1:request-7")
+
+
+async def test_a_refund_request_retried_is_one_refund_and_two_requests_are_two(
+    env: Env, sandbox: RunningSandbox
+) -> None:
+    """A refund's key comes from the request (API key + Idempotency-Key), not a count of
+    the refunds before it: a request retried after it committed refunds nothing more."""
+    account_id = await onboarded_creator(env, sandbox, "refunded")
+    fan, _ = await register_fan(
+        env, NewFan(external_ref="fan-refunds", payment_method="pm_card_visa")
+    )
+    tip = await create_one_time_payment(
+        env, "tip", NewOneTimePayment(fan_id=fan.id, creator_account_id=account_id, amount=2000)
+    )
+    refunded = []
+    views = []
+    for request in ("key_1:refund-a", "key_1:refund-a", "key_1:refund-b"):
+        views.append(
+            await refund_one_time_payment(env, tip.id, NewRefund(amount=500), operation=request)
+        )
+        async with env.pool.acquire() as conn:
+            refunded.append(
+                await conn.fetchval(
+                    "SELECT amount_refunded FROM creator_subscriptions_payments WHERE id = $1",
+                    tip.id,
+                )
+            )
+    assert refunded == [500, 500, 1000]
+    assert views[0] == views[1] != views[2]
+    refunds: Any = sandbox.client().v1.refunds.list(params={"charge": str(tip.charge_id)})
+    assert sorted(r["amount"] for r in refunds.to_dict()["data"]) == [500, 500]
+    other = await create_one_time_payment(
+        env, "tip", NewOneTimePayment(fan_id=fan.id, creator_account_id=account_id, amount=700)
+    )
+    with pytest.raises(Conflict):  # the request refunded another payment
+        await refund_one_time_payment(env, other.id, NewRefund(), operation="key_1:refund-a")
+    assert (await env.ledger.balances(account_id))["usd"] == sandbox_balance(sandbox, account_id)

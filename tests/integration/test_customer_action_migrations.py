@@ -1,4 +1,5 @@
-"""A database made before the 3D Secure columns gets them from the plugins' migrations."""
+"""A database made before the 3D Secure (and refund request) columns gets them from the
+plugins' migrations."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ COLUMNS = {
     "creator_subscriptions_subscriptions": {"customer_action", "action_invoice"},
     "creator_subscriptions_payments": {"customer_action"},
     "three_sided_bookings_bookings": {"customer_action", "action_transition", "test_clock"},
+    "creator_subscriptions_refunds": {"operation"},
+    "creator_subscriptions_invoice_refunds": {"operation"},
 }
 
 
@@ -31,7 +34,8 @@ async def test_old_tables_get_the_new_columns(fresh_database_url: str) -> None:
                 await conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         await conn.execute(
             "DELETE FROM marketplace_migrations "
-            "WHERE name IN ('m0001_customer_actions', 'm0002_booking_test_clock')"
+            "WHERE name IN ('m0001_customer_actions', 'm0002_booking_test_clock', "
+            "'m0003_refund_operations')"
         )
     finally:
         await conn.close()
@@ -41,6 +45,7 @@ async def test_old_tables_get_the_new_columns(fresh_database_url: str) -> None:
     ran = await migrate(fresh_database_url, build_plugins(settings).table_apps())
     assert sorted(ran) == [
         "creator_subscriptions:m0001_customer_actions",
+        "creator_subscriptions:m0003_refund_operations",
         "three_sided_bookings:m0001_customer_actions",
         "three_sided_bookings:m0002_booking_test_clock",
     ]

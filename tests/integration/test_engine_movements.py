@@ -43,7 +43,7 @@ def usd(amount: int) -> Money:
     return Money(amount, USD)
 
 
-def priced_order(provider: str, venue: str) -> PricedOrder:
+def priced_order(provider: str, venue: str, reference: str = REFERENCE) -> PricedOrder:
     split = SplitPlan(
         total=usd(10_000),
         legs=(
@@ -56,7 +56,7 @@ def priced_order(provider: str, venue: str) -> PricedOrder:
         plugin="orders",
         kind="order",
         amount=usd(10_000),
-        reference=REFERENCE,
+        reference=reference,
         beneficiaries={"provider": provider, "venue": venue},
         occurred_at=stripe_time(1_767_225_600),
     )
@@ -343,3 +343,95 @@ async def test_a_retried_charge_is_one_intent_one_payment_one_posting(stack: Sta
     assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
         None, USD
     )
+
+
+async def test_a_partial_capture_and_a_released_authorisation_are_not_refunds(
+    stack: Stack,
+) -> None:
+    """Releasing the uncaptured rest, canceling or letting an authorisation expire moves no
+    money back: the payment's refunded amount counts refunds only, a partial capture refunded
+    to what was captured is ``refunded``, and an expired authorisation's payment is
+    ``canceled`` (``payment_intent.canceled``), not left ``requires_capture``."""
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    pool = stack.services.db.pool
+
+    def scope(conn: object, reference: str) -> MoneyScope:
+        return MoneyScope(
+            stack.services.gateway,
+            stack.services.ledger,
+            conn,  # type: ignore[arg-type]
+            "orders",
+            reference,
+        )
+
+    async def authorise(conn: object, reference: str) -> movements.Charged:
+        return await movements.charge(
+            scope(conn, reference),
+            priced_order(provider, venue, reference),
+            operation=("full",),
+            payment_method="pm_card_visa",
+            account_id=provider,
+            capture_method="manual",
+        )
+
+    async with pool.acquire() as conn, conn.transaction():
+        partly = await authorise(conn, "order:partly")
+        captured = await movements.capture(
+            scope(conn, "order:partly"),
+            priced_order(provider, venue, "order:partly"),
+            partly.payment_intent_id,
+            usd(6_000),
+            payment_id=partly.payment_id,
+        )
+        released = await authorise(conn, "order:released")
+        await movements.release(
+            scope(conn, "order:released"),
+            released.payment_intent_id,
+            payment_id=released.payment_id,
+        )
+        await authorise(conn, "order:expiring")
+    await stack.settle()
+    await stack.advance(7 * 86_400 + 60)
+
+    async def payment(reference: str) -> tuple[str, int, int]:
+        row = await pool.fetchrow(
+            "SELECT status, amount, amount_refunded FROM marketplace_payments WHERE reference = $1",
+            reference,
+        )
+        assert row is not None
+        return str(row["status"]), int(row["amount"]), int(row["amount_refunded"])
+
+    assert await payment("order:partly") == ("succeeded", 6_000, 0)
+    assert await payment("order:released") == ("canceled", 10_000, 0)
+    assert await payment("order:expiring") == ("canceled", 10_000, 0)
+
+    # A charge.refunded for a charge never captured (as Stripe sent for a release before
+    # 2025-03-31.basil) is no refund either.
+    charge = stack.stripe().v1.charges.retrieve(released.charge_id).to_dict()
+    await stack.send_event(
+        "charge.refunded", {**charge, "amount_refunded": 10_000, "refunded": True}
+    )
+    assert await payment("order:released") == ("canceled", 10_000, 0)
+
+    assert captured.charge_id is not None
+    async with pool.acquire() as conn, conn.transaction():
+        refunded = await movements.refund(
+            scope(conn, "order:partly"),
+            charge_id=captured.charge_id,
+            amount=usd(6_000),
+            split=captured.priced.split,
+            refunded=None,
+            operation=(partly.payment_intent_id, 1),
+            payment_id=partly.payment_id,
+            refunded_before=usd(0),
+        )
+        assert refunded.amount == usd(6_000)
+    await stack.settle()
+    assert await payment("order:partly") == ("refunded", 6_000, 6_000)
+    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
+        None, USD
+    )
+    await stack.assert_ledger_balanced()

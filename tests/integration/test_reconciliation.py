@@ -10,6 +10,12 @@ them canceled). A ledger entry altered by hand and a charge made directly on
 the platform in Stripe (which no business model posts) are each reported
 exactly once: one item, one alert, one ``engine.reconciliation.mismatch``
 event, however often reconciliation runs; mending the ledger resolves the alert.
+
+The spa month (issue 15's acceptance): two providers, a venue and the platform;
+deposits and balances, a cancellation, a refund made directly on Stripe after
+settlement, a dispute won and one lost, payouts and a canceled payout. Per
+account the ledger is Stripe's balance to the cent, and a full run matches
+every balance transaction.
 """
 
 from __future__ import annotations
@@ -429,3 +435,151 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     assert [item.status for item in mended.problem_items()] == ["missing_in_ledger"]
     assert [alert.status for alert in await list_alerts(pool)] == ["missing_in_ledger"]
     assert len(mismatches.events) == 2
+
+
+async def balance_transactions(stack: Stack, account: str | None) -> list[dict[str, Any]]:
+    """Every balance transaction of ``account`` (None: the platform), from Stripe."""
+
+    def listed() -> list[dict[str, Any]]:
+        client = stack.stripe(stripe_account=account)
+        return [txn.to_dict() for txn in client.v1.balance_transactions.list().auto_paging_iter()]
+
+    return await asyncio.to_thread(listed)
+
+
+async def test_a_spa_month_reconciles_every_account_to_the_cent(stack: Stack) -> None:
+    """Acceptance (issue 15), the spa month: two providers, a venue and the platform.
+
+    Deposits and their balances, a cancellation, a refund made directly on Stripe
+    after settlement, a dispute won and one lost, the daily payouts and a payout
+    made and canceled: per account the ledger is Stripe's balance (available +
+    pending) to the cent, and a full reconciliation matches every balance
+    transaction with nothing left over.
+    """
+    http = stack.http
+    ana = await connected(stack, "provider", "Ana Therapist")
+    ben = await connected(stack, "provider", "Ben Therapist")
+    venue = await connected(stack, "venue", "Seaside Spa")
+    await stack.settle()
+    service = ok(
+        await http.post(
+            f"{B}/services",
+            json={
+                "name": "Hot stone massage",
+                "service_type": "massage",
+                "duration_minutes": 60,
+                "price": 12_345,
+                "currency": "usd",
+            },
+        ),
+        201,
+    )
+    providers = {
+        account: ok(
+            await http.post(f"{B}/providers", json={"account_id": account, "display_name": name}),
+            201,
+        )["id"]
+        for account, name in ((ana, "Ana Therapist"), (ben, "Ben Therapist"))
+    }
+    venue_id = ok(
+        await http.post(f"{B}/venues", json={"account_id": venue, "display_name": "Seaside Spa"}),
+        201,
+    )["id"]
+
+    async def book(
+        provider: str, model: str, *, starts_in: timedelta, card: str = "pm_card_visa"
+    ) -> dict[str, Any]:
+        body = {
+            "service_id": service["id"],
+            "provider_id": providers[provider],
+            "venue_id": venue_id,
+            "starts_at": (datetime.now(UTC) + starts_in).isoformat(),
+            "payment_model": model,
+            "customer": {"name": "Cara Customer", "email": "cara@example.com"},
+            "payment_method": card,
+        }
+        return dict(ok(await http.post(f"{B}/bookings", json=body), 201))
+
+    async def act(booking: dict[str, Any], action: str, **body: Any) -> dict[str, Any]:
+        url = f"{B}/bookings/{booking['id']}/actions/{action}"
+        return dict(ok(await http.post(url, json=body or None)))
+
+    # A deposit with each provider, its balance charged off session at completion.
+    settled = []
+    for provider in (ana, ben):
+        booking = await book(provider, "deposit", starts_in=timedelta(minutes=10))
+        assert booking["state"] == "deposit_paid"
+        await act(booking, "confirm")
+        done = await act(booking, "complete")
+        assert (done["state"], done["collected"]) == ("settled", 12_345)
+        settled.append(done)
+    # A deposit cancelled well ahead: refunded in full.
+    cancelled = await book(ana, "deposit", starts_in=timedelta(days=10))
+    assert (await act(cancelled, "cancel", reason="customer ill"))["state"] == "cancelled"
+    # Two bookings paid on arrival whose card is disputed at capture, after settlement.
+    disputed = []
+    for provider in (ana, ben):
+        booking = await book(
+            provider, "arrival", starts_in=timedelta(minutes=10), card="pm_card_createDispute"
+        )
+        await act(booking, "confirm")
+        assert (await act(booking, "complete"))["state"] == "settled"
+        disputed.append(booking)
+    await stack.settle()
+    for booking, evidence in zip(disputed, ("winning_evidence", "losing_evidence"), strict=True):
+        await act(booking, "submit_evidence", statement=f"Attended. {evidence}")
+    await stack.settle()
+    won, lost = [ok(await http.get(f"{B}/bookings/{b['id']}"))["state"] for b in disputed]
+    assert (won, lost) == ("settled", "dispute_lost")
+
+    # In Stripe's dashboard, after settlement: part of Ben's balance charge refunded
+    # (the platform bears it: separate charges and transfers reverse nothing themselves).
+    balance_charge = [c for c in settled[1]["stripe"]["charges"] if c["kind"] == "balance"]
+    await sdk(
+        stack.stripe().v1.refunds.create,
+        params={"charge": balance_charge[0]["charge"], "amount": 2_500},
+    )
+    # Ben takes manual payouts; the others' daily payouts run as the days pass ...
+    await sdk(
+        stack.stripe().v1.accounts.update,
+        ben,
+        params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}},
+    )
+    await stack.settle()
+    await stack.advance(3 * DAY)
+    # ... and Ben makes a payout once his share is available, then cancels it.
+    as_ben = stack.stripe(stripe_account=ben)
+    payout = await sdk(as_ben.v1.payouts.create, params={"amount": 2_000, "currency": "usd"})
+    await sdk(as_ben.v1.payouts.cancel, payout["id"])
+    await stack.settle()
+    refunded = await stack.services.db.pool.fetchrow(
+        "SELECT status, amount_refunded FROM marketplace_payments WHERE stripe_charge_id = $1",
+        balance_charge[0]["charge"],
+    )
+    assert (refunded["status"], refunded["amount_refunded"]) == ("partially_refunded", 2_500)
+
+    accounts = {"platform": None, ana: ana, ben: ben, venue: venue}
+    listed = {name: await balance_transactions(stack, acct) for name, acct in accounts.items()}
+    types = Counter(txn["type"] for txns in listed.values() for txn in txns)
+    # The month moved money in every way reconciliation has to follow (a dispute's
+    # withdrawal and reinstatement are adjustments; a lost one reverses the shares).
+    for kind in (
+        "charge",
+        "refund",
+        "transfer",
+        "payment",
+        "adjustment",
+        "transfer_refund",
+        "payout",
+        "payout_cancel",
+    ):
+        assert types[kind], f"no {kind} balance transaction in the spa month: {types}"
+
+    for name, account in accounts.items():
+        ledger = (await stack.balance(name, "usd")).amount
+        assert ledger == await stack.stripe_balance(account, "usd"), name
+    await stack.assert_ledger_balanced()
+    run = await run_reconciliation(stack.services, trigger="test", full=True)
+    assert run.status == "completed"
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
+    assert run.counts["matched"] == sum(len(txns) for txns in listed.values())

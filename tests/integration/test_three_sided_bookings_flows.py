@@ -20,6 +20,7 @@ import pytest
 
 from engine.core.errors import (
     CardDeclined,
+    Conflict,
     FieldNotApplicable,
     IllegalTransition,
     InsufficientBalance,
@@ -667,6 +668,46 @@ async def test_partial_refund_reverses_shares_proportionally(env: Env) -> None:
     balances = await env.assert_ledger_matches_sandbox("gbp")
     provider, venue = env.accounts
     assert (balances[provider], balances[venue]) == (0, 0)
+
+
+async def test_a_refund_request_retried_is_one_refund_and_two_requests_are_two(
+    env: Env,
+) -> None:
+    """A refund's key comes from the request (API key + Idempotency-Key), not a count of
+    the refunds before it: a request retried after it committed refunds nothing more."""
+    ids = await env.catalogue(price=10_000)
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    await env.act(booking, "complete", "provider")
+    refunded = []
+    for request in ("key_1:refund-a", "key_1:refund-a", "key_1:refund-b"):
+        await env.act(booking, "refund", "admin", amount=500, request=request)
+        [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+        refunded.append(charge["refunded"])
+    assert refunded == [500, 500, 1000]
+    keys = [
+        row["idempotency_key"]
+        for row in await env.fetch("SELECT * FROM three_sided_bookings_refunds ORDER BY id")
+    ]
+    intent = charge["stripe_payment_intent_id"]
+    assert keys == [
+        f"booking:{booking.id}:refund:{intent}:request:key_1:refund-a",
+        f"booking:{booking.id}:refund:{intent}:request:key_1:refund-b",
+    ]
+    refunds = env.stripe("GET", "/v1/refunds", None, charge=charge["stripe_charge_id"])
+    assert sorted(r["amount"] for r in refunds["data"]) == [500, 500]
+    trail = await env.bookings.transitions(booking.id)
+    assert [t.transition for t in trail].count("refund") == 2
+    # Without a request, a refund is keyed by the booking's transition number.
+    await env.act(booking, "refund", "admin", amount=500)
+    [*_, last] = await env.fetch("SELECT * FROM three_sided_bookings_refunds ORDER BY id")
+    assert last["idempotency_key"] == (
+        f"booking:{booking.id}:refund:{intent}:transition:{len(trail) + 1}"
+    )
+    with pytest.raises(Conflict):
+        await env.act(booking, "complete", "admin", request="key_1:refund-a")
+    await env.assert_ledger_matches_sandbox("gbp")
 
 
 # ---------------------------------------------------------------- disputes

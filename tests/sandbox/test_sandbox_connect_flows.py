@@ -311,12 +311,62 @@ def test_manual_capture_of_less_releases_the_rest(client: stripe.StripeClient) -
             "expand": ["balance_transaction"]
         },
     )
-    assert (charge.amount_captured, charge.amount_refunded, charge.captured) == (6_000, 4_000, True)
+    assert (charge.amount_captured, charge.amount_refunded, charge.captured) == (6_000, 0, True)
+    assert not charge.refunded
     txn: Any = charge.balance_transaction
     assert (txn.amount, txn.fee) == (6_000, fee(6_000))
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.payment_intents.capture(pi.id)
     assert total(client) == 6_000 - fee(6_000)
+
+
+def test_a_released_authorisation_is_no_refund(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    """As since 2025-03-31.basil: releasing the uncaptured rest, canceling or letting an
+    authorisation expire creates no refund and no ``charge.refunded``; a charge is
+    ``refunded`` once refunds reach the amount captured."""
+
+    def authorise(amount: int) -> Any:
+        return client.v1.payment_intents.create(
+            params={
+                "amount": amount,
+                "currency": "usd",
+                "payment_method": "pm_card_visa",
+                "capture_method": "manual",
+                "confirm": True,
+            }
+        )
+
+    partly = authorise(10_000)
+    client.v1.payment_intents.capture(partly.id, params={"amount_to_capture": 6_000})
+    canceled = authorise(3_000)
+    client.v1.payment_intents.cancel(canceled.id)
+    expiring = authorise(2_000)
+    sandbox.advance(7 * DAY + 60)
+
+    for pi, captured in ((partly, 6_000), (canceled, 0), (expiring, 0)):
+        charge = client.v1.charges.retrieve(pi.latest_charge)  # type: ignore[arg-type]
+        assert (charge.amount_captured, charge.amount_refunded, charge.refunded) == (
+            captured,
+            0,
+            False,
+        )
+        assert client.v1.refunds.list(params={"charge": charge.id}).data == []
+    assert client.v1.events.list(params={"type": "charge.refunded"}).data == []
+    reasons = {
+        pi.id: client.v1.payment_intents.retrieve(pi.id).cancellation_reason
+        for pi in (canceled, expiring)
+    }
+    assert reasons == {canceled.id: "requested_by_customer", expiring.id: "expired"}
+    expired = client.v1.events.list(params={"type": "charge.expired"}).data
+    assert [event.data.object["payment_intent"] for event in expired] == [expiring.id]
+
+    client.v1.refunds.create(params={"charge": partly.latest_charge, "amount": 5_000})  # type: ignore[typeddict-item]
+    assert not client.v1.charges.retrieve(partly.latest_charge).refunded  # type: ignore[arg-type]
+    client.v1.refunds.create(params={"charge": partly.latest_charge})  # type: ignore[typeddict-item]
+    charge = client.v1.charges.retrieve(partly.latest_charge)  # type: ignore[arg-type]
+    assert (charge.amount_refunded, charge.refunded) == (6_000, True)
 
 
 def test_uncaptured_intent_cancelled_after_seven_days_of_test_clock(
@@ -343,7 +393,7 @@ def test_uncaptured_intent_cancelled_after_seven_days_of_test_clock(
     )
     assert advanced.status == "ready"
     expired = client.v1.payment_intents.retrieve(pi.id)
-    assert (expired.status, expired.cancellation_reason) == ("canceled", "automatic")
+    assert (expired.status, expired.cancellation_reason) == ("canceled", "expired")
     assert expired.canceled_at == start + 7 * DAY
     events = client.v1.events.list(params={"type": "payment_intent.canceled"})
     assert events.data[0].data.object["id"] == pi.id
@@ -362,7 +412,7 @@ def test_uncaptured_intent_cancelled_on_global_clock(
         }
     )
     sandbox.advance(7 * DAY + 60)
-    assert client.v1.payment_intents.retrieve(pi.id).cancellation_reason == "automatic"
+    assert client.v1.payment_intents.retrieve(pi.id).cancellation_reason == "expired"
 
 
 def test_dispute_opens_and_is_won_with_winning_evidence(

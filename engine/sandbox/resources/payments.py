@@ -764,9 +764,8 @@ def capture_payment_intent(call: Call) -> Obj:
         pi["metadata"] = call.metadata(pi["metadata"])
     charge = state.objects[pi["latest_charge"]]
     _settle(state, pi, charge, amount)
-    released = pi["amount"] - amount
-    charge["amount_refunded"] = released
-    charge["refunded"] = False
+    # Since 2025-03-31.basil the uncaptured rest is released, not refunded: no
+    # Refund, no amount_refunded, no charge.refunded.
     pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
     emit(state, "charge.captured", charge, account=call.account)
     emit(state, "payment_intent.succeeded", pi, account=call.account)
@@ -796,18 +795,16 @@ def cancel_payment_intent(call: Call) -> Obj:
 
 
 def _cancel(state: SandboxState, pi: Obj, reason: str) -> None:
+    """Cancel an intent; an authorisation is released, which is no refund (2025-03-31.basil):
+    the charge keeps ``amount_refunded`` 0 and ``refunded`` false, no ``charge.refunded``;
+    only an expired one announces ``charge.expired``."""
     owner = state.owner_of(pi["id"])
     previous = {"status": pi["status"], "amount_capturable": pi["amount_capturable"]}
     if pi["status"] == "requires_capture" and pi["latest_charge"]:
         charge = state.objects[pi["latest_charge"]]
-        charge["amount_refunded"] = charge["amount"]
-        charge["refunded"] = True
-        emit(
-            state,
-            "charge.expired" if reason == "automatic" else "charge.refunded",
-            charge,
-            account=owner,
-        )
+        charge["amount_captured"] = 0
+        if reason == "expired":
+            emit(state, "charge.expired", charge, account=owner)
     pi.update(
         status="canceled",
         cancellation_reason=reason,
@@ -818,10 +815,10 @@ def _cancel(state: SandboxState, pi: Obj, reason: str) -> None:
 
 
 def expire_authorisation(state: SandboxState, pi_id: str) -> None:
-    """Job: an uncaptured authorisation lapses after 7 days."""
+    """Job: an uncaptured authorisation lapses after 7 days (``cancellation_reason=expired``)."""
     pi = state.find(pi_id)
     if pi is not None and pi["status"] == "requires_capture":
-        _cancel(state, pi, "automatic")
+        _cancel(state, pi, "expired")
 
 
 def list_payment_intents(call: Call) -> Obj:
@@ -961,7 +958,9 @@ def refund_charge(
     private["refunded_captured"] = refunded
     previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
     charge["amount_refunded"] += amount
-    charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+    # Refunded once refunds reach what was captured (a partial capture's released
+    # rest is not part of amount_refunded).
+    charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
     charge["refunds"]["data"].insert(0, refund)
     captured = charge["amount_captured"]
     transfer = state.objects.get(charge.get("transfer") or "")

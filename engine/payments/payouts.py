@@ -1,0 +1,266 @@
+"""Payouts to the bank: recorded and posted once per movement, the status only moving forward.
+
+A payout (a connected account's or the platform's own) is recorded in
+``marketplace_payouts`` and posted ``payout:<po>`` (the balance to its bank) as
+soon as the engine learns of it, from a ``payout.*`` event (``apply_payout``)
+or from Stripe's list (``refresh_payouts``). Its status moves forward only, in
+``PAYOUT_STATUS_ORDER``, compared inside the one ``UPDATE``:
+
+====  ================  ================================================
+rank  status            reached by
+====  ================  ================================================
+0     ``pending``       created, not yet submitted to the bank
+1     ``in_transit``    submitted
+2     ``paid``          arrived (a bank may still return it: ``failed``)
+3     ``failed``,       final: the funds came back to the balance
+      ``canceled``
+====  ================  ================================================
+
+A status of a higher rank replaces a lower one; the same or a lower rank
+changes nothing. So a late ``payout.paid`` never turns a failed payout back,
+and a late ``payout.failed`` never turns a canceled one into a failure. The
+funds' return (``payout_failure:<po>`` or ``payout_cancel:<po>``) is posted
+only when the status reported is the one on record, so a payout comes back
+once, the way its record says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final
+
+import asyncpg
+
+from engine.core.errors import InvalidInput
+from engine.core.ledger import PLATFORM, Ledger, stripe_time
+from engine.core.money import Money
+from engine.core.postings import payout_posting, payout_return_posting
+from engine.gateway import StripeGateway
+
+__all__ = [
+    "PAYOUT_STATUS_ORDER",
+    "AppliedPayout",
+    "PayoutRecord",
+    "account_payouts",
+    "apply_payout",
+    "payout",
+    "refresh_payouts",
+]
+
+PAYOUT_STATUS_ORDER: Final[Mapping[str, int]] = MappingProxyType(
+    {"pending": 0, "in_transit": 1, "paid": 2, "failed": 3, "canceled": 3}
+)
+"""Each payout status's rank: a status only ever moves to a higher rank."""
+
+_RETURNED: Final = frozenset({"failed", "canceled"})
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRecord:
+    """One payout from an account's balance to its bank, as the engine recorded it.
+
+    ``id`` is the engine's row id (a stable cursor); ``account_id`` is
+    ``platform`` for the platform's own payouts; ``failure_code`` is set when
+    Stripe reported the payout failed.
+    """
+
+    id: int
+    stripe_payout_id: str
+    account_id: str
+    amount: Money
+    status: str
+    failure_code: str | None
+    failure_message: str
+    arrival_date: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPayout:
+    """A payout as recorded after ``apply_payout``; ``returned``: this call posted the return
+    of its funds (a failure or a cancel, the first time)."""
+
+    record: PayoutRecord
+    returned: bool
+
+
+_COLUMNS = (
+    "id, stripe_payout_id, account_id, amount, currency, status, failure_code, "
+    "failure_message, arrival_date"
+)
+
+
+def _record(row: Mapping[str, Any]) -> PayoutRecord:
+    return PayoutRecord(
+        id=int(row["id"]),
+        stripe_payout_id=str(row["stripe_payout_id"]),
+        account_id=str(row["account_id"]),
+        amount=Money(int(row["amount"]), str(row["currency"])),
+        status=str(row["status"]),
+        failure_code=row["failure_code"],
+        failure_message=str(row["failure_message"]),
+        arrival_date=int(row["arrival_date"]),
+    )
+
+
+async def account_payouts(
+    db: asyncpg.Connection | asyncpg.Pool,
+    account_id: str,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+) -> list[PayoutRecord]:
+    """The account's payouts, newest first: at most ``limit``, with ``id`` below ``before``.
+
+    Raises:
+        InvalidInput: ``limit`` is not positive (``field="limit"``).
+    """
+    if limit < 1:
+        raise InvalidInput("limit must be positive", field="limit")
+    rows = await db.fetch(
+        f"SELECT {_COLUMNS} FROM marketplace_payouts "  # noqa: S608 - constant columns
+        "WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        account_id,
+        before,
+        limit,
+    )
+    return [_record(row) for row in rows]
+
+
+async def payout(
+    db: asyncpg.Connection | asyncpg.Pool, stripe_payout_id: str
+) -> PayoutRecord | None:
+    """The payout recorded under Stripe's ``po_...``, or None."""
+    row = await db.fetchrow(
+        f"SELECT {_COLUMNS} FROM marketplace_payouts "  # noqa: S608 - constant columns
+        "WHERE stripe_payout_id = $1",
+        stripe_payout_id,
+    )
+    return None if row is None else _record(row)
+
+
+def _rank_sql(expression: str) -> str:
+    whens = " ".join(f"WHEN '{name}' THEN {rank}" for name, rank in PAYOUT_STATUS_ORDER.items())
+    return f"(CASE {expression} {whens} ELSE 0 END)"
+
+
+_MOVES = f"{_rank_sql('EXCLUDED.status')} > {_rank_sql('p.status')}"
+
+_UPSERT = f"""
+INSERT INTO marketplace_payouts AS p
+    (stripe_payout_id, account_id, amount, currency, status, failure_code,
+     failure_message, arrival_date, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+ON CONFLICT (stripe_payout_id) DO UPDATE SET
+    status = CASE WHEN {_MOVES} THEN EXCLUDED.status ELSE p.status END,
+    failure_code = CASE WHEN {_MOVES} OR EXCLUDED.status = p.status
+                        THEN COALESCE(EXCLUDED.failure_code, p.failure_code)
+                        ELSE p.failure_code END,
+    failure_message = CASE WHEN ({_MOVES} OR EXCLUDED.status = p.status)
+                                AND EXCLUDED.failure_message <> ''
+                           THEN EXCLUDED.failure_message ELSE p.failure_message END,
+    arrival_date = CASE WHEN EXCLUDED.arrival_date > 0
+                        THEN EXCLUDED.arrival_date ELSE p.arrival_date END,
+    updated_at = now()
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - built from this module's constant status names only
+
+
+async def _returned_at(
+    gateway: StripeGateway, payout_: Mapping[str, Any], account: str
+) -> datetime:
+    """When Stripe returned a failed or canceled payout's funds: the ``created`` of the
+    balance transaction that did (``failure_balance_transaction``, set for both)."""
+    txn = payout_.get("failure_balance_transaction")
+    if isinstance(txn, Mapping):
+        return stripe_time(txn.get("created"))
+    if isinstance(txn, str) and txn:
+        found = await gateway.call(
+            "balance_transactions",
+            "retrieve",
+            txn,
+            account=None if account == PLATFORM else account,
+        )
+        return stripe_time(found.get("created"))
+    # Stripe always links that balance transaction; without it the payout's own
+    # time is the nearest Stripe time there is.
+    return stripe_time(payout_.get("created"))
+
+
+async def apply_payout(
+    conn: asyncpg.Connection,
+    gateway: StripeGateway,
+    ledger: Ledger,
+    payout_: Mapping[str, Any],
+    *,
+    account: str,
+) -> AppliedPayout:
+    """Record Stripe's payout (status forward only) and post it, in the caller's transaction.
+
+    ``payout:<po>`` is posted at the payout's ``created``; when the status on
+    record is ``failed`` or ``canceled`` and Stripe reports that same status, the
+    funds' return (``payout_failure:<po>``/``payout_cancel:<po>``) at the time
+    Stripe returned them. Applying the same payout again changes nothing.
+
+    Args:
+        conn: a connection inside the caller's transaction.
+        gateway: reads the return's balance transaction when it is not expanded.
+        ledger: the engine's ledger.
+        payout_: Stripe's payout (an event's object, or one listed).
+        account: the ``acct_...`` whose balance paid out, or ``platform``.
+    """
+    status = str(payout_.get("status") or "pending")
+    if status not in PAYOUT_STATUS_ORDER:
+        raise InvalidInput(
+            f"unknown payout status {status!r}; known: {sorted(PAYOUT_STATUS_ORDER)}",
+            field="status",
+        )
+    amount = Money(int(payout_.get("amount") or 0), str(payout_.get("currency") or "usd"))
+    payout_id = str(payout_["id"])
+    created = stripe_time(payout_.get("created"))
+    row = await conn.fetchrow(
+        _UPSERT,
+        payout_id,
+        account,
+        amount.amount,
+        amount.currency,
+        status,
+        payout_.get("failure_code"),
+        str(payout_.get("failure_message") or ""),
+        int(payout_.get("arrival_date") or 0),
+        created,
+    )
+    record = _record(row)  # an upsert always returns its row
+    await ledger.post(payout_posting(account, payout_id, amount, occurred_at=created), conn=conn)
+    if status not in _RETURNED or record.status != status:
+        return AppliedPayout(record, returned=False)
+    returned = await ledger.post(
+        payout_return_posting(
+            account,
+            payout_id,
+            amount,
+            status=status,
+            occurred_at=await _returned_at(gateway, payout_, account),
+            failure_code=str(payout_.get("failure_code") or ""),
+        ),
+        conn=conn,
+    )
+    return AppliedPayout(record, returned=returned)
+
+
+async def refresh_payouts(
+    conn: asyncpg.Connection, gateway: StripeGateway, ledger: Ledger, account: str
+) -> list[AppliedPayout]:
+    """Apply every payout Stripe lists for ``account`` (``platform``: the platform's own).
+
+    For payouts whose events were lost or not yet delivered: each is applied
+    as ``apply_payout`` would (oldest first), so an event handled later
+    changes nothing more. Returns what was applied, oldest first.
+    """
+    listed = await gateway.list_all("payouts", account=None if account == PLATFORM else account)
+    applied = []
+    for item in sorted(listed, key=lambda found: (int(found.get("created") or 0), found["id"])):
+        applied.append(await apply_payout(conn, gateway, ledger, item, account=account))
+    return applied

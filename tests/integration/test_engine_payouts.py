@@ -1,0 +1,201 @@
+"""A connected account's payouts through the engine (``engine.payments.payouts``), then from Stripe.
+
+A provider paid by a transfer makes three manual payouts in Stripe: one
+canceled while pending, one paid, one to a bank account that does not exist (Stripe's
+failing test number) that fails. The engine records each with Stripe's
+status and posts it out and, for the failed and the canceled one, back once.
+Stale events delivered late (a ``payout.paid`` for the failed payout, a
+``payout.failed`` for the canceled one) change nothing. A payout whose record
+was lost comes back from Stripe's list (``refresh_payouts``), which changes
+nothing else. The ledger is Stripe's balance to the cent throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from engine.accounts import AccountService, NewAccount
+from engine.accounts.queries import account_payouts as reexported
+from engine.core.ledger import bank_of, stripe_time
+from engine.core.money import Money
+from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
+from engine.payments import movements
+from engine.payments.movements import MoneyScope
+from engine.payments.payouts import account_payouts, payout, refresh_payouts
+from engine.payments.pricing import PricedOrder
+from engine.testing.stack import Stack, running_stack
+
+USD = "usd"
+DAY = 86_400
+
+
+@pytest.fixture
+async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url, nats_url, unique_name.upper(), plugins=()
+    ) as running:
+        yield running
+
+
+def usd(amount: int) -> Money:
+    return Money(amount, USD)
+
+
+async def funded_provider(stack: Stack) -> str:
+    """A provider made through the engine, paid 60.00 of a 100.00 charge available at once."""
+    service = AccountService(
+        stack.services.db.pool, stack.services.gateway, public_url="http://marketplace.test"
+    )
+    account, _ = await service.create(
+        NewAccount(role="provider", display_name="provider"), operation=None, actor="test"
+    )
+    provider = account.id
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{provider}/complete_onboarding")
+    await stack.settle()
+    order = Order(
+        plugin="orders",
+        kind="order",
+        amount=usd(10_000),
+        reference="order:payouts",
+        beneficiaries={"provider": provider},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    priced = PricedOrder(
+        order=order,
+        price=usd(10_000),
+        commission=Commission(amount=usd(4_000), rule_id="flat", rule_version=1),
+        split=SplitPlan(
+            total=usd(10_000),
+            legs=(SplitLeg("platform", usd(4_000)), SplitLeg("provider", usd(6_000), provider)),
+        ),
+    )
+    async with stack.services.db.pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(
+            stack.services.gateway, stack.services.ledger, conn, "orders", "order:payouts"
+        )
+        charged = await movements.charge(
+            scope,
+            priced,
+            operation=("full",),
+            payment_method="pm_card_bypassPending",
+            account_id=provider,
+        )
+        assert charged.charge_id is not None
+        await movements.transfer(
+            scope,
+            destination=provider,
+            amount=usd(6_000),
+            source_transaction=charged.charge_id,
+            role="provider",
+            operation=("provider",),
+        )
+    await stack.settle()
+    return provider
+
+
+async def test_payout_statuses_through_the_engine_and_refreshed_from_stripe(
+    stack: Stack,
+) -> None:
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+
+    def make_payouts() -> tuple[Any, Any, Any]:
+        stack.stripe().v1.accounts.update(
+            provider, params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}}
+        )
+        missing = stack.stripe().v1.accounts.external_accounts.create(
+            provider,
+            params={
+                "external_account": {
+                    "object": "bank_account",
+                    "country": "US",
+                    "currency": "usd",
+                    "account_number": "000111111116",
+                    "routing_number": "110000000",
+                }
+            },
+        )
+        canceled = as_provider.v1.payouts.create(params={"amount": 1_000, "currency": USD})
+        as_provider.v1.payouts.cancel(canceled.id)
+        paid = as_provider.v1.payouts.create(params={"amount": 1_500, "currency": USD})
+        failed = as_provider.v1.payouts.create(
+            params={"amount": 2_000, "currency": USD, "destination": missing.id}
+        )
+        return canceled, paid, failed
+
+    canceled, paid, failed = await asyncio.to_thread(make_payouts)
+    await stack.settle()
+    await stack.advance(4 * DAY)
+
+    def stripe_payout(payout_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = as_provider.v1.payouts.retrieve(payout_id).to_dict()
+        return found
+
+    stripe_statuses = {
+        found["id"]: found["status"]
+        for found in [stripe_payout(p.id) for p in (canceled, paid, failed)]
+    }
+    assert stripe_statuses == {canceled.id: "canceled", paid.id: "paid", failed.id: "failed"}
+
+    pool = stack.services.db.pool
+
+    async def recorded() -> dict[str, str]:
+        return {p.stripe_payout_id: p.status for p in await account_payouts(pool, provider)}
+
+    async def keys() -> set[str]:
+        return {
+            str(row["idempotency_key"])
+            for row in await pool.fetch(
+                "SELECT idempotency_key FROM marketplace_ledger_transactions "
+                "WHERE kind LIKE 'payout%'"
+            )
+        }
+
+    expected_keys = {
+        f"payout:{canceled.id}",
+        f"payout_cancel:{canceled.id}",
+        f"payout:{paid.id}",
+        f"payout:{failed.id}",
+        f"payout_failure:{failed.id}",
+    }
+
+    async def assert_as_stripe() -> None:
+        assert await recorded() == stripe_statuses
+        assert await keys() == expected_keys
+        ledger = await stack.ledger.balances(provider)
+        assert ledger.get(USD, 0) == await stack.stripe_balance(provider, USD)
+        assert ledger.get(USD, 0) == 6_000 - 1_500
+        assert (await stack.ledger.balances(bank_of(provider)))[USD] == 1_500
+        await stack.assert_ledger_balanced()
+
+    await assert_as_stripe()
+    assert await reexported(pool, provider) == await account_payouts(pool, provider)
+    failure = await payout(pool, failed.id)
+    assert failure is not None
+    assert failure.failure_code == "no_account"
+
+    # Stale deliveries, late: the failed payout "paid", the canceled one "failed".
+    late_paid = {**stripe_payout(failed.id), "status": "paid", "failure_code": None}
+    await stack.send_event("payout.paid", late_paid, account=provider)
+    late_failed = {
+        **stripe_payout(canceled.id),
+        "status": "failed",
+        "failure_code": "no_account",
+    }
+    await stack.send_event("payout.failed", late_failed, account=provider)
+    await assert_as_stripe()
+
+    # A record lost (its events never handled): Stripe's list brings it back, once.
+    await pool.execute("DELETE FROM marketplace_payouts WHERE stripe_payout_id = $1", paid.id)
+    assert paid.id not in await recorded()
+    async with pool.acquire() as conn, conn.transaction():
+        applied = await refresh_payouts(
+            conn, stack.services.gateway, stack.services.ledger, provider
+        )
+    assert {a.record.stripe_payout_id: a.record.status for a in applied} == stripe_statuses
+    assert not any(a.returned for a in applied)
+    await assert_as_stripe()
