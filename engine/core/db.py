@@ -206,8 +206,36 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        "0005_held_shares",
+        (
+            # A beneficiary's share of a charge held while its account cannot be paid
+            # (engine.payments.movements.hold_share); released once, or taken off.
+            """CREATE TABLE IF NOT EXISTS marketplace_held_shares (
+                id BIGSERIAL PRIMARY KEY,
+                idempotency_key TEXT NOT NULL UNIQUE,
+                plugin TEXT NOT NULL,
+                reference TEXT NOT NULL,
+                charge_id TEXT NOT NULL,
+                role TEXT NOT NULL,
+                destination TEXT NOT NULL,
+                amount BIGINT NOT NULL,
+                currency VARCHAR(3) NOT NULL,
+                transfer_group TEXT NOT NULL DEFAULT '',
+                reason TEXT NOT NULL DEFAULT '',
+                attempts INTEGER NOT NULL DEFAULT 0,
+                status TEXT NOT NULL DEFAULT 'held',
+                stripe_transfer_id TEXT,
+                held_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                released_at TIMESTAMPTZ,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX IF NOT EXISTS marketplace_held_shares_waiting "
+            "ON marketplace_held_shares (destination) WHERE status = 'held'",
+        ),
+    ),
+    (
         # Batched drains (``Mailbox.drain_many``): many mailboxes leased in one round
-        # trip, each with its own fencing token. Step 0005 is another change's.
+        # trip, each with its own fencing token.
         "0006_mailbox_lease_many",
         (_MAILBOX_LEASE_MANY_FUNCTION,),
     ),

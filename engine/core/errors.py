@@ -33,6 +33,7 @@ __all__ = [
     "PaymentActionRequired",
     "PluginError",
     "RateLimited",
+    "RecordConflict",
     "UnknownCurrency",
 ]
 
@@ -216,6 +217,18 @@ class InsufficientBalance(GatewayError):
     status = 409
     title = "Insufficient balance"
     final = False  # the balance grows as funds become available
+
+
+class RecordConflict(MarketplaceError):
+    """A Stripe object recorded again with other facts (a transfer's amount or destination).
+
+    The same facts again are a retry and change nothing; other facts mean two
+    code paths disagree about one movement: refused, never silently overwritten.
+    """
+
+    code = "record_conflict"
+    status = 500
+    title = "Record conflict"
 
 
 class LedgerImbalance(MarketplaceError):

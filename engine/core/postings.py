@@ -21,6 +21,8 @@ destination charge)            entries; ``platform`` -T, dest   ``transfer`` -T,
 ``transfer:<tr>``              ``platform`` -T, dest +T         ``transfer`` -T (platform),
                                                                 ``payment`` +T (destination)
 ``refund:<re>``                account -A, ``customers`` +A     ``refund`` -A
+``refund_failure:<re>``        ``customers`` -A, account +A     ``refund_failure`` +A (the
+                                                                refund failed: money back)
 ``reversal:<trr>``             destination -R, ``platform`` +R  ``transfer_refund`` +R
                                                                 (platform), ``payment_refund``
                                                                 -R (destination)
@@ -76,6 +78,7 @@ __all__ = [
     "fee_refund_posting",
     "payout_posting",
     "payout_return_posting",
+    "refund_failure_posting",
     "refund_posting",
     "reversal_posting",
     "stripe_fees_of",
@@ -375,6 +378,34 @@ def refund_posting(
         stripe_object_id=refund_id,
         plugin=plugin,
         description="refund to the customer",
+    )
+
+
+def refund_failure_posting(
+    account: str,
+    refund_id: str,
+    amount: Money,
+    *,
+    occurred_at: datetime,
+    reference: str = "",
+    plugin: str = "",
+) -> Posting:
+    """A refund that failed after it left ``account``'s balance: Stripe returns ``amount``.
+
+    ``occurred_at`` is Stripe's time of the return (the ``refund_failure`` balance
+    transaction's ``created``); ``refund:<re>`` stays, this undoes it.
+    """
+    return Posting.transfer(
+        f"refund_failure:{refund_id}",
+        "refund_failure",
+        CUSTOMERS,
+        account,
+        amount,
+        occurred_at=occurred_at,
+        reference=reference,
+        stripe_object_id=refund_id,
+        plugin=plugin,
+        description="refund failed: returned to the balance",
     )
 
 

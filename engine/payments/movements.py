@@ -27,6 +27,10 @@ call                      Stripe                       ledger
 ``record_charge``         (an intent the customer      ``charge:<ch>`` once captured
                           authenticated)
 ``capture``               ``.../capture``              ``charge:<ch>``
+``confirm``               ``.../confirm`` (on-session  ``charge:<ch>`` once captured
+                          again)
+``pay_invoice``           ``POST /v1/invoices/{id}/    (the ``invoice.paid``
+                          pay``                        handler's)
 ``release``               ``.../cancel``               nothing moved
 ``refund``                ``POST /v1/refunds``, then   ``refund:<re>``,
                           ``reverse`` per paid share   ``reversal:<trr>`` each
@@ -38,12 +42,20 @@ call                      Stripe                       ledger
 ``post_platform_charge``  (a charge captured)          ``charge:<ch>``
 ``transfer``              ``POST /v1/transfers``       ``transfer:<tr>``
 ``reverse``               ``.../reversals``            ``reversal:<trr>``
+``hold_share``            (nothing: the share waits    nothing moved
+                          on the platform's balance)
+``release_share``         ``POST /v1/transfers`` once  ``transfer:<tr>``
+``take_off_hold``,        (nothing)                    nothing moved
+``cancel_share``
 ========================  ===========================  ==============================
 
 A refund's reversals are the stored split's proportional part
 (``refund_share``: what each leg still holds, divided by ``allocate()``), so
 any sequence of partial refunds never takes a leg below zero and refunding the
-rest returns exactly what is left of each leg.
+rest returns exactly what is left of each leg. A share that cannot be paid yet
+is held (``hold_share``, table ``marketplace_held_shares``, key
+``<reference>:share:<charge>:<role>``); a refund of its charge takes the
+share's part off the hold, and ``release_share`` transfers what is left, once.
 """
 
 from __future__ import annotations
@@ -56,7 +68,13 @@ from typing import Any
 import asyncpg
 
 from engine.core.authentication import customer_action
-from engine.core.errors import InsufficientBalance, InvalidAmount, PaymentActionRequired
+from engine.core.errors import (
+    InsufficientBalance,
+    InvalidAmount,
+    MarketplaceError,
+    NotFound,
+    PaymentActionRequired,
+)
 from engine.core.ledger import PLATFORM, Ledger, Posting, stripe_time
 from engine.core.money import Money
 from engine.core.orders import SplitLeg, SplitPlan
@@ -82,13 +100,19 @@ from engine.payments.records import (
 
 __all__ = [
     "Charged",
+    "HeldShare",
     "MoneyScope",
     "PaidShare",
     "Refunded",
     "Reversed",
     "Transferred",
+    "cancel_share",
     "capture",
     "charge",
+    "confirm",
+    "held_shares",
+    "hold_share",
+    "pay_invoice",
     "post_destination_charge",
     "post_platform_charge",
     "record_charge",
@@ -97,9 +121,11 @@ __all__ = [
     "refund_destination_charge",
     "refund_share",
     "release",
+    "release_share",
     "reverse",
     "split_minus",
     "split_plus",
+    "take_off_hold",
     "transfer",
 ]
 
@@ -425,6 +451,80 @@ async def _sync_and_post(scope: MoneyScope, charged: Charged) -> None:
         )
 
 
+async def confirm(
+    scope: MoneyScope,
+    priced: PricedOrder,
+    payment_intent_id: str,
+    *,
+    payment_method: str,
+    operation: Sequence[object],
+    account_id: str | None,
+    customer: str | None = None,
+    kind: str = "charge",
+) -> Charged:
+    """Confirm an existing PaymentIntent of ``priced`` again; record it, post it if captured.
+
+    For an off-session charge Stripe refused with ``authentication_required``:
+    confirmed again on-session (without ``off_session``), the intent waits in
+    ``requires_action`` with the ``next_action`` the customer completes
+    (``customer_action(charged.intent)``); a card that needs nothing more is
+    charged at once. The payment is recorded as ``record_charge`` records it
+    (``operation``: the charge's own, as given to ``charge``). Key:
+    ``<reference>:confirm:<pi>:<payment_method>``.
+
+    Raises:
+        CardDeclined: the card was declined (nothing recorded).
+    """
+    intent = await scope.gateway.call(
+        "payment_intents",
+        "confirm",
+        payment_intent_id,
+        params={"payment_method": payment_method, "expand": _EXPAND_CHARGE},
+        idempotency_key=scope.key("confirm", payment_intent_id, payment_method),
+    )
+    return await record_charge(
+        scope,
+        priced,
+        intent,
+        operation=operation,
+        account_id=account_id,
+        customer=customer,
+        kind=kind,
+    )
+
+
+async def pay_invoice(
+    scope: MoneyScope,
+    invoice_id: str,
+    *,
+    operation: Sequence[object],
+    payment_method: str | None = None,
+    off_session: bool = True,
+) -> dict[str, Any]:
+    """Pay an open Stripe Billing invoice now (``POST /v1/invoices/{id}/pay``); Stripe's invoice.
+
+    With ``payment_method`` the invoice is charged to that card (a new card
+    retrying an invoice in dunning). Billing made the charge, so, as for every
+    invoice it charges on its own, the plugin's ``invoice.paid`` handler
+    records and posts it with its priced split (``post_destination_charge``).
+    Key: ``<reference>:pay_invoice:<in>:<operation...>``.
+
+    Raises:
+        CardDeclined: the card was declined; the invoice stays open.
+    """
+    params: dict[str, Any] = {
+        **({"payment_method": payment_method} if payment_method else {}),
+        **({"off_session": True} if off_session else {}),
+    }
+    return await scope.gateway.call(
+        "invoices",
+        "pay",
+        invoice_id,
+        params=params,
+        idempotency_key=scope.key("pay_invoice", invoice_id, *operation),
+    )
+
+
 async def _retrieve(scope: MoneyScope, payment_intent_id: str) -> dict[str, Any]:
     return await scope.gateway.call(
         "payment_intents", "retrieve", payment_intent_id, params={"expand": _EXPAND_CHARGE}
@@ -633,7 +733,7 @@ def refund_share(split: SplitPlan, refunded: SplitPlan | None, amount: Money) ->
 
 @dataclass(frozen=True, slots=True)
 class Transferred:
-    """A transfer Stripe made, as recorded and posted."""
+    """A transfer Stripe made, as recorded and posted (``key``: the one it is recorded under)."""
 
     transfer_id: str
     destination: str
@@ -676,7 +776,13 @@ async def record_transfer_made(
     """Record and post a transfer Stripe made (one ``transfer`` created, or one found again).
 
     For a transfer whose request died after Stripe made it, found by the key
-    in its metadata: it is recorded under ``key`` and posted, once.
+    in its metadata, or announced by ``transfer.created``. It is recorded under
+    the key in its metadata (``idempotency_key``: the first attempt's, which
+    ``transfer`` puts there), else ``key``, at Stripe's time, and posted, once:
+    the API path and a webhook handler record the same row.
+
+    Raises:
+        RecordConflict: the transfer (or its key) is recorded with other facts.
     """
     amount = Money(int(made["amount"]), str(made["currency"]))
     destination = str(made["destination"])
@@ -684,7 +790,7 @@ async def record_transfer_made(
         transfer_id=str(made["id"]),
         destination=destination,
         amount=amount,
-        key=key,
+        key=str((made.get("metadata") or {}).get("idempotency_key") or key),
         created_at=_time(made),
         transfer=made,
     )
@@ -694,7 +800,8 @@ async def record_transfer_made(
         destination=destination,
         role=role,
         amount=amount,
-        idempotency_key=key,
+        idempotency_key=transferred.key,
+        created_at=transferred.created_at,
     )
     await scope.post(
         transfer_posting(
@@ -728,7 +835,8 @@ async def transfer(
     Key: ``<reference>:transfer:<operation...>``, also put in the transfer's
     metadata (``idempotency_key``, unless ``metadata`` names another: the first
     attempt's) so a re-run after Stripe forgot the key can find the transfer
-    again (``record_transfer_made``).
+    again (``record_transfer_made``); the transfer is recorded under that
+    metadata key, as the ``transfer.created`` handlers record it.
 
     Raises:
         AccountRestricted, InsufficientBalance, InvalidInput: Stripe refused it;
@@ -813,6 +921,8 @@ class Refunded:
         created_at: Stripe's time of the refund.
         reversals: one per paid share reversed (failed ones carry ``failure``).
         refund: Stripe's refund.
+        held_reduced: the held shares of the charge its split took its part off
+            (``take_off_hold``), as they are now.
     """
 
     refund_id: str
@@ -822,6 +932,7 @@ class Refunded:
     created_at: datetime
     reversals: tuple[Reversed, ...]
     refund: Mapping[str, Any]
+    held_reduced: tuple[HeldShare, ...] = ()
 
 
 async def refund(
@@ -844,8 +955,10 @@ async def refund(
     ``paid_shares`` is reversed by its leg's part (at most what is left of it;
     key ``<reference>:reversal:<role>:<ch>:<re>``). A reversal the destination
     cannot cover (``InsufficientBalance``: it paid the money out) is returned
-    with its ``failure`` and posts nothing; the platform carries it. Shares not
-    paid yet are the caller's to reduce. Key: ``<reference>:refund:<operation...>``.
+    with its ``failure`` and posts nothing; the platform carries it. A share of
+    the charge held (``hold_share``) loses its leg's part (``take_off_hold``; in
+    ``held_reduced``); shares not paid nor held yet are the caller's to reduce.
+    Key: ``<reference>:refund:<operation...>``.
 
     Args:
         charge_id: the ``ch_`` refunded.
@@ -895,6 +1008,14 @@ async def refund(
             plugin=scope.plugin,
         )
     )
+    held_reduced = []
+    for leg in share.legs:
+        if leg.amount.amount > 0:
+            reduced = await take_off_hold(
+                scope, charge_id=charge_id, role=leg.role, amount=leg.amount
+            )
+            if reduced is not None:
+                held_reduced.append(reduced)
     reversals = []
     for paid in paid_shares:
         try:
@@ -933,6 +1054,7 @@ async def refund(
         created_at=_time(made),
         reversals=tuple(reversals),
         refund=made,
+        held_reduced=tuple(held_reduced),
     )
 
 
@@ -1007,3 +1129,234 @@ async def refund_destination_charge(
     ):
         await scope.post(posting)
     return facts, made
+
+
+# ---------------------------------------------------------------- held shares
+
+
+@dataclass(frozen=True, slots=True)
+class HeldShare:
+    """A beneficiary's share of a charge, held while its account cannot be paid.
+
+    Attributes:
+        key: ``<reference>:share:<charge>:<role>``: one hold per share.
+        plugin: the business model that held it.
+        reference: the business object (``"booking:42"``).
+        charge_id: the ``ch_`` the share is of (the release's ``source_transaction``).
+        role: the beneficiary's role in the split.
+        destination: the connected account to pay.
+        amount: what is still to transfer (refunds take their part off).
+        reason: why it is held (the last refusal).
+        attempts: releases Stripe refused so far.
+        status: ``held``, ``released`` (transferred once) or ``cancelled`` (nothing left
+            to pay: refunded, or a lost dispute).
+        transfer_id: the release's ``tr_`` (None until released).
+        transfer_group: the release's transfer group ("" for none).
+    """
+
+    key: str
+    plugin: str
+    reference: str
+    charge_id: str
+    role: str
+    destination: str
+    amount: Money
+    reason: str
+    attempts: int
+    status: str
+    transfer_id: str | None
+    transfer_group: str
+
+
+def _held(row: Mapping[str, Any]) -> HeldShare:
+    return HeldShare(
+        key=str(row["idempotency_key"]),
+        plugin=str(row["plugin"]),
+        reference=str(row["reference"]),
+        charge_id=str(row["charge_id"]),
+        role=str(row["role"]),
+        destination=str(row["destination"]),
+        amount=Money(int(row["amount"]), str(row["currency"])),
+        reason=str(row["reason"]),
+        attempts=int(row["attempts"]),
+        status=str(row["status"]),
+        transfer_id=row["stripe_transfer_id"],
+        transfer_group=str(row["transfer_group"]),
+    )
+
+
+def _share_key(scope: MoneyScope, charge_id: str, role: str) -> str:
+    return scope.key("share", charge_id, role)
+
+
+async def hold_share(
+    scope: MoneyScope,
+    *,
+    charge_id: str,
+    role: str,
+    destination: str,
+    amount: Money,
+    reason: str,
+    transfer_group: str | None = None,
+) -> HeldShare:
+    """Hold ``role``'s share of ``charge_id`` (``amount`` for ``destination``), once.
+
+    Nothing moves: the money stays on the platform's balance until
+    ``release_share`` transfers it. Holding the same share again keeps the
+    amount and the count of attempts and records the newer ``reason``; a share
+    already released or cancelled stays so. Key: ``<reference>:share:<charge>:<role>``.
+    """
+    if amount.amount <= 0:
+        raise InvalidAmount(f"cannot hold {amount}")
+    row = await scope.conn.fetchrow(
+        """
+        INSERT INTO marketplace_held_shares AS h
+            (idempotency_key, plugin, reference, charge_id, role, destination, amount,
+             currency, transfer_group, reason)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ON CONFLICT (idempotency_key) DO UPDATE
+        SET reason = CASE WHEN h.status = 'held' THEN EXCLUDED.reason ELSE h.reason END,
+            updated_at = now()
+        RETURNING *
+        """,
+        _share_key(scope, charge_id, role),
+        scope.plugin,
+        scope.reference,
+        charge_id,
+        role,
+        destination,
+        amount.amount,
+        amount.currency,
+        transfer_group or "",
+        reason[:1000],
+    )
+    return _held(row)
+
+
+async def held_shares(
+    db: asyncpg.Connection | asyncpg.Pool,
+    *,
+    destination: str | None = None,
+    plugin: str | None = None,
+    reference: str | None = None,
+    status: str | None = "held",
+) -> list[HeldShare]:
+    """Shares held (or in ``status``; None: any), oldest first, narrowed by whichever of
+    ``destination``, ``plugin`` and ``reference`` are given."""
+    rows = await db.fetch(
+        """
+        SELECT * FROM marketplace_held_shares
+        WHERE ($1::text IS NULL OR destination = $1) AND ($2::text IS NULL OR plugin = $2)
+          AND ($3::text IS NULL OR reference = $3) AND ($4::text IS NULL OR status = $4)
+        ORDER BY id
+        """,
+        destination,
+        plugin,
+        reference,
+        status,
+    )
+    return [_held(row) for row in rows]
+
+
+async def release_share(
+    scope: MoneyScope,
+    *,
+    charge_id: str,
+    role: str,
+    from_balance: bool = False,
+    attempt: int | None = None,
+    description: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> Transferred | None:
+    """Transfer a held share to its account, once; None when it is not held (any more).
+
+    The hold's row is locked for the transaction, so two releases racing make
+    one transfer. The transfer is tied to the share's charge
+    (``source_transaction``), or, with ``from_balance``, made from the
+    platform's balance (when Stripe says the charge can no longer cover it:
+    ``InvalidInput`` with ``stripe_code="amount_too_large"``). Key
+    ``<reference>:transfer:share:<charge>:<role>[:attempt:<n>][:from_balance]``,
+    ``attempt`` defaulting to the refusals so far (a refused attempt's key is
+    never reused for the next).
+
+    Raises:
+        NotFound: no such share was held.
+        AccountRestricted, InsufficientBalance, InvalidInput: Stripe refused; the
+            share stays held, its attempts and reason updated.
+    """
+    row = await scope.conn.fetchrow(
+        "SELECT * FROM marketplace_held_shares WHERE idempotency_key = $1 FOR UPDATE",
+        _share_key(scope, charge_id, role),
+    )
+    if row is None:
+        raise NotFound(f"no share of {role} of {charge_id} is held for {scope.reference}")
+    share = _held(row)
+    if share.status != "held" or share.amount.amount <= 0:
+        return None
+    tries = share.attempts if attempt is None else attempt
+    operation: tuple[object, ...] = ("share", charge_id, role)
+    if tries:
+        operation += ("attempt", tries)
+    if from_balance:
+        operation += ("from_balance",)
+    try:
+        made = await transfer(
+            scope,
+            destination=share.destination,
+            amount=share.amount,
+            source_transaction=None if from_balance else charge_id,
+            role=role,
+            operation=operation,
+            transfer_group=share.transfer_group or None,
+            description=description,
+            metadata=metadata,
+        )
+    except MarketplaceError as refused:
+        await scope.conn.execute(
+            "UPDATE marketplace_held_shares SET attempts = attempts + 1, reason = $2, "
+            "updated_at = now() WHERE idempotency_key = $1",
+            share.key,
+            refused.detail[:1000],
+        )
+        raise
+    await scope.conn.execute(
+        "UPDATE marketplace_held_shares SET status = 'released', stripe_transfer_id = $2, "
+        "released_at = now(), updated_at = now() WHERE idempotency_key = $1",
+        share.key,
+        made.transfer_id,
+    )
+    return made
+
+
+async def take_off_hold(
+    scope: MoneyScope, *, charge_id: str, role: str, amount: Money
+) -> HeldShare | None:
+    """Take ``amount`` (at most what is held) off a held share: less to transfer later.
+
+    A share left at zero is ``cancelled``. Returns the share as it is now, or
+    None when no share of ``role`` of ``charge_id`` is held.
+    """
+    row = await scope.conn.fetchrow(
+        """
+        UPDATE marketplace_held_shares
+        SET amount = GREATEST(amount - $2::bigint, 0),
+            status = CASE WHEN amount - $2::bigint <= 0 THEN 'cancelled' ELSE status END,
+            updated_at = now()
+        WHERE idempotency_key = $1 AND status = 'held'
+        RETURNING *
+        """,
+        _share_key(scope, charge_id, role),
+        amount.amount,
+    )
+    return None if row is None else _held(row)
+
+
+async def cancel_share(scope: MoneyScope, *, charge_id: str, role: str) -> HeldShare | None:
+    """Cancel a held share (nothing will be transferred: a lost dispute); the share as
+    cancelled, or None when none is held."""
+    row = await scope.conn.fetchrow(
+        "UPDATE marketplace_held_shares SET status = 'cancelled', updated_at = now() "
+        "WHERE idempotency_key = $1 AND status = 'held' RETURNING *",
+        _share_key(scope, charge_id, role),
+    )
+    return None if row is None else _held(row)

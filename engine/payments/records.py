@@ -46,7 +46,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from engine.core.errors import InvalidInput
+from engine.core.errors import InvalidInput, RecordConflict
 from engine.core.money import Money
 from engine.core.tables import Payment
 
@@ -255,18 +255,31 @@ async def link_payment_intent(
     """Attach Stripe's ``pi_...`` to the payment ``plugin`` recorded under ``reference``.
 
     For a payment recorded before its PaymentIntent existed (priced first,
-    charged next). An intent once attached stays. Returns whether such a
-    payment exists, so ``update_payment(conn, payment_intent_id, ...)`` finds it.
+    charged next). One payment gets the intent: the one that has it already (a
+    retry), else the newest of the reference's payments without one (the latest
+    pricing). An intent once attached stays. Returns whether the intent is now
+    attached, so ``update_payment(conn, payment_intent_id, ...)`` finds it.
     """
-    found = await conn.fetch(
-        "UPDATE marketplace_payments "
-        "SET stripe_payment_intent_id = COALESCE(stripe_payment_intent_id, $3) "
-        "WHERE reference = $1 AND plugin = $2 RETURNING id",
+    found = await conn.fetchval(
+        """
+        WITH chosen AS (
+            SELECT id FROM marketplace_payments
+            WHERE reference = $1 AND plugin = $2
+              AND (stripe_payment_intent_id = $3 OR stripe_payment_intent_id IS NULL)
+            ORDER BY stripe_payment_intent_id IS NULL, id DESC
+            LIMIT 1
+            FOR UPDATE
+        )
+        UPDATE marketplace_payments AS p
+        SET stripe_payment_intent_id = $3
+        FROM chosen WHERE p.id = chosen.id
+        RETURNING p.id
+        """,
         reference,
         plugin,
         payment_intent_id,
     )
-    return bool(found)
+    return found is not None
 
 
 async def record_transfer(
@@ -277,20 +290,27 @@ async def record_transfer(
     role: str,
     amount: Money,
     idempotency_key: str,
+    created_at: datetime,
 ) -> bool:
     """Record a transfer Stripe made (``paid``) to ``destination``; once per key.
 
-    ``idempotency_key`` is the one the transfer was created with; recording it
-    again (under that key, or the transfer under another) changes nothing. Returns
+    ``idempotency_key`` is the one the transfer was created with (the key in its
+    metadata); ``created_at`` is Stripe's time of the transfer (its ``created``).
+    Recording the same transfer again with the same facts changes nothing. Returns
     whether this call recorded it.
+
+    Raises:
+        RecordConflict: the transfer is recorded with another amount, currency or
+            destination, or another transfer is recorded under the key.
     """
-    status = await conn.execute(
+    inserted = await conn.fetchval(
         """
         INSERT INTO marketplace_transfers
             (stripe_transfer_id, destination, role, amount, currency, amount_reversed,
              status, idempotency_key, failure_reason, created_at)
-        VALUES ($1, $2, $3, $4, $5, 0, 'paid', $6, '', now())
+        VALUES ($1, $2, $3, $4, $5, 0, 'paid', $6, '', $7)
         ON CONFLICT DO NOTHING
+        RETURNING id
         """,
         transfer_id,
         destination,
@@ -298,8 +318,27 @@ async def record_transfer(
         amount.amount,
         amount.currency,
         idempotency_key,
+        created_at,
     )
-    return str(status).endswith(" 1")
+    if inserted is not None:
+        return True
+    rows = await conn.fetch(
+        "SELECT stripe_transfer_id, destination, amount, currency, idempotency_key "
+        "FROM marketplace_transfers WHERE stripe_transfer_id = $1 OR idempotency_key = $2",
+        transfer_id,
+        idempotency_key,
+    )
+    wanted = (transfer_id, destination, amount.amount, amount.currency, idempotency_key)
+    for row in rows:
+        found = tuple(row[name] for name in row.keys())  # noqa: SIM118 - a Record's columns
+        if found != wanted:
+            raise RecordConflict(
+                f"transfer {transfer_id} under {idempotency_key!r} is recorded as {found}, "
+                f"not {wanted}",
+                transfer=transfer_id,
+                key=idempotency_key,
+            )
+    return False
 
 
 @dataclass(frozen=True, slots=True)

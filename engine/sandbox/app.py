@@ -67,6 +67,7 @@ JOBS = {
     "txn_available": make_available,
     "auth_expiry": payments.expire_authorisation,
     "dispute_decision": payments.decide_dispute,
+    payments.REFUND_FAIL_JOB: payments.fail_refund,
     "payout_process": payouts.process_payout,
     "payout_paid": payouts.payout_paid,
     PAYOUT_RUN: payouts.run_schedules,

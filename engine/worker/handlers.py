@@ -31,6 +31,7 @@ from engine.core.postings import (
     dispute_lost_posting,
     dispute_txn_posting,
     fee_refund_posting,
+    refund_failure_posting,
     refund_posting,
     reversal_posting,
 )
@@ -218,21 +219,51 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
         return  # a canceled refund never left the balance
     await lock_charge_movements(ctx.conn, charge_id)
     reference, plugin = await _meaning(ctx, charge_id, _id(refund.get("payment_intent")))
+    amount = Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd"))
     await ctx.services.ledger.post(
         refund_posting(
             account,
             refund_id,
-            Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd")),
+            amount,
             occurred_at=stripe_time(refund.get("created")),
             reference=reference,
             plugin=plugin,
         ),
         conn=ctx.conn,
     )
+    returned = refund.get("failure_balance_transaction")
+    if refund.get("status") == "failed" and returned:
+        await ctx.services.ledger.post(
+            refund_failure_posting(
+                account,
+                refund_id,
+                amount,
+                occurred_at=await _balance_transaction_time(ctx, returned, account),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
+
+
+async def _balance_transaction_time(ctx: EventContext, txn: object, account: str) -> datetime:
+    """Stripe's time of a balance transaction (an expanded one, or read back by id)."""
+    if isinstance(txn, Mapping):
+        return stripe_time(txn.get("created"))
+    found = await ctx.services.gateway.call(
+        "balance_transactions",
+        "retrieve",
+        str(txn),
+        account=None if account == PLATFORM else account,
+    )
+    return stripe_time(found.get("created"))
 
 
 async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
-    """``refund.created``/``updated``: post the refund (the plugin's API path may have)."""
+    """``refund.created``/``updated``/``failed``, ``charge.refund.updated``: post the refund
+    (the plugin's API path may have), and, once it failed, its money coming back
+    (``refund_failure:<re>``, at the time of Stripe's ``refund_failure`` balance
+    transaction)."""
     await post_refund(ctx, stripe_object(event), str(event.get("account") or PLATFORM))
 
 
@@ -428,6 +459,7 @@ def core_registrations() -> list[WebhookRegistration]:
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),
+        ("refund.failed", on_refund),
         ("application_fee.refunded", on_fee_refunded),
         ("charge.dispute.created", on_dispute),
         ("charge.dispute.updated", on_dispute),

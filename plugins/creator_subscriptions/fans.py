@@ -24,8 +24,9 @@ import msgspec
 
 from engine.core.authentication import CustomerAction, customer_action
 from engine.core.errors import CardDeclined, Conflict, NotFound
+from engine.payments import movements
 from plugins.creator_subscriptions.config import PLUGIN
-from plugins.creator_subscriptions.env import Env, op_key
+from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.schemas import FanView, NewFan
 
 log = logging.getLogger(__name__)
@@ -224,9 +225,10 @@ async def card_reaches_subscriptions(
     Each of the fan's live subscriptions keeps its own ``default_payment_method``
     (set when it was created), which Stripe prefers over the customer's: it is
     switched to ``pm_id``. Then every open invoice of the fan's customer is paid
-    with the new card, so a subscription in dunning recovers now instead of at
-    Stripe's next retry. A retry the card declines again is left to dunning.
-    Returns the ids of the invoices paid.
+    with the new card (``movements.pay_invoice``, key
+    ``creator_subscriptions:fan:<id>:pay_invoice:<in>:retry_with:<pm>``), so a
+    subscription in dunning recovers now instead of at Stripe's next retry. A retry
+    the card declines again is left to dunning. Returns the ids of the invoices paid.
     """
     subscriptions = await conn.fetch(
         "SELECT stripe_subscription_id FROM creator_subscriptions_subscriptions "
@@ -253,12 +255,11 @@ async def card_reaches_subscriptions(
     paid: list[str] = []
     for invoice in invoices.get("data") or []:
         try:
-            answer = await env.gateway.call(
-                "invoices",
-                "pay",
+            answer = await movements.pay_invoice(
+                money_scope(env, conn, f"{PLUGIN}:fan:{fan['id']}"),
                 str(invoice["id"]),
-                params={"payment_method": pm_id, "off_session": True},
-                idempotency_key=op_key("invoice", invoice["id"], "retry_with", pm_id),
+                operation=("retry_with", pm_id),
+                payment_method=pm_id,
             )
         except CardDeclined as declined:
             log.info("invoice %s declined again with %s: %s", invoice["id"], pm_id, declined)

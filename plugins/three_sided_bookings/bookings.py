@@ -34,6 +34,7 @@ from engine.core.errors import (
     PaymentActionRequired,
 )
 from engine.core.money import Money, apply_rate
+from engine.payments import movements
 from engine.payments.payability import require_payable
 from engine.payments.pricing import MONTHLY_VOLUME, monthly_volume
 from engine.services import Services
@@ -649,15 +650,12 @@ class BookingService:
     async def retry_held(self) -> list[int]:
         """Retry every held share whose account can receive funds now (the timer runner's
         safety net for a release that failed when ``account.updated`` arrived)."""
-        accounts = await self._pool.fetch(
-            "SELECT DISTINCT account_id FROM three_sided_bookings_held_transfers "
-            "WHERE status = 'held'"
-        )
+        held = await movements.held_shares(self._pool, plugin=PLUGIN)
         paid: list[int] = []
-        for row in accounts:
+        for account_id in dict.fromkeys(share.destination for share in held):
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
-                    released, notices = await self.release_held(conn, row["account_id"])
+                    released, notices = await self.release_held(conn, account_id)
                 notices.send()
             paid += released
         return paid

@@ -20,8 +20,15 @@ key in ``metadata`` so a re-run after Stripe forgot the key (24 h) adopts the
 transfer it already made (``movements.record_transfer_made``).
 
 Transfer keys: ``booking:<id>:transfer:<role>`` (``:deposit`` / ``:balance``
-appended for the two charges of the deposit model; ``:attempt:<n>`` for the
-n-th retry of a transfer Stripe refused).
+appended for the two charges of the deposit model).
+
+A beneficiary that cannot be paid yet gets its share held by the engine
+(``movements.hold_share``, key ``booking:<id>:share:<charge>:<role>``): a refund
+of the charge takes the share's part off the hold (``movements.refund``), a lost
+dispute cancels it (``movements.cancel_share``), and ``release_held_transfers``
+releases it once the account can receive (``movements.release_share``: once,
+with ``source_transaction``, else from the platform's balance when the charge
+can no longer cover it). The booking's transfer row shows the share ``held``.
 
 Authentication (3D Secure): an on-session charge (or a card's set-up) the card
 wants authenticated raises ``PaymentActionRequired`` with the customer's action,
@@ -58,6 +65,7 @@ from engine.gateway import idempotency_key
 from engine.payments import movements
 from engine.payments.movements import split_minus, split_plus
 from engine.payments.pricing import PricedOrder
+from engine.payments.records import advance_status_sql
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
@@ -332,15 +340,7 @@ async def charge(
             raise
         if not pending:
             raise
-        intent = await _ask_customer(ctx, str(pending), payment_method)
-        charged = await movements.record_charge(
-            ctx.money,
-            priced,
-            intent,
-            operation=operation,
-            account_id=booking.provider_account,
-            customer=booking.stripe_customer_id,
-        )
+        charged = await _ask_customer(ctx, priced, str(pending), payment_method, operation)
     return await _record_charge(ctx, charged, kind, capture_method, amount)
 
 
@@ -359,21 +359,31 @@ async def _authenticated_intent(ctx: BookingContext, intent_id: str) -> dict[str
     return intent
 
 
-async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str) -> dict[str, Any]:
+async def _ask_customer(
+    ctx: BookingContext,
+    priced: PricedOrder,
+    intent_id: str,
+    payment_method: str,
+    operation: tuple[str, ...],
+) -> movements.Charged:
     """An off-session payment needs authentication: confirm it again for the customer.
 
-    Confirmed without ``off_session`` (Stripe's way to bring the customer back), the
-    intent waits in ``requires_action`` with a ``next_action`` the customer completes
-    later; the booking shows it as its ``customer_action``.
+    Confirmed by the engine without ``off_session`` (``movements.confirm``: Stripe's
+    way to bring the customer back), the intent waits in ``requires_action`` with a
+    ``next_action`` the customer completes later; the booking shows it as its
+    ``customer_action``.
     """
-    intent = await ctx.gateway.call(
-        "payment_intents",
-        "confirm",
+    booking = ctx.booking
+    charged = await movements.confirm(
+        ctx.money,
+        priced,
         intent_id,
-        params={"payment_method": payment_method},
-        idempotency_key=_booking_key(ctx.booking, "ask_customer", intent_id),
+        payment_method=payment_method,
+        operation=operation,
+        account_id=booking.provider_account,
+        customer=booking.stripe_customer_id,
     )
-    action = customer_action(intent)
+    action = customer_action(charged.intent)
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_bookings SET customer_action = $2::jsonb, "
         "action_transition = '', updated_at = now() WHERE id = $1",
@@ -387,7 +397,7 @@ async def _ask_customer(ctx: BookingContext, intent_id: str, payment_method: str
         payment_intent=intent_id,
         reason="authentication_required",
     )
-    return intent
+    return charged
 
 
 async def _record_charge(
@@ -476,13 +486,18 @@ async def release(ctx: BookingContext, charge: ChargeRecord) -> None:
     ctx.add("released", charge.payment_intent_id)
 
 
+_ADVANCE_CHARGE_STATUS: Final = (
+    "UPDATE three_sided_bookings_charges "  # noqa: S608 - the engine's constant status order
+    f"SET status = {advance_status_sql('status', '$2::text')}, updated_at = now() "
+    "WHERE id = $1"
+)
+
+
 async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: str) -> None:
-    """The booking's row follows Stripe's status (the engine recorded the payment's)."""
-    await ctx.conn.execute(
-        "UPDATE three_sided_bookings_charges SET status = $2, updated_at = now() WHERE id = $1",
-        charge.id,
-        status,
-    )
+    """The booking's row follows Stripe's status, forward only (``PAYMENT_STATUS_ORDER``,
+    as the engine's payment record): a status read before a release or capture
+    committed never takes it back."""
+    await ctx.conn.execute(_ADVANCE_CHARGE_STATUS, charge.id, status)
 
 
 # ---------------------------------------------------------------- collecting to a target
@@ -543,8 +558,9 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
     The engine's ``movements.refund`` refunds, splits the refund by the charge's
     stored split (``refund_share``: ``allocate()`` over what each leg still
     holds), reverses each paid share's part and posts it all. A share still held
-    (not transferred) is reduced here instead; one not settled yet is left to
-    settlement, which transfers what is left of its leg.
+    (not transferred) loses its part of the engine's hold instead (``held_reduced``;
+    the booking's row follows); one not settled yet is left to settlement, which
+    transfers what is left of its leg.
     """
     booking = ctx.booking
     plan, charge_id = _captured(charge)
@@ -601,11 +617,10 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
     )
     for reversed_ in refunded.reversals:
         await _record_reversal(ctx, transfers[reversed_.role], reversed_, refunded.refund_id)
-    for role in BENEFICIARIES:
-        held = transfers.get(role)
-        part = share.leg(role).amount.amount
-        if held is not None and held.status == "held" and part:
-            await _reduce_held(ctx, held, part)
+    for held in refunded.held_reduced:
+        transfer = transfers.get(held.role)
+        if transfer is not None and transfer.status == "held":
+            await _reduce_held(ctx, transfer, held, share.leg(held.role).amount.amount)
 
 
 async def _refund_request(ctx: BookingContext) -> tuple[str, object]:
@@ -643,23 +658,20 @@ def _paid_share(booking: BookingRecord, transfer: TransferRecord) -> movements.P
     )
 
 
-async def _reduce_held(ctx: BookingContext, transfer: TransferRecord, amount: int) -> None:
-    """A refund takes ``amount`` off a share still held: less to transfer later."""
-    left = transfer.amount - amount
+async def _reduce_held(
+    ctx: BookingContext, transfer: TransferRecord, held: movements.HeldShare, amount: int
+) -> None:
+    """A refund took ``amount`` off the engine's hold of a share: the booking's row follows
+    (less to transfer later; cancelled at zero)."""
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_transfers SET amount = $2::bigint, "
-        "status = CASE WHEN $2::bigint = 0 THEN 'cancelled' ELSE status END, "
+        "status = CASE WHEN $3 = 'cancelled' THEN 'cancelled' ELSE status END, "
         "updated_at = now() "
         "WHERE id = $1",
         transfer.id,
-        left,
+        held.amount.amount,
+        held.status,
     )
-    if left == 0:
-        await ctx.conn.execute(
-            "UPDATE three_sided_bookings_held_transfers SET status = 'cancelled' "
-            "WHERE transfer = $1",
-            transfer.id,
-        )
     ctx.add("held_reduced", {"role": transfer.role, "amount": amount})
 
 
@@ -736,19 +748,22 @@ async def reverse(ctx: BookingContext, transfer: TransferRecord, amount: int, ca
 
 
 async def reverse_all_shares(ctx: BookingContext, cause: str) -> None:
-    """Pull every beneficiary's remaining share back (a lost dispute); cancel held shares."""
+    """Pull every beneficiary's remaining share back (a lost dispute); cancel held shares
+    (``movements.cancel_share``)."""
     for transfer in await load_transfers(ctx.conn, ctx.booking.id):
         if transfer.status == "paid":
             await reverse(ctx, transfer, transfer.amount - transfer.amount_reversed, cause)
         elif transfer.status == "held":
+            source_charge = await ctx.conn.fetchval(
+                "SELECT stripe_charge_id FROM three_sided_bookings_charges WHERE id = $1",
+                transfer.charge_id,
+            )
+            await movements.cancel_share(
+                ctx.money, charge_id=str(source_charge or ""), role=transfer.role
+            )
             await ctx.conn.execute(
                 "UPDATE three_sided_bookings_transfers SET status = 'cancelled', "
                 "updated_at = now() WHERE id = $1",
-                transfer.id,
-            )
-            await ctx.conn.execute(
-                "UPDATE three_sided_bookings_held_transfers SET status = 'cancelled' "
-                "WHERE transfer = $1",
                 transfer.id,
             )
             ctx.add("held_cancelled", {"role": transfer.role, "amount": transfer.amount})
@@ -858,56 +873,69 @@ async def _settle_share(
         return
     able, why = await account_can_receive(ctx.conn, account)
     if not able:
-        await _hold(ctx, transfer, why, attempts=0)
+        await _hold(ctx, transfer, charge_record, why)
         return
-    await attempt_transfer(ctx, transfer, charge_record, attempts=0)
+    await attempt_transfer(ctx, transfer, charge_record)
 
 
 async def attempt_transfer(
-    ctx: BookingContext, transfer: TransferRecord, charge_record: ChargeRecord, *, attempts: int
+    ctx: BookingContext, transfer: TransferRecord, charge_record: ChargeRecord
 ) -> bool:
-    """Create the Stripe transfer for a pending or held share; hold it if Stripe refuses.
+    """Transfer a pending share, or release a held one; hold it if Stripe refuses.
 
     Normally the transfer is tied to its charge (``source_transaction``). When
     Stripe says the charge can no longer cover it (a refund came in while the
     share was held), it is made from the platform's balance instead, in the
-    same transfer group; if that balance is short, the share stays held.
+    same transfer group; if that balance is short, the share stays held. A held
+    share is released by the engine (``movements.release_share``: once, under
+    its hold's row lock). Returns whether it was paid now.
     """
     booking = ctx.booking
-    operation = _transfer_operation(charge_record, transfer.role)
-    if attempts:
-        operation += ("attempt", str(attempts))
+    metadata = {
+        "booking_id": str(booking.id),
+        "role": transfer.role,
+        # The first attempt's key: a re-run finds the transfer by it.
+        "idempotency_key": transfer.idempotency_key,
+    }
+    description = f"{transfer.role} share of booking {booking.id}"
 
-    async def make(source: str | None, operation: tuple[str, ...]) -> movements.Transferred:
+    async def make(*, from_balance: bool) -> movements.Transferred | None:
+        if transfer.status == "held":
+            return await movements.release_share(
+                ctx.money,
+                charge_id=str(charge_record.charge_id),
+                role=transfer.role,
+                from_balance=from_balance,
+                description=description,
+                metadata=metadata,
+            )
+        operation = _transfer_operation(charge_record, transfer.role)
         return await movements.transfer(
             ctx.money,
             destination=transfer.account_id,
             amount=_money(booking, transfer.amount),
-            source_transaction=source,
+            source_transaction=None if from_balance else charge_record.charge_id,
             role=transfer.role,
-            operation=operation,
+            operation=(*operation, "unsourced") if from_balance else operation,
             transfer_group=booking.transfer_group,
-            description=f"{transfer.role} share of booking {booking.id}",
-            metadata={
-                "booking_id": str(booking.id),
-                "role": transfer.role,
-                # The first attempt's key: a re-run finds the transfer by it.
-                "idempotency_key": transfer.idempotency_key,
-            },
+            description=description,
+            metadata=metadata,
         )
 
     try:
         try:
-            made = await make(charge_record.charge_id, operation)
+            made = await make(from_balance=False)
         except InvalidInput as error:
             if error.extra.get("stripe_code") != "amount_too_large":
                 raise
-            made = await make(None, (*operation, "unsourced"))
+            made = await make(from_balance=True)
     except MarketplaceError as error:
         if not _cannot_receive(error):
             raise
-        await _hold(ctx, transfer, error.detail, attempts=attempts + 1)
+        await _hold(ctx, transfer, charge_record, error.detail)
         return False
+    if made is None:
+        return False  # released already, or nothing left to release
     await _record_paid(ctx, transfer, made)
     return True
 
@@ -927,11 +955,6 @@ async def _record_paid(
         made.transfer_id,
         amount,
     )
-    await ctx.conn.execute(
-        "UPDATE three_sided_bookings_held_transfers SET status = 'released', released_at = now() "
-        "WHERE transfer = $1 AND status = 'held'",
-        transfer.id,
-    )
     ctx.add("transfers", {"transfer": made.transfer_id, "role": transfer.role, "amount": amount})
     ctx.notify.lifecycle(
         "transfer.paid",
@@ -944,24 +967,24 @@ async def _record_paid(
     )
 
 
-async def _hold(ctx: BookingContext, transfer: TransferRecord, why: str, *, attempts: int) -> None:
+async def _hold(
+    ctx: BookingContext, transfer: TransferRecord, charge_record: ChargeRecord, why: str
+) -> None:
+    """Hold the share with the engine (``movements.hold_share``); the booking's row shows
+    it ``held``; the plugins hear of it (``on_payout_failure``)."""
+    await movements.hold_share(
+        ctx.money,
+        charge_id=str(charge_record.charge_id),
+        role=transfer.role,
+        destination=transfer.account_id,
+        amount=_money(ctx.booking, transfer.amount),
+        reason=why,
+        transfer_group=ctx.booking.transfer_group,
+    )
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_transfers SET status = 'held', updated_at = now() "
         "WHERE id = $1",
         transfer.id,
-    )
-    await ctx.conn.execute(
-        """
-        INSERT INTO three_sided_bookings_held_transfers
-            (transfer, account_id, reason, attempts, status, held_at, released_at)
-        VALUES ($1, $2, $3, $4, 'held', now(), NULL)
-        ON CONFLICT (transfer) DO UPDATE
-        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, status = 'held'
-        """,
-        transfer.id,
-        transfer.account_id,
-        why[:1000],
-        attempts,
     )
     ctx.add("held", {"role": transfer.role, "amount": transfer.amount, "reason": why})
     ctx.notify.payout_failure(
@@ -984,13 +1007,17 @@ ContextFactory = Callable[[Connection, BookingRecord], BookingContext]
 async def release_held_transfers(
     ctx_factory: ContextFactory, conn: Connection, account_id: str, notices: Notices
 ) -> list[int]:
-    """Retry every share held for ``account_id`` (it can receive funds again).
+    """Release every share the engine holds for ``account_id`` (it can receive funds again).
+
+    Each booking is locked first (as every transition does), then its share is
+    released by the engine (``movements.release_share``, once under the hold's
+    row lock), so two runners racing pay it once.
 
     Args:
-        ctx_factory: ``(conn, booking) -> BookingContext`` for the retries.
+        ctx_factory: ``(conn, booking) -> BookingContext`` for the releases.
         conn: a connection inside the caller's transaction.
         account_id: the connected account that recovered.
-        notices: where the retries' notifications go.
+        notices: where the releases' notifications go.
 
     Returns:
         The ids of the transfers paid now; those Stripe still refuses stay held.
@@ -998,30 +1025,33 @@ async def release_held_transfers(
     able, _ = await account_can_receive(conn, account_id)
     if not able:
         return []
-    rows = await conn.fetch(
-        """
-        SELECT h.attempts, t.* FROM three_sided_bookings_held_transfers h
-        JOIN three_sided_bookings_transfers t ON t.id = h.transfer
-        WHERE h.account_id = $1 AND h.status = 'held' AND t.status = 'held'
-        ORDER BY h.id
-        FOR UPDATE OF h SKIP LOCKED
-        """,
-        account_id,
-    )
     paid: list[int] = []
-    for row in rows:
-        transfer = TransferRecord.from_row(row)
-        booking = await load_booking(conn, transfer.booking_id)
+    for share in await movements.held_shares(conn, destination=account_id, plugin=PLUGIN):
+        found = await conn.fetchrow(
+            "SELECT t.booking AS held_booking, c.* FROM three_sided_bookings_transfers t "
+            "JOIN three_sided_bookings_charges c ON c.id = t.charge "
+            "WHERE c.stripe_charge_id = $1 AND t.role = $2",
+            share.charge_id,
+            share.role,
+        )
+        if found is None:
+            continue  # not a share of one of our bookings
+        booking = await load_booking(conn, int(found["held_booking"]))
         await conn.fetchrow(
             "SELECT id FROM three_sided_bookings_bookings WHERE id = $1 FOR UPDATE", booking.id
         )
-        ctx = ctx_factory(conn, booking)
-        charge_row = await conn.fetchrow(
-            "SELECT * FROM three_sided_bookings_charges WHERE id = $1", transfer.charge_id
+        charge_record = ChargeRecord.from_row(found)
+        row = await conn.fetchrow(
+            "SELECT * FROM three_sided_bookings_transfers "
+            "WHERE charge = $1 AND role = $2 AND status = 'held'",
+            charge_record.id,
+            share.role,
         )
-        if await attempt_transfer(
-            ctx, transfer, ChargeRecord.from_row(charge_row), attempts=int(row["attempts"])
-        ):
+        if row is None:
+            continue  # released or cancelled meanwhile
+        transfer = TransferRecord.from_row(row)
+        ctx = ctx_factory(conn, booking)
+        if await attempt_transfer(ctx, transfer, charge_record):
             paid.append(transfer.id)
         notices.extend(ctx.notify)
     return paid

@@ -241,7 +241,8 @@ class BookingTransfer(Table, tablename="three_sided_bookings_transfers"):
 
 
 class HeldTransfer(Table, tablename="three_sided_bookings_held_transfers"):
-    """A share held because the account could not receive it; retried when it can."""
+    """No longer written: held shares are the engine's (``movements.hold_share``,
+    ``marketplace_held_shares``). Kept so databases made before keep their rows."""
 
     id = BigSerial(primary_key=True)
     transfer = ForeignKey(references=BookingTransfer, unique=True)

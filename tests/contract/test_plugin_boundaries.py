@@ -19,7 +19,11 @@ posting whichever path posts it. A plugin that constructs a ``Posting``
 ``*_postings`` function fails the test with its file and line. So does one that
 moves money around the engine's calls: posting to the ledger itself
 (``ledger.post(...)``), or asking the gateway for a refund, a transfer, a
-reversal, a capture or a release (``engine.payments.movements`` does those).
+reversal, a capture, a release, a PaymentIntent's confirmation or an invoice's
+payment (``engine.payments.movements`` does those: ``refund``, ``transfer``,
+``reverse``, ``capture``, ``release``, ``confirm``, ``pay_invoice``), or asking
+a Stripe client for one of them (``client.v1.invoices.pay(...)``), or importing
+the Stripe SDK at all (only the engine's gateway talks to Stripe).
 """
 
 from __future__ import annotations
@@ -258,14 +262,52 @@ _MONEY_WRITES = frozenset(
         ("transfers.reversals", "create"),
         ("payment_intents", "capture"),
         ("payment_intents", "cancel"),
+        ("payment_intents", "confirm"),
+        ("invoices", "pay"),
     }
 )
+
+
+def _dotted(node: ast.expr) -> str:
+    """``a.b.c`` of an attribute chain ("" when it is not one)."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def _client_money_write(node: ast.Call) -> str | None:
+    """``v1.<resource>.<method>`` when ``node`` asks a Stripe client to move money."""
+    parts = _dotted(node.func).split(".")
+    if "v1" not in parts[:-1]:
+        return None
+    after = parts[len(parts) - parts[::-1].index("v1") :]
+    resource, method = ".".join(after[:-1]), after[-1]
+    return f"v1.{resource}.{method}" if (resource, method) in _MONEY_WRITES else None
 
 
 def money_moved_around_the_engine(source: str) -> Iterator[tuple[int, str]]:
     """``(line, what)`` for each ledger post or money-moving gateway call in ``source``."""
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
+            for module in modules:
+                if module == "stripe" or module.startswith("stripe."):
+                    yield node.lineno, f"import {module}"
+            continue
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        client_write = _client_money_write(node)
+        if client_write is not None:
+            yield node.lineno, f"{client_write}(...)"
             continue
         owner = node.func.value
         owner_name = (
@@ -296,12 +338,25 @@ async def f(ctx, env, gateway):
     await gateway.call("payment_intents", "capture", "pi_1")
     await gateway.call("payment_intents", "create", params={})
     await gateway.call("refunds", "retrieve", "re_1")
+    await env.gateway.call("payment_intents", "confirm", "pi_1", params={})
+    await gateway.call("invoices", "pay", "in_1", params={})
+    client.v1.invoices.pay("in_1")
+    ctx.stripe.v1.payment_intents.confirm("pi_1")
+    client.v1.payment_intents.create(params={})
+    import stripe
+    from stripe import StripeClient
 """
     assert sorted(money_moved_around_the_engine(source)) == [
         (3, "ledger.post(...)"),
         (4, "ledger.post_many(...)"),
         (5, "gateway.call('transfers', 'create')"),
         (6, "gateway.call('payment_intents', 'capture')"),
+        (9, "gateway.call('payment_intents', 'confirm')"),
+        (10, "gateway.call('invoices', 'pay')"),
+        (11, "v1.invoices.pay(...)"),
+        (12, "v1.payment_intents.confirm(...)"),
+        (14, "import stripe"),
+        (15, "import stripe"),
     ]
 
 
@@ -312,6 +367,7 @@ def test_no_plugin_moves_money_around_the_engine() -> None:
         for line, what in money_moved_around_the_engine(source)
     ]
     assert not found, (
-        "refunds, transfers, reversals, captures and releases go through "
-        "engine.payments.movements, which records and posts them:\n" + "\n".join(found)
+        "refunds, transfers, reversals, captures, releases, confirmations and invoice "
+        "payments go through engine.payments.movements, which records and posts them; "
+        "only the engine's gateway talks to Stripe:\n" + "\n".join(found)
     )

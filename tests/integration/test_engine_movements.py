@@ -13,7 +13,9 @@ per account the ledger is Stripe's balance (available + pending) to the cent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -25,6 +27,7 @@ from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments import movements
 from engine.payments.movements import MoneyScope, PaidShare
 from engine.payments.pricing import PricedOrder
+from engine.reconciliation.service import run_reconciliation
 from engine.testing.stack import Stack, running_stack
 
 USD = "usd"
@@ -435,3 +438,176 @@ async def test_a_partial_capture_and_a_released_authorisation_are_not_refunds(
         None, USD
     )
     await stack.assert_ledger_balanced()
+
+
+async def test_a_held_share_is_released_once_and_refunds_take_it_off_the_hold(
+    stack: Stack,
+) -> None:
+    """A venue that cannot be paid yet gets its share held (nothing moves); a refund of the
+    charge takes the venue's part off the hold; two releases racing make one transfer,
+    with ``source_transaction``; a cancelled share is never released. The ledger is
+    Stripe's balance throughout."""
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    reference = "order:held"
+    priced = priced_order(provider, venue, reference)
+    pool = stack.services.db.pool
+
+    def scope(conn: object) -> MoneyScope:
+        return MoneyScope(
+            stack.services.gateway,
+            stack.services.ledger,
+            conn,  # type: ignore[arg-type]
+            "orders",
+            reference,
+        )
+
+    async with pool.acquire() as conn, conn.transaction():
+        charged = await movements.charge(
+            scope(conn),
+            priced,
+            operation=("full",),
+            payment_method="pm_card_bypassPending",
+            account_id=provider,
+            transfer_group=reference,
+        )
+        charge_id = charged.charge_id
+        assert charge_id is not None
+        made = await movements.transfer(
+            scope(conn),
+            destination=provider,
+            amount=usd(6_000),
+            source_transaction=charge_id,
+            role="provider",
+            operation=("provider",),
+            transfer_group=reference,
+        )
+        held = await movements.hold_share(
+            scope(conn),
+            charge_id=charge_id,
+            role="venue",
+            destination=venue,
+            amount=usd(2_500),
+            reason="account restricted",
+            transfer_group=reference,
+        )
+        assert held.key == f"{reference}:share:{charge_id}:venue"
+        assert (held.status, held.amount, held.attempts) == ("held", usd(2_500), 0)
+        again = await movements.hold_share(
+            scope(conn),
+            charge_id=charge_id,
+            role="venue",
+            destination=venue,
+            amount=usd(2_500),
+            reason="still restricted",
+        )
+        assert (again.amount, again.reason) == (usd(2_500), "still restricted")
+        # Another share (a courier's) is held, then cancelled (as a lost dispute does).
+        await movements.hold_share(
+            scope(conn),
+            charge_id=charge_id,
+            role="courier",
+            destination=provider,
+            amount=usd(100),
+            reason="test",
+        )
+        cancelled = await movements.cancel_share(scope(conn), charge_id=charge_id, role="courier")
+        assert cancelled is not None
+        assert cancelled.status == "cancelled"
+
+        refunded = await movements.refund(
+            scope(conn),
+            charge_id=charge_id,
+            amount=usd(2_000),
+            split=priced.split,
+            refunded=None,
+            operation=(charged.payment_intent_id, 1),
+            payment_id=charged.payment_id,
+            refunded_before=usd(0),
+            paid_shares=[PaidShare("provider", made.transfer_id, provider, usd(6_000))],
+        )
+        assert [(h.role, h.amount) for h in refunded.held_reduced] == [("venue", usd(2_000))]
+        assert [(r.role, r.amount) for r in refunded.reversals] == [("provider", usd(1_200))]
+    assert await movements.held_shares(pool, destination=venue) == [
+        replace(held, amount=usd(2_000), reason="still restricted")
+    ]
+    await stack.settle()
+    assert (await stack.ledger.balances(venue)).get(USD, 0) == 0  # nothing moved yet
+
+    async def release() -> movements.Transferred | None:
+        async with pool.acquire() as conn, conn.transaction():
+            return await movements.release_share(scope(conn), charge_id=charge_id, role="venue")
+
+    first, second = await asyncio.gather(release(), release())
+    released = [made for made in (first, second) if made is not None]
+    assert len(released) == 1
+    assert released[0].amount == usd(2_000)
+    assert released[0].transfer["source_transaction"] == charge_id
+    async with pool.acquire() as conn, conn.transaction():
+        assert await movements.release_share(scope(conn), charge_id=charge_id, role="venue") is None
+        assert (
+            await movements.release_share(scope(conn), charge_id=charge_id, role="courier")
+        ) is None
+    assert await movements.held_shares(pool, destination=venue) == []
+    [done] = await movements.held_shares(pool, reference=reference, status="released")
+    assert (done.role, done.transfer_id) == ("venue", released[0].transfer_id)
+    transfers = stack.stripe().v1.transfers.list(params={"destination": venue}).data
+    assert [t.amount for t in transfers] == [2_000]
+
+    await stack.settle()
+    for account in (provider, venue):
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            account, USD
+        )
+    assert (await stack.ledger.balances(venue))[USD] == 2_000
+    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
+        None, USD
+    )
+    await stack.assert_ledger_balanced()
+
+
+async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stack: Stack) -> None:
+    """``pm_card_refundFail``: the refund succeeds, then fails; Stripe returns its money
+    (a ``refund_failure`` balance transaction) and the engine posts it back
+    (``refund_failure:<re>``), so the ledger stays Stripe's balance."""
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    priced = priced_order(provider, venue)
+    pool = stack.services.db.pool
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.services.ledger, conn, "orders", REFERENCE)
+        charged = await movements.charge(
+            scope,
+            priced,
+            operation=("full",),
+            payment_method="pm_card_refundFail",
+            account_id=provider,
+        )
+        assert charged.charge_id is not None
+        refunded = await movements.refund(
+            scope,
+            charge_id=charged.charge_id,
+            amount=usd(3_000),
+            split=charged.priced.split,
+            refunded=None,
+            operation=("request", "r1"),
+            payment_id=charged.payment_id,
+            refunded_before=usd(0),
+        )
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
+    stack.sandbox.advance(86_400)  # the card's refund fails
+    await stack.settle()
+    assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
+    assert await stack.stripe_balance(None, USD) == 10_000 - (10_000 * 29 // 1000 + 30)
+    posted = await pool.fetchval(
+        "SELECT count(*) FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"refund_failure:{refunded.refund_id}",
+    )
+    assert posted == 1
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]

@@ -21,7 +21,7 @@ from engine.accounts.queries import (
     accounts_needing_attention,
 )
 from engine.core.db import Database
-from engine.core.errors import InvalidInput
+from engine.core.errors import InvalidInput, RecordConflict
 from engine.core.ledger import PLATFORM, PLATFORM_FEES, Entry, Ledger, Posting
 from engine.core.money import Money
 from engine.core.statements import reference_lines, statement_lines
@@ -219,6 +219,7 @@ async def test_payment_intent_link_transfer_record_and_history(pool: asyncpg.Poo
             role="instructor",
             amount=Money(4_000, "usd"),
             idempotency_key=key,
+            created_at=T0,
         )
         assert not await record_transfer(
             conn,
@@ -227,6 +228,7 @@ async def test_payment_intent_link_transfer_record_and_history(pool: asyncpg.Poo
             role="instructor",
             amount=Money(4_000, "usd"),
             idempotency_key=key,
+            created_at=T0,
         )
         transfers = await conn.fetch("SELECT * FROM marketplace_transfers")
     assert [(t["stripe_transfer_id"], t["amount"], t["status"]) for t in transfers] == [
@@ -284,3 +286,72 @@ async def test_payment_totals_per_currency_by_status(pool: asyncpg.Pool) -> None
     assert await payment_totals(pool, "acct_b", statuses=disputed) == []
     with pytest.raises(InvalidInput):
         await payment_totals(pool, "acct_a", statuses=["lost"])
+
+
+async def test_a_transfer_is_recorded_at_stripes_time_and_a_conflicting_record_is_refused(
+    pool: asyncpg.Pool,
+) -> None:
+    key = "booking:1:transfer:provider"
+    made_at = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+    async with pool.acquire() as conn:
+        assert await record_transfer(
+            conn,
+            transfer_id="tr_1",
+            destination="acct_a",
+            role="provider",
+            amount=Money(4_000, "usd"),
+            idempotency_key=key,
+            created_at=made_at,
+        )
+        # The same transfer again (the webhook after the API path): nothing changes.
+        assert not await record_transfer(
+            conn,
+            transfer_id="tr_1",
+            destination="acct_a",
+            role="provider",
+            amount=Money(4_000, "usd"),
+            idempotency_key=key,
+            created_at=made_at,
+        )
+        for transfer_id, destination, amount in (
+            ("tr_1", "acct_a", 3_999),  # another amount
+            ("tr_1", "acct_b", 4_000),  # another destination
+            ("tr_2", "acct_a", 4_000),  # another transfer under the key
+        ):
+            with pytest.raises(RecordConflict):
+                await record_transfer(
+                    conn,
+                    transfer_id=transfer_id,
+                    destination=destination,
+                    role="provider",
+                    amount=Money(amount, "usd"),
+                    idempotency_key=key,
+                    created_at=made_at,
+                )
+        rows = await conn.fetch("SELECT * FROM marketplace_transfers")
+    assert [(r["stripe_transfer_id"], r["amount"], r["created_at"]) for r in rows] == [
+        ("tr_1", 4_000, made_at)
+    ]
+
+
+async def test_an_intent_is_attached_to_one_payment_only(pool: asyncpg.Pool) -> None:
+    for _ in range(2):  # the enrollment priced twice (a price changed before paying)
+        await pool.execute(
+            """
+            INSERT INTO marketplace_payments
+                (reference, plugin, kind, account_id, amount, currency, fee_amount, rule_id,
+                 rule_version, split, attributes, status, amount_refunded, created_at)
+            VALUES ('enrollment:2', 'course_sales', 'enrollment', NULL, 5000, 'usd', 500,
+                    'r', 1, '{"legs": []}'::jsonb, '{}'::jsonb, 'pending', 0, $1)
+            """,
+            T0,
+        )
+    async with pool.acquire() as conn:
+        for _ in range(2):  # and the link retried
+            assert await link_payment_intent(
+                conn, plugin="course_sales", reference="enrollment:2", payment_intent_id="pi_9"
+            )
+        rows = await conn.fetch(
+            "SELECT id, stripe_payment_intent_id FROM marketplace_payments ORDER BY id"
+        )
+    assert [row["stripe_payment_intent_id"] for row in rows] == [None, "pi_9"]  # the newest

@@ -29,6 +29,7 @@ from engine.core.errors import (
 )
 from engine.core.ledger import Ledger
 from engine.core.settings import settings_from_mapping
+from engine.payments import movements
 from engine.reconciliation.service import run_reconciliation
 from engine.sandbox.testing import RunningSandbox, running_sandbox, verified_account_params
 from engine.services import Services
@@ -37,6 +38,7 @@ from engine.worker.handlers import core_registrations
 from plugins.three_sided_bookings import payments
 from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.catalog import Catalog
+from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams
 from plugins.three_sided_bookings.schemas import (
     AgreementInput,
@@ -456,6 +458,27 @@ async def test_pay_on_arrival_soon_is_authorised_then_captured(env: Env) -> None
     await env.assert_ledger_matches_sandbox("gbp")
 
 
+async def test_a_charge_rows_status_only_moves_forward(env: Env) -> None:
+    """A booking's charge row follows Stripe's status forward only (the engine's
+    ``PAYMENT_STATUS_ORDER``): a status read before a release or a capture committed
+    never takes it back."""
+    ids = await env.catalogue()
+    booking = await env.book(ids, "arrival", starts_in=timedelta(days=2))
+    assert await env.act(booking, "cancel", "customer") == "cancelled"  # released
+
+    async def write(status: str) -> str:
+        async with env.services.db.pool.acquire() as conn, conn.transaction():
+            [charge] = await payments.load_charges(conn, booking.id)
+            ctx = env.bookings.context(conn, await load_booking(conn, booking.id))
+            await payments._set_charge_status(ctx, charge, status)
+            [row] = await conn.fetch("SELECT status FROM three_sided_bookings_charges")
+            return str(row["status"])
+
+    assert await write("requires_capture") == "canceled"  # a stale read: kept
+    assert await write("requires_action") == "canceled"
+    assert await write("disputed") == "disputed"  # forward
+
+
 async def test_a_field_the_action_does_not_use_is_refused_not_ignored(env: Env) -> None:
     # complete {"amount": 7000} used to capture the full price as if amount were absent.
     ids = await env.catalogue(price=10_001)
@@ -777,8 +800,8 @@ async def test_restricted_venue_share_is_held_and_released_on_recovery(env: Env)
     await env.deliver_events()
     rows = await env.fetch("SELECT role, status FROM three_sided_bookings_transfers ORDER BY id")
     assert [r["status"] for r in rows] == ["paid", "paid"]
-    [held] = await env.fetch("SELECT status, attempts FROM three_sided_bookings_held_transfers")
-    assert held["status"] == "released"
+    [held] = await movements.held_shares(env.services.db.pool, plugin=PLUGIN, status=None)
+    assert (held.role, held.status) == ("venue", "released")
     # The other booking was never affected and settles normally now.
     assert await env.act(other, "complete", "provider") == "settled"
     balances = await env.assert_ledger_matches_sandbox("gbp")
@@ -917,14 +940,66 @@ async def test_refund_while_a_share_is_held_shrinks_the_held_share(env: Env) -> 
     await env.deliver_events()
     # The refund left the charge unable to cover the share, and the platform's
     # funds are still pending: the share stays held until they are available.
-    [still] = await env.fetch("SELECT status, attempts FROM three_sided_bookings_held_transfers")
-    assert still["status"] == "held"
-    assert still["attempts"] >= 1  # each delivery of account.updated tried once more
+    [still] = await movements.held_shares(env.services.db.pool, plugin=PLUGIN, status=None)
+    assert still.status == "held"
+    assert still.attempts >= 1  # each delivery of account.updated tried once more
     env.sandbox.advance(3 * 86_400)
     [(_, name, outcome)] = await env.bookings.run_due_timers()
     assert (name, outcome) == ("release_held", "paid")
     [paid] = [t for t in env.transfers(booking) if t["metadata"]["role"] == "venue"]
     assert (paid["amount"], paid["source_transaction"]) == (3520 - venue_part, None)
+    balances = await env.assert_ledger_matches_sandbox("gbp")
+    assert balances[venue] == 3520 - venue_part
+
+
+async def test_a_held_venue_share_is_the_engines_hold_shrunk_by_a_refund_and_released_once(
+    env: Env,
+) -> None:
+    """The venue cannot be paid at settlement: its share is the engine's hold (not the
+    plugin's bookkeeping), a refund takes the venue's part off it, and it is released once
+    (``source_transaction`` = the charge) however often the release is tried."""
+    ids = await env.catalogue()
+    _, venue = env.accounts
+    booking = await env.book(ids, "full", card="pm_card_bypassPending")
+    await env.act(booking, "confirm", "provider")
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/restrict")
+    await env.deliver_events()
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    pool = env.services.db.pool
+    [held] = await movements.held_shares(pool, plugin=PLUGIN)
+    [charge] = await env.fetch("SELECT stripe_charge_id FROM three_sided_bookings_charges")
+    charge_id = charge["stripe_charge_id"]
+    assert (held.key, held.destination, held.amount.amount) == (
+        f"{booking.reference}:share:{charge_id}:venue",
+        venue,
+        3520,
+    )
+    assert held.reference == booking.reference
+
+    assert await env.act(booking, "refund", "admin", amount=1_000) == "partially_refunded"
+    [refund] = await env.fetch("SELECT split FROM three_sided_bookings_refunds")
+    venue_part = {leg["role"]: leg["amount"] for leg in json.loads(refund["split"])["legs"]}[
+        "venue"
+    ]
+    [shrunk] = await movements.held_shares(pool, plugin=PLUGIN)
+    assert shrunk.amount.amount == 3520 - venue_part
+    [row] = await env.fetch(
+        "SELECT amount, status FROM three_sided_bookings_transfers WHERE role = 'venue'"
+    )
+    assert (row["amount"], row["status"]) == (3520 - venue_part, "held")
+
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/complete_onboarding")
+    await env.deliver_events()
+    await env.deliver_events()  # account.updated again: nothing more to release
+    assert await env.bookings.retry_held() == []
+    assert await movements.held_shares(pool, plugin=PLUGIN) == []
+    [released] = await movements.held_shares(pool, plugin=PLUGIN, status="released")
+    venue_transfers = [t for t in env.transfers(booking) if t["metadata"]["role"] == "venue"]
+    assert [(t["amount"], t["source_transaction"]) for t in venue_transfers] == [
+        (3520 - venue_part, charge_id)
+    ]
+    assert released.transfer_id == venue_transfers[0]["id"]
     balances = await env.assert_ledger_matches_sandbox("gbp")
     assert balances[venue] == 3520 - venue_part
 

@@ -651,3 +651,44 @@ def test_a_pending_manual_payout_can_be_canceled_until_the_bank_has_it(
     with pytest.raises(stripe.InvalidRequestError):
         as_account.v1.payouts.cancel(later.id)
     assert totals(client, account.id) == (9_000, 0)
+
+
+def test_a_refund_of_the_refund_fail_card_succeeds_then_fails_and_is_returned(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    """``pm_card_refundFail`` (4000000000005126): the charge succeeds; a refund of it starts
+    ``succeeded`` and later fails (``charge.refund.updated``, ``refund.updated``,
+    ``refund.failed``), its money back on the balance by a ``refund_failure`` balance
+    transaction, as Stripe's testing docs describe."""
+    pi = client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_refundFail",
+            "confirm": True,
+        }
+    )
+    assert pi.status == "succeeded"
+    refund = client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 3_000})
+    assert refund.status == "succeeded"
+    assert total(client) == 10_000 - fee(10_000) - 3_000
+    sandbox.advance(DAY)
+
+    failed = client.v1.refunds.retrieve(
+        refund.id, params={"expand": ["failure_balance_transaction"]}
+    )
+    assert (failed.status, failed.failure_reason) == ("failed", "expired_or_canceled_card")
+    returned: Any = failed.failure_balance_transaction
+    assert (returned.type, returned.amount, returned.source) == ("refund_failure", 3_000, refund.id)
+    assert total(client) == 10_000 - fee(10_000)
+    charge = client.v1.charges.retrieve(str(pi.latest_charge))
+    assert (charge.amount_refunded, charge.refunded) == (0, False)
+    types = [
+        event.type
+        for event in client.v1.events.list(params={"limit": 100}).data
+        if getattr(event.data.object, "id", None) == refund.id
+    ]
+    assert {"charge.refund.updated", "refund.updated", "refund.failed"} <= set(types)
+    # The charge can be refunded again (with another card: here the same one fails again).
+    again = client.v1.refunds.create(params={"charge": charge.id})
+    assert again.amount == 10_000

@@ -21,7 +21,7 @@ class TestCard:
     last4: str
     behaviour: str | None = None
     """None (succeeds), bypass_pending, declined, insufficient_funds, expired_card,
-    dispute or customer_fail."""
+    dispute, customer_fail or refund_fail (charged; its refunds succeed, then fail)."""
     authentication: str | None = None
     """3D Secure: None (never asked), `on_session` (every on-session payment, and an
     off-session one until the card is set up for off-session use) or `always` (every
@@ -41,6 +41,7 @@ TEST_PAYMENT_METHODS: dict[str, TestCard] = {
     "pm_card_chargeDeclinedExpiredCard": TestCard("visa", "0069", "expired_card"),
     "pm_card_createDispute": TestCard("visa", "0259", "dispute"),
     "pm_card_chargeCustomerFail": TestCard("visa", "0341", "customer_fail"),
+    "pm_card_refundFail": TestCard("visa", "5126", "refund_fail"),
     # Cards that ask for authentication (TEST-VALUES.md, "SCA / 3D Secure").
     "pm_card_authenticationRequiredOnSetup": TestCard("visa", "3155", authentication="on_session"),
     "pm_card_authenticationRequired": TestCard("visa", "3184", authentication="always"),
@@ -63,6 +64,7 @@ TEST_CARD_NUMBERS: dict[str, str] = {
     "4000000000000069": "pm_card_chargeDeclinedExpiredCard",
     "4000000000000259": "pm_card_createDispute",
     "4000000000000341": "pm_card_chargeCustomerFail",
+    "4000000000005126": "pm_card_refundFail",
     "4000002500003155": "pm_card_authenticationRequiredOnSetup",
     "4000002760003184": "pm_card_authenticationRequired",
     "4000003800000446": "pm_card_authenticationRequiredSetupForOffSession",

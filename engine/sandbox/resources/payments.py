@@ -59,6 +59,9 @@ from engine.sandbox.wire import Call, Obj, Params, embedded_list, page
 
 DAY = 86_400
 AUTHORISATION_DAYS = 7
+REFUND_FAILS_AFTER = 3_600
+"""Seconds after which a refund of `pm_card_refundFail` fails (Stripe: "some time later")."""
+REFUND_FAIL_JOB = "refund_fail"
 EVIDENCE_FILES = frozenset(
     {
         "cancellation_policy",
@@ -978,7 +981,50 @@ def refund_charge(
             refund_application_fee(state, fee, share)
     emit(state, "charge.refunded", charge, account=owner, previous=previous)
     emit(state, "refund.created", refund, account=owner)
+    if behaviour(state, charge["payment_method"]) == "refund_fail":
+        domain = domain_of(state, charge["payment_intent"])
+        state.schedule(domain, state.now(domain) + REFUND_FAILS_AFTER, REFUND_FAIL_JOB, refund_id)
     return refund
+
+
+def fail_refund(state: SandboxState, refund_id: str) -> None:
+    """What a refund of `pm_card_refundFail` does later: it fails and its money comes back.
+
+    As Stripe's testing docs describe: the refund moves from `succeeded` to `failed`
+    (`failure_reason`), a `refund_failure` balance transaction returns its amount to the
+    balance (`failure_balance_transaction`), the charge's refunded amount drops by it,
+    and `charge.refund.updated`, `refund.updated` and `refund.failed` are sent. A
+    transfer reversal or application fee refund made with the refund stays as it is.
+    """
+    refund = state.objects.get(refund_id)
+    if refund is None or refund["status"] != "succeeded":
+        return
+    owner = state.owner_of(refund_id)
+    charge = state.objects[refund["charge"]]
+    domain = domain_of(state, charge["payment_intent"])
+    txn = add_txn(
+        state,
+        owner,
+        amount=refund["amount"],
+        currency=refund["currency"],
+        type_="refund_failure",
+        source=refund_id,
+        domain=domain,
+        description=f"REFUND FOR FAILED REFUND ({refund_id})",
+    )
+    previous = {"status": refund["status"]}
+    refund["status"] = "failed"
+    refund["failure_reason"] = "expired_or_canceled_card"
+    refund["failure_balance_transaction"] = txn["id"]
+    private = state.private(charge["id"])
+    private["refunded_captured"] = int(private.get("refunded_captured", 0)) - refund["amount"]
+    charge["amount_refunded"] -= refund["amount"]
+    charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+    listed = charge["refunds"]["data"]
+    charge["refunds"]["data"] = [refund if item["id"] == refund_id else item for item in listed]
+    emit(state, "charge.refund.updated", refund, account=owner, previous=previous)
+    emit(state, "refund.updated", refund, account=owner, previous=previous)
+    emit(state, "refund.failed", refund, account=owner)
 
 
 def retrieve_refund(call: Call) -> Obj:
