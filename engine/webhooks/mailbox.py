@@ -225,6 +225,12 @@ RETURNING a.account
 """
 
 
+def _stopped(key: str, exc: Exception) -> DrainOutcome:
+    """The outcome of a key whose drain stopped on ``exc`` (a connection failure)."""
+    log.warning("drain of %s stopped: %r", key, exc)
+    return DrainOutcome("error", error=f"{type(exc).__name__}: {exc}"[:2000])
+
+
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     ceiling: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
@@ -243,10 +249,11 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class DrainOutcome:
-    """What one drain did: ``state`` is busy, idle, requeue, backoff, parked or lost.
+    """What one drain did: ``state`` is busy, idle, requeue, backoff, parked, lost or error.
 
     ``lost``: the lease was taken over, or could not be renewed in time; the
-    drain stopped and committed nothing.
+    drain stopped and committed nothing. ``error`` (``drain_many`` only): the
+    key's connection failed; nothing of it committed and its lease runs out.
     """
 
     state: str
@@ -417,26 +424,45 @@ class Mailbox:
                 return await self._drain_leased(conn, lease, rows, handle, held)
 
     async def drain_many(
-        self, accounts: Sequence[str], owner: str, handle: EventHandler
+        self,
+        accounts: Sequence[str],
+        owner: str,
+        handle: EventHandler,
+        *,
+        at_once: int = 0,
     ) -> dict[str, DrainOutcome]:
         """Drain several mailboxes in one go: one round trip leases them all and reads
         their batches, then each is applied as ``drain`` applies one, in its own
-        transaction fenced by its own token, one after the other on one connection.
+        transaction fenced by its own token.
+
+        ``at_once``: how many of the leased mailboxes are applied at the same time,
+        each on a connection of its own from the pool (0: all of them; the pool
+        bounds them). 1 applies them one after the other on the lease's connection.
+        Every leased key is renewed together (``LeaseKeeper.hold_many``) until its
+        turn ends, and each key's turn runs under that key's deadline.
 
         Returns an outcome per account: ``busy`` for one whose lease was not free,
         ``lost`` for one whose lease was lost (nothing of it committed), and
-        ``error`` for the account the drain stopped at when the connection failed
-        and for those after it (their leases run out; the sweeper hands them on).
-        Without the ``marketplace_mailbox_lease_many`` function (a database not yet
-        migrated to core step ``0006``) each account is drained alone.
+        ``error`` for one whose connection failed (its lease runs out and the
+        sweeper hands it on; with ``at_once=1`` the drain stops there and the keys
+        after it are ``error`` too). Without the ``marketplace_mailbox_lease_many``
+        function (a database not yet migrated to core step ``0006``) each account
+        is drained alone.
         """
         keys = list(dict.fromkeys(accounts))
         if not keys:
             return {}
-        if not self.lease_many:
-            return {key: await self.drain(key, owner, handle) for key in keys}
+        if self.lease_many:
+            drained = await self._drain_many(keys, owner, handle, at_once)
+            if drained is not None:
+                return drained
+        return {key: await self.drain(key, owner, handle) for key in keys}
+
+    async def _drain_many(
+        self, keys: list[str], owner: str, handle: EventHandler, at_once: int
+    ) -> dict[str, DrainOutcome] | None:
+        """``drain_many`` with the function; ``None`` when it is missing."""
         loop = asyncio.get_running_loop()
-        outcomes: dict[str, DrainOutcome] = {}
         async with self._pool.acquire() as conn:
             asked_at = loop.time()
             try:
@@ -449,51 +475,67 @@ class Mailbox:
                     "draining one mailbox at a time"
                 )
                 self.lease_many = False
-                leased = None
-            if leased is not None:
-                batches: dict[str, tuple[_Lease, list[Any]]] = {}
-                for row in leased:
-                    key = str(row["account"])
-                    if key not in batches:
-                        lease = _Lease(key, int(row["lease_epoch"]), int(row["version"]))
-                        batches[key] = (lease, [])
-                    if row["id"] is not None:
-                        batches[key][1].append(row)
-                leases = [(batch[0].key, batch[0].epoch) for batch in batches.values()]
-                async with self.keeper.hold_many(leases, asked_at) as held:
-                    for key in keys:
-                        if key not in batches:
-                            outcomes[key] = DrainOutcome("busy")
-                            continue
-                        lease, rows = batches[key]
+                return None
+        batches: dict[str, tuple[_Lease, list[Any]]] = {}
+        for row in leased:
+            key = str(row["account"])
+            if key not in batches:
+                batches[key] = (_Lease(key, int(row["lease_epoch"]), int(row["version"])), [])
+            if row["id"] is not None:
+                batches[key][1].append(row)
+        outcomes = {key: DrainOutcome("busy") for key in keys if key not in batches}
+        leases = [(lease.key, lease.epoch) for lease, _ in batches.values()]
+        async with self.keeper.hold_many(leases, asked_at) as held:
+            if at_once == 1:
+                async with self._pool.acquire() as conn:
+                    for key, (lease, rows) in batches.items():
                         try:
                             outcomes[key] = await self._drain_leased(
                                 conn, lease, rows, handle, held
                             )
                         except Exception as exc:  # the connection failed: stop here
-                            log.warning("batched drain stopped at %s: %r", key, exc)
-                            error = f"{type(exc).__name__}: {exc}"[:2000]
-                            for rest in keys:
-                                outcomes.setdefault(rest, DrainOutcome("error", error=error))
+                            stopped = _stopped(key, exc)
+                            for rest in batches:
+                                outcomes.setdefault(rest, stopped)
                             break
-        if leased is None:
-            return {key: await self.drain(key, owner, handle) for key in keys}
-        return outcomes
+            elif batches:
+                limit = asyncio.Semaphore(at_once if at_once > 0 else len(batches))
+
+                async def apply(lease: _Lease, rows: list[Any]) -> DrainOutcome:
+                    async with limit:
+                        try:
+                            return await self._drain_leased(None, lease, rows, handle, held)
+                        except Exception as exc:  # this key's connection failed
+                            return _stopped(lease.key, exc)
+
+                applied = await asyncio.gather(
+                    *(apply(lease, rows) for lease, rows in batches.values())
+                )
+                outcomes.update(zip(batches, applied, strict=True))
+        return {key: outcomes[key] for key in keys}
 
     async def _drain_leased(
         self,
-        conn: asyncpg.Connection,
+        conn: asyncpg.Connection | None,
         lease: _Lease,
         rows: Sequence[Any],
         handle: EventHandler,
         held: HeldLeases,
     ) -> DrainOutcome:
-        """Apply one leased mailbox's batch during its turn; run its after-commit actions."""
+        """Apply one leased mailbox's batch during its turn; run its after-commit actions.
+
+        ``conn`` None: a connection is taken from the pool for the turn (the wait
+        for it counts against the key's deadline).
+        """
         after: list[Callable[[], None]] = []
         handled: list[Any] = []
         try:
             async with held.turn(lease.key):
-                outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+                if conn is None:
+                    async with self._pool.acquire() as own:
+                        outcome = await self._run_batch(own, lease, rows, handle, handled, after)
+                else:
+                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
         except (LeaseLost, TimeoutError):
             log.warning(
                 "drain of %s lost its lease (epoch %d); nothing committed",

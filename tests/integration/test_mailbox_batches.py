@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS batch_effects (
 """
 
 
+AT_ONCE = pytest.mark.parametrize("at_once", [0, 1], ids=["together", "one_by_one"])
+"""Keys applied at the same time, each on its own connection (the worker's way), or one
+after the other on one connection (the fault harness's)."""
+
+
 @pytest.fixture
 async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(fresh_database_url, min_size=2, max_size=8)
@@ -81,47 +86,57 @@ async def _take_over(pool: asyncpg.Pool, account: str) -> None:
         )
 
 
+@AT_ONCE
 async def test_one_call_drains_every_free_key_in_order_and_leaves_a_leased_one(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, at_once: int
 ) -> None:
     mailbox = _mailbox(pool)
     for account in ("acct_a", "acct_b", "acct_c"):
         await _accept(mailbox, account, 1)
         await _accept(mailbox, account, 2)
     await _take_over(pool, "acct_b")  # b's lease is held elsewhere: not free
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b", "acct_c"], "w1", _record)
+    outcomes = await mailbox.drain_many(
+        ["acct_a", "acct_b", "acct_c"], "w1", _record, at_once=at_once
+    )
+    assert list(outcomes) == ["acct_a", "acct_b", "acct_c"]
     assert {key: outcome.state for key, outcome in outcomes.items()} == {
         "acct_a": "idle",
         "acct_b": "busy",
         "acct_c": "idle",
     }
     assert outcomes["acct_a"].handled == 2
-    assert await _committed(pool) == [
-        ("evt_acct_a_1", 1),
-        ("evt_acct_a_2", 1),
-        ("evt_acct_c_1", 1),
-        ("evt_acct_c_2", 1),
-    ]
+    committed = await _committed(pool)
+    for account in ("acct_a", "acct_c"):  # each key in its order, once
+        assert [row for row in committed if account in row[0]] == [
+            (f"evt_{account}_1", 1),
+            (f"evt_{account}_2", 1),
+        ]
+    assert len(committed) == 4
     statuses = await _statuses(pool)
     assert {statuses["evt_acct_b_1"], statuses["evt_acct_b_2"]} == {"pending"}
 
 
+@AT_ONCE
 async def test_a_key_whose_lease_was_taken_over_during_the_batch_changes_nothing(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, at_once: int
 ) -> None:
-    """While a's events are applied, b's lease (taken in the same round trip) is taken
-    over: b's turn still runs its handlers, but its fenced mark finds the token moved,
-    so nothing of b commits; a commits."""
+    """While a's event is applied, b's lease (taken in the same round trip) is taken
+    over: b's handler still runs (after the takeover), but its fenced mark finds the
+    token moved, so nothing of b commits; a commits."""
     mailbox = _mailbox(pool)
     for account in ("acct_a", "acct_b"):
         await _accept(mailbox, account, 1)
+    taken_over = asyncio.Event()
 
     async def handle(body: Mapping[str, Any], conn: asyncpg.Connection) -> None:
         if body["account"] == "acct_a":
             await _take_over(pool, "acct_b")
+            taken_over.set()
+        else:
+            await taken_over.wait()
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle)
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, at_once=at_once)
     assert outcomes["acct_a"].state == "idle"
     assert outcomes["acct_b"].state == "lost"
     assert await _committed(pool) == [("evt_acct_a_1", 1)]
@@ -131,6 +146,7 @@ async def test_a_key_whose_lease_was_taken_over_during_the_batch_changes_nothing
 async def test_a_key_found_lost_by_a_renewal_is_not_applied_when_its_turn_comes(
     pool: asyncpg.Pool,
 ) -> None:
+    """One key after the other: b waits for its turn while a's handler runs."""
     mailbox = _mailbox(pool)
     for account in ("acct_a", "acct_b"):
         await _accept(mailbox, account, 1)
@@ -143,15 +159,16 @@ async def test_a_key_found_lost_by_a_renewal_is_not_applied_when_its_turn_comes(
             await mailbox.keeper.renew()  # finds b's token moved: b's deadline is now
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle)
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, at_once=1)
     assert (outcomes["acct_a"].state, outcomes["acct_b"].state) == ("idle", "lost")
     assert calls == ["evt_acct_a_1"]  # b's handler never ran
     assert await _committed(pool) == [("evt_acct_a_1", 1)]
 
 
-async def test_keys_waiting_their_turn_stop_when_renewals_fail(pool: asyncpg.Pool) -> None:
-    """Renewal impossible and a handler slower than the lease: the key at work is
-    cancelled before its lease ends, and the key after it is not applied at all."""
+@AT_ONCE
+async def test_keys_stop_when_renewals_fail(pool: asyncpg.Pool, at_once: int) -> None:
+    """Renewal impossible and handlers slower than the lease: a key at work is
+    cancelled before its lease ends; one after it (one by one) is not applied at all."""
 
     async def unreachable() -> asyncpg.Connection:
         raise OSError("the database is unreachable from the lease keeper")
@@ -166,17 +183,18 @@ async def test_keys_waiting_their_turn_stop_when_renewals_fail(pool: asyncpg.Poo
         await asyncio.sleep(30)
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", slow)
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", slow, at_once=at_once)
     assert {key: outcome.state for key, outcome in outcomes.items()} == {
         "acct_a": "lost",
         "acct_b": "lost",
     }
-    assert calls == ["evt_acct_a_1"]
+    assert sorted(calls) == (["evt_acct_a_1"] if at_once == 1 else ["evt_acct_a_1", "evt_acct_b_1"])
     assert await _committed(pool) == []
     assert set((await _statuses(pool)).values()) == {"pending"}
 
 
-async def test_a_failing_key_backs_off_alone(pool: asyncpg.Pool) -> None:
+@AT_ONCE
+async def test_a_failing_key_backs_off_alone(pool: asyncpg.Pool, at_once: int) -> None:
     mailbox = _mailbox(pool)
     for account in ("acct_a", "acct_b"):
         await _accept(mailbox, account, 1)
@@ -187,9 +205,9 @@ async def test_a_failing_key_backs_off_alone(pool: asyncpg.Pool) -> None:
             raise RuntimeError("a's second event fails")
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle)
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, at_once=at_once)
     assert (outcomes["acct_a"].state, outcomes["acct_b"].state) == ("backoff", "idle")
-    assert await _committed(pool) == [
+    assert sorted(await _committed(pool)) == [
         ("evt_acct_a_1", 1),
         ("evt_acct_b_1", 1),
         ("evt_acct_b_2", 1),

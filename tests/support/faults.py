@@ -382,7 +382,9 @@ class _SimWorker:
             if len(keys) == 1:
                 outcomes = {keys[0]: await self.mailbox.drain(keys[0], self.name, self._handle)}
             else:
-                outcomes = await self.mailbox.drain_many(keys, self.name, self._handle)
+                # One key after the other (``at_once=1``): a step's wait for quiet then
+                # sees each worker's one transaction at a time, so a seed replays.
+                outcomes = await self.mailbox.drain_many(keys, self.name, self._handle, at_once=1)
         except CUT as exc:
             # The connection was cut (a "restart"): like taskiq, the tokens are gone.
             self.sim.count(f"drain error {type(exc).__name__}")
