@@ -6,11 +6,13 @@ stack (sandbox, API, worker), pays ``N`` tips to three creators through the
 API (each a destination charge: four balance transactions on two balances),
 then reconciles three times with pages of ``P``: the first run (no cursor yet:
 the whole history), a second after ``M`` more tips (incremental), and a full
-run. For each it prints the balance transactions listed, the list requests
-the sandbox received (its request log), the most transactions held at once by
-one account, and the seconds taken. The last lines are ratios:
-``bench: reconciliation_listed_ratio`` (listed by the incremental run / by the
-full one) and ``bench: reconciliation_time_ratio`` (incremental / full).
+run. For each it prints the balance transactions listed, the ledger rows read
+(``ReconciliationRun.ledger_rows_read``), the list requests the sandbox received
+(its request log), the most transactions held at once by one account, and the
+seconds taken. The last lines are ``bench: ledger_rows_read_first``,
+``..._incremental`` and ``..._full`` (the ledger rows each run read) and two
+ratios: ``bench: reconciliation_listed_ratio`` (listed by the incremental run /
+by the full one) and ``bench: reconciliation_time_ratio`` (incremental / full).
 """
 
 from __future__ import annotations
@@ -71,15 +73,19 @@ async def measured(stack: Stack, name: str, **options: Any) -> tuple[Reconciliat
     )["data"]
     held = max((account.most_held for account in run.accounts), default=0)
     print(
-        f"{name:<13} listed {run.balance_transactions:6d}   requests {len(asked):4d}   "
+        f"{name:<13} listed {run.balance_transactions:6d}   "
+        f"ledger rows read {run.ledger_rows_read:6d}   requests {len(asked):4d}   "
         f"most held {held:4d}   problems {run.problems:3d}   {seconds:6.2f} s"
     )
     assert run.problems == 0, [item.detail for item in run.problem_items()]
     return run, seconds
 
 
-async def run(tips: int, new: int, page: int) -> tuple[float, float]:
-    """Seed, reconcile three ways, print the figures; return the two ratios."""
+async def run(tips: int, new: int, page: int) -> tuple[dict[str, int], float, float]:
+    """Seed, reconcile three ways, print the figures.
+
+    Returns the ledger rows each run read, and the two ratios.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-reconciliation-") as scratch:
         async with EmbeddedServices(Path(scratch), fast=True, use_environment=False) as services:
             urls = services.urls
@@ -104,11 +110,16 @@ async def run(tips: int, new: int, page: int) -> tuple[float, float]:
                 started = time.perf_counter()
                 await pay_tips(stack, creators, tips, "seed")
                 print(f"paid {tips} tips in {time.perf_counter() - started:.1f} s")
-                await measured(stack, "first run", page_size=page)
+                first, _ = await measured(stack, "first run", page_size=page)
                 await pay_tips(stack, creators, new, "new")
                 incremental, fast = await measured(stack, "incremental", page_size=page)
                 full, slow = await measured(stack, "full", page_size=page, full=True)
-    return incremental.balance_transactions / full.balance_transactions, fast / slow
+    rows = {
+        "first": first.ledger_rows_read,
+        "incremental": incremental.ledger_rows_read,
+        "full": full.ledger_rows_read,
+    }
+    return rows, incremental.balance_transactions / full.balance_transactions, fast / slow
 
 
 def main() -> None:
@@ -120,7 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     for name in ("taskiq", "nats"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    listed, timed = asyncio.run(run(args.tips, args.new, args.page))
+    rows, listed, timed = asyncio.run(run(args.tips, args.new, args.page))
+    for name, count in rows.items():
+        print(f"bench: ledger_rows_read_{name} {count}")
     print(f"bench: reconciliation_listed_ratio {listed:.3f}")
     print(f"bench: reconciliation_time_ratio {timed:.3f}")
 

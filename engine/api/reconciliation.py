@@ -55,7 +55,9 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     ``status``: ``running``, ``completed``, ``incomplete`` (some account could
     not be listed: ``failed_accounts``) or ``failed`` (``error``). ``mode``:
     ``incremental`` (only new balance transactions listed) or ``full``.
-    ``balance_transactions``: listed from Stripe by this run; ``matched``: matched by it;
+    ``balance_transactions``: listed from Stripe by this run; ``ledger_rows_read``: ledger
+    entries it read (new, changed and open lines; the whole ledger on a full run);
+    ``matched``: matched by it;
     the three problem counts are the findings outstanding after it.
     """
 
@@ -65,6 +67,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     accounts: int
     balance_transactions: int
+    ledger_rows_read: int
     matched: int
     missing_in_ledger: int
     missing_in_stripe: int
@@ -86,6 +89,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
             status=row.status,
             accounts=row.accounts,
             balance_transactions=row.balance_transactions,
+            ledger_rows_read=row.ledger_rows_read,
             matched=row.matched,
             missing_in_ledger=row.missing_in_ledger,
             missing_in_stripe=row.missing_in_stripe,

@@ -94,6 +94,63 @@ $fn$
 """
 
 
+# Take the leases of up to N mailboxes and read each one's batch in one round trip
+# (``engine.webhooks.mailbox``, ``Mailbox.drain_many``): one statement leases every
+# key that is free, each with its own fencing token, locking the rows in key order
+# (two such calls with overlapping keys never deadlock); a later statement, with a
+# fresh snapshot as in ``marketplace_mailbox_lease``, reads up to ``p_limit``
+# pending events of each leased key. A key not returned was not free; a leased key
+# with nothing pending comes back as one row with a NULL id.
+_MAILBOX_LEASE_MANY_FUNCTION = """
+CREATE OR REPLACE FUNCTION marketplace_mailbox_lease_many(
+    p_accounts text[], p_owner text, p_lease_seconds float8, p_limit int
+) RETURNS TABLE (
+    out_account text, out_version bigint, out_epoch bigint, out_id bigint,
+    out_payload text, out_received_at timestamptz
+) LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_accounts text[];
+    v_versions bigint[];
+    v_epochs bigint[];
+BEGIN
+    WITH locked AS (
+        SELECT a.account FROM marketplace_webhook_accounts a
+        WHERE a.account = ANY(p_accounts)
+        ORDER BY a.account
+        FOR UPDATE
+    ), leased AS (
+        UPDATE marketplace_webhook_accounts a
+        SET lease_owner = p_owner, lease_epoch = a.lease_epoch + 1,
+            lease_until = now() + make_interval(secs => p_lease_seconds)
+        FROM locked
+        WHERE a.account = locked.account AND a.scheduled AND NOT a.parked
+          AND (a.lease_until IS NULL OR a.lease_until < now())
+          AND (a.backoff_until IS NULL OR a.backoff_until <= now())
+        RETURNING a.account, a.version, a.lease_epoch
+    )
+    SELECT array_agg(account), array_agg(version), array_agg(lease_epoch)
+    INTO v_accounts, v_versions, v_epochs
+    FROM leased;
+    IF v_accounts IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT l.account, l.version, l.epoch, e.id, e.payload::text, e.received_at
+        FROM unnest(v_accounts, v_versions, v_epochs) WITH ORDINALITY
+            AS l(account, version, epoch, position)
+        LEFT JOIN LATERAL (
+            SELECT ev.id, ev.payload, ev.received_at, ev.seq
+            FROM marketplace_webhook_events ev
+            WHERE ev.account = l.account AND ev.status = 'pending'
+            ORDER BY ev.seq NULLS FIRST, ev.id
+            LIMIT p_limit
+        ) e ON true
+        ORDER BY l.position, e.seq NULLS FIRST, e.id;
+END
+$fn$
+"""
+
+
 # Later schema changes of the core, in order: (step name, statements). Each runs once
 # per database (recorded in marketplace_migrations), also on databases made before it.
 _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -175,6 +232,12 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS marketplace_held_shares_waiting "
             "ON marketplace_held_shares (destination) WHERE status = 'held'",
         ),
+    ),
+    (
+        # Batched drains (``Mailbox.drain_many``): many mailboxes leased in one round
+        # trip, each with its own fencing token.
+        "0006_mailbox_lease_many",
+        (_MAILBOX_LEASE_MANY_FUNCTION,),
     ),
 )
 

@@ -130,7 +130,12 @@ class WebhookSettings(_Section, frozen=True):
 class WorkerSettings(_Section, frozen=True):
     """``[worker]``: background processing."""
 
-    concurrency: Positive = 16
+    concurrency: Positive = 64
+    """Drain tokens (and plugin tasks) a worker holds unfinished at once: queued or draining."""
+    drains: Positive = 4
+    """Batched drains a worker runs at once, each on one database connection."""
+    keys_per_drain: Positive = 16
+    """Mailboxes one drain leases in one round trip and applies one after the other."""
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
     heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0

@@ -66,7 +66,8 @@ def print_run(run: ReconciliationRun, out: TextIO, *, show: int = 50) -> None:
     print(
         f"run {run.id} {run.status} ({run.mode}): {run.balance_transactions} balance "
         f"transactions listed over "
-        f"{len(run.accounts)} account(s); {counts or 'nothing to reconcile'}; "
+        f"{len(run.accounts)} account(s), {run.ledger_rows_read} ledger rows read; "
+        f"{counts or 'nothing to reconcile'}; "
         f"{run.new_alerts} new alert(s)",
         file=out,
     )

@@ -52,6 +52,7 @@ from engine.reconciliation.matching import (
     PROBLEMS,
     BalanceTxn,
     ItemResult,
+    LedgerLine,
     leftover_items,
     match_exact,
     pair_mismatches,
@@ -99,6 +100,11 @@ class AccountProgress:
         pages: list requests made to Stripe for the account.
         most_held: the most balance transactions held in memory at once.
         reopened: earlier matches re-opened because a claimed ledger entry changed.
+        ledger_rows_read: ledger entries the run read for the account: the
+            claims of new and changed entries checked, the candidate lines of
+            the transactions matched, and the unclaimed new, changed and open
+            lines looked at for ``missing_in_stripe`` (an entry read by two of
+            these steps counts twice).
     """
 
     account: str
@@ -111,6 +117,7 @@ class AccountProgress:
     pages: int = 0
     most_held: int = 0
     reopened: int = 0
+    ledger_rows_read: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,11 @@ class ReconciliationRun:
     def balance_transactions(self) -> int:
         """Balance transactions listed from Stripe by this run."""
         return sum(account.balance_transactions for account in self.accounts)
+
+    @property
+    def ledger_rows_read(self) -> int:
+        """Ledger entries read by this run (``AccountProgress.ledger_rows_read``)."""
+        return sum(account.ledger_rows_read for account in self.accounts)
 
     def problem_items(self) -> list[ItemResult]:
         """Every unmatched item, in the order found."""
@@ -219,6 +231,7 @@ class _Account:
     most_held: int = 0
     matched: int = 0
     reopened: int = 0
+    ledger_rows_read: int = 0
     problems: list[ItemResult] = field(default_factory=list)
 
     @property
@@ -230,7 +243,9 @@ class _Account:
 
     async def reconcile(self) -> None:
         """Every step for this account; Stripe's errors propagate (``MarketplaceError``)."""
-        self.reopened = await state.reopen_changed(self.pool, self.account)
+        reopened = await state.reopen_changed(self.pool, self.account, page=self.page_size)
+        self.reopened = reopened.transactions
+        self.ledger_rows_read += reopened.entries_read
         try:
             await self._list_new()
         except _CursorGone:
@@ -242,6 +257,12 @@ class _Account:
         await self._match_open()
         await self._pair_open()
         await self._find_leftovers()
+        await state.forget_changes(self.pool, self.account)
+
+    async def _open_lines(self, candidates: Sequence[str]) -> list[LedgerLine]:
+        lines = await state.open_lines(self.pool, self.account, candidates)
+        self.ledger_rows_read += len(lines)
+        return lines
 
     async def _list(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         query = {**params, "limit": self.page_size}
@@ -321,7 +342,7 @@ class _Account:
         if not txns:
             return
         candidates = [candidate for txn in txns for candidate in txn.candidates]
-        lines = await state.open_lines(self.pool, self.account, candidates)
+        lines = await self._open_lines(candidates)
         matched, _ = match_exact(self.account, txns, lines)
         await state.claim(self.pool, self.account, matched, exact=True)
         await store.save_items(self.pool, self.run_id, matched)
@@ -352,7 +373,7 @@ class _Account:
         """What no exact match took: an amount mismatch, or missing in the ledger."""
         async for txns in self._open_pages():
             candidates = [candidate for txn in txns for candidate in txn.candidates]
-            lines = await state.open_lines(self.pool, self.account, candidates)
+            lines = await self._open_lines(candidates)
             found = pair_mismatches(self.account, txns, lines)
             await state.claim(self.pool, self.account, found, exact=False)
             await store.save_items(self.pool, self.run_id, found)
@@ -368,6 +389,7 @@ class _Account:
             if last is None:
                 return
             after = last
+            self.ledger_rows_read += len(lines)
             found = leftover_items(self.account, lines)
             await store.save_items(self.pool, self.run_id, found)
             self.problems += found
@@ -430,6 +452,7 @@ class _Run:
                 pages=part.pages,
                 most_held=part.most_held,
                 reopened=part.reopened,
+                ledger_rows_read=part.ledger_rows_read,
             )
         self.reports.append(report)
         if self.progress is not None:
@@ -537,6 +560,7 @@ async def _reconcile(
                 counts=run.counts(),
                 accounts=len(run.reports),
                 balance_transactions=sum(r.balance_transactions for r in run.reports),
+                ledger_rows_read=sum(r.ledger_rows_read for r in run.reports),
                 new_alerts=0,
                 failed_accounts=run.failed,
                 error=f"{type(exc).__name__}: {exc}",
@@ -554,17 +578,20 @@ async def _reconcile(
             counts=counts,
             accounts=len(connected) + 1,
             balance_transactions=sum(r.balance_transactions for r in run.reports),
+            ledger_rows_read=sum(r.ledger_rows_read for r in run.reports),
             new_alerts=len(opened),
             failed_accounts=run.failed,
         )
         await store.prune_matched_items(conn)
     _announce(services, run_id, opened)
     log.info(
-        "reconciliation run %d %s (%s): %d listed, %d matched, %d problems, %d new alerts",
+        "reconciliation run %d %s (%s): %d listed, %d ledger rows read, %d matched, "
+        "%d problems, %d new alerts",
         run_id,
         status,
         mode,
         sum(r.balance_transactions for r in run.reports),
+        sum(r.ledger_rows_read for r in run.reports),
         run.matched,
         sum(counts.get(problem, 0) for problem in PROBLEMS),
         len(opened),

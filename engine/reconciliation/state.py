@@ -12,7 +12,16 @@ Per Stripe balance (``platform`` or ``acct_...``):
 - the ledger entries each transaction claimed (``marketplace_reconciliation_claims``)
   with the amount the entry had. An exact claim is kept; a mismatch's claim is
   dropped at the start of the next run. A claimed entry changed or removed
-  afterwards re-opens its transaction (``reopen_changed``).
+  afterwards re-opens its transaction (``reopen_changed``);
+- the ledger entries to look at (``marketplace_reconciliation_ledger_changes``):
+  triggers on ``marketplace_ledger_entries`` note every entry on a Stripe
+  balance's account (``platform``, ``acct_...``) inserted, updated (under both
+  accounts when it moved) or deleted, and the migration that made
+  them noted the ledger as it stood. A run reads only the claims of noted
+  entries and looks for unclaimed lines only among them; at its end it forgets
+  those it need not read again (``forget_changes``), keeping the lines still
+  unclaimed (open) and the claims changed since. So the ledger side of a run
+  reads new, changed and open lines, not the whole ledger.
 
 A ledger line is *unclaimed* when no claim names its entry: what the matching
 passes may still pair, and, after them, what Stripe never showed
@@ -31,9 +40,11 @@ from engine.reconciliation.matching import MATCHED, BalanceTxn, ItemResult, Ledg
 __all__ = [
     "PENDING",
     "Cursor",
+    "Reopened",
     "add_txns",
     "claim",
     "cursor",
+    "forget_changes",
     "forget_everything",
     "leftover_lines",
     "load_links",
@@ -88,11 +99,32 @@ async def save_cursor(pool: Any, account: str, newest: Cursor) -> None:
 
 
 async def forget_everything(pool: Any) -> None:
-    """A full run starts from nothing: cursors, transactions and claims (links stay: facts)."""
+    """A full run starts from nothing: cursors, transactions and claims (links stay: facts).
+
+    Every ledger entry is noted as changed, so the run's ledger check reads the
+    whole ledger once.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM marketplace_reconciliation_claims")
         await conn.execute("DELETE FROM marketplace_reconciliation_txns")
         await conn.execute("DELETE FROM marketplace_reconciliation_cursors")
+        await conn.execute("DELETE FROM marketplace_reconciliation_ledger_changes")
+        await conn.execute(
+            "INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account) "
+            "SELECT id, account FROM marketplace_ledger_entries "
+            "WHERE marketplace_reconciliation_is_balance(account)"
+        )
+
+
+async def _note(conn: Any, account: str, entry_ids: Sequence[int]) -> None:
+    """Note entries whose claims were dropped: the ledger check reads them again."""
+    if entry_ids:
+        await conn.execute(
+            "INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account) "
+            "SELECT unnest($2::bigint[]), $1",
+            account,
+            list(entry_ids),
+        )
 
 
 async def save_links(pool: Any, links: Links) -> None:
@@ -215,16 +247,22 @@ async def open_lines(pool: Any, account: str, object_ids: Sequence[str]) -> list
 async def leftover_lines(
     pool: Any, account: str, *, after: int, limit: int
 ) -> tuple[list[LedgerLine], int | None]:
-    """Unclaimed lines of the next ``limit`` ledger transactions after id ``after``.
+    """Unclaimed lines of the next ``limit`` noted ledger transactions after id ``after``.
 
-    Returns the lines and the last ledger transaction id read (``None``: no more).
+    Only lines noted in ``marketplace_reconciliation_ledger_changes`` are looked
+    at: new and changed ones, and those still unclaimed after an earlier run
+    (``forget_changes`` keeps those). Returns the lines and the last ledger
+    transaction id read (``None``: no more).
     """
     ids = [
         int(row[0])
         for row in await pool.fetch(
             """
-            SELECT DISTINCT e.ledger_transaction FROM marketplace_ledger_entries e
-            WHERE e.account = $1 AND e.amount <> 0 AND e.ledger_transaction > $2
+            SELECT DISTINCT e.ledger_transaction
+            FROM marketplace_reconciliation_ledger_changes g
+            JOIN marketplace_ledger_entries e ON e.id = g.entry_id
+            WHERE g.account = $1 AND e.account = $1 AND e.amount <> 0
+              AND e.ledger_transaction > $2
               AND NOT EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
                               WHERE c.entry_id = e.id)
             ORDER BY 1 LIMIT $3
@@ -294,45 +332,106 @@ async def set_status(pool: Any, txn_ids: Sequence[int], status: str) -> None:
         )
 
 
-async def reopen_changed(pool: Any, account: str) -> int:
+@dataclass(frozen=True, slots=True)
+class Reopened:
+    """What ``reopen_changed`` did: transactions re-opened, claimed entries it read."""
+
+    transactions: int
+    entries_read: int
+
+
+async def reopen_changed(pool: Any, account: str, *, page: int) -> Reopened:
     """Start ``account``'s run: release mismatch claims; re-open matches whose entries changed.
 
     A matched transaction whose claimed ledger entry was changed (amount or
     account) or removed since is ``pending`` again, its claims dropped, so this
-    run matches it afresh. Returns how many were re-opened.
+    run matches it afresh. Only the claims of entries noted in
+    ``marketplace_reconciliation_ledger_changes`` are read (``page`` entries at
+    a time), not every claim. Every entry whose claim is dropped is noted, so
+    the ledger check looks at it again.
     """
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        released = await conn.fetch(
             """
             DELETE FROM marketplace_reconciliation_claims c
             USING marketplace_reconciliation_txns x
             WHERE c.txn = x.id AND x.account = $1 AND NOT c.exact
+            RETURNING c.entry_id
             """,
             account,
         )
-        changed = [
+        await _note(conn, account, [int(row[0]) for row in released])
+    reopened = 0
+    read = 0
+    after = 0
+    while True:
+        noted = [
             int(row[0])
-            for row in await conn.fetch(
-                """
-                SELECT DISTINCT c.txn
-                FROM marketplace_reconciliation_claims c
-                JOIN marketplace_reconciliation_txns x ON x.id = c.txn
-                LEFT JOIN marketplace_ledger_entries e ON e.id = c.entry_id
-                WHERE x.account = $1
-                  AND (e.id IS NULL OR e.amount <> c.amount OR e.account <> x.account)
-                """,
+            for row in await pool.fetch(
+                "SELECT DISTINCT entry_id FROM marketplace_reconciliation_ledger_changes "
+                "WHERE account = $1 AND entry_id > $2 ORDER BY 1 LIMIT $3",
                 account,
+                after,
+                page,
             )
         ]
-        if changed:
-            await conn.execute(
-                "DELETE FROM marketplace_reconciliation_claims WHERE txn = ANY($1::bigint[])",
+        if not noted:
+            return Reopened(reopened, read)
+        after = noted[-1]
+        claims = await pool.fetch(
+            """
+            SELECT c.txn, (e.id IS NULL OR e.amount <> c.amount OR e.account <> x.account)
+            FROM marketplace_reconciliation_claims c
+            JOIN marketplace_reconciliation_txns x ON x.id = c.txn
+            LEFT JOIN marketplace_ledger_entries e ON e.id = c.entry_id
+            WHERE c.entry_id = ANY($2::bigint[]) AND x.account = $1
+            """,
+            account,
+            noted,
+        )
+        read += len(claims)
+        changed = sorted({int(row[0]) for row in claims if row[1]})
+        if not changed:
+            continue
+        async with pool.acquire() as conn, conn.transaction():
+            dropped = await conn.fetch(
+                "DELETE FROM marketplace_reconciliation_claims WHERE txn = ANY($1::bigint[]) "
+                "RETURNING entry_id",
                 changed,
             )
+            await _note(conn, account, [int(row[0]) for row in dropped])
             await conn.execute(
                 "UPDATE marketplace_reconciliation_txns SET status = $2 "
                 "WHERE id = ANY($1::bigint[])",
                 changed,
                 PENDING,
             )
-    return len(changed)
+        reopened += len(changed)
+
+
+async def forget_changes(pool: Any, account: str) -> None:
+    """End ``account``'s run: forget the noted entries the next run need not read.
+
+    Kept: entries on ``account`` still unclaimed (open: read again until a
+    balance transaction claims them) and claimed entries changed since their
+    claim (re-opened by the next run). Forgotten: entries whose claim still
+    holds, and those gone, moved to another account or zero, with no claim.
+    """
+    await pool.execute(
+        """
+        DELETE FROM marketplace_reconciliation_ledger_changes g
+        WHERE g.account = $1 AND (
+            EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
+                    JOIN marketplace_reconciliation_txns x ON x.id = c.txn
+                    JOIN marketplace_ledger_entries e ON e.id = c.entry_id
+                    WHERE c.entry_id = g.entry_id AND x.account = $1
+                      AND e.account = $1 AND e.amount = c.amount)
+            OR (NOT EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
+                            WHERE c.entry_id = g.entry_id)
+                AND NOT EXISTS (SELECT 1 FROM marketplace_ledger_entries e
+                                WHERE e.id = g.entry_id AND e.account = $1
+                                  AND e.amount <> 0))
+        )
+        """,
+        account,
+    )

@@ -61,7 +61,8 @@ LEDGER_CONFLICT: Final = "ledger_conflict"
 _RUN_FINDINGS: Final = (MISSING_IN_LEDGER, MISSING_IN_STRIPE, MISMATCH)
 
 _RUN_COLUMNS = (
-    "id, trigger, mode, status, accounts, balance_transactions, matched, missing_in_ledger, "
+    "id, trigger, mode, status, accounts, balance_transactions, ledger_rows_read, matched, "
+    "missing_in_ledger, "
     "missing_in_stripe, amount_mismatch, new_alerts, failed_accounts, error, started_at, "
     "finished_at"
 )
@@ -78,6 +79,7 @@ class RunRow:
     status: str
     accounts: int
     balance_transactions: int
+    ledger_rows_read: int
     matched: int
     missing_in_ledger: int
     missing_in_stripe: int
@@ -342,6 +344,7 @@ async def finish_run(
     new_alerts: int,
     failed_accounts: Sequence[str],
     error: str = "",
+    ledger_rows_read: int = 0,
 ) -> None:
     """Record a run's outcome."""
     await conn.execute(
@@ -349,7 +352,8 @@ async def finish_run(
         UPDATE marketplace_reconciliation_runs
         SET status = $2, accounts = $3, balance_transactions = $4, matched = $5,
             missing_in_ledger = $6, missing_in_stripe = $7, amount_mismatch = $8,
-            new_alerts = $9, failed_accounts = $10::jsonb, error = $11, finished_at = now()
+            new_alerts = $9, failed_accounts = $10::jsonb, error = $11, ledger_rows_read = $12,
+            finished_at = now()
         WHERE id = $1
         """,
         run_id,
@@ -363,6 +367,7 @@ async def finish_run(
         new_alerts,
         json.dumps(list(failed_accounts)),
         error[:2000],
+        ledger_rows_read,
     )
 
 

@@ -172,5 +172,74 @@ STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        "0002_ledger_changes",
+        (
+            "ALTER TABLE marketplace_reconciliation_runs "
+            "ADD COLUMN IF NOT EXISTS ledger_rows_read BIGINT NOT NULL DEFAULT 0",
+            """CREATE TABLE IF NOT EXISTS marketplace_reconciliation_ledger_changes (
+                id BIGSERIAL PRIMARY KEY,
+                entry_id BIGINT NOT NULL,
+                account VARCHAR(200) NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS marketplace_reconciliation_ledger_changes_account "
+            "ON marketplace_reconciliation_ledger_changes (account, entry_id)",
+            # The ledger accounts that are Stripe balances: ``platform`` and each
+            # ``acct_...`` (not ``customers``, ``acct_...:bank`` ...). Only those are
+            # reconciled: notes of other ledger accounts would never be read.
+            r"""CREATE OR REPLACE FUNCTION marketplace_reconciliation_is_balance(name TEXT)
+            RETURNS BOOLEAN LANGUAGE sql IMMUTABLE AS $$
+                SELECT name = 'platform' OR (name LIKE 'acct\_%' AND strpos(name, ':') = 0)
+            $$""",
+            # An entry's line on each Stripe balance it was on: inserted, changed
+            # (both accounts when moved) or deleted (so the claim of a deleted entry
+            # is looked at again).
+            """CREATE OR REPLACE FUNCTION marketplace_reconciliation_note_entries()
+            RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'INSERT' THEN
+                    INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
+                    SELECT id, account FROM new_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
+                ELSIF TG_OP = 'UPDATE' THEN
+                    INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
+                    SELECT id, account FROM new_entries
+                    WHERE marketplace_reconciliation_is_balance(account)
+                    UNION
+                    SELECT id, account FROM old_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
+                ELSE
+                    INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account)
+                    SELECT id, account FROM old_entries
+                    WHERE marketplace_reconciliation_is_balance(account);
+                END IF;
+                RETURN NULL;
+            END
+            $$""",
+            "DROP TRIGGER IF EXISTS marketplace_reconciliation_entries_inserted "
+            "ON marketplace_ledger_entries",
+            "CREATE TRIGGER marketplace_reconciliation_entries_inserted "
+            "AFTER INSERT ON marketplace_ledger_entries "
+            "REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT "
+            "EXECUTE FUNCTION marketplace_reconciliation_note_entries()",
+            "DROP TRIGGER IF EXISTS marketplace_reconciliation_entries_updated "
+            "ON marketplace_ledger_entries",
+            "CREATE TRIGGER marketplace_reconciliation_entries_updated "
+            "AFTER UPDATE ON marketplace_ledger_entries "
+            "REFERENCING OLD TABLE AS old_entries NEW TABLE AS new_entries FOR EACH STATEMENT "
+            "EXECUTE FUNCTION marketplace_reconciliation_note_entries()",
+            "DROP TRIGGER IF EXISTS marketplace_reconciliation_entries_deleted "
+            "ON marketplace_ledger_entries",
+            "CREATE TRIGGER marketplace_reconciliation_entries_deleted "
+            "AFTER DELETE ON marketplace_ledger_entries "
+            "REFERENCING OLD TABLE AS old_entries FOR EACH STATEMENT "
+            "EXECUTE FUNCTION marketplace_reconciliation_note_entries()",
+            # The ledger as it is when the step runs: every entry is new to the ledger
+            # check (the next run reads each once, then only what changes).
+            "INSERT INTO marketplace_reconciliation_ledger_changes (entry_id, account) "
+            "SELECT id, account FROM marketplace_ledger_entries "
+            "WHERE marketplace_reconciliation_is_balance(account)",
+        ),
+    ),
 )
 """Migrations after the tables, in order (``engine.core.db.engine_app_steps``)."""

@@ -7,7 +7,8 @@ taken over commits nothing); this module makes it live and bounded:
 
 - one ``LeaseKeeper`` per process renews every lease its drains hold, every
   third of the lease, in one statement on a connection of its own (never one
-  from the pool, which busy drains can exhaust);
+  from the pool, which busy drains can exhaust); a batched drain's leases are
+  held together (``hold_many``) and each key is worked on in its ``turn``;
 - each drain runs under a local deadline, ``asyncio.timeout_at``, set to the
   moment the lease was asked for (or last renewed) plus the lease less a
   margin. A successful renewal pushes the deadline out; a renewal that finds
@@ -26,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["HeldLeases", "LeaseKeeper"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,50 @@ _CONNECTION_ERRORS = (
 
 @dataclass(slots=True)
 class _Held:
+    """One lease a drain of this process holds: its deadline, and its timer while it runs.
+
+    ``deadline`` is loop time; ``timeout`` is set only while the drain works on the
+    key (a batched drain holds keys waiting for their turn with no timer running).
+    """
+
     key: str
     epoch: int
-    timeout: asyncio.Timeout
+    deadline: float
+    timeout: asyncio.Timeout | None = None
+
+    def move_deadline(self, when: float) -> None:
+        self.deadline = when
+        if self.timeout is not None and not self.timeout.expired():
+            self.timeout.reschedule(when)
+
+
+class HeldLeases:
+    """The leases a batched drain holds (``LeaseKeeper.hold_many``), one turn per key.
+
+    Every held lease is renewed by the keeper until its key's turn ends; ``turn``
+    runs the work on one key under that key's deadline.
+    """
+
+    def __init__(self, keeper: LeaseKeeper, held: dict[str, _Held]) -> None:
+        self._keeper = keeper
+        self._held = held
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        """Run the body while ``key``'s lease holds; ``TimeoutError`` when it does not.
+
+        A key whose deadline already passed (renewals failed while it waited, or
+        its lease was found taken over) raises at the body's first await. The
+        key's lease is no longer renewed once its turn ends.
+        """
+        held = self._held[key]
+        try:
+            async with asyncio.timeout_at(held.deadline) as timeout:
+                held.timeout = timeout
+                yield
+        finally:
+            held.timeout = None
+            self._keeper.forget(held)
 
 
 class LeaseKeeper:
@@ -117,15 +159,33 @@ class LeaseKeeper:
 
         ``asked_at`` is the loop time just before the lease statement was sent.
         """
-        async with asyncio.timeout_at(asked_at + self.lease_seconds - self.margin) as timeout:
-            held = _Held(key, epoch, timeout)
-            self._held[id(held)] = held
-            if self.autorenew and (self._task is None or self._task.done()):
-                self._task = asyncio.create_task(self._keep(), name="mailbox-lease-keeper")
-            try:
-                yield
-            finally:
-                del self._held[id(held)]
+        async with self.hold_many([(key, epoch)], asked_at) as held, held.turn(key):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def hold_many(
+        self, leases: Sequence[tuple[str, int]], asked_at: float
+    ) -> AsyncIterator[HeldLeases]:
+        """Hold the leases ``(key, epoch)`` taken in one statement sent at ``asked_at``.
+
+        All of them are renewed together (one statement per round, with every other
+        lease of this process) until their key's ``turn`` ends or the body exits.
+        """
+        deadline = asked_at + self.lease_seconds - self.margin
+        held = {key: _Held(key, epoch, deadline) for key, epoch in leases}
+        for one in held.values():
+            self._held[id(one)] = one
+        if held and self.autorenew and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._keep(), name="mailbox-lease-keeper")
+        try:
+            yield HeldLeases(self, held)
+        finally:
+            for one in held.values():
+                self.forget(one)
+
+    def forget(self, held: _Held) -> None:
+        """Stop renewing ``held`` (its drain is done with the key)."""
+        self._held.pop(id(held), None)
 
     async def _keep(self) -> None:
         """Renew every third of the lease while any lease is held, then close the connection.
@@ -166,16 +226,16 @@ class LeaseKeeper:
             return
         outcome = {(row["account"], row["epoch"]): row for row in rows}
         for token, held in holding:
-            if token not in self._held or held.timeout.expired():
+            if token not in self._held or (held.timeout is not None and held.timeout.expired()):
                 continue  # finished or already stopping meanwhile
             row = outcome.get((held.key, held.epoch))
             if row is None:
                 continue
             if not row["held"]:
                 log.warning("lease on %s lost (epoch %d); stopping its drain", held.key, held.epoch)
-                held.timeout.reschedule(loop.time())
+                held.move_deadline(loop.time())
             elif row["renewed"]:
-                held.timeout.reschedule(sent_at + self.lease_seconds - self.margin)
+                held.move_deadline(sent_at + self.lease_seconds - self.margin)
 
     async def _fetch(self, keys: list[str], epochs: list[int]) -> list[Any]:
         if self._connect is None:

@@ -24,7 +24,9 @@ The protocol:
    writes included, rolls back. It clears ``scheduled`` only if the version
    is unchanged (else the key is re-queued at the back). While a drain runs,
    ``LeaseKeeper`` renews its lease and cancels it before the lease could end
-   unrenewed (``engine.webhooks.leases``).
+   unrenewed (``engine.webhooks.leases``). ``drain_many`` leases several keys
+   in one round trip (``marketplace_mailbox_lease_many``), each with its own
+   token, and applies each key as above, in its own fenced transaction.
 3. A failing event backs the key off with jitter; after ``max_attempts`` the
    event is dead and the key parked (its later events wait, preserving
    order) until replayed. Both writes are fenced like the marks.
@@ -46,7 +48,7 @@ from typing import Any
 import asyncpg
 
 from engine.core.mailboxes import default_mailbox_key
-from engine.webhooks.leases import Connect, LeaseKeeper
+from engine.webhooks.leases import Connect, HeldLeases, LeaseKeeper
 from engine.webhooks.screening import QUARANTINE_MAILBOX, Quarantined
 
 __all__ = [
@@ -136,6 +138,17 @@ SELECT out_version AS version, out_epoch AS lease_epoch, out_id AS id,
 FROM marketplace_mailbox_lease($1, $2, $3, $4)
 """
 
+# Lease several mailboxes and read each one's batch in one round trip, through
+# ``marketplace_mailbox_lease_many`` (core migration ``0006``): the same two
+# statements as ``_LEASE_AND_READ`` for many keys, each key with its own token.
+# A key not returned was not free; a leased key with nothing pending is one row
+# with a NULL id.
+_LEASE_MANY_AND_READ = """
+SELECT out_account AS account, out_version AS version, out_epoch AS lease_epoch,
+       out_id AS id, out_payload AS payload, out_received_at AS received_at
+FROM marketplace_mailbox_lease_many($1::text[], $2, $3, $4)
+"""
+
 # The end of a drain: check the token (and keep the mailbox row locked until
 # the commit), mark the batch handled, release the lease, and clear the
 # scheduling token only when nothing arrived since the lease ($3 = version)
@@ -212,6 +225,12 @@ RETURNING a.account
 """
 
 
+def _stopped(key: str, exc: Exception) -> DrainOutcome:
+    """The outcome of a key whose drain stopped on ``exc`` (a connection failure)."""
+    log.warning("drain of %s stopped: %r", key, exc)
+    return DrainOutcome("error", error=f"{type(exc).__name__}: {exc}"[:2000])
+
+
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     ceiling: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
@@ -230,10 +249,11 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class DrainOutcome:
-    """What one drain did: ``state`` is busy, idle, requeue, backoff, parked or lost.
+    """What one drain did: ``state`` is busy, idle, requeue, backoff, parked, lost or error.
 
     ``lost``: the lease was taken over, or could not be renewed in time; the
-    drain stopped and committed nothing.
+    drain stopped and committed nothing. ``error`` (``drain_many`` only): the
+    key's connection failed; nothing of it committed and its lease runs out.
     """
 
     state: str
@@ -305,6 +325,9 @@ class Mailbox:
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.keeper = LeaseKeeper(lease_seconds, connect=renew_with, pool=pool)
+        self.lease_many = True
+        """False once ``marketplace_mailbox_lease_many`` was found missing: ``drain_many``
+        drains one mailbox at a time."""
 
     def key_of(self, event: Mapping[str, Any]) -> str:
         """The mailbox ``event`` goes to."""
@@ -388,8 +411,6 @@ class Mailbox:
         again (handlers are idempotent). Intake commits stay synchronous.
         """
         loop = asyncio.get_running_loop()
-        after: list[Callable[[], None]] = []
-        handled: list[Any] = []
         async with self._pool.acquire() as conn:
             asked_at = loop.time()
             leased = await conn.fetch(
@@ -399,16 +420,129 @@ class Mailbox:
                 return DrainOutcome("busy")
             lease = _Lease(account, int(leased[0]["lease_epoch"]), int(leased[0]["version"]))
             rows = [row for row in leased if row["id"] is not None]
+            async with self.keeper.hold_many([(lease.key, lease.epoch)], asked_at) as held:
+                return await self._drain_leased(conn, lease, rows, handle, held)
+
+    async def drain_many(
+        self,
+        accounts: Sequence[str],
+        owner: str,
+        handle: EventHandler,
+        *,
+        at_once: int = 0,
+    ) -> dict[str, DrainOutcome]:
+        """Drain several mailboxes in one go: one round trip leases them all and reads
+        their batches, then each is applied as ``drain`` applies one, in its own
+        transaction fenced by its own token.
+
+        ``at_once``: how many of the leased mailboxes are applied at the same time,
+        each on a connection of its own from the pool (0: all of them; the pool
+        bounds them). 1 applies them one after the other on the lease's connection.
+        Every leased key is renewed together (``LeaseKeeper.hold_many``) until its
+        turn ends, and each key's turn runs under that key's deadline.
+
+        Returns an outcome per account: ``busy`` for one whose lease was not free,
+        ``lost`` for one whose lease was lost (nothing of it committed), and
+        ``error`` for one whose connection failed (its lease runs out and the
+        sweeper hands it on; with ``at_once=1`` the drain stops there and the keys
+        after it are ``error`` too). Without the ``marketplace_mailbox_lease_many``
+        function (a database not yet migrated to core step ``0006``) each account
+        is drained alone.
+        """
+        keys = list(dict.fromkeys(accounts))
+        if not keys:
+            return {}
+        if self.lease_many:
+            drained = await self._drain_many(keys, owner, handle, at_once)
+            if drained is not None:
+                return drained
+        return {key: await self.drain(key, owner, handle) for key in keys}
+
+    async def _drain_many(
+        self, keys: list[str], owner: str, handle: EventHandler, at_once: int
+    ) -> dict[str, DrainOutcome] | None:
+        """``drain_many`` with the function; ``None`` when it is missing."""
+        loop = asyncio.get_running_loop()
+        async with self._pool.acquire() as conn:
+            asked_at = loop.time()
             try:
-                async with self.keeper.hold(lease.key, lease.epoch, asked_at):
-                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
-            except (LeaseLost, TimeoutError):
-                log.warning(
-                    "drain of %s lost its lease (epoch %d); nothing committed",
-                    lease.key,
-                    lease.epoch,
+                leased = await conn.fetch(
+                    _LEASE_MANY_AND_READ, keys, owner, self.lease_seconds, self.batch_size
                 )
-                return DrainOutcome("lost")
+            except asyncpg.UndefinedFunctionError:
+                log.warning(
+                    "marketplace_mailbox_lease_many is missing (run `marketplace migrate`); "
+                    "draining one mailbox at a time"
+                )
+                self.lease_many = False
+                return None
+        batches: dict[str, tuple[_Lease, list[Any]]] = {}
+        for row in leased:
+            key = str(row["account"])
+            if key not in batches:
+                batches[key] = (_Lease(key, int(row["lease_epoch"]), int(row["version"])), [])
+            if row["id"] is not None:
+                batches[key][1].append(row)
+        outcomes = {key: DrainOutcome("busy") for key in keys if key not in batches}
+        leases = [(lease.key, lease.epoch) for lease, _ in batches.values()]
+        async with self.keeper.hold_many(leases, asked_at) as held:
+            if at_once == 1:
+                async with self._pool.acquire() as conn:
+                    for key, (lease, rows) in batches.items():
+                        try:
+                            outcomes[key] = await self._drain_leased(
+                                conn, lease, rows, handle, held
+                            )
+                        except Exception as exc:  # the connection failed: stop here
+                            stopped = _stopped(key, exc)
+                            for rest in batches:
+                                outcomes.setdefault(rest, stopped)
+                            break
+            elif batches:
+                limit = asyncio.Semaphore(at_once if at_once > 0 else len(batches))
+
+                async def apply(lease: _Lease, rows: list[Any]) -> DrainOutcome:
+                    async with limit:
+                        try:
+                            return await self._drain_leased(None, lease, rows, handle, held)
+                        except Exception as exc:  # this key's connection failed
+                            return _stopped(lease.key, exc)
+
+                applied = await asyncio.gather(
+                    *(apply(lease, rows) for lease, rows in batches.values())
+                )
+                outcomes.update(zip(batches, applied, strict=True))
+        return {key: outcomes[key] for key in keys}
+
+    async def _drain_leased(
+        self,
+        conn: asyncpg.Connection | None,
+        lease: _Lease,
+        rows: Sequence[Any],
+        handle: EventHandler,
+        held: HeldLeases,
+    ) -> DrainOutcome:
+        """Apply one leased mailbox's batch during its turn; run its after-commit actions.
+
+        ``conn`` None: a connection is taken from the pool for the turn (the wait
+        for it counts against the key's deadline).
+        """
+        after: list[Callable[[], None]] = []
+        handled: list[Any] = []
+        try:
+            async with held.turn(lease.key):
+                if conn is None:
+                    async with self._pool.acquire() as own:
+                        outcome = await self._run_batch(own, lease, rows, handle, handled, after)
+                else:
+                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+        except (LeaseLost, TimeoutError):
+            log.warning(
+                "drain of %s lost its lease (epoch %d); nothing committed",
+                lease.key,
+                lease.epoch,
+            )
+            return DrainOutcome("lost")
         for action in after:
             action()
         if handled:

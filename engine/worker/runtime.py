@@ -1,8 +1,9 @@
-"""The worker process: taskiq receiver draining mailboxes, plus the sweeper.
+"""The worker process: batched mailbox drains fed from JetStream, plus the sweeper.
 
 ``run_worker(settings)`` builds the services, the broker (as a worker) and the
 dispatcher from the enabled plugins, registers the drain task and runs the
-taskiq receiver and the sweeper until stopped. ``Scheduler`` is the publishing
+token receiver (``engine.worker.batching``: drain tokens batched into drains,
+plugins' tasks to taskiq's receiver) and the sweeper until stopped. ``Scheduler`` is the publishing
 half used by the API (and by the worker to re-queue an account at the back).
 """
 
@@ -21,17 +22,17 @@ from typing import Any
 import asyncpg
 from prometheus_client import start_http_server
 from taskiq import Context, TaskiqDepends
-from taskiq.api import run_receiver_task
 
 from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
 from engine.services import Services
 from engine.supervision import restarting
-from engine.webhooks.mailbox import Mailbox
+from engine.webhooks.mailbox import DrainOutcome, Mailbox
 from engine.webhooks.screening import UnknownConnectedAccount, ensure_applicable, live_key
 from engine.webhooks.setup import warn_about_endpoint_versions
 from engine.webhooks.versions import ensure_engine_version
+from engine.worker.batching import DrainBatcher, TokenReceiver
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
 from engine.worker.handlers import core_registrations
@@ -237,27 +238,47 @@ class Worker:
         """Drain ``account`` once; re-queue it at the back if more remains."""
         with log_context(account=account):
             outcome = await self.mailbox.drain(account, self.owner, self._handle)
-            failed = outcome.state in {"backoff", "parked"}
-            # A permanent failure (an event of another API version) is dead at once.
-            dead_at_once = outcome.state == "requeue" and bool(outcome.error)
-            self.metrics.drained(
-                account,
-                handled=outcome.handled,
-                lag_seconds=outcome.lag_seconds,
-                failed=failed,
-                dead=int(outcome.state == "parked" or dead_at_once),
-            )
-            if failed:
-                log.warning("handler failed (%s): %s", outcome.state, outcome.error)
-            if dead_at_once:
-                log.warning("event dead-lettered: %s", outcome.error)
-            if outcome.state == "lost":
-                # Another drain holds the mailbox now, or the sweeper hands it on once
-                # the lease expires: nothing to publish.
-                log.warning("drain stopped: lease lost")
+            self._record(account, outcome)
             if outcome.state == "requeue":
                 await self.scheduler.requeue(account)
             return outcome.state
+
+    async def drain_many(self, accounts: list[str]) -> dict[str, str]:
+        """Drain several accounts in one batched drain; re-queue at the back those with
+        more to do. Returns each account's outcome state."""
+        outcomes = await self.mailbox.drain_many(accounts, self.owner, self._handle)
+        for account, outcome in outcomes.items():
+            with log_context(account=account):
+                self._record(account, outcome)
+        requeue = [account for account, outcome in outcomes.items() if outcome.state == "requeue"]
+        for account in requeue:
+            await self.scheduler.requeue(account)
+        return {account: outcome.state for account, outcome in outcomes.items()}
+
+    def _record(self, account: str, outcome: DrainOutcome) -> None:
+        """Count and log what one mailbox's drain did."""
+        failed = outcome.state in {"backoff", "parked"}
+        # A permanent failure (an event of another API version) is dead at once.
+        dead_at_once = outcome.state == "requeue" and bool(outcome.error)
+        self.metrics.drained(
+            account,
+            handled=outcome.handled,
+            lag_seconds=outcome.lag_seconds,
+            failed=failed,
+            dead=int(outcome.state == "parked" or dead_at_once),
+        )
+        if failed:
+            log.warning("handler failed (%s): %s", outcome.state, outcome.error)
+        if dead_at_once:
+            log.warning("event dead-lettered: %s", outcome.error)
+        if outcome.state == "lost":
+            # Another drain holds the mailbox now, or the sweeper hands it on once
+            # the lease expires: nothing to publish.
+            log.warning("drain stopped: lease lost")
+        if outcome.state == "error":
+            # The connection failed mid-drain: the lease runs out and the sweeper
+            # re-publishes the mailbox.
+            log.warning("drain stopped: %s", outcome.error)
 
     async def sweep_once(self) -> list[str]:
         """Re-publish accounts whose backoff passed, lease expired or token was lost."""
@@ -316,13 +337,21 @@ async def run_worker(
         every_seconds=settings.worker.heartbeat_seconds,
     )
     await broker.startup()
+    batcher = DrainBatcher(
+        worker.drain_many,
+        drains=settings.worker.drains,
+        keys_per_drain=settings.worker.keys_per_drain,
+    )
     tasks = [
         asyncio.create_task(
             restarting(
                 "webhook receiver",
-                lambda: run_receiver_task(
-                    broker, max_async_tasks=settings.worker.concurrency, run_startup=False
-                ),
+                lambda: TokenReceiver(
+                    broker,
+                    batcher,
+                    drain_task=DRAIN_TASK,
+                    concurrency=settings.worker.concurrency,
+                ).run(),
             )
         ),
         asyncio.create_task(restarting("mailbox sweeper", worker.sweep_forever)),
@@ -351,6 +380,7 @@ async def run_worker(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await batcher.close()
         with contextlib.suppress(Exception):
             await heartbeat.stopped()
         await scheduler.close()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine.core.ledger import Ledger
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.gateway import StripeGateway
 from engine.payments.movements import MoneyScope
@@ -108,11 +107,6 @@ class BookingContext:
     def gateway(self) -> StripeGateway:
         """The Stripe gateway."""
         return self.services.gateway
-
-    @property
-    def ledger(self) -> Ledger:
-        """The engine's ledger."""
-        return self.services.ledger
 
     @property
     def money(self) -> MoneyScope:

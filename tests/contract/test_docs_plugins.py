@@ -5,8 +5,10 @@
   changed signature or docstring makes the check fail.
 - Every name of the public API table exists and is exported (``__all__``), and
   the shipped plugins, the example plugin and the ``new-plugin`` templates
-  import nothing else from the engine (the proof that the documented API
-  suffices; ``_NOT_YET_PUBLIC`` lists the exceptions left, with why).
+  import nothing else from the engine, nor use another name of an engine module
+  they import (``movements.X``) (the proof that the documented API suffices;
+  ``_NOT_YET_PUBLIC`` lists the exceptions left, with why). Every money call of
+  ``engine.payments.movements`` is in the table.
 - The kit's fixtures and the conformance properties are the documented ones.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import re
 from collections.abc import Iterator
@@ -154,6 +157,38 @@ def _engine_imports(source: str) -> Iterator[tuple[str, str]]:
                 yield str(target.value), ""
 
 
+def _is_module(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is not None
+    except (ImportError, ValueError):  # a name inside a module, not a module of its own
+        return False
+
+
+def _module_attribute_uses(source: str) -> Iterator[tuple[str, str]]:
+    """``(module, name)`` for each ``alias.name`` of an engine module imported by name.
+
+    ``from engine.payments import movements`` then ``movements.charge(...)`` gives
+    ``("engine.payments.movements", "charge")``, as ``from engine.payments.movements
+    import charge`` would.
+    """
+    tree = ast.parse(source)
+    modules: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] != "engine":
+                continue
+            for alias in node.names:
+                if _is_module(f"{node.module}.{alias.name}"):
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+        ):
+            yield modules[node.value.id], node.attr
+
+
 def _import_problems(where: str, source: str, api: dict[str, set[str]]) -> list[str]:
     """What ``source`` (the file ``where``) imports that a plugin may not."""
     problems = []
@@ -174,6 +209,11 @@ def _import_problems(where: str, source: str, api: dict[str, set[str]]) -> list[
         elif root == "engine" and name not in api.get(module, set()):
             problems.append(
                 f"{where} imports {module}.{name}, which is not in docs/plugins.md's public API"
+            )
+    for module, name in sorted(set(_module_attribute_uses(source))):
+        if (where, module, name) not in _NOT_YET_PUBLIC and name not in api.get(module, set()):
+            problems.append(
+                f"{where} uses {module}.{name}, which is not in docs/plugins.md's public API"
             )
     return problems
 
@@ -203,6 +243,9 @@ def test_plugins_import_only_the_public_api(where: str, source: str) -> None:
         "if TYPE_CHECKING:\n    from engine.api.app import create_app",
         "import stripe",
         "from plugins.commission_rules.hooks import resolve_commission",
+        "from engine.payments import movements\nmovements._charged(scope, intent)",
+        "from engine.payments import movements as money\nkeys = money._EXPAND_CHARGE",
+        "from engine.core import postings\npostings.charge_posting(charge)",
     ],
 )
 def test_the_import_check_refuses_every_form_of_a_private_import(statement: str) -> None:
@@ -213,12 +256,34 @@ def test_the_import_check_refuses_every_form_of_a_private_import(statement: str)
         assert _import_problems(where, statement, _public_api()), statement
 
 
+def test_every_money_call_is_documented() -> None:
+    """docs/plugins.md lists every public money call (``engine.payments.movements.__all__``)."""
+    from engine.payments import movements
+
+    documented = _public_api()["engine.payments.movements"]
+    assert set(movements.__all__) <= documented, sorted(set(movements.__all__) - documented)
+
+
+def test_the_attribute_check_reads_module_imports_only() -> None:
+    source = (
+        "from engine.payments import movements as money\n"
+        "from engine.core.money import Money\n"
+        "money.charge(scope, Money.zero('usd'))\n"
+        "money.post_platform_charge(scope, charge)\n"
+    )
+    assert sorted(set(_module_attribute_uses(source))) == [
+        ("engine.payments.movements", "charge"),
+        ("engine.payments.movements", "post_platform_charge"),
+    ]
+
+
 def test_every_exception_left_is_still_needed() -> None:
     """``_NOT_YET_PUBLIC`` only shrinks: an entry whose import is gone must go too."""
     sources = dict([*_example_sources(), *_rendered_templates(), *_shipped_plugin_sources()])
     for where, module, name in _NOT_YET_PUBLIC:
         assert where in sources, f"{where} is gone: drop its _NOT_YET_PUBLIC entry"
-        assert (module, name) in set(_engine_imports(sources[where])), (
+        used = set(_engine_imports(sources[where])) | set(_module_attribute_uses(sources[where]))
+        assert (module, name) in used, (
             f"{where} no longer imports {module}.{name}: drop its _NOT_YET_PUBLIC entry"
         )
 
@@ -230,6 +295,9 @@ def test_the_import_check_accepts_the_public_api_and_a_plugins_own_modules() -> 
         "from plugins.three_sided_bookings.config import PLUGIN\n"
         "from .split import split_booking\n"
         "import asyncpg\n"
+        "from engine.payments import movements\n"
+        "charged = movements.charge(scope, priced)\n"
+        "refunded = movements.refund_destination_charge\n"
     )
     assert _import_problems("plugins/three_sided_bookings/hooks.py", source, _public_api()) == []
 

@@ -37,6 +37,7 @@ async def test_simulated_seeds_keep_every_invariant(harness_database: str) -> No
     for fault in ("kill worker", "cut connections", "expire and take over", "lose tokens"):
         assert steps[fault] > 0, fault
     assert steps["drain lost"] > 0
+    assert steps["batched drain"] > 0  # Mailbox.drain_many ran under the same faults
     assert sum(report.before_replay.dead for report in reports) > 0
 
 

@@ -262,3 +262,122 @@ async def test_a_cursor_stripe_no_longer_knows_lists_that_account_from_the_begin
     assert again.status == "completed"
     assert again.problems == 0
     assert again.counts.get("matched", 0) == 0  # all were matched before: nothing new matched
+
+
+async def test_the_ledger_check_reads_only_new_changed_and_open_lines(stack: Stack) -> None:
+    """The ledger side of an incremental run reads new, changed and open lines only.
+
+    Triggers note every ledger entry inserted, changed or deleted; a run reads
+    the claims of the noted entries and looks for unclaimed lines among them, and
+    then forgets those it need not read again. So a run after nothing happened
+    reads only the line still open (a posting Stripe never showed); a run after
+    one more tip, one entry changed and one deleted reads those and their
+    transactions' lines, however long the ledger; a full run reads it all.
+    """
+    created = ok(
+        await stack.http.post(f"{C}/creators", json={"handle": "dee", "display_name": "Dee"}), 201
+    )
+    dee = created["creator"]["account_id"]
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{dee}/complete_onboarding")
+    await stack.settle()
+    for number in range(12):
+        await tip(stack, dee, f"fan-{number}", 1000 + number)
+    await stack.settle()
+    ghost = Posting.transfer(
+        "test:ghost",
+        "adjustment",
+        CUSTOMERS,
+        dee,
+        Money(500, "usd"),
+        occurred_at=stripe_time(int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])),
+        stripe_object_id="ch_ghost",
+    )
+    assert await stack.services.ledger.post(ghost)
+    pool = stack.services.db.pool
+
+    async def lines_on(*accounts: str) -> int:
+        count = await pool.fetchval(
+            "SELECT count(*) FROM marketplace_ledger_entries "
+            "WHERE account = ANY($1::text[]) AND amount <> 0",
+            list(accounts),
+        )
+        return int(count)
+
+    first = await run_reconciliation(stack.services, page_size=PAGE)
+    assert findings(first) == [("missing_in_stripe", dee)]
+    everything = await lines_on("platform", dee)
+    assert first.ledger_rows_read >= everything  # the first run reads every line
+    stored = await find_run(pool, first.id)
+    assert stored is not None
+    assert stored.ledger_rows_read == first.ledger_rows_read
+
+    # Nothing new: the only line read is the ghost's, still open.
+    quiet = await run_reconciliation(stack.services, page_size=PAGE)
+    assert findings(quiet) == findings(first)
+    assert quiet.ledger_rows_read == 1
+    assert [step.ledger_rows_read for step in quiet.accounts if step.account == dee] == [1]
+
+    # One more tip, one matched entry of Dee's changed and another deleted.
+    before = int(await pool.fetchval("SELECT max(id) FROM marketplace_ledger_entries"))
+    await tip(stack, dee, "fan-late", 900)
+    await stack.settle()
+    new_lines = int(
+        await pool.fetchval(
+            "SELECT count(*) FROM marketplace_ledger_entries "
+            "WHERE id > $1 AND account = ANY($2::text[]) AND amount <> 0",
+            before,
+            ["platform", dee],
+        )
+    )
+    assert new_lines >= 2
+    changed, deleted = await pool.fetch(
+        "SELECT e.* FROM marketplace_ledger_entries e "
+        "JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction "
+        "WHERE e.account = $1 AND e.amount > 0 AND e.id <= $2 AND t.kind <> 'adjustment' "
+        "ORDER BY e.id LIMIT 2",
+        dee,
+        before,
+    )
+    await pool.execute(
+        "UPDATE marketplace_ledger_entries SET amount = amount + 7 WHERE id = $1", changed["id"]
+    )
+    await pool.execute("DELETE FROM marketplace_ledger_entries WHERE id = $1", deleted["id"])
+
+    second = await run_reconciliation(stack.services, page_size=PAGE)
+    # Found: the changed entry, the payment whose entry is gone, the line its
+    # posting left behind, and the ghost.
+    assert sorted(item.status for item in second.problem_items()) == [
+        "amount_mismatch",
+        "missing_in_ledger",
+        "missing_in_stripe",
+        "missing_in_stripe",
+    ]
+    [step] = [step for step in second.accounts if step.account == dee]
+    assert step.reopened == 2
+    # Read: the new tip's lines, the two claims checked, the re-opened transactions'
+    # lines and the ghost's, each by at most the three steps that look at lines: a
+    # bound set by what changed, not by the ledger's length (the first run read it all).
+    assert second.ledger_rows_read <= 3 * (new_lines + 2 + 2 + 1)
+    assert second.ledger_rows_read < everything / 2
+
+    # Mended by hand: that run matches again what it re-opened; the next reads only
+    # the ghost's line.
+    await pool.execute(
+        "UPDATE marketplace_ledger_entries SET amount = amount - 7 WHERE id = $1", changed["id"]
+    )
+    await pool.execute(
+        "INSERT INTO marketplace_ledger_entries "
+        "(id, ledger_transaction, account, amount, currency) VALUES ($1, $2, $3, $4, $5)",
+        *(
+            deleted[column]
+            for column in ("id", "ledger_transaction", "account", "amount", "currency")
+        ),
+    )
+    mended = await run_reconciliation(stack.services, page_size=PAGE)
+    assert findings(mended) == [("missing_in_stripe", dee)]
+    assert (await run_reconciliation(stack.services, page_size=PAGE)).ledger_rows_read == 1
+
+    # A full run reads the whole ledger again, and finds the same.
+    full = await run_reconciliation(stack.services, page_size=PAGE, full=True)
+    assert findings(full) == findings(mended)
+    assert full.ledger_rows_read >= await lines_on("platform", dee)

@@ -348,7 +348,7 @@ class _SimWorker:
         self.mailbox: Mailbox | None = None
         self.task: asyncio.Task[None] | None = None
         self.at_gate: str | None = None
-        self.draining: str | None = None
+        self.draining: list[str] | None = None
 
     async def start(self) -> None:
         url = self.sim.database_url
@@ -371,23 +371,32 @@ class _SimWorker:
     def idle(self) -> bool:
         return self.task is None or self.task.done()
 
-    def drain(self, key: str) -> None:
-        self.draining = key
-        self.task = asyncio.create_task(self._drain(key))
+    def drain(self, keys: list[str]) -> None:
+        """Drain ``keys``: one alone (``Mailbox.drain``), several batched (``drain_many``)."""
+        self.draining = keys
+        self.task = asyncio.create_task(self._drain(keys))
 
-    async def _drain(self, key: str) -> None:
+    async def _drain(self, keys: list[str]) -> None:
         assert self.mailbox is not None
         try:
-            outcome = await self.mailbox.drain(key, self.name, self._handle)
+            if len(keys) == 1:
+                outcomes = {keys[0]: await self.mailbox.drain(keys[0], self.name, self._handle)}
+            else:
+                # One key after the other (``at_once=1``): a step's wait for quiet then
+                # sees each worker's one transaction at a time, so a seed replays.
+                outcomes = await self.mailbox.drain_many(keys, self.name, self._handle, at_once=1)
         except CUT as exc:
-            # The connection was cut (a "restart"): like taskiq, the token is gone.
+            # The connection was cut (a "restart"): like taskiq, the tokens are gone.
             self.sim.count(f"drain error {type(exc).__name__}")
             return
         finally:
             self.draining = None
-        self.sim.count(f"drain {outcome.state}")
-        if outcome.state == "requeue":
-            self.sim.broker.publish(key)
+        if len(keys) > 1:
+            self.sim.count("batched drain")
+        for key, outcome in outcomes.items():
+            self.sim.count(f"drain {outcome.state}")
+            if outcome.state == "requeue":
+                self.sim.broker.publish(key)
 
     async def _handle(self, event: Mapping[str, Any], conn: asyncpg.Connection) -> None:
         event_id = str(event["id"])
@@ -533,7 +542,7 @@ class _Simulation:
             await self.deliver()
         elif action == "drain":
             worker = self.rng.choice([w for w in self.workers if w.idle])
-            worker.drain(self.broker.take())
+            worker.drain(self.take_some())
         elif action == "release":
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
             self.gates[worker.at_gate or ""].set()
@@ -541,8 +550,8 @@ class _Simulation:
             # The handler hangs past its lease (a slow Stripe call, a paused VM).
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
             await self.expire_leases(f"lease_owner = '{worker.name}'")
-            if worker.draining is not None:
-                self.broker.publish(worker.draining)
+            for key in worker.draining or ():
+                self.broker.publish(key)
         elif action == "renew":
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
             assert worker.mailbox is not None
@@ -564,6 +573,11 @@ class _Simulation:
             await self.quiet()
             await self.expire_leases()
         return action
+
+    def take_some(self) -> list[str]:
+        """One to three tokens, as a batched drain takes the keys it was handed."""
+        count = self.rng.randint(1, min(3, len(self.broker.tokens)))
+        return [self.broker.take() for _ in range(count)]
 
     async def sweep(self) -> None:
         assert self.intake is not None
@@ -589,7 +603,7 @@ class _Simulation:
                 for worker in idle:
                     if not self.broker.tokens:
                         break
-                    worker.drain(self.broker.take())
+                    worker.drain(self.take_some())
                 idle_rounds = 0
                 continue
             if len(idle) < len(self.workers):
