@@ -62,6 +62,7 @@ __all__ = [
     "payments_created_between",
     "record_transfer",
     "refund_status",
+    "return_failed_refund",
     "update_payment",
 ]
 
@@ -245,6 +246,20 @@ async def update_payment(
         amount_refunded,
         fee_amount,
         None if split is None else json.dumps(dict(split)),
+    )
+    return bool(found)
+
+
+async def return_failed_refund(conn: asyncpg.Connection, charge_id: str, amount: Money) -> bool:
+    """A refund of ``charge_id`` failed: its ``amount`` is no longer refunded (as Stripe's
+    charge says); the status stays (it only moves forward). Call once per refund (when
+    its ``refund_failure`` posting is new). Returns whether a payment has the charge.
+    """
+    found = await conn.fetch(
+        "UPDATE marketplace_payments SET amount_refunded = GREATEST(amount_refunded - $2, 0) "
+        "WHERE stripe_charge_id = $1 RETURNING id",
+        charge_id,
+        amount.amount,
     )
     return bool(found)
 

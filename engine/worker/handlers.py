@@ -40,6 +40,7 @@ from engine.payments.records import (
     dispute_payment_status,
     lock_charge_movements,
     refund_status,
+    return_failed_refund,
     update_payment,
 )
 from engine.worker.dispatch import EventContext, stripe_object
@@ -233,7 +234,7 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
     )
     returned = refund.get("failure_balance_transaction")
     if refund.get("status") == "failed" and returned:
-        await ctx.services.ledger.post(
+        newly = await ctx.services.ledger.post(
             refund_failure_posting(
                 account,
                 refund_id,
@@ -244,6 +245,8 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
             ),
             conn=ctx.conn,
         )
+        if newly:
+            await return_failed_refund(ctx.conn, charge_id, amount)
 
 
 async def _balance_transaction_time(ctx: EventContext, txn: object, account: str) -> datetime:
@@ -263,7 +266,7 @@ async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
     """``refund.created``/``updated``/``failed``, ``charge.refund.updated``: post the refund
     (the plugin's API path may have), and, once it failed, its money coming back
     (``refund_failure:<re>``, at the time of Stripe's ``refund_failure`` balance
-    transaction)."""
+    transaction; the payment's refunded amount drops by it, its status stays)."""
     await post_refund(ctx, stripe_object(event), str(event.get("account") or PLATFORM))
 
 

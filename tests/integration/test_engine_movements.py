@@ -609,5 +609,11 @@ async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stac
         f"refund_failure:{refunded.refund_id}",
     )
     assert posted == 1
+    # The payment's refunded amount is Stripe's charge's again (its status only moves forward).
+    row = await pool.fetchrow(
+        "SELECT amount_refunded, status FROM marketplace_payments WHERE id = $1",
+        charged.payment_id,
+    )
+    assert (row["amount_refunded"], row["status"]) == (0, "partially_refunded")
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
