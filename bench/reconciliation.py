@@ -13,6 +13,12 @@ seconds taken. The last lines are ``bench: ledger_rows_read_first``,
 ``..._incremental`` and ``..._full`` (the ledger rows each run read) and two
 ratios: ``bench: reconciliation_listed_ratio`` (listed by the incremental run /
 by the full one) and ``bench: reconciliation_time_ratio`` (incremental / full).
+
+``--table-stats`` also prints, per run, the rows PostgreSQL itself read from
+``marketplace_ledger_entries`` (``pg_stat_user_tables``: sequential plus index
+fetches, anything else the stack did meanwhile included), waiting 11 s before
+and after each run for the backends to report their statistics (PostgreSQL
+flushes an idle backend's within 10 s), as ``bench: ledger_tuples_<run> <n>``.
 """
 
 from __future__ import annotations
@@ -63,7 +69,22 @@ def last_seq(stack: Stack) -> int:
     return int(data[-1]["seq"]) if data else 0
 
 
-async def measured(stack: Stack, name: str, **options: Any) -> tuple[ReconciliationRun, float]:
+async def ledger_tuples(stack: Stack) -> int:
+    """Rows PostgreSQL has read from the ledger entries so far (after its stats are in)."""
+    await asyncio.sleep(11)
+    async with stack.services.db.pool.acquire() as conn:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = await conn.fetchrow(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+            "FROM pg_stat_user_tables WHERE relname = 'marketplace_ledger_entries'"
+        )
+    return int(row[0]) if row is not None else 0
+
+
+async def measured(
+    stack: Stack, name: str, tuples: dict[str, int] | None = None, **options: Any
+) -> tuple[ReconciliationRun, float]:
+    before = await ledger_tuples(stack) if tuples is not None else 0
     mark = last_seq(stack)
     started = time.perf_counter()
     run = await run_reconciliation(stack.services, **options)
@@ -78,13 +99,20 @@ async def measured(stack: Stack, name: str, **options: Any) -> tuple[Reconciliat
         f"most held {held:4d}   problems {run.problems:3d}   {seconds:6.2f} s"
     )
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+    if tuples is not None:
+        key = name.split(maxsplit=1)[0]
+        tuples[key] = await ledger_tuples(stack) - before
+        print(f"{name:<13} postgres read {tuples[key]} ledger entry rows")
     return run, seconds
 
 
-async def run(tips: int, new: int, page: int) -> tuple[dict[str, int], float, float]:
+async def run(
+    tips: int, new: int, page: int, tuples: dict[str, int] | None
+) -> tuple[dict[str, int], float, float]:
     """Seed, reconcile three ways, print the figures.
 
-    Returns the ledger rows each run read, and the two ratios.
+    Returns the ledger rows each run read, and the two ratios; fills ``tuples``
+    (when given) with what PostgreSQL read from the ledger entries per run.
     """
     with tempfile.TemporaryDirectory(prefix="bench-reconciliation-") as scratch:
         async with EmbeddedServices(Path(scratch), fast=True, use_environment=False) as services:
@@ -110,10 +138,10 @@ async def run(tips: int, new: int, page: int) -> tuple[dict[str, int], float, fl
                 started = time.perf_counter()
                 await pay_tips(stack, creators, tips, "seed")
                 print(f"paid {tips} tips in {time.perf_counter() - started:.1f} s")
-                first, _ = await measured(stack, "first run", page_size=page)
+                first, _ = await measured(stack, "first run", tuples, page_size=page)
                 await pay_tips(stack, creators, new, "new")
-                incremental, fast = await measured(stack, "incremental", page_size=page)
-                full, slow = await measured(stack, "full", page_size=page, full=True)
+                incremental, fast = await measured(stack, "incremental", tuples, page_size=page)
+                full, slow = await measured(stack, "full", tuples, page_size=page, full=True)
     rows = {
         "first": first.ledger_rows_read,
         "incremental": incremental.ledger_rows_read,
@@ -128,12 +156,20 @@ def main() -> None:
     parser.add_argument("--tips", type=int, default=200)
     parser.add_argument("--new", type=int, default=5)
     parser.add_argument("--page", type=int, default=100)
+    parser.add_argument(
+        "--table-stats",
+        action="store_true",
+        help="also print the ledger entry rows PostgreSQL read per run (waits 11 s per reading)",
+    )
     args = parser.parse_args()
     for name in ("taskiq", "nats"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    rows, listed, timed = asyncio.run(run(args.tips, args.new, args.page))
+    tuples: dict[str, int] | None = {} if args.table_stats else None
+    rows, listed, timed = asyncio.run(run(args.tips, args.new, args.page, tuples))
     for name, count in rows.items():
         print(f"bench: ledger_rows_read_{name} {count}")
+    for name, count in (tuples or {}).items():
+        print(f"bench: ledger_tuples_{name} {count}")
     print(f"bench: reconciliation_listed_ratio {listed:.3f}")
     print(f"bench: reconciliation_time_ratio {timed:.3f}")
 

@@ -166,13 +166,20 @@ class ReconciliationRun:
 
 
 async def _stripe_accounts(pool: Any) -> list[str]:
-    """Connected accounts to reconcile: known ones and any the ledger mentions."""
+    """Connected accounts to reconcile: known ones and any the ledger mentions.
+
+    The ledger's are found without reading it: an account with entries has
+    notes of them (``marketplace_reconciliation_ledger_changes``) until a run
+    reconciled it, and a cursor once one has.
+    """
     rows = await pool.fetch(
         """
         SELECT stripe_account_id AS account FROM marketplace_accounts
         UNION
-        SELECT DISTINCT account FROM marketplace_ledger_entries
-        WHERE account LIKE 'acct\\_%' AND strpos(account, ':') = 0
+        SELECT account FROM marketplace_reconciliation_cursors WHERE account <> 'platform'
+        UNION
+        SELECT DISTINCT account FROM marketplace_reconciliation_ledger_changes
+        WHERE account <> 'platform'
         ORDER BY 1
         """
     )

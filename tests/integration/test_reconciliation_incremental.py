@@ -381,3 +381,27 @@ async def test_the_ledger_check_reads_only_new_changed_and_open_lines(stack: Sta
     full = await run_reconciliation(stack.services, page_size=PAGE, full=True)
     assert findings(full) == findings(mended)
     assert full.ledger_rows_read >= await lines_on("platform", dee)
+
+
+async def test_an_account_only_the_ledger_names_is_reconciled_on_every_run(stack: Stack) -> None:
+    """An ``acct_...`` the ledger names but the engine never created is still reconciled.
+
+    Found without reading the ledger: by its notes until a run reconciled it, then
+    by its cursor (or its notes again while Stripe will not list it).
+    """
+    stranger = "acct_1stranger000000"
+    posting = Posting.transfer(
+        "test:stranger",
+        "adjustment",
+        CUSTOMERS,
+        stranger,
+        Money(700, "usd"),
+        occurred_at=stripe_time(int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])),
+        stripe_object_id="ch_stranger",
+    )
+    assert await stack.services.ledger.post(posting)
+    for full in (False, False, True, False):
+        run = await run_reconciliation(stack.services, page_size=PAGE, full=full)
+        [step] = [step for step in run.accounts if step.account == stranger]
+        assert step.error  # the sandbox, like Stripe, does not know the account
+        assert run.status == "incomplete"
