@@ -133,9 +133,10 @@ class WorkerSettings(_Section, frozen=True):
     concurrency: Positive = 64
     """Drain tokens (and plugin tasks) a worker holds unfinished at once: queued or draining."""
     drains: Positive = 4
-    """Batched drains a worker runs at once, each on one database connection."""
+    """Batched drains a worker runs at once."""
     keys_per_drain: Positive = 16
-    """Mailboxes one drain leases in one round trip and applies one after the other."""
+    """Mailboxes one drain leases in one round trip, then applies at the same time (each
+    in its own transaction on a connection of its own: ``[database] pool_max`` bounds them)."""
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
     heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0

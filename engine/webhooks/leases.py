@@ -41,8 +41,10 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 # Renew the leases still held with this token, skipping rows another statement
 # has locked right now (an intake, or a drain committing): they are tried again
-# next round, and one busy row never delays the others. ``held`` is false when
-# the token moved or the lease was released: that drain lost its lease.
+# next round, and one busy row never delays the others. ``moved`` is true when
+# the token moved on (or the row is gone): that drain lost its lease. A lease
+# released under its own token (``lease_until`` NULL) was released by its drain's
+# own committed statement: neither held nor lost, that drain is finishing.
 _RENEW = """
 WITH wanted AS (
     SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(account, epoch)
@@ -59,10 +61,10 @@ WITH wanted AS (
 )
 SELECT w.account, w.epoch,
        EXISTS (SELECT 1 FROM renewed r WHERE r.account = w.account) AS renewed,
-       EXISTS (
+       NOT EXISTS (
            SELECT 1 FROM marketplace_webhook_accounts a
-           WHERE a.account = w.account AND a.lease_epoch = w.epoch AND a.lease_until IS NOT NULL
-       ) AS held
+           WHERE a.account = w.account AND a.lease_epoch = w.epoch
+       ) AS moved
 FROM wanted w
 """
 
@@ -231,7 +233,7 @@ class LeaseKeeper:
             row = outcome.get((held.key, held.epoch))
             if row is None:
                 continue
-            if not row["held"]:
+            if row["moved"]:
                 log.warning("lease on %s lost (epoch %d); stopping its drain", held.key, held.epoch)
                 held.move_deadline(loop.time())
             elif row["renewed"]:

@@ -524,18 +524,19 @@ class Mailbox:
     ) -> DrainOutcome:
         """Apply one leased mailbox's batch during its turn; run its after-commit actions.
 
-        ``conn`` None: a connection is taken from the pool for the turn (the wait
-        for it counts against the key's deadline).
+        ``conn`` None: a connection is taken from the pool first; the turn starts
+        once it is there (a key whose deadline passed meanwhile is not applied).
+        Nothing awaits between the commit and the end of the turn, so a renewal
+        that finds the lease released by that commit cannot stop a finished turn.
         """
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self._drain_leased(own, lease, rows, handle, held)
         after: list[Callable[[], None]] = []
         handled: list[Any] = []
         try:
             async with held.turn(lease.key):
-                if conn is None:
-                    async with self._pool.acquire() as own:
-                        outcome = await self._run_batch(own, lease, rows, handle, handled, after)
-                else:
-                    outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+                outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
         except (LeaseLost, TimeoutError):
             log.warning(
                 "drain of %s lost its lease (epoch %d); nothing committed",

@@ -244,3 +244,27 @@ async def test_the_core_migration_records_step_0006(pool: asyncpg.Pool) -> None:
         )
     assert "0006_mailbox_lease_many" in [row["name"] for row in steps]
     assert function == 1
+
+
+async def test_a_renewal_finding_the_lease_released_under_its_own_token_stops_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    """A lease released under the drain's own token was released by that drain's own
+    committed statement (its turn is just ending): a renewal seeing that is no reason
+    to stop the drain, which would report ``lost`` after committing."""
+    mailbox = _mailbox(pool)
+    await _accept(mailbox, "acct_a", 1)
+
+    async def handle(body: Mapping[str, Any], conn: asyncpg.Connection) -> None:
+        async with pool.acquire() as other:
+            await other.execute(
+                "UPDATE marketplace_webhook_accounts SET lease_until = NULL WHERE account = $1",
+                "acct_a",
+            )
+        await mailbox.keeper.renew()
+        await asyncio.sleep(0.05)  # a stop would land here
+        await _record(body, conn)
+
+    outcomes = await mailbox.drain_many(["acct_a"], "w1", handle)
+    assert outcomes["acct_a"].state == "idle"
+    assert await _committed(pool) == [("evt_acct_a_1", 1)]
