@@ -42,7 +42,7 @@ recorded as ``requires_action``, the booking showing the ``customer_action``;
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -91,6 +91,7 @@ __all__ = [
     "collect_to",
     "ensure_customer",
     "intent_authenticated",
+    "refund_made_in_stripe",
     "release_held_transfers",
     "reverse_all_shares",
     "save_card",
@@ -589,7 +590,7 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
             (booking, charge, idempotency_key, stripe_refund_id, amount, currency, split,
              reason, created_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, now())
-        ON CONFLICT (idempotency_key) DO NOTHING
+        ON CONFLICT DO NOTHING
         """,
         booking.id,
         charge.id,
@@ -601,7 +602,9 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         ctx.actor,
     )
     if not str(inserted).endswith(" 1"):
-        return  # Stripe's answer to a refund this booking recorded already
+        # Stripe's answer to a refund this booking recorded already (under this key,
+        # or by its id: ``refund_made_in_stripe`` took it in first)
+        return
     await ctx.conn.execute(
         """
         UPDATE three_sided_bookings_charges
@@ -621,6 +624,83 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         transfer = transfers.get(held.role)
         if transfer is not None and transfer.status == "held":
             await _reduce_held(ctx, transfer, held, share.leg(held.role).amount.amount)
+
+
+async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> bool:
+    """Take in a refund of a booking's charge that this plugin did not make (Stripe's
+    dashboard, another integration); return whether it was new to the booking.
+
+    Called by the plugin's ``refund.*`` handler, after the engine's (which posted
+    the refund and holds the charge's movements: ``lock_charge_movements``). A
+    refund the booking recorded already (by ``stripe_refund_id``: its own API path,
+    which holds the same lock while it refunds, or an earlier event) changes
+    nothing, so whichever of the two runs first, the refund counts once. A new one
+    is recorded under ``stripe:<re>`` and added to the charge's ``refunded`` (and so
+    to the booking's); its split is what a refund through the API would take of
+    each leg (``refund_share``), so later refunds never take a leg below zero. No
+    transfer is reversed: Stripe does not reverse the transfers of separate
+    charges, and taking a beneficiary's share back is the business's decision
+    (``refund`` through the API does it); until then the platform carries it.
+    A refund that is already failed or canceled moved no money: nothing is recorded.
+    """
+    refund_id = str(refund.get("id") or "")
+    charge_id = _stripe_id(refund.get("charge"))
+    if not refund_id or not charge_id or refund.get("status") in {"failed", "canceled"}:
+        return False
+    row = await conn.fetchrow(
+        "SELECT * FROM three_sided_bookings_charges WHERE stripe_charge_id = $1 FOR UPDATE",
+        charge_id,
+    )
+    if row is None:
+        return False  # not a booking's charge
+    charge = ChargeRecord.from_row(row)
+    if charge.plan is None:
+        return False  # never captured here: nothing of it can have been refunded
+    if await conn.fetchval(
+        "SELECT 1 FROM three_sided_bookings_refunds WHERE stripe_refund_id = $1", refund_id
+    ):
+        return False  # recorded already (the plugin's own, or an earlier event)
+    amount = int(refund.get("amount") or 0)
+    share = movements.refund_share(
+        charge.plan, charge.refunded_plan, Money(amount, charge.currency)
+    )
+    inserted = await conn.execute(
+        """
+        INSERT INTO three_sided_bookings_refunds
+            (booking, charge, idempotency_key, stripe_refund_id, amount, currency, split,
+             reason, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 'stripe', now())
+        ON CONFLICT DO NOTHING
+        """,
+        charge.booking_id,
+        charge.id,
+        f"stripe:{refund_id}",
+        refund_id,
+        amount,
+        charge.currency,
+        json.dumps(plan_to_json(share)),
+    )
+    if not str(inserted).endswith(" 1"):
+        return False
+    total = share if charge.refunded_plan is None else split_plus(charge.refunded_plan, share)
+    await conn.execute(
+        """
+        UPDATE three_sided_bookings_charges
+        SET refunded = refunded + $2, refunded_split = $3::jsonb, updated_at = now()
+        WHERE id = $1
+        """,
+        charge.id,
+        amount,
+        json.dumps(plan_to_json(total)),
+    )
+    return True
+
+
+def _stripe_id(value: object) -> str:
+    """The id of an expandable field (an id or an expanded object)."""
+    if isinstance(value, Mapping):
+        return str(value.get("id") or "")
+    return str(value or "")
 
 
 async def _refund_request(ctx: BookingContext) -> tuple[str, object]:

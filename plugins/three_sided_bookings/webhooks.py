@@ -16,6 +16,9 @@
   Stripe object), so a movement whose request died after Stripe answered is
   still in the ledger exactly once. Refunds, reversals and disputes are posted
   by the engine's own handlers, which run first.
+- ``refund.created`` / ``refund.updated``: a refund of a booking's charge made
+  outside the plugin (Stripe's dashboard) is recorded on the booking
+  (``payments.refund_made_in_stripe``); one the plugin made is found recorded.
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -46,6 +49,7 @@ from plugins.three_sided_bookings.payments import (
     action_json,
     clear_action,
     intent_authenticated,
+    refund_made_in_stripe,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
@@ -253,6 +257,17 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
     )
 
 
+async def on_refund(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A refund of a booking's charge made outside the plugin shows on the booking.
+
+    ``refund_made_in_stripe``: recorded once, whether the plugin's own refund
+    (recorded by its API path) or one made in Stripe's dashboard.
+    """
+    refund = _object(event)
+    if await refund_made_in_stripe(_conn(ctx), refund):
+        log.info("refund %s made in Stripe recorded on its booking", refund.get("id"))
+
+
 def registrations() -> list[WebhookRegistration]:
     """The plugin's handlers, for ``register_webhook_handlers``."""
     table: list[tuple[str, Any]] = [
@@ -270,6 +285,8 @@ def registrations() -> list[WebhookRegistration]:
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
         ("transfer.created", on_transfer),
+        ("refund.created", on_refund),
+        ("refund.updated", on_refund),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

@@ -3,9 +3,10 @@
 Found by the spa-month reconciliation test: after part of a settled booking's
 charge is refunded in Stripe's dashboard, the engine posts the refund and its
 payment record says ``partially_refunded`` with the amount, but the booking's
-own ``refunded`` (and its ``stripe.refunds``) stay as they were: the plugin
-handles no refund it did not make. Marked ``xfail(strict=True)`` until the
-plugin takes such refunds in (the test then passes and the mark must go).
+own ``refunded`` (and its ``stripe.refunds``) stayed as they were: the plugin
+handled no refund it did not make. Its ``refund.*`` handler now takes them in
+(``payments.refund_made_in_stripe``), once, whichever of its API path and the
+event records a refund first.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ async def connected(stack: Stack, role: str, name: str) -> str:
     return account_id
 
 
-@pytest.mark.xfail(strict=True, reason="the plugin does not take in refunds made in Stripe")
 async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> None:
     http = stack.http
     provider = await connected(stack, "provider", "Ana Therapist")
@@ -102,3 +102,19 @@ async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> Non
     assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 2_500)
     view = ok(await http.get(f"{B}/bookings/{booking['id']}"))
     assert view["refunded"] == 2_500
+    assert [refund["amount"] for refund in view["stripe"]["refunds"]] == [2_500]
+
+    # A refund through the plugin afterwards counts once (its own event finds it
+    # recorded) and refunds only what is left.
+    url = f"{B}/bookings/{booking['id']}/actions/refund"
+    refunded = ok(await http.post(url, json={"amount": 1_000}))
+    assert refunded["state"] == "partially_refunded"
+    await stack.settle()
+    view = ok(await http.get(f"{B}/bookings/{booking['id']}"))
+    assert view["refunded"] == 3_500
+    assert sorted(refund["amount"] for refund in view["stripe"]["refunds"]) == [1_000, 2_500]
+    payment = await stack.services.db.pool.fetchrow(
+        "SELECT status, amount_refunded FROM marketplace_payments WHERE stripe_charge_id = $1",
+        charge["charge"],
+    )
+    assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 3_500)
