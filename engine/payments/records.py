@@ -383,8 +383,11 @@ async def record_transfer(
             raise RecordConflict(
                 f"transfer {transfer_id} under {idempotency_key!r} is recorded as {found}, "
                 f"not {wanted}",
-                transfer=transfer_id,
+                kind="transfer",
                 key=idempotency_key,
+                stripe_id=transfer_id,
+                account=destination,
+                currency=amount.currency,
             )
     return False
 
