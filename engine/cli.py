@@ -239,6 +239,40 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, plugins: Plugins
     return run(args, settings, plugins)
 
 
+def cmd_payouts_refresh(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
+    """Apply Stripe's list of payouts of every account (or of ``--account``) to the records
+    and the ledger: payouts whose events were lost converge on Stripe's status."""
+    from engine.payments.payouts import refresh_all_payouts
+    from engine.services import Services
+
+    require_database_url(settings)
+
+    async def run() -> dict[str, list[Any]]:
+        services = await Services.start(settings, plugins=plugins, connect_nats=False)
+        try:
+            return await refresh_all_payouts(
+                services.db.pool,
+                services.gateway,
+                services.ledger,
+                args.account or None,
+            )
+        finally:
+            await services.close()
+
+    wanted = args.account or None
+    applied = asyncio.run(run())
+    for account, payouts in applied.items():
+        statuses = ", ".join(
+            f"{found.record.stripe_payout_id} {found.record.status}" for found in payouts
+        )
+        print(f"{account}: {len(payouts)} payout(s){': ' + statuses if statuses else ''}")
+    failed = [account for account in wanted or () if account not in applied]
+    if wanted is None or not failed:
+        return 0
+    print(f"marketplace: refreshing failed for {', '.join(failed)}", file=sys.stderr)
+    return 1
+
+
 def cmd_setup_webhooks(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
     """Register the engine's two endpoints with Stripe and print the secrets to store."""
     from engine.gateway import StripeGateway
@@ -521,6 +555,18 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
     )
     configure_reconcile(reconcile)
     reconcile.set_defaults(func=cmd_reconcile)
+
+    payouts = sub.add_parser("payouts", help="payouts to the bank")
+    payouts_sub = payouts.add_subparsers(dest="payouts_command", required=True)
+    refresh = payouts_sub.add_parser(
+        "refresh", help="apply Stripe's payouts (status, postings) of every account or one"
+    )
+    refresh.add_argument(
+        "--account",
+        action="append",
+        help="acct_... or platform (repeatable; default: the platform and every known account)",
+    )
+    refresh.set_defaults(func=cmd_payouts_refresh)
 
     setup = sub.add_parser("stripe-setup-webhooks", help="register webhook endpoints with Stripe")
     setup.add_argument("--url", required=True, help="public base URL of this API")

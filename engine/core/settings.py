@@ -143,6 +143,10 @@ class WorkerSettings(_Section, frozen=True):
     metrics_top_mailboxes: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     """How many of the busiest mailboxes the pending metric names (the rest are per kind)."""
     """How often each worker reports itself in ``marketplace_workers`` (read by ``/ready``)."""
+    payout_refresh_seconds: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    """How often the workers apply Stripe's list of payouts of the platform and every
+    connected account (``engine.payouts.refresh``: at most once per interval across
+    all workers), so payouts whose events were lost converge on Stripe's status (0: never)."""
 
 
 class CommissionSettings(_Section, frozen=True):

@@ -3,7 +3,9 @@
 A payout (a connected account's or the platform's own) is recorded in
 ``marketplace_payouts`` and posted ``payout:<po>`` (the balance to its bank) as
 soon as the engine learns of it, from a ``payout.*`` event (``apply_payout``)
-or from Stripe's list (``refresh_payouts``). Its status moves forward only, in
+or from Stripe's list (``refresh_payouts``; ``refresh_all_payouts`` for every account,
+run by the workers every ``[worker] payout_refresh_seconds`` and by ``marketplace
+payouts refresh``). Its status moves forward only, in
 ``PAYOUT_STATUS_ORDER``, compared inside the one ``UPDATE``:
 
 ====  ================  ================================================
@@ -26,7 +28,8 @@ once, the way its record says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -34,21 +37,27 @@ from typing import Any, Final
 
 import asyncpg
 
-from engine.core.errors import InvalidInput
+from engine.core.contributions import PeriodicTask
+from engine.core.errors import InvalidInput, MarketplaceError
 from engine.core.ledger import PLATFORM, Ledger, stripe_time
 from engine.core.money import Money
 from engine.core.postings import payout_posting, payout_return_posting
 from engine.gateway import StripeGateway
 
 __all__ = [
+    "PAYOUT_REFRESH_TASK",
     "PAYOUT_STATUS_ORDER",
     "AppliedPayout",
     "PayoutRecord",
     "account_payouts",
     "apply_payout",
     "payout",
+    "payout_refresh_task",
+    "refresh_all_payouts",
     "refresh_payouts",
 ]
+
+log = logging.getLogger(__name__)
 
 PAYOUT_STATUS_ORDER: Final[Mapping[str, int]] = MappingProxyType(
     {"pending": 0, "in_transit": 1, "paid": 2, "failed": 3, "canceled": 3}
@@ -264,3 +273,51 @@ async def refresh_payouts(
     for item in sorted(listed, key=lambda found: (int(found.get("created") or 0), found["id"])):
         applied.append(await apply_payout(conn, gateway, ledger, item, account=account))
     return applied
+
+
+PAYOUT_REFRESH_TASK: Final = "engine.payouts.refresh"
+"""The workers' periodic task that runs ``refresh_all_payouts`` (``[worker]
+payout_refresh_seconds``)."""
+
+
+async def refresh_all_payouts(
+    pool: asyncpg.Pool,
+    gateway: StripeGateway,
+    ledger: Ledger,
+    accounts: Sequence[str] | None = None,
+) -> dict[str, list[AppliedPayout]]:
+    """``refresh_payouts`` for each of ``accounts`` (default: the platform and every
+    connected account the engine knows), each in a transaction of its own.
+
+    So payouts whose events were lost converge on Stripe's status (and are
+    posted, once). One account's failure (Stripe refusing the list, a conflict)
+    is logged and the next account goes on; it is tried again the next time.
+    Returns what was applied, by account (a failed account is left out).
+    """
+    if accounts is None:
+        rows = await pool.fetch(
+            "SELECT stripe_account_id FROM marketplace_accounts ORDER BY stripe_account_id"
+        )
+        accounts = [PLATFORM, *(str(row["stripe_account_id"]) for row in rows)]
+    applied: dict[str, list[AppliedPayout]] = {}
+    for account in accounts:
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                applied[account] = await refresh_payouts(conn, gateway, ledger, account)
+        except MarketplaceError:
+            log.exception("refreshing the payouts of %s failed", account)
+    return applied
+
+
+def payout_refresh_task(every_seconds: float) -> PeriodicTask:
+    """The engine's periodic task refreshing every account's payouts from Stripe."""
+
+    async def run(services: Any) -> None:
+        applied = await refresh_all_payouts(services.db.pool, services.gateway, services.ledger)
+        log.info(
+            "payouts refreshed from Stripe: %d account(s), %d payout(s)",
+            len(applied),
+            sum(len(found) for found in applied.values()),
+        )
+
+    return PeriodicTask(PAYOUT_REFRESH_TASK, every_seconds, run)

@@ -123,6 +123,7 @@ _ENGINE_COMMANDS = frozenset(
         "stripe-setup-webhooks",
         "sandbox",
         "reconcile",
+        "payouts",
         "new-plugin",
         "conformance",
     }

@@ -23,9 +23,11 @@ import asyncpg
 from prometheus_client import start_http_server
 from taskiq import Context, TaskiqDepends
 
+from engine.core.contributions import PeriodicTask
 from engine.core.plugins import Plugins
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
+from engine.payments.payouts import payout_refresh_task
 from engine.services import Services
 from engine.supervision import restarting
 from engine.webhooks.mailbox import DrainOutcome, Mailbox
@@ -44,6 +46,7 @@ __all__ = [
     "Worker",
     "make_broker",
     "make_mailbox",
+    "periodic_tasks",
     "register_plugin_tasks",
     "run_worker",
 ]
@@ -77,6 +80,20 @@ def register_plugin_tasks(broker: MailboxBroker, plugins: Plugins) -> None:
     """Register every enabled plugin's ``register_tasks`` functions on ``broker``."""
     for name, function in plugins.tasks():
         broker.register_task(function, task_name=name)
+
+
+def periodic_tasks(services: Services) -> list[PeriodicTask]:
+    """The periodic tasks a worker runs: the engine's own, then every enabled plugin's.
+
+    The engine's: ``engine.payouts.refresh`` every ``[worker] payout_refresh_seconds``
+    (unless 0), Stripe's payout lists applied to every account
+    (``engine.payments.payouts.refresh_all_payouts``).
+    """
+    engine: list[PeriodicTask] = []
+    every = services.settings.worker.payout_refresh_seconds
+    if every > 0:
+        engine.append(payout_refresh_task(every))
+    return [*engine, *services.plugins.periodic_tasks()]
 
 
 def make_mailbox(services: Services) -> Mailbox:
@@ -362,7 +379,7 @@ async def run_worker(
                     f"periodic task {task.name}", functools.partial(run_periodic, services, task)
                 )
             )
-            for task in services.plugins.periodic_tasks()
+            for task in periodic_tasks(services)
         ),
         # Advice only, once: a slow or unreachable Stripe must not hold up the worker.
         asyncio.create_task(warn_about_endpoint_versions(services.gateway)),

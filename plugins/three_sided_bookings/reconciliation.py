@@ -134,7 +134,7 @@ async def _recorded(services: Services, booking_id: int) -> list[StripeObjectVie
                 id=row["stripe_refund_id"],
                 amount=row["amount"],
                 currency=currency,
-                status="succeeded",
+                status=row["status"],
                 idempotency_key=row["idempotency_key"],
             )
         )

@@ -7,15 +7,22 @@ status and posts it out and, for the failed and the canceled one, back once.
 Stale events delivered late (a ``payout.paid`` for the failed payout, a
 ``payout.failed`` for the canceled one) change nothing. A payout whose record
 was lost comes back from Stripe's list (``refresh_payouts``), which changes
-nothing else. The ledger is Stripe's balance to the cent throughout.
+nothing else; the engine's periodic task (``engine.payouts.refresh``) and
+``marketplace payouts refresh`` do that for every account. The ledger is Stripe's
+balance to the cent throughout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine.accounts import AccountService, NewAccount
@@ -25,9 +32,17 @@ from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments import movements
 from engine.payments.movements import MoneyScope
-from engine.payments.payouts import account_payouts, payout, refresh_payouts
+from engine.payments.payouts import (
+    PAYOUT_REFRESH_TASK,
+    account_payouts,
+    payout,
+    payout_refresh_task,
+    refresh_payouts,
+)
 from engine.payments.pricing import PricedOrder
 from engine.testing.stack import Stack, running_stack
+from engine.worker.periodic import run_periodic_once
+from engine.worker.runtime import periodic_tasks
 
 USD = "usd"
 DAY = 86_400
@@ -199,3 +214,120 @@ async def test_payout_statuses_through_the_engine_and_refreshed_from_stripe(
     assert {a.record.stripe_payout_id: a.record.status for a in applied} == stripe_statuses
     assert not any(a.returned for a in applied)
     await assert_as_stripe()
+
+
+async def refresh_command(stack: Stack, tmp_path: Path, *options: str) -> tuple[int, str]:
+    """``marketplace --config FILE payouts refresh [options]``, in its own process."""
+    config = tmp_path / "marketplace.toml"
+    config.write_text(
+        f"""
+[database]
+url = "{stack.settings.database.url}"
+
+[stripe]
+secret_key = "{stack.settings.stripe.secret_key}"
+api_base = "{stack.settings.stripe.api_base}"
+max_network_retries = 0
+
+[plugins]
+enabled = []
+""",
+        encoding="utf-8",
+    )
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MARKETPLACE_") and name not in {"DATABASE_URL", "NATS_URL"}
+    }
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "--config",
+        str(config),
+        "payouts",
+        "refresh",
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environment,
+    )
+    output, _ = await asyncio.wait_for(command.communicate(), 120)
+    return int(command.returncode or 0), output.decode()
+
+
+@pytest.fixture
+async def quiet_stack(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> AsyncIterator[Stack]:
+    """A stack whose worker does not refresh payouts itself (the test runs the task)."""
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=(),
+        config={"worker": {"payout_refresh_seconds": 0}},
+    ) as running:
+        yield running
+
+
+def test_the_workers_refresh_payouts_unless_told_not_to(stack: Stack) -> None:
+    [task] = [t for t in periodic_tasks(stack.services) if t.name == PAYOUT_REFRESH_TASK]
+    assert task.every_seconds == stack.settings.worker.payout_refresh_seconds == 3600
+    quiet = msgspec.structs.replace(
+        stack.settings,
+        worker=msgspec.structs.replace(stack.settings.worker, payout_refresh_seconds=0),
+    )
+    services = SimpleNamespace(settings=quiet, plugins=stack.services.plugins)
+    names = [t.name for t in periodic_tasks(services)]  # type: ignore[arg-type]
+    assert PAYOUT_REFRESH_TASK not in names
+
+
+async def test_payouts_whose_events_were_lost_converge_from_the_worker_task_and_the_cli(
+    quiet_stack: Stack, tmp_path: Path
+) -> None:
+    stack = quiet_stack
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+
+    def make_payout() -> Any:
+        stack.stripe().v1.accounts.update(
+            provider, params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}}
+        )
+        return as_provider.v1.payouts.create(params={"amount": 1_500, "currency": USD})
+
+    made = await asyncio.to_thread(make_payout)
+    await stack.settle()
+    await stack.advance(4 * DAY)
+    assert (await asyncio.to_thread(as_provider.v1.payouts.retrieve, made.id)).status == "paid"
+    pool = stack.services.db.pool
+
+    async def status() -> str | None:
+        found = await payout(pool, made.id)
+        return None if found is None else found.status
+
+    assert await status() == "paid"
+
+    # The paid event lost: the record still says pending. The engine's periodic task
+    # (at most once per interval, whichever worker runs it) applies Stripe's list.
+    await pool.execute(
+        "UPDATE marketplace_payouts SET status = 'pending' WHERE stripe_payout_id = $1", made.id
+    )
+    task = payout_refresh_task(3600)
+    assert await run_periodic_once(stack.services, task) is True
+    assert await status() == "paid"
+    assert await run_periodic_once(stack.services, task) is False  # once per interval
+
+    # Every event of it lost (no record at all): the command brings it back, once.
+    await pool.execute("DELETE FROM marketplace_payouts WHERE stripe_payout_id = $1", made.id)
+    code, output = await refresh_command(stack, tmp_path, "--account", provider)
+    assert code == 0, output
+    assert f"{provider}: 1 payout(s): {made.id} paid" in output
+    assert await status() == "paid"
+    code, output = await refresh_command(stack, tmp_path)  # every account, platform included
+    assert code == 0, output
+    assert "platform: 0 payout(s)" in output
+    assert f"{provider}: 1 payout(s)" in output
+    ledger = await stack.ledger.balances(provider)
+    assert ledger.get(USD, 0) == await stack.stripe_balance(provider, USD) == 6_000 - 1_500
+    await stack.assert_ledger_balanced()

@@ -155,3 +155,8 @@ async def test_refunds_that_fail_later_are_taken_off_the_booking(stack: Stack) -
         charge["charge"],
     )
     assert (payment["status"], payment["amount_refunded"]) == ("succeeded", 0)
+    # The booking's reconciliation view, checked with Stripe, agrees.
+    checked = ok(await http.get(f"{B}/bookings/{booking['id']}/reconciliation?check=true"))
+    assert checked["problems"] == []
+    refunds = [obj for obj in checked["objects"] if obj["type"] == "refund"]
+    assert [obj["status"] for obj in refunds] == ["failed", "failed"]
