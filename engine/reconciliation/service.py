@@ -390,14 +390,14 @@ class _Account:
         """Ledger lines no balance transaction ever claimed: missing at Stripe."""
         after = 0
         while True:
-            lines, last = await state.leftover_lines(
+            page = await state.leftover_lines(
                 self.pool, self.account, after=after, limit=self.page_size
             )
-            if last is None:
+            if page.last is None:
                 return
-            after = last
-            self.ledger_rows_read += len(lines)
-            found = leftover_items(self.account, lines)
+            after = page.last
+            self.ledger_rows_read += page.rows_read
+            found = leftover_items(self.account, page.lines)
             await store.save_items(self.pool, self.run_id, found)
             self.problems += found
 

@@ -40,6 +40,7 @@ from engine.reconciliation.matching import MATCHED, BalanceTxn, ItemResult, Ledg
 __all__ = [
     "PENDING",
     "Cursor",
+    "Leftovers",
     "Reopened",
     "add_txns",
     "claim",
@@ -244,49 +245,63 @@ async def open_lines(pool: Any, account: str, object_ids: Sequence[str]) -> list
     return [_line(row, account) for row in rows]
 
 
-async def leftover_lines(
-    pool: Any, account: str, *, after: int, limit: int
-) -> tuple[list[LedgerLine], int | None]:
-    """Unclaimed lines of the next ``limit`` noted ledger transactions after id ``after``.
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """One page of ``leftover_lines``: its lines, the last entry id read, rows read."""
 
-    Only lines noted in ``marketplace_reconciliation_ledger_changes`` are looked
-    at: new and changed ones, and those still unclaimed after an earlier run
-    (``forget_changes`` keeps those). Returns the lines and the last ledger
-    transaction id read (``None``: no more).
+    lines: list[LedgerLine]
+    last: int | None
+    rows_read: int = 0
+
+
+async def leftover_lines(pool: Any, account: str, *, after: int, limit: int) -> Leftovers:
+    """Unclaimed lines of the ledger transactions of the next ``limit`` noted entries.
+
+    Only entries noted in ``marketplace_reconciliation_ledger_changes`` are
+    looked at (new and changed ones, and those still unclaimed after an earlier
+    run: ``forget_changes`` keeps those), ``limit`` at a time in entry id order
+    after ``after``, each found by its key. For each ledger transaction with an
+    unclaimed line among them, every unclaimed line it has on ``account`` is
+    returned, once: by the page of its first such line (every unclaimed line is
+    noted, so that page sees it). ``last`` is the last entry id read (``None``:
+    no more).
     """
-    ids = [
+    noted = [
         int(row[0])
         for row in await pool.fetch(
-            """
-            SELECT DISTINCT e.ledger_transaction
-            FROM marketplace_reconciliation_ledger_changes g
-            JOIN marketplace_ledger_entries e ON e.id = g.entry_id
-            WHERE g.account = $1 AND e.account = $1 AND e.amount <> 0
-              AND e.ledger_transaction > $2
-              AND NOT EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
-                              WHERE c.entry_id = e.id)
-            ORDER BY 1 LIMIT $3
-            """,
+            "SELECT DISTINCT entry_id FROM marketplace_reconciliation_ledger_changes "
+            "WHERE account = $1 AND entry_id > $2 ORDER BY 1 LIMIT $3",
             account,
             after,
             limit,
         )
     ]
-    if not ids:
-        return [], None
+    if not noted:
+        return Leftovers([], None)
     rows = await pool.fetch(
         f"""
         SELECT {_LINE_COLUMNS}
         FROM marketplace_ledger_entries e
         JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
-        WHERE e.account = $1 AND e.ledger_transaction = ANY($2::bigint[])
+        WHERE e.account = $1 AND e.amount <> 0
+          AND e.ledger_transaction IN (
+              SELECT o.ledger_transaction FROM marketplace_ledger_entries o
+              WHERE o.id = ANY($2::bigint[]) AND o.account = $1 AND o.amount <> 0)
           AND NOT EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
                           WHERE c.entry_id = e.id)
         """,  # noqa: S608 - _LINE_COLUMNS is a constant of this module
         account,
-        ids,
+        noted,
     )
-    return [_line(row, account) for row in rows], ids[-1]
+    lines = [_line(row, account) for row in rows]
+    first: dict[int, int] = {}
+    for line in lines:
+        known = first.get(line.transaction_id, line.entry_id)
+        first[line.transaction_id] = min(known, line.entry_id)
+    # A transaction is this page's when its first unclaimed line is (an earlier or
+    # later page, which also sees that line, takes it otherwise).
+    mine = [line for line in lines if noted[0] <= first[line.transaction_id] <= noted[-1]]
+    return Leftovers(mine, noted[-1], len(lines))
 
 
 async def claim(pool: Any, account: str, items: Sequence[ItemResult], *, exact: bool) -> None:
@@ -416,22 +431,31 @@ async def forget_changes(pool: Any, account: str) -> None:
     balance transaction claims them) and claimed entries changed since their
     claim (re-opened by the next run). Forgotten: entries whose claim still
     holds, and those gone, moved to another account or zero, with no claim.
+    Each note's entry and claim are found by their keys (one lookup each).
     """
     await pool.execute(
         """
         DELETE FROM marketplace_reconciliation_ledger_changes g
-        WHERE g.account = $1 AND (
-            EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
-                    JOIN marketplace_reconciliation_txns x ON x.id = c.txn
-                    JOIN marketplace_ledger_entries e ON e.id = c.entry_id
-                    WHERE c.entry_id = g.entry_id AND x.account = $1
-                      AND e.account = $1 AND e.amount = c.amount)
-            OR (NOT EXISTS (SELECT 1 FROM marketplace_reconciliation_claims c
-                            WHERE c.entry_id = g.entry_id)
-                AND NOT EXISTS (SELECT 1 FROM marketplace_ledger_entries e
-                                WHERE e.id = g.entry_id AND e.account = $1
-                                  AND e.amount <> 0))
-        )
+        USING (
+            SELECT n.id
+            FROM marketplace_reconciliation_ledger_changes n
+            LEFT JOIN LATERAL (
+                SELECT c.amount, x.account FROM marketplace_reconciliation_claims c
+                JOIN marketplace_reconciliation_txns x ON x.id = c.txn
+                WHERE c.entry_id = n.entry_id LIMIT 1
+            ) k ON true
+            LEFT JOIN LATERAL (
+                SELECT e.account, e.amount FROM marketplace_ledger_entries e
+                WHERE e.id = n.entry_id LIMIT 1
+            ) e ON true
+            WHERE n.account = $1 AND (
+                (k.amount IS NOT NULL AND k.account = $1
+                 AND e.account = $1 AND e.amount = k.amount)
+                OR (k.amount IS NULL
+                    AND (e.account IS NULL OR e.account <> $1 OR e.amount = 0))
+            )
+        ) d
+        WHERE g.id = d.id
         """,
         account,
     )

@@ -646,6 +646,47 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     )
 
 
+async def on_refund_failed(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A refund of a tip's charge failed (``refund.failed``; ``refund.updated`` and
+    ``charge.refund.updated`` saying ``failed``): its money is back, so the tip's
+    refunded amount is Stripe's charge's again and a refund status goes back with
+    it (``partially_refunded`` or ``succeeded``; a dispute's stays). The charge is
+    read from Stripe, so the amount is right whichever of the refund's events comes
+    first and however often. A refund the plugin made is marked ``failed``. The
+    engine posts the money coming back (``refund_failure:<re>``)."""
+    refund = _object(event)
+    if refund.get("status") != "failed":
+        return
+    charge_id = _id(refund.get("charge"))
+    payment = await ctx.conn.fetchrow(
+        "SELECT id FROM creator_subscriptions_payments WHERE charge_id = $1 AND charge_id <> '' "
+        "FOR UPDATE",
+        charge_id,
+    )
+    if payment is None:
+        return  # not a tip's or pay-per-view's charge
+    await ctx.conn.execute(
+        "UPDATE creator_subscriptions_refunds SET status = 'failed' WHERE stripe_refund_id = $1",
+        str(refund.get("id") or ""),
+    )
+    charge = await Env.of(ctx.services).gateway.call("charges", "retrieve", charge_id)
+    await ctx.conn.execute(
+        """
+        UPDATE creator_subscriptions_payments
+        SET amount_refunded = $2,
+            status = CASE
+                WHEN status NOT IN ('partially_refunded', 'refunded') THEN status
+                WHEN $2 <= 0 THEN 'succeeded'
+                WHEN $2 >= amount THEN 'refunded'
+                ELSE 'partially_refunded' END,
+            updated_at = now()
+        WHERE id = $1 AND amount_refunded > $2
+        """,
+        payment["id"],
+        int(charge.get("amount_refunded") or 0),
+    )
+
+
 async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge disputed: its status shows it (``disputed``, then ``dispute_won`` or
     ``dispute_lost``; forward only). The engine posts the dispute's money. Handled
@@ -690,6 +731,9 @@ def registrations() -> list[WebhookRegistration]:
         ("setup_intent.setup_failed", on_setup_intent),
         ("account.updated", on_account_updated),
         ("charge.refunded", on_charge_refunded),
+        ("refund.failed", on_refund_failed),
+        ("refund.updated", on_refund_failed),
+        ("charge.refund.updated", on_refund_failed),
         ("charge.dispute.created", on_dispute),
         ("charge.dispute.updated", on_dispute),
         ("charge.dispute.closed", on_dispute),

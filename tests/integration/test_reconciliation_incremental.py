@@ -19,7 +19,7 @@ import pytest
 from support.http import ok
 from support.stack import Stack, running_stack
 
-from engine.core.ledger import CUSTOMERS, Posting, stripe_time
+from engine.core.ledger import CUSTOMERS, Entry, Posting, stripe_time
 from engine.core.money import Money
 from engine.reconciliation.service import AccountProgress, ReconciliationRun, run_reconciliation
 from engine.reconciliation.store import find_run, list_alerts, start_run
@@ -405,3 +405,34 @@ async def test_an_account_only_the_ledger_names_is_reconciled_on_every_run(stack
         [step] = [step for step in run.accounts if step.account == stranger]
         assert step.error  # the sandbox, like Stripe, does not know the account
         assert run.status == "incomplete"
+
+
+async def test_a_posting_whose_lines_span_pages_is_reported_once_in_full(stack: Stack) -> None:
+    """Unclaimed lines are read a page of noted entries at a time; a ledger transaction
+    whose lines fall in two pages is still one ``missing_in_stripe`` item, whole."""
+    created = ok(
+        await stack.http.post(f"{C}/creators", json={"handle": "eve", "display_name": "Eve"}), 201
+    )
+    eve = created["creator"]["account_id"]
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{eve}/complete_onboarding")
+    await stack.settle()
+    at = stripe_time(int(stack.sandbox.control("GET", "/_sandbox/clock")["now"]))
+    usd = "usd"
+    ghost = Posting(
+        key="test:spread",
+        kind="adjustment",
+        entries=(
+            Entry(CUSTOMERS, Money(-250, usd)),
+            Entry(eve, Money(500, usd)),
+            Entry(eve, Money(-100, usd)),
+            Entry(eve, Money(-150, usd)),
+        ),
+        occurred_at=at,
+        stripe_object_id="ch_spread",
+    )
+    assert await stack.services.ledger.post(ghost)
+    for full in (False, False, True):
+        run = await run_reconciliation(stack.services, page_size=PAGE, full=full)
+        [item] = run.problem_items()
+        assert (item.status, item.account, item.ledger_amount) == ("missing_in_stripe", eve, 250)
+        assert sorted(line.amount for line in item.lines) == [-150, -100, 500]
