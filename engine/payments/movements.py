@@ -94,9 +94,11 @@ from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
 from engine.payments.records import (
     MEANING_METADATA,
+    dispute_payment_status,
     link_payment_intent,
     lock_charge_movements,
     record_transfer,
+    refund_status,
     update_payment,
 )
 
@@ -626,7 +628,9 @@ async def post_destination_charge(
     (``destination_charge_posting``). For a charge made elsewhere (Stripe
     Billing's invoice, or one the customer authenticated later), ``priced``
     records the payment too, ``succeeded``, for the destination account, under
-    the charge's PaymentIntent (its ``ch_`` when it has none).
+    the charge's PaymentIntent (its ``ch_`` when it has none); a charge already
+    refunded or disputed by then is recorded so (``_late_status``), since the
+    engine's refund and dispute handlers may have found no payment to update.
     """
     found = await _expanded_charge(scope, charge)
     facts = destination_charge_from(found)
@@ -645,7 +649,13 @@ async def post_destination_charge(
             status="succeeded",
         )
         # The engine's refund and dispute handlers find payments by their charge.
-        await update_payment(scope.conn, intent_id, charge_id=facts.charge_id)
+        await update_payment(
+            scope.conn,
+            intent_id,
+            charge_id=facts.charge_id,
+            amount_refunded=int(found.get("amount_refunded") or 0),
+            status=await _late_status(scope, found),
+        )
     await scope.post(
         destination_charge_posting(
             facts,
@@ -656,6 +666,18 @@ async def post_destination_charge(
         )
     )
     return facts
+
+
+async def _late_status(scope: MoneyScope, charge: Mapping[str, Any]) -> str:
+    """The status of a payment recorded once its charge has a history: its latest
+    dispute's, else its refunds', else ``succeeded`` (applied forward only)."""
+    if charge.get("disputed"):
+        disputes = await scope.gateway.call(
+            "disputes", "list", params={"charge": str(charge["id"]), "limit": 1}
+        )
+        for dispute in disputes.get("data") or []:
+            return dispute_payment_status("", dispute)
+    return refund_status(charge) or "succeeded"
 
 
 async def post_platform_charge(

@@ -608,7 +608,10 @@ async def _payment_of_charge(
     )
     if found is not None:
         return int(found)
-    intent = await env.gateway.call("payment_intents", "retrieve", intent_id)
+    try:
+        intent = await env.gateway.call("payment_intents", "retrieve", intent_id)
+    except NotFound:
+        return None  # not the platform's PaymentIntent, so not a tip's
     metadata = intent.get("metadata") or {}
     ours = str(metadata.get(PAYMENT_METADATA) or "")
     if metadata.get("plugin") != PLUGIN or not ours.isdigit():
@@ -624,8 +627,8 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     the settle keeps it (its status only moves forward)."""
     charge = _object(event)
     status = refund_status(charge)
-    if status is None:
-        return
+    if status is None or event.get("account"):
+        return  # nothing refunded, or a connected account's charge (a tip is the platform's)
     env = Env.of(ctx.services)
     payment = await _payment_of_charge(
         env, ctx.conn, str(charge.get("id") or ""), _id(charge.get("payment_intent"))
@@ -693,6 +696,8 @@ async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
     before the API path settled the tip, the dispute shows all the same
     (``_payment_of_charge``), and the settle keeps it."""
     dispute = _object(event)
+    if event.get("account"):
+        return  # a connected account's charge: a tip is the platform's
     env = Env.of(ctx.services)
     payment = await _payment_of_charge(
         env, ctx.conn, _id(dispute.get("charge")), _id(dispute.get("payment_intent"))

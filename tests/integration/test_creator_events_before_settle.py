@@ -1,10 +1,12 @@
-"""creator_subscriptions: a tip's dispute or refund handled before the API path settles it.
+"""creator_subscriptions: a dispute or refund handled before the payment is settled.
 
 The API path charges a tip (its transaction commits), then settles the
 plugin's row (charge id, ``succeeded``). Stripe's events about the charge may
 be handled in between: a dispute has its own mailbox, and Stripe promises no
 order. Whichever comes first, the tip ends ``disputed`` (``refunded``) and
-never ``succeeded``.
+never ``succeeded``. Likewise an invoice's dispute handled before
+``invoice.paid`` (which records the engine's payment): the payment is recorded
+``disputed``.
 
 The order is forced, not timed: the settle (on the API path and in the
 ``payment_intent.succeeded`` handler) waits until the event under test has been
@@ -179,4 +181,33 @@ async def test_a_refund_handled_before_the_settle_leaves_the_tip_refunded(
     view = ok(await stack.http.get(f"{C}/payments/{paid['id']}"))
     assert (view["status"], view["amount_refunded"]) == ("refunded", 3000)
     assert await engine_status(stack, paid["payment_intent_id"]) == ("refunded", 3000)
+    await stack.assert_ledger_balanced()
+
+
+async def test_a_dispute_handled_before_invoice_paid_leaves_its_payment_disputed(
+    stack: Stack, withdrawn: Handled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account, fan = await creator_and_fan(stack, "pm_card_createDispute")
+    tier = ok(
+        await stack.http.post(
+            f"{C}/creators/{account}/tiers", json={"name": "Gold", "amount": 1999}
+        ),
+        201,
+    )["id"]
+    original = webhooks._settle_invoice
+
+    async def after_the_dispute(*args: Any) -> list[Any]:
+        await withdrawn.done.wait()
+        return await original(*args)
+
+    monkeypatch.setattr(webhooks, "_settle_invoice", after_the_dispute)
+    ok(await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}), 201)
+    await stack.settle()
+    assert withdrawn.done.is_set()
+    [invoice] = ok(await stack.http.get(f"{C}/creators/{account}/invoices"))["data"]
+    assert invoice["status"] == "paid"
+    [dispute] = (await asyncio.to_thread(stack.stripe().v1.disputes.list))["data"]
+    assert await engine_status(stack, str(dispute["payment_intent"])) == ("disputed", 0)
+    balance = ok(await stack.http.get(f"{C}/creators/{account}/balance"))
+    assert balance["disputed"] == [{"amount": 1999, "currency": "usd"}]
     await stack.assert_ledger_balanced()
