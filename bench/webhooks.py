@@ -29,6 +29,7 @@ the intake, ``--e2e-only`` skips it; ``--keep`` keeps the working directory
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -338,7 +339,19 @@ def _end_to_end(
     return figures
 
 
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--intake-only", action="store_true", help="stop after the intake")
+    only.add_argument("--e2e-only", action="store_true", help="skip the intake")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the working directory (the servers' logs)"
+    )
+    return parser.parse_args()
+
+
 def main() -> None:
+    arguments = _arguments()
     work = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     postgres = EmbeddedPostgres(work / "pg", fast=False)
     nats_server = EmbeddedNats(work / "nats")
@@ -353,9 +366,9 @@ def main() -> None:
             capture_output=True,
         )
         asyncio.run(_know(database_url, accounts))
-        if "--e2e-only" not in sys.argv:
+        if not arguments.e2e_only:
             _report_intake(_intake_rounds(work, database_url, nats_url, accounts))
-        if "--intake-only" in sys.argv:
+        if arguments.intake_only:
             return
         # Reset the mailboxes so the worker does not first chew through the intake round.
         asyncio.run(_truncate(database_url))
@@ -363,7 +376,7 @@ def main() -> None:
     finally:
         nats_server.stop()
         postgres.stop()
-        if "--keep" not in sys.argv:
+        if not arguments.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")

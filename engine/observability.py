@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from engine.core.errors import LedgerConflict
+from engine.core.errors import LedgerConflict, RecordConflict
 from engine.core.mailboxes import mailbox_kind
 
 __all__ = [
@@ -158,6 +158,12 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.record_conflicts = Counter(
+            "marketplace_record_conflicts_total",
+            "Records refused: a Stripe object recorded again with other facts, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
         self.top_mailboxes = top_mailboxes
         self._top: set[str] = set()
         self._kinds: set[str] = set()
@@ -177,9 +183,13 @@ class Metrics:
         if dead:
             self.webhook_dead.labels(kind).inc(dead)
 
-    def ledger_conflict(self, conflict: LedgerConflict) -> None:
-        """Count one posting the ledger refused (``Ledger.observe_conflicts``)."""
-        self.ledger_conflicts.labels(conflict.kind or "unknown").inc()
+    def ledger_conflict(self, conflict: LedgerConflict | RecordConflict) -> None:
+        """Count one posting the ledger refused, or one record the engine refused
+        (``Ledger.observe_conflicts``)."""
+        counter = (
+            self.record_conflicts if isinstance(conflict, RecordConflict) else self.ledger_conflicts
+        )
+        counter.labels(conflict.kind or "unknown").inc()
 
     def pending(self, counts: Mapping[str, int]) -> None:
         """Set the pending gauges from every mailbox's pending count.

@@ -223,12 +223,37 @@ class RecordConflict(MarketplaceError):
     """A Stripe object recorded again with other facts (a transfer's amount or destination).
 
     The same facts again are a retry and change nothing; other facts mean two
-    code paths disagree about one movement: refused, never silently overwritten.
+    code paths disagree about one movement: refused, never silently overwritten,
+    and, like ``LedgerConflict``, counted and opened as an admin alert.
+
+    Attributes:
+        kind: what was recorded (``transfer``).
+        key: the key it is recorded under (the transfer's idempotency key).
+        stripe_id: the Stripe object (``tr_...``).
+        account: the account the money went to (``acct_...``), else ``""``.
+        currency: its currency.
     """
 
     code = "record_conflict"
     status = 500
     title = "Record conflict"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        kind: str,
+        key: str,
+        stripe_id: str,
+        account: str = "",
+        currency: str = "",
+    ) -> None:
+        super().__init__(detail, kind=kind, key=key, stripe_id=stripe_id)
+        self.kind = kind
+        self.key = key
+        self.stripe_id = stripe_id
+        self.account = account
+        self.currency = currency
 
 
 class LedgerImbalance(MarketplaceError):

@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from engine.core.errors import LedgerConflict, LedgerImbalance
+from engine.core.errors import LedgerConflict, LedgerImbalance, RecordConflict
 from engine.core.money import Money
 
 __all__ = [
@@ -185,8 +185,10 @@ JOIN marketplace_ledger_transactions t ON t.id = e.ledger_transaction
 WHERE t.idempotency_key = $1
 """
 
-ConflictObserver = Callable[[LedgerConflict], Awaitable[None] | None]
-"""Told of each refused posting before ``LedgerConflict`` is raised (a metric, an alert).
+ConflictObserver = Callable[[LedgerConflict | RecordConflict], Awaitable[None] | None]
+"""Told of each refused posting before ``LedgerConflict`` is raised, and of each record
+the engine refused (``RecordConflict``, through ``Ledger.report_conflict``): a metric,
+an alert.
 
 It runs inside the failing call, whose transaction is about to roll back:
 anything it records durably it writes on a connection of its own."""
@@ -266,6 +268,16 @@ class Ledger:
             existing=existing,
             refused=refused,
         )
+        await self.report_conflict(conflict)
+        raise conflict
+
+    async def report_conflict(self, conflict: LedgerConflict | RecordConflict) -> None:
+        """Log ``conflict`` and tell the conflict observers (a metric, an admin alert).
+
+        The ledger does so for each posting it refuses; the engine's money calls
+        for a record they refuse (``RecordConflict``), before raising it. Never
+        raises: an observer failing must not turn the refusal into another error.
+        """
         log.error("%s", conflict.detail)
         for observer in self._conflict_observers:
             try:
@@ -273,9 +285,7 @@ class Ledger:
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
-                # An observer failing must not turn the refusal into another error.
-                log.exception("ledger conflict observer failed for %s", posting.key)
-        raise conflict
+                log.exception("conflict observer failed for %s", conflict.key)
 
     async def is_posted(self, key: str) -> bool:
         """Whether an operation key has been posted."""

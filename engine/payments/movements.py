@@ -74,6 +74,7 @@ from engine.core.errors import (
     MarketplaceError,
     NotFound,
     PaymentActionRequired,
+    RecordConflict,
 )
 from engine.core.ledger import PLATFORM, Ledger, Posting, stripe_time
 from engine.core.money import Money
@@ -782,7 +783,8 @@ async def record_transfer_made(
     the API path and a webhook handler record the same row.
 
     Raises:
-        RecordConflict: the transfer (or its key) is recorded with other facts.
+        RecordConflict: the transfer (or its key) is recorded with other facts
+            (told to the ledger's conflict observers first: a metric, an alert).
     """
     amount = Money(int(made["amount"]), str(made["currency"]))
     destination = str(made["destination"])
@@ -794,15 +796,19 @@ async def record_transfer_made(
         created_at=_time(made),
         transfer=made,
     )
-    await record_transfer(
-        scope.conn,
-        transfer_id=transferred.transfer_id,
-        destination=destination,
-        role=role,
-        amount=amount,
-        idempotency_key=transferred.key,
-        created_at=transferred.created_at,
-    )
+    try:
+        await record_transfer(
+            scope.conn,
+            transfer_id=transferred.transfer_id,
+            destination=destination,
+            role=role,
+            amount=amount,
+            idempotency_key=transferred.key,
+            created_at=transferred.created_at,
+        )
+    except RecordConflict as conflict:
+        await scope.ledger.report_conflict(conflict)  # counted and alerted, as a posting's
+        raise
     await scope.post(
         transfer_posting(
             destination,

@@ -33,6 +33,10 @@ rank is ignored (except among the rank-0 statuses). So a late
 ``payment_intent.succeeded`` or ``charge.refunded`` never turns a disputed
 payment back, and a closed dispute is final. Refunds arriving after a dispute
 still raise ``amount_refunded``; the status stays the dispute's.
+
+One movement goes back: a refund that fails later (``return_failed_refund``; its money
+is back with the seller) takes its amount off ``amount_refunded`` and a refund
+status back to ``partially_refunded`` or ``succeeded``, once per refund.
 """
 
 from __future__ import annotations
@@ -250,16 +254,45 @@ async def update_payment(
     return bool(found)
 
 
-async def return_failed_refund(conn: asyncpg.Connection, charge_id: str, amount: Money) -> bool:
-    """A refund of ``charge_id`` failed: its ``amount`` is no longer refunded (as Stripe's
-    charge says); the status stays (it only moves forward). Call once per refund (when
-    its ``refund_failure`` posting is new). Returns whether a payment has the charge.
+_RETURN_FAILED_REFUND = """
+UPDATE marketplace_payments AS p
+SET amount_refunded = GREATEST(p.amount_refunded - $3::bigint, 0),
+    status = CASE
+        WHEN p.status NOT IN ('partially_refunded', 'refunded') THEN p.status
+        WHEN p.amount_refunded - $3::bigint > 0 THEN 'partially_refunded'
+        ELSE 'succeeded' END
+FROM (
+    SELECT id FROM marketplace_payments
+    WHERE stripe_charge_id = $1::text OR stripe_payment_intent_id = $2::text
+    ORDER BY (stripe_charge_id = $1::text) DESC NULLS LAST, id
+    LIMIT 1
+    FOR UPDATE
+) AS n
+WHERE p.id = n.id
+RETURNING p.id
+"""
+
+
+async def return_failed_refund(
+    conn: asyncpg.Connection,
+    charge_id: str,
+    amount: Money,
+    *,
+    payment_intent_id: str | None = None,
+) -> bool:
+    """A refund of ``charge_id`` failed: take it off its payment (found by the charge,
+    else ``payment_intent_id``); return whether a payment was found.
+
+    The one way back in ``PAYMENT_STATUS_ORDER``: a failed refund's money is back
+    with the seller (Stripe's ``refund_failure`` balance transaction, and the
+    charge's ``amount_refunded`` drops by it), so the payment's ``amount_refunded``
+    drops by ``amount`` and a ``partially_refunded`` or ``refunded`` status becomes
+    ``partially_refunded`` (other refunds remain) or ``succeeded``. Any other
+    status (a dispute's) stays. Not idempotent by itself: call it once per
+    refund (the engine does when its ``refund_failure:<re>`` posting is new).
     """
     found = await conn.fetch(
-        "UPDATE marketplace_payments SET amount_refunded = GREATEST(amount_refunded - $2, 0) "
-        "WHERE stripe_charge_id = $1 RETURNING id",
-        charge_id,
-        amount.amount,
+        _RETURN_FAILED_REFUND, charge_id or None, payment_intent_id or None, amount.amount
     )
     return bool(found)
 
@@ -350,8 +383,11 @@ async def record_transfer(
             raise RecordConflict(
                 f"transfer {transfer_id} under {idempotency_key!r} is recorded as {found}, "
                 f"not {wanted}",
-                transfer=transfer_id,
+                kind="transfer",
                 key=idempotency_key,
+                stripe_id=transfer_id,
+                account=destination,
+                currency=amount.currency,
             )
     return False
 

@@ -6,8 +6,9 @@ Reads serve the admin panel: the latest run, its problem items, open alerts.
 
 Besides a run's findings, the ledger itself opens ``ledger_conflict`` alerts
 (``open_ledger_conflict_alert``: a posting refused because its key was posted
-with other entries). Runs never resolve those: no balance transaction shows
-them gone; an admin who has looked at one resolves it.
+with other entries), and ``record_conflict`` ones (a transfer recorded again with
+other facts, ``RecordConflict``). Runs never resolve those: no balance transaction
+shows them gone; an admin who has looked at one resolves it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from engine.core.errors import LedgerConflict
+from engine.core.errors import LedgerConflict, RecordConflict
 from engine.reconciliation.matching import (
     MISMATCH,
     MISSING_IN_LEDGER,
@@ -30,6 +31,7 @@ from engine.reconciliation.matching import (
 __all__ = [
     "KEEP_MATCHED_RUNS",
     "LEDGER_CONFLICT",
+    "RECORD_CONFLICT",
     "Alert",
     "NewAlert",
     "ProblemItem",
@@ -56,6 +58,7 @@ KEEP_MATCHED_RUNS: Final = 10
 """Matched items are kept for this many latest runs; problem items are kept for good."""
 
 LEDGER_CONFLICT: Final = "ledger_conflict"
+RECORD_CONFLICT: Final = "record_conflict"
 """The status of an alert the ledger opened for a refused posting."""
 
 _RUN_FINDINGS: Final = (MISSING_IN_LEDGER, MISSING_IN_STRIPE, MISMATCH)
@@ -307,15 +310,23 @@ def _conflict_account(conflict: LedgerConflict) -> tuple[str, str]:
     return (connected[0] if connected else "platform"), currency
 
 
-async def open_ledger_conflict_alert(pool: Any, conflict: LedgerConflict) -> None:
-    """Open (or count again) the admin alert for a refused posting, once per finding.
+async def open_ledger_conflict_alert(pool: Any, conflict: LedgerConflict | RecordConflict) -> None:
+    """Open (or count again) the admin alert for a refused posting (``ledger_conflict``)
+    or a refused record (``record_conflict``), once per finding.
 
-    Written on a connection of its own: the posting's transaction rolls back.
+    Written on a connection of its own: the caller's transaction rolls back.
     The same refusal repeated (a retried event) counts an occurrence, never a
     second alert.
     """
-    digest = hashlib.sha256(json.dumps(conflict.refused).encode()).hexdigest()[:16]
-    account, currency = _conflict_account(conflict)
+    if isinstance(conflict, RecordConflict):
+        status = RECORD_CONFLICT
+        digest = hashlib.sha256(conflict.detail.encode()).hexdigest()[:16]
+        account = conflict.account if conflict.account.startswith("acct_") else "platform"
+        currency = conflict.currency
+    else:
+        status = LEDGER_CONFLICT
+        digest = hashlib.sha256(json.dumps(conflict.refused).encode()).hexdigest()[:16]
+        account, currency = _conflict_account(conflict)
     await pool.execute(
         """
         INSERT INTO marketplace_reconciliation_alerts AS a
@@ -325,8 +336,8 @@ async def open_ledger_conflict_alert(pool: Any, conflict: LedgerConflict) -> Non
         ON CONFLICT (fingerprint) DO UPDATE SET
             occurrences = a.occurrences + 1, last_seen_at = now(), resolved_at = NULL
         """,
-        f"{LEDGER_CONFLICT}:{conflict.key}:{digest}",
-        LEDGER_CONFLICT,
+        f"{status}:{conflict.key}:{digest}",
+        status,
         account,
         currency,
         conflict.detail,

@@ -234,7 +234,7 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
     )
     returned = refund.get("failure_balance_transaction")
     if refund.get("status") == "failed" and returned:
-        newly = await ctx.services.ledger.post(
+        posted = await ctx.services.ledger.post(
             refund_failure_posting(
                 account,
                 refund_id,
@@ -245,8 +245,10 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
             ),
             conn=ctx.conn,
         )
-        if newly:
-            await return_failed_refund(ctx.conn, charge_id, amount)
+        if posted:  # once per refund: its payment gives it back
+            await return_failed_refund(
+                ctx.conn, charge_id, amount, payment_intent_id=_id(refund.get("payment_intent"))
+            )
 
 
 async def _balance_transaction_time(ctx: EventContext, txn: object, account: str) -> datetime:
@@ -266,7 +268,8 @@ async def on_refund(event: StripeEvent, ctx: EventContext) -> None:
     """``refund.created``/``updated``/``failed``, ``charge.refund.updated``: post the refund
     (the plugin's API path may have), and, once it failed, its money coming back
     (``refund_failure:<re>``, at the time of Stripe's ``refund_failure`` balance
-    transaction; the payment's refunded amount drops by it, its status stays)."""
+    transaction), taken off the payment's refunded amount and refund status then
+    (``engine.payments.records.return_failed_refund``)."""
     await post_refund(ctx, stripe_object(event), str(event.get("account") or PLATFORM))
 
 

@@ -38,6 +38,7 @@ from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
 from engine.payments import movements
 from engine.payments.pricing import PricedOrder
+from engine.payments.records import advance_status_sql
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
@@ -337,6 +338,10 @@ async def payment_failed(conn: asyncpg.Connection, intent: Mapping[str, Any]) ->
     return str(status).endswith(" 1")
 
 
+_SUCCEEDED = advance_status_sql("status", "'succeeded'")
+"""``succeeded`` unless the status is already further on (refunded, disputed ...)."""
+
+
 async def settle_one_time_payment(
     env: Env, conn: asyncpg.Connection, intent: Mapping[str, Any]
 ) -> list[LifecycleEvent]:
@@ -352,8 +357,8 @@ async def settle_one_time_payment(
     row = await conn.fetchrow(
         "SELECT * FROM creator_subscriptions_payments WHERE id = $1 FOR UPDATE", payment_id
     )
-    if row is None or row["status"] not in {"pending", "failed", "requires_action"}:
-        return []
+    if row is None or row["charge_id"]:
+        return []  # not ours, or settled already (the charge id is recorded when settled)
     charge_id = intent.get("latest_charge")
     if isinstance(charge_id, Mapping):
         charge_id = charge_id.get("id")
@@ -368,14 +373,17 @@ async def settle_one_time_payment(
         priced=_priced_row(env, row),
         customer=str(intent.get("customer") or ""),
     )
+    # A refund or dispute handled before this settle has moved the status on already
+    # (webhooks._payment_of_charge): it only moves forward, never back to 'succeeded'.
     await conn.execute(
-        """
+        f"""
         UPDATE creator_subscriptions_payments
-        SET status = 'succeeded', payment_intent_id = $2, charge_id = $3, transfer_id = $4,
+        SET status = CASE WHEN status = 'failed' THEN 'succeeded' ELSE {_SUCCEEDED} END,
+            payment_intent_id = $2, charge_id = $3, transfer_id = $4,
             application_fee = $5, creator_earnings = $6, stripe_fee = $7,
             application_fee_id = $8, customer_action = NULL, updated_at = now()
         WHERE id = $1
-        """,
+        """,  # noqa: S608 - _SUCCEEDED is built from the engine's constant status names
         payment_id,
         intent["id"],
         facts.charge_id,

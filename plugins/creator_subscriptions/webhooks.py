@@ -38,7 +38,11 @@ from engine.payments.records import advance_status_sql, dispute_payment_status, 
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
-from plugins.creator_subscriptions.one_time import payment_failed, settle_one_time_payment
+from plugins.creator_subscriptions.one_time import (
+    PAYMENT_METADATA,
+    payment_failed,
+    settle_one_time_payment,
+)
 from plugins.creator_subscriptions.pricing import subscription_order
 from plugins.creator_subscriptions.subscriptions import (
     SUBSCRIPTION_METADATA,
@@ -580,13 +584,53 @@ async def on_account_updated(event: StripeEvent, ctx: HandlerContext) -> None:
 _ADVANCE = advance_status_sql("status", "$2::text")
 
 
+async def _payment_of_charge(
+    env: Env, conn: asyncpg.Connection, charge_id: str, intent_id: str
+) -> int | None:
+    """Our one-time payment of a charge (its row id), None if the charge is not a tip's.
+
+    The API path records the charge id when it settles the payment, after the
+    charge's own transaction has committed, and a refund's or dispute's event
+    may be handled before that (a dispute has its own mailbox, and Stripe
+    does not promise any order): the row is then found by its PaymentIntent,
+    and failing that by the PaymentIntent's metadata, which names our row.
+    """
+    if charge_id:
+        found = await conn.fetchval(
+            "SELECT id FROM creator_subscriptions_payments WHERE charge_id = $1", charge_id
+        )
+        if found is not None:
+            return int(found)
+    if not intent_id:
+        return None
+    found = await conn.fetchval(
+        "SELECT id FROM creator_subscriptions_payments WHERE payment_intent_id = $1", intent_id
+    )
+    if found is not None:
+        return int(found)
+    intent = await env.gateway.call("payment_intents", "retrieve", intent_id)
+    metadata = intent.get("metadata") or {}
+    ours = str(metadata.get(PAYMENT_METADATA) or "")
+    if metadata.get("plugin") != PLUGIN or not ours.isdigit():
+        return None
+    return int(ours)
+
+
 async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge refunded, through the API or in Stripe's dashboard: its refunded amount
     and status follow Stripe's (forward only; ``refund_status``: a charge never captured
-    has nothing refunded). The engine posts the refund itself."""
+    has nothing refunded). The engine posts the refund itself. Handled before the API
+    path settled the tip, the refund shows all the same (``_payment_of_charge``), and
+    the settle keeps it (its status only moves forward)."""
     charge = _object(event)
     status = refund_status(charge)
     if status is None:
+        return
+    env = Env.of(ctx.services)
+    payment = await _payment_of_charge(
+        env, ctx.conn, str(charge.get("id") or ""), _id(charge.get("payment_intent"))
+    )
+    if payment is None:
         return
     refunded = int(charge.get("amount_refunded") or 0)
     await ctx.conn.execute(
@@ -594,24 +638,73 @@ async def on_charge_refunded(event: StripeEvent, ctx: HandlerContext) -> None:
         UPDATE creator_subscriptions_payments
         SET amount_refunded = GREATEST(amount_refunded, $3),
             status = {_ADVANCE}, updated_at = now()
-        WHERE charge_id = $1 AND amount_refunded < $3
+        WHERE id = $1 AND amount_refunded < $3
         """,  # noqa: S608 - _ADVANCE is built from the engine's constant status names
-        str(charge.get("id") or ""),
+        payment,
         status,
         refunded,
     )
 
 
+async def on_refund_failed(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A refund of a tip's charge failed (``refund.failed``; ``refund.updated`` and
+    ``charge.refund.updated`` saying ``failed``): its money is back, so the tip's
+    refunded amount is Stripe's charge's again and a refund status goes back with
+    it (``partially_refunded`` or ``succeeded``; a dispute's stays). The charge is
+    read from Stripe, so the amount is right whichever of the refund's events comes
+    first and however often. A refund the plugin made is marked ``failed``. The
+    engine posts the money coming back (``refund_failure:<re>``)."""
+    refund = _object(event)
+    if refund.get("status") != "failed":
+        return
+    charge_id = _id(refund.get("charge"))
+    payment = await ctx.conn.fetchrow(
+        "SELECT id FROM creator_subscriptions_payments WHERE charge_id = $1 AND charge_id <> '' "
+        "FOR UPDATE",
+        charge_id,
+    )
+    if payment is None:
+        return  # not a tip's or pay-per-view's charge
+    await ctx.conn.execute(
+        "UPDATE creator_subscriptions_refunds SET status = 'failed' WHERE stripe_refund_id = $1",
+        str(refund.get("id") or ""),
+    )
+    charge = await Env.of(ctx.services).gateway.call("charges", "retrieve", charge_id)
+    await ctx.conn.execute(
+        """
+        UPDATE creator_subscriptions_payments
+        SET amount_refunded = $2,
+            status = CASE
+                WHEN status NOT IN ('partially_refunded', 'refunded') THEN status
+                WHEN $2 <= 0 THEN 'succeeded'
+                WHEN $2 >= amount THEN 'refunded'
+                ELSE 'partially_refunded' END,
+            updated_at = now()
+        WHERE id = $1 AND amount_refunded > $2
+        """,
+        payment["id"],
+        int(charge.get("amount_refunded") or 0),
+    )
+
+
 async def on_dispute(event: StripeEvent, ctx: HandlerContext) -> None:
     """A tip's charge disputed: its status shows it (``disputed``, then ``dispute_won`` or
-    ``dispute_lost``; forward only). The engine posts the dispute's money."""
+    ``dispute_lost``; forward only). The engine posts the dispute's money. Handled
+    before the API path settled the tip, the dispute shows all the same
+    (``_payment_of_charge``), and the settle keeps it."""
     dispute = _object(event)
+    env = Env.of(ctx.services)
+    payment = await _payment_of_charge(
+        env, ctx.conn, _id(dispute.get("charge")), _id(dispute.get("payment_intent"))
+    )
+    if payment is None:
+        return
     await ctx.conn.execute(
         f"""
         UPDATE creator_subscriptions_payments SET status = {_ADVANCE}, updated_at = now()
-        WHERE charge_id = $1 AND charge_id <> ''
+        WHERE id = $1
         """,  # noqa: S608 - _ADVANCE is built from the engine's constant status names
-        _id(dispute.get("charge")),
+        payment,
         dispute_payment_status(str(event.get("type")), dispute),
     )
 
@@ -638,6 +731,9 @@ def registrations() -> list[WebhookRegistration]:
         ("setup_intent.setup_failed", on_setup_intent),
         ("account.updated", on_account_updated),
         ("charge.refunded", on_charge_refunded),
+        ("refund.failed", on_refund_failed),
+        ("refund.updated", on_refund_failed),
+        ("charge.refund.updated", on_refund_failed),
         ("charge.dispute.created", on_dispute),
         ("charge.dispute.updated", on_dispute),
         ("charge.dispute.closed", on_dispute),

@@ -695,7 +695,7 @@ class BookingService:
                  FROM three_sided_bookings_transfers WHERE booking = $1) AS transfers,
               (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                   'refund', r.stripe_refund_id, 'charge', c.stripe_charge_id,
-                  'amount', r.amount) ORDER BY r.id), '[]'::jsonb)
+                  'amount', r.amount, 'status', r.status) ORDER BY r.id), '[]'::jsonb)
                  FROM three_sided_bookings_refunds r
                  JOIN three_sided_bookings_charges c ON c.id = r.charge
                  WHERE r.booking = $1) AS refunds,

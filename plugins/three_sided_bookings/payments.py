@@ -71,6 +71,7 @@ from plugins.three_sided_bookings.context import BookingContext, Notices
 from plugins.three_sided_bookings.policy import ChargeState, plan_collection
 from plugins.three_sided_bookings.split import (
     BENEFICIARIES,
+    plan_from_json,
     plan_to_json,
 )
 from plugins.three_sided_bookings.store import (
@@ -79,6 +80,7 @@ from plugins.three_sided_bookings.store import (
     Connection,
     TransferRecord,
     captured_charges,
+    jsonb,
     load_booking,
     load_charges,
     load_transfers,
@@ -91,6 +93,7 @@ __all__ = [
     "collect_to",
     "ensure_customer",
     "intent_authenticated",
+    "refund_failed_in_stripe",
     "refund_made_in_stripe",
     "release_held_transfers",
     "reverse_all_shares",
@@ -692,6 +695,77 @@ async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> 
         charge.id,
         amount,
         json.dumps(plan_to_json(total)),
+    )
+    return True
+
+
+async def refund_failed_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> bool:
+    """Take a refund of a booking's charge that failed off the booking; return whether
+    this call did.
+
+    Stripe's ``refund.failed`` (also ``refund.updated``/``charge.refund.updated``
+    with ``status=failed``): the refund's money came back to the platform's
+    balance, so the recorded refund becomes ``failed`` and its amount and split
+    leave the charge's ``refunded`` and ``refunded_split`` (the booking's
+    ``refunded`` drops, its ``collected`` rises), once. A transfer reversal made
+    with it stays, as at Stripe. A failed refund the booking never recorded (its
+    ``refund.created`` not handled yet) is recorded ``failed``, counting nothing, so
+    the later event does not count it either. The booking's state stays.
+    """
+    refund_id = str(refund.get("id") or "")
+    charge_id = _stripe_id(refund.get("charge"))
+    if not refund_id or not charge_id or refund.get("status") != "failed":
+        return False
+    row = await conn.fetchrow(
+        "SELECT * FROM three_sided_bookings_charges WHERE stripe_charge_id = $1 FOR UPDATE",
+        charge_id,
+    )
+    if row is None or row["split"] is None:
+        return False  # not a booking's charge (or never captured here)
+    charge = ChargeRecord.from_row(row)
+    recorded = await conn.fetchrow(
+        "SELECT id, amount, split, status FROM three_sided_bookings_refunds "
+        "WHERE stripe_refund_id = $1 FOR UPDATE",
+        refund_id,
+    )
+    if recorded is None:
+        assert charge.plan is not None
+        nothing = movements.refund_share(
+            charge.plan, charge.refunded_plan, Money(0, charge.currency)
+        )
+        await conn.execute(
+            """
+            INSERT INTO three_sided_bookings_refunds
+                (booking, charge, idempotency_key, stripe_refund_id, amount, currency, split,
+                 reason, status, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, 'stripe', 'failed', now())
+            ON CONFLICT DO NOTHING
+            """,
+            charge.booking_id,
+            charge.id,
+            f"stripe:{refund_id}",
+            refund_id,
+            int(refund.get("amount") or 0),
+            charge.currency,
+            json.dumps(plan_to_json(nothing)),
+        )
+        return False
+    if recorded["status"] == "failed":
+        return False  # taken off already
+    await conn.execute(
+        "UPDATE three_sided_bookings_refunds SET status = 'failed' WHERE id = $1", recorded["id"]
+    )
+    given_back = plan_from_json(jsonb(recorded["split"]))
+    left = None if charge.refunded_plan is None else split_minus(charge.refunded_plan, given_back)
+    await conn.execute(
+        """
+        UPDATE three_sided_bookings_charges
+        SET refunded = GREATEST(refunded - $2, 0), refunded_split = $3::jsonb, updated_at = now()
+        WHERE id = $1
+        """,
+        charge.id,
+        int(recorded["amount"]),
+        None if left is None else json.dumps(plan_to_json(left)),
     )
     return True
 

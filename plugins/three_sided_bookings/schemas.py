@@ -299,6 +299,8 @@ class RefundIds(_View, frozen=True):
     refund: str
     charge: str | None
     amount: int
+    status: str = "succeeded"
+    """``failed`` once Stripe says the refund failed (its money came back)."""
 
 
 class ReversalIds(_View, frozen=True):

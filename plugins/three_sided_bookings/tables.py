@@ -255,7 +255,8 @@ class HeldTransfer(Table, tablename="three_sided_bookings_held_transfers"):
 
 
 class BookingRefund(Table, tablename="three_sided_bookings_refunds"):
-    """A refund of (part of) a charge and its share of each leg."""
+    """A refund of (part of) a charge and its share of each leg (made by the plugin, or
+    in Stripe: ``idempotency_key`` ``stripe:<re>``)."""
 
     id = BigSerial(primary_key=True)
     booking = ForeignKey(references=Booking, index=True)
@@ -266,6 +267,8 @@ class BookingRefund(Table, tablename="three_sided_bookings_refunds"):
     currency = Varchar(length=3)
     split = JSONB()
     reason = Varchar(length=64, default="")
+    status = Varchar(length=16, default="succeeded")
+    """``succeeded``; ``failed`` once Stripe says so (no longer in the charge's ``refunded``)."""
     created_at = Timestamptz()
 
 

@@ -19,6 +19,8 @@
 - ``refund.created`` / ``refund.updated``: a refund of a booking's charge made
   outside the plugin (Stripe's dashboard) is recorded on the booking
   (``payments.refund_made_in_stripe``); one the plugin made is found recorded.
+  ``refund.failed`` (and ``refund.updated``/``charge.refund.updated`` saying
+  ``failed``): the refund is taken off the booking (``payments.refund_failed_in_stripe``).
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -49,6 +51,7 @@ from plugins.three_sided_bookings.payments import (
     action_json,
     clear_action,
     intent_authenticated,
+    refund_failed_in_stripe,
     refund_made_in_stripe,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
@@ -258,13 +261,15 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
 
 
 async def on_refund(event: StripeEvent, ctx: HandlerContext) -> None:
-    """A refund of a booking's charge made outside the plugin shows on the booking.
-
-    ``refund_made_in_stripe``: recorded once, whether the plugin's own refund
-    (recorded by its API path) or one made in Stripe's dashboard.
-    """
+    """A refund of a booking's charge made outside the plugin shows on the booking
+    (``refund_made_in_stripe``: once, whether the plugin's own refund, recorded by
+    its API path, or one made in Stripe's dashboard); one that failed is taken off
+    it (``refund_failed_in_stripe``: once)."""
     refund = _object(event)
-    if await refund_made_in_stripe(_conn(ctx), refund):
+    if refund.get("status") == "failed":
+        if await refund_failed_in_stripe(_conn(ctx), refund):
+            log.info("failed refund %s taken off its booking", refund.get("id"))
+    elif await refund_made_in_stripe(_conn(ctx), refund):
         log.info("refund %s made in Stripe recorded on its booking", refund.get("id"))
 
 
@@ -287,6 +292,8 @@ def registrations() -> list[WebhookRegistration]:
         ("transfer.created", on_transfer),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
+        ("charge.refund.updated", on_refund),
+        ("refund.failed", on_refund),
     ]
     return [
         WebhookRegistration(event_type, handler, f"{PLUGIN}.{handler.__name__}")

@@ -214,3 +214,34 @@ async def test_a_subscription_invoice_is_refunded_through_the_api_in_proportion(
     )
     assert await engine_status(stack, charge_id) == ("refunded", 1999)
     await assert_ledger_is_stripe(stack, [cleo])
+
+
+async def test_refunds_that_fail_later_are_taken_off_the_tip(stack: Stack) -> None:
+    """``pm_card_refundFail``: a refund through the API and one made in Stripe succeed,
+    then fail (``refund.failed``); the money is back with the platform and the creator,
+    so the tip and the engine's payment count neither as refunded any more."""
+    cy = await creator(stack, "cy")
+    paid = await tip(stack, cy, "fan-f", "pm_card_refundFail", 3000)
+    await stack.settle()
+    charge_id = str(
+        (
+            await asyncio.to_thread(
+                stack.stripe().v1.payment_intents.retrieve, paid["payment_intent_id"]
+            )
+        )["latest_charge"]
+    )
+    ok(await stack.http.post(f"{C}/payments/{paid['id']}/refunds", json={"amount": 1000}), 201)
+    await asyncio.to_thread(
+        stack.stripe().v1.refunds.create, params={"charge": charge_id, "amount": 500}
+    )
+    await stack.settle()
+    view = ok(await stack.http.get(f"{C}/payments/{paid['id']}"))
+    assert (view["status"], view["amount_refunded"]) == ("partially_refunded", 1500)
+    assert await engine_status(stack, charge_id) == ("partially_refunded", 1500)
+
+    stack.sandbox.advance(86_400)  # the card's refunds fail
+    await stack.settle()
+    view = ok(await stack.http.get(f"{C}/payments/{paid['id']}"))
+    assert (view["status"], view["amount_refunded"]) == ("succeeded", 0)
+    assert await engine_status(stack, charge_id) == ("succeeded", 0)
+    await assert_ledger_is_stripe(stack, [cy])

@@ -600,8 +600,14 @@ async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stac
         )
     await stack.settle()
     assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
+    refunds_of = "SELECT status, amount_refunded FROM marketplace_payments WHERE id = $1"
+    payment = await pool.fetchrow(refunds_of, charged.payment_id)
+    assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 3_000)
     stack.sandbox.advance(86_400)  # the card's refund fails
     await stack.settle()
+    # The money is back with the seller: the payment's refunded amount and status say so.
+    payment = await pool.fetchrow(refunds_of, charged.payment_id)
+    assert (payment["status"], payment["amount_refunded"]) == ("succeeded", 0)
     assert (await stack.ledger.balances(PLATFORM))[USD] == await stack.stripe_balance(None, USD)
     assert await stack.stripe_balance(None, USD) == 10_000 - (10_000 * 29 // 1000 + 30)
     posted = await pool.fetchval(
@@ -609,11 +615,5 @@ async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stac
         f"refund_failure:{refunded.refund_id}",
     )
     assert posted == 1
-    # The payment's refunded amount is Stripe's charge's again (its status only moves forward).
-    row = await pool.fetchrow(
-        "SELECT amount_refunded, status FROM marketplace_payments WHERE id = $1",
-        charged.payment_id,
-    )
-    assert (row["amount_refunded"], row["status"]) == (0, "partially_refunded")
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]

@@ -45,7 +45,8 @@ async def connected(stack: Stack, role: str, name: str) -> str:
     return account_id
 
 
-async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> None:
+async def settled_booking(stack: Stack, payment_method: str) -> dict[str, Any]:
+    """A full-prepayment booking, confirmed and completed: settled (shares transferred)."""
     http = stack.http
     provider = await connected(stack, "provider", "Ana Therapist")
     venue = await connected(stack, "venue", "Seaside Spa")
@@ -80,7 +81,7 @@ async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> Non
                 "starts_at": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
                 "payment_model": "full",
                 "customer": {"name": "Cara", "email": "cara@example.com"},
-                "payment_method": "pm_card_visa",
+                "payment_method": payment_method,
             },
         ),
         201,
@@ -89,6 +90,12 @@ async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> Non
         url = f"{B}/bookings/{booking['id']}/actions/{action}"
         booking = ok(await http.post(url, json=None))
     assert booking["state"] == "settled"
+    return booking
+
+
+async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> None:
+    http = stack.http
+    booking = await settled_booking(stack, "pm_card_visa")
     [charge] = booking["stripe"]["charges"]
     await asyncio.to_thread(
         stack.stripe().v1.refunds.create, params={"charge": charge["charge"], "amount": 2_500}
@@ -118,3 +125,33 @@ async def test_a_refund_made_in_stripe_shows_on_the_booking(stack: Stack) -> Non
         charge["charge"],
     )
     assert (payment["status"], payment["amount_refunded"]) == ("partially_refunded", 3_500)
+
+
+async def test_refunds_that_fail_later_are_taken_off_the_booking(stack: Stack) -> None:
+    """``pm_card_refundFail``: refunds succeed, then fail (Stripe's ``refund.failed``);
+    the money is back with the platform, so neither the booking nor the engine's
+    payment counts them as refunded any more (one the plugin made, one made in Stripe)."""
+    http = stack.http
+    booking = await settled_booking(stack, "pm_card_refundFail")
+    [charge] = booking["stripe"]["charges"]
+    url = f"{B}/bookings/{booking['id']}/actions/refund"
+    assert ok(await http.post(url, json={"amount": 2_000}))["state"] == "partially_refunded"
+    await asyncio.to_thread(
+        stack.stripe().v1.refunds.create, params={"charge": charge["charge"], "amount": 1_000}
+    )
+    await stack.settle()
+    view = ok(await http.get(f"{B}/bookings/{booking['id']}"))
+    assert view["refunded"] == 3_000
+    assert sorted(refund["status"] for refund in view["stripe"]["refunds"]) == ["succeeded"] * 2
+
+    stack.sandbox.advance(86_400)  # the card's refunds fail
+    await stack.settle()
+    view = ok(await http.get(f"{B}/bookings/{booking['id']}"))
+    assert view["refunded"] == 0
+    assert view["collected"] == 10_000
+    assert sorted(refund["status"] for refund in view["stripe"]["refunds"]) == ["failed"] * 2
+    payment = await stack.services.db.pool.fetchrow(
+        "SELECT status, amount_refunded FROM marketplace_payments WHERE stripe_charge_id = $1",
+        charge["charge"],
+    )
+    assert (payment["status"], payment["amount_refunded"]) == ("succeeded", 0)
