@@ -93,6 +93,7 @@ from engine.core.postings import (
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
 from engine.payments.records import (
+    MEANING_METADATA,
     dispute_payment_status,
     link_payment_intent,
     lock_charge_movements,
@@ -314,7 +315,8 @@ async def charge(
         transfer_group: ties the charge's transfers together (``"booking:42"``).
         destination: the connected account of a destination charge.
         description: Stripe's description of the charge.
-        metadata: Stripe metadata (the business object's ids).
+        metadata: Stripe metadata (the business object's ids); the engine adds its own
+            ``MEANING_METADATA`` (plugin and reference) to it.
         kind: the posting's kind (``tip``, ``subscription_invoice`` ...; ``charge``).
         recorded: the payment was recorded when it was priced (``record_payment``
             with no intent yet, under ``scope.reference``): the intent is attached
@@ -345,7 +347,11 @@ async def charge(
             else {}
         ),
         **({"description": description} if description else {}),
-        **({"metadata": dict(metadata)} if metadata else {}),
+        # The engine's own keys last: a caller's metadata cannot mislabel the payment.
+        "metadata": {
+            **(metadata or {}),
+            **dict(zip(MEANING_METADATA, (scope.plugin, scope.reference), strict=True)),
+        },
         **({"customer": customer} if customer else {}),
         **({"setup_future_usage": "off_session"} if save_for_later else {}),
         **({"off_session": True} if off_session else {}),

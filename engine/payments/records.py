@@ -55,6 +55,7 @@ from engine.core.money import Money
 from engine.core.tables import Payment
 
 __all__ = [
+    "MEANING_METADATA",
     "PAYMENT_STATUS_ORDER",
     "RecordedPayment",
     "advance_status_sql",
@@ -69,6 +70,11 @@ __all__ = [
     "return_failed_refund",
     "update_payment",
 ]
+
+MEANING_METADATA: Final = ("marketplace_plugin", "marketplace_reference")
+"""The Stripe metadata keys under which the engine writes, on every PaymentIntent it
+creates, the plugin and business object the payment is for: an event about the
+charge handled before the payment's record committed still knows its meaning."""
 
 PAYMENT_STATUS_ORDER: Final[Mapping[str, int]] = MappingProxyType(
     {

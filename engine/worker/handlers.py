@@ -24,6 +24,7 @@ import asyncpg
 
 from engine.accounts.service import apply_stripe_account, bank_errored
 from engine.core.contributions import StripeEvent, WebhookRegistration
+from engine.core.errors import NotFound
 from engine.core.ledger import PLATFORM, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
@@ -37,6 +38,7 @@ from engine.core.postings import (
 )
 from engine.payments.payouts import apply_payout
 from engine.payments.records import (
+    MEANING_METADATA,
     dispute_payment_status,
     lock_charge_movements,
     refund_status,
@@ -183,14 +185,17 @@ def _id(value: Any) -> str:
 
 
 async def _meaning(
-    ctx: EventContext, charge_id: str, payment_intent_id: str = ""
+    ctx: EventContext, charge_id: str, payment_intent_id: str = "", *, account: str = PLATFORM
 ) -> tuple[str, str]:
     """The business object and plugin of the payment a charge belongs to (``("", "")``
     for a charge no business model recorded: it is posted all the same).
 
     Found by the charge, else by its PaymentIntent: a business model may have
     recorded the payment before it learnt the charge's id (a dispute or refund
-    can be handled in between).
+    can be handled in between). Failing both (the event is handled before the
+    transaction recording the payment committed), the PaymentIntent's metadata
+    says it: the engine writes the plugin and business object on every intent
+    it creates (``MEANING_METADATA``).
     """
     if not charge_id and not payment_intent_id:
         return "", ""
@@ -201,7 +206,17 @@ async def _meaning(
         charge_id or None,
         payment_intent_id or None,
     )
-    return ("", "") if row is None else (str(row["reference"]), str(row["plugin"]))
+    if row is not None:
+        return str(row["reference"]), str(row["plugin"])
+    if not payment_intent_id or account != PLATFORM:
+        return "", ""  # the engine creates intents on the platform only
+    try:
+        intent = await ctx.services.gateway.call("payment_intents", "retrieve", payment_intent_id)
+    except NotFound:
+        return "", ""
+    metadata = intent.get("metadata") or {}
+    plugin, reference = (str(metadata.get(key) or "") for key in MEANING_METADATA)
+    return (reference, plugin) if plugin and reference else ("", "")
 
 
 def _is_destination_payment(charge_id: str) -> bool:
@@ -219,7 +234,9 @@ async def post_refund(ctx: EventContext, refund: Mapping[str, Any], account: str
     if refund.get("status") == "canceled":
         return  # a canceled refund never left the balance
     await lock_charge_movements(ctx.conn, charge_id)
-    reference, plugin = await _meaning(ctx, charge_id, _id(refund.get("payment_intent")))
+    reference, plugin = await _meaning(
+        ctx, charge_id, _id(refund.get("payment_intent")), account=account
+    )
     amount = Money(int(refund.get("amount") or 0), str(refund.get("currency") or "usd"))
     await ctx.services.ledger.post(
         refund_posting(
@@ -365,7 +382,7 @@ async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
         status=status,
     )
     account = str(event.get("account") or PLATFORM)
-    reference, plugin = await _meaning(ctx, charge_id, intent_id)
+    reference, plugin = await _meaning(ctx, charge_id, intent_id, account=account)
     ledger = ctx.services.ledger
     for txn in dispute.get("balance_transactions") or []:
         if not isinstance(txn, Mapping):

@@ -38,7 +38,7 @@ from engine.core.money import Money, normalize_currency
 from engine.core.orders import Commission, LifecycleEvent
 from engine.payments import movements
 from engine.payments.pricing import PricedOrder
-from engine.payments.records import advance_status_sql
+from engine.payments.records import advance_status_sql, lock_charge_movements
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
@@ -354,14 +354,18 @@ async def settle_one_time_payment(
     if metadata.get("plugin") != PLUGIN or not metadata.get(PAYMENT_METADATA):
         return []
     payment_id = int(metadata[PAYMENT_METADATA])
+    charge_id = intent.get("latest_charge")
+    if isinstance(charge_id, Mapping):
+        charge_id = charge_id.get("id")
+    # The charge's movements first, then our row: the engine's dispute and refund
+    # handlers hold the charge's lock when they reach our row, so taking the two the
+    # other way round deadlocks with a dispute handled while the tip settles.
+    await lock_charge_movements(conn, str(charge_id or ""))
     row = await conn.fetchrow(
         "SELECT * FROM creator_subscriptions_payments WHERE id = $1 FOR UPDATE", payment_id
     )
     if row is None or row["charge_id"]:
         return []  # not ours, or settled already (the charge id is recorded when settled)
-    charge_id = intent.get("latest_charge")
-    if isinstance(charge_id, Mapping):
-        charge_id = charge_id.get("id")
     reference = f"{PLUGIN}:payment:{payment_id}"
     # Posted once, and the engine's payment recorded with the commission priced at
     # creation (its rule id and version): history does not change when rules do.

@@ -617,3 +617,46 @@ async def test_a_failed_refund_is_returned_to_the_balance_and_to_the_ledger(stac
     assert posted == 1
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_a_dispute_handled_before_the_charge_committed_still_names_its_business(
+    stack: Stack,
+) -> None:
+    """A dispute's events may be handled while the transaction that made the charge is
+    still open (its payment record not visible yet): the dispute is posted under the
+    charge's plugin and business object all the same, read from the metadata the
+    engine writes on every intent it creates."""
+    provider, venue = (
+        await connected_account(stack, "provider"),
+        await connected_account(stack, "venue"),
+    )
+    reference = "order:early-dispute"
+    pool = stack.services.db.pool
+    async with pool.acquire() as conn, conn.transaction():
+        charged = await movements.charge(
+            MoneyScope(
+                stack.services.gateway,
+                stack.services.ledger,
+                conn,  # type: ignore[arg-type]
+                "orders",
+                reference,
+            ),
+            priced_order(provider, venue, reference),
+            operation=("full",),
+            payment_method="pm_card_createDispute",
+            account_id=provider,
+            transfer_group=reference,
+        )
+        intent = await stack.services.gateway.call(
+            "payment_intents", "retrieve", charged.payment_intent_id
+        )
+        assert intent["metadata"]["marketplace_plugin"] == "orders"
+        assert intent["metadata"]["marketplace_reference"] == reference
+        await stack.settle()  # the dispute's events, handled before this commits
+        async with pool.acquire() as other:
+            disputes = await other.fetch(
+                "SELECT plugin, reference FROM marketplace_ledger_transactions "
+                "WHERE kind = 'dispute'"
+            )
+    assert disputes
+    assert {(row["plugin"], row["reference"]) for row in disputes} == {("orders", reference)}
