@@ -21,6 +21,9 @@ Implement hooks in your plugin's ``hooks.py`` with ``@hookimpl`` (from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pluggy
 
 from engine.core.contributions import (
@@ -57,6 +60,7 @@ __all__ = [
     "register_webhook_handlers",
     "resolve_commission",
     "resolve_mailbox_key",
+    "resolve_movement_meaning",
     "resolve_price",
     "resolve_split",
 ]
@@ -207,6 +211,48 @@ def resolve_mailbox_key(event: StripeEvent, runtime: PluginRuntime) -> str | Non
             obj = event["data"]["object"]
             course = (obj.get("metadata") or {}).get("course_id")
             return f"courses:course:{course}" if course else None
+    """
+
+
+# ---------------------------------------------------------------- movements
+
+
+@hookspec(firstresult=True)
+def resolve_movement_meaning(
+    stripe_object: Mapping[str, Any], runtime: PluginRuntime
+) -> tuple[str, str] | None:
+    """Name the business of a movement the engine posts without a payment record.
+
+    Called by the engine's webhook handlers when they post a movement no
+    payment record names: a charge or a transfer made outside the engine
+    (Stripe's dashboard, a script), and a refund, dispute, reversal or
+    application fee refund of such a charge. ``stripe_object`` is Stripe's
+    charge, as Stripe returns it now (for a charge and everything done to
+    it), or the transfer as its event carried it (for a transfer made
+    outside the engine and its reversals). The movement
+    is posted whatever the answer; the answer only labels its ledger
+    transaction (``reference`` and ``plugin``), which a business's statements
+    and the finance panel group by. First result wins.
+
+    Answer from the object alone: keep it synchronous and pure (no I/O; it
+    runs inside the handler's transaction). An implementation that raises is
+    logged and the movement is posted without a meaning.
+
+    Args:
+        stripe_object: Stripe's charge or transfer.
+        runtime: the engine's ``PluginRuntime``.
+
+    Returns:
+        ``(reference, plugin)``: the business object (``"courses:order:7"``)
+        and the plugin it belongs to; ``None`` to let the next implementation
+        decide (the movement is posted with no meaning when none does).
+
+    Example::
+
+        @hookimpl
+        def resolve_movement_meaning(stripe_object):
+            order = (stripe_object.get("metadata") or {}).get("course_order")
+            return (f"courses:order:{order}", "courses") if order else None
     """
 
 

@@ -174,6 +174,24 @@ class Plugins:
         )
         return default_mailbox_key(event)
 
+    # ------------------------------------------------------------ movements
+
+    def movement_meaning(self, stripe_object: Mapping[str, Any]) -> tuple[str, str]:
+        """``(reference, plugin)`` of a movement no payment record names
+        (``resolve_movement_meaning``); ``("", "")`` when no plugin says, or the
+        one that answered failed (logged: the movement is posted all the same)."""
+        try:
+            found = self._pm.hook.resolve_movement_meaning(
+                stripe_object=stripe_object, runtime=self.runtime
+            )
+        except Exception:
+            log.exception("resolve_movement_meaning failed for %s", stripe_object.get("id"))
+            return "", ""
+        if found is None:
+            return "", ""
+        reference, plugin = found
+        return str(reference or ""), str(plugin or "")
+
     # ------------------------------------------------------------ broadcasts
 
     def notify_lifecycle(self, event: LifecycleEvent) -> None:

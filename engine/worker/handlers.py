@@ -35,7 +35,9 @@ from engine.core.postings import (
     refund_failure_posting,
     refund_posting,
     reversal_posting,
+    transfer_posting,
 )
+from engine.payments.movements import MoneyScope, post_destination_charge, post_platform_charge
 from engine.payments.payouts import apply_payout
 from engine.payments.records import (
     MEANING_METADATA,
@@ -185,20 +187,48 @@ def _id(value: Any) -> str:
 
 
 async def _meaning(
-    ctx: EventContext, charge_id: str, payment_intent_id: str = "", *, account: str = PLATFORM
+    ctx: EventContext,
+    charge_id: str,
+    payment_intent_id: str = "",
+    *,
+    account: str = PLATFORM,
+    stripe_object: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """The business object and plugin of the payment a charge belongs to (``("", "")``
-    for a charge no business model recorded: it is posted all the same).
+    when nothing names it: the movement is posted all the same).
 
     Found by the charge, else by its PaymentIntent: a business model may have
     recorded the payment before it learnt the charge's id (a dispute or refund
     can be handled in between). Failing both (the event is handled before the
     transaction recording the payment committed), the PaymentIntent's metadata
     says it: the engine writes the plugin and business object on every intent
-    it creates (``MEANING_METADATA``).
+    it creates (``MEANING_METADATA``). Failing that too (a charge made outside
+    the engine), the plugins' ``resolve_movement_meaning`` is asked, with
+    ``stripe_object`` (the charge, or a transfer made outside the engine) or,
+    without it, the charge read back from Stripe.
     """
-    if not charge_id and not payment_intent_id:
+    found = await _recorded_meaning(ctx, charge_id, payment_intent_id, account=account)
+    if found is not None:
+        return found
+    if stripe_object is None and charge_id:
+        try:
+            stripe_object = await ctx.services.gateway.call(
+                "charges", "retrieve", charge_id, account=None if account == PLATFORM else account
+            )
+        except NotFound:
+            return "", ""
+    if stripe_object is None:
         return "", ""
+    meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(stripe_object)
+    return meaning
+
+
+async def _recorded_meaning(
+    ctx: EventContext, charge_id: str, payment_intent_id: str, *, account: str
+) -> tuple[str, str] | None:
+    """The meaning the engine recorded (a payment record, its intent's metadata), else None."""
+    if not charge_id and not payment_intent_id:
+        return None
     row = await ctx.conn.fetchrow(
         "SELECT reference, plugin FROM marketplace_payments "
         "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 "
@@ -209,14 +239,19 @@ async def _meaning(
     if row is not None:
         return str(row["reference"]), str(row["plugin"])
     if not payment_intent_id or account != PLATFORM:
-        return "", ""  # the engine creates intents on the platform only
+        return None  # the engine creates intents on the platform only
     try:
         intent = await ctx.services.gateway.call("payment_intents", "retrieve", payment_intent_id)
     except NotFound:
-        return "", ""
+        return None
+    return _engine_meaning(intent)
+
+
+def _engine_meaning(intent: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The plugin and business object the engine wrote on an intent it made, else None."""
     metadata = intent.get("metadata") or {}
     plugin, reference = (str(metadata.get(key) or "") for key in MEANING_METADATA)
-    return (reference, plugin) if plugin and reference else ("", "")
+    return (reference, plugin) if plugin and reference else None
 
 
 def _is_destination_payment(charge_id: str) -> bool:
@@ -312,6 +347,77 @@ async def on_charge_refunded(event: StripeEvent, ctx: EventContext) -> None:
     for refund in (charge.get("refunds") or {}).get("data") or []:
         if isinstance(refund, Mapping):
             await post_refund(ctx, refund, account)
+
+
+async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
+    """``charge.succeeded``/``charge.captured``, ``payment_intent.succeeded``: post a
+    captured platform charge made outside the engine (Stripe's dashboard, a script).
+
+    ``charge:<ch>`` with Stripe's fee (``charge_posting``), a destination charge
+    with its transfer and application fee (``destination_charge_posting``),
+    labelled by the plugins' ``resolve_movement_meaning``. Left alone: a charge
+    a payment record names or whose intent the engine made (``MEANING_METADATA``:
+    the engine's money call posts it, with its kind), one paying an invoice
+    (Stripe Billing's: the subscription's plugin posts it from ``invoice.paid``),
+    and a connected account's own charges.
+    """
+    if event.get("account"):
+        return
+    obj = stripe_object(event)
+    if obj.get("object") == "payment_intent":
+        intent: Mapping[str, Any] | None = obj
+        charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
+    else:
+        intent = None
+        charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
+    if not charge_id or _is_destination_payment(charge_id):
+        return
+    # Checked before taking the charge's lock: an engine's charge (the usual case) must
+    # not wait on its API path's transaction, which may hold that lock.
+    if await _posted(ctx, f"charge:{charge_id}"):
+        return
+    recorded = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_payments "
+        "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 LIMIT 1",
+        charge_id,
+        intent_id or None,
+    )
+    if recorded:
+        return
+    gateway = ctx.services.gateway
+    if intent_id:
+        if intent is None:
+            try:
+                intent = await gateway.call("payment_intents", "retrieve", intent_id)
+            except NotFound:
+                return
+        if _engine_meaning(intent) is not None:
+            return
+        paying = await gateway.call(
+            "invoice_payments",
+            "list",
+            params={"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1},
+        )
+        if paying.get("data"):
+            return
+    charge: Mapping[str, Any] = obj
+    if intent is not None or not isinstance(obj.get("balance_transaction"), Mapping):
+        try:  # the balance transaction (Stripe's fee, the capture's time) read back
+            charge = await gateway.call(
+                "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
+            )
+        except NotFound:
+            return  # not a charge of this platform's
+    if not charge.get("captured") or not isinstance(charge.get("balance_transaction"), Mapping):
+        return
+    meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
+    reference, plugin = meaning
+    await lock_charge_movements(ctx.conn, charge_id)
+    scope = MoneyScope(gateway, ctx.services.ledger, ctx.conn, plugin, reference)
+    if (charge.get("transfer_data") or {}).get("destination"):
+        await post_destination_charge(scope, charge)
+    else:
+        await post_platform_charge(scope, charge)
 
 
 async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> None:
@@ -415,7 +521,8 @@ async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
 
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
-    """Keep a known transfer's reversed amount in step (it only grows); post its reversals."""
+    """Keep a known transfer's reversed amount in step (it only grows); post its reversals,
+    and a transfer made outside the engine (``transfer:<tr>``, see ``_made_outside``)."""
     transfer = stripe_object(event)
     await ctx.conn.execute(
         """
@@ -429,16 +536,31 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
         bool(transfer.get("reversed")),
     )
     destination = _id(transfer.get("destination"))
+    if not destination:
+        return
+    charge_id = _id(transfer.get("source_transaction"))
+    outside = await _made_outside(ctx, transfer, charge_id)
     reversals = [
         reversal
         for reversal in (transfer.get("reversals") or {}).get("data") or []
         if isinstance(reversal, Mapping)
     ]
-    if not destination or not reversals:
+    if not outside and not reversals:
         return
-    charge_id = _id(transfer.get("source_transaction"))
     await lock_charge_movements(ctx.conn, charge_id)
-    reference, plugin = await _meaning(ctx, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id, stripe_object=transfer)
+    if outside:
+        await ctx.services.ledger.post(
+            transfer_posting(
+                destination,
+                str(transfer["id"]),
+                Money(int(transfer.get("amount") or 0), str(transfer.get("currency") or "usd")),
+                occurred_at=stripe_time(transfer.get("created")),
+                reference=reference,
+                plugin=plugin,
+            ),
+            conn=ctx.conn,
+        )
     for reversal in reversals:
         await ctx.services.ledger.post(
             reversal_posting(
@@ -451,6 +573,37 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
             ),
             conn=ctx.conn,
         )
+
+
+async def _posted(ctx: EventContext, key: str) -> bool:
+    found = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_ledger_transactions WHERE idempotency_key = $1", key
+    )
+    return found is not None
+
+
+async def _made_outside(ctx: EventContext, transfer: Mapping[str, Any], charge_id: str) -> bool:
+    """Whether a transfer was made outside the engine, so the engine posts it
+    (``transfer:<tr>``): not recorded, not made by the engine's ``transfer`` (its
+    key in the metadata: that call posts it) and not a destination charge's own
+    transfer (posted with its charge, ``charge:<ch>``)."""
+    transfer_id = str(transfer.get("id") or "")
+    if not transfer_id or (transfer.get("metadata") or {}).get("idempotency_key"):
+        return False
+    if await _posted(ctx, f"transfer:{transfer_id}"):
+        return False
+    recorded = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_transfers WHERE stripe_transfer_id = $1", transfer_id
+    )
+    if recorded:
+        return False
+    if not charge_id:
+        return True
+    try:
+        charge = await ctx.services.gateway.call("charges", "retrieve", charge_id)
+    except NotFound:
+        return True
+    return _id(charge.get("transfer")) != transfer_id
 
 
 async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict[str, Any]) -> None:
@@ -479,6 +632,9 @@ def core_registrations() -> list[WebhookRegistration]:
         ("payout.canceled", on_payout),
         ("charge.refunded", on_charge_refunded),
         ("payment_intent.canceled", on_payment_intent_canceled),
+        ("charge.succeeded", on_charge_captured),
+        ("charge.captured", on_charge_captured),
+        ("payment_intent.succeeded", on_charge_captured),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),

@@ -315,7 +315,7 @@ async def test_finance_figures_follow_stripes_time_and_equal_the_panel(stack: St
 async def test_reconciliation_runs_and_findings_through_the_api(stack: Stack) -> None:
     ada = await creator(stack, "ada")
     await tip(stack, ada, "fan-1", 2500)
-    # A charge made directly in Stripe, which no business model posts.
+    # A charge made directly in Stripe.
     intent = await asyncio.to_thread(
         stack.stripe().v1.payment_intents.create,
         params={
@@ -326,6 +326,19 @@ async def test_reconciliation_runs_and_findings_through_the_api(stack: Stack) ->
         },
     )
     await stack.settle()
+    # The engine posts a charge made directly in Stripe from its events; its posting is
+    # then lost (injected), which reconciliation finds.
+    lost = await stack.services.db.pool.fetchval(
+        "SELECT id FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"charge:{intent['latest_charge']}",
+    )
+    assert lost is not None
+    await stack.services.db.pool.execute(
+        "DELETE FROM marketplace_ledger_entries WHERE ledger_transaction = $1", lost
+    )
+    await stack.services.db.pool.execute(
+        "DELETE FROM marketplace_ledger_transactions WHERE id = $1", lost
+    )
     pool = stack.services.db.pool
 
     started = ok(await stack.http.post("/v1/reconciliation/runs", json={}), 202)

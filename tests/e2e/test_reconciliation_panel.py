@@ -2,8 +2,9 @@
 
 After a creator's tips and a day of payouts everything matches; then someone
 charges a card on the platform directly in Stripe, outside every business
-model (a movement no plugin posts). The admin starts a run from the panel and sees exactly that one
-finding, on the reconciliation page and as an open alert on the panel.
+model, and the posting the engine made of it is lost (injected). The admin
+starts a run from the panel and sees exactly that one finding, on the
+reconciliation page and as an open alert on the panel.
 Screenshots go to ``test-artifacts/screenshots/``.
 """
 
@@ -70,6 +71,19 @@ async def test_the_admin_runs_reconciliation_and_sees_the_one_movement_stripe_al
     )
     charge_id = str(intent["latest_charge"])
     await stack.settle()
+    # The engine posts a charge made directly in Stripe from its events; its posting is
+    # then lost (injected), which reconciliation finds.
+    lost = await stack.services.db.pool.fetchval(
+        "SELECT id FROM marketplace_ledger_transactions WHERE idempotency_key = $1",
+        f"charge:{intent['latest_charge']}",
+    )
+    assert lost is not None
+    await stack.services.db.pool.execute(
+        "DELETE FROM marketplace_ledger_entries WHERE ledger_transaction = $1", lost
+    )
+    await stack.services.db.pool.execute(
+        "DELETE FROM marketplace_ledger_transactions WHERE id = $1", lost
+    )
 
     page = await browser.new_page()
     await page.goto(f"{stack.url}/dashboard/sign-in")

@@ -14,8 +14,9 @@ per account the ledger is Stripe's balance (available + pending) to the cent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from engine.core.errors import InvalidAmount
 from engine.core.ledger import PLATFORM, stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
+from engine.core.plugins import hookimpl
 from engine.payments import movements
 from engine.payments.movements import MoneyScope, PaidShare
 from engine.payments.pricing import PricedOrder
@@ -660,3 +662,155 @@ async def test_a_dispute_handled_before_the_charge_committed_still_names_its_bus
             )
     assert disputes
     assert {(row["plugin"], row["reference"]) for row in disputes} == {("orders", reference)}
+
+
+async def test_movements_made_outside_the_engine_are_posted_once_and_reconcile(
+    stack: Stack,
+) -> None:
+    """Money moved directly with Stripe's API (its dashboard, a script), not through the
+    engine: a charge on the platform, a destination charge, a transfer to a connected
+    account and a reversal of it. The engine posts each once from Stripe's events, with
+    the builders and keys of its own movements; per account the ledger is Stripe's
+    balance and a full reconciliation matches every balance transaction."""
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str, str, str]:
+        platform = client.v1.payment_intents.create(
+            params={
+                "amount": 5_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+            }
+        )
+        destination = client.v1.payment_intents.create(
+            params={
+                "amount": 3_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "application_fee_amount": 300,
+                "transfer_data": {"destination": creator},
+            }
+        )
+        transfer = client.v1.transfers.create(
+            params={
+                "amount": 2_000,
+                "currency": USD,
+                "destination": creator,
+                "source_transaction": str(platform.latest_charge),
+            }
+        )
+        reversal = client.v1.transfers.reversals.create(transfer.id, params={"amount": 500})
+        return str(platform.latest_charge), str(destination.latest_charge), transfer.id, reversal.id
+
+    platform_charge, destination_charge, transfer_id, reversal_id = await asyncio.to_thread(outside)
+    await stack.settle()
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        ), account
+    await stack.assert_ledger_balanced()
+    pool = stack.services.db.pool
+    keys = [
+        row["idempotency_key"]
+        for row in await pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions ORDER BY id"
+        )
+    ]
+    for key in (
+        f"charge:{platform_charge}",
+        f"charge:{destination_charge}",
+        f"transfer:{transfer_id}",
+        f"reversal:{reversal_id}",
+    ):
+        assert keys.count(key) == 1, key
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+class OutsideOrders:
+    """A test plugin naming the business of movements made outside the engine: a charge
+    or transfer whose metadata carries ``outside_order``."""
+
+    @hookimpl
+    def resolve_movement_meaning(self, stripe_object: Mapping[str, Any]) -> tuple[str, str] | None:
+        order = (stripe_object.get("metadata") or {}).get("outside_order")
+        return (f"outside:order:{order}", "outside_orders") if order else None
+
+
+@pytest.fixture
+async def meaning_stack(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=(),
+        extra_plugins={"outside_orders": OutsideOrders()},
+    ) as running:
+        yield running
+
+
+async def test_a_plugin_names_the_business_of_movements_made_outside_the_engine(
+    meaning_stack: Stack,
+) -> None:
+    """``resolve_movement_meaning``: a charge made directly on Stripe, its refund and a
+    transfer are posted under the reference and plugin the plugin names; a charge it
+    does not name is posted all the same, with no meaning."""
+    stack = meaning_stack
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str, str, str]:
+        named = client.v1.payment_intents.create(
+            params={
+                "amount": 4_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "metadata": {"outside_order": "7"},
+            }
+        )
+        unnamed = client.v1.payment_intents.create(
+            params={
+                "amount": 1_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+            }
+        )
+        refund = client.v1.refunds.create(params={"payment_intent": named.id, "amount": 1_500})
+        transfer = client.v1.transfers.create(
+            params={
+                "amount": 1_000,
+                "currency": USD,
+                "destination": creator,
+                "source_transaction": str(named.latest_charge),
+                "metadata": {"outside_order": "7"},
+            }
+        )
+        return str(named.latest_charge), str(unnamed.latest_charge), refund.id, transfer.id
+
+    named, unnamed, refund_id, transfer_id = await asyncio.to_thread(outside)
+    await stack.settle()
+    pool = stack.services.db.pool
+    rows = await pool.fetch(
+        "SELECT idempotency_key, plugin, reference FROM marketplace_ledger_transactions"
+    )
+    meanings = {row["idempotency_key"]: (row["plugin"], row["reference"]) for row in rows}
+    order = ("outside_orders", "outside:order:7")
+    assert meanings[f"charge:{named}"] == order
+    assert meanings[f"refund:{refund_id}"] == order
+    assert meanings[f"transfer:{transfer_id}"] == order
+    assert meanings[f"charge:{unnamed}"] == ("", "")
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        ), account
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]

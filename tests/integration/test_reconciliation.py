@@ -6,9 +6,9 @@ and a spa booking is paid and cancelled: all through the plugins' HTTP APIs,
 Stripe's signed webhooks and the worker. Then ``reconcile`` (the function and
 the ``marketplace reconcile`` command) finds every balance transaction in the
 ledger, including the platform's own payouts made directly in Stripe (one of
-them canceled). A ledger entry altered by hand and a charge made directly on
-the platform in Stripe (which no business model posts) are each reported
-exactly once: one item, one alert, one ``engine.reconciliation.mismatch``
+them canceled). A ledger entry altered by hand and the lost posting of a charge
+made directly on the platform in Stripe (which the engine posts from its
+events) are each reported exactly once: one item, one alert, one ``engine.reconciliation.mismatch``
 event, however often reconciliation runs; mending the ledger resolves the alert.
 
 The spa month (issue 15's acceptance): two providers, a venue and the platform;
@@ -356,7 +356,8 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     await pool.execute(
         "UPDATE marketplace_ledger_entries SET amount = amount + 100 WHERE id = $1", altered["id"]
     )
-    # Injected in Stripe: a charge on the platform outside every business model.
+    # A charge on the platform outside every business model: the engine posts it from
+    # its events, with no meaning (no plugin claims it). Injected: its posting lost.
     intent = await sdk(
         stack.stripe().v1.payment_intents.create,
         params={
@@ -368,6 +369,17 @@ async def test_a_scripted_month_reconciles_and_each_injected_mismatch_is_reporte
     )
     charge_id = str(intent["latest_charge"])
     await stack.settle()
+    outside = await pool.fetchrow(
+        "SELECT id, kind, plugin, reference FROM marketplace_ledger_transactions "
+        "WHERE idempotency_key = $1",
+        f"charge:{charge_id}",
+    )
+    assert outside is not None
+    assert (outside["kind"], outside["plugin"], outside["reference"]) == ("charge", "", "")
+    await pool.execute(
+        "DELETE FROM marketplace_ledger_entries WHERE ledger_transaction = $1", outside["id"]
+    )
+    await pool.execute("DELETE FROM marketplace_ledger_transactions WHERE id = $1", outside["id"])
 
     for attempt in range(2):  # re-running reports the same two findings, alerts once
         run = await run_reconciliation(stack.services)
