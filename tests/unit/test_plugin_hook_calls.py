@@ -141,14 +141,21 @@ class _AsyncNotice:
         return None
 
 
+class _AsyncMeaning:
+    @hookimpl
+    async def resolve_movement_meaning(self, stripe_object: dict[str, Any]) -> None:
+        return None
+
+
 @pytest.mark.parametrize(
     ("plugin", "hook", "problem"),
     [
         (_AsyncPrice(), "resolve_price", "is an async def"),
         (_GeneratorSplit(), "resolve_split", "is a generator"),
         (_AsyncNotice(), "on_lifecycle_event", "is an async def"),
+        (_AsyncMeaning(), "resolve_movement_meaning", "is an async def"),
     ],
-    ids=["async-first-result", "generator-first-result", "async-broadcast"],
+    ids=["async-first-result", "generator-first-result", "async-broadcast", "async-meaning"],
 )
 def test_hooks_that_cannot_run_synchronously_stop_the_load(
     plugin: object, hook: str, problem: str
@@ -178,3 +185,31 @@ def test_the_command_line_refuses_to_start_naming_plugin_and_hook(
     assert capsys.readouterr().err.startswith(
         "marketplace: config error: plugins.async_split: resolve_split is an async def"
     )
+
+
+class _Orders:
+    @hookimpl
+    def resolve_movement_meaning(self, stripe_object: dict[str, Any]) -> tuple[str, str] | None:
+        order = (stripe_object.get("metadata") or {}).get("order")
+        return (f"orders:order:{order}", "orders") if order else None
+
+
+class _BrokenMeaning:
+    @hookimpl(tryfirst=True)
+    def resolve_movement_meaning(self, stripe_object: dict[str, Any]) -> tuple[str, str] | None:
+        raise KeyError("metadata")
+
+
+def test_a_movement_is_named_by_the_first_plugin_that_knows_it() -> None:
+    plugins = _plugins(orders=_Orders())
+    named = {"id": "ch_1", "metadata": {"order": "7"}}
+    assert plugins.movement_meaning(named) == ("orders:order:7", "orders")
+    assert plugins.movement_meaning({"id": "ch_2", "metadata": {}}) == ("", "")
+
+
+def test_a_failing_meaning_is_logged_and_the_movement_has_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plugins = _plugins(orders=_Orders(), broken=_BrokenMeaning())
+    assert plugins.movement_meaning({"id": "ch_1", "metadata": {"order": "7"}}) == ("", "")
+    assert "resolve_movement_meaning failed for ch_1" in caplog.text
