@@ -370,6 +370,8 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
     else:
         intent = None
         charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
+        if not obj.get("captured"):
+            return  # an authorisation: posted when captured (``charge.captured``)
     if not charge_id or _is_destination_payment(charge_id):
         return
     # Checked before taking the charge's lock: an engine's charge (the usual case) must

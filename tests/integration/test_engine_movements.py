@@ -668,10 +668,12 @@ async def test_movements_made_outside_the_engine_are_posted_once_and_reconcile(
     stack: Stack,
 ) -> None:
     """Money moved directly with Stripe's API (its dashboard, a script), not through the
-    engine: a charge on the platform, a destination charge, a transfer to a connected
-    account and a reversal of it. The engine posts each once from Stripe's events, with
-    the builders and keys of its own movements; per account the ledger is Stripe's
-    balance and a full reconciliation matches every balance transaction."""
+    engine: a charge on the platform, a destination charge (then refunded in part, with
+    its transfer reversed and fee refunded), a transfer to a connected account and a
+    reversal of it, and an authorisation captured in part. The engine posts each once
+    from Stripe's events, with the builders and keys of its own movements; per account
+    the ledger is Stripe's balance and a full reconciliation matches every balance
+    transaction."""
     creator = await connected_account(stack, "creator")
     client = stack.stripe()
 
@@ -703,6 +705,26 @@ async def test_movements_made_outside_the_engine_are_posted_once_and_reconcile(
             }
         )
         reversal = client.v1.transfers.reversals.create(transfer.id, params={"amount": 500})
+        # Refunded in part with Stripe reversing the transfer and refunding the fee.
+        client.v1.refunds.create(
+            params={
+                "charge": str(destination.latest_charge),
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        # Authorised, then captured in part.
+        held = client.v1.payment_intents.create(
+            params={
+                "amount": 2_500,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "capture_method": "manual",
+            }
+        )
+        client.v1.payment_intents.capture(held.id, params={"amount_to_capture": 1_500})
         return str(platform.latest_charge), str(destination.latest_charge), transfer.id, reversal.id
 
     platform_charge, destination_charge, transfer_id, reversal_id = await asyncio.to_thread(outside)
