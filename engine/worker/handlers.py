@@ -2,8 +2,11 @@
 
 They post the movements every business model shares (``engine.core.postings``:
 refunds, transfer reversals, application fee refunds, disputes; payouts), made
-through the engine or outside it (Stripe's dashboard), keyed by the Stripe
-object so a plugin's API path posting the same movement first changes nothing.
+through the engine or outside it (Stripe's dashboard), and the charges and
+transfers made outside the engine (``on_charge_captured``, ``on_transfer``),
+keyed by the Stripe object so a plugin's API path posting the same movement
+first changes nothing. What no payment record names, the plugins'
+``resolve_movement_meaning`` may (``_meaning``).
 
 Each is idempotent and order-insensitive: state only moves forward (an older
 ``account.updated`` never overwrites a newer one; a payout's status only moves
