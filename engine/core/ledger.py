@@ -287,6 +287,37 @@ class Ledger:
             except Exception:
                 log.exception("conflict observer failed for %s", conflict.key)
 
+    async def name_movements(
+        self,
+        stripe_object_ids: Iterable[str],
+        *,
+        plugin: str,
+        reference: str,
+        conn: asyncpg.Connection,
+    ) -> int:
+        """Name the business of movements posted before it was known; how many were named.
+
+        A refund or dispute can be handled before the payment it belongs to is
+        recorded (a Billing invoice's charge is recorded when ``invoice.paid`` is
+        handled): it is posted with no plugin and no reference. Once the payment
+        is recorded, the ledger transactions of those Stripe objects that name
+        nothing get ``plugin`` and ``reference``; nothing else changes (not a
+        named transaction, never an entry, so the money and reconciliation stay
+        as they were).
+        """
+        ids = sorted({str(object_id) for object_id in stripe_object_ids if object_id})
+        if not ids:
+            return 0
+        status = await conn.execute(
+            "UPDATE marketplace_ledger_transactions SET plugin = $1, reference = $2 "
+            "WHERE stripe_object_id = ANY($3::text[]) "
+            "AND coalesce(plugin, '') = '' AND coalesce(reference, '') = ''",
+            plugin,
+            reference,
+            ids,
+        )
+        return int(status.split()[-1])
+
     async def is_posted(self, key: str) -> bool:
         """Whether an operation key has been posted."""
         async with self._pool.acquire() as conn:

@@ -648,13 +648,18 @@ async def post_destination_charge(
             payment_intent_id=intent_id,
             status="succeeded",
         )
+        status, earlier = await _late_status(scope, found)
         # The engine's refund and dispute handlers find payments by their charge.
         await update_payment(
             scope.conn,
             intent_id,
             charge_id=facts.charge_id,
             amount_refunded=int(found.get("amount_refunded") or 0),
-            status=await _late_status(scope, found),
+            status=status,
+        )
+        # Those handled before this record were posted naming no business.
+        await scope.ledger.name_movements(
+            earlier, plugin=scope.plugin, reference=scope.reference, conn=scope.conn
         )
     await scope.post(
         destination_charge_posting(
@@ -668,16 +673,27 @@ async def post_destination_charge(
     return facts
 
 
-async def _late_status(scope: MoneyScope, charge: Mapping[str, Any]) -> str:
-    """The status of a payment recorded once its charge has a history: its latest
-    dispute's, else its refunds', else ``succeeded`` (applied forward only)."""
+async def _late_status(scope: MoneyScope, charge: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The status of a payment recorded once its charge has a history (its latest
+    dispute's, else its refunds', else ``succeeded``; applied forward only) and the
+    Stripe objects of that history (its disputes and refunds, as Stripe lists them)."""
+    charge_id = str(charge["id"])
+    status = ""
+    earlier: list[str] = []
     if charge.get("disputed"):
         disputes = await scope.gateway.call(
-            "disputes", "list", params={"charge": str(charge["id"]), "limit": 1}
+            "disputes", "list", params={"charge": charge_id, "limit": 100}
         )
-        for dispute in disputes.get("data") or []:
-            return dispute_payment_status("", dispute)
-    return refund_status(charge) or "succeeded"
+        found = [dispute for dispute in disputes.get("data") or [] if dispute.get("id")]
+        if found:
+            status = dispute_payment_status("", found[0])
+        earlier += [str(dispute["id"]) for dispute in found]
+    if int(charge.get("amount_refunded") or 0) > 0:
+        refunds = await scope.gateway.call(
+            "refunds", "list", params={"charge": charge_id, "limit": 100}
+        )
+        earlier += [str(refund["id"]) for refund in refunds.get("data") or [] if refund.get("id")]
+    return status or refund_status(charge) or "succeeded", earlier
 
 
 async def post_platform_charge(

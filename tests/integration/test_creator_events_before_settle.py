@@ -214,11 +214,6 @@ async def test_a_dispute_handled_before_invoice_paid_leaves_its_payment_disputed
     await stack.assert_ledger_balanced()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine posts a dispute handled before its payment is recorded with no "
-    "reference/plugin (handlers._meaning finds none), and nothing tags it later",
-)
 async def test_a_dispute_handled_before_invoice_paid_counts_on_the_finance_panel(
     stack: Stack, withdrawn: Handled, monkeypatch: pytest.MonkeyPatch
 ) -> None:
