@@ -18,6 +18,9 @@ charge)                        +A; ``platform`` -S, stripe
 destination charge)            entries; ``platform`` -T, dest   ``transfer`` -T,
                                +T; dest -F, ``platform`` +F     ``application_fee`` +F; dest
                                                                 ``payment`` T, fee F
+``charge:<ch>`` (a direct      ``customers`` -A, acct +A;       acct ``charge`` A, fee S + F;
+charge on a connected          acct -(S+F), acct stripe fees    platform ``application_fee``
+account ``acct``)              +S, ``platform`` +F              +F
 ``transfer:<tr>``              ``platform`` -T, dest +T         ``transfer`` -T (platform),
                                                                 ``payment`` +T (destination)
 ``refund:<re>``                account -A, ``customers`` +A     ``refund`` -A
@@ -73,6 +76,7 @@ __all__ = [
     "destination_charge_from",
     "destination_charge_posting",
     "destination_refund_postings",
+    "direct_charge_posting",
     "dispute_lost_posting",
     "dispute_txn_posting",
     "fee_refund_posting",
@@ -128,6 +132,51 @@ def charge_posting(
         stripe_object_id=charge_id,
         plugin=plugin,
         description=description or f"charge {amount} (Stripe fee {stripe_fee})",
+    )
+
+
+def direct_charge_posting(
+    account: str,
+    charge_id: str,
+    amount: Money,
+    stripe_fee: Money,
+    application_fee: Money,
+    *,
+    occurred_at: datetime,
+    reference: str = "",
+    plugin: str = "",
+    kind: str = "charge",
+    description: str = "",
+) -> Posting:
+    """A captured charge on a connected account's own balance (a direct charge).
+
+    Stripe's one ``charge`` transaction on ``account`` carries the amount, Stripe's
+    processing fee and the platform's application fee (its one ``fee``, one entry
+    here, split to Stripe's fees and the platform); the application fee lands on
+    the platform as an ``application_fee`` transaction. ``occurred_at`` is the
+    charge's balance transaction's time.
+    """
+    if not (0 <= application_fee.amount <= amount.amount):
+        raise InvalidAmount(f"application fee {application_fee} outside charge {amount}")
+    return Posting(
+        key=f"charge:{charge_id}",
+        kind=kind,
+        entries=_entries(
+            (
+                (CUSTOMERS, -amount),
+                (account, amount),
+                (account, -(stripe_fee + application_fee)),
+                (stripe_fees_of(account), stripe_fee),
+                (PLATFORM, application_fee),
+            )
+        ),
+        occurred_at=occurred_at,
+        reference=reference,
+        stripe_object_id=charge_id,
+        plugin=plugin,
+        description=description
+        or f"direct charge {amount} on {account} (Stripe fee {stripe_fee}, "
+        f"application fee {application_fee})",
     )
 
 

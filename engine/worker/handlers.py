@@ -32,6 +32,7 @@ from engine.core.ledger import PLATFORM, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.postings import (
+    direct_charge_posting,
     dispute_lost_posting,
     dispute_txn_posting,
     fee_refund_posting,
@@ -362,9 +363,12 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
     a payment record names or whose intent the engine made (``MEANING_METADATA``:
     the engine's money call posts it, with its kind), one paying an invoice
     (Stripe Billing's: the subscription's plugin posts it from ``invoice.paid``),
-    and a connected account's own charges.
+    and a connected account's ``py_`` (posted with the platform's transfer). A
+    charge on a connected account's own balance (a direct charge: the event names
+    the ``account``) is posted there by the same rule (``_post_direct_charge``).
     """
     if event.get("account"):
+        await _post_direct_charge(ctx, stripe_object(event), str(event["account"]))
         return
     obj = stripe_object(event)
     if obj.get("object") == "payment_intent":
@@ -423,6 +427,99 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
         await post_destination_charge(scope, charge)
     else:
         await post_platform_charge(scope, charge)
+
+
+async def _post_direct_charge(ctx: EventContext, obj: Mapping[str, Any], account: str) -> None:
+    """Post a captured charge made directly on connected ``account``'s own balance once
+    (``charge:<ch>``, ``direct_charge_posting``): the amount, Stripe's fee and the
+    application fee from Stripe's ``charge`` balance transaction on that account.
+
+    Left alone like a platform charge: one already posted, one a payment record
+    names, one whose intent carries the engine's ``MEANING_METADATA``, one paying an
+    invoice; and a ``py_`` (a destination charge's payment, posted with its transfer).
+    """
+    if obj.get("object") == "payment_intent":
+        charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
+        intent: Mapping[str, Any] | None = obj
+    else:
+        if not obj.get("captured"):
+            return  # an authorisation: posted when captured (``charge.captured``)
+        charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
+        intent = None
+    if not charge_id or _is_destination_payment(charge_id):
+        return
+    if await _posted(ctx, f"charge:{charge_id}"):
+        return
+    recorded = await ctx.conn.fetchval(
+        "SELECT 1 FROM marketplace_payments "
+        "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 LIMIT 1",
+        charge_id,
+        intent_id or None,
+    )
+    if recorded:
+        return
+    gateway = ctx.services.gateway
+    if intent_id:
+        try:
+            if intent is None:
+                intent = await gateway.call(
+                    "payment_intents", "retrieve", intent_id, account=account
+                )
+        except NotFound:
+            return
+        if _engine_meaning(intent) is not None:
+            return
+        paying = await gateway.call(
+            "invoice_payments",
+            "list",
+            params={"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1},
+            account=account,
+        )
+        if paying.get("data"):
+            return
+    try:
+        charge = await gateway.call(
+            "charges",
+            "retrieve",
+            charge_id,
+            params={"expand": ["balance_transaction"]},
+            account=account,
+        )
+    except NotFound:
+        return
+    txn = charge.get("balance_transaction")
+    if not charge.get("captured") or not isinstance(txn, Mapping):
+        return
+    currency = str(charge.get("currency") or txn.get("currency") or "usd")
+
+    def fee_of(kind: str) -> Money:
+        return Money(
+            sum(
+                int(detail.get("amount") or 0)
+                for detail in txn.get("fee_details") or []
+                if isinstance(detail, Mapping) and detail.get("type") == kind
+            ),
+            currency,
+        )
+
+    application_fee = fee_of("application_fee")
+    stripe_fee = Money(int(txn.get("fee") or 0), currency) - application_fee
+    meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
+    reference, plugin = meaning
+    await lock_charge_movements(ctx.conn, charge_id)
+    await ctx.services.ledger.post(
+        direct_charge_posting(
+            account,
+            charge_id,
+            Money(int(txn.get("amount") or 0), currency),
+            stripe_fee,
+            application_fee,
+            occurred_at=stripe_time(txn.get("created")),
+            reference=reference,
+            plugin=plugin,
+        ),
+        conn=ctx.conn,
+    )
 
 
 async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> None:

@@ -836,3 +836,55 @@ async def test_a_plugin_names_the_business_of_movements_made_outside_the_engine(
         ), account
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_a_direct_charge_on_a_connected_account_is_posted_once_and_reconciles(
+    stack: Stack,
+) -> None:
+    """A direct charge made with Stripe's API on a connected account's own balance (the
+    ``Stripe-Account`` header), with an application fee, then refunded in part with the
+    fee refunded: the engine posts the charge (``charge:<ch>``: the amount and Stripe's
+    fee on the account, the application fee to the platform), the refund and the fee
+    refund once each; per account the ledger is Stripe's balance and a full
+    reconciliation matches every balance transaction, the platform's ``application_fee``
+    and ``application_fee_refund`` included."""
+    creator = await connected_account(stack, "creator")
+    as_creator = stack.stripe(creator)
+
+    def direct() -> tuple[str, str]:
+        intent = as_creator.v1.payment_intents.create(
+            params={
+                "amount": 4_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "application_fee_amount": 400,
+            }
+        )
+        refund = as_creator.v1.refunds.create(
+            params={
+                "charge": str(intent.latest_charge),
+                "amount": 1_000,
+                "refund_application_fee": True,
+            }
+        )
+        return str(intent.latest_charge), refund.id
+
+    charge_id, refund_id = await asyncio.to_thread(direct)
+    await stack.settle()
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        ), account
+    await stack.assert_ledger_balanced()
+    pool = stack.services.db.pool
+    keys = [
+        row["idempotency_key"]
+        for row in await pool.fetch("SELECT idempotency_key FROM marketplace_ledger_transactions")
+    ]
+    assert keys.count(f"charge:{charge_id}") == 1
+    assert keys.count(f"refund:{refund_id}") == 1
+    assert len([key for key in keys if key.startswith("application_fee_refund:")]) == 1
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
