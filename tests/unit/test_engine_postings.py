@@ -20,6 +20,7 @@ from engine.core.postings import (
     destination_charge_from,
     destination_charge_posting,
     destination_refund_postings,
+    direct_charge_posting,
     dispute_lost_posting,
     dispute_txn_posting,
     refund_posting,
@@ -260,3 +261,46 @@ def test_a_charge_without_a_stripe_fee_has_no_fee_lines_and_keeps_its_kind() -> 
         "course_sales",
         "course sale",
     )
+
+
+@given(
+    amount=st.integers(1, 10**8),
+    fee=st.integers(0, 10**6),
+    application_fee=st.integers(0, 10**8),
+)
+def test_a_direct_charge_mirrors_the_accounts_charge_and_the_platforms_application_fee(
+    amount: int, fee: int, application_fee: int
+) -> None:
+    """A charge on a connected account's own balance: Stripe's one ``charge``
+    transaction there (amount, one ``fee`` of Stripe's fee plus the application fee)
+    is one entry each, and the platform gets the application fee."""
+    if application_fee > amount:
+        with pytest.raises(InvalidAmount):
+            direct_charge_posting(
+                ACCT,
+                "ch_1",
+                Money(amount, "usd"),
+                Money(fee, "usd"),
+                Money(application_fee, "usd"),
+                occurred_at=AT,
+            )
+        return
+    posting = direct_charge_posting(
+        ACCT,
+        "ch_1",
+        Money(amount, "usd"),
+        Money(fee, "usd"),
+        Money(application_fee, "usd"),
+        occurred_at=AT,
+    )
+    assert posting.key == "charge:ch_1"
+    assert posting.stripe_object_id == "ch_1"
+    lines = [entry.amount.amount for entry in posting.entries if entry.account == ACCT]
+    assert lines[0] == amount
+    if fee + application_fee:
+        assert lines[1:] == [-(fee + application_fee)]
+    totals = by_account(posting)
+    assert sum(totals.values()) == 0
+    assert totals[ACCT] == amount - fee - application_fee
+    assert totals.get(f"{ACCT}:stripe_fees", 0) == fee
+    assert totals.get(PLATFORM, 0) == application_fee
