@@ -11,6 +11,7 @@ from engine.core.contributions import (
     PluginRuntime,
     Registrar,
     Route,
+    StartupFunction,
     StripeEvent,
     TableApp,
     WebhookRegistration,
@@ -20,6 +21,7 @@ from engine.core.orders import Commission, Order, SplitPlan
 from engine.core.plugins import hookimpl
 from plugins.three_sided_bookings import tasks, webhooks
 from plugins.three_sided_bookings.config import PLUGIN, ThreeSidedBookingsConfig
+from plugins.three_sided_bookings.legacy import adopt_legacy_holds
 from plugins.three_sided_bookings.split import PROVIDER, VENUE, split_booking, terms_from_attributes
 from plugins.three_sided_bookings.tables import APP_CONFIG
 
@@ -87,6 +89,16 @@ def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
 def register_cli_commands(register: Registrar[CliCommand]) -> None:
     """``marketplace bookings-timers``: run the due timed transitions (cron-friendly)."""
     register(tasks.cli_command())
+
+
+@hookimpl
+def register_startup(register: Registrar[StartupFunction]) -> None:
+    """Hand shares held in the plugin's old table to the engine (``legacy``)."""
+
+    async def start(services: Any) -> None:
+        await adopt_legacy_holds(services)
+
+    register(start)
 
 
 @hookimpl

@@ -242,7 +242,9 @@ class BookingTransfer(Table, tablename="three_sided_bookings_transfers"):
 
 class HeldTransfer(Table, tablename="three_sided_bookings_held_transfers"):
     """No longer written: held shares are the engine's (``movements.hold_share``,
-    ``marketplace_held_shares``). Kept so databases made before keep their rows."""
+    ``marketplace_held_shares``). A database made before keeps its rows; at startup
+    each share still ``held`` here is handed to the engine and marked ``moved``
+    (``legacy.adopt_legacy_holds``)."""
 
     id = BigSerial(primary_key=True)
     transfer = ForeignKey(references=BookingTransfer, unique=True)

@@ -40,6 +40,7 @@ from plugins.three_sided_bookings.bookings import BookingService
 from plugins.three_sided_bookings.catalog import Catalog
 from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams
+from plugins.three_sided_bookings.legacy import adopt_legacy_holds
 from plugins.three_sided_bookings.schemas import (
     AgreementInput,
     CustomerInput,
@@ -1073,3 +1074,55 @@ async def test_a_refund_made_in_stripe_and_a_canceled_payout_keep_ledger_equal_t
     run = await run_reconciliation(env.services, trigger="test")
     assert run.status == "completed"
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_a_share_held_in_the_plugins_old_table_is_handed_to_the_engine_once(
+    env: Env,
+) -> None:
+    """A database from before the engine held shares keeps a held venue share in the
+    plugin's own table: startup hands it to the engine (same key, amount, reason),
+    marks it moved, does nothing the second time, and the share is released once."""
+    ids = await env.catalogue()
+    _, venue = env.accounts
+    booking = await env.book(ids, "full", card="pm_card_bypassPending")
+    await env.act(booking, "confirm", "provider")
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/restrict")
+    await env.deliver_events()
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    pool = env.services.db.pool
+    [engine_hold] = await movements.held_shares(pool, plugin=PLUGIN)
+    # As the plugin kept it before: its own row, and no hold of the engine's.
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM marketplace_held_shares")
+        await conn.execute(
+            """
+            INSERT INTO three_sided_bookings_held_transfers
+                (transfer, account_id, reason, attempts, status, held_at)
+            SELECT id, account_id, 'account restricted', 2, 'held', now()
+            FROM three_sided_bookings_transfers WHERE role = 'venue'
+            """
+        )
+    assert await movements.held_shares(pool, plugin=PLUGIN) == []
+
+    assert await adopt_legacy_holds(env.services) == 1
+    assert await adopt_legacy_holds(env.services) == 0
+    [adopted] = await movements.held_shares(pool, plugin=PLUGIN)
+    assert (adopted.key, adopted.destination, adopted.amount, adopted.reference) == (
+        engine_hold.key,
+        engine_hold.destination,
+        engine_hold.amount,
+        engine_hold.reference,
+    )
+    assert adopted.reason == "account restricted"
+    assert [
+        row["status"]
+        for row in await env.fetch("SELECT status FROM three_sided_bookings_held_transfers")
+    ] == ["moved"]
+
+    env.sandbox.control("POST", f"/_sandbox/accounts/{venue}/complete_onboarding")
+    await env.deliver_events()
+    assert await movements.held_shares(pool, plugin=PLUGIN) == []
+    venue_transfers = [t for t in env.transfers(booking) if t["metadata"]["role"] == "venue"]
+    assert [t["amount"] for t in venue_transfers] == [engine_hold.amount.amount]
+    await env.assert_ledger_matches_sandbox("gbp")
