@@ -533,14 +533,20 @@ async def on_payment_intent_canceled(event: StripeEvent, ctx: EventContext) -> N
 
 
 async def on_fee_refunded(event: StripeEvent, ctx: EventContext) -> None:
-    """``application_fee.refunded``: post each refund of the fee back to the account that paid."""
+    """``application_fee.refunded``: post each refund of the fee back to the account that paid.
+
+    Named by the fee's charge: the platform's (``originating_transaction``) for a
+    destination charge, else the charge on the payer's own balance (a direct charge).
+    """
     fee = stripe_object(event)
     payer = _id(fee.get("account"))
     if not payer:
         return
-    charge_id = _id(fee.get("originating_transaction"))
+    charge_id, owner = _id(fee.get("originating_transaction")), PLATFORM
+    if not charge_id:
+        charge_id, owner = _id(fee.get("charge")), payer
     await lock_charge_movements(ctx.conn, charge_id)
-    reference, plugin = await _meaning(ctx, charge_id)
+    reference, plugin = await _meaning(ctx, charge_id, account=owner)
     for refund in (fee.get("refunds") or {}).get("data") or []:
         if not isinstance(refund, Mapping):
             continue

@@ -888,3 +888,49 @@ async def test_a_direct_charge_on_a_connected_account_is_posted_once_and_reconci
     assert len([key for key in keys if key.startswith("application_fee_refund:")]) == 1
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_a_plugin_names_a_direct_charge_its_refund_and_its_fee_refund(
+    meaning_stack: Stack,
+) -> None:
+    """``resolve_movement_meaning`` names a direct charge made on a connected account,
+    and its refund and application fee refund are posted under the same meaning."""
+    stack = meaning_stack
+    creator = await connected_account(stack, "creator")
+    as_creator = stack.stripe(creator)
+
+    def direct() -> tuple[str, str]:
+        intent = as_creator.v1.payment_intents.create(
+            params={
+                "amount": 2_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "application_fee_amount": 200,
+                "metadata": {"outside_order": "9"},
+            }
+        )
+        refund = as_creator.v1.refunds.create(
+            params={"payment_intent": intent.id, "refund_application_fee": True}
+        )
+        return str(intent.latest_charge), refund.id
+
+    charge_id, refund_id = await asyncio.to_thread(direct)
+    await stack.settle()
+    rows = await stack.services.db.pool.fetch(
+        "SELECT idempotency_key, plugin, reference FROM marketplace_ledger_transactions"
+    )
+    meanings = {row["idempotency_key"]: (row["plugin"], row["reference"]) for row in rows}
+    order = ("outside_orders", "outside:order:9")
+    assert meanings[f"charge:{charge_id}"] == order
+    assert meanings[f"refund:{refund_id}"] == order
+    fee_refunds = [key for key in meanings if key.startswith("application_fee_refund:")]
+    assert len(fee_refunds) == 1
+    assert meanings[fee_refunds[0]] == order
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        ), account
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
