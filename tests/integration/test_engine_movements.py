@@ -843,11 +843,12 @@ async def test_a_direct_charge_on_a_connected_account_is_posted_once_and_reconci
 ) -> None:
     """A direct charge made with Stripe's API on a connected account's own balance (the
     ``Stripe-Account`` header), with an application fee, then refunded in part with the
-    fee refunded: the engine posts the charge (``charge:<ch>``: the amount and Stripe's
-    fee on the account, the application fee to the platform), the refund and the fee
-    refund once each; per account the ledger is Stripe's balance and a full
-    reconciliation matches every balance transaction, the platform's ``application_fee``
-    and ``application_fee_refund`` included."""
+    fee refunded, and another authorised and captured in part: the engine posts each
+    charge (``charge:<ch>``: the amount and Stripe's fee on the account, the application
+    fee to the platform), the refund and the fee refund once each; per account the
+    ledger is Stripe's balance and a full reconciliation matches every balance
+    transaction, the platform's ``application_fee`` and ``application_fee_refund``
+    included."""
     creator = await connected_account(stack, "creator")
     as_creator = stack.stripe(creator)
 
@@ -867,6 +868,20 @@ async def test_a_direct_charge_on_a_connected_account_is_posted_once_and_reconci
                 "amount": 1_000,
                 "refund_application_fee": True,
             }
+        )
+        # Authorised on the account, then captured in part.
+        held = as_creator.v1.payment_intents.create(
+            params={
+                "amount": 3_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "capture_method": "manual",
+                "application_fee_amount": 300,
+            }
+        )
+        as_creator.v1.payment_intents.capture(
+            held.id, params={"amount_to_capture": 2_000, "application_fee_amount": 200}
         )
         return str(intent.latest_charge), refund.id
 
