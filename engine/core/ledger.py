@@ -11,8 +11,10 @@ never dropped: two code paths disagreeing about one movement is a bug.
 
 Ledger account names (positive = money held by that party):
 
-- ``platform`` the platform's Stripe balance; ``platform:fees`` commission earned;
-  ``platform:stripe_fees`` Stripe's processing fees paid.
+- ``platform`` the platform's Stripe balance (its commission and application fees
+  stay there: no engine posting separates them); ``platform:stripe_fees`` Stripe's
+  processing fees paid. ``platform:fees`` (``PLATFORM_FEES``) is a name a platform's
+  own postings may use; the engine posts nothing to it.
 - ``acct_...`` a connected account's Stripe balance; ``acct_...:bank`` its paid-out money.
 - ``customers`` the outside world paying in (goes negative as customers pay).
 - ``disputes`` money held back by disputes.

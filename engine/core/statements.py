@@ -62,7 +62,7 @@ async def statement_lines(
 
     Args:
         db: an asyncpg pool or connection.
-        account: a ledger account name (``acct_...``, ``platform:fees``...).
+        account: a ledger account name (``acct_...``, ``platform``, ``platform:stripe_fees``...).
         before: only transactions with an id below this one (the cursor).
         limit: at most this many lines (fetch ``limit + 1`` to learn if more follow).
         kinds: only these transaction kinds (all when empty).
