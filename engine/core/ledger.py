@@ -18,6 +18,8 @@ Ledger account names (positive = money held by that party):
 - ``acct_...`` a connected account's Stripe balance; ``acct_...:bank`` its paid-out money.
 - ``customers`` the outside world paying in (goes negative as customers pay).
 - ``disputes`` money held back by disputes.
+- ``stripe_adjustments`` Stripe's own corrections of a balance (adjustments that are no
+  dispute's), the other side of ``adjustment:<txn>``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from engine.core.errors import LedgerConflict, LedgerImbalance, RecordConflict
 from engine.core.money import Money
 
 __all__ = [
+    "ADJUSTMENTS",
     "CUSTOMERS",
     "DISPUTES",
     "PLATFORM",
@@ -57,6 +60,7 @@ PLATFORM_FEES = "platform:fees"
 PLATFORM_STRIPE_FEES = "platform:stripe_fees"
 CUSTOMERS = "customers"
 DISPUTES = "disputes"
+ADJUSTMENTS = "stripe_adjustments"
 
 
 def bank_of(account_id: str) -> str:

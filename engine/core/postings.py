@@ -36,6 +36,9 @@ account ``acct``)              +S, ``platform`` +F              +F
                                                                 the dispute fee
 ``dispute:<dp>:lost``          ``disputes`` -D,                 none (the withdrawal is final)
                                ``customers`` +D
+``adjustment:<txn>`` (Stripe's account +X,                      ``adjustment`` X, fee F (no
+own correction, no dispute)    ``stripe_adjustments`` -X,       event announces it; posted
+                               account -F, stripe fees +F       by reconciliation)
 ``payout:<po>``                account -P, its bank +P          ``payout`` -P
 ``payout_failure:<po>`` or     its bank -P, account +P          ``payout_failure`` or
 ``payout_cancel:<po>``                                          ``payout_cancel`` +P
@@ -58,6 +61,7 @@ from typing import Any
 
 from engine.core.errors import InvalidAmount
 from engine.core.ledger import (
+    ADJUSTMENTS,
     CUSTOMERS,
     DISPUTES,
     PLATFORM,
@@ -72,6 +76,7 @@ from engine.core.money import Money
 __all__ = [
     "DestinationCharge",
     "DestinationRefund",
+    "adjustment_posting",
     "charge_posting",
     "destination_charge_from",
     "destination_charge_posting",
@@ -533,6 +538,26 @@ def dispute_txn_posting(
         stripe_object_id=dispute_id,
         plugin=plugin,
         description="dispute funds withdrawn" if amount.amount < 0 else "dispute funds reinstated",
+    )
+
+
+def adjustment_posting(
+    account: str, txn_id: str, amount: Money, fee: Money, *, occurred_at: datetime
+) -> Posting:
+    """An adjustment Stripe made on ``account``'s balance that is no dispute's (a
+    correction): ``amount`` (either sign) against ``stripe_adjustments``, and its
+    ``fee`` to Stripe's fees. Keyed and named by the balance transaction itself
+    (``adjustment:<txn>``): no other Stripe object stands behind it."""
+    fees: tuple[Entry, ...] = ()
+    if not fee.is_zero():
+        fees = (Entry(account, -fee), Entry(stripe_fees_of(account), fee))
+    return Posting(
+        key=f"adjustment:{txn_id}",
+        kind="adjustment",
+        entries=(Entry(account, amount), Entry(ADJUSTMENTS, -amount), *fees),
+        occurred_at=occurred_at,
+        stripe_object_id=txn_id,
+        description="adjustment by Stripe",
     )
 
 

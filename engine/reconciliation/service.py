@@ -44,7 +44,10 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from engine.core.errors import Conflict, InvalidInput, MarketplaceError
+from engine.core.ledger import stripe_time
+from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
+from engine.core.postings import adjustment_posting
 from engine.reconciliation import state, store
 from engine.reconciliation.links import Links, object_id
 from engine.reconciliation.matching import (
@@ -197,8 +200,35 @@ def _to_txn(raw: Mapping[str, Any], account: str, links: Links) -> BalanceTxn:
         fee=int(raw.get("fee") or 0),
         currency=str(raw.get("currency") or "").lower(),
         created=int(raw.get("created") or 0),
-        candidates=links.candidates(source),
+        # The transaction's own id last: what a posting of the transaction itself
+        # (``adjustment:<txn>``, no other Stripe object behind it) names.
+        candidates=(*links.candidates(source), str(raw["id"])),
     )
+
+
+def _is_stripes_own_adjustment(raw: Mapping[str, Any]) -> bool:
+    """An ``adjustment`` that is no dispute's: Stripe's correction of the balance."""
+    source = object_id(raw.get("source"))
+    return raw.get("type") == "adjustment" and not source.startswith(("du_", "dp_"))
+
+
+async def _post_adjustments(services: Any, account: str, data: Sequence[Mapping[str, Any]]) -> int:
+    """Post Stripe's own adjustments of ``account``'s balance, once each (no event
+    announces them, so the listing is where the engine learns of them)."""
+    posted = 0
+    for raw in data:
+        if not _is_stripes_own_adjustment(raw):
+            continue
+        currency = str(raw.get("currency") or "usd").lower()
+        posting = adjustment_posting(
+            account,
+            str(raw["id"]),
+            Money(int(raw.get("amount") or 0), currency),
+            Money(int(raw.get("fee") or 0), currency),
+            occurred_at=stripe_time(raw.get("created")),
+        )
+        posted += int(await services.ledger.post(posting))
+    return posted
 
 
 def _announce(services: Any, run_id: int, alerts: Sequence[store.NewAlert]) -> None:
@@ -341,6 +371,7 @@ class _Account:
             for raw in data:
                 learnt.learn(raw.get("source"))
             await state.save_links(self.pool, learnt)
+        await _post_adjustments(self.services, self.account, data)
         links = await state.load_links(self.pool, [object_id(raw.get("source")) for raw in data])
         txns = [_to_txn(raw, self.account, links) for raw in data]
         await self._match_exactly(await state.add_txns(self.pool, self.run_id, txns))

@@ -2,6 +2,9 @@
 
 - `POST /_sandbox/clock/advance` `{"seconds": N}` or `{"to": unix}`; `GET /_sandbox/clock`
 - `POST /_sandbox/accounts/{id}/complete_onboarding`, `POST /_sandbox/accounts/{id}/restrict`
+- `POST /_sandbox/accounts/{id}/adjustments` `{"amount": N, "currency": "usd"}` (`platform`
+  for the platform's balance): an adjustment Stripe makes on a balance (a correction, not a
+  dispute's): a balance transaction of type `adjustment`, no source, no event
 - `GET /_sandbox/deliveries` (`?event=`, `?endpoint=`, `?status=`),
   `POST /_sandbox/deliveries/wait` (`{"timeout": s}`: until no delivery is in flight)
 - `GET /_sandbox/requests` (`?path=`, `?after=SEQ`): the API requests received, oldest first,
@@ -29,6 +32,7 @@ import msgspec
 
 from engine.sandbox.clock import advance
 from engine.sandbox.errors import StripeError, invalid, missing
+from engine.sandbox.ledger import add_txn
 from engine.sandbox.resources.accounts import complete_onboarding, restrict
 from engine.sandbox.resources.payments import authenticate
 from engine.sandbox.resources.setup_intents import authenticate_setup
@@ -119,6 +123,25 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
             if isinstance(redirect, str) and redirect:
                 return ControlResponse(303, b"", b"text/plain", location=redirect)
             return _json(account)
+        case ("POST", "accounts", account_id, "adjustments"):
+            owner = state.platform_id if account_id == "platform" else account_id
+            if owner != state.platform_id:
+                _account(app, account_id)
+            amount = _number(params, "amount")
+            if not amount:
+                raise invalid("Pass a non-zero integer `amount`.", param="amount")
+            txn = add_txn(
+                state,
+                owner,
+                amount=amount,
+                currency=str(params.get("currency") or "usd").lower(),
+                type_="adjustment",
+                source=None,
+                description=str(params.get("description") or "Adjustment"),
+            )
+            txn["reporting_category"] = "other_adjustment"
+            app.after_change()
+            return _json(txn)
         case ("POST", "accounts", account_id, "restrict"):
             _account(app, account_id)
             account = restrict(state, account_id)

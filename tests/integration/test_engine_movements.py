@@ -949,3 +949,43 @@ async def test_a_plugin_names_a_direct_charge_its_refund_and_its_fee_refund(
         ), account
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_stripes_own_adjustments_are_posted_once_and_reconcile(stack: Stack) -> None:
+    """Stripe corrects a balance on its own (an ``adjustment`` that is no dispute's; no
+    event announces it): reconciliation finds it in the listing, posts it once
+    (``adjustment:<txn>``), matches it, and the ledger is Stripe's balance again."""
+    creator = await connected_account(stack, "creator")
+    made = [
+        stack.sandbox.control("POST", f"/_sandbox/accounts/{account}/adjustments", amount=amount)
+        for account, amount in ((creator, 250), (creator, -100), ("platform", -75))
+    ]
+    assert {txn["type"] for txn in made} == {"adjustment"}
+    assert {txn["source"] for txn in made} == {None}
+
+    first = await run_reconciliation(stack.services, trigger="test")
+    assert first.problems == 0, [item.detail for item in first.problem_items()]
+    for account in (creator, PLATFORM):
+        stripe_account = None if account == PLATFORM else account
+        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
+            stripe_account, USD
+        ), account
+    assert (await stack.ledger.balances(creator)).get(USD, 0) == 150
+    await stack.assert_ledger_balanced()
+    pool = stack.services.db.pool
+    keys = [
+        row["idempotency_key"]
+        for row in await pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions WHERE kind = 'adjustment'"
+        )
+    ]
+    assert sorted(keys) == sorted(f"adjustment:{txn['id']}" for txn in made)
+
+    again = await run_reconciliation(stack.services, trigger="test", full=True)
+    assert again.problems == 0, [item.detail for item in again.problem_items()]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM marketplace_ledger_transactions WHERE kind = 'adjustment'"
+        )
+        == 3
+    )
