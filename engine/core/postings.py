@@ -526,9 +526,7 @@ def dispute_txn_posting(
 
     ``fee`` is Stripe's dispute fee on it (negative when a won dispute returns it).
     """
-    fees: tuple[Entry, ...] = ()
-    if not fee.is_zero():
-        fees = (Entry(account, -fee), Entry(stripe_fees_of(account), fee))
+    fees = _entries(((account, -fee), (stripe_fees_of(account), fee)))
     return Posting(
         key=f"dispute_txn:{txn_id}",
         kind="dispute",
@@ -548,9 +546,7 @@ def adjustment_posting(
     correction): ``amount`` (either sign) against ``stripe_adjustments``, and its
     ``fee`` to Stripe's fees. Keyed and named by the balance transaction itself
     (``adjustment:<txn>``): no other Stripe object stands behind it."""
-    fees: tuple[Entry, ...] = ()
-    if not fee.is_zero():
-        fees = (Entry(account, -fee), Entry(stripe_fees_of(account), fee))
+    fees = _entries(((account, -fee), (stripe_fees_of(account), fee)))
     return Posting(
         key=f"adjustment:{txn_id}",
         kind="adjustment",

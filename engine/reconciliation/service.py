@@ -200,9 +200,11 @@ def _to_txn(raw: Mapping[str, Any], account: str, links: Links) -> BalanceTxn:
         fee=int(raw.get("fee") or 0),
         currency=str(raw.get("currency") or "").lower(),
         created=int(raw.get("created") or 0),
-        # The transaction's own id last: what a posting of the transaction itself
-        # (``adjustment:<txn>``, no other Stripe object behind it) names.
-        candidates=(*links.candidates(source), str(raw["id"])),
+        # Stripe's own adjustment has no object behind it: its posting names the
+        # transaction itself (``adjustment:<txn>``).
+        candidates=(
+            (str(raw["id"]),) if _is_stripes_own_adjustment(raw) else links.candidates(source)
+        ),
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from engine.core.db import migrate
-from engine.core.ledger import Ledger
+from engine.core.ledger import PLATFORM, Ledger
 from engine.core.money import Money
 from engine.core.plugins import Plugins, build_plugins, installed_plugins
 from engine.core.settings import Settings, settings_from_mapping
@@ -307,6 +307,17 @@ class Stack:
             return sum(int(part.amount) for part in parts if part.currency == currency)
 
         return await asyncio.to_thread(total)
+
+    async def assert_ledger_is_stripe(self, *accounts: str, currency: str) -> dict[str, int]:
+        """Check each ledger account (``platform``, ``acct_...``) equals Stripe's balance
+        (available + pending) in ``currency``; returns the balances."""
+        found: dict[str, int] = {}
+        for account in accounts:
+            ledger = (await self.ledger.balances(account)).get(currency, 0)
+            stripe = await self.stripe_balance(None if account == PLATFORM else account, currency)
+            assert ledger == stripe, f"{account}: ledger {ledger} != Stripe {stripe}"
+            found[account] = ledger
+        return found
 
     async def assert_balances(self, expected: Mapping[str, Money]) -> None:
         """Check ledger balances (see ``engine.testing.ledger.assert_balances``)."""

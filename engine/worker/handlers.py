@@ -367,89 +367,45 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
     charge on a connected account's own balance (a direct charge: the event names
     the ``account``) is posted there by the same rule (``_post_direct_charge``).
     """
-    if event.get("account"):
-        await _post_direct_charge(ctx, stripe_object(event), str(event["account"]))
+    account = str(event.get("account") or "")
+    charge = await _outside_charge(ctx, stripe_object(event), account or None)
+    if charge is None:
         return
-    obj = stripe_object(event)
-    if obj.get("object") == "payment_intent":
-        intent: Mapping[str, Any] | None = obj
-        charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
-    else:
-        intent = None
-        charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
-        if not obj.get("captured"):
-            return  # an authorisation: posted when captured (``charge.captured``)
-    if not charge_id or _is_destination_payment(charge_id):
-        return
-    # Checked before taking the charge's lock: an engine's charge (the usual case) must
-    # not wait on its API path's transaction, which may hold that lock.
-    if await _posted(ctx, f"charge:{charge_id}"):
-        return
-    recorded = await ctx.conn.fetchval(
-        "SELECT 1 FROM marketplace_payments "
-        "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 LIMIT 1",
-        charge_id,
-        intent_id or None,
-    )
-    if recorded:
-        return
-    gateway = ctx.services.gateway
-    if intent_id:
-        if intent is None:
-            try:
-                intent = await gateway.call("payment_intents", "retrieve", intent_id)
-            except NotFound:
-                return
-        if _engine_meaning(intent) is not None:
-            return
-        paying = await gateway.call(
-            "invoice_payments",
-            "list",
-            params={"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1},
-        )
-        if paying.get("data"):
-            return
-    charge: Mapping[str, Any] = obj
-    if intent is not None or not isinstance(obj.get("balance_transaction"), Mapping):
-        try:  # the balance transaction (Stripe's fee, the capture's time) read back
-            charge = await gateway.call(
-                "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
-            )
-        except NotFound:
-            return  # not a charge of this platform's
-    if not charge.get("captured") or not isinstance(charge.get("balance_transaction"), Mapping):
+    if account:
+        await _post_direct_charge(ctx, charge, account)
         return
     meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
     reference, plugin = meaning
-    await lock_charge_movements(ctx.conn, charge_id)
-    scope = MoneyScope(gateway, ctx.services.ledger, ctx.conn, plugin, reference)
+    await lock_charge_movements(ctx.conn, str(charge["id"]))
+    scope = MoneyScope(ctx.services.gateway, ctx.services.ledger, ctx.conn, plugin, reference)
     if (charge.get("transfer_data") or {}).get("destination"):
         await post_destination_charge(scope, charge)
     else:
         await post_platform_charge(scope, charge)
 
 
-async def _post_direct_charge(ctx: EventContext, obj: Mapping[str, Any], account: str) -> None:
-    """Post a captured charge made directly on connected ``account``'s own balance once
-    (``charge:<ch>``, ``direct_charge_posting``): the amount, Stripe's fee and the
-    application fee from Stripe's ``charge`` balance transaction on that account.
-
-    Left alone like a platform charge: one already posted, one a payment record
-    names, one whose intent carries the engine's ``MEANING_METADATA``, one paying an
-    invoice; and a ``py_`` (a destination charge's payment, posted with its transfer).
-    """
+async def _outside_charge(
+    ctx: EventContext, obj: Mapping[str, Any], account: str | None
+) -> Mapping[str, Any] | None:
+    """The captured charge of ``obj`` (a charge or PaymentIntent, on ``account``'s
+    balance, the platform's when ``None``) with its balance transaction expanded, if
+    the engine is to post it as a movement made outside it; ``None`` for one already
+    posted, one a payment record names, one whose intent the engine made
+    (``MEANING_METADATA``), one paying an invoice, a ``py_``, or an authorisation."""
     if obj.get("object") == "payment_intent":
-        charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
         intent: Mapping[str, Any] | None = obj
+        charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
     else:
-        if not obj.get("captured"):
-            return  # an authorisation: posted when captured (``charge.captured``)
-        charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
         intent = None
+        charge_id, intent_id = str(obj.get("id") or ""), _id(obj.get("payment_intent"))
+        if not obj.get("captured"):
+            return None  # an authorisation: posted when captured (``charge.captured``)
     if not charge_id or _is_destination_payment(charge_id):
-        return
+        return None
+    # Checked before taking the charge's lock: an engine's charge (the usual case) must
+    # not wait on its API path's transaction, which may hold that lock.
     if await _posted(ctx, f"charge:{charge_id}"):
-        return
+        return None
     recorded = await ctx.conn.fetchval(
         "SELECT 1 FROM marketplace_payments "
         "WHERE stripe_charge_id = $1 OR stripe_payment_intent_id = $2 LIMIT 1",
@@ -457,18 +413,18 @@ async def _post_direct_charge(ctx: EventContext, obj: Mapping[str, Any], account
         intent_id or None,
     )
     if recorded:
-        return
+        return None
     gateway = ctx.services.gateway
     if intent_id:
-        try:
-            if intent is None:
+        if intent is None:
+            try:
                 intent = await gateway.call(
                     "payment_intents", "retrieve", intent_id, account=account
                 )
-        except NotFound:
-            return
+            except NotFound:
+                return None
         if _engine_meaning(intent) is not None:
-            return
+            return None
         paying = await gateway.call(
             "invoice_payments",
             "list",
@@ -476,33 +432,40 @@ async def _post_direct_charge(ctx: EventContext, obj: Mapping[str, Any], account
             account=account,
         )
         if paying.get("data"):
-            return
-    try:
-        charge = await gateway.call(
-            "charges",
-            "retrieve",
-            charge_id,
-            params={"expand": ["balance_transaction"]},
-            account=account,
-        )
-    except NotFound:
-        return
-    txn = charge.get("balance_transaction")
-    if not charge.get("captured") or not isinstance(txn, Mapping):
-        return
+            return None
+    charge: Mapping[str, Any] = obj
+    if intent is not None or not isinstance(obj.get("balance_transaction"), Mapping):
+        try:  # the balance transaction (Stripe's fee, the capture's time) read back
+            charge = await gateway.call(
+                "charges",
+                "retrieve",
+                charge_id,
+                params={"expand": ["balance_transaction"]},
+                account=account,
+            )
+        except NotFound:
+            return None  # not a charge of this balance's
+    if not charge.get("captured") or not isinstance(charge.get("balance_transaction"), Mapping):
+        return None
+    return charge
+
+
+async def _post_direct_charge(ctx: EventContext, charge: Mapping[str, Any], account: str) -> None:
+    """Post a captured charge made directly on connected ``account``'s own balance once
+    (``charge:<ch>``, ``direct_charge_posting``): the amount, Stripe's fee and the
+    application fee from Stripe's ``charge`` balance transaction on that account
+    (``charge`` as ``_outside_charge`` read it)."""
+    charge_id = str(charge["id"])
+    txn: Mapping[str, Any] = charge["balance_transaction"]
     currency = str(charge.get("currency") or txn.get("currency") or "usd")
-
-    def fee_of(kind: str) -> Money:
-        return Money(
-            sum(
-                int(detail.get("amount") or 0)
-                for detail in txn.get("fee_details") or []
-                if isinstance(detail, Mapping) and detail.get("type") == kind
-            ),
-            currency,
-        )
-
-    application_fee = fee_of("application_fee")
+    application_fee = Money(
+        sum(
+            int(detail.get("amount") or 0)
+            for detail in txn.get("fee_details") or []
+            if isinstance(detail, Mapping) and detail.get("type") == "application_fee"
+        ),
+        currency,
+    )
     stripe_fee = Money(int(txn.get("fee") or 0), currency) - application_fee
     meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
     reference, plugin = meaning

@@ -201,14 +201,8 @@ async def test_charge_capture_transfer_refund_and_release_keep_ledger_equal_to_s
         assert status == "canceled"
 
     await stack.settle()
-    for account in (provider, venue):
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            account, USD
-        )
-        assert (await stack.ledger.balances(account)).get(USD, 0) == 0  # every share reversed
-    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
-        None, USD
-    )
+    balances = await stack.assert_ledger_is_stripe(provider, venue, PLATFORM, currency=USD)
+    assert (balances[provider], balances[venue]) == (0, 0)  # every share reversed
     await stack.assert_ledger_balanced()
     payments = await pool.fetch(
         "SELECT stripe_payment_intent_id, status, amount, fee_amount "
@@ -297,11 +291,7 @@ async def test_a_destination_charge_made_and_refunded_keeps_ledger_equal_to_stri
         assert (refunded.transfer_reversed, refunded.fee_refunded) == (usd(2_000), usd(200))
 
     await stack.settle()
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        )
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     assert (await stack.ledger.balances(creator))[USD] == 4_500 - 2_000 + 200
     await stack.assert_ledger_balanced()
     count = await pool.fetchval(
@@ -345,9 +335,7 @@ async def test_a_retried_charge_is_one_intent_one_payment_one_posting(stack: Sta
     )
     assert (payments, postings) == (1, 1)
     await stack.settle()
-    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
-        None, USD
-    )
+    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
 
 
 async def test_a_partial_capture_and_a_released_authorisation_are_not_refunds(
@@ -436,9 +424,7 @@ async def test_a_partial_capture_and_a_released_authorisation_are_not_refunds(
         assert refunded.amount == usd(6_000)
     await stack.settle()
     assert await payment("order:partly") == ("refunded", 6_000, 6_000)
-    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
-        None, USD
-    )
+    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
     await stack.assert_ledger_balanced()
 
 
@@ -559,14 +545,9 @@ async def test_a_held_share_is_released_once_and_refunds_take_it_off_the_hold(
     assert [t.amount for t in transfers] == [2_000]
 
     await stack.settle()
-    for account in (provider, venue):
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            account, USD
-        )
+    await stack.assert_ledger_is_stripe(provider, venue, currency=USD)
     assert (await stack.ledger.balances(venue))[USD] == 2_000
-    assert (await stack.ledger.balances(PLATFORM)).get(USD, 0) == await stack.stripe_balance(
-        None, USD
-    )
+    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
     await stack.assert_ledger_balanced()
 
 
@@ -729,11 +710,7 @@ async def test_movements_made_outside_the_engine_are_posted_once_and_reconcile(
 
     platform_charge, destination_charge, transfer_id, reversal_id = await asyncio.to_thread(outside)
     await stack.settle()
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        ), account
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     await stack.assert_ledger_balanced()
     pool = stack.services.db.pool
     keys = [
@@ -829,11 +806,7 @@ async def test_a_plugin_names_the_business_of_movements_made_outside_the_engine(
     assert meanings[f"refund:{refund_id}"] == order
     assert meanings[f"transfer:{transfer_id}"] == order
     assert meanings[f"charge:{unnamed}"] == ("", "")
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        ), account
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
 
@@ -887,11 +860,7 @@ async def test_a_direct_charge_on_a_connected_account_is_posted_once_and_reconci
 
     charge_id, refund_id = await asyncio.to_thread(direct)
     await stack.settle()
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        ), account
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     await stack.assert_ledger_balanced()
     pool = stack.services.db.pool
     keys = [
@@ -942,11 +911,7 @@ async def test_a_plugin_names_a_direct_charge_its_refund_and_its_fee_refund(
     fee_refunds = [key for key in meanings if key.startswith("application_fee_refund:")]
     assert len(fee_refunds) == 1
     assert meanings[fee_refunds[0]] == order
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        ), account
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
 
@@ -965,11 +930,7 @@ async def test_stripes_own_adjustments_are_posted_once_and_reconcile(stack: Stac
 
     first = await run_reconciliation(stack.services, trigger="test")
     assert first.problems == 0, [item.detail for item in first.problem_items()]
-    for account in (creator, PLATFORM):
-        stripe_account = None if account == PLATFORM else account
-        assert (await stack.ledger.balances(account)).get(USD, 0) == await stack.stripe_balance(
-            stripe_account, USD
-        ), account
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     assert (await stack.ledger.balances(creator)).get(USD, 0) == 150
     await stack.assert_ledger_balanced()
     pool = stack.services.db.pool
