@@ -89,6 +89,7 @@ from plugins.three_sided_bookings.store import (
 __all__ = [
     "account_can_receive",
     "action_json",
+    "booking_of_new_stripe_refund",
     "charge",
     "collect_to",
     "ensure_customer",
@@ -627,6 +628,26 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
         transfer = transfers.get(held.role)
         if transfer is not None and transfer.status == "held":
             await _reduce_held(ctx, transfer, held, share.leg(held.role).amount.amount)
+
+
+async def booking_of_new_stripe_refund(conn: Connection, refund: Mapping[str, Any]) -> int | None:
+    """The booking a refund made outside the plugin is new to (``refund_made_in_stripe``
+    would record it), else None: not a booking's captured charge, failed or canceled,
+    or recorded already."""
+    refund_id = str(refund.get("id") or "")
+    charge_id = _stripe_id(refund.get("charge"))
+    if not refund_id or not charge_id or refund.get("status") in {"failed", "canceled"}:
+        return None
+    booking_id = await conn.fetchval(
+        "SELECT booking FROM three_sided_bookings_charges "
+        "WHERE stripe_charge_id = $1 AND split IS NOT NULL",
+        charge_id,
+    )
+    if booking_id is None or await conn.fetchval(
+        "SELECT 1 FROM three_sided_bookings_refunds WHERE stripe_refund_id = $1", refund_id
+    ):
+        return None
+    return int(booking_id)
 
 
 async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> bool:

@@ -17,8 +17,10 @@
   still in the ledger exactly once. Refunds, reversals and disputes are posted
   by the engine's own handlers, which run first.
 - ``refund.created`` / ``refund.updated``: a refund of a booking's charge made
-  outside the plugin (Stripe's dashboard) is recorded on the booking
-  (``payments.refund_made_in_stripe``); one the plugin made is found recorded.
+  outside the plugin (Stripe's dashboard) is recorded on the booking by the
+  ``refunded_in_stripe`` transition (``payments.refund_made_in_stripe``), which puts
+  the booking where the API's refund would (``partially_refunded``, ``refunded``);
+  one the plugin made is found recorded.
   ``refund.failed`` (and ``refund.updated``/``charge.refund.updated`` saying
   ``failed``): the refund is taken off the booking (``payments.refund_failed_in_stripe``).
 
@@ -49,6 +51,7 @@ from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
 from plugins.three_sided_bookings.payments import (
     action_json,
+    booking_of_new_stripe_refund,
     clear_action,
     intent_authenticated,
     refund_failed_in_stripe,
@@ -261,16 +264,36 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
 
 
 async def on_refund(event: StripeEvent, ctx: HandlerContext) -> None:
-    """A refund of a booking's charge made outside the plugin shows on the booking
-    (``refund_made_in_stripe``: once, whether the plugin's own refund, recorded by
-    its API path, or one made in Stripe's dashboard); one that failed is taken off
-    it (``refund_failed_in_stripe``: once)."""
+    """A refund of a booking's charge made outside the plugin (Stripe's dashboard) moves
+    the booking as the API's refund would: the ``refunded_in_stripe`` transition records
+    it (``refund_made_in_stripe``) and, by its amount, leaves the booking
+    ``partially_refunded`` or ``refunded`` (once: the plugin's own refunds, recorded by
+    its API path, and repeated events find it recorded). A process with no such
+    transition from the booking's state records it and keeps the state. One that
+    failed is taken off the booking (``refund_failed_in_stripe``: once)."""
     refund = _object(event)
+    conn = _conn(ctx)
     if refund.get("status") == "failed":
-        if await refund_failed_in_stripe(_conn(ctx), refund):
+        if await refund_failed_in_stripe(conn, refund):
             log.info("failed refund %s taken off its booking", refund.get("id"))
-    elif await refund_made_in_stripe(_conn(ctx), refund):
-        log.info("refund %s made in Stripe recorded on its booking", refund.get("id"))
+        return
+    booking_id = await booking_of_new_stripe_refund(conn, refund)
+    if booking_id is None:
+        return
+    service = BookingService(ctx.services)
+    params = ActionParams(refund=refund, amount=int(refund.get("amount") or 0))
+    notices = Notices(ctx.services)
+    try:
+        outcome = await service.act_in(
+            conn, booking_id, "refunded_in_stripe", "system", params=params
+        )
+        notices.extend(outcome.notices)
+    except IllegalTransition as refused:
+        # The money moved regardless: the booking's amounts follow Stripe, its state stays.
+        log.warning("refund %s of booking %s: %s", refund.get("id"), booking_id, refused)
+        await refund_made_in_stripe(conn, refund)
+    log.info("refund %s made in Stripe recorded on booking %s", refund.get("id"), booking_id)
+    _after_commit(ctx, notices)
 
 
 def registrations() -> list[WebhookRegistration]:
