@@ -823,8 +823,9 @@ async def record_transfer_made(
     For a transfer whose request died after Stripe made it, found by the key
     in its metadata, or announced by ``transfer.created``. It is recorded under
     the key in its metadata (``idempotency_key``: the first attempt's, which
-    ``transfer`` puts there), else ``key``, at Stripe's time, and posted, once:
-    the API path and a webhook handler record the same row.
+    ``transfer`` puts there, as ``refund`` and ``reverse`` do on theirs), else
+    ``key``, at Stripe's time, and posted, once: the API path and a webhook
+    handler record the same row.
 
     Raises:
         RecordConflict: the transfer (or its key) is recorded with other facts
@@ -919,7 +920,8 @@ async def reverse(
 
     ``charge_id`` is the transfer's charge: its movements are locked first
     (``lock_charge_movements``), so the engine's webhook handlers wait for this
-    transaction. Key: ``<reference>:reversal:<operation...>``.
+    transaction. Key: ``<reference>:reversal:<operation...>``, also in the reversal's
+    ``metadata[idempotency_key]`` (so a record lost with its transaction is found by it).
 
     Raises:
         InsufficientBalance: the destination already paid the money out (Stripe
@@ -931,7 +933,7 @@ async def reverse(
         "transfers.reversals",
         "create",
         share.transfer_id,
-        params={"amount": amount.amount, **({"metadata": dict(metadata)} if metadata else {})},
+        params={"amount": amount.amount, "metadata": {"idempotency_key": key, **(metadata or {})}},
         idempotency_key=key,
     )
     reversed_ = Reversed(
@@ -1008,7 +1010,8 @@ async def refund(
     with its ``failure`` and posts nothing; the platform carries it. A share of
     the charge held (``hold_share``) loses its leg's part (``take_off_hold``; in
     ``held_reduced``); shares not paid nor held yet are the caller's to reduce.
-    Key: ``<reference>:refund:<operation...>``.
+    Key: ``<reference>:refund:<operation...>``, also in the refund's
+    ``metadata[idempotency_key]`` (so a record lost with its transaction is found by it).
 
     Args:
         charge_id: the ``ch_`` refunded.
@@ -1037,7 +1040,7 @@ async def refund(
             "charge": charge_id,
             "amount": amount.amount,
             "reason": reason,
-            **({"metadata": dict(metadata)} if metadata else {}),
+            "metadata": {"idempotency_key": key, **(metadata or {})},
         },
         idempotency_key=key,
     )

@@ -23,6 +23,9 @@
   one the plugin made is found recorded.
   ``refund.failed`` (and ``refund.updated``/``charge.refund.updated`` saying
   ``failed``): the refund is taken off the booking (``payments.refund_failed_in_stripe``).
+- ``transfer.reversed`` / ``transfer.updated``: a reversal of a booking's transfer
+  its rows do not show (Stripe's dashboard, or a request whose transaction rolled
+  back after Stripe reversed) is recorded (``payments.reversals_made_in_stripe``).
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -56,6 +59,7 @@ from plugins.three_sided_bookings.payments import (
     intent_authenticated,
     refund_failed_in_stripe,
     refund_made_in_stripe,
+    reversals_made_in_stripe,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
@@ -296,6 +300,18 @@ async def on_refund(event: StripeEvent, ctx: HandlerContext) -> None:
     _after_commit(ctx, notices)
 
 
+async def on_transfer_reversed(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A reversal of a booking's transfer its rows do not show (made in Stripe's
+    dashboard, or by a request whose transaction rolled back) is recorded on the
+    booking (``reversals_made_in_stripe``: once)."""
+    transfer = _object(event)
+    if _booking_reference(transfer.get("transfer_group")) is None:
+        return
+    recorded = await reversals_made_in_stripe(_conn(ctx), transfer)
+    if recorded:
+        log.info("%d reversal(s) of %s recorded on its booking", recorded, transfer.get("id"))
+
+
 def registrations() -> list[WebhookRegistration]:
     """The plugin's handlers, for ``register_webhook_handlers``."""
     table: list[tuple[str, Any]] = [
@@ -313,6 +329,8 @@ def registrations() -> list[WebhookRegistration]:
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
         ("transfer.created", on_transfer),
+        ("transfer.reversed", on_transfer_reversed),
+        ("transfer.updated", on_transfer_reversed),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),
