@@ -239,6 +239,18 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "0006_mailbox_lease_many",
         (_MAILBOX_LEASE_MANY_FUNCTION,),
     ),
+    (
+        # Where each account's next payout refresh lists from (engine.payments.payouts):
+        # the Stripe ``created`` of the newest payout its last refresh listed.
+        "0007_payout_refresh",
+        (
+            """CREATE TABLE IF NOT EXISTS marketplace_payout_refresh (
+                account_id TEXT PRIMARY KEY,
+                listed_from BIGINT NOT NULL,
+                refreshed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
 )
 
 
