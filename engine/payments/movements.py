@@ -93,10 +93,10 @@ from engine.core.postings import (
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
 from engine.payments.records import (
-    MEANING_METADATA,
     dispute_payment_status,
     link_payment_intent,
     lock_charge_movements,
+    meaning_metadata,
     record_transfer,
     refund_status,
     update_payment,
@@ -350,7 +350,7 @@ async def charge(
         # The engine's own keys last: a caller's metadata cannot mislabel the payment.
         "metadata": {
             **(metadata or {}),
-            **dict(zip(MEANING_METADATA, (scope.plugin, scope.reference), strict=True)),
+            **meaning_metadata(scope.plugin, scope.reference),
         },
         **({"customer": customer} if customer else {}),
         **({"setup_future_usage": "off_session"} if save_for_later else {}),
