@@ -1087,3 +1087,65 @@ async def test_an_invoice_of_an_enabled_plugins_subscription_is_left_to_that_plu
     }
     assert f"charge:{owned}" not in keys
     assert f"charge:{orphan}" in keys
+
+
+async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_records_it(
+    stack: Stack,
+) -> None:
+    """A subscription whose metadata names no owner (one a plugin made before it wrote
+    ``meaning_metadata``) has its invoice's charge posted by the engine as a movement
+    made outside it. When the plugin then records the charge as its own
+    (``post_destination_charge`` with ``priced``, as at ``invoice.paid``), the one
+    posting takes the plugin's kind and meaning: no conflict, no second posting, the
+    entries unchanged, so whichever comes first the ledger ends the same."""
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> str:
+        _, charge_id = _subscribe(
+            client,
+            amount=3_000,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        return charge_id
+
+    charge_id = await asyncio.to_thread(outside)
+    await stack.settle()
+    pool = stack.services.db.pool
+    query = (
+        "SELECT kind, plugin, reference FROM marketplace_ledger_transactions "
+        "WHERE idempotency_key = $1"
+    )
+    assert [tuple(row) for row in await pool.fetch(query, f"charge:{charge_id}")] == [
+        ("charge", "", "")
+    ]
+    split = SplitPlan(
+        total=usd(3_000),
+        legs=(SplitLeg("platform", usd(300)), SplitLeg("creator", usd(2_700), creator)),
+    )
+    order = Order(
+        plugin="subs",
+        kind="subscription",
+        amount=usd(3_000),
+        reference="subs:1",
+        beneficiaries={"creator": creator},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    priced = PricedOrder(
+        order=order,
+        price=usd(3_000),
+        commission=Commission(amount=usd(300), rule_id="flat", rule_version=1),
+        split=split,
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.ledger, conn, "subs", "subs:1")
+        await movements.post_destination_charge(
+            scope, charge_id, kind="subscription_invoice", priced=priced
+        )
+    assert [tuple(row) for row in await pool.fetch(query, f"charge:{charge_id}")] == [
+        ("subscription_invoice", "subs", "subs:1")
+    ]
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
