@@ -93,10 +93,10 @@ from engine.core.postings import (
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
 from engine.payments.records import (
-    MEANING_METADATA,
     dispute_payment_status,
     link_payment_intent,
     lock_charge_movements,
+    meaning_metadata,
     record_transfer,
     refund_status,
     update_payment,
@@ -350,7 +350,7 @@ async def charge(
         # The engine's own keys last: a caller's metadata cannot mislabel the payment.
         "metadata": {
             **(metadata or {}),
-            **dict(zip(MEANING_METADATA, (scope.plugin, scope.reference), strict=True)),
+            **meaning_metadata(scope.plugin, scope.reference),
         },
         **({"customer": customer} if customer else {}),
         **({"setup_future_usage": "off_session"} if save_for_later else {}),
@@ -630,7 +630,9 @@ async def post_destination_charge(
     records the payment too, ``succeeded``, for the destination account, under
     the charge's PaymentIntent (its ``ch_`` when it has none); a charge already
     refunded or disputed by then is recorded so (``_late_status``), since the
-    engine's refund and dispute handlers may have found no payment to update.
+    engine's refund and dispute handlers may have found no payment to update, and
+    a charge the engine already posted as made outside it, naming nothing, takes
+    this posting's kind and meaning (``Ledger.name_transaction``).
     """
     found = await _expanded_charge(scope, charge)
     facts = destination_charge_from(found)
@@ -661,15 +663,17 @@ async def post_destination_charge(
         await scope.ledger.name_movements(
             earlier, plugin=scope.plugin, reference=scope.reference, conn=scope.conn
         )
-    await scope.post(
-        destination_charge_posting(
-            facts,
-            kind=kind,
-            reference=scope.reference,
-            plugin=scope.plugin,
-            description=description,
-        )
+    posting = destination_charge_posting(
+        facts,
+        kind=kind,
+        reference=scope.reference,
+        plugin=scope.plugin,
+        description=description,
     )
+    if not await scope.post(posting) and priced is not None:
+        # Posted before as a movement made outside the engine (its invoice named no
+        # owner): the same entries, now named as this business's.
+        await scope.ledger.name_transaction(posting, conn=scope.conn)
     return facts
 
 
