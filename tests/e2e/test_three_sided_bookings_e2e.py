@@ -497,6 +497,12 @@ async def test_a_booking_refunded_in_stripe_ends_where_an_api_refund_would(stack
     await refund_in_stripe(part, 1_000)
     shown = await spa.get(part)
     assert (shown["state"], shown["refunded"], shown["collected"]) == ("confirmed", 1_000, 9_000)
+    # Completed later, it collects what is left, not the part refunded again.
+    shown = await spa.do(spa.admin, part, "complete")
+    assert (shown["state"], shown["refunded"], shown["collected"]) == ("settled", 1_000, 9_000)
+    assert len(shown["stripe"]["charges"]) == 1
+    paid = sum(t.amount for t in spa.transfers(part))
+    assert paid == 9_000 - shares(part)["platform"] * 9_000 // 10_000
 
     accounts = ("platform", spa.provider_account, spa.venue_account)
     await stack.assert_ledger_is_stripe(*accounts, currency="gbp")
