@@ -836,6 +836,31 @@ async def test_a_cancellation_retried_after_its_transaction_rolled_back_keeps_th
     await env.assert_ledger_matches_sandbox("gbp")
 
 
+async def test_a_business_cancellation_lost_after_stripe_refunded_everything_ends_refunded(
+    env: Env,
+) -> None:
+    """Known limit: the business's cancellation (refund everything) lost with its
+    transaction after Stripe refunded, Stripe's events handled before the retry: the
+    events put the booking in ``refunded`` (a full refund made outside the API), and the
+    retry cannot cancel from there (409). The money is right: refunded once."""
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "venue")
+    await env.deliver_events()
+    await _fail_the_next_refund_commit(env, "cancel")
+    with pytest.raises(Exception, match="injected"):
+        await env.act(booking, "cancel", "venue", request="key_v:cancel-1")
+    await env.deliver_events()
+    assert await env.state(booking) == "refunded"
+    with pytest.raises(IllegalTransition):
+        await env.act(booking, "cancel", "venue", request="key_v:cancel-1")
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    refunds = env.stripe("GET", "/v1/refunds", None, charge=charge["stripe_charge_id"])["data"]
+    assert [r["amount"] for r in refunds] == [10_000]
+    assert charge["refunded"] == 10_000
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
 # ---------------------------------------------------------------- disputes
 
 
