@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.core.contributions import (
     ConfigSection,
     DashboardPanel,
     Registrar,
     Route,
+    StartupFunction,
     TableApp,
     WebhookRegistration,
 )
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import hookimpl
-from plugins.creator_subscriptions import panels, webhooks
+from plugins.creator_subscriptions import adoption, panels, webhooks
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 from plugins.creator_subscriptions.tables import APP_CONFIG
 
@@ -51,6 +54,17 @@ def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
     """A creator's members and renewals; the operator's creators needing attention."""
     for panel in panels.panels():
         register(panel)
+
+
+@hookimpl
+def register_startup(register: Registrar[StartupFunction]) -> None:
+    """Write the engine's ``meaning_metadata`` on subscriptions made before the plugin
+    did, once (``adoption``), so their invoices are this plugin's to post."""
+
+    async def start(services: Any) -> None:
+        await adoption.mark_subscriptions(services)
+
+    register(start)
 
 
 @hookimpl
