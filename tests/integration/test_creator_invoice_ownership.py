@@ -25,7 +25,7 @@ from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.payments.records import invoice_owner
-from plugins.creator_subscriptions import webhooks
+from plugins.creator_subscriptions import adoption, webhooks
 
 C = "/v1/creator_subscriptions"
 
@@ -225,3 +225,32 @@ async def test_a_subscription_event_missing_meaning_metadata_marks_it_once(
     pool = stack.services.db.pool
     assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named, named]
     await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
+
+
+async def test_a_subscription_stripe_refuses_to_mark_does_not_stop_startup(stack: Stack) -> None:
+    """Marking at startup goes one subscription at a time: one Stripe refuses (here, one
+    it does not know) is logged and left unmarked for the next startup, and every other
+    is marked; the process starts."""
+    _, _, subscription = await _subscription_on_a_clock(stack)
+    stripe_id = str(subscription["stripe_subscription_id"])
+    await _made_the_old_way(stack, stripe_id, unmarked_first=False)
+    pool = stack.services.db.pool
+    await pool.execute(
+        "INSERT INTO creator_subscriptions_subscriptions (fan, creator, tier, account_id, "
+        "customer_id, currency, status, application_fee_percent, stripe_subscription_id, "
+        "created_at, updated_at) "
+        "SELECT fan, creator, tier, account_id, customer_id, currency, 'active', "
+        "application_fee_percent, 'sub_unknown_to_stripe', now(), now() "
+        "FROM creator_subscriptions_subscriptions WHERE id = $1",
+        int(subscription["id"]),
+    )
+    assert await adoption.mark_subscriptions(stack.services) == 1
+    marked = await pool.fetch(
+        "SELECT stripe_subscription_id, meaning_marked FROM creator_subscriptions_subscriptions "
+        "ORDER BY id"
+    )
+    assert [tuple(row) for row in marked] == [(stripe_id, True), ("sub_unknown_to_stripe", False)]
+    assert await _stripe_metadata(stack, stripe_id) == {
+        "marketplace_plugin": "creator_subscriptions",
+        "marketplace_reference": f"creator_subscriptions:subscription:{subscription['id']}",
+    }
