@@ -8,9 +8,12 @@ the engine would post its renewals' charges as movements made outside it, unname
 until ``invoice.paid`` named them. The plugin writes the two keys on each such
 subscription once (``meaning_marked`` records that it has):
 
-- at startup, every live one (``mark_subscriptions``): one row at a time, each in its
-  own transaction, rows another process is marking skipped (``SKIP LOCKED``); a
-  subscription Stripe refuses to update is logged and left for the next startup;
+- in the worker, a periodic task (``MARK_TASK``, every ``MARK_EVERY_SECONDS``, at most
+  once per interval across workers) marks up to ``MARK_BATCH`` live ones per run
+  (``mark_subscriptions``): one row at a time, each in its own transaction, rows
+  another process is marking skipped (``SKIP LOCKED``); a subscription Stripe refuses
+  to update is logged and left for the next run. No process waits on this to start,
+  however many subscriptions are left to mark;
 - when one of its ``customer.subscription.*`` events shows the keys missing
   (``mark_if_unmarked``, from the webhook handler).
 
@@ -32,9 +35,20 @@ from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, op_key
 from plugins.creator_subscriptions.sync import TERMINAL_STATUSES
 
-__all__ = ["mark_if_unmarked", "mark_subscription", "mark_subscriptions"]
+__all__ = [
+    "MARK_BATCH",
+    "MARK_EVERY_SECONDS",
+    "MARK_TASK",
+    "mark_if_unmarked",
+    "mark_subscription",
+    "mark_subscriptions",
+]
 
 log = logging.getLogger(__name__)
+
+MARK_TASK = f"{PLUGIN}.meaning_marks"
+MARK_EVERY_SECONDS = 60.0
+MARK_BATCH = 200
 
 _NOT_LIVE = (*TERMINAL_STATUSES, "pending", "failed")
 
@@ -66,12 +80,13 @@ async def mark_subscription(env: Env, conn: asyncpg.Connection, row: Mapping[str
     await conn.execute(_MARKED, row["id"])
 
 
-async def mark_subscriptions(services: Any) -> int:
-    """``register_startup``: mark every live subscription not marked yet; how many were."""
+async def mark_subscriptions(services: Any, limit: int | None = None) -> int:
+    """Mark live subscriptions not marked yet, at most ``limit`` (all when ``None``);
+    how many were."""
     env = Env.of(services)
     marked = 0
     refused: list[int] = []
-    while True:
+    while limit is None or marked + len(refused) < limit:
         async with env.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_NEXT, list(_NOT_LIVE), refused)
             if row is None:
@@ -80,7 +95,7 @@ async def mark_subscriptions(services: Any) -> int:
                 await mark_subscription(env, conn, row)
             except MarketplaceError as exc:
                 # Not worth stopping the process: its invoices are posted anyway (by the
-                # engine, then named at invoice.paid); the next startup tries again.
+                # engine, then named at invoice.paid); the next run tries again.
                 log.warning(
                     "could not write meaning_metadata on subscription %s: %s",
                     row["stripe_subscription_id"],
@@ -89,6 +104,7 @@ async def mark_subscriptions(services: Any) -> int:
                 refused.append(int(row["id"]))
                 continue
             marked += 1
+    return marked
 
 
 async def mark_if_unmarked(

@@ -7,9 +7,9 @@ from typing import Any
 from engine.core.contributions import (
     ConfigSection,
     DashboardPanel,
+    PeriodicTask,
     Registrar,
     Route,
-    StartupFunction,
     TableApp,
     WebhookRegistration,
 )
@@ -57,14 +57,15 @@ def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
 
 
 @hookimpl
-def register_startup(register: Registrar[StartupFunction]) -> None:
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """Write the engine's ``meaning_metadata`` on subscriptions made before the plugin
-    did, once (``adoption``), so their invoices are this plugin's to post."""
+    did, a bounded batch per run (``adoption``), so their invoices are this plugin's to
+    post; in the worker, so no process waits on Stripe to start."""
 
-    async def start(services: Any) -> None:
-        await adoption.mark_subscriptions(services)
+    async def run(services: Any) -> None:
+        await adoption.mark_subscriptions(services, limit=adoption.MARK_BATCH)
 
-    register(start)
+    register(PeriodicTask(adoption.MARK_TASK, adoption.MARK_EVERY_SECONDS, run))
 
 
 @hookimpl

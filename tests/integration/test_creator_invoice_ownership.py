@@ -8,7 +8,7 @@ the plugin, even when those events are handled before ``invoice.paid`` is, and t
 charge is posted once, by the plugin, as ``subscription_invoice``.
 
 A subscription made before the plugin wrote that metadata carries none: the plugin
-writes it once (at startup for each such subscription, or when one of its
+writes it once (from a periodic task in the worker, a bounded batch a run, or when one of its
 ``customer.subscription.*`` events shows it missing), so its next renewal is the
 plugin's too, never an unnamed engine ``charge``.
 """
@@ -159,20 +159,20 @@ async def _stripe_metadata(stack: Stack, stripe_id: str) -> dict[str, str]:
     }
 
 
-async def test_a_subscription_made_unmarked_is_marked_at_startup_and_renews_as_the_plugins(
+async def test_a_subscription_made_unmarked_is_marked_by_the_worker_and_renews_as_the_plugins(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A subscription without ``marketplace_plugin`` in Stripe (made before the plugin
-    wrote it) gets it when the plugin starts, once; its renewal invoice then names the
-    plugin, so the engine leaves the renewal's charge alone even while ``invoice.paid``
-    is not handled yet, and the plugin posts it once, named."""
+    wrote it) gets it from the plugin's periodic task in the worker, once; its renewal
+    invoice then names the plugin, so the engine leaves the renewal's charge alone even
+    while ``invoice.paid`` is not handled yet, and the plugin posts it once, named."""
     account, clock, subscription = await _subscription_on_a_clock(stack)
     stripe_id = str(subscription["stripe_subscription_id"])
     await _made_the_old_way(stack, stripe_id, unmarked_first=False)
     assert await _stripe_metadata(stack, stripe_id) == {}
 
-    for start in stack.services.plugins.startup_functions():
-        await start(stack.services)
+    [task] = [t for t in stack.services.plugins.periodic_tasks() if t.name == adoption.MARK_TASK]
+    await task.run(stack.services)
     await stack.settle()
     reference = f"creator_subscriptions:subscription:{subscription['id']}"
     assert await _stripe_metadata(stack, stripe_id) == {
@@ -227,10 +227,10 @@ async def test_a_subscription_event_missing_meaning_metadata_marks_it_once(
     await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
 
 
-async def test_a_subscription_stripe_refuses_to_mark_does_not_stop_startup(stack: Stack) -> None:
-    """Marking at startup goes one subscription at a time: one Stripe refuses (here, one
-    it does not know) is logged and left unmarked for the next startup, and every other
-    is marked; the process starts."""
+async def test_a_subscription_stripe_refuses_to_mark_is_left_for_the_next_run(stack: Stack) -> None:
+    """Marking goes one subscription at a time: one Stripe refuses (here, one it does
+    not know) is logged and left unmarked for the next run, and every other is marked;
+    a run marks at most its ``limit``."""
     _, _, subscription = await _subscription_on_a_clock(stack)
     stripe_id = str(subscription["stripe_subscription_id"])
     await _made_the_old_way(stack, stripe_id, unmarked_first=False)
@@ -244,7 +244,8 @@ async def test_a_subscription_stripe_refuses_to_mark_does_not_stop_startup(stack
         "FROM creator_subscriptions_subscriptions WHERE id = $1",
         int(subscription["id"]),
     )
-    assert await adoption.mark_subscriptions(stack.services) == 1
+    assert await adoption.mark_subscriptions(stack.services, limit=1) == 1  # the first row
+    assert await adoption.mark_subscriptions(stack.services) == 0  # Stripe refuses the other
     marked = await pool.fetch(
         "SELECT stripe_subscription_id, meaning_marked FROM creator_subscriptions_subscriptions "
         "ORDER BY id"
