@@ -788,10 +788,11 @@ async def _check_events(
     stripe: Any,
     tables: Sequence[str],
 ) -> CheckResult:
-    from engine.worker.handlers import core_registrations
+    from engine.worker.handlers import core_fallbacks, core_registrations
 
     problems: list[str] = []
     core = core_registrations()
+    fallbacks = core_fallbacks()
     async with services.db.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
@@ -818,7 +819,11 @@ async def _check_events(
                         f"no handler of {name} handles the sample event type {event_type!r}"
                     )
                     continue
-                handlers = [r for r in core if r.event_type == event_type] + own
+                handlers = [
+                    *(r for r in core if r.event_type == event_type),
+                    *own,
+                    *(r for r in fallbacks if r.event_type == event_type),
+                ]
                 label = f"{event_type} {event.get('id')}"
                 failure = await _apply(handlers, event, conn, services)
                 if failure is not None:

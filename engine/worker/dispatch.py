@@ -1,4 +1,5 @@
-"""Dispatch one Stripe event to the engine's core handlers, then the plugins' handlers.
+"""Dispatch one Stripe event to the engine's core handlers, then the plugins' handlers,
+then the engine's fallbacks (what no plugin did: an invoice's charge nobody posted).
 
 Handlers run inside the mailbox's transaction (``ctx.conn``), so their database
 writes commit together with the event's "handled" mark. Side effects that must
@@ -64,17 +65,35 @@ class EventContext(HandlerContext):
 
 
 class Dispatcher:
-    """Routes events by type to registered handlers (``"*"`` matches every type)."""
+    """Routes events by type to registered handlers (``"*"`` matches every type).
 
-    def __init__(self, services: Any, registrations: Sequence[WebhookRegistration]) -> None:
+    ``after`` are handlers run after every other one of the event (the wildcard
+    ones too): the engine's fallbacks, which act on what the plugins did not.
+    """
+
+    def __init__(
+        self,
+        services: Any,
+        registrations: Sequence[WebhookRegistration],
+        *,
+        after: Sequence[WebhookRegistration] = (),
+    ) -> None:
         self._services = services
         self._by_type: dict[str, list[WebhookRegistration]] = defaultdict(list)
         for registration in registrations:
             self._by_type[registration.event_type].append(registration)
+        self._after: dict[str, list[WebhookRegistration]] = defaultdict(list)
+        for registration in after:
+            self._after[registration.event_type].append(registration)
 
     def handlers_for(self, event_type: str) -> list[WebhookRegistration]:
-        """Handlers for ``event_type`` in registration order, wildcard ones last."""
-        return [*self._by_type.get(event_type, ()), *self._by_type.get("*", ())]
+        """Handlers for ``event_type`` in registration order, wildcard ones next, the
+        ``after`` ones last."""
+        return [
+            *self._by_type.get(event_type, ()),
+            *self._by_type.get("*", ()),
+            *self._after.get(event_type, ()),
+        ]
 
     async def handle(self, event: StripeEvent, conn: asyncpg.Connection) -> list[EventContext]:
         """Run every matching handler; return their contexts for after-commit actions."""

@@ -54,7 +54,7 @@ from engine.payments.records import (
 )
 from engine.worker.dispatch import EventContext, stripe_object
 
-__all__ = ["core_registrations"]
+__all__ = ["core_fallbacks", "core_registrations"]
 
 log = logging.getLogger(__name__)
 
@@ -360,24 +360,72 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
 
     ``charge:<ch>`` with Stripe's fee (``charge_posting``), a destination charge
     with its transfer and application fee (``destination_charge_posting``),
-    labelled by the plugins' ``resolve_movement_meaning``. Left alone: a charge
-    a payment record names or whose intent the engine made (``MEANING_METADATA``:
-    the engine's money call posts it, with its kind), one paying a Stripe Billing
-    invoice an enabled plugin owns (``_pays_a_plugins_invoice``: that plugin posts
-    it from ``invoice.paid``), and a connected account's ``py_`` (posted with the
-    platform's transfer). A charge paying any other invoice (Billing used directly)
-    is posted here like any other. A
-    charge on a connected account's own balance (a direct charge: the event names
-    the ``account``) is posted there by the same rule (``_post_direct_charge``).
+    labelled as ``_outside_meaning`` says. Left alone: a charge a payment record
+    names or whose intent an enabled plugin's money call made
+    (``MEANING_METADATA`` naming an enabled plugin: that call posts it, with its
+    kind), one paying a Stripe Billing invoice an enabled plugin owns
+    (``_pays_a_plugins_invoice``: that plugin posts it from ``invoice.paid``, else
+    the engine's fallback ``on_invoice_paid`` does, after it), and a connected
+    account's ``py_`` (posted with the platform's transfer). A charge paying any
+    other invoice (Billing used directly) is posted here like any other. A charge
+    on a connected account's own balance (a direct charge: the event names the
+    ``account``) is posted there by the same rule (``_post_direct_charge``).
     """
     account = str(event.get("account") or "")
-    charge = await _outside_charge(ctx, stripe_object(event), account or None)
-    if charge is None:
-        return
+    found = await _outside_charge(ctx, stripe_object(event), account or None)
+    if found is not None:
+        await _post_outside_charge(ctx, *found, account)
+
+
+async def on_invoice_paid(event: StripeEvent, ctx: EventContext) -> None:
+    """``invoice.paid``, after every plugin's handler of it (``core_fallbacks``): post the
+    invoice's charge as a movement made outside the engine if nobody has.
+
+    An invoice an enabled plugin owns (``invoice_owner``) is left to that plugin,
+    which posts its charge from ``invoice.paid`` (named, ``post_destination_charge``
+    with ``priced``); its handlers have run by now, in this transaction. One it
+    does not settle (no record of it: a subscription made in Stripe with the
+    plugin's metadata copied, or a plugin that settles no invoices) would
+    otherwise be posted by nobody. The same posting as ``on_charge_captured``'s,
+    so whichever of the charge's and the invoice's events comes first, the charge
+    is posted once; a plugin recording it later names it
+    (``Ledger.name_transaction``).
+    """
+    invoice = stripe_object(event)
+    invoice_id = str(invoice.get("id") or "")
+    if not invoice_id or int(invoice.get("amount_paid") or 0) <= 0:
+        return  # nothing charged (a free invoice, or paid from the credit balance)
+    account = str(event.get("account") or "")
+    paying = await ctx.services.gateway.call(
+        "invoice_payments",
+        "list",
+        params={
+            "invoice": invoice_id,
+            "payment": {"type": "payment_intent"},
+            "status": "paid",
+            "expand": ["data.payment.payment_intent"],
+            "limit": 10,
+        },
+        account=account or None,
+    )
+    for payment in paying.get("data") or []:
+        intent = (payment.get("payment") or {}).get("payment_intent")
+        if not isinstance(intent, Mapping):
+            continue
+        found = await _outside_charge(ctx, intent, account or None, owned_invoices=True)
+        if found is not None:
+            await _post_outside_charge(ctx, *found, account)
+
+
+async def _post_outside_charge(
+    ctx: EventContext, charge: Mapping[str, Any], meaning: tuple[str, str], account: str
+) -> None:
+    """Post a charge made outside the engine once (``charge:<ch>``), as ``_outside_charge``
+    read it: on connected ``account``'s own balance (a direct charge), else the
+    platform's (a destination charge with its transfer and application fee)."""
     if account:
         await _post_direct_charge(ctx, charge, account)
         return
-    meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
     reference, plugin = meaning
     await lock_charge_movements(ctx.conn, str(charge["id"]))
     scope = MoneyScope(ctx.services.gateway, ctx.services.ledger, ctx.conn, plugin, reference)
@@ -388,14 +436,19 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
 
 
 async def _outside_charge(
-    ctx: EventContext, obj: Mapping[str, Any], account: str | None
-) -> Mapping[str, Any] | None:
+    ctx: EventContext,
+    obj: Mapping[str, Any],
+    account: str | None,
+    *,
+    owned_invoices: bool = False,
+) -> tuple[Mapping[str, Any], tuple[str, str]] | None:
     """The captured charge of ``obj`` (a charge or PaymentIntent, on ``account``'s
-    balance, the platform's when ``None``) with its balance transaction expanded, if
-    the engine is to post it as a movement made outside it; ``None`` for one already
-    posted, one a payment record names, one whose intent the engine made
-    (``MEANING_METADATA``), one paying an invoice an enabled plugin owns, a ``py_``,
-    or an authorisation."""
+    balance, the platform's when ``None``) with its balance transaction expanded, and
+    its meaning (``_outside_meaning``), if the engine is to post it as a movement made
+    outside it; ``None`` for one already posted, one a payment record names, one whose
+    intent an enabled plugin made (``MEANING_METADATA``), one paying an invoice an
+    enabled plugin owns (unless ``owned_invoices``: the fallback after that plugin's
+    handlers), a ``py_``, or an authorisation."""
     if obj.get("object") == "payment_intent":
         intent: Mapping[str, Any] | None = obj
         charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
@@ -419,6 +472,7 @@ async def _outside_charge(
     if recorded:
         return None
     gateway = ctx.services.gateway
+    engine_meaning = None
     if intent_id:
         if intent is None:
             try:
@@ -427,9 +481,10 @@ async def _outside_charge(
                 )
             except NotFound:
                 return None
-        if _engine_meaning(intent) is not None:
-            return None
-        if await _pays_a_plugins_invoice(ctx, intent_id, account):
+        engine_meaning = _engine_meaning(intent) if account is None else None
+        if engine_meaning is not None and ctx.services.plugins.is_enabled(engine_meaning[1]):
+            return None  # an enabled plugin's money call made it: that call posts it
+        if not owned_invoices and await _pays_a_plugins_invoice(ctx, intent_id, account):
             return None
     charge: Mapping[str, Any] = obj
     if intent is not None or not isinstance(obj.get("balance_transaction"), Mapping):
@@ -445,18 +500,33 @@ async def _outside_charge(
             return None  # not a charge of this balance's
     if not charge.get("captured") or not isinstance(charge.get("balance_transaction"), Mapping):
         return None
-    return charge
+    return charge, _outside_meaning(ctx, charge, engine_meaning)
+
+
+def _outside_meaning(
+    ctx: EventContext, charge: Mapping[str, Any], engine_meaning: tuple[str, str] | None
+) -> tuple[str, str]:
+    """The meaning of a charge posted as made outside the engine: its intent's
+    ``MEANING_METADATA`` when it has one (a plugin's intent, that plugin not enabled:
+    named as ``_meaning`` names its refunds and disputes), else the plugins'
+    ``resolve_movement_meaning`` of the charge."""
+    if engine_meaning is not None:
+        return engine_meaning
+    meaning: tuple[str, str] = ctx.services.plugins.movement_meaning(charge)
+    return meaning
 
 
 async def _pays_a_plugins_invoice(ctx: EventContext, intent_id: str, account: str | None) -> bool:
     """Whether PaymentIntent ``intent_id`` pays a Stripe Billing invoice an enabled plugin
     owns (``invoice_owner``), so that plugin posts its charge (from ``invoice.paid``)
-    and the engine must not: the same ``charge:<ch>`` under another kind and meaning.
+    and the charge's events must not post it first: the same ``charge:<ch>`` under
+    another kind and meaning.
 
     Decided from Stripe's data alone, never from what a handler has done yet, so the
-    engine and the plugin agree whatever order the charge's and the invoice's events
-    are handled in. An invoice no enabled plugin owns (made with Stripe's API or
-    dashboard directly) is a movement made outside the engine."""
+    charge's events leave it whatever order they and the invoice's are handled in;
+    a charge the owner does not post from ``invoice.paid`` is posted by the engine's
+    fallback after it (``on_invoice_paid``). An invoice no enabled plugin owns (made
+    with Stripe's API or dashboard directly) is a movement made outside the engine."""
     gateway = ctx.services.gateway
     paying = await gateway.call(
         "invoice_payments",
@@ -714,6 +784,13 @@ async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict
             {"id": data.get("id"), "status": data.get("status"), "amount": data.get("amount")}
         ),
     )
+
+
+def core_fallbacks() -> list[WebhookRegistration]:
+    """The engine's handlers run after every plugin's handler of the event, in its
+    transaction: what no plugin did (``Dispatcher``'s ``after``)."""
+    handler: Callable[..., Any] = on_invoice_paid
+    return [WebhookRegistration("invoice.paid", handler, "engine.on_invoice_paid")]
 
 
 def core_registrations() -> list[WebhookRegistration]:

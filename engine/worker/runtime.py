@@ -37,7 +37,7 @@ from engine.webhooks.versions import ensure_engine_version
 from engine.worker.batching import DrainBatcher, TokenReceiver
 from engine.worker.broker import DRAIN_TASK, MailboxBroker
 from engine.worker.dispatch import Dispatcher
-from engine.worker.handlers import core_registrations
+from engine.worker.handlers import core_fallbacks, core_registrations
 from engine.worker.heartbeat import Heartbeat
 from engine.worker.periodic import run_periodic
 
@@ -204,7 +204,9 @@ class Worker:
         # known account stays known and is looked up once per worker, not per event.
         self._known_accounts: set[str] = set()
         self.dispatcher = Dispatcher(
-            services, [*core_registrations(), *services.plugins.webhook_handlers()]
+            services,
+            [*core_registrations(), *services.plugins.webhook_handlers()],
+            after=core_fallbacks(),
         )
         lease = float(services.settings.webhooks.lease_seconds)
         if services.gateway.call_deadline_seconds >= lease:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -25,9 +26,35 @@ from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.payments.records import invoice_owner
-from plugins.creator_subscriptions import adoption, webhooks
+from engine.worker.handlers import core_fallbacks, core_registrations
+from plugins.creator_subscriptions import adoption
 
 C = "/v1/creator_subscriptions"
+PAID = frozenset({"invoice.paid", "invoice.payment_succeeded"})
+
+
+@asynccontextmanager
+async def invoice_paid_held_back(stack: Stack) -> AsyncIterator[None]:
+    """Stripe sends the stack no ``invoice.paid``/``invoice.payment_succeeded`` inside:
+    its webhook endpoints listen to every other event type the engine and plugins
+    handle (``enabled_events``, as Stripe's API updates them), then to all again."""
+    handled = [
+        *core_registrations(),
+        *stack.services.plugins.webhook_handlers(),
+        *core_fallbacks(),
+    ]
+    types = sorted({r.event_type for r in handled} - PAID - {"*"})
+    client = stack.stripe()
+
+    def listen(enabled: list[str]) -> None:
+        for endpoint in client.v1.webhook_endpoints.list(params={"limit": 100}).data:
+            client.v1.webhook_endpoints.update(endpoint.id, params={"enabled_events": enabled})
+
+    await asyncio.to_thread(listen, types)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(listen, ["*"])
 
 
 @pytest.fixture
@@ -42,7 +69,7 @@ async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> Asy
 
 
 async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_the_plugin(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
 ) -> None:
     created = ok(
         await stack.http.post(f"{C}/creators", json={"handle": "ada", "display_name": "Ada"}),
@@ -59,23 +86,19 @@ async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_t
         ),
         201,
     )["id"]
-    original = webhooks._settle_invoice
-
-    async def not_yet(*args: Any) -> list[Any]:
-        return []  # invoice.paid handled later (below): the charge's events come first
-
-    monkeypatch.setattr(webhooks, "_settle_invoice", not_yet)
-    subscription = ok(
-        await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}), 201
-    )
-    await stack.settle()
     pool = stack.services.db.pool
     charges = (
         "SELECT kind, plugin, reference FROM marketplace_ledger_transactions "
         "WHERE idempotency_key LIKE 'charge:%'"
     )
-    assert await pool.fetch(charges) == []  # the engine left the invoice's charge alone
-    monkeypatch.setattr(webhooks, "_settle_invoice", original)
+    # invoice.paid handled later (below): the charge's events come first.
+    async with invoice_paid_held_back(stack):
+        subscription = ok(
+            await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}),
+            201,
+        )
+        await stack.settle()
+        assert await pool.fetch(charges) == []  # the engine left the invoice's charge alone
     [invoice] = ok(await stack.http.get(f"{C}/creators/{account}/invoices"))["data"]
     found = await asyncio.to_thread(
         stack.stripe().v1.invoices.retrieve, str(invoice["stripe_invoice_id"])
@@ -160,7 +183,7 @@ async def _stripe_metadata(stack: Stack, stripe_id: str) -> dict[str, str]:
 
 
 async def test_a_subscription_made_unmarked_is_marked_by_the_worker_and_renews_as_the_plugins(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
 ) -> None:
     """A subscription without ``marketplace_plugin`` in Stripe (made before the plugin
     wrote it) gets it from the plugin's periodic task in the worker, once; its renewal
@@ -183,17 +206,11 @@ async def test_a_subscription_made_unmarked_is_marked_by_the_worker_and_renews_a
     pool = stack.services.db.pool
     assert await pool.fetchval(marked, int(subscription["id"])) is True
 
-    original = webhooks._settle_invoice
-
-    async def not_yet(*args: Any) -> list[Any]:
-        return []  # the renewal's invoice.paid handled later (below)
-
-    monkeypatch.setattr(webhooks, "_settle_invoice", not_yet)
-    await stack.advance_test_clock(clock, 32 * 86_400)
     named = ("subscription_invoice", "creator_subscriptions", reference)
-    # The first invoice's charge only: the engine left the renewal's alone.
-    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named]
-    monkeypatch.setattr(webhooks, "_settle_invoice", original)
+    async with invoice_paid_held_back(stack):  # the renewal's invoice.paid handled later
+        await stack.advance_test_clock(clock, 32 * 86_400)
+        # The first invoice's charge only: the engine left the renewal's alone.
+        assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named]
     invoices = ok(await stack.http.get(f"{C}/creators/{account}/invoices"))["data"]
     [renewal] = [item for item in invoices if item["billing_reason"] == "subscription_cycle"]
     found = await asyncio.to_thread(

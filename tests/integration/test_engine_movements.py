@@ -39,10 +39,21 @@ USD = "usd"
 REFERENCE = "order:1"
 
 
+class Orders:
+    """The business model these tests' money calls are made for (``MoneyScope`` plugin
+    ``orders``): enabled, as a plugin making money calls is, with no hooks. A charge
+    whose intent names a plugin that is not enabled is posted by the engine as made
+    outside it."""
+
+
 @pytest.fixture
 async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
     async with running_stack(
-        fresh_database_url, nats_url, unique_name.upper(), plugins=()
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=(),
+        extra_plugins={"orders": Orders()},
     ) as running:
         yield running
 
@@ -1054,13 +1065,15 @@ async def test_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
     assert run.problems == 0, [item.detail for item in run.problem_items()]
 
 
-async def test_an_invoice_of_an_enabled_plugins_subscription_is_left_to_that_plugin(
+async def test_an_invoice_an_enabled_plugin_owns_but_does_not_settle_is_posted_once(
     meaning_stack: Stack,
 ) -> None:
     """Whose invoice it is comes from Stripe's data: a subscription whose metadata names
-    an enabled plugin (``marketplace_plugin``) has its invoices' charges posted by that
-    plugin, never by the engine as a movement made outside it, whatever order the
-    events come in; one naming a plugin that is not enabled is posted by the engine."""
+    an enabled plugin (``marketplace_plugin``) has its invoices' charges left to that
+    plugin by the charge's events; this one settles no invoices, so the engine's
+    ``invoice.paid`` fallback, after the plugins' handlers, posts the charge once as a
+    movement made outside the engine. One naming a plugin that is not enabled is
+    posted by the engine too, once."""
     stack = meaning_stack
     client = stack.stripe()
 
@@ -1082,14 +1095,14 @@ async def test_an_invoice_of_an_enabled_plugins_subscription_is_left_to_that_plu
 
     owned, orphan = await asyncio.to_thread(outside)
     await stack.settle()
-    keys = {
-        row["idempotency_key"]
-        for row in await stack.services.db.pool.fetch(
-            "SELECT idempotency_key FROM marketplace_ledger_transactions"
-        )
-    }
-    assert f"charge:{owned}" not in keys
-    assert f"charge:{orphan}" in keys
+    rows = await stack.services.db.pool.fetch(
+        "SELECT idempotency_key, plugin FROM marketplace_ledger_transactions"
+    )
+    keys = [row["idempotency_key"] for row in rows]
+    assert keys.count(f"charge:{owned}") == 1
+    assert keys.count(f"charge:{orphan}") == 1
+    assert {row["plugin"] for row in rows if row["idempotency_key"].startswith("charge:")} == {""}
+    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
 
 
 async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_records_it(
@@ -1220,12 +1233,14 @@ async def test_one_off_invoices_made_outside_every_plugin_are_posted_once_and_re
     assert run.problems == 0, [item.detail for item in run.problem_items()]
 
 
-async def test_a_one_off_invoice_naming_an_enabled_plugin_is_left_to_it(
+async def test_a_one_off_invoice_naming_an_enabled_plugin_that_does_not_settle_it_is_posted(
     meaning_stack: Stack,
 ) -> None:
     """A one-off invoice whose own metadata names an enabled plugin
-    (``marketplace_plugin``) is that plugin's: the engine never posts its charge; one
-    naming a plugin that is not enabled is posted by the engine as made outside it."""
+    (``marketplace_plugin``) is left to that plugin by its charge's events; the plugin
+    settles no invoices, so the engine's ``invoice.paid`` fallback posts the charge
+    once, as made outside the engine; one naming a plugin that is not enabled is
+    posted by the engine too, once."""
     stack = meaning_stack
     client = stack.stripe()
 
@@ -1247,11 +1262,11 @@ async def test_a_one_off_invoice_naming_an_enabled_plugin_is_left_to_it(
 
     owned, orphan = await asyncio.to_thread(outside)
     await stack.settle()
-    keys = {
-        row["idempotency_key"]
-        for row in await stack.services.db.pool.fetch(
-            "SELECT idempotency_key FROM marketplace_ledger_transactions"
-        )
-    }
-    assert f"charge:{owned}" not in keys
-    assert f"charge:{orphan}" in keys
+    rows = await stack.services.db.pool.fetch(
+        "SELECT idempotency_key, plugin FROM marketplace_ledger_transactions"
+    )
+    keys = [row["idempotency_key"] for row in rows]
+    assert keys.count(f"charge:{owned}") == 1
+    assert keys.count(f"charge:{orphan}") == 1
+    assert {row["plugin"] for row in rows if row["idempotency_key"].startswith("charge:")} == {""}
+    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)

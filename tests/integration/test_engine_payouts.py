@@ -43,6 +43,7 @@ from engine.payments.pricing import PricedOrder
 from engine.testing.stack import Stack, running_stack
 from engine.worker.periodic import run_periodic_once
 from engine.worker.runtime import periodic_tasks
+from tests.integration.test_engine_movements import Orders
 
 USD = "usd"
 DAY = 86_400
@@ -51,7 +52,11 @@ DAY = 86_400
 @pytest.fixture
 async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> AsyncIterator[Stack]:
     async with running_stack(
-        fresh_database_url, nats_url, unique_name.upper(), plugins=()
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=(),
+        extra_plugins={"orders": Orders()},
     ) as running:
         yield running
 
