@@ -4,8 +4,9 @@ A worker takes "drain <key>" tokens off the stream and, instead of one drain (a
 lease, a read and its own connection) per token, hands the keys to a
 ``DrainBatcher``: up to ``[worker] drains`` drains run at once, each leasing up
 to ``[worker] keys_per_drain`` ready keys in one round trip
-(``Mailbox.drain_many``: one fencing token per key, the keys applied at the same
-time, each in its own fenced transaction on a connection of its own).
+(``Mailbox.drain_many(shared=True)``: one fencing token per key, the keys applied
+one after the other in one transaction, every key's token checked by the one
+statement that marks them all before the commit).
 ``TokenReceiver`` reads the stream, holds at most ``[worker] concurrency``
 tokens unfinished (queued or draining), and acks a
 token once its key's drain has finished; any other task (a plugin's) goes to

@@ -263,7 +263,7 @@ class Worker:
     async def drain_many(self, accounts: list[str]) -> dict[str, str]:
         """Drain several accounts in one batched drain; re-queue at the back those with
         more to do. Returns each account's outcome state."""
-        outcomes = await self.mailbox.drain_many(accounts, self.owner, self._handle)
+        outcomes = await self.mailbox.drain_many(accounts, self.owner, self._handle, shared=True)
         for account, outcome in outcomes.items():
             with log_context(account=account):
                 self._record(account, outcome)
