@@ -102,6 +102,17 @@ SELECT acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev) A
 FROM acc
 """
 
+# ``_ACCEPT`` for several events in one round trip and one commit, through
+# ``marketplace_mailbox_accept_many`` (core migration ``0007``). One row per event
+# accepted or found already stored, by its 1-based position; none for a duplicate
+# of an event earlier in the same call.
+_ACCEPT_MANY = """
+SELECT out_position AS position, out_version AS version,
+       out_newly_scheduled AS newly_scheduled, out_parked AS parked, out_inserted AS inserted
+FROM marketplace_mailbox_accept_many($1::text[], $2::text[], $3::text[], $4::bool[],
+                                     $5::bigint[], $6::text[])
+"""
+
 # An event of another Stripe API version (``engine.webhooks.versions``): stored dead
 # with its reason, nothing scheduled or parked. It takes the mailbox's current
 # version as its seq without bumping it (under the row's lock), so a replay applies
@@ -176,18 +187,24 @@ SELECT scheduled, (SELECT count(*) FROM marked) AS marked FROM fence
 # ``_MARK_AND_RELEASE`` for every mailbox of a shared drain (``drain_many(shared=True)``)
 # at once: each key's token checked, its batch marked handled and its lease released as
 # above. A key not returned lost its lease: the caller raises ``LeaseLost`` and the one
-# transaction of the drain rolls back whole.
+# transaction of the drain rolls back whole. The rows are locked in key order, as the
+# intake's group commit and ``marketplace_mailbox_lease_many`` lock them (no deadlock).
 _MARK_AND_RELEASE_MANY = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::int[])
         AS i(account, epoch, version, may_be_idle, handled)
+), locked AS (
+    SELECT a.account FROM marketplace_webhook_accounts a
+    WHERE a.account = ANY($1::text[])
+    ORDER BY a.account
+    FOR UPDATE
 ), fence AS (
     UPDATE marketplace_webhook_accounts a
     SET scheduled = a.scheduled AND NOT (a.version = i.version AND i.may_be_idle),
         scheduled_at = CASE WHEN a.version = i.version AND i.may_be_idle THEN NULL ELSE now() END,
         lease_owner = '', lease_until = NULL, attempts = 0, last_error = '',
         handled = a.handled + i.handled, updated_at = now()
-    FROM input i
+    FROM input i JOIN locked l ON l.account = i.account
     WHERE a.account = i.account AND a.lease_epoch = i.epoch
     RETURNING a.account, a.scheduled
 ), marked AS (
@@ -364,6 +381,9 @@ class Mailbox:
         self.lease_many = True
         """False once ``marketplace_mailbox_lease_many`` was found missing: ``drain_many``
         drains one mailbox at a time."""
+        self.accept_many_exists = True
+        """False once ``marketplace_mailbox_accept_many`` was found missing: ``accept_many``
+        accepts one event at a time."""
 
     def key_of(self, event: Mapping[str, Any]) -> str:
         """The mailbox ``event`` goes to."""
@@ -415,6 +435,66 @@ class Mailbox:
             version=int(row["version"]),
             publish=bool(row["newly_scheduled"]) and not row["parked"],
         )
+
+    async def accept_many(
+        self, events: Sequence[tuple[Mapping[str, Any], str, str]]
+    ) -> list[Accepted]:
+        """Commit several verified events ``(event, raw body, key)`` in one statement.
+
+        Each is accepted as ``accept`` accepts one (its own mailbox version, a
+        duplicate changes nothing), all in one round trip and one commit. The
+        events go in mailbox key order (the order of one key's events kept), so
+        that concurrent calls lock mailbox rows in one order. Returns one
+        ``Accepted`` per event, in the order given. Without the function (a
+        database not yet migrated to core step ``0007``) each is accepted alone.
+        """
+        if not events:
+            return []
+        if self.accept_many_exists:
+            accepted = await self._accept_many(events)
+            if accepted is not None:
+                return accepted
+        return [await self.accept(event, raw, key=key) for event, raw, key in events]
+
+    async def _accept_many(
+        self, events: Sequence[tuple[Mapping[str, Any], str, str]]
+    ) -> list[Accepted] | None:
+        order = sorted(range(len(events)), key=lambda index: events[index][2])
+        ordered = [events[index] for index in order]
+        async with self._pool.acquire() as conn:
+            try:
+                rows = await conn.fetch(
+                    _ACCEPT_MANY,
+                    [str(event["id"]) for event, _, _ in ordered],
+                    [key for _, _, key in ordered],
+                    [str(event.get("type", "")) for event, _, _ in ordered],
+                    [bool(event.get("livemode", False)) for event, _, _ in ordered],
+                    [int(event.get("created") or 0) for event, _, _ in ordered],
+                    [raw for _, raw, _ in ordered],
+                )
+            except asyncpg.UndefinedFunctionError:
+                log.warning(
+                    "marketplace_mailbox_accept_many is missing (run `marketplace migrate`); "
+                    "accepting one event at a time"
+                )
+                self.accept_many_exists = False
+                return None
+        found = {int(row["position"]) - 1: row for row in rows}
+        accepted: list[Accepted | None] = [None] * len(events)
+        for position, index in enumerate(order):
+            key = events[index][2]
+            row = found.get(position)
+            accepted[index] = (
+                Accepted(inserted=False, account=key)
+                if row is None
+                else Accepted(
+                    inserted=bool(row["inserted"]),
+                    account=key,
+                    version=int(row["version"]),
+                    publish=bool(row["newly_scheduled"]) and not row["parked"],
+                )
+            )
+        return [one for one in accepted if one is not None]
 
     async def quarantine(self, event: Quarantined) -> Accepted:
         """Store a malformed event dead in the ``quarantine`` mailbox with its reason.

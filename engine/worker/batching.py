@@ -163,14 +163,24 @@ class TokenReceiver:
         except Exception:  # not a taskiq message: taskiq's receiver logs and acks it
             parsed = None
         if parsed is not None and parsed.task_name == self._drain_task and parsed.args:
-            self._batcher.submit(str(parsed.args[0]), self._done(message))
+            # One token may name several keys (the intake's group commit): acked when
+            # the drains of all of them have finished.
+            keys = list(dict.fromkeys(str(arg) for arg in parsed.args))
+            done = self._done(message, len(keys))
+            for key in keys:
+                self._batcher.submit(key, done)
             return
         task = asyncio.create_task(self._others.callback(message=message))
         self._other_tasks.add(task)
         task.add_done_callback(self._other_finished)
 
-    def _done(self, message: bytes | AckableMessage) -> Done:
+    def _done(self, message: bytes | AckableMessage, keys: int = 1) -> Done:
+        left = [keys]
+
         async def done() -> None:
+            left[0] -= 1
+            if left[0] > 0:
+                return
             try:
                 await _ack(message)
             finally:
