@@ -240,8 +240,10 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings, plugins: Plugins
 
 
 def cmd_payouts_refresh(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> int:
-    """Apply Stripe's list of payouts of every account (or of ``--account``) to the records
-    and the ledger: payouts whose events were lost converge on Stripe's status."""
+    """Apply Stripe's payouts of every account (or of ``--account``) to the records and the
+    ledger: payouts whose events were lost converge on Stripe's status. Incremental (the
+    payouts created since each account's last refresh, and its open ones) unless
+    ``--full``."""
     from engine.payments.payouts import refresh_all_payouts
     from engine.services import Services
 
@@ -255,6 +257,7 @@ def cmd_payouts_refresh(args: argparse.Namespace, settings: Settings, plugins: P
                 services.gateway,
                 services.ledger,
                 args.account or None,
+                full=args.full,
             )
         finally:
             await services.close()
@@ -565,6 +568,11 @@ def _parser(plugins: Plugins | None) -> argparse.ArgumentParser:
         "--account",
         action="append",
         help="acct_... or platform (repeatable; default: the platform and every known account)",
+    )
+    refresh.add_argument(
+        "--full",
+        action="store_true",
+        help="list every payout of each account, not only those since its last refresh",
     )
     refresh.set_defaults(func=cmd_payouts_refresh)
 

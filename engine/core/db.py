@@ -288,9 +288,21 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (_MAILBOX_LEASE_MANY_FUNCTION,),
     ),
     (
+        # Where each account's next payout refresh lists from (engine.payments.payouts):
+        # the Stripe ``created`` of the newest payout its last refresh listed.
+        "0007_payout_refresh",
+        (
+            """CREATE TABLE IF NOT EXISTS marketplace_payout_refresh (
+                account_id TEXT PRIMARY KEY,
+                listed_from BIGINT NOT NULL,
+                refreshed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
+    (
         # The intake's group commit (``Mailbox.accept_many``): events accepted together
         # in one round trip and one commit.
-        "0007_mailbox_accept_many",
+        "0008_mailbox_accept_many",
         (_MAILBOX_ACCEPT_MANY_FUNCTION,),
     ),
 )

@@ -324,6 +324,31 @@ class Ledger:
         )
         return int(status.split()[-1])
 
+    async def name_transaction(self, posting: Posting, *, conn: asyncpg.Connection) -> bool:
+        """Give the transaction already posted under ``posting.key`` the business of
+        ``posting`` (its kind, description, plugin and reference) if it names none;
+        whether it did.
+
+        A movement is posted as made outside the engine, naming nothing, when no
+        payment record or metadata said whose it was yet (a Billing invoice of a
+        subscription that named no owner). The plugin that records it later posts
+        the same entries under the same key, which ``post`` leaves as they were;
+        this names them then, so the ledger ends the same whichever came first.
+        Never an entry, never a named transaction.
+        """
+        status: str = await conn.execute(
+            "UPDATE marketplace_ledger_transactions "
+            "SET kind = $2, description = $3, plugin = $4, reference = $5 "
+            "WHERE idempotency_key = $1 "
+            "AND coalesce(plugin, '') = '' AND coalesce(reference, '') = ''",
+            posting.key,
+            posting.kind,
+            posting.description,
+            posting.plugin,
+            posting.reference,
+        )
+        return status.rsplit(maxsplit=1)[-1] != "0"
+
     async def is_posted(self, key: str) -> bool:
         """Whether an operation key has been posted."""
         async with self._pool.acquire() as conn:

@@ -93,10 +93,10 @@ from engine.core.postings import (
 from engine.gateway import StripeGateway, idempotency_key
 from engine.payments.pricing import PricedOrder, record_payment
 from engine.payments.records import (
-    MEANING_METADATA,
     dispute_payment_status,
     link_payment_intent,
     lock_charge_movements,
+    meaning_metadata,
     record_transfer,
     refund_status,
     update_payment,
@@ -350,7 +350,7 @@ async def charge(
         # The engine's own keys last: a caller's metadata cannot mislabel the payment.
         "metadata": {
             **(metadata or {}),
-            **dict(zip(MEANING_METADATA, (scope.plugin, scope.reference), strict=True)),
+            **meaning_metadata(scope.plugin, scope.reference),
         },
         **({"customer": customer} if customer else {}),
         **({"setup_future_usage": "off_session"} if save_for_later else {}),
@@ -630,7 +630,9 @@ async def post_destination_charge(
     records the payment too, ``succeeded``, for the destination account, under
     the charge's PaymentIntent (its ``ch_`` when it has none); a charge already
     refunded or disputed by then is recorded so (``_late_status``), since the
-    engine's refund and dispute handlers may have found no payment to update.
+    engine's refund and dispute handlers may have found no payment to update, and
+    a charge the engine already posted as made outside it, naming nothing, takes
+    this posting's kind and meaning (``Ledger.name_transaction``).
     """
     found = await _expanded_charge(scope, charge)
     facts = destination_charge_from(found)
@@ -661,15 +663,17 @@ async def post_destination_charge(
         await scope.ledger.name_movements(
             earlier, plugin=scope.plugin, reference=scope.reference, conn=scope.conn
         )
-    await scope.post(
-        destination_charge_posting(
-            facts,
-            kind=kind,
-            reference=scope.reference,
-            plugin=scope.plugin,
-            description=description,
-        )
+    posting = destination_charge_posting(
+        facts,
+        kind=kind,
+        reference=scope.reference,
+        plugin=scope.plugin,
+        description=description,
     )
+    if not await scope.post(posting) and priced is not None:
+        # Posted before as a movement made outside the engine (its invoice named no
+        # owner): the same entries, now named as this business's.
+        await scope.ledger.name_transaction(posting, conn=scope.conn)
     return facts
 
 
@@ -823,8 +827,9 @@ async def record_transfer_made(
     For a transfer whose request died after Stripe made it, found by the key
     in its metadata, or announced by ``transfer.created``. It is recorded under
     the key in its metadata (``idempotency_key``: the first attempt's, which
-    ``transfer`` puts there), else ``key``, at Stripe's time, and posted, once:
-    the API path and a webhook handler record the same row.
+    ``transfer`` puts there, as ``refund`` and ``reverse`` do on theirs), else
+    ``key``, at Stripe's time, and posted, once: the API path and a webhook
+    handler record the same row.
 
     Raises:
         RecordConflict: the transfer (or its key) is recorded with other facts
@@ -919,7 +924,8 @@ async def reverse(
 
     ``charge_id`` is the transfer's charge: its movements are locked first
     (``lock_charge_movements``), so the engine's webhook handlers wait for this
-    transaction. Key: ``<reference>:reversal:<operation...>``.
+    transaction. Key: ``<reference>:reversal:<operation...>``, also in the reversal's
+    ``metadata[idempotency_key]`` (so a record lost with its transaction is found by it).
 
     Raises:
         InsufficientBalance: the destination already paid the money out (Stripe
@@ -931,7 +937,7 @@ async def reverse(
         "transfers.reversals",
         "create",
         share.transfer_id,
-        params={"amount": amount.amount, **({"metadata": dict(metadata)} if metadata else {})},
+        params={"amount": amount.amount, "metadata": {"idempotency_key": key, **(metadata or {})}},
         idempotency_key=key,
     )
     reversed_ = Reversed(
@@ -1008,7 +1014,8 @@ async def refund(
     with its ``failure`` and posts nothing; the platform carries it. A share of
     the charge held (``hold_share``) loses its leg's part (``take_off_hold``; in
     ``held_reduced``); shares not paid nor held yet are the caller's to reduce.
-    Key: ``<reference>:refund:<operation...>``.
+    Key: ``<reference>:refund:<operation...>``, also in the refund's
+    ``metadata[idempotency_key]`` (so a record lost with its transaction is found by it).
 
     Args:
         charge_id: the ``ch_`` refunded.
@@ -1037,7 +1044,7 @@ async def refund(
             "charge": charge_id,
             "amount": amount.amount,
             "reason": reason,
-            **({"metadata": dict(metadata)} if metadata else {}),
+            "metadata": {"idempotency_key": key, **(metadata or {})},
         },
         idempotency_key=key,
     )

@@ -3,7 +3,8 @@
 A payout (a connected account's or the platform's own) is recorded in
 ``marketplace_payouts`` and posted ``payout:<po>`` (the balance to its bank) as
 soon as the engine learns of it, from a ``payout.*`` event (``apply_payout``)
-or from Stripe's list (``refresh_payouts``; ``refresh_all_payouts`` for every account,
+or from Stripe (``refresh_payouts``: the payouts created since the account's last
+refresh and the open ones it knows; ``refresh_all_payouts`` for every account,
 run by the workers every ``[worker] payout_refresh_seconds`` and by ``marketplace
 payouts refresh``). Its status moves forward only, in
 ``PAYOUT_STATUS_ORDER``, compared inside the one ``UPDATE``:
@@ -259,19 +260,75 @@ async def apply_payout(
     return AppliedPayout(record, returned=returned)
 
 
-async def refresh_payouts(
-    conn: asyncpg.Connection, gateway: StripeGateway, ledger: Ledger, account: str
-) -> list[AppliedPayout]:
-    """Apply every payout Stripe lists for ``account`` (``platform``: the platform's own).
+_OPEN: Final = ("pending", "in_transit")
+"""Statuses a payout leaves without the refresh's list bringing it again."""
 
-    For payouts whose events were lost or not yet delivered: each is applied
-    as ``apply_payout`` would (oldest first), so an event handled later
-    changes nothing more. Returns what was applied, oldest first.
+
+async def refresh_payouts(
+    conn: asyncpg.Connection,
+    gateway: StripeGateway,
+    ledger: Ledger,
+    account: str,
+    *,
+    full: bool = False,
+) -> list[AppliedPayout]:
+    """Apply the payouts of ``account`` (``platform``: the platform's own) Stripe has and
+    the engine may not: incrementally.
+
+    For payouts whose events were lost or not yet delivered. Stripe's list is read
+    from the ``created`` of the newest payout the account's last refresh listed
+    (``created[gte]``, kept in ``marketplace_payout_refresh``; everything the first
+    time, or with ``full``), and each payout the engine holds as ``pending`` or
+    ``in_transit`` that the list did not bring is retrieved: a payout created
+    since is found, an open one follows its status, and a final one older than the
+    last listing is not read again. So each refresh reads what changed, not the
+    account's whole history. Each is applied as ``apply_payout`` would (oldest
+    first), so an event handled later changes nothing more. Returns what was
+    applied, oldest first.
+
+    A ``paid`` payout is not read again: a bank returning it later is Stripe's
+    ``payout.failed`` event (or a ``full`` refresh).
     """
-    listed = await gateway.list_all("payouts", account=None if account == PLATFORM else account)
+    stripe_account = None if account == PLATFORM else account
+    since = None
+    if not full:
+        since = await conn.fetchval(
+            "SELECT listed_from FROM marketplace_payout_refresh WHERE account_id = $1", account
+        )
+    params = {} if since is None else {"created": {"gte": int(since)}}
+    found = await gateway.list_all("payouts", params=params, account=stripe_account)
+    listed = {str(item["id"]) for item in found}
+    open_ids = await conn.fetch(
+        "SELECT stripe_payout_id FROM marketplace_payouts "
+        "WHERE account_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+        account,
+        list(_OPEN),
+    )
+    for row in open_ids:
+        if str(row["stripe_payout_id"]) not in listed:
+            found.append(
+                await gateway.call(
+                    "payouts", "retrieve", str(row["stripe_payout_id"]), account=stripe_account
+                )
+            )
     applied = []
-    for item in sorted(listed, key=lambda found: (int(found.get("created") or 0), found["id"])):
+    for item in sorted(found, key=lambda item: (int(item.get("created") or 0), item["id"])):
         applied.append(await apply_payout(conn, gateway, ledger, item, account=account))
+    newest = max(
+        (int(item.get("created") or 0) for item in found if item["id"] in listed), default=None
+    )
+    if newest is not None:
+        await conn.execute(
+            """
+            INSERT INTO marketplace_payout_refresh (account_id, listed_from, refreshed_at)
+            VALUES ($1, $2, now())
+            ON CONFLICT (account_id) DO UPDATE SET
+                listed_from = GREATEST(marketplace_payout_refresh.listed_from, $2),
+                refreshed_at = now()
+            """,
+            account,
+            newest,
+        )
     return applied
 
 
@@ -285,9 +342,12 @@ async def refresh_all_payouts(
     gateway: StripeGateway,
     ledger: Ledger,
     accounts: Sequence[str] | None = None,
+    *,
+    full: bool = False,
 ) -> dict[str, list[AppliedPayout]]:
     """``refresh_payouts`` for each of ``accounts`` (default: the platform and every
-    connected account the engine knows), each in a transaction of its own.
+    connected account the engine knows), each in a transaction of its own
+    (``full``: each account's whole list, not only what changed since its last refresh).
 
     So payouts whose events were lost converge on Stripe's status (and are
     posted, once). One account's failure (Stripe refusing the list, a conflict)
@@ -303,7 +363,7 @@ async def refresh_all_payouts(
     for account in accounts:
         try:
             async with pool.acquire() as conn, conn.transaction():
-                applied[account] = await refresh_payouts(conn, gateway, ledger, account)
+                applied[account] = await refresh_payouts(conn, gateway, ledger, account, full=full)
         except MarketplaceError:
             log.exception("refreshing the payouts of %s failed", account)
     return applied

@@ -60,8 +60,10 @@ __all__ = [
     "RecordedPayment",
     "advance_status_sql",
     "dispute_payment_status",
+    "invoice_owner",
     "link_payment_intent",
     "lock_charge_movements",
+    "meaning_metadata",
     "payment_status_rank",
     "payment_totals",
     "payments_created_between",
@@ -74,7 +76,35 @@ __all__ = [
 MEANING_METADATA: Final = ("marketplace_plugin", "marketplace_reference")
 """The Stripe metadata keys under which the engine writes, on every PaymentIntent it
 creates, the plugin and business object the payment is for: an event about the
-charge handled before the payment's record committed still knows its meaning."""
+charge handled before the payment's record committed still knows its meaning. A
+plugin writes them on the Stripe Billing subscriptions it makes (``meaning_metadata``)
+to own their invoices (``invoice_owner``)."""
+
+
+def meaning_metadata(plugin: str, reference: str) -> dict[str, str]:
+    """Stripe metadata naming ``plugin`` and its business object ``reference``
+    (``MEANING_METADATA``): what the engine writes on its PaymentIntents, and what a
+    plugin writes on a Billing subscription it makes so the subscription's invoices
+    are its own to post (``invoice_owner``)."""
+    return dict(zip(MEANING_METADATA, (plugin, reference), strict=True))
+
+
+def invoice_owner(invoice: Mapping[str, Any]) -> str:
+    """The plugin that owns a Stripe Billing invoice (and so records and posts the
+    charge that pays it), ``""`` for none: the ``marketplace_plugin`` of the invoice's
+    own metadata, else of its subscription's as the invoice carries it
+    (``parent.subscription_details.metadata``, Stripe's snapshot of the
+    subscription's metadata, fixed when the invoice is finalised)."""
+    parent = invoice.get("parent")
+    details = parent.get("subscription_details") if isinstance(parent, Mapping) else None
+    for metadata in (
+        invoice.get("metadata"),
+        details.get("metadata") if isinstance(details, Mapping) else None,
+    ):
+        if isinstance(metadata, Mapping) and metadata.get(MEANING_METADATA[0]):
+            return str(metadata[MEANING_METADATA[0]])
+    return ""
+
 
 PAYMENT_STATUS_ORDER: Final[Mapping[str, int]] = MappingProxyType(
     {

@@ -103,7 +103,7 @@ FROM acc
 """
 
 # ``_ACCEPT`` for several events in one round trip and one commit, through
-# ``marketplace_mailbox_accept_many`` (core migration ``0007``). One row per event
+# ``marketplace_mailbox_accept_many`` (core migration ``0008``). One row per event
 # accepted or found already stored, by its 1-based position; none for a duplicate
 # of an event earlier in the same call.
 _ACCEPT_MANY = """
@@ -446,7 +446,7 @@ class Mailbox:
         events go in mailbox key order (the order of one key's events kept), so
         that concurrent calls lock mailbox rows in one order. Returns one
         ``Accepted`` per event, in the order given. Without the function (a
-        database not yet migrated to core step ``0007``) each is accepted alone.
+        database not yet migrated to core step ``0008``) each is accepted alone.
         """
         if not events:
             return []

@@ -46,6 +46,7 @@ from engine.payments.payouts import apply_payout
 from engine.payments.records import (
     MEANING_METADATA,
     dispute_payment_status,
+    invoice_owner,
     lock_charge_movements,
     refund_status,
     return_failed_refund,
@@ -361,9 +362,11 @@ async def on_charge_captured(event: StripeEvent, ctx: EventContext) -> None:
     with its transfer and application fee (``destination_charge_posting``),
     labelled by the plugins' ``resolve_movement_meaning``. Left alone: a charge
     a payment record names or whose intent the engine made (``MEANING_METADATA``:
-    the engine's money call posts it, with its kind), one paying an invoice
-    (Stripe Billing's: the subscription's plugin posts it from ``invoice.paid``),
-    and a connected account's ``py_`` (posted with the platform's transfer). A
+    the engine's money call posts it, with its kind), one paying a Stripe Billing
+    invoice an enabled plugin owns (``_pays_a_plugins_invoice``: that plugin posts
+    it from ``invoice.paid``), and a connected account's ``py_`` (posted with the
+    platform's transfer). A charge paying any other invoice (Billing used directly)
+    is posted here like any other. A
     charge on a connected account's own balance (a direct charge: the event names
     the ``account``) is posted there by the same rule (``_post_direct_charge``).
     """
@@ -391,7 +394,8 @@ async def _outside_charge(
     balance, the platform's when ``None``) with its balance transaction expanded, if
     the engine is to post it as a movement made outside it; ``None`` for one already
     posted, one a payment record names, one whose intent the engine made
-    (``MEANING_METADATA``), one paying an invoice, a ``py_``, or an authorisation."""
+    (``MEANING_METADATA``), one paying an invoice an enabled plugin owns, a ``py_``,
+    or an authorisation."""
     if obj.get("object") == "payment_intent":
         intent: Mapping[str, Any] | None = obj
         charge_id, intent_id = _id(obj.get("latest_charge")), str(obj.get("id") or "")
@@ -425,13 +429,7 @@ async def _outside_charge(
                 return None
         if _engine_meaning(intent) is not None:
             return None
-        paying = await gateway.call(
-            "invoice_payments",
-            "list",
-            params={"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1},
-            account=account,
-        )
-        if paying.get("data"):
+        if await _pays_a_plugins_invoice(ctx, intent_id, account):
             return None
     charge: Mapping[str, Any] = obj
     if intent is not None or not isinstance(obj.get("balance_transaction"), Mapping):
@@ -448,6 +446,35 @@ async def _outside_charge(
     if not charge.get("captured") or not isinstance(charge.get("balance_transaction"), Mapping):
         return None
     return charge
+
+
+async def _pays_a_plugins_invoice(ctx: EventContext, intent_id: str, account: str | None) -> bool:
+    """Whether PaymentIntent ``intent_id`` pays a Stripe Billing invoice an enabled plugin
+    owns (``invoice_owner``), so that plugin posts its charge (from ``invoice.paid``)
+    and the engine must not: the same ``charge:<ch>`` under another kind and meaning.
+
+    Decided from Stripe's data alone, never from what a handler has done yet, so the
+    engine and the plugin agree whatever order the charge's and the invoice's events
+    are handled in. An invoice no enabled plugin owns (made with Stripe's API or
+    dashboard directly) is a movement made outside the engine."""
+    gateway = ctx.services.gateway
+    paying = await gateway.call(
+        "invoice_payments",
+        "list",
+        params={
+            "payment": {"type": "payment_intent", "payment_intent": intent_id},
+            "limit": 1,
+            "expand": ["data.invoice"],
+        },
+        account=account,
+    )
+    for payment in paying.get("data") or []:
+        invoice = payment.get("invoice")
+        if not isinstance(invoice, Mapping):
+            invoice = await gateway.call("invoices", "retrieve", _id(invoice), account=account)
+        owner = invoice_owner(invoice)
+        return bool(owner) and ctx.services.plugins.is_enabled(owner)
+    return False
 
 
 async def _post_direct_charge(ctx: EventContext, charge: Mapping[str, Any], account: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from engine.payments.records import meaning_metadata
 from engine.sandbox.testing import verified_account_params
 from engine.testing.conformance import ConformanceSpec, SampleContext
 from engine.testing.events import stripe_event
@@ -95,6 +96,7 @@ async def sample_events(ctx: SampleContext) -> list[dict[str, Any]]:
     )
     rows = await _rows(ctx, account_id, price, customer)
     metadata = {
+        **meaning_metadata(PLUGIN, f"{PLUGIN}:subscription:{rows['subscription']}"),
         "plugin": PLUGIN,
         SUBSCRIPTION_METADATA: str(rows["subscription"]),
         TIER_METADATA: str(rows["tier"]),

@@ -31,6 +31,7 @@ from engine.core.contributions import MAILBOX_ACCOUNT_METADATA
 from engine.core.errors import CardDeclined, Conflict, InvalidInput, MarketplaceError, NotFound
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent
+from engine.payments.records import meaning_metadata
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import (
     Env,
@@ -241,6 +242,10 @@ async def get_subscription(env: Env, subscription_id: int) -> SubscriptionView:
 
 def _metadata(row: Mapping[str, Any], tier_id: int) -> dict[str, str]:
     return {
+        # The engine leaves the subscription's invoices to this plugin, which records and
+        # posts each paid one (``invoice.paid``): without it their charges would be
+        # movements made outside the engine, posted with no business meaning.
+        **meaning_metadata(PLUGIN, f"{PLUGIN}:subscription:{row['id']}"),
         "plugin": PLUGIN,
         SUBSCRIPTION_METADATA: str(row["id"]),
         "creator_account": str(row["account_id"]),

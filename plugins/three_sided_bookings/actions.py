@@ -150,6 +150,22 @@ async def record_dispute_outcome(ctx: BookingContext) -> None:
     await disputes.record_outcome(ctx)
 
 
+async def record_stripe_refund(ctx: BookingContext) -> None:
+    """A refund made in Stripe (the dashboard): record it on the booking, move no money.
+
+    The refund is Stripe's already (and posted by the engine); the booking takes
+    it in (``payments.refund_made_in_stripe``) so its amounts follow and the
+    transition's guards (``partial_refund``/``full_refund`` on its amount) put the
+    booking where a refund through the API would.
+    """
+    refund = ctx.params.refund
+    amount = ctx.params.amount  # what the guards judged: the refund's own amount
+    if refund is None or amount != int(refund.get("amount") or 0):
+        raise InvalidInput("refunded_in_stripe needs the Stripe refund and its amount")
+    if await payments.refund_made_in_stripe(ctx.conn, refund):
+        ctx.add("refunds", {"refund": refund.get("id"), "amount": amount, "made_in": "stripe"})
+
+
 async def replace_saved_card(ctx: BookingContext) -> None:
     """The customer gives a new card for what is charged later (a balance, an arrival).
 
@@ -175,6 +191,7 @@ ACTION_IMPLEMENTATIONS: Final[Mapping[str, Action]] = {
     "submit_dispute_evidence": submit_dispute_evidence,
     "record_dispute_outcome": record_dispute_outcome,
     "replace_saved_card": replace_saved_card,
+    "record_stripe_refund": record_stripe_refund,
 }
 """Every name in ``process.ACTIONS`` (a unit test checks both lists agree)."""
 
@@ -184,6 +201,7 @@ ACTION_FIELDS: Final[Mapping[str, frozenset[str]]] = {
     "secure_payment_on_arrival": frozenset({"payment_method"}),
     "replace_saved_card": frozenset({"payment_method"}),
     "refund_amount": frozenset({"amount"}),
+    "record_stripe_refund": frozenset({"amount"}),
     "submit_dispute_evidence": frozenset({"statement"}),
 }
 """The request fields (``BookingAction``) each action reads; ``reason`` goes to every

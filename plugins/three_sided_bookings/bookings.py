@@ -92,7 +92,8 @@ class Outcome:
 
 
 async def _already_taken(conn: Connection, booking_id: int, name: str, request: str | None) -> bool:
-    """Whether the booking already took transition ``name`` for ``request`` (a retry).
+    """Whether the booking already took transition ``name`` for ``request`` (a retry),
+    or its refunds for ``request`` are recorded (its own transaction was lost).
 
     Raises:
         Conflict: the request took another transition of this booking.
@@ -110,7 +111,23 @@ async def _already_taken(conn: Connection, booking_id: int, name: str, request: 
             f"this request took the transition {taken!r} of booking {booking_id}",
             field="Idempotency-Key",
         )
-    return taken is not None
+    if taken is None:
+        # Its transaction rolled back after Stripe refunded, and Stripe's event recorded
+        # the refund under the request's key (``payments.refund_made_in_stripe``): the
+        # money moved once and the booking shows it; running it again would compute the
+        # refund's split and reversals from amounts that already count it.
+        suffix = f":request:{request}"
+        return bool(
+            await conn.fetchval(
+                "SELECT 1 FROM three_sided_bookings_refunds WHERE booking = $1 "
+                "AND idempotency_key LIKE $2 AND right(idempotency_key, length($3)) = $3 "
+                "LIMIT 1",
+                booking_id,
+                f"booking:{booking_id}:refund:%",
+                suffix,
+            )
+        )
+    return True
 
 
 class BookingService:

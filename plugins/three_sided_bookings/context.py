@@ -33,6 +33,8 @@ class ActionParams:
         reason: free text kept in the audit trail.
         statement: the operator's statement added to dispute evidence.
         dispute: the Stripe dispute object, for the dispute transitions.
+        refund: a Stripe refund made outside the plugin, for ``refunded_in_stripe``
+            (``amount`` is then its amount).
         intent: a PaymentIntent or SetupIntent the customer authenticated (3D Secure):
             the transition it completes uses it instead of asking Stripe again.
         request: the request's identity (the caller's API key and its
@@ -45,6 +47,7 @@ class ActionParams:
     reason: str = ""
     statement: str = ""
     dispute: dict[str, Any] | None = None
+    refund: dict[str, Any] | None = None
     intent: str | None = None
     request: str | None = None
 

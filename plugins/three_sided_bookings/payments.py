@@ -89,6 +89,7 @@ from plugins.three_sided_bookings.store import (
 __all__ = [
     "account_can_receive",
     "action_json",
+    "booking_of_new_stripe_refund",
     "charge",
     "collect_to",
     "ensure_customer",
@@ -96,6 +97,7 @@ __all__ = [
     "refund_failed_in_stripe",
     "refund_made_in_stripe",
     "release_held_transfers",
+    "reversals_made_in_stripe",
     "reverse_all_shares",
     "save_card",
     "settle",
@@ -629,6 +631,26 @@ async def refund(ctx: BookingContext, charge: ChargeRecord, amount: int) -> None
             await _reduce_held(ctx, transfer, held, share.leg(held.role).amount.amount)
 
 
+async def booking_of_new_stripe_refund(conn: Connection, refund: Mapping[str, Any]) -> int | None:
+    """The booking a refund made outside the plugin is new to (``refund_made_in_stripe``
+    would record it), else None: not a booking's captured charge, failed or canceled,
+    or recorded already."""
+    refund_id = str(refund.get("id") or "")
+    charge_id = _stripe_id(refund.get("charge"))
+    if not refund_id or not charge_id or refund.get("status") in {"failed", "canceled"}:
+        return None
+    booking_id = await conn.fetchval(
+        "SELECT booking FROM three_sided_bookings_charges "
+        "WHERE stripe_charge_id = $1 AND split IS NOT NULL",
+        charge_id,
+    )
+    if booking_id is None or await conn.fetchval(
+        "SELECT 1 FROM three_sided_bookings_refunds WHERE stripe_refund_id = $1", refund_id
+    ):
+        return None
+    return int(booking_id)
+
+
 async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> bool:
     """Take in a refund of a booking's charge that this plugin did not make (Stripe's
     dashboard, another integration); return whether it was new to the booking.
@@ -645,6 +667,11 @@ async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> 
     charges, and taking a beneficiary's share back is the business's decision
     (``refund`` through the API does it); until then the platform carries it.
     A refund that is already failed or canceled moved no money: nothing is recorded.
+
+    A refund the plugin made whose transaction rolled back after Stripe refunded
+    carries the engine's key in its ``metadata[idempotency_key]``: it is recorded
+    under that key, so the request retried finds its refund made (``bookings``:
+    a request whose refund is recorded is not taken again).
     """
     refund_id = str(refund.get("id") or "")
     charge_id = _stripe_id(refund.get("charge"))
@@ -667,6 +694,7 @@ async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> 
     share = movements.refund_share(
         charge.plan, charge.refunded_plan, Money(amount, charge.currency)
     )
+    key = _own_key(refund, charge.booking_id) or f"stripe:{refund_id}"
     inserted = await conn.execute(
         """
         INSERT INTO three_sided_bookings_refunds
@@ -677,7 +705,7 @@ async def refund_made_in_stripe(conn: Connection, refund: Mapping[str, Any]) -> 
         """,
         charge.booking_id,
         charge.id,
-        f"stripe:{refund_id}",
+        key,
         refund_id,
         amount,
         charge.currency,
@@ -770,6 +798,61 @@ async def refund_failed_in_stripe(conn: Connection, refund: Mapping[str, Any]) -
     return True
 
 
+def _own_key(made: Mapping[str, Any], booking_id: int) -> str | None:
+    """The engine's idempotency key a refund or reversal of this booking carries in its
+    metadata (``movements.refund``/``reverse`` put it there), else None."""
+    key = str((made.get("metadata") or {}).get("idempotency_key") or "")
+    return key if key.startswith(f"booking:{booking_id}:") else None
+
+
+async def reversals_made_in_stripe(conn: Connection, transfer: Mapping[str, Any]) -> int:
+    """Record the reversals of a booking's transfer its rows do not show; return how many.
+
+    Called by the plugin's ``transfer.reversed``/``transfer.updated`` handler, after
+    the engine's (which posted them). A reversal the plugin made is found recorded by
+    its ``trr_`` id; one whose transaction rolled back after Stripe reversed (its
+    metadata carries the engine's key) is recorded under that key, one made in
+    Stripe's dashboard under ``stripe:<trr>``; each adds to the transfer row's
+    ``amount_reversed``, once, so the booking shows exactly what Stripe reversed.
+    """
+    row = await conn.fetchrow(
+        "SELECT id, booking FROM three_sided_bookings_transfers WHERE stripe_transfer_id = $1",
+        str(transfer.get("id") or ""),
+    )
+    if row is None:
+        return 0  # not a booking's transfer (or not recorded yet: its event comes first)
+    recorded = 0
+    for reversal in (transfer.get("reversals") or {}).get("data") or []:
+        if not isinstance(reversal, Mapping) or not reversal.get("id"):
+            continue
+        cause = str((reversal.get("metadata") or {}).get("cause") or "")
+        inserted = await conn.execute(
+            """
+            INSERT INTO three_sided_bookings_reversals
+                (booking, transfer, idempotency_key, stripe_reversal_id, amount, currency,
+                 reason, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+            ON CONFLICT DO NOTHING
+            """,
+            row["booking"],
+            row["id"],
+            _own_key(reversal, int(row["booking"])) or f"stripe:{reversal['id']}",
+            str(reversal["id"]),
+            int(reversal.get("amount") or 0),
+            str(reversal.get("currency") or ""),
+            "dispute" if cause.startswith("dp_") else "refund" if cause else "stripe",
+        )
+        if str(inserted).endswith(" 1"):
+            await conn.execute(
+                "UPDATE three_sided_bookings_transfers "
+                "SET amount_reversed = amount_reversed + $2, updated_at = now() WHERE id = $1",
+                row["id"],
+                int(reversal.get("amount") or 0),
+            )
+            recorded += 1
+    return recorded
+
+
 def _stripe_id(value: object) -> str:
     """The id of an expandable field (an id or an expanded object)."""
     if isinstance(value, Mapping):
@@ -843,13 +926,13 @@ async def _record_reversal(
             {"role": transfer.role, "amount": amount, "reason": reversed_.failure},
         )
         return
-    await ctx.conn.execute(
+    inserted = await ctx.conn.execute(
         """
         INSERT INTO three_sided_bookings_reversals
             (booking, transfer, idempotency_key, stripe_reversal_id, amount, currency, reason,
              created_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-        ON CONFLICT (idempotency_key) DO NOTHING
+        ON CONFLICT DO NOTHING
         """,
         ctx.booking.id,
         transfer.id,
@@ -859,6 +942,8 @@ async def _record_reversal(
         ctx.booking.currency,
         "dispute" if cause.startswith("dp_") else "refund",
     )
+    if not str(inserted).endswith(" 1"):
+        return  # recorded already (by its key, or by its id from Stripe's event)
     await ctx.conn.execute(
         "UPDATE three_sided_bookings_transfers SET amount_reversed = amount_reversed + $2, "
         "updated_at = now() WHERE id = $1",

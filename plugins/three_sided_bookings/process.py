@@ -69,6 +69,7 @@ ACTIONS: Final[frozenset[str]] = frozenset(
         "submit_dispute_evidence",  # assemble the evidence from the booking and submit it
         "record_dispute_outcome",  # post the outcome; reverse shares on a loss if configured
         "replace_saved_card",  # save a new card for what is charged later
+        "record_stripe_refund",  # take in a refund made in Stripe (moves no money)
     }
 )
 """Action names a process may use (implemented in ``actions.py``)."""
@@ -344,6 +345,7 @@ def _t(
 
 _PAID = ["paid", "deposit_paid", "authorized", "card_saved"]
 _BUSINESS = ["provider", "venue", "admin"]
+_UNSETTLED = [*_PAID, "confirmed", "completed", "no_show"]
 
 DEFAULT_PROCESS: Final = ProcessSpec(
     name="spa-booking",
@@ -409,6 +411,15 @@ DEFAULT_PROCESS: Final = ProcessSpec(
            guards=["partial_refund"], actions=["refund_amount"]),
         _t("refund", ["settled", "partially_refunded"], "refunded", _BUSINESS,
            guards=["full_refund"], actions=["refund_amount"]),
+        _t("refunded_in_stripe", ["settled", "partially_refunded"], "partially_refunded",
+           ["system"], guards=["partial_refund"], actions=["record_stripe_refund"],
+           description="part refunded in Stripe's dashboard: as a partial refund"),
+        _t("refunded_in_stripe", [*_UNSETTLED, "settled", "partially_refunded"], "refunded",
+           ["system"], guards=["full_refund"], actions=["record_stripe_refund"],
+           description="everything left refunded in Stripe's dashboard: as a full refund"),
+        _t("refunded_in_stripe", _UNSETTLED, SAME_STATE, ["system"],
+           guards=["partial_refund"], actions=["record_stripe_refund"],
+           description="part refunded in Stripe before settlement: recorded, state kept"),
         _t("dispute_opened", [ANY_STATE, "refunded", "cancelled"], "disputed", ["system"],
            actions=["record_dispute"]),
         _t("submit_evidence", ["disputed"], "disputed", ["admin"],

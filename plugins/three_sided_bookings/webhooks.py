@@ -17,10 +17,15 @@
   still in the ledger exactly once. Refunds, reversals and disputes are posted
   by the engine's own handlers, which run first.
 - ``refund.created`` / ``refund.updated``: a refund of a booking's charge made
-  outside the plugin (Stripe's dashboard) is recorded on the booking
-  (``payments.refund_made_in_stripe``); one the plugin made is found recorded.
+  outside the plugin (Stripe's dashboard) is recorded on the booking by the
+  ``refunded_in_stripe`` transition (``payments.refund_made_in_stripe``), which puts
+  the booking where the API's refund would (``partially_refunded``, ``refunded``);
+  one the plugin made is found recorded.
   ``refund.failed`` (and ``refund.updated``/``charge.refund.updated`` saying
   ``failed``): the refund is taken off the booking (``payments.refund_failed_in_stripe``).
+- ``transfer.reversed`` / ``transfer.updated``: a reversal of a booking's transfer
+  its rows do not show (Stripe's dashboard, or a request whose transaction rolled
+  back after Stripe reversed) is recorded (``payments.reversals_made_in_stripe``).
 
 Each handler is idempotent (a repeated event finds its work done) and joins
 the event's transaction (``ctx.conn``); notifications wait for the commit.
@@ -49,10 +54,12 @@ from plugins.three_sided_bookings.config import PLUGIN
 from plugins.three_sided_bookings.context import ActionParams, Notices
 from plugins.three_sided_bookings.payments import (
     action_json,
+    booking_of_new_stripe_refund,
     clear_action,
     intent_authenticated,
     refund_failed_in_stripe,
     refund_made_in_stripe,
+    reversals_made_in_stripe,
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
@@ -261,16 +268,48 @@ async def on_transfer(event: StripeEvent, ctx: HandlerContext) -> None:
 
 
 async def on_refund(event: StripeEvent, ctx: HandlerContext) -> None:
-    """A refund of a booking's charge made outside the plugin shows on the booking
-    (``refund_made_in_stripe``: once, whether the plugin's own refund, recorded by
-    its API path, or one made in Stripe's dashboard); one that failed is taken off
-    it (``refund_failed_in_stripe``: once)."""
+    """A refund of a booking's charge made outside the plugin (Stripe's dashboard) moves
+    the booking as the API's refund would: the ``refunded_in_stripe`` transition records
+    it (``refund_made_in_stripe``) and, by its amount, leaves the booking
+    ``partially_refunded`` or ``refunded`` (once: the plugin's own refunds, recorded by
+    its API path, and repeated events find it recorded). A process with no such
+    transition from the booking's state records it and keeps the state. One that
+    failed is taken off the booking (``refund_failed_in_stripe``: once)."""
     refund = _object(event)
+    conn = _conn(ctx)
     if refund.get("status") == "failed":
-        if await refund_failed_in_stripe(_conn(ctx), refund):
+        if await refund_failed_in_stripe(conn, refund):
             log.info("failed refund %s taken off its booking", refund.get("id"))
-    elif await refund_made_in_stripe(_conn(ctx), refund):
-        log.info("refund %s made in Stripe recorded on its booking", refund.get("id"))
+        return
+    booking_id = await booking_of_new_stripe_refund(conn, refund)
+    if booking_id is None:
+        return
+    service = BookingService(ctx.services)
+    params = ActionParams(refund=refund, amount=int(refund.get("amount") or 0))
+    notices = Notices(ctx.services)
+    try:
+        outcome = await service.act_in(
+            conn, booking_id, "refunded_in_stripe", "system", params=params
+        )
+        notices.extend(outcome.notices)
+    except IllegalTransition as refused:
+        # The money moved regardless: the booking's amounts follow Stripe, its state stays.
+        log.warning("refund %s of booking %s: %s", refund.get("id"), booking_id, refused)
+        await refund_made_in_stripe(conn, refund)
+    log.info("refund %s made in Stripe recorded on booking %s", refund.get("id"), booking_id)
+    _after_commit(ctx, notices)
+
+
+async def on_transfer_reversed(event: StripeEvent, ctx: HandlerContext) -> None:
+    """A reversal of a booking's transfer its rows do not show (made in Stripe's
+    dashboard, or by a request whose transaction rolled back) is recorded on the
+    booking (``reversals_made_in_stripe``: once)."""
+    transfer = _object(event)
+    if _booking_reference(transfer.get("transfer_group")) is None:
+        return
+    recorded = await reversals_made_in_stripe(_conn(ctx), transfer)
+    if recorded:
+        log.info("%d reversal(s) of %s recorded on its booking", recorded, transfer.get("id"))
 
 
 def registrations() -> list[WebhookRegistration]:
@@ -290,6 +329,8 @@ def registrations() -> list[WebhookRegistration]:
         ("charge.succeeded", on_charge),
         ("charge.captured", on_charge),
         ("transfer.created", on_transfer),
+        ("transfer.reversed", on_transfer_reversed),
+        ("transfer.updated", on_transfer_reversed),
         ("refund.created", on_refund),
         ("refund.updated", on_refund),
         ("charge.refund.updated", on_refund),

@@ -448,6 +448,61 @@ async def test_partial_refund_split_proportionally(stack: Stack) -> None:
     assert {r["transfer"] for r in seen["reversals"]} <= set(stripe_transfers)
 
 
+async def test_a_booking_refunded_in_stripe_ends_where_an_api_refund_would(stack: Stack) -> None:
+    """Refunds made in Stripe's dashboard (the SDK on the booking's PaymentIntent) move the
+    booking as the API's refund would: part refunded -> ``partially_refunded``, the rest
+    -> ``refunded``; a booking not settled yet and refunded in full -> ``refunded`` (so
+    completion charges nothing again); one refunded in part before settlement stays."""
+    spa = await open_spa(stack, price=10_000)
+    client = stack.stripe()
+
+    async def refund_in_stripe(booking: dict[str, Any], amount: int | None = None) -> None:
+        [charge] = (await spa.get(booking))["stripe"]["charges"]
+        params: dict[str, Any] = {"payment_intent": charge["payment_intent"]}
+        if amount is not None:
+            params["amount"] = amount
+        await asyncio.to_thread(client.v1.refunds.create, params=params)
+        await stack.settle()
+
+    settled = await spa.book("full")
+    await spa.do(spa.provider, settled, "confirm")
+    assert (await spa.do(spa.provider, settled, "complete"))["state"] == "settled"
+    await refund_in_stripe(settled, 2_500)
+    shown = await spa.get(settled)
+    assert (shown["state"], shown["refunded"], shown["collected"]) == (
+        "partially_refunded",
+        2_500,
+        7_500,
+    )
+    assert shown["allowed_actions"] == ["refund"]
+    await refund_in_stripe(settled)
+    shown = await spa.get(settled)
+    assert (shown["state"], shown["refunded"], shown["collected"]) == ("refunded", 10_000, 0)
+    assert shown["allowed_actions"] == []
+    trail = (await spa.admin.get(f"{BASE}/bookings/{settled['id']}/transitions")).json()
+    assert [(t["transition"], t["actor"], t["to_state"]) for t in trail[-2:]] == [
+        ("refunded_in_stripe", "system", "partially_refunded"),
+        ("refunded_in_stripe", "system", "refunded"),
+    ]
+
+    early = await spa.book("full", starts_in=timedelta(days=3))
+    await spa.do(spa.provider, early, "confirm")
+    await refund_in_stripe(early)
+    shown = await spa.get(early)
+    assert (shown["state"], shown["refunded"], shown["collected"]) == ("refunded", 10_000, 0)
+    assert (await spa.act(spa.provider, early, "complete")).status_code == 409
+
+    part = await spa.book("full", starts_in=timedelta(days=3))
+    await spa.do(spa.provider, part, "confirm")
+    await refund_in_stripe(part, 1_000)
+    shown = await spa.get(part)
+    assert (shown["state"], shown["refunded"], shown["collected"]) == ("confirmed", 1_000, 9_000)
+
+    accounts = ("platform", spa.provider_account, spa.venue_account)
+    await stack.assert_ledger_is_stripe(*accounts, currency="gbp")
+    await spa.assert_books_match("gbp")
+
+
 # ---------------------------------------------------------------- disputes
 
 

@@ -950,3 +950,202 @@ async def test_stripes_own_adjustments_are_posted_once_and_reconcile(stack: Stac
         )
         == 3
     )
+
+
+def _subscribe(
+    client: Any,
+    *,
+    amount: int,
+    card: str = "pm_card_visa",
+    clock: str | None = None,
+    **params: Any,
+) -> tuple[Any, str]:
+    """A customer with ``card``, a monthly price of ``amount`` and a subscription to it,
+    made with Stripe's API directly (on ``client``'s balance); the subscription and the
+    charge that paid its first invoice."""
+    customer = client.v1.customers.create(
+        params={"email": "outside@example.com", **({"test_clock": clock} if clock else {})}
+    )
+    card_id = client.v1.payment_methods.attach(card, params={"customer": customer.id}).id
+    price = client.v1.prices.create(
+        params={
+            "currency": USD,
+            "unit_amount": amount,
+            "recurring": {"interval": "month"},
+            "product_data": {"name": "Outside plan"},
+        }
+    )
+    subscription = client.v1.subscriptions.create(
+        params={
+            "customer": customer.id,
+            "items": [{"price": price.id}],
+            "default_payment_method": card_id,
+            **params,
+        }
+    )
+    return subscription, _invoice_charge(client, str(subscription.latest_invoice))
+
+
+def _invoice_charge(client: Any, invoice_id: str) -> str:
+    """The charge that paid an invoice, through its InvoicePayment."""
+    payments = client.v1.invoice_payments.list(
+        params={"invoice": invoice_id, "expand": ["data.payment.payment_intent"]}
+    ).data
+    return str(payments[0].payment.payment_intent.latest_charge)
+
+
+async def test_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
+    stack: Stack,
+) -> None:
+    """Stripe Billing used directly, outside every plugin: a subscription on the
+    platform (renewed a month later), one paid to a connected account
+    (``transfer_data``, ``application_fee_percent``; its first invoice refunded in part
+    with the transfer reversed and the fee refunded), one made on the connected account
+    itself (a direct charge), and one whose charge is disputed. No plugin posts these
+    invoices' charges: the engine posts each once (``charge:<ch>``) as a movement made
+    outside it; per account the ledger is Stripe's balance and a full reconciliation
+    matches every balance transaction."""
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+    as_creator = stack.stripe(creator)
+
+    def outside() -> tuple[str, list[str]]:
+        now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+        clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": now})
+        _, platform = _subscribe(client, amount=2_000, clock=clock.id)
+        _, paid_out = _subscribe(
+            client,
+            amount=3_000,
+            clock=clock.id,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        client.v1.refunds.create(
+            params={
+                "charge": paid_out,
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        _, direct = _subscribe(as_creator, amount=4_000, application_fee_percent="5")
+        _, disputed = _subscribe(client, amount=1_500, card="pm_card_createDispute")
+        return clock.id, [platform, paid_out, direct, disputed]
+
+    clock, charges = await asyncio.to_thread(outside)
+    await stack.settle()
+    await stack.advance_test_clock(clock, 32 * 86_400)
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+    await stack.assert_ledger_balanced()
+    pool = stack.services.db.pool
+    keys = [
+        row["idempotency_key"]
+        for row in await pool.fetch("SELECT idempotency_key FROM marketplace_ledger_transactions")
+    ]
+    for charge_id in charges:
+        assert keys.count(f"charge:{charge_id}") == 1, charge_id
+    # The two subscriptions on the test clock renewed: their charges are posted too.
+    assert len([key for key in keys if key.startswith("charge:")]) == len(charges) + 2
+    assert len([key for key in keys if key.startswith("dispute")]) >= 1
+    run = await run_reconciliation(stack.services, trigger="test", full=True)
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_an_invoice_of_an_enabled_plugins_subscription_is_left_to_that_plugin(
+    meaning_stack: Stack,
+) -> None:
+    """Whose invoice it is comes from Stripe's data: a subscription whose metadata names
+    an enabled plugin (``marketplace_plugin``) has its invoices' charges posted by that
+    plugin, never by the engine as a movement made outside it, whatever order the
+    events come in; one naming a plugin that is not enabled is posted by the engine."""
+    stack = meaning_stack
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str]:
+        _, owned = _subscribe(
+            client,
+            amount=2_000,
+            metadata={
+                "marketplace_plugin": "outside_orders",
+                "marketplace_reference": "outside:order:3",
+            },
+        )
+        _, orphan = _subscribe(
+            client,
+            amount=1_000,
+            metadata={"marketplace_plugin": "gone", "marketplace_reference": "gone:1"},
+        )
+        return owned, orphan
+
+    owned, orphan = await asyncio.to_thread(outside)
+    await stack.settle()
+    keys = {
+        row["idempotency_key"]
+        for row in await stack.services.db.pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions"
+        )
+    }
+    assert f"charge:{owned}" not in keys
+    assert f"charge:{orphan}" in keys
+
+
+async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_records_it(
+    stack: Stack,
+) -> None:
+    """A subscription whose metadata names no owner (one a plugin made before it wrote
+    ``meaning_metadata``) has its invoice's charge posted by the engine as a movement
+    made outside it. When the plugin then records the charge as its own
+    (``post_destination_charge`` with ``priced``, as at ``invoice.paid``), the one
+    posting takes the plugin's kind and meaning: no conflict, no second posting, the
+    entries unchanged, so whichever comes first the ledger ends the same."""
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> str:
+        _, charge_id = _subscribe(
+            client,
+            amount=3_000,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        return charge_id
+
+    charge_id = await asyncio.to_thread(outside)
+    await stack.settle()
+    pool = stack.services.db.pool
+    query = (
+        "SELECT kind, plugin, reference FROM marketplace_ledger_transactions "
+        "WHERE idempotency_key = $1"
+    )
+    assert [tuple(row) for row in await pool.fetch(query, f"charge:{charge_id}")] == [
+        ("charge", "", "")
+    ]
+    split = SplitPlan(
+        total=usd(3_000),
+        legs=(SplitLeg("platform", usd(300)), SplitLeg("creator", usd(2_700), creator)),
+    )
+    order = Order(
+        plugin="subs",
+        kind="subscription",
+        amount=usd(3_000),
+        reference="subs:1",
+        beneficiaries={"creator": creator},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    priced = PricedOrder(
+        order=order,
+        price=usd(3_000),
+        commission=Commission(amount=usd(300), rule_id="flat", rule_version=1),
+        split=split,
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.ledger, conn, "subs", "subs:1")
+        await movements.post_destination_charge(
+            scope, charge_id, kind="subscription_invoice", priced=priced
+        )
+    assert [tuple(row) for row in await pool.fetch(query, f"charge:{charge_id}")] == [
+        ("subscription_invoice", "subs", "subs:1")
+    ]
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+    run = await run_reconciliation(stack.services, trigger="test")
+    assert run.problems == 0, [item.detail for item in run.problem_items()]

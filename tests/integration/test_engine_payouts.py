@@ -324,10 +324,81 @@ async def test_payouts_whose_events_were_lost_converge_from_the_worker_task_and_
     assert code == 0, output
     assert f"{provider}: 1 payout(s): {made.id} paid" in output
     assert await status() == "paid"
-    code, output = await refresh_command(stack, tmp_path)  # every account, platform included
+    # Every account, platform included, each listed in full.
+    code, output = await refresh_command(stack, tmp_path, "--full")
     assert code == 0, output
     assert "platform: 0 payout(s)" in output
     assert f"{provider}: 1 payout(s)" in output
     ledger = await stack.ledger.balances(provider)
     assert ledger.get(USD, 0) == await stack.stripe_balance(provider, USD) == 6_000 - 1_500
+    await stack.assert_ledger_balanced()
+
+
+def _payout_requests(stack: Stack, after: int) -> list[dict[str, Any]]:
+    """The sandbox's log of payout reads (lists and retrieves) after request ``after``."""
+    data = stack.sandbox.control("GET", f"/_sandbox/requests?after={after}")["data"]
+    return [r for r in data if r["method"] == "GET" and r["path"].startswith("/v1/payouts")]
+
+
+def _last_request(stack: Stack) -> int:
+    data = stack.sandbox.control("GET", "/_sandbox/requests")["data"]
+    return int(data[-1]["seq"]) if data else 0
+
+
+async def test_a_second_refresh_reads_only_new_payouts_and_the_open_ones(
+    quiet_stack: Stack,
+) -> None:
+    """Incremental refresh: Stripe's list from the newest payout the last refresh listed
+    (``created[gte]``), plus a retrieve of each payout the engine holds as pending or
+    in transit that the list did not bring; a paid payout older than that is not read
+    again, and an open one whose status changed (its events lost) is still updated."""
+    stack = quiet_stack
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+    pool = stack.services.db.pool
+
+    def make_payout(amount: int) -> Any:
+        return as_provider.v1.payouts.create(params={"amount": amount, "currency": USD})
+
+    await asyncio.to_thread(
+        stack.stripe().v1.accounts.update,
+        provider,
+        params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}},
+    )
+    done = await asyncio.to_thread(make_payout, 1_000)
+    await stack.advance(4 * DAY)  # paid: final for the refresh
+    waiting = await asyncio.to_thread(make_payout, 500)
+    await stack.advance(60)
+    newest = await asyncio.to_thread(make_payout, 400)
+    await stack.settle()
+
+    async def refresh() -> dict[str, str]:
+        async with pool.acquire() as conn, conn.transaction():
+            applied = await refresh_payouts(
+                conn, stack.services.gateway, stack.services.ledger, provider
+            )
+        return {a.record.stripe_payout_id: a.record.status for a in applied}
+
+    seq = _last_request(stack)
+    assert await refresh() == {done.id: "paid", waiting.id: "pending", newest.id: "pending"}
+    [listing] = _payout_requests(stack, seq)
+    assert listing["listed"] == 3  # the first refresh lists everything
+
+    await stack.advance(4 * DAY)  # both pending payouts are paid at Stripe ...
+    await pool.execute(  # ... but the events of one were lost
+        "UPDATE marketplace_payouts SET status = 'pending' WHERE stripe_payout_id = $1",
+        waiting.id,
+    )
+    later = await asyncio.to_thread(make_payout, 300)
+    await stack.settle()
+    seq = _last_request(stack)
+    assert await refresh() == {waiting.id: "paid", newest.id: "paid", later.id: "pending"}
+    reads = _payout_requests(stack, seq)
+    [listing] = [r for r in reads if r["path"] == "/v1/payouts"]
+    assert "created" in listing["query"]
+    assert listing["listed"] == 2  # the newest listed last time, and the one made since
+    assert [r["path"] for r in reads if r["path"] != "/v1/payouts"] == [f"/v1/payouts/{waiting.id}"]
+    assert (await payout(pool, waiting.id)).status == "paid"  # type: ignore[union-attr]
+    ledger = await stack.ledger.balances(provider)
+    assert ledger.get(USD, 0) == await stack.stripe_balance(provider, USD)
     await stack.assert_ledger_balanced()

@@ -1,4 +1,4 @@
-"""The intake's group commit on real PostgreSQL (``Mailbox.accept_many``, core step ``0007``).
+"""The intake's group commit on real PostgreSQL (``Mailbox.accept_many``, core step ``0008``).
 
 Deliveries arriving together share one statement and one commit; each is still
 accepted as it would be alone: its own mailbox version (the order its key's
@@ -70,7 +70,7 @@ async def test_accept_many_keeps_each_keys_order_and_changes_nothing_for_a_dupli
 
 
 async def test_without_the_function_each_event_is_accepted_alone(pool: asyncpg.Pool) -> None:
-    """A database not migrated to step 0007 yet: ``accept_many`` falls back to ``accept``."""
+    """A database not migrated to step 0008 yet: ``accept_many`` falls back to ``accept``."""
     async with pool.acquire() as conn:
         await conn.execute(
             "DROP FUNCTION marketplace_mailbox_accept_many"
@@ -112,9 +112,9 @@ async def test_deliveries_arriving_together_share_one_commit_and_one_token(
     assert len(published.tokens) == 2  # a duplicate schedules nothing
 
 
-async def test_the_core_migration_records_step_0007(pool: asyncpg.Pool) -> None:
+async def test_the_core_migration_records_step_0008(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         steps = await conn.fetch(
             "SELECT name FROM marketplace_migrations WHERE app = 'marketplace' ORDER BY name"
         )
-    assert "0007_mailbox_accept_many" in [row["name"] for row in steps]
+    assert "0008_mailbox_accept_many" in [row["name"] for row in steps]

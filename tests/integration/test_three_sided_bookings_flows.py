@@ -734,6 +734,80 @@ async def test_a_refund_request_retried_is_one_refund_and_two_requests_are_two(
     await env.assert_ledger_matches_sandbox("gbp")
 
 
+async def _fail_the_next_refund_commit(env: Env) -> None:
+    """Make the next ``refund`` transition's transaction roll back after its Stripe calls.
+
+    A trigger on the audit trail (written after the transition's actions) raises once:
+    a sequence's ``nextval`` is not rolled back with the transaction, so it stays spent.
+    Deterministic, no timing.
+    """
+    async with env.services.db.pool.acquire() as conn:
+        await conn.execute(
+            """
+            CREATE SEQUENCE test_refund_failures;
+            CREATE FUNCTION test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('test_refund_failures') = 1 THEN
+                    RAISE EXCEPTION 'injected: the transaction dies after Stripe answered';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_fail_once BEFORE INSERT ON three_sided_bookings_transitions
+                FOR EACH ROW WHEN (NEW.transition = 'refund') EXECUTE FUNCTION test_fail_once();
+            """
+        )
+
+
+@pytest.mark.parametrize("events_first", [False, True], ids=["retry_first", "events_first"])
+async def test_a_refund_retried_after_its_transaction_rolled_back_records_stripes_reversals(
+    env: Env, events_first: bool
+) -> None:
+    """Issue 15: an API refund whose transaction rolled back after Stripe refunded and
+    reversed the shares, retried with the same Idempotency-Key, leaves the booking's rows
+    showing exactly Stripe's refund and reversals (whether Stripe's events are handled
+    before the retry or after), and ledger = Stripe."""
+    ids = await env.catalogue(price=10_001)
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "provider")
+    env.clock.advance(days=3)
+    assert await env.act(booking, "complete", "provider") == "settled"
+    await env.deliver_events()
+    await _fail_the_next_refund_commit(env)
+    with pytest.raises(Exception, match="injected"):
+        await env.act(booking, "refund", "admin", amount=2_501, request="key_1:refund-a")
+    assert await env.state(booking) == "settled"
+    assert await env.fetch("SELECT * FROM three_sided_bookings_reversals") == []
+    if events_first:
+        await env.deliver_events()
+    await env.act(booking, "refund", "admin", amount=2_501, request="key_1:refund-a")
+    await env.deliver_events()
+    assert await env.state(booking) == "partially_refunded"
+
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    refunds = env.stripe("GET", "/v1/refunds", None, charge=charge["stripe_charge_id"])["data"]
+    assert [r["amount"] for r in refunds] == [2_501]
+    rows = await env.fetch("SELECT stripe_refund_id, amount FROM three_sided_bookings_refunds")
+    assert [(r["stripe_refund_id"], r["amount"]) for r in rows] == [(refunds[0]["id"], 2_501)]
+    assert charge["refunded"] == 2_501
+    transfers = env.transfers(booking)
+    made = sorted(
+        (reversal["id"], reversal["amount"])
+        for transfer in transfers
+        for reversal in transfer["reversals"]["data"]
+    )
+    assert len(made) == 2
+    recorded = await env.fetch(
+        "SELECT stripe_reversal_id, amount FROM three_sided_bookings_reversals"
+    )
+    assert sorted((r["stripe_reversal_id"], r["amount"]) for r in recorded) == made
+    shown = {
+        row["stripe_transfer_id"]: row["amount_reversed"]
+        for row in await env.fetch("SELECT * FROM three_sided_bookings_transfers")
+    }
+    assert shown == {t["id"]: t["amount_reversed"] for t in transfers}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
 # ---------------------------------------------------------------- disputes
 
 

@@ -653,6 +653,40 @@ def test_a_pending_manual_payout_can_be_canceled_until_the_bank_has_it(
     assert totals(client, account.id) == (9_000, 0)
 
 
+def test_payouts_list_by_their_created_time_as_stripe_filters_them(
+    sandbox: RunningSandbox,
+    client: stripe.StripeClient,
+    make_account: Callable[..., Any],
+) -> None:
+    """``GET /v1/payouts`` takes ``created`` (a second, or ``gt``/``gte``/``lt``/``lte``
+    bounds) as Stripe's API reference documents, newest first."""
+    account = make_account()
+    client.v1.payment_intents.create(
+        params={
+            "amount": 10_000,
+            "currency": "usd",
+            "payment_method": "pm_card_bypassPending",
+            "confirm": True,
+            "transfer_data": {"destination": account.id},
+        }
+    )
+    as_account = sandbox.client(stripe_account=account.id)
+    first = as_account.v1.payouts.create(params={"amount": 1_000, "currency": "usd"})
+    sandbox.advance(60)
+    second = as_account.v1.payouts.create(params={"amount": 500, "currency": "usd"})
+
+    def listed(**created: int) -> list[str]:
+        found = as_account.v1.payouts.list(params={"created": created, "limit": 100})  # type: ignore[typeddict-item]
+        return [payout.id for payout in found.data]
+
+    assert listed(gte=second.created) == [second.id]
+    assert listed(gt=first.created) == [second.id]
+    assert listed(lte=first.created) == [first.id]
+    assert listed(gte=first.created, lt=second.created + 1) == [second.id, first.id]
+    exact = as_account.v1.payouts.list(params={"created": first.created})
+    assert [payout.id for payout in exact.data] == [first.id]
+
+
 def test_a_refund_of_the_refund_fail_card_succeeds_then_fails_and_is_returned(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:

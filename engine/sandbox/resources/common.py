@@ -1,7 +1,8 @@
-"""Helpers shared by the resource modules: ownership checks and field updates."""
+"""Helpers shared by the resource modules: ownership checks, field updates, list filters."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from engine.sandbox.errors import StripeError, invalid, missing
@@ -90,3 +91,21 @@ def expect_status(obj: Obj, allowed: tuple[str, ...], action: str, kind: str) ->
             + ".",
             code=f"{kind}_unexpected_state",
         )
+
+
+def time_range(call: Call, name: str) -> Callable[[int], bool]:
+    """A list's time filter as Stripe takes it: ``name=<unix>`` (that second) or
+    ``name[gt|gte|lt|lte]=<unix>`` (bounds, all must hold); absent: everything."""
+    if isinstance(call.params.get(name), dict):
+        bounds = {k: int(v) for k, v in call.dict_(name).items() if k in _BOUNDS}
+        return lambda value: all(_BOUNDS[k](value, b) for k, b in bounds.items())
+    exact = call.int_(name)
+    return lambda value: exact is None or value == exact
+
+
+_BOUNDS: dict[str, Callable[[int, int], bool]] = {
+    "gt": lambda value, bound: value > bound,
+    "gte": lambda value, bound: value >= bound,
+    "lt": lambda value, bound: value < bound,
+    "lte": lambda value, bound: value <= bound,
+}

@@ -11,7 +11,9 @@ back with a `payout_cancel` balance transaction, linked as the payout's
 `failure_balance_transaction`, and `payout.canceled` is emitted.
 Automatic payouts run at each UTC midnight the global clock passes, per the
 account's `settings.payouts.schedule` (daily, weekly on `weekly_anchor`, monthly
-on `monthly_anchor`; `manual` never).
+on `monthly_anchor`; `manual` never). `GET /v1/payouts` filters as Stripe's does:
+`status`, `destination`, and `created` / `arrival_date` (a unix second, or
+`[gt]`/`[gte]`/`[lt]`/`[lte]` bounds).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from engine.sandbox.resources.accounts import (
     payout_failure_code,
     store_bank_account,
 )
-from engine.sandbox.resources.common import expect_status
+from engine.sandbox.resources.common import expect_status, time_range
 from engine.sandbox.routing import Route
 from engine.sandbox.state import SandboxState
 from engine.sandbox.wire import Call, Obj, page
@@ -318,6 +320,8 @@ def cancel_payout(call: Call) -> Obj:
 def list_payouts(call: Call) -> Obj:
     status = call.str_("status")
     destination = call.str_("destination")
+    created = time_range(call, "created")
+    arrives = time_range(call, "arrival_date")
     return page(
         call,
         call.state.listed(call.account, "payout"),
@@ -325,6 +329,8 @@ def list_payouts(call: Call) -> Obj:
         keep=lambda p: (
             (status is None or p["status"] == status)
             and (destination is None or p["destination"] == destination)
+            and created(int(p["created"]))
+            and arrives(int(p["arrival_date"]))
         ),
         position=call.state.store.position,
     )
