@@ -39,7 +39,7 @@ from typing import Any, Final
 import asyncpg
 
 from engine.core.contributions import PeriodicTask
-from engine.core.errors import InvalidInput, MarketplaceError
+from engine.core.errors import InvalidInput, MarketplaceError, NotFound
 from engine.core.ledger import PLATFORM, Ledger, stripe_time
 from engine.core.money import Money
 from engine.core.postings import payout_posting, payout_return_posting
@@ -305,12 +305,17 @@ async def refresh_payouts(
         list(_OPEN),
     )
     for row in open_ids:
-        if str(row["stripe_payout_id"]) not in listed:
+        payout_id = str(row["stripe_payout_id"])
+        if payout_id in listed:
+            continue
+        try:
             found.append(
-                await gateway.call(
-                    "payouts", "retrieve", str(row["stripe_payout_id"]), account=stripe_account
-                )
+                await gateway.call("payouts", "retrieve", payout_id, account=stripe_account)
             )
+        except NotFound:
+            # A record Stripe does not know (made by hand, or another Stripe account's):
+            # left as it is rather than failing the account's refresh at every run.
+            log.warning("payout %s of %s is not at Stripe; left as recorded", payout_id, account)
     applied = []
     for item in sorted(found, key=lambda item: (int(item.get("created") or 0), item["id"])):
         applied.append(await apply_payout(conn, gateway, ledger, item, account=account))

@@ -80,14 +80,18 @@ async def secure_payment_on_arrival(ctx: BookingContext) -> None:
 
 
 async def collect_payment(ctx: BookingContext) -> None:
-    """Completion: collect everything (balance, capture, or an off-session charge)."""
-    await payments.collect_to(ctx, ctx.booking.amount, kind=_later_kind(ctx))
+    """Completion: collect everything (balance, capture, or an off-session charge), less
+    what was refunded in Stripe's dashboard (``payments.due``)."""
+    target = await payments.due(ctx, ctx.booking.amount)
+    await payments.collect_to(ctx, target, kind=_later_kind(ctx))
 
 
 async def _collect_fee(ctx: BookingContext, fee: int) -> None:
-    """Keep ``fee``; a declined off-session fee charge is recorded, not fatal."""
+    """Keep ``fee`` (at most what is due after refunds made in Stripe); a declined
+    off-session fee charge is recorded, not fatal."""
+    target = min(fee, await payments.due(ctx, ctx.booking.amount))
     try:
-        await payments.collect_to(ctx, fee, kind="fee", best_effort=True)
+        await payments.collect_to(ctx, target, kind="fee", best_effort=True)
     except CardDeclined as declined:
         ctx.record("fee_not_collected", {"fee": fee, "reason": declined.detail})
 

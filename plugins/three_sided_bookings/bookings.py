@@ -91,9 +91,13 @@ class Outcome:
     notices: Notices
 
 
-async def _already_taken(conn: Connection, booking_id: int, name: str, request: str | None) -> bool:
+async def _already_taken(
+    conn: Connection, booking_id: int, name: str, request: str | None, *, relative: bool
+) -> bool:
     """Whether the booking already took transition ``name`` for ``request`` (a retry),
-    or its refunds for ``request`` are recorded (its own transaction was lost).
+    or, for a transition refunding an amount relative to what the booking holds
+    (``relative``: ``refund_amount``), its refunds for ``request`` are recorded (its
+    own transaction was lost after Stripe refunded).
 
     Raises:
         Conflict: the request took another transition of this booking.
@@ -111,11 +115,13 @@ async def _already_taken(conn: Connection, booking_id: int, name: str, request: 
             f"this request took the transition {taken!r} of booking {booking_id}",
             field="Idempotency-Key",
         )
-    if taken is None:
-        # Its transaction rolled back after Stripe refunded, and Stripe's event recorded
-        # the refund under the request's key (``payments.refund_made_in_stripe``): the
-        # money moved once and the booking shows it; running it again would compute the
-        # refund's split and reversals from amounts that already count it.
+    if taken is None and relative:
+        # Its transaction rolled back after Stripe refunded, and Stripe's events recorded
+        # the refund and reversals under the request's keys (``refund_made_in_stripe``,
+        # ``reversals_made_in_stripe``): the money moved once and the booking shows it;
+        # running it again would refund the amount again from what already counts it.
+        # (A transition collecting to an absolute target, a cancellation's fee, runs
+        # again: it finds the refund done and does the rest.)
         suffix = f":request:{request}"
         return bool(
             await conn.fetchval(
@@ -127,7 +133,7 @@ async def _already_taken(conn: Connection, booking_id: int, name: str, request: 
                 suffix,
             )
         )
-    return True
+    return taken is not None
 
 
 class BookingService:
@@ -470,7 +476,10 @@ class BookingService:
         params = params or ActionParams()
         async with conn.transaction():
             booking = await lock_booking(conn, booking_id)
-            if await _already_taken(conn, booking_id, name, params.request):
+            relative = any(
+                "refund_amount" in t.actions for t in self.process.transitions if t.name == name
+            )
+            if await _already_taken(conn, booking_id, name, params.request, relative=relative):
                 return Outcome(booking=booking, notices=Notices(self._services))
             charges = await load_charges(conn, booking_id)
             now = await self.now_for(booking)

@@ -76,6 +76,16 @@ def resolve_mailbox_key(event: StripeEvent) -> str | None:
 
 
 @hookimpl
+def resolve_movement_meaning(
+    stripe_object: dict[str, Any], runtime: PluginRuntime
+) -> tuple[str, str] | None:
+    """A charge or transfer made outside the engine for a booking is the booking's
+    (``transfer_group = booking:<id>``, or ``metadata[booking_id]``); see ``webhooks``.
+    Synchronous and pure."""
+    return webhooks.movement_meaning(stripe_object)
+
+
+@hookimpl
 def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
     """Take the timed transitions that are due (expiry, auto-complete, held-share retries)."""
 

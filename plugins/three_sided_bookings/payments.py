@@ -92,6 +92,7 @@ __all__ = [
     "booking_of_new_stripe_refund",
     "charge",
     "collect_to",
+    "due",
     "ensure_customer",
     "intent_authenticated",
     "refund_failed_in_stripe",
@@ -512,6 +513,21 @@ async def _set_charge_status(ctx: BookingContext, charge: ChargeRecord, status: 
 def collected(charges: list[ChargeRecord]) -> int:
     """Money the booking holds: captured and not refunded."""
     return sum(charge.captured - charge.refunded for charge in captured_charges(charges))
+
+
+async def due(ctx: BookingContext, amount: int) -> int:
+    """What of ``amount`` the booking still has to hold: less what was refunded in Stripe.
+
+    A refund made in Stripe's dashboard before settlement (recorded by
+    ``refund_made_in_stripe``, ``reason = 'stripe'``, not failed) is money the business
+    gave back: completion, a no-show or a cancellation fee never collects it again.
+    """
+    given_back = await ctx.conn.fetchval(
+        "SELECT COALESCE(sum(amount), 0) FROM three_sided_bookings_refunds "
+        "WHERE booking = $1 AND reason = 'stripe' AND status <> 'failed'",
+        ctx.booking.id,
+    )
+    return max(amount - int(given_back), 0)
 
 
 async def collect_to(

@@ -258,7 +258,8 @@ class HeldTransfer(Table, tablename="three_sided_bookings_held_transfers"):
 
 class BookingRefund(Table, tablename="three_sided_bookings_refunds"):
     """A refund of (part of) a charge and its share of each leg (made by the plugin, or
-    in Stripe: ``idempotency_key`` ``stripe:<re>``)."""
+    in Stripe: ``reason`` ``stripe``, ``idempotency_key`` ``stripe:<re>``, or the
+    plugin's own key when its transaction was lost)."""
 
     id = BigSerial(primary_key=True)
     booking = ForeignKey(references=Booking, index=True)

@@ -63,7 +63,7 @@ from plugins.three_sided_bookings.payments import (
 )
 from plugins.three_sided_bookings.store import BookingRecord, load_booking
 
-__all__ = ["mailbox_key", "registrations"]
+__all__ = ["mailbox_key", "movement_meaning", "registrations"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,21 @@ def mailbox_key(event: StripeEvent) -> str | None:
         booking_id = str((obj.get("metadata") or {}).get("booking_id") or "")
         reference = f"booking:{booking_id}" if booking_id.isdigit() else None
     return f"{PLUGIN}:{reference}" if reference else None
+
+
+def movement_meaning(stripe_object: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(booking:<id>, plugin)`` for a charge or transfer made outside the engine about one
+    of this plugin's bookings (the plugin's ``resolve_movement_meaning``), else None.
+
+    Named as the plugin names its own: by ``transfer_group = booking:<id>`` (what its
+    charges and transfers carry), else by ``metadata[booking_id]``. Pure: a booking
+    of another installation sharing the database's numbering is named all the same.
+    """
+    reference = _booking_reference(stripe_object.get("transfer_group"))
+    if reference is None:
+        booking_id = str((stripe_object.get("metadata") or {}).get("booking_id") or "")
+        reference = f"booking:{booking_id}" if booking_id.isdigit() else None
+    return None if reference is None else (reference, PLUGIN)
 
 
 def _conn(ctx: HandlerContext) -> Any:

@@ -497,10 +497,68 @@ async def test_a_booking_refunded_in_stripe_ends_where_an_api_refund_would(stack
     await refund_in_stripe(part, 1_000)
     shown = await spa.get(part)
     assert (shown["state"], shown["refunded"], shown["collected"]) == ("confirmed", 1_000, 9_000)
+    # Completed later, it collects what is left, not the part refunded again.
+    shown = await spa.do(spa.admin, part, "complete")
+    assert (shown["state"], shown["refunded"], shown["collected"]) == ("settled", 1_000, 9_000)
+    assert len(shown["stripe"]["charges"]) == 1
+    paid = sum(t.amount for t in spa.transfers(part))
+    assert paid == 9_000 - shares(part)["platform"] * 9_000 // 10_000
 
     accounts = ("platform", spa.provider_account, spa.venue_account)
     await stack.assert_ledger_is_stripe(*accounts, currency="gbp")
     await spa.assert_books_match("gbp")
+
+
+async def test_movements_made_outside_the_engine_for_a_booking_are_named_by_it(
+    stack: Stack,
+) -> None:
+    """``resolve_movement_meaning``: a charge and a transfer made directly in Stripe with
+    the booking's ``transfer_group`` (a tip taken at the venue's terminal and passed on
+    to the provider, say) are posted under the booking (``booking:<id>``, plugin
+    ``three_sided_bookings``), so its statement and the finance panel count them; a
+    refund of such a charge made in Stripe too. Ledger = Stripe."""
+    spa = await open_spa(stack, price=10_000)
+    booking = await spa.book("full")
+    await spa.do(spa.provider, booking, "confirm")
+    await spa.do(spa.provider, booking, "complete")
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str, str]:
+        intent = client.v1.payment_intents.create(
+            params={
+                "amount": 1_500,
+                "currency": "gbp",
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "transfer_group": booking["transfer_group"],
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            }
+        )
+        charge = str(intent.latest_charge)
+        transfer = client.v1.transfers.create(
+            params={
+                "amount": 1_000,
+                "currency": "gbp",
+                "destination": spa.provider_account,
+                "source_transaction": charge,
+                "transfer_group": booking["transfer_group"],
+            }
+        )
+        refund = client.v1.refunds.create(params={"charge": charge, "amount": 200})
+        return charge, str(transfer.id), str(refund.id)
+
+    charge, transfer, refund = await asyncio.to_thread(outside)
+    await stack.settle()
+    keys = [f"charge:{charge}", f"transfer:{transfer}", f"refund:{refund}"]
+    rows = await stack.services.db.pool.fetch(
+        "SELECT idempotency_key, reference, plugin FROM marketplace_ledger_transactions "
+        "WHERE idempotency_key = ANY($1::text[])",
+        keys,
+    )
+    named = {row["idempotency_key"]: (row["reference"], row["plugin"]) for row in rows}
+    assert named == dict.fromkeys(keys, (f"booking:{booking['id']}", TSB))
+    accounts = ("platform", spa.provider_account, spa.venue_account)
+    await stack.assert_ledger_is_stripe(*accounts, currency="gbp")
 
 
 # ---------------------------------------------------------------- disputes

@@ -9,6 +9,9 @@ application fee, and partly refunded with Stripe reversing both in proportion.
 The whole stack runs (worker, webhooks): the engine's handlers post the same
 refunds, reversals and fee refunds from Stripe's events without a conflict, and
 per account the ledger is Stripe's balance (available + pending) to the cent.
+Money moved directly with Stripe's API (charges, transfers, Billing subscriptions
+and their invoices) is posted once by the engine as made outside it, unless an
+enabled plugin owns it.
 """
 
 from __future__ import annotations

@@ -734,8 +734,8 @@ async def test_a_refund_request_retried_is_one_refund_and_two_requests_are_two(
     await env.assert_ledger_matches_sandbox("gbp")
 
 
-async def _fail_the_next_refund_commit(env: Env) -> None:
-    """Make the next ``refund`` transition's transaction roll back after its Stripe calls.
+async def _fail_the_next_refund_commit(env: Env, transition: str = "refund") -> None:
+    """Make the next ``transition``'s transaction roll back after its Stripe calls.
 
     A trigger on the audit trail (written after the transition's actions) raises once:
     a sequence's ``nextval`` is not rolled back with the transaction, so it stays spent.
@@ -753,8 +753,9 @@ async def _fail_the_next_refund_commit(env: Env) -> None:
                 RETURN NEW;
             END $$;
             CREATE TRIGGER test_fail_once BEFORE INSERT ON three_sided_bookings_transitions
-                FOR EACH ROW WHEN (NEW.transition = 'refund') EXECUTE FUNCTION test_fail_once();
-            """
+                FOR EACH ROW WHEN (NEW.transition = '{transition}')
+                EXECUTE FUNCTION test_fail_once();
+            """.replace("{transition}", transition)
         )
 
 
@@ -805,6 +806,58 @@ async def test_a_refund_retried_after_its_transaction_rolled_back_records_stripe
         for row in await env.fetch("SELECT * FROM three_sided_bookings_transfers")
     }
     assert shown == {t["id"]: t["amount_reversed"] for t in transfers}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+@pytest.mark.parametrize("events_first", [False, True], ids=["retry_first", "events_first"])
+async def test_a_cancellation_retried_after_its_transaction_rolled_back_keeps_the_fee_once(
+    env: Env, events_first: bool
+) -> None:
+    """A customer's cancellation refunds all but the fee and settles the fee; its
+    transaction lost after Stripe refunded, the retry (same request) cancels and settles
+    the fee, refunding nothing more, whether Stripe's events came first or not."""
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full", starts_in=timedelta(hours=30))
+    await env.deliver_events()
+    await _fail_the_next_refund_commit(env, "cancel")
+    with pytest.raises(Exception, match="injected"):
+        await env.act(booking, "cancel", "customer", request="key_c:cancel-1")
+    if events_first:
+        await env.deliver_events()
+        assert await env.state(booking) == "paid"  # the refund shows; the rest waits
+    assert await env.act(booking, "cancel", "customer", request="key_c:cancel-1") == "cancelled"
+    await env.deliver_events()
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    refunds = env.stripe("GET", "/v1/refunds", None, charge=charge["stripe_charge_id"])["data"]
+    assert [r["amount"] for r in refunds] == [8_000]
+    assert charge["refunded"] == 8_000
+    by_role = {t["metadata"]["role"]: t["amount"] for t in env.transfers(booking)}
+    assert by_role == {"provider": 5280 - 4224, "venue": 3520 - 2816}
+    await env.assert_ledger_matches_sandbox("gbp")
+
+
+async def test_a_business_cancellation_lost_after_stripe_refunded_everything_ends_refunded(
+    env: Env,
+) -> None:
+    """Known limit: the business's cancellation (refund everything) lost with its
+    transaction after Stripe refunded, Stripe's events handled before the retry: the
+    events put the booking in ``refunded`` (a full refund made outside the API), and the
+    retry cannot cancel from there (409). The money is right: refunded once."""
+    ids = await env.catalogue()
+    booking = await env.book(ids, "full")
+    await env.act(booking, "confirm", "venue")
+    await env.deliver_events()
+    await _fail_the_next_refund_commit(env, "cancel")
+    with pytest.raises(Exception, match="injected"):
+        await env.act(booking, "cancel", "venue", request="key_v:cancel-1")
+    await env.deliver_events()
+    assert await env.state(booking) == "refunded"
+    with pytest.raises(IllegalTransition):
+        await env.act(booking, "cancel", "venue", request="key_v:cancel-1")
+    [charge] = await env.fetch("SELECT * FROM three_sided_bookings_charges")
+    refunds = env.stripe("GET", "/v1/refunds", None, charge=charge["stripe_charge_id"])["data"]
+    assert [r["amount"] for r in refunds] == [10_000]
+    assert charge["refunded"] == 10_000
     await env.assert_ledger_matches_sandbox("gbp")
 
 

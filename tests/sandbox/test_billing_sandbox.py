@@ -759,3 +759,25 @@ def test_item_metadata_and_quantity_change(client: Any) -> None:
             sub.id, params={"items": [{"id": item.id, "deleted": True}]}
         )  # a subscription keeps at least one item
     assert client.v1.subscriptions.retrieve(sub.id)["items"].data[0].quantity == 2
+
+
+def test_an_invoice_keeps_its_subscriptions_metadata_as_of_finalization(client: Any) -> None:
+    """``parent.subscription_details.metadata``: "defined as subscription metadata when an
+    invoice is created. Becomes an immutable snapshot of the subscription metadata at the
+    time of invoice finalization" (Stripe's API reference). A renewal changed while it is
+    a draft carries the subscription's metadata as it was when finalised, and a later
+    change leaves a finalised invoice alone."""
+    shop = Shop(client, MAR_1_2026)
+    sub = shop.subscribe(shop.price(1_000), metadata={"owner": "first"})
+    shop.advance(APR_1_2026 + 60)  # the renewal is a draft for an hour
+    [_, draft] = shop.invoices(sub.id)
+    assert draft.status == "draft"
+    client.v1.subscriptions.update(sub.id, params={"metadata": {"owner": "second"}})
+    shop.advance(APR_1_2026 + 2 * HOUR)
+    [first, renewal] = shop.invoices(sub.id)
+    assert renewal.status == "paid"
+    assert renewal.parent.subscription_details.metadata.to_dict() == {"owner": "second"}
+    assert first.parent.subscription_details.metadata.to_dict() == {"owner": "first"}
+    client.v1.subscriptions.update(sub.id, params={"metadata": {"owner": "third"}})
+    [first, renewal] = shop.invoices(sub.id)
+    assert renewal.parent.subscription_details.metadata.to_dict() == {"owner": "second"}

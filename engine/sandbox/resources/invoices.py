@@ -481,11 +481,26 @@ def finalize(state: SandboxState, invoice: Obj, *, apply_balance: bool = True) -
         private["transfer"]["amount"] = max(0, min(share, due))
     invoice["hosted_invoice_url"] = f"{state.base_url}{private['hosted']}"
     invoice["invoice_pdf"] = f"{state.base_url}{private['hosted']}/pdf"
+    _snapshot_subscription_metadata(state, invoice)
     invoice["status"] = "open"
     invoice["status_transitions"]["finalized_at"] = now
     invoice["effective_at"] = now
     invoice["automatically_finalizes_at"] = None
     emit(state, "invoice.finalized", invoice, account=owner)
+
+
+def _snapshot_subscription_metadata(state: SandboxState, invoice: Obj) -> None:
+    """``parent.subscription_details.metadata`` becomes, as at Stripe, an immutable
+    snapshot of the subscription's metadata at finalisation (a draft's was copied when
+    it was created; the subscription may have changed since)."""
+    sub_id = subscription_of(state, invoice)
+    subscription = state.find(sub_id) if sub_id else None
+    parent = invoice.get("parent")
+    if subscription is None or not isinstance(parent, dict):
+        return
+    details = parent.get("subscription_details")
+    if isinstance(details, dict):
+        details["metadata"] = dict(subscription["metadata"])
 
 
 def collect(
