@@ -73,19 +73,37 @@ class GroupCommit:
     async def _commit(
         self, group: list[tuple[Mapping[str, Any], str, str, asyncio.Future[Accepted]]]
     ) -> None:
+        events = [(event, raw, key) for event, raw, key, _ in group]
+        outcomes: list[Accepted | Exception]
         try:
-            accepted = await self._accept([(event, raw, key) for event, raw, key, _ in group])
-            tokens = {one.account: f"v{one.version}" for one in reversed(accepted) if one.publish}
-            if tokens:  # committed: a publish JetStream refuses is retried by the scheduler
-                await self._scheduler.schedule_many(list(tokens.items())[::-1])
+            outcomes = list(await self._accept(events))
+        except asyncpg.PostgresError:
+            # The database refused the statement (one event it cannot store): each
+            # event alone, so that only that one fails, as it would have alone.
+            outcomes = [await self._alone(event, raw, key) for event, raw, key in events]
         except Exception as exc:  # each delivery fails as it would alone (a 500; Stripe retries)
-            for *_, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (*_, future), one in zip(group, accepted, strict=True):
-            if not future.done():  # the request may have been cancelled meanwhile
-                future.set_result(one)
+            outcomes = [exc] * len(group)
+        tokens: dict[str, str] = {}
+        for one in outcomes:
+            if isinstance(one, Accepted) and one.publish:
+                tokens.setdefault(one.account, f"v{one.version}")
+        if tokens:  # committed: a publish JetStream refuses is retried by the scheduler
+            await self._scheduler.schedule_many(list(tokens.items()))
+        for (*_, future), outcome in zip(group, outcomes, strict=True):
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(outcome, Accepted):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
+
+    async def _alone(
+        self, event: Mapping[str, Any], raw_body: str, key: str
+    ) -> Accepted | Exception:
+        try:
+            return await self._mailbox.accept(event, raw_body, key=key)
+        except Exception as exc:  # this delivery's own failure (a 500; Stripe retries)
+            return exc
 
     async def _accept(self, events: list[tuple[Mapping[str, Any], str, str]]) -> list[Accepted]:
         for attempt in range(1, _RETRIES + 1):

@@ -118,3 +118,28 @@ async def test_the_core_migration_records_step_0008(pool: asyncpg.Pool) -> None:
             "SELECT name FROM marketplace_migrations WHERE app = 'marketplace' ORDER BY name"
         )
     assert "0008_mailbox_accept_many" in [row["name"] for row in steps]
+
+
+async def test_an_event_the_database_refuses_fails_alone_not_its_group(
+    pool: asyncpg.Pool,
+) -> None:
+    mailbox = Mailbox(pool)
+    published = _Published()
+    group = GroupCommit(mailbox, cast(Scheduler, published), at_once=1)
+    body, _, key = _delivery("acct_bad", 1)
+    bad = group.accept(body, "not json: jsonb refuses it", key)
+    outcomes = await asyncio.gather(
+        group.accept(*_delivery("acct_first", 1)),  # goes alone; the rest group behind it
+        group.accept(*_delivery("acct_a", 1)),
+        bad,
+        group.accept(*_delivery("acct_b", 1)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[2], asyncpg.PostgresError)
+    assert [one.inserted for one in outcomes if not isinstance(one, BaseException)] == [True] * 3
+    assert sorted(await _seqs(pool)) == ["acct_a", "acct_b", "acct_first"]
+    assert sorted(key for token in published.tokens for key in token) == [
+        "acct_a",
+        "acct_b",
+        "acct_first",
+    ]
