@@ -54,8 +54,9 @@ async def _rows(ctx: SampleContext, account_id: str, price: Any, customer: Any) 
     )
     subscription = await conn.fetchval(
         "INSERT INTO creator_subscriptions_subscriptions (fan, creator, tier, account_id, "
-        "customer_id, currency, status, application_fee_percent, rule_id, created_at, "
-        "updated_at) VALUES ($1, $2, $3, $4, $5, 'usd', 'pending', 10, 'default', now(), now()) "
+        "customer_id, currency, status, application_fee_percent, rule_id, meaning_marked, "
+        "created_at, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, 'usd', 'pending', 10, 'default', true, now(), now()) "
         "RETURNING id",
         fan,
         creator,

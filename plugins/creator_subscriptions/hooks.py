@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.core.contributions import (
     ConfigSection,
     DashboardPanel,
+    PeriodicTask,
     Registrar,
     Route,
     TableApp,
@@ -13,7 +16,7 @@ from engine.core.contributions import (
 from engine.core.money import Money
 from engine.core.orders import PLATFORM, Commission, Order, SplitLeg, SplitPlan
 from engine.core.plugins import hookimpl
-from plugins.creator_subscriptions import panels, webhooks
+from plugins.creator_subscriptions import adoption, panels, webhooks
 from plugins.creator_subscriptions.config import PLUGIN, CreatorSubscriptionsConfig
 from plugins.creator_subscriptions.tables import APP_CONFIG
 
@@ -51,6 +54,18 @@ def register_dashboard_panels(register: Registrar[DashboardPanel]) -> None:
     """A creator's members and renewals; the operator's creators needing attention."""
     for panel in panels.panels():
         register(panel)
+
+
+@hookimpl
+def register_periodic_tasks(register: Registrar[PeriodicTask]) -> None:
+    """Write the engine's ``meaning_metadata`` on subscriptions made before the plugin
+    did, a bounded batch per run (``adoption``), so their invoices are this plugin's to
+    post; in the worker, so no process waits on Stripe to start."""
+
+    async def run(services: Any) -> None:
+        await adoption.mark_subscriptions(services, limit=adoption.MARK_BATCH)
+
+    register(PeriodicTask(adoption.MARK_TASK, adoption.MARK_EVERY_SECONDS, run))
 
 
 @hookimpl

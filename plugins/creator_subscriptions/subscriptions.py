@@ -464,8 +464,8 @@ async def _new_subscription_row(
             """
             INSERT INTO creator_subscriptions_subscriptions
                 (fan, creator, tier, account_id, customer_id, currency, status,
-                 application_fee_percent, operation, created_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, now(), now())
+                 application_fee_percent, operation, meaning_marked, created_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, true, now(), now())
             RETURNING *
             """,
             fan["id"],

@@ -153,6 +153,10 @@ class Subscription(Table, tablename="creator_subscriptions_subscriptions"):
     customer_action = JSONB(null=True, default=None)
     """An invoice payment waiting for the fan (3D Secure): "action required"."""
     action_invoice = Varchar(length=64, null=True, default=None)
+    meaning_marked = Boolean(default=False)
+    """The Stripe subscription carries the engine's ``meaning_metadata``: the plugin
+    inserts the rows it makes with it as true; false for one made before (``adoption``
+    marks those)."""
     created_at = Timestamptz()
     updated_at = Timestamptz()
 

@@ -35,6 +35,7 @@ from engine.core.postings import destination_charge_from
 from engine.payments import movements
 from engine.payments.pricing import PricedOrder
 from engine.payments.records import advance_status_sql, dispute_payment_status, refund_status
+from plugins.creator_subscriptions.adoption import mark_if_unmarked
 from plugins.creator_subscriptions.config import PLUGIN
 from plugins.creator_subscriptions.env import Env, money_scope, op_key
 from plugins.creator_subscriptions.fans import FAN_METADATA, action_json, card_saved
@@ -162,6 +163,7 @@ async def on_subscription(event: StripeEvent, ctx: HandlerContext) -> None:
     if row is None:
         return
     env = Env.of(ctx.services)
+    await mark_if_unmarked(env, conn, row, subscription.get("metadata") or {})
     created = int(event.get("created") or 0)
     held = state_of(row)
     result = merge(held, snapshot_of(subscription), created)

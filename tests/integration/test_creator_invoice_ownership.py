@@ -6,6 +6,11 @@ the engine reads the owner from there (``invoice_owner``): so the engine's handl
 the invoice charge's ``charge.succeeded`` / ``payment_intent.succeeded`` leaves it to
 the plugin, even when those events are handled before ``invoice.paid`` is, and the
 charge is posted once, by the plugin, as ``subscription_invoice``.
+
+A subscription made before the plugin wrote that metadata carries none: the plugin
+writes it once (from a periodic task in the worker, a bounded batch a run, or when one of its
+``customer.subscription.*`` events shows it missing), so its next renewal is the
+plugin's too, never an unnamed engine ``charge``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from support.http import ok
 from support.stack import Stack, running_stack
 
 from engine.payments.records import invoice_owner
-from plugins.creator_subscriptions import webhooks
+from plugins.creator_subscriptions import adoption, webhooks
 
 C = "/v1/creator_subscriptions"
 
@@ -87,3 +92,166 @@ async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_t
         )
     ]
     await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
+
+
+LEDGER_CHARGES = (
+    "SELECT kind, plugin, reference FROM marketplace_ledger_transactions "
+    "WHERE idempotency_key LIKE 'charge:%' ORDER BY id"
+)
+
+
+async def _subscription_on_a_clock(stack: Stack) -> tuple[str, str, dict[str, Any]]:
+    """A creator, a fan on a new test clock and their subscription (made by the plugin):
+    the creator's account, the clock and the subscription's view."""
+    created = ok(
+        await stack.http.post(f"{C}/creators", json={"handle": "bo", "display_name": "Bo"}),
+        201,
+    )
+    account = str(created["creator"]["account_id"])
+    stack.sandbox.control("POST", f"/_sandbox/accounts/{account}/complete_onboarding")
+    now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
+    clock = str(
+        (
+            await asyncio.to_thread(
+                stack.stripe().v1.test_helpers.test_clocks.create, params={"frozen_time": now}
+            )
+        )["id"]
+    )
+    body = {"external_ref": "fan-old", "name": "Fan", "payment_method": "pm_card_visa"}
+    fan = int(ok(await stack.http.post(f"{C}/fans", json={**body, "test_clock": clock}), 201)["id"])
+    tier = ok(
+        await stack.http.post(
+            f"{C}/creators/{account}/tiers", json={"name": "Gold", "amount": 1500}
+        ),
+        201,
+    )["id"]
+    subscription = ok(
+        await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}), 201
+    )
+    await stack.settle()
+    return account, clock, subscription
+
+
+async def _made_the_old_way(stack: Stack, stripe_id: str, *, unmarked_first: bool) -> None:
+    """The subscription as one made before the plugin wrote ``meaning_metadata``: no
+    ``marketplace_*`` keys in Stripe, and the plugin's row not marked as having written
+    them (``unmarked_first``: the row before Stripe's change, so its event finds it so)."""
+    unmark = "UPDATE creator_subscriptions_subscriptions SET meaning_marked = false"
+    pool = stack.services.db.pool
+    if unmarked_first:
+        await pool.execute(unmark)
+    await asyncio.to_thread(
+        stack.stripe().v1.subscriptions.update,
+        stripe_id,
+        params={"metadata": {"marketplace_plugin": "", "marketplace_reference": ""}},
+    )
+    await stack.settle()
+    if not unmarked_first:
+        await pool.execute(unmark)
+
+
+async def _stripe_metadata(stack: Stack, stripe_id: str) -> dict[str, str]:
+    found = await asyncio.to_thread(stack.stripe().v1.subscriptions.retrieve, stripe_id)
+    return {
+        key: str(value)
+        for key, value in found.to_dict()["metadata"].items()
+        if key in {"marketplace_plugin", "marketplace_reference"}
+    }
+
+
+async def test_a_subscription_made_unmarked_is_marked_by_the_worker_and_renews_as_the_plugins(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription without ``marketplace_plugin`` in Stripe (made before the plugin
+    wrote it) gets it from the plugin's periodic task in the worker, once; its renewal
+    invoice then names the plugin, so the engine leaves the renewal's charge alone even
+    while ``invoice.paid`` is not handled yet, and the plugin posts it once, named."""
+    account, clock, subscription = await _subscription_on_a_clock(stack)
+    stripe_id = str(subscription["stripe_subscription_id"])
+    await _made_the_old_way(stack, stripe_id, unmarked_first=False)
+    assert await _stripe_metadata(stack, stripe_id) == {}
+
+    [task] = [t for t in stack.services.plugins.periodic_tasks() if t.name == adoption.MARK_TASK]
+    await task.run(stack.services)
+    await stack.settle()
+    reference = f"creator_subscriptions:subscription:{subscription['id']}"
+    assert await _stripe_metadata(stack, stripe_id) == {
+        "marketplace_plugin": "creator_subscriptions",
+        "marketplace_reference": reference,
+    }
+    marked = "SELECT meaning_marked FROM creator_subscriptions_subscriptions WHERE id = $1"
+    pool = stack.services.db.pool
+    assert await pool.fetchval(marked, int(subscription["id"])) is True
+
+    original = webhooks._settle_invoice
+
+    async def not_yet(*args: Any) -> list[Any]:
+        return []  # the renewal's invoice.paid handled later (below)
+
+    monkeypatch.setattr(webhooks, "_settle_invoice", not_yet)
+    await stack.advance_test_clock(clock, 32 * 86_400)
+    named = ("subscription_invoice", "creator_subscriptions", reference)
+    # The first invoice's charge only: the engine left the renewal's alone.
+    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named]
+    monkeypatch.setattr(webhooks, "_settle_invoice", original)
+    invoices = ok(await stack.http.get(f"{C}/creators/{account}/invoices"))["data"]
+    [renewal] = [item for item in invoices if item["billing_reason"] == "subscription_cycle"]
+    found = await asyncio.to_thread(
+        stack.stripe().v1.invoices.retrieve, str(renewal["stripe_invoice_id"])
+    )
+    stripe_invoice = json.loads(json.dumps(found.to_dict(), default=str))
+    assert invoice_owner(stripe_invoice) == "creator_subscriptions"
+    await stack.send_event("invoice.paid", stripe_invoice)
+    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named, named]
+    await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
+
+
+async def test_a_subscription_event_missing_meaning_metadata_marks_it_once(
+    stack: Stack,
+) -> None:
+    """A ``customer.subscription.*`` event of one of the plugin's subscriptions whose
+    Stripe metadata lacks ``marketplace_plugin`` (and which the plugin never marked)
+    has the plugin write it; its renewal is then posted once, by the plugin, named."""
+    account, clock, subscription = await _subscription_on_a_clock(stack)
+    stripe_id = str(subscription["stripe_subscription_id"])
+    await _made_the_old_way(stack, stripe_id, unmarked_first=True)
+    reference = f"creator_subscriptions:subscription:{subscription['id']}"
+    assert await _stripe_metadata(stack, stripe_id) == {
+        "marketplace_plugin": "creator_subscriptions",
+        "marketplace_reference": reference,
+    }
+    await stack.advance_test_clock(clock, 32 * 86_400)
+    named = ("subscription_invoice", "creator_subscriptions", reference)
+    pool = stack.services.db.pool
+    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named, named]
+    await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
+
+
+async def test_a_subscription_stripe_refuses_to_mark_is_left_for_the_next_run(stack: Stack) -> None:
+    """Marking goes one subscription at a time: one Stripe refuses (here, one it does
+    not know) is logged and left unmarked for the next run, and every other is marked;
+    a run marks at most its ``limit``."""
+    _, _, subscription = await _subscription_on_a_clock(stack)
+    stripe_id = str(subscription["stripe_subscription_id"])
+    await _made_the_old_way(stack, stripe_id, unmarked_first=False)
+    pool = stack.services.db.pool
+    await pool.execute(
+        "INSERT INTO creator_subscriptions_subscriptions (fan, creator, tier, account_id, "
+        "customer_id, currency, status, application_fee_percent, stripe_subscription_id, "
+        "created_at, updated_at) "
+        "SELECT fan, creator, tier, account_id, customer_id, currency, 'active', "
+        "application_fee_percent, 'sub_unknown_to_stripe', now(), now() "
+        "FROM creator_subscriptions_subscriptions WHERE id = $1",
+        int(subscription["id"]),
+    )
+    assert await adoption.mark_subscriptions(stack.services, limit=1) == 1  # the first row
+    assert await adoption.mark_subscriptions(stack.services) == 0  # Stripe refuses the other
+    marked = await pool.fetch(
+        "SELECT stripe_subscription_id, meaning_marked FROM creator_subscriptions_subscriptions "
+        "ORDER BY id"
+    )
+    assert [tuple(row) for row in marked] == [(stripe_id, True), ("sub_unknown_to_stripe", False)]
+    assert await _stripe_metadata(stack, stripe_id) == {
+        "marketplace_plugin": "creator_subscriptions",
+        "marketplace_reference": f"creator_subscriptions:subscription:{subscription['id']}",
+    }

@@ -56,3 +56,52 @@ async def test_old_tables_get_the_new_columns(fresh_database_url: str) -> None:
     finally:
         await conn.close()
     assert await migrate(fresh_database_url, build_plugins(settings).table_apps()) == []
+
+
+async def test_subscriptions_made_before_meaning_marked_are_left_to_mark(
+    fresh_database_url: str,
+) -> None:
+    """``m0004_meaning_marked``: a subscription a database held before the column is
+    not marked (the plugin writes ``meaning_metadata`` on it at startup); the column's
+    default stays false, so a row inserted without it (an older process) is not either."""
+    settings = settings_from_mapping({"plugins": {"enabled": ["creator_subscriptions"]}})
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await conn.execute(
+            "ALTER TABLE creator_subscriptions_subscriptions DROP COLUMN meaning_marked"
+        )
+        await conn.execute("DELETE FROM marketplace_migrations WHERE name = 'm0004_meaning_marked'")
+        creator = await conn.fetchval(
+            "INSERT INTO creator_subscriptions_creators (account_id, handle, display_name, "
+            "created_at) VALUES ('acct_old', 'old', 'Old', now()) RETURNING id"
+        )
+        tier = await conn.fetchval(
+            "INSERT INTO creator_subscriptions_tiers (creator, account_id, name, amount, "
+            "currency, interval, created_at, updated_at) "
+            "VALUES ($1, 'acct_old', 'Gold', 1000, 'usd', 'month', now(), now()) RETURNING id",
+            creator,
+        )
+        fan = await conn.fetchval(
+            "INSERT INTO creator_subscriptions_fans (external_ref, created_at) "
+            "VALUES ('old-fan', now()) RETURNING id"
+        )
+        insert = (
+            "INSERT INTO creator_subscriptions_subscriptions (fan, creator, tier, account_id, "
+            "customer_id, currency, status, application_fee_percent, stripe_subscription_id, "
+            "created_at, updated_at) "
+            "VALUES ($1, $2, $3, 'acct_old', 'cus_old', 'usd', 'active', 10, $4, now(), now())"
+        )
+        await conn.execute(insert, fan, creator, tier, "sub_old")
+    finally:
+        await conn.close()
+    ran = await migrate(fresh_database_url, build_plugins(settings).table_apps())
+    assert ran == ["creator_subscriptions:m0004_meaning_marked"]
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        await conn.execute(insert, fan, creator, tier, "sub_older_process")
+        marked = await conn.fetch(
+            "SELECT meaning_marked FROM creator_subscriptions_subscriptions ORDER BY id"
+        )
+        assert [row["meaning_marked"] for row in marked] == [False, False]
+    finally:
+        await conn.close()

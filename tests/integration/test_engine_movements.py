@@ -1152,3 +1152,106 @@ async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_record
     await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
     run = await run_reconciliation(stack.services, trigger="test")
     assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+def _one_off_invoice(client: Any, *, amount: int, **params: Any) -> tuple[str, str]:
+    """A customer with a card and a one-off invoice of ``amount`` (one invoice item),
+    made with Stripe's API directly: drafted, finalised, paid. The invoice and the
+    charge that paid it."""
+    customer = client.v1.customers.create(params={"email": "one-off@example.com"})
+    card = client.v1.payment_methods.attach("pm_card_visa", params={"customer": customer.id}).id
+    invoice = client.v1.invoices.create(
+        params={"customer": customer.id, "default_payment_method": card, **params}
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer.id, "invoice": invoice.id, "amount": amount, "currency": USD}
+    )
+    client.v1.invoices.finalize_invoice(invoice.id)
+    client.v1.invoices.pay(invoice.id)
+    return str(invoice.id), _invoice_charge(client, str(invoice.id))
+
+
+async def test_one_off_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
+    stack: Stack,
+) -> None:
+    """One-off invoices (not from a subscription) made with Stripe's API directly: one on
+    the platform, one paid to a connected account (``transfer_data``,
+    ``application_fee_amount``; refunded in part with the transfer reversed and the fee
+    refunded) and one made on the connected account itself. No plugin owns them: the
+    engine posts each charge once as a movement made outside it; per account the ledger
+    is Stripe's balance and a full reconciliation matches every balance transaction."""
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> list[str]:
+        _, platform = _one_off_invoice(client, amount=2_500)
+        _, paid_out = _one_off_invoice(
+            client,
+            amount=4_000,
+            transfer_data={"destination": creator},
+            application_fee_amount=400,
+        )
+        client.v1.refunds.create(
+            params={
+                "charge": paid_out,
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        _, direct = _one_off_invoice(
+            stack.stripe(creator), amount=3_000, application_fee_amount=150
+        )
+        return [platform, paid_out, direct]
+
+    charges = await asyncio.to_thread(outside)
+    await stack.settle()
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+    await stack.assert_ledger_balanced()
+    keys = [
+        row["idempotency_key"]
+        for row in await stack.services.db.pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions"
+        )
+    ]
+    for charge_id in charges:
+        assert keys.count(f"charge:{charge_id}") == 1, charge_id
+    run = await run_reconciliation(stack.services, trigger="test", full=True)
+    assert run.problems == 0, [item.detail for item in run.problem_items()]
+
+
+async def test_a_one_off_invoice_naming_an_enabled_plugin_is_left_to_it(
+    meaning_stack: Stack,
+) -> None:
+    """A one-off invoice whose own metadata names an enabled plugin
+    (``marketplace_plugin``) is that plugin's: the engine never posts its charge; one
+    naming a plugin that is not enabled is posted by the engine as made outside it."""
+    stack = meaning_stack
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str]:
+        _, owned = _one_off_invoice(
+            client,
+            amount=2_000,
+            metadata={
+                "marketplace_plugin": "outside_orders",
+                "marketplace_reference": "outside:order:11",
+            },
+        )
+        _, orphan = _one_off_invoice(
+            client,
+            amount=1_200,
+            metadata={"marketplace_plugin": "gone", "marketplace_reference": "gone:2"},
+        )
+        return owned, orphan
+
+    owned, orphan = await asyncio.to_thread(outside)
+    await stack.settle()
+    keys = {
+        row["idempotency_key"]
+        for row in await stack.services.db.pool.fetch(
+            "SELECT idempotency_key FROM marketplace_ledger_transactions"
+        )
+    }
+    assert f"charge:{owned}" not in keys
+    assert f"charge:{orphan}" in keys

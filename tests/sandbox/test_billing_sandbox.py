@@ -781,3 +781,120 @@ def test_an_invoice_keeps_its_subscriptions_metadata_as_of_finalization(client: 
     client.v1.subscriptions.update(sub.id, params={"metadata": {"owner": "third"}})
     [first, renewal] = shop.invoices(sub.id)
     assert renewal.parent.subscription_details.metadata.to_dict() == {"owner": "second"}
+
+
+def test_a_one_off_invoice_is_drafted_finalised_with_its_intent_and_paid(
+    client: Any, destination: str
+) -> None:
+    """`POST /v1/invoices` and `/v1/invoiceitems`: a draft for the customer (no
+    auto-advance, pending items left out), items added to it by `invoice=`, finalised
+    with its PaymentIntent waiting, then paid: a destination charge of the total with
+    the invoice's `application_fee_amount`, as Stripe makes it."""
+    shop = Shop(client, MAR_1_2026)
+    customer = shop.customer.id
+    pending = client.v1.invoice_items.create(
+        params={"customer": customer, "amount": 500, "currency": "usd"}
+    )
+    assert (pending.invoice, pending.amount) == (None, 500)
+    invoice = client.v1.invoices.create(
+        params={
+            "customer": customer,
+            "transfer_data": {"destination": destination},
+            "application_fee_amount": 300,
+            "metadata": {"order": "o-1"},
+        }
+    )
+    assert (invoice.status, invoice.auto_advance, invoice.billing_reason) == (
+        "draft",
+        False,
+        "manual",
+    )
+    assert invoice.parent is None
+    assert invoice.metadata["order"] == "o-1"
+    assert invoice.lines.data == []  # pending items are excluded unless asked for
+    one_time = client.v1.prices.create(
+        params={"product": shop.product.id, "currency": "usd", "unit_amount": 750}
+    )
+    client.v1.invoice_items.create(
+        params={"customer": customer, "invoice": invoice.id, "amount": 1_500, "currency": "usd"}
+    )
+    item = client.v1.invoice_items.create(
+        params={
+            "customer": customer,
+            "invoice": invoice.id,
+            "pricing": {"price": one_time.id},
+            "quantity": 2,
+        }
+    )
+    assert (item.invoice, item.amount) == (invoice.id, 1_500)
+    draft = client.v1.invoices.retrieve(invoice.id)
+    assert (draft.amount_due, len(draft.lines.data)) == (3_000, 2)
+    assert draft.lines.data[0].parent.type == "invoice_item_details"
+
+    finalized = client.v1.invoices.finalize_invoice(invoice.id)
+    assert finalized.status == "open"
+    intent = intent_of(client, invoice.id)
+    assert (intent.amount, intent.status) == (3_000, "requires_confirmation")
+    assert intent.application_fee_amount == 300
+    assert intent.transfer_data.destination == destination
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoice_items.create(
+            params={"customer": customer, "invoice": invoice.id, "amount": 1, "currency": "usd"}
+        )
+
+    paid = client.v1.invoices.pay(invoice.id)
+    assert (paid.status, paid.amount_paid) == ("paid", 3_000)
+    assert intent_of(client, invoice.id).id == intent.id
+    charge = charge_of(client, invoice.id)
+    assert (charge.amount, charge.application_fee_amount) == (3_000, 300)
+    assert total(client, destination) == 3_000 - 300
+    assert total(client) == 300 - processing_fee(3_000)
+    for announced in ("invoice.created", "invoice.finalized", "invoice.paid"):
+        assert invoice.id in [e.data.object.id for e in event_types(client, announced)]
+    assert len(event_types(client, "invoiceitem.created")) == 3
+
+    # The pending item waits for an invoice that includes it.
+    later = client.v1.invoices.create(
+        params={"customer": customer, "pending_invoice_items_behavior": "include"}
+    )
+    assert [line.amount for line in later.lines.data] == [500]
+    assert client.v1.invoice_items.retrieve(pending.id).invoice == later.id
+
+
+def test_a_one_off_invoice_with_auto_advance_is_finalised_and_charged_an_hour_later(
+    client: Any,
+) -> None:
+    shop = Shop(client, MAR_1_2026)
+    invoice = client.v1.invoices.create(params={"customer": shop.customer.id, "auto_advance": True})
+    client.v1.invoice_items.create(
+        params={"customer": shop.customer.id, "invoice": invoice.id, "amount": 2_000}
+    )
+    assert invoice.automatically_finalizes_at == MAR_1_2026 + HOUR
+    shop.advance(MAR_1_2026 + HOUR - 1)
+    assert client.v1.invoices.retrieve(invoice.id).status == "draft"
+    shop.advance(MAR_1_2026 + HOUR)
+    paid = client.v1.invoices.retrieve(invoice.id)
+    assert (paid.status, paid.amount_paid) == ("paid", 2_000)
+    assert total(client) == 2_000 - processing_fee(2_000)
+
+
+def test_one_off_invoice_validation(client: Any, destination: str) -> None:
+    shop = Shop(client, MAR_1_2026)
+    customer = shop.customer.id
+    for params in (
+        {"collection_method": "send_invoice", "days_until_due": 30},
+        {"application_fee_amount": 100},  # no connected account to take it from
+        {"transfer_data": {"destination": "acct_missing"}},
+        {"pending_invoice_items_behavior": "sometimes"},
+    ):
+        with pytest.raises(stripe.InvalidRequestError):
+            client.v1.invoices.create(params={"customer": customer, **params})
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoice_items.create(params={"customer": customer})  # no amount, no price
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoice_items.create(params={"customer": customer, "amount": 100})  # currency
+    sub = shop.subscribe(shop.price(1_000))
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoice_items.create(
+            params={"customer": customer, "invoice": sub.latest_invoice, "amount": 1}
+        )

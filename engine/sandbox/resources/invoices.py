@@ -32,7 +32,7 @@ from engine.sandbox.errors import StripeError, invalid
 from engine.sandbox.events import emit
 from engine.sandbox.ledger import ZERO_DECIMAL
 from engine.sandbox.objects import build, new_id
-from engine.sandbox.resources.common import domain_of, expect_status
+from engine.sandbox.resources.common import destination_account, domain_of, expect_status
 from engine.sandbox.resources.customers import resolve_payment_method
 from engine.sandbox.resources.payments import (
     cancel_payment_intent,
@@ -42,7 +42,7 @@ from engine.sandbox.resources.payments import (
 )
 from engine.sandbox.routing import Route
 from engine.sandbox.state import SandboxState
-from engine.sandbox.wire import Call, Obj, embedded_list, page
+from engine.sandbox.wire import Call, Obj, embedded_list, page, to_int
 
 DAY = 86_400
 FINALIZE_JOB = "billing_finalize"
@@ -486,6 +486,10 @@ def finalize(state: SandboxState, invoice: Obj, *, apply_balance: bool = True) -
     invoice["status_transitions"]["finalized_at"] = now
     invoice["effective_at"] = now
     invoice["automatically_finalizes_at"] = None
+    if subscription_of(state, invoice) is None and intent_of(state, invoice) is None:
+        # A one-off invoice gets its PaymentIntent when it is finalised, as at Stripe
+        # (`payments`, `confirmation_secret`); paying it confirms that intent.
+        open_intent(state, invoice)
     emit(state, "invoice.finalized", invoice, account=owner)
 
 
@@ -566,7 +570,10 @@ def collect(
 
 
 def default_payment_method(state: SandboxState, invoice: Obj) -> str | None:
-    """Stripe's order: the subscription's default, then the customer's invoice default."""
+    """Stripe's order: the invoice's own, the subscription's, then the customer's invoice
+    default."""
+    if invoice["default_payment_method"]:
+        return str(invoice["default_payment_method"])
     subscription = state.find(subscription_of(state, invoice) or "")
     if subscription is not None and subscription["default_payment_method"]:
         return str(subscription["default_payment_method"])
@@ -582,10 +589,13 @@ def _intent_params(state: SandboxState, invoice: Obj, pm_id: str) -> dict[str, A
         "currency": invoice["currency"],
         "customer": invoice["customer"],
         "payment_method": pm_id,
-        "description": "Subscription creation"
-        if invoice["billing_reason"] == "subscription_create"
-        else "Subscription update",
     }
+    if subscription_of(state, invoice) is not None:
+        params["description"] = (
+            "Subscription creation"
+            if invoice["billing_reason"] == "subscription_create"
+            else "Subscription update"
+        )
     private = state.private(invoice["id"])
     transfer = private.get("transfer")
     if transfer:
@@ -825,6 +835,251 @@ def mark_uncollectible(state: SandboxState, invoice: Obj) -> None:
     emit(state, "invoice.marked_uncollectible", invoice, account=owner, previous=previous)
 
 
+# -- one-off invoices and invoice items -------------------------------------------------
+
+_UNSUPPORTED_ON_INVOICES = (
+    "subscription",
+    "from_invoice",
+    "discounts",
+    "default_tax_rates",
+    "shipping_cost",
+)
+_UNSUPPORTED_ON_ITEMS = (
+    "subscription",
+    "discounts",
+    "price_data",
+    "tax_rates",
+    "unit_amount_decimal",
+)
+
+
+def _reject_unsupported(call: Call, names: tuple[str, ...], kind: str) -> None:
+    for name in names:
+        if call.params.get(name) not in (None, ""):
+            raise invalid(f"The sandbox does not support `{name}` on {kind}.", param=name)
+
+
+def create_invoice(call: Call) -> Obj:
+    """`POST /v1/invoices`: a draft one-off invoice for a customer (`billing_reason`
+    `manual`), announced with `invoice.created`.
+
+    As at Stripe: `auto_advance` is false unless asked for (then the draft is finalised
+    and charged `invoice_finalize_delay` later, like a renewal's); the customer's pending
+    invoice items are left out unless `pending_invoice_items_behavior=include`;
+    `transfer_data`, `application_fee_amount` and `on_behalf_of` shape the PaymentIntent
+    made when it is finalised (a destination charge), and are not served on the invoice
+    (the API version's Invoice has no such fields).
+    """
+    state = call.state
+    _reject_unsupported(call, _UNSUPPORTED_ON_INVOICES, "invoices")
+    if call.str_("collection_method") not in (None, "charge_automatically"):
+        raise invalid(
+            "The sandbox supports collection_method=charge_automatically only.",
+            param="collection_method",
+        )
+    customer = state.get(call.req_str("customer"), call.account, "customer", "customer")
+    behavior = call.str_("pending_invoice_items_behavior") or "exclude"
+    if behavior not in ("include", "exclude"):
+        raise invalid(
+            "Invalid pending_invoice_items_behavior", param="pending_invoice_items_behavior"
+        )
+    transfer = call.dict_("transfer_data")
+    if transfer:
+        destination_account(call, str(transfer.get("destination") or ""), "transfer_data")
+    on_behalf_of = call.str_("on_behalf_of")
+    if on_behalf_of:
+        destination_account(call, on_behalf_of, "on_behalf_of")
+    fee = call.int_("application_fee_amount")
+    if fee is not None and (fee < 0 or not (transfer or call.connected)):
+        raise invalid(
+            "An application fee needs a connected account: transfer_data[destination], "
+            "or the invoice made on the connected account.",
+            param="application_fee_amount",
+        )
+    pm_value = call.str_("default_payment_method")
+    pm_id = (
+        resolve_payment_method(state, call.account, pm_value, "default_payment_method")["id"]
+        if pm_value
+        else None
+    )
+    now = state.now(domain_of(state, customer["id"]))
+    invoice = new_invoice(
+        state,
+        owner=call.account,
+        customer=customer,
+        subscription=None,
+        billing_reason="manual",
+        period_start=now,
+        period_end=now,
+    )
+    auto_advance = call.bool_("auto_advance", False)
+    invoice.update(
+        auto_advance=auto_advance,
+        currency=(call.str_("currency") or invoice["currency"]).lower(),
+        default_payment_method=pm_id,
+        description=call.str_("description"),
+        metadata=call.metadata(),
+        on_behalf_of=on_behalf_of,
+    )
+    private = state.private(invoice["id"])
+    if transfer:
+        amount = transfer.get("amount")
+        private["transfer"] = {
+            "amount": None if amount in (None, "") else to_int(amount, "transfer_data[amount]"),
+            "destination": str(transfer["destination"]),
+        }
+    if fee:
+        private["app_fee"] = fee
+    if behavior == "include":
+        _take_customer_pending_items(state, invoice, customer)
+    if auto_advance:
+        domain = domain_of(state, customer["id"])
+        due = now + state.options.invoice_finalize_delay
+        invoice["automatically_finalizes_at"] = due
+        state.schedule(domain, due, FINALIZE_JOB, invoice["id"])
+    publish_draft(state, invoice)
+    return invoice
+
+
+def _add_item_line(state: SandboxState, invoice: Obj, item: Obj) -> None:
+    """Append invoice item `item` to draft `invoice` as an `il_` line."""
+    line = build(
+        "line_item",
+        new_id("il"),
+        0,
+        amount=item["amount"],
+        currency=item["currency"],
+        description=item["description"],
+        discount_amounts=[],
+        discountable=item["discountable"],
+        discounts=[],
+        invoice=invoice["id"],
+        metadata=dict(item["metadata"]),
+        parent={
+            "invoice_item_details": {
+                "invoice_item": item["id"],
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+            "subscription_item_details": None,
+            "type": "invoice_item_details",
+        },
+        period=dict(item["period"]),
+        pretax_credit_amounts=[],
+        pricing=dict(item["pricing"]),
+        quantity=item["quantity"],
+        quantity_decimal=item["quantity_decimal"],
+        subscription=None,
+        subtotal=item["amount"],
+        taxes=[],
+    )
+    state.put(line, state.owner_of(invoice["id"]), "line_item", listed=False)
+    state.private(invoice["id"])["lines"].append(line["id"])
+    invoice["lines"]["data"].append(line)
+    item["invoice"] = invoice["id"]
+    _totals(invoice)
+
+
+def _take_customer_pending_items(state: SandboxState, invoice: Obj, customer: Obj) -> None:
+    """`pending_invoice_items_behavior=include`: the customer's pending one-off items of
+    the invoice's currency become its lines."""
+    pending: list[str] = state.private(customer["id"]).get("pending_items", [])
+    for item_id in list(pending):
+        item = state.find(item_id)
+        if item is None or item["invoice"] is not None:
+            pending.remove(item_id)
+        elif item["currency"] == invoice["currency"]:
+            _add_item_line(state, invoice, item)
+            pending.remove(item_id)
+
+
+def create_invoice_item(call: Call) -> Obj:
+    """`POST /v1/invoiceitems`: an amount (`amount` + `currency`) or a price
+    (`pricing[price]`, `quantity`) for a customer, on a draft invoice (`invoice`) or
+    pending until an invoice takes it (`invoiceitem.created`)."""
+    state = call.state
+    _reject_unsupported(call, _UNSUPPORTED_ON_ITEMS, "invoice items")
+    customer = state.get(call.req_str("customer"), call.account, "customer", "customer")
+    invoice = None
+    invoice_id = call.str_("invoice")
+    if invoice_id:
+        invoice = state.get(invoice_id, call.account, "invoice", "invoice")
+        if invoice["customer"] != customer["id"]:
+            raise invalid(
+                "The invoice and the invoice item must belong to the same customer.",
+                param="invoice",
+            )
+        if invoice["status"] != "draft" or subscription_of(state, invoice) is not None:
+            raise invalid("You can only add invoice items to draft invoices.", param="invoice")
+    pricing = call.dict_("pricing")
+    price = None
+    if pricing.get("price"):
+        price = state.get(str(pricing["price"]), call.account, "price", "pricing[price]")
+    amount = call.int_("amount")
+    if (amount is None) == (price is None):
+        raise invalid("You must specify either `amount` or `pricing[price]`.", param="amount")
+    quantity = call.int_("quantity") or 1
+    if price is not None:
+        if price["unit_amount"] is None:
+            raise invalid("The price has no unit_amount.", param="pricing[price]")
+        amount = int(price["unit_amount"]) * quantity
+        currency = str(price["currency"])
+        details: Obj | None = {"price": price["id"], "product": price["product"]}
+        unit = str(price["unit_amount_decimal"])
+    else:
+        assert amount is not None
+        currency = (call.str_("currency") or (invoice or {}).get("currency") or "").lower()
+        if not currency:
+            raise invalid("Missing required param: currency.", param="currency")
+        details, unit = None, str(amount // quantity)
+    if invoice is not None and currency != invoice["currency"]:
+        raise invalid(
+            "The currency of the invoice item must match the invoice's currency.",
+            param="currency",
+        )
+    domain = domain_of(state, customer["id"])
+    now = state.now(domain)
+    period = call.dict_("period")
+    start = to_int(period.get("start", now), "period[start]")
+    end = to_int(period.get("end", start), "period[end]")
+    item = build(
+        "invoiceitem",
+        new_id("ii"),
+        0,
+        amount=amount,
+        currency=currency,
+        customer=customer["id"],
+        customer_account=None,
+        date=now,
+        description=call.str_("description"),
+        discountable=call.bool_("discountable", amount >= 0),
+        discounts=[],
+        invoice=None,
+        metadata=call.metadata(),
+        net_amount=amount,
+        parent=None,
+        period={"end": end, "start": start},
+        pricing={
+            "price_details": details,
+            "type": "price_details",
+            "unit_amount_decimal": unit,
+        },
+        proration=False,
+        quantity=quantity,
+        quantity_decimal=str(quantity),
+        tax_rates=[],
+        test_clock=customer["test_clock"],
+    )
+    state.put(item, call.account, "invoiceitem")
+    if invoice is not None:
+        _add_item_line(state, invoice, item)
+    else:
+        state.private(customer["id"]).setdefault("pending_items", []).append(item["id"])
+    emit(state, "invoiceitem.created", item, account=call.account)
+    return item
+
+
 # -- API -------------------------------------------------------------------------------
 
 
@@ -967,6 +1222,8 @@ def list_invoice_items(call: Call) -> Obj:
 
 
 ROUTES = (
+    Route("POST", "/v1/invoices", create_invoice, "InvoiceCreateParams"),
+    Route("POST", "/v1/invoiceitems", create_invoice_item, "InvoiceItemCreateParams"),
     Route("GET", "/v1/invoices", list_invoices, "InvoiceListParams"),
     Route("GET", "/v1/invoices/{}", retrieve_invoice, "InvoiceRetrieveParams"),
     Route("GET", "/v1/invoices/{}/lines", list_lines, "InvoiceListLinesParams"),
