@@ -151,6 +151,54 @@ $fn$
 """
 
 
+# Accept several verified events in one round trip and one commit (``Mailbox.accept_many``,
+# the intake's group commit): the accept statement of ``engine.webhooks.mailbox`` once per
+# event, in the order given (the caller sorts them by mailbox key, so that concurrent
+# calls lock mailbox rows in one order and never deadlock). One row per event, with its
+# position (1-based) in the arrays.
+_MAILBOX_ACCEPT_MANY_FUNCTION = """
+CREATE OR REPLACE FUNCTION marketplace_mailbox_accept_many(
+    p_ids text[], p_accounts text[], p_types text[], p_livemodes boolean[],
+    p_created bigint[], p_payloads text[]
+) RETURNS TABLE (
+    out_position int, out_version bigint, out_newly_scheduled boolean, out_parked boolean,
+    out_inserted boolean
+) LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        RETURN QUERY
+        WITH acc AS (
+            INSERT INTO marketplace_webhook_accounts AS a
+                (account, version, scheduled, scheduled_at, lease_owner, lease_epoch, parked,
+                 attempts, last_error, handled, updated_at)
+            SELECT p_accounts[i], 1, true, now(), '', 0, false, 0, '', 0, now()
+            WHERE NOT EXISTS (
+                SELECT 1 FROM marketplace_webhook_events WHERE event_id = p_ids[i]
+            )
+            ON CONFLICT (account) DO UPDATE SET
+                version = a.version + 1,
+                scheduled = true,
+                scheduled_at = CASE WHEN a.scheduled THEN a.scheduled_at ELSE now() END,
+                updated_at = now()
+            RETURNING a.version, a.scheduled_at = now() AS newly_scheduled, a.parked
+        ), ev AS (
+            INSERT INTO marketplace_webhook_events
+                (event_id, account, seq, type, livemode, created, payload, status, attempts,
+                 last_error, received_at)
+            SELECT p_ids[i], p_accounts[i], acc.version, p_types[i], p_livemodes[i],
+                   p_created[i], p_payloads[i]::jsonb, 'pending', 0, '', now()
+            FROM acc
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING 1
+        )
+        SELECT i, acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev)
+        FROM acc;
+    END LOOP;
+END
+$fn$
+"""
+
+
 # Later schema changes of the core, in order: (step name, statements). Each runs once
 # per database (recorded in marketplace_migrations), also on databases made before it.
 _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -250,6 +298,12 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 refreshed_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )""",
         ),
+    ),
+    (
+        # The intake's group commit (``Mailbox.accept_many``): events accepted together
+        # in one round trip and one commit.
+        "0008_mailbox_accept_many",
+        (_MAILBOX_ACCEPT_MANY_FUNCTION,),
     ),
 )
 

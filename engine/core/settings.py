@@ -135,8 +135,8 @@ class WorkerSettings(_Section, frozen=True):
     drains: Positive = 4
     """Batched drains a worker runs at once."""
     keys_per_drain: Positive = 16
-    """Mailboxes one drain leases in one round trip, then applies at the same time (each
-    in its own transaction on a connection of its own: ``[database] pool_max`` bounds them)."""
+    """Mailboxes one drain leases in one round trip, then applies in one transaction (each
+    key fenced by its own token)."""
     metrics_port: Port = 0
     """Serve the worker's Prometheus metrics on this port (0: not served)."""
     heartbeat_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0

@@ -3,14 +3,16 @@
 ``POST /webhooks/stripe`` (platform events) and ``POST /webhooks/stripe/connect``
 (Connect events) each verify against their own secrets. Nothing is stored unless
 the signature, timestamp, size and JSON shape are all good. A verified event is
-committed to its account's mailbox before the 2xx; a duplicate is acknowledged
+committed to its account's mailbox before the 2xx (deliveries arriving together
+share one commit: ``engine.webhooks.grouping``); a duplicate is acknowledged
 and changes nothing. A verified event that must not be applied is acknowledged
 too (so Stripe stops retrying) and stored dead with its reason
 (``engine.webhooks.screening``): a malformed one in the ``quarantine`` mailbox, one
 of another API version or of the other mode (live or test) in its own mailbox.
-When the commit newly schedules the account, one drain token is published to
-JetStream; if that publish fails the event is still safe in PostgreSQL and the
-sweeper publishes it later.
+When the commit newly schedules the account, a drain token is published to
+JetStream (one token for all the accounts a group commit newly scheduled); if that
+publish fails the event is still safe in PostgreSQL and the sweeper publishes it
+later.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from engine.api.problems import problem_responses
 from engine.core.errors import InvalidInput, MarketplaceError
 from engine.core.settings import Settings
 from engine.observability import Metrics, log_context
+from engine.webhooks.grouping import GroupCommit
 from engine.webhooks.mailbox import Accepted, Mailbox
 from engine.webhooks.screening import live_key, malformed_reason, quarantined, wrong_mode_reason
 from engine.webhooks.signature import SignatureError, verify
@@ -80,6 +83,7 @@ class WebhookIntake:
         self._scheduler = scheduler
         self._metrics = metrics
         self._live = live_key(settings.stripe.secret_key)
+        self._group = GroupCommit(mailbox, scheduler)
 
     def _secrets(self, connect: bool) -> Sequence[str]:
         stripe = self._settings.stripe
@@ -150,13 +154,12 @@ class WebhookIntake:
                     return WebhookReceipt(
                         received=True, event_id=event.id, duplicate=not parked.inserted
                     )
-            accepted = await self._mailbox.accept(parsed, raw, key=key)
+            # Committed (with the deliveries arriving meanwhile) and its drain published
+            # if it newly scheduled the mailbox; a refused publish is retried.
+            accepted = await self._group.accept(parsed, raw, key)
             self._metrics.webhook_received.labels(
                 endpoint, "new" if accepted.inserted else "duplicate"
             ).inc()
-            if accepted.publish:
-                # Committed: a publish JetStream refuses is retried by the scheduler.
-                await self._scheduler.schedule(accepted.account, f"v{accepted.version}")
         return WebhookReceipt(received=True, event_id=event.id, duplicate=not accepted.inserted)
 
     def _count(self, endpoint: str, outcome: str, parked: Accepted, reason: str) -> None:

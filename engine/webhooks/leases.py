@@ -91,11 +91,14 @@ class _Held:
     epoch: int
     deadline: float
     timeout: asyncio.Timeout | None = None
+    group: Sequence[_Held] = ()
+    """The keys sharing ``timeout`` (``HeldLeases.turn_many``): it fires at their earliest
+    deadline."""
 
     def move_deadline(self, when: float) -> None:
         self.deadline = when
         if self.timeout is not None and not self.timeout.expired():
-            self.timeout.reschedule(when)
+            self.timeout.reschedule(min((one.deadline for one in self.group), default=when))
 
 
 class HeldLeases:
@@ -125,6 +128,32 @@ class HeldLeases:
         finally:
             held.timeout = None
             self._keeper.forget(held)
+
+    @contextlib.asynccontextmanager
+    async def turn_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Run the body while every lease of ``keys`` holds, under their earliest deadline.
+
+        For work on several keys in one transaction (``Mailbox.drain_many(shared=True)``):
+        ``TimeoutError`` when any of the leases cannot be renewed in time or was found
+        taken over (``expired`` then says which). The leases are still renewed after
+        the turn (the caller may go on with the keys that hold) until ``hold_many``'s
+        body exits.
+        """
+        group = [self._held[key] for key in keys]
+        try:
+            async with asyncio.timeout_at(min(one.deadline for one in group)) as timeout:
+                for one in group:
+                    one.timeout, one.group = timeout, group
+                yield
+        finally:
+            for one in group:
+                one.timeout, one.group = None, ()
+
+    def expired(self, keys: Sequence[str]) -> list[str]:
+        """Those of ``keys`` whose deadline has passed (at least the earliest one's key)."""
+        now = asyncio.get_running_loop().time()
+        passed = [key for key in keys if self._held[key].deadline <= now]
+        return passed or [min(keys, key=lambda key: self._held[key].deadline)]
 
 
 class LeaseKeeper:

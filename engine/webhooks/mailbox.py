@@ -26,7 +26,9 @@ The protocol:
    ``LeaseKeeper`` renews its lease and cancels it before the lease could end
    unrenewed (``engine.webhooks.leases``). ``drain_many`` leases several keys
    in one round trip (``marketplace_mailbox_lease_many``), each with its own
-   token, and applies each key as above, in its own fenced transaction.
+   token, and applies each key as above, in its own fenced transaction, or
+   (``shared=True``, the worker's way) every key in one transaction whose one
+   marking statement checks every key's token.
 3. A failing event backs the key off with jitter; after ``max_attempts`` the
    event is dead and the key parked (its later events wait, preserving
    order) until replayed. Both writes are fenced like the marks.
@@ -100,6 +102,17 @@ SELECT acc.version, acc.newly_scheduled, acc.parked, EXISTS (SELECT 1 FROM ev) A
 FROM acc
 """
 
+# ``_ACCEPT`` for several events in one round trip and one commit, through
+# ``marketplace_mailbox_accept_many`` (core migration ``0008``). One row per event
+# accepted or found already stored, by its 1-based position; none for a duplicate
+# of an event earlier in the same call.
+_ACCEPT_MANY = """
+SELECT out_position AS position, out_version AS version,
+       out_newly_scheduled AS newly_scheduled, out_parked AS parked, out_inserted AS inserted
+FROM marketplace_mailbox_accept_many($1::text[], $2::text[], $3::text[], $4::bool[],
+                                     $5::bigint[], $6::text[])
+"""
+
 # An event of another Stripe API version (``engine.webhooks.versions``): stored dead
 # with its reason, nothing scheduled or parked. It takes the mailbox's current
 # version as its seq without bumping it (under the row's lock), so a replay applies
@@ -171,6 +184,39 @@ WITH fence AS (
 SELECT scheduled, (SELECT count(*) FROM marked) AS marked FROM fence
 """
 
+# ``_MARK_AND_RELEASE`` for every mailbox of a shared drain (``drain_many(shared=True)``)
+# at once: each key's token checked, its batch marked handled and its lease released as
+# above. A key not returned lost its lease: the caller raises ``LeaseLost`` and the one
+# transaction of the drain rolls back whole. The rows are locked in key order, as the
+# intake's group commit and ``marketplace_mailbox_lease_many`` lock them (no deadlock).
+_MARK_AND_RELEASE_MANY = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::int[])
+        AS i(account, epoch, version, may_be_idle, handled)
+), locked AS (
+    SELECT a.account FROM marketplace_webhook_accounts a
+    WHERE a.account = ANY($1::text[])
+    ORDER BY a.account
+    FOR UPDATE
+), fence AS (
+    UPDATE marketplace_webhook_accounts a
+    SET scheduled = a.scheduled AND NOT (a.version = i.version AND i.may_be_idle),
+        scheduled_at = CASE WHEN a.version = i.version AND i.may_be_idle THEN NULL ELSE now() END,
+        lease_owner = '', lease_until = NULL, attempts = 0, last_error = '',
+        handled = a.handled + i.handled, updated_at = now()
+    FROM input i JOIN locked l ON l.account = i.account
+    WHERE a.account = i.account AND a.lease_epoch = i.epoch
+    RETURNING a.account, a.scheduled
+), marked AS (
+    UPDATE marketplace_webhook_events e
+    SET status = 'handled', handled_at = clock_timestamp(), attempts = e.attempts + 1
+    WHERE e.id = ANY($6::bigint[]) AND e.status = 'pending'
+      AND e.account IN (SELECT account FROM fence)
+    RETURNING 1
+)
+SELECT account, scheduled, (SELECT count(*) FROM marked) AS marked FROM fence
+"""
+
 # A handler failed: check the token (locking the mailbox row), mark the events
 # handled before the failing one, and count the failure on the failing one.
 _FAIL_EVENT = """
@@ -231,6 +277,12 @@ def _stopped(key: str, exc: Exception) -> DrainOutcome:
     return DrainOutcome("error", error=f"{type(exc).__name__}: {exc}"[:2000])
 
 
+def _lost(lease: _Lease) -> DrainOutcome:
+    """The outcome of a key whose lease was lost: nothing of it committed."""
+    log.warning("drain of %s lost its lease (epoch %d); nothing committed", lease.key, lease.epoch)
+    return DrainOutcome("lost")
+
+
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with jitter: between half and all of ``base * 2**(attempt-1)``."""
     ceiling: float = min(cap, base * (2.0 ** max(0, attempt - 1)))
@@ -275,12 +327,13 @@ class _Lease:
 
 
 class _EventFailed(Exception):
-    """The handler of the batch's ``index``-th event failed with ``error``."""
+    """The handler of the batch's ``index``-th event (of mailbox ``key``) failed with ``error``."""
 
-    def __init__(self, index: int, error: Exception) -> None:
+    def __init__(self, index: int, error: Exception, key: str = "") -> None:
         super().__init__(str(error))
         self.index = index
         self.error = error
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +381,9 @@ class Mailbox:
         self.lease_many = True
         """False once ``marketplace_mailbox_lease_many`` was found missing: ``drain_many``
         drains one mailbox at a time."""
+        self.accept_many_exists = True
+        """False once ``marketplace_mailbox_accept_many`` was found missing: ``accept_many``
+        accepts one event at a time."""
 
     def key_of(self, event: Mapping[str, Any]) -> str:
         """The mailbox ``event`` goes to."""
@@ -380,6 +436,66 @@ class Mailbox:
             publish=bool(row["newly_scheduled"]) and not row["parked"],
         )
 
+    async def accept_many(
+        self, events: Sequence[tuple[Mapping[str, Any], str, str]]
+    ) -> list[Accepted]:
+        """Commit several verified events ``(event, raw body, key)`` in one statement.
+
+        Each is accepted as ``accept`` accepts one (its own mailbox version, a
+        duplicate changes nothing), all in one round trip and one commit. The
+        events go in mailbox key order (the order of one key's events kept), so
+        that concurrent calls lock mailbox rows in one order. Returns one
+        ``Accepted`` per event, in the order given. Without the function (a
+        database not yet migrated to core step ``0008``) each is accepted alone.
+        """
+        if not events:
+            return []
+        if self.accept_many_exists:
+            accepted = await self._accept_many(events)
+            if accepted is not None:
+                return accepted
+        return [await self.accept(event, raw, key=key) for event, raw, key in events]
+
+    async def _accept_many(
+        self, events: Sequence[tuple[Mapping[str, Any], str, str]]
+    ) -> list[Accepted] | None:
+        order = sorted(range(len(events)), key=lambda index: events[index][2])
+        ordered = [events[index] for index in order]
+        async with self._pool.acquire() as conn:
+            try:
+                rows = await conn.fetch(
+                    _ACCEPT_MANY,
+                    [str(event["id"]) for event, _, _ in ordered],
+                    [key for _, _, key in ordered],
+                    [str(event.get("type", "")) for event, _, _ in ordered],
+                    [bool(event.get("livemode", False)) for event, _, _ in ordered],
+                    [int(event.get("created") or 0) for event, _, _ in ordered],
+                    [raw for _, raw, _ in ordered],
+                )
+            except asyncpg.UndefinedFunctionError:
+                log.warning(
+                    "marketplace_mailbox_accept_many is missing (run `marketplace migrate`); "
+                    "accepting one event at a time"
+                )
+                self.accept_many_exists = False
+                return None
+        found = {int(row["position"]) - 1: row for row in rows}
+        accepted: list[Accepted | None] = [None] * len(events)
+        for position, index in enumerate(order):
+            key = events[index][2]
+            row = found.get(position)
+            accepted[index] = (
+                Accepted(inserted=False, account=key)
+                if row is None
+                else Accepted(
+                    inserted=bool(row["inserted"]),
+                    account=key,
+                    version=int(row["version"]),
+                    publish=bool(row["newly_scheduled"]) and not row["parked"],
+                )
+            )
+        return [one for one in accepted if one is not None]
+
     async def quarantine(self, event: Quarantined) -> Accepted:
         """Store a malformed event dead in the ``quarantine`` mailbox with its reason.
 
@@ -430,6 +546,7 @@ class Mailbox:
         handle: EventHandler,
         *,
         at_once: int = 0,
+        shared: bool = False,
     ) -> dict[str, DrainOutcome]:
         """Drain several mailboxes in one go: one round trip leases them all and reads
         their batches, then each is applied as ``drain`` applies one, in its own
@@ -437,9 +554,20 @@ class Mailbox:
 
         ``at_once``: how many of the leased mailboxes are applied at the same time,
         each on a connection of its own from the pool (0: all of them; the pool
-        bounds them). 1 applies them one after the other on the lease's connection.
+        bounds them). 1 applies them one after the other on one connection.
         Every leased key is renewed together (``LeaseKeeper.hold_many``) until its
         turn ends, and each key's turn runs under that key's deadline.
+
+        ``shared`` (the worker's way; ``at_once`` is then unused): every leased
+        mailbox is applied in one transaction on one connection, the keys one after
+        the other, and one statement checks every key's token, marks every batch
+        and releases every lease before the one commit (two round trips and a
+        commit per drain instead of per key). What holds per key still holds: a key
+        whose handler fails, or whose lease is lost or cannot be renewed in time,
+        makes the transaction roll back whole, and a new one applies the other keys
+        again (handlers are idempotent) with that key's failure recorded or without
+        that key; a deadlock or serialization failure (handlers of several keys in
+        one transaction) falls back to one transaction per key.
 
         Returns an outcome per account: ``busy`` for one whose lease was not free,
         ``lost`` for one whose lease was lost (nothing of it committed), and
@@ -453,13 +581,13 @@ class Mailbox:
         if not keys:
             return {}
         if self.lease_many:
-            drained = await self._drain_many(keys, owner, handle, at_once)
+            drained = await self._drain_many(keys, owner, handle, at_once, shared)
             if drained is not None:
                 return drained
         return {key: await self.drain(key, owner, handle) for key in keys}
 
     async def _drain_many(
-        self, keys: list[str], owner: str, handle: EventHandler, at_once: int
+        self, keys: list[str], owner: str, handle: EventHandler, at_once: int, shared: bool
     ) -> dict[str, DrainOutcome] | None:
         """``drain_many`` with the function; ``None`` when it is missing."""
         loop = asyncio.get_running_loop()
@@ -486,7 +614,9 @@ class Mailbox:
         outcomes = {key: DrainOutcome("busy") for key in keys if key not in batches}
         leases = [(lease.key, lease.epoch) for lease, _ in batches.values()]
         async with self.keeper.hold_many(leases, asked_at) as held:
-            if at_once == 1:
+            if shared and batches:
+                outcomes.update(await self._drain_shared(batches, handle, held))
+            elif at_once == 1:
                 async with self._pool.acquire() as conn:
                     for key, (lease, rows) in batches.items():
                         try:
@@ -513,6 +643,133 @@ class Mailbox:
                 )
                 outcomes.update(zip(batches, applied, strict=True))
         return {key: outcomes[key] for key in keys}
+
+    async def _drain_shared(
+        self,
+        batches: dict[str, tuple[_Lease, list[Any]]],
+        handle: EventHandler,
+        held: HeldLeases,
+    ) -> dict[str, DrainOutcome]:
+        """Apply every leased mailbox in one transaction (``drain_many(shared=True)``).
+
+        A round that cannot commit is rolled back whole and the next one applies
+        what is left: without a key that lost its lease, or with a failing key's
+        batch cut before its failing event and that failure recorded. Each round
+        settles at least one key or one failure, so the rounds end.
+        """
+        may_be_idle = {key: len(rows) < self.batch_size for key, (_, rows) in batches.items()}
+        rows_of = {key: rows for key, (_, rows) in batches.items()}
+        failing: dict[str, tuple[Any, Exception]] = {}
+        settled: dict[str, DrainOutcome] = {}
+        async with self._pool.acquire() as conn:
+            while True:
+                live = [key for key in batches if key not in settled]
+                if not live:
+                    return settled
+                work = [(batches[key][0], rows_of[key]) for key in live]
+                handled: dict[str, list[Any]] = {}
+                after: list[Callable[[], None]] = []
+                try:
+                    async with held.turn_many(live):
+                        applied = await self._apply_shared(
+                            conn, work, handle, (handled, after), failing, may_be_idle
+                        )
+                except _EventFailed as failure:
+                    if isinstance(failure.error, asyncpg.TransactionRollbackError):
+                        return settled | await self._one_by_one(conn, live, batches, handle, held)
+                    rows = rows_of[failure.key]
+                    failing[failure.key] = (rows[failure.index], failure.error)
+                    rows_of[failure.key] = rows[: failure.index]
+                    continue
+                except asyncpg.TransactionRollbackError:
+                    return settled | await self._one_by_one(conn, live, batches, handle, held)
+                except LeaseLost as lost:
+                    settled[str(lost.args[0])] = _lost(batches[str(lost.args[0])][0])
+                    continue
+                except TimeoutError:
+                    for key in held.expired(live):
+                        settled[key] = _lost(batches[key][0])
+                    continue
+                except Exception as exc:  # the connection failed: nothing committed
+                    return settled | {key: _stopped(key, exc) for key in live}
+                break
+        for action in after:
+            action()
+        now = datetime.now(UTC)
+        for key, rows in handled.items():
+            lags = tuple((now - row["received_at"]).total_seconds() for row in rows)
+            applied[key] = replace(applied[key], lag_seconds=lags)
+        return settled | applied
+
+    async def _one_by_one(
+        self,
+        conn: asyncpg.Connection,
+        keys: list[str],
+        batches: dict[str, tuple[_Lease, list[Any]]],
+        handle: EventHandler,
+        held: HeldLeases,
+    ) -> dict[str, DrainOutcome]:
+        """Apply ``keys`` each in its own transaction (a shared one could not commit)."""
+        outcomes: dict[str, DrainOutcome] = {}
+        for key in keys:
+            lease, rows = batches[key]
+            try:
+                outcomes[key] = await self._drain_leased(conn, lease, rows, handle, held)
+            except Exception as exc:  # the connection failed: stop here
+                stopped = _stopped(key, exc)
+                return outcomes | {rest: stopped for rest in keys if rest not in outcomes}
+        return outcomes
+
+    async def _apply_shared(  # noqa: PLR0917 - the drain's working set, passed along once
+        self,
+        conn: asyncpg.Connection,
+        work: list[tuple[_Lease, list[Any]]],
+        handle: EventHandler,
+        collected: tuple[dict[str, list[Any]], list[Callable[[], None]]],
+        failing: dict[str, tuple[Any, Exception]],
+        may_be_idle: dict[str, bool],
+    ) -> dict[str, DrainOutcome]:
+        """One round of ``_drain_shared``: every key's handlers in order, then the fenced
+        marks (one statement) and the failures, in one transaction."""
+        handled, after = collected
+        async with conn.transaction():
+            for lease, rows in work:
+                for index, row in enumerate(rows):
+                    try:
+                        action = await handle(json.loads(row["payload"]), conn)
+                    except Exception as exc:  # the key backs off; the others go on
+                        raise _EventFailed(index, exc, lease.key) from exc
+                    handled.setdefault(lease.key, []).append(row)
+                    if action is not None:
+                        after.append(action)
+            outcomes: dict[str, DrainOutcome] = {}
+            marking: list[tuple[_Lease, list[int]]] = []
+            for lease, _ in work:
+                ids = [row["id"] for row in handled.get(lease.key, ())]
+                if lease.key in failing:
+                    failed_row, error = failing[lease.key]
+                    outcomes[lease.key] = await self._failed(
+                        conn, lease, failed_row["id"], error, ids
+                    )
+                else:
+                    marking.append((lease, ids))
+            if marking:
+                released = await conn.fetch(
+                    _MARK_AND_RELEASE_MANY,
+                    [lease.key for lease, _ in marking],
+                    [lease.epoch for lease, _ in marking],
+                    [lease.version for lease, _ in marking],
+                    [may_be_idle[lease.key] for lease, _ in marking],
+                    [len(ids) for _, ids in marking],
+                    [one for _, ids in marking for one in ids],
+                )
+                scheduled = {str(row["account"]): bool(row["scheduled"]) for row in released}
+                for lease, ids in marking:
+                    if lease.key not in scheduled:
+                        raise LeaseLost(lease.key)
+                    state = "requeue" if scheduled[lease.key] else "idle"
+                    outcomes[lease.key] = DrainOutcome(state, len(ids))
+            return outcomes
 
     async def _drain_leased(
         self,

@@ -4,8 +4,9 @@ A worker takes "drain <key>" tokens off the stream and, instead of one drain (a
 lease, a read and its own connection) per token, hands the keys to a
 ``DrainBatcher``: up to ``[worker] drains`` drains run at once, each leasing up
 to ``[worker] keys_per_drain`` ready keys in one round trip
-(``Mailbox.drain_many``: one fencing token per key, the keys applied at the same
-time, each in its own fenced transaction on a connection of its own).
+(``Mailbox.drain_many(shared=True)``: one fencing token per key, the keys applied
+one after the other in one transaction, every key's token checked by the one
+statement that marks them all before the commit).
 ``TokenReceiver`` reads the stream, holds at most ``[worker] concurrency``
 tokens unfinished (queued or draining), and acks a
 token once its key's drain has finished; any other task (a plugin's) goes to
@@ -162,14 +163,24 @@ class TokenReceiver:
         except Exception:  # not a taskiq message: taskiq's receiver logs and acks it
             parsed = None
         if parsed is not None and parsed.task_name == self._drain_task and parsed.args:
-            self._batcher.submit(str(parsed.args[0]), self._done(message))
+            # One token may name several keys (the intake's group commit): acked when
+            # the drains of all of them have finished.
+            keys = list(dict.fromkeys(str(arg) for arg in parsed.args))
+            done = self._done(message, len(keys))
+            for key in keys:
+                self._batcher.submit(key, done)
             return
         task = asyncio.create_task(self._others.callback(message=message))
         self._other_tasks.add(task)
         task.add_done_callback(self._other_finished)
 
-    def _done(self, message: bytes | AckableMessage) -> Done:
+    def _done(self, message: bytes | AckableMessage, keys: int = 1) -> Done:
+        left = [keys]
+
         async def done() -> None:
+            left[0] -= 1
+            if left[0] > 0:
+                return
             try:
                 await _ack(message)
             finally:

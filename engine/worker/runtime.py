@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -135,19 +137,36 @@ class Scheduler:
         self._task: Any = broker.find_task(DRAIN_TASK)
         self._retrying: set[asyncio.Task[None]] = set()
 
-    async def _publish(self, account: str, token: str) -> None:
-        await self._task.kicker().with_labels(msg_id=f"drain:{account}:{token}").kiq(account)
+    async def _publish(self, accounts: Sequence[str], msg_id: str) -> None:
+        await self._task.kicker().with_labels(msg_id=msg_id).kiq(*accounts)
 
     async def schedule(self, account: str, token: str) -> None:
         """Publish a drain for ``account``; ``token`` makes the message id (dedupe).
 
         Never raises for a publish JetStream refused: that one is retried.
         """
+        await self.schedule_many([(account, token)])
+
+    async def schedule_many(self, tokens: Sequence[tuple[str, str]]) -> None:
+        """Publish one drain token for several ``(account, token)`` (the intake's group
+        commit): one message whose arguments are the accounts; the worker drains each.
+
+        The message id is made of every account and token (dedupe), as ``schedule``'s.
+        Never raises for a publish JetStream refused: that one is retried.
+        """
+        if not tokens:
+            return
+        accounts = [account for account, _ in tokens]
+        if len(tokens) == 1:
+            msg_id = f"drain:{tokens[0][0]}:{tokens[0][1]}"
+        else:
+            joined = "\n".join(f"{account}:{token}" for account, token in tokens)
+            msg_id = f"drains:{hashlib.sha256(joined.encode()).hexdigest()}"
         try:
-            await self._publish(account, token)
+            await self._publish(accounts, msg_id)
         except Exception as exc:  # whatever NATS raised: the token must still get out
-            log.warning("drain publish for %s failed (%s); retrying", account, exc)
-            task = asyncio.create_task(self._retry(account, token))
+            log.warning("drain publish for %s failed (%s); retrying", ", ".join(accounts), exc)
+            task = asyncio.create_task(self._retry(accounts, msg_id))
             self._retrying.add(task)
             task.add_done_callback(self._retrying.discard)
 
@@ -160,19 +179,20 @@ class Scheduler:
         """Publishes waiting for JetStream to answer again."""
         return len(self._retrying)
 
-    async def _retry(self, account: str, token: str) -> None:
+    async def _retry(self, accounts: Sequence[str], msg_id: str) -> None:
         delay = self._FIRST_DELAY
         deadline = time.monotonic() + self.RETRY_WINDOW_SECONDS
+        named = ", ".join(accounts)
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             try:
-                await self._publish(account, token)
+                await self._publish(accounts, msg_id)
             except Exception:  # still down: back off and try again
                 delay = min(delay * 2, self._MAX_DELAY)
                 continue
-            log.info("drain publish for %s went through on retry", account)
+            log.info("drain publish for %s went through on retry", named)
             return
-        log.warning("drain publish for %s still failing; the sweeper will re-publish", account)
+        log.warning("drain publish for %s still failing; the sweeper will re-publish", named)
 
     async def close(self, *, wait_seconds: float = 0.0) -> None:
         """Stop retrying, after ``wait_seconds`` for retries still going (the sweeper
@@ -265,7 +285,7 @@ class Worker:
     async def drain_many(self, accounts: list[str]) -> dict[str, str]:
         """Drain several accounts in one batched drain; re-queue at the back those with
         more to do. Returns each account's outcome state."""
-        outcomes = await self.mailbox.drain_many(accounts, self.owner, self._handle)
+        outcomes = await self.mailbox.drain_many(accounts, self.owner, self._handle, shared=True)
         for account, outcome in outcomes.items():
             with log_context(account=account):
                 self._record(account, outcome)

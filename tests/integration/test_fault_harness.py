@@ -38,6 +38,7 @@ async def test_simulated_seeds_keep_every_invariant(harness_database: str) -> No
         assert steps[fault] > 0, fault
     assert steps["drain lost"] > 0
     assert steps["batched drain"] > 0  # Mailbox.drain_many ran under the same faults
+    assert steps["shared drain"] > 0  # and its one-transaction way (the worker's) too
     assert sum(report.before_replay.dead for report in reports) > 0
 
 

@@ -30,9 +30,23 @@ CREATE TABLE IF NOT EXISTS batch_effects (
 """
 
 
-AT_ONCE = pytest.mark.parametrize("at_once", [0, 1], ids=["together", "one_by_one"])
-"""Keys applied at the same time, each on its own connection (the worker's way), or one
-after the other on one connection (the fault harness's)."""
+SHARED = -1
+"""``at_once`` value of these tests for ``drain_many(shared=True)``."""
+
+AT_ONCE = pytest.mark.parametrize(
+    "at_once", [SHARED, 0, 1], ids=["one_transaction", "together", "one_by_one"]
+)
+"""Keys applied in one shared transaction (the worker's way), at the same time each in
+its own transaction on its own connection, or one after the other on one connection
+(the fault harness's workers take the first and the last)."""
+
+
+async def _drain_many(
+    mailbox: Mailbox, keys: list[str], handle: Any, at_once: int
+) -> dict[str, Any]:
+    if at_once == SHARED:
+        return await mailbox.drain_many(keys, "w1", handle, shared=True)
+    return await mailbox.drain_many(keys, "w1", handle, at_once=at_once)
 
 
 @pytest.fixture
@@ -95,9 +109,7 @@ async def test_one_call_drains_every_free_key_in_order_and_leaves_a_leased_one(
         await _accept(mailbox, account, 1)
         await _accept(mailbox, account, 2)
     await _take_over(pool, "acct_b")  # b's lease is held elsewhere: not free
-    outcomes = await mailbox.drain_many(
-        ["acct_a", "acct_b", "acct_c"], "w1", _record, at_once=at_once
-    )
+    outcomes = await _drain_many(mailbox, ["acct_a", "acct_b", "acct_c"], _record, at_once)
     assert list(outcomes) == ["acct_a", "acct_b", "acct_c"]
     assert {key: outcome.state for key, outcome in outcomes.items()} == {
         "acct_a": "idle",
@@ -136,7 +148,7 @@ async def test_a_key_whose_lease_was_taken_over_during_the_batch_changes_nothing
             await taken_over.wait()
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, at_once=at_once)
+    outcomes = await _drain_many(mailbox, ["acct_a", "acct_b"], handle, at_once)
     assert outcomes["acct_a"].state == "idle"
     assert outcomes["acct_b"].state == "lost"
     assert await _committed(pool) == [("evt_acct_a_1", 1)]
@@ -183,12 +195,15 @@ async def test_keys_stop_when_renewals_fail(pool: asyncpg.Pool, at_once: int) ->
         await asyncio.sleep(30)
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", slow, at_once=at_once)
+    outcomes = await _drain_many(mailbox, ["acct_a", "acct_b"], slow, at_once)
     assert {key: outcome.state for key, outcome in outcomes.items()} == {
         "acct_a": "lost",
         "acct_b": "lost",
     }
-    assert sorted(calls) == (["evt_acct_a_1"] if at_once == 1 else ["evt_acct_a_1", "evt_acct_b_1"])
+    # One by one, b's turn comes after a's lease ended: b is never applied. In one shared
+    # transaction a's cancellation ends the round, and b's lease has run out too.
+    at_the_same_time = ["evt_acct_a_1", "evt_acct_b_1"]
+    assert sorted(calls) == (at_the_same_time if at_once == 0 else ["evt_acct_a_1"])
     assert await _committed(pool) == []
     assert set((await _statuses(pool)).values()) == {"pending"}
 
@@ -205,7 +220,7 @@ async def test_a_failing_key_backs_off_alone(pool: asyncpg.Pool, at_once: int) -
             raise RuntimeError("a's second event fails")
         await _record(body, conn)
 
-    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, at_once=at_once)
+    outcomes = await _drain_many(mailbox, ["acct_a", "acct_b"], handle, at_once)
     assert (outcomes["acct_a"].state, outcomes["acct_b"].state) == ("backoff", "idle")
     assert sorted(await _committed(pool)) == [
         ("evt_acct_a_1", 1),
@@ -268,3 +283,58 @@ async def test_a_renewal_finding_the_lease_released_under_its_own_token_stops_no
     outcomes = await mailbox.drain_many(["acct_a"], "w1", handle)
     assert outcomes["acct_a"].state == "idle"
     assert await _committed(pool) == [("evt_acct_a_1", 1)]
+
+
+async def test_one_transaction_goes_on_without_a_key_a_renewal_found_lost(
+    pool: asyncpg.Pool,
+) -> None:
+    """In one shared transaction, b found taken over by a renewal while a's handler
+    runs ends the round; the next round applies a alone, and a commits once."""
+    mailbox = _mailbox(pool)
+    for account in ("acct_a", "acct_b"):
+        await _accept(mailbox, account, 1)
+    calls: list[str] = []
+
+    async def handle(body: Mapping[str, Any], conn: asyncpg.Connection) -> None:
+        calls.append(str(body["id"]))
+        if body["account"] == "acct_a" and calls.count("evt_acct_a_1") == 1:
+            await _take_over(pool, "acct_b")
+            await mailbox.keeper.renew()  # finds b's token moved: the round stops
+        await _record(body, conn)
+
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, shared=True)
+    assert (outcomes["acct_a"].state, outcomes["acct_b"].state) == ("idle", "lost")
+    assert calls == ["evt_acct_a_1", "evt_acct_a_1"]  # b's handler never ran
+    assert await _committed(pool) == [("evt_acct_a_1", 1)]
+    assert (await _statuses(pool))["evt_acct_b_1"] == "pending"
+
+
+async def test_one_transaction_falls_back_to_one_per_key_on_a_deadlock(
+    pool: asyncpg.Pool,
+) -> None:
+    """A deadlock (handlers of several keys in one transaction) is no event's fault:
+    the keys are applied again each in its own transaction, and none backs off."""
+    mailbox = _mailbox(pool)
+    for account in ("acct_a", "acct_b"):
+        await _accept(mailbox, account, 1)
+        await _accept(mailbox, account, 2)
+    calls: list[str] = []
+
+    async def handle(body: Mapping[str, Any], conn: asyncpg.Connection) -> None:
+        calls.append(str(body["id"]))
+        await _record(body, conn)
+        if calls == ["evt_acct_a_1", "evt_acct_a_2", "evt_acct_b_1"]:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    outcomes = await mailbox.drain_many(["acct_a", "acct_b"], "w1", handle, shared=True)
+    assert {key: outcome.state for key, outcome in outcomes.items()} == {
+        "acct_a": "idle",
+        "acct_b": "idle",
+    }
+    assert sorted(await _committed(pool)) == [
+        ("evt_acct_a_1", 1),
+        ("evt_acct_a_2", 1),
+        ("evt_acct_b_1", 1),
+        ("evt_acct_b_2", 1),
+    ]
+    assert set((await _statuses(pool)).values()) == {"handled"}

@@ -341,9 +341,11 @@ class _Broker:
 class _SimWorker:
     """One worker process: one drain at a time, its own pool, its own lease keeper."""
 
-    def __init__(self, sim: _Simulation, name: str) -> None:
+    def __init__(self, sim: _Simulation, name: str, *, shared: bool = False) -> None:
         self.sim = sim
         self.name = name
+        self.shared = shared
+        """Batched drains in one transaction (the worker's way) rather than one per key."""
         self.pool: asyncpg.Pool | None = None
         self.mailbox: Mailbox | None = None
         self.task: asyncio.Task[None] | None = None
@@ -382,9 +384,12 @@ class _SimWorker:
             if len(keys) == 1:
                 outcomes = {keys[0]: await self.mailbox.drain(keys[0], self.name, self._handle)}
             else:
-                # One key after the other (``at_once=1``): a step's wait for quiet then
-                # sees each worker's one transaction at a time, so a seed replays.
-                outcomes = await self.mailbox.drain_many(keys, self.name, self._handle, at_once=1)
+                # One key after the other (``at_once=1``, or ``shared``: the keys in one
+                # transaction): a step's wait for quiet then sees each worker's one
+                # transaction at a time, so a seed replays.
+                outcomes = await self.mailbox.drain_many(
+                    keys, self.name, self._handle, at_once=1, shared=self.shared
+                )
         except CUT as exc:
             # The connection was cut (a "restart"): like taskiq, the tokens are gone.
             self.sim.count(f"drain error {type(exc).__name__}")
@@ -393,6 +398,8 @@ class _SimWorker:
             self.draining = None
         if len(keys) > 1:
             self.sim.count("batched drain")
+            if self.shared:
+                self.sim.count("shared drain")
         for key, outcome in outcomes.items():
             self.sim.count(f"drain {outcome.state}")
             if outcome.state == "requeue":
@@ -455,7 +462,9 @@ class _Simulation:
 
     async def _new_worker(self) -> _SimWorker:
         self.generation += 1
-        worker = _SimWorker(self, f"harness-w{self.generation}")
+        # Every other worker drains its batches in one shared transaction, as the
+        # engine's worker does; the others key by key (both ways under the same faults).
+        worker = _SimWorker(self, f"harness-w{self.generation}", shared=self.generation % 2 == 1)
         await worker.start()
         return worker
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from taskiq import AckableMessage, InMemoryBroker, TaskiqMessage
 
-from engine.worker.batching import DrainBatcher
+from engine.worker.batching import DrainBatcher, TokenReceiver
 
 
 class _Drains:
@@ -112,3 +113,28 @@ def test_limits_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         DrainBatcher(drain, drains=0)
+
+
+async def test_one_token_naming_several_keys_drains_each_and_is_acked_once_after_all() -> None:
+    """The intake's group commit publishes one token for every mailbox it newly scheduled."""
+    broker = InMemoryBroker()
+    drains = _Drains()
+    batcher = DrainBatcher(drains, drains=1, keys_per_drain=1)
+    receiver = TokenReceiver(broker, batcher, drain_task="drain", concurrency=4)
+    token = broker.formatter.dumps(
+        TaskiqMessage(
+            task_id="t1",
+            task_name="drain",
+            labels={},
+            labels_types={},
+            args=["acct_a", "acct_b", "acct_a"],
+            kwargs={},
+        )
+    )
+    acks: list[list[list[str]]] = []
+    receiver.receive(
+        AckableMessage(data=token.message, ack=lambda: acks.append(list(drains.batches)))
+    )
+    await batcher.wait()
+    assert drains.batches == [["acct_a"], ["acct_b"]]
+    assert acks == [[["acct_a"], ["acct_b"]]]  # once, after both drains
