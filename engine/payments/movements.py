@@ -659,6 +659,7 @@ async def post_destination_charge(
             amount_refunded=int(found.get("amount_refunded") or 0),
             status=status,
         )
+        earlier += await _unnamed_share_movements(scope, facts)
         # Those handled before this record were posted naming no business.
         await scope.ledger.name_movements(
             earlier, plugin=scope.plugin, reference=scope.reference, conn=scope.conn
@@ -675,6 +676,35 @@ async def post_destination_charge(
         # owner): the same entries, now named as this business's.
         await scope.ledger.name_transaction(posting, conn=scope.conn)
     return facts
+
+
+_UNNAMED_SHARE_MOVEMENTS = """
+SELECT 1 FROM marketplace_ledger_transactions t
+JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
+WHERE t.kind IN ('reversal', 'application_fee_refund') AND e.account = $1
+  AND coalesce(t.plugin, '') = '' AND coalesce(t.reference, '') = ''
+LIMIT 1
+"""
+
+
+async def _unnamed_share_movements(scope: MoneyScope, facts: DestinationCharge) -> list[str]:
+    """The reversals of a destination charge's transfer and the refunds of its
+    application fee (Stripe's ``trr_`` and ``fr_``), for naming with the charge when
+    any movement of that kind on the destination names nothing yet (posted as made
+    outside the engine before this record); none (no Stripe call) otherwise."""
+    if not await scope.conn.fetchval(_UNNAMED_SHARE_MOVEMENTS, facts.destination):
+        return []
+    found: list[str] = []
+    if facts.transfer_id:
+        reversals = await scope.gateway.call(
+            "transfers.reversals", "list", facts.transfer_id, params={"limit": 100}
+        )
+        found += [str(item["id"]) for item in reversals.get("data") or [] if item.get("id")]
+    if facts.application_fee_id:
+        fee = await scope.gateway.call("application_fees", "retrieve", facts.application_fee_id)
+        refunds = (fee.get("refunds") or {}).get("data") or []
+        found += [str(item["id"]) for item in refunds if item.get("id")]
+    return found
 
 
 async def _late_status(scope: MoneyScope, charge: Mapping[str, Any]) -> tuple[str, list[str]]:

@@ -690,7 +690,10 @@ async def on_dispute(event: StripeEvent, ctx: EventContext) -> None:
 
 async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
     """Keep a known transfer's reversed amount in step (it only grows); post its reversals,
-    and a transfer made outside the engine (``transfer:<tr>``, see ``_made_outside``)."""
+    and a transfer made outside the engine (``transfer:<tr>``, see ``_transfer_origin``).
+
+    The reversals of a destination charge's own transfer are named as that charge
+    (``_meaning`` with the charge); those of any other transfer as the transfer."""
     transfer = stripe_object(event)
     await ctx.conn.execute(
         """
@@ -707,7 +710,7 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
     if not destination:
         return
     charge_id = _id(transfer.get("source_transaction"))
-    outside = await _made_outside(ctx, transfer, charge_id)
+    outside, own_charge = await _transfer_origin(ctx, transfer, charge_id)
     reversals = [
         reversal
         for reversal in (transfer.get("reversals") or {}).get("data") or []
@@ -716,7 +719,14 @@ async def on_transfer(event: StripeEvent, ctx: EventContext) -> None:
     if not outside and not reversals:
         return
     await lock_charge_movements(ctx.conn, charge_id)
-    reference, plugin = await _meaning(ctx, charge_id, stripe_object=transfer)
+    # A destination charge's own transfer is named as its charge (the charge's intent,
+    # else the charge for ``resolve_movement_meaning``); any other, as the transfer.
+    reference, plugin = await _meaning(
+        ctx,
+        charge_id,
+        _id(own_charge.get("payment_intent")) if own_charge is not None else "",
+        stripe_object=own_charge if own_charge is not None else transfer,
+    )
     if outside:
         await ctx.services.ledger.post(
             transfer_posting(
@@ -750,28 +760,34 @@ async def _posted(ctx: EventContext, key: str) -> bool:
     return found is not None
 
 
-async def _made_outside(ctx: EventContext, transfer: Mapping[str, Any], charge_id: str) -> bool:
+async def _transfer_origin(
+    ctx: EventContext, transfer: Mapping[str, Any], charge_id: str
+) -> tuple[bool, Mapping[str, Any] | None]:
     """Whether a transfer was made outside the engine, so the engine posts it
-    (``transfer:<tr>``): not recorded, not made by the engine's ``transfer`` (its
-    key in the metadata: that call posts it) and not a destination charge's own
-    transfer (posted with its charge, ``charge:<ch>``)."""
+    (``transfer:<tr>``), and the destination charge whose own transfer it is, if it
+    is one (posted with that charge, ``charge:<ch>``; its reversals are named as the
+    charge is). Not made outside: one recorded, one made by the engine's ``transfer``
+    (its key in the metadata: that call posts it), one posted, and a destination
+    charge's own transfer."""
     transfer_id = str(transfer.get("id") or "")
     if not transfer_id or (transfer.get("metadata") or {}).get("idempotency_key"):
-        return False
+        return False, None
     if await _posted(ctx, f"transfer:{transfer_id}"):
-        return False
+        return False, None
     recorded = await ctx.conn.fetchval(
         "SELECT 1 FROM marketplace_transfers WHERE stripe_transfer_id = $1", transfer_id
     )
     if recorded:
-        return False
+        return False, None
     if not charge_id:
-        return True
+        return True, None
     try:
         charge = await ctx.services.gateway.call("charges", "retrieve", charge_id)
     except NotFound:
-        return True
-    return _id(charge.get("transfer")) != transfer_id
+        return True, None
+    if _id(charge.get("transfer")) == transfer_id:
+        return False, charge
+    return True, None
 
 
 async def _audit(conn: asyncpg.Connection, action: str, subject: str, data: dict[str, Any]) -> None:

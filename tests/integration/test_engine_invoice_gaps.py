@@ -9,9 +9,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.core.ledger import PLATFORM
+from engine.core.ledger import PLATFORM, stripe_time
+from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
+from engine.payments import movements
+from engine.payments.movements import MoneyScope
+from engine.payments.pricing import PricedOrder
 from engine.testing.stack import Stack, running_stack
-from tests.integration.test_engine_movements import _subscribe
+from tests.integration.test_engine_movements import (
+    OutsideOrders,
+    _subscribe,
+    connected_account,
+    usd,
+)
 
 USD = "usd"
 
@@ -101,3 +110,128 @@ async def test_an_intent_naming_a_plugin_not_enabled_is_posted_once(bare_stack: 
     assert meanings[f"charge:{charge_id}"] == ("gone", "gone:7")
     assert meanings[f"refund:{refund_id}"] == ("gone", "gone:7")
     await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
+
+
+async def test_a_refunds_reversal_and_fee_refund_are_named_with_the_invoice_charge(
+    bare_stack: Stack,
+) -> None:
+    """An invoice charge posted as made outside the engine, refunded in Stripe with the
+    transfer reversed and the application fee refunded, then recorded by a plugin as its
+    own (``post_destination_charge`` with ``priced``, as at ``invoice.paid``): the charge,
+    the refund, the refund's transfer reversal and application fee refund all take the
+    plugin's meaning, so its commission and refunds per plugin miss none of them."""
+    stack = bare_stack
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> str:
+        _, charge_id = _subscribe(
+            client,
+            amount=3_000,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        client.v1.refunds.create(
+            params={
+                "charge": charge_id,
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        return charge_id
+
+    charge_id = await asyncio.to_thread(outside)
+    await stack.settle()
+    order = Order(
+        plugin="subs",
+        kind="subscription",
+        amount=usd(3_000),
+        reference="subs:1",
+        beneficiaries={"creator": creator},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    priced = PricedOrder(
+        order=order,
+        price=usd(3_000),
+        commission=Commission(amount=usd(300), rule_id="flat", rule_version=1),
+        split=SplitPlan(
+            total=usd(3_000),
+            legs=(SplitLeg("platform", usd(300)), SplitLeg("creator", usd(2_700), creator)),
+        ),
+    )
+    pool = stack.services.db.pool
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.ledger, conn, "subs", "subs:1")
+        await movements.post_destination_charge(
+            scope, charge_id, kind="subscription_invoice", priced=priced
+        )
+    rows = await pool.fetch(
+        "SELECT split_part(idempotency_key, ':', 1) AS kind, plugin FROM "
+        "marketplace_ledger_transactions ORDER BY id"
+    )
+    kinds = sorted(str(row["kind"]) for row in rows)
+    assert kinds == ["application_fee_refund", "charge", "refund", "reversal"], kinds
+    unnamed = sorted(str(row["kind"]) for row in rows if not row["plugin"])
+    assert unnamed == [], unnamed
+
+
+@pytest.fixture
+async def naming_stack(
+    fresh_database_url: str, nats_url: str, unique_name: str
+) -> AsyncIterator[Stack]:
+    async with running_stack(
+        fresh_database_url,
+        nats_url,
+        unique_name.upper(),
+        plugins=(),
+        extra_plugins={"outside_orders": OutsideOrders()},
+    ) as running:
+        yield running
+
+
+async def test_a_destination_charges_reversal_is_named_from_the_charge(
+    naming_stack: Stack,
+) -> None:
+    """``resolve_movement_meaning`` gets Stripe's charge for a charge and everything done
+    to it: a destination charge made outside the engine, refunded with its transfer
+    reversed and its fee refunded, has the charge, the refund, the reversal and the fee
+    refund all named from the charge's metadata (the transfer Stripe made carries none)."""
+    stack = naming_stack
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> str:
+        intent = client.v1.payment_intents.create(
+            params={
+                "amount": 4_000,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "transfer_data": {"destination": creator},
+                "application_fee_amount": 400,
+                "metadata": {"outside_order": "8"},
+            }
+        )
+        client.v1.refunds.create(
+            params={
+                "payment_intent": intent.id,
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        return str(intent.latest_charge)
+
+    await asyncio.to_thread(outside)
+    await stack.settle()
+    rows = await stack.services.db.pool.fetch(
+        "SELECT split_part(idempotency_key, ':', 1) AS kind, plugin, reference "
+        "FROM marketplace_ledger_transactions"
+    )
+    assert sorted((row["kind"], row["plugin"], row["reference"]) for row in rows) == [
+        (kind, "outside_orders", "outside:order:8")
+        for kind in ("application_fee_refund", "charge", "refund", "reversal")
+    ]
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
