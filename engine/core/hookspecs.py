@@ -228,8 +228,9 @@ def resolve_movement_meaning(
     (Stripe's dashboard, a script), and a refund, dispute, reversal or
     application fee refund of such a charge. ``stripe_object`` is Stripe's
     charge, as Stripe returns it now (for a charge and everything done to
-    it), or the transfer as its event carried it (for a transfer made
-    outside the engine and its reversals). The movement
+    it, a destination charge's transfer reversals included), or the
+    transfer as its event carried it (for a transfer made outside the
+    engine, not a destination charge's own, and its reversals). The movement
     is posted whatever the answer; the answer only labels its ledger
     transaction (``reference`` and ``plugin``), which a business's statements
     and the finance panel group by. First result wins.
