@@ -14,6 +14,7 @@ from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
 from engine.payments import movements
 from engine.payments.movements import MoneyScope
 from engine.payments.pricing import PricedOrder
+from engine.reconciliation.service import run_reconciliation
 from engine.testing.stack import Stack, running_stack
 from tests.integration.test_engine_movements import (
     OutsideOrders,
@@ -235,3 +236,39 @@ async def test_a_destination_charges_reversal_is_named_from_the_charge(
         for kind in ("application_fee_refund", "charge", "refund", "reversal")
     ]
     await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+
+
+async def test_an_enabled_plugins_intent_its_call_never_posted_is_missing_in_the_ledger(
+    naming_stack: Stack,
+) -> None:
+    """The case left to the plugin: an intent whose ``MEANING_METADATA`` names an enabled
+    plugin (its money call made it, then its transaction rolled back after Stripe charged,
+    and the request was never retried) is not posted by the engine's handlers; a
+    reconciliation reports its charge ``missing_in_ledger``, and nothing else."""
+    stack = naming_stack
+    client = stack.stripe()
+
+    def made_then_rolled_back() -> str:
+        intent = client.v1.payment_intents.create(
+            params={
+                "amount": 2_500,
+                "currency": USD,
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+                "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+                "metadata": {
+                    "marketplace_plugin": "outside_orders",
+                    "marketplace_reference": "outside:order:9",
+                },
+            }
+        )
+        return str(intent.latest_charge)
+
+    charge_id = await asyncio.to_thread(made_then_rolled_back)
+    await stack.settle()
+    assert f"charge:{charge_id}" not in await _keys(stack)
+    run = await run_reconciliation(stack.services, trigger="test", full=True)
+    problems = run.problem_items()
+    assert [(item.status, item.txn.source if item.txn else None) for item in problems] == [
+        ("missing_in_ledger", charge_id)
+    ], [item.detail for item in problems]
