@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from support.outside import OutsideOrders, connected_account, subscribe_outside, usd
 
 from engine.core.ledger import PLATFORM, stripe_time
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
@@ -16,12 +17,6 @@ from engine.payments.movements import MoneyScope
 from engine.payments.pricing import PricedOrder
 from engine.reconciliation.service import run_reconciliation
 from engine.testing.stack import Stack, running_stack
-from tests.integration.test_engine_movements import (
-    OutsideOrders,
-    _subscribe,
-    connected_account,
-    usd,
-)
 
 USD = "usd"
 
@@ -63,7 +58,7 @@ async def test_a_subscription_made_in_stripe_naming_an_enabled_plugin_is_posted_
     client = stack.stripe()
 
     def outside() -> str:
-        _, charge_id = _subscribe(
+        _, charge_id = subscribe_outside(
             client,
             amount=2_000,
             metadata={
@@ -113,7 +108,7 @@ async def test_an_intent_naming_a_plugin_not_enabled_is_posted_once(bare_stack: 
     await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
 
 
-async def test_a_refunds_reversal_and_fee_refund_are_named_with_the_invoice_charge(
+async def test_a_refunds_reversal_and_fee_refund_are_named_with_theinvoice_charge(
     bare_stack: Stack,
 ) -> None:
     """An invoice charge posted as made outside the engine, refunded in Stripe with the
@@ -126,7 +121,7 @@ async def test_a_refunds_reversal_and_fee_refund_are_named_with_the_invoice_char
     client = stack.stripe()
 
     def outside() -> str:
-        _, charge_id = _subscribe(
+        _, charge_id = subscribe_outside(
             client,
             amount=3_000,
             transfer_data={"destination": creator},

@@ -17,18 +17,23 @@ enabled plugin owns it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from support.outside import (
+    Orders,
+    OutsideOrders,
+    connected_account,
+    invoice_charge,
+    subscribe_outside,
+    usd,
+)
 
-from engine.accounts import AccountService, NewAccount
 from engine.core.errors import InvalidAmount
 from engine.core.ledger import PLATFORM, stripe_time
-from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
-from engine.core.plugins import hookimpl
 from engine.payments import movements
 from engine.payments.movements import MoneyScope, PaidShare
 from engine.payments.pricing import PricedOrder
@@ -37,13 +42,6 @@ from engine.testing.stack import Stack, running_stack
 
 USD = "usd"
 REFERENCE = "order:1"
-
-
-class Orders:
-    """The business model these tests' money calls are made for (``MoneyScope`` plugin
-    ``orders``): enabled, as a plugin making money calls is, with no hooks. A charge
-    whose intent names a plugin that is not enabled is posted by the engine as made
-    outside it."""
 
 
 @pytest.fixture
@@ -56,10 +54,6 @@ async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> Asy
         extra_plugins={"orders": Orders()},
     ) as running:
         yield running
-
-
-def usd(amount: int) -> Money:
-    return Money(amount, USD)
 
 
 def priced_order(provider: str, venue: str, reference: str = REFERENCE) -> PricedOrder:
@@ -81,19 +75,6 @@ def priced_order(provider: str, venue: str, reference: str = REFERENCE) -> Price
     )
     commission = Commission(amount=usd(1_500), rule_id="flat", rule_version=1)
     return PricedOrder(order=order, price=usd(10_000), commission=commission, split=split)
-
-
-async def connected_account(stack: Stack, role: str) -> str:
-    """A connected account made through the engine, onboarded (its events are then known)."""
-    service = AccountService(
-        stack.services.db.pool, stack.services.gateway, public_url="http://marketplace.test"
-    )
-    account, _ = await service.create(
-        NewAccount(role=role, display_name=role), operation=None, actor="test"
-    )
-    stack.sandbox.control("POST", f"/_sandbox/accounts/{account.id}/complete_onboarding")
-    await stack.settle()
-    return account.id
 
 
 async def test_charge_capture_transfer_refund_and_release_keep_ledger_equal_to_stripe(
@@ -744,16 +725,6 @@ async def test_movements_made_outside_the_engine_are_posted_once_and_reconcile(
     assert run.problems == 0, [item.detail for item in run.problem_items()]
 
 
-class OutsideOrders:
-    """A test plugin naming the business of movements made outside the engine: a charge
-    or transfer whose metadata carries ``outside_order``."""
-
-    @hookimpl
-    def resolve_movement_meaning(self, stripe_object: Mapping[str, Any]) -> tuple[str, str] | None:
-        order = (stripe_object.get("metadata") or {}).get("outside_order")
-        return (f"outside:order:{order}", "outside_orders") if order else None
-
-
 @pytest.fixture
 async def meaning_stack(
     fresh_database_url: str, nats_url: str, unique_name: str
@@ -966,48 +937,6 @@ async def test_stripes_own_adjustments_are_posted_once_and_reconcile(stack: Stac
     )
 
 
-def _subscribe(
-    client: Any,
-    *,
-    amount: int,
-    card: str = "pm_card_visa",
-    clock: str | None = None,
-    **params: Any,
-) -> tuple[Any, str]:
-    """A customer with ``card``, a monthly price of ``amount`` and a subscription to it,
-    made with Stripe's API directly (on ``client``'s balance); the subscription and the
-    charge that paid its first invoice."""
-    customer = client.v1.customers.create(
-        params={"email": "outside@example.com", **({"test_clock": clock} if clock else {})}
-    )
-    card_id = client.v1.payment_methods.attach(card, params={"customer": customer.id}).id
-    price = client.v1.prices.create(
-        params={
-            "currency": USD,
-            "unit_amount": amount,
-            "recurring": {"interval": "month"},
-            "product_data": {"name": "Outside plan"},
-        }
-    )
-    subscription = client.v1.subscriptions.create(
-        params={
-            "customer": customer.id,
-            "items": [{"price": price.id}],
-            "default_payment_method": card_id,
-            **params,
-        }
-    )
-    return subscription, _invoice_charge(client, str(subscription.latest_invoice))
-
-
-def _invoice_charge(client: Any, invoice_id: str) -> str:
-    """The charge that paid an invoice, through its InvoicePayment."""
-    payments = client.v1.invoice_payments.list(
-        params={"invoice": invoice_id, "expand": ["data.payment.payment_intent"]}
-    ).data
-    return str(payments[0].payment.payment_intent.latest_charge)
-
-
 async def test_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
     stack: Stack,
 ) -> None:
@@ -1026,8 +955,8 @@ async def test_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
     def outside() -> tuple[str, list[str]]:
         now = int(stack.sandbox.control("GET", "/_sandbox/clock")["now"])
         clock = client.v1.test_helpers.test_clocks.create(params={"frozen_time": now})
-        _, platform = _subscribe(client, amount=2_000, clock=clock.id)
-        _, paid_out = _subscribe(
+        _, platform = subscribe_outside(client, amount=2_000, clock=clock.id)
+        _, paid_out = subscribe_outside(
             client,
             amount=3_000,
             clock=clock.id,
@@ -1042,8 +971,8 @@ async def test_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(
                 "refund_application_fee": True,
             }
         )
-        _, direct = _subscribe(as_creator, amount=4_000, application_fee_percent="5")
-        _, disputed = _subscribe(client, amount=1_500, card="pm_card_createDispute")
+        _, direct = subscribe_outside(as_creator, amount=4_000, application_fee_percent="5")
+        _, disputed = subscribe_outside(client, amount=1_500, card="pm_card_createDispute")
         return clock.id, [platform, paid_out, direct, disputed]
 
     clock, charges = await asyncio.to_thread(outside)
@@ -1078,7 +1007,7 @@ async def test_an_invoice_an_enabled_plugin_owns_but_does_not_settle_is_posted_o
     client = stack.stripe()
 
     def outside() -> tuple[str, str]:
-        _, owned = _subscribe(
+        _, owned = subscribe_outside(
             client,
             amount=2_000,
             metadata={
@@ -1086,7 +1015,7 @@ async def test_an_invoice_an_enabled_plugin_owns_but_does_not_settle_is_posted_o
                 "marketplace_reference": "outside:order:3",
             },
         )
-        _, orphan = _subscribe(
+        _, orphan = subscribe_outside(
             client,
             amount=1_000,
             metadata={"marketplace_plugin": "gone", "marketplace_reference": "gone:1"},
@@ -1118,7 +1047,7 @@ async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_record
     client = stack.stripe()
 
     def outside() -> str:
-        _, charge_id = _subscribe(
+        _, charge_id = subscribe_outside(
             client,
             amount=3_000,
             transfer_data={"destination": creator},
@@ -1181,7 +1110,7 @@ def _one_off_invoice(client: Any, *, amount: int, **params: Any) -> tuple[str, s
     )
     client.v1.invoices.finalize_invoice(invoice.id)
     client.v1.invoices.pay(invoice.id)
-    return str(invoice.id), _invoice_charge(client, str(invoice.id))
+    return str(invoice.id), invoice_charge(client, str(invoice.id))
 
 
 async def test_one_off_invoices_made_outside_every_plugin_are_posted_once_and_reconcile(

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from support.outside import Orders
 
 from engine.accounts import AccountService, NewAccount
 from engine.accounts.queries import account_payouts as reexported
@@ -43,7 +44,6 @@ from engine.payments.pricing import PricedOrder
 from engine.testing.stack import Stack, running_stack
 from engine.worker.periodic import run_periodic_once
 from engine.worker.runtime import periodic_tasks
-from tests.integration.test_engine_movements import Orders
 
 USD = "usd"
 DAY = 86_400
