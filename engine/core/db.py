@@ -334,6 +334,18 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             _LATEST_PAYOUT_INDEX,
         ),
     ),
+    (
+        # The invoice a recorded charge paid (``post_destination_charge`` with ``invoice``):
+        # the engine's ``invoice.paid`` fallback finds an invoice's charges posted by its
+        # plugin without asking Stripe for the invoice's payments.
+        "0010_payment_invoices",
+        (
+            "ALTER TABLE marketplace_payments "
+            "ADD COLUMN IF NOT EXISTS stripe_invoice_id VARCHAR(64)",
+            "CREATE INDEX IF NOT EXISTS marketplace_payments_invoice "
+            "ON marketplace_payments (stripe_invoice_id) WHERE stripe_invoice_id IS NOT NULL",
+        ),
+    ),
 )
 
 

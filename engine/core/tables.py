@@ -82,6 +82,9 @@ class Payment(Table, tablename="marketplace_payments"):
     customer_id = Varchar(length=64, null=True, default=None)
     stripe_payment_intent_id = Varchar(length=64, null=True, default=None, unique=True)
     stripe_charge_id = Varchar(length=64, null=True, default=None, index=True)
+    # The Billing invoice the charge paid, when its plugin said so (``post_destination_charge``
+    # with ``invoice``); read through a partial index (engine.core.db, core step 0010).
+    stripe_invoice_id = Varchar(length=64, null=True, default=None)
     amount = BigInt()
     currency = Varchar(length=3)
     fee_amount = BigInt(default=0)

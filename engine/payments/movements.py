@@ -619,6 +619,7 @@ async def post_destination_charge(
     description: str = "",
     priced: PricedOrder | None = None,
     customer: str | None = None,
+    invoice: str = "",
 ) -> DestinationCharge:
     """Post a captured destination charge once (``charge:<ch>``); what it moved.
 
@@ -632,7 +633,10 @@ async def post_destination_charge(
     refunded or disputed by then is recorded so (``_late_status``), since the
     engine's refund and dispute handlers may have found no payment to update, and
     a charge the engine already posted as made outside it, naming nothing, takes
-    this posting's kind and meaning (``Ledger.name_transaction``).
+    this posting's kind and meaning (``Ledger.name_transaction``). ``invoice``, the
+    Stripe Billing invoice the charge paid (``in_``), is recorded with the payment: the
+    engine's ``invoice.paid`` fallback then knows the invoice's charge is posted
+    without asking Stripe for the invoice's payments.
     """
     found = await _expanded_charge(scope, charge)
     facts = destination_charge_from(found)
@@ -649,6 +653,7 @@ async def post_destination_charge(
             customer_id=customer or None,
             payment_intent_id=intent_id,
             status="succeeded",
+            invoice_id=invoice or None,
         )
         status, earlier = await _late_status(scope, found)
         # The engine's refund and dispute handlers find payments by their charge.

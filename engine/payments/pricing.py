@@ -106,11 +106,13 @@ async def record_payment(
     payment_intent_id: str | None = None,
     charge_id: str | None = None,
     status: str = "pending",
+    invoice_id: str | None = None,
 ) -> int:
     """Insert the payment with its fee, rule and split; return its id (idempotent per intent).
 
     Recorded again for the same intent, the status only moves forward
-    (``engine.payments.records.PAYMENT_STATUS_ORDER``).
+    (``engine.payments.records.PAYMENT_STATUS_ORDER``); a charge or invoice id once
+    known stays. ``invoice_id`` is the Stripe Billing invoice the charge paid.
     """
     order = priced.order
     payment_status_rank(status)
@@ -119,13 +121,15 @@ async def record_payment(
         INSERT INTO marketplace_payments
             (reference, plugin, kind, account_id, customer_id, stripe_payment_intent_id,
              stripe_charge_id, amount, currency, fee_amount, rule_id, rule_version, split,
-             attributes, status, amount_refunded, created_at)
+             attributes, status, amount_refunded, stripe_invoice_id, created_at)
         VALUES ($1, $2, $3, $4, $5, $6, $15, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14,
-                0, now())
+                0, $16, now())
         ON CONFLICT (stripe_payment_intent_id) DO UPDATE SET
             status = {_ADVANCE},
             stripe_charge_id = COALESCE(marketplace_payments.stripe_charge_id,
-                                        EXCLUDED.stripe_charge_id)
+                                        EXCLUDED.stripe_charge_id),
+            stripe_invoice_id = COALESCE(marketplace_payments.stripe_invoice_id,
+                                         EXCLUDED.stripe_invoice_id)
         RETURNING id
         """,  # noqa: S608 - _ADVANCE is built from constant status names
         order.reference,
@@ -143,5 +147,6 @@ async def record_payment(
         json.dumps(dict(order.attributes), default=str),
         status,
         charge_id,
+        invoice_id or None,
     )
     return int(payment_id)

@@ -28,7 +28,7 @@ import asyncpg
 from engine.accounts.service import apply_stripe_account, bank_errored
 from engine.core.contributions import StripeEvent, WebhookRegistration
 from engine.core.errors import NotFound
-from engine.core.ledger import PLATFORM, stripe_time
+from engine.core.ledger import CUSTOMERS, PLATFORM, stripe_time
 from engine.core.money import Money
 from engine.core.orders import LifecycleEvent, PayoutFailure
 from engine.core.postings import (
@@ -390,12 +390,22 @@ async def on_invoice_paid(event: StripeEvent, ctx: EventContext) -> None:
     so whichever of the charge's and the invoice's events comes first, the charge
     is posted once; a plugin recording it later names it
     (``Ledger.name_transaction``).
+
+    No Stripe call when the invoice's charges are known posted: the payments recorded
+    for the invoice (``post_destination_charge`` with ``invoice``, as its plugin posts
+    them) whose ``charge:<ch>`` is posted cover what the invoice says was paid
+    (``_recorded_invoice_paid``). Otherwise its charges are found through its
+    InvoicePayments (at the engine's API version the invoice names no charge).
     """
     invoice = stripe_object(event)
     invoice_id = str(invoice.get("id") or "")
-    if not invoice_id or int(invoice.get("amount_paid") or 0) <= 0:
+    amount_paid = int(invoice.get("amount_paid") or 0)
+    if not invoice_id or amount_paid <= 0:
         return  # nothing charged (a free invoice, or paid from the credit balance)
     account = str(event.get("account") or "")
+    currency = str(invoice.get("currency") or "")
+    if not account and await _recorded_invoice_paid(ctx, invoice_id, currency) >= amount_paid:
+        return  # its plugin posted its charges (in this transaction, or before)
     paying = await ctx.services.gateway.call(
         "invoice_payments",
         "list",
@@ -415,6 +425,28 @@ async def on_invoice_paid(event: StripeEvent, ctx: EventContext) -> None:
         found = await _outside_charge(ctx, intent, account or None, owned_invoices=True)
         if found is not None:
             await _post_outside_charge(ctx, *found, account)
+
+
+# What the posted charges recorded as paying an invoice took from the customers (each
+# ``charge:<ch>`` once, however many payments name it), in the invoice's currency.
+_RECORDED_INVOICE_PAID = """
+SELECT coalesce(-sum(e.amount), 0)::bigint
+FROM marketplace_ledger_transactions t
+JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
+WHERE t.idempotency_key IN (
+    SELECT 'charge:' || stripe_charge_id FROM marketplace_payments
+    WHERE stripe_invoice_id = $1 AND stripe_charge_id IS NOT NULL
+) AND e.account = $2 AND e.currency = $3
+"""
+
+
+async def _recorded_invoice_paid(ctx: EventContext, invoice_id: str, currency: str) -> int:
+    """How much of platform invoice ``invoice_id`` its recorded, posted charges paid (minor
+    units of ``currency``): the customers' side of each ``charge:<ch>`` whose payment
+    names the invoice. An invoice it covers (its ``amount_paid``) has every charge posted:
+    Stripe's paid InvoicePayments sum to it, and each charge recorded for it is one."""
+    paid = await ctx.conn.fetchval(_RECORDED_INVOICE_PAID, invoice_id, CUSTOMERS, currency)
+    return int(paid or 0)
 
 
 async def _post_outside_charge(

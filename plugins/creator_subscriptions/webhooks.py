@@ -353,6 +353,7 @@ async def _settle_invoice(
                 split=env.plugins.split(order, order.amount, commission),
             ),
             customer=_id(invoice.get("customer")),
+            invoice=str(invoice["id"]),
         )
         ledger_key = f"charge:{facts.charge_id}"
         fee, earnings = facts.platform_fee.amount, facts.account_share.amount

@@ -20,6 +20,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from support.http import ok
@@ -68,9 +69,8 @@ async def stack(fresh_database_url: str, nats_url: str, unique_name: str) -> Asy
         yield running
 
 
-async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_the_plugin(
-    stack: Stack,
-) -> None:
+async def _creator_fan_and_tier(stack: Stack) -> tuple[str, int, int]:
+    """An onboarded creator (its account), a fan with a card and a tier of 19.99."""
     created = ok(
         await stack.http.post(f"{C}/creators", json={"handle": "ada", "display_name": "Ada"}),
         201,
@@ -86,6 +86,13 @@ async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_t
         ),
         201,
     )["id"]
+    return account, fan, int(tier)
+
+
+async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_the_plugin(
+    stack: Stack,
+) -> None:
+    account, fan, tier = await _creator_fan_and_tier(stack)
     pool = stack.services.db.pool
     charges = (
         "SELECT kind, plugin, reference FROM marketplace_ledger_transactions "
@@ -117,6 +124,63 @@ async def test_an_invoice_charge_handled_before_invoice_paid_is_posted_once_by_t
             f"creator_subscriptions:subscription:{subscription['id']}",
         )
     ]
+    await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
+
+
+def _last_request(stack: Stack) -> int:
+    data = stack.sandbox.control("GET", "/_sandbox/requests")["data"]
+    return int(data[-1]["seq"]) if data else 0
+
+
+def _paid_payments_read(stack: Stack, invoice_id: str, after: int) -> int:
+    """How many times the sandbox was asked for ``invoice_id``'s paid InvoicePayments
+    (``GET /v1/invoice_payments?invoice=...&status=paid``) after request ``after``."""
+    data = stack.sandbox.control(
+        "GET", f"/_sandbox/requests?path=/v1/invoice_payments&after={after}"
+    )
+    asked = [parse_qs(str(entry["query"])) for entry in data["data"] if entry["method"] == "GET"]
+    return sum(
+        query.get("invoice") == [invoice_id] and query.get("status") == ["paid"] for query in asked
+    )
+
+
+async def test_invoice_paid_of_a_charge_the_plugin_posts_asks_stripe_for_it_once(
+    stack: Stack,
+) -> None:
+    """The engine's ``invoice.paid`` fallback runs after the plugin's handler, which has
+    just recorded and posted the invoice's charge (``post_destination_charge`` with
+    ``invoice``): the engine knows that from the payment it recorded and asks Stripe
+    nothing, so the invoice's payments are read once (by the plugin, for its charge). A
+    repeated delivery of the event reads them no more."""
+    account, fan, tier = await _creator_fan_and_tier(stack)
+    async with invoice_paid_held_back(stack):
+        subscription = ok(
+            await stack.http.post(f"{C}/subscriptions", json={"fan_id": fan, "tier_id": tier}),
+            201,
+        )
+        await stack.settle()
+    found = (
+        await asyncio.to_thread(
+            stack.stripe().v1.invoices.list,
+            params={"subscription": str(subscription["stripe_subscription_id"])},
+        )
+    ).data[0]
+    stripe_invoice = json.loads(json.dumps(found.to_dict(), default=str))
+    invoice_id = str(stripe_invoice["id"])
+    before = _last_request(stack)
+    await stack.send_event("invoice.paid", stripe_invoice)
+    assert _paid_payments_read(stack, invoice_id, before) == 1  # the plugin's, not the engine's
+    pool = stack.services.db.pool
+    named = (
+        "subscription_invoice",
+        "creator_subscriptions",
+        f"creator_subscriptions:subscription:{subscription['id']}",
+    )
+    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named]
+    before = _last_request(stack)
+    await stack.send_event("invoice.paid", stripe_invoice)  # Stripe delivers it again
+    assert _paid_payments_read(stack, invoice_id, before) == 0
+    assert [tuple(row) for row in await pool.fetch(LEDGER_CHARGES)] == [named]
     await stack.assert_ledger_is_stripe(account, "platform", currency="usd")
 
 
