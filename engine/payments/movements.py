@@ -601,13 +601,24 @@ async def release(scope: MoneyScope, payment_intent_id: str, *, payment_id: int 
     return status
 
 
-async def _expanded_charge(scope: MoneyScope, charge: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    """Stripe's charge with its balance transaction (read back unless already expanded)."""
+_EXPAND_SHARES = ["balance_transaction", "transfer", "application_fee"]
+"""What a destination charge recorded late is read with: its transfer (with its
+reversals) and application fee (with its refunds) tell its share movements, no call more."""
+
+
+async def _expanded_charge(
+    scope: MoneyScope, charge: str | Mapping[str, Any], *, expand: Sequence[str] = ()
+) -> Mapping[str, Any]:
+    """Stripe's charge with its balance transaction (read back unless already expanded),
+    and ``expand`` too when it is read back."""
     if isinstance(charge, Mapping) and isinstance(charge.get("balance_transaction"), Mapping):
         return charge
     charge_id = str(charge["id"]) if isinstance(charge, Mapping) else charge
     return await scope.gateway.call(
-        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
+        "charges",
+        "retrieve",
+        charge_id,
+        params={"expand": list(dict.fromkeys(["balance_transaction", *expand]))},
     )
 
 
@@ -633,12 +644,15 @@ async def post_destination_charge(
     refunded or disputed by then is recorded so (``_late_status``), since the
     engine's refund and dispute handlers may have found no payment to update, and
     a charge the engine already posted as made outside it, naming nothing, takes
-    this posting's kind and meaning (``Ledger.name_transaction``). ``invoice``, the
+    this posting's kind and meaning (``Ledger.name_transaction``), as do the charge's
+    transfer reversals and application fee refunds posted before naming nothing
+    (``_share_movements``: no Stripe call when ``charge`` is the id, or Stripe's charge
+    with ``transfer`` and ``application_fee`` expanded). ``invoice``, the
     Stripe Billing invoice the charge paid (``in_``), is recorded with the payment: the
     engine's ``invoice.paid`` fallback then knows the invoice's charge is posted
     without asking Stripe for the invoice's payments.
     """
-    found = await _expanded_charge(scope, charge)
+    found = await _expanded_charge(scope, charge, expand=_EXPAND_SHARES if priced else ())
     facts = destination_charge_from(found)
     if priced is not None:
         intent = found.get("payment_intent")
@@ -664,7 +678,7 @@ async def post_destination_charge(
             amount_refunded=int(found.get("amount_refunded") or 0),
             status=status,
         )
-        earlier += await _unnamed_share_movements(scope, facts)
+        earlier += await _share_movements(scope, found, facts)
         # Those handled before this record were posted naming no business.
         await scope.ledger.name_movements(
             earlier, plugin=scope.plugin, reference=scope.reference, conn=scope.conn
@@ -683,6 +697,8 @@ async def post_destination_charge(
     return facts
 
 
+# Whether any transfer reversal or application fee refund on ``$1`` names nothing: asked
+# only of a charge given without its transfer and fee expanded (``_share_movements``).
 _UNNAMED_SHARE_MOVEMENTS = """
 SELECT 1 FROM marketplace_ledger_transactions t
 JOIN marketplace_ledger_entries e ON e.ledger_transaction = t.id
@@ -692,24 +708,52 @@ LIMIT 1
 """
 
 
-async def _unnamed_share_movements(scope: MoneyScope, facts: DestinationCharge) -> list[str]:
-    """The reversals of a destination charge's transfer and the refunds of its
-    application fee (Stripe's ``trr_`` and ``fr_``), for naming with the charge when
-    any movement of that kind on the destination names nothing yet (posted as made
-    outside the engine before this record); none (no Stripe call) otherwise."""
-    if not await scope.conn.fetchval(_UNNAMED_SHARE_MOVEMENTS, facts.destination):
-        return []
-    found: list[str] = []
-    if facts.transfer_id:
-        reversals = await scope.gateway.call(
-            "transfers.reversals", "list", facts.transfer_id, params={"limit": 100}
+async def _share_movements(
+    scope: MoneyScope, charge: Mapping[str, Any], facts: DestinationCharge
+) -> list[str]:
+    """The reversals of a destination charge's transfer and the refunds of its application
+    fee (Stripe's ``trr_`` and ``fr_``), for naming with the charge (those posted before
+    this record named nothing).
+
+    Read from the charge's own transfer and fee, as ``charge`` carries them expanded
+    (``_EXPAND_SHARES``): no Stripe call, and a charge with none has none, whatever
+    other charges to its account had. A list Stripe cut short (``has_more``) is read
+    whole. A charge given without them expanded is read back with them (one call)
+    only when some reversal or fee refund on its destination names nothing yet; else
+    none is unnamed and there is nothing to name.
+    """
+    transfer, fee = charge.get("transfer"), charge.get("application_fee")
+    if (facts.transfer_id and not isinstance(transfer, Mapping)) or (
+        facts.application_fee_id and not isinstance(fee, Mapping)
+    ):
+        if not await scope.conn.fetchval(_UNNAMED_SHARE_MOVEMENTS, facts.destination):
+            return []
+        charge = await scope.gateway.call(
+            "charges", "retrieve", facts.charge_id, params={"expand": _EXPAND_SHARES}
         )
-        found += [str(item["id"]) for item in reversals.get("data") or [] if item.get("id")]
-    if facts.application_fee_id:
-        fee = await scope.gateway.call("application_fees", "retrieve", facts.application_fee_id)
-        refunds = (fee.get("refunds") or {}).get("data") or []
-        found += [str(item["id"]) for item in refunds if item.get("id")]
+        transfer, fee = charge.get("transfer"), charge.get("application_fee")
+    found: list[str] = []
+    if isinstance(transfer, Mapping):
+        found += await _listed(scope, transfer, "transfers", "reversals", "amount_reversed")
+    if isinstance(fee, Mapping):
+        found += await _listed(scope, fee, "application_fees", "refunds", "amount_refunded")
     return found
+
+
+async def _listed(
+    scope: MoneyScope, parent: Mapping[str, Any], resource: str, field: str, moved: str
+) -> list[str]:
+    """The ids of the list Stripe embeds in ``parent`` (a ``resource``) under ``field`` (a
+    transfer's reversals, an application fee's refunds), read whole from Stripe when it
+    was cut short (``has_more``), or left out while ``parent``'s ``moved`` amount says
+    there are some."""
+    embedded = parent.get(field)
+    page: Mapping[str, Any] = embedded if isinstance(embedded, Mapping) else {}
+    if page.get("has_more") or (not page and int(parent.get(moved) or 0) > 0):
+        page = await scope.gateway.call(
+            f"{resource}.{field}", "list", str(parent["id"]), params={"limit": 100}
+        )
+    return [str(item["id"]) for item in page.get("data") or [] if item.get("id")]
 
 
 async def _late_status(scope: MoneyScope, charge: Mapping[str, Any]) -> tuple[str, list[str]]:

@@ -294,13 +294,18 @@ async def _count_failures(conn: asyncpg.Connection, subscription_id: int) -> asy
 
 
 async def _charge_of(env: Env, invoice: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The invoice's charge with its balance transaction, or None if nothing was charged."""
+    """The invoice's charge with its balance transaction, transfer and application fee
+    (what ``post_destination_charge`` reads the charge's share movements from, so it asks
+    Stripe nothing more), or None if nothing was charged."""
     intent = await invoice_intent(env, str(invoice["id"]), status="paid")
     charge_id = _id(intent.get("latest_charge")) if intent is not None else ""
     if not charge_id:
         return None
     return await env.gateway.call(
-        "charges", "retrieve", charge_id, params={"expand": ["balance_transaction"]}
+        "charges",
+        "retrieve",
+        charge_id,
+        params={"expand": ["balance_transaction", "transfer", "application_fee"]},
     )
 
 

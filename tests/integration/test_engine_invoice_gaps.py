@@ -172,6 +172,135 @@ async def test_a_refunds_reversal_and_fee_refund_are_named_with_theinvoice_charg
     assert unnamed == [], unnamed
 
 
+def _priced(creator: str, amount: int, reference: str) -> PricedOrder:
+    """A subscription's order of ``amount`` for ``creator``, 10 % to the platform."""
+    order = Order(
+        plugin="subs",
+        kind="subscription",
+        amount=usd(amount),
+        reference=reference,
+        beneficiaries={"creator": creator},
+        occurred_at=stripe_time(1_767_225_600),
+    )
+    fee = amount // 10
+    return PricedOrder(
+        order=order,
+        price=usd(amount),
+        commission=Commission(amount=usd(fee), rule_id="flat", rule_version=1),
+        split=SplitPlan(
+            total=usd(amount),
+            legs=(
+                SplitLeg("platform", usd(fee)),
+                SplitLeg("creator", usd(amount - fee), creator),
+            ),
+        ),
+    )
+
+
+def _last_request(stack: Stack) -> int:
+    data = stack.sandbox.control("GET", "/_sandbox/requests")["data"]
+    return int(data[-1]["seq"]) if data else 0
+
+
+def _share_reads(stack: Stack, after: int) -> list[str]:
+    """The sandbox's log of reads of transfers and application fees (their reversals and
+    refunds) after request ``after``."""
+    data = stack.sandbox.control("GET", f"/_sandbox/requests?after={after}")["data"]
+    return [
+        str(entry["path"])
+        for entry in data
+        if entry["method"] == "GET"
+        and str(entry["path"]).startswith(("/v1/transfers", "/v1/application_fees"))
+    ]
+
+
+async def test_an_old_unnamed_reversal_costs_a_later_charge_to_its_account_no_call(
+    bare_stack: Stack,
+) -> None:
+    """A destination charge recorded by a plugin (``post_destination_charge`` with
+    ``priced``) has its own transfer reversals and fee refunds named from its transfer
+    and fee as Stripe's charge carries them: a second charge to an account that holds an
+    old unnamed reversal and fee refund of another charge makes no call to list
+    reversals or fee refunds. The first charge, recorded later from Stripe's charge
+    expanded only on its balance transaction, still has them named (read back with its
+    transfer and fee, once, since its account holds movements naming nothing)."""
+    stack = bare_stack
+    creator = await connected_account(stack, "creator")
+    client = stack.stripe()
+
+    def outside() -> tuple[str, str]:
+        _, first = subscribe_outside(
+            client,
+            amount=3_000,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        client.v1.refunds.create(
+            params={
+                "charge": first,
+                "amount": 1_000,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+            }
+        )
+        _, second = subscribe_outside(
+            client,
+            amount=2_000,
+            transfer_data={"destination": creator},
+            application_fee_percent="10",
+        )
+        return first, second
+
+    first, second = await asyncio.to_thread(outside)
+    await stack.settle()
+    pool = stack.services.db.pool
+    unnamed = (
+        "SELECT split_part(idempotency_key, ':', 1) AS kind FROM marketplace_ledger_transactions "
+        "WHERE plugin = '' ORDER BY 1"
+    )
+    assert [row["kind"] for row in await pool.fetch(unnamed)] == [
+        "application_fee_refund",
+        "charge",
+        "charge",
+        "refund",
+        "reversal",
+    ]
+    before = _last_request(stack)
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.ledger, conn, "subs", "subs:2")
+        await movements.post_destination_charge(
+            scope, second, kind="subscription_invoice", priced=_priced(creator, 2_000, "subs:2")
+        )
+    assert _share_reads(stack, before) == []
+    assert [row["kind"] for row in await pool.fetch(unnamed)] == [
+        "application_fee_refund",
+        "charge",
+        "refund",
+        "reversal",
+    ]
+    charge = await stack.services.gateway.call(
+        "charges", "retrieve", first, params={"expand": ["balance_transaction"]}
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        scope = MoneyScope(stack.services.gateway, stack.ledger, conn, "subs", "subs:1")
+        await movements.post_destination_charge(
+            scope, charge, kind="subscription_invoice", priced=_priced(creator, 3_000, "subs:1")
+        )
+    assert [row["kind"] for row in await pool.fetch(unnamed)] == []
+    named = await pool.fetch(
+        "SELECT split_part(idempotency_key, ':', 1) AS kind, reference "
+        "FROM marketplace_ledger_transactions ORDER BY 1, 2"
+    )
+    assert [tuple(row) for row in named] == [
+        ("application_fee_refund", "subs:1"),
+        ("charge", "subs:1"),
+        ("charge", "subs:2"),
+        ("refund", "subs:1"),
+        ("reversal", "subs:1"),
+    ]
+    await stack.assert_ledger_is_stripe(creator, PLATFORM, currency=USD)
+
+
 @pytest.fixture
 async def naming_stack(
     fresh_database_url: str, nats_url: str, unique_name: str
