@@ -177,11 +177,14 @@ class _OneConnection:
         yield self._conn
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["drain", "drain_many"])
 async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, batched: bool
 ) -> None:
     """Found 2: the lease waits on a concurrent accept; the version it returns must match
-    the events it read, or the account is released as idle with ``evt_2`` pending."""
+    the events it read, or the account is released as idle with ``evt_2`` pending. Both
+    lease functions: one key's (``drain``) and several keys' (``drain_many``, the worker's
+    way, one transaction)."""
     mailbox = _mailbox(pool, 30)
     await _accept(mailbox, 1)
     calls: list[tuple[str, str]] = []
@@ -190,7 +193,12 @@ async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
         transaction = held.transaction()
         await transaction.start()
         await _accept(concurrent, 2)  # committed only below, after the drain asked for the lease
-        drain = asyncio.create_task(mailbox.drain(ACCOUNT, "w1", _recording(calls, "w1", _no_wait)))
+        handle = _recording(calls, "w1", _no_wait)
+        drain = asyncio.create_task(
+            mailbox.drain_many([ACCOUNT], "w1", handle, shared=True)
+            if batched
+            else mailbox.drain(ACCOUNT, "w1", handle)
+        )
         await _until_blocked_or_done(pool, drain)
         await transaction.commit()
     await drain
