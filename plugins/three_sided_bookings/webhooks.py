@@ -37,7 +37,7 @@ transfers by their ``transfer_group``, its refunds and the SetupIntents saving
 its card by their ``metadata.booking_id``. A booking's events are applied in
 order, and a booking whose event keeps failing parks alone. A refund made in
 Stripe's dashboard names only its charge (no ``metadata.booking_id``), so it
-goes to the engine's default mailbox (``platform``).
+goes to the engine's default mailbox for it (``refund:<charge id>``).
 """
 
 from __future__ import annotations
