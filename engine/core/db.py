@@ -47,9 +47,24 @@ _PENDING_INDEX = (
     "ON marketplace_webhook_events (account, seq NULLS FIRST, id) WHERE status = 'pending'"
 )
 
+# The dead letter by mailbox, oldest first (the admin's list and replay, the dashboard).
+_DEAD_INDEX = (
+    "CREATE INDEX IF NOT EXISTS marketplace_webhook_events_dead "
+    "ON marketplace_webhook_events (account, id) WHERE status = 'dead'"
+)
+
+# An account's latest payout by Stripe's time (``engine.worker.handlers``, every payout
+# event): one index probe however many payouts the account has had.
+_LATEST_PAYOUT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS marketplace_payouts_account_latest "
+    "ON marketplace_payouts (account_id, created_at DESC, stripe_payout_id DESC)"
+)
+
 # Constraints Piccolo's column API cannot express; part of the core's first migration.
 _CORE_EXTRA_DDL: tuple[str, ...] = (
     _PENDING_INDEX,
+    _DEAD_INDEX,
+    _LATEST_PAYOUT_INDEX,
     "CREATE INDEX IF NOT EXISTS marketplace_ledger_entries_account_currency "
     "ON marketplace_ledger_entries (account, currency)",
 )
@@ -304,6 +319,20 @@ _CORE_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         # in one round trip and one commit.
         "0008_mailbox_accept_many",
         (_MAILBOX_ACCEPT_MANY_FUNCTION,),
+    ),
+    (
+        # Indexes for the webhook path's steady writes and reads: an event's row is
+        # written twice (accepted, then handled), so it keeps only the indexes its
+        # readers need (its id, Stripe's id, the pending and the dead partial indexes;
+        # not every event by account or by status); an account's latest payout, read
+        # for every payout event, is one index probe, not a sort of all its payouts.
+        "0009_webhook_indexes",
+        (
+            "DROP INDEX IF EXISTS marketplace_webhook_events_account",
+            "DROP INDEX IF EXISTS marketplace_webhook_events_status",
+            _DEAD_INDEX,
+            _LATEST_PAYOUT_INDEX,
+        ),
     ),
 )
 

@@ -178,14 +178,15 @@ class WebhookEvent(Table, tablename="marketplace_webhook_events"):
 
     id = BigSerial(primary_key=True)
     event_id = Varchar(length=255, unique=True)
-    account = Varchar(length=64, index=True)
+    # Read through partial indexes (pending, dead: engine.core.db), not indexed whole.
+    account = Varchar(length=64)
     seq = BigInt(null=True, default=None)
     type = Varchar(length=128)
     livemode = Boolean(default=False)
     created = BigInt(default=0)
     payload = JSONB()
     # pending -> handled, or dead (parked after max attempts; replayable).
-    status = Varchar(length=16, default="pending", index=True)
+    status = Varchar(length=16, default="pending")
     attempts = Integer(default=0)
     last_error = Text(default="")
     received_at = Timestamptz()
