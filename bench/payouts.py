@@ -52,10 +52,9 @@ async def measured(stack: Stack, name: str, account: str, *, full: bool = False)
     """Refresh the account's payouts once; print and return the payouts read."""
     mark = last_seq(stack)
     started = time.perf_counter()
-    async with stack.services.db.pool.acquire() as conn, conn.transaction():
-        applied = await refresh_payouts(
-            conn, stack.services.gateway, stack.services.ledger, account, full=full
-        )
+    applied = await refresh_payouts(
+        stack.services.db.pool, stack.services.gateway, stack.services.ledger, account, full=full
+    )
     seconds = time.perf_counter() - started
     asked = [
         entry

@@ -75,6 +75,14 @@ async def _chaotic(work: Path, seeds: list[int]) -> list[int]:
     return failed
 
 
+def _not_a_cut_connections_ssl_probe(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of asyncpg's SSL-negotiation future on a connection the
+    harness cut: asyncpg leaves it unretrieved when such a connection is seen closed
+    (``unexpected connection_lost() call``), once per connection, and it says nothing."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return "unexpected connection_lost() call" not in f"{record.getMessage()} {exc}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=100, help="run seeds 1..SEEDS")
@@ -86,6 +94,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("asyncio").addFilter(_not_a_cut_connections_ssl_probe)
     if args.seed is not None:
         seeds = [args.seed]
         chaos_seeds = [args.seed] if args.chaos else []

@@ -182,8 +182,8 @@ def resolve_mailbox_key(event: StripeEvent, runtime: PluginRuntime) -> str | Non
     result wins. The engine's default (trylast) keys a connected account's
     events by the account, a platform event about money bound for one
     connected account (``transfer_data``, a transfer's ``destination``) by that
-    account, a dispute by its charge (``dispute:<charge id>``) and anything
-    else as ``platform``.
+    account, a dispute and a refund by their charge (``dispute:<charge id>``,
+    ``refund:<charge id>``) and anything else as ``platform``.
 
     Answer for your own events only, from the payload alone: keep it
     synchronous and pure (no I/O; it runs in the intake's request). Return the

@@ -37,6 +37,10 @@ def is_mailbox_key(value: object) -> bool:
     return isinstance(value, str) and MAILBOX_KEY_PATTERN.fullmatch(value) is not None
 
 
+_PER_CHARGE: Final = frozenset({"dispute", "refund"})
+"""Objects that name only their charge: keyed ``<object>:<charge id>``."""
+
+
 def _account_id(value: Any) -> str | None:
     """An ``acct_...`` id from a string or an expanded object."""
     if isinstance(value, Mapping):
@@ -53,8 +57,9 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
     metadata's ``MAILBOX_ACCOUNT_METADATA``, a transfer) goes to that account's
     mailbox too, so one creator's traffic or failures never queue behind
     another's. A platform dispute goes to the mailbox of its charge
-    (``dispute:<charge id>``): a dispute names only its charge, and one
-    dispute's failing handler must not park the platform's other events.
+    (``dispute:<charge id>``), and so does a platform refund
+    (``refund:<charge id>``, a destination charge's too): each names only its
+    charge, and one failing handler must not park the platform's other events.
     Anything else is the platform's.
     """
     account = event.get("account")
@@ -84,8 +89,9 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
         charge = obj.get("charge")
         if isinstance(charge, Mapping):
             charge = charge.get("id")
-        if obj.get("object") == "dispute" and isinstance(charge, str) and charge:
-            key = f"dispute:{charge}"
+        kind = obj.get("object")
+        if kind in _PER_CHARGE and isinstance(charge, str) and charge:
+            key = f"{kind}:{charge}"
             if is_mailbox_key(key):
                 return key
     return PLATFORM_MAILBOX
@@ -93,7 +99,7 @@ def default_mailbox_key(event: Mapping[str, Any]) -> str:
 
 def mailbox_kind(key: str) -> str:
     """What kind of mailbox ``key`` is, for metrics: ``account``, ``platform``, or the
-    prefix of a business key (``three_sided_bookings``, ``dispute``).
+    prefix of a business key (``three_sided_bookings``, ``dispute``, ``refund``).
 
     Kinds are few whatever the number of accounts and business objects, so
     metrics labelled by kind stay bounded.

@@ -4,7 +4,8 @@ A payout (a connected account's or the platform's own) is recorded in
 ``marketplace_payouts`` and posted ``payout:<po>`` (the balance to its bank) as
 soon as the engine learns of it, from a ``payout.*`` event (``apply_payout``)
 or from Stripe (``refresh_payouts``: the payouts created since the account's last
-refresh and the open ones it knows; ``refresh_all_payouts`` for every account,
+refresh and the open ones it knows, read with no connection held and then applied in
+one short transaction; ``refresh_all_payouts`` for every account,
 run by the workers every ``[worker] payout_refresh_seconds`` and by ``marketplace
 payouts refresh``). Its status moves forward only, in
 ``PAYOUT_STATUS_ORDER``, compared inside the one ``UPDATE``:
@@ -216,7 +217,9 @@ async def apply_payout(
 
     Args:
         conn: a connection inside the caller's transaction.
-        gateway: reads the return's balance transaction when it is not expanded.
+        gateway: reads the return's balance transaction when it is not expanded (a
+            Stripe call inside the caller's transaction; ``refresh_payouts`` reads
+            its payouts with it expanded, so it makes none).
         ledger: the engine's ledger.
         payout_: Stripe's payout (an event's object, or one listed).
         account: the ``acct_...`` whose balance paid out, or ``platform``.
@@ -263,9 +266,100 @@ async def apply_payout(
 _OPEN: Final = ("pending", "in_transit")
 """Statuses a payout leaves without the refresh's list bringing it again."""
 
+_RETURN_EXPANDED: Final = "failure_balance_transaction"
+"""Expanded in the refresh's reads, so applying a failed or canceled payout needs no
+read of its returning balance transaction (``_returned_at``) inside the transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PayoutsRead:
+    """What a refresh read from Stripe for one account, before applying any of it."""
+
+    payouts: list[Mapping[str, Any]]
+    """Listed and retrieved, oldest first."""
+    listed_from: int | None
+    """The ``created`` of the newest payout listed: the account's next ``created[gte]``."""
+
+
+async def _read_payouts(
+    pool: asyncpg.Pool, gateway: StripeGateway, account: str, *, full: bool
+) -> _PayoutsRead:
+    """The account's payouts from Stripe that a refresh applies; no connection is held
+    while Stripe answers (each of the two reads of the engine's tables is one pooled
+    statement, outside any transaction)."""
+    stripe_account = None if account == PLATFORM else account
+    since = None
+    if not full:
+        since = await pool.fetchval(
+            "SELECT listed_from FROM marketplace_payout_refresh WHERE account_id = $1", account
+        )
+    params: dict[str, Any] = {"expand": [f"data.{_RETURN_EXPANDED}"]}
+    if since is not None:
+        params["created"] = {"gte": int(since)}
+    found = await gateway.list_all("payouts", params=params, account=stripe_account)
+    listed = {str(item["id"]) for item in found}
+    open_ids = await pool.fetch(
+        "SELECT stripe_payout_id FROM marketplace_payouts "
+        "WHERE account_id = $1 AND status = ANY($2::text[]) ORDER BY id",
+        account,
+        list(_OPEN),
+    )
+    for row in open_ids:
+        payout_id = str(row["stripe_payout_id"])
+        if payout_id in listed:
+            continue
+        try:
+            found.append(
+                await gateway.call(
+                    "payouts",
+                    "retrieve",
+                    payout_id,
+                    params={"expand": [_RETURN_EXPANDED]},
+                    account=stripe_account,
+                )
+            )
+        except NotFound:
+            # A record Stripe does not know (made by hand, or another Stripe account's):
+            # left as it is rather than failing the account's refresh at every run.
+            log.warning("payout %s of %s is not at Stripe; left as recorded", payout_id, account)
+    return _PayoutsRead(
+        payouts=sorted(found, key=lambda item: (int(item.get("created") or 0), item["id"])),
+        listed_from=max(
+            (int(item.get("created") or 0) for item in found if item["id"] in listed),
+            default=None,
+        ),
+    )
+
+
+async def _apply_read(
+    conn: asyncpg.Connection,
+    gateway: StripeGateway,
+    ledger: Ledger,
+    account: str,
+    read: _PayoutsRead,
+) -> list[AppliedPayout]:
+    """Apply what ``_read_payouts`` found, oldest first, then move the account's cursor
+    forward (never back: ``GREATEST``), in the caller's transaction."""
+    applied = [
+        await apply_payout(conn, gateway, ledger, item, account=account) for item in read.payouts
+    ]
+    if read.listed_from is not None:
+        await conn.execute(
+            """
+            INSERT INTO marketplace_payout_refresh (account_id, listed_from, refreshed_at)
+            VALUES ($1, $2, now())
+            ON CONFLICT (account_id) DO UPDATE SET
+                listed_from = GREATEST(marketplace_payout_refresh.listed_from, $2),
+                refreshed_at = now()
+            """,
+            account,
+            read.listed_from,
+        )
+    return applied
+
 
 async def refresh_payouts(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     gateway: StripeGateway,
     ledger: Ledger,
     account: str,
@@ -282,59 +376,31 @@ async def refresh_payouts(
     ``in_transit`` that the list did not bring is retrieved: a payout created
     since is found, an open one follows its status, and a final one older than the
     last listing is not read again. So each refresh reads what changed, not the
-    account's whole history. Each is applied as ``apply_payout`` would (oldest
-    first), so an event handled later changes nothing more. Returns what was
-    applied, oldest first.
+    account's whole history. Returns what was applied, oldest first.
+
+    Stripe is read first with no connection held (each read of the engine's tables a
+    pooled statement outside any transaction; a failed or canceled payout's
+    ``failure_balance_transaction`` comes expanded), then everything read is applied
+    in one short transaction of its own: each payout as ``apply_payout`` would (oldest
+    first; statuses only move forward and postings are made once, so an event applied
+    between the read and this transaction, or later, changes nothing more), then the
+    account's cursor (only ever forward). When that transaction fails, nothing of the
+    account is applied and its cursor stays: the next refresh reads the same again.
 
     A ``paid`` payout is not read again: a bank returning it later is Stripe's
     ``payout.failed`` event (or a ``full`` refresh).
+
+    Args:
+        pool: the engine's pool (not a connection: no transaction may be open while
+            Stripe answers).
+        gateway: reads Stripe's payouts of the account.
+        ledger: the engine's ledger.
+        account: the ``acct_...`` whose payouts to refresh, or ``platform``.
+        full: read the account's whole list, not only what changed since its last refresh.
     """
-    stripe_account = None if account == PLATFORM else account
-    since = None
-    if not full:
-        since = await conn.fetchval(
-            "SELECT listed_from FROM marketplace_payout_refresh WHERE account_id = $1", account
-        )
-    params = {} if since is None else {"created": {"gte": int(since)}}
-    found = await gateway.list_all("payouts", params=params, account=stripe_account)
-    listed = {str(item["id"]) for item in found}
-    open_ids = await conn.fetch(
-        "SELECT stripe_payout_id FROM marketplace_payouts "
-        "WHERE account_id = $1 AND status = ANY($2::text[]) ORDER BY id",
-        account,
-        list(_OPEN),
-    )
-    for row in open_ids:
-        payout_id = str(row["stripe_payout_id"])
-        if payout_id in listed:
-            continue
-        try:
-            found.append(
-                await gateway.call("payouts", "retrieve", payout_id, account=stripe_account)
-            )
-        except NotFound:
-            # A record Stripe does not know (made by hand, or another Stripe account's):
-            # left as it is rather than failing the account's refresh at every run.
-            log.warning("payout %s of %s is not at Stripe; left as recorded", payout_id, account)
-    applied = []
-    for item in sorted(found, key=lambda item: (int(item.get("created") or 0), item["id"])):
-        applied.append(await apply_payout(conn, gateway, ledger, item, account=account))
-    newest = max(
-        (int(item.get("created") or 0) for item in found if item["id"] in listed), default=None
-    )
-    if newest is not None:
-        await conn.execute(
-            """
-            INSERT INTO marketplace_payout_refresh (account_id, listed_from, refreshed_at)
-            VALUES ($1, $2, now())
-            ON CONFLICT (account_id) DO UPDATE SET
-                listed_from = GREATEST(marketplace_payout_refresh.listed_from, $2),
-                refreshed_at = now()
-            """,
-            account,
-            newest,
-        )
-    return applied
+    read = await _read_payouts(pool, gateway, account, full=full)
+    async with pool.acquire() as conn, conn.transaction():
+        return await _apply_read(conn, gateway, ledger, account, read)
 
 
 PAYOUT_REFRESH_TASK: Final = "engine.payouts.refresh"
@@ -351,12 +417,15 @@ async def refresh_all_payouts(
     full: bool = False,
 ) -> dict[str, list[AppliedPayout]]:
     """``refresh_payouts`` for each of ``accounts`` (default: the platform and every
-    connected account the engine knows), each in a transaction of its own
-    (``full``: each account's whole list, not only what changed since its last refresh).
+    connected account the engine knows), one after the other: each account's reads of
+    Stripe with no connection held, then what they found applied in a short transaction
+    of its own (``full``: each account's whole list, not only what changed since its
+    last refresh).
 
     So payouts whose events were lost converge on Stripe's status (and are
     posted, once). One account's failure (Stripe refusing the list, a conflict)
-    is logged and the next account goes on; it is tried again the next time.
+    is logged and the next account goes on; nothing of it was applied and it is tried
+    again the next time.
     Returns what was applied, by account (a failed account is left out).
     """
     if accounts is None:
@@ -367,8 +436,7 @@ async def refresh_all_payouts(
     applied: dict[str, list[AppliedPayout]] = {}
     for account in accounts:
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                applied[account] = await refresh_payouts(conn, gateway, ledger, account, full=full)
+            applied[account] = await refresh_payouts(pool, gateway, ledger, account, full=full)
         except MarketplaceError:
             log.exception("refreshing the payouts of %s failed", account)
     return applied

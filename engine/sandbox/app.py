@@ -86,6 +86,14 @@ REQUEST_LOG_SIZE = 5000
 
 
 @dataclass(slots=True)
+class Hold:
+    """Requests to one API path held back until ``released`` is set."""
+
+    released: asyncio.Event
+    waiting: int = 0
+
+
+@dataclass(slots=True)
 class Request:
     """One HTTP request as read from ASGI."""
 
@@ -122,6 +130,9 @@ class SandboxApp:
         what a test reads through ``GET /_sandbox/requests`` to see what the engine asked."""
         self._request_seq = 0
         self._listed: int | None = None
+        self.holds: dict[str, Hold] = {}
+        """API paths whose requests wait, before they are served, until released
+        (``/_sandbox/holds``): Stripe answering slowly, at the moment a test chooses."""
         if persist_path is not None and persist_path.exists():
             self._load(persist_path)
 
@@ -222,6 +233,13 @@ class SandboxApp:
         if request.path.startswith("/_sandbox"):
             await self._control(request, send)
             return
+        hold = self.holds.get(request.path)
+        if hold is not None:
+            hold.waiting += 1
+            try:
+                await hold.released.wait()
+            finally:
+                hold.waiting -= 1
         extra: list[tuple[bytes, bytes]] = []
         content_type = _JSON
         try:
@@ -243,6 +261,17 @@ class SandboxApp:
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
         self.dispatcher.pump()
+
+    def hold(self, path: str) -> Hold:
+        """Hold the API requests to ``path`` (exact) until ``release_holds``."""
+        return self.holds.setdefault(path, Hold(asyncio.Event()))
+
+    def release_holds(self, path: str | None = None) -> None:
+        """Let the requests held on ``path`` (every path when None) through; hold no more."""
+        for held in [path] if path is not None else list(self.holds):
+            found = self.holds.pop(held, None)
+            if found is not None:
+                found.released.set()
 
     def _log_request(self, request: Request, status: int) -> None:
         self._request_seq += 1

@@ -11,6 +11,10 @@
   each with its `seq`, `method`, `path`, raw `query`, `account` (`Stripe-Account`),
   `status` and, for a list, how many objects it returned (`listed`)
 - `POST /_sandbox/faults` `{"status": 429|500|503, "count": N}`: the next N API requests fail
+- `POST /_sandbox/holds` `{"path": "/v1/payouts"}`: API requests to that exact path wait,
+  before they are served, until `POST /_sandbox/holds/release` (`{"path": ...}`; none: every
+  hold); `GET /_sandbox/holds`: each held path and how many requests wait on it. Stripe
+  answering slowly, at the moment a test chooses (what the engine holds meanwhile).
 - `POST /_sandbox/reset`
 - `GET /_sandbox/onboarding/{id}`: the page an account link points to
 - `GET /_sandbox/authenticate/{pi_or_seti}?client_secret=...`: the 3D Secure page a
@@ -161,6 +165,18 @@ async def handle(  # noqa: PLR0917 - the parts of one HTTP request, passed as re
                 raise invalid("status must be 429, 500 or 503", param="status")
             state.faults.extend([status] * (_number(params, "count") or 1))
             return _json({"queued": len(state.faults)})
+        case ("POST", "holds"):
+            held = params.get("path")
+            if not isinstance(held, str) or not held.startswith("/v1/"):
+                raise invalid("Pass the API `path` to hold, e.g. /v1/payouts.", param="path")
+            app.hold(held)
+            return _json({"object": "list", "data": _holds(app)})
+        case ("GET", "holds"):
+            return _json({"object": "list", "data": _holds(app)})
+        case ("POST", "holds", "release"):
+            held = params.get("path")
+            app.release_holds(str(held) if held else None)
+            return _json({"object": "list", "data": _holds(app)})
         case ("POST", "reset"):
             state.reset()
             app.after_change()
@@ -280,6 +296,10 @@ def _requests(app: SandboxApp, params: Params) -> list[Obj]:
         for entry in app.requests
         if entry["seq"] > after and (path is None or entry["path"] == path)
     ]
+
+
+def _holds(app: SandboxApp) -> list[Obj]:
+    return [{"path": path, "waiting": hold.waiting} for path, hold in app.holds.items()]
 
 
 def _deliveries(app: SandboxApp, params: Params) -> list[Obj]:

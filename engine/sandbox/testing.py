@@ -135,6 +135,9 @@ def running_sandbox(
     try:
         yield running
     finally:
+        # A request still held would keep uvicorn's graceful shutdown waiting.
+        with contextlib.suppress(httpx.HTTPError):
+            running.control("POST", "/_sandbox/holds/release")
         running.http.close()
         server.should_exit = True
         thread.join(timeout=10)

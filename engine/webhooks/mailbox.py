@@ -943,20 +943,39 @@ class Mailbox:
     ) -> list[str]:
         """Make dead events pending again and unpark their accounts; return those accounts.
 
-        The caller publishes a drain for each returned account.
+        ``event_ids``: those dead events; one of a parked mailbox revives every dead
+        event of that mailbox, since the event that parked it must go first (the
+        mailbox's later events never pass it; one refused for good, such as an event
+        of another API version, goes straight back to dead). ``account``: every dead
+        event of that mailbox. The caller publishes a drain for each returned account.
         """
         async with self._pool.acquire() as conn, conn.transaction():
+            named = await conn.fetch(
+                "SELECT DISTINCT account FROM marketplace_webhook_events "
+                "WHERE status = 'dead' AND event_id = ANY($1::text[])",
+                list(event_ids),
+            )
+            touched = sorted({row["account"] for row in named} | ({account} if account else set()))
+            # Locked in key order, as intake and drains lock them: a drain cannot park
+            # one of them between this read and the updates below.
+            locked = await conn.fetch(
+                "SELECT account, parked FROM marketplace_webhook_accounts "
+                "WHERE account = ANY($1::text[]) ORDER BY account FOR UPDATE",
+                touched,
+            )
             rows = await conn.fetch(
                 """
                 UPDATE marketplace_webhook_events
                 SET status = 'pending', attempts = 0, last_error = ''
                 WHERE status = 'dead'
-                  AND ((cardinality($1::text[]) > 0 AND event_id = ANY($1))
-                       OR ($2::text IS NOT NULL AND account = $2))
+                  AND (event_id = ANY($1::text[])
+                       OR ($2::text IS NOT NULL AND account = $2)
+                       OR account = ANY($3::text[]))
                 RETURNING account
                 """,
                 list(event_ids),
                 account,
+                [row["account"] for row in locked if row["parked"]],
             )
             wanted = sorted({row["account"] for row in rows} | ({account} if account else set()))
             resumed = await conn.fetch(

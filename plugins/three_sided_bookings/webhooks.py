@@ -33,9 +33,11 @@ the event's transaction (``ctx.conn``); notifications wait for the commit.
 ``mailbox_key`` (the plugin's ``resolve_mailbox_key``) queues every platform
 event about one booking in that booking's own mailbox,
 ``three_sided_bookings:booking:<id>``: its charges, payment intents and
-transfers by their ``transfer_group``, its refunds by their
-``metadata.booking_id``. A booking's events are applied in order, and a
-booking whose event keeps failing parks alone.
+transfers by their ``transfer_group``, its refunds and the SetupIntents saving
+its card by their ``metadata.booking_id``. A booking's events are applied in
+order, and a booking whose event keeps failing parks alone. A refund made in
+Stripe's dashboard names only its charge (no ``metadata.booking_id``), so it
+goes to the engine's default mailbox for it (``refund:<charge id>``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ log = logging.getLogger(__name__)
 
 _GROUP: Final = re.compile(r"^booking:(\d+)$")
 _CLOSED: Final = frozenset({"won", "lost"})
+_BY_METADATA: Final = frozenset({"refund", "setup_intent"})
+"""Objects of a booking that carry no ``transfer_group``: keyed by the ``metadata.booking_id``
+the plugin sets when it creates them."""
 
 
 def _object(event: StripeEvent) -> dict[str, Any]:
@@ -96,7 +101,7 @@ def mailbox_key(event: StripeEvent) -> str | None:
         return None  # a connected account's own events stay in its mailbox
     obj = _object(event)
     reference = _booking_reference(obj.get("transfer_group"))
-    if reference is None and obj.get("object") == "refund":
+    if reference is None and obj.get("object") in _BY_METADATA:
         booking_id = str((obj.get("metadata") or {}).get("booking_id") or "")
         reference = f"booking:{booking_id}" if booking_id.isdigit() else None
     return f"{PLUGIN}:{reference}" if reference else None

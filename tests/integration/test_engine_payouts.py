@@ -31,6 +31,7 @@ from engine.accounts.queries import account_payouts as reexported
 from engine.core.ledger import bank_of, stripe_time
 from engine.core.money import Money
 from engine.core.orders import Commission, Order, SplitLeg, SplitPlan
+from engine.core.postings import payout_posting
 from engine.payments import movements
 from engine.payments.movements import MoneyScope
 from engine.payments.payouts import (
@@ -38,6 +39,7 @@ from engine.payments.payouts import (
     account_payouts,
     payout,
     payout_refresh_task,
+    refresh_all_payouts,
     refresh_payouts,
 )
 from engine.payments.pricing import PricedOrder
@@ -212,10 +214,7 @@ async def test_payout_statuses_through_the_engine_and_refreshed_from_stripe(
     # A record lost (its events never handled): Stripe's list brings it back, once.
     await pool.execute("DELETE FROM marketplace_payouts WHERE stripe_payout_id = $1", paid.id)
     assert paid.id not in await recorded()
-    async with pool.acquire() as conn, conn.transaction():
-        applied = await refresh_payouts(
-            conn, stack.services.gateway, stack.services.ledger, provider
-        )
+    applied = await refresh_payouts(pool, stack.services.gateway, stack.services.ledger, provider)
     assert {a.record.stripe_payout_id: a.record.status for a in applied} == stripe_statuses
     assert not any(a.returned for a in applied)
     await assert_as_stripe()
@@ -378,10 +377,9 @@ async def test_a_second_refresh_reads_only_new_payouts_and_the_open_ones(
     await stack.settle()
 
     async def refresh() -> dict[str, str]:
-        async with pool.acquire() as conn, conn.transaction():
-            applied = await refresh_payouts(
-                conn, stack.services.gateway, stack.services.ledger, provider
-            )
+        applied = await refresh_payouts(
+            pool, stack.services.gateway, stack.services.ledger, provider
+        )
         return {a.record.stripe_payout_id: a.record.status for a in applied}
 
     seq = _last_request(stack)
@@ -416,4 +414,204 @@ async def test_a_second_refresh_reads_only_new_payouts_and_the_open_ones(
     assert (await payout(pool, waiting.id)).status == "paid"  # type: ignore[union-attr]
     ledger = await stack.ledger.balances(provider)
     assert ledger.get(USD, 0) == await stack.stripe_balance(provider, USD)
+    await stack.assert_ledger_balanced()
+
+
+async def _held(stack: Stack, path: str) -> None:
+    """Wait until a request to ``path`` waits on the sandbox's hold of it."""
+    for _ in range(3_000):
+        holds = await asyncio.to_thread(stack.sandbox.control, "GET", "/_sandbox/holds")
+        if any(h["path"] == path and h["waiting"] for h in holds["data"]):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no request to {path} reached the sandbox")
+
+
+async def _idle_in_transaction(stack: Stack) -> list[str]:
+    """The last statement of each backend of the test database idle inside a transaction
+    on the payout tables (what the refresh would hold open while Stripe answers)."""
+    rows = await stack.services.db.pool.fetch(
+        "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%' AND query ILIKE '%marketplace_payout%'"
+    )
+    return [str(row["query"]) for row in rows]
+
+
+async def test_the_refresh_holds_no_transaction_while_stripe_answers(quiet_stack: Stack) -> None:
+    """Stripe slow (the sandbox holds the payouts list, then a payout's retrieve): meanwhile
+    no connection sits idle in a transaction for the refresh. The canceled payout's
+    returning balance transaction comes expanded in the list, not read on its own."""
+    stack = quiet_stack
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+    pool = stack.services.db.pool
+
+    def make_payouts() -> tuple[Any, Any]:
+        stack.stripe().v1.accounts.update(
+            provider, params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}}
+        )
+        canceled = as_provider.v1.payouts.create(params={"amount": 700, "currency": USD})
+        as_provider.v1.payouts.cancel(canceled.id)
+        stack.sandbox.advance(60)
+        waiting = as_provider.v1.payouts.create(params={"amount": 500, "currency": USD})
+        stack.sandbox.advance(60)
+        as_provider.v1.payouts.create(params={"amount": 400, "currency": USD})
+        return canceled, waiting
+
+    canceled, waiting = await asyncio.to_thread(make_payouts)
+    await stack.settle()
+    # The canceled payout's events lost: the refresh applies it, its return too.
+    await pool.execute("DELETE FROM marketplace_payouts WHERE stripe_payout_id = $1", canceled.id)
+
+    async def refresh_while_held(path: str) -> dict[str, list[Any]]:
+        await asyncio.to_thread(stack.sandbox.control, "POST", f"/_sandbox/holds?path={path}")
+        refresh = asyncio.create_task(
+            refresh_all_payouts(pool, stack.services.gateway, stack.services.ledger, [provider])
+        )
+        try:
+            await _held(stack, path)
+            assert await _idle_in_transaction(stack) == []
+        finally:
+            await asyncio.to_thread(
+                stack.sandbox.control, "POST", f"/_sandbox/holds/release?path={path}"
+            )
+        return await refresh
+
+    seq = _last_request(stack)
+    applied = await refresh_while_held("/v1/payouts")
+    assert {a.record.stripe_payout_id: a.record.status for a in applied[provider]}[
+        canceled.id
+    ] == "canceled"
+    data = stack.sandbox.control("GET", f"/_sandbox/requests?after={seq}")["data"]
+    assert not [r for r in data if r["path"].startswith("/v1/balance_transactions")]
+    assert "expand" in next(r for r in data if r["path"] == "/v1/payouts")["query"]
+
+    # The next run retrieves the open payout the list (from the newest one) does not bring.
+    applied = await refresh_while_held(f"/v1/payouts/{waiting.id}")
+    assert waiting.id in {a.record.stripe_payout_id for a in applied[provider]}
+    assert await stack.ledger.balances(provider) == {USD: await stack.stripe_balance(provider, USD)}
+    await stack.assert_ledger_balanced()
+
+
+async def test_an_event_applied_between_the_refresh_read_and_its_apply_changes_nothing_back(
+    quiet_stack: Stack,
+) -> None:
+    """The refresh reads two pending payouts; while Stripe is slow to answer its last read,
+    both are paid and their events applied. What it then applies (pending, read before)
+    moves nothing back and posts nothing twice."""
+    stack = quiet_stack
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+    pool = stack.services.db.pool
+
+    def make_payouts() -> tuple[Any, Any]:
+        stack.stripe().v1.accounts.update(
+            provider, params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}}
+        )
+        older = as_provider.v1.payouts.create(params={"amount": 500, "currency": USD})
+        stack.sandbox.advance(60)
+        newer = as_provider.v1.payouts.create(params={"amount": 400, "currency": USD})
+        return older, newer
+
+    older, newer = await asyncio.to_thread(make_payouts)
+    await stack.settle()
+    gateway, ledger = stack.services.gateway, stack.services.ledger
+    await refresh_payouts(pool, gateway, ledger, provider)  # the cursor: the newer one
+    # A pending record Stripe does not know, retrieved after the older payout (by id).
+    await pool.execute(
+        "INSERT INTO marketplace_payouts (stripe_payout_id, account_id, amount, currency, "
+        "status, failure_message, arrival_date, created_at, updated_at) "
+        "VALUES ('po_unknown', $1, 100, 'usd', 'pending', '', 0, now(), now())",
+        provider,
+    )
+    held = "/v1/payouts/po_unknown"
+    await asyncio.to_thread(stack.sandbox.control, "POST", f"/_sandbox/holds?path={held}")
+    refresh = asyncio.create_task(refresh_payouts(pool, gateway, ledger, provider))
+    try:
+        await _held(stack, held)
+        await stack.advance(4 * DAY)  # both paid at Stripe, their events applied
+        assert (await payout(pool, older.id)).status == "paid"  # type: ignore[union-attr]
+    finally:
+        await asyncio.to_thread(
+            stack.sandbox.control, "POST", f"/_sandbox/holds/release?path={held}"
+        )
+    applied = await refresh
+    assert {a.record.stripe_payout_id: a.record.status for a in applied} == {
+        older.id: "paid",
+        newer.id: "paid",
+    }
+    assert (await payout(pool, newer.id)).status == "paid"  # type: ignore[union-attr]
+    ledger_balance = await stack.ledger.balances(provider)
+    assert ledger_balance.get(USD, 0) == await stack.stripe_balance(provider, USD) == 6_000 - 900
+    assert (await stack.ledger.balances(bank_of(provider)))[USD] == 900
+    await stack.assert_ledger_balanced()
+
+
+async def test_a_refresh_whose_apply_fails_applies_nothing_and_keeps_its_cursor(
+    quiet_stack: Stack,
+) -> None:
+    """Two payouts whose events were lost; the newer one's posting conflicts with one the
+    ledger holds. The refresh's transaction fails: neither is recorded, the account's
+    cursor stays where the last refresh left it, and the next refresh applies both."""
+    stack = quiet_stack
+    provider = await funded_provider(stack)
+    as_provider = stack.stripe(stripe_account=provider)
+    pool = stack.services.db.pool
+    gateway, ledger = stack.services.gateway, stack.services.ledger
+
+    def make_payout(amount: int) -> Any:
+        made = as_provider.v1.payouts.create(params={"amount": amount, "currency": USD})
+        stack.sandbox.advance(60)
+        return made
+
+    await asyncio.to_thread(
+        stack.stripe().v1.accounts.update,
+        provider,
+        params={"settings": {"payouts": {"schedule": {"interval": "manual"}}}},
+    )
+    first = await asyncio.to_thread(make_payout, 300)
+    await stack.settle()
+    await refresh_payouts(pool, gateway, ledger, provider)
+
+    async def cursor() -> int | None:
+        found = await pool.fetchval(
+            "SELECT listed_from FROM marketplace_payout_refresh WHERE account_id = $1", provider
+        )
+        return None if found is None else int(found)
+
+    assert await cursor() == first.created
+    older = await asyncio.to_thread(make_payout, 500)
+    newer = await asyncio.to_thread(make_payout, 400)
+    await stack.settle()
+    lost = [f"payout:{older.id}", f"payout:{newer.id}"]
+
+    async def forget_postings(keys: list[str]) -> None:
+        await pool.execute(
+            "DELETE FROM marketplace_ledger_entries WHERE ledger_transaction IN "
+            "(SELECT id FROM marketplace_ledger_transactions WHERE idempotency_key = ANY($1))",
+            keys,
+        )
+        await pool.execute(
+            "DELETE FROM marketplace_ledger_transactions WHERE idempotency_key = ANY($1)", keys
+        )
+
+    await pool.execute(
+        "DELETE FROM marketplace_payouts WHERE stripe_payout_id = ANY($1)", [older.id, newer.id]
+    )
+    await forget_postings(lost)
+    await ledger.post(
+        payout_posting(provider, newer.id, usd(1), occurred_at=stripe_time(newer.created))
+    )
+
+    assert await refresh_all_payouts(pool, gateway, ledger, [provider]) == {}
+    assert await payout(pool, older.id) is None
+    assert await payout(pool, newer.id) is None
+    assert await cursor() == first.created
+
+    await forget_postings([f"payout:{newer.id}"])
+    applied = await refresh_all_payouts(pool, gateway, ledger, [provider])
+    assert {a.record.stripe_payout_id for a in applied[provider]} >= {older.id, newer.id}
+    assert await cursor() == newer.created
+    ledger_balance = await stack.ledger.balances(provider)
+    assert ledger_balance.get(USD, 0) == await stack.stripe_balance(provider, USD) == 6_000 - 1_200
     await stack.assert_ledger_balanced()

@@ -17,6 +17,8 @@ from support import chaos, faults
 
 SIMULATED_SEEDS = range(1, 13)
 CHAOS_SEED = 7
+REPLAYED_SEEDS = (8, 9)
+"""Seeds whose runs cut every connection, kill workers, take leases over and renew."""
 
 
 @pytest.fixture
@@ -40,6 +42,20 @@ async def test_simulated_seeds_keep_every_invariant(harness_database: str) -> No
     assert steps["batched drain"] > 0  # Mailbox.drain_many ran under the same faults
     assert steps["shared drain"] > 0  # and its one-transaction way (the worker's) too
     assert sum(report.before_replay.dead for report in reports) > 0
+
+
+@pytest.mark.parametrize("seed", REPLAYED_SEEDS)
+async def test_a_seed_run_again_takes_the_same_steps_to_the_same_end(
+    harness_database: str, seed: int
+) -> None:
+    """What a failing seed's replay command relies on: the same seed, the same run (the
+    steps, the faults and what each led to), not only the same scenario."""
+    first = await faults.simulate(seed, harness_database)
+    again = await faults.simulate(seed, harness_database)
+    for fault in ("cut connections", "kill worker", "expire and take over", "renew"):
+        assert first.steps[fault] > 0, fault
+    assert again.schedule == first.schedule
+    assert (again.before_replay, again.after_replay) == (first.before_replay, first.after_replay)
 
 
 async def test_a_chaos_run_with_every_fault_keeps_every_invariant(tmp_path: Path) -> None:

@@ -177,11 +177,14 @@ class _OneConnection:
         yield self._conn
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["drain", "drain_many"])
 async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, batched: bool
 ) -> None:
     """Found 2: the lease waits on a concurrent accept; the version it returns must match
-    the events it read, or the account is released as idle with ``evt_2`` pending."""
+    the events it read, or the account is released as idle with ``evt_2`` pending. Both
+    lease functions: one key's (``drain``) and several keys' (``drain_many``, the worker's
+    way, one transaction)."""
     mailbox = _mailbox(pool, 30)
     await _accept(mailbox, 1)
     calls: list[tuple[str, str]] = []
@@ -190,7 +193,12 @@ async def test_an_event_accepted_while_the_lease_is_taken_is_never_stranded(
         transaction = held.transaction()
         await transaction.start()
         await _accept(concurrent, 2)  # committed only below, after the drain asked for the lease
-        drain = asyncio.create_task(mailbox.drain(ACCOUNT, "w1", _recording(calls, "w1", _no_wait)))
+        handle = _recording(calls, "w1", _no_wait)
+        drain = asyncio.create_task(
+            mailbox.drain_many([ACCOUNT], "w1", handle, shared=True)
+            if batched
+            else mailbox.drain(ACCOUNT, "w1", handle)
+        )
         await _until_blocked_or_done(pool, drain)
         await transaction.commit()
     await drain
@@ -268,3 +276,60 @@ async def test_renewal_extends_a_held_lease_and_stops_a_drain_whose_lease_moved(
     assert outcome.state == "lost"
     assert await _committed(pool) == []
     assert set((await _statuses(pool)).values()) == {"pending"}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["drain", "one_transaction"])
+async def test_a_drain_whose_lease_was_taken_over_records_no_failure(
+    pool: asyncpg.Pool, shared: bool
+) -> None:
+    """A handler failing after the lease moved on: the failure is not the lost drain's to
+    record. It counts no attempt, dead-letters nothing (even at ``max_attempts=1``), does
+    not back off or park the mailbox, does not release the new holder's lease, and the
+    events before the failing one stay unapplied."""
+    mailbox = Mailbox(pool, lease_seconds=30, max_attempts=1, backoff_base=60, backoff_cap=60)
+    await _accept(mailbox, 1)
+    await _accept(mailbox, 2)
+    calls: list[tuple[str, str]] = []
+
+    async def taken_over_then_fails(event_id: str) -> None:
+        if event_id == "evt_2":
+            if ("w1", "evt_2") not in calls[:-1]:  # the first time only: w2 takes over
+                async with pool.acquire() as conn:
+                    await conn.execute(
+                        "UPDATE marketplace_webhook_accounts SET lease_epoch = lease_epoch + 1, "
+                        "lease_owner = 'w2', lease_until = now() + interval '30 seconds' "
+                        "WHERE account = $1",
+                        ACCOUNT,
+                    )
+            raise RuntimeError("evt_2's handler fails")
+
+    handle = _recording(calls, "w1", taken_over_then_fails)
+    if shared:
+        outcome = (await mailbox.drain_many([ACCOUNT], "w1", handle, shared=True))[ACCOUNT]
+    else:
+        outcome = await mailbox.drain(ACCOUNT, "w1", handle)
+    assert outcome.state == "lost"
+    assert await _committed(pool) == []
+    async with pool.acquire() as conn:
+        events = await conn.fetch(
+            "SELECT event_id, status, attempts, last_error FROM marketplace_webhook_events "
+            "ORDER BY seq"
+        )
+        mailbox_row = await conn.fetchrow(
+            "SELECT lease_owner, lease_until IS NOT NULL AS leased, backoff_until, parked, "
+            "attempts, last_error, handled FROM marketplace_webhook_accounts WHERE account = $1",
+            ACCOUNT,
+        )
+    assert [tuple(row) for row in events] == [
+        ("evt_1", "pending", 0, ""),
+        ("evt_2", "pending", 0, ""),
+    ]
+    assert dict(mailbox_row) == {
+        "lease_owner": "w2",
+        "leased": True,
+        "backoff_until": None,
+        "parked": False,
+        "attempts": 0,
+        "last_error": "",
+        "handled": 0,
+    }

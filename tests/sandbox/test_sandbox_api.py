@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -223,6 +225,29 @@ def test_events_by_type_and_account(
     assert connected_events.data
     assert all(getattr(e, "account", None) == account.id for e in connected_events.data)
     assert all(getattr(e, "account", None) is None for e in client.v1.events.list().data)
+
+
+def test_a_held_path_waits_until_released(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    """`/_sandbox/holds`: Stripe slow on one path, others answered meanwhile."""
+    sandbox.control("POST", "/_sandbox/holds?path=/v1/customers")
+    with ThreadPoolExecutor(1) as pool:
+        listing = pool.submit(client.v1.customers.list)
+        for _ in range(3_000):
+            if sandbox.control("GET", "/_sandbox/holds")["data"] == [
+                {"path": "/v1/customers", "waiting": 1}
+            ]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the held request never reached the sandbox")
+        assert not listing.done()
+        assert client.v1.balance.retrieve().object == "balance"  # other paths answer
+        released = sandbox.control("POST", "/_sandbox/holds/release?path=/v1/customers")
+        assert released["data"] == []
+        assert listing.result(timeout=30).data == []
+    assert client.v1.customers.list().data == []  # no longer held
 
 
 def test_rate_limit_fault_injection(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:

@@ -22,12 +22,16 @@ Two levels share the scenario and the checker:
   fencing and keeper) on real PostgreSQL with simulated workers, broker and
   clock, in one process: a step at a time, each step waiting until every
   drain has finished, waits at a hung handler's gate or waits on a database
-  lock, so that a seed replays the same schedule. Faults: duplicated tokens,
-  lost tokens (a deleted stream), reordered tokens, handlers hanging past
-  their lease (the lease is expired and taken over meanwhile), renewals that
-  find the lease gone, workers killed mid-drain (their backends terminated),
-  database connections all cut at once (a PostgreSQL restart as the clients
-  see it), intake calls failing and redelivered.
+  lock such a hung drain holds, and until every client has seen a cut
+  connection, so that a seed replays the same run (``Report.schedule``;
+  tokens are drawn from the seed, not from the order drains finished in; a
+  lease or a backoff runs out only when a step says time passed). Faults:
+  duplicated tokens, lost tokens (a deleted stream), reordered tokens,
+  handlers hanging past their lease (the lease is expired and taken over
+  meanwhile), renewals that find the lease gone, workers killed mid-drain
+  (their backends terminated), database connections all cut at once (a
+  PostgreSQL restart as the clients see it), intake calls failing or their
+  answer lost after the commit, and redelivered.
 - ``chaos(seed, ...)`` (``support.chaos``) runs the real processes: the
   intake, worker subprocesses over NATS JetStream, SIGKILL, NATS restarted,
   its stream deleted, PostgreSQL restarted. Timing there is the machine's, so
@@ -335,7 +339,13 @@ class _Broker:
         self.tokens.append(key)
 
     def take(self) -> str:
-        return self.tokens.pop(self._rng.randrange(len(self.tokens)))  # any order
+        # Any order, drawn from the seed alone: sorted first, so the order in which
+        # concurrent drains happened to publish does not decide which comes next.
+        self.tokens.sort()
+        return self.tokens.pop(self._rng.randrange(len(self.tokens)))
+
+    def duplicate(self) -> None:
+        self.tokens.append(self._rng.choice(sorted(self.tokens)))
 
 
 class _SimWorker:
@@ -360,8 +370,8 @@ class _SimWorker:
         self.mailbox = Mailbox(
             self.pool,
             max_attempts=MAX_ATTEMPTS,
-            backoff_base=0.001,
-            backoff_cap=0.004,
+            backoff_base=300,  # backoffs pass only when the schedule says so
+            backoff_cap=300,
             batch_size=self.sim.scenario.batch_size,
             lease_seconds=300,  # time passes only when the schedule says so
             route=route,
@@ -418,8 +428,23 @@ class _SimWorker:
         await apply_effect(event, conn, self.sim.aux, self.name)
 
     async def kill(self) -> None:
-        """SIGKILL, as PostgreSQL sees it: the backends go, the transaction rolls back."""
+        """SIGKILL, as PostgreSQL sees it: the backends go, the transaction rolls back.
+
+        The drain is stopped once its connections are seen closed, so that what it
+        met (an error on its connection, or nothing yet) is the seed's, not the timing's.
+        """
+        connections = [
+            holder._con  # the pool's own connection, to see it closed
+            for holder in (self.pool._holders if self.pool is not None else ())
+            if holder._con is not None
+        ]
+        if self.mailbox is not None and self.mailbox.keeper._conn is not None:
+            connections.append(self.mailbox.keeper._conn)
         await self.sim.terminate(f"application_name IN ('{self.name}', '{self.name}-keeper')")
+        for _ in range(5000):
+            if all(con.is_closed() for con in connections):
+                break
+            await asyncio.sleep(0.001)
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -437,6 +462,9 @@ class _Simulation:
         self.broker = _Broker(self.rng)
         self.gates = {event.event_id: asyncio.Event() for event in scenario.events if event.slow}
         self.counts: Counter[str] = Counter()
+        self.schedule: list[list[str]] = [[]]
+        """Each step's action, then what it led to (sorted: drains finishing in one step
+        may end in any order), for ``Report.schedule``."""
         self.workers: list[_SimWorker] = []
         self.generation = 0
         self.intake: Mailbox | None = None
@@ -447,6 +475,7 @@ class _Simulation:
 
     def count(self, what: str) -> None:
         self.counts[what] += 1
+        self.schedule[-1].append(what)
 
     async def start(self) -> None:
         url = self.database_url
@@ -491,41 +520,115 @@ class _Simulation:
             f"WHERE lease_until IS NOT NULL AND {where}"
         )
 
+    async def pass_backoffs(self) -> None:
+        """Time passes: every backoff runs out (the sweeper then hands those keys on)."""
+        await self.checker.execute(
+            "UPDATE marketplace_webhook_accounts SET backoff_until = now() - interval '1 second' "
+            "WHERE backoff_until IS NOT NULL"
+        )
+
+    async def cut_every_connection(self) -> None:
+        """Terminate every client's backend (a restart, as clients see it), and wait until
+        each client has seen it: its connection closed, its pool back to its floor.
+
+        asyncpg sees a terminated backend when the loop reads the closed socket, and a
+        pool then reconnects its floor in the background; a step taken before either
+        would meet a dead connection (an error) or a new one by timing. Waiting here
+        makes every seed's run take the same path.
+        """
+        cut = [con for con in self._clients() if con is not None and not con.is_closed()]
+        await self.terminate("true")
+        pools = [self.intake_pool, self.aux, *(worker.pool for worker in self.workers)]
+        for _ in range(5000):
+            if all(con.is_closed() for con in cut) and all(
+                pool is None
+                or (
+                    pool._maintenance_task is None  # the floor's reconnection
+                    and pool.get_size() >= pool.get_min_size()
+                )
+                for pool in pools
+            ):
+                return
+            await asyncio.sleep(0.001)
+        raise InvariantBroken(f"seed {self.scenario.seed}: the clients never saw the cut")
+
+    def _clients(self) -> list[Any]:
+        """The harness's client connections (pools' and keepers'), open or not."""
+        pools = [self.intake_pool, self.aux, *(worker.pool for worker in self.workers)]
+        clients: list[Any] = [
+            holder._con  # the pool's own connection, to see it closed
+            for pool in pools
+            if pool is not None
+            for holder in pool._holders
+        ]
+        clients += [
+            worker.mailbox.keeper._conn for worker in self.workers if worker.mailbox is not None
+        ]
+        return clients
+
+    async def _let_cancellations_land(self) -> None:
+        """Let a drain whose deadline was just moved to now be cancelled and unwind."""
+        for _ in range(20):
+            await asyncio.sleep(0)
+
     # ------------------------------------------------------------ steps
 
     async def deliver(self) -> None:
         event_id = self.to_deliver.pop(0)
         body = self.bodies[event_id]
         assert self.intake is not None
+        answer_lost = self.rng.random() < 0.05
         try:
             accepted = await self.intake.accept(body, json.dumps(body))
         except CUT:
-            # A non-2xx answer: Stripe delivers again later.
+            answer_lost, accepted = True, None
+        if answer_lost:
+            # A non-2xx answer (the intake died after its commit, before its publish, or
+            # its connection was cut): Stripe delivers again later.
             self.to_deliver.insert(self.rng.randint(0, len(self.to_deliver)), event_id)
             self.count("intake error")
             return
-        if accepted.publish:
+        if accepted is not None and accepted.publish:
             self.broker.publish(accepted.account)
 
     async def quiet(self) -> None:
-        """Wait until each drain has finished, waits at a gate, or waits on a database lock."""
+        """Wait until each drain has finished, waits at a gate, or waits on a database lock
+        held by a drain that waits at a gate (directly, or through other such waits).
+
+        A lock wait counts only when what it waits for cannot end by itself: a wait on
+        a transaction that is about to finish would end by timing, during the next step.
+        """
         for _ in range(5000):
             busy = [w for w in self.workers if not w.idle and w.at_gate is None]
             if not busy:
                 return
-            waiting = {
-                row["application_name"]
-                for row in await self.checker.fetch(
-                    "SELECT application_name FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            }
-            if all(worker.name in waiting for worker in busy):
+            rows = await self.checker.fetch(
+                "SELECT pid, application_name, wait_event_type = 'Lock' AS waits, "
+                "pg_blocking_pids(pid) AS blockers FROM pg_stat_activity "
+                "WHERE datname = current_database()"
+            )
+            name_of = {row["pid"]: row["application_name"] for row in rows}
+            held = {w.name for w in self.workers if w.at_gate is not None}
+            waiting = {row["application_name"]: row for row in rows if row["waits"]}
+            stuck = set(held)
+            grew = True
+            while grew:  # waits on the gated, or on those waiting on them
+                grew = False
+                for name, row in waiting.items():
+                    if (
+                        name not in stuck
+                        and row["blockers"]
+                        and all(name_of.get(pid) in stuck for pid in row["blockers"])
+                    ):
+                        stuck.add(name)
+                        grew = True
+            if all(worker.name in stuck for worker in busy):
                 return
             await asyncio.sleep(0.002)
         raise InvariantBroken(
             f"seed {self.scenario.seed}: a drain neither finished, hung at its gate, "
-            f"nor waited on a lock for 10 s: {[w.draining for w in self.workers]}"
+            f"nor waited on a lock a hung drain holds for 10 s: "
+            f"{[w.draining for w in self.workers]}"
         )
 
     def _choices(self) -> list[tuple[str, float]]:
@@ -540,12 +643,18 @@ class _Simulation:
             choices += [("release", 2), ("expire and take over", 1.5), ("renew", 1)]
         if self.broker.tokens:
             choices += [("duplicate token", 0.4), ("lose tokens", 0.15)]
-        choices += [("sweep", 1), ("kill worker", 0.3), ("cut connections", 0.08)]
+        choices += [
+            ("sweep", 1),
+            ("backoffs pass", 0.5),
+            ("kill worker", 0.3),
+            ("cut connections", 0.08),
+        ]
         return choices
 
     async def step(self) -> str:
         choices = self._choices()
         action = self.rng.choices([c[0] for c in choices], [c[1] for c in choices])[0]
+        self.schedule.append([])
         self.count(action)
         if action == "deliver":
             await self.deliver()
@@ -555,6 +664,7 @@ class _Simulation:
         elif action == "release":
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
             self.gates[worker.at_gate or ""].set()
+            worker.at_gate = None  # busy again: the next quiet waits for it
         elif action == "expire and take over":
             # The handler hangs past its lease (a slow Stripe call, a paused VM).
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
@@ -565,12 +675,15 @@ class _Simulation:
             worker = self.rng.choice([w for w in self.workers if w.at_gate is not None])
             assert worker.mailbox is not None
             await worker.mailbox.keeper.renew()
+            await self._let_cancellations_land()
         elif action == "duplicate token":
-            self.broker.publish(self.rng.choice(self.broker.tokens))
+            self.broker.duplicate()
         elif action == "lose tokens":
             self.broker.tokens.clear()  # the stream was deleted, NATS restarted empty
         elif action == "sweep":
             await self.sweep()
+        elif action == "backoffs pass":
+            await self.pass_backoffs()
         elif action == "kill worker":
             index = self.rng.randrange(len(self.workers))
             victim = self.workers[index]
@@ -578,7 +691,7 @@ class _Simulation:
             await self.expire_leases(f"lease_owner = '{victim.name}'")
             self.workers[index] = await self._new_worker()
         elif action == "cut connections":
-            await self.terminate("true")  # every client connection, as a restart does
+            await self.cut_every_connection()
             await self.quiet()
             await self.expire_leases()
         return action
@@ -602,6 +715,8 @@ class _Simulation:
         """Stop injecting faults and run until nothing more can be done."""
         for gate in self.gates.values():
             gate.set()
+        for worker in self.workers:
+            worker.at_gate = None
         while self.to_deliver:
             await self.deliver()
         idle_rounds = 0
@@ -609,10 +724,8 @@ class _Simulation:
             await self.quiet()
             idle = [w for w in self.workers if w.idle]
             if self.broker.tokens and idle:
-                for worker in idle:
-                    if not self.broker.tokens:
-                        break
-                    worker.drain(self.take_some())
+                # One drain started per round, after the quiet: no two start racing.
+                idle[0].drain(self.take_some())
                 idle_rounds = 0
                 continue
             if len(idle) < len(self.workers):
@@ -621,7 +734,7 @@ class _Simulation:
             # Everything is idle: let time pass (dead drains' leases and backoffs run
             # out), then sweep as the sweeper would.
             await self.expire_leases()
-            await asyncio.sleep(0.005)
+            await self.pass_backoffs()
             await self.sweep()
             if self.broker.tokens:
                 idle_rounds = 0
@@ -643,6 +756,10 @@ class Report:
     steps: Counter[str]
     before_replay: Verdict
     after_replay: Verdict
+    schedule: tuple[str, ...] = ()
+    """The simulation's steps in order, each followed by what it led to: the same for a
+    seed run twice (what ``python scripts/fault_harness.py --seed N`` relies on). Empty
+    for a chaos run, whose timing is the machine's."""
 
     def line(self) -> str:
         faults = ", ".join(f"{name} {count}" for name, count in sorted(self.steps.items()))
@@ -686,6 +803,7 @@ async def simulate(seed: int, database_url: str, *, steps: int | None = None) ->
         deliveries=len(scenario.deliveries),
         workers=scenario.workers,
         steps=sim.counts,
+        schedule=tuple(item for step in sim.schedule for item in (step[:1] + sorted(step[1:]))),
         before_replay=before,
         after_replay=after,
     )

@@ -1,5 +1,5 @@
 """Which mailbox an event goes to: its account, the account its money is for, its disputed
-charge, or the platform; and the retry backoff."""
+or refunded charge, or the platform; and the retry backoff."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def _event(obj: dict[str, Any], account: str | None = None) -> dict[str, Any]:
         (_event({"object": "dispute", "charge": {"id": "ch_2"}}), "dispute:ch_2"),
         (_event({"object": "dispute", "charge": None}), PLATFORM_ACCOUNT),
         (_event({"object": "dispute", "charge": "ch_1"}, account="acct_e"), "acct_e"),
+        # A refund names only its charge (a destination charge's too): the charge's
+        # refund mailbox, so one refund's failing handler parks none of the platform's.
+        (_event({"object": "refund", "charge": "ch_3"}), "refund:ch_3"),
+        (_event({"object": "refund", "charge": {"id": "ch_4"}}), "refund:ch_4"),
+        (_event({"object": "refund", "charge": None}), PLATFORM_ACCOUNT),
+        (_event({"object": "refund", "charge": "ch_3"}, account="acct_f"), "acct_f"),
     ],
 )
 def test_event_goes_to_the_account_it_concerns(event: dict[str, Any], mailbox: str) -> None:

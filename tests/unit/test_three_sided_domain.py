@@ -434,6 +434,29 @@ def test_bad_currency_and_windows_are_refused() -> None:
             },
             "three_sided_bookings:booking:9",
         ),
+        (
+            # A card saved for a booking's off-session charge: no transfer_group, the
+            # booking in the metadata the plugin sets (its handler moves the booking on).
+            {
+                "type": "setup_intent.succeeded",
+                "data": {"object": {"object": "setup_intent", "metadata": {"booking_id": "5"}}},
+            },
+            "three_sided_bookings:booking:5",
+        ),
+        (
+            {
+                "type": "setup_intent.setup_failed",
+                "data": {"object": {"object": "setup_intent", "metadata": {"booking_id": "5"}}},
+            },
+            "three_sided_bookings:booking:5",
+        ),
+        (
+            {
+                "type": "setup_intent.succeeded",
+                "data": {"object": {"object": "setup_intent", "metadata": {}}},
+            },
+            None,
+        ),
         ({"type": "charge.succeeded", "data": {"object": {"transfer_group": "order:1"}}}, None),
         (
             {
