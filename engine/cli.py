@@ -606,7 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("-v", "--verbose", action="store_true")
-    known, _ = pre.parse_known_args(argv)
+    # Read wherever they stand (``marketplace up --config FILE``, as ``make up
+    # UP_ARGS=...`` puts it), then left out of what the commands parse.
+    known, rest = pre.parse_known_args(argv)
     try:
         settings = _settings(known)
         configure_logging(
@@ -617,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"marketplace: config error: {exc.key}: {exc.problem}", file=sys.stderr)
         return EXIT_CONFIG
-    args = _parser(plugins).parse_args(argv)
+    args = _parser(plugins).parse_args(rest)
     if args.func is not cmd_up:
         from engine.infra.stack_file import attach_running_stack
 

@@ -83,6 +83,33 @@ def test_disabling_a_plugin_removes_it() -> None:
     assert not plugins.is_enabled("creator_subscriptions")
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_config_file_is_read_before_or_after_the_command(
+    where: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make up UP_ARGS='--config FILE'` runs `marketplace up --config FILE`."""
+    from engine import cli
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("MARKETPLACE_CONFIG", "MARKETPLACE_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "my.toml"
+    config.write_text('[plugins]\nenabled = ["commission_rules"]\n', encoding="utf-8")
+    option = ["--config", str(config)]
+    argv = [*option, "plugins"] if where == "before" else ["plugins", *option]
+    assert cli.main(argv) == 0
+    states = {
+        line.split()[0]: line.split()[1]
+        for line in capsys.readouterr().out.splitlines()
+        if not line.startswith(" ")
+    }
+    assert states["commission_rules"] == "enabled"
+    assert states["three_sided_bookings"] == "disabled"
+
+
 class _HalfPrice:
     @hookimpl
     def resolve_price(self, order: Order) -> Money | None:
