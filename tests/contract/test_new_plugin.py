@@ -128,6 +128,18 @@ def test_scaffold_refuses_a_non_empty_directory(tmp_path: Path) -> None:
     assert [path.name for path in tmp_path.iterdir()] == ["keep.txt"]
 
 
+def test_the_scaffold_is_formatted_as_ruff_formats(tmp_path: Path) -> None:
+    scaffold(NAME, tmp_path / NAME)
+    formatted = subprocess.run(
+        [Path(sys.executable).parent / "ruff", "format", "--check", "--diff", "--no-cache", "."],
+        cwd=tmp_path / NAME,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+
+
 def test_cli_reports_a_bad_name(tmp_path: Path) -> None:
     result = _marketplace("new-plugin", "Bad-Name", cwd=tmp_path)
     assert result.returncode == 1
