@@ -14,7 +14,10 @@ taken over commits nothing); this module makes it live and bounded:
   margin. A successful renewal pushes the deadline out; a renewal that finds
   the token moved (the lease was taken over) fires it at once. So a drain
   that cannot renew, whatever it is waiting on (a Stripe call, a lock), is
-  cancelled before its lease can run out, and one that lost its lease stops.
+  cancelled before its lease can run out, and one that lost its lease stops;
+- once a drain's token was checked by the statement that marks its batch (which
+  holds the mailbox row until the commit), its timer is off (``HeldLeases.fence``):
+  the commit is not cut short.
 
 The deadline uses this process's monotonic clock and the lease the database's
 ``now()``; the deadline starts from the moment the request was *sent*, so it
@@ -94,9 +97,14 @@ class _Held:
     group: Sequence[_Held] = ()
     """The keys sharing ``timeout`` (``HeldLeases.turn_many``): it fires at their earliest
     deadline."""
+    fenced: bool = False
+    """The drain's token was checked in its transaction, which holds the mailbox row until
+    it ends: its timer is off, so nothing cancels the commit."""
 
     def move_deadline(self, when: float) -> None:
         self.deadline = when
+        if self.fenced:
+            return
         if self.timeout is not None and not self.timeout.expired():
             self.timeout.reschedule(min((one.deadline for one in self.group), default=when))
 
@@ -126,8 +134,28 @@ class HeldLeases:
                 held.timeout = timeout
                 yield
         finally:
-            held.timeout = None
+            held.timeout, held.fenced = None, False
             self._keeper.forget(held)
+
+    def fence(self, keys: Sequence[str]) -> None:
+        """The token of each of ``keys`` was checked in the turn's transaction: stop its timer.
+
+        The statement that checked it locked the mailbox row until the transaction
+        ends, so no other drain can take the lease over meanwhile; a deadline firing
+        during the commit could only cut short a commit that then happens anyway (or
+        not), and the drain would report lost what it applied, without its after-commit
+        actions. A turn fenced on all its keys runs to its end without a deadline. Keys
+        whose timer already fired stay as they are (the turn raises ``TimeoutError``).
+        """
+        group = [self._held[key] for key in keys]
+        for one in group:
+            if one.timeout is None or one.timeout.expired():
+                return
+        for one in group:
+            one.fenced = True
+        for one in group:
+            if one.timeout is not None:
+                one.timeout.reschedule(None)
 
     @contextlib.asynccontextmanager
     async def turn_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
@@ -147,7 +175,7 @@ class HeldLeases:
                 yield
         finally:
             for one in group:
-                one.timeout, one.group = None, ()
+                one.timeout, one.group, one.fenced = None, (), False
 
     def expired(self, keys: Sequence[str]) -> list[str]:
         """Those of ``keys`` whose deadline has passed (at least the earliest one's key)."""

@@ -39,6 +39,7 @@ The protocol:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -672,7 +673,13 @@ class Mailbox:
                 try:
                     async with held.turn_many(live):
                         applied = await self._apply_shared(
-                            conn, work, handle, (handled, after), failing, may_be_idle
+                            conn,
+                            work,
+                            handle,
+                            (handled, after),
+                            failing,
+                            may_be_idle,
+                            functools.partial(held.fence, live),
                         )
                 except _EventFailed as failure:
                     if isinstance(failure.error, asyncpg.TransactionRollbackError):
@@ -728,9 +735,13 @@ class Mailbox:
         collected: tuple[dict[str, list[Any]], list[Callable[[], None]]],
         failing: dict[str, tuple[Any, Exception]],
         may_be_idle: dict[str, bool],
+        fenced: Callable[[], None],
     ) -> dict[str, DrainOutcome]:
         """One round of ``_drain_shared``: every key's handlers in order, then the fenced
-        marks (one statement) and the failures, in one transaction."""
+        marks (one statement) and the failures, in one transaction.
+
+        ``fenced`` is called once every key's token was checked (the rows locked until
+        the commit): from then on no deadline may cancel the commit."""
         handled, after = collected
         async with conn.transaction():
             for lease, rows in work:
@@ -769,6 +780,7 @@ class Mailbox:
                         raise LeaseLost(lease.key)
                     state = "requeue" if scheduled[lease.key] else "idle"
                     outcomes[lease.key] = DrainOutcome(state, len(ids))
+            fenced()
             return outcomes
 
     async def _drain_leased(
@@ -793,7 +805,9 @@ class Mailbox:
         handled: list[Any] = []
         try:
             async with held.turn(lease.key):
-                outcome = await self._run_batch(conn, lease, rows, handle, handled, after)
+                outcome = await self._run_batch(
+                    conn, lease, rows, handle, (handled, after), lambda: held.fence([lease.key])
+                )
         except (LeaseLost, TimeoutError):
             log.warning(
                 "drain of %s lost its lease (epoch %d); nothing committed",
@@ -815,24 +829,31 @@ class Mailbox:
         lease: _Lease,
         rows: Sequence[Any],
         handle: EventHandler,
-        handled: list[Any],
-        after: list[Callable[[], None]],
+        collected: tuple[list[Any], list[Callable[[], None]]],
+        fenced: Callable[[], None],
     ) -> DrainOutcome:
         """Apply the batch in one transaction, optimistically: no savepoint per event.
 
         When a handler fails, the transaction rolls back whole, and a new one
         applies the events before the failing one again (handlers are
         idempotent) and records the failure. Failures are rare; savepoints
-        would cost two round trips on every event.
+        would cost two round trips on every event. ``fenced`` is called once the
+        token was checked, before the commit.
         """
+        handled, after = collected
         may_be_idle = len(rows) < self.batch_size
         failing: tuple[Any, Exception] | None = None
         while True:
             try:
                 async with conn.transaction():
-                    return await self._apply(
+                    outcome = await self._apply(
                         conn, lease, rows, handle, handled, after, failing, may_be_idle
                     )
+                    # The token checked and the mailbox row locked until the commit: no
+                    # other drain can interleave, so no deadline may cancel the commit
+                    # (a commit cut short would report lost what it committed).
+                    fenced()
+                return outcome
             except _EventFailed as failure:
                 handled.clear()
                 after.clear()

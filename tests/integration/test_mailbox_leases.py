@@ -333,3 +333,45 @@ async def test_a_drain_whose_lease_was_taken_over_records_no_failure(
         "last_error": "",
         "handled": 0,
     }
+
+
+# Every effect row's insert waits ``seconds`` when its transaction commits (a deferred
+# constraint trigger runs at COMMIT): a commit that takes longer than the drain's deadline.
+SLOW_COMMIT = """
+CREATE OR REPLACE FUNCTION lease_effects_slow_commit() RETURNS trigger
+LANGUAGE plpgsql AS $fn$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $fn$;
+CREATE CONSTRAINT TRIGGER lease_effects_slow_commit AFTER INSERT ON lease_effects
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lease_effects_slow_commit();
+"""
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["drain", "drain_many_shared"])
+async def test_a_commit_running_past_the_drains_deadline_completes_and_runs_its_actions(
+    pool: asyncpg.Pool, shared: bool
+) -> None:
+    """Once the drain's token was checked (the statement holds the mailbox row until the
+    commit, so no other drain can interleave), its deadline passing while the commit runs
+    cuts nothing short: the drain reports what it committed and runs its after-commit
+    actions (a plugin's notification). Before, the deadline cancelled the commit and the
+    drain reported ``lost``: had the commit gone through, its notifications were lost."""
+    async with pool.acquire() as conn:
+        await conn.execute(SLOW_COMMIT.format(seconds=4))
+    mailbox = _mailbox(pool, 3)  # the drain's deadline: 3 s less the 0.6 s margin
+    mailbox.keeper.autorenew = False  # nothing moves the deadline
+    await _accept(mailbox, 1)
+    notified: list[str] = []
+
+    async def handle(body: Mapping[str, Any], conn: asyncpg.Connection) -> Callable[[], None]:
+        await conn.execute(
+            "INSERT INTO lease_effects (event_id, seq) VALUES ($1, 1)", str(body["id"])
+        )
+        return lambda: notified.append(str(body["id"]))
+
+    if shared:
+        outcome = (await mailbox.drain_many([ACCOUNT], "w1", handle, shared=True))[ACCOUNT]
+    else:
+        outcome = await mailbox.drain(ACCOUNT, "w1", handle)
+    assert (outcome.state, outcome.handled) == ("idle", 1)
+    assert notified == ["evt_1"]
+    assert await _committed(pool) == [("evt_1", 1)]
+    assert await _statuses(pool) == {"evt_1": "handled"}
