@@ -339,6 +339,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings, plugins: Plugins) -> in
     from engine.infra.stack_file import RunningStack
 
     data_dir = settings.data_path
+    running = RunningStack.read(data_dir)
+    if running is not None:
+        # Its PostgreSQL and NATS would be adopted, then stopped under it when this one ends.
+        print(
+            f"marketplace: up already runs on {data_dir} (pid {running.pid}, api "
+            f"{running.api_url}); use that one, stop it first (Ctrl-C), or start this one "
+            f"on another data directory (MARKETPLACE_DATA_DIR)",
+            file=sys.stderr,
+        )
+        return 1
     data_dir.mkdir(parents=True, exist_ok=True)
     stack = _Stack()
     try:
