@@ -212,9 +212,17 @@ class BookingService:
     # ------------------------------------------------------------ create
 
     async def create(
-        self, data: NewBooking, *, created_by: str = "", actor: str = "customer"
+        self,
+        data: NewBooking,
+        *,
+        created_by: str = "",
+        actor: str = "customer",
+        actor_id: str | None = None,
     ) -> BookingRecord:
         """Create a booking in the process's initial state, priced and split once.
+
+        ``created_by`` is the API key id whose bookings a service key lists;
+        ``actor_id`` names the caller in the audit trail (``created_by`` when not given).
 
         With ``data.payment_method`` the ``pay`` transition is taken in the same
         transaction: a create whose payment fails (a declined or unknown card)
@@ -222,6 +230,7 @@ class BookingService:
         with another card. A payment that waits for the customer's authentication
         is not a failure: the booking is created with its ``customer_action``.
         """
+        audit_id = created_by if actor_id is None else actor_id
         test_clock = data.customer.test_clock
         try:
             now = await self.clock_time(test_clock)
@@ -340,7 +349,7 @@ class BookingService:
                     "",
                     process.initial,
                     actor,
-                    created_by,
+                    audit_id,
                     {"split": quote.split_json(), "deposit": deposit},
                     at=now,
                 )
@@ -366,7 +375,7 @@ class BookingService:
                             booking.id,
                             "pay",
                             "customer",
-                            actor_id=created_by,
+                            actor_id=audit_id,
                             params=ActionParams(payment_method=data.payment_method),
                         )
                     except PaymentActionRequired as waiting:

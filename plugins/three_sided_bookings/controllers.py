@@ -320,7 +320,9 @@ class BookingController(Controller):
         """
         bookings = BookingService(services)
         actor = "admin" if principal.scope == "admin" else "customer"
-        booking = await bookings.create(data, created_by=principal.key_id, actor=actor)
+        booking = await bookings.create(
+            data, created_by=principal.key_id, actor=actor, actor_id=principal.actor
+        )
         return await bookings.view(booking, _actor(principal, booking))
 
     @get(

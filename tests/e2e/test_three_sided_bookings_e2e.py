@@ -646,6 +646,22 @@ async def test_venue_payout_fails_then_recovers(stack: Stack) -> None:
 # ---------------------------------------------------------------- access
 
 
+async def test_the_audit_trail_names_every_key_that_acted_alike(stack: Stack) -> None:
+    spa = await open_spa(stack)
+    booking = await spa.book("full", starts_in=timedelta(days=3))
+    await spa.do(spa.provider, booking, "confirm")
+    trail = (await spa.stack.http.get(f"{BASE}/bookings/{booking['id']}/transitions")).json()
+
+    def key_id(client: httpx.AsyncClient) -> str:
+        return client.headers["Authorization"].removeprefix("Bearer mk_").split("_", 1)[0]
+
+    assert [(t["transition"], t["actor"], t["actor_id"]) for t in trail] == [
+        ("create", "customer", f"api_key:{key_id(spa.customer)}"),
+        ("pay", "customer", f"api_key:{key_id(spa.customer)}"),
+        ("confirm", "provider", f"api_key:{key_id(spa.provider)}"),
+    ]
+
+
 async def test_keys_see_only_their_bookings(stack: Stack) -> None:
     spa = await open_spa(stack)
     booking = await spa.book("full")
