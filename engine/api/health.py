@@ -43,6 +43,7 @@ class NotReady(MarketplaceError):
     code = "not_ready"
     status = 503
     title = "Service unavailable"
+    expected = True  # readiness's normal answer; what is missing logs its own failures
 
 
 class Liveness(msgspec.Struct, frozen=True):

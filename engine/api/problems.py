@@ -179,7 +179,8 @@ def _message(raw: str) -> str:
 
 def _on_domain_error(request: Request[Any, Any, Any], exc: MarketplaceError) -> Response[bytes]:
     if exc.status >= 500:
-        log.error("%s on %s: %s", exc.code, _instance(request), exc.detail)
+        level = logging.WARNING if exc.expected else logging.ERROR
+        log.log(level, "%s on %s: %s", exc.code, _instance(request), exc.detail)
     if not exc.final:
         # Read by the Idempotency-Key middleware: this answer is not to be replayed.
         request.scope[NOT_FINAL_SCOPE_KEY] = True  # type: ignore[literal-required]

@@ -51,6 +51,9 @@ class MarketplaceError(Exception):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request failed"
     final: ClassVar[bool] = True
+    expected: ClassVar[bool] = False
+    """A 5xx that is the endpoint's normal answer (``/ready`` while a dependency is
+    missing): logged as a warning, not an error."""
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)

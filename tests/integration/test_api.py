@@ -11,6 +11,7 @@ against the sandbox.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import socket
@@ -890,3 +891,26 @@ async def test_openapi_documents_every_operation(api: Api) -> None:
                 ]
                 assert "Idempotency-Key" in headers, path
     assert "422" in schema["paths"]["/v1/accounts"]["post"]["responses"]
+
+
+async def test_a_not_ready_answer_is_logged_as_a_warning_not_an_error(
+    fresh_database_url: str, nats_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``/ready``'s 503 is its normal answer while a dependency is missing (``make up``
+    asks it every 0.1 s while the worker starts): a warning naming what is missing, not
+    an ERROR line; the failures behind it are logged where they happen."""
+    services, client, app = await _ready_with_worker_required(
+        fresh_database_url, nats_url, unique_name.upper()
+    )
+    try:
+        async with app.lifespan(), client:
+            with caplog.at_level(logging.INFO, logger="engine.api.problems"):
+                assert_problem(await client.get("/ready"), 503, "not_ready")
+    finally:
+        await services.close()
+    logged = [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if record.name == "engine.api.problems"
+    ]
+    assert logged == [(logging.WARNING, "not_ready on /ready: workers: no worker is running")]
