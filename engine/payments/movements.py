@@ -728,9 +728,7 @@ async def _share_movements(
     ):
         if not await scope.conn.fetchval(_UNNAMED_SHARE_MOVEMENTS, facts.destination):
             return []
-        charge = await scope.gateway.call(
-            "charges", "retrieve", facts.charge_id, params={"expand": _EXPAND_SHARES}
-        )
+        charge = await _expanded_charge(scope, facts.charge_id, expand=_EXPAND_SHARES)
         transfer, fee = charge.get("transfer"), charge.get("application_fee")
     found: list[str] = []
     if isinstance(transfer, Mapping):

@@ -97,16 +97,13 @@ class _Held:
     group: Sequence[_Held] = ()
     """The keys sharing ``timeout`` (``HeldLeases.turn_many``): it fires at their earliest
     deadline."""
-    fenced: bool = False
-    """The drain's token was checked in its transaction, which holds the mailbox row until
-    it ends: its timer is off, so nothing cancels the commit."""
 
     def move_deadline(self, when: float) -> None:
         self.deadline = when
-        if self.fenced:
-            return
-        if self.timeout is not None and not self.timeout.expired():
-            self.timeout.reschedule(min((one.deadline for one in self.group), default=when))
+        timeout = self.timeout
+        # A timer switched off (``HeldLeases.fence``: the commit is under way) stays off.
+        if timeout is not None and not timeout.expired() and timeout.when() is not None:
+            timeout.reschedule(min((one.deadline for one in self.group), default=when))
 
 
 class HeldLeases:
@@ -134,7 +131,7 @@ class HeldLeases:
                 held.timeout = timeout
                 yield
         finally:
-            held.timeout, held.fenced = None, False
+            held.timeout = None
             self._keeper.forget(held)
 
     def fence(self, keys: Sequence[str]) -> None:
@@ -147,15 +144,10 @@ class HeldLeases:
         actions. A turn fenced on all its keys runs to its end without a deadline. Keys
         whose timer already fired stay as they are (the turn raises ``TimeoutError``).
         """
-        group = [self._held[key] for key in keys]
-        for one in group:
-            if one.timeout is None or one.timeout.expired():
-                return
-        for one in group:
-            one.fenced = True
-        for one in group:
-            if one.timeout is not None:
-                one.timeout.reschedule(None)
+        timers = [timer for key in keys if (timer := self._held[key].timeout) is not None]
+        if len(timers) == len(keys) and not any(timer.expired() for timer in timers):
+            for timer in timers:
+                timer.reschedule(None)
 
     @contextlib.asynccontextmanager
     async def turn_many(self, keys: Sequence[str]) -> AsyncIterator[None]:
@@ -175,7 +167,7 @@ class HeldLeases:
                 yield
         finally:
             for one in group:
-                one.timeout, one.group, one.fenced = None, (), False
+                one.timeout, one.group = None, ()
 
     def expired(self, keys: Sequence[str]) -> list[str]:
         """Those of ``keys`` whose deadline has passed (at least the earliest one's key)."""

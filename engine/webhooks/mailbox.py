@@ -806,7 +806,12 @@ class Mailbox:
         try:
             async with held.turn(lease.key):
                 outcome = await self._run_batch(
-                    conn, lease, rows, handle, (handled, after), lambda: held.fence([lease.key])
+                    conn,
+                    lease,
+                    rows,
+                    handle,
+                    (handled, after),
+                    functools.partial(held.fence, [lease.key]),
                 )
         except (LeaseLost, TimeoutError):
             log.warning(

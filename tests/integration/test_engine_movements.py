@@ -1022,16 +1022,7 @@ async def test_an_invoice_an_enabled_plugin_owns_but_does_not_settle_is_posted_o
         )
         return owned, orphan
 
-    owned, orphan = await asyncio.to_thread(outside)
-    await stack.settle()
-    rows = await stack.services.db.pool.fetch(
-        "SELECT idempotency_key, plugin FROM marketplace_ledger_transactions"
-    )
-    keys = [row["idempotency_key"] for row in rows]
-    assert keys.count(f"charge:{owned}") == 1
-    assert keys.count(f"charge:{orphan}") == 1
-    assert {row["plugin"] for row in rows if row["idempotency_key"].startswith("charge:")} == {""}
-    await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
+    await _posted_once_as_outside(stack, *await asyncio.to_thread(outside))
 
 
 async def test_an_invoice_charge_posted_as_outside_is_named_when_a_plugin_records_it(
@@ -1189,13 +1180,17 @@ async def test_a_one_off_invoice_naming_an_enabled_plugin_that_does_not_settle_i
         )
         return owned, orphan
 
-    owned, orphan = await asyncio.to_thread(outside)
+    await _posted_once_as_outside(stack, *await asyncio.to_thread(outside))
+
+
+async def _posted_once_as_outside(stack: Stack, *charges: str) -> None:
+    """Once settled, each of ``charges`` is posted once, every charge naming no plugin,
+    and the platform's ledger is Stripe's."""
     await stack.settle()
     rows = await stack.services.db.pool.fetch(
         "SELECT idempotency_key, plugin FROM marketplace_ledger_transactions"
     )
     keys = [row["idempotency_key"] for row in rows]
-    assert keys.count(f"charge:{owned}") == 1
-    assert keys.count(f"charge:{orphan}") == 1
+    assert [keys.count(f"charge:{charge}") for charge in charges] == [1] * len(charges)
     assert {row["plugin"] for row in rows if row["idempotency_key"].startswith("charge:")} == {""}
     await stack.assert_ledger_is_stripe(PLATFORM, currency=USD)
